@@ -1,0 +1,269 @@
+"""The response classes: Starlette responses whose body is a stream run by the runtime.
+
+They differ from Starlette's ``StreamingResponse`` on purpose: the body is produced in a task
+group tied to the connection (see ``_runtime``), so a client that leaves cancels the producer
+and its cleanup still completes; and a stream's end is reported with one :class:`EndReason`.
+Sync iterators are refused: a thread cannot be cancelled when the client leaves.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import AsyncIterable, Awaitable, Callable, Mapping
+from typing import Any, ClassVar, Generic, TypedDict, TypeVar, Unpack
+
+from starlette.background import BackgroundTask
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from ._ends import EndReason, StreamEnd
+from ._options import StreamOptions
+from ._runtime import StreamSender, run_stream
+from ._sse import ServerSentEvent, encode_comment, encode_event
+
+__all__ = ["EventSourceResponse", "NDJSONResponse", "StreamResponse"]
+
+ItemT = TypeVar("ItemT")
+
+#: A producer: an async function handed a :class:`~streamkit.StreamSender`.
+Producer = Callable[[StreamSender[ItemT]], Awaitable[None]]
+
+
+class StreamArguments(TypedDict, total=False):
+    """The keyword arguments every stream response takes (see :class:`StreamResponse`)."""
+
+    status_code: int
+    headers: Mapping[str, str] | None
+    media_type: str | None
+    background: BackgroundTask | None
+    heartbeat_interval: float | None
+    send_timeout: float | None
+    max_duration: float | None
+    cleanup_timeout: float
+    buffer_size: int
+    on_end: Callable[[StreamEnd], None] | None
+
+
+class StreamResponse(Response, Generic[ItemT]):
+    """A streamed body of ``bytes`` or ``str`` chunks (``str`` is sent as UTF-8).
+
+    :param content: an async iterable of items, or a producer: an async function that is
+        handed a :class:`~streamkit.StreamSender` and awaits ``send(item)`` for each item.
+    :param status_code: the HTTP status.
+    :param headers: extra response headers.
+    :param media_type: the content type.
+    :param background: a task run after the stream ends, whatever the reason.
+    :param heartbeat_interval: see :class:`~streamkit.StreamOptions`; a bytes stream needs
+        ``heartbeat_chunk`` too.
+    :param send_timeout: see :class:`~streamkit.StreamOptions`.
+    :param max_duration: see :class:`~streamkit.StreamOptions`.
+    :param cleanup_timeout: see :class:`~streamkit.StreamOptions`.
+    :param buffer_size: see :class:`~streamkit.StreamOptions`.
+    :param on_end: called with the :class:`~streamkit.StreamEnd` once the stream has ended;
+        a plain function (async work belongs in ``background``).
+    :param heartbeat_chunk: the bytes a heartbeat writes.
+    :raises TypeError: *content* is neither an async iterable nor a callable, or *on_end* is
+        an async function.
+    :raises ValueError: an option is out of range (see :class:`~streamkit.StreamOptions`).
+    """
+
+    media_type = "application/octet-stream"
+    default_heartbeat_interval: ClassVar[float | None] = None
+
+    def __init__(
+        self,
+        content: Producer[ItemT] | AsyncIterable[ItemT],
+        *,
+        heartbeat_chunk: bytes | None = None,
+        **arguments: Unpack[StreamArguments],
+    ) -> None:
+        self._heartbeat_chunk = heartbeat_chunk
+        self._setup(content, arguments)
+        if self.options.heartbeat_interval is not None and not heartbeat_chunk:
+            raise ValueError(
+                f"a bytes stream needs a non-empty heartbeat_chunk to send heartbeats "
+                f"every {self.options.heartbeat_interval!r} s, got {heartbeat_chunk!r}"
+            )
+
+    def _setup(
+        self, content: Producer[ItemT] | AsyncIterable[ItemT], arguments: StreamArguments
+    ) -> None:
+        if not (callable(content) or hasattr(content, "__aiter__")):
+            raise TypeError(
+                "stream content must be an async iterable or an async function taking send, "
+                f"got {type(content).__name__}: {content!r:.80}"
+            )
+        on_end = arguments.get("on_end")
+        if on_end is not None and inspect.iscoroutinefunction(on_end):
+            raise TypeError(
+                f"on_end must be a plain function, got the async function {on_end!r}; "
+                "put async work in background="
+            )
+        self.content = content
+        self.on_end = on_end
+        self.options = StreamOptions(
+            heartbeat_interval=arguments.get("heartbeat_interval", self.default_heartbeat_interval),
+            send_timeout=arguments.get("send_timeout", 30.0),
+            max_duration=arguments.get("max_duration"),
+            cleanup_timeout=arguments.get("cleanup_timeout", 5.0),
+            buffer_size=arguments.get("buffer_size", 16),
+        )
+        self.status_code = arguments.get("status_code", 200)
+        media_type = arguments.get("media_type")
+        if media_type is not None:
+            self.media_type = media_type
+        self.background = arguments.get("background")
+        self.init_headers(self.default_headers() | dict(arguments.get("headers") or {}))
+
+    def default_headers(self) -> dict[str, str]:
+        """Headers sent unless the caller gives its own."""
+        return {"cache-control": "no-store"}
+
+    def encode(self, item: ItemT) -> bytes:
+        """Encode one item as the bytes written for it.
+
+        :raises TypeError: the item is not ``bytes`` or ``str``.
+        """
+        if isinstance(item, bytes | bytearray | memoryview):
+            return bytes(item)
+        if isinstance(item, str):
+            return item.encode()
+        raise TypeError(f"a bytes stream takes bytes or str items, got {type(item).__name__}: {item!r:.80}")
+
+    def heartbeat_frame(self) -> bytes | None:
+        """The bytes a heartbeat writes, or ``None`` for no heartbeats."""
+        return self._heartbeat_chunk
+
+    def closing_frame(self, reason: EndReason) -> bytes | None:
+        """The bytes written last when the stream ends early for *reason*, if any."""
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await run_stream(self, scope, receive, send)
+        if self.background is not None:
+            await self.background()
+
+
+#: The farewell an SSE stream sends on a graceful shutdown: reconnect after a second.
+DEFAULT_SHUTDOWN_EVENT = ServerSentEvent(event="shutdown", data="", retry=1000)
+#: What an SSE stream sends when its producer raises; the exception text is not sent.
+DEFAULT_ERROR_EVENT = ServerSentEvent(event="error", data="")
+
+
+class EventSourceResponse(StreamResponse[ServerSentEvent | str]):
+    """A ``text/event-stream`` of :class:`~streamkit.ServerSentEvent` items (a ``str`` item is
+    sent as an event's data).
+
+    Heartbeats are on by default: a comment every 15 seconds with nothing else written.
+
+    :param heartbeat_comment: the text of the heartbeat comment.
+    :param shutdown_event: sent when the server shuts down gracefully; carry a ``retry`` to
+        tell the browser when to reconnect. ``None`` sends nothing.
+    :param deadline_event: sent when ``max_duration`` ends the stream.
+    :param error_event: sent when the producer raises.
+
+    The other arguments are those of :class:`StreamResponse`.
+    """
+
+    media_type = "text/event-stream"
+    default_heartbeat_interval = 15.0
+
+    def __init__(
+        self,
+        content: Producer[ServerSentEvent | str] | AsyncIterable[ServerSentEvent | str],
+        *,
+        heartbeat_comment: str = "ping",
+        shutdown_event: ServerSentEvent | None = DEFAULT_SHUTDOWN_EVENT,
+        deadline_event: ServerSentEvent | None = None,
+        error_event: ServerSentEvent | None = DEFAULT_ERROR_EVENT,
+        **arguments: Unpack[StreamArguments],
+    ) -> None:
+        self._heartbeat = encode_comment(heartbeat_comment)
+        self._closing = {
+            EndReason.SHUTDOWN: shutdown_event,
+            EndReason.DEADLINE: deadline_event,
+            EndReason.ERROR: error_event,
+        }
+        self._setup(content, arguments)
+
+    def default_headers(self) -> dict[str, str]:
+        # x-accel-buffering: tell nginx-style proxies not to hold events back.
+        return {"cache-control": "no-store", "x-accel-buffering": "no"}
+
+    def encode(self, item: ServerSentEvent | str) -> bytes:
+        """Encode one event.
+
+        :raises TypeError: the item is neither a :class:`~streamkit.ServerSentEvent` nor a
+            ``str``.
+        """
+        if isinstance(item, ServerSentEvent):
+            return encode_event(item)
+        if isinstance(item, str):
+            return encode_event(ServerSentEvent(data=item))
+        raise TypeError(
+            f"an event stream takes ServerSentEvent or str items, got {type(item).__name__}: {item!r:.80}"
+        )
+
+    def heartbeat_frame(self) -> bytes | None:
+        return self._heartbeat
+
+    def closing_frame(self, reason: EndReason) -> bytes | None:
+        event = self._closing.get(reason)
+        return None if event is None else encode_event(event)
+
+
+class NDJSONResponse(StreamResponse[Any]):
+    """Newline-delimited JSON: one JSON document a line, for any JSON-serialisable item.
+
+    With ``heartbeat_interval`` set, a heartbeat is an empty line, which NDJSON readers skip.
+
+    :param error_item: written as the last line when the producer raises; ``None`` writes
+        nothing.
+    :param shutdown_item: written as the last line on a graceful shutdown.
+    :param deadline_item: written as the last line when ``max_duration`` ends the stream.
+
+    The other arguments are those of :class:`StreamResponse`.
+    """
+
+    media_type = "application/x-ndjson"
+
+    def __init__(
+        self,
+        content: Producer[Any] | AsyncIterable[Any],
+        *,
+        error_item: object = None,
+        shutdown_item: object = None,
+        deadline_item: object = None,
+        **arguments: Unpack[StreamArguments],
+    ) -> None:
+        self._closing = {
+            EndReason.SHUTDOWN: shutdown_item,
+            EndReason.DEADLINE: deadline_item,
+            EndReason.ERROR: error_item,
+        }
+        self._setup(content, arguments)
+        for item in self._closing.values():
+            if item is not None:
+                self.encode(item)  # refuse an unencodable closing item now, not at the end
+
+    def encode(self, item: Any) -> bytes:
+        """Encode one item as a compact JSON line.
+
+        :raises TypeError: the item is not JSON-serialisable.
+        :raises ValueError: the item holds NaN or an infinity, which JSON cannot carry.
+        """
+        try:
+            line = json.dumps(item, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        except TypeError as exc:
+            raise TypeError(f"NDJSON item is not JSON-serialisable: {item!r:.80} ({exc})") from None
+        except ValueError as exc:
+            raise ValueError(f"NDJSON item cannot be encoded as JSON: {item!r:.80} ({exc})") from None
+        return (line + "\n").encode()
+
+    def heartbeat_frame(self) -> bytes | None:
+        return b"\n"
+
+    def closing_frame(self, reason: EndReason) -> bytes | None:
+        item = self._closing.get(reason)
+        return None if item is None else self.encode(item)

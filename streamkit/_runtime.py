@@ -1,0 +1,384 @@
+"""The stream runtime: one task group per stream, tied to its connection.
+
+The producer runs in the stream's own task; the sender, the disconnect watcher, the send
+watchdog and the heartbeat timer run beside it in one task group. A bounded memory stream
+decouples the producer from the socket, so a client that stops reading holds the producer only
+until the buffer is full, and never past ``send_timeout``.
+
+The first of them to decide how the stream ends wins (:meth:`_StreamRun.decide`): the producer
+is cancelled, its cleanup runs shielded under ``cleanup_timeout``, and the end is reported
+once. Unlike Starlette's ``StreamingResponse``, the report does not wait for a write that
+cannot finish: hypercorn's trio worker shields its socket writes, so a send to a stalled client
+stays blocked until the kernel gives the connection up. Everything else is released first.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, contextmanager
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import anyio
+from anyio.abc import TaskGroup
+from starlette.datastructures import Headers
+from starlette.types import Message, Receive, Scope, Send
+
+from ._ends import EndReason, StreamEnd
+from ._registry import ActiveStream, StreamRegistry, current_registry
+from ._sse import last_event_id
+
+if TYPE_CHECKING:
+    from ._responses import StreamResponse
+
+__all__ = ["StreamSender", "shielded_cleanup"]
+
+logger = logging.getLogger("streamkit")
+
+ItemT = TypeVar("ItemT")
+T = TypeVar("T")
+
+_HEARTBEAT = object()
+_ABANDONING = frozenset({EndReason.CLIENT_DISCONNECTED, EndReason.SEND_TIMEOUT})
+
+
+@contextmanager
+def shielded_cleanup(cleanup_timeout: float = 5.0) -> Iterator[anyio.CancelScope]:
+    """Run awaited cleanup that a cancellation cannot interrupt, for at most
+    *cleanup_timeout* seconds.
+
+    Once a stream is cancelled, the first ``await`` in a plain ``finally`` raises the
+    cancellation again, so ``finally: await client.aclose()`` never closes anything. Inside
+    this block it does::
+
+        try:
+            async for chunk in upstream:
+                yield chunk
+        finally:
+            with streamkit.shielded_cleanup(2.0):
+                await upstream.aclose()
+
+    :param cleanup_timeout: seconds after which the cleanup is cancelled after all.
+    """
+    with anyio.move_on_after(cleanup_timeout, shield=True) as scope:
+        yield scope
+    if scope.cancelled_caught:
+        logger.warning("cleanup did not finish within %.3f s and was cancelled", cleanup_timeout)
+
+
+class StreamSender(Generic[ItemT]):
+    """What a producer is handed: ``await send(item)`` queues one item for the client.
+
+    It waits while the buffer between the producer and the socket is full. Resources entered
+    through it are closed after the producer ends, whatever the end, in the producer's own task
+    and shielded from cancellation for up to ``cleanup_timeout``.
+    """
+
+    __slots__ = ("_run", "_stack")
+
+    def __init__(self, run: _StreamRun[ItemT], stack: AsyncExitStack) -> None:
+        self._run = run
+        self._stack = stack
+
+    async def __call__(self, item: ItemT) -> None:
+        """Queue *item*; it is encoded now, so an item that cannot be encoded raises here.
+
+        :raises TypeError: the response cannot encode an item of this type.
+        :raises ValueError: the item's value cannot be encoded.
+        """
+        run = self._run
+        await run.buffer_send.send(run.response.encode(item))
+
+    @property
+    def last_event_id(self) -> str | None:
+        """The ``Last-Event-ID`` the client sent, validated; ``None`` if absent or invalid."""
+        return self._run.last_event_id
+
+    async def enter_async_context(self, manager: AbstractAsyncContextManager[T]) -> T:
+        """Enter *manager* now and exit it when the stream ends, shielded."""
+        return await self._stack.enter_async_context(manager)
+
+    def push_async_callback(self, callback: Callable[..., Awaitable[object]], *args: Any) -> None:
+        """Await ``callback(*args)`` when the stream ends, shielded (last pushed, first run)."""
+        self._stack.push_async_callback(callback, *args)
+
+
+class _StreamRun(Generic[ItemT]):
+    """One stream, from its first byte to its end report."""
+
+    def __init__(
+        self, response: StreamResponse[ItemT], scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        options = response.options
+        self.response = response
+        self.options = options
+        self.path: str = scope.get("path", "")
+        client = scope.get("client")
+        self.client = (client[0], client[1]) if client else None
+        self.last_event_id = last_event_id(Headers(scope=scope))
+        self._receive = receive
+        self._send = send
+        self.buffer_send, self._buffer_receive = anyio.create_memory_object_stream[Any](
+            options.buffer_size
+        )
+        self.reason: EndReason | None = None
+        self.exception: BaseException | None = None
+        self.items_sent = 0
+        self.bytes_sent = 0
+        self.started_at = anyio.current_time()
+        self._cleanup_duration = 0.0
+        self._producer_scope = anyio.CancelScope()
+        self._sender_scope = anyio.CancelScope()
+        self._finished = anyio.Event()
+        self._last_write_at = self.started_at
+        self._pending_since: float | None = None
+        self._write_count = 0
+        self._watchdog_wake: anyio.Event | None = None
+        self._completing = False
+
+    # -- deciding the end ---------------------------------------------------------------------
+
+    def decide(self, reason: EndReason, exception: BaseException | None = None) -> bool:
+        """End the stream for *reason*, unless it was decided already. True if this decided."""
+        if self.reason is not None:
+            return False
+        self.reason = reason
+        self.exception = exception
+        if reason is not EndReason.COMPLETED:
+            self._producer_scope.cancel()
+        if reason in _ABANDONING:
+            self._abandon_sender()
+        return True
+
+    def _abandon_sender(self) -> None:
+        self._sender_scope.cancel()
+        self._finished.set()
+
+    def shutdown(self) -> None:
+        """End the stream for a graceful shutdown (called by the registry's drain)."""
+        self.decide(EndReason.SHUTDOWN)
+
+    def snapshot(self) -> ActiveStream:
+        return ActiveStream(
+            path=self.path,
+            client=self.client,
+            age=anyio.current_time() - self.started_at,
+            items_sent=self.items_sent,
+            bytes_sent=self.bytes_sent,
+        )
+
+    # -- the whole stream ---------------------------------------------------------------------
+
+    async def run(self) -> None:
+        registry = current_registry()
+        registry.add(self)
+        if registry.draining:
+            self.shutdown()
+        reported = False
+        try:
+            with self.buffer_send, self._buffer_receive:
+                async with anyio.create_task_group() as task_group:
+                    self._start_helpers(task_group)
+                    await self._produce_then_finish()
+                    # Report before leaving the task group: on trio, a write to a client that
+                    # stopped reading holds the sender until the kernel drops the connection.
+                    reported = True
+                    self._report(registry)
+                    task_group.cancel_scope.cancel()
+        finally:
+            if not reported:
+                # Cancelled from outside: the server is tearing the connection down.
+                self.decide(EndReason.SHUTDOWN)
+                self._report(registry)
+
+    async def _produce_then_finish(self) -> None:
+        with self._producer_scope:
+            await self._produce()
+        if self._producer_scope.cancelled_caught and self.reason is None:
+            self.decide(EndReason.DEADLINE)
+        self.buffer_send.close()
+        await self._finished.wait()
+
+    def _start_helpers(self, task_group: TaskGroup) -> None:
+        options = self.options
+        task_group.start_soon(self._watch_disconnect)
+        task_group.start_soon(self._send_loop)
+        if options.send_timeout is not None:
+            task_group.start_soon(self._watch_send, options.send_timeout)
+        if options.heartbeat_interval is not None and self.response.heartbeat_frame():
+            task_group.start_soon(self._heartbeat, options.heartbeat_interval)
+        if options.max_duration is not None:
+            self._producer_scope.deadline = self.started_at + options.max_duration
+
+    async def _produce(self) -> None:
+        content = self.response.content
+        iterator: AsyncIterator[ItemT] | None = None
+        async with AsyncExitStack() as stack:
+            sender = StreamSender(self, stack)
+            try:
+                if self.reason is not None:
+                    pass  # drained before it began: the producer never runs
+                elif callable(content) and not hasattr(content, "__aiter__"):
+                    result = content(sender)
+                    if not inspect.isawaitable(result):
+                        raise TypeError(
+                            f"a stream producer must be an async function taking send, "
+                            f"got {content!r} returning {type(result).__name__}"
+                        )
+                    await result
+                else:
+                    assert isinstance(content, AsyncIterable)
+                    iterator = aiter(content)
+                    async for item in iterator:
+                        await sender(item)
+            except Exception as exc:
+                if not self.decide(EndReason.ERROR, exc):
+                    logger.error(
+                        "stream %s: producer raised after the stream had ended (%s)",
+                        self.path,
+                        self.reason.value if self.reason else "?",
+                        exc_info=exc,
+                    )
+            finally:
+                started = anyio.current_time()
+                with shielded_cleanup(self.options.cleanup_timeout):
+                    try:
+                        aclose = getattr(iterator if iterator is not None else content, "aclose", None)
+                        if aclose is not None:
+                            await aclose()
+                        await stack.aclose()
+                    except Exception as exc:
+                        logger.error("stream %s: cleanup raised", self.path, exc_info=exc)
+                self._cleanup_duration = anyio.current_time() - started
+
+    # -- the tasks beside the producer --------------------------------------------------------
+
+    async def _watch_disconnect(self) -> None:
+        while True:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                self.decide(
+                    EndReason.COMPLETED if self._completing else EndReason.CLIENT_DISCONNECTED
+                )
+                return
+
+    async def _send_message(self, message: Message) -> None:
+        now = anyio.current_time()
+        self._pending_since = self._last_write_at = now
+        self._write_count += 1
+        if self._watchdog_wake is not None:
+            self._watchdog_wake.set()
+            self._watchdog_wake = None
+        await self._send(message)
+        self._pending_since = None
+
+    async def _write(self, body: bytes) -> None:
+        await self._send_message({"type": "http.response.body", "body": body, "more_body": True})
+        self.bytes_sent += len(body)
+
+    async def _send_loop(self) -> None:
+        response = self.response
+        with self._sender_scope:
+            await self._send_message(
+                {
+                    "type": "http.response.start",
+                    "status": response.status_code,
+                    "headers": response.raw_headers,
+                }
+            )
+            heartbeat = response.heartbeat_frame()
+            async for frame in self._buffer_receive:
+                if frame is _HEARTBEAT:
+                    assert heartbeat is not None
+                    await self._write(heartbeat)
+                else:
+                    await self._write(frame)
+                    self.items_sent += 1
+            if self.reason is not None:
+                closing = response.closing_frame(self.reason)
+                if closing:
+                    await self._write(closing)
+            # The body is all handed over: a disconnect the server reports from here on is
+            # the normal end of the exchange (trio's worker reports it before this returns).
+            self._completing = True
+            await self._send_message({"type": "http.response.body", "body": b"", "more_body": False})
+            self.decide(EndReason.COMPLETED)
+            self._finished.set()
+
+    async def _watch_send(self, send_timeout: float) -> None:
+        while True:
+            since, count = self._pending_since, self._write_count
+            if since is None:
+                self._watchdog_wake = wake = anyio.Event()
+                await wake.wait()
+                continue
+            await anyio.sleep_until(since + send_timeout)
+            if self._pending_since is not None and self._write_count == count:
+                self.decide(EndReason.SEND_TIMEOUT)
+                self._abandon_sender()
+                return
+
+    async def _heartbeat(self, interval: float) -> None:
+        next_at = self._last_write_at + interval
+        while True:
+            await anyio.sleep_until(next_at)
+            due = self._last_write_at + interval
+            now = anyio.current_time()
+            if now < due:
+                next_at = due
+                continue
+            try:
+                self.buffer_send.send_nowait(_HEARTBEAT)
+            except anyio.WouldBlock:
+                pass  # items are waiting to be written: no heartbeat needed
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                return
+            next_at = now + interval
+
+    # -- the report -----------------------------------------------------------------------------
+
+    def _report(self, registry: StreamRegistry) -> None:
+        assert self.reason is not None
+        end = StreamEnd(
+            reason=self.reason,
+            path=self.path,
+            duration=anyio.current_time() - self.started_at,
+            items_sent=self.items_sent,
+            bytes_sent=self.bytes_sent,
+            cleanup_duration=self._cleanup_duration,
+            exception=self.exception if self.reason is EndReason.ERROR else None,
+        )
+        if end.reason is EndReason.ERROR:
+            logger.error(
+                "stream %s ended: error after %.3f s, %d items",
+                end.path,
+                end.duration,
+                end.items_sent,
+                exc_info=end.exception,
+            )
+        else:
+            logger.info(
+                "stream %s ended: %s after %.3f s, %d items, %d bytes",
+                end.path,
+                end.reason.value,
+                end.duration,
+                end.items_sent,
+                end.bytes_sent,
+            )
+        registry.finish(self, end)
+        on_end = self.response.on_end
+        if on_end is not None:
+            try:
+                on_end(end)
+            except Exception:
+                logger.exception("stream %s: on_end callback raised", self.path)
+
+
+async def run_stream(
+    response: StreamResponse[ItemT], scope: Scope, receive: Receive, send: Send
+) -> None:
+    """Run *response*'s stream on one connection, returning once it has ended."""
+    run = _StreamRun(response, scope, receive, send)
+    await run.run()
+

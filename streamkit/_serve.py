@@ -1,0 +1,198 @@
+"""Serving with hypercorn on the running anyio backend, with a graceful drain.
+
+hypercorn, on shutdown, stops accepting, waits ``graceful_timeout`` and then cancels open
+connections, telling the application nothing first: every open stream is cut mid-body. So
+the drain here comes first: streams end with :attr:`~streamkit.EndReason.SHUTDOWN` (an SSE
+stream sends its farewell and ``retry:`` hint), their cleanup completes, and only then is
+hypercorn told to stop, with what is left of the grace period.
+
+A client that stopped reading would keep hypercorn from ever returning: its trio worker
+shields socket writes. The listening socket is therefore bound here, with ``TCP_USER_TIMEOUT``
+set, which accepted connections inherit: the kernel aborts a connection whose peer has not
+taken data for that long, and the blocked write fails.
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import anyio
+import sniffio
+from anyio.abc import TaskStatus
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from ._exceptions import ServeError
+from ._options import _check_duration
+from ._registry import StreamRegistry, registry, using_registry
+
+__all__ = ["ServerAddress", "graceful_shutdown_trigger", "serve"]
+
+ShutdownTrigger = Callable[[], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerAddress:
+    """Where :func:`serve` listens.
+
+    :param host: the address bound.
+    :param port: the port bound (the one picked, when 0 was asked for).
+    """
+
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        """The base URL, such as ``http://127.0.0.1:8000``."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+
+def graceful_shutdown_trigger(
+    trigger: ShutdownTrigger,
+    *,
+    grace_period: float = 10.0,
+    streams: StreamRegistry = registry,
+) -> ShutdownTrigger:
+    """Wrap a hypercorn ``shutdown_trigger`` so that streams drain before hypercorn stops.
+
+    For those who call hypercorn's ``serve()`` themselves::
+
+        await hypercorn.trio.serve(app, config, shutdown_trigger=graceful_shutdown_trigger(
+            stop_event.wait, grace_period=5.0))
+
+    Once *trigger* returns, every stream of *streams* ends with
+    :attr:`~streamkit.EndReason.SHUTDOWN`; the wrapper returns when none is left, or when
+    *grace_period* has passed, and hypercorn then begins its own shutdown.
+
+    :param trigger: what hypercorn would have waited on.
+    :param grace_period: the longest the drain may take, in seconds.
+    :param streams: whose streams to drain; by default every stream in the process.
+    """
+    _check_duration("grace_period", grace_period, optional=False)
+
+    async def drain_then_stop() -> None:
+        await trigger()
+        await _drain(streams, anyio.current_time() + grace_period)
+
+    return drain_then_stop
+
+
+async def _drain(streams: StreamRegistry, deadline: float) -> None:
+    streams.drain()
+    with anyio.move_on_at(deadline):
+        await streams.wait_idle()
+
+
+async def _signalled() -> None:
+    import signal
+
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            return
+
+
+class _RegisteringApp:
+    """Makes the server's registry the one its streams report to."""
+
+    def __init__(self, app: ASGIApp, streams: StreamRegistry) -> None:
+        self.app = app
+        self.streams = streams
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        with using_registry(self.streams):
+            await self.app(scope, receive, send)
+
+
+def _parse_bind(bind: str) -> tuple[str, int]:
+    host, sep, port = bind.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ValueError(f"bind must be HOST:PORT, such as 127.0.0.1:8000, got {bind!r}")
+    return host.strip("[]"), int(port)
+
+
+def bind_socket(bind: str, *, stalled_connection_timeout: float | None) -> socket.socket:
+    """A listening TCP socket for *bind*, with ``TCP_USER_TIMEOUT`` set where the OS has it."""
+    host, port = _parse_bind(bind)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        sock = socket.create_server((host, port), family=family, backlog=1024)
+    except OSError as exc:
+        raise ServeError(f"cannot listen on {bind!r}: {exc}") from exc
+    if stalled_connection_timeout is not None and hasattr(socket, "TCP_USER_TIMEOUT"):
+        milliseconds = max(1, math.ceil(stalled_connection_timeout * 1000))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, milliseconds)
+    return sock
+
+
+async def serve(
+    app: ASGIApp,
+    *,
+    bind: str = "127.0.0.1:8000",
+    grace_period: float = 10.0,
+    stalled_connection_timeout: float | None = 10.0,
+    shutdown_trigger: ShutdownTrigger | None = None,
+    streams: StreamRegistry | None = None,
+    config: object | None = None,
+    task_status: TaskStatus[ServerAddress] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve *app* with hypercorn on the running backend (asyncio or trio) until shut down.
+
+    Shutdown begins on SIGINT or SIGTERM, or when *shutdown_trigger* returns. Streams then
+    drain (see :func:`graceful_shutdown_trigger`) and hypercorn stops, all within
+    *grace_period*.
+
+    :param app: the ASGI application.
+    :param bind: ``HOST:PORT`` to listen on; port 0 picks a free one.
+    :param grace_period: seconds from the shutdown trigger to the server having stopped.
+    :param stalled_connection_timeout: seconds after which the kernel aborts a connection
+        whose client has stopped reading (``TCP_USER_TIMEOUT``); ``None`` leaves it to the OS.
+        Keep it below *grace_period*, or a stalled client can hold the shutdown past it.
+    :param shutdown_trigger: an async function whose return begins shutdown; by default the
+        signals (which need the main thread).
+    :param streams: the registry for this server's streams; by default a new one, child of
+        the process-wide :data:`streamkit.registry`.
+    :param config: a ``hypercorn.config.Config`` for everything else; ``bind`` and
+        ``graceful_timeout`` in it are overridden.
+    :param task_status: for ``TaskGroup.start``: started with the :class:`ServerAddress`
+        once the socket listens.
+    :raises ServeError: the address could not be bound.
+    """
+    from hypercorn.config import Config
+
+    _check_duration("grace_period", grace_period, optional=False)
+    _check_duration("stalled_connection_timeout", stalled_connection_timeout, optional=True)
+    if config is None:
+        config = Config()
+    if not isinstance(config, Config):
+        raise TypeError(f"config must be a hypercorn.config.Config, got {config!r}")
+    streams = StreamRegistry(parent=registry) if streams is None else streams
+    trigger = shutdown_trigger or _signalled
+    library = sniffio.current_async_library()
+    if library == "trio":
+        from hypercorn.trio import serve as hypercorn_serve
+    elif library == "asyncio":
+        from hypercorn.asyncio import serve as hypercorn_serve
+    else:
+        raise ServeError(f"hypercorn cannot run on the {library!r} event loop")
+
+    sock = bind_socket(bind, stalled_connection_timeout=stalled_connection_timeout)
+    with sock:
+        config.bind = [f"fd://{sock.fileno()}"]
+        config.graceful_timeout = grace_period
+
+        async def drain_then_stop() -> None:
+            await trigger()
+            deadline = anyio.current_time() + grace_period
+            await _drain(streams, deadline)
+            # What is left of the grace period is hypercorn's, for its own connections.
+            config.graceful_timeout = max(deadline - anyio.current_time(), 0.01)
+
+        host, port = sock.getsockname()[:2]
+        # hypercorn adopts the descriptor and closes it itself when it stops.
+        sock.detach()
+        task_status.started(ServerAddress(host=host, port=port))
+        await hypercorn_serve(_RegisteringApp(app, streams), config, shutdown_trigger=drain_then_stop)

@@ -1,0 +1,105 @@
+"""Server-sent events framing, per the WHATWG ``text/event-stream`` format.
+
+Pure functions over frozen values: nothing here does I/O or imports anyio. The one rule that
+matters most: a value can never inject a field. ``data`` may hold any line breaks (it becomes
+several ``data:`` lines), while an event name or id holding CR or LF (an id also NUL) is refused
+with a :class:`ValueError` that names it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+__all__ = ["ServerSentEvent", "encode_comment", "encode_event", "last_event_id"]
+
+logger = logging.getLogger("streamkit")
+
+#: The longest ``Last-Event-ID`` header accepted; longer ones are ignored.
+MAX_LAST_EVENT_ID_LENGTH = 1024
+
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerSentEvent:
+    """One event of an event stream.
+
+    :param data: the payload; line breaks (CR, LF, CRLF) split it into ``data:`` lines, which
+        the browser joins back with ``\\n``. ``None`` sends no ``data:`` line (an id- or
+        retry-only frame, which a browser does not dispatch).
+    :param event: the event name (``EventSource.addEventListener(name, ...)``).
+    :param id: the event id, sent back by a reconnecting browser as ``Last-Event-ID``.
+    :param retry: the reconnection delay to ask of the browser, in whole milliseconds.
+    :param comment: a comment, ignored by browsers; useful to keep proxies from timing out.
+    :raises ValueError: an event name or id contains CR or LF, an id contains NUL, or
+        ``retry`` is negative.
+    :raises TypeError: a field has the wrong type.
+    """
+
+    data: str | None = None
+    event: str | None = None
+    id: str | None = None
+    retry: int | None = None
+    comment: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("data", "event", "id", "comment"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise TypeError(f"SSE {name} must be a str or None, got {type(value).__name__}: {value!r}")
+        if self.event is not None and ("\r" in self.event or "\n" in self.event):
+            raise ValueError(f"SSE event name must not contain CR or LF: {self.event!r}")
+        if self.id is not None and ("\r" in self.id or "\n" in self.id or "\0" in self.id):
+            raise ValueError(f"SSE id must not contain CR, LF or NUL: {self.id!r}")
+        if self.retry is not None:
+            if isinstance(self.retry, bool) or not isinstance(self.retry, int):
+                raise TypeError(f"SSE retry must be an int of milliseconds, got {self.retry!r}")
+            if self.retry < 0:
+                raise ValueError(f"SSE retry must be a non-negative number of milliseconds: {self.retry!r}")
+
+
+def _field_lines(name: str, value: str) -> str:
+    return "".join(f"{name}{line}\n" for line in _LINE_BREAK.split(value))
+
+
+def encode_event(event: ServerSentEvent) -> bytes:
+    """Encode *event* as one UTF-8 event-stream frame, ending in a blank line."""
+    parts = []
+    if event.comment is not None:
+        parts.append(_field_lines(":", event.comment))
+    if event.event is not None:
+        parts.append(f"event:{event.event}\n")
+    if event.id is not None:
+        parts.append(f"id:{event.id}\n")
+    if event.retry is not None:
+        parts.append(f"retry:{event.retry}\n")
+    if event.data is not None:
+        parts.append(_field_lines("data:", event.data))
+    parts.append("\n")
+    return "".join(parts).encode()
+
+
+def encode_comment(text: str) -> bytes:
+    """Encode a comment-only frame (what a heartbeat sends)."""
+    return (_field_lines(":", text) + "\n").encode()
+
+
+def last_event_id(headers: Mapping[str, str]) -> str | None:
+    """The ``Last-Event-ID`` a reconnecting client sent, or ``None``.
+
+    A value longer than :data:`MAX_LAST_EVENT_ID_LENGTH` or holding a control character is
+    ignored (logged at DEBUG): it could not have come from an id this server sent.
+
+    :param headers: the request's headers, such as ``request.headers``.
+    """
+    value = headers.get("last-event-id")
+    if value is None:
+        return None
+    if len(value) > MAX_LAST_EVENT_ID_LENGTH or _CONTROL.search(value):
+        logger.debug("ignoring an invalid Last-Event-ID header: %.80r", value)
+        return None
+    return value

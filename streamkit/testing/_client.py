@@ -1,0 +1,212 @@
+"""Clients that read streams over real sockets, and misbehave on command.
+
+An in-process test client holds the connection for the whole stream, so the disconnect path
+is never exercised. These clients speak HTTP/1.1 (through h11) or HTTP/2 (through h2, with
+prior knowledge) to a real server, and can leave the way real clients leave: a clean close
+(FIN), a reset (RST), a half-close, a stall (stop reading, with a small receive buffer so the
+server's writes block soon), or, on HTTP/2, a ``RST_STREAM`` of just that stream (which httpx
+never sends, so with it the server never learns).
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import struct
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import h11
+from anyio.abc import SocketStream
+
+from .._sse import ServerSentEvent
+from ._parsing import NDJSONReader, SSEReader
+
+__all__ = ["StreamClient", "open_stream"]
+
+_RECEIVE_SIZE = 65536
+
+
+async def connect(host: str, port: int, *, receive_buffer: int | None = None) -> SocketStream:
+    """Connect over TCP; *receive_buffer* sets ``SO_RCVBUF`` before connecting, so the TCP
+    window stays that small."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        if receive_buffer is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        sock.setblocking(False)
+        error = sock.connect_ex((host, port))
+        if error not in (0, errno.EINPROGRESS):
+            raise OSError(error, f"cannot connect to {host}:{port}")
+        await anyio.wait_writable(sock)
+        error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if error:
+            raise OSError(error, f"cannot connect to {host}:{port}")
+        return await SocketStream.from_socket(sock)
+    except BaseException:
+        sock.close()
+        raise
+
+
+class StreamClient:
+    """One streamed response being read. Made by :func:`open_stream` (HTTP/1.1) or
+    :func:`~streamkit.testing.open_h2_stream` (HTTP/2).
+
+    :ivar status: the response status.
+    :ivar headers: the response headers, lower-cased names.
+    :ivar complete: whether the whole body arrived (the chunked terminator, or END_STREAM).
+    """
+
+    status: int
+    headers: dict[str, str]
+
+    def __init__(self, stream: SocketStream) -> None:
+        self.stream = stream
+        self.complete = False
+        self._sse = SSEReader()
+        self._ndjson = NDJSONReader()
+        self._events: list[ServerSentEvent] = []
+        self._items: list[Any] = []
+
+    @property
+    def raw_socket(self) -> socket.socket:
+        """The connection's socket."""
+        sock: socket.socket = self.stream.extra(anyio.abc.SocketAttribute.raw_socket)
+        return sock
+
+    @property
+    def comments(self) -> list[str]:
+        """The SSE comments read so far: heartbeats."""
+        return self._sse.comments
+
+    @property
+    def blank_lines(self) -> int:
+        """The empty NDJSON lines read so far: heartbeats."""
+        return self._ndjson.blank_lines
+
+    async def receive_chunk(self) -> bytes | None:
+        """The next piece of the body as it arrived, or ``None`` once it is complete."""
+        raise NotImplementedError
+
+    async def read_all(self) -> bytes:
+        """Read until the body is complete; return what was not read yet."""
+        chunks = []
+        while (chunk := await self.receive_chunk()) is not None:
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def read_event(self) -> ServerSentEvent:
+        """The next SSE frame.
+
+        :raises EOFError: the body ended first.
+        """
+        while not self._events:
+            chunk = await self.receive_chunk()
+            if chunk is None:
+                raise EOFError("the stream ended before another event arrived")
+            self._events.extend(self._sse.feed(chunk))
+        return self._events.pop(0)
+
+    async def events(self) -> AsyncIterator[ServerSentEvent]:
+        """Every SSE frame until the body ends."""
+        while True:
+            try:
+                yield await self.read_event()
+            except EOFError:
+                return
+
+    async def read_item(self) -> Any:
+        """The next NDJSON value.
+
+        :raises EOFError: the body ended first.
+        """
+        while not self._items:
+            chunk = await self.receive_chunk()
+            if chunk is None:
+                raise EOFError("the stream ended before another item arrived")
+            self._items.extend(self._ndjson.feed(chunk))
+        return self._items.pop(0)
+
+    async def close(self) -> None:
+        """Leave cleanly: send FIN, then close the socket."""
+        try:
+            self.raw_socket.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        await self.stream.aclose()
+
+    async def reset(self) -> None:
+        """Leave abruptly: close with ``SO_LINGER`` 0, which sends RST."""
+        self.raw_socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        await self.stream.aclose()
+
+    async def half_close(self) -> None:
+        """Send FIN but keep reading."""
+        self.raw_socket.shutdown(socket.SHUT_WR)
+
+
+class _H11Client(StreamClient):
+    def __init__(self, stream: SocketStream) -> None:
+        super().__init__(stream)
+        self._connection = h11.Connection(h11.CLIENT)
+
+    async def _next_event(self) -> Any:
+        while True:
+            event = self._connection.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            try:
+                data = await self.stream.receive(_RECEIVE_SIZE)
+            except anyio.EndOfStream:
+                data = b""
+            self._connection.receive_data(data)
+
+    async def request(self, method: str, target: str, headers: Mapping[str, str], host: str) -> None:
+        request = h11.Request(
+            method=method, target=target, headers=[("host", host), *headers.items()]
+        )
+        await self.stream.send(self._connection.send(request) + self._connection.send(h11.EndOfMessage()))
+        response = await self._next_event()
+        if not isinstance(response, h11.Response):
+            raise ConnectionError(f"expected a response head, got {response!r}")
+        self.status = response.status_code
+        self.headers = {name.decode(): value.decode() for name, value in response.headers}
+
+    async def receive_chunk(self) -> bytes | None:
+        if self.complete:
+            return None
+        event = await self._next_event()
+        if isinstance(event, h11.Data):
+            return bytes(event.data)
+        if isinstance(event, h11.EndOfMessage):
+            self.complete = True
+            return None
+        raise ConnectionError(f"the body ended without its terminator: {event!r}")
+
+
+@asynccontextmanager
+async def open_stream(
+    base: Any,
+    path: str = "/",
+    *,
+    method: str = "GET",
+    headers: Mapping[str, str] | None = None,
+    receive_buffer: int | None = None,
+) -> AsyncIterator[StreamClient]:
+    """Request *path* over HTTP/1.1 and yield the client once the response head arrived.
+
+    :param base: the server: a :class:`~streamkit.testing.LiveServer` or anything with
+        ``host`` and ``port``.
+    :param headers: extra request headers (``Last-Event-ID``, say).
+    :param receive_buffer: ``SO_RCVBUF`` in bytes, set before connecting; small values make
+        :meth:`StreamClient.stall` take effect after little data.
+    """
+    stream = await connect(base.host, base.port, receive_buffer=receive_buffer)
+    client = _H11Client(stream)
+    try:
+        await client.request(method, path, dict(headers or {}), f"{base.host}:{base.port}")
+        yield client
+    finally:
+        await stream.aclose()

@@ -1,0 +1,127 @@
+"""A real hypercorn server for a test, on the test's own anyio backend."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
+
+import anyio
+from starlette.types import ASGIApp
+
+from .._ends import EndReason, StreamEnd
+from .._registry import StreamRegistry, registry
+from .._serve import ServerAddress, serve
+
+__all__ = ["LiveServer", "open_server"]
+
+
+class LiveServer:
+    """A server started by :func:`open_server`.
+
+    :ivar host: the address it listens on (``127.0.0.1``).
+    :ivar port: the port it picked.
+    :ivar streams: the registry of this server's streams.
+    """
+
+    def __init__(self, address: ServerAddress, streams: StreamRegistry, stop: anyio.Event) -> None:
+        self.host = address.host
+        self.port = address.port
+        self.url = address.url
+        self.streams = streams
+        self._stop = stop
+        self._seen = 0
+        self.stopped = anyio.Event()
+
+    async def wait_end(self, *, within: float = 5.0) -> StreamEnd:
+        """The next stream end on this server, in the order they happened.
+
+        :raises TimeoutError: no stream ended within *within* seconds.
+        """
+        with anyio.fail_after(within):
+            await self.streams.wait_ended(self._seen + 1)
+        statistics = self.streams.statistics()
+        total = sum(statistics.ended.values())
+        recent = self.streams.recent_ends()
+        end = recent[len(recent) - (total - self._seen)]
+        self._seen += 1
+        return end
+
+    async def wait_ended(self, reason: EndReason, *, within: float = 5.0) -> StreamEnd:
+        """The next stream end, which must be for *reason*.
+
+        :raises AssertionError: it ended for another reason.
+        :raises TimeoutError: no stream ended within *within* seconds.
+        """
+        end = await self.wait_end(within=within)
+        if end.reason is not reason:
+            raise AssertionError(
+                f"stream {end.path} ended with {end.reason.name}, expected {reason.name}"
+                + (f" ({end.exception!r})" if end.exception else "")
+            )
+        return end
+
+    async def shutdown(self, *, within: float = 30.0) -> float:
+        """Begin a graceful shutdown and wait until the server stopped; return the seconds it took.
+
+        :raises TimeoutError: the server did not stop within *within* seconds.
+        """
+        started = anyio.current_time()
+        self._stop.set()
+        with anyio.fail_after(within):
+            await self.stopped.wait()
+        return anyio.current_time() - started
+
+
+@asynccontextmanager
+async def open_server(
+    app: ASGIApp,
+    *,
+    grace_period: float = 5.0,
+    stalled_connection_timeout: float | None = 2.0,
+) -> AsyncIterator[LiveServer]:
+    """Serve *app* with hypercorn on 127.0.0.1 and a free port, on the running backend.
+
+    The server is shut down gracefully when the block exits (if the test did not already),
+    bounded by *grace_period*.
+
+    :param grace_period: see :func:`streamkit.serve`.
+    :param stalled_connection_timeout: see :func:`streamkit.serve`; short, so a test's stalled
+        client cannot hold the shutdown.
+    """
+    from hypercorn.config import Config
+
+    config = Config()
+    config.errorlog = logging.getLogger("hypercorn.error")
+    stop = anyio.Event()
+    streams = StreamRegistry(parent=registry)
+    async with anyio.create_task_group() as task_group:
+        server: LiveServer | None = None
+
+        async def run(*, task_status: anyio.abc.TaskStatus[ServerAddress]) -> None:
+            try:
+                await serve(
+                    app,
+                    bind="127.0.0.1:0",
+                    grace_period=grace_period,
+                    stalled_connection_timeout=stalled_connection_timeout,
+                    shutdown_trigger=stop.wait,
+                    streams=streams,
+                    config=config,
+                    task_status=task_status,
+                )
+            finally:
+                if server is not None:
+                    server.stopped.set()
+
+        address = await task_group.start(partial(run))
+        server = LiveServer(address, streams, stop)
+        try:
+            yield server
+        finally:
+            stop.set()
+            with anyio.move_on_after(grace_period + 5.0) as scope:
+                await server.stopped.wait()
+            if scope.cancelled_caught:
+                task_group.cancel_scope.cancel()
