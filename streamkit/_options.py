@@ -14,7 +14,9 @@ def _check_duration(name: str, value: float | None, *, optional: bool) -> None:
             raise ValueError(f"{name} must be a number of seconds, got None")
         return
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number of seconds, got {type(value).__name__}: {value!r}")
+        raise TypeError(
+            f"{name} must be a number of seconds, got {type(value).__name__}: {value!r}"
+        )
     if not (value > 0 and math.isfinite(value)):
         raise ValueError(f"{name} must be a positive, finite number of seconds, got {value!r}")
 
@@ -39,7 +41,7 @@ class StreamOptions:
     """
 
     heartbeat_interval: float | None = None
-    send_timeout: float | None = 30.0
+    send_timeout: float | None = 10.0
     max_duration: float | None = None
     cleanup_timeout: float = 5.0
     buffer_size: int = 16

@@ -102,13 +102,9 @@ class StreamResponse(Response, Generic[ItemT]):
             )
         self.content = content
         self.on_end = on_end
-        self.options = StreamOptions(
-            heartbeat_interval=arguments.get("heartbeat_interval", self.default_heartbeat_interval),
-            send_timeout=arguments.get("send_timeout", 30.0),
-            max_duration=arguments.get("max_duration"),
-            cleanup_timeout=arguments.get("cleanup_timeout", 5.0),
-            buffer_size=arguments.get("buffer_size", 16),
-        )
+        given = {name: value for name, value in arguments.items() if name in StreamOptions.names()}
+        given.setdefault("heartbeat_interval", self.default_heartbeat_interval)
+        self.options = StreamOptions(**given)  # type: ignore[arg-type]
         self.status_code = arguments.get("status_code", 200)
         media_type = arguments.get("media_type")
         if media_type is not None:
@@ -129,7 +125,9 @@ class StreamResponse(Response, Generic[ItemT]):
             return bytes(item)
         if isinstance(item, str):
             return item.encode()
-        raise TypeError(f"a bytes stream takes bytes or str items, got {type(item).__name__}: {item!r:.80}")
+        raise TypeError(
+            f"a bytes stream takes bytes or str items, got {type(item).__name__}: {item!r:.80}"
+        )
 
     def heartbeat_frame(self) -> bytes | None:
         """The bytes a heartbeat writes, or ``None`` for no heartbeats."""
@@ -202,7 +200,8 @@ class EventSourceResponse(StreamResponse[ServerSentEvent | str]):
         if isinstance(item, str):
             return encode_event(ServerSentEvent(data=item))
         raise TypeError(
-            f"an event stream takes ServerSentEvent or str items, got {type(item).__name__}: {item!r:.80}"
+            "an event stream takes ServerSentEvent or str items, "
+            f"got {type(item).__name__}: {item!r:.80}"
         )
 
     def heartbeat_frame(self) -> bytes | None:
@@ -258,7 +257,9 @@ class NDJSONResponse(StreamResponse[Any]):
         except TypeError as exc:
             raise TypeError(f"NDJSON item is not JSON-serialisable: {item!r:.80} ({exc})") from None
         except ValueError as exc:
-            raise ValueError(f"NDJSON item cannot be encoded as JSON: {item!r:.80} ({exc})") from None
+            raise ValueError(
+                f"NDJSON item cannot be encoded as JSON: {item!r:.80} ({exc})"
+            ) from None
         return (line + "\n").encode()
 
     def heartbeat_frame(self) -> bytes | None:

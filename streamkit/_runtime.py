@@ -244,7 +244,9 @@ class _StreamRun(Generic[ItemT]):
                 started = anyio.current_time()
                 with shielded_cleanup(self.options.cleanup_timeout):
                     try:
-                        aclose = getattr(iterator if iterator is not None else content, "aclose", None)
+                        aclose = getattr(
+                            iterator if iterator is not None else content, "aclose", None
+                        )
                         if aclose is not None:
                             await aclose()
                         await stack.aclose()
@@ -302,7 +304,9 @@ class _StreamRun(Generic[ItemT]):
             # The body is all handed over: a disconnect the server reports from here on is
             # the normal end of the exchange (trio's worker reports it before this returns).
             self._completing = True
-            await self._send_message({"type": "http.response.body", "body": b"", "more_body": False})
+            await self._send_message(
+                {"type": "http.response.body", "body": b"", "more_body": False}
+            )
             self.decide(EndReason.COMPLETED)
             self._finished.set()
 
@@ -381,4 +385,3 @@ async def run_stream(
     """Run *response*'s stream on one connection, returning once it has ended."""
     run = _StreamRun(response, scope, receive, send)
     await run.run()
-

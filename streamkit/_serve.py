@@ -95,6 +95,19 @@ async def _signalled() -> None:
             return
 
 
+def _hypercorn_serve() -> Callable[..., Awaitable[None]]:
+    library = sniffio.current_async_library()
+    if library == "trio":
+        from hypercorn.trio import serve as trio_serve
+
+        return trio_serve
+    if library == "asyncio":
+        from hypercorn.asyncio import serve as asyncio_serve
+
+        return asyncio_serve
+    raise ServeError(f"hypercorn cannot run on the {library!r} event loop")
+
+
 class _RegisteringApp:
     """Makes the server's registry the one its streams report to."""
 
@@ -132,7 +145,7 @@ async def serve(
     app: ASGIApp,
     *,
     bind: str = "127.0.0.1:8000",
-    grace_period: float = 10.0,
+    grace_period: float = 15.0,
     stalled_connection_timeout: float | None = 10.0,
     shutdown_trigger: ShutdownTrigger | None = None,
     streams: StreamRegistry | None = None,
@@ -171,13 +184,7 @@ async def serve(
         raise TypeError(f"config must be a hypercorn.config.Config, got {config!r}")
     streams = StreamRegistry(parent=registry) if streams is None else streams
     trigger = shutdown_trigger or _signalled
-    library = sniffio.current_async_library()
-    if library == "trio":
-        from hypercorn.trio import serve as hypercorn_serve
-    elif library == "asyncio":
-        from hypercorn.asyncio import serve as hypercorn_serve
-    else:
-        raise ServeError(f"hypercorn cannot run on the {library!r} event loop")
+    hypercorn_serve = _hypercorn_serve()
 
     sock = bind_socket(bind, stalled_connection_timeout=stalled_connection_timeout)
     with sock:
@@ -195,4 +202,6 @@ async def serve(
         # hypercorn adopts the descriptor and closes it itself when it stops.
         sock.detach()
         task_status.started(ServerAddress(host=host, port=port))
-        await hypercorn_serve(_RegisteringApp(app, streams), config, shutdown_trigger=drain_then_stop)
+        await hypercorn_serve(
+            _RegisteringApp(app, streams), config, shutdown_trigger=drain_then_stop
+        )

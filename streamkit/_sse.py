@@ -50,7 +50,9 @@ class ServerSentEvent:
         for name in ("data", "event", "id", "comment"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
-                raise TypeError(f"SSE {name} must be a str or None, got {type(value).__name__}: {value!r}")
+                raise TypeError(
+                    f"SSE {name} must be a str or None, got {type(value).__name__}: {value!r}"
+                )
         if self.event is not None and ("\r" in self.event or "\n" in self.event):
             raise ValueError(f"SSE event name must not contain CR or LF: {self.event!r}")
         if self.id is not None and ("\r" in self.id or "\n" in self.id or "\0" in self.id):
@@ -59,7 +61,9 @@ class ServerSentEvent:
             if isinstance(self.retry, bool) or not isinstance(self.retry, int):
                 raise TypeError(f"SSE retry must be an int of milliseconds, got {self.retry!r}")
             if self.retry < 0:
-                raise ValueError(f"SSE retry must be a non-negative number of milliseconds: {self.retry!r}")
+                raise ValueError(
+                    f"SSE retry must be a non-negative number of milliseconds: {self.retry!r}"
+                )
 
 
 def _field_lines(name: str, value: str) -> str:

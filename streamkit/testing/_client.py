@@ -163,11 +163,15 @@ class _H11Client(StreamClient):
                 data = b""
             self._connection.receive_data(data)
 
-    async def request(self, method: str, target: str, headers: Mapping[str, str], host: str) -> None:
+    async def request(
+        self, method: str, target: str, headers: Mapping[str, str], host: str
+    ) -> None:
         request = h11.Request(
             method=method, target=target, headers=[("host", host), *headers.items()]
         )
-        await self.stream.send(self._connection.send(request) + self._connection.send(h11.EndOfMessage()))
+        await self.stream.send(
+            self._connection.send(request) + self._connection.send(h11.EndOfMessage())
+        )
         response = await self._next_event()
         if not isinstance(response, h11.Response):
             raise ConnectionError(f"expected a response head, got {response!r}")
