@@ -123,11 +123,12 @@ class StreamRegistry:
         """Begin a graceful shutdown: end every running stream, and every later one, with
         :attr:`~streamkit.EndReason.SHUTDOWN`."""
         self._draining = True
+        self._notify()
         for stream in list(self._active.values()):
             stream.shutdown()
 
     async def wait_changed(self) -> None:
-        """Wait until a stream starts or ends here."""
+        """Wait until a stream starts or ends here, or a drain begins."""
         event = anyio.Event()
         self._waiters.append(event)
         try:

@@ -67,29 +67,31 @@ class ServerSentEvent:
 
 
 def _field_lines(name: str, value: str) -> str:
-    return "".join(f"{name}{line}\n" for line in _LINE_BREAK.split(value))
+    # Always "name: value": a parser drops one space after the colon, so a value that itself
+    # starts with a space keeps it.
+    return "".join(f"{name}: {line}\n" for line in _LINE_BREAK.split(value))
 
 
 def encode_event(event: ServerSentEvent) -> bytes:
     """Encode *event* as one UTF-8 event-stream frame, ending in a blank line."""
     parts = []
     if event.comment is not None:
-        parts.append(_field_lines(":", event.comment))
+        parts.append(_field_lines("", event.comment))
     if event.event is not None:
-        parts.append(f"event:{event.event}\n")
+        parts.append(f"event: {event.event}\n")
     if event.id is not None:
-        parts.append(f"id:{event.id}\n")
+        parts.append(f"id: {event.id}\n")
     if event.retry is not None:
-        parts.append(f"retry:{event.retry}\n")
+        parts.append(f"retry: {event.retry}\n")
     if event.data is not None:
-        parts.append(_field_lines("data:", event.data))
+        parts.append(_field_lines("data", event.data))
     parts.append("\n")
     return "".join(parts).encode()
 
 
 def encode_comment(text: str) -> bytes:
     """Encode a comment-only frame (what a heartbeat sends)."""
-    return (_field_lines(":", text) + "\n").encode()
+    return (_field_lines("", text) + "\n").encode()
 
 
 def last_event_id(headers: Mapping[str, str]) -> str | None:

@@ -1,0 +1,467 @@
+"""The stream runtime through real hypercorn, on asyncio and trio, with clients that leave.
+
+Bounds asserted here are generous (a loaded 2-core CI machine); the figures they guard are
+measured in bench/ and reported there.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import anyio
+import pytest
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from streamkit import (
+    EndReason,
+    EventSourceResponse,
+    NDJSONResponse,
+    ServerSentEvent,
+    StreamEnd,
+    StreamResponse,
+    StreamSender,
+    registry,
+    shielded_cleanup,
+)
+from streamkit.testing import NDJSONReader, SSEReader, StreamClient, open_server, open_stream
+
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
+
+#: A disconnect must reach the producer within this (measured: about 1 ms).
+DISCONNECT_BOUND = 1.0
+KINDS = ["sse", "ndjson", "bytes"]
+
+
+class Probe:
+    """What a test's producer did, with timestamps."""
+
+    def __init__(self) -> None:
+        self.started = anyio.Event()
+        self.cleaned = anyio.Event()
+        self.produced = 0
+        self.cancelled_at: float | None = None
+        self.cleaned_at: float | None = None
+        self.ends: list[StreamEnd] = []
+        self.background_ran: list[EndReason] = []
+
+    async def cleanup(self) -> None:
+        await anyio.sleep(0.01)  # awaited cleanup, like closing an upstream client
+        self.cleaned_at = anyio.current_time()
+        self.cleaned.set()
+
+
+def item(kind: str, n: int, size: int = 8) -> Any:
+    if kind == "sse":
+        return ServerSentEvent(data=str(n).zfill(size), id=str(n))
+    if kind == "ndjson":
+        return {"n": n, "pad": "x" * size}
+    return f"{n:0{size}d}\n"
+
+
+def respond(kind: str, content: Any, probe: Probe, **options: Any) -> Response:
+    options.setdefault("on_end", probe.ends.append)
+    ends = probe.ends
+
+    async def after() -> None:
+        probe.background_ran.append(ends[-1].reason)
+
+    options.setdefault("background", BackgroundTask(after))
+    if kind == "sse":
+        return EventSourceResponse(content, **options)
+    if kind == "ndjson":
+        return NDJSONResponse(content, **options)
+    return StreamResponse(content, **options)
+
+
+def producer(kind: str, probe: Probe, *, count: int | None, pace: float | None, size: int = 8) -> Any:
+    """A producer of *count* items (endless if None), *pace* seconds apart (flat out if None),
+    with an awaited cleanup registered through send."""
+
+    async def produce(send: StreamSender[Any]) -> None:
+        send.push_async_callback(probe.cleanup)
+        probe.started.set()
+        try:
+            n = 0
+            while count is None or n < count:
+                await send(item(kind, n, size))
+                probe.produced += 1
+                n += 1
+                if pace is not None:
+                    await anyio.sleep(pace)
+        except BaseException:
+            probe.cancelled_at = anyio.current_time()
+            raise
+
+    return produce
+
+
+def app_for(route: Callable[[Request], Any]) -> Starlette:
+    return Starlette(routes=[Route("/stream", route)])
+
+
+async def read_one(client: StreamClient, kind: str) -> None:
+    if kind == "sse":
+        await client.read_event()
+    elif kind == "ndjson":
+        await client.read_item()
+    else:
+        await client.receive_chunk()
+
+
+# -- completion -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("form", ["producer", "iterable"])
+async def test_a_stream_completes_and_reports_once(kind: str, form: str) -> None:
+    probe = Probe()
+
+    async def gen() -> AsyncIterator[Any]:
+        for n in range(5):
+            yield item(kind, n)
+
+    async def route(request: Request) -> Response:
+        content = producer(kind, probe, count=5, pace=None) if form == "producer" else gen()
+        return respond(kind, content, probe)
+
+    before = registry.statistics().ended[EndReason.COMPLETED]
+    async with open_server(app_for(route)) as server, open_stream(server, "/stream") as client:
+        body = await client.read_all()
+        end = await server.wait_ended(EndReason.COMPLETED)
+    assert client.complete, "the body must end with its terminator"
+    assert client.status == 200
+    expected_type = {"sse": "text/event-stream", "ndjson": "application/x-ndjson"}
+    assert client.headers["content-type"].startswith(expected_type.get(kind, "application/octet-stream"))
+    if kind == "sse":
+        assert body.count(b"\n\n") == 5
+    else:
+        assert body.count(b"\n") == 5
+    assert (end.items_sent, end.bytes_sent) == (5, len(body))
+    assert probe.ends == [end]
+    assert probe.background_ran == [EndReason.COMPLETED]
+    assert registry.statistics().ended[EndReason.COMPLETED] == before + 1
+
+
+# -- disconnects ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("pace", [None, 3600.0], ids=["busy", "idle"])
+@pytest.mark.parametrize("how", ["close", "reset", "half_close"])
+async def test_a_disconnect_cancels_the_producer_and_cleanup_completes(
+    kind: str, pace: float | None, how: str
+) -> None:
+    probe = Probe()
+
+    async def route(request: Request) -> Response:
+        return respond(kind, producer(kind, probe, count=None, pace=pace), probe)
+
+    async with open_server(app_for(route)) as server:
+        async with open_stream(server, "/stream") as client:
+            await read_one(client, kind)
+            left_at = anyio.current_time()
+            await getattr(client, how)()
+            end = await server.wait_ended(EndReason.CLIENT_DISCONNECTED)
+    assert probe.cancelled_at is not None and probe.cleaned_at is not None
+    assert probe.cancelled_at - left_at < DISCONNECT_BOUND
+    assert probe.cleaned_at >= probe.cancelled_at, "the awaited cleanup ran after the cancel"
+    assert probe.ends == [end]
+    assert probe.background_ran == [EndReason.CLIENT_DISCONNECTED]
+
+
+async def test_a_producer_that_never_awaits_does_not_pin_the_loop() -> None:
+    """An async generator that yields flat out, never awaiting: the runtime checkpoints."""
+    yielded = 0
+    closed = anyio.Event()
+
+    async def flat_out() -> AsyncIterator[str]:
+        nonlocal yielded
+        try:
+            while True:
+                yielded += 1
+                yield "x" * 1024
+        finally:
+            closed.set()
+
+    async def route(request: Request) -> Response:
+        return StreamResponse(flat_out())
+
+    async with open_server(app_for(route)) as server:
+        async with open_stream(server, "/stream") as client:
+            await client.receive_chunk()
+            await client.reset()
+        await server.wait_ended(EndReason.CLIENT_DISCONNECTED)
+        with anyio.fail_after(DISCONNECT_BOUND):
+            await closed.wait()
+        # The loop is free: the server still answers.
+        async with open_stream(server, "/stream") as second:
+            assert await second.receive_chunk()
+
+
+async def test_an_async_generator_is_closed_in_the_task_group_with_awaited_cleanup() -> None:
+    """aclose() runs shielded, so awaits in the generator's finally complete; a plain await in
+    a finally reached by the cancellation itself is cancelled (the known trap)."""
+    record: list[str] = []
+    done = anyio.Event()
+
+    async def at_a_yield() -> AsyncIterator[str]:
+        try:
+            yield "first"
+            await anyio.sleep_forever()
+            yield "never"
+        finally:
+            try:
+                await anyio.sleep(0.01)
+                record.append("plain await in finally completed")
+            except anyio.get_cancelled_exc_class():
+                record.append("plain await in finally cancelled")
+                raise
+            finally:
+                with shielded_cleanup(1.0):
+                    await anyio.sleep(0.01)
+                    record.append("shielded cleanup completed")
+                done.set()
+
+    async def route(request: Request) -> Response:
+        return StreamResponse(at_a_yield())
+
+    async with open_server(app_for(route)) as server:
+        async with open_stream(server, "/stream") as client:
+            assert await client.receive_chunk() == b"first"
+            await client.close()
+        await server.wait_ended(EndReason.CLIENT_DISCONNECTED)
+        with anyio.fail_after(DISCONNECT_BOUND):
+            await done.wait()
+    assert record == ["plain await in finally cancelled", "shielded cleanup completed"]
+
+
+async def test_a_resource_entered_through_send_is_closed_shielded() -> None:
+    events: list[str] = []
+    closed = anyio.Event()
+
+    class Upstream:
+        async def __aenter__(self) -> Upstream:
+            events.append("opened")
+            return self
+
+        async def __aexit__(self, *exc_info: object) -> None:
+            await anyio.sleep(0.02)  # e.g. an HTTP client draining its pool
+            events.append("closed")
+            closed.set()
+
+    async def produce(send: StreamSender[str]) -> None:
+        await send.enter_async_context(Upstream())
+        await send("data: opened\n\n")
+        await anyio.sleep_forever()
+
+    async def route(request: Request) -> Response:
+        return EventSourceResponse(produce)
+
+    async with open_server(app_for(route)) as server:
+        async with open_stream(server, "/stream") as client:
+            await client.read_event()
+            await client.reset()
+        end = await server.wait_ended(EndReason.CLIENT_DISCONNECTED)
+    assert events == ["opened", "closed"]
+    assert end.cleanup_duration >= 0.02
+
+
+# -- heartbeats -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["sse", "ndjson"])
+async def test_heartbeats_fill_silence(kind: str) -> None:
+    probe = Probe()
+
+    async def route(request: Request) -> Response:
+        return respond(kind, producer(kind, probe, count=None, pace=3600.0), probe, heartbeat_interval=0.05)
+
+    sse, ndjson = SSEReader(), NDJSONReader()
+    async with open_server(app_for(route)) as server, open_stream(server, "/stream") as client:
+        with anyio.fail_after(5):
+            while (len(sse.comments) if kind == "sse" else ndjson.blank_lines) < 3:
+                chunk = await client.receive_chunk()
+                assert chunk is not None
+                (sse if kind == "sse" else ndjson).feed(chunk)
+    if kind == "sse":
+        assert set(sse.comments) == {"ping"}
+
+
+async def test_no_heartbeat_when_disabled_or_when_data_flows() -> None:
+    async def produce(send: StreamSender[ServerSentEvent | str]) -> None:
+        for n in range(10):
+            await send(str(n))
+            await anyio.sleep(0.02)
+
+    async def route(request: Request) -> Response:
+        disabled = request.query_params.get("off") == "1"
+        return EventSourceResponse(produce, heartbeat_interval=None if disabled else 0.1)
+
+    async with open_server(app_for(route)) as server:
+        for query in ("?off=1", ""):
+            async with open_stream(server, "/stream" + query) as client:
+                events = [event async for event in client.events()]
+            assert [event.data for event in events] == [str(n) for n in range(10)]
+            assert client.comments == []
+
+
+async def test_heartbeat_writes_count_for_the_send_timeout() -> None:
+    """A stalled client and a silent producer: only heartbeats are written, and they stall."""
+
+    async def silent(send: StreamSender[ServerSentEvent | str]) -> None:
+        await anyio.sleep_forever()
+
+    async def route(request: Request) -> Response:
+        big = "h" * 65536  # fills the socket buffers in a few beats
+        return EventSourceResponse(silent, heartbeat_interval=0.01, heartbeat_comment=big, send_timeout=0.3)
+
+    async with open_server(app_for(route)) as server, open_stream(server, "/stream", receive_buffer=4096):
+        end = await server.wait_ended(EndReason.SEND_TIMEOUT, within=10)
+    assert end.items_sent == 0
+
+
+# -- stalled clients --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_stalled_client_ends_with_send_timeout_and_memory_stays_bounded(kind: str) -> None:
+    probe = Probe()
+    send_timeout, buffer_size = 0.3, 4
+
+    async def route(request: Request) -> Response:
+        content = producer(kind, probe, count=None, pace=None, size=32768)
+        return respond(kind, content, probe, send_timeout=send_timeout, buffer_size=buffer_size)
+
+    async with open_server(app_for(route)) as server:
+        async with open_stream(server, "/stream", receive_buffer=4096) as client:
+            await client.receive_chunk()
+            stalled_at = anyio.current_time()
+            end = await server.wait_ended(EndReason.SEND_TIMEOUT, within=10)
+            with anyio.fail_after(5):
+                await probe.cleaned.wait()
+            assert probe.cleaned_at is not None
+            assert probe.cleaned_at - stalled_at < send_timeout + 1.0
+            # The producer was held by the buffer: at most the buffer and the frame being
+            # written (and the one it was waiting to hand over) beyond what was written.
+            assert probe.produced <= end.items_sent + buffer_size + 2
+    assert probe.background_ran == [EndReason.SEND_TIMEOUT]
+
+
+# -- deadlines and errors ---------------------------------------------------------------------
+
+
+async def test_max_duration_ends_with_deadline_and_a_final_event() -> None:
+    probe = Probe()
+
+    async def route(request: Request) -> Response:
+        return respond(
+            "sse",
+            producer("sse", probe, count=None, pace=0.01),
+            probe,
+            max_duration=0.2,
+            deadline_event=ServerSentEvent(event="deadline", data="", retry=5000),
+        )
+
+    async with open_server(app_for(route)) as server, open_stream(server, "/stream") as client:
+        events = [event async for event in client.events()]
+        end = await server.wait_ended(EndReason.DEADLINE)
+    assert client.complete
+    assert events[-1] == ServerSentEvent(event="deadline", data="", retry=5000)
+    assert 0.2 <= end.duration < 2.0
+    assert probe.cleaned.is_set()
+    assert probe.background_ran == [EndReason.DEADLINE]
+
+
+@pytest.mark.parametrize("kind", ["sse", "ndjson"])
+async def test_a_producer_error_is_reported_and_the_body_still_ends_properly(
+    kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    probe = Probe()
+
+    async def failing(send: StreamSender[Any]) -> None:
+        send.push_async_callback(probe.cleanup)
+        await send(item(kind, 0))
+        raise RuntimeError("secret upstream detail")
+
+    async def route(request: Request) -> Response:
+        if kind == "ndjson":
+            return respond(kind, failing, probe, error_item={"error": "internal"})
+        return respond(kind, failing, probe)
+
+    with caplog.at_level(logging.INFO, logger="streamkit"):
+        async with open_server(app_for(route)) as server, open_stream(server, "/stream") as client:
+            body = await client.read_all()
+            end = await server.wait_ended(EndReason.ERROR)
+    assert client.complete, "the chunked terminator must be sent after an error"
+    assert b"secret" not in body
+    if kind == "sse":
+        assert body.endswith(b"event: error\ndata: \n\n")
+    else:
+        assert body.endswith(b'{"error":"internal"}\n')
+    assert isinstance(end.exception, RuntimeError)
+    assert probe.cleaned.is_set()
+    errors = [record for record in caplog.records if record.name == "streamkit"]
+    assert len(errors) == 1 and errors[0].levelno == logging.ERROR and errors[0].exc_info
+
+
+async def test_an_item_that_cannot_be_encoded_is_an_error_naming_it() -> None:
+    async def produce(send: StreamSender[Any]) -> None:
+        await send({"ok": 1})
+        await send({"bad": object()})
+
+    async def route(request: Request) -> Response:
+        return NDJSONResponse(produce)
+
+    async with open_server(app_for(route)) as server, open_stream(server, "/stream") as client:
+        assert await client.read_item() == {"ok": 1}
+        await client.read_all()
+        end = await server.wait_ended(EndReason.ERROR)
+    assert isinstance(end.exception, TypeError)
+    assert "'bad'" in str(end.exception)
+
+
+# -- Last-Event-ID ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("header", "seen"), [("41", "41"), ("bad\x01id", None), (None, None)])
+async def test_the_producer_sees_a_valid_last_event_id(header: str | None, seen: str | None) -> None:
+    async def produce(send: StreamSender[ServerSentEvent | str]) -> None:
+        await send(ServerSentEvent(data=repr(send.last_event_id)))
+
+    async def route(request: Request) -> Response:
+        return EventSourceResponse(produce)
+
+    headers = {} if header is None else {"last-event-id": header}
+    async with open_server(app_for(route)) as server:
+        async with open_stream(server, "/stream", headers=headers) as client:
+            event = await client.read_event()
+    assert client.status == 200
+    assert event.data == repr(seen)
+
+
+# -- registry and introspection ---------------------------------------------------------------
+
+
+async def test_the_registry_sees_active_streams() -> None:
+    probe = Probe()
+
+    async def route(request: Request) -> Response:
+        return respond("sse", producer("sse", probe, count=None, pace=3600.0), probe)
+
+    async with open_server(app_for(route)) as server:
+        async with open_stream(server, "/stream") as client:
+            await client.read_event()
+            (active,) = server.streams.active_streams()
+            assert active.path == "/stream" and active.client is not None
+            assert active.items_sent <= 1  # the client may read it before the write returns
+            assert server.streams.statistics().active == 1
+            assert registry.statistics().active >= 1
+        await server.wait_ended(EndReason.CLIENT_DISCONNECTED)
+        assert server.streams.statistics().active == 0
+

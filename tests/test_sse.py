@@ -1,0 +1,117 @@
+from __future__ import annotations
+
+import re
+
+import pytest
+from httpx_sse._decoders import SSEDecoder, SSELineDecoder
+from hypothesis import given
+from hypothesis import strategies as st
+
+from streamkit import ServerSentEvent, last_event_id
+from streamkit._sse import MAX_LAST_EVENT_ID_LENGTH, encode_comment, encode_event
+
+# Any text but lone surrogates, which UTF-8 cannot carry.
+TEXT = st.text(st.characters(exclude_categories=("Cs",)))
+NAME = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\r\n"))
+IDS = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\r\n\0"))
+EVENTS = st.builds(
+    ServerSentEvent,
+    data=st.none() | TEXT,
+    event=st.none() | NAME,
+    id=st.none() | IDS,
+    retry=st.none() | st.integers(min_value=0, max_value=2**31),
+    comment=st.none() | TEXT,
+)
+
+
+def parse(payload: bytes, split_at: int) -> list[object]:
+    """Parse with httpx-sse, a real SSE parser, feeding the payload in two pieces."""
+    lines = SSELineDecoder()
+    decoder = SSEDecoder()
+    text = payload.decode()
+    found = []
+    for piece in (text[:split_at], text[split_at:]):
+        if piece:
+            for line in lines.decode(piece):
+                event = decoder.decode(line)
+                if event is not None:
+                    found.append(event)
+    return found
+
+
+@given(events=st.lists(EVENTS, max_size=5), split=st.integers(min_value=0, max_value=10_000))
+def test_a_real_parser_reads_back_what_was_encoded(events: list[ServerSentEvent], split: int) -> None:
+    payload = b"".join(encode_event(event) for event in events)
+    parsed = iter(parse(payload, split % (len(payload) + 1)))
+    last_id = ""
+    for sent in events:
+        last_id = sent.id if sent.id is not None else last_id
+        if not (sent.data is not None or sent.event or last_id or sent.retry is not None):
+            continue  # a frame with nothing in it: parsers dispatch nothing
+        got = next(parsed)
+        assert got.data == re.sub(r"\r\n|\r", "\n", sent.data or "")
+        assert got.event == (sent.event or "message")
+        assert got.id == last_id
+        assert got.retry == sent.retry
+    assert next(parsed, None) is None
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("event", "a\nb"), ("event", "a\rb"), ("id", "1\n2"), ("id", "1\r"), ("id", "1\x002")],
+)
+def test_a_line_break_in_a_name_or_id_is_refused_and_named(field: str, value: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(repr(value))):
+        ServerSentEvent(data="x", **{field: value})
+
+
+@pytest.mark.parametrize("retry", [-1, 1.5, True, "10"])
+def test_retry_must_be_a_non_negative_int(retry: object) -> None:
+    with pytest.raises((TypeError, ValueError), match=re.escape(repr(retry))):
+        ServerSentEvent(retry=retry)  # type: ignore[arg-type]
+
+
+def test_data_must_be_text() -> None:
+    with pytest.raises(TypeError, match="got bytes"):
+        ServerSentEvent(data=b"x")  # type: ignore[arg-type]
+
+
+def test_data_line_breaks_become_data_lines_and_cannot_inject_fields() -> None:
+    frame = encode_event(ServerSentEvent(data="a\r\nid: 7\revent: x\nretry: 1", event="m"))
+    assert frame == b"event: m\ndata: a\ndata: id: 7\ndata: event: x\ndata: retry: 1\n\n"
+
+
+def test_a_leading_space_in_data_survives() -> None:
+    (event,) = parse(encode_event(ServerSentEvent(data="  two spaces")), 0)
+    assert event.data == "  two spaces"
+
+
+def test_empty_data_is_still_an_event() -> None:
+    assert encode_event(ServerSentEvent(data="")) == b"data: \n\n"
+    assert len(parse(encode_event(ServerSentEvent(data="")), 0)) == 1
+
+
+def test_comments_span_lines_and_are_ignored_by_parsers() -> None:
+    assert encode_comment("a\nb") == b": a\n: b\n\n"
+    assert parse(encode_comment("a\nid: 3"), 0) == []
+
+
+def test_encoding_is_utf8() -> None:
+    assert encode_event(ServerSentEvent(data="é€😀")) == "data: é€😀\n\n".encode()
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (None, None),
+        ("42", "42"),
+        ("", ""),
+        ("a\x00b", None),
+        ("a\x1fb", None),
+        ("x" * MAX_LAST_EVENT_ID_LENGTH, "x" * MAX_LAST_EVENT_ID_LENGTH),
+        ("x" * (MAX_LAST_EVENT_ID_LENGTH + 1), None),
+    ],
+)
+def test_last_event_id_is_validated(header: str | None, expected: str | None) -> None:
+    headers = {} if header is None else {"last-event-id": header}
+    assert last_event_id(headers) == expected
