@@ -31,6 +31,9 @@ class StreamOptions:
         stream with :attr:`~streamkit.EndReason.SEND_TIMEOUT`; ``None`` waits forever.
     :param max_duration: the stream ends with :attr:`~streamkit.EndReason.DEADLINE` after
         this many seconds; ``None`` for no limit.
+    :param idle_timeout: when the producer queues nothing for this many seconds, the
+        response's idle fallback (by default the last item again, marked stale where the format
+        can say so) is sent; ``None`` waits as long as the producer takes.
     :param cleanup_timeout: how long the producer's shielded cleanup (closing an async
         iterable, registered resources) may take once the stream ends.
     :param buffer_size: how many encoded items may wait between the producer and the socket;
@@ -43,6 +46,7 @@ class StreamOptions:
     heartbeat_interval: float | None = None
     send_timeout: float | None = 10.0
     max_duration: float | None = None
+    idle_timeout: float | None = None
     cleanup_timeout: float = 5.0
     buffer_size: int = 16
 
@@ -50,6 +54,7 @@ class StreamOptions:
         _check_duration("heartbeat_interval", self.heartbeat_interval, optional=True)
         _check_duration("send_timeout", self.send_timeout, optional=True)
         _check_duration("max_duration", self.max_duration, optional=True)
+        _check_duration("idle_timeout", self.idle_timeout, optional=True)
         _check_duration("cleanup_timeout", self.cleanup_timeout, optional=False)
         if isinstance(self.buffer_size, bool) or not isinstance(self.buffer_size, int):
             raise TypeError(f"buffer_size must be an int, got {self.buffer_size!r}")

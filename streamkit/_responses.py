@@ -40,6 +40,9 @@ class StreamArguments(TypedDict, total=False):
     heartbeat_interval: float | None
     send_timeout: float | None
     max_duration: float | None
+    idle_timeout: float | None
+    idle_fallback: Callable[[Any], Any] | None
+    end_when_idle: bool
     cleanup_timeout: float
     buffer_size: int
     on_end: Callable[[StreamEnd], None] | None
@@ -58,6 +61,13 @@ class StreamResponse(Response, Generic[ItemT]):
         ``heartbeat_chunk`` too.
     :param send_timeout: see :class:`~streamkit.StreamOptions`.
     :param max_duration: see :class:`~streamkit.StreamOptions`.
+    :param idle_timeout: see :class:`~streamkit.StreamOptions`.
+    :param idle_fallback: what to send when the producer was idle for ``idle_timeout``: called
+        with the last item the producer sent (``None`` before the first) and returning the item
+        to send, or ``None`` to send nothing. By default the last item again (for SSE, a
+        ``stale`` event carrying the last event's data).
+    :param end_when_idle: end the stream with :attr:`~streamkit.EndReason.DEADLINE` after the
+        idle fallback, instead of waiting on.
     :param cleanup_timeout: see :class:`~streamkit.StreamOptions`.
     :param buffer_size: see :class:`~streamkit.StreamOptions`.
     :param on_end: called with the :class:`~streamkit.StreamEnd` once the stream has ended;
@@ -102,6 +112,8 @@ class StreamResponse(Response, Generic[ItemT]):
             )
         self.content = content
         self.on_end = on_end
+        self.idle_fallback = arguments.get("idle_fallback") or self.default_idle_fallback
+        self.end_when_idle = arguments.get("end_when_idle", False)
         given = {name: value for name, value in arguments.items() if name in StreamOptions.names()}
         given.setdefault("heartbeat_interval", self.default_heartbeat_interval)
         self.options = StreamOptions(**given)  # type: ignore[arg-type]
@@ -132,6 +144,12 @@ class StreamResponse(Response, Generic[ItemT]):
     def heartbeat_frame(self) -> bytes | None:
         """The bytes a heartbeat writes, or ``None`` for no heartbeats."""
         return self._heartbeat_chunk
+
+    @staticmethod
+    def default_idle_fallback(last: Any) -> Any:
+        """The item sent after ``idle_timeout`` unless ``idle_fallback`` says otherwise: the last
+        item again."""
+        return last
 
     def closing_frame(self, reason: EndReason) -> bytes | None:
         """The bytes written last when the stream ends early for *reason*, if any."""
@@ -206,6 +224,14 @@ class EventSourceResponse(StreamResponse[ServerSentEvent | str]):
 
     def heartbeat_frame(self) -> bytes | None:
         return self._heartbeat
+
+    @staticmethod
+    def default_idle_fallback(last: ServerSentEvent | str | None) -> ServerSentEvent | None:
+        """A ``stale`` event carrying the last event's data (nothing before the first event)."""
+        if last is None:
+            return None
+        data = last if isinstance(last, str) else last.data
+        return ServerSentEvent(event="stale", data=data)
 
     def closing_frame(self, reason: EndReason) -> bytes | None:
         event = self._closing.get(reason)

@@ -88,7 +88,10 @@ class StreamSender(Generic[ItemT]):
         :raises ValueError: the item's value cannot be encoded.
         """
         run = self._run
-        await run.buffer_send.send(run.response.encode(item))
+        frame = run.response.encode(item)
+        if run.options.idle_timeout is not None:
+            run.last_item, run.last_item_at = item, anyio.current_time()
+        await run.buffer_send.send(frame)
 
     @property
     def last_event_id(self) -> str | None:
@@ -132,6 +135,8 @@ class _StreamRun(Generic[ItemT]):
         self._sender_scope = anyio.CancelScope()
         self._finished = anyio.Event()
         self._last_write_at = self.started_at
+        self.last_item: ItemT | None = None
+        self.last_item_at = self.started_at
         self._pending_since: float | None = None
         self._write_count = 0
         self._watchdog_wake: anyio.Event | None = None
@@ -208,6 +213,8 @@ class _StreamRun(Generic[ItemT]):
             task_group.start_soon(self._watch_send, options.send_timeout)
         if options.heartbeat_interval is not None and self.response.heartbeat_frame():
             task_group.start_soon(self._heartbeat, options.heartbeat_interval)
+        if options.idle_timeout is not None:
+            task_group.start_soon(self._watch_idle, options.idle_timeout)
         if options.max_duration is not None:
             self._producer_scope.deadline = self.started_at + options.max_duration
 
@@ -339,6 +346,30 @@ class _StreamRun(Generic[ItemT]):
             except (anyio.ClosedResourceError, anyio.BrokenResourceError):
                 return
             next_at = now + interval
+
+    async def _watch_idle(self, idle_timeout: float) -> None:
+        response = self.response
+        while True:
+            await anyio.sleep_until(self.last_item_at + idle_timeout)
+            if anyio.current_time() < self.last_item_at + idle_timeout:
+                continue  # the producer sent something meanwhile
+            try:
+                fallback = response.idle_fallback(self.last_item)
+                frame = None if fallback is None else response.encode(fallback)
+            except Exception as exc:
+                self.decide(EndReason.ERROR, exc)
+                return
+            if frame is not None:
+                try:
+                    self.buffer_send.send_nowait(frame)
+                except anyio.WouldBlock:
+                    pass  # items are waiting: the client is slow, not the producer
+                except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                    return
+            if response.end_when_idle:
+                self.decide(EndReason.DEADLINE)
+                return
+            self.last_item_at = anyio.current_time()
 
     # -- the report -----------------------------------------------------------------------------
 

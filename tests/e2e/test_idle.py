@@ -1,0 +1,83 @@
+"""Per-item idle timeouts: a silent producer's stream serves its last good value, marked."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from streamkit import EndReason, EventSourceResponse, NDJSONResponse, ServerSentEvent, StreamSender
+from streamkit.testing import open_server, open_stream
+
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
+
+IDLE = 0.2
+
+
+async def one_then_silence(send: StreamSender[Any]) -> None:
+    await send(ServerSentEvent(data="42", id="1", event="price"))
+    await anyio.sleep_forever()
+
+
+def app(**options: Any) -> Starlette:
+    async def sse(request: Request) -> Response:
+        return EventSourceResponse(one_then_silence, idle_timeout=IDLE, **options)
+
+    async def rows(request: Request) -> Response:
+        async def produce(send: StreamSender[Any]) -> None:
+            await send({"price": 42})
+            await anyio.sleep_forever()
+
+        return NDJSONResponse(
+            produce,
+            idle_timeout=IDLE,
+            idle_fallback=lambda last: {"cache": True, "value": last},
+            **options,
+        )
+
+    return Starlette(routes=[Route("/sse", sse), Route("/rows", rows)])
+
+
+async def test_a_silent_sse_producer_gets_stale_events_and_the_stream_waits_on() -> None:
+    async with open_server(app()) as server, open_stream(server, "/sse") as client:
+        first = await client.read_event()
+        started = anyio.current_time()
+        stale = [await client.read_event() for _ in range(2)]
+        waited = anyio.current_time() - started
+        await client.close()
+        await server.wait_ended(EndReason.CLIENT_DISCONNECTED)
+    assert first.data == "42"
+    assert stale == [ServerSentEvent(event="stale", data="42")] * 2
+    assert 2 * IDLE <= waited < 2 * IDLE + 1.0
+
+
+async def test_end_when_idle_ends_with_deadline_after_the_fallback() -> None:
+    async with open_server(app(end_when_idle=True)) as server, open_stream(server, "/rows") as client:
+        items = [await client.read_item() for _ in range(2)]
+        assert await client.read_all() == b""
+        end = await server.wait_ended(EndReason.DEADLINE)
+    assert items == [{"price": 42}, {"cache": True, "value": {"price": 42}}]
+    assert client.complete
+    assert end.items_sent == 2
+    assert IDLE <= end.duration < IDLE + 1.0
+
+
+async def test_a_producer_that_keeps_sending_never_gets_a_fallback() -> None:
+    async def steady(send: StreamSender[Any]) -> None:
+        for n in range(8):
+            await send(str(n))
+            await anyio.sleep(IDLE / 4)
+
+    async def sse(request: Request) -> Response:
+        return EventSourceResponse(steady, idle_timeout=IDLE)
+
+    app = Starlette(routes=[Route("/sse", sse)])
+    async with open_server(app) as server, open_stream(server, "/sse") as client:
+        events = [event async for event in client.events()]
+    assert [event.data for event in events] == [str(n) for n in range(8)]
+    assert all(event.event is None for event in events)
