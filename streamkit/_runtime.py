@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, contextmanager
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -222,46 +222,47 @@ class _StreamRun(Generic[ItemT]):
 
     async def _produce(self) -> None:
         content = self.response.content
-        iterator: AsyncIterator[ItemT] | None = None
-        async with AsyncExitStack() as stack:
-            sender = StreamSender(self, stack)
-            try:
-                if self.reason is not None:
-                    pass  # drained before it began: the producer never runs
-                elif callable(content) and not hasattr(content, "__aiter__"):
-                    result = content(sender)
-                    if not inspect.isawaitable(result):
-                        raise TypeError(
-                            f"a stream producer must be an async function taking send, "
-                            f"got {content!r} returning {type(result).__name__}"
-                        )
-                    await result
-                else:
-                    assert isinstance(content, AsyncIterable)
-                    iterator = aiter(content)
-                    async for item in iterator:
-                        await sender(item)
-            except Exception as exc:
-                if not self.decide(EndReason.ERROR, exc):
-                    logger.error(
-                        "stream %s: producer raised after the stream had ended (%s)",
-                        self.path,
-                        self.reason.value if self.reason else "?",
-                        exc_info=exc,
+        stack = AsyncExitStack()
+        closable: object = content  # what to aclose(): the iterator once there is one
+        try:
+            if self.reason is not None:
+                pass  # drained before it began: the producer never runs
+            elif callable(content) and not hasattr(content, "__aiter__"):
+                result = content(StreamSender(self, stack))
+                if not inspect.isawaitable(result):
+                    raise TypeError(
+                        "a stream producer must be an async function taking send, "
+                        f"got {content!r} returning {type(result).__name__}"
                     )
-            finally:
-                started = anyio.current_time()
-                with shielded_cleanup(self.options.cleanup_timeout):
-                    try:
-                        aclose = getattr(
-                            iterator if iterator is not None else content, "aclose", None
-                        )
-                        if aclose is not None:
-                            await aclose()
-                        await stack.aclose()
-                    except Exception as exc:
-                        logger.error("stream %s: cleanup raised", self.path, exc_info=exc)
-                self._cleanup_duration = anyio.current_time() - started
+                await result
+            else:
+                assert isinstance(content, AsyncIterable)
+                sender = StreamSender(self, stack)
+                closable = iterator = aiter(content)
+                async for item in iterator:
+                    await sender(item)
+        except Exception as exc:
+            if not self.decide(EndReason.ERROR, exc):
+                logger.error(
+                    "stream %s: producer raised after the stream had ended (%s)",
+                    self.path,
+                    self.reason.value if self.reason else "?",
+                    exc_info=exc,
+                )
+        finally:
+            started = anyio.current_time()
+            with shielded_cleanup(self.options.cleanup_timeout):
+                await self._close(getattr(closable, "aclose", None))
+                await self._close(stack.aclose)
+            self._cleanup_duration = anyio.current_time() - started
+
+    async def _close(self, aclose: Callable[[], Awaitable[object]] | None) -> None:
+        if aclose is None:
+            return
+        try:
+            await aclose()
+        except Exception as exc:
+            logger.error("stream %s: cleanup raised", self.path, exc_info=exc)
 
     # -- the tasks beside the producer --------------------------------------------------------
 
