@@ -119,6 +119,7 @@ class _StreamRun(Generic[ItemT]):
         self.response = response
         self.options = options
         self.path: str = scope.get("path", "")
+        self._head_only = scope.get("method") == "HEAD"
         client = scope.get("client")
         self.client = (client[0], client[1]) if client else None
         self.last_event_id = last_event_id(Headers(scope=scope))
@@ -225,8 +226,8 @@ class _StreamRun(Generic[ItemT]):
         stack = AsyncExitStack()
         closable: object = content  # what to aclose(): the iterator once there is one
         try:
-            if self.reason is not None:
-                pass  # drained before it began: the producer never runs
+            if self.reason is not None or self._head_only:
+                pass  # drained before it began, or a HEAD request: the producer never runs
             elif callable(content) and not hasattr(content, "__aiter__"):
                 result = content(StreamSender(self, stack))
                 if not inspect.isawaitable(result):

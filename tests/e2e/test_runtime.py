@@ -148,6 +148,20 @@ async def test_a_stream_completes_and_reports_once(kind: str, form: str) -> None
     assert registry.statistics().ended[EndReason.COMPLETED] == before + 1
 
 
+async def test_a_head_request_gets_the_headers_and_never_runs_the_producer() -> None:
+    probe = Probe()
+
+    async def route(request: Request) -> Response:
+        return respond("sse", producer("sse", probe, count=None, pace=None), probe)
+
+    app = Starlette(routes=[Route("/stream", route, methods=["GET", "HEAD"])])
+    async with open_server(app) as server, open_stream(server, "/stream", method="HEAD") as client:
+        end = await server.wait_ended(EndReason.COMPLETED)
+    assert client.status == 200 and client.headers["content-type"].startswith("text/event-stream")
+    assert not probe.started.is_set()
+    assert end.items_sent == 0
+
+
 # -- disconnects ------------------------------------------------------------------------------
 
 
