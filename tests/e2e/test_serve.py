@@ -1,0 +1,70 @@
+"""streamkit.serve as a process: SIGTERM drains the streams and the process exits in time."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import textwrap
+
+import anyio
+import pytest
+
+from streamkit import ServerSentEvent
+from streamkit._serve import ServerAddress
+from streamkit.testing import open_stream
+
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
+
+GRACE = 3.0
+SERVICE = textwrap.dedent(
+    """
+    import sys
+    from functools import partial
+
+    import anyio
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    import streamkit
+
+    async def ticks(send):
+        n = 0
+        while True:
+            await send(streamkit.ServerSentEvent(data=str(n)))
+            n += 1
+            await anyio.sleep(0.05)
+
+    app = Starlette(routes=[Route("/ticks", lambda request: streamkit.EventSourceResponse(ticks))])
+
+    async def main():
+        async with anyio.create_task_group() as task_group:
+            serve = partial(streamkit.serve, app, bind="127.0.0.1:0", grace_period=%r)
+            address = await task_group.start(serve)
+            print(address.port, flush=True)
+
+    anyio.run(main, backend=sys.argv[1])
+    """
+    % GRACE
+)
+
+
+async def test_sigterm_drains_streams_and_the_process_exits_within_the_grace_period(
+    anyio_backend: str,
+) -> None:
+    async with await anyio.open_process([sys.executable, "-c", SERVICE, anyio_backend]) as process:
+        assert process.stdout is not None
+        with anyio.fail_after(10):
+            port = int((await process.stdout.receive()).decode())
+        address = ServerAddress(host="127.0.0.1", port=port)
+        async with open_stream(address, "/ticks") as client:
+            await client.read_event()
+            signalled_at = anyio.current_time()
+            process.send_signal(signal.SIGTERM)
+            events = [event async for event in client.events()]
+            with anyio.fail_after(GRACE + 2):
+                code = await process.wait()
+            exited_after = anyio.current_time() - signalled_at
+    assert events[-1] == ServerSentEvent(event="shutdown", data="", retry=1000)
+    assert client.complete
+    assert code == 0
+    assert exited_after < GRACE
