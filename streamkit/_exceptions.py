@@ -4,7 +4,14 @@ Every one derives from :class:`StreamkitError`, and mixes in the standard base t
 it, so callers can catch whichever they think in::
 
     StreamkitError
-    └── ServeError             (RuntimeError) the server could not be started as asked
+    ├── ServeError             (RuntimeError) the server could not be started as asked
+    ├── LifespanError          (RuntimeError) an App's lifespan is not running, or already is
+    ├── MetricsUnavailableError (ImportError) metrics were asked for without prometheus-client
+    ├── UpstreamError          (RuntimeError) an upstream answered what cannot be forwarded
+    ├── ProcessExitError       (RuntimeError) a streamed command exited with a failure status
+    ├── LeakError              (AssertionError) a test left descriptors, processes or tasks
+    ├── FallbackUnavailableError (TimeoutError) no fresh value in time and nothing to fall back on
+    └── SlowSubscriberError    (RuntimeError) a topic subscriber fell behind and was disconnected
 
 Bad input (an SSE event name with a newline, a negative timeout) is a plain :class:`ValueError`
 or :class:`TypeError` naming the offending value: it is a programming error, not a stream event.
@@ -19,3 +26,87 @@ class StreamkitError(Exception):
 
 class ServeError(StreamkitError, RuntimeError):
     """:func:`streamkit.serve` could not start serving as asked."""
+
+
+class LifespanError(StreamkitError, RuntimeError):
+    """An :class:`~streamkit.App` was asked for what only its running lifespan has (its task
+    group), or its lifespan was entered while already running."""
+
+
+class MetricsUnavailableError(StreamkitError, ImportError):
+    """Prometheus metrics were asked of an :class:`~streamkit.App` but ``prometheus-client``
+    is not installed: install ``streamkit[metrics]``."""
+
+
+class UpstreamError(StreamkitError, RuntimeError):
+    """An upstream HTTP response cannot be forwarded: its status is not 2xx, or it is not
+    the kind of body asked for.
+
+    :param message: what was wrong, naming the request and what was received.
+    :param status_code: the upstream's status.
+    :param url: the upstream URL.
+    """
+
+    def __init__(self, message: str, *, status_code: int, url: str) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.url = url
+
+
+class ProcessExitError(StreamkitError, RuntimeError):
+    """A command whose output was streamed exited with a non-zero status.
+
+    :param message: the command and its status.
+    :param command: the command as given.
+    :param returncode: its exit status (negative: killed by that signal).
+    """
+
+    def __init__(self, message: str, *, command: object, returncode: int) -> None:
+        super().__init__(message)
+        self.command = command
+        self.returncode = returncode
+
+
+class FallbackUnavailableError(StreamkitError, TimeoutError):
+    """A :class:`~streamkit.Fallback` got no fresh value before its deadline and had no
+    cached value to serve instead (none, or one older than ``max_staleness``).
+
+    :param message: the key, the deadline and what the cache held.
+    :param key: the key asked for.
+    :param cached_age: the age in seconds of the cached value that was too old to serve, or
+        ``None`` if nothing was cached.
+    """
+
+    def __init__(self, message: str, *, key: str, cached_age: float | None) -> None:
+        super().__init__(message)
+        self.key = key
+        self.cached_age = cached_age
+
+
+class LeakError(StreamkitError, AssertionError):
+    """A test left resources behind: :func:`streamkit.testing.open_leak_check` or the
+    ``no_leaks`` fixture found them still open after the grace period.
+
+    :param message: what leaked, one line per resource.
+    :param file_descriptors: a description of each leaked file descriptor.
+    :param child_processes: a description of each child process left running (or unreaped).
+    :param tasks: a description of each task left running.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file_descriptors: tuple[str, ...] = (),
+        child_processes: tuple[str, ...] = (),
+        tasks: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(message)
+        self.file_descriptors = file_descriptors
+        self.child_processes = child_processes
+        self.tasks = tasks
+
+
+class SlowSubscriberError(StreamkitError, RuntimeError):
+    """A topic subscriber's buffer was full and the broker's slow-subscriber policy
+    disconnected it; raised when its subscription is iterated."""

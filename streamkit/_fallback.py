@@ -1,0 +1,320 @@
+"""Answering in time from a slow source: a fresh value if it comes before the deadline,
+else the last good one, marked as such.
+
+The asyncio recipe, ``asyncio.wait_for(fetch(), timeout)`` with the cache read in the
+``except TimeoutError``, cancels the fetch whenever one caller gives up. Here the fetch for a
+key is shared by every caller waiting for that key (single-flight), and each caller waits for
+it in its own cancel scope, so one caller's deadline or departure is nobody else's business:
+
+- With a :class:`~streamkit.Refresher`, the fetch runs in the application's task group and
+  carries on past the callers' deadlines to refresh the cache; the lifespan's end cancels it.
+- Without one (or while it is full or closed), the first caller hosts the fetch in a task
+  group of its own, and the fetch's deadline is that caller's: later callers join it and never
+  wait past it. If the first caller is cancelled while others still wait, it stays, shielded,
+  until the fetch is done or its deadline passes; when nobody waits any more the fetch is
+  cancelled. Either way no fetch outlives a task group.
+
+Only a fetch that returned writes to the store, a whole entry at once, from the fetch's own
+task: a caller that is cancelled cannot leave the cache half-written.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+
+import anyio
+from starlette.responses import JSONResponse, Response
+
+from ._cache import CachedValue, CacheStore, MemoryStore, Refresher
+from ._exceptions import FallbackUnavailableError
+from ._options import _check_duration
+
+__all__ = ["Fallback", "FallbackResult", "fallback_response"]
+
+logger = logging.getLogger("streamkit")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FallbackResult(Generic[T]):
+    """What :meth:`Fallback.get` returns.
+
+    :param value: the value.
+    :param from_cache: whether it came from the store rather than from a fetch made for this
+        call (or one this call shared).
+    :param stale: whether it was served because no fresh value came in time: a fetch missed
+        the deadline or failed with one of ``fallback_on``. Implies *from_cache*.
+    :param age: seconds since the value was fetched.
+    """
+
+    value: T
+    from_cache: bool
+    stale: bool
+    age: float
+
+
+class _Flight(Generic[T]):
+    """One fetch of one key, shared by the callers that wait for it."""
+
+    __slots__ = ("done", "entry", "error", "scope", "traceback", "waiters")
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.entry: CachedValue[T] | None = None
+        self.error: Exception | None = None
+        self.traceback: TracebackType | None = None
+        self.waiters = 0
+        # Set when a caller hosts the fetch: cancelled once nobody waits for it.
+        self.scope: anyio.CancelScope | None = None
+
+
+class Fallback(Generic[T]):
+    """Fetch a value under a deadline, and serve the last good value when the deadline passes.
+
+    ::
+
+        async def fetch_quote(symbol: str) -> dict[str, object]:
+            ...  # sometimes takes ten seconds
+
+        quotes = streamkit.Fallback(fetch_quote, fallback_after=0.5, max_staleness=3600.0)
+        result = await quotes.get("ACME")  # within 0.5 s, or FallbackUnavailableError
+
+    Concurrent calls for one key share one fetch. A fetch that returns stores its value.
+
+    :param fetch: an async function from a key to a fresh value.
+    :param fallback_after: seconds a caller waits for a fresh value before it is served the
+        cached one.
+    :param ttl: seconds for which a stored value is served without fetching at all; ``None``
+        fetches on every call.
+    :param max_staleness: the oldest, in seconds, a value may be and still be served when no
+        fresh one comes; ``None`` serves any age.
+    :param store: where values are kept; a new :class:`~streamkit.MemoryStore` by default.
+    :param refresher: where a fetch that misses the deadline carries on to refresh the store;
+        without one it is cancelled at the deadline.
+    :param fallback_on: exception types which, raised by *fetch*, are answered with the cached
+        value as a missed deadline would be; any other exception propagates to the callers.
+    :param clock: the time source for the ages in the store; :func:`anyio.current_time`
+        suits a store in this process, a store shared between processes needs ``time.time``.
+    :raises ValueError: a duration is not positive and finite, or *max_staleness* is less
+        than *ttl*.
+    :raises TypeError: *fetch* is not callable, or *fallback_on* is not a tuple of exception
+        types.
+    """
+
+    def __init__(
+        self,
+        fetch: Callable[[str], Awaitable[T]],
+        *,
+        fallback_after: float,
+        ttl: float | None = None,
+        max_staleness: float | None = None,
+        store: CacheStore[T] | None = None,
+        refresher: Refresher | None = None,
+        fallback_on: tuple[type[Exception], ...] = (),
+        clock: Callable[[], float] = anyio.current_time,
+    ) -> None:
+        if not callable(fetch):
+            raise TypeError(f"fetch must be an async function of a key, got {fetch!r}")
+        _check_duration("fallback_after", fallback_after, optional=False)
+        _check_duration("ttl", ttl, optional=True)
+        _check_duration("max_staleness", max_staleness, optional=True)
+        if ttl is not None and max_staleness is not None and max_staleness < ttl:
+            raise ValueError(
+                f"max_staleness must be at least ttl, got max_staleness={max_staleness!r} "
+                f"and ttl={ttl!r}"
+            )
+        if not isinstance(fallback_on, tuple) or not all(
+            isinstance(kind, type) and issubclass(kind, Exception) for kind in fallback_on
+        ):
+            raise TypeError(
+                f"fallback_on must be a tuple of Exception subclasses, got {fallback_on!r}"
+            )
+        self._fetch = fetch
+        self._fallback_after = fallback_after
+        self._ttl = ttl
+        self._max_staleness = max_staleness
+        self._store: CacheStore[T] = MemoryStore() if store is None else store
+        self._refresher = refresher
+        self._fallback_on = fallback_on
+        self._clock = clock
+        self._flights: dict[str, _Flight[T]] = {}
+
+    @property
+    def store(self) -> CacheStore[T]:
+        """The store the values are kept in."""
+        return self._store
+
+    @property
+    def fallback_after(self) -> float:
+        """Seconds a caller waits for a fresh value."""
+        return self._fallback_after
+
+    async def get(self, key: str = "") -> FallbackResult[T]:
+        """The value for *key*: fresh if a fetch returns within ``fallback_after`` seconds,
+        otherwise the stored one, marked stale.
+
+        :param key: what to fetch; handed to ``fetch``.
+        :raises FallbackUnavailableError: no fresh value came in time and the store has none
+            (or only one older than ``max_staleness``).
+        :raises Exception: what ``fetch`` raised, unless it is one of ``fallback_on`` and a
+            stored value can be served.
+        """
+        deadline = anyio.current_time() + self._fallback_after
+        cached = await self._store.get(key)
+        if cached is not None and self._ttl is not None:
+            age = self._clock() - cached.fetched_at
+            if age < self._ttl:
+                return FallbackResult(
+                    value=cached.value, from_cache=True, stale=False, age=max(age, 0.0)
+                )
+        flight = self._flights.get(key)
+        if flight is None:
+            flight = self._flights[key] = _Flight()
+            refresher = self._refresher
+            if refresher is None or not refresher.try_start(lambda: self._run(key, flight)):
+                await self._host(key, flight, deadline)
+                return self._outcome(key, cached, flight)
+        await self._wait(flight, deadline)
+        return self._outcome(key, cached, flight)
+
+    async def _host(self, key: str, flight: _Flight[T], deadline: float) -> None:
+        # Shielded so that this caller's cancellation leaves the fetch to those still waiting;
+        # bounded by this caller's deadline, which is the earliest of theirs.
+        flight.scope = scope = anyio.CancelScope(deadline=deadline, shield=True)
+
+        async def fetch_in_scope() -> None:
+            with scope:
+                await self._run(key, flight)
+
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(fetch_in_scope)
+            await self._wait(flight, deadline)
+
+    async def _wait(self, flight: _Flight[T], deadline: float) -> None:
+        flight.waiters += 1
+        try:
+            with anyio.move_on_at(deadline):
+                await flight.done.wait()
+        finally:
+            flight.waiters -= 1
+            if flight.waiters == 0 and flight.scope is not None and not flight.done.is_set():
+                flight.scope.cancel()
+
+    async def _run(self, key: str, flight: _Flight[T]) -> None:
+        try:
+            try:
+                value = await self._fetch(key)
+            except Exception as exc:
+                flight.error = exc
+                flight.traceback = exc.__traceback__
+                if flight.waiters == 0:
+                    # A refresh nobody waits for any more: its error would go unseen.
+                    logger.warning("fetch for key %r failed", key, exc_info=exc)
+                return
+            entry = CachedValue(value=value, fetched_at=self._clock())
+            flight.entry = entry
+            # Waiters have their value now; the flight stays findable until the store has it,
+            # so that a caller arriving meanwhile joins it rather than fetching again.
+            flight.done.set()
+            await self._store.set(key, entry)
+        finally:
+            flight.done.set()
+            if self._flights.get(key) is flight:
+                del self._flights[key]
+
+    def _outcome(
+        self, key: str, cached: CachedValue[T] | None, flight: _Flight[T]
+    ) -> FallbackResult[T]:
+        now = self._clock()
+        if flight.entry is not None:
+            age = max(now - flight.entry.fetched_at, 0.0)
+            return FallbackResult(value=flight.entry.value, from_cache=False, stale=False, age=age)
+        error = flight.error
+        # Each waiter re-raises the one exception: from the fetch's traceback, so that the
+        # waiters' frames do not pile up on it.
+        if error is not None and not isinstance(error, self._fallback_on):
+            raise error.with_traceback(flight.traceback)
+        cached_age: float | None = None
+        if cached is not None:
+            cached_age = max(now - cached.fetched_at, 0.0)
+            if self._max_staleness is None or cached_age <= self._max_staleness:
+                return FallbackResult(
+                    value=cached.value, from_cache=True, stale=True, age=cached_age
+                )
+        if error is not None:
+            raise error.with_traceback(flight.traceback)
+        held = (
+            "nothing was cached"
+            if cached_age is None
+            else f"the cached value is {cached_age:.3f} s old, past max_staleness="
+            f"{self._max_staleness!r}"
+        )
+        raise FallbackUnavailableError(
+            f"no fresh value for key {key!r} within fallback_after={self._fallback_after!r} s "
+            f"and {held}",
+            key=key,
+            cached_age=cached_age,
+        )
+
+
+async def fallback_response(
+    fallback: Fallback[Any],
+    key: str = "",
+    *,
+    cache_flag: str | None = None,
+    retry_after: float = 5.0,
+    headers: Mapping[str, str] | None = None,
+) -> Response:
+    """Answer a request with :meth:`Fallback.get` as JSON, saying where the value came from.
+
+    For a Starlette or FastAPI endpoint (FastAPI sends a returned ``Response`` as it is)::
+
+        async def quote(request):
+            return await streamkit.fallback_response(quotes, request.path_params["symbol"])
+
+    Headers: ``X-Cache`` is ``miss`` for a value just fetched, ``hit`` for one served within
+    ``ttl``, ``stale`` for one served because no fresh value came in time; a cached value also
+    gets ``Age`` (whole seconds). When nothing can be served the answer is ``503`` with
+    ``Retry-After``.
+
+    :param fallback: where the value comes from; its values must be JSON-serialisable.
+    :param key: the key to ask for.
+    :param cache_flag: if given, the value must be a JSON object, and this key is added to it:
+        ``true`` when the value came from the cache, ``false`` otherwise.
+    :param retry_after: seconds a client is told to wait before retrying after a ``503``.
+    :param headers: extra headers for every answer.
+    :raises TypeError: *cache_flag* is given and the value is not a mapping.
+    :raises ValueError: *retry_after* is not a positive number of seconds.
+    """
+    _check_duration("retry_after", retry_after, optional=False)
+    extra = dict(headers or {})
+    try:
+        result = await fallback.get(key)
+    except FallbackUnavailableError:
+        extra["Retry-After"] = str(math.ceil(retry_after))
+        return JSONResponse(
+            {"detail": "no fresh value in time and no cached value to serve"},
+            status_code=503,
+            headers=extra,
+        )
+    content = result.value
+    if cache_flag is not None:
+        if not isinstance(content, Mapping):
+            raise TypeError(
+                f"cache_flag={cache_flag!r} needs a mapping value to add it to, "
+                f"got {type(content).__name__}: {content!r}"
+            )
+        content = {**content, cache_flag: result.from_cache}
+    if result.stale:
+        extra["X-Cache"] = "stale"
+    else:
+        extra["X-Cache"] = "hit" if result.from_cache else "miss"
+    if result.from_cache:
+        extra["Age"] = str(math.floor(result.age))
+    return JSONResponse(content, headers=extra)

@@ -1,0 +1,480 @@
+"""Fallback, MemoryStore and Refresher without sockets.
+
+On trio the clock is trio's MockClock with autojump: time advances only when every task
+waits, so durations are asserted exactly. On asyncio the same tests run in real time, and
+durations are asserted within a generous bound.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import pytest
+from anyio.abc import TaskStatus
+from trio.testing import MockClock
+
+from streamkit import (
+    CachedValue,
+    Fallback,
+    FallbackResult,
+    FallbackUnavailableError,
+    MemoryStore,
+    Refresher,
+    StreamkitError,
+)
+
+pytestmark = pytest.mark.anyio
+
+DEADLINE = 0.5
+SLOW = 10.0
+OLD: dict[str, Any] = {"key": "k", "call": 0}
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> Any:
+    if request.param == "trio":
+        return ("trio", {"clock": MockClock(autojump_threshold=0)})
+    return "asyncio"
+
+
+@pytest.fixture
+def exact(anyio_backend_name: str) -> bool:
+    """Whether time is virtual, so durations can be asserted exactly."""
+    return anyio_backend_name == "trio"
+
+
+def assert_took(elapsed: float, expected: float, *, exact: bool) -> None:
+    if exact:
+        assert elapsed == pytest.approx(expected, abs=1e-9)
+    else:
+        # Real time on a shared, busy machine: a generous upper bound.
+        assert expected - 0.05 <= elapsed < expected + 1.0
+
+
+class Source:
+    """A data source whose speed the test sets; it records each call and how it ended."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.delay = 0.0
+        self.gate: anyio.Event | None = None
+        self.error: Exception | None = None
+        self.finished = 0
+        self.cancelled = 0
+        self.started = anyio.Event()
+
+    async def __call__(self, key: str) -> dict[str, Any]:
+        self.calls += 1
+        call = self.calls
+        self.started.set()
+        completed = False
+        try:
+            if self.gate is not None:
+                await self.gate.wait()
+            else:
+                await anyio.sleep(self.delay)
+            completed = True
+        finally:
+            if completed:
+                self.finished += 1
+            else:
+                self.cancelled += 1
+        if self.error is not None:
+            raise self.error
+        return {"key": key, "call": call}
+
+
+async def timed(fallback: Fallback[Any], key: str = "k") -> tuple[FallbackResult[Any], float]:
+    started = anyio.current_time()
+    result = await fallback.get(key)
+    return result, anyio.current_time() - started
+
+
+async def test_a_fresh_value_is_returned_and_stored(exact: bool) -> None:
+    source = Source()
+    source.delay = 0.1
+    fallback = Fallback(source, fallback_after=DEADLINE)
+    with anyio.fail_after(5):
+        result, took = await timed(fallback)
+    assert result.value == {"key": "k", "call": 1}
+    assert not result.from_cache
+    assert not result.stale
+    assert_took(result.age, 0.0, exact=exact)
+    assert_took(took, 0.1, exact=exact)
+    entry = await fallback.store.get("k")
+    assert entry is not None
+    assert entry.value == {"key": "k", "call": 1}
+
+
+async def test_a_slow_source_is_answered_from_the_cache_at_the_deadline(exact: bool) -> None:
+    source = Source()
+    fallback = Fallback(source, fallback_after=DEADLINE)
+    with anyio.fail_after(5):
+        await fallback.get("k")
+        await anyio.sleep(3.0)
+        source.delay = SLOW
+        result, took = await timed(fallback)
+    assert result.value == {"key": "k", "call": 1}
+    assert result.from_cache
+    assert result.stale
+    assert_took(took, DEADLINE, exact=exact)
+    assert_took(result.age, 3.0 + DEADLINE, exact=exact)
+    # No refresher: the fetch was cancelled at the deadline, and the cache is untouched.
+    assert source.cancelled == 1
+    entry = await fallback.store.get("k")
+    assert entry is not None
+    assert entry.value == {"key": "k", "call": 1}
+
+
+async def test_nothing_cached_raises_a_timeout_at_the_deadline(exact: bool) -> None:
+    source = Source()
+    source.delay = SLOW
+    fallback = Fallback(source, fallback_after=DEADLINE)
+    started = anyio.current_time()
+    with anyio.fail_after(5), pytest.raises(FallbackUnavailableError) as caught:
+        await fallback.get("nothing")
+    assert_took(anyio.current_time() - started, DEADLINE, exact=exact)
+    assert isinstance(caught.value, TimeoutError)
+    assert isinstance(caught.value, StreamkitError)
+    assert caught.value.key == "nothing"
+    assert caught.value.cached_age is None
+    assert "'nothing'" in str(caught.value)
+    assert "nothing was cached" in str(caught.value)
+    assert source.cancelled == 1
+
+
+async def test_concurrent_callers_share_one_fetch() -> None:
+    source = Source()
+    source.gate = anyio.Event()
+    fallback = Fallback(source, fallback_after=DEADLINE)
+    results: list[FallbackResult[Any]] = []
+
+    async def call() -> None:
+        results.append(await fallback.get("k"))
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as task_group:
+            for _ in range(50):
+                task_group.start_soon(call)
+            await source.started.wait()
+            source.gate.set()
+    assert source.calls == 1
+    assert len(results) == 50
+    assert all(result.value == {"key": "k", "call": 1} for result in results)
+    assert not any(result.from_cache for result in results)
+
+
+async def test_different_keys_fetch_separately() -> None:
+    source = Source()
+    fallback = Fallback(source, fallback_after=DEADLINE)
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(fallback.get, "a")
+            task_group.start_soon(fallback.get, "b")
+    assert source.calls == 2
+    assert (await fallback.store.get("a")) is not None
+    assert (await fallback.store.get("b")) is not None
+
+
+async def test_a_later_caller_never_waits_past_the_first_callers_deadline(exact: bool) -> None:
+    source = Source()
+    source.delay = SLOW
+    fallback = Fallback(source, fallback_after=DEADLINE)
+    await fallback.store.set("k", CachedValue(value=OLD, fetched_at=anyio.current_time()))
+    ends: list[float] = []
+    started = anyio.current_time()
+
+    async def call(*, delay: float) -> None:
+        await anyio.sleep(delay)
+        result = await fallback.get("k")
+        assert result.stale
+        ends.append(anyio.current_time() - started)
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(lambda: call(delay=0.0))
+            task_group.start_soon(lambda: call(delay=0.3))
+    assert source.calls == 1
+    for end in ends:
+        assert_took(end, DEADLINE, exact=exact)
+
+
+async def test_within_ttl_the_cache_is_served_without_fetching(exact: bool) -> None:
+    source = Source()
+    fallback = Fallback(source, fallback_after=DEADLINE, ttl=60.0)
+    with anyio.fail_after(5):
+        await fallback.get("k")
+        await anyio.sleep(1.0)
+        result, took = await timed(fallback)
+        assert_took(took, 0.0, exact=exact)
+        assert result.value == {"key": "k", "call": 1}
+        assert result.from_cache
+        assert not result.stale
+        assert_took(result.age, 1.0, exact=exact)
+        assert source.calls == 1
+    if exact:  # only virtual time can pass a minute here
+        await anyio.sleep(60.0)
+        result = await fallback.get("k")
+        assert not result.from_cache
+        assert source.calls == 2
+
+
+async def test_a_value_past_max_staleness_is_not_served(exact: bool) -> None:
+    source = Source()
+    source.delay = SLOW
+    fallback = Fallback(source, fallback_after=DEADLINE, max_staleness=1.0)
+    await fallback.store.set("k", CachedValue(value=OLD, fetched_at=anyio.current_time() - 2.0))
+    with anyio.fail_after(5), pytest.raises(FallbackUnavailableError) as caught:
+        await fallback.get("k")
+    assert caught.value.cached_age is not None
+    assert_took(caught.value.cached_age, 2.0 + DEADLINE, exact=exact)
+    assert "past max_staleness=1.0" in str(caught.value)
+
+
+async def test_errors_in_fallback_on_are_answered_from_the_cache() -> None:
+    source = Source()
+    fallback = Fallback(source, fallback_after=DEADLINE, fallback_on=(ConnectionError,))
+    with anyio.fail_after(5):
+        await fallback.get("k")
+        source.error = ConnectionError("upstream refused")
+        result = await fallback.get("k")
+        assert result.stale
+        assert result.value == {"key": "k", "call": 1}
+        # Nothing cached for this key: the source's own error, not a timeout.
+        with pytest.raises(ConnectionError, match="upstream refused"):
+            await fallback.get("other")
+        source.error = KeyError("bug")
+        with pytest.raises(KeyError):
+            await fallback.get("k")
+    entry = await fallback.store.get("k")
+    assert entry is not None
+    assert entry.value == {"key": "k", "call": 1}
+
+
+async def test_concurrent_callers_all_get_the_one_fetchs_error() -> None:
+    source = Source()
+    source.gate = anyio.Event()
+    source.error = KeyError("bug")
+    fallback = Fallback(source, fallback_after=DEADLINE)
+    depths: list[int] = []
+
+    async def call() -> None:
+        with pytest.raises(KeyError) as caught:
+            await fallback.get("k")
+        depths.append(len(caught.traceback))
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as task_group:
+            for _ in range(10):
+                task_group.start_soon(call)
+            await source.started.wait()
+            source.gate.set()
+    assert source.calls == 1
+    assert len(depths) == 10
+    # Re-raised from the fetch's traceback each time: the callers' frames do not pile up.
+    assert len(set(depths)) == 1
+
+
+async def test_a_cancelled_sole_caller_cancels_the_fetch_and_leaves_the_cache(
+    exact: bool,
+) -> None:
+    source = Source()
+    fallback = Fallback(source, fallback_after=DEADLINE)
+    await fallback.store.set("k", CachedValue(value=OLD, fetched_at=anyio.current_time()))
+    source.delay = SLOW
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(fallback.get, "k")
+            await source.started.wait()
+            cancelled = anyio.current_time()
+            task_group.cancel_scope.cancel()
+    # At once, not at the deadline: nobody waits for the fetch any more.
+    assert_took(anyio.current_time() - cancelled, 0.0, exact=exact)
+    assert source.cancelled == 1
+    assert source.finished == 0
+    entry = await fallback.store.get("k")
+    assert entry is not None
+    assert entry.value == OLD
+    # No flight is left behind: the next call fetches anew.
+    source.delay = 0.0
+    with anyio.fail_after(5):
+        result = await fallback.get("k")
+    assert result.value == {"key": "k", "call": 2}
+
+
+async def test_a_cancelled_first_caller_leaves_the_fetch_to_the_others() -> None:
+    source = Source()
+    source.gate = anyio.Event()
+    fallback = Fallback(source, fallback_after=DEADLINE)
+    second: list[FallbackResult[Any]] = []
+
+    async def first(*, task_status: TaskStatus[anyio.CancelScope]) -> None:
+        with anyio.CancelScope() as scope:
+            task_status.started(scope)
+            await fallback.get("k")
+
+    async def later() -> None:
+        second.append(await fallback.get("k"))
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as task_group:
+            first_scope = await task_group.start(first)
+            await source.started.wait()
+            task_group.start_soon(later)
+            await anyio.sleep(0.1)  # let the later caller join
+            first_scope.cancel()
+            await anyio.sleep(0.1)
+            source.gate.set()
+    assert source.calls == 1
+    assert source.finished == 1
+    assert second[0].value == {"key": "k", "call": 1}
+    assert not second[0].from_cache
+    entry = await fallback.store.get("k")
+    assert entry is not None
+    assert entry.value == {"key": "k", "call": 1}
+
+
+async def test_the_refresher_finishes_a_late_fetch_and_updates_the_cache(exact: bool) -> None:
+    source = Source()
+    refresher = Refresher()
+    fallback = Fallback(source, fallback_after=DEADLINE, refresher=refresher)
+    with anyio.fail_after(5):
+        async with refresher:
+            await fallback.get("k")
+            source.gate = anyio.Event()
+            result, took = await timed(fallback)
+            assert result.stale
+            assert_took(took, DEADLINE, exact=exact)
+            assert refresher.statistics().running == 1
+            # A caller during the refresh joins it rather than starting another fetch.
+            result = await fallback.get("k")
+            assert result.stale
+            assert source.calls == 2
+            source.gate.set()
+            await refresher.wait_idle()
+            entry = await fallback.store.get("k")
+            assert entry is not None
+            assert entry.value == {"key": "k", "call": 2}
+            assert source.finished == 2
+    # Every fetch ran in the refresher, the first (in time) too.
+    assert refresher.statistics().started == 2
+
+
+async def test_leaving_the_refresher_cancels_its_refreshes(exact: bool) -> None:
+    source = Source()
+    source.delay = SLOW
+    refresher = Refresher()
+    fallback = Fallback(source, fallback_after=DEADLINE, refresher=refresher)
+    with anyio.fail_after(5):
+        async with refresher:
+            with pytest.raises(FallbackUnavailableError):
+                await fallback.get("k")
+            assert source.cancelled == 0
+            left = anyio.current_time()
+        assert_took(anyio.current_time() - left, 0.0, exact=exact)
+    assert source.cancelled == 1
+    statistics = refresher.statistics()
+    assert not statistics.open
+    assert statistics.running == 0
+    assert (await fallback.store.get("k")) is None
+
+
+async def test_a_full_refresher_leaves_the_fetch_to_the_caller() -> None:
+    source = Source()
+    source.delay = SLOW
+    refresher = Refresher(max_refreshes=1)
+    fallback = Fallback(source, fallback_after=DEADLINE, refresher=refresher)
+    with anyio.fail_after(5):
+        async with refresher:
+            async with anyio.create_task_group() as task_group:
+                for key in ("a", "b"):
+                    task_group.start_soon(_expect_unavailable, fallback, key)
+            statistics = refresher.statistics()
+            assert (statistics.started, statistics.rejected, statistics.running) == (1, 1, 1)
+            # The rejected one ran in its caller's time and was cancelled at the deadline.
+            assert source.cancelled == 1
+    assert source.cancelled == 2
+
+
+async def _expect_unavailable(fallback: Fallback[Any], key: str) -> None:
+    with pytest.raises(FallbackUnavailableError):
+        await fallback.get(key)
+
+
+async def test_a_refresh_is_cancelled_at_refresh_timeout(exact: bool) -> None:
+    source = Source()
+    source.delay = SLOW
+    refresher = Refresher(refresh_timeout=1.0)
+    fallback = Fallback(source, fallback_after=DEADLINE, refresher=refresher)
+    with anyio.fail_after(5):
+        async with refresher:
+            with pytest.raises(FallbackUnavailableError):
+                await fallback.get("k")
+            await refresher.wait_idle()
+            assert refresher.statistics().timed_out == 1
+            assert source.cancelled == 1
+
+
+async def test_a_refresher_is_entered_once() -> None:
+    refresher = Refresher()
+    async with refresher:
+        with pytest.raises(RuntimeError, match="already entered"):
+            await refresher.__aenter__()
+    # And may be entered again once left, as a restarted app would.
+    async with refresher:
+        assert refresher.statistics().open
+
+
+async def test_memory_store_evicts_the_least_recently_used() -> None:
+    store: MemoryStore[int] = MemoryStore(max_entries=2)
+    await store.set("a", CachedValue(value=1, fetched_at=0.0))
+    await store.set("b", CachedValue(value=2, fetched_at=0.0))
+    await store.get("a")
+    await store.set("c", CachedValue(value=3, fetched_at=0.0))
+    assert await store.get("b") is None
+    assert len(store) == 2
+    entry = await store.get("a")
+    assert entry is not None
+    assert entry.value == 1
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"fallback_after": 0}, ValueError, "fallback_after must be a positive"),
+        ({"fallback_after": float("inf")}, ValueError, "got inf"),
+        ({"fallback_after": "1"}, TypeError, "fallback_after must be a number"),
+        ({"fallback_after": 1, "ttl": -1}, ValueError, "ttl must be a positive"),
+        (
+            {"fallback_after": 1, "ttl": 10, "max_staleness": 5},
+            ValueError,
+            "max_staleness=5 and ttl=10",
+        ),
+        ({"fallback_after": 1, "fallback_on": ConnectionError}, TypeError, "fallback_on must"),
+        (
+            {"fallback_after": 1, "fallback_on": (BaseException,)},
+            TypeError,
+            "Exception subclasses",
+        ),
+    ],
+)
+def test_bad_options_are_refused(
+    options: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    async def fetch(key: str) -> int:
+        return 0
+
+    with pytest.raises(error, match=message):
+        Fallback(fetch, **options)
+
+
+def test_bad_refresher_and_store_options_are_refused() -> None:
+    with pytest.raises(ValueError, match="max_refreshes must be at least 1, got 0"):
+        Refresher(max_refreshes=0)
+    with pytest.raises(ValueError, match="refresh_timeout"):
+        Refresher(refresh_timeout=-1.0)
+    with pytest.raises(ValueError, match="max_entries must be at least 1, got 0"):
+        MemoryStore(max_entries=0)
+    with pytest.raises(TypeError, match="fetch must be an async function"):
+        Fallback(None, fallback_after=1.0)  # type: ignore[arg-type]
