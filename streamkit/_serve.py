@@ -150,6 +150,7 @@ async def serve(
     shutdown_trigger: ShutdownTrigger | None = None,
     streams: StreamRegistry | None = None,
     config: object | None = None,
+    sock: socket.socket | None = None,
     task_status: TaskStatus[ServerAddress] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve *app* with hypercorn on the running backend (asyncio or trio) until shut down.
@@ -170,6 +171,8 @@ async def serve(
         the process-wide :data:`streamkit.registry`.
     :param config: a ``hypercorn.config.Config`` for everything else; ``bind`` and
         ``graceful_timeout`` in it are overridden.
+    :param sock: a socket already listening, to serve on instead of binding *bind* (worker
+        processes sharing one socket); serve takes it over and closes it when it stops.
     :param task_status: for ``TaskGroup.start``: started with the :class:`ServerAddress`
         once the socket listens.
     :raises ServeError: the address could not be bound.
@@ -186,7 +189,8 @@ async def serve(
     trigger = shutdown_trigger or _signalled
     hypercorn_serve = _hypercorn_serve()
 
-    sock = bind_socket(bind, stalled_connection_timeout=stalled_connection_timeout)
+    if sock is None:
+        sock = bind_socket(bind, stalled_connection_timeout=stalled_connection_timeout)
     with sock:
         config.bind = [f"fd://{sock.fileno()}"]
         config.graceful_timeout = grace_period

@@ -1,0 +1,334 @@
+"""Running an application from a program, ``streamkit.run(app)``, or from the command line,
+``python -m streamkit run module:app``.
+
+One worker serves in this process with :func:`streamkit.serve`. Several workers are processes
+of their own, started with the spawn method, which share one listening socket bound here: the
+kernel hands each new connection to one of them. This process then only supervises: on SIGINT
+or SIGTERM it sends SIGTERM to every worker and waits while each drains its streams.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from functools import partial
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from starlette.types import ASGIApp
+
+if TYPE_CHECKING:
+    from hypercorn.config import Config
+
+from ._app import App
+from ._exceptions import ServeError
+from ._options import _check_duration
+from ._serve import ServerAddress, bind_socket, serve
+
+__all__ = ["import_app", "main", "run"]
+
+logger = logging.getLogger("streamkit")
+
+BACKENDS = ("asyncio", "trio")
+#: Past twice the grace period (the server's drain, then the App's lifespan shutdown) and
+#: this many seconds, a worker that is still running is killed.
+KILL_MARGIN = 5.0
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def import_app(target: str) -> ASGIApp:
+    """The application named by *target*, ``MODULE:ATTRIBUTE`` (``service:app``,
+    ``package.module:holder.app``).
+
+    :raises ValueError: *target* is not of that form.
+    :raises ImportError: the module cannot be imported.
+    :raises AttributeError: the module has no such attribute.
+    :raises TypeError: what was found is not callable.
+    """
+    module_name, sep, attribute = target.partition(":")
+    if not sep or not module_name or not attribute:
+        raise ValueError(
+            f"the app must be named as MODULE:ATTRIBUTE, such as service:app, got {target!r}"
+        )
+    found: Any = importlib.import_module(module_name)
+    for part in attribute.split("."):
+        try:
+            found = getattr(found, part)
+        except AttributeError:
+            raise AttributeError(
+                f"module {module_name!r} has no attribute {attribute!r} (from {target!r})"
+            ) from None
+    if not callable(found):
+        raise TypeError(f"{target!r} is not an ASGI application: {found!r}")
+    app: ASGIApp = found
+    return app
+
+
+def run(
+    app: ASGIApp | str,
+    *,
+    backend: str = "asyncio",
+    bind: str = "127.0.0.1:8000",
+    workers: int = 1,
+    grace_period: float | None = None,
+    stalled_connection_timeout: float | None = 10.0,
+    log_level: str | int | None = "INFO",
+) -> None:
+    """Serve *app* with hypercorn until SIGINT or SIGTERM, then drain it and return.
+
+    Call it from the main thread, outside any event loop::
+
+        if __name__ == "__main__":
+            streamkit.run(app, backend="trio")
+
+    :param app: the ASGI application, or its ``MODULE:ATTRIBUTE`` name; several workers
+        need the name, since each imports it.
+    :param backend: ``"asyncio"`` or ``"trio"``.
+    :param bind: ``HOST:PORT`` to listen on; port 0 picks a free one (logged).
+    :param workers: how many processes serve; each drains its own streams.
+    :param grace_period: seconds from the signal to the server having stopped; by default
+        an :class:`~streamkit.App`'s own, else 15. An App's lifespan shutdown (its tasks'
+        cleanup) follows, bounded by the App's grace period.
+    :param stalled_connection_timeout: see :func:`streamkit.serve`.
+    :param log_level: the level of the logging set up if the program has none yet;
+        ``None`` leaves logging alone.
+    :raises ValueError: an argument is out of range, or several workers were asked for
+        with an application object.
+    :raises ServeError: the address cannot be bound, or a worker exited on its own.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive int, got {workers!r}")
+    if workers > 1 and not isinstance(app, str):
+        raise ValueError(
+            f"{workers} workers each import the app: give it as MODULE:ATTRIBUTE, not {app!r}"
+        )
+    _check_duration("stalled_connection_timeout", stalled_connection_timeout, optional=True)
+    if log_level is not None:
+        logging.basicConfig(level=log_level, format=LOG_FORMAT)
+    # Several workers import it too; importing it here first reports a bad name at once.
+    application = import_app(app) if isinstance(app, str) else app
+    if grace_period is None:
+        grace_period = application.grace_period if isinstance(application, App) else 15.0
+    _check_duration("grace_period", grace_period, optional=False)
+    if workers == 1:
+        anyio.run(
+            partial(
+                _serve_here,
+                application,
+                bind=bind,
+                grace_period=grace_period,
+                stalled_connection_timeout=stalled_connection_timeout,
+            ),
+            backend=backend,
+        )
+    else:
+        assert isinstance(app, str)
+        sock = bind_socket(bind, stalled_connection_timeout=stalled_connection_timeout)
+        with sock:
+            _supervise(app, sock, backend, workers, grace_period, log_level)
+
+
+def _hypercorn_config() -> Config:
+    from hypercorn.config import Config
+
+    config = Config()
+    # hypercorn's default error log adds a handler of its own, which doubles every line once
+    # logging is configured; its plain logger goes through the program's logging instead.
+    config.errorlog = logging.getLogger("hypercorn.error")
+    return config
+
+
+async def _serve_here(
+    app: ASGIApp, *, bind: str, grace_period: float, stalled_connection_timeout: float | None
+) -> None:
+    async with anyio.create_task_group() as task_group:
+        address: ServerAddress = await task_group.start(
+            partial(
+                serve,
+                app,
+                bind=bind,
+                grace_period=grace_period,
+                stalled_connection_timeout=stalled_connection_timeout,
+                config=_hypercorn_config(),
+            )
+        )
+        logger.info("serving on %s (pid %d)", address.url, os.getpid())
+
+
+def _supervise(
+    target: str,
+    sock: socket.socket,
+    backend: str,
+    workers: int,
+    grace_period: float,
+    log_level: str | int | None,
+) -> None:
+    host, port = sock.getsockname()[:2]
+    context = multiprocessing.get_context("spawn")
+    processes = [
+        context.Process(
+            target=_worker,
+            args=(target, sock, backend, grace_period, log_level),
+            name=f"streamkit-worker-{number}",
+        )
+        for number in range(workers)
+    ]
+    wake_read, wake_write = os.pipe()
+    os.set_blocking(wake_write, False)
+
+    def wake(signum: int, frame: FrameType | None) -> None:
+        try:
+            os.write(wake_write, b"\0")
+        except BlockingIOError:
+            pass  # a wake-up is pending already
+
+    previous = {number: signal.signal(number, wake) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for process in processes:
+            process.start()
+        url = ServerAddress(host=host, port=port).url
+        pids = ", ".join(str(process.pid) for process in processes)
+        logger.info("serving on %s with %d workers (pids %s)", url, workers, pids)
+        ready = multiprocessing.connection.wait(
+            [process.sentinel for process in processes] + [wake_read]
+        )
+        signalled = wake_read in ready
+        _stop(processes, deadline=time.monotonic() + 2 * grace_period + KILL_MARGIN)
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        os.close(wake_read)
+        os.close(wake_write)
+    if not signalled:
+        failed = next(process for process in processes if process.exitcode is not None)
+        raise ServeError(f"worker {failed.name} (pid {failed.pid}) exited with {failed.exitcode}")
+
+
+def _stop(processes: Sequence[multiprocessing.process.BaseProcess], *, deadline: float) -> None:
+    for process in processes:
+        if process.pid is not None and process.exitcode is None:
+            os.kill(process.pid, signal.SIGTERM)
+    for process in processes:
+        process.join(max(deadline - time.monotonic(), 0.0))
+        if process.exitcode is None:
+            logger.error(
+                "worker %s (pid %s) did not stop in time: killed", process.name, process.pid
+            )
+            process.kill()
+            process.join()
+
+
+def _worker(
+    target: str, sock: socket.socket, backend: str, grace_period: float, log_level: str | int | None
+) -> None:
+    # A terminal's Ctrl-C reaches the whole process group: the supervisor alone acts on it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if log_level is not None:
+        logging.basicConfig(level=log_level, format=LOG_FORMAT)
+    app = import_app(target)
+    anyio.run(partial(_serve_socket, app, sock, grace_period=grace_period), backend=backend)
+
+
+async def _terminated() -> None:
+    """Return on SIGTERM, or once the supervising process is gone (killed with SIGKILL, say),
+    so that no worker is left serving on its own."""
+    parent = multiprocessing.parent_process()
+    async with anyio.create_task_group() as task_group:
+
+        async def on_signal() -> None:
+            with anyio.open_signal_receiver(signal.SIGTERM) as signals:
+                async for _ in signals:
+                    break
+            task_group.cancel_scope.cancel()
+
+        async def on_orphaned(sentinel: int) -> None:
+            await anyio.wait_readable(sentinel)
+            logger.warning("worker %d: the supervising process is gone; stopping", os.getpid())
+            task_group.cancel_scope.cancel()
+
+        task_group.start_soon(on_signal)
+        if parent is not None:
+            task_group.start_soon(on_orphaned, parent.sentinel)
+    # A supervisor (systemd, say) may signal the worker as well as this process: a second
+    # SIGTERM must not kill the worker in the middle of its drain.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+async def _serve_socket(app: ASGIApp, sock: socket.socket, *, grace_period: float) -> None:
+    logger.info("worker %d serving", os.getpid())
+    await serve(
+        app,
+        sock=sock,
+        grace_period=grace_period,
+        shutdown_trigger=_terminated,
+        config=_hypercorn_config(),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line: ``python -m streamkit run MODULE:APP [options]``.
+
+    :param argv: the arguments; by default ``sys.argv[1:]``.
+    :return: the exit status.
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m streamkit", description="streamkit: streams tied to their connection."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    command = commands.add_parser(
+        "run",
+        help="serve an ASGI app with hypercorn; SIGTERM or SIGINT drains its streams",
+        description="Serve an ASGI app with hypercorn; SIGTERM or SIGINT drains its streams.",
+    )
+    command.add_argument("app", metavar="MODULE:APP", help="the application, such as service:app")
+    command.add_argument("--backend", choices=BACKENDS, default="asyncio")
+    command.add_argument("--bind", default="127.0.0.1:8000", metavar="HOST:PORT")
+    command.add_argument("--workers", type=int, default=1, metavar="N")
+    command.add_argument(
+        "--grace-period",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="from the signal to the server stopped; default: an App's own, else 15",
+    )
+    command.add_argument(
+        "--stalled-connection-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="abort a connection whose client stopped reading for this long",
+    )
+    command.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    command.add_argument(
+        "--app-dir", default=".", metavar="DIR", help="where to import the app from"
+    )
+    arguments = parser.parse_args(argv)
+    sys.path.insert(0, os.path.abspath(arguments.app_dir))
+    try:
+        run(
+            arguments.app,
+            backend=arguments.backend,
+            bind=arguments.bind,
+            workers=arguments.workers,
+            grace_period=arguments.grace_period,
+            stalled_connection_timeout=arguments.stalled_connection_timeout,
+            log_level=arguments.log_level.upper(),
+        )
+    except (ValueError, TypeError, ImportError, AttributeError, ServeError) as exc:
+        print(f"streamkit: error: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,235 @@
+"""``python -m streamkit run module:app`` as a subprocess, on asyncio and trio, with one and
+with two worker processes: a signal drains the open streams (the SSE farewell arrives), the
+App's background work is cancelled, and the process exits within the grace period.
+
+Bounds are generous (a loaded 2-core machine, and each worker imports Python anew); the real
+figures are in the report.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+from anyio.abc import Process
+from anyio.streams.text import TextReceiveStream
+
+from streamkit import ServerAddress
+from streamkit.testing import open_stream
+
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
+
+GRACE = 5.0
+#: Starting means importing Python, hypercorn and the service: slow on a loaded machine.
+START_BOUND = 30.0
+
+#: The service, as its users write it.
+SERVICE = """
+import os
+from contextlib import asynccontextmanager
+
+import anyio
+from starlette.responses import PlainTextResponse
+
+import streamkit
+
+
+@asynccontextmanager
+async def lifespan(app):
+    async def refresh_forever():
+        try:
+            await anyio.sleep_forever()
+        finally:
+            print(f"background cancelled {os.getpid()}", flush=True)
+
+    app.task_group.start_soon(refresh_forever)
+    print(f"lifespan started {os.getpid()}", flush=True)
+    yield
+    print(f"lifespan ended {os.getpid()}", flush=True)
+
+
+app = streamkit.App(
+    heartbeat_interval=15.0, send_timeout=10.0, grace_period=GRACE, lifespan=lifespan
+)
+
+
+@app.sse("/tokens", max_duration=300)
+async def tokens(request, send):
+    n = 0
+    while True:
+        await send(streamkit.ServerSentEvent(data=str(n), id=str(n)))
+        n += 1
+        await anyio.sleep(0.01)
+
+
+@app.get("/pid")
+async def pid(request):
+    return PlainTextResponse(str(os.getpid()))
+""".replace("GRACE", repr(GRACE))
+
+
+class Service:
+    """A ``python -m streamkit run`` process and what it printed."""
+
+    def __init__(self, process: Process) -> None:
+        self.process = process
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        self.address: ServerAddress | None = None
+        self.serving = anyio.Event()
+        self.lifespans = 0
+        self.all_started = anyio.Event()
+        self.workers = 1
+        self._stdout_changed = anyio.Event()
+
+    async def stdout_changed(self) -> None:
+        self._stdout_changed = event = anyio.Event()
+        await event.wait()
+
+    async def read_stdout(self) -> None:
+        assert self.process.stdout is not None
+        async for chunk in TextReceiveStream(self.process.stdout):
+            for line in chunk.splitlines():
+                self.stdout.append(line)
+                self._stdout_changed.set()
+                if line.startswith("lifespan started"):
+                    self.lifespans += 1
+                    if self.lifespans == self.workers:
+                        self.all_started.set()
+
+    async def read_stderr(self) -> None:
+        assert self.process.stderr is not None
+        async for chunk in TextReceiveStream(self.process.stderr):
+            for line in chunk.splitlines():
+                self.stderr.append(line)
+                found = re.search(r"serving on http://([\d.]+):(\d+)", line)
+                if found and self.address is None:
+                    self.address = ServerAddress(host=found[1], port=int(found[2]))
+                    self.serving.set()
+
+    def printed(self, prefix: str) -> list[str]:
+        return [line for line in self.stdout if line.startswith(prefix)]
+
+
+@asynccontextmanager
+async def run_service(tmp_path: Path, backend: str, *, workers: int = 1) -> AsyncIterator[Service]:
+    (tmp_path / "service.py").write_text(SERVICE)
+    command = [sys.executable, "-m", "streamkit", "run", "service:app", "--backend", backend]
+    command += ["--bind", "127.0.0.1:0", "--workers", str(workers)]
+    process = await anyio.open_process(
+        command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    service = Service(process)
+    service.workers = workers
+    try:
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(service.read_stdout)
+            task_group.start_soon(service.read_stderr)
+            with anyio.fail_after(START_BOUND):
+                await service.serving.wait()
+                await service.all_started.wait()
+            yield service
+            with anyio.fail_after(GRACE + 10):
+                await process.wait()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            with anyio.CancelScope(shield=True):
+                await process.wait()
+        await process.aclose()
+
+
+async def signal_drains_and_exits(service: Service, signal_number: signal.Signals) -> float:
+    """Open a stream, signal the process, check the farewell; return the seconds to exit."""
+    assert service.address is not None
+    async with open_stream(service.address, "/tokens") as client:
+        assert (await client.read_event()).data == "0"
+        signalled_at = anyio.current_time()
+        service.process.send_signal(signal_number)
+        with anyio.fail_after(GRACE + 10):
+            events = [event async for event in client.events()]
+            await service.process.wait()
+        exited_after = anyio.current_time() - signalled_at
+    assert client.complete
+    assert (events[-1].event, events[-1].retry) == ("shutdown", 1000)
+    assert service.process.returncode == 0, "\n".join(service.stderr)
+    return exited_after
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
+async def test_a_signal_drains_the_service_and_it_exits_within_the_grace_period(
+    tmp_path: Path, anyio_backend: str, signal_number: signal.Signals
+) -> None:
+    async with run_service(tmp_path, anyio_backend) as service:
+        assert service.address is not None
+        async with httpx.AsyncClient(base_url=service.address.url) as http:
+            assert (await http.get("/pid")).text == str(service.process.pid)
+        exited_after = await signal_drains_and_exits(service, signal_number)
+    assert exited_after < GRACE  # measured: about 0.1 s
+    (pid,) = [line.split()[-1] for line in service.printed("lifespan started")]
+    assert service.printed("background cancelled") == [f"background cancelled {pid}"]
+    assert service.printed("lifespan ended") == [f"lifespan ended {pid}"]
+    assert any("stream /tokens ended: shutdown" in line for line in service.stderr)
+
+
+async def test_two_workers_share_the_socket_and_all_drain_on_sigterm(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    async with run_service(tmp_path, anyio_backend, workers=2) as service:
+        pids = {line.split()[-1] for line in service.printed("lifespan started")}
+        assert len(pids) == 2
+        assert str(service.process.pid) not in pids, "the workers are processes of their own"
+        assert service.address is not None
+        async with httpx.AsyncClient(base_url=service.address.url) as http:
+            answered = {(await http.get("/pid")).text for _ in range(4)}
+        assert answered <= pids
+        exited_after = await signal_drains_and_exits(service, signal.SIGTERM)
+    assert exited_after < GRACE  # measured: about 0.2 s
+    assert {line.split()[-1] for line in service.printed("background cancelled")} == pids
+    assert {line.split()[-1] for line in service.printed("lifespan ended")} == pids
+
+
+async def test_workers_whose_supervisor_is_killed_drain_and_exit_on_their_own(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    async with run_service(tmp_path, anyio_backend, workers=2) as service:
+        pids = {line.split()[-1] for line in service.printed("lifespan started")}
+        assert service.address is not None
+        async with open_stream(service.address, "/tokens") as client:
+            await client.read_event()
+            service.process.kill()  # SIGKILL: the supervisor cannot pass anything on
+            with anyio.fail_after(GRACE + 10):
+                events = [event async for event in client.events()]
+                # The workers hold the output pipes: they close when the last worker exits.
+                while len(service.printed("lifespan ended")) < 2:
+                    await service.stdout_changed()
+        assert events[-1].event == "shutdown"
+    assert {line.split()[-1] for line in service.printed("lifespan ended")} == pids
+
+
+def test_a_bad_app_name_is_reported_with_a_failure_status(tmp_path: Path) -> None:
+    (tmp_path / "service.py").write_text("app = None\n")
+    for target, message in [
+        ("service", "MODULE:ATTRIBUTE"),
+        ("nowhere:app", "No module named 'nowhere'"),
+        ("service:missing", "has no attribute 'missing'"),
+        ("service:app", "is not an ASGI application"),
+    ]:
+        result = subprocess.run(
+            [sys.executable, "-m", "streamkit", "run", target, "--bind", "127.0.0.1:0"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=START_BOUND,
+            check=False,
+        )
+        assert result.returncode == 1
+        assert message in result.stderr

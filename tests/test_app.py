@@ -1,0 +1,255 @@
+"""streamkit.App without a server: declaring routes, defaults and overrides, the checks made at
+declaration, and the lifespan's task group run directly (on asyncio and trio)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+
+from streamkit import (
+    App,
+    LifespanError,
+    MetricsUnavailableError,
+    ServerSentEvent,
+    StreamkitError,
+    StreamOptions,
+    StreamSender,
+    shielded_cleanup,
+)
+
+
+async def tokens(request: Request, send: StreamSender[ServerSentEvent | str]) -> None:
+    await send("x")
+
+
+async def rows(request: Request) -> AsyncIterator[dict[str, int]]:
+    yield {"n": 1}
+
+
+# -- declaring routes -------------------------------------------------------------------------
+
+
+def test_an_app_is_a_starlette_app_with_its_routes_declared_in_order() -> None:
+    app = App()
+
+    app.sse("/tokens")(tokens)
+    app.ndjson("/rows", methods=["POST"])(rows)
+
+    @app.get("/price")
+    async def price(request: Request) -> Response:
+        return PlainTextResponse("1")
+
+    assert isinstance(app, Starlette)
+    assert [route.path for route in app.stream_routes] == ["/tokens", "/rows"]
+    assert [route.kind for route in app.stream_routes] == ["sse", "ndjson"]
+    assert app.stream_routes[1].methods == frozenset({"POST"})
+    assert [getattr(route, "path", None) for route in app.routes] == ["/tokens", "/rows", "/price"]
+    assert app.url_path_for("tokens") == "/tokens"
+
+
+def test_routes_take_the_app_defaults_and_their_own_overrides() -> None:
+    app = App(heartbeat_interval=5.0, send_timeout=2.0, cleanup_timeout=1.0, buffer_size=4)
+    app.sse("/defaults")(tokens)
+    app.sse("/overridden", max_duration=300, heartbeat_interval=None, buffer_size=0)(tokens)
+
+    defaults, overridden = (route.options for route in app.stream_routes)
+    assert app.options == StreamOptions(
+        heartbeat_interval=5.0, send_timeout=2.0, cleanup_timeout=1.0, buffer_size=4
+    )
+    assert defaults == app.options
+    assert overridden == StreamOptions(
+        heartbeat_interval=None,
+        send_timeout=2.0,
+        max_duration=300,
+        cleanup_timeout=1.0,
+        buffer_size=0,
+    )
+
+
+def test_a_bytes_route_sends_heartbeats_only_with_a_heartbeat_chunk() -> None:
+    app = App(heartbeat_interval=5.0)
+    app.stream("/plain")(tokens)
+    app.stream("/beating", heartbeat_chunk=b"\n")(tokens)
+
+    plain, beating = app.stream_routes
+    assert plain.options.heartbeat_interval is None
+    assert beating.options.heartbeat_interval == 5.0
+    with pytest.raises(ValueError, match=r"route '/bad'.*heartbeat_chunk"):
+        app.stream("/bad", heartbeat_interval=1.0)(tokens)
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "match"),
+    [
+        ({"send_timeout": -1}, ValueError, r"send_timeout .* got -1"),
+        ({"heartbeat_interval": 0}, ValueError, r"heartbeat_interval .* got 0"),
+        ({"max_duration": float("inf")}, ValueError, r"max_duration .* got inf"),
+        ({"cleanup_timeout": None}, ValueError, r"cleanup_timeout .* got None"),
+        ({"buffer_size": -1}, ValueError, r"buffer_size .* got -1"),
+        ({"send_timeout": "10"}, TypeError, r"send_timeout .* '10'"),
+        ({"grace_period": 0}, ValueError, r"grace_period .* got 0"),
+        (
+            {"metrics_path": "metrics"},
+            ValueError,
+            r"metrics_path must start with '/', got 'metrics'",
+        ),
+    ],
+)
+def test_bad_app_defaults_are_refused(
+    options: dict[str, Any], error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        App(**options)
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "match"),
+    [
+        ({"send_timeout": 0}, ValueError, r"route '/x': send_timeout .* got 0"),
+        ({"max_duration": -5}, ValueError, r"route '/x': max_duration .* got -5"),
+        ({"buffer_size": 1.5}, TypeError, r"route '/x': buffer_size .* 1.5"),
+        ({"heartbeat": 1.0}, TypeError, r"route '/x': unknown stream option 'heartbeat'"),
+    ],
+)
+def test_bad_route_overrides_are_refused_at_declaration(
+    options: dict[str, Any], error: type[Exception], match: str
+) -> None:
+    app = App()
+    with pytest.raises(error, match=match):
+        app.sse("/x", **options)
+    assert app.stream_routes == ()
+
+
+def test_a_handler_of_neither_shape_is_refused_at_declaration() -> None:
+    app = App()
+
+    def sync_handler(request: Request) -> None: ...
+
+    async def no_send(request: Request) -> None: ...
+
+    async def generator_with_send(request: Request, send: object) -> AsyncIterator[int]:
+        yield 1
+
+    with pytest.raises(TypeError, match=r"route '/a': a stream handler must be an async"):
+        app.sse("/a")(sync_handler)
+    with pytest.raises(TypeError, match=r"route '/b': .*no_send must take \(request, send\)"):
+        app.sse("/b")(no_send)
+    with pytest.raises(TypeError, match=r"route '/c': .*generator_with_send must take \(request\)"):
+        app.ndjson("/c")(generator_with_send)
+    assert app.stream_routes == ()
+
+
+def test_response_arguments_are_checked_at_declaration() -> None:
+    app = App()
+
+    async def async_on_end(end: object) -> None: ...
+
+    with pytest.raises(TypeError, match=r"route '/rows': NDJSON item is not JSON-serialisable"):
+        app.ndjson("/rows", shutdown_item=object())
+    with pytest.raises(TypeError, match=r"route '/tokens': on_end must be a plain function"):
+        app.sse("/tokens", on_end=async_on_end)  # type: ignore[arg-type]
+
+
+# -- metrics without prometheus-client --------------------------------------------------------
+
+
+def test_metrics_without_prometheus_client_give_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)
+
+    with pytest.raises(MetricsUnavailableError, match=r"install streamkit\[metrics\]"):
+        App(metrics_path="/metrics")
+    app = App()  # metrics not asked for: the App works, and says why when they are
+    app.sse("/tokens")(tokens)
+    with pytest.raises(ImportError, match=r"prometheus-client"):
+        _ = app.metrics
+    assert issubclass(MetricsUnavailableError, StreamkitError)
+
+
+# -- the lifespan, run directly ---------------------------------------------------------------
+
+
+def test_the_task_group_exists_only_while_the_lifespan_runs() -> None:
+    with pytest.raises(LifespanError, match="only while its lifespan runs"):
+        _ = App().task_group
+
+
+@pytest.mark.anyio
+async def test_the_lifespan_cancels_and_awaits_tasks_before_the_users_lifespan_exits() -> None:
+    log: list[tuple[str, float]] = []
+    started = anyio.Event()
+
+    async def refresh_forever() -> None:
+        started.set()
+        try:
+            await anyio.sleep_forever()
+        finally:
+            log.append(("task cancelled", anyio.current_time()))
+            with shielded_cleanup(1.0):
+                await anyio.sleep(0.01)  # awaited cleanup, like closing a client
+                log.append(("task cleaned up", anyio.current_time()))
+
+    @asynccontextmanager
+    async def lifespan(app: App) -> AsyncIterator[dict[str, Any]]:
+        app.task_group.start_soon(refresh_forever)
+        yield {"client": "open"}
+        log.append(("user lifespan exits", anyio.current_time()))
+
+    app = App(lifespan=lifespan, grace_period=5.0)
+    async with app.lifespan() as state:
+        assert state == {"client": "open"}
+        with anyio.fail_after(5):
+            await started.wait()
+        with pytest.raises(LifespanError, match="already running"):
+            async with app.lifespan():
+                pass  # pragma: no cover
+        assert app.statistics().running
+        stopping_at = anyio.current_time()
+    stopped_at = anyio.current_time()
+
+    assert [entry for entry, _ in log] == [
+        "task cancelled",
+        "task cleaned up",
+        "user lifespan exits",
+    ]
+    assert stopped_at - stopping_at < 1.0  # measured: about 11 ms (the 10 ms cleanup)
+    assert not app.statistics().running
+    with pytest.raises(LifespanError):
+        _ = app.task_group
+
+
+@pytest.mark.anyio
+async def test_a_task_that_outlives_the_grace_period_does_not_hold_the_users_lifespan(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    exited_at: list[float] = []
+
+    async def stubborn() -> None:
+        try:
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.sleep(0.6)
+
+    @asynccontextmanager
+    async def lifespan(app: App) -> AsyncIterator[None]:
+        app.task_group.start_soon(stubborn)
+        yield
+        exited_at.append(anyio.current_time())
+
+    app = App(lifespan=lifespan, grace_period=0.2)
+    with caplog.at_level(logging.WARNING, logger="streamkit"):
+        async with app.lifespan():
+            stopping_at = anyio.current_time()
+    assert 0.2 <= exited_at[0] - stopping_at < 0.55
+    assert "exceeded its grace period of 0.200 s" in caplog.text
