@@ -57,6 +57,7 @@ class StreamClient:
     :ivar status: the response status.
     :ivar headers: the response headers, lower-cased names.
     :ivar complete: whether the whole body arrived (the chunked terminator, or END_STREAM).
+    :ivar stalled: whether :meth:`stall` was called.
     """
 
     status: int
@@ -65,6 +66,7 @@ class StreamClient:
     def __init__(self, stream: SocketStream) -> None:
         self.stream = stream
         self.complete = False
+        self.stalled = False
         self._sse = SSEReader()
         self._ndjson = NDJSONReader()
         self._events: list[ServerSentEvent] = []
@@ -87,8 +89,17 @@ class StreamClient:
         return self._ndjson.blank_lines
 
     async def receive_chunk(self) -> bytes | None:
-        """The next piece of the body as it arrived, or ``None`` once it is complete."""
+        """The next piece of the body as it arrived, or ``None`` once it is complete.
+
+        :raises RuntimeError: the client was told to :meth:`stall`.
+        :raises ConnectionError: the connection ended before the body did.
+        """
         raise NotImplementedError
+
+    def _check_reading(self) -> None:
+        if self.stalled:
+            # Reading would undo the stall the test is relying on.
+            raise RuntimeError("this client was told to stall; it must not read any more")
 
     async def read_all(self) -> bytes:
         """Read until the body is complete; return what was not read yet."""
@@ -143,8 +154,15 @@ class StreamClient:
         await self.stream.aclose()
 
     async def half_close(self) -> None:
-        """Send FIN but keep reading."""
+        """Send FIN but keep reading: the request side is done, the response side is not."""
         self.raw_socket.shutdown(socket.SHUT_WR)
+
+    def stall(self) -> None:
+        """Stop reading, for good: the server's writes back up once the socket buffers are
+        full, until its ``send_timeout`` ends the stream. Open the client with a small
+        ``receive_buffer`` (4096) so that happens after little data. Reading afterwards raises
+        :exc:`RuntimeError`."""
+        self.stalled = True
 
 
 class _H11Client(StreamClient):
@@ -154,7 +172,10 @@ class _H11Client(StreamClient):
 
     async def _next_event(self) -> Any:
         while True:
-            event = self._connection.next_event()
+            try:
+                event = self._connection.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise ConnectionError(f"the response broke off: {exc}") from exc
             if event is not h11.NEED_DATA:
                 return event
             try:
@@ -181,6 +202,7 @@ class _H11Client(StreamClient):
     async def receive_chunk(self) -> bytes | None:
         if self.complete:
             return None
+        self._check_reading()
         event = await self._next_event()
         if isinstance(event, h11.Data):
             return bytes(event.data)

@@ -57,8 +57,10 @@ class SSEReader:
             self.comments.append(value)
         elif name == "data":
             self._data = [*(self._data or []), value]
-        elif name in ("event", "retry") or (name == "id" and "\0" not in value):
+        elif name == "event" or (name == "id" and "\0" not in value):
             self._fields[name] = value
+        elif name == "retry" and value.isascii() and value.isdigit():
+            self._fields[name] = value  # any other value is ignored, field and all
         return None
 
     def _dispatch(self) -> ServerSentEvent | None:
@@ -69,7 +71,7 @@ class SSEReader:
             data=None if self._data is None else "\n".join(self._data),
             event=self._fields.get("event"),
             id=self._fields.get("id"),
-            retry=int(retry) if retry is not None and retry.isdigit() else None,
+            retry=None if retry is None else int(retry),
         )
         self._fields = {}
         self._data = None

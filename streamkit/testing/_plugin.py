@@ -1,1 +1,108 @@
-"""pytest plugin: placeholder until fixtures land."""
+"""The pytest plugin (registered through the ``pytest11`` entry point): fixtures that work the
+same under anyio's pytest plugin, pytest-trio, or both.
+
+Both fixtures are synchronous on purpose. anyio's plugin runs an async fixture only for tests
+that use ``anyio_backend``; pytest-trio only for trio tests (every async test, in its
+``trio_mode``), each in a task of its own. A synchronous fixture is set up by pytest
+itself before either plugin starts the event loop, and torn down after it stopped, so it
+behaves the same for every test. What needs the event loop is returned as an async context
+manager factory, entered in the test body.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+import pytest
+from starlette.types import ASGIApp
+
+from ._leaks import ResourceSnapshot, wait_released
+from ._server import LiveServer, open_server
+
+__all__ = ["no_leaks", "open_live_server"]
+
+ServerOpener = Callable[..., AbstractAsyncContextManager[LiveServer]]
+
+_RELEASE_WITHIN = "streamkit_leak_check_within"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """Register the plugin's ini option."""
+    parser.addini(
+        _RELEASE_WITHIN,
+        "seconds the no_leaks fixture allows for file descriptors and child processes to be "
+        "released after the test (default 1.0)",
+        default="1.0",
+    )
+
+
+@pytest.fixture
+def open_live_server(request: pytest.FixtureRequest) -> ServerOpener:
+    """:func:`~streamkit.testing.open_server`, as a fixture that works under either plugin::
+
+        async def test_feed(open_live_server):
+            async with open_live_server(app) as server, open_stream(server, "/feed") as client:
+                ...
+
+    It takes the same arguments. When the test fails, its report gets a ``streamkit`` section
+    listing how each stream on these servers ended.
+    """
+    opened = 0
+
+    @asynccontextmanager
+    async def opener(app: ASGIApp, **options: Any) -> AsyncIterator[LiveServer]:
+        nonlocal opened
+        opened += 1
+        number = opened
+        server: LiveServer | None = None
+        try:
+            async with open_server(app, **options) as server:
+                yield server
+        finally:
+            if server is not None:
+                # Added while the test runs, so that the call's report carries it.
+                request.node.add_report_section(
+                    "call", f"streamkit server {number} ({server.url})", _ends_report(server)
+                )
+
+    return opener
+
+
+def _ends_report(server: LiveServer) -> str:
+    lines = [
+        f"{end.path}: {end.reason.name} after {end.duration:.3f} s, {end.items_sent} items, "
+        f"cleanup {end.cleanup_duration * 1000:.3f} ms"
+        + (f", {end.exception!r}" if end.exception is not None else "")
+        for end in server.streams.recent_ends()
+    ]
+    lines += [
+        f"{active.path}: still running after {active.age:.3f} s"
+        for active in server.streams.active_streams()
+    ]
+    return "\n".join(lines) or "no stream"
+
+
+@pytest.fixture
+def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail the test if it leaves file descriptors or child processes behind.
+
+    Checked after the test, once the event loop has stopped, allowing a second (the ini
+    option ``streamkit_leak_check_within``) for them to go; the failure names each one.
+    Tasks can be checked only inside the event loop: for those, wrap the test's body in
+    :func:`~streamkit.testing.open_leak_check`.
+
+    :raises LeakError: at teardown, naming what leaked.
+    """
+    __tracebackhide__ = True  # pytest: show the leak, not this frame
+    setting = request.config.getini(_RELEASE_WITHIN)
+    try:
+        within = float(setting)
+    except ValueError:
+        raise pytest.UsageError(
+            f"{_RELEASE_WITHIN} must be a number of seconds, got {setting!r}"
+        ) from None
+    before = ResourceSnapshot.take(tasks=False)
+    yield
+    wait_released(before, within=within)

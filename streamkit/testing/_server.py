@@ -16,6 +16,9 @@ from .._serve import ServerAddress, serve
 
 __all__ = ["LiveServer", "open_server"]
 
+# Beyond the grace period, hypercorn's own shutdown of its workers needs a moment.
+_STOP_MARGIN = 5.0
+
 
 class LiveServer:
     """A server started by :func:`open_server`.
@@ -38,13 +41,21 @@ class LiveServer:
         """The next stream end on this server, in the order they happened.
 
         :raises TimeoutError: no stream ended within *within* seconds.
+        :raises RuntimeError: so many ended since the last call that the next one is no
+            longer remembered.
         """
         with anyio.fail_after(within):
             await self.streams.wait_ended(self._seen + 1)
         statistics = self.streams.statistics()
-        total = sum(statistics.ended.values())
+        unseen = sum(statistics.ended.values()) - self._seen
         recent = self.streams.recent_ends()
-        end = recent[len(recent) - (total - self._seen)]
+        if unseen > len(recent):
+            raise RuntimeError(
+                f"{unseen} streams ended since the last wait_end, more than the {len(recent)} "
+                "the registry remembers; read them from server.streams.recent_ends(), or use "
+                "on_end, when streams end in such numbers"
+            )
+        end = recent[len(recent) - unseen]
         self._seen += 1
         return end
 
@@ -86,9 +97,14 @@ async def open_server(
     The server is shut down gracefully when the block exits (if the test did not already),
     bounded by *grace_period*.
 
+    The socket is bound before the server starts (port 0: the kernel picks a free port) and
+    handed to hypercorn as ``fd://``, so no other test can take the port in between.
+
     :param grace_period: see :func:`streamkit.serve`.
     :param stalled_connection_timeout: see :func:`streamkit.serve`; short, so a test's stalled
         client cannot hold the shutdown.
+    :raises TimeoutError: the server had not stopped five seconds after *grace_period*; it was
+        cancelled.
     """
     from hypercorn.config import Config
 
@@ -121,7 +137,14 @@ async def open_server(
             yield server
         finally:
             stop.set()
-            with anyio.move_on_after(grace_period + 5.0) as scope:
+            with anyio.move_on_after(grace_period + _STOP_MARGIN) as scope:
                 await server.stopped.wait()
             if scope.cancelled_caught:
                 task_group.cancel_scope.cancel()
+    if scope.cancelled_caught:
+        assert server is not None
+        # Reached only when the block itself did not raise: its error would say more.
+        raise TimeoutError(
+            f"the server at {server.url} did not stop within {grace_period + _STOP_MARGIN} s "
+            f"of the end of the block (grace_period={grace_period!r}); it was cancelled"
+        )

@@ -1,0 +1,253 @@
+"""Leak checks: the file descriptors, child processes and tasks a test left behind.
+
+A stream whose cleanup did not run leaves something open: the upstream socket, the
+subprocess, the task that was meant to end with it. These checks compare what exists after a
+test with what existed before, give what is new a grace period to go away (a closing task
+needs the event loop to run, a killed child needs to be reaped) and name whatever stays.
+
+File descriptors are read from ``/proc/self/fd`` and child processes from ``/proc``, so those
+two checks work on Linux only; elsewhere they find nothing. Tasks come from
+:func:`anyio.get_running_tasks`, so they can be checked only inside the event loop.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import sys
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from types import CoroutineType
+from typing import Any
+
+import anyio
+
+from .._exceptions import LeakError
+
+__all__ = ["ResourceSnapshot", "open_leak_check"]
+
+_TCP_STATES = {
+    "01": "ESTABLISHED",
+    "02": "SYN_SENT",
+    "03": "SYN_RECV",
+    "04": "FIN_WAIT1",
+    "05": "FIN_WAIT2",
+    "06": "TIME_WAIT",
+    "07": "CLOSE",
+    "08": "CLOSE_WAIT",
+    "09": "LAST_ACK",
+    "0A": "LISTEN",
+    "0B": "CLOSING",
+}
+# No event tells when a descriptor is closed or a child reaped, so the wait polls, this often.
+_POLL_INTERVAL = 0.01
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResourceSnapshot:
+    """What the process holds at one instant.
+
+    :param file_descriptors: each open descriptor's number and what it refers to.
+    :param child_processes: each child's process id and its description.
+    :param tasks: each running task's id and its description; empty when taken outside the
+        event loop.
+    """
+
+    file_descriptors: Mapping[int, str] = field(default_factory=dict)
+    child_processes: Mapping[int, str] = field(default_factory=dict)
+    tasks: Mapping[int, str] = field(default_factory=dict)
+
+    @classmethod
+    def take(cls, *, tasks: bool = True) -> ResourceSnapshot:
+        """Take a snapshot now; *tasks* needs a running event loop (the current task is left
+        out)."""
+        return cls(
+            file_descriptors=_file_descriptors(),
+            child_processes=_child_processes(),
+            tasks=_tasks() if tasks else {},
+        )
+
+    def leaked_since(self, before: ResourceSnapshot) -> LeakError | None:
+        """What exists now and did not in *before*, as the error to raise; ``None`` if nothing."""
+        descriptors = tuple(
+            f"file descriptor {number}: {_describe_descriptor(target)}"
+            for number, target in sorted(self.file_descriptors.items())
+            if before.file_descriptors.get(number) != target
+        )
+        children = tuple(
+            f"child process {description}"
+            for pid, description in sorted(self.child_processes.items())
+            if pid not in before.child_processes
+        )
+        tasks = tuple(
+            f"task {description}"
+            for number, description in self.tasks.items()
+            if number not in before.tasks
+        )
+        if not (descriptors or children or tasks):
+            return None
+        counts = [
+            f"{len(found)} {one if len(found) == 1 else many}"
+            for found, one, many in (
+                (descriptors, "file descriptor", "file descriptors"),
+                (children, "child process", "child processes"),
+                (tasks, "task", "tasks"),
+            )
+            if found
+        ]
+        lines = "\n".join(f"  {line}" for line in (*descriptors, *children, *tasks))
+        return LeakError(
+            f"leaked {', '.join(counts)}:\n{lines}",
+            file_descriptors=descriptors,
+            child_processes=children,
+            tasks=tasks,
+        )
+
+
+@asynccontextmanager
+async def open_leak_check(*, within: float = 1.0, tasks: bool = True) -> AsyncIterator[None]:
+    """Fail if the block leaves file descriptors, child processes or tasks behind.
+
+    What is new after the block has *within* seconds to go away; what is left then is named
+    in the error. The check is skipped when the block raises: that error says more.
+
+    ::
+
+        async with open_leak_check():
+            async with open_server(app) as server:
+                ...
+
+    :param within: seconds allowed for resources to be released after the block.
+    :param tasks: whether to check tasks too (it sees every task in the event loop, so a task
+        a fixture started during the block counts).
+    :raises LeakError: something the block opened was still there after *within* seconds.
+    """
+    __tracebackhide__ = True  # pytest: show the leak, not this frame
+    before = ResourceSnapshot.take(tasks=tasks)
+    yield
+    deadline = anyio.current_time() + within
+    while (leak := ResourceSnapshot.take(tasks=tasks).leaked_since(before)) is not None:
+        if anyio.current_time() >= deadline:
+            raise leak
+        await anyio.sleep(_POLL_INTERVAL)
+
+
+def wait_released(before: ResourceSnapshot, *, within: float) -> None:
+    """Block until every descriptor and child process new since *before* is gone.
+
+    For synchronous teardown, outside any event loop: tasks are not checked.
+
+    :raises LeakError: something was still there after *within* seconds.
+    """
+    __tracebackhide__ = True
+    deadline = time.monotonic() + within
+    while (leak := ResourceSnapshot.take(tasks=False).leaked_since(before)) is not None:
+        if time.monotonic() >= deadline:
+            raise leak
+        time.sleep(_POLL_INTERVAL)
+
+
+def _file_descriptors() -> dict[int, str]:
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return {}
+    found = {}
+    for name in names:
+        try:
+            found[int(name)] = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            continue  # closed meanwhile: the listing's own descriptor, for one
+    return found
+
+
+def _child_processes() -> dict[int, str]:
+    try:
+        entries = [entry for entry in os.listdir("/proc") if entry.isdigit()]
+    except OSError:
+        return {}
+    parent = os.getpid()
+    found = {}
+    for entry in entries:
+        try:
+            with open(f"/proc/{entry}/stat") as stat_file:
+                stat = stat_file.read()
+            # The command name is in parentheses and may hold spaces or parentheses itself.
+            command_name = stat[stat.index("(") + 1 : stat.rindex(")")]
+            state, ppid = stat[stat.rindex(")") + 2 :].split()[:2]
+            if int(ppid) != parent:
+                continue
+            with open(f"/proc/{entry}/cmdline", "rb") as cmdline_file:
+                argv = cmdline_file.read().split(b"\0")
+        except (OSError, ValueError):
+            continue  # it exited meanwhile
+        command = b" ".join(arg for arg in argv if arg).decode(errors="replace") or command_name
+        zombie = " (exited, never reaped)" if state == "Z" else ""
+        found[int(entry)] = f"{entry}{zombie}: {command}"
+    return found
+
+
+def _tasks() -> dict[int, str]:
+    current = anyio.get_current_task().id
+    return {
+        task.id: f"{task.name!r}{_where(task.coro)}"
+        for task in anyio.get_running_tasks()
+        if task.id != current
+    }
+
+
+def _where(coro: Any) -> str:
+    """What a task runs and where it is suspended: the deepest frame of its await chain
+    that is not in the event loop's own code, which says little about whose task it is."""
+    frames = []
+    while isinstance(coro, CoroutineType) and coro.cr_frame is not None:
+        frames.append(coro.cr_frame)
+        coro = coro.cr_await
+    if not frames:
+        return ""
+    libraries = tuple(
+        os.path.dirname(module.__file__)
+        for module in (sys.modules.get(name) for name in ("anyio", "asyncio", "trio"))
+        if module is not None and module.__file__
+    )
+    own = [frame for frame in frames if not frame.f_code.co_filename.startswith(libraries)]
+    first, last = (own[0], own[-1]) if own else (frames[-1], frames[-1])
+    running = "" if first is last else f" running {first.f_code.co_qualname},"
+    code = last.f_code
+    return f"{running} suspended in {code.co_qualname} ({code.co_filename}:{last.f_lineno})"
+
+
+def _describe_descriptor(target: str) -> str:
+    if target.startswith("socket:[") and target.endswith("]"):
+        described = _describe_socket(target[len("socket:[") : -1])
+        if described:
+            return f"{target} {described}"
+    return target
+
+
+def _describe_socket(inode: str) -> str | None:
+    for table, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
+        try:
+            with open(f"/proc/self/net/{table}") as file:
+                rows = file.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            columns = row.split()
+            if len(columns) > 9 and columns[9] == inode:
+                local, remote = (_address(column, family) for column in columns[1:3])
+                state = _TCP_STATES.get(columns[3], columns[3])
+                return f"(TCP {local} -> {remote}, {state})"
+    return None
+
+
+def _address(column: str, family: socket.AddressFamily) -> str:
+    """An address as /proc/net/tcp writes it: host bytes as 32-bit words in host order."""
+    host, port = column.split(":")
+    words = [int(host[index : index + 8], 16) for index in range(0, len(host), 8)]
+    packed = struct.pack(f"={len(words)}I", *words)
+    text = socket.inet_ntop(family, packed)
+    return f"[{text}]:{int(port, 16)}" if family == socket.AF_INET6 else f"{text}:{int(port, 16)}"

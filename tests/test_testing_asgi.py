@@ -1,0 +1,141 @@
+"""The fake ASGI connection: the client leaves on cue, counted in messages, and everything
+the app sent is recorded."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterator
+
+import anyio
+import pytest
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import StreamingResponse
+
+from streamkit import (
+    EndReason,
+    EventSourceResponse,
+    NDJSONResponse,
+    ServerSentEvent,
+    StreamEnd,
+    StreamSender,
+)
+from streamkit.testing import FakeConnection
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_disconnect_after_body_messages_cancels_a_streamkit_producer() -> None:
+    ends: list[StreamEnd] = []
+    seen: list[str] = []
+
+    async def produce(send: StreamSender[ServerSentEvent | str]) -> None:
+        try:
+            number = 0
+            while True:
+                await send(ServerSentEvent(data=str(number)))
+                number += 1
+        except anyio.get_cancelled_exc_class():
+            seen.append("cancelled")
+            raise
+
+    connection = FakeConnection("/feed", disconnect_after_body=3)
+    await connection.run(EventSourceResponse(produce, on_end=ends.append))
+    assert connection.disconnected
+    assert connection.status == 200
+    assert connection.headers["content-type"].startswith("text/event-stream")
+    # The runtime may write several events in one body message: three messages got through.
+    assert len(connection.body_chunks) == 3
+    data = [event.data for event in connection.events()]
+    assert data == [str(number) for number in range(len(data))]
+    assert len(data) >= 3
+    assert not connection.complete
+    assert seen == ["cancelled"]
+    assert [end.reason for end in ends] == [EndReason.CLIENT_DISCONNECTED]
+
+
+async def test_a_stream_that_ends_first_is_complete() -> None:
+    async def items() -> AsyncIterator[object]:
+        for number in range(2):
+            yield {"n": number}
+
+    ends: list[StreamEnd] = []
+    connection = FakeConnection(disconnect_after_body=10)
+    await connection.run(NDJSONResponse(items(), on_end=ends.append))
+    assert connection.items() == [{"n": 0}, {"n": 1}]
+    assert connection.complete
+    assert not connection.disconnected
+    assert [end.reason for end in ends] == [EndReason.COMPLETED]
+
+
+async def test_is_disconnected_turns_true_after_n_calls() -> None:
+    connection = FakeConnection(disconnect_after_receives=3)
+    request = Request(connection.scope, connection.receive)
+    answers = [await request.is_disconnected() for _ in range(5)]
+    assert answers == [False, False, False, True, True]
+    assert connection.receive_calls == 4  # Starlette stops asking once it knows
+
+
+async def test_a_generator_polling_is_disconnected_stops_after_n_items() -> None:
+    async def ticker(request: Request) -> AsyncIterator[str]:
+        number = 0
+        while not await request.is_disconnected():
+            yield f"tick {number}"
+            number += 1
+
+    connection = FakeConnection(disconnect_after_receives=2)
+    request = Request(connection.scope, connection.receive)
+    with anyio.fail_after(5):
+        assert [item async for item in ticker(request)] == ["tick 0", "tick 1"]
+
+
+async def test_starlette_streaming_response_sees_the_send_fail() -> None:
+    # ASGI 2.4: a send after the client left raises OSError, which Starlette turns into
+    # ClientDisconnect; what was refused is recorded apart from what was delivered.
+    closed: list[bool] = []
+
+    async def chunks() -> AsyncGenerator[bytes]:
+        try:
+            number = 0
+            while True:
+                yield b"chunk %d\n" % number
+                number += 1
+        finally:
+            closed.append(True)
+
+    connection = FakeConnection(disconnect_after_body=2)
+    body = chunks()
+    with pytest.raises(ClientDisconnect):
+        await connection.run(StreamingResponse(body))
+    await body.aclose()  # Starlette leaves that to the garbage collector
+    assert closed == [True]
+    assert connection.body == b"chunk 0\nchunk 1\n"
+    assert connection.body_chunks == [b"chunk 0\n", b"chunk 1\n"]
+    assert [message["body"] for message in connection.refused] == [b"chunk 2\n"]
+
+
+async def test_disconnect_on_command_and_the_request_it_delivers() -> None:
+    connection = FakeConnection(
+        "/upload?x=1", method="post", headers={"X-Token": "t"}, body=b"payload"
+    )
+    request = Request(connection.scope, connection.receive)
+    assert request.method == "POST"
+    assert request.url.path == "/upload"
+    assert request.query_params["x"] == "1"
+    assert request.headers["x-token"] == "t"
+    assert await request.body() == b"payload"
+    async with anyio.create_task_group() as task_group:
+        received: list[str] = []
+
+        async def listen() -> None:
+            received.append((await connection.receive())["type"])
+
+        task_group.start_soon(listen)
+        await anyio.wait_all_tasks_blocked()
+        assert received == []
+        connection.disconnect()
+    assert received == ["http.disconnect"]
+
+
+@pytest.mark.parametrize("name", ["disconnect_after_body", "disconnect_after_receives"])
+def test_a_negative_count_is_refused_naming_it(name: str) -> None:
+    with pytest.raises(ValueError, match=rf"{name} must be a count of zero or more, got -1"):
+        FakeConnection(**{name: -1})  # type: ignore[arg-type]

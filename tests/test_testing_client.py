@@ -1,0 +1,251 @@
+"""The HTTP/1.1 test client: it reads what the server streams, and each way it misbehaves has
+the effect on the server that the same misbehaviour by a real client has.
+
+Every misbehaviour test asserts what the server-side producer saw (cancellation, cleanup), so
+it fails against a server that ignores disconnects; the socket-level tests assert what a peer
+sees on the wire (FIN versus RST).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+from typing import cast
+
+import anyio
+import pytest
+from anyio.abc import SocketAttribute, SocketListener
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from streamkit import (
+    EndReason,
+    EventSourceResponse,
+    NDJSONResponse,
+    ServerSentEvent,
+    StreamResponse,
+    StreamSender,
+)
+from streamkit.testing import LiveServer, StreamClient, open_server, open_stream
+
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
+
+# Generous bounds for a loaded 2-core machine; the real figures are around a millisecond.
+CLEANUP_BOUND = 1.0
+SEND_TIMEOUT = 0.3
+
+
+@dataclass
+class Probe:
+    """What the server-side producers saw."""
+
+    started: anyio.Event = field(default_factory=anyio.Event)
+    cleaned_up: anyio.Event = field(default_factory=anyio.Event)
+    cancelled: bool = False
+    cleaned_up_at: float = 0.0
+
+    @contextmanager
+    def watching(self) -> Iterator[None]:
+        self.started.set()
+        try:
+            yield
+        except anyio.get_cancelled_exc_class():
+            self.cancelled = True
+            raise
+        finally:
+            self.cleaned_up_at = anyio.current_time()
+            self.cleaned_up.set()
+
+
+def make_app(probe: Probe) -> Starlette:
+    async def ticks(request: Request) -> Response:
+        async def produce(send: StreamSender[ServerSentEvent | str]) -> None:
+            with probe.watching():
+                await send(ServerSentEvent(data="0", id="0"))
+                await anyio.sleep_forever()
+
+        return EventSourceResponse(produce)
+
+    async def items(request: Request) -> Response:
+        count = int(request.query_params["n"])
+
+        async def produce(send: StreamSender[object]) -> None:
+            with probe.watching():
+                for number in range(count):
+                    await send({"n": number})
+
+        return NDJSONResponse(produce)
+
+    async def flood(request: Request) -> Response:
+        async def produce(send: StreamSender[bytes | str]) -> None:
+            with probe.watching():
+                while True:
+                    await send(b"x" * 65536)
+
+        return StreamResponse(produce, send_timeout=SEND_TIMEOUT, buffer_size=2)
+
+    return Starlette(
+        routes=[Route("/ticks", ticks), Route("/items", items), Route("/flood", flood)]
+    )
+
+
+@asynccontextmanager
+async def serving() -> AsyncIterator[tuple[LiveServer, Probe]]:
+    probe = Probe()
+    with anyio.fail_after(20):
+        async with open_server(make_app(probe)) as server:
+            yield server, probe
+
+
+async def test_reads_ndjson_to_completion() -> None:
+    async with serving() as (server, probe):
+        async with open_stream(server, "/items?n=3") as client:
+            assert client.status == 200
+            assert client.headers["content-type"] == "application/x-ndjson"
+            assert [await client.read_item() for _ in range(3)] == [{"n": 0}, {"n": 1}, {"n": 2}]
+            assert await client.read_all() == b""
+            assert client.complete
+            with pytest.raises(EOFError):
+                await client.read_item()
+        end = await server.wait_ended(EndReason.COMPLETED)
+        assert end.items_sent == 3
+        assert not probe.cancelled
+
+
+async def test_reads_sse_events_and_raw_chunks() -> None:
+    async with serving() as (server, _), open_stream(server, "/ticks") as client:
+        assert client.headers["content-type"].startswith("text/event-stream")
+        assert await client.read_event() == ServerSentEvent(data="0", id="0")
+        await client.close()
+    async with serving() as (server, _), open_stream(server, "/items?n=2") as client:
+        body = await client.read_all()
+        assert [json.loads(line) for line in body.splitlines()] == [{"n": 0}, {"n": 1}]
+
+
+@pytest.mark.parametrize("leave", ["close", "reset", "half_close"])
+async def test_leaving_cancels_the_producer_and_its_cleanup_runs(leave: str) -> None:
+    async with serving() as (server, probe):
+        async with open_stream(server, "/ticks") as client:
+            await client.read_event()
+            left_at = anyio.current_time()
+            await getattr(client, leave)()
+            end = await server.wait_ended(EndReason.CLIENT_DISCONNECTED, within=CLEANUP_BOUND)
+        assert probe.cancelled, f"{leave}: the producer was never cancelled"
+        assert probe.cleaned_up.is_set()
+        latency = probe.cleaned_up_at - left_at
+        assert 0 <= latency < CLEANUP_BOUND, f"{leave}: cleanup finished {latency:.3f} s after"
+        assert end.items_sent == 1
+
+
+async def test_stall_ends_with_send_timeout_and_cancels_the_producer() -> None:
+    async with serving() as (server, probe):
+        async with open_stream(server, "/flood", receive_buffer=4096) as client:
+            client.stall()
+            stalled_at = anyio.current_time()
+            await server.wait_ended(EndReason.SEND_TIMEOUT, within=SEND_TIMEOUT + CLEANUP_BOUND)
+            assert probe.cancelled
+            took = probe.cleaned_up_at - stalled_at
+            assert SEND_TIMEOUT * 0.9 <= took < SEND_TIMEOUT + CLEANUP_BOUND
+            with pytest.raises(RuntimeError, match="stall"):
+                await client.receive_chunk()
+
+
+async def test_a_reading_client_does_not_time_out() -> None:
+    # The control for the stall test: the same endpoint, read, runs past send_timeout.
+    async with serving() as (server, probe), open_stream(server, "/flood") as client:
+        received = 0
+        with anyio.move_on_after(SEND_TIMEOUT * 3):
+            while chunk := await client.receive_chunk():
+                received += len(chunk)
+        assert received > 65536
+        assert not probe.cleaned_up.is_set()
+        await client.close()
+        await server.wait_ended(EndReason.CLIENT_DISCONNECTED, within=CLEANUP_BOUND)
+
+
+# -- what a peer sees on the wire -----------------------------------------------------------
+
+
+@dataclass
+class Peer:
+    host: str
+    port: int
+    outcome: type[BaseException] | None = None
+    cause: BaseException | None = None
+    done: anyio.Event = field(default_factory=anyio.Event)
+
+
+_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n"
+
+
+@asynccontextmanager
+async def raw_peer(after_eof: bytes = b"") -> AsyncIterator[Peer]:
+    """A bare TCP server that answers one request with a chunked head, then records how its
+    reading ended; *after_eof* is sent (as a chunk) once the client's FIN arrived."""
+    async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listeners:
+        listener = cast(SocketListener, listeners.listeners[0])
+        peer = Peer("127.0.0.1", listener.extra(SocketAttribute.local_port))
+
+        async def answer() -> None:
+            connection = await listener.accept()
+            async with connection:
+                await connection.receive()
+                await connection.send(_HEAD)
+                try:
+                    while True:
+                        await connection.receive()
+                except anyio.EndOfStream:
+                    peer.outcome = anyio.EndOfStream
+                    if after_eof:
+                        await connection.send(
+                            b"%x\r\n%s\r\n0\r\n\r\n" % (len(after_eof), after_eof)
+                        )
+                except anyio.BrokenResourceError as exc:
+                    peer.outcome, peer.cause = anyio.BrokenResourceError, exc.__cause__
+                peer.done.set()
+
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(answer)
+            with anyio.fail_after(5):
+                yield peer
+
+
+async def test_close_sends_fin() -> None:
+    async with raw_peer() as peer, open_stream(peer, "/") as client:
+        await client.close()
+        await peer.done.wait()
+    assert peer.outcome is anyio.EndOfStream
+
+
+async def test_reset_sends_rst() -> None:
+    async with raw_peer() as peer, open_stream(peer, "/") as client:
+        await client.reset()
+        await peer.done.wait()
+    assert peer.outcome is anyio.BrokenResourceError
+    assert isinstance(peer.cause, ConnectionResetError)
+
+
+async def test_half_close_sends_fin_and_keeps_reading() -> None:
+    async with raw_peer(after_eof=b"still here") as peer, open_stream(peer, "/") as client:
+        await client.half_close()
+        await peer.done.wait()
+        assert peer.outcome is anyio.EndOfStream
+        assert await client.read_all() == b"still here"
+        assert client.complete
+
+
+async def test_a_body_cut_short_is_a_connection_error() -> None:
+    async with raw_peer() as peer, open_stream(peer, "/") as client:
+        await client.half_close()  # the peer closes its side once it sees our FIN
+        with pytest.raises(ConnectionError, match="broke off"):
+            await client.read_all()
+
+
+def test_stream_client_is_the_base_of_both_protocols() -> None:
+    from streamkit.testing import H2StreamClient
+
+    assert issubclass(H2StreamClient, StreamClient)

@@ -1,0 +1,164 @@
+"""The leak checks: they pass after a clean run against a real server, and each kind of leak
+fails them with a message naming what leaked."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+
+import anyio
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from streamkit import EndReason, NDJSONResponse, StreamkitError, StreamSender
+from streamkit.testing import (
+    LeakError,
+    ResourceSnapshot,
+    open_leak_check,
+    open_server,
+    open_stream,
+)
+from streamkit.testing._leaks import wait_released
+
+
+def make_app() -> Starlette:
+    async def endless(request: Request) -> Response:
+        async def produce(send: StreamSender[object]) -> None:
+            number = 0
+            while True:
+                await send({"n": number})
+                number += 1
+                await anyio.sleep(0.005)
+
+        return NDJSONResponse(produce)
+
+    return Starlette(routes=[Route("/endless", endless)])
+
+
+@pytest.mark.anyio
+@pytest.mark.e2e
+async def test_a_server_and_its_streams_leave_nothing_behind() -> None:
+    with anyio.fail_after(20):
+        async with open_leak_check():
+            async with open_server(make_app()) as server:
+                for leave in ("close", "reset"):
+                    async with open_stream(server, "/endless") as client:
+                        await client.read_item()
+                        await getattr(client, leave)()
+                    await server.wait_ended(EndReason.CLIENT_DISCONNECTED)
+
+
+@pytest.mark.anyio
+async def test_a_leaked_socket_is_named() -> None:
+    server_socket = socket.create_server(("127.0.0.1", 0))
+    port = server_socket.getsockname()[1]
+    try:
+        with pytest.raises(LeakError) as caught:
+            async with open_leak_check(within=0.05):
+                leaked = socket.create_connection(("127.0.0.1", port))
+    finally:
+        server_socket.close()
+    leaked.close()
+    message = str(caught.value)
+    assert message.startswith("leaked 1 file descriptor:")
+    assert f"file descriptor {leaked_fileno(caught.value)}" in message
+    assert f"-> 127.0.0.1:{port}, ESTABLISHED)" in message
+    assert caught.value.child_processes == ()
+    assert caught.value.tasks == ()
+
+
+def leaked_fileno(error: LeakError) -> int:
+    return int(error.file_descriptors[0].split(":")[0].rsplit(" ", 1)[1])
+
+
+@pytest.mark.anyio
+async def test_a_leaked_task_is_named_with_where_it_waits() -> None:
+    async def linger() -> None:
+        await anyio.sleep_forever()
+
+    async with anyio.create_task_group() as task_group:
+        with pytest.raises(LeakError) as caught:
+            async with open_leak_check(within=0.05):
+                task_group.start_soon(linger, name="lingerer")
+        task_group.cancel_scope.cancel()
+    (task,) = caught.value.tasks
+    assert task.startswith(f"task 'lingerer' suspended in {linger.__qualname__} ({__file__}:")
+    assert "1 task:" in str(caught.value)
+
+
+@pytest.mark.anyio
+async def test_what_is_released_within_the_grace_period_is_no_leak() -> None:
+    released = anyio.Event()
+
+    async def close_soon(sock: socket.socket) -> None:
+        await anyio.sleep(0.05)
+        sock.close()
+        released.set()
+
+    async with anyio.create_task_group() as task_group:
+        async with open_leak_check(within=5.0):
+            task_group.start_soon(close_soon, socket.socket())
+        assert released.is_set()
+
+
+@pytest.mark.anyio
+async def test_the_check_is_skipped_when_the_block_raises() -> None:
+    opened: list[socket.socket] = []
+
+    async def leak_then_fail() -> None:
+        async with open_leak_check(within=0.05):
+            opened.append(socket.socket())
+            raise KeyError("the block's own error")
+
+    try:
+        with pytest.raises(KeyError):
+            await leak_then_fail()
+    finally:
+        for sock in opened:
+            sock.close()
+
+
+def test_a_leaked_child_process_is_named() -> None:
+    before = ResourceSnapshot.take(tasks=False)
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        with pytest.raises(LeakError) as caught:
+            wait_released(before, within=0.05)
+    finally:
+        child.kill()
+        child.wait()
+    assert caught.value.child_processes == (
+        f"child process {child.pid}: {sys.executable} -c import time; time.sleep(30)",
+    )
+    wait_released(before, within=1.0)
+
+
+def test_an_unreaped_child_is_named_as_such() -> None:
+    before = ResourceSnapshot.take(tasks=False)
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        # Not waited for: once it exits it stays a zombie until reaped.
+        deadline = time.monotonic() + 10
+        while zombie_state(child.pid) != "Z":
+            assert time.monotonic() < deadline, "the child did not exit"
+            time.sleep(0.01)
+        with pytest.raises(LeakError, match=rf"child process {child.pid} \(exited, never reaped\)"):
+            wait_released(before, within=0.05)
+    finally:
+        child.wait()
+    wait_released(before, within=1.0)
+
+
+def zombie_state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rpartition(")")[2].split()[0]
+
+
+def test_leak_error_is_an_assertion_error_and_a_streamkit_error() -> None:
+    assert issubclass(LeakError, AssertionError)
+    assert issubclass(LeakError, StreamkitError)

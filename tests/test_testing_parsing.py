@@ -1,0 +1,42 @@
+"""The body readers the test clients use: SSE frames by the WHATWG rules, NDJSON lines."""
+
+from __future__ import annotations
+
+import pytest
+
+from streamkit import ServerSentEvent
+from streamkit.testing import NDJSONReader, SSEReader
+
+
+def feed_bytewise(reader: SSEReader, body: bytes) -> list[ServerSentEvent]:
+    return [frame for index in range(len(body)) for frame in reader.feed(body[index : index + 1])]
+
+
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n", b"\r"])
+def test_any_line_ending_and_any_split_give_the_same_frames(newline: bytes) -> None:
+    body = newline.join(
+        [b"event: tick", b"id: 7", b"data: caf\xc3\xa9", b"data:second", b"", b": ping", b"", b""]
+    )
+    expected = [ServerSentEvent(event="tick", id="7", data="café\nsecond")]
+    assert SSEReader().feed(body) == expected
+    reader = SSEReader()
+    assert feed_bytewise(reader, body) == expected
+    assert reader.comments == ["ping"]
+
+
+def test_frames_a_browser_would_not_dispatch_are_kept() -> None:
+    frames = SSEReader().feed(b"retry: 1000\nevent: shutdown\n\nretry: soon\n\n")
+    assert frames == [ServerSentEvent(retry=1000, event="shutdown")]
+
+
+def test_an_id_holding_nul_is_ignored_and_an_incomplete_frame_waits() -> None:
+    reader = SSEReader()
+    assert reader.feed(b"id: a\x00b\ndata: x\n\ndata: pending") == [ServerSentEvent(data="x")]
+    assert reader.feed(b"\n\n") == [ServerSentEvent(data="pending")]
+
+
+def test_ndjson_lines_split_anywhere_and_blank_lines_counted() -> None:
+    reader = NDJSONReader()
+    assert reader.feed(b'{"a": 1}\n\n{"b"') == [{"a": 1}]
+    assert reader.feed(b": [2]}\n\n") == [{"b": [2]}]
+    assert reader.blank_lines == 2

@@ -1,0 +1,168 @@
+"""The pytest plugin works in a suite that uses anyio's plugin, pytest-trio, or both.
+
+Each test runs a small suite through pytester. Streamkit's plugin is found through its
+``pytest11`` entry point, as in a user's project; the other plugins are switched off with
+``-p no:NAME``. The inner tests stream against real hypercorn, and include one that must
+fail, so that a plugin that silently did nothing could not pass.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+pytest_plugins = ("pytester",)
+
+APP = """
+import socket
+
+import anyio
+import pytest
+from starlette.applications import Starlette
+from starlette.routing import Route
+
+from streamkit import EndReason, NDJSONResponse
+from streamkit.testing import open_leak_check, open_server, open_stream
+
+
+def make_app():
+    async def endless(request):
+        async def produce(send):
+            number = 0
+            while True:
+                await send({"n": number})
+                number += 1
+                await anyio.sleep(0.005)
+
+        return NDJSONResponse(produce)
+
+    return Starlette(routes=[Route("/endless", endless)])
+
+
+async def reset_and_check(server):
+    async with open_stream(server, "/endless") as client:
+        assert await client.read_item() == {"n": 0}
+        await client.reset()
+    await server.wait_ended(EndReason.CLIENT_DISCONNECTED)
+
+
+@pytest.fixture
+async def server():
+    # An async fixture of the user's own: anyio's plugin runs it for anyio tests,
+    # pytest-trio for trio tests.
+    async with open_server(make_app()) as server:
+        yield server
+
+
+LEAKED = []
+
+
+@pytest.fixture(autouse=True)
+def close_leaked():
+    # Set up before no_leaks, so torn down after it: the leak is found, then closed.
+    yield
+    while LEAKED:
+        LEAKED.pop().close()
+"""
+
+ANYIO_TESTS = """
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request):
+    return request.param
+
+
+@pytest.mark.anyio
+async def test_anyio_fixtures(open_live_server, no_leaks):
+    async with open_leak_check(), open_live_server(make_app()) as server:
+        await reset_and_check(server)
+
+
+@pytest.mark.anyio
+async def test_anyio_async_fixture(server):
+    await reset_and_check(server)
+
+
+@pytest.mark.anyio
+async def test_anyio_leak(no_leaks):
+    LEAKED.append(socket.socket())
+
+
+@pytest.mark.anyio
+async def test_anyio_failure_report(open_live_server):
+    async with open_live_server(make_app()) as server:
+        await reset_and_check(server)
+    assert False, "failing on purpose"
+"""
+
+TRIO_TESTS = """
+@pytest.mark.trio
+async def test_trio_fixtures(open_live_server, no_leaks):
+    async with open_leak_check(), open_live_server(make_app()) as server:
+        await reset_and_check(server)
+
+
+@pytest.mark.trio
+async def test_trio_async_fixture(server):
+    await reset_and_check(server)
+
+
+@pytest.mark.trio
+async def test_trio_leak(no_leaks):
+    LEAKED.append(socket.socket())
+
+
+@pytest.mark.trio
+async def test_trio_failure_report(open_live_server):
+    async with open_live_server(make_app()) as server:
+        await reset_and_check(server)
+    assert False, "failing on purpose"
+"""
+
+
+def run_suite(pytester: pytest.Pytester, tests: str, *disabled: str) -> pytest.RunResult:
+    pytester.makepyfile(test_streams=APP + tests)
+    # Leaks are found at the end of this grace period; the default second would add up.
+    pytester.makeini("[pytest]\nstreamkit_leak_check_within = 0.2\n")
+    arguments = [f"-pno:{name}" for name in disabled]
+    result = pytester.runpytest_inprocess(*arguments, "-p", "no:cacheprovider", "-rA")
+    plugins = pytester.parseconfig(*arguments).pluginmanager.list_name_plugin()
+    loaded = {name for name, plugin in plugins if plugin is not None}  # blocked ones are None
+    assert "streamkit" in loaded
+    assert loaded.isdisjoint(disabled)
+    assert {"anyio", "trio"} - set(disabled) <= loaded
+    return result
+
+
+def assert_outcomes_and_failures(result: pytest.RunResult, *, prefix: str, runs: int) -> None:
+    # Per backend run: three passes, of which one leaked and errors at teardown, and one
+    # deliberate failure.
+    result.assert_outcomes(passed=3 * runs, failed=runs, errors=runs)
+    output = result.stdout.str()
+    assert "LeakError: leaked 1 file descriptor:" in output
+    assert "  file descriptor " in output
+    assert ": socket:[" in output
+    assert f"ERROR test_streams.py::test_{prefix}_leak" in output
+    assert "streamkit server 1" in output
+    assert "/endless: CLIENT_DISCONNECTED after" in output
+
+
+def test_under_anyio_plugin_alone(pytester: pytest.Pytester) -> None:
+    result = run_suite(pytester, ANYIO_TESTS, "trio")
+    assert_outcomes_and_failures(result, prefix="anyio", runs=2)
+    result.stdout.fnmatch_lines(["PASSED test_streams.py::test_anyio_fixtures?trio?"])
+
+
+def test_under_pytest_trio_alone(pytester: pytest.Pytester) -> None:
+    result = run_suite(pytester, TRIO_TESTS, "anyio")
+    assert_outcomes_and_failures(result, prefix="trio", runs=1)
+
+
+def test_under_both_plugins(pytester: pytest.Pytester) -> None:
+    result = run_suite(pytester, ANYIO_TESTS + TRIO_TESTS)
+    result.assert_outcomes(passed=9, failed=3, errors=3)
+    result.stdout.fnmatch_lines_random(
+        [
+            "PASSED test_streams.py::test_anyio_async_fixture?asyncio?",
+            "PASSED test_streams.py::test_anyio_async_fixture?trio?",
+            "PASSED test_streams.py::test_trio_async_fixture",
+        ]
+    )
