@@ -37,6 +37,8 @@ __all__ = ["StreamSender", "shielded_cleanup"]
 logger = logging.getLogger("streamkit")
 
 ItemT = TypeVar("ItemT")
+#: A sender that takes ``ServerSentEvent | str`` serves a producer that only sends ``str``.
+ItemT_contra = TypeVar("ItemT_contra", contravariant=True)
 T = TypeVar("T")
 
 _HEARTBEAT = object()
@@ -69,7 +71,7 @@ def shielded_cleanup(cleanup_timeout: float = 5.0) -> Iterator[anyio.CancelScope
         logger.warning("cleanup did not finish within %.3f s and was cancelled", cleanup_timeout)
 
 
-class StreamSender(Generic[ItemT]):
+class StreamSender(Generic[ItemT_contra]):
     """What a producer is handed: ``await send(item)`` queues one item for the client.
 
     It waits while the buffer between the producer and the socket is full. Resources entered
@@ -79,11 +81,11 @@ class StreamSender(Generic[ItemT]):
 
     __slots__ = ("_run", "_stack")
 
-    def __init__(self, run: _StreamRun[ItemT], stack: AsyncExitStack) -> None:
+    def __init__(self, run: _StreamRun[Any], stack: AsyncExitStack) -> None:
         self._run = run
         self._stack = stack
 
-    async def __call__(self, item: ItemT) -> None:
+    async def __call__(self, item: ItemT_contra) -> None:
         """Queue *item*; it is encoded now, so an item that cannot be encoded raises here.
 
         :raises TypeError: the response cannot encode an item of this type.
@@ -238,7 +240,7 @@ class _StreamRun(Generic[ItemT]):
                 await result
             else:
                 assert isinstance(content, AsyncIterable)
-                sender = StreamSender(self, stack)
+                sender: StreamSender[ItemT] = StreamSender(self, stack)
                 closable = iterator = aiter(content)
                 async for item in iterator:
                     await sender(item)

@@ -35,7 +35,9 @@ async def nothing() -> AsyncIterator[str]:
         ("send_timeout", True, TypeError),
     ],
 )
-def test_bad_options_are_refused_naming_the_value(option: str, value: Any, error: type[Exception]) -> None:
+def test_bad_options_are_refused_naming_the_value(
+    option: str, value: Any, error: type[Exception]
+) -> None:
     with pytest.raises(error, match=re.escape(option) + ".*" + re.escape(repr(value))):
         StreamOptions(**{option: value})
     with pytest.raises(error, match=re.escape(option)):
@@ -58,7 +60,10 @@ def test_an_async_on_end_is_refused() -> None:
 def test_a_bytes_stream_needs_a_heartbeat_chunk_to_beat() -> None:
     with pytest.raises(ValueError, match="heartbeat_chunk"):
         StreamResponse(nothing(), heartbeat_interval=5.0)
-    assert StreamResponse(nothing(), heartbeat_interval=5.0, heartbeat_chunk=b"\n").heartbeat_frame() == b"\n"
+    assert (
+        StreamResponse(nothing(), heartbeat_interval=5.0, heartbeat_chunk=b"\n").heartbeat_frame()
+        == b"\n"
+    )
 
 
 def test_an_unencodable_closing_item_is_refused_at_declaration() -> None:
@@ -94,4 +99,6 @@ def test_headers_defaults_and_overrides() -> None:
 def test_sse_heartbeats_are_on_by_default_and_others_off() -> None:
     assert EventSourceResponse(nothing()).options.heartbeat_interval == 15.0
     assert NDJSONResponse(nothing()).options.heartbeat_interval is None
-    assert EventSourceResponse(nothing(), heartbeat_interval=None).options.heartbeat_interval is None
+    assert (
+        EventSourceResponse(nothing(), heartbeat_interval=None).options.heartbeat_interval is None
+    )

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
 from httpx_sse._decoders import SSEDecoder, SSELineDecoder
@@ -11,9 +12,9 @@ from streamkit import ServerSentEvent, last_event_id
 from streamkit._sse import MAX_LAST_EVENT_ID_LENGTH, encode_comment, encode_event
 
 # Any text but lone surrogates, which UTF-8 cannot carry.
-TEXT = st.text(st.characters(exclude_categories=("Cs",)))
-NAME = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\r\n"))
-IDS = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\r\n\0"))
+TEXT = st.text(st.characters(exclude_categories=["Cs"]))
+NAME = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\r\n"))
+IDS = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\r\n\0"))
 EVENTS = st.builds(
     ServerSentEvent,
     data=st.none() | TEXT,
@@ -24,7 +25,7 @@ EVENTS = st.builds(
 )
 
 
-def parse(payload: bytes, split_at: int) -> list[object]:
+def parse(payload: bytes, split_at: int) -> list[Any]:
     """Parse with httpx-sse, a real SSE parser, feeding the payload in two pieces."""
     lines = SSELineDecoder()
     decoder = SSEDecoder()
@@ -40,7 +41,9 @@ def parse(payload: bytes, split_at: int) -> list[object]:
 
 
 @given(events=st.lists(EVENTS, max_size=5), split=st.integers(min_value=0, max_value=10_000))
-def test_a_real_parser_reads_back_what_was_encoded(events: list[ServerSentEvent], split: int) -> None:
+def test_a_real_parser_reads_back_what_was_encoded(
+    events: list[ServerSentEvent], split: int
+) -> None:
     payload = b"".join(encode_event(event) for event in events)
     parsed = iter(parse(payload, split % (len(payload) + 1)))
     last_id = ""
@@ -62,7 +65,7 @@ def test_a_real_parser_reads_back_what_was_encoded(events: list[ServerSentEvent]
 )
 def test_a_line_break_in_a_name_or_id_is_refused_and_named(field: str, value: str) -> None:
     with pytest.raises(ValueError, match=re.escape(repr(value))):
-        ServerSentEvent(data="x", **{field: value})
+        ServerSentEvent(data="x", **{field: value})  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("retry", [-1, 1.5, True, "10"])

@@ -54,4 +54,8 @@ async def test_fastapi_endpoints_stream_and_run_background_tasks_after_a_disconn
         await server.wait_ended(EndReason.CLIENT_DISCONNECTED)
         with anyio.fail_after(2):
             await audited.wait()
-    assert [(event.event, event.data) for event in events] == [("tick", "0"), ("tick", "1"), ("tick", "2")]
+    assert [(event.event, event.data) for event in events] == [
+        ("tick", "0"),
+        ("tick", "1"),
+        ("tick", "2"),
+    ]

@@ -57,7 +57,10 @@ async def test_a_silent_sse_producer_gets_stale_events_and_the_stream_waits_on()
 
 
 async def test_end_when_idle_ends_with_deadline_after_the_fallback() -> None:
-    async with open_server(app(end_when_idle=True)) as server, open_stream(server, "/rows") as client:
+    async with (
+        open_server(app(end_when_idle=True)) as server,
+        open_stream(server, "/rows") as client,
+    ):
         items = [await client.read_item() for _ in range(2)]
         assert await client.read_all() == b""
         end = await server.wait_ended(EndReason.DEADLINE)

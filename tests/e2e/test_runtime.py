@@ -29,7 +29,14 @@ from streamkit import (
     registry,
     shielded_cleanup,
 )
-from streamkit.testing import NDJSONReader, SSEReader, StreamClient, open_server, open_stream
+from streamkit.testing import (
+    NDJSONReader,
+    SSEReader,
+    StreamClient,
+    open_h2_stream,
+    open_server,
+    open_stream,
+)
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
@@ -79,7 +86,9 @@ def respond(kind: str, content: Any, probe: Probe, **options: Any) -> Response:
     return StreamResponse(content, **options)
 
 
-def producer(kind: str, probe: Probe, *, count: int | None, pace: float | None, size: int = 8) -> Any:
+def producer(
+    kind: str, probe: Probe, *, count: int | None, pace: float | None, size: int = 8
+) -> Any:
     """A producer of *count* items (endless if None), *pace* seconds apart (flat out if None),
     with an awaited cleanup registered through send."""
 
@@ -137,7 +146,9 @@ async def test_a_stream_completes_and_reports_once(kind: str, form: str) -> None
     assert client.complete, "the body must end with its terminator"
     assert client.status == 200
     expected_type = {"sse": "text/event-stream", "ndjson": "application/x-ndjson"}
-    assert client.headers["content-type"].startswith(expected_type.get(kind, "application/octet-stream"))
+    assert client.headers["content-type"].startswith(
+        expected_type.get(kind, "application/octet-stream")
+    )
     if kind == "sse":
         assert body.count(b"\n\n") == 5
     else:
@@ -157,7 +168,8 @@ async def test_a_head_request_gets_the_headers_and_never_runs_the_producer() -> 
     app = Starlette(routes=[Route("/stream", route, methods=["GET", "HEAD"])])
     async with open_server(app) as server, open_stream(server, "/stream", method="HEAD") as client:
         end = await server.wait_ended(EndReason.COMPLETED)
-    assert client.status == 200 and client.headers["content-type"].startswith("text/event-stream")
+    assert client.status == 200
+    assert client.headers["content-type"].startswith("text/event-stream")
     assert not probe.started.is_set()
     assert end.items_sent == 0
 
@@ -182,11 +194,46 @@ async def test_a_disconnect_cancels_the_producer_and_cleanup_completes(
             left_at = anyio.current_time()
             await getattr(client, how)()
             end = await server.wait_ended(EndReason.CLIENT_DISCONNECTED)
-    assert probe.cancelled_at is not None and probe.cleaned_at is not None
+    assert probe.cancelled_at is not None
+    assert probe.cleaned_at is not None
     assert probe.cancelled_at - left_at < DISCONNECT_BOUND
     assert probe.cleaned_at >= probe.cancelled_at, "the awaited cleanup ran after the cancel"
     assert probe.ends == [end]
     assert probe.background_ran == [EndReason.CLIENT_DISCONNECTED]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("pace", [None, 3600.0], ids=["busy", "idle"])
+async def test_an_http2_rst_stream_is_a_disconnect(kind: str, pace: float | None) -> None:
+    probe = Probe()
+
+    async def route(request: Request) -> Response:
+        return respond(kind, producer(kind, probe, count=None, pace=pace), probe)
+
+    async with open_server(app_for(route)) as server:
+        async with open_h2_stream(server, "/stream") as client:
+            await read_one(client, kind)
+            left_at = anyio.current_time()
+            await client.reset_stream()
+            end = await server.wait_ended(EndReason.CLIENT_DISCONNECTED)
+    assert probe.cancelled_at is not None
+    assert probe.cleaned_at is not None
+    assert probe.cancelled_at - left_at < DISCONNECT_BOUND
+    assert probe.ends == [end]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_an_http2_stream_completes(kind: str) -> None:
+    probe = Probe()
+
+    async def route(request: Request) -> Response:
+        return respond(kind, producer(kind, probe, count=5, pace=None), probe)
+
+    async with open_server(app_for(route)) as server, open_h2_stream(server, "/stream") as client:
+        body = await client.read_all()
+        end = await server.wait_ended(EndReason.COMPLETED)
+    assert client.complete
+    assert (end.items_sent, end.bytes_sent) == (5, len(body))
 
 
 async def test_a_producer_that_never_awaits_does_not_pin_the_loop() -> None:
@@ -294,7 +341,9 @@ async def test_heartbeats_fill_silence(kind: str) -> None:
     probe = Probe()
 
     async def route(request: Request) -> Response:
-        return respond(kind, producer(kind, probe, count=None, pace=3600.0), probe, heartbeat_interval=0.05)
+        return respond(
+            kind, producer(kind, probe, count=None, pace=3600.0), probe, heartbeat_interval=0.05
+        )
 
     sse, ndjson = SSEReader(), NDJSONReader()
     async with open_server(app_for(route)) as server, open_stream(server, "/stream") as client:
@@ -333,9 +382,14 @@ async def test_heartbeat_writes_count_for_the_send_timeout() -> None:
 
     async def route(request: Request) -> Response:
         big = "h" * 65536  # fills the socket buffers in a few beats
-        return EventSourceResponse(silent, heartbeat_interval=0.01, heartbeat_comment=big, send_timeout=0.3)
+        return EventSourceResponse(
+            silent, heartbeat_interval=0.01, heartbeat_comment=big, send_timeout=0.3
+        )
 
-    async with open_server(app_for(route)) as server, open_stream(server, "/stream", receive_buffer=4096):
+    async with (
+        open_server(app_for(route)) as server,
+        open_stream(server, "/stream", receive_buffer=4096),
+    ):
         end = await server.wait_ended(EndReason.SEND_TIMEOUT, within=10)
     assert end.items_sent == 0
 
@@ -421,7 +475,9 @@ async def test_a_producer_error_is_reported_and_the_body_still_ends_properly(
     assert isinstance(end.exception, RuntimeError)
     assert probe.cleaned.is_set()
     errors = [record for record in caplog.records if record.name == "streamkit"]
-    assert len(errors) == 1 and errors[0].levelno == logging.ERROR and errors[0].exc_info
+    assert len(errors) == 1
+    assert errors[0].levelno == logging.ERROR
+    assert errors[0].exc_info
 
 
 async def test_an_item_that_cannot_be_encoded_is_an_error_naming_it() -> None:
@@ -444,7 +500,9 @@ async def test_an_item_that_cannot_be_encoded_is_an_error_naming_it() -> None:
 
 
 @pytest.mark.parametrize(("header", "seen"), [("41", "41"), ("bad\x01id", None), (None, None)])
-async def test_the_producer_sees_a_valid_last_event_id(header: str | None, seen: str | None) -> None:
+async def test_the_producer_sees_a_valid_last_event_id(
+    header: str | None, seen: str | None
+) -> None:
     async def produce(send: StreamSender[ServerSentEvent | str]) -> None:
         await send(ServerSentEvent(data=repr(send.last_event_id)))
 
@@ -472,10 +530,10 @@ async def test_the_registry_sees_active_streams() -> None:
         async with open_stream(server, "/stream") as client:
             await client.read_event()
             (active,) = server.streams.active_streams()
-            assert active.path == "/stream" and active.client is not None
+            assert active.path == "/stream"
+            assert active.client is not None
             assert active.items_sent <= 1  # the client may read it before the write returns
             assert server.streams.statistics().active == 1
             assert registry.statistics().active >= 1
         await server.wait_ended(EndReason.CLIENT_DISCONNECTED)
         assert server.streams.statistics().active == 0
-

@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
 GRACE = 3.0
 SERVICE = textwrap.dedent(
-    """
+    f"""
     import sys
     from functools import partial
 
@@ -38,13 +38,12 @@ SERVICE = textwrap.dedent(
 
     async def main():
         async with anyio.create_task_group() as task_group:
-            serve = partial(streamkit.serve, app, bind="127.0.0.1:0", grace_period=%r)
+            serve = partial(streamkit.serve, app, bind="127.0.0.1:0", grace_period={GRACE!r})
             address = await task_group.start(serve)
             print(address.port, flush=True)
 
     anyio.run(main, backend=sys.argv[1])
     """
-    % GRACE
 )
 
 

@@ -76,7 +76,7 @@ def streaming_app(resource: Resource, after: list[EndReason], **options: Any) ->
 
 
 async def test_shutdown_drains_streams_with_a_farewell_and_completes_cleanup() -> None:
-    resource, after = Resource(), []
+    resource, after = Resource(), list[EndReason]()
     async with open_server(streaming_app(resource, after), grace_period=GRACE) as server:
         async with open_stream(server, "/sse") as sse, open_stream(server, "/rows") as rows:
             await sse.read_event()
@@ -85,7 +85,8 @@ async def test_shutdown_drains_streams_with_a_farewell_and_completes_cleanup() -
             events = [event async for event in sse.events()]
             items = [item async for item in _items(rows)]
     assert took < GRACE
-    assert sse.complete and rows.complete, "drained streams end their bodies properly"
+    assert sse.complete, "drained streams end their bodies properly"
+    assert rows.complete
     assert events[-1] == ServerSentEvent(event="shutdown", data="", retry=1000)
     assert items[-1] == {"shutdown": True}
     assert resource.closed.is_set()
@@ -103,7 +104,7 @@ async def _items(client: Any) -> Any:
 
 
 async def test_shutdown_with_a_stalled_client_still_ends_within_the_grace_period() -> None:
-    resource, after = Resource(), []
+    resource, after = Resource(), list[EndReason]()
     app = streaming_app(resource, after, size=65536, send_timeout=0.5)
     async with open_server(app, grace_period=GRACE, stalled_connection_timeout=1.0) as server:
         async with open_stream(server, "/sse", receive_buffer=4096) as client:
@@ -145,7 +146,7 @@ async def test_a_stream_that_starts_during_the_drain_gets_the_farewell_at_once()
 
 async def test_graceful_shutdown_trigger_drains_before_hypercorn_stops() -> None:
     """For users who call hypercorn's serve() themselves."""
-    resource, after = Resource(), []
+    resource, after = Resource(), list[EndReason]()
     streams = StreamRegistry(parent=registry)
     stop = anyio.Event()
     sock = bind_socket("127.0.0.1:0", stalled_connection_timeout=1.0)
@@ -158,7 +159,7 @@ async def test_graceful_shutdown_trigger_drains_before_hypercorn_stops() -> None
     else:
         from hypercorn.asyncio import serve  # type: ignore[assignment]
     trigger = graceful_shutdown_trigger(stop.wait, grace_period=GRACE, streams=streams)
-    app = _RegisteringApp(streaming_app(resource, after), streams)
+    app: Any = _RegisteringApp(streaming_app(resource, after), streams)
 
     class Address:
         pass
