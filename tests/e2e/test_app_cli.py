@@ -19,7 +19,7 @@ from pathlib import Path
 import anyio
 import httpx
 import pytest
-from anyio.abc import Process
+from anyio.abc import ByteReceiveStream, Process
 from anyio.streams.text import TextReceiveStream
 
 from streamkit import ServerAddress
@@ -76,6 +76,17 @@ async def pid(request):
 """.replace("GRACE", repr(GRACE))
 
 
+async def lines(stream: ByteReceiveStream) -> AsyncIterator[str]:
+    """Whole lines: a read can end mid-line, and two workers' lines can share one read."""
+    pending = ""
+    async for chunk in TextReceiveStream(stream):
+        *complete, pending = (pending + chunk).split("\n")
+        for line in complete:
+            yield line
+    if pending:
+        yield pending
+
+
 class Service:
     """A ``python -m streamkit run`` process and what it printed."""
 
@@ -96,24 +107,22 @@ class Service:
 
     async def read_stdout(self) -> None:
         assert self.process.stdout is not None
-        async for chunk in TextReceiveStream(self.process.stdout):
-            for line in chunk.splitlines():
-                self.stdout.append(line)
-                self._stdout_changed.set()
-                if line.startswith("lifespan started"):
-                    self.lifespans += 1
-                    if self.lifespans == self.workers:
-                        self.all_started.set()
+        async for line in lines(self.process.stdout):
+            self.stdout.append(line)
+            self._stdout_changed.set()
+            if line.startswith("lifespan started"):
+                self.lifespans += 1
+                if self.lifespans == self.workers:
+                    self.all_started.set()
 
     async def read_stderr(self) -> None:
         assert self.process.stderr is not None
-        async for chunk in TextReceiveStream(self.process.stderr):
-            for line in chunk.splitlines():
-                self.stderr.append(line)
-                found = re.search(r"serving on http://([\d.]+):(\d+)", line)
-                if found and self.address is None:
-                    self.address = ServerAddress(host=found[1], port=int(found[2]))
-                    self.serving.set()
+        async for line in lines(self.process.stderr):
+            self.stderr.append(line)
+            found = re.search(r"serving on http://([\d.]+):(\d+)", line)
+            if found and self.address is None:
+                self.address = ServerAddress(host=found[1], port=int(found[2]))
+                self.serving.set()
 
     def printed(self, prefix: str) -> list[str]:
         return [line for line in self.stdout if line.startswith(prefix)]
