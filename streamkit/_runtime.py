@@ -110,6 +110,16 @@ class StreamSender(Generic[ItemT_contra]):
         """Await ``callback(*args)`` when the stream ends, shielded (last pushed, first run)."""
         self._stack.push_async_callback(callback, *args)
 
+    def end(self, reason: EndReason) -> None:
+        """End the stream for *reason*, decided by the producer itself: what is queued is still
+        written, then the body ends. The producer is cancelled at its next ``await``, so call
+        this last. Has no effect if the stream's end was already decided.
+
+        For example, a subscriber that cannot keep up is told so, and its end is counted as
+        :attr:`~streamkit.EndReason.SEND_TIMEOUT` rather than a completion.
+        """
+        self._run.decide(reason, abandon_sender=False)
+
 
 class _StreamRun(Generic[ItemT]):
     """One stream, from its first byte to its end report."""
@@ -149,15 +159,25 @@ class _StreamRun(Generic[ItemT]):
 
     # -- deciding the end ---------------------------------------------------------------------
 
-    def decide(self, reason: EndReason, exception: BaseException | None = None) -> bool:
-        """End the stream for *reason*, unless it was decided already. True if this decided."""
+    def decide(
+        self,
+        reason: EndReason,
+        exception: BaseException | None = None,
+        *,
+        abandon_sender: bool = True,
+    ) -> bool:
+        """End the stream for *reason*, unless it was decided already. True if this decided.
+
+        A client that left or stopped reading is not written to any more, unless
+        *abandon_sender* is false (the producer decided, and its last items should go out).
+        """
         if self.reason is not None:
             return False
         self.reason = reason
         self.exception = exception
         if reason is not EndReason.COMPLETED:
             self._producer_scope.cancel()
-        if reason in _ABANDONING:
+        if reason in _ABANDONING and abandon_sender:
             self._abandon_sender()
         return True
 

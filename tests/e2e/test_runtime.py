@@ -496,6 +496,26 @@ async def test_an_item_that_cannot_be_encoded_is_an_error_naming_it() -> None:
     assert "'bad'" in str(end.exception)
 
 
+async def test_a_producer_can_decide_its_own_end_reason_and_its_last_items_still_go_out() -> None:
+    async def produce(send: StreamSender[ServerSentEvent | str]) -> None:
+        for n in range(3):
+            await send(str(n))
+        await send(ServerSentEvent(event="too-slow", data="", retry=5000))
+        send.end(EndReason.SEND_TIMEOUT)
+        await anyio.sleep_forever()  # cancelled: the end is decided
+
+    async def route(request: Request) -> Response:
+        return EventSourceResponse(produce)
+
+    async with open_server(app_for(route)) as server, open_stream(server, "/stream") as client:
+        events = [event async for event in client.events()]
+        end = await server.wait_ended(EndReason.SEND_TIMEOUT)
+    assert [event.data for event in events] == ["0", "1", "2", ""]
+    assert events[-1].event == "too-slow"
+    assert client.complete
+    assert end.items_sent == 4
+
+
 # -- Last-Event-ID ----------------------------------------------------------------------------
 
 

@@ -1,0 +1,259 @@
+"""Brokers: publish an event to a topic, subscribe to a topic from a ``Last-Event-ID``.
+
+:class:`Broker` is the protocol; :class:`MemoryBroker` keeps a bounded history per topic in
+this process (one server), :class:`~streamkit.RedisBroker` keeps it in Redis Streams (many
+servers). :func:`topic_response` serves a topic as an event stream in one line.
+"""
+
+from __future__ import annotations
+
+import bisect
+import collections
+import itertools
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
+from typing import Protocol, Self, Unpack
+
+import anyio.lowlevel
+
+from ._ends import EndReason
+from ._exceptions import SlowSubscriberError
+from ._options import _check_duration
+from ._responses import (
+    DEFAULT_ERROR_EVENT,
+    DEFAULT_SHUTDOWN_EVENT,
+    EventSourceResponse,
+    StreamArguments,
+)
+from ._runtime import StreamSender
+from ._sse import ServerSentEvent
+from ._topics import (
+    BrokerStatistics,
+    EventKey,
+    HistoryPage,
+    ResetReason,
+    SlowSubscriberPolicy,
+    TopicHub,
+    check_topic,
+    event_fields,
+    format_event_id,
+    parse_event_id,
+)
+
+__all__ = ["DEFAULT_SLOW_SUBSCRIBER_EVENT", "Broker", "MemoryBroker", "topic_response"]
+
+logger = logging.getLogger("streamkit")
+
+
+class Broker(Protocol):
+    """What :func:`topic_response` and an application need of a broker.
+
+    A broker is an async context manager: enter it for the application's lifetime (in its
+    lifespan), which starts whatever it runs in the background and closes the subscriptions
+    left when it exits.
+    """
+
+    async def publish(self, topic: str, event: ServerSentEvent | str) -> str:
+        """Append *event* to *topic*'s history, deliver it to its subscribers, return its id."""
+        ...
+
+    def subscribe(
+        self, topic: str, *, last_event_id: str | None = None
+    ) -> AbstractAsyncContextManager[AsyncIterator[ServerSentEvent]]:
+        """The events of *topic* after *last_event_id*, then the live ones."""
+        ...
+
+    def statistics(self) -> BrokerStatistics:
+        """The subscriber counts in this process."""
+        ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(self, *exc_info: object) -> None: ...
+
+
+class _History:
+    __slots__ = ("events", "keys", "last", "touched_at")
+
+    def __init__(self, size: int) -> None:
+        self.keys: collections.deque[EventKey] = collections.deque(maxlen=size)
+        self.events: collections.deque[ServerSentEvent] = collections.deque(maxlen=size)
+        self.last: EventKey = (0, 0)
+        self.touched_at = time.monotonic()
+
+
+class MemoryBroker(TopicHub):
+    """A broker for one process: each topic's last *history_size* events, kept in memory.
+
+    Ids are ``MILLISECONDS-SEQUENCE`` like Redis stream ids, so a client that reconnects to
+    a restarted server is sent a reset rather than events it never saw.
+
+    :param history_size: events kept per topic for resuming subscribers.
+    :param history_ttl: a topic's history is dropped once nothing was published to it for
+        this many seconds; ``None`` keeps it as long as the process runs.
+    :param subscriber_buffer: see :class:`~streamkit.SlowSubscriberPolicy`.
+    :param slow_subscriber_policy: see :class:`~streamkit.SlowSubscriberPolicy`.
+    :param max_catching_up: see :class:`~streamkit.SlowSubscriberPolicy`.
+    :raises ValueError: a size or duration is out of range.
+    """
+
+    def __init__(
+        self,
+        *,
+        history_size: int = 1000,
+        history_ttl: float | None = 3600.0,
+        subscriber_buffer: int = 64,
+        slow_subscriber_policy: SlowSubscriberPolicy = SlowSubscriberPolicy.CATCH_UP,
+        max_catching_up: int = 16,
+    ) -> None:
+        super().__init__(
+            subscriber_buffer=subscriber_buffer,
+            slow_subscriber_policy=slow_subscriber_policy,
+            max_catching_up=max_catching_up,
+        )
+        if isinstance(history_size, bool) or not isinstance(history_size, int) or history_size < 1:
+            raise ValueError(f"history_size must be an int of at least 1, got {history_size!r}")
+        _check_duration("history_ttl", history_ttl, optional=True)
+        self.history_size = history_size
+        self.history_ttl = history_ttl
+        self._histories: dict[str, _History] = {}
+        self._next_sweep = time.monotonic() + (history_ttl or 0.0)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._close_subscriptions()
+
+    async def publish(self, topic: str, event: ServerSentEvent | str) -> str:
+        """Append *event* to *topic*'s history and offer it to the topic's subscribers.
+
+        :param topic: the topic's name.
+        :param event: the data, or an event with data and perhaps an event name.
+        :returns: the id given to the event.
+        :raises ValueError: the topic name is invalid, or the event carries an id, retry or
+            comment, or no data.
+        """
+        check_topic(topic)
+        name, data = event_fields(event)
+        await anyio.lowlevel.checkpoint()
+        self._sweep()
+        history = self._history(topic)
+        if history is None:
+            history = self._histories[topic] = _History(self.history_size)
+        milliseconds = max(time.time_ns() // 1_000_000, history.last[0])
+        key = (milliseconds, history.last[1] + 1 if milliseconds == history.last[0] else 0)
+        published = ServerSentEvent(id=format_event_id(key), event=name, data=data)
+        history.keys.append(key)
+        history.events.append(published)
+        history.last = key
+        history.touched_at = time.monotonic()
+        self._published += 1
+        self._deliver(topic, (key, published))
+        return published.id or ""
+
+    def _history(self, topic: str) -> _History | None:
+        history = self._histories.get(topic)
+        if history is not None and self.history_ttl is not None:
+            if time.monotonic() - history.touched_at > self.history_ttl:
+                del self._histories[topic]
+                return None
+        return history
+
+    def _sweep(self) -> None:
+        if self.history_ttl is None or time.monotonic() < self._next_sweep:
+            return
+        self._next_sweep = time.monotonic() + self.history_ttl
+        for topic in list(self._histories):
+            self._history(topic)
+
+    async def _history_after(self, topic: str, after: str, limit: int) -> HistoryPage:
+        await anyio.lowlevel.checkpoint()
+        history = self._history(topic)
+        if history is None or not history.keys:
+            return HistoryPage(reset=ResetReason.EXPIRED)
+        key = parse_event_id(after)
+        assert key is not None
+        index = bisect.bisect_left(history.keys, key)
+        if index == len(history.keys) or history.keys[index] != key:
+            reason = ResetReason.TRIMMED if index == 0 else ResetReason.UNKNOWN
+            return HistoryPage(reset=reason, latest=format_event_id(history.keys[-1]))
+        stop = index + 1 + limit
+        return HistoryPage(
+            entries=list(
+                zip(
+                    itertools.islice(history.keys, index + 1, stop),
+                    itertools.islice(history.events, index + 1, stop),
+                    strict=True,
+                )
+            )
+        )
+
+    async def _latest_id(self, topic: str) -> str | None:
+        await anyio.lowlevel.checkpoint()
+        history = self._history(topic)
+        return format_event_id(history.keys[-1]) if history and history.keys else None
+
+
+#: What a subscriber disconnected for being too slow is sent last: reconnect in 5 seconds,
+#: resuming from the history then.
+DEFAULT_SLOW_SUBSCRIBER_EVENT = ServerSentEvent(event="slow-subscriber", data="", retry=5000)
+
+
+def topic_response(
+    broker: Broker,
+    topic: str,
+    *,
+    slow_subscriber_event: ServerSentEvent | None = DEFAULT_SLOW_SUBSCRIBER_EVENT,
+    heartbeat_comment: str = "ping",
+    shutdown_event: ServerSentEvent | None = DEFAULT_SHUTDOWN_EVENT,
+    deadline_event: ServerSentEvent | None = None,
+    error_event: ServerSentEvent | None = DEFAULT_ERROR_EVENT,
+    **arguments: Unpack[StreamArguments],
+) -> EventSourceResponse:
+    """Serve *topic* as an event stream: ``return topic_response(broker, "prices")``.
+
+    A reconnecting client's ``Last-Event-ID`` resumes it after that event (or is answered
+    with a :data:`~streamkit.RESET_EVENT`); heartbeats, timeouts and shutdown are those of
+    :class:`~streamkit.EventSourceResponse`. The subscription is closed, shielded, whatever
+    ends the stream.
+
+    :param broker: the broker that holds the topic.
+    :param topic: the topic's name.
+    :param slow_subscriber_event: sent last to a subscriber the broker disconnected for being
+        too slow (the stream then ends as completed; the broker counts it in
+        ``slow_disconnects``); carry a ``retry``. ``None`` sends nothing.
+    :param heartbeat_comment: see :class:`~streamkit.EventSourceResponse`.
+    :param shutdown_event: see :class:`~streamkit.EventSourceResponse`.
+    :param deadline_event: see :class:`~streamkit.EventSourceResponse`.
+    :param error_event: see :class:`~streamkit.EventSourceResponse`.
+
+    The other arguments are those of :class:`~streamkit.StreamResponse`.
+
+    :raises ValueError: the topic name is invalid.
+    """
+    check_topic(topic)
+
+    async def produce(send: StreamSender[ServerSentEvent | str]) -> None:
+        subscription = await send.enter_async_context(
+            broker.subscribe(topic, last_event_id=send.last_event_id)
+        )
+        try:
+            async for event in subscription:
+                await send(event)
+        except SlowSubscriberError as exc:
+            logger.info("stream of topic %r: %s", topic, exc)
+            if slow_subscriber_event is not None:
+                await send(slow_subscriber_event)
+            send.end(EndReason.SEND_TIMEOUT)
+
+    return EventSourceResponse(
+        produce,
+        heartbeat_comment=heartbeat_comment,
+        shutdown_event=shutdown_event,
+        deadline_event=deadline_event,
+        error_event=error_event,
+        **arguments,
+    )

@@ -1,0 +1,283 @@
+"""A broker on Redis Streams, for topics shared by many server processes.
+
+Each topic is one stream: ``XADD ... MAXLEN ~ history_size`` appends an event (Redis trims in
+whole blocks, so somewhat more is kept) and refreshes the topic's expiry; the SSE id of an
+event is its stream entry id. One reader per broker, on a connection of its own, waits in
+``XREAD BLOCK`` on every topic that has a subscriber in this process and fans each entry out
+to them. It keeps its own position per topic, so after a lost connection (a Redis restart)
+it reads on from where it was and nothing is skipped.
+
+The client is coredis, which runs on anyio and so on asyncio and trio alike; it is imported
+only when a :class:`RedisBroker` is made (``pip install streamkit[redis]``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from contextlib import AsyncExitStack
+from typing import TYPE_CHECKING, Any, Self
+
+import anyio
+
+from ._options import _check_duration
+from ._sse import ServerSentEvent
+from ._topics import (
+    Entry,
+    EventKey,
+    HistoryPage,
+    ResetReason,
+    SlowSubscriberPolicy,
+    TopicHub,
+    check_topic,
+    event_fields,
+    format_event_id,
+    parse_event_id,
+)
+
+if TYPE_CHECKING:
+    from coredis import Redis
+    from coredis.response.types import StreamEntry
+
+__all__ = ["RedisBroker"]
+
+logger = logging.getLogger("streamkit")
+
+#: How long one ``XREAD`` blocks; the reader then reads again, at once.
+_BLOCK_MILLISECONDS = 5000
+#: The first and the longest pause before the reader retries a failed read.
+_RETRY_DELAYS = (0.05, 2.0)
+
+
+class RedisBroker(TopicHub):
+    """A broker whose topics are Redis Streams, shared by every server that uses the same
+    Redis. Enter it for the application's lifetime (``async with broker:`` in the lifespan):
+    that starts its reader, which runs until the block exits.
+
+    :param url: the Redis server, such as ``redis://localhost:6379/0``.
+    :param key_prefix: put before a topic's name to make its Redis key.
+    :param history_size: events kept per topic, at least (``MAXLEN ~``).
+    :param history_ttl: a topic's stream expires once nothing was published to it for this
+        many seconds; ``None`` keeps it.
+    :param read_batch: the most entries the reader takes from one topic at a time.
+    :param subscriber_buffer: see :class:`~streamkit.SlowSubscriberPolicy`.
+    :param slow_subscriber_policy: see :class:`~streamkit.SlowSubscriberPolicy`.
+    :param max_catching_up: see :class:`~streamkit.SlowSubscriberPolicy`.
+    :raises ValueError: a size or duration is out of range.
+    :raises ModuleNotFoundError: coredis is not installed.
+    """
+
+    def __init__(
+        self,
+        url: str = "redis://localhost:6379/0",
+        *,
+        key_prefix: str = "streamkit:topic:",
+        history_size: int = 1000,
+        history_ttl: float | None = 86400.0,
+        read_batch: int = 512,
+        subscriber_buffer: int = 64,
+        slow_subscriber_policy: SlowSubscriberPolicy = SlowSubscriberPolicy.CATCH_UP,
+        max_catching_up: int = 16,
+    ) -> None:
+        import coredis  # noqa: F401  (fail here, not on entering, when it is missing)
+
+        super().__init__(
+            subscriber_buffer=subscriber_buffer,
+            slow_subscriber_policy=slow_subscriber_policy,
+            max_catching_up=max_catching_up,
+        )
+        for name, value in (("history_size", history_size), ("read_batch", read_batch)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int of at least 1, got {value!r}")
+        _check_duration("history_ttl", history_ttl, optional=True)
+        self.url = url
+        self.key_prefix = key_prefix
+        self.history_size = history_size
+        self.history_ttl = history_ttl
+        self.read_batch = read_batch
+        self._client: Redis[str] | None = None
+        self._stack: AsyncExitStack | None = None
+        self._positions: dict[str, EventKey] = {}
+        self._topics_changed = anyio.Event()
+        self._read_scope: anyio.CancelScope | None = None
+
+    def _connect(self, *, stream_timeout: float) -> Redis[str]:
+        from coredis import Redis
+
+        return Redis.from_url(
+            self.url, decode_responses=True, stream_timeout=stream_timeout, connect_timeout=5.0
+        )
+
+    async def __aenter__(self) -> Self:
+        if self._stack is not None:
+            raise RuntimeError(f"{self!r} is entered already")
+        async with AsyncExitStack() as stack:
+            client = await stack.enter_async_context(self._connect(stream_timeout=10.0))
+            # The reader's own client: a blocked XREAD holds its connection, which a shared
+            # pool would hand to no one else, and cancelling it closes that connection.
+            reader = await stack.enter_async_context(
+                self._connect(stream_timeout=_BLOCK_MILLISECONDS / 1000 + 10.0)
+            )
+            task_group = await stack.enter_async_context(anyio.create_task_group())
+            stack.callback(task_group.cancel_scope.cancel)
+            task_group.start_soon(self._read_forever, reader)
+            self._client, self._stack = client, stack.pop_all()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        stack, self._stack = self._stack, None
+        self._close_subscriptions()
+        if stack is not None:
+            # Not in a shielded scope of its own: the task groups inside it (the reader's,
+            # coredis's) must be exited from the scope they were entered in.
+            await stack.aclose()
+        self._client = None
+        self._positions.clear()
+
+    def __repr__(self) -> str:
+        return f"RedisBroker({self.url!r}, key_prefix={self.key_prefix!r})"
+
+    def _redis(self) -> Redis[str]:
+        if self._client is None:
+            raise RuntimeError(f"enter {self!r} (async with broker:) before using it")
+        return self._client
+
+    def _key(self, topic: str) -> str:
+        return self.key_prefix + topic
+
+    async def publish(self, topic: str, event: ServerSentEvent | str) -> str:
+        """Append *event* to *topic*'s stream (``XADD``) and refresh its expiry; every
+        broker reading the topic delivers it to its subscribers.
+
+        :param topic: the topic's name.
+        :param event: the data, or an event with data and perhaps an event name.
+        :returns: the stream entry id, which is the event's SSE id.
+        :raises ValueError: the topic name is invalid, or the event carries an id, retry or
+            comment, or no data.
+        :raises coredis.exceptions.RedisError: Redis could not be reached or refused it.
+        """
+        from coredis.tokens import PureToken
+
+        check_topic(topic)
+        name, data = event_fields(event)
+        fields = {"d": data} if name is None else {"d": data, "e": name}
+        key = self._key(topic)
+        async with self._redis().pipeline(transaction=True) as pipeline:
+            added = pipeline.xadd(
+                key,
+                fields,
+                trim_strategy=PureToken.MAXLEN,
+                trim_operator=PureToken.APPROXIMATELY,
+                threshold=self.history_size,
+            )
+            if self.history_ttl is not None:
+                pipeline.pexpire(key, math.ceil(self.history_ttl * 1000))
+        identifier = await added
+        assert identifier is not None
+        self._published += 1
+        return identifier
+
+    # -- the history --------------------------------------------------------------------------
+
+    def _event(self, topic: str, entry: StreamEntry) -> ServerSentEvent | None:
+        fields: dict[Any, Any] = dict(entry.field_values)
+        try:
+            return ServerSentEvent(
+                id=str(entry.identifier), event=fields.get("e"), data=fields.get("d", "")
+            )
+        except (TypeError, ValueError):
+            # Written by something other than a broker: it cannot be sent as an event.
+            logger.warning("topic %r: skipping a stream entry that is no event: %r", topic, entry)
+            return None
+
+    def _entries(self, topic: str, found: tuple[StreamEntry, ...]) -> list[Entry]:
+        entries = []
+        for entry in found:
+            key, event = parse_event_id(str(entry.identifier)), self._event(topic, entry)
+            if key is not None and event is not None:
+                entries.append((key, event))
+        return entries
+
+    async def _history_after(self, topic: str, after: str, limit: int) -> HistoryPage:
+        redis, key = self._redis(), self._key(topic)
+        found = await redis.xrange(key, after, "+", count=limit + 1)
+        if found and found[0].identifier == after:
+            return HistoryPage(entries=self._entries(topic, found[1:]))
+        first = await redis.xrange(key, "-", "+", count=1)
+        if not first:
+            return HistoryPage(reset=ResetReason.EXPIRED)
+        oldest = parse_event_id(str(first[0].identifier))
+        position = parse_event_id(after)
+        assert oldest is not None
+        assert position is not None
+        reason = ResetReason.TRIMMED if position < oldest else ResetReason.UNKNOWN
+        return HistoryPage(reset=reason, latest=await self._latest_id(topic))
+
+    async def _latest_id(self, topic: str) -> str | None:
+        newest = await self._redis().xrevrange(self._key(topic), "+", "-", count=1)
+        return str(newest[0].identifier) if newest else None
+
+    # -- the reader -----------------------------------------------------------------------------
+
+    async def _watch(self, topic: str) -> None:
+        if topic in self._positions:
+            return
+        latest = await self._latest_id(topic)
+        if topic not in self._positions:  # another subscriber may have watched it meanwhile
+            self._positions[topic] = (0, 0) if latest is None else parse_event_id(latest) or (0, 0)
+            # Read again with this topic among the keys; cancelling the blocked XREAD closes
+            # its connection (coredis does so for blocking commands), and the next one opens.
+            self._topics_changed.set()
+            if self._read_scope is not None:
+                self._read_scope.cancel()
+
+    def _unwatch(self, topic: str) -> None:
+        # The reader drops the key at its next read; what it reads meanwhile goes to no one.
+        self._positions.pop(topic, None)
+
+    async def _read_forever(self, reader: Redis[str]) -> None:
+        from coredis.exceptions import RedisError
+
+        delay, failing = _RETRY_DELAYS[0], False
+        while True:
+            if not self._positions:
+                self._topics_changed = anyio.Event()
+                await self._topics_changed.wait()
+                continue
+            streams = {self._key(topic): format_event_id(p) for topic, p in self._positions.items()}
+            try:
+                with anyio.CancelScope() as self._read_scope:
+                    found = await reader.xread(
+                        streams, count=self.read_batch, block=_BLOCK_MILLISECONDS
+                    )
+                    self._fan_out(found or {})
+            except (RedisError, OSError) as exc:
+                if not failing:
+                    # The text only: a record holding the exception would keep its frames,
+                    # and the failed connections in them, alive as long as the record.
+                    logger.warning("Redis broker reader: %s; retrying, positions kept", str(exc))
+                failing = True
+                await anyio.sleep(delay)
+                delay = min(delay * 2, _RETRY_DELAYS[1])
+                continue
+            finally:
+                self._read_scope = None
+            if failing:
+                logger.warning("Redis broker reader: reading again")
+            delay, failing = _RETRY_DELAYS[0], False
+
+    def _fan_out(self, found: dict[str, tuple[StreamEntry, ...]]) -> None:
+        prefix = len(self.key_prefix)
+        for key, stream_entries in found.items():
+            topic = key[prefix:]
+            for stream_entry in stream_entries:
+                position = self._positions.get(topic)
+                entry_key = parse_event_id(str(stream_entry.identifier))
+                if position is None or entry_key is None or entry_key <= position:
+                    continue  # unwatched meanwhile, or delivered already
+                # The position moves past an entry that is no event too, or it would be read
+                # again and again.
+                self._positions[topic] = entry_key
+                event = self._event(topic, stream_entry)
+                if event is not None:
+                    self._deliver(topic, (entry_key, event))

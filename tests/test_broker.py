@@ -1,0 +1,317 @@
+"""The brokers in process, without a server: ids, resume, resets and the slow-subscriber
+policies, each against the in-memory broker and against a real Redis (``redis-server``
+started for the module; those skip, saying why, where it cannot be found).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+import redis_server
+
+from streamkit import (
+    MemoryBroker,
+    RedisBroker,
+    ResetReason,
+    ServerSentEvent,
+    SlowSubscriberError,
+    SlowSubscriberPolicy,
+    Subscription,
+)
+from streamkit._topics import RESET_EVENT, parse_event_id
+
+pytestmark = pytest.mark.anyio
+
+AnyBroker = MemoryBroker | RedisBroker
+MakeBroker = Callable[..., AnyBroker]
+
+
+@pytest.fixture(scope="module")
+def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[redis_server.RedisServer]:
+    with redis_server.running(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture(params=["memory", "redis"])
+def make_broker(request: pytest.FixtureRequest) -> MakeBroker:
+    """Makes a broker of each kind; the Redis ones get a key prefix of their own."""
+    if request.param == "memory":
+        return MemoryBroker
+    server: redis_server.RedisServer = request.getfixturevalue("redis")
+    prefix = f"test:{uuid.uuid4().hex}:"
+
+    def make(**options: Any) -> RedisBroker:
+        return RedisBroker(server.url, key_prefix=prefix, **options)
+
+    return make
+
+
+async def take(subscription: Subscription, count: int, *, within: float = 5.0) -> list[Any]:
+    """The next *count* events, as their data, or ``("reset", reason, id)`` for a reset."""
+    taken: list[Any] = []
+    with anyio.fail_after(within):
+        while len(taken) < count:
+            event = await anext(subscription)
+            if event.event == RESET_EVENT:
+                assert event.data is not None
+                taken.append((RESET_EVENT, json.loads(event.data)["reason"], event.id))
+            else:
+                taken.append(event.data)
+    return taken
+
+
+async def until(condition: Callable[[], bool], *, within: float = 5.0) -> None:
+    """Wait until *condition* holds: the Redis reader delivers a moment after the publish."""
+    with anyio.fail_after(within):
+        # Polled: the brokers signal no event for a change of their counts.
+        while not condition():  # noqa: ASYNC110
+            await anyio.sleep(0.002)
+
+
+async def publish_all(broker: AnyBroker, topic: str, data: Iterator[str] | range) -> list[str]:
+    return [await broker.publish(topic, str(item)) for item in data]
+
+
+# -- ids and arguments --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("1-0", (1, 0)),
+        ("1795322817838-12", (1795322817838, 12)),
+        (f"{2**64 - 1}-{2**64 - 1}", (2**64 - 1, 2**64 - 1)),
+        (f"{2**64}-0", None),
+        ("5", None),
+        ("1-2-3", None),
+        ("-1-0", None),
+        ("abc", None),
+        ("\u0661-\u0660", None),  # digits, but not ASCII ones
+        ("", None),
+    ],
+)
+def test_event_ids_are_two_unsigned_64_bit_numbers(text: str, key: tuple[int, int] | None) -> None:
+    assert parse_event_id(text) == key
+
+
+@pytest.mark.parametrize(
+    ("event", "message"),
+    [
+        (ServerSentEvent(data="x", id="1-0"), "not id"),
+        (ServerSentEvent(data="x", retry=5), "not retry"),
+        (ServerSentEvent(event="tick"), "must have data"),
+    ],
+)
+async def test_publish_refuses_what_the_broker_owns(event: ServerSentEvent, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        await MemoryBroker().publish("topic", event)
+
+
+@pytest.mark.parametrize("topic", ["", "a\nb", "x" * 257])
+def test_a_topic_name_is_checked(topic: str) -> None:
+    with pytest.raises(ValueError, match="topic must be"):
+        MemoryBroker().subscribe(topic)
+
+
+def test_options_are_checked() -> None:
+    with pytest.raises(ValueError, match="subscriber_buffer must be an int of at least 1, got 0"):
+        MemoryBroker(subscriber_buffer=0)
+    with pytest.raises(ValueError, match="history_ttl"):
+        MemoryBroker(history_ttl=-1.0)
+
+
+# -- publish, subscribe, resume -------------------------------------------------------------
+
+
+async def test_subscribers_get_live_events_in_order_with_their_ids(make_broker: MakeBroker) -> None:
+    async with make_broker() as broker:
+        async with broker.subscribe("t") as first, broker.subscribe("t") as second:
+            ids = await publish_all(broker, "t", range(5))
+            keys = [parse_event_id(i) or (0, 0) for i in ids]
+            assert keys == sorted(set(keys))
+            for subscription in (first, second):
+                events = [await anext(subscription) for _ in range(5)]
+                assert [e.data for e in events] == ["0", "1", "2", "3", "4"]
+                assert [e.id for e in events] == ids
+            assert broker.statistics().subscribers == 2
+        assert broker.statistics().subscribers == 0
+
+
+async def test_an_event_name_travels_with_the_event(make_broker: MakeBroker) -> None:
+    async with make_broker() as broker, broker.subscribe("t") as subscription:
+        await broker.publish("t", ServerSentEvent(event="price", data="a\nb"))
+        event = await anext(subscription)
+        assert (event.event, event.data) == ("price", "a\nb")
+
+
+async def test_resume_replays_what_was_missed_then_goes_live(make_broker: MakeBroker) -> None:
+    async with make_broker() as broker:
+        ids = await publish_all(broker, "t", range(10))
+        async with broker.subscribe("t", last_event_id=ids[6]) as subscription:
+            last = await broker.publish("t", "10")
+            assert await take(subscription, 4) == ["7", "8", "9", "10"]
+        async with broker.subscribe("t", last_event_id=last) as subscription:
+            await broker.publish("t", "11")
+            assert await take(subscription, 1) == ["11"]
+
+
+async def test_resume_while_publishing_has_no_gap_and_no_duplicate(make_broker: MakeBroker) -> None:
+    # A small buffer, so the live events overflow it while the history is replayed.
+    async with make_broker(subscriber_buffer=3) as broker:
+        ids = await publish_all(broker, "t", range(150))
+
+        async def publish_more() -> None:
+            for item in range(150, 400):
+                await broker.publish("t", str(item))
+                await anyio.lowlevel.checkpoint()
+
+        async with broker.subscribe("t", last_event_id=ids[20]) as subscription:
+            async with anyio.create_task_group() as task_group:
+                task_group.start_soon(publish_more)
+                assert await take(subscription, 379, within=20) == [str(i) for i in range(21, 400)]
+        assert broker.statistics().catching_up == 0
+
+
+@pytest.mark.parametrize("last_event_id", ["abc", "5", f"{2**64}-0"])
+async def test_an_invalid_id_is_answered_with_a_reset(
+    make_broker: MakeBroker, last_event_id: str
+) -> None:
+    async with make_broker() as broker:
+        ids = await publish_all(broker, "t", range(3))
+        async with broker.subscribe("t", last_event_id=last_event_id) as subscription:
+            assert await take(subscription, 1) == [(RESET_EVENT, "invalid", ids[-1])]
+            await broker.publish("t", "3")
+            assert await take(subscription, 1) == ["3"]
+
+
+async def test_an_id_the_history_never_held_is_answered_with_a_reset(
+    make_broker: MakeBroker,
+) -> None:
+    async with make_broker() as broker:
+        ids = await publish_all(broker, "t", range(3))
+        later = f"{parse_event_id(ids[-1])[0] + 10_000}-0"  # type: ignore[index]
+        async with broker.subscribe("t", last_event_id=later) as subscription:
+            assert await take(subscription, 1) == [(RESET_EVENT, "unknown", ids[-1])]
+            await broker.publish("t", "3")
+            assert await take(subscription, 1) == ["3"]
+        async with broker.subscribe("other", last_event_id=ids[0]) as subscription:
+            assert await take(subscription, 1) == [(RESET_EVENT, "expired", "")]
+            await broker.publish("other", "x")
+            assert await take(subscription, 1) == ["x"]
+
+
+async def test_a_trimmed_history_is_answered_with_a_reset(make_broker: MakeBroker) -> None:
+    # Redis trims whole blocks of 100 entries (MAXLEN ~), so it takes a few hundred.
+    async with make_broker(history_size=10) as broker:
+        ids = await publish_all(broker, "t", range(300))
+        async with broker.subscribe("t", last_event_id=ids[0]) as subscription:
+            assert await take(subscription, 1) == [(RESET_EVENT, "trimmed", ids[-1])]
+            await broker.publish("t", "300")
+            assert await take(subscription, 1) == ["300"]
+
+
+async def test_an_idle_topic_expires(make_broker: MakeBroker) -> None:
+    async with make_broker(history_ttl=0.05) as broker:
+        ids = await publish_all(broker, "t", range(2))
+        await anyio.sleep(0.2)
+        async with broker.subscribe("t", last_event_id=ids[0]) as subscription:
+            assert await take(subscription, 1) == [(RESET_EVENT, "expired", "")]
+            await broker.publish("t", "2")
+            assert await take(subscription, 1) == ["2"]
+
+
+# -- slow subscribers --------------------------------------------------------------------------
+
+
+async def test_a_slow_subscriber_catches_up_from_the_history(make_broker: MakeBroker) -> None:
+    async with make_broker(subscriber_buffer=4) as broker:
+        async with broker.subscribe("t") as slow:
+            await publish_all(broker, "t", range(50))
+            await until(lambda: broker.statistics().catching_up == 1)
+            statistics = broker.statistics()
+            assert statistics.catching_up == 1
+            assert statistics.buffered <= 4
+            assert await take(slow, 50) == [str(i) for i in range(50)]
+            await broker.publish("t", "50")
+            assert await take(slow, 1) == ["50"]
+            assert broker.statistics().catching_up == 0
+
+
+async def test_beyond_the_catching_up_cap_a_subscriber_is_disconnected(
+    make_broker: MakeBroker,
+) -> None:
+    async with make_broker(subscriber_buffer=2, max_catching_up=1) as broker:
+        async with broker.subscribe("t") as first, broker.subscribe("t") as second:
+            await publish_all(broker, "t", range(5))
+            await until(lambda: broker.statistics().slow_disconnects == 1)
+            assert broker.statistics().catching_up == 1
+            assert broker.statistics().slow_disconnects == 1
+            assert await take(first, 5) == ["0", "1", "2", "3", "4"]
+            with pytest.raises(SlowSubscriberError, match="disconnected"):
+                await take(second, 1)
+
+
+async def test_the_disconnect_policy_disconnects_at_once(make_broker: MakeBroker) -> None:
+    async with make_broker(
+        subscriber_buffer=2, slow_subscriber_policy=SlowSubscriberPolicy.DISCONNECT
+    ) as broker:
+        async with broker.subscribe("t") as subscription:
+            await publish_all(broker, "t", range(3))
+            await until(lambda: broker.statistics().slow_disconnects == 1)
+            with pytest.raises(SlowSubscriberError, match="DISCONNECT"):
+                await take(subscription, 1)
+
+
+async def test_the_drop_oldest_policy_says_what_it_dropped(make_broker: MakeBroker) -> None:
+    async with make_broker(
+        subscriber_buffer=3, slow_subscriber_policy=SlowSubscriberPolicy.DROP_OLDEST
+    ) as broker:
+        async with broker.subscribe("t") as subscription:
+            ids = await publish_all(broker, "t", range(10))
+            await until(lambda: broker.statistics().dropped == 7)
+            assert broker.statistics().buffered == 3
+            assert await take(subscription, 4) == [(RESET_EVENT, "overflow", ids[6]), "7", "8", "9"]
+            assert broker.statistics().dropped == 7
+
+
+async def test_closing_the_broker_ends_its_subscriptions(make_broker: MakeBroker) -> None:
+    ended = anyio.Event()
+    received: list[str | None] = []
+
+    async def subscriber(broker: AnyBroker, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        async with broker.subscribe("t") as subscription:
+            task_status.started()
+            async for event in subscription:
+                received.append(event.data)
+        ended.set()
+
+    async with anyio.create_task_group() as task_group:
+        async with make_broker() as broker:
+            await task_group.start(subscriber, broker)
+            await broker.publish("t", "0")
+            await until(lambda: received == ["0"])
+        with anyio.fail_after(1):
+            await ended.wait()
+        assert broker.statistics().subscribers == 0
+
+
+def test_reset_reasons_are_named_for_the_client() -> None:
+    assert {reason.value for reason in ResetReason} == {
+        "trimmed",
+        "expired",
+        "unknown",
+        "invalid",
+        "overflow",
+    }
+
+
+def test_redis_server_helper_knows_where_it_runs(tmp_path: Path) -> None:
+    server = redis_server.RedisServer(tmp_path)
+    assert server.url == f"redis://127.0.0.1:{server.port}/0"
