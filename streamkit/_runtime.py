@@ -18,6 +18,7 @@ import inspect
 import logging
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, contextmanager
+from functools import partial
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio
@@ -247,6 +248,7 @@ class _StreamRun(Generic[ItemT]):
         content = self.response.content
         stack = AsyncExitStack()
         closable: object = content  # what to aclose(): the iterator once there is one
+        failure: BaseException | None = None  # what the resources' exits are told
         try:
             if self.reason is not None or self._head_only:
                 pass  # drained before it began, or a HEAD request: the producer never runs
@@ -265,6 +267,7 @@ class _StreamRun(Generic[ItemT]):
                 async for item in iterator:
                     await sender(item)
         except Exception as exc:
+            failure = exc
             if not self.decide(EndReason.ERROR, exc):
                 logger.error(
                     "stream %s: producer raised after the stream had ended (%s)",
@@ -272,11 +275,18 @@ class _StreamRun(Generic[ItemT]):
                     self.reason.value if self.reason else "?",
                     exc_info=exc,
                 )
+        except BaseException as exc:
+            failure = exc  # a cancellation: a transaction entered through send rolls back
+            raise
         finally:
             started = anyio.current_time()
             with shielded_cleanup(self.options.cleanup_timeout):
                 await self._close(getattr(closable, "aclose", None))
-                await self._close(stack.aclose)
+                # The exits see how the producer ended; one that would suppress it is ignored.
+                exc_info = (
+                    (type(failure), failure, failure.__traceback__) if failure else (None,) * 3
+                )
+                await self._close(partial(stack.__aexit__, *exc_info))
             self._cleanup_duration = anyio.current_time() - started
 
     async def _close(self, aclose: Callable[[], Awaitable[object]] | None) -> None:

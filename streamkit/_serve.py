@@ -20,10 +20,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import anyio
-import sniffio
 from anyio.abc import TaskStatus
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ._backends import hypercorn_serve
 from ._exceptions import ServeError
 from ._options import _check_duration
 from ._registry import StreamRegistry, registry, using_registry
@@ -93,19 +93,6 @@ async def _signalled() -> None:
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for _ in signals:
             return
-
-
-def _hypercorn_serve() -> Callable[..., Awaitable[None]]:
-    library = sniffio.current_async_library()
-    if library == "trio":
-        from hypercorn.trio import serve as trio_serve
-
-        return trio_serve
-    if library == "asyncio":
-        from hypercorn.asyncio import serve as asyncio_serve
-
-        return asyncio_serve
-    raise ServeError(f"hypercorn cannot run on the {library!r} event loop")
 
 
 class _RegisteringApp:
@@ -187,7 +174,6 @@ async def serve(
         raise TypeError(f"config must be a hypercorn.config.Config, got {config!r}")
     streams = StreamRegistry(parent=registry) if streams is None else streams
     trigger = shutdown_trigger or _signalled
-    hypercorn_serve = _hypercorn_serve()
 
     if sock is None:
         sock = bind_socket(bind, stalled_connection_timeout=stalled_connection_timeout)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -331,6 +332,49 @@ async def test_a_resource_entered_through_send_is_closed_shielded() -> None:
         end = await server.wait_ended(EndReason.CLIENT_DISCONNECTED)
     assert events == ["opened", "closed"]
     assert end.cleanup_duration >= 0.02
+
+
+@pytest.mark.parametrize(
+    ("ending", "outcome"), [("complete", "commit"), ("reset", "rollback"), ("error", "rollback")]
+)
+async def test_resources_entered_through_send_see_how_the_producer_ended(
+    ending: str, outcome: str
+) -> None:
+    """A transaction entered through send commits only when the producer finished."""
+    outcomes: list[str] = []
+    closed = anyio.Event()
+
+    @asynccontextmanager
+    async def transaction() -> AsyncIterator[None]:
+        try:
+            yield
+        except BaseException:
+            await anyio.sleep(0.01)  # an awaited rollback, shielded by the runtime
+            outcomes.append("rollback")
+            raise
+        else:
+            outcomes.append("commit")
+        finally:
+            closed.set()
+
+    async def produce(send: StreamSender[Any]) -> None:
+        await send.enter_async_context(transaction())
+        await send({"row": 1})
+        if ending == "error":
+            raise RuntimeError("query failed")
+        if ending == "reset":
+            await anyio.sleep_forever()
+
+    async def route(request: Request) -> Response:
+        return NDJSONResponse(produce)
+
+    async with open_server(app_for(route)) as server, open_stream(server, "/stream") as client:
+        assert await client.read_item() == {"row": 1}
+        if ending == "reset":
+            await client.reset()
+        with anyio.fail_after(DISCONNECT_BOUND):
+            await closed.wait()
+    assert outcomes == [outcome]
 
 
 # -- heartbeats -------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import sys
 import textwrap
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from streamkit import ServerSentEvent
@@ -67,3 +68,18 @@ async def test_sigterm_drains_streams_and_the_process_exits_within_the_grace_per
     assert client.complete
     assert code == 0
     assert exited_after < GRACE
+
+
+async def test_the_caller_is_not_left_cancelled_after_serve_returns() -> None:
+    """hypercorn's asyncio worker leaves a cancellation request on its caller on Python 3.11;
+    serve() takes it back, so the caller's own cancel scopes behave afterwards."""
+    from starlette.applications import Starlette
+
+    from streamkit import serve
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(anyio.sleep_forever)
+            await serve(Starlette(), bind="127.0.0.1:0", shutdown_trigger=anyio.lowlevel.checkpoint)
+            task_group.cancel_scope.cancel()
+        await anyio.lowlevel.checkpoint()  # still running: the task was not left cancelled

@@ -1,0 +1,53 @@
+"""The only backend-specific code: choosing hypercorn's worker, and one asyncio repair.
+
+Everything else in streamkit imports anyio alone. hypercorn has no anyio worker, so serving
+means picking its asyncio or trio ``serve`` for the loop that is running.
+
+The repair: on Python 3.11, hypercorn's asyncio worker ends its serve with an
+``asyncio.TaskGroup`` whose child raised to trigger the shutdown, which leaves one
+cancellation request counted on the *calling* task (``Task.cancelling()``) after serve has
+returned normally. An anyio cancel scope exited later in that task takes the leftover count
+for a native cancellation and raises ``CancelledError`` out of it. The count is put back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import sniffio
+
+from ._exceptions import ServeError
+
+__all__ = ["hypercorn_serve"]
+
+
+def _worker() -> tuple[str, Callable[..., Awaitable[None]]]:
+    library = sniffio.current_async_library()
+    if library == "trio":
+        from hypercorn.trio import serve as trio_serve
+
+        return library, trio_serve
+    if library == "asyncio":
+        from hypercorn.asyncio import serve as asyncio_serve
+
+        return library, asyncio_serve
+    raise ServeError(f"hypercorn cannot run on the {library!r} event loop")
+
+
+async def hypercorn_serve(app: object, config: object, **options: object) -> None:
+    """Run hypercorn's ``serve(app, config, **options)`` for the running event loop.
+
+    :raises ServeError: the running event loop is neither asyncio nor trio.
+    """
+    library, serve = _worker()
+    if library != "asyncio":
+        await serve(app, config, **options)
+        return
+    import asyncio
+
+    task = asyncio.current_task()
+    assert task is not None
+    requested = task.cancelling()
+    await serve(app, config, **options)
+    while task.cancelling() > requested:
+        task.uncancel()
