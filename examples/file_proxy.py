@@ -1,0 +1,82 @@
+"""Files from a directory, sent at a bounded rate, each closed the moment its download ends.
+
+Run it (it serves a demo directory with a 20 MB file, unless you give ``--directory``)::
+
+    python examples/file_proxy.py
+    curl -o /dev/null http://127.0.0.1:8000/files/demo.bin
+
+At the default 2 MB/s the download takes ten seconds; stop ``curl`` halfway and the file is
+closed before the stream's end is logged (``ls -l /proc/<server pid>/fd`` shows it gone).
+A name outside the directory, or one that is not a file, gets ``404``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import mimetypes
+import os
+import tempfile
+from functools import partial
+from pathlib import Path
+
+import anyio
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from streamkit import StreamResponse, file_chunks, serve
+
+DEMO_DIRECTORY = Path(tempfile.gettempdir()) / "streamkit-files"
+DEMO_SIZE = 20 * 1024 * 1024
+DEFAULT_RATE = 2_000_000.0
+
+
+def create_app(
+    directory: str | os.PathLike[str], *, bytes_per_second: float | None = DEFAULT_RATE
+) -> Starlette:
+    """Serve the files of *directory*.
+
+    :param directory: where the files are.
+    :param bytes_per_second: the rate each download is held to; ``None`` for no limit.
+    """
+    root = Path(directory).resolve()
+
+    async def download(request: Request) -> Response:
+        path = (root / request.path_params["name"]).resolve()
+        # Checked here, where a 404 can still be answered: the stream opens the file itself.
+        if not path.is_relative_to(root) or not path.is_file():
+            return PlainTextResponse("no such file", status_code=404)
+        media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        return StreamResponse(
+            file_chunks(path, bytes_per_second=bytes_per_second),
+            media_type=media_type,
+            headers={"content-disposition": f'attachment; filename="{path.name}"'},
+        )
+
+    return Starlette(routes=[Route("/files/{name:path}", download)])
+
+
+def make_demo_directory(directory: Path) -> None:
+    """Create *directory* with a ``demo.bin`` of random bytes, unless it exists."""
+    directory.mkdir(exist_ok=True)
+    demo = directory / "demo.bin"
+    if not demo.exists():
+        demo.write_bytes(os.urandom(DEMO_SIZE))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+    parser.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
+    parser.add_argument("--directory", type=Path, default=None)
+    parser.add_argument("--rate", type=float, default=DEFAULT_RATE, help="bytes per second")
+    arguments = parser.parse_args()
+    directory = arguments.directory
+    if directory is None:
+        directory = DEMO_DIRECTORY
+        make_demo_directory(directory)
+    logging.basicConfig(level=logging.INFO)  # streamkit logs every stream's end
+    app = create_app(directory, bytes_per_second=arguments.rate)
+    anyio.run(partial(serve, app, bind=f"127.0.0.1:{arguments.port}"), backend=arguments.backend)

@@ -1,0 +1,48 @@
+"""An SSE clock with heartbeats: the smallest streamkit service.
+
+Run it, then open http://127.0.0.1:8000/clock in a browser, or ``curl -N`` it::
+
+    python examples/sse_clock.py
+
+A tick every two seconds, and a heartbeat comment (``: ping``) after half a second of silence,
+so that proxies and load balancers never see an idle connection. Stop ``curl`` and the server
+logs the stream's end as ``client_disconnected`` at once; a browser that reconnects sends
+``Last-Event-ID`` and the count goes on from there.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from functools import partial
+
+import anyio
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from streamkit import EventSourceResponse, ServerSentEvent, StreamSender, serve
+
+TICK_INTERVAL = 2.0
+HEARTBEAT_INTERVAL = 0.5
+
+
+async def clock(request: Request) -> Response:
+    async def produce(send: StreamSender[ServerSentEvent | str]) -> None:
+        resumed = send.last_event_id or ""
+        tick = int(resumed) if resumed.isdigit() else 0
+        while True:
+            tick += 1
+            await send(ServerSentEvent(event="tick", id=str(tick), data=time.strftime("%H:%M:%S")))
+            await anyio.sleep(TICK_INTERVAL)
+
+    return EventSourceResponse(produce, heartbeat_interval=HEARTBEAT_INTERVAL)
+
+
+app = Starlette(routes=[Route("/clock", clock)])
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)  # streamkit logs every stream's end
+    anyio.run(partial(serve, app, bind="127.0.0.1:8000"))

@@ -1,0 +1,275 @@
+"""Forwarding an upstream HTTP stream (an LLM completion, say) to the client.
+
+The leak this prevents: the browser tab closes, the handler's task is gone, and the upstream
+request keeps running, and billing, until the upstream finishes on its own. Here the upstream
+response is entered through the stream's :class:`~streamkit.StreamSender`, so whatever ends
+the stream (the client leaving or stalling, ``max_duration``, a shutdown, an error), the
+upstream response is closed in the producer's own task, shielded, before the end is reported.
+A response closed before its body was read to the end takes its connection with it, so the
+upstream server sees its client leave at once.
+
+Every upstream wait is bounded: the request's timeouts are always set here, overriding both
+the client's defaults and any in the request, because an unbounded upstream read holds a
+stream, and everything it owns, for as long as the upstream likes.
+
+Needs the ``proxy`` extra (``httpx`` and ``httpx-sse``).
+"""
+
+from __future__ import annotations
+
+import functools
+import ssl
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, TypeAlias
+
+import anyio
+
+from ._exceptions import UpstreamError
+from ._options import _check_duration
+from ._responses import Producer
+from ._runtime import StreamSender
+from ._sse import ServerSentEvent
+
+if TYPE_CHECKING:
+    import httpx
+    import httpx_sse
+
+__all__ = ["open_upstream", "proxy_bytes", "proxy_events"]
+
+#: Maps an upstream event to what is sent downstream; ``None`` drops the event.
+EventTransform: TypeAlias = "Callable[[httpx_sse.ServerSentEvent], ServerSentEvent | str | None]"
+
+
+def _import_httpx() -> None:
+    # Imported when first used, so that ``import streamkit`` works without the extra.
+    try:
+        import httpx  # noqa: F401
+        import httpx_sse  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(
+            f"streamkit's upstream proxy needs httpx and httpx-sse ({exc}); "
+            "install them with: pip install 'streamkit[proxy]'"
+        ) from exc
+
+
+@functools.cache
+def _default_ssl_context() -> ssl.SSLContext:
+    import httpx
+
+    return httpx.create_ssl_context()
+
+
+def _check_timeouts(connect_timeout: float, read_timeout: float) -> None:
+    # None is refused too: an unbounded upstream read is the leak this module exists to stop.
+    _check_duration("connect_timeout", connect_timeout, optional=False)
+    _check_duration("read_timeout", read_timeout, optional=False)
+
+
+def _as_request(upstream: httpx.Request | str) -> httpx.Request:
+    _import_httpx()
+    import httpx
+
+    if isinstance(upstream, httpx.Request):
+        return upstream
+    if isinstance(upstream, str):
+        return httpx.Request("GET", upstream)
+    raise TypeError(
+        f"upstream must be a URL or an httpx.Request, got {type(upstream).__name__}: {upstream!r}"
+    )
+
+
+@asynccontextmanager
+async def open_upstream(
+    upstream: httpx.Request | str,
+    *,
+    client: httpx.AsyncClient | None = None,
+    connect_timeout: float = 10.0,
+    read_timeout: float = 60.0,
+) -> AsyncIterator[httpx.Response]:
+    """Send *upstream* and yield its streamed response; on exit, abort it.
+
+    Enter it through the producer's sender, so that the abort happens on every end::
+
+        async def produce(send):
+            response = await send.enter_async_context(open_upstream(request))
+            async for chunk in response.aiter_bytes():
+                await send(chunk)
+
+    Leaving the block before the body was read to the end closes the response's connection,
+    which the upstream server sees as its client disconnecting. A client made here is closed
+    too; a *client* passed in stays open, for the next stream. (httpx's body iterators, left
+    mid-way, are finalised later, and trio warns about each; :func:`proxy_events` and
+    :func:`proxy_bytes` unwind them when the stream ends.)
+
+    :param upstream: the request to send; a ``str`` is a URL to ``GET``. Its timeouts are
+        replaced by the two below.
+    :param client: the client to send it with; by default one made for this request alone
+        (a few milliseconds of CPU each time: pass a shared one under load).
+    :param connect_timeout: seconds to wait for a connection, new or from the pool.
+    :param read_timeout: seconds to wait for each piece of the upstream response, and for
+        each write of the request body.
+    :raises UpstreamError: the upstream answered with a status other than 2xx.
+    :raises httpx.TimeoutException: a bound above was reached.
+    :raises ValueError: a timeout is not a positive, finite number of seconds.
+    """
+    _check_timeouts(connect_timeout, read_timeout)
+    request = _as_request(upstream)
+    import httpx
+
+    timeout = httpx.Timeout(
+        connect=connect_timeout, read=read_timeout, write=read_timeout, pool=connect_timeout
+    )
+    request.extensions = {**request.extensions, "timeout": timeout.as_dict()}
+    owned = client is None
+    if client is None:
+        # Loading the CA bundle takes tens of milliseconds: done once, and not in the loop.
+        ssl_context = await anyio.to_thread.run_sync(_default_ssl_context)
+        http = httpx.AsyncClient(verify=ssl_context)
+    else:
+        http = client
+    try:
+        response = await http.send(request, stream=True)
+        try:
+            if not response.is_success:
+                raise UpstreamError(
+                    f"upstream {request.method} {request.url} answered {response.status_code} "
+                    f"{response.reason_phrase}, expected a 2xx status",
+                    status_code=response.status_code,
+                    url=str(request.url),
+                )
+            yield response
+        finally:
+            await response.aclose()
+    finally:
+        if owned:
+            await http.aclose()
+
+
+async def _unwind(iterator: AsyncGenerator[object, None]) -> None:
+    # httpx's body iterators are async generators nested several deep; closing the outermost
+    # leaves the inner ones suspended, to be finalised whenever the garbage collector finds
+    # them (trio warns about each: httpx issue 3686). Resumed in a cancelled scope instead,
+    # the chain runs to its first await, where the cancellation ends every generator in it,
+    # and httpcore closes the connection on the way out.
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        try:
+            while True:
+                await iterator.__anext__()
+        except Exception:
+            pass  # StopAsyncIteration, or what an already closed connection raised
+
+
+def _forward_event(event: httpx_sse.ServerSentEvent) -> ServerSentEvent:
+    # httpx-sse fills in the defaults ("message", an empty id); send them on as absent, so the
+    # browser's own defaults apply and its Last-Event-ID is not reset. Like a browser, it keeps
+    # the last id for the events that carry none: sent again, it changes nothing downstream.
+    return ServerSentEvent(
+        data=event.data,
+        event=None if event.event == "message" else event.event,
+        id=event.id or None,
+        retry=event.retry,
+    )
+
+
+def proxy_events(
+    upstream: httpx.Request | str,
+    *,
+    client: httpx.AsyncClient | None = None,
+    connect_timeout: float = 10.0,
+    read_timeout: float = 60.0,
+    transform: EventTransform | None = None,
+) -> Producer[ServerSentEvent | str]:
+    """A producer for an :class:`~streamkit.EventSourceResponse` that forwards an upstream
+    event stream, event by event::
+
+        return EventSourceResponse(proxy_events(
+            httpx.Request("POST", LLM_URL, json=body), read_timeout=30.0))
+
+    The upstream is aborted on every end of the downstream stream (see
+    :func:`open_upstream`).
+
+    :param upstream: see :func:`open_upstream`; ``Accept: text/event-stream`` is added.
+    :param client: see :func:`open_upstream`.
+    :param connect_timeout: see :func:`open_upstream`.
+    :param read_timeout: see :func:`open_upstream`; with heartbeats upstream, it only needs
+        to exceed their interval.
+    :param transform: maps each upstream event to the item sent (``None`` drops it); by
+        default the event is sent on unchanged.
+    :raises UpstreamError: (in the stream) the upstream's status is not 2xx, or its body is
+        not ``text/event-stream``.
+    :raises ValueError: a timeout is not a positive, finite number of seconds.
+    """
+    _check_timeouts(connect_timeout, read_timeout)
+    request = _as_request(upstream)
+    request.headers.setdefault("accept", "text/event-stream")
+    convert: EventTransform = _forward_event if transform is None else transform
+
+    async def produce(send: StreamSender[ServerSentEvent | str]) -> None:
+        response = await send.enter_async_context(
+            open_upstream(
+                request,
+                client=client,
+                connect_timeout=connect_timeout,
+                read_timeout=read_timeout,
+            )
+        )
+        content_type = response.headers.get("content-type", "")
+        if content_type.partition(";")[0].strip().lower() != "text/event-stream":
+            raise UpstreamError(
+                f"upstream {request.method} {request.url} sent {content_type!r}, "
+                "expected 'text/event-stream'",
+                status_code=response.status_code,
+                url=str(request.url),
+            )
+        import httpx_sse
+
+        events = httpx_sse.EventSource(response).aiter_sse()
+        send.push_async_callback(_unwind, events)
+        async for event in events:
+            item = convert(event)
+            if item is not None:
+                await send(item)
+
+    return produce
+
+
+def proxy_bytes(
+    upstream: httpx.Request | str,
+    *,
+    client: httpx.AsyncClient | None = None,
+    connect_timeout: float = 10.0,
+    read_timeout: float = 60.0,
+) -> Producer[bytes]:
+    """A producer for a :class:`~streamkit.StreamResponse` that forwards an upstream body as
+    it arrives (decoded from any ``Content-Encoding``).
+
+    The upstream is aborted on every end of the downstream stream (see
+    :func:`open_upstream`).
+
+    :param upstream: see :func:`open_upstream`.
+    :param client: see :func:`open_upstream`.
+    :param connect_timeout: see :func:`open_upstream`.
+    :param read_timeout: see :func:`open_upstream`.
+    :raises UpstreamError: (in the stream) the upstream's status is not 2xx.
+    :raises ValueError: a timeout is not a positive, finite number of seconds.
+    """
+    _check_timeouts(connect_timeout, read_timeout)
+    request = _as_request(upstream)
+
+    async def produce(send: StreamSender[bytes]) -> None:
+        response = await send.enter_async_context(
+            open_upstream(
+                request,
+                client=client,
+                connect_timeout=connect_timeout,
+                read_timeout=read_timeout,
+            )
+        )
+        chunks = response.aiter_bytes()
+        send.push_async_callback(_unwind, chunks)
+        async for chunk in chunks:
+            await send(chunk)
+
+    return produce

@@ -1,0 +1,230 @@
+"""Streaming the rows of a query, with the query ended on every end of the stream.
+
+The leak this prevents: the client leaves, and the cursor stays open with its transaction,
+holding a snapshot and locks (SQLite's shared lock keeps every writer out), until the garbage
+collector happens upon it. Here a query is a :class:`RowSource`: an async context manager
+that is entered through the stream's :class:`~streamkit.StreamSender` and hands out rows in
+batches. Whatever ends the stream, the source is exited in the producer's own task, shielded:
+the cursor is closed, the transaction rolled back and the connection closed, before the end
+is reported. :func:`stream_rows` works with any driver that implements the protocol;
+:class:`SQLiteRows` implements it for the standard library's :mod:`sqlite3`.
+
+A stream fetches one batch ahead of what it has sent, so a client that leaves stops the query
+within one batch; :class:`SQLiteRows` interrupts a batch that is being fetched, too.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Protocol, Self, TypeVar
+
+import anyio
+
+from ._options import _check_duration
+from ._responses import Producer
+from ._runtime import StreamSender, shielded_cleanup
+
+__all__ = ["RowSource", "SQLiteRows", "stream_rows"]
+
+RowT_co = TypeVar("RowT_co", covariant=True)
+
+
+class RowSource(Protocol[RowT_co]):
+    """A query read in batches: what a database driver implements to plug into
+    :func:`stream_rows`.
+
+    Entering it runs the query (in a transaction, on a connection of its own); exiting it,
+    however the block is left, closes the cursor, ends the transaction and releases the
+    connection, and must do so even when entered in a cancelled scope (streamkit runs it
+    shielded, bounded by ``cleanup_timeout``).
+    """
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool | None: ...
+
+    async def fetch_batch(self) -> Sequence[RowT_co]:
+        """The next rows; an empty sequence once there are no more."""
+        ...
+
+
+def stream_rows(
+    source: RowSource[Any], *, transform: Callable[[Any], Any] | None = None
+) -> Producer[Any]:
+    """A producer that sends every row of *source*, for an
+    :class:`~streamkit.NDJSONResponse`::
+
+        return NDJSONResponse(stream_rows(SQLiteRows("app.db", "SELECT * FROM orders")))
+
+    :param source: the query, not yet entered; it is entered when the stream starts and
+        exited on every end.
+    :param transform: maps each row to the item sent (to make ``bytes`` columns
+        JSON-serialisable, say); by default the row itself.
+    """
+    convert: Callable[[Any], Any] = (lambda row: row) if transform is None else transform
+
+    async def produce(send: StreamSender[Any]) -> None:
+        rows = await send.enter_async_context(source)
+        while batch := await rows.fetch_batch():
+            for row in batch:
+                await send(convert(row))
+
+    return produce
+
+
+class SQLiteRows:
+    """A :class:`RowSource` for SQLite: one :mod:`sqlite3` connection per stream, used from
+    worker threads one call at a time, rows as ``dict`` of column name to value. Make one per
+    stream: it runs its query once.
+
+    The query runs in a deferred read transaction (one snapshot from the first batch to the
+    last), which is rolled back at the end: a streamed query is a read. A stream cancelled
+    while a batch is being fetched interrupts it (``sqlite3.Connection.interrupt``).
+
+    :param database: the database file (or a ``file:`` URI, with *uri*).
+    :param sql: the query.
+    :param parameters: its parameters, positional or named.
+    :param batch_size: rows fetched per worker-thread call.
+    :param lock_timeout: seconds to wait for a lock another connection holds.
+    :param prepare: called with the new connection, in the worker thread, before the query
+        (pragmas, user functions).
+    :param uri: whether *database* is a URI.
+    :raises ValueError: *batch_size* is below 1, or *lock_timeout* is not a positive, finite
+        number of seconds.
+    """
+
+    def __init__(
+        self,
+        database: str | os.PathLike[str],
+        sql: str,
+        parameters: Sequence[Any] | Mapping[str, Any] = (),
+        *,
+        batch_size: int = 500,
+        lock_timeout: float = 5.0,
+        prepare: Callable[[sqlite3.Connection], object] | None = None,
+        uri: bool = False,
+    ) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int of at least 1, got {batch_size!r}")
+        _check_duration("lock_timeout", lock_timeout, optional=False)
+        self.database = database
+        self.sql = sql
+        self.parameters = parameters
+        self.batch_size = batch_size
+        self._lock_timeout = lock_timeout
+        self._prepare = prepare
+        self._uri = uri
+        # Held by whichever worker thread uses the connection: a call abandoned on
+        # cancellation keeps it until SQLite notices the interrupt, and the close waits.
+        self._lock = threading.Lock()
+        self._connection: sqlite3.Connection | None = None
+        self._cursor: sqlite3.Cursor | None = None
+        self._columns: tuple[str, ...] = ()
+        self._stopping = False
+        self._entered = False
+
+    # -- in the worker thread -------------------------------------------------------------------
+
+    def _open(self) -> None:
+        with self._lock:
+            connection = sqlite3.connect(
+                self.database,
+                timeout=self._lock_timeout,
+                isolation_level=None,  # transactions begin and end here, not implicitly
+                check_same_thread=False,  # used from worker threads, one at a time
+                uri=self._uri,
+            )
+            self._connection = connection
+            if self._stopping:
+                return  # cancelled while connecting: the close is waiting for the lock
+            if self._prepare is not None:
+                self._prepare(connection)
+            connection.execute("BEGIN DEFERRED")
+            cursor = connection.execute(self.sql, self.parameters)
+            self._cursor = cursor
+            self._columns = tuple(column[0] for column in cursor.description or ())
+
+    def _fetch(self) -> list[dict[str, Any]]:
+        with self._lock:
+            if self._cursor is None or self._stopping:
+                return []
+            columns = self._columns
+            batch = self._cursor.fetchmany(self.batch_size)
+            return [dict(zip(columns, row, strict=True)) for row in batch]
+
+    def _close(self) -> None:
+        with self._lock:
+            cursor, self._cursor = self._cursor, None
+            connection, self._connection = self._connection, None
+            try:
+                if cursor is not None:
+                    cursor.close()
+            finally:
+                if connection is not None:
+                    try:
+                        if connection.in_transaction:
+                            connection.rollback()
+                    finally:
+                        connection.close()
+
+    # -- in the event loop ----------------------------------------------------------------------
+
+    async def _call(self, function: Callable[[], Any]) -> Any:
+        try:
+            return await anyio.to_thread.run_sync(function, abandon_on_cancel=True)
+        except anyio.get_cancelled_exc_class():
+            self._stop_soon()
+            raise
+
+    def _stop_soon(self) -> None:
+        # The flag first: a thread that has not published its connection yet will see it.
+        self._stopping = True
+        connection = self._connection
+        if connection is not None:
+            try:
+                connection.interrupt()
+            except sqlite3.ProgrammingError:
+                pass  # closed already: nothing left to interrupt
+
+    async def __aenter__(self) -> Self:
+        if self._entered:
+            raise RuntimeError(
+                f"a SQLiteRows runs its query once; make one per stream: {self.sql!r:.80}"
+            )
+        self._entered = True
+        try:
+            await self._call(self._open)
+        except BaseException:
+            # Not entered, so never exited: release what the open got as far as making.
+            with shielded_cleanup(self._lock_timeout):
+                await self.aclose()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def fetch_batch(self) -> list[dict[str, Any]]:
+        """The next rows, at most ``batch_size``; an empty list once there are no more."""
+        rows: list[dict[str, Any]] = await self._call(self._fetch)
+        return rows
+
+    async def aclose(self) -> None:
+        """Close the cursor, roll the transaction back and close the connection; once a
+        batch being fetched has been interrupted. Idempotent."""
+        self._stopping = True
+        await anyio.to_thread.run_sync(self._close, abandon_on_cancel=True)

@@ -1,0 +1,221 @@
+"""Streaming a command's output, with the command stopped on every end of the stream.
+
+The leak this prevents: the client leaves, the handler's task is gone, and ``tail -f`` (or a
+long export, or a model run) keeps running, now an orphan; or it is killed but never waited
+for, and stays a zombie. Here the command runs in a session of its own, entered through the
+stream's :class:`~streamkit.StreamSender`, so whatever ends the stream, its whole process
+group is sent ``SIGTERM``, given ``stop_grace_period`` to exit, then ``SIGKILL``, and the
+command is waited for, in the producer's own task and shielded, before the end is reported.
+
+On platforms without process groups (Windows), only the command itself is signalled.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+from anyio.abc import Process
+
+from ._exceptions import ProcessExitError
+from ._options import _check_duration
+from ._responses import Producer
+from ._runtime import StreamSender
+
+__all__ = ["open_subprocess", "subprocess_lines"]
+
+Command = str | Sequence[str]
+
+# SIGKILL cannot be caught, so the exit follows at once; the bound is for a process stuck in
+# the kernel (uninterruptible I/O), which nothing from user space can hurry.
+_REAP_TIMEOUT = 5.0
+
+
+def _signal_group(process: Process, number: signal.Signals) -> None:
+    killpg = getattr(os, "killpg", None)
+    try:
+        if killpg is not None:
+            # The group outlives its leader while any member is left; its id is the leader's
+            # pid, which the kernel does not hand out again while the group exists.
+            killpg(process.pid, number)
+        elif process.returncode is None:
+            process.send_signal(number)
+    except ProcessLookupError:
+        pass  # everyone in it has exited already
+
+
+async def _stop(process: Process, stop_grace_period: float) -> None:
+    try:
+        if process.returncode is None:
+            _signal_group(process, signal.SIGTERM)
+            with anyio.move_on_after(stop_grace_period):
+                await process.wait()
+    finally:
+        # Also when the cleanup above was cut short: members that ignored SIGTERM, or that
+        # outlived a leader which exited on its own, are killed, and the leader is reaped
+        # (an unreaped child stays a zombie for as long as this process lives).
+        _signal_group(process, getattr(signal, "SIGKILL", signal.SIGTERM))
+        with anyio.move_on_after(_REAP_TIMEOUT, shield=True):
+            await process.aclose()
+
+
+@asynccontextmanager
+async def open_subprocess(
+    command: Command,
+    *,
+    cwd: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    stderr: int | None = subprocess.DEVNULL,
+    stop_grace_period: float = 2.0,
+) -> AsyncIterator[Process]:
+    """Start *command* with its output piped, and stop it, its children included, on exit.
+
+    Enter it through the producer's sender, so that the stop happens on every end::
+
+        async def produce(send):
+            process = await send.enter_async_context(open_subprocess(["journalctl", "-f"]))
+            async for chunk in process.stdout:
+                await send(chunk)
+
+    The command runs in a new session (its own process group), with standard input from
+    ``/dev/null``. On exit the group gets ``SIGTERM``; if the command has not exited
+    *stop_grace_period* seconds later, ``SIGKILL``; then it is waited for. The group gets
+    ``SIGKILL`` in any case, so nothing the command started outlives the stream.
+
+    :param command: the program and its arguments, or a ``str`` for the shell.
+    :param cwd: the working directory.
+    :param env: the environment; by default this process's.
+    :param stderr: where standard error goes: ``subprocess.DEVNULL``, ``subprocess.STDOUT``
+        (into the output), or ``None`` (inherited). A pipe nobody reads would fill and stall
+        the command, so ``subprocess.PIPE`` is refused.
+    :param stop_grace_period: seconds between ``SIGTERM`` and ``SIGKILL``.
+    :raises ValueError: *stderr* is ``subprocess.PIPE``, or *stop_grace_period* is not a
+        positive, finite number of seconds.
+    :raises OSError: the command could not be started.
+    """
+    _check_duration("stop_grace_period", stop_grace_period, optional=False)
+    if stderr == subprocess.PIPE:
+        raise ValueError(
+            "stderr must be subprocess.DEVNULL, subprocess.STDOUT or None, got subprocess.PIPE "
+            "(a pipe nobody reads fills up and stalls the command)"
+        )
+    process = await anyio.open_process(
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        cwd=cwd,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        yield process
+    finally:
+        await _stop(process, stop_grace_period)
+
+
+class LineSplitter:
+    """Splits bytes into text lines; pure, no I/O.
+
+    :param max_line_length: a line longer than this many bytes is cut into pieces of it, so
+        a command that never writes a newline cannot grow the buffer without bound.
+    :param encoding: how the bytes are decoded; bytes that do not decode become U+FFFD.
+    """
+
+    def __init__(self, *, max_line_length: int = 65536, encoding: str = "utf-8") -> None:
+        if max_line_length < 1:
+            raise ValueError(f"max_line_length must be at least 1, got {max_line_length!r}")
+        self._max = max_line_length
+        self._encoding = encoding
+        self._buffer = bytearray()
+
+    def _decode(self, line: bytes | bytearray) -> str:
+        return line.decode(self._encoding, errors="replace").removesuffix("\r")
+
+    def feed(self, chunk: bytes) -> list[str]:
+        """The lines *chunk* completes, without their line endings."""
+        buffer = self._buffer
+        buffer += chunk
+        lines = []
+        start = 0
+        while (end := buffer.find(b"\n", start)) >= 0:
+            while end - start > self._max:
+                lines.append(self._decode(buffer[start : start + self._max]))
+                start += self._max
+            lines.append(self._decode(buffer[start:end]))
+            start = end + 1
+        while len(buffer) - start >= self._max:
+            lines.append(self._decode(buffer[start : start + self._max]))
+            start += self._max
+        del buffer[:start]
+        return lines
+
+    def flush(self) -> list[str]:
+        """The last line, if the output did not end with a newline."""
+        rest, self._buffer = self._buffer, bytearray()
+        return [self._decode(rest)] if rest else []
+
+
+def subprocess_lines(
+    command: Command,
+    *,
+    cwd: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    stderr: int | None = subprocess.DEVNULL,
+    stop_grace_period: float = 2.0,
+    max_line_length: int = 65536,
+    transform: Callable[[str], Any] | None = None,
+    check: bool = True,
+) -> Producer[Any]:
+    """A producer that sends each line *command* writes to standard output, as it arrives::
+
+        return EventSourceResponse(subprocess_lines(["tail", "-F", "/var/log/app.log"]))
+
+    Each line is sent without its line ending; for a :class:`~streamkit.StreamResponse`, put
+    it back with ``transform=lambda line: line + "\\n"``. The command is stopped on every end
+    of the stream (see :func:`open_subprocess`). The stream completes once the command has
+    closed its output and exited.
+
+    :param command: see :func:`open_subprocess`.
+    :param cwd: see :func:`open_subprocess`.
+    :param env: see :func:`open_subprocess`.
+    :param stderr: see :func:`open_subprocess`.
+    :param stop_grace_period: see :func:`open_subprocess`.
+    :param max_line_length: a line longer than this many bytes is sent in pieces of it, so
+        a command that never writes a newline cannot grow the buffer without bound.
+    :raises ValueError: *max_line_length* is below 1.
+    :param transform: maps each line to the item sent; by default the line itself.
+    :param check: a non-zero exit status ends the stream with
+        :class:`~streamkit.ProcessExitError` (an SSE or NDJSON stream then sends its error
+        event or item).
+    """
+    convert: Callable[[str], Any] = (lambda line: line) if transform is None else transform
+    LineSplitter(max_line_length=max_line_length)  # refuse a bad length now, not in the stream
+
+    async def produce(send: StreamSender[Any]) -> None:
+        process = await send.enter_async_context(
+            open_subprocess(
+                command, cwd=cwd, env=env, stderr=stderr, stop_grace_period=stop_grace_period
+            )
+        )
+        assert process.stdout is not None
+        splitter = LineSplitter(max_line_length=max_line_length)
+        async for chunk in process.stdout:
+            for line in splitter.feed(chunk):
+                await send(convert(line))
+        for line in splitter.flush():
+            await send(convert(line))
+        returncode = await process.wait()
+        if check and returncode != 0:
+            raise ProcessExitError(
+                f"command {command!r} exited with status {returncode}",
+                command=command,
+                returncode=returncode,
+            )
+
+    return produce

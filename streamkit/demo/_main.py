@@ -1,0 +1,58 @@
+"""The demo's command line: serve the demo with hypercorn, on trio unless told otherwise."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+from functools import partial
+
+import anyio
+import sniffio
+
+from .. import ServerAddress, serve
+from ._app import create_app
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m streamkit.demo",
+        description="Serve the streamkit demo: a page of live streams, and the server's view "
+        "of how each one ended.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on (0: any)")
+    parser.add_argument(
+        "--backend",
+        choices=("trio", "asyncio"),
+        default="trio",
+        help="the event loop hypercorn runs on",
+    )
+    return parser
+
+
+async def _serve(host: str, port: int) -> None:
+    from hypercorn.config import Config
+
+    config = Config()
+    # Through logging, once, beside streamkit's own lines (not also straight to stderr).
+    config.errorlog = logging.getLogger("hypercorn.error")
+    bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    async with anyio.create_task_group() as task_group:
+        address: ServerAddress = await task_group.start(
+            partial(serve, create_app(), bind=bind, grace_period=5.0, config=config)
+        )
+        backend = sniffio.current_async_library()
+        print(f"streamkit demo on {address.url}/ (backend: {backend}); Ctrl+C stops it", flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the demo until interrupted (SIGINT or SIGTERM), then drain its streams and stop.
+
+    :param argv: the command-line arguments, ``sys.argv[1:]`` by default.
+    """
+    arguments = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    anyio.run(partial(_serve, arguments.host, arguments.port), backend=arguments.backend)

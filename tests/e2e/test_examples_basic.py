@@ -1,0 +1,97 @@
+"""The examples in examples/ import without side effects and stream through real hypercorn."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from functools import partial
+from pathlib import Path
+from types import ModuleType
+
+import anyio
+import pytest
+
+from streamkit import EndReason, ServerAddress
+from streamkit.testing import open_server, open_stream
+
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
+
+EXAMPLES = Path(__file__).parents[2] / "examples"
+#: A disconnect must reach the producer, and its cleanup finish, within this.
+DISCONNECT_BOUND = 1.0
+
+
+def load_example(name: str) -> ModuleType:
+    """Import examples/<name>.py as a module of its own, as ``python examples/x.py`` would
+    find it but without running its ``__main__`` block."""
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+async def test_sse_clock_ticks_with_heartbeats_between(anyio_backend: str) -> None:
+    example = load_example("sse_clock")
+    async with open_server(example.app) as server:
+        async with open_stream(server, "/clock") as client:
+            with anyio.fail_after(5):
+                first = await client.read_event()
+                # The next tick is TICK_INTERVAL away: a heartbeat comes first.
+                heartbeat = await client.receive_chunk()
+        assert (first.event, first.id) == ("tick", "1")
+        assert heartbeat == b": ping\n\n"
+        await server.wait_ended(EndReason.CLIENT_DISCONNECTED, within=DISCONNECT_BOUND)
+
+        async with open_stream(server, "/clock", headers={"Last-Event-ID": "7"}) as client:
+            with anyio.fail_after(5):
+                resumed = await client.read_event()
+        assert resumed.id == "8"
+        await server.wait_ended(EndReason.CLIENT_DISCONNECTED, within=DISCONNECT_BOUND)
+
+
+async def test_fastapi_app_streams_tokens_and_rows(anyio_backend: str) -> None:
+    example = load_example("fastapi_app")
+    async with open_server(example.app) as server:
+        async with open_stream(server, "/orders?count=3") as client:
+            with anyio.fail_after(5):
+                body = await client.read_all()
+        assert client.headers["content-type"] == "application/x-ndjson"
+        assert [json.loads(line)["id"] for line in body.splitlines()] == [1, 2, 3]
+        await server.wait_ended(EndReason.COMPLETED)
+
+        async with open_stream(server, "/completions?prompt=hello") as client:
+            with anyio.fail_after(5):
+                first = await client.read_event()
+            assert example.UPSTREAM == {"open": 1, "aborted": 0}
+            await client.reset()
+        await server.wait_ended(EndReason.CLIENT_DISCONNECTED, within=DISCONNECT_BOUND)
+    assert (first.event, first.data) == ("token", "You ")
+    # The client left mid-answer: the upstream completion was closed, and counted as aborted.
+    assert example.UPSTREAM == {"open": 0, "aborted": 1}
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_trio_service_streams_readings_and_drains_on_shutdown(anyio_backend: str) -> None:
+    # The example is trio-native (trio's nursery, channels and sleep): it runs on trio only.
+    example = load_example("trio_service")
+    stop = anyio.Event()
+    async with anyio.create_task_group() as task_group:
+        address: ServerAddress = await task_group.start(
+            partial(example.main, bind="127.0.0.1:0", interval=0.05, shutdown_trigger=stop.wait)
+        )
+        async with open_stream(address, "/readings") as client:
+            with anyio.fail_after(5):
+                readings = [await client.read_event() for _ in range(3)]
+            stop.set()
+            with anyio.fail_after(5):
+                rest = [event async for event in client.events()]
+    # The service returned (the sampler stopped with it) after the drain's farewell.
+    assert [event.event for event in readings] == ["reading"] * 3
+    assert 18.0 <= float(readings[0].data or "") <= 22.0
+    assert rest[-1].event == "shutdown"
+    assert rest[-1].retry is not None
+    assert client.complete

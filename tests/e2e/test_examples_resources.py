@@ -1,0 +1,236 @@
+"""The resource examples in examples/ import without side effects and stream through real
+hypercorn, releasing what they hold when the client leaves."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sqlite3
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import anyio
+import pytest
+
+from streamkit import EndReason
+from streamkit.testing import LiveServer, StreamClient, open_server, open_stream
+
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
+
+EXAMPLES = Path(__file__).parents[2] / "examples"
+#: Generous: the measured releases take a few milliseconds (docs/resources.md).
+RELEASE_BOUND = 1.0
+
+
+def load_example(name: str) -> ModuleType:
+    """Import examples/<name>.py as a module of its own, without running its ``__main__``."""
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def open_descriptors(path: Path) -> list[str]:
+    """This process's descriptors that point at *path*."""
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{name}")
+        except FileNotFoundError:
+            continue  # the descriptor listdir itself used
+        if target == str(path):
+            found.append(name)
+    return found
+
+
+def children_named(command: str) -> list[int]:
+    """This process's child processes running *command*, zombies included."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        parent = int(stat.rpartition(")")[2].split()[1])
+        if name == command and parent == os.getpid():
+            found.append(int(entry))
+    return found
+
+
+# -- llm_proxy ----------------------------------------------------------------------------------
+
+
+async def test_llm_proxy_streams_a_whole_completion(monkeypatch: pytest.MonkeyPatch) -> None:
+    example = load_example("llm_proxy")
+    monkeypatch.setattr(example, "FAKE_WORD_INTERVAL", 0.001)
+    async with open_server(example.create_app()) as server:
+        async with open_stream(server, "/chat?prompt=hi") as client:
+            with anyio.fail_after(10.0):
+                tokens = [event async for event in client.events()]
+        assert {event.event for event in tokens} == {"token"}
+        assert "".join(event.data or "" for event in tokens).strip() == example.FAKE_TEXT
+        ends = {(await server.wait_end()).reason for _ in range(2)}
+        assert ends == {EndReason.COMPLETED}
+
+
+async def test_llm_proxy_aborts_the_completion_when_the_client_leaves() -> None:
+    example = load_example("llm_proxy")
+    # The model on a server of its own, as it would be: its streams are counted apart.
+    async with open_server(example.create_app()) as model:
+        url = f"{model.url}/fake/v1/chat/completions"
+        async with open_server(example.create_app(url)) as proxy:
+            async with open_stream(proxy, "/chat?prompt=hi") as client:
+                with anyio.fail_after(10.0):
+                    assert (await client.read_event()).data == "Once "
+                left_at = anyio.current_time()
+                await client.close()
+                await proxy.wait_ended(EndReason.CLIENT_DISCONNECTED)
+                await model.wait_ended(EndReason.CLIENT_DISCONNECTED, within=RELEASE_BOUND)
+                assert anyio.current_time() - left_at < RELEASE_BOUND
+
+
+# -- sqlite_export -----------------------------------------------------------------------------
+
+
+def database_locked(path: Path) -> bool:
+    connection = sqlite3.connect(path, timeout=0, isolation_level=None)
+    try:
+        connection.execute("BEGIN EXCLUSIVE")
+    except sqlite3.OperationalError as exc:
+        if "locked" not in str(exc):
+            raise
+        return True
+    else:
+        connection.execute("ROLLBACK")
+        return False
+    finally:
+        connection.close()
+
+
+async def test_sqlite_export_streams_orders_and_ends_the_query(tmp_path: Path) -> None:
+    example = load_example("sqlite_export")
+    database = tmp_path / "orders.db"
+    example.make_demo_database(database, orders=20_000)
+    async with open_server(example.create_app(database)) as server:
+        async with open_stream(server, "/orders.ndjson?since=100", receive_buffer=4096) as client:
+            first = await client.read_item()
+            assert first["id"] == 101
+            assert set(first) == {"id", "customer", "total_cents", "created"}
+            assert database_locked(database)
+            await client.close()
+        end = await server.wait_ended(EndReason.CLIENT_DISCONNECTED)
+        assert end.cleanup_duration < RELEASE_BOUND
+        assert not database_locked(database)
+        assert open_descriptors(database) == []
+
+        async with open_stream(server, "/orders.ndjson?since=x") as client:
+            assert client.status == 400
+
+
+# -- subprocess_tail ---------------------------------------------------------------------------
+
+
+async def test_subprocess_tail_follows_the_log_and_stops_tail(tmp_path: Path) -> None:
+    example = load_example("subprocess_tail")
+    log = tmp_path / "app.log"
+    log.write_text("one\ntwo\n")
+    async with open_server(example.create_app(log)) as server:
+        async with open_stream(server, "/tail") as client:
+            with anyio.fail_after(10.0):
+                assert [(await client.read_event()).data for _ in range(2)] == ["one", "two"]
+                assert len(children_named("tail")) == 1
+                with log.open("a") as file:
+                    file.write("three\n")
+                assert (await client.read_event()).data == "three"
+            await client.reset()
+        end = await server.wait_ended(EndReason.CLIENT_DISCONNECTED)
+    assert end.cleanup_duration < RELEASE_BOUND
+    assert children_named("tail") == []
+
+
+# -- file_proxy --------------------------------------------------------------------------------
+
+
+async def test_file_proxy_sends_files_and_closes_them(tmp_path: Path) -> None:
+    example = load_example("file_proxy")
+    content = os.urandom(1_000_000)
+    (tmp_path / "data.bin").write_bytes(content)
+    (tmp_path / "sub").mkdir()
+    async with open_server(example.create_app(tmp_path, bytes_per_second=None)) as server:
+        async with open_stream(server, "/files/data.bin") as client:
+            assert client.headers["content-type"] == "application/octet-stream"
+            assert await client.read_all() == content
+        await server.wait_ended(EndReason.COMPLETED)
+        for missing in ("/files/nothing.bin", "/files/sub", "/files/../test_examples_x.py"):
+            async with open_stream(server, missing) as client:
+                assert client.status == 404, missing
+    assert open_descriptors(tmp_path / "data.bin") == []
+
+
+async def test_file_proxy_closes_a_file_whose_download_is_abandoned(tmp_path: Path) -> None:
+    example = load_example("file_proxy")
+    path = tmp_path / "data.bin"
+    path.write_bytes(os.urandom(1_000_000))
+    async with open_server(example.create_app(tmp_path, bytes_per_second=200_000)) as server:
+        async with open_stream(server, "/files/data.bin") as client:
+            assert await client.receive_chunk()
+            assert len(open_descriptors(path)) == 1
+            await client.close()
+        end = await server.wait_ended(EndReason.CLIENT_DISCONNECTED)
+        assert end.cleanup_duration < RELEASE_BOUND
+        assert open_descriptors(path) == []
+
+
+# -- background_audit --------------------------------------------------------------------------
+
+AUDIT_ENDINGS = {
+    "close": EndReason.CLIENT_DISCONNECTED,
+    "reset": EndReason.CLIENT_DISCONNECTED,
+    "deadline": EndReason.DEADLINE,
+    "shutdown": EndReason.SHUTDOWN,
+}
+
+
+async def leave(server: LiveServer, client: StreamClient, ending: str) -> None:
+    if ending == "close":
+        await client.close()
+    elif ending == "reset":
+        await client.reset()
+    elif ending == "shutdown":
+        await server.shutdown(within=10.0)
+    # "deadline": max_duration ends it
+
+
+@pytest.mark.parametrize("ending", list(AUDIT_ENDINGS))
+async def test_background_audit_runs_after_every_end_and_presence_is_released_first(
+    tmp_path: Path, ending: str, request: pytest.FixtureRequest
+) -> None:
+    example = load_example("background_audit")
+    options = {"max_duration": 0.3} if ending == "deadline" else {}
+    app = example.create_app(tmp_path / "audit.ndjson", **options)
+    async with open_server(app) as server:
+        async with open_stream(server, "/feed?viewer=ada") as client:
+            assert (await client.read_event()).data == "hello ada"
+            assert app.state.viewers == {"ada"}
+            await leave(server, client, ending)
+            end = await server.wait_ended(AUDIT_ENDINGS[ending])
+            reported_at = anyio.current_time()
+            # The critical cleanup ran in the stream, before the end was reported.
+            assert app.state.viewers == set()
+            with anyio.fail_after(10.0):
+                (record,) = await app.state.audit.wait_records(1)
+            request.node.user_properties.append(
+                ("audit_after_report", anyio.current_time() - reported_at)
+            )
+    assert record["reason"] == end.reason.value
+    assert record["viewer"] == "ada"
+    assert record["items_sent"] == end.items_sent
+    lines = (tmp_path / "audit.ndjson").read_text().splitlines()
+    assert len(lines) == 1

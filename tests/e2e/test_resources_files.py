@@ -1,0 +1,92 @@
+"""A file through real hypercorn: sent whole, at a bounded rate if asked, and closed however
+the stream ends.
+
+The release on each of the five endings is in test_resources_endings.py; here: a complete
+download, the rate limit, a file that cannot be opened.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from streamkit import EndReason, StreamResponse, file_chunks
+from streamkit.testing import open_server, open_stream
+
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
+
+
+def open_descriptors(path: Path) -> list[str]:
+    """This process's descriptors that point at *path*."""
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{name}")
+        except FileNotFoundError:
+            continue  # the descriptor listdir itself used
+        if target == str(path):
+            found.append(name)
+    return found
+
+
+def file_app(path: Path, **options: Any) -> Starlette:
+    async def download(request: Request) -> Response:
+        return StreamResponse(file_chunks(path, **options))
+
+    return Starlette(routes=[Route("/", download)])
+
+
+async def test_the_whole_file_is_sent_and_closed(tmp_path: Path) -> None:
+    path = tmp_path / "data.bin"
+    content = os.urandom(300_000)
+    path.write_bytes(content)
+    async with open_server(file_app(path, chunk_size=7000)) as server:
+        async with open_stream(server, "/") as client:
+            assert await client.read_all() == content
+        end = await server.wait_ended(EndReason.COMPLETED)
+    assert end.items_sent == -(-len(content) // 7000)
+    assert open_descriptors(path) == []
+
+
+async def test_the_rate_limit_holds_the_average(tmp_path: Path) -> None:
+    path = tmp_path / "data.bin"
+    path.write_bytes(b"x" * 100_000)
+    rate = 400_000.0
+    async with open_server(file_app(path, chunk_size=10_000, bytes_per_second=rate)) as server:
+        async with open_stream(server, "/") as client:
+            assert len(await client.read_all()) == 100_000
+        end = await server.wait_ended(EndReason.COMPLETED)
+    # The last chunk may go out at once: the burst is one chunk.
+    assert end.duration >= (100_000 - 10_000) / rate
+    assert open_descriptors(path) == []
+
+
+async def test_a_file_that_cannot_be_opened_ends_the_stream_with_an_error(
+    tmp_path: Path,
+) -> None:
+    async with open_server(file_app(tmp_path / "missing.bin")) as server:
+        async with open_stream(server, "/") as client:
+            assert await client.read_all() == b""
+        end = await server.wait_ended(EndReason.ERROR)
+    assert isinstance(end.exception, FileNotFoundError)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"chunk_size": 0}, "chunk_size must be an int of at least 1, got 0"),
+        ({"bytes_per_second": -1.0}, "bytes_per_second must be .* got -1.0"),
+        ({"bytes_per_second": float("inf")}, "got inf"),
+        ({"bytes_per_second": True}, "got True"),
+    ],
+)
+def test_options_are_checked(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        file_chunks("x", **options)

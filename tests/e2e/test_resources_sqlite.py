@@ -1,0 +1,250 @@
+"""Database rows as NDJSON through real hypercorn: the query stops, and its cursor,
+transaction and connection end, however the stream does.
+
+The release on each of the five endings is in test_resources_endings.py; here: a complete
+export, the query stopping within one batch of what was sent, a batch (or the query's first
+step) interrupted mid-way, a failing query, and another driver plugged into the protocol.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from streamkit import EndReason, NDJSONResponse, RowSource, SQLiteRows, stream_rows
+from streamkit.testing import open_server, open_stream
+
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
+
+ROWS = 5_000
+#: Generous: the measured cleanup of an interrupted batch is about a millisecond.
+RELEASE_BOUND = 1.0
+
+
+class Ticks:
+    """Counts the rows SQLite has looked at, through a SQL function the query calls."""
+
+    def __init__(self, *, delay: float = 0.0, busy_after: int = 5) -> None:
+        self.count = 0
+        self.delay = delay
+        self.busy_after = busy_after
+        #: Set once SQLite has looked at *busy_after* rows.
+        self.busy = anyio.Event()
+        self._lock = threading.Lock()
+
+    def tick(self, row_id: int) -> bool:
+        with self._lock:
+            self.count += 1
+            count = self.count
+        if count == self.busy_after:
+            anyio.from_thread.run_sync(self.busy.set)  # called in the query's worker thread
+        if self.delay:
+            time.sleep(self.delay)
+        return True
+
+    def install(self, connection: sqlite3.Connection) -> None:
+        connection.create_function("tick", 1, self.tick)
+
+
+@pytest.fixture
+def database(tmp_path: Path) -> Path:
+    path = tmp_path / "items.db"
+    with sqlite3.connect(path) as connection:
+        connection.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, payload TEXT)")
+        connection.executemany(
+            "INSERT INTO items (payload) VALUES (?)", ((f"row {n}",) for n in range(ROWS))
+        )
+    connection.close()
+    return path
+
+
+def database_locked(path: Path) -> bool:
+    """Whether another connection holds a lock on *path*: an exclusive one cannot be had."""
+    connection = sqlite3.connect(path, timeout=0, isolation_level=None)
+    try:
+        connection.execute("BEGIN EXCLUSIVE")
+    except sqlite3.OperationalError as exc:
+        if "locked" not in str(exc):
+            raise
+        return True
+    else:
+        connection.execute("ROLLBACK")
+        return False
+    finally:
+        connection.close()
+
+
+def open_descriptors(path: Path) -> list[str]:
+    """This process's descriptors that point at *path* (the database's connections)."""
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{name}")
+        except FileNotFoundError:
+            continue  # the descriptor listdir itself used
+        if target == str(path):
+            found.append(name)
+    return found
+
+
+def rows_app(source: RowSource[Any], **options: Any) -> Starlette:
+    async def rows(request: Request) -> Response:
+        return NDJSONResponse(stream_rows(source), **options)
+
+    return Starlette(routes=[Route("/rows", rows)])
+
+
+async def test_every_row_is_exported_and_nothing_is_left_open(database: Path) -> None:
+    source = SQLiteRows(database, "SELECT id, payload FROM items WHERE id <= ?", (1000,))
+    async with open_server(rows_app(source)) as server:
+        async with open_stream(server, "/rows") as client:
+            items = [await client.read_item() for _ in range(1000)]
+            assert await client.read_all() == b""
+        end = await server.wait_ended(EndReason.COMPLETED)
+    assert items[0] == {"id": 1, "payload": "row 0"}
+    assert [item["id"] for item in items] == list(range(1, 1001))
+    assert end.items_sent == 1000
+    assert not database_locked(database)
+    assert open_descriptors(database) == []
+
+
+async def test_a_disconnect_stops_the_query_within_one_batch(database: Path) -> None:
+    ticks = Ticks()
+    batch_size, buffer_size = 100, 4
+    source = SQLiteRows(
+        database,
+        "SELECT id, payload FROM items WHERE tick(id)",
+        batch_size=batch_size,
+        prepare=ticks.install,
+    )
+    async with open_server(rows_app(source, buffer_size=buffer_size)) as server:
+        # A small receive buffer: the client stops reading, so the stream stops sending.
+        async with open_stream(server, "/rows", receive_buffer=4096) as client:
+            for _ in range(10):
+                await client.read_item()
+            await client.close()
+        end = await server.wait_ended(EndReason.CLIENT_DISCONNECTED)
+    # Fetched beyond what was written: the items in the buffer, the one being written, and
+    # at most one batch (+1: SQLite may step one row past a batch).
+    assert ticks.count <= end.items_sent + buffer_size + 1 + batch_size + 1
+    assert ticks.count < ROWS
+    assert not database_locked(database)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        # Stuck in a batch: each row takes 5 ms, a batch of them 50 s.
+        "SELECT id FROM items WHERE tick(id)",
+        # Stuck in the query's first step, before any row: sorting on a slow key.
+        "SELECT id FROM items ORDER BY tick(id)",
+    ],
+    ids=["in-a-batch", "in-the-first-step"],
+)
+async def test_a_slow_fetch_is_interrupted_when_the_client_leaves(
+    database: Path, sql: str, request: pytest.FixtureRequest
+) -> None:
+    ticks = Ticks(delay=0.005)
+    source = SQLiteRows(database, sql, batch_size=10_000, prepare=ticks.install)
+    async with open_server(rows_app(source)) as server:
+        async with open_stream(server, "/rows") as client:
+            with anyio.fail_after(5.0):
+                await ticks.busy.wait()
+            left_at = anyio.current_time()
+            await client.close()
+            end = await server.wait_ended(EndReason.CLIENT_DISCONNECTED)
+            ended_in = anyio.current_time() - left_at
+    request.node.user_properties.append(("cleanup_duration", end.cleanup_duration))
+    request.node.user_properties.append(("ended_after_leaving", ended_in))
+    assert ended_in < RELEASE_BOUND
+    assert end.cleanup_duration < RELEASE_BOUND
+    assert end.items_sent == 0
+    counted = ticks.count
+    assert counted < 1000  # not the 10,000 of the batch, nor the 5,000 of the sort
+    assert not database_locked(database)
+    assert open_descriptors(database) == []
+    assert ticks.count == counted  # and nothing runs on after the end
+
+
+async def test_a_failing_query_ends_with_an_error_and_closes_the_connection(
+    database: Path,
+) -> None:
+    source = SQLiteRows(database, "SELECT * FROM no_such_table")
+    async with open_server(rows_app(source, error_item={"error": "query failed"})) as server:
+        async with open_stream(server, "/rows") as client:
+            assert await client.read_item() == {"error": "query failed"}
+        end = await server.wait_ended(EndReason.ERROR)
+    assert isinstance(end.exception, sqlite3.OperationalError)
+    assert "no_such_table" in str(end.exception)
+    assert open_descriptors(database) == []
+
+
+class ListRows:
+    """Another driver: rows from a list, exited like a real cursor would be."""
+
+    def __init__(self, rows: Sequence[int], batch_size: int) -> None:
+        self.rows = list(rows)
+        self.batch_size = batch_size
+        self.entered = anyio.Event()
+        self.exited = anyio.Event()
+
+    async def __aenter__(self) -> Self:
+        self.entered.set()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await anyio.sleep(0.001)  # awaited cleanup: it runs shielded
+        self.exited.set()
+
+    async def fetch_batch(self) -> list[int]:
+        batch, self.rows = self.rows[: self.batch_size], self.rows[self.batch_size :]
+        await anyio.sleep(0.001)
+        return batch
+
+
+async def test_another_driver_plugs_in_through_the_protocol() -> None:
+    source: RowSource[int] = ListRows(range(10**6), batch_size=10)
+    assert isinstance(source, ListRows)
+    async with open_server(rows_app(source)) as server:
+        async with open_stream(server, "/rows") as client:
+            assert [await client.read_item() for _ in range(25)] == list(range(25))
+            await client.reset()
+        end = await server.wait_ended(EndReason.CLIENT_DISCONNECTED)
+    assert source.exited.is_set()
+    assert end.cleanup_duration < RELEASE_BOUND
+
+
+def test_sqlite_rows_options_are_checked() -> None:
+    with pytest.raises(ValueError, match="batch_size must be an int of at least 1, got 0"):
+        SQLiteRows("x.db", "SELECT 1", batch_size=0)
+    with pytest.raises(ValueError, match="lock_timeout"):
+        SQLiteRows("x.db", "SELECT 1", lock_timeout=-1.0)
+
+
+async def test_sqlite_rows_runs_its_query_once(database: Path) -> None:
+    rows = SQLiteRows(database, "SELECT id FROM items WHERE id <= 3")
+    async with rows:
+        assert await rows.fetch_batch() == [{"id": 1}, {"id": 2}, {"id": 3}]
+        assert await rows.fetch_batch() == []
+    assert open_descriptors(database) == []
+    with pytest.raises(RuntimeError, match="runs its query once"):
+        async with rows:
+            pass

@@ -1,0 +1,159 @@
+"""A command's output through real hypercorn: lines streamed, the command stopped and reaped
+however the stream ends.
+
+The release on each of the five endings is in test_resources_endings.py; here: a complete
+run, exit statuses, a command that ignores SIGTERM, standard error, a missing program.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from streamkit import (
+    EndReason,
+    NDJSONResponse,
+    ProcessExitError,
+    StreamResponse,
+    open_subprocess,
+    subprocess_lines,
+)
+from streamkit.testing import open_server, open_stream
+
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
+
+#: Generous: stopping a command that exits on SIGTERM takes 1 to 3 ms (measured).
+RELEASE_BOUND = 1.0
+
+
+def python(script: str) -> list[str]:
+    return [sys.executable, "-u", "-c", script]
+
+
+def process_state(pid: int) -> str | None:
+    """The state letter of *pid* (``Z`` for a zombie), or ``None`` if no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return None
+    return stat.rpartition(")")[2].split()[0]
+
+
+def lines_app(command: list[str] | str, **options: Any) -> Starlette:
+    stream = {name: options.pop(name) for name in list(options) if name.endswith("_item")}
+
+    async def lines(request: Request) -> Response:
+        return NDJSONResponse(subprocess_lines(command, **options), **stream)
+
+    return Starlette(routes=[Route("/", lines)])
+
+
+async def test_every_line_is_sent_and_the_command_reaped() -> None:
+    script = "import os; print(os.getpid()); print('a'); print('b\\r'); print('', end='c')"
+    async with open_server(lines_app(python(script))) as server:
+        async with open_stream(server, "/") as client:
+            pid = int(await client.read_item())
+            rest = [await client.read_item() for _ in range(3)]
+            assert await client.read_all() == b""
+        await server.wait_ended(EndReason.COMPLETED)
+    assert rest == ["a", "b", "c"]
+    assert process_state(pid) is None
+
+
+@pytest.mark.parametrize("check", [True, False])
+async def test_a_failure_status_ends_the_stream_with_an_error_if_checked(check: bool) -> None:
+    command = python("print('partial'); raise SystemExit(3)")
+    app = lines_app(command, check=check, error_item={"error": "command failed"})
+    async with open_server(app) as server:
+        async with open_stream(server, "/") as client:
+            items = [await client.read_item()]
+            items.append(await client.read_item() if check else None)
+            assert await client.read_all() == b""
+        if check:
+            end = await server.wait_ended(EndReason.ERROR)
+            assert isinstance(end.exception, ProcessExitError)
+            assert end.exception.returncode == 3
+            assert "exited with status 3" in str(end.exception)
+            assert items == ["partial", {"error": "command failed"}]
+        else:
+            await server.wait_ended(EndReason.COMPLETED)
+            assert items == ["partial", None]
+
+
+async def test_a_command_that_ignores_sigterm_is_killed_after_the_grace_period() -> None:
+    script = (
+        "import os, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "print(os.getpid()); time.sleep(600)"
+    )
+    grace = 0.3
+    async with open_server(lines_app(python(script), stop_grace_period=grace)) as server:
+        async with open_stream(server, "/") as client:
+            pid = int(await client.read_item())
+            await client.close()
+        end = await server.wait_ended(EndReason.CLIENT_DISCONNECTED)
+    assert grace <= end.cleanup_duration < grace + RELEASE_BOUND
+    assert process_state(pid) is None
+
+
+async def test_standard_error_can_be_merged_into_the_output() -> None:
+    script = "import sys; print('out'); print('err', file=sys.stderr)"
+    async with open_server(lines_app(python(script), stderr=subprocess.STDOUT)) as server:
+        async with open_stream(server, "/") as client:
+            assert sorted([await client.read_item(), await client.read_item()]) == ["err", "out"]
+            assert await client.read_all() == b""
+        await server.wait_ended(EndReason.COMPLETED)
+
+
+async def test_lines_become_bytes_chunks_with_a_transform() -> None:
+    async def output(request: Request) -> Response:
+        lines = subprocess_lines(python("print('one'); print('two')"), transform=lambda x: x + "\n")
+        return StreamResponse(lines, media_type="text/plain")
+
+    async with open_server(Starlette(routes=[Route("/", output)])) as server:
+        async with open_stream(server, "/") as client:
+            assert await client.read_all() == b"one\ntwo\n"
+
+
+async def test_a_missing_program_ends_the_stream_with_an_error() -> None:
+    async with open_server(lines_app(["/nonexistent/program"])) as server:
+        async with open_stream(server, "/") as client:
+            assert await client.read_all() == b""
+        end = await server.wait_ended(EndReason.ERROR)
+    assert isinstance(end.exception, FileNotFoundError)
+
+
+async def test_open_subprocess_refuses_an_unread_stderr_pipe() -> None:
+    with pytest.raises(ValueError, match=r"got subprocess\.PIPE"):
+        async with open_subprocess(["true"], stderr=subprocess.PIPE):
+            pass
+
+
+async def test_open_subprocess_stops_the_whole_group_when_its_block_is_cancelled() -> None:
+    script = (
+        "import subprocess, sys; "
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']); "
+        "print(child.pid, flush=True); child.wait()"
+    )
+    with anyio.CancelScope() as scope:
+        async with open_subprocess(python(script)) as process:
+            assert process.stdout is not None
+            child = int((await process.stdout.receive()).decode())
+            scope.cancel()
+            await anyio.sleep_forever()
+    assert process.returncode is not None
+    assert process_state(process.pid) is None
+    with anyio.fail_after(RELEASE_BOUND):
+        # Polled: the grandchild is reaped by init, and nothing signals us when it is.
+        while True:
+            if process_state(child) in (None, "Z"):
+                break
+            await anyio.sleep(0.005)

@@ -1,0 +1,74 @@
+"""open_upstream's bounds and failures, against an in-process transport.
+
+Forwarding, and the upstream being released on every end, are tested against a real upstream
+server in tests/e2e/test_resources_proxy.py.
+"""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from streamkit import UpstreamError, open_upstream, proxy_bytes, proxy_events
+
+pytestmark = pytest.mark.anyio
+
+
+def recording_client(status: int = 200) -> tuple[httpx.AsyncClient, list[httpx.Request]]:
+    seen: list[httpx.Request] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(status, content=b"body")
+
+    # No timeouts of its own: the ones open_upstream sets must apply regardless.
+    client = httpx.AsyncClient(transport=httpx.MockTransport(handle), timeout=None)
+    return client, seen
+
+
+async def test_every_request_is_bounded_even_on_a_client_without_timeouts() -> None:
+    client, seen = recording_client()
+    request = httpx.Request("GET", "http://upstream/", extensions={"timeout": {"read": None}})
+    async with (
+        client,
+        open_upstream(request, client=client, connect_timeout=1.5, read_timeout=7.0) as response,
+    ):
+        assert await response.aread() == b"body"
+    assert seen[0].extensions["timeout"] == {
+        "connect": 1.5,
+        "read": 7.0,
+        "write": 7.0,
+        "pool": 1.5,
+    }
+
+
+async def test_the_response_is_closed_and_a_given_client_left_open() -> None:
+    client, _ = recording_client()
+    async with client:
+        async with open_upstream("http://upstream/", client=client) as response:
+            pass
+        assert response.is_closed
+        assert not client.is_closed
+
+
+async def test_a_status_other_than_2xx_is_an_upstream_error() -> None:
+    client, _ = recording_client(status=503)
+    async with client:
+        with pytest.raises(UpstreamError, match="answered 503 Service Unavailable") as caught:
+            async with open_upstream("http://upstream/v1", client=client):
+                pass
+    assert caught.value.status_code == 503
+    assert caught.value.url == "http://upstream/v1"
+
+
+@pytest.mark.parametrize("bad", [None, 0, -1.0, float("nan"), float("inf")])
+@pytest.mark.parametrize("name", ["connect_timeout", "read_timeout"])
+def test_timeouts_must_be_bounded(name: str, bad: float | None) -> None:
+    for make in (proxy_events, proxy_bytes):
+        with pytest.raises((ValueError, TypeError), match=name):
+            make("http://upstream/", **{name: bad})  # type: ignore[arg-type]
+
+
+def test_upstream_must_be_a_url_or_a_request() -> None:
+    with pytest.raises(TypeError, match="got bytes: b'http://x/'"):
+        proxy_events(b"http://x/")  # type: ignore[arg-type]
