@@ -39,8 +39,8 @@ from ._responses import EventSourceResponse as EventSourceResponse
 from ._responses import NDJSONResponse as NDJSONResponse
 from ._responses import StreamResponse as StreamResponse
 from ._run import run as run
-from ._runtime import StreamSender as StreamSender
-from ._runtime import shielded_cleanup as shielded_cleanup
+from ._sender import StreamSender as StreamSender
+from ._sender import shielded_cleanup as shielded_cleanup
 from ._serve import ServerAddress as ServerAddress
 from ._serve import graceful_shutdown_trigger as graceful_shutdown_trigger
 from ._serve import serve as serve

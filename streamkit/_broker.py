@@ -27,7 +27,7 @@ from ._responses import (
     EventSourceResponse,
     StreamArguments,
 )
-from ._runtime import StreamSender
+from ._sender import StreamSender
 from ._sse import ServerSentEvent
 from ._topics import (
     BrokerStatistics,

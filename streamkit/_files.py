@@ -17,7 +17,7 @@ import os
 import anyio
 
 from ._responses import Producer
-from ._runtime import StreamSender
+from ._sender import StreamSender
 
 __all__ = ["file_chunks"]
 

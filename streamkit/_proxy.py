@@ -28,7 +28,7 @@ import anyio
 from ._exceptions import UpstreamError
 from ._options import _check_duration
 from ._responses import Producer
-from ._runtime import StreamSender
+from ._sender import StreamSender
 from ._sse import ServerSentEvent
 
 if TYPE_CHECKING:

@@ -19,7 +19,8 @@ from starlette.types import Receive, Scope, Send
 
 from ._ends import EndReason, StreamEnd
 from ._options import StreamOptions
-from ._runtime import StreamSender, run_stream
+from ._runtime import run_stream
+from ._sender import StreamSender
 from ._sse import ServerSentEvent, encode_comment, encode_event
 
 __all__ = ["EventSourceResponse", "NDJSONResponse", "StreamResponse"]

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterator
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, contextmanager
+from collections.abc import AsyncIterable, Awaitable, Callable
+from contextlib import AsyncExitStack
 from functools import partial
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -28,98 +28,22 @@ from starlette.types import Message, Receive, Scope, Send
 
 from ._ends import EndReason, StreamEnd
 from ._registry import ActiveStream, StreamRegistry, current_registry
+from ._sender import StreamSender, shielded_cleanup
 from ._sse import last_event_id
 
 if TYPE_CHECKING:
     from ._responses import StreamResponse
 
-__all__ = ["StreamSender", "shielded_cleanup"]
+__all__ = ["run_stream"]
 
 logger = logging.getLogger("streamkit")
 
 ItemT = TypeVar("ItemT")
-#: A sender that takes ``ServerSentEvent | str`` serves a producer that only sends ``str``.
-ItemT_contra = TypeVar("ItemT_contra", contravariant=True)
-T = TypeVar("T")
 
 _HEARTBEAT = object()
 #: Queued frames are joined into one write until it holds this many bytes.
 _MAX_BATCH_BYTES = 65536
 _ABANDONING = frozenset({EndReason.CLIENT_DISCONNECTED, EndReason.SEND_TIMEOUT})
-
-
-@contextmanager
-def shielded_cleanup(cleanup_timeout: float = 5.0) -> Iterator[anyio.CancelScope]:
-    """Run awaited cleanup that a cancellation cannot interrupt, for at most
-    *cleanup_timeout* seconds.
-
-    Once a stream is cancelled, the first ``await`` in a plain ``finally`` raises the
-    cancellation again, so ``finally: await client.aclose()`` never closes anything. Inside
-    this block it does::
-
-        try:
-            async for chunk in upstream:
-                yield chunk
-        finally:
-            with streamkit.shielded_cleanup(2.0):
-                await upstream.aclose()
-
-    :param cleanup_timeout: seconds after which the cleanup is cancelled after all.
-    """
-    with anyio.move_on_after(cleanup_timeout, shield=True) as scope:
-        yield scope
-    if scope.cancelled_caught:
-        logger.warning("cleanup did not finish within %.3f s and was cancelled", cleanup_timeout)
-
-
-class StreamSender(Generic[ItemT_contra]):
-    """What a producer is handed: ``await send(item)`` queues one item for the client.
-
-    It waits while the buffer between the producer and the socket is full. Resources entered
-    through it are closed after the producer ends, whatever the end, in the producer's own task
-    and shielded from cancellation for up to ``cleanup_timeout``.
-    """
-
-    __slots__ = ("_run", "_stack")
-
-    def __init__(self, run: _StreamRun[Any], stack: AsyncExitStack) -> None:
-        self._run = run
-        self._stack = stack
-
-    async def __call__(self, item: ItemT_contra) -> None:
-        """Queue *item*; it is encoded now, so an item that cannot be encoded raises here.
-
-        :raises TypeError: the response cannot encode an item of this type.
-        :raises ValueError: the item's value cannot be encoded.
-        """
-        run = self._run
-        frame = run.response.encode(item)
-        if run.options.idle_timeout is not None:
-            run.last_item, run.last_item_at = item, anyio.current_time()
-        await run.buffer_send.send(frame)
-
-    @property
-    def last_event_id(self) -> str | None:
-        """The ``Last-Event-ID`` the client sent, validated; ``None`` if absent or invalid."""
-        return self._run.last_event_id
-
-    async def enter_async_context(self, manager: AbstractAsyncContextManager[T]) -> T:
-        """Enter *manager* now and exit it when the stream ends, shielded."""
-        return await self._stack.enter_async_context(manager)
-
-    def push_async_callback(self, callback: Callable[..., Awaitable[object]], *args: Any) -> None:
-        """Await ``callback(*args)`` when the stream ends, shielded (last pushed, first run)."""
-        self._stack.push_async_callback(callback, *args)
-
-    def end(self, reason: EndReason) -> None:
-        """End the stream for *reason*, decided by the producer itself: what is queued is still
-        written, then the body ends. The producer is cancelled at its next ``await``, so call
-        this last. Has no effect if the stream's end was already decided.
-
-        For example, a subscriber that cannot keep up is told so, and its end is counted as
-        :attr:`~streamkit.EndReason.SEND_TIMEOUT` rather than a completion.
-        """
-        self._run.decide(reason, abandon_sender=False)
 
 
 class _StreamRun(Generic[ItemT]):

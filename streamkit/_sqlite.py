@@ -26,7 +26,7 @@ import anyio
 
 from ._options import _check_duration
 from ._responses import Producer
-from ._runtime import StreamSender, shielded_cleanup
+from ._sender import StreamSender, shielded_cleanup
 
 __all__ = ["RowSource", "SQLiteRows", "stream_rows"]
 

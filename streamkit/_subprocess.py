@@ -25,7 +25,7 @@ from anyio.abc import Process
 from ._exceptions import ProcessExitError
 from ._options import _check_duration
 from ._responses import Producer
-from ._runtime import StreamSender
+from ._sender import StreamSender
 
 __all__ = ["open_subprocess", "subprocess_lines"]
 

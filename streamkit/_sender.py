@@ -1,0 +1,101 @@
+"""What a producer is handed, and the shielded block for awaited cleanup.
+
+A producer awaits ``send(item)`` for each item; what it enters through ``send`` is exited
+after it ends, in its own task, shielded from the cancellation that ended it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, contextmanager
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import anyio
+
+from ._ends import EndReason
+
+if TYPE_CHECKING:
+    from ._runtime import _StreamRun
+
+__all__ = ["StreamSender", "shielded_cleanup"]
+
+logger = logging.getLogger("streamkit")
+
+#: A sender that takes ``ServerSentEvent | str`` serves a producer that only sends ``str``.
+ItemT_contra = TypeVar("ItemT_contra", contravariant=True)
+T = TypeVar("T")
+
+
+@contextmanager
+def shielded_cleanup(cleanup_timeout: float = 5.0) -> Iterator[anyio.CancelScope]:
+    """Run awaited cleanup that a cancellation cannot interrupt, for at most
+    *cleanup_timeout* seconds.
+
+    Once a stream is cancelled, the first ``await`` in a plain ``finally`` raises the
+    cancellation again, so ``finally: await client.aclose()`` never closes anything. Inside
+    this block it does::
+
+        try:
+            async for chunk in upstream:
+                yield chunk
+        finally:
+            with streamkit.shielded_cleanup(2.0):
+                await upstream.aclose()
+
+    :param cleanup_timeout: seconds after which the cleanup is cancelled after all.
+    """
+    with anyio.move_on_after(cleanup_timeout, shield=True) as scope:
+        yield scope
+    if scope.cancelled_caught:
+        logger.warning("cleanup did not finish within %.3f s and was cancelled", cleanup_timeout)
+
+
+class StreamSender(Generic[ItemT_contra]):
+    """What a producer is handed: ``await send(item)`` queues one item for the client.
+
+    It waits while the buffer between the producer and the socket is full. Resources entered
+    through it are closed after the producer ends, whatever the end, in the producer's own task
+    and shielded from cancellation for up to ``cleanup_timeout``.
+    """
+
+    __slots__ = ("_run", "_stack")
+
+    def __init__(self, run: _StreamRun[Any], stack: AsyncExitStack) -> None:
+        self._run = run
+        self._stack = stack
+
+    async def __call__(self, item: ItemT_contra) -> None:
+        """Queue *item*; it is encoded now, so an item that cannot be encoded raises here.
+
+        :raises TypeError: the response cannot encode an item of this type.
+        :raises ValueError: the item's value cannot be encoded.
+        """
+        run = self._run
+        frame = run.response.encode(item)
+        if run.options.idle_timeout is not None:
+            run.last_item, run.last_item_at = item, anyio.current_time()
+        await run.buffer_send.send(frame)
+
+    @property
+    def last_event_id(self) -> str | None:
+        """The ``Last-Event-ID`` the client sent, validated; ``None`` if absent or invalid."""
+        return self._run.last_event_id
+
+    async def enter_async_context(self, manager: AbstractAsyncContextManager[T]) -> T:
+        """Enter *manager* now and exit it when the stream ends, shielded."""
+        return await self._stack.enter_async_context(manager)
+
+    def push_async_callback(self, callback: Callable[..., Awaitable[object]], *args: Any) -> None:
+        """Await ``callback(*args)`` when the stream ends, shielded (last pushed, first run)."""
+        self._stack.push_async_callback(callback, *args)
+
+    def end(self, reason: EndReason) -> None:
+        """End the stream for *reason*, decided by the producer itself: what is queued is still
+        written, then the body ends. The producer is cancelled at its next ``await``, so call
+        this last. Has no effect if the stream's end was already decided.
+
+        For example, a subscriber that cannot keep up is told so, and its end is counted as
+        :attr:`~streamkit.EndReason.SEND_TIMEOUT` rather than a completion.
+        """
+        self._run.decide(reason, abandon_sender=False)
