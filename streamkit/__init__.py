@@ -1,7 +1,6 @@
 """streamkit: streaming responses for Starlette, tied to their connection, on asyncio and trio."""
 
 from ._app import App as App
-from ._app import StreamRoute as StreamRoute
 from ._broker import Broker as Broker
 from ._broker import MemoryBroker as MemoryBroker
 from ._broker import topic_response as topic_response
@@ -38,6 +37,7 @@ from ._registry import registry as registry
 from ._responses import EventSourceResponse as EventSourceResponse
 from ._responses import NDJSONResponse as NDJSONResponse
 from ._responses import StreamResponse as StreamResponse
+from ._routes import StreamRoute as StreamRoute
 from ._run import run as run
 from ._sender import StreamSender as StreamSender
 from ._sender import shielded_cleanup as shielded_cleanup
@@ -51,10 +51,10 @@ from ._sse import ServerSentEvent as ServerSentEvent
 from ._sse import last_event_id as last_event_id
 from ._subprocess import open_subprocess as open_subprocess
 from ._subprocess import subprocess_lines as subprocess_lines
+from ._subscription import Subscription as Subscription
 from ._topics import BrokerStatistics as BrokerStatistics
 from ._topics import ResetReason as ResetReason
 from ._topics import SlowSubscriberPolicy as SlowSubscriberPolicy
-from ._topics import Subscription as Subscription
 
 __all__ = (
     "ActiveStream",

@@ -13,13 +13,10 @@ mounted application, so an App mounted in another app needs that app to run it, 
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
 import logging
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from functools import partial
-from typing import Any, TypedDict, TypeVar, Unpack
+from typing import Any, TypeVar, Unpack
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
@@ -42,93 +39,15 @@ from ._responses import (
     NDJSONResponse,
     StreamResponse,
 )
+from ._routes import StreamOverrides, StreamRoute, _StreamEndpoint, route_options
 from ._sse import ServerSentEvent
 
-__all__ = ["App", "StreamRoute"]
+__all__ = ["App"]
 
 logger = logging.getLogger("streamkit")
 
 HandlerT = TypeVar("HandlerT", bound=Callable[..., Any])
 UserLifespan = Callable[["App"], AbstractAsyncContextManager[Mapping[str, Any] | None]]
-
-
-class StreamOverrides(TypedDict, total=False):
-    """The per-route overrides of the App's defaults (see :class:`~streamkit.StreamOptions`)."""
-
-    heartbeat_interval: float | None
-    send_timeout: float | None
-    max_duration: float | None
-    cleanup_timeout: float
-    buffer_size: int
-
-
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class StreamRoute:
-    """A stream route declared on an :class:`App`, as listed by :attr:`App.stream_routes`.
-
-    :param path: the declared path, such as ``/items/{id}``; it labels the route's metrics.
-    :param name: the route's name, for ``url_path_for``.
-    :param kind: ``"sse"``, ``"ndjson"`` or ``"bytes"``.
-    :param methods: the HTTP methods it answers.
-    :param options: its options: the App's defaults with the route's overrides applied.
-    """
-
-    path: str
-    name: str
-    kind: str
-    methods: frozenset[str]
-    options: StreamOptions
-
-
-async def _placeholder(send: object) -> None:
-    """Stands in for a handler when a route's response arguments are checked."""
-
-
-def _check_handler(path: str, handler: Callable[..., Any]) -> bool:
-    """Whether *handler* is an async generator function (else a producer taking send)."""
-    generator = inspect.isasyncgenfunction(handler)
-    if not (generator or inspect.iscoroutinefunction(handler)):
-        raise TypeError(
-            f"route {path!r}: a stream handler must be an async generator function taking "
-            f"(request) or an async function taking (request, send), got {handler!r}"
-        )
-    expected = "(request)" if generator else "(request, send)"
-    signature = inspect.signature(handler)
-    try:
-        signature.bind(*([None] * (1 if generator else 2)))
-    except TypeError:
-        raise TypeError(
-            f"route {path!r}: {handler.__qualname__} must take {expected}, "
-            f"its signature is {signature}"
-        ) from None
-    return generator
-
-
-class _StreamEndpoint:
-    """The ASGI endpoint of one stream route: it builds the response per request and runs it
-    under the route's registry."""
-
-    def __init__(
-        self,
-        app: App,
-        route: StreamRoute,
-        handler: Callable[..., Any],
-        response_class: type[StreamResponse[Any]],
-        arguments: dict[str, Any],
-        on_end: Callable[[StreamEnd], None] | None,
-    ) -> None:
-        self.app = app
-        self.route = route
-        self.handler = handler
-        self.generator = _check_handler(route.path, handler)
-        self.response_class = response_class
-        self.arguments = arguments
-        self.on_end = on_end
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request = Request(scope, receive, send)
-        content = self.handler(request) if self.generator else partial(self.handler, request)
-        await self.app._run_stream(self, content, scope, receive, send)
 
 
 class _Lifespan:
@@ -403,21 +322,7 @@ class App(Starlette):
         arguments: dict[str, Any],
         overrides: dict[str, Any],
     ) -> Callable[[HandlerT], HandlerT]:
-        unknown = sorted(set(overrides) - StreamOptions.names())
-        if unknown:
-            raise TypeError(
-                f"route {path!r}: unknown stream option {unknown[0]!r}; "
-                f"the options are {', '.join(sorted(StreamOptions.names()))}"
-            )
-        try:
-            options = dataclasses.replace(self.options, **overrides)
-            arguments |= {field: getattr(options, field) for field in StreamOptions.names()}
-            # One response built now checks the route's response arguments (an NDJSON
-            # closing item JSON cannot carry, an async on_end) at declaration, not at the
-            # first request.
-            response_class(_placeholder, on_end=on_end, **arguments)
-        except (TypeError, ValueError) as exc:
-            raise type(exc)(f"route {path!r}: {exc}") from None
+        options = route_options(path, self.options, overrides, response_class, arguments, on_end)
 
         def declare(handler: HandlerT) -> HandlerT:
             route = StreamRoute(

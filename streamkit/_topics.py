@@ -10,29 +10,31 @@ buffered events, or is disconnected.
 Every event id is ``MILLISECONDS-SEQUENCE`` (a Redis stream entry id), so ids order the events
 of a topic and a resumed subscriber can drop the ones it has seen. When the history cannot
 continue from an id, the subscriber is sent a :data:`RESET_EVENT` rather than a silent gap.
+
+A subscriber's own side, :class:`~streamkit.Subscription`, is in ``_subscription``; this module
+holds what it, the hub and both brokers share: event ids, the reset and slow-subscriber
+policies, and the statistics.
 """
 
 from __future__ import annotations
 
 import enum
-import json
 import re
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Self
-
-import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from typing import TYPE_CHECKING
 
 from ._exceptions import SlowSubscriberError
 from ._sse import ServerSentEvent
+
+if TYPE_CHECKING:
+    from ._subscription import Subscription
 
 __all__ = [
     "RESET_EVENT",
     "BrokerStatistics",
     "ResetReason",
     "SlowSubscriberPolicy",
-    "Subscription",
     "TopicHub",
 ]
 
@@ -40,9 +42,6 @@ __all__ = [
 #: built from earlier events and load the current state again. Its data is a JSON object
 #: ``{"reason": ..., "last_event_id": ...}``, and its id is where the stream goes on from.
 RESET_EVENT = "reset"
-
-#: How many history events a catching-up subscriber reads at once.
-REPLAY_PAGE_SIZE = 100
 
 _EVENT_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
 _ID_LIMIT = 2**64  # a Redis stream id is two unsigned 64-bit integers
@@ -159,199 +158,6 @@ class HistoryPage:
     latest: str | None = None
 
 
-class Subscription:
-    """One subscriber to a topic: the events after its ``last_event_id`` from the history,
-    then the live ones, each once and in order. Made by a broker's ``subscribe()``::
-
-        async with broker.subscribe("prices", last_event_id=request_id) as subscription:
-            async for event in subscription:
-                ...
-
-    Live events are buffered from the moment the block is entered, before the history is
-    read, so nothing published meanwhile is missed. Iterating ends when the broker closes.
-
-    When the history cannot go on from ``last_event_id`` (see :class:`ResetReason`), the first
-    event is a :data:`RESET_EVENT` whose id is the newest event at that moment: the events up
-    to it are not sent (the client reloads its state instead), the ones after it follow.
-
-    :ivar topic: the topic's name.
-    :ivar last_event_id: the id it resumes after, as given.
-    :raises SlowSubscriberError: from iteration, when the broker's policy disconnected this
-        subscriber for falling behind.
-    """
-
-    def __init__(self, hub: TopicHub, topic: str, last_event_id: str | None) -> None:
-        self.topic = topic
-        self.last_event_id = last_event_id
-        self._hub = hub
-        self._send: MemoryObjectSendStream[Entry] | None = None
-        self._receive: MemoryObjectReceiveStream[Entry] | None = None
-        self._entered = False
-        self._closed = False
-        self._replaying = False
-        self._lagging = False
-        self._failure: SlowSubscriberError | None = None
-        self._dropped_through: str | None = None
-        self._iterator: AsyncGenerator[ServerSentEvent] | None = None
-
-    async def __aenter__(self) -> Self:
-        if self._entered:
-            raise RuntimeError(f"a subscription to {self.topic!r} can be entered only once")
-        self._entered = True
-        self._open_buffer()
-        try:
-            await self._hub._add(self)
-        except BaseException:
-            self._close_buffer(discard=True)
-            raise
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self._close_buffer(discard=True)
-        self._hub._remove(self)
-        if self._iterator is not None:
-            await self._iterator.aclose()
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> ServerSentEvent:
-        if self._iterator is None:
-            if not self._entered:
-                raise RuntimeError("enter the subscription (async with) before iterating it")
-            self._iterator = self._events()
-        return await self._iterator.__anext__()
-
-    @property
-    def catching_up(self) -> bool:
-        """Whether it fell behind and reads the history instead of the live events."""
-        return self._lagging
-
-    @property
-    def buffered(self) -> int:
-        """Live events waiting in this subscriber's buffer."""
-        receive = self._receive
-        return 0 if receive is None else receive.statistics().current_buffer_used
-
-    # -- called by the hub, never waiting -----------------------------------------------------
-
-    def _open_buffer(self) -> None:
-        self._send, self._receive = anyio.create_memory_object_stream[Entry](
-            self._hub.subscriber_buffer
-        )
-
-    def _close_buffer(self, *, discard: bool) -> None:
-        """Stop buffering live events; with *discard*, free the ones buffered too."""
-        send, receive = self._send, self._receive
-        self._send = None
-        if send is not None:
-            send.close()
-        if discard and receive is not None:
-            self._receive = None
-            # A reader waiting on the (then empty) buffer is woken by EndOfStream and closes
-            # it itself; closing it under that reader would leave it waiting.
-            if not receive.statistics().tasks_waiting_receive:
-                receive.close()
-
-    def _offer(self, entry: Entry) -> bool:
-        send = self._send
-        if send is None:
-            return False  # catching up: it reads this event from the history
-        try:
-            send.send_nowait(entry)
-        except anyio.WouldBlock:
-            return self._hub._overflow(self, entry)
-        return True
-
-    def _drop_oldest(self, entry: Entry) -> None:
-        assert self._send is not None
-        assert self._receive is not None
-        _, dropped = self._receive.receive_nowait()
-        self._dropped_through = dropped.id
-        self._send.send_nowait(entry)
-
-    def _fall_behind(self) -> None:
-        # A live buffer holds the very next events: they are read first, then the history
-        # from the last of them. While replaying, it holds later ones, past a gap: dropped.
-        self._close_buffer(discard=self._replaying)
-
-    def _fail(self, failure: SlowSubscriberError) -> None:
-        self._failure = failure
-        self._close_buffer(discard=True)
-
-    def _shut(self) -> None:
-        self._closed = True
-        self._close_buffer(discard=True)
-
-    # -- the iteration ------------------------------------------------------------------------
-
-    def _reset(self, reason: ResetReason, resume_id: str | None) -> ServerSentEvent:
-        data = json.dumps({"reason": reason.value, "last_event_id": self.last_event_id})
-        # An empty id clears the browser's last event id: it then reconnects without one.
-        return ServerSentEvent(event=RESET_EVENT, id=resume_id or "", data=data)
-
-    async def _events(self) -> AsyncGenerator[ServerSentEvent]:
-        hub, topic = self._hub, self.topic
-        position: EventKey | None = None
-        if self.last_event_id:  # an empty one is what a reset's empty id leads to: none
-            position = parse_event_id(self.last_event_id)
-            if position is None:
-                latest = await hub._latest_id(topic)
-                yield self._reset(ResetReason.INVALID, latest)
-                position = None if latest is None else parse_event_id(latest)
-            else:
-                self._replaying = True
-        while True:
-            if self._failure is not None:
-                raise self._failure
-            if self._closed:
-                return
-            if self._replaying:
-                if self._send is None:
-                    # Rejoin before the last reads of the history, so what is published after
-                    # them is buffered; what both hold is dropped by its id below.
-                    self._open_buffer()
-                while position is not None:
-                    after = format_event_id(position)
-                    page = await hub._history_after(topic, after, REPLAY_PAGE_SIZE)
-                    if page.reset is not None:
-                        yield self._reset(page.reset, page.latest)
-                        position = None if page.latest is None else parse_event_id(page.latest)
-                        continue
-                    for key, event in page.entries:
-                        position = key
-                        yield event
-                    if len(page.entries) < REPLAY_PAGE_SIZE:
-                        break
-                if self._send is not None:  # it did not overflow again meanwhile: caught up
-                    self._replaying = False
-                    hub._caught_up(self)
-                continue
-            receive = self._receive
-            if receive is None:
-                self._replaying = True  # fell behind, and read what its buffer held
-                continue
-            try:
-                key, event = await receive.receive()
-            except anyio.EndOfStream:
-                receive.close()
-                if self._receive is receive:
-                    self._receive = None
-                continue
-            except anyio.ClosedResourceError:
-                continue  # closed by the broker or by an overflow: decided at the top
-            if self._dropped_through is not None:
-                resume_id, self._dropped_through = self._dropped_through, None
-                dropped = parse_event_id(resume_id)
-                if dropped is not None and (position is None or dropped > position):
-                    yield self._reset(ResetReason.OVERFLOW, resume_id)
-                    position = dropped
-            if position is not None and key <= position:
-                continue  # read from the history already
-            position = key
-            yield event
-
-
 class TopicHub:
     """What both brokers share: the subscribers of each topic in this process, and the
     slow-subscriber policy. A broker calls :meth:`_deliver` for every new event.
@@ -399,6 +205,9 @@ class TopicHub:
             answered with a :data:`RESET_EVENT`. ``None`` starts with the next event.
         :raises ValueError: the topic name is empty, too long or holds a control character.
         """
+        # Imported here, not at the top: _subscription imports this module's ids and types.
+        from ._subscription import Subscription
+
         check_topic(topic)
         return Subscription(self, topic, last_event_id)
 
