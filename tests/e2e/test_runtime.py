@@ -518,6 +518,7 @@ async def test_a_producer_error_is_reported_and_the_body_still_ends_properly(
         assert body.endswith(b'{"error":"internal"}\n')
     assert isinstance(end.exception, RuntimeError)
     assert probe.cleaned.is_set()
+    assert probe.background_ran == [EndReason.ERROR]
     errors = [record for record in caplog.records if record.name == "streamkit"]
     assert len(errors) == 1
     assert errors[0].levelno == logging.ERROR
