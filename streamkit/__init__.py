@@ -26,6 +26,7 @@ from ._files import file_chunks as file_chunks
 from ._metrics import AppStatistics as AppStatistics
 from ._metrics import StreamMetrics as StreamMetrics
 from ._options import StreamOptions as StreamOptions
+from ._postgres import PostgresRows as PostgresRows
 from ._proxy import open_upstream as open_upstream
 from ._proxy import proxy_bytes as proxy_bytes
 from ._proxy import proxy_events as proxy_events
@@ -74,6 +75,7 @@ __all__ = (
     "MemoryStore",
     "MetricsUnavailableError",
     "NDJSONResponse",
+    "PostgresRows",
     "ProcessExitError",
     "RedisBroker",
     "Refresher",

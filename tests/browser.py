@@ -18,7 +18,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -38,7 +37,7 @@ from wsproto.events import (
     TextMessage,
 )
 
-__all__ = ["Browser", "DevToolsError", "Page", "ensure_installed", "find_chromium", "open_browser"]
+__all__ = ["Browser", "DevToolsError", "Page", "find_chromium", "open_browser"]
 
 EXECUTABLES = ("chromium", "chromium-browser", "google-chrome")
 
@@ -70,33 +69,12 @@ def find_chromium() -> str | None:
 
 
 def why_missing() -> str:
-    """Why :func:`ensure_installed` could not install Chromium here."""
+    """Why there is no Chromium here."""
     if not hasattr(os, "geteuid") or os.geteuid() != 0:
         return "Chromium is not installed, and installing it needs root (apt-get install chromium)"
     if shutil.which("apt-get") is None:
         return "Chromium is not installed, and there is no apt-get here to install it with"
-    return "Chromium is not installed, and apt-get install chromium failed"
-
-
-def ensure_installed() -> str | None:
-    """Install Debian's ``chromium`` if no Chromium is on ``PATH`` and this runs as root with
-    apt-get; return the executable's path, or ``None`` (after saying why) if there is none."""
-    path = find_chromium()
-    if path is not None:
-        return path
-    if hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get") is not None:
-        environment = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
-        for command in (
-            ["apt-get", "update", "-qq"],
-            ["apt-get", "install", "-y", "-qq", "chromium"],
-        ):
-            print("+", " ".join(command), file=sys.stderr, flush=True)
-            if subprocess.run(command, env=environment, check=False).returncode != 0:
-                break
-        path = find_chromium()
-    if path is None:
-        print(f"browser: {why_missing()}; the browser tests will skip", file=sys.stderr)
-    return path
+    return "Chromium is not installed: `python tests/services.py` installs it"
 
 
 class DevToolsError(Exception):
@@ -336,7 +314,3 @@ async def open_browser(executable: str | None = None) -> AsyncIterator[Browser]:
                     process.kill()
                     await process.wait()
                 await process.aclose()
-
-
-if __name__ == "__main__":
-    ensure_installed()

@@ -1,9 +1,8 @@
 """A throwaway redis-server for the tests: on a free port of 127.0.0.1, in a temporary
 directory, stopped (and killable and restartable) by the test.
 
-``ensure_installed()`` installs Debian's redis-server where it is missing and the process
-runs as root (CI calls it through ``tests/services.py``); the tests that need Redis skip,
-saying so, where it cannot be found.
+``tests/services.py`` installs Debian's redis-server where it is missing and the process
+runs as root; the tests that need Redis skip, saying so, where it cannot be found.
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,22 +35,6 @@ def find() -> str | None:
             if os.path.exists(path)
         ),
         None,
-    )
-
-
-def ensure_installed() -> None:
-    """Install redis-server with apt where it is missing and this runs as root."""
-    if find() is not None:
-        return
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        print(f"cannot install redis-server here (needs root and apt-get): {NOT_FOUND}")
-        return
-    environment = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=environment)
-    subprocess.run(
-        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "redis-server"],
-        check=True,
-        env=environment,
     )
 
 
@@ -145,8 +127,3 @@ def running(directory: Path, *, persistent: bool = False) -> Iterator[RedisServe
         yield server
     finally:
         server.stop()
-
-
-if __name__ == "__main__":
-    ensure_installed()
-    sys.exit(0 if find() else 1)

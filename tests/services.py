@@ -1,27 +1,55 @@
-"""Install the servers the suite uses (Redis, Chromium) where they are missing.
+"""Install the servers the suite uses (Redis, PostgreSQL, Chromium) where they are missing.
 
-Run by tox before the tests. Installing needs root and Debian's apt; elsewhere it says what
-it could not install, and the tests that need it skip with that reason.
+Run by tox before the tests: one ``apt-get install`` of Debian's packages for whatever is
+missing. Installing needs root and apt-get; elsewhere it says what it could not install, and
+the tests that need it skip, saying why.
 """
 
 from __future__ import annotations
 
-import importlib
+import os
+import shutil
+import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-SERVICES = ["redis_server", "browser"]
+import browser
+import postgres_server
+import redis_server
+
+#: Debian's package for each server the tests start, and how to find it installed.
+NEEDED: dict[str, Callable[[], object]] = {
+    "redis-server": redis_server.find,
+    "postgresql": postgres_server.find,
+    "chromium": browser.find_chromium,
+}
+
+
+def install(packages: list[str]) -> None:
+    """Install *packages* with apt-get, where this runs as root and apt-get exists."""
+    if not packages:
+        return
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        print(
+            f"cannot install {' '.join(packages)} here: it needs root and apt-get", file=sys.stderr
+        )
+        return
+    environment = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
+    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *packages]):
+        print("+", " ".join(command), file=sys.stderr, flush=True)
+        if subprocess.run(command, env=environment, check=False).returncode != 0:
+            print(f"installing {' '.join(packages)} failed", file=sys.stderr)
+            return
 
 
 def main() -> None:
-    for name in SERVICES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError:
-            continue
-        module.ensure_installed()
+    install([package for package, find in NEEDED.items() if find() is None])
+    for package, find in NEEDED.items():
+        if find() is None:
+            print(f"{package} is missing: the tests that need it will skip", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,9 @@ PAGE_BOUND = 15.0
 def chromium() -> str:
     path = browser.find_chromium()
     if path is None:
-        pytest.skip(f"{browser.why_missing()}; run `python tests/browser.py` as root to install it")
+        pytest.skip(
+            f"{browser.why_missing()}; run `python tests/services.py` as root to install it"
+        )
     return path
 
 

@@ -1,0 +1,258 @@
+"""Streaming the rows of a PostgreSQL query, with the query stopped on every end of the stream.
+
+:class:`PostgresRows` is a :class:`~streamkit.RowSource` on psycopg 3. Its asynchronous API
+runs on asyncio only, so, as :class:`~streamkit.SQLiteRows` does, it uses the synchronous
+connection from worker threads (``anyio.to_thread``), one call at a time, and runs on trio
+too. The rows stay on the server, in a server-side cursor, and come a batch per ``FETCH``.
+
+The leak this prevents is worse than SQLite's: PostgreSQL does not notice that its client has
+gone while a statement runs, so an abandoned ``FETCH`` of a slow query (or the sort before its
+first row) runs on to its end, holding its snapshot and locks. Here the statement is cancelled
+on the server (psycopg's cancel request, which is safe from another thread) as soon as the
+stream is cancelled, and the cursor, the transaction and the connection are ended before the
+stream's end is reported. psycopg is imported when a query starts (``pip install
+streamkit[postgres]``).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
+
+import anyio
+
+from ._options import _check_duration
+from ._sender import shielded_cleanup
+
+if TYPE_CHECKING:
+    import psycopg
+    from psycopg.abc import Query
+
+__all__ = ["PostgresRows"]
+
+#: How often a cancel request is sent again while the worker has not let the connection go:
+#: one that arrives between two statements is ignored by the server.
+_CANCEL_INTERVAL = 0.1
+#: The server-side cursor's name; unique enough, with one connection per stream.
+_CURSOR_NAME = "streamkit_rows"
+
+Row = dict[str, Any]
+
+
+def _import_psycopg() -> None:
+    # Imported when first used, so that ``import streamkit`` works without the extra.
+    try:
+        import psycopg  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(
+            f"PostgresRows needs psycopg 3 ({exc}); "
+            "install it with: pip install 'streamkit[postgres]'"
+        ) from exc
+
+
+class PostgresRows:
+    """A :class:`~streamkit.RowSource` for PostgreSQL: one psycopg connection per stream,
+    a server-side cursor, rows as ``dict`` of column name to value. Make one per stream: it
+    runs its query once.
+
+    The query runs in a transaction (one snapshot from the first batch to the last), which is
+    rolled back at the end: a streamed query is a read. A stream cancelled while the server
+    works on a batch (or on the query's first step, a sort, say) cancels that statement on
+    the server, then waits for the worker thread to let go of the connection.
+
+    :param conninfo: the connection string or URL, as psycopg takes it
+        (``"host=db dbname=shop"``, ``"postgresql://db/shop"``).
+    :param sql: the query, with psycopg's placeholders (``%s``, ``%(name)s``).
+    :param parameters: its parameters, positional or named.
+    :param batch_size: rows per ``FETCH``.
+    :param connect_timeout: seconds to wait for the connection; rounded up to whole seconds,
+        and at least 2, as libpq and psycopg count them.
+    :param cancel_timeout: seconds, once the stream is cancelled, to keep cancelling the
+        statement the worker waits for (again every 0.1 s) before just waiting for it.
+    :param prepare: called with the new connection, in the worker thread, before the query
+        (``SET statement_timeout``, type adapters); it runs inside the transaction.
+    :raises ValueError: *batch_size* is below 1, or a timeout is not a positive, finite
+        number of seconds.
+    """
+
+    def __init__(
+        self,
+        conninfo: str,
+        sql: Query,
+        parameters: Sequence[Any] | Mapping[str, Any] = (),
+        *,
+        batch_size: int = 500,
+        connect_timeout: float = 10.0,
+        cancel_timeout: float = 5.0,
+        prepare: Callable[[psycopg.Connection[Row]], object] | None = None,
+    ) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int of at least 1, got {batch_size!r}")
+        _check_duration("connect_timeout", connect_timeout, optional=False)
+        _check_duration("cancel_timeout", cancel_timeout, optional=False)
+        self.conninfo = conninfo
+        self.sql = sql
+        self.parameters = parameters
+        self.batch_size = batch_size
+        self._connect_timeout = connect_timeout
+        self._cancel_timeout = cancel_timeout
+        self._prepare = prepare
+        # Held by whichever worker thread uses the connection: a call abandoned on
+        # cancellation keeps it until the server has stopped the statement.
+        self._lock = threading.Lock()
+        self._cancel_lock = threading.Lock()
+        self._connection: psycopg.Connection[Row] | None = None
+        self._cursor: psycopg.ServerCursor[Row] | None = None
+        self._connecting = False
+        self._stopping = False
+        self._entered = False
+
+    # -- in the worker thread -------------------------------------------------------------------
+
+    def _open(self) -> None:
+        import psycopg
+        from psycopg.rows import dict_row
+
+        with self._lock:
+            if self._stopping:
+                return
+            self._connecting = True
+            try:
+                connection = psycopg.connect(
+                    self.conninfo,
+                    autocommit=False,  # the cursor's DECLARE begins the transaction
+                    row_factory=dict_row,
+                    connect_timeout=max(2, math.ceil(self._connect_timeout)),
+                )
+            finally:
+                self._connecting = False
+            self._connection = connection
+            if self._stopping:
+                # Stopped while connecting: nobody waited for the connection, close it here.
+                self._release()
+                return
+            if self._prepare is not None:
+                self._prepare(connection)
+            self._cursor = connection.cursor(name=_CURSOR_NAME)
+            self._cursor.execute(self.sql, self.parameters)
+
+    def _fetch(self) -> list[Row]:
+        with self._lock:
+            if self._stopping:
+                raise RuntimeError(
+                    f"the query was stopped (a fetch was cancelled, or the source closed): "
+                    f"{self.sql!r:.80}"
+                )
+            if self._cursor is None:
+                return []
+            return self._cursor.fetchmany(self.batch_size)
+
+    def _acquire(self) -> bool:
+        """Take the lock, cancelling on the server, again and again, what the worker that
+        holds it waits for; ``False``, without the lock, if that worker is connecting."""
+        deadline = time.monotonic() + self._cancel_timeout
+        while not self._lock.acquire(blocking=False):
+            if self._connecting:
+                # Nothing to cancel or wait for: the worker closes the connection it makes,
+                # as it sees _stopping (set before this runs).
+                return False
+            if time.monotonic() < deadline:
+                self._cancel_statement()
+            # A cancel request that reached the server between two statements was ignored:
+            # hence the loop. Past cancel_timeout, it just waits (bounded by the caller).
+            if self._lock.acquire(timeout=_CANCEL_INTERVAL):
+                break
+        return True
+
+    def _cancel_statement(self) -> None:
+        import psycopg
+
+        # Never while the connection is being closed: libpq's objects are not thread-safe.
+        with self._cancel_lock:
+            if self._connection is not None:
+                try:
+                    self._connection.cancel_safe(timeout=self._cancel_timeout)
+                except psycopg.Error:
+                    pass  # closed or unreachable: the worker fails on its own
+
+    def _stop_worker(self) -> None:
+        if self._acquire():
+            self._lock.release()
+
+    def _close(self) -> None:
+        if not self._acquire():
+            return
+        try:
+            self._release()
+        finally:
+            self._lock.release()
+
+    def _release(self) -> None:
+        # With the lock held.
+        cursor, self._cursor = self._cursor, None
+        with self._cancel_lock:
+            connection, self._connection = self._connection, None
+        try:
+            if cursor is not None:
+                cursor.close()  # does nothing in a failed transaction: the rollback ends it
+        finally:
+            if connection is not None:
+                try:
+                    if not connection.broken:
+                        connection.rollback()
+                finally:
+                    connection.close()
+
+    # -- in the event loop ----------------------------------------------------------------------
+
+    async def _call(self, function: Callable[[], Any]) -> Any:
+        try:
+            return await anyio.to_thread.run_sync(function, abandon_on_cancel=True)
+        except anyio.get_cancelled_exc_class():
+            # The flag first: a worker that has not started its statement yet will see it.
+            self._stopping = True
+            with shielded_cleanup(self._cancel_timeout + _CANCEL_INTERVAL):
+                await anyio.to_thread.run_sync(self._stop_worker, abandon_on_cancel=True)
+            raise
+
+    async def __aenter__(self) -> Self:
+        if self._entered:
+            raise RuntimeError(
+                f"a PostgresRows runs its query once; make one per stream: {self.sql!r:.80}"
+            )
+        self._entered = True
+        _import_psycopg()
+        try:
+            await self._call(self._open)
+        except BaseException:
+            # Not entered, so never exited: release what the open got as far as making.
+            with shielded_cleanup(self._cancel_timeout + _CANCEL_INTERVAL):
+                await self.aclose()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def fetch_batch(self) -> list[dict[str, Any]]:
+        """The next rows, at most ``batch_size``; an empty list once there are no more.
+
+        :raises RuntimeError: an earlier fetch was cancelled, which cancelled the query.
+        """
+        rows: list[Row] = await self._call(self._fetch)
+        return rows
+
+    async def aclose(self) -> None:
+        """Close the cursor, roll the transaction back and close the connection; first,
+        cancel on the server what a worker thread still waits for. Idempotent."""
+        self._stopping = True
+        await anyio.to_thread.run_sync(self._close, abandon_on_cancel=True)
