@@ -1,8 +1,37 @@
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
 import pytest
+import redis_server
+from brokers import MakeBroker
+
+from streamkit import MemoryBroker, RedisBroker
 
 
 @pytest.fixture(params=["asyncio", "trio"])
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
+
+
+@pytest.fixture(scope="module")
+def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[redis_server.RedisServer]:
+    """A redis-server for the module; skips, saying why, where it cannot be found."""
+    with redis_server.running(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture(params=["memory", "redis"])
+def make_broker(request: pytest.FixtureRequest) -> MakeBroker:
+    """Makes a broker of each kind; the Redis ones get a key prefix of their own."""
+    if request.param == "memory":
+        return MemoryBroker
+    server: redis_server.RedisServer = request.getfixturevalue("redis")
+    prefix = f"test:{uuid.uuid4().hex}:"
+
+    def make(**options: Any) -> RedisBroker:
+        return RedisBroker(server.url, key_prefix=prefix, **options)
+
+    return make

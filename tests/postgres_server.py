@@ -15,7 +15,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -24,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from ports import free_port
 
 #: Why the PostgreSQL tests skip where the server's programs are missing.
 NOT_FOUND = (
@@ -52,14 +52,6 @@ def find() -> Path | None:
         if all(os.access(directory / program, os.X_OK) for program in PROGRAMS):
             return directory
     return None
-
-
-def free_port() -> int:
-    """A port of 127.0.0.1 that nothing listened on a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class PostgresServer:

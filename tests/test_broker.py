@@ -6,8 +6,7 @@ started for the module; those skip, saying why, where it cannot be found).
 from __future__ import annotations
 
 import json
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +14,10 @@ import anyio
 import anyio.lowlevel
 import pytest
 import redis_server
+from brokers import AnyBroker, MakeBroker, until
 
 from streamkit import (
     MemoryBroker,
-    RedisBroker,
     ResetReason,
     ServerSentEvent,
     SlowSubscriberError,
@@ -28,29 +27,6 @@ from streamkit import (
 from streamkit._topics import RESET_EVENT, parse_event_id
 
 pytestmark = pytest.mark.anyio
-
-AnyBroker = MemoryBroker | RedisBroker
-MakeBroker = Callable[..., AnyBroker]
-
-
-@pytest.fixture(scope="module")
-def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[redis_server.RedisServer]:
-    with redis_server.running(tmp_path_factory.mktemp("redis")) as server:
-        yield server
-
-
-@pytest.fixture(params=["memory", "redis"])
-def make_broker(request: pytest.FixtureRequest) -> MakeBroker:
-    """Makes a broker of each kind; the Redis ones get a key prefix of their own."""
-    if request.param == "memory":
-        return MemoryBroker
-    server: redis_server.RedisServer = request.getfixturevalue("redis")
-    prefix = f"test:{uuid.uuid4().hex}:"
-
-    def make(**options: Any) -> RedisBroker:
-        return RedisBroker(server.url, key_prefix=prefix, **options)
-
-    return make
 
 
 async def take(subscription: Subscription, count: int, *, within: float = 5.0) -> list[Any]:
@@ -65,14 +41,6 @@ async def take(subscription: Subscription, count: int, *, within: float = 5.0) -
             else:
                 taken.append(event.data)
     return taken
-
-
-async def until(condition: Callable[[], bool], *, within: float = 5.0) -> None:
-    """Wait until *condition* holds: the Redis reader delivers a moment after the publish."""
-    with anyio.fail_after(within):
-        # Polled: the brokers signal no event for a change of their counts.
-        while not condition():  # noqa: ASYNC110
-            await anyio.sleep(0.002)
 
 
 async def publish_all(broker: AnyBroker, topic: str, data: Iterator[str] | range) -> list[str]:

@@ -7,11 +7,13 @@ durations are asserted within a generous bound.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import anyio
 import pytest
 from anyio.abc import TaskStatus
+from fallbacks import Source, cached_value
 from trio.testing import MockClock
 
 from streamkit import (
@@ -52,37 +54,18 @@ def assert_took(elapsed: float, expected: float, *, exact: bool) -> None:
         assert expected - 0.05 <= elapsed < expected + 1.0
 
 
-class Source:
-    """A data source whose speed the test sets; it records each call and how it ended."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self.delay = 0.0
-        self.gate: anyio.Event | None = None
-        self.error: Exception | None = None
-        self.finished = 0
-        self.cancelled = 0
-        self.started = anyio.Event()
-
-    async def __call__(self, key: str) -> dict[str, Any]:
-        self.calls += 1
-        call = self.calls
-        self.started.set()
-        completed = False
-        try:
-            if self.gate is not None:
-                await self.gate.wait()
-            else:
-                await anyio.sleep(self.delay)
-            completed = True
-        finally:
-            if completed:
-                self.finished += 1
-            else:
-                self.cancelled += 1
-        if self.error is not None:
-            raise self.error
-        return {"key": key, "call": call}
+async def call_at_once(
+    source: Source, call: Callable[[], Coroutine[Any, Any, None]], *, callers: int
+) -> None:
+    """Start *callers* copies of *call* at once, and open the source's gate once it is called:
+    they all call while its one fetch is under way."""
+    assert source.gate is not None
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as task_group:
+            for _ in range(callers):
+                task_group.start_soon(call)
+            await source.started.wait()
+            source.gate.set()
 
 
 async def timed(fallback: Fallback[Any], key: str = "k") -> tuple[FallbackResult[Any], float]:
@@ -102,9 +85,7 @@ async def test_a_fresh_value_is_returned_and_stored(exact: bool) -> None:
     assert not result.stale
     assert_took(result.age, 0.0, exact=exact)
     assert_took(took, 0.1, exact=exact)
-    entry = await fallback.store.get("k")
-    assert entry is not None
-    assert entry.value == {"key": "k", "call": 1}
+    assert await cached_value(fallback, "k") == {"key": "k", "call": 1}
 
 
 async def test_a_slow_source_is_answered_from_the_cache_at_the_deadline(exact: bool) -> None:
@@ -122,9 +103,7 @@ async def test_a_slow_source_is_answered_from_the_cache_at_the_deadline(exact: b
     assert_took(result.age, 3.0 + DEADLINE, exact=exact)
     # No refresher: the fetch was cancelled at the deadline, and the cache is untouched.
     assert source.cancelled == 1
-    entry = await fallback.store.get("k")
-    assert entry is not None
-    assert entry.value == {"key": "k", "call": 1}
+    assert await cached_value(fallback, "k") == {"key": "k", "call": 1}
 
 
 async def test_nothing_cached_raises_a_timeout_at_the_deadline(exact: bool) -> None:
@@ -153,12 +132,7 @@ async def test_concurrent_callers_share_one_fetch() -> None:
     async def call() -> None:
         results.append(await fallback.get("k"))
 
-    with anyio.fail_after(5):
-        async with anyio.create_task_group() as task_group:
-            for _ in range(50):
-                task_group.start_soon(call)
-            await source.started.wait()
-            source.gate.set()
+    await call_at_once(source, call, callers=50)
     assert source.calls == 1
     assert len(results) == 50
     assert all(result.value == {"key": "k", "call": 1} for result in results)
@@ -247,9 +221,7 @@ async def test_errors_in_fallback_on_are_answered_from_the_cache() -> None:
         source.error = KeyError("bug")
         with pytest.raises(KeyError):
             await fallback.get("k")
-    entry = await fallback.store.get("k")
-    assert entry is not None
-    assert entry.value == {"key": "k", "call": 1}
+    assert await cached_value(fallback, "k") == {"key": "k", "call": 1}
 
 
 async def test_concurrent_callers_all_get_the_one_fetchs_error() -> None:
@@ -264,12 +236,7 @@ async def test_concurrent_callers_all_get_the_one_fetchs_error() -> None:
             await fallback.get("k")
         depths.append(len(caught.traceback))
 
-    with anyio.fail_after(5):
-        async with anyio.create_task_group() as task_group:
-            for _ in range(10):
-                task_group.start_soon(call)
-            await source.started.wait()
-            source.gate.set()
+    await call_at_once(source, call, callers=10)
     assert source.calls == 1
     assert len(depths) == 10
     # Re-raised from the fetch's traceback each time: the callers' frames do not pile up.
@@ -293,9 +260,7 @@ async def test_a_cancelled_sole_caller_cancels_the_fetch_and_leaves_the_cache(
     assert_took(anyio.current_time() - cancelled, 0.0, exact=exact)
     assert source.cancelled == 1
     assert source.finished == 0
-    entry = await fallback.store.get("k")
-    assert entry is not None
-    assert entry.value == OLD
+    assert await cached_value(fallback, "k") == OLD
     # No flight is left behind: the next call fetches anew.
     source.delay = 0.0
     with anyio.fail_after(5):
@@ -330,9 +295,7 @@ async def test_a_cancelled_first_caller_leaves_the_fetch_to_the_others() -> None
     assert source.finished == 1
     assert second[0].value == {"key": "k", "call": 1}
     assert not second[0].from_cache
-    entry = await fallback.store.get("k")
-    assert entry is not None
-    assert entry.value == {"key": "k", "call": 1}
+    assert await cached_value(fallback, "k") == {"key": "k", "call": 1}
 
 
 async def test_the_refresher_finishes_a_late_fetch_and_updates_the_cache(exact: bool) -> None:
@@ -353,9 +316,7 @@ async def test_the_refresher_finishes_a_late_fetch_and_updates_the_cache(exact: 
             assert source.calls == 2
             source.gate.set()
             await refresher.wait_idle()
-            entry = await fallback.store.get("k")
-            assert entry is not None
-            assert entry.value == {"key": "k", "call": 2}
+            assert await cached_value(fallback, "k") == {"key": "k", "call": 2}
             assert source.finished == 2
     # Every fetch ran in the refresher, the first (in time) too.
     assert refresher.statistics().started == 2

@@ -64,58 +64,39 @@ def close_leaked():
         LEAKED.pop().close()
 """
 
+#: The inner tests, marked for and named after the plugin that runs them (``PLUGIN``).
+INNER_TESTS = """
+@pytest.mark.PLUGIN
+async def test_PLUGIN_fixtures(open_live_server, no_leaks):
+    async with open_leak_check(), open_live_server(make_app()) as server:
+        await reset_and_check(server)
+
+
+@pytest.mark.PLUGIN
+async def test_PLUGIN_async_fixture(server):
+    await reset_and_check(server)
+
+
+@pytest.mark.PLUGIN
+async def test_PLUGIN_leak(no_leaks):
+    LEAKED.append(socket.socket())
+
+
+@pytest.mark.PLUGIN
+async def test_PLUGIN_failure_report(open_live_server):
+    async with open_live_server(make_app()) as server:
+        await reset_and_check(server)
+    assert False, "failing on purpose"
+"""
+
 ANYIO_TESTS = """
 @pytest.fixture(params=["asyncio", "trio"])
 def anyio_backend(request):
     return request.param
 
+""" + INNER_TESTS.replace("PLUGIN", "anyio")
 
-@pytest.mark.anyio
-async def test_anyio_fixtures(open_live_server, no_leaks):
-    async with open_leak_check(), open_live_server(make_app()) as server:
-        await reset_and_check(server)
-
-
-@pytest.mark.anyio
-async def test_anyio_async_fixture(server):
-    await reset_and_check(server)
-
-
-@pytest.mark.anyio
-async def test_anyio_leak(no_leaks):
-    LEAKED.append(socket.socket())
-
-
-@pytest.mark.anyio
-async def test_anyio_failure_report(open_live_server):
-    async with open_live_server(make_app()) as server:
-        await reset_and_check(server)
-    assert False, "failing on purpose"
-"""
-
-TRIO_TESTS = """
-@pytest.mark.trio
-async def test_trio_fixtures(open_live_server, no_leaks):
-    async with open_leak_check(), open_live_server(make_app()) as server:
-        await reset_and_check(server)
-
-
-@pytest.mark.trio
-async def test_trio_async_fixture(server):
-    await reset_and_check(server)
-
-
-@pytest.mark.trio
-async def test_trio_leak(no_leaks):
-    LEAKED.append(socket.socket())
-
-
-@pytest.mark.trio
-async def test_trio_failure_report(open_live_server):
-    async with open_live_server(make_app()) as server:
-        await reset_and_check(server)
-    assert False, "failing on purpose"
-"""
+TRIO_TESTS = INNER_TESTS.replace("PLUGIN", "trio")
 
 
 def run_suite(pytester: pytest.Pytester, tests: str, *disabled: str) -> pytest.RunResult:

@@ -16,6 +16,7 @@ import anyio
 import httpx
 import pytest
 from fastapi import FastAPI
+from ndjson_items import remaining_items
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -100,13 +101,8 @@ def service(probe: Probe, **options: Any) -> App:
 
 async def read_items(server: Any, path: str) -> list[Any]:
     async with open_stream(server, path) as client:
-        items = []
         with anyio.fail_after(5):
-            while True:
-                try:
-                    items.append(await client.read_item())
-                except EOFError:
-                    return items
+            return await remaining_items(client)
 
 
 # -- routes -----------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from typing import Any
 
 import anyio
 import pytest
+from ndjson_items import remaining_items
 from starlette.requests import Request
 
 from streamkit import App, EndReason, ServerSentEvent, StreamEnd, StreamSender, shielded_cleanup
@@ -94,12 +95,7 @@ async def rest_of(client: Any, kind: str) -> list[Any]:
     with anyio.fail_after(GRACE):
         if kind == "sse":
             return [event async for event in client.events()]
-        items = []
-        while True:
-            try:
-                items.append(await client.read_item())
-            except EOFError:
-                return items
+        return await remaining_items(client)
 
 
 async def test_shutdown_drains_open_streams_then_cancels_the_apps_background_work() -> None:

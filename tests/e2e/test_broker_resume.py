@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import signal
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 import httpx
@@ -26,6 +27,10 @@ from starlette.routing import Route
 
 from streamkit import RedisBroker, serve, topic_response
 from streamkit.testing import open_stream
+
+if TYPE_CHECKING:
+    # Not at run time: run as a script, this module has no tests/ on its path.
+    from redis_server import RedisServer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
@@ -64,14 +69,6 @@ async def serve_and_print_port(redis_url: str) -> None:
 
 
 # -- the test ---------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    import redis_server
-
-    with redis_server.running(tmp_path_factory.mktemp("redis")) as server:
-        yield server
 
 
 @dataclass(frozen=True)
@@ -125,10 +122,9 @@ async def server_processes(redis_url: str, *backends: str) -> AsyncIterator[list
         yield endpoints
 
 
-async def test_resume_across_an_asyncio_server_and_a_trio_server(redis: object) -> None:
-    url: str = redis.url  # type: ignore[attr-defined]
+async def test_resume_across_an_asyncio_server_and_a_trio_server(redis: RedisServer) -> None:
     async with (
-        server_processes(url, "asyncio", "trio") as (first, second),
+        server_processes(redis.url, "asyncio", "trio") as (first, second),
         httpx.AsyncClient(timeout=10) as http,
     ):
         published: dict[str, str] = {}

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import gc
 import json
-import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
@@ -17,6 +16,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 import redis_server
+from brokers import AnyBroker, MakeBroker, until
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -24,7 +24,6 @@ from starlette.routing import Route
 
 from streamkit import (
     EndReason,
-    MemoryBroker,
     RedisBroker,
     ServerSentEvent,
     topic_response,
@@ -32,28 +31,6 @@ from streamkit import (
 from streamkit.testing import LiveServer, StreamClient, open_server, open_stream
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
-
-AnyBroker = MemoryBroker | RedisBroker
-MakeBroker = Callable[..., AnyBroker]
-
-
-@pytest.fixture(scope="module")
-def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[redis_server.RedisServer]:
-    with redis_server.running(tmp_path_factory.mktemp("redis")) as server:
-        yield server
-
-
-@pytest.fixture(params=["memory", "redis"])
-def make_broker(request: pytest.FixtureRequest) -> MakeBroker:
-    if request.param == "memory":
-        return MemoryBroker
-    server: redis_server.RedisServer = request.getfixturevalue("redis")
-    prefix = f"test:{uuid.uuid4().hex}:"
-
-    def make(**options: Any) -> RedisBroker:
-        return RedisBroker(server.url, key_prefix=prefix, **options)
-
-    return make
 
 
 def topic_app(broker: AnyBroker, **options: Any) -> Starlette:
@@ -67,14 +44,6 @@ def topic_app(broker: AnyBroker, **options: Any) -> Starlette:
 async def serving(broker: AnyBroker, **options: Any) -> AsyncIterator[LiveServer]:
     async with broker, open_server(topic_app(broker, **options)) as server:
         yield server
-
-
-async def until(condition: Callable[[], bool], *, within: float = 5.0) -> None:
-    """Wait until *condition* holds (a subscription starts a moment after the response head)."""
-    with anyio.fail_after(within):
-        # Polled: the brokers signal no event for a change of their counts.
-        while not condition():  # noqa: ASYNC110
-            await anyio.sleep(0.002)
 
 
 async def read_events(client: StreamClient, count: int, *, within: float = 5.0) -> list[Any]:
@@ -154,6 +123,17 @@ def numbered(index: int) -> str:
     return f"{index:06d}" + "x" * 16_000  # big events, so that a stalled socket fills soon
 
 
+async def publish_until(broker: AnyBroker, condition: Callable[[], bool]) -> int:
+    """Publish numbered events to ``t`` until *condition* holds; return how many it took."""
+    published = 0
+    with anyio.fail_after(20):
+        while not condition():
+            await broker.publish("t", numbered(published))
+            published += 1
+            await anyio.lowlevel.checkpoint()  # let the Redis reader deliver as it goes
+    return published
+
+
 async def test_a_slow_subscriber_is_bounded_then_caught_up_in_order(
     make_broker: MakeBroker,
 ) -> None:
@@ -161,14 +141,9 @@ async def test_a_slow_subscriber_is_bounded_then_caught_up_in_order(
     async with serving(broker, buffer_size=4, send_timeout=30.0) as server:
         async with open_stream(server, "/topics/t", receive_buffer=4096) as client:
             await until(lambda: broker.statistics().subscribers == 1)
-            published = 0
             # The client does not read: the socket, then the stream's buffer, then the
             # subscriber's buffer fill up, and the subscriber falls back to the history.
-            with anyio.fail_after(20):
-                while broker.statistics().catching_up == 0:
-                    await broker.publish("t", numbered(published))
-                    published += 1
-                    await anyio.lowlevel.checkpoint()  # let the Redis reader deliver as it goes
+            published = await publish_until(broker, lambda: broker.statistics().catching_up != 0)
             for _ in range(300):
                 await broker.publish("t", numbered(published))
                 published += 1
@@ -190,12 +165,7 @@ async def test_beyond_the_catching_up_cap_a_slow_client_is_told_to_retry(
     async with serving(broker, buffer_size=4, send_timeout=30.0) as server:
         async with open_stream(server, "/topics/t", receive_buffer=4096) as client:
             await until(lambda: broker.statistics().subscribers == 1)
-            published = 0
-            with anyio.fail_after(20):
-                while broker.statistics().slow_disconnects == 0:
-                    await broker.publish("t", numbered(published))
-                    published += 1
-                    await anyio.lowlevel.checkpoint()
+            await publish_until(broker, lambda: broker.statistics().slow_disconnects != 0)
             with anyio.fail_after(10):
                 received = [event async for event in client.events()]
             farewell = received.pop()

@@ -2,36 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from functools import partial
-from pathlib import Path
-from types import ModuleType
 
 import anyio
 import pytest
+from example_modules import load_example
 
 from streamkit import EndReason, ServerAddress
 from streamkit.testing import open_server, open_stream
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
-EXAMPLES = Path(__file__).parents[2] / "examples"
 #: A disconnect must reach the producer, and its cleanup finish, within this.
 DISCONNECT_BOUND = 1.0
-
-
-def load_example(name: str) -> ModuleType:
-    """Import examples/<name>.py as a module of its own, as ``python examples/x.py`` would
-    find it but without running its ``__main__`` block."""
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 async def test_sse_clock_ticks_with_heartbeats_between(anyio_backend: str) -> None:

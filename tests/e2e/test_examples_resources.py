@@ -3,48 +3,21 @@ hypercorn, releasing what they hold when the client leaves."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sqlite3
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import anyio
 import pytest
+from example_modules import load_example
+from resource_checks import database_locked, open_descriptors
 
 from streamkit import EndReason
 from streamkit.testing import LiveServer, StreamClient, open_server, open_stream
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
-EXAMPLES = Path(__file__).parents[2] / "examples"
 #: Generous: the measured releases take a few milliseconds (docs/resources.md).
 RELEASE_BOUND = 1.0
-
-
-def load_example(name: str) -> ModuleType:
-    """Import examples/<name>.py as a module of its own, without running its ``__main__``."""
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def open_descriptors(path: Path) -> list[str]:
-    """This process's descriptors that point at *path*."""
-    found = []
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{name}")
-        except FileNotFoundError:
-            continue  # the descriptor listdir itself used
-        if target == str(path):
-            found.append(name)
-    return found
 
 
 def children_named(command: str) -> list[int]:
@@ -97,21 +70,6 @@ async def test_llm_proxy_aborts_the_completion_when_the_client_leaves() -> None:
 
 
 # -- sqlite_export -----------------------------------------------------------------------------
-
-
-def database_locked(path: Path) -> bool:
-    connection = sqlite3.connect(path, timeout=0, isolation_level=None)
-    try:
-        connection.execute("BEGIN EXCLUSIVE")
-    except sqlite3.OperationalError as exc:
-        if "locked" not in str(exc):
-            raise
-        return True
-    else:
-        connection.execute("ROLLBACK")
-        return False
-    finally:
-        connection.close()
 
 
 async def test_sqlite_export_streams_orders_and_ends_the_query(tmp_path: Path) -> None:

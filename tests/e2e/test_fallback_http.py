@@ -10,6 +10,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from fallbacks import Source, cached_value
 from fastapi import FastAPI
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -35,33 +36,10 @@ SLOW = 10.0
 ANSWERED_WITHIN = 2.0
 
 
-class Source:
-    """The slow data source: the test sets its speed, and it records how each call ended."""
+class Quotes(Source):
+    """The slow quote service: the test sets its speed; each call's price is one up."""
 
-    def __init__(self) -> None:
-        self.calls = 0
-        self.delay = 0.0
-        self.gate: anyio.Event | None = None
-        self.started = anyio.Event()
-        self.finished = 0
-        self.cancelled_at: list[float] = []
-
-    async def __call__(self, key: str) -> dict[str, Any]:
-        self.calls += 1
-        call = self.calls
-        self.started.set()
-        completed = False
-        try:
-            if self.gate is not None:
-                await self.gate.wait()
-            else:
-                await anyio.sleep(self.delay)
-            completed = True
-        finally:
-            if completed:
-                self.finished += 1
-            else:
-                self.cancelled_at.append(anyio.current_time())
+    def value(self, key: str, call: int) -> dict[str, Any]:
         return {"symbol": key, "price": 100 + call}
 
 
@@ -111,7 +89,7 @@ async def get(server: LiveServer, path: str) -> tuple[httpx.Response, float]:
 
 
 async def test_a_slow_source_is_answered_in_time_from_the_cache() -> None:
-    source = Source()
+    source = Quotes()
     quotes = Fallback(source, fallback_after=DEADLINE)
     async with open_server(make_app(quotes)) as server:
         fresh, _ = await get(server, "/quote/ACME")
@@ -120,9 +98,7 @@ async def test_a_slow_source_is_answered_in_time_from_the_cache() -> None:
         assert "age" not in fresh.headers
         assert fresh.json() == {"symbol": "ACME", "price": 101, "cache": False}
         # The fresh path stored the value.
-        entry = await quotes.store.get("ACME")
-        assert entry is not None
-        assert entry.value == {"symbol": "ACME", "price": 101}
+        assert await cached_value(quotes, "ACME") == {"symbol": "ACME", "price": 101}
 
         source.delay = SLOW
         stale, took = await get(server, "/quote/ACME")
@@ -137,7 +113,7 @@ async def test_a_slow_source_is_answered_in_time_from_the_cache() -> None:
 
 
 async def test_nothing_cached_is_a_503_with_retry_after() -> None:
-    source = Source()
+    source = Quotes()
     source.delay = SLOW
     quotes = Fallback(source, fallback_after=DEADLINE)
     async with open_server(make_app(quotes)) as server:
@@ -152,7 +128,7 @@ async def test_nothing_cached_is_a_503_with_retry_after() -> None:
 
 
 async def test_fifty_concurrent_requests_run_the_source_once() -> None:
-    source = Source()
+    source = Quotes()
     source.gate = anyio.Event()
     # A deadline far off: this test is about sharing, not about falling back.
     quotes = Fallback(source, fallback_after=30.0)
@@ -181,7 +157,7 @@ async def test_fifty_concurrent_requests_run_the_source_once() -> None:
 
 
 async def test_a_background_refresh_updates_the_cache_and_is_cancelled_on_shutdown() -> None:
-    source = Source()
+    source = Quotes()
     refresher = Refresher(max_refreshes=4)
     quotes = Fallback(source, fallback_after=DEADLINE, refresher=refresher)
     async with open_server(make_app(quotes, refresher=refresher)) as server:
@@ -198,9 +174,7 @@ async def test_a_background_refresh_updates_the_cache_and_is_cancelled_on_shutdo
         source.gate.set()
         with anyio.fail_after(5):
             await refresher.wait_idle()
-        entry = await quotes.store.get("ACME")
-        assert entry is not None
-        assert entry.value == {"symbol": "ACME", "price": 102}
+        assert await cached_value(quotes, "ACME") == {"symbol": "ACME", "price": 102}
         assert source.finished == 2
 
         # A refresh still running when the server shuts down is cancelled by the lifespan.
@@ -221,7 +195,7 @@ async def test_a_background_refresh_updates_the_cache_and_is_cancelled_on_shutdo
 
 @pytest.mark.parametrize("leave", ["close", "reset"])
 async def test_a_client_leaving_cancels_its_fetch_and_leaves_the_cache(leave: str) -> None:
-    source = Source()
+    source = Quotes()
     quotes = Fallback(source, fallback_after=5.0)
     async with open_server(make_app(quotes)) as server:
         fresh, _ = await get(server, "/quote/ACME")
@@ -239,14 +213,12 @@ async def test_a_client_leaving_cancels_its_fetch_and_leaves_the_cache(leave: st
     cancelled_after = source.cancelled_at[0] - left
     assert cancelled_after < 1.0
     assert end.cleanup_duration < 1.0
-    entry = await quotes.store.get("ACME")
-    assert entry is not None
-    assert entry.value == {"symbol": "ACME", "price": 101}
+    assert await cached_value(quotes, "ACME") == {"symbol": "ACME", "price": 101}
     print(f"fetch cancelled {cancelled_after * 1000:.1f} ms after the client's {leave}")
 
 
 async def test_with_a_refresher_a_client_leaving_does_not_stop_the_refresh() -> None:
-    source = Source()
+    source = Quotes()
     refresher = Refresher()
     quotes = Fallback(source, fallback_after=5.0, refresher=refresher)
     async with open_server(make_app(quotes, refresher=refresher)) as server:
@@ -260,14 +232,12 @@ async def test_with_a_refresher_a_client_leaving_does_not_stop_the_refresh() -> 
         source.gate.set()
         with anyio.fail_after(5):
             await refresher.wait_idle()
-        entry = await quotes.store.get("ACME")
-        assert entry is not None
-        assert entry.value == {"symbol": "ACME", "price": 101}
+        assert await cached_value(quotes, "ACME") == {"symbol": "ACME", "price": 101}
     assert source.cancelled_at == []
 
 
 async def test_a_fastapi_endpoint_serves_the_fallback() -> None:
-    source = Source()
+    source = Quotes()
     quotes = Fallback(source, fallback_after=DEADLINE)
     app = FastAPI()
 

@@ -26,10 +26,18 @@ from typing import Any
 
 import anyio
 import pytest
+from resource_checks import database_locked, open_descriptors, process_state
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from stream_endings import (
+    ENDINGS,
+    end_stream,
+    open_stream_to_end,
+    record_release,
+    stream_options,
+)
 
 from streamkit import (
     EndReason,
@@ -45,51 +53,18 @@ from streamkit import (
     stream_rows,
     subprocess_lines,
 )
-from streamkit.testing import LiveServer, StreamClient, open_server, open_stream
+from streamkit.testing import LiveServer, StreamClient, open_server
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
 #: The release must be observable within this after the stream's end was reported or the
 #: client acted (measured: a few milliseconds, see docs/resources.md).
 RELEASE_BOUND = 1.0
-ENDINGS = {
-    "close": EndReason.CLIENT_DISCONNECTED,
-    "reset": EndReason.CLIENT_DISCONNECTED,
-    "stall": EndReason.SEND_TIMEOUT,
-    "deadline": EndReason.DEADLINE,
-    "shutdown": EndReason.SHUTDOWN,
-}
 ROWS = 40_000
 PAYLOAD = 400
 FILE_SIZE = 16 * 1024 * 1024
 
 Options = dict[str, Any]
-
-
-def stream_options(ending: str) -> Options:
-    if ending == "stall":
-        return {"send_timeout": 0.3, "buffer_size": 4}
-    if ending == "deadline":
-        return {"max_duration": 0.5}
-    return {}
-
-
-async def end_stream(server: LiveServer, client: StreamClient, ending: str) -> StreamEnd:
-    """End the stream as *ending* says, and return its end report."""
-    if ending == "close":
-        await client.close()
-    elif ending == "reset":
-        await client.reset()
-    elif ending == "shutdown":
-        await server.shutdown(within=10.0)
-    elif ending == "deadline":
-        # The client keeps reading: a deadline, not a stall, is what ends this stream.
-        async with anyio.create_task_group() as task_group:
-            task_group.start_soon(client.read_all)
-            end = await server.wait_ended(ENDINGS[ending], within=10.0)
-        return end
-    # "stall": the client reads no more, and its receive buffer is small.
-    return await server.wait_ended(ENDINGS[ending], within=10.0)
 
 
 # -- the resources ------------------------------------------------------------------------------
@@ -170,15 +145,6 @@ while True:
 """
 
 
-def process_state(pid: int) -> str | None:
-    """The state letter of *pid* (``Z`` for a zombie), or ``None`` if no such process."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return None
-    return stat.rpartition(")")[2].split()[0]
-
-
 async def wait_dead(pid: int) -> None:
     """Return once *pid* has exited (gone, or a zombie that is not ours to reap)."""
     # Polled: nothing signals this process when another's child dies.
@@ -240,35 +206,6 @@ def add_pace(connection: sqlite3.Connection) -> None:
         return True
 
     connection.create_function("pace", 1, pace)
-
-
-def database_locked(path: Path) -> bool:
-    """Whether another connection holds a lock on *path*: an exclusive one cannot be had."""
-    connection = sqlite3.connect(path, timeout=0, isolation_level=None)
-    try:
-        connection.execute("BEGIN EXCLUSIVE")
-    except sqlite3.OperationalError as exc:
-        if "locked" not in str(exc):
-            raise
-        return True
-    else:
-        connection.execute("ROLLBACK")
-        return False
-    finally:
-        connection.close()
-
-
-def open_descriptors(path: Path) -> list[str]:
-    """This process's descriptors that point at *path*."""
-    found = []
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{name}")
-        except FileNotFoundError:
-            continue  # the descriptor listdir itself used
-        if target == str(path):
-            found.append(name)
-    return found
 
 
 class Query(Resource):
@@ -368,30 +305,19 @@ async def test_released_on_every_end(
     ending: str,
     request: pytest.FixtureRequest,
 ) -> None:
-    record = request.node.user_properties.append
     async with resource() as held:
-        receive_buffer = 4096 if ending == "stall" else None
-        # The kernel may take a while to fill the buffers of a stalled client on a loaded
-        # machine: its giving the connection up must not come first.
-        kernel_timeout = 10.0 if ending == "stall" else 2.0
         app = held.app(stream_options(ending))
-        async with open_server(app, stalled_connection_timeout=kernel_timeout) as server:
-            async with open_stream(server, held.path, receive_buffer=receive_buffer) as client:
-                with anyio.fail_after(10.0):
-                    await held.first(client)
-                held.assert_held()
-                acted_at = anyio.current_time()
-                end = await end_stream(server, client, ending)
-                reported_at = anyio.current_time()
-                with anyio.fail_after(RELEASE_BOUND):
-                    await held.wait_released()
-                released_at = anyio.current_time()
-        # The figures for the report: how long the stream's own cleanup took, and how long
-        # after the client acted (or the end was reported) the release was seen from outside.
-        record(("cleanup_duration", end.cleanup_duration))
-        record(("release_after_report", released_at - reported_at))
-        if ending in ("close", "reset", "shutdown"):
-            record(("release_after_action", released_at - acted_at))
+        async with open_stream_to_end(app, held.path, ending) as (server, client):
+            with anyio.fail_after(10.0):
+                await held.first(client)
+            held.assert_held()
+            acted_at = anyio.current_time()
+            end = await end_stream(server, client, ending)
+            reported_at = anyio.current_time()
+            with anyio.fail_after(RELEASE_BOUND):
+                await held.wait_released()
+            released_at = anyio.current_time()
+        record_release(request, ending, end, acted_at, reported_at, released_at)
         assert end.cleanup_duration < RELEASE_BOUND
         if isinstance(held, Upstream) and ending in ("close", "reset"):
             assert released_at - acted_at < RELEASE_BOUND

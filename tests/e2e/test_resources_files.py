@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from resource_checks import open_descriptors
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -21,19 +22,6 @@ from streamkit import EndReason, StreamResponse, file_chunks
 from streamkit.testing import open_server, open_stream
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
-
-
-def open_descriptors(path: Path) -> list[str]:
-    """This process's descriptors that point at *path*."""
-    found = []
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{name}")
-        except FileNotFoundError:
-            continue  # the descriptor listdir itself used
-        if target == str(path):
-            found.append(name)
-    return found
 
 
 def file_app(path: Path, **options: Any) -> Starlette:

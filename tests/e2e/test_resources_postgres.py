@@ -25,13 +25,21 @@ import postgres_server  # tests/postgres_server.py: tests/ is on sys.path under 
 import psycopg
 import psycopg.errors
 import pytest
+from ports import free_port
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from stream_endings import (
+    ENDINGS,
+    end_stream,
+    open_stream_to_end,
+    record_release,
+    stream_options,
+)
 
-from streamkit import EndReason, NDJSONResponse, PostgresRows, StreamEnd, stream_rows
-from streamkit.testing import LiveServer, StreamClient, open_server, open_stream
+from streamkit import EndReason, NDJSONResponse, PostgresRows, stream_rows
+from streamkit.testing import open_server, open_stream
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
@@ -39,13 +47,6 @@ ROWS = 40_000
 PAYLOAD = 400
 #: Generous: the measured release is a few milliseconds (see docs/resources.md).
 RELEASE_BOUND = 1.0
-ENDINGS = {
-    "close": EndReason.CLIENT_DISCONNECTED,
-    "reset": EndReason.CLIENT_DISCONNECTED,
-    "stall": EndReason.SEND_TIMEOUT,
-    "deadline": EndReason.DEADLINE,
-    "shutdown": EndReason.SHUTDOWN,
-}
 
 # Counts a row in the sequence *counter*, and sleeps *delay* seconds every *every* rows: the
 # query's progress, seen from outside, and its pace.
@@ -197,65 +198,27 @@ async def test_every_row_is_exported_and_nothing_is_left_open(observer: Observer
 # -- every end ----------------------------------------------------------------------------------
 
 
-def stream_options(ending: str) -> dict[str, Any]:
-    if ending == "stall":
-        return {"send_timeout": 0.3, "buffer_size": 4}
-    if ending == "deadline":
-        return {"max_duration": 0.5}
-    return {}
-
-
-async def end_stream(server: LiveServer, client: StreamClient, ending: str) -> StreamEnd:
-    """End the stream as *ending* says, and return its end report."""
-    if ending == "close":
-        await client.close()
-    elif ending == "reset":
-        await client.reset()
-    elif ending == "shutdown":
-        await server.shutdown(within=10.0)
-    elif ending == "deadline":
-        # The client keeps reading: a deadline, not a stall, is what ends this stream.
-        async with anyio.create_task_group() as task_group:
-            task_group.start_soon(client.read_all)
-            end = await server.wait_ended(ENDINGS[ending], within=10.0)
-        return end
-    # "stall": the client reads no more, and its receive buffer is small.
-    return await server.wait_ended(ENDINGS[ending], within=10.0)
-
-
 @pytest.mark.parametrize("ending", list(ENDINGS))
 async def test_released_on_every_end(
     observer: Observer, ending: str, request: pytest.FixtureRequest
 ) -> None:
-    record = request.node.user_properties.append
-
     def source() -> PostgresRows:
         # Paced (1 ms every 50 rows), so that reading all of it takes longer than a deadline.
         sql = "SELECT id, payload FROM items WHERE tick(%s, 0.001, 50) ORDER BY id"
         return observer.source(sql, batch_size=200)
 
-    receive_buffer = 4096 if ending == "stall" else None
-    # The kernel may take a while to fill the buffers of a stalled client on a loaded
-    # machine: its giving the connection up must not come first.
-    kernel_timeout = 10.0 if ending == "stall" else 2.0
     app = rows_app(source, **stream_options(ending))
-    async with open_server(app, stalled_connection_timeout=kernel_timeout) as server:
-        async with open_stream(server, "/rows", receive_buffer=receive_buffer) as client:
-            with anyio.fail_after(10.0):
-                assert (await client.read_item())["id"] == 1
-            await observer.assert_held()
-            acted_at = anyio.current_time()
-            end = await end_stream(server, client, ending)
-            reported_at = anyio.current_time()
-            with anyio.fail_after(RELEASE_BOUND):
-                await observer.wait_released()
-            released_at = anyio.current_time()
-    # The figures for the report: the stream's own cleanup, and how long after the client
-    # acted (or the end was reported) the session was seen gone from the server.
-    record(("cleanup_duration", end.cleanup_duration))
-    record(("release_after_report", released_at - reported_at))
-    if ending in ("close", "reset", "shutdown"):
-        record(("release_after_action", released_at - acted_at))
+    async with open_stream_to_end(app, "/rows", ending) as (server, client):
+        with anyio.fail_after(10.0):
+            assert (await client.read_item())["id"] == 1
+        await observer.assert_held()
+        acted_at = anyio.current_time()
+        end = await end_stream(server, client, ending)
+        reported_at = anyio.current_time()
+        with anyio.fail_after(RELEASE_BOUND):
+            await observer.wait_released()
+        released_at = anyio.current_time()
+    record_release(request, ending, end, acted_at, reported_at, released_at)
     assert end.cleanup_duration < RELEASE_BOUND
     assert end.items_sent < ROWS
 
@@ -339,7 +302,7 @@ async def test_a_failing_query_ends_with_an_error_and_closes_the_connection(
 
 
 async def test_an_unreachable_server_ends_the_stream_with_an_error() -> None:
-    port = postgres_server.free_port()  # nothing listens on it
+    port = free_port()  # nothing listens on it
     source = PostgresRows(f"host=127.0.0.1 port={port} dbname=postgres", "SELECT 1")
     async with open_server(rows_app(lambda: source)) as server:
         async with open_stream(server, "/rows") as client:

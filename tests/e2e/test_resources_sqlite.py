@@ -8,7 +8,6 @@ step) interrupted mid-way, a failing query, and another driver plugged into the 
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import threading
 import time
@@ -19,6 +18,7 @@ from typing import Any, Self
 
 import anyio
 import pytest
+from resource_checks import database_locked, open_descriptors
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -69,35 +69,6 @@ def database(tmp_path: Path) -> Path:
         )
     connection.close()
     return path
-
-
-def database_locked(path: Path) -> bool:
-    """Whether another connection holds a lock on *path*: an exclusive one cannot be had."""
-    connection = sqlite3.connect(path, timeout=0, isolation_level=None)
-    try:
-        connection.execute("BEGIN EXCLUSIVE")
-    except sqlite3.OperationalError as exc:
-        if "locked" not in str(exc):
-            raise
-        return True
-    else:
-        connection.execute("ROLLBACK")
-        return False
-    finally:
-        connection.close()
-
-
-def open_descriptors(path: Path) -> list[str]:
-    """This process's descriptors that point at *path* (the database's connections)."""
-    found = []
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{name}")
-        except FileNotFoundError:
-            continue  # the descriptor listdir itself used
-        if target == str(path):
-            found.append(name)
-    return found
 
 
 def rows_app(source: RowSource[Any], **options: Any) -> Starlette:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+from resource_checks import process_state
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -37,15 +37,6 @@ RELEASE_BOUND = 1.0
 
 def python(script: str) -> list[str]:
     return [sys.executable, "-u", "-c", script]
-
-
-def process_state(pid: int) -> str | None:
-    """The state letter of *pid* (``Z`` for a zombie), or ``None`` if no such process."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return None
-    return stat.rpartition(")")[2].split()[0]
 
 
 def lines_app(command: list[str] | str, **options: Any) -> Starlette:

@@ -9,6 +9,7 @@ import anyio
 import pytest
 import sniffio
 from hypercorn.config import Config
+from ndjson_items import remaining_items
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.requests import Request
@@ -83,7 +84,7 @@ async def test_shutdown_drains_streams_with_a_farewell_and_completes_cleanup() -
             await rows.read_item()
             took = await server.shutdown(within=GRACE + 2)
             events = [event async for event in sse.events()]
-            items = [item async for item in _items(rows)]
+            items = await remaining_items(rows)
     assert took < GRACE
     assert sse.complete, "drained streams end their bodies properly"
     assert rows.complete
@@ -93,14 +94,6 @@ async def test_shutdown_drains_streams_with_a_farewell_and_completes_cleanup() -
     assert after == [EndReason.SHUTDOWN]
     reasons = {end.reason for end in server.streams.recent_ends()}
     assert reasons == {EndReason.SHUTDOWN}
-
-
-async def _items(client: Any) -> Any:
-    while True:
-        try:
-            yield await client.read_item()
-        except EOFError:
-            return
 
 
 async def test_shutdown_with_a_stalled_client_still_ends_within_the_grace_period() -> None:
