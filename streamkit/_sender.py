@@ -75,7 +75,13 @@ class StreamSender(Generic[ItemT_contra]):
         frame = run.response.encode(item)
         if run.options.idle_timeout is not None:
             run.last_item, run.last_item_at = item, anyio.current_time()
-        await run.buffer_send.send(frame)
+        try:
+            # While the buffer has room the item is queued without a trip through the event
+            # loop; the writer then takes all that is queued in one write. A producer that
+            # never awaits otherwise still yields (and is cancelled) once the buffer is full.
+            run.buffer_send.send_nowait(frame)
+        except anyio.WouldBlock:
+            await run.buffer_send.send(frame)
 
     @property
     def last_event_id(self) -> str | None:
