@@ -1,0 +1,277 @@
+"""The order of a run: which servers are up when, and what is measured against them.
+
+Per backend: one server per implementation for throughput and disconnects (throughput rounds
+interleave the implementations, so load from elsewhere on the machine hits them alike); a
+fresh server per implementation, one at a time, for memory; and fresh servers side by side for
+the stalled client.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from functools import partial
+from typing import IO, Any
+
+from . import measure
+from .apps import IMPLEMENTATIONS
+from .proc import machine
+from .server import raise_open_file_limit
+from .servers import ServerProcess, start_all, stop_all
+
+__all__ = ["FULL", "MEASUREMENTS", "QUICK", "Plan", "run"]
+
+MEASUREMENTS = ("throughput", "disconnect", "mass", "memory", "stall")
+BACKENDS = ("asyncio", "trio")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Plan:
+    """How much of everything a run does.
+
+    :param sizes: event data sizes for throughput, in bytes.
+    :param warmup: seconds a throughput stream runs before it is measured.
+    :param window: seconds a throughput stream is measured.
+    :param rounds: throughput rounds per implementation; the best is reported.
+    :param disconnects: single disconnects timed per producer kind.
+    :param cleanup_within: seconds a single disconnect's cleanup may take before the series
+        stops; how much later it came is then followed for *cleanup_late* more.
+    :param mass: streams closed at once in the mass disconnect (having beaten twice, for the
+        CPU per heartbeat).
+    :param memory_steps: idle stream counts at which worker memory is read.
+    :param memory_settle: seconds the memory server is left alone before each reading.
+    :param memory_heartbeat_interval: heartbeat interval of the memory servers (15 s, the
+        default of streamkit, sse-starlette and FastAPI: at 10,000 streams a short one keeps
+        a worker busy enough to slow the test down, see ``docs/benchmarks.md``).
+    :param stall_duration: seconds a client stays stalled.
+    :param heartbeat_interval: heartbeat interval of the other servers.
+    :param send_timeout: the implementations' send timeout, where they have one.
+    """
+
+    sizes: tuple[int, ...] = (64, 1024)
+    warmup: float = 0.5
+    window: float = 1.0
+    rounds: int = 3
+    disconnects: int = 200
+    cleanup_within: float = 2.0
+    cleanup_late: float = 10.0
+    mass: int = 1000
+    memory_steps: tuple[int, ...] = (2000, 10000)
+    memory_settle: float = 1.0
+    memory_heartbeat_interval: float = 15.0
+    stall_duration: float = 20.0
+    heartbeat_interval: float = 1.0
+    send_timeout: float = 10.0
+
+
+FULL = Plan()
+QUICK = Plan(
+    warmup=0.1,
+    window=0.3,
+    rounds=1,
+    disconnects=20,
+    cleanup_within=0.5,
+    cleanup_late=1.0,
+    mass=100,
+    memory_steps=(50, 150),
+    memory_settle=0.2,
+    stall_duration=1.5,
+    heartbeat_interval=0.2,
+)
+
+
+def _note(message: str) -> None:
+    sys.stderr.write(f"[bench {time.strftime('%H:%M:%S')}] {message}\n")
+    sys.stderr.flush()
+
+
+def _guarded(what: str, measurement: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run one measurement; a failure is recorded (and noted) rather than ending the run."""
+    try:
+        return measurement()
+    except Exception as exc:
+        _note(f"{what}: failed: {exc!r}")
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def _lifecycle_phase(
+    plan: Plan, impls: list[str], backend: str, only: set[str], log: IO[bytes]
+) -> dict[str, dict[str, Any]]:
+    results: dict[str, dict[str, Any]] = {impl: {} for impl in impls}
+    options = {"heartbeat_interval": plan.heartbeat_interval, "send_timeout": plan.send_timeout}
+    servers = start_all(impls, backend, log=log, **options)
+
+    def replace(impl: str) -> None:
+        # Streams left behind, or a spinning worker, would skew what follows.
+        stop_all([servers[impl]])
+        servers[impl] = ServerProcess(impl, backend, log=log, **options)
+        servers[impl].wait_ready()
+
+    try:
+        if "throughput" in only:
+            for size in plan.sizes:
+                rounds: dict[str, list[dict[str, Any]]] = {impl: [] for impl in impls}
+                for number in range(plan.rounds):
+                    _note(f"{backend}: throughput {size} B, round {number + 1}/{plan.rounds}")
+                    for impl in impls:
+                        found = _guarded(
+                            f"{backend}: {impl}: throughput",
+                            partial(
+                                measure.throughput,
+                                servers[impl],
+                                size=size,
+                                warmup=plan.warmup,
+                                window=plan.window,
+                            ),
+                        )
+                        rounds[impl].append(found)
+                        if "error" in found:
+                            replace(impl)
+                for impl in impls:
+                    done = [found for found in rounds[impl] if "error" not in found]
+                    best = max(done, key=lambda found: found["events_per_s"]) if done else {}
+                    entry = results[impl].setdefault("throughput", {})
+                    entry[str(size)] = best | {"rounds": rounds[impl]}
+        for impl in impls:
+            if "disconnect" in only:
+                _note(f"{backend}: {impl}: {plan.disconnects} disconnects, idle and busy")
+                kinds = results[impl]["disconnect"] = {}
+                for kind in ("idle", "busy"):
+                    found = kinds[kind] = _guarded(
+                        f"{backend}: {impl}: {kind} disconnects",
+                        partial(
+                            measure.disconnects,
+                            servers[impl],
+                            busy=kind == "busy",
+                            count=plan.disconnects,
+                            within=plan.cleanup_within,
+                            late=plan.cleanup_late,
+                        ),
+                    )
+                    if found.get("stopped"):
+                        _note(f"{backend}: {impl}: {kind}: {found['stopped']}")
+                    if found.get("stopped") or "error" in found:
+                        replace(impl)
+            if "mass" in only:
+                _note(f"{backend}: {impl}: {plan.mass} streams closed at once")
+                found = results[impl]["mass_disconnect"] = _guarded(
+                    f"{backend}: {impl}: mass disconnect",
+                    partial(
+                        measure.mass_disconnect,
+                        servers[impl],
+                        count=plan.mass,
+                        heartbeat_interval=plan.heartbeat_interval,
+                    ),
+                )
+                if "error" in found:
+                    replace(impl)
+    finally:
+        stop_all(list(servers.values()))
+    return results
+
+
+def _memory_phase(
+    plan: Plan, impls: list[str], backend: str, log: IO[bytes]
+) -> dict[str, dict[str, Any]]:
+    # Fresh servers, started together but measured one at a time: a server waiting its turn
+    # has served nothing, so its memory is as it was when it started.
+    servers = start_all(
+        impls,
+        backend,
+        heartbeat_interval=plan.memory_heartbeat_interval,
+        send_timeout=plan.send_timeout,
+        log=log,
+    )
+    results = {}
+    try:
+        for impl in impls:
+            counts = ", ".join(map(str, plan.memory_steps))
+            _note(f"{backend}: {impl}: memory with {counts} idle streams")
+            results[impl] = _guarded(
+                f"{backend}: {impl}: memory",
+                partial(
+                    measure.memory,
+                    servers[impl],
+                    steps=plan.memory_steps,
+                    settle=plan.memory_settle,
+                ),
+            )
+            stop_all([servers[impl]])
+    finally:
+        stop_all(list(servers.values()))
+    return results
+
+
+def _stall_phase(
+    plan: Plan, impls: list[str], backend: str, log: IO[bytes]
+) -> dict[str, dict[str, Any]]:
+    _note(f"{backend}: a stalled client on every implementation for {plan.stall_duration} s")
+    servers = start_all(
+        impls,
+        backend,
+        heartbeat_interval=plan.heartbeat_interval,
+        send_timeout=plan.send_timeout,
+        log=log,
+    )
+    try:
+        outcome = measure.stall(list(servers.values()), duration=plan.stall_duration)
+    except Exception as exc:
+        _note(f"{backend}: stalled clients: failed: {exc!r}")
+        return {impl: {"error": f"{type(exc).__name__}: {exc}"} for impl in impls}
+    finally:
+        stop_all(list(servers.values()))
+    return {result.pop("impl"): result for result in outcome}
+
+
+def run(
+    plan: Plan,
+    *,
+    impls: list[str] | None = None,
+    backends: list[str] | None = None,
+    only: set[str] | None = None,
+    note: Callable[[str], None] = _note,
+) -> dict[str, Any]:
+    """Run *plan*; return every figure, as the JSON output holds them.
+
+    :param impls: the implementations to measure (``raw`` first when given, as ratios need
+        it); all by default.
+    :param backends: ``asyncio``, ``trio`` or both (the default).
+    :param only: the measurements to run (of :data:`MEASUREMENTS`); all by default.
+    """
+    impls = list(impls or IMPLEMENTATIONS)
+    backends = list(backends or BACKENDS)
+    only = set(only or MEASUREMENTS)
+    raise_open_file_limit()
+    started = time.monotonic()
+    results: dict[str, dict[str, dict[str, Any]]] = {}
+    with tempfile.TemporaryFile() as log:
+        try:
+            for backend in backends:
+                per_impl = results[backend] = {impl: {} for impl in impls}
+                if only & {"throughput", "disconnect", "mass"}:
+                    for impl, found in _lifecycle_phase(plan, impls, backend, only, log).items():
+                        per_impl[impl].update(found)
+                if "memory" in only:
+                    for impl, found in _memory_phase(plan, impls, backend, log).items():
+                        per_impl[impl]["memory"] = found
+                if "stall" in only:
+                    for impl, found in _stall_phase(plan, impls, backend, log).items():
+                        per_impl[impl]["stall"] = found
+        except BaseException:
+            log.seek(0)
+            tail = log.read()[-4000:].decode(errors="replace")
+            if tail:
+                note(f"server output, last lines:\n{tail}")
+            raise
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "plan": asdict(plan) | {"quick": plan == QUICK},
+        "implementations": impls,
+        "seconds": time.monotonic() - started,
+        "results": results,
+    }

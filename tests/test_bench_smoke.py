@@ -1,0 +1,57 @@
+"""Smoke test of the benchmark runner in ``bench/``: one quick measurement, one
+implementation, one backend, through the real command line.
+
+It starts a real hypercorn server process and a real client, so it is an e2e test; it asserts
+that the runner produces a well-formed result, never how fast anything is (speed is measured
+by ``python -m bench``, not asserted in tests).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_quick_throughput_run_writes_a_well_formed_result(tmp_path: Path) -> None:
+    output = tmp_path / "bench.json"
+    command = [
+        sys.executable,
+        "-m",
+        "bench",
+        "--quick",
+        "--impl=streamkit",
+        "--backend=asyncio",
+        "--only=throughput",
+        f"--json={output}",
+    ]
+    completed = subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, timeout=45, check=False
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+
+    data = json.loads(output.read_text())
+    assert data["implementations"] == ["streamkit"]
+    assert data["plan"]["quick"] is True
+    assert data["machine"]["cores"] >= 1
+    assert set(data["results"]) == {"asyncio"}
+    throughput = data["results"]["asyncio"]["streamkit"]["throughput"]
+    assert set(throughput) == {str(size) for size in data["plan"]["sizes"]}
+    for result in throughput.values():
+        for key in ("events_per_s", "mib_per_s", "server_cpu_us_per_event", "server_cpu_share"):
+            assert isinstance(result[key], float)
+            assert math.isfinite(result[key])
+            assert result[key] > 0, key
+        assert len(result["rounds"]) == data["plan"]["rounds"]
+
+    # The markdown report went to stdout, with the throughput table and streamkit's row.
+    assert "#### asyncio: throughput" in completed.stdout
+    assert "| streamkit |" in completed.stdout
