@@ -1,9 +1,9 @@
 """The order of a run: which servers are up when, and what is measured against them.
 
 Per backend: one server per implementation for throughput and disconnects (throughput rounds
-interleave the implementations, so load from elsewhere on the machine hits them alike); a
-fresh server per implementation, one at a time, for memory; and fresh servers side by side for
-the stalled client.
+interleave the implementations, so load from elsewhere on the machine hits them alike); fresh
+servers for memory, started together and measured one at a time; and fresh servers side by
+side for the stalled client.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, contextmanag
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio
+import anyio.lowlevel
 
 from ._ends import EndReason
 
@@ -75,6 +76,7 @@ class StreamSender(Generic[ItemT_contra]):
         frame = run.response.encode(item)
         if run.options.idle_timeout is not None:
             run.last_item, run.last_item_at = item, anyio.current_time()
+        await anyio.lowlevel.checkpoint_if_cancelled()  # a cancelled producer stops here
         try:
             # While the buffer has room the item is queued without a trip through the event
             # loop; the writer then takes all that is queued in one write. A producer that
