@@ -64,4 +64,8 @@ class StreamOptions:
     @classmethod
     def names(cls) -> frozenset[str]:
         """The option names, for callers that accept them as keyword arguments."""
-        return frozenset(field.name for field in fields(cls))
+        return _NAMES
+
+
+# Computed once: response construction filters its keyword arguments with it.
+_NAMES = frozenset(field.name for field in fields(StreamOptions))

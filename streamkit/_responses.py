@@ -115,7 +115,8 @@ class StreamResponse(Response, Generic[ItemT]):
         self.on_end = on_end
         self.idle_fallback = arguments.get("idle_fallback") or self.default_idle_fallback
         self.end_when_idle = arguments.get("end_when_idle", False)
-        given = {name: value for name, value in arguments.items() if name in StreamOptions.names()}
+        names = StreamOptions.names()
+        given = {name: value for name, value in arguments.items() if name in names}
         given.setdefault("heartbeat_interval", self.default_heartbeat_interval)
         self.options = StreamOptions(**given)  # type: ignore[arg-type]
         self.status_code = arguments.get("status_code", 200)
