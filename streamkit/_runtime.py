@@ -1,7 +1,8 @@
 """The stream runtime: one task group per stream, tied to its connection.
 
-The producer runs in the stream's own task; the sender, the disconnect watcher, the send
-watchdog and the heartbeat timer run beside it in one task group. A bounded memory stream
+The producer runs in the stream's own task; beside it, in one task group, run the sender and a
+connection watcher that listens for the disconnect and keeps the timers (the send timeout, the
+heartbeat, the idle period). A bounded memory stream
 decouples the producer from the socket, so a client that stops reading holds the producer only
 until the buffer is full, and never past ``send_timeout``.
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 from collections.abc import AsyncIterable, Awaitable, Callable
 from contextlib import AsyncExitStack
 from functools import partial
@@ -78,9 +80,13 @@ class _StreamRun(Generic[ItemT]):
         self.last_item: ItemT | None = None
         self.last_item_at = self.started_at
         self._pending_since: float | None = None
-        self._write_count = 0
-        self._watchdog_wake: anyio.Event | None = None
         self._completing = False
+        self._send_timeout = options.send_timeout
+        heartbeat = options.heartbeat_interval is not None and response.heartbeat_frame()
+        self._heartbeat_interval = options.heartbeat_interval if heartbeat else None
+        self._heartbeat_at = self.started_at
+        self._idle_timeout = options.idle_timeout
+        self._timers = anyio.CancelScope()  # replaced by the watcher's own scope once it runs
 
     # -- deciding the end ---------------------------------------------------------------------
 
@@ -156,17 +162,11 @@ class _StreamRun(Generic[ItemT]):
         await self._finished.wait()
 
     def _start_helpers(self, task_group: TaskGroup) -> None:
-        options = self.options
-        task_group.start_soon(self._watch_disconnect)
+        task_group.start_soon(self._watch_connection)
         task_group.start_soon(self._send_loop)
-        if options.send_timeout is not None:
-            task_group.start_soon(self._watch_send, options.send_timeout)
-        if options.heartbeat_interval is not None and self.response.heartbeat_frame():
-            task_group.start_soon(self._heartbeat, options.heartbeat_interval)
-        if options.idle_timeout is not None:
-            task_group.start_soon(self._watch_idle, options.idle_timeout)
-        if options.max_duration is not None:
-            self._producer_scope.deadline = self.started_at + options.max_duration
+        max_duration = self.options.max_duration
+        if max_duration is not None:
+            self._producer_scope.deadline = self.started_at + max_duration
 
     async def _produce(self) -> None:
         content = self.response.content
@@ -223,22 +223,85 @@ class _StreamRun(Generic[ItemT]):
 
     # -- the tasks beside the producer --------------------------------------------------------
 
-    async def _watch_disconnect(self) -> None:
+    async def _watch_connection(self) -> None:
+        # One task listens for the disconnect and, between messages, wakes at the earliest of
+        # its timers: a write stuck past send_timeout, a heartbeat due, an idle period over.
+        # Folding them into the listener keeps a stream at two tasks beside the producer.
+        # Cancelling receive() there is safe: servers hold the message until it is taken.
         while True:
-            message = await self._receive()
-            if message["type"] == "http.disconnect":
+            with anyio.CancelScope(deadline=self._next_due()) as self._timers:
+                while (await self._receive())["type"] != "http.disconnect":
+                    pass
                 self.decide(
                     EndReason.COMPLETED if self._completing else EndReason.CLIENT_DISCONNECTED
                 )
                 return
+            if self._on_timers():
+                return
+
+    def _next_due(self) -> float:
+        due = math.inf
+        if self._pending_since is not None and self._send_timeout is not None:
+            due = self._pending_since + self._send_timeout
+        interval = self._heartbeat_interval
+        if interval is not None:
+            due = min(due, max(self._heartbeat_at, self._last_write_at + interval))
+        if self._idle_timeout is not None:
+            due = min(due, self.last_item_at + self._idle_timeout)
+        return due
+
+    def _on_timers(self) -> bool:
+        """Act on the timers that are due; true once the stream's end is decided."""
+        now = anyio.current_time()
+        timeout = self._send_timeout
+        if timeout is not None and self._pending_since is not None:
+            if now >= self._pending_since + timeout:
+                self.decide(EndReason.SEND_TIMEOUT)
+                self._abandon_sender()
+                return True
+        interval = self._heartbeat_interval
+        if interval is not None and now >= max(self._heartbeat_at, self._last_write_at + interval):
+            self._heartbeat_at = now + interval
+            if not self._enqueue(_HEARTBEAT):
+                self._heartbeat_interval = None  # the body is ending: no more heartbeats
+        idle_timeout = self._idle_timeout
+        if idle_timeout is not None and now >= self.last_item_at + idle_timeout:
+            return self._on_idle()
+        return False
+
+    def _on_idle(self) -> bool:
+        response = self.response
+        try:
+            fallback = response.idle_fallback(self.last_item)
+            frame = None if fallback is None else response.encode(fallback)
+        except Exception as exc:
+            self.decide(EndReason.ERROR, exc)
+            return True
+        if frame is not None and not self._enqueue(frame):
+            self._idle_timeout = None
+            return False
+        if response.end_when_idle:
+            self.decide(EndReason.DEADLINE)
+            return True
+        self.last_item_at = anyio.current_time()
+        return False
+
+    def _enqueue(self, frame: object) -> bool:
+        """Queue *frame* unless the buffer is full (the client is behind: nothing is needed);
+        false once the producer has finished and the buffer is closed."""
+        try:
+            self.buffer_send.send_nowait(frame)
+        except anyio.WouldBlock:
+            pass
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            return False
+        return True
 
     async def _send_message(self, message: Message) -> None:
-        now = anyio.current_time()
-        self._pending_since = self._last_write_at = now
-        self._write_count += 1
-        if self._watchdog_wake is not None:
-            self._watchdog_wake.set()
-            self._watchdog_wake = None
+        self._pending_since = self._last_write_at = now = anyio.current_time()
+        timeout = self._send_timeout
+        if timeout is not None and now + timeout < self._timers.deadline:
+            self._timers.deadline = now + timeout  # wake the watcher for this write
         await self._send(message)
         self._pending_since = None
 
@@ -291,60 +354,6 @@ class _StreamRun(Generic[ItemT]):
         await self._send_message({"type": "http.response.body", "body": b"", "more_body": False})
         self.decide(EndReason.COMPLETED)
         self._finished.set()
-
-    async def _watch_send(self, send_timeout: float) -> None:
-        while True:
-            since, count = self._pending_since, self._write_count
-            if since is None:
-                self._watchdog_wake = wake = anyio.Event()
-                await wake.wait()
-                continue
-            await anyio.sleep_until(since + send_timeout)
-            if self._pending_since is not None and self._write_count == count:
-                self.decide(EndReason.SEND_TIMEOUT)
-                self._abandon_sender()
-                return
-
-    async def _heartbeat(self, interval: float) -> None:
-        next_at = self._last_write_at + interval
-        while True:
-            await anyio.sleep_until(next_at)
-            due = self._last_write_at + interval
-            now = anyio.current_time()
-            if now < due:
-                next_at = due
-                continue
-            try:
-                self.buffer_send.send_nowait(_HEARTBEAT)
-            except anyio.WouldBlock:
-                pass  # items are waiting to be written: no heartbeat needed
-            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                return
-            next_at = now + interval
-
-    async def _watch_idle(self, idle_timeout: float) -> None:
-        response = self.response
-        while True:
-            await anyio.sleep_until(self.last_item_at + idle_timeout)
-            if anyio.current_time() < self.last_item_at + idle_timeout:
-                continue  # the producer sent something meanwhile
-            try:
-                fallback = response.idle_fallback(self.last_item)
-                frame = None if fallback is None else response.encode(fallback)
-            except Exception as exc:
-                self.decide(EndReason.ERROR, exc)
-                return
-            if frame is not None:
-                try:
-                    self.buffer_send.send_nowait(frame)
-                except anyio.WouldBlock:
-                    pass  # items are waiting: the client is slow, not the producer
-                except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                    return
-            if response.end_when_idle:
-                self.decide(EndReason.DEADLINE)
-                return
-            self.last_item_at = anyio.current_time()
 
     # -- the report -----------------------------------------------------------------------------
 

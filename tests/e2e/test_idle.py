@@ -56,6 +56,22 @@ async def test_a_silent_sse_producer_gets_stale_events_and_the_stream_waits_on()
     assert 2 * IDLE <= waited < 2 * IDLE + 1.0
 
 
+async def test_heartbeats_and_stale_events_share_a_silent_stream() -> None:
+    async with (
+        open_server(app(heartbeat_interval=IDLE / 4)) as server,
+        open_stream(server, "/sse") as client,
+    ):
+        first = await client.read_event()
+        stale = [await client.read_event() for _ in range(2)]
+        await client.close()
+        end = await server.wait_ended(EndReason.CLIENT_DISCONNECTED)
+    assert first.data == "42"
+    assert stale == [ServerSentEvent(event="stale", data="42")] * 2
+    # About three heartbeats fill each idle period; the stale events reset neither timer.
+    assert len(client.comments) >= 4
+    assert end.items_sent == 3
+
+
 async def test_end_when_idle_ends_with_deadline_after_the_fallback() -> None:
     async with (
         open_server(app(end_when_idle=True)) as server,

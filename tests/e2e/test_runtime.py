@@ -418,6 +418,33 @@ async def test_no_heartbeat_when_disabled_or_when_data_flows() -> None:
             assert client.comments == []
 
 
+@pytest.mark.parametrize("how", ["close", "reset"])
+async def test_a_disconnect_is_seen_while_timers_keep_waking_the_watcher(how: str) -> None:
+    """Heartbeats every 2 ms: the watcher's wait for the disconnect is interrupted each time,
+    and the disconnect must still be taken, once."""
+    probe = Probe()
+
+    async def route(request: Request) -> Response:
+        content = producer("sse", probe, count=None, pace=3600.0)
+        return respond("sse", content, probe, heartbeat_interval=0.002, send_timeout=5.0)
+
+    async with open_server(app_for(route)) as server:
+        async with open_stream(server, "/stream") as client:
+            await client.read_event()
+            beats = SSEReader()
+            with anyio.fail_after(5):
+                while len(beats.comments) < 20:
+                    chunk = await client.receive_chunk()
+                    assert chunk is not None
+                    beats.feed(chunk)
+            left_at = anyio.current_time()
+            await getattr(client, how)()
+            end = await server.wait_ended(EndReason.CLIENT_DISCONNECTED)
+    assert probe.cancelled_at is not None
+    assert probe.cancelled_at - left_at < DISCONNECT_BOUND
+    assert probe.ends == [end]
+
+
 async def test_heartbeat_writes_count_for_the_send_timeout() -> None:
     """A stalled client and a silent producer: only heartbeats are written, and they stall."""
 
