@@ -75,7 +75,9 @@ class _StreamRun(Generic[ItemT]):
         self._cleanup_duration = 0.0
         self._producer_scope = anyio.CancelScope()
         self._sender_scope = anyio.CancelScope()
-        self._finished = anyio.Event()
+        self._sender_done = False
+        # Made only when the producer ends first: an idle stream then holds no event.
+        self._sender_finished: anyio.Event | None = None
         self._last_write_at = self.started_at
         self.last_item: ItemT | None = None
         self.last_item_at = self.started_at
@@ -114,7 +116,12 @@ class _StreamRun(Generic[ItemT]):
 
     def _abandon_sender(self) -> None:
         self._sender_scope.cancel()
-        self._finished.set()
+        self._finish_sender()
+
+    def _finish_sender(self) -> None:
+        self._sender_done = True
+        if self._sender_finished is not None:
+            self._sender_finished.set()
 
     def shutdown(self) -> None:
         """End the stream for a graceful shutdown (called by the registry's drain)."""
@@ -159,7 +166,9 @@ class _StreamRun(Generic[ItemT]):
         if self._producer_scope.cancelled_caught and self.reason is None:
             self.decide(EndReason.DEADLINE)
         self.buffer_send.close()
-        await self._finished.wait()
+        if not self._sender_done:
+            self._sender_finished = anyio.Event()
+            await self._sender_finished.wait()
 
     def _start_helpers(self, task_group: TaskGroup) -> None:
         task_group.start_soon(self._watch_connection)
@@ -353,7 +362,7 @@ class _StreamRun(Generic[ItemT]):
         self._completing = True
         await self._send_message({"type": "http.response.body", "body": b"", "more_body": False})
         self.decide(EndReason.COMPLETED)
-        self._finished.set()
+        self._finish_sender()
 
     # -- the report -----------------------------------------------------------------------------
 
