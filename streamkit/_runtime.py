@@ -78,7 +78,7 @@ class _StreamRun(Generic[ItemT]):
         self._sender_done = False
         # Made only when the producer ends first: an idle stream then holds no event.
         self._sender_finished: anyio.Event | None = None
-        self._last_write_at = self.started_at
+        self._last_data_at = self.started_at  # when items were last written
         self.last_item: ItemT | None = None
         self.last_item_at = self.started_at
         self._pending_since: float | None = None
@@ -254,7 +254,7 @@ class _StreamRun(Generic[ItemT]):
             due = self._pending_since + self._send_timeout
         interval = self._heartbeat_interval
         if interval is not None:
-            due = min(due, max(self._heartbeat_at, self._last_write_at + interval))
+            due = min(due, max(self._heartbeat_at, self._last_data_at + interval))
         if self._idle_timeout is not None:
             due = min(due, self.last_item_at + self._idle_timeout)
         return due
@@ -269,7 +269,7 @@ class _StreamRun(Generic[ItemT]):
                 self._abandon_sender()
                 return True
         interval = self._heartbeat_interval
-        if interval is not None and now >= max(self._heartbeat_at, self._last_write_at + interval):
+        if interval is not None and now >= max(self._heartbeat_at, self._last_data_at + interval):
             self._heartbeat_at = now + interval
             if not self._enqueue(_HEARTBEAT):
                 self._heartbeat_interval = None  # the body is ending: no more heartbeats
@@ -307,7 +307,7 @@ class _StreamRun(Generic[ItemT]):
         return True
 
     async def _send_message(self, message: Message) -> None:
-        self._pending_since = self._last_write_at = now = anyio.current_time()
+        self._pending_since = now = anyio.current_time()
         timeout = self._send_timeout
         if timeout is not None and now + timeout < self._timers.deadline:
             self._timers.deadline = now + timeout  # wake the watcher for this write
@@ -351,6 +351,10 @@ class _StreamRun(Generic[ItemT]):
             beats = frames.count(_HEARTBEAT)
             if beats:
                 frames = [heartbeat if frame is _HEARTBEAT else frame for frame in frames]
+            if beats < len(frames):
+                # Only items put the next heartbeat off: one timed from a heartbeat's own
+                # write would wake the watcher twice per beat.
+                self._last_data_at = anyio.current_time()
             await self._write(b"".join(frames))
             self.items_sent += len(frames) - beats
         if self.reason is not None:
