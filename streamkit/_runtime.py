@@ -21,13 +21,14 @@ import math
 from collections.abc import AsyncIterable, Awaitable, Callable
 from contextlib import AsyncExitStack
 from functools import partial
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import anyio
 from anyio.abc import TaskGroup
 from starlette.datastructures import Headers
 from starlette.types import Message, Receive, Scope, Send
 
+from ._buffer import FrameBuffer
 from ._ends import EndReason, StreamEnd
 from ._registry import ActiveStream, StreamRegistry, current_registry
 from ._sender import StreamSender, shielded_cleanup
@@ -42,7 +43,6 @@ logger = logging.getLogger("streamkit")
 
 ItemT = TypeVar("ItemT")
 
-_HEARTBEAT = object()
 #: Queued frames are joined into one write until it holds this many bytes.
 _MAX_BATCH_BYTES = 65536
 _ABANDONING = frozenset({EndReason.CLIENT_DISCONNECTED, EndReason.SEND_TIMEOUT})
@@ -50,6 +50,39 @@ _ABANDONING = frozenset({EndReason.CLIENT_DISCONNECTED, EndReason.SEND_TIMEOUT})
 
 class _StreamRun(Generic[ItemT]):
     """One stream, from its first byte to its end report."""
+
+    # Slots: one per open stream, so its size counts (a dict would add about 1.3 KiB).
+    __slots__ = (
+        "_cleanup_duration",
+        "_completing",
+        "_head_only",
+        "_heartbeat_at",
+        "_heartbeat_interval",
+        "_idle_timeout",
+        "_last_data_at",
+        "_pending_since",
+        "_producer_scope",
+        "_receive",
+        "_send",
+        "_send_timeout",
+        "_sender_done",
+        "_sender_finished",
+        "_sender_scope",
+        "_timers",
+        "buffer",
+        "bytes_sent",
+        "client",
+        "exception",
+        "items_sent",
+        "last_event_id",
+        "last_item",
+        "last_item_at",
+        "options",
+        "path",
+        "reason",
+        "response",
+        "started_at",
+    )
 
     def __init__(
         self, response: StreamResponse[ItemT], scope: Scope, receive: Receive, send: Send
@@ -64,9 +97,7 @@ class _StreamRun(Generic[ItemT]):
         self.last_event_id = last_event_id(Headers(scope=scope))
         self._receive = receive
         self._send = send
-        self.buffer_send, self._buffer_receive = anyio.create_memory_object_stream[Any](
-            options.buffer_size
-        )
+        self.buffer = FrameBuffer(options.buffer_size)
         self.reason: EndReason | None = None
         self.exception: BaseException | None = None
         self.items_sent = 0
@@ -88,7 +119,8 @@ class _StreamRun(Generic[ItemT]):
         self._heartbeat_interval = options.heartbeat_interval if heartbeat else None
         self._heartbeat_at = self.started_at
         self._idle_timeout = options.idle_timeout
-        self._timers = anyio.CancelScope()  # replaced by the watcher's own scope once it runs
+        # The watcher's current scope; until it first runs, it reads the pending write itself.
+        self._timers: anyio.CancelScope | None = None
 
     # -- deciding the end ---------------------------------------------------------------------
 
@@ -145,16 +177,16 @@ class _StreamRun(Generic[ItemT]):
             self.shutdown()
         reported = False
         try:
-            with self.buffer_send, self._buffer_receive:
-                async with anyio.create_task_group() as task_group:
-                    self._start_helpers(task_group)
-                    await self._produce_then_finish()
-                    # Report before leaving the task group: on trio, a write to a client that
-                    # stopped reading holds the sender until the kernel drops the connection.
-                    reported = True
-                    self._report(registry)
-                    task_group.cancel_scope.cancel()
+            async with anyio.create_task_group() as task_group:
+                self._start_helpers(task_group)
+                await self._produce_then_finish()
+                # Report before leaving the task group: on trio, a write to a client that
+                # stopped reading holds the sender until the kernel drops the connection.
+                reported = True
+                self._report(registry)
+                task_group.cancel_scope.cancel()
         finally:
+            self.buffer.close()
             if not reported:
                 # Cancelled from outside: the server is tearing the connection down.
                 self.decide(EndReason.SHUTDOWN)
@@ -165,7 +197,7 @@ class _StreamRun(Generic[ItemT]):
             await self._produce()
         if self._producer_scope.cancelled_caught and self.reason is None:
             self.decide(EndReason.DEADLINE)
-        self.buffer_send.close()
+        self.buffer.close()
         if not self._sender_done:
             self._sender_finished = anyio.Event()
             await self._sender_finished.wait()
@@ -271,7 +303,7 @@ class _StreamRun(Generic[ItemT]):
         interval = self._heartbeat_interval
         if interval is not None and now >= max(self._heartbeat_at, self._last_data_at + interval):
             self._heartbeat_at = now + interval
-            if not self._enqueue(_HEARTBEAT):
+            if not self._enqueue(None):
                 self._heartbeat_interval = None  # the body is ending: no more heartbeats
         idle_timeout = self._idle_timeout
         if idle_timeout is not None and now >= self.last_item_at + idle_timeout:
@@ -295,22 +327,22 @@ class _StreamRun(Generic[ItemT]):
         self.last_item_at = anyio.current_time()
         return False
 
-    def _enqueue(self, frame: object) -> bool:
+    def _enqueue(self, frame: bytes | None) -> bool:
         """Queue *frame* unless the buffer is full (the client is behind: nothing is needed);
         false once the producer has finished and the buffer is closed."""
         try:
-            self.buffer_send.send_nowait(frame)
+            self.buffer.put_nowait(frame)
         except anyio.WouldBlock:
             pass
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+        except anyio.ClosedResourceError:
             return False
         return True
 
     async def _send_message(self, message: Message) -> None:
         self._pending_since = now = anyio.current_time()
-        timeout = self._send_timeout
-        if timeout is not None and now + timeout < self._timers.deadline:
-            self._timers.deadline = now + timeout  # wake the watcher for this write
+        timers, timeout = self._timers, self._send_timeout
+        if timeout is not None and timers is not None and now + timeout < timers.deadline:
+            timers.deadline = now + timeout  # wake the watcher for this write
         await self._send(message)
         self._pending_since = None
 
@@ -335,27 +367,16 @@ class _StreamRun(Generic[ItemT]):
                 "headers": response.raw_headers,
             }
         )
-        heartbeat = response.heartbeat_frame()
-        async for first in self._buffer_receive:
-            # Write what the producer has queued meanwhile in one message: fewer, larger
-            # writes when the producer is ahead, and no added latency when it is not.
-            frames = [first]
-            size = 0 if first is _HEARTBEAT else len(first)
-            while size < _MAX_BATCH_BYTES:
-                try:
-                    frame = self._buffer_receive.receive_nowait()
-                except (anyio.WouldBlock, anyio.EndOfStream):
-                    break
-                frames.append(frame)
-                size += 0 if frame is _HEARTBEAT else len(frame)
-            beats = frames.count(_HEARTBEAT)
-            if beats:
-                frames = [heartbeat if frame is _HEARTBEAT else frame for frame in frames]
+        heartbeat = response.heartbeat_frame() or b""
+        # Write what the producer has queued meanwhile in one message: fewer, larger writes
+        # when the producer is ahead, and no added latency when it is not.
+        while frames := await self.buffer.take(_MAX_BATCH_BYTES):
+            beats = frames.count(None)
             if beats < len(frames):
                 # Only items put the next heartbeat off: one timed from a heartbeat's own
                 # write would wake the watcher twice per beat.
                 self._last_data_at = anyio.current_time()
-            await self._write(b"".join(frames))
+            await self._write(b"".join([heartbeat if f is None else f for f in frames]))
             self.items_sent += len(frames) - beats
         if self.reason is not None:
             closing = response.closing_frame(self.reason)

@@ -81,9 +81,9 @@ class StreamSender(Generic[ItemT_contra]):
             # While the buffer has room the item is queued without a trip through the event
             # loop; the writer then takes all that is queued in one write. A producer that
             # never awaits otherwise still yields (and is cancelled) once the buffer is full.
-            run.buffer_send.send_nowait(frame)
+            run.buffer.put_nowait(frame)
         except anyio.WouldBlock:
-            await run.buffer_send.send(frame)
+            await run.buffer.put(frame)
 
     @property
     def last_event_id(self) -> str | None:

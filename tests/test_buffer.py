@@ -1,0 +1,131 @@
+"""The producer-to-writer buffer: bounded, in order, batched, and safe to cancel on both ends."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from streamkit._buffer import FrameBuffer
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_frames_come_out_in_order_in_one_batch() -> None:
+    buffer = FrameBuffer(4)
+    for frame in (b"a", None, b"b"):
+        buffer.put_nowait(frame)
+    assert await buffer.take(1024) == [b"a", None, b"b"]
+    assert len(buffer) == 0
+
+
+async def test_a_batch_stops_once_it_holds_max_bytes() -> None:
+    buffer = FrameBuffer(8)
+    for frame in (b"12", None, b"34", b"56", b"78"):
+        buffer.put_nowait(frame)
+    assert await buffer.take(4) == [b"12", None, b"34"]
+    assert await buffer.take(1) == [b"56"]
+    assert await buffer.take(1024) == [b"78"]
+
+
+async def test_a_full_buffer_refuses_then_holds_the_producer_until_the_writer_takes() -> None:
+    buffer = FrameBuffer(2)
+    buffer.put_nowait(b"1")
+    buffer.put_nowait(b"2")
+    with pytest.raises(anyio.WouldBlock):
+        buffer.put_nowait(b"3")
+    queued = anyio.Event()
+
+    async def produce() -> None:
+        await buffer.put(b"3")
+        queued.set()
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(produce)
+            await anyio.wait_all_tasks_blocked()
+            assert not queued.is_set()
+            assert await buffer.take(1024) == [b"1", b"2"]
+            await queued.wait()
+    assert await buffer.take(1024) == [b"3"]
+
+
+async def test_with_no_room_a_frame_goes_only_to_a_waiting_writer() -> None:
+    buffer = FrameBuffer(0)
+    with pytest.raises(anyio.WouldBlock):
+        buffer.put_nowait(b"early")
+    taken: list[list[bytes | None]] = []
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as task_group:
+
+            async def write() -> None:
+                taken.append(await buffer.take(1024))
+
+            task_group.start_soon(write)
+            await anyio.wait_all_tasks_blocked()
+            buffer.put_nowait(b"1")
+            with pytest.raises(anyio.WouldBlock):
+                buffer.put_nowait(b"2")
+    assert taken == [[b"1"]]
+
+
+async def test_a_cancelled_wait_for_frames_loses_none() -> None:
+    buffer = FrameBuffer(0)
+    with anyio.move_on_after(0.01):
+        await buffer.take(1024)
+    # The cancelled writer no longer counts as waiting: nothing may be handed to it.
+    with pytest.raises(anyio.WouldBlock):
+        buffer.put_nowait(b"lost?")
+    # Woken and cancelled before it runs: the writer ends with the frames (both backends let
+    # a completed wait finish) or leaves them queued; either way none is dropped.
+    buffer = FrameBuffer(4)
+    taken: list[list[bytes | None]] = []
+
+    async def write() -> None:
+        taken.append(await buffer.take(1024))
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(write)
+            await anyio.wait_all_tasks_blocked()
+            buffer.put_nowait(b"1")
+            task_group.cancel_scope.cancel()
+        if not taken:
+            taken.append(await buffer.take(1024))
+    assert taken == [[b"1"]]
+    assert len(buffer) == 0
+
+
+async def test_close_lets_the_writer_drain_and_then_ends_it() -> None:
+    buffer = FrameBuffer(4)
+    buffer.put_nowait(b"last")
+    buffer.close()
+    with pytest.raises(anyio.ClosedResourceError):
+        buffer.put_nowait(b"late")
+    assert await buffer.take(1024) == [b"last"]
+    assert await buffer.take(1024) == []
+
+
+async def test_close_wakes_a_waiting_writer_and_a_waiting_producer() -> None:
+    buffer = FrameBuffer(1)
+    buffer.put_nowait(b"1")
+    outcomes: list[object] = []
+
+    async def produce() -> None:
+        try:
+            await buffer.put(b"2")
+        except anyio.ClosedResourceError as exc:
+            outcomes.append(type(exc))
+
+    waiting = FrameBuffer(1)
+
+    async def write() -> None:
+        outcomes.append(await waiting.take(1024))
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(produce)
+            task_group.start_soon(write)
+            await anyio.wait_all_tasks_blocked()
+            buffer.close()
+            waiting.close()
+    assert sorted(outcomes, key=repr) == sorted([anyio.ClosedResourceError, []], key=repr)
