@@ -2,9 +2,9 @@
 
 The producer runs in the stream's own task; beside it, in one task group, run the sender and a
 connection watcher that listens for the disconnect and keeps the timers (the send timeout, the
-heartbeat, the idle period). A bounded memory stream
-decouples the producer from the socket, so a client that stops reading holds the producer only
-until the buffer is full, and never past ``send_timeout``.
+heartbeat, the idle period). A bounded buffer decouples the producer from the socket, so a
+client that stops reading holds the producer only until the buffer is full, and never past
+``send_timeout``.
 
 The first of them to decide how the stream ends wins (:meth:`_StreamRun.decide`): the producer
 is cancelled, its cleanup runs shielded under ``cleanup_timeout``, and the end is reported
