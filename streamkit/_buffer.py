@@ -43,7 +43,8 @@ class FrameBuffer:
         if self._closed:
             raise anyio.ClosedResourceError
         frames = self._frames
-        if len(frames) >= self._capacity and not (self._readable is not None and not frames):
+        # Full, unless a writer waits on an empty buffer: the frame is then handed to it.
+        if len(frames) >= self._capacity and (frames or self._readable is None):
             raise anyio.WouldBlock
         frames.append(frame)
         if self._readable is not None:

@@ -115,8 +115,8 @@ class _StreamRun(Generic[ItemT]):
         self._pending_since: float | None = None
         self._completing = False
         self._send_timeout = options.send_timeout
-        heartbeat = options.heartbeat_interval is not None and response.heartbeat_frame()
-        self._heartbeat_interval = options.heartbeat_interval if heartbeat else None
+        interval = options.heartbeat_interval
+        self._heartbeat_interval = interval if response.heartbeat_frame() else None
         self._heartbeat_at = self.started_at
         self._idle_timeout = options.idle_timeout
         # The watcher's current scope; until it first runs, it reads the pending write itself.
@@ -292,7 +292,7 @@ class _StreamRun(Generic[ItemT]):
         return due
 
     def _on_timers(self) -> bool:
-        """Act on the timers that are due; true once the stream's end is decided."""
+        """Act on the timers that are due; true once the sender is abandoned."""
         now = anyio.current_time()
         timeout = self._send_timeout
         if timeout is not None and self._pending_since is not None:
@@ -307,25 +307,27 @@ class _StreamRun(Generic[ItemT]):
                 self._heartbeat_interval = None  # the body is ending: no more heartbeats
         idle_timeout = self._idle_timeout
         if idle_timeout is not None and now >= self.last_item_at + idle_timeout:
-            return self._on_idle()
+            if not self._on_idle():
+                # Only the idle timer stops: the last writes are still bounded by send_timeout.
+                self._idle_timeout = None
         return False
 
     def _on_idle(self) -> bool:
+        """Send the idle fallback; false once the idle timer has nothing more to do."""
         response = self.response
         try:
             fallback = response.idle_fallback(self.last_item)
             frame = None if fallback is None else response.encode(fallback)
         except Exception as exc:
             self.decide(EndReason.ERROR, exc)
-            return True
-        if frame is not None and not self._enqueue(frame):
-            self._idle_timeout = None
             return False
+        if frame is not None and not self._enqueue(frame):
+            return False  # the body is ending
         if response.end_when_idle:
             self.decide(EndReason.DEADLINE)
-            return True
+            return False
         self.last_item_at = anyio.current_time()
-        return False
+        return True
 
     def _enqueue(self, frame: bytes | None) -> bool:
         """Queue *frame* unless the buffer is full (the client is behind: nothing is needed);

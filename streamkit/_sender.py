@@ -78,8 +78,9 @@ class StreamSender(Generic[ItemT_contra]):
             run.last_item, run.last_item_at = item, anyio.current_time()
         await anyio.lowlevel.checkpoint_if_cancelled()  # a cancelled producer stops here
         try:
-            # While the buffer has room the item is queued without a trip through the event
-            # loop; the writer then takes all that is queued in one write. A producer that
+            # put() does the same, but trying put_nowait first spares a coroutine per item
+            # (about half the cost of queueing one). Neither yields while the buffer has
+            # room, so the writer takes all that is queued in one write; a producer that
             # never awaits otherwise still yields (and is cancelled) once the buffer is full.
             run.buffer.put_nowait(frame)
         except anyio.WouldBlock:

@@ -160,6 +160,7 @@ async def serve(
         ``graceful_timeout`` in it are overridden.
     :param sock: a socket already listening, to serve on instead of binding *bind* (worker
         processes sharing one socket); serve takes it over and closes it when it stops.
+        *bind* and *stalled_connection_timeout* then go unused: the socket keeps its options.
     :param task_status: for ``TaskGroup.start``: started with the :class:`ServerAddress`
         once the socket listens.
     :raises ServeError: the address could not be bound.

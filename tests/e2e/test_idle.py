@@ -44,12 +44,15 @@ def app(**options: Any) -> Starlette:
 
 
 async def test_a_silent_sse_producer_gets_stale_events_and_the_stream_waits_on() -> None:
-    async with open_server(app()) as server, open_stream(server, "/sse") as client:
-        first = await client.read_event()
+    async with open_server(app()) as server:
+        # Timed from before the request: the first event's own delivery time cannot make the
+        # two idle periods look shorter than they were.
         started = anyio.current_time()
-        stale = [await client.read_event() for _ in range(2)]
-        waited = anyio.current_time() - started
-        await client.close()
+        async with open_stream(server, "/sse") as client:
+            first = await client.read_event()
+            stale = [await client.read_event() for _ in range(2)]
+            waited = anyio.current_time() - started
+            await client.close()
         await server.wait_ended(EndReason.CLIENT_DISCONNECTED)
     assert first.data == "42"
     assert stale == [ServerSentEvent(event="stale", data="42")] * 2
@@ -100,3 +103,36 @@ async def test_a_producer_that_keeps_sending_never_gets_a_fallback() -> None:
         events = [event async for event in client.events()]
     assert [event.data for event in events] == [str(n) for n in range(8)]
     assert all(event.event is None for event in events)
+
+
+async def test_a_stalled_client_is_still_given_up_after_the_stream_ended_when_idle() -> None:
+    """The idle timer ends the stream while a write to a client that stopped reading is
+    stuck: send_timeout still bounds that write, and everything is released."""
+    send_timeout = 0.5
+    cleaned = anyio.Event()
+
+    async def flood(send: StreamSender[Any]) -> None:
+        send.push_async_callback(cleaned_up)
+        while True:  # held once the socket and the buffer are full: then silent
+            await send({"pad": "x" * 32768})
+
+    async def cleaned_up() -> None:
+        await anyio.sleep(0.01)
+        cleaned.set()
+
+    async def rows(request: Request) -> Response:
+        return NDJSONResponse(
+            flood, idle_timeout=IDLE, end_when_idle=True, send_timeout=send_timeout
+        )
+
+    app = Starlette(routes=[Route("/rows", rows)])
+    async with (
+        open_server(app) as server,
+        open_stream(server, "/rows", receive_buffer=4096) as client,
+    ):
+        await client.receive_chunk()
+        client.stall()
+        end = await server.wait_ended(EndReason.DEADLINE, within=10)
+        with anyio.fail_after(5):
+            await cleaned.wait()
+    assert end.duration < IDLE + send_timeout + 1.0

@@ -441,7 +441,9 @@ async def test_a_disconnect_is_seen_while_timers_keep_waking_the_watcher(how: st
             await getattr(client, how)()
             end = await server.wait_ended(EndReason.CLIENT_DISCONNECTED)
     assert probe.cancelled_at is not None
+    assert probe.cleaned_at is not None
     assert probe.cancelled_at - left_at < DISCONNECT_BOUND
+    assert probe.cleaned_at - left_at < DISCONNECT_BOUND, "the awaited cleanup finished"
     assert probe.ends == [end]
 
 
