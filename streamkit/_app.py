@@ -16,10 +16,10 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from functools import partial
 from typing import Any, TypeVar, Unpack
 
-import anyio
-from anyio.abc import TaskGroup, TaskStatus
+from anyio.abc import TaskGroup
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -29,6 +29,7 @@ from starlette.types import ExceptionHandler, Receive, Scope, Send
 
 from ._ends import StreamEnd
 from ._exceptions import LifespanError, MetricsUnavailableError
+from ._lifespan import LifespanRun
 from ._metrics import AppStatistics, StreamMetrics, open_metrics, statistics_document
 from ._options import StreamOptions, _check_duration
 from ._registry import StreamRegistry, current_registry, using_registry
@@ -48,23 +49,6 @@ logger = logging.getLogger("streamkit")
 
 HandlerT = TypeVar("HandlerT", bound=Callable[..., Any])
 UserLifespan = Callable[["App"], AbstractAsyncContextManager[Mapping[str, Any] | None]]
-
-
-class _Lifespan:
-    """What one run of an App's lifespan holds."""
-
-    def __init__(self, streams: StreamRegistry) -> None:
-        self.streams = streams
-        self.route_streams: dict[str, StreamRegistry] = {}
-        self.stop = anyio.Event()
-        self.tasks_done = anyio.Event()
-        self.task_group: TaskGroup | None = None
-
-    def route_registry(self, path: str) -> StreamRegistry:
-        registry = self.route_streams.get(path)
-        if registry is None:
-            registry = self.route_streams[path] = StreamRegistry(parent=self.streams)
-        return registry
 
 
 @asynccontextmanager
@@ -156,7 +140,7 @@ class App(Starlette):
         self._user_lifespan: UserLifespan = lifespan or _no_lifespan
         self._metrics = open_metrics(required=metrics_path is not None)
         self._stream_routes: list[StreamRoute] = []
-        self._running: _Lifespan | None = None
+        self._running: LifespanRun | None = None
         self._streams = StreamRegistry()
         self._route_streams: dict[str, StreamRegistry] = {}
         self._warned_no_lifespan = False
@@ -417,52 +401,16 @@ class App(Starlette):
             raise LifespanError(f"the lifespan of {self!r} is already running")
         # A child of the registry current here: under streamkit.serve, the server's, so
         # the server's drain reaches these streams too.
-        running = _Lifespan(StreamRegistry(parent=current_registry()))
+        running = LifespanRun(
+            StreamRegistry(parent=current_registry()), grace_period=self.grace_period
+        )
         self._running, self._streams = running, running.streams
         self._route_streams = running.route_streams
         try:
-            async with anyio.create_task_group() as host:
-                running.task_group = await host.start(self._host_tasks, running)
-                try:
-                    async with self._user_lifespan(self) as state:
-                        try:
-                            yield state
-                        finally:
-                            await self._shut_down(running)
-                finally:
-                    running.stop.set()
+            async with running.run(partial(self._user_lifespan, self)) as state:
+                yield state
         finally:
             self._running = None
-
-    async def _host_tasks(self, running: _Lifespan, *, task_status: TaskStatus[TaskGroup]) -> None:
-        # The tasks run in a group of their own, in a task of their own, so that shutdown can
-        # cancel and await them while the user's lifespan (whose resources they use) is still
-        # open.
-        try:
-            async with anyio.create_task_group() as tasks:
-                task_status.started(tasks)
-                await running.stop.wait()
-                tasks.cancel_scope.cancel()
-        finally:
-            running.tasks_done.set()
-
-    async def _shut_down(self, running: _Lifespan) -> None:
-        started = anyio.current_time()
-        # Shielded: this also runs when the lifespan is being cancelled, and it must finish.
-        with anyio.move_on_after(self.grace_period, shield=True) as scope:
-            running.streams.drain()
-            await running.streams.wait_idle()
-            running.stop.set()
-            await running.tasks_done.wait()
-        if scope.cancelled_caught:
-            logger.warning(
-                "App shutdown exceeded its grace period of %.3f s: %d streams running, tasks %s",
-                self.grace_period,
-                running.streams.statistics().active,
-                "finished" if running.tasks_done.is_set() else "still running",
-            )
-        else:
-            logger.info("App shut down in %.3f s", anyio.current_time() - started)
 
     @property
     def task_group(self) -> TaskGroup:
@@ -475,13 +423,13 @@ class App(Starlette):
 
         :raises LifespanError: the lifespan is not running.
         """
-        running = self._running
-        if running is None or running.task_group is None or running.stop.is_set():
+        task_group = None if self._running is None else self._running.task_group
+        if task_group is None:
             raise LifespanError(
                 "the App's task group exists only while its lifespan runs; start tasks in "
                 "the lifespan given to App(lifespan=...), or in a request"
             )
-        return running.task_group
+        return task_group
 
     # -- introspection -------------------------------------------------------------------------
 

@@ -1,0 +1,102 @@
+"""One run of an :class:`~streamkit.App`'s lifespan: the registries its streams report to, the
+task group for the App's own work, and the order of its shutdown.
+
+The shutdown runs within the App's grace period, in this order: the App's streams drain (an
+SSE stream sends its farewell, and each stream's cleanup completes), then the task group's
+work is cancelled and awaited, then the user's lifespan exits, so that what it opened outlives
+what uses it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+
+from ._registry import StreamRegistry
+
+__all__ = ["LifespanRun"]
+
+logger = logging.getLogger("streamkit")
+
+
+class LifespanRun:
+    """What one run of an App's lifespan holds, and the run itself (:meth:`run`).
+
+    :param streams: the registry of the App's streams in this run.
+    :param grace_period: seconds the shutdown may take: the drain, then the cancelled tasks'
+        cleanup.
+    """
+
+    def __init__(self, streams: StreamRegistry, *, grace_period: float) -> None:
+        self.streams = streams
+        #: Each stream route's registry, by its declared path: a child of :attr:`streams`.
+        self.route_streams: dict[str, StreamRegistry] = {}
+        self.grace_period = grace_period
+        self._stop = anyio.Event()
+        self._tasks_done = anyio.Event()
+        self._task_group: TaskGroup | None = None
+
+    def route_registry(self, path: str) -> StreamRegistry:
+        """The registry of the stream route declared at *path*, made at its first stream."""
+        registry = self.route_streams.get(path)
+        if registry is None:
+            registry = self.route_streams[path] = StreamRegistry(parent=self.streams)
+        return registry
+
+    @property
+    def task_group(self) -> TaskGroup | None:
+        """The task group for the App's work; ``None`` before it started and once the
+        shutdown has cancelled it."""
+        return None if self._stop.is_set() else self._task_group
+
+    @asynccontextmanager
+    async def run(
+        self, user_lifespan: Callable[[], AbstractAsyncContextManager[Mapping[str, Any] | None]]
+    ) -> AsyncIterator[Mapping[str, Any] | None]:
+        """Start the task group, then enter *user_lifespan()* inside it and yield what it
+        yields; on exit, shut down in the order the module docstring gives."""
+        async with anyio.create_task_group() as host:
+            self._task_group = await host.start(self._host_tasks)
+            try:
+                async with user_lifespan() as state:
+                    try:
+                        yield state
+                    finally:
+                        await self._shut_down()
+            finally:
+                self._stop.set()
+
+    async def _host_tasks(self, *, task_status: TaskStatus[TaskGroup]) -> None:
+        # The tasks run in a group of their own, in a task of their own, so that shutdown can
+        # cancel and await them while the user's lifespan (whose resources they use) is still
+        # open.
+        try:
+            async with anyio.create_task_group() as tasks:
+                task_status.started(tasks)
+                await self._stop.wait()
+                tasks.cancel_scope.cancel()
+        finally:
+            self._tasks_done.set()
+
+    async def _shut_down(self) -> None:
+        started = anyio.current_time()
+        # Shielded: this also runs when the lifespan is being cancelled, and it must finish.
+        with anyio.move_on_after(self.grace_period, shield=True) as scope:
+            self.streams.drain()
+            await self.streams.wait_idle()
+            self._stop.set()
+            await self._tasks_done.wait()
+        if scope.cancelled_caught:
+            logger.warning(
+                "App shutdown exceeded its grace period of %.3f s: %d streams running, tasks %s",
+                self.grace_period,
+                self.streams.statistics().active,
+                "finished" if self._tasks_done.is_set() else "still running",
+            )
+        else:
+            logger.info("App shut down in %.3f s", anyio.current_time() - started)
