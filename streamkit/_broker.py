@@ -75,12 +75,11 @@ class Broker(Protocol):
 
 
 class _History:
-    __slots__ = ("events", "keys", "last", "touched_at")
+    __slots__ = ("events", "keys", "touched_at")
 
     def __init__(self, size: int) -> None:
         self.keys: collections.deque[EventKey] = collections.deque(maxlen=size)
         self.events: collections.deque[ServerSentEvent] = collections.deque(maxlen=size)
-        self.last: EventKey = (0, 0)
         self.touched_at = time.monotonic()
 
 
@@ -143,12 +142,12 @@ class MemoryBroker(TopicHub):
         history = self._history(topic)
         if history is None:
             history = self._histories[topic] = _History(self.history_size)
-        milliseconds = max(time.time_ns() // 1_000_000, history.last[0])
-        key = (milliseconds, history.last[1] + 1 if milliseconds == history.last[0] else 0)
+        last = history.keys[-1] if history.keys else (0, 0)
+        milliseconds = max(time.time_ns() // 1_000_000, last[0])
+        key = (milliseconds, last[1] + 1 if milliseconds == last[0] else 0)
         published = ServerSentEvent(id=format_event_id(key), event=name, data=data)
         history.keys.append(key)
         history.events.append(published)
-        history.last = key
         history.touched_at = time.monotonic()
         self._published += 1
         self._deliver(topic, (key, published))

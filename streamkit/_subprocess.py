@@ -25,7 +25,7 @@ from anyio.abc import Process
 from ._exceptions import ProcessExitError
 from ._options import _check_duration
 from ._responses import Producer
-from ._sender import StreamSender
+from ._sender import StreamSender, shielded_cleanup
 
 __all__ = ["open_subprocess", "subprocess_lines"]
 
@@ -60,7 +60,7 @@ async def _stop(process: Process, stop_grace_period: float) -> None:
         # outlived a leader which exited on its own, are killed, and the leader is reaped
         # (an unreaped child stays a zombie for as long as this process lives).
         _signal_group(process, getattr(signal, "SIGKILL", signal.SIGTERM))
-        with anyio.move_on_after(_REAP_TIMEOUT, shield=True):
+        with shielded_cleanup(_REAP_TIMEOUT):
             await process.aclose()
 
 
@@ -188,11 +188,11 @@ def subprocess_lines(
     :param stop_grace_period: see :func:`open_subprocess`.
     :param max_line_length: a line longer than this many bytes is sent in pieces of it, so
         a command that never writes a newline cannot grow the buffer without bound.
-    :raises ValueError: *max_line_length* is below 1.
     :param transform: maps each line to the item sent; by default the line itself.
     :param check: a non-zero exit status ends the stream with
         :class:`~streamkit.ProcessExitError` (an SSE or NDJSON stream then sends its error
         event or item).
+    :raises ValueError: *max_line_length* is below 1.
     """
     convert: Callable[[str], Any] = (lambda line: line) if transform is None else transform
     LineSplitter(max_line_length=max_line_length)  # refuse a bad length now, not in the stream

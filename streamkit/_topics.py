@@ -44,6 +44,7 @@ __all__ = [
 RESET_EVENT = "reset"
 
 _EVENT_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
 _ID_LIMIT = 2**64  # a Redis stream id is two unsigned 64-bit integers
 
 EventKey = tuple[int, int]
@@ -68,7 +69,7 @@ def check_topic(topic: str) -> None:
     """Refuse a topic name that is empty, too long or holds a control character."""
     if not isinstance(topic, str):
         raise TypeError(f"a topic must be a str, got {type(topic).__name__}: {topic!r}")
-    if not 0 < len(topic) <= 256 or re.search(r"[\x00-\x1f\x7f]", topic):
+    if not 0 < len(topic) <= 256 or _CONTROL_CHARACTER.search(topic):
         raise ValueError(
             f"a topic must be 1 to 256 characters without control characters, got {topic!r:.80}"
         )

@@ -47,6 +47,15 @@ async def publish_all(broker: AnyBroker, topic: str, data: Iterator[str] | range
     return [await broker.publish(topic, str(item)) for item in data]
 
 
+async def resume(broker: AnyBroker, topic: str, last_event_id: str) -> list[Any]:
+    """What a subscriber resuming after *last_event_id* is sent first, then the event
+    published next (``"next"``), as :func:`take` gives them."""
+    async with broker.subscribe(topic, last_event_id=last_event_id) as subscription:
+        first = await take(subscription, 1)
+        await broker.publish(topic, "next")
+        return first + await take(subscription, 1)
+
+
 # -- ids and arguments --------------------------------------------------------------------------
 
 
@@ -153,10 +162,10 @@ async def test_an_invalid_id_is_answered_with_a_reset(
 ) -> None:
     async with make_broker() as broker:
         ids = await publish_all(broker, "t", range(3))
-        async with broker.subscribe("t", last_event_id=last_event_id) as subscription:
-            assert await take(subscription, 1) == [(RESET_EVENT, "invalid", ids[-1])]
-            await broker.publish("t", "3")
-            assert await take(subscription, 1) == ["3"]
+        assert await resume(broker, "t", last_event_id) == [
+            (RESET_EVENT, "invalid", ids[-1]),
+            "next",
+        ]
 
 
 async def test_an_id_the_history_never_held_is_answered_with_a_reset(
@@ -165,34 +174,22 @@ async def test_an_id_the_history_never_held_is_answered_with_a_reset(
     async with make_broker() as broker:
         ids = await publish_all(broker, "t", range(3))
         later = f"{parse_event_id(ids[-1])[0] + 10_000}-0"  # type: ignore[index]
-        async with broker.subscribe("t", last_event_id=later) as subscription:
-            assert await take(subscription, 1) == [(RESET_EVENT, "unknown", ids[-1])]
-            await broker.publish("t", "3")
-            assert await take(subscription, 1) == ["3"]
-        async with broker.subscribe("other", last_event_id=ids[0]) as subscription:
-            assert await take(subscription, 1) == [(RESET_EVENT, "expired", "")]
-            await broker.publish("other", "x")
-            assert await take(subscription, 1) == ["x"]
+        assert await resume(broker, "t", later) == [(RESET_EVENT, "unknown", ids[-1]), "next"]
+        assert await resume(broker, "other", ids[0]) == [(RESET_EVENT, "expired", ""), "next"]
 
 
 async def test_a_trimmed_history_is_answered_with_a_reset(make_broker: MakeBroker) -> None:
     # Redis trims whole blocks of 100 entries (MAXLEN ~), so it takes a few hundred.
     async with make_broker(history_size=10) as broker:
         ids = await publish_all(broker, "t", range(300))
-        async with broker.subscribe("t", last_event_id=ids[0]) as subscription:
-            assert await take(subscription, 1) == [(RESET_EVENT, "trimmed", ids[-1])]
-            await broker.publish("t", "300")
-            assert await take(subscription, 1) == ["300"]
+        assert await resume(broker, "t", ids[0]) == [(RESET_EVENT, "trimmed", ids[-1]), "next"]
 
 
 async def test_an_idle_topic_expires(make_broker: MakeBroker) -> None:
     async with make_broker(history_ttl=0.05) as broker:
         ids = await publish_all(broker, "t", range(2))
         await anyio.sleep(0.2)
-        async with broker.subscribe("t", last_event_id=ids[0]) as subscription:
-            assert await take(subscription, 1) == [(RESET_EVENT, "expired", "")]
-            await broker.publish("t", "2")
-            assert await take(subscription, 1) == ["2"]
+        assert await resume(broker, "t", ids[0]) == [(RESET_EVENT, "expired", ""), "next"]
 
 
 # -- slow subscribers --------------------------------------------------------------------------
