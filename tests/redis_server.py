@@ -116,8 +116,9 @@ def running(directory: Path, *, persistent: bool = False) -> Iterator[RedisServe
     """A started :class:`RedisServer`, stopped when the block exits; skips the test where
     redis-server cannot be found."""
     server = RedisServer(directory, persistent=persistent)
-    server.start()
     try:
+        # Inside: a start that times out leaves the process running, for stop() to end.
+        server.start()
         yield server
     finally:
         server.stop()

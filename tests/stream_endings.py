@@ -65,7 +65,8 @@ async def end_stream(server: LiveServer, client: StreamClient, ending: str) -> S
             task_group.start_soon(client.read_all)
             end = await server.wait_ended(ENDINGS[ending], within=10.0)
         return end
-    # "stall": the client reads no more, and its receive buffer is small.
+    # Acted on above ("close", "reset", "shutdown"), or "stall": the client reads no more,
+    # and its receive buffer is small.
     return await server.wait_ended(ENDINGS[ending], within=10.0)
 
 

@@ -10,6 +10,7 @@ import time
 
 import anyio
 import pytest
+from resource_checks import process_state
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -144,7 +145,7 @@ def test_an_unreaped_child_is_named_as_such() -> None:
     try:
         # Not waited for: once it exits it stays a zombie until reaped.
         deadline = time.monotonic() + 10
-        while zombie_state(child.pid) != "Z":
+        while process_state(child.pid) != "Z":
             assert time.monotonic() < deadline, "the child did not exit"
             time.sleep(0.01)
         with pytest.raises(LeakError, match=rf"child process {child.pid} \(exited, never reaped\)"):
@@ -152,11 +153,6 @@ def test_an_unreaped_child_is_named_as_such() -> None:
     finally:
         child.wait()
     wait_released(before, within=1.0)
-
-
-def zombie_state(pid: int) -> str:
-    with open(f"/proc/{pid}/stat") as stat:
-        return stat.read().rpartition(")")[2].split()[0]
 
 
 def test_leak_error_is_an_assertion_error_and_a_streamkit_error() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from functools import partial
 
 import anyio
 from starlette.types import ASGIApp
@@ -131,7 +130,7 @@ async def open_server(
                 if server is not None:
                     server.stopped.set()
 
-        address = await task_group.start(partial(run))
+        address = await task_group.start(run)
         server = LiveServer(address, streams, stop)
         try:
             yield server
