@@ -59,9 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         backends=arguments.backend,
         only=set(arguments.only) if arguments.only else None,
     )
-    report = markdown(data)
-    if arguments.json is not None:
+    if arguments.json is not None:  # first: the figures survive a report that fails
         arguments.json.write_text(json.dumps(data, indent=2) + "\n")
+    report = markdown(data)
     if arguments.markdown is not None:
         arguments.markdown.write_text(report + "\n")
     sys.stdout.write(report + "\n")

@@ -45,8 +45,6 @@ TOPIC = "bench"
 
 
 def make_app(broker_kind: str, redis_url: str | None) -> object:
-    from contextlib import asynccontextmanager as lifespan_manager
-
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import JSONResponse, Response
@@ -64,7 +62,7 @@ def make_app(broker_kind: str, redis_url: str | None) -> object:
             subscriber_buffer=256,
         )  # fmt: skip
 
-    @lifespan_manager
+    @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with broker:
             yield

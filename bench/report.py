@@ -116,7 +116,7 @@ def _lifecycle(
             _pair(result, ("disconnect", "busy"), "p50_ms", "p99_ms", plan),
         ]
         mass = _get(result, "mass_disconnect")
-        if mass is None:
+        if mass is None or "error" in mass:  # a failure is listed under the tables
             row.append("n/a")
         elif mass["all_cleaned_after_last_close_ms"] is None:
             row.append(f"only {mass['cleaned']} of {mass['count']} cleaned")
@@ -170,7 +170,8 @@ def _targets(data: dict[str, Any]) -> list[str]:
     def mass(results: dict[str, Any]) -> tuple[str, bool | None]:
         after = _get(results, "streamkit", "mass_disconnect", "all_cleaned_after_last_close_ms")
         if after is None:
-            return "n/a", None if _get(results, "streamkit", "mass_disconnect") is None else False
+            found = _get(results, "streamkit", "mass_disconnect")
+            return "n/a", None if found is None or "error" in found else False
         return f"{after:.1f} ms", after <= 50.0
 
     def per_stream(results: dict[str, Any]) -> tuple[str, bool | None]:

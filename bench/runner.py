@@ -233,7 +233,6 @@ def run(
     impls: list[str] | None = None,
     backends: list[str] | None = None,
     only: set[str] | None = None,
-    note: Callable[[str], None] = _note,
 ) -> dict[str, Any]:
     """Run *plan*; return every figure, as the JSON output holds them.
 
@@ -265,7 +264,7 @@ def run(
             log.seek(0)
             tail = log.read()[-4000:].decode(errors="replace")
             if tail:
-                note(f"server output, last lines:\n{tail}")
+                _note(f"server output, last lines:\n{tail}")
             raise
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),

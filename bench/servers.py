@@ -118,10 +118,6 @@ class ServerProcess:
             except (OSError, RuntimeError):
                 self.kill()
 
-    def stop(self, *, within: float = 5.0) -> None:
-        """Stop gracefully, or kill after *within* seconds."""
-        stop_all([self], within=within)
-
     def kill(self) -> None:
         if self.process.poll() is None:
             self.process.kill()

@@ -24,10 +24,8 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import logging
 import os
 import tempfile
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +36,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from streamkit import EventSourceResponse, ServerSentEvent, StreamEnd, StreamSender, serve
+from streamkit import EventSourceResponse, ServerSentEvent, StreamEnd, StreamSender, run
 
 DEMO_AUDIT_LOG = Path(tempfile.gettempdir()) / "streamkit-audit.ndjson"
 TICK_INTERVAL = 1.0
@@ -145,5 +143,5 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
     parser.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
     arguments = parser.parse_args()
-    logging.basicConfig(level=logging.INFO)  # streamkit logs every stream's end
-    anyio.run(partial(serve, app, bind=f"127.0.0.1:{arguments.port}"), backend=arguments.backend)
+    # Serves until Ctrl-C, then drains the streams; logs every stream's end.
+    run(app, backend=arguments.backend, bind=f"127.0.0.1:{arguments.port}")

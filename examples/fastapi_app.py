@@ -12,16 +12,14 @@ the client leaves, it is closed at once, shielded, and counted in ``UPSTREAM``.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing, asynccontextmanager
-from functools import partial
 from typing import Any
 
 import anyio
 from fastapi import FastAPI
 
-from streamkit import EventSourceResponse, NDJSONResponse, ServerSentEvent, StreamSender, serve
+from streamkit import EventSourceResponse, NDJSONResponse, ServerSentEvent, StreamSender, run
 
 #: What the fake upstream was asked for: calls still open, and calls closed early.
 UPSTREAM = {"open": 0, "aborted": 0}
@@ -75,5 +73,4 @@ async def orders(count: int = 20) -> NDJSONResponse:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO)
-    anyio.run(partial(serve, app, bind="127.0.0.1:8000"))
+    run(app)  # on 127.0.0.1:8000 until Ctrl-C; logs every stream's end

@@ -13,20 +13,17 @@ A name outside the directory, or one that is not a file, gets ``404``.
 from __future__ import annotations
 
 import argparse
-import logging
 import mimetypes
 import os
 import tempfile
-from functools import partial
 from pathlib import Path
 
-import anyio
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from streamkit import StreamResponse, file_chunks, serve
+from streamkit import StreamResponse, file_chunks, run
 
 DEMO_DIRECTORY = Path(tempfile.gettempdir()) / "streamkit-files"
 DEMO_SIZE = 20 * 1024 * 1024
@@ -77,6 +74,6 @@ if __name__ == "__main__":
     if directory is None:
         directory = DEMO_DIRECTORY
         make_demo_directory(directory)
-    logging.basicConfig(level=logging.INFO)  # streamkit logs every stream's end
     app = create_app(directory, bytes_per_second=arguments.rate)
-    anyio.run(partial(serve, app, bind=f"127.0.0.1:{arguments.port}"), backend=arguments.backend)
+    # Serves until Ctrl-C, then drains the streams; logs every stream's end.
+    run(app, backend=arguments.backend, bind=f"127.0.0.1:{arguments.port}")

@@ -21,11 +21,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from functools import partial
 
 import anyio
 import httpx
@@ -35,7 +33,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from streamkit import EventSourceResponse, ServerSentEvent, StreamSender, proxy_events, serve
+from streamkit import EventSourceResponse, ServerSentEvent, StreamSender, proxy_events, run
 
 #: How long the upstream may stay silent before the stream ends with an error.
 UPSTREAM_READ_TIMEOUT = 30.0
@@ -122,5 +120,5 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
     parser.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
     arguments = parser.parse_args()
-    logging.basicConfig(level=logging.INFO)  # streamkit logs every stream's end
-    anyio.run(partial(serve, app, bind=f"127.0.0.1:{arguments.port}"), backend=arguments.backend)
+    # Serves until Ctrl-C, then drains the streams; logs every stream's end.
+    run(app, backend=arguments.backend, bind=f"127.0.0.1:{arguments.port}")

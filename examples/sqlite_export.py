@@ -15,20 +15,17 @@ logged. ``--database PATH`` exports your own file's ``orders`` table instead.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sqlite3
 import tempfile
-from functools import partial
 from pathlib import Path
 
-import anyio
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from streamkit import NDJSONResponse, SQLiteRows, serve, stream_rows
+from streamkit import NDJSONResponse, SQLiteRows, run, stream_rows
 
 DEMO_DATABASE = Path(tempfile.gettempdir()) / "streamkit-orders.db"
 DEMO_ORDERS = 200_000
@@ -89,6 +86,6 @@ if __name__ == "__main__":
     if database is None:
         database = DEMO_DATABASE
         make_demo_database(database)
-    logging.basicConfig(level=logging.INFO)  # streamkit logs every stream's end
     app = create_app(database)
-    anyio.run(partial(serve, app, bind=f"127.0.0.1:{arguments.port}"), backend=arguments.backend)
+    # Serves until Ctrl-C, then drains the streams; logs every stream's end.
+    run(app, backend=arguments.backend, bind=f"127.0.0.1:{arguments.port}")

@@ -12,9 +12,7 @@ logs the stream's end as ``client_disconnected`` at once; a browser that reconne
 
 from __future__ import annotations
 
-import logging
 import time
-from functools import partial
 
 import anyio
 from starlette.applications import Starlette
@@ -22,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from streamkit import EventSourceResponse, ServerSentEvent, StreamSender, serve
+from streamkit import EventSourceResponse, ServerSentEvent, StreamSender, run
 
 TICK_INTERVAL = 2.0
 HEARTBEAT_INTERVAL = 0.5
@@ -44,5 +42,4 @@ app = Starlette(routes=[Route("/clock", clock)])
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO)  # streamkit logs every stream's end
-    anyio.run(partial(serve, app, bind="127.0.0.1:8000"))
+    run(app)  # on 127.0.0.1:8000 until Ctrl-C; logs every stream's end

@@ -14,13 +14,11 @@ nothing when ``curl`` stops. Without that, each closed tab would leave a ``tail`
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import tempfile
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from functools import partial
 from pathlib import Path
 
 import anyio
@@ -29,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from streamkit import EventSourceResponse, serve, subprocess_lines
+from streamkit import EventSourceResponse, run, subprocess_lines
 
 DEMO_LOG = Path(tempfile.gettempdir()) / "streamkit-demo.log"
 
@@ -75,9 +73,9 @@ if __name__ == "__main__":
     parser.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
     parser.add_argument("--log", type=Path, default=None)
     arguments = parser.parse_args()
-    logging.basicConfig(level=logging.INFO)  # streamkit logs every stream's end
     if arguments.log is None:
         app = create_app(DEMO_LOG, write_demo_lines=True)
     else:
         app = create_app(arguments.log)
-    anyio.run(partial(serve, app, bind=f"127.0.0.1:{arguments.port}"), backend=arguments.backend)
+    # Serves until Ctrl-C, then drains the streams; logs every stream's end.
+    run(app, backend=arguments.backend, bind=f"127.0.0.1:{arguments.port}")

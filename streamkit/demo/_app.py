@@ -58,10 +58,10 @@ class DemoState:
     database: Path | None = None
 
 
-def _snapshot(state: DemoState, streams: StreamRegistry) -> dict[str, Any]:
+def _snapshot(state: DemoState, streams: StreamRegistry, backend: str) -> dict[str, Any]:
     statistics = streams.statistics()
     return {
-        "backend": sniffio.current_async_library(),
+        "backend": backend,
         "draining": statistics.draining,
         "active": [dataclasses.asdict(stream) for stream in streams.active_streams()],
         "ended": {reason.value: count for reason, count in statistics.ended.items()},
@@ -195,8 +195,9 @@ def create_app(
 
     @app.sse("/streams")
     async def streams(request: Request, send: StreamSender[ServerSentEvent | str]) -> None:
+        backend = sniffio.current_async_library()  # the same for every snapshot
         while True:
-            snapshot = _snapshot(state, app.streams)
+            snapshot = _snapshot(state, app.streams, backend)
             await send(ServerSentEvent(event="streams", data=json.dumps(snapshot)))
             # On every change, and once a second for the ages and byte counts.
             with anyio.move_on_after(1.0):
