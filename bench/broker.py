@@ -1,8 +1,8 @@
 """Broadcast benchmarks: ``python -m bench.broker`` (``--quick`` for small counts).
 
 For each broker (memory, Redis) and each hypercorn worker (asyncio, trio), a server process
-serves one topic with :func:`streamkit.topic_response`; this process opens 1, 100 and 1,000
-SSE subscribers to it over real sockets and measures:
+serves one topic with :func:`streamkit.broadcast.topic_response`; this process opens 1, 100
+and 1,000 SSE subscribers to it over real sockets and measures:
 
 - publish-to-socket latency, p50 and p99: the server stamps each event with
   ``time.perf_counter_ns()`` just before ``publish``; a subscriber subtracts it from the same
@@ -52,12 +52,12 @@ def make_app(broker_kind: str, redis_url: str | None) -> object:
 
     import streamkit
 
-    broker: streamkit.MemoryBroker | streamkit.RedisBroker
+    broker: streamkit.broadcast.MemoryBroker | streamkit.broadcast.RedisBroker
     if broker_kind == "memory":
-        broker = streamkit.MemoryBroker(history_size=20_000, subscriber_buffer=256)
+        broker = streamkit.broadcast.MemoryBroker(history_size=20_000, subscriber_buffer=256)
     else:
         assert redis_url is not None
-        broker = streamkit.RedisBroker(
+        broker = streamkit.broadcast.RedisBroker(
             redis_url, key_prefix=f"bench:{uuid.uuid4().hex}:", history_size=20_000,
             subscriber_buffer=256,
         )  # fmt: skip
@@ -68,7 +68,9 @@ def make_app(broker_kind: str, redis_url: str | None) -> object:
             yield
 
     async def events(request: Request) -> Response:
-        return streamkit.topic_response(broker, TOPIC, heartbeat_interval=None, send_timeout=60.0)
+        return streamkit.broadcast.topic_response(
+            broker, TOPIC, heartbeat_interval=None, send_timeout=60.0
+        )
 
     async def publish(request: Request) -> Response:
         count = int(request.query_params["count"])

@@ -31,6 +31,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 import streamkit
+import streamkit.fallback
 
 _calls = itertools.count(1)
 
@@ -44,8 +45,8 @@ async def fetch_quote(symbol: str) -> dict[str, Any]:
 
 # Refreshes that miss the deadline finish here; the lifespan owns it, so shutting the
 # server down cancels whatever is still running.
-refresher = streamkit.Refresher(max_refreshes=8, refresh_timeout=30.0)
-quotes = streamkit.Fallback(
+refresher = streamkit.fallback.Refresher(max_refreshes=8, refresh_timeout=30.0)
+quotes = streamkit.fallback.Fallback(
     fetch_quote,
     fallback_after=0.5,
     max_staleness=3600.0,
@@ -54,7 +55,7 @@ quotes = streamkit.Fallback(
 
 
 async def quote(request: Request) -> Response:
-    return await streamkit.fallback_response(
+    return await streamkit.fallback.respond_with_fallback(
         quotes, request.path_params["symbol"], cache_flag="cache", retry_after=10.0
     )
 

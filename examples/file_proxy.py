@@ -23,7 +23,8 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from streamkit import StreamResponse, file_chunks, run
+from streamkit import StreamResponse, run
+from streamkit.resources import file_chunks
 
 DEMO_DIRECTORY = Path(tempfile.gettempdir()) / "streamkit-files"
 DEMO_SIZE = 20 * 1024 * 1024

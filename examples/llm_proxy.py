@@ -33,7 +33,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from streamkit import EventSourceResponse, ServerSentEvent, StreamSender, proxy_events, run
+from streamkit import EventSourceResponse, ServerSentEvent, StreamSender, run
+from streamkit.resources import upstream_events
 
 #: How long the upstream may stay silent before the stream ends with an error.
 UPSTREAM_READ_TIMEOUT = 30.0
@@ -82,7 +83,7 @@ def create_app(upstream_url: str | None = None, *, api_key: str | None = None) -
         }
         upstream = httpx.Request("POST", url, json=body, headers=headers)
         return EventSourceResponse(
-            proxy_events(
+            upstream_events(
                 upstream,
                 client=request.app.state.http,
                 read_timeout=UPSTREAM_READ_TIMEOUT,

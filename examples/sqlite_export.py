@@ -25,7 +25,8 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from streamkit import NDJSONResponse, SQLiteRows, run, stream_rows
+from streamkit import NDJSONResponse, run
+from streamkit.resources import SQLiteRows, query_rows
 
 DEMO_DATABASE = Path(tempfile.gettempdir()) / "streamkit-orders.db"
 DEMO_ORDERS = 200_000
@@ -48,7 +49,7 @@ def create_app(database: str | os.PathLike[str]) -> Starlette:
             batch_size=500,
         )
         return NDJSONResponse(
-            stream_rows(rows),
+            query_rows(rows),
             error_item={"error": "the export failed"},
             shutdown_item={"error": "the server is shutting down", "resume_since": "last id"},
             send_timeout=30.0,

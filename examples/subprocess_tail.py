@@ -27,7 +27,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from streamkit import EventSourceResponse, run, subprocess_lines
+from streamkit import EventSourceResponse, run
+from streamkit.resources import subprocess_lines
 
 DEMO_LOG = Path(tempfile.gettempdir()) / "streamkit-demo.log"
 

@@ -27,21 +27,21 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ExceptionHandler, Receive, Scope, Send
 
+from ._checks import check_duration
 from ._ends import StreamEnd
 from ._exceptions import LifespanError, MetricsUnavailableError
-from ._lifespan import LifespanRun
+from ._lifespan import LifespanScope
 from ._metrics import AppStatistics, StreamMetrics, open_metrics, statistics_document
-from ._options import StreamOptions, _check_duration
+from ._options import OptionArguments, StreamOptions
 from ._registry import StreamRegistry, current_registry, using_registry
 from ._responses import (
-    DEFAULT_ERROR_EVENT,
-    DEFAULT_SHUTDOWN_EVENT,
     EventSourceResponse,
+    NDJSONEndings,
     NDJSONResponse,
+    SSEFarewells,
     StreamResponse,
 )
-from ._routes import StreamOverrides, StreamRoute, _StreamEndpoint, route_options
-from ._sse import ServerSentEvent
+from ._routes import StreamRouteInfo, declare_stream_route
 
 __all__ = ["App"]
 
@@ -51,9 +51,25 @@ HandlerT = TypeVar("HandlerT", bound=Callable[..., Any])
 UserLifespan = Callable[["App"], AbstractAsyncContextManager[Mapping[str, Any] | None]]
 
 
+class SSERouteArguments(OptionArguments, SSEFarewells, total=False):
+    """What :meth:`App.sse` takes besides its route's path, name and methods."""
+
+
+class NDJSONRouteArguments(OptionArguments, NDJSONEndings, total=False):
+    """What :meth:`App.ndjson` takes besides its route's path, name and methods."""
+
+
+#: The App's default heartbeat, where :class:`StreamOptions` has none.
+DEFAULT_HEARTBEAT_INTERVAL = 15.0
+
+
 @asynccontextmanager
 async def _no_lifespan(app: App) -> AsyncIterator[None]:
     yield None
+
+
+async def _placeholder_handler(request: Request, send: object) -> None:
+    """Stands in for a route's handler while its arguments are checked."""
 
 
 class App(Starlette):
@@ -71,13 +87,11 @@ class App(Starlette):
     farewell and ``retry:``), then the task group's work is cancelled and awaited, then the
     user's *lifespan* exits, all within *grace_period*.
 
-    :param heartbeat_interval: the default for every stream route; a bytes route sends
-        heartbeats only if it is given a ``heartbeat_chunk``. ``None`` disables them.
-    :param send_timeout: the default for every stream route (see
-        :class:`~streamkit.StreamOptions`).
-    :param max_duration: the default for every stream route.
-    :param cleanup_timeout: the default for every stream route.
-    :param buffer_size: the default for every stream route.
+    :param options: the defaults of every stream route, any of
+        :class:`~streamkit.StreamOptions`' fields (``heartbeat_interval``, ``send_timeout``,
+        ``max_duration``, ``idle_timeout``, ``end_when_idle``, ``cleanup_timeout``,
+        ``buffer_size``), with ``heartbeat_interval`` 15 seconds unless given; a bytes route
+        sends heartbeats only if it is given a ``heartbeat_chunk``.
     :param grace_period: seconds the lifespan's shutdown may take: the drain, then the
         cancelled tasks' cleanup.
     :param streams_path: if given, a ``GET`` route there answers :meth:`statistics` as JSON.
@@ -104,11 +118,6 @@ class App(Starlette):
     def __init__(
         self,
         *,
-        heartbeat_interval: float | None = 15.0,
-        send_timeout: float | None = 10.0,
-        max_duration: float | None = None,
-        cleanup_timeout: float = 5.0,
-        buffer_size: int = 16,
         grace_period: float = 10.0,
         streams_path: str | None = None,
         metrics_path: str | None = None,
@@ -117,15 +126,17 @@ class App(Starlette):
         exception_handlers: Mapping[Any, ExceptionHandler] | None = None,
         lifespan: UserLifespan | None = None,
         debug: bool = False,
+        **options: Unpack[OptionArguments],
     ) -> None:
-        self.options = StreamOptions(
-            heartbeat_interval=heartbeat_interval,
-            send_timeout=send_timeout,
-            max_duration=max_duration,
-            cleanup_timeout=cleanup_timeout,
-            buffer_size=buffer_size,
-        )
-        _check_duration("grace_period", grace_period, optional=False)
+        unknown = sorted(set(options) - StreamOptions.names())
+        if unknown:
+            raise TypeError(
+                f"App got an unknown argument {unknown[0]!r}; the stream options are "
+                f"{', '.join(sorted(StreamOptions.names()))}"
+            )
+        options.setdefault("heartbeat_interval", DEFAULT_HEARTBEAT_INTERVAL)
+        self.options = StreamOptions(**options)
+        check_duration("grace_period", grace_period)
         self.grace_period = grace_period
         for name, path in (("streams_path", streams_path), ("metrics_path", metrics_path)):
             if path is not None and not path.startswith("/"):
@@ -139,8 +150,8 @@ class App(Starlette):
         )
         self._user_lifespan: UserLifespan = lifespan or _no_lifespan
         self._metrics = open_metrics(required=metrics_path is not None)
-        self._stream_routes: list[StreamRoute] = []
-        self._running: LifespanRun | None = None
+        self._stream_routes: list[StreamRouteInfo] = []
+        self._running: LifespanScope | None = None
         self._streams = StreamRegistry()
         self._route_streams: dict[str, StreamRegistry] = {}
         self._warned_no_lifespan = False
@@ -163,11 +174,7 @@ class App(Starlette):
         name: str | None = None,
         headers: Mapping[str, str] | None = None,
         on_end: Callable[[StreamEnd], None] | None = None,
-        heartbeat_comment: str = "ping",
-        shutdown_event: ServerSentEvent | None = DEFAULT_SHUTDOWN_EVENT,
-        deadline_event: ServerSentEvent | None = None,
-        error_event: ServerSentEvent | None = DEFAULT_ERROR_EVENT,
-        **options: Unpack[StreamOverrides],
+        **arguments: Unpack[SSERouteArguments],
     ) -> Callable[[HandlerT], HandlerT]:
         """Declare an event-stream route; the decorated function is returned unchanged.
 
@@ -180,25 +187,16 @@ class App(Starlette):
         :param name: the route's name; by default the function's.
         :param headers: extra response headers.
         :param on_end: called with each stream's :class:`~streamkit.StreamEnd`.
-        :param heartbeat_comment: see :class:`~streamkit.EventSourceResponse`.
-        :param shutdown_event: see :class:`~streamkit.EventSourceResponse`.
-        :param deadline_event: see :class:`~streamkit.EventSourceResponse`.
-        :param error_event: see :class:`~streamkit.EventSourceResponse`.
-        :param options: overrides of the App's defaults: ``heartbeat_interval``,
-            ``send_timeout``, ``max_duration``, ``cleanup_timeout``, ``buffer_size``.
+        :param arguments: overrides of the App's stream options (any field of
+            :class:`~streamkit.StreamOptions`), and the event stream's own
+            ``heartbeat_comment``, ``shutdown_event``, ``deadline_event`` and
+            ``error_event`` (see :class:`~streamkit.EventSourceResponse`).
         :raises ValueError: an option is out of range.
-        :raises TypeError: an option is unknown or has the wrong type, or the function has
+        :raises TypeError: an argument is unknown or has the wrong type, or the function has
             neither shape.
         """
-        arguments = {
-            "headers": headers,
-            "heartbeat_comment": heartbeat_comment,
-            "shutdown_event": shutdown_event,
-            "deadline_event": deadline_event,
-            "error_event": error_event,
-        }
-        return self._stream_decorator(
-            "sse", EventSourceResponse, path, methods, name, on_end, arguments, dict(options)
+        return self._declare(
+            "sse", EventSourceResponse, path, methods, name, headers, on_end, dict(arguments)
         )
 
     def ndjson(
@@ -209,28 +207,19 @@ class App(Starlette):
         name: str | None = None,
         headers: Mapping[str, str] | None = None,
         on_end: Callable[[StreamEnd], None] | None = None,
-        error_item: object = None,
-        shutdown_item: object = None,
-        deadline_item: object = None,
-        **options: Unpack[StreamOverrides],
+        **arguments: Unpack[NDJSONRouteArguments],
     ) -> Callable[[HandlerT], HandlerT]:
         """Declare a newline-delimited JSON route, whose items are JSON-serialisable values;
         the function has the shapes :meth:`sse` takes.
 
-        :param error_item: see :class:`~streamkit.NDJSONResponse`.
-        :param shutdown_item: see :class:`~streamkit.NDJSONResponse`.
-        :param deadline_item: see :class:`~streamkit.NDJSONResponse`.
+        :param arguments: overrides of the App's stream options, and the stream's own
+            ``error_item``, ``shutdown_item`` and ``deadline_item`` (see
+            :class:`~streamkit.NDJSONResponse`).
 
         The other arguments are those of :meth:`sse`.
         """
-        arguments = {
-            "headers": headers,
-            "error_item": error_item,
-            "shutdown_item": shutdown_item,
-            "deadline_item": deadline_item,
-        }
-        return self._stream_decorator(
-            "ndjson", NDJSONResponse, path, methods, name, on_end, arguments, dict(options)
+        return self._declare(
+            "ndjson", NDJSONResponse, path, methods, name, headers, on_end, dict(arguments)
         )
 
     def stream(
@@ -243,7 +232,7 @@ class App(Starlette):
         on_end: Callable[[StreamEnd], None] | None = None,
         media_type: str = "application/octet-stream",
         heartbeat_chunk: bytes | None = None,
-        **options: Unpack[StreamOverrides],
+        **options: Unpack[OptionArguments],
     ) -> Callable[[HandlerT], HandlerT]:
         """Declare a route streaming ``bytes`` or ``str`` chunks; the function has the shapes
         :meth:`sse` takes.
@@ -251,18 +240,15 @@ class App(Starlette):
         :param media_type: the content type.
         :param heartbeat_chunk: the bytes a heartbeat writes; without it the route sends no
             heartbeats, whatever the App's default.
+        :param options: overrides of the App's stream options.
 
         The other arguments are those of :meth:`sse`.
         """
         if heartbeat_chunk is None:
             options.setdefault("heartbeat_interval", None)
-        arguments = {
-            "headers": headers,
-            "media_type": media_type,
-            "heartbeat_chunk": heartbeat_chunk,
-        }
-        return self._stream_decorator(
-            "bytes", StreamResponse, path, methods, name, on_end, arguments, dict(options)
+        arguments = {"media_type": media_type, "heartbeat_chunk": heartbeat_chunk, **options}
+        return self._declare(
+            "bytes", StreamResponse, path, methods, name, headers, on_end, arguments
         )
 
     def route(
@@ -295,28 +281,36 @@ class App(Starlette):
         """Declare a plain ``POST`` endpoint (see :meth:`route`)."""
         return self.route(path, methods=("POST",), name=name)
 
-    def _stream_decorator(
+    def _declare(
         self,
         kind: str,
         response_class: type[StreamResponse[Any]],
         path: str,
         methods: Collection[str],
         name: str | None,
+        headers: Mapping[str, str] | None,
         on_end: Callable[[StreamEnd], None] | None,
         arguments: dict[str, Any],
-        overrides: dict[str, Any],
     ) -> Callable[[HandlerT], HandlerT]:
-        options = route_options(path, self.options, overrides, response_class, arguments, on_end)
+        # The arguments are checked now, with a placeholder handler: a bad one fails at
+        # declaration, not at the first request.
+        declared = partial(
+            declare_stream_route,
+            path=path,
+            kind=kind,
+            methods=frozenset(method.upper() for method in methods),
+            response_class=response_class,
+            defaults=self.options,
+            arguments={"headers": headers, **arguments},
+            on_end=on_end,
+            metrics=self._metrics,
+            registry_for=self._route_registry,
+        )
+        declared(name="", handler=_placeholder_handler)
 
         def declare(handler: HandlerT) -> HandlerT:
-            route = StreamRoute(
-                path=path,
-                name=name or handler.__name__,
-                kind=kind,
-                methods=frozenset(method.upper() for method in methods),
-                options=options,
-            )
-            endpoint = _StreamEndpoint(self, route, handler, response_class, arguments, on_end)
+            endpoint = declared(name=name or handler.__name__, handler=handler)
+            route = endpoint.route
             self.router.routes.append(
                 Route(path, endpoint, methods=list(route.methods), name=route.name)
             )
@@ -328,7 +322,7 @@ class App(Starlette):
         return declare
 
     @property
-    def stream_routes(self) -> tuple[StreamRoute, ...]:
+    def stream_routes(self) -> tuple[StreamRouteInfo, ...]:
         """The stream routes declared so far, in order."""
         return tuple(self._stream_routes)
 
@@ -343,35 +337,14 @@ class App(Starlette):
         with using_registry(running.streams):
             await super().__call__(scope, receive, send)
 
-    async def _run_stream(
-        self, endpoint: _StreamEndpoint, content: Any, scope: Scope, receive: Receive, send: Send
-    ) -> None:
-        path = endpoint.route.path
-        metrics = self._metrics
-        ended = False
-
-        def on_end(end: StreamEnd) -> None:
-            nonlocal ended
-            ended = True
-            if metrics is not None:
-                metrics.stream_ended(path, end)
-            if endpoint.on_end is not None:
-                endpoint.on_end(end)
-
-        response = endpoint.response_class(content, on_end=on_end, **endpoint.arguments)
-        if metrics is not None:
-            metrics.stream_started(path)
-        try:
-            running = self._running
-            if running is None:
-                self._warn_no_lifespan(path)
-                await response(scope, receive, send)
-            else:
-                with using_registry(running.route_registry(path)):
-                    await response(scope, receive, send)
-        finally:
-            if metrics is not None and not ended:
-                metrics.stream_ended(path, None)
+    def _route_registry(self, path: str) -> StreamRegistry | None:
+        """The registry the streams of the route at *path* report to, while the lifespan
+        runs."""
+        running = self._running
+        if running is None:
+            self._warn_no_lifespan(path)
+            return None
+        return running.route_registry(path)
 
     def _warn_no_lifespan(self, path: str) -> None:
         if not self._warned_no_lifespan:
@@ -401,13 +374,13 @@ class App(Starlette):
             raise LifespanError(f"the lifespan of {self!r} is already running")
         # A child of the registry current here: under streamkit.serve, the server's, so
         # the server's drain reaches these streams too.
-        running = LifespanRun(
+        running = LifespanScope(
             StreamRegistry(parent=current_registry()), grace_period=self.grace_period
         )
         self._running, self._streams = running, running.streams
         self._route_streams = running.route_streams
         try:
-            async with running.run(partial(self._user_lifespan, self)) as state:
+            async with running.open(partial(self._user_lifespan, self)) as state:
                 yield state
         finally:
             self._running = None

@@ -1,7 +1,7 @@
 """Brokers: publish an event to a topic, subscribe to a topic from a ``Last-Event-ID``.
 
 :class:`Broker` is the protocol; :class:`MemoryBroker` keeps a bounded history per topic in
-this process (one server), :class:`~streamkit.RedisBroker` keeps it in Redis Streams (many
+this process (one server), :class:`~streamkit.broadcast.RedisBroker` keeps it in Redis Streams (many
 servers). :func:`topic_response` serves a topic as an event stream in one line.
 """
 
@@ -18,15 +18,11 @@ from typing import Protocol, Self, Unpack
 
 import anyio.lowlevel
 
+from ._checks import check_count, check_duration
 from ._ends import EndReason
 from ._exceptions import SlowSubscriberError
-from ._options import _check_duration
-from ._responses import (
-    DEFAULT_ERROR_EVENT,
-    DEFAULT_SHUTDOWN_EVENT,
-    EventSourceResponse,
-    StreamArguments,
-)
+from ._hub import TopicHub
+from ._responses import EventSourceArguments, EventSourceResponse
 from ._sender import StreamSender
 from ._sse import ServerSentEvent
 from ._topics import (
@@ -35,7 +31,6 @@ from ._topics import (
     HistoryPage,
     ResetReason,
     SlowSubscriberPolicy,
-    TopicHub,
     check_topic,
     event_fields,
     format_event_id,
@@ -92,9 +87,9 @@ class MemoryBroker(TopicHub):
     :param history_size: events kept per topic for resuming subscribers.
     :param history_ttl: a topic's history is dropped once nothing was published to it for
         this many seconds; ``None`` keeps it as long as the process runs.
-    :param subscriber_buffer: see :class:`~streamkit.SlowSubscriberPolicy`.
-    :param slow_subscriber_policy: see :class:`~streamkit.SlowSubscriberPolicy`.
-    :param max_catching_up: see :class:`~streamkit.SlowSubscriberPolicy`.
+    :param subscriber_buffer: see :class:`~streamkit.broadcast.SlowSubscriberPolicy`.
+    :param slow_subscriber_policy: see :class:`~streamkit.broadcast.SlowSubscriberPolicy`.
+    :param max_catching_up: see :class:`~streamkit.broadcast.SlowSubscriberPolicy`.
     :raises ValueError: a size or duration is out of range.
     """
 
@@ -112,9 +107,8 @@ class MemoryBroker(TopicHub):
             slow_subscriber_policy=slow_subscriber_policy,
             max_catching_up=max_catching_up,
         )
-        if isinstance(history_size, bool) or not isinstance(history_size, int) or history_size < 1:
-            raise ValueError(f"history_size must be an int of at least 1, got {history_size!r}")
-        _check_duration("history_ttl", history_ttl, optional=True)
+        check_count("history_size", history_size)
+        check_duration("history_ttl", history_ttl, optional=True)
         self.history_size = history_size
         self.history_ttl = history_ttl
         self._histories: dict[str, _History] = {}
@@ -206,30 +200,22 @@ def topic_response(
     topic: str,
     *,
     slow_subscriber_event: ServerSentEvent | None = DEFAULT_SLOW_SUBSCRIBER_EVENT,
-    heartbeat_comment: str = "ping",
-    shutdown_event: ServerSentEvent | None = DEFAULT_SHUTDOWN_EVENT,
-    deadline_event: ServerSentEvent | None = None,
-    error_event: ServerSentEvent | None = DEFAULT_ERROR_EVENT,
-    **arguments: Unpack[StreamArguments],
+    **arguments: Unpack[EventSourceArguments],
 ) -> EventSourceResponse:
     """Serve *topic* as an event stream: ``return topic_response(broker, "prices")``.
 
     A reconnecting client's ``Last-Event-ID`` resumes it after that event (or is answered
-    with a :data:`~streamkit.RESET_EVENT`); heartbeats, timeouts and shutdown are those of
+    with a :data:`~streamkit.broadcast.RESET_EVENT`); heartbeats, timeouts and shutdown are those of
     :class:`~streamkit.EventSourceResponse`. The subscription is closed, shielded, whatever
     ends the stream.
 
     :param broker: the broker that holds the topic.
     :param topic: the topic's name.
     :param slow_subscriber_event: sent last to a subscriber the broker disconnected for being
-        too slow (the stream then ends as completed; the broker counts it in
-        ``slow_disconnects``); carry a ``retry``. ``None`` sends nothing.
-    :param heartbeat_comment: see :class:`~streamkit.EventSourceResponse`.
-    :param shutdown_event: see :class:`~streamkit.EventSourceResponse`.
-    :param deadline_event: see :class:`~streamkit.EventSourceResponse`.
-    :param error_event: see :class:`~streamkit.EventSourceResponse`.
+        too slow (the stream then ends with :attr:`~streamkit.EndReason.SEND_TIMEOUT`; the
+        broker counts it in ``slow_disconnects``); carry a ``retry``. ``None`` sends nothing.
 
-    The other arguments are those of :class:`~streamkit.StreamResponse`.
+    The other arguments are those of :class:`~streamkit.EventSourceResponse`.
 
     :raises ValueError: the topic name is invalid.
     """
@@ -248,11 +234,4 @@ def topic_response(
                 await send(slow_subscriber_event)
             send.end(EndReason.SEND_TIMEOUT)
 
-    return EventSourceResponse(
-        produce,
-        heartbeat_comment=heartbeat_comment,
-        shutdown_event=shutdown_event,
-        deadline_event=deadline_event,
-        error_event=error_event,
-        **arguments,
-    )
+    return EventSourceResponse(produce, **arguments)

@@ -1,5 +1,5 @@
-"""Where :class:`~streamkit.Fallback` keeps its last good values, and the app-owned task group
-that refreshes them in the background.
+"""Where :class:`~streamkit.fallback.Fallback` keeps its last good values, and the app-owned
+task group that refreshes them in the background.
 
 A store is anything with an async ``get`` and ``set`` (:class:`CacheStore`); the in-memory
 :class:`MemoryStore` is the default. A store only keeps entries: when an entry is fresh
@@ -22,7 +22,7 @@ from typing import Generic, Protocol, Self, TypeVar
 import anyio
 from anyio.abc import TaskGroup
 
-from ._options import _check_duration
+from ._checks import check_count, check_duration
 
 __all__ = ["CacheStore", "CachedValue", "MemoryStore", "Refresher", "RefresherStatistics"]
 
@@ -45,7 +45,7 @@ class CachedValue(Generic[T]):
 
 
 class CacheStore(Protocol[T]):
-    """What :class:`~streamkit.Fallback` needs from a store: whole entries, by string key.
+    """What :class:`~streamkit.fallback.Fallback` needs from a store: whole entries, by string key.
 
     ``set`` is handed a complete entry and must replace the previous one as a whole, so a
     reader sees the old entry or the new one, never a mixture.
@@ -77,10 +77,7 @@ class MemoryStore(Generic[T]):
     """
 
     def __init__(self, *, max_entries: int = 1024) -> None:
-        if isinstance(max_entries, bool) or not isinstance(max_entries, int):
-            raise TypeError(f"max_entries must be an int, got {max_entries!r}")
-        if max_entries < 1:
-            raise ValueError(f"max_entries must be at least 1, got {max_entries!r}")
+        check_count("max_entries", max_entries)
         self._max_entries = max_entries
         self._entries: dict[str, CachedValue[T]] = {}
 
@@ -132,11 +129,11 @@ class Refresher:
     """A task group, owned by the application, where fetches that missed their caller's
     deadline finish and refresh the cache (stale-while-revalidate).
 
-    Create it with the app, hand it to each :class:`~streamkit.Fallback`, and enter it in the
-    app's lifespan, so that leaving the lifespan cancels the refreshes still running::
+    Create it with the app, hand it to each :class:`~streamkit.fallback.Fallback`, and enter it
+    in the app's lifespan, so that leaving the lifespan cancels the refreshes still running::
 
-        refresher = streamkit.Refresher(max_refreshes=8)
-        quotes = streamkit.Fallback(fetch_quote, fallback_after=0.5, refresher=refresher)
+        refresher = streamkit.fallback.Refresher(max_refreshes=8)
+        quotes = streamkit.fallback.Fallback(fetch_quote, fallback_after=0.5, refresher=refresher)
 
         @contextlib.asynccontextmanager
         async def lifespan(app):
@@ -155,11 +152,8 @@ class Refresher:
     """
 
     def __init__(self, *, max_refreshes: int = 16, refresh_timeout: float | None = 30.0) -> None:
-        if isinstance(max_refreshes, bool) or not isinstance(max_refreshes, int):
-            raise TypeError(f"max_refreshes must be an int, got {max_refreshes!r}")
-        if max_refreshes < 1:
-            raise ValueError(f"max_refreshes must be at least 1, got {max_refreshes!r}")
-        _check_duration("refresh_timeout", refresh_timeout, optional=True)
+        check_count("max_refreshes", max_refreshes)
+        check_duration("refresh_timeout", refresh_timeout, optional=True)
         self._max_refreshes = max_refreshes
         self._refresh_timeout = refresh_timeout
         self._task_group: TaskGroup | None = None

@@ -68,7 +68,7 @@ class ProcessExitError(StreamkitError, RuntimeError):
 
 
 class FallbackUnavailableError(StreamkitError, TimeoutError):
-    """A :class:`~streamkit.Fallback` got no fresh value before its deadline and had no
+    """A :class:`~streamkit.fallback.Fallback` got no fresh value before its deadline and had no
     cached value to serve instead (none, or one older than ``max_staleness``).
 
     :param message: the key, the deadline and what the cache held.

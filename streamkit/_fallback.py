@@ -6,7 +6,7 @@ The asyncio recipe, ``asyncio.wait_for(fetch(), timeout)`` with the cache read i
 key is shared by every caller waiting for that key (single-flight), and each caller waits for
 it in its own cancel scope, so one caller's deadline or departure is nobody else's business:
 
-- With a :class:`~streamkit.Refresher`, the fetch runs in the application's task group and
+- With a :class:`~streamkit.fallback.Refresher`, the fetch runs in the application's task group and
   carries on past the callers' deadlines to refresh the cache; the lifespan's end cancels it.
 - Without one (or while it is full or closed), the first caller hosts the fetch in a task
   group of its own, and the fetch's deadline is that caller's: later callers join it and never
@@ -31,10 +31,10 @@ import anyio
 from starlette.responses import JSONResponse, Response
 
 from ._cache import CachedValue, CacheStore, MemoryStore, Refresher
+from ._checks import check_duration
 from ._exceptions import FallbackUnavailableError
-from ._options import _check_duration
 
-__all__ = ["Fallback", "FallbackResult", "fallback_response"]
+__all__ = ["Fallback", "FallbackResult", "respond_with_fallback"]
 
 logger = logging.getLogger("streamkit")
 
@@ -82,7 +82,7 @@ class Fallback(Generic[T]):
         async def fetch_quote(symbol: str) -> dict[str, object]:
             ...  # sometimes takes ten seconds
 
-        quotes = streamkit.Fallback(fetch_quote, fallback_after=0.5, max_staleness=3600.0)
+        quotes = streamkit.fallback.Fallback(fetch_quote, fallback_after=0.5, max_staleness=3600.0)
         result = await quotes.get("ACME")  # within 0.5 s, or FallbackUnavailableError
 
     Concurrent calls for one key share one fetch. A fetch that returns stores its value.
@@ -94,7 +94,7 @@ class Fallback(Generic[T]):
         fetches on every call.
     :param max_staleness: the oldest, in seconds, a value may be and still be served when no
         fresh one comes; ``None`` serves any age.
-    :param store: where values are kept; a new :class:`~streamkit.MemoryStore` by default.
+    :param store: where values are kept; a new :class:`~streamkit.fallback.MemoryStore` by default.
     :param refresher: where a fetch that misses the deadline carries on to refresh the store;
         without one it is cancelled at the deadline.
     :param fallback_on: exception types which, raised by *fetch*, are answered with the cached
@@ -121,9 +121,9 @@ class Fallback(Generic[T]):
     ) -> None:
         if not callable(fetch):
             raise TypeError(f"fetch must be an async function of a key, got {fetch!r}")
-        _check_duration("fallback_after", fallback_after, optional=False)
-        _check_duration("ttl", ttl, optional=True)
-        _check_duration("max_staleness", max_staleness, optional=True)
+        check_duration("fallback_after", fallback_after)
+        check_duration("ttl", ttl, optional=True)
+        check_duration("max_staleness", max_staleness, optional=True)
         if ttl is not None and max_staleness is not None and max_staleness < ttl:
             raise ValueError(
                 f"max_staleness must be at least ttl, got max_staleness={max_staleness!r} "
@@ -263,7 +263,7 @@ class Fallback(Generic[T]):
         )
 
 
-async def fallback_response(
+async def respond_with_fallback(
     fallback: Fallback[Any],
     key: str = "",
     *,
@@ -276,7 +276,8 @@ async def fallback_response(
     For a Starlette or FastAPI endpoint (FastAPI sends a returned ``Response`` as it is)::
 
         async def quote(request):
-            return await streamkit.fallback_response(quotes, request.path_params["symbol"])
+            symbol = request.path_params["symbol"]
+            return await streamkit.fallback.respond_with_fallback(quotes, symbol)
 
     Headers: ``X-Cache`` is ``miss`` for a value just fetched, ``hit`` for one served within
     ``ttl``, ``stale`` for one served because no fresh value came in time; a cached value also
@@ -292,7 +293,7 @@ async def fallback_response(
     :raises TypeError: *cache_flag* is given and the value is not a mapping.
     :raises ValueError: *retry_after* is not a positive number of seconds.
     """
-    _check_duration("retry_after", retry_after, optional=False)
+    check_duration("retry_after", retry_after)
     extra = dict(headers or {})
     try:
         result = await fallback.get(key)

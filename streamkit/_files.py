@@ -11,13 +11,12 @@ that one chunk.
 
 from __future__ import annotations
 
-import math
 import os
 
 import anyio
 
-from ._responses import Producer
-from ._sender import StreamSender
+from ._checks import check_count, check_rate
+from ._sender import Producer, StreamSender
 
 __all__ = ["file_chunks"]
 
@@ -45,17 +44,8 @@ def file_chunks(
     :raises ValueError: *chunk_size* is below 1, or *bytes_per_second* is not a positive,
         finite number.
     """
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be an int of at least 1, got {chunk_size!r}")
-    if bytes_per_second is not None and not (
-        isinstance(bytes_per_second, int | float)
-        and not isinstance(bytes_per_second, bool)
-        and bytes_per_second > 0
-        and math.isfinite(bytes_per_second)
-    ):
-        raise ValueError(
-            f"bytes_per_second must be a positive, finite number or None, got {bytes_per_second!r}"
-        )
+    check_count("chunk_size", chunk_size)
+    check_rate("bytes_per_second", bytes_per_second, optional=True)
 
     async def produce(send: StreamSender[bytes]) -> None:
         # No checkpoint between the open returning and the file being registered, so a

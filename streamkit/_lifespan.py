@@ -19,13 +19,13 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from ._registry import StreamRegistry
 
-__all__ = ["LifespanRun"]
+__all__ = ["LifespanScope"]
 
 logger = logging.getLogger("streamkit")
 
 
-class LifespanRun:
-    """What one run of an App's lifespan holds, and the run itself (:meth:`run`).
+class LifespanScope:
+    """What one run of an App's lifespan holds, and the run itself (:meth:`open`).
 
     :param streams: the registry of the App's streams in this run.
     :param grace_period: seconds the shutdown may take: the drain, then the cancelled tasks'
@@ -55,7 +55,7 @@ class LifespanRun:
         return None if self._stop.is_set() else self._task_group
 
     @asynccontextmanager
-    async def run(
+    async def open(
         self, user_lifespan: Callable[[], AbstractAsyncContextManager[Mapping[str, Any] | None]]
     ) -> AsyncIterator[Mapping[str, Any] | None]:
         """Start the task group, then enter *user_lifespan()* inside it and yield what it

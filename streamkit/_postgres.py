@@ -1,9 +1,10 @@
 """Streaming the rows of a PostgreSQL query, with the query stopped on every end of the stream.
 
-:class:`PostgresRows` is a :class:`~streamkit.RowSource` on psycopg 3. Its asynchronous API
-runs on asyncio only, so, as :class:`~streamkit.SQLiteRows` does, it uses the synchronous
-connection from worker threads (``anyio.to_thread``), one call at a time, and runs on trio
-too. The rows stay on the server, in a server-side cursor, and come a batch per ``FETCH``.
+:class:`PostgresRows` is a :class:`~streamkit.resources.RowSource` on psycopg 3. Its
+asynchronous API runs on asyncio only, so, as :class:`~streamkit.resources.SQLiteRows` does, it
+uses the synchronous connection from worker threads (``anyio.to_thread``), one call at a time,
+and runs on trio too. The rows stay on the server, in a server-side cursor, and come a batch
+per ``FETCH``.
 
 The leak this prevents is worse than SQLite's: PostgreSQL does not notice that its client has
 gone while a statement runs, so an abandoned ``FETCH`` of a slow query (or the sort before its
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 import anyio
 
-from ._options import _check_duration
+from ._checks import check_count, check_duration
 from ._sender import shielded_cleanup
 
 if TYPE_CHECKING:
@@ -55,7 +56,7 @@ def _import_psycopg() -> None:
 
 
 class PostgresRows:
-    """A :class:`~streamkit.RowSource` for PostgreSQL: one psycopg connection per stream,
+    """A :class:`~streamkit.resources.RowSource` for PostgreSQL: one psycopg connection per stream,
     a server-side cursor, rows as ``dict`` of column name to value. Make one per stream: it
     runs its query once.
 
@@ -90,10 +91,9 @@ class PostgresRows:
         cancel_timeout: float = 5.0,
         prepare: Callable[[psycopg.Connection[Row]], object] | None = None,
     ) -> None:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an int of at least 1, got {batch_size!r}")
-        _check_duration("connect_timeout", connect_timeout, optional=False)
-        _check_duration("cancel_timeout", cancel_timeout, optional=False)
+        check_count("batch_size", batch_size)
+        check_duration("connect_timeout", connect_timeout)
+        check_duration("cancel_timeout", cancel_timeout)
         self.conninfo = conninfo
         self.sql = sql
         self.parameters = parameters

@@ -25,17 +25,16 @@ from typing import TYPE_CHECKING, TypeAlias
 
 import anyio
 
+from ._checks import check_duration
 from ._exceptions import UpstreamError
-from ._options import _check_duration
-from ._responses import Producer
-from ._sender import StreamSender
+from ._sender import Producer, StreamSender
 from ._sse import ServerSentEvent
 
 if TYPE_CHECKING:
     import httpx
     import httpx_sse
 
-__all__ = ["open_upstream", "proxy_bytes", "proxy_events"]
+__all__ = ["open_upstream", "upstream_bytes", "upstream_events"]
 
 #: Maps an upstream event to what is sent downstream; ``None`` drops the event.
 EventTransform: TypeAlias = "Callable[[httpx_sse.ServerSentEvent], ServerSentEvent | str | None]"
@@ -62,8 +61,8 @@ def _default_ssl_context() -> ssl.SSLContext:
 
 def _check_timeouts(connect_timeout: float, read_timeout: float) -> None:
     # None is refused too: an unbounded upstream read is the leak this module exists to stop.
-    _check_duration("connect_timeout", connect_timeout, optional=False)
-    _check_duration("read_timeout", read_timeout, optional=False)
+    check_duration("connect_timeout", connect_timeout)
+    check_duration("read_timeout", read_timeout)
 
 
 def _as_request(upstream: httpx.Request | str) -> httpx.Request:
@@ -99,8 +98,8 @@ async def open_upstream(
     Leaving the block before the body was read to the end closes the response's connection,
     which the upstream server sees as its client disconnecting. A client made here is closed
     too; a *client* passed in stays open, for the next stream. (httpx's body iterators, left
-    mid-way, are finalised later, and trio warns about each; :func:`proxy_events` and
-    :func:`proxy_bytes` unwind them when the stream ends.)
+    mid-way, are finalised later, and trio warns about each; :func:`upstream_events` and
+    :func:`upstream_bytes` unwind them when the stream ends.)
 
     :param upstream: the request to send; a ``str`` is a URL to ``GET``. Its timeouts are
         replaced by the two below.
@@ -173,7 +172,7 @@ def _forward_event(event: httpx_sse.ServerSentEvent) -> ServerSentEvent:
     )
 
 
-def proxy_events(
+def upstream_events(
     upstream: httpx.Request | str,
     *,
     client: httpx.AsyncClient | None = None,
@@ -184,7 +183,7 @@ def proxy_events(
     """A producer for an :class:`~streamkit.EventSourceResponse` that forwards an upstream
     event stream, event by event::
 
-        return EventSourceResponse(proxy_events(
+        return EventSourceResponse(upstream_events(
             httpx.Request("POST", LLM_URL, json=body), read_timeout=30.0))
 
     The upstream is aborted on every end of the downstream stream (see
@@ -235,7 +234,7 @@ def proxy_events(
     return produce
 
 
-def proxy_bytes(
+def upstream_bytes(
     upstream: httpx.Request | str,
     *,
     client: httpx.AsyncClient | None = None,

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any, Self
 
 import anyio
 
-from ._options import _check_duration
+from ._checks import check_count, check_duration
+from ._hub import TopicHub
 from ._sse import ServerSentEvent
 from ._topics import (
     Entry,
@@ -28,7 +29,6 @@ from ._topics import (
     HistoryPage,
     ResetReason,
     SlowSubscriberPolicy,
-    TopicHub,
     check_topic,
     event_fields,
     format_event_id,
@@ -60,9 +60,9 @@ class RedisBroker(TopicHub):
     :param history_ttl: a topic's stream expires once nothing was published to it for this
         many seconds; ``None`` keeps it.
     :param read_batch: the most entries the reader takes from one topic at a time.
-    :param subscriber_buffer: see :class:`~streamkit.SlowSubscriberPolicy`.
-    :param slow_subscriber_policy: see :class:`~streamkit.SlowSubscriberPolicy`.
-    :param max_catching_up: see :class:`~streamkit.SlowSubscriberPolicy`.
+    :param subscriber_buffer: see :class:`~streamkit.broadcast.SlowSubscriberPolicy`.
+    :param slow_subscriber_policy: see :class:`~streamkit.broadcast.SlowSubscriberPolicy`.
+    :param max_catching_up: see :class:`~streamkit.broadcast.SlowSubscriberPolicy`.
     :raises ValueError: a size or duration is out of range.
     :raises ModuleNotFoundError: coredis is not installed.
     """
@@ -86,10 +86,9 @@ class RedisBroker(TopicHub):
             slow_subscriber_policy=slow_subscriber_policy,
             max_catching_up=max_catching_up,
         )
-        for name, value in (("history_size", history_size), ("read_batch", read_batch)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int of at least 1, got {value!r}")
-        _check_duration("history_ttl", history_ttl, optional=True)
+        check_count("history_size", history_size)
+        check_count("read_batch", read_batch)
+        check_duration("history_ttl", history_ttl, optional=True)
         self.url = url
         self.key_prefix = key_prefix
         self.history_size = history_size

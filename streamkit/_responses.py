@@ -10,42 +10,43 @@ from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import AsyncIterable, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterable, Callable, Mapping
 from typing import Any, ClassVar, Generic, TypedDict, TypeVar, Unpack
 
 from starlette.background import BackgroundTask
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from ._ends import EndReason, StreamEnd
-from ._options import StreamOptions
-from ._runtime import run_stream
-from ._sender import StreamSender
+from ._options import OptionArguments, StreamOptions
+from ._runtime import deliver
+from ._sender import Producer
 from ._sse import ServerSentEvent, encode_comment, encode_event
 
-__all__ = ["EventSourceResponse", "NDJSONResponse", "StreamResponse"]
+__all__ = [
+    "DEFAULT_ERROR_EVENT",
+    "DEFAULT_SHUTDOWN_EVENT",
+    "EventSourceArguments",
+    "EventSourceResponse",
+    "NDJSONEndings",
+    "NDJSONResponse",
+    "SSEFarewells",
+    "StreamArguments",
+    "StreamResponse",
+]
 
 ItemT = TypeVar("ItemT")
 
-#: A producer: an async function handed a :class:`~streamkit.StreamSender`.
-Producer = Callable[[StreamSender[ItemT]], Awaitable[None]]
 
-
-class StreamArguments(TypedDict, total=False):
-    """The keyword arguments every stream response takes (see :class:`StreamResponse`)."""
+class StreamArguments(OptionArguments, total=False):
+    """The keyword arguments every stream response takes (see :class:`StreamResponse`): the
+    stream options, and these."""
 
     status_code: int
     headers: Mapping[str, str] | None
     media_type: str | None
     background: BackgroundTask | None
-    heartbeat_interval: float | None
-    send_timeout: float | None
-    max_duration: float | None
-    idle_timeout: float | None
     idle_fallback: Callable[[Any], Any] | None
-    end_when_idle: bool
-    cleanup_timeout: float
-    buffer_size: int
     on_end: Callable[[StreamEnd], None] | None
 
 
@@ -67,8 +68,7 @@ class StreamResponse(Response, Generic[ItemT]):
         with the last item the producer sent (``None`` before the first) and returning the item
         to send, or ``None`` to send nothing. By default the last item again (for SSE, a
         ``stale`` event carrying the last event's data).
-    :param end_when_idle: end the stream with :attr:`~streamkit.EndReason.DEADLINE` after the
-        idle fallback, instead of waiting on.
+    :param end_when_idle: see :class:`~streamkit.StreamOptions`.
     :param cleanup_timeout: see :class:`~streamkit.StreamOptions`.
     :param buffer_size: see :class:`~streamkit.StreamOptions`.
     :param on_end: called with the :class:`~streamkit.StreamEnd` once the stream has ended;
@@ -100,6 +100,12 @@ class StreamResponse(Response, Generic[ItemT]):
     def _setup(
         self, content: Producer[ItemT] | AsyncIterable[ItemT], arguments: StreamArguments
     ) -> None:
+        unknown = sorted(set(arguments) - _ARGUMENT_NAMES)
+        if unknown:
+            raise TypeError(
+                f"{type(self).__name__} got an unknown argument {unknown[0]!r}; "
+                f"it takes {', '.join(sorted(_ARGUMENT_NAMES | self._own_arguments()))}"
+            )
         if not (callable(content) or hasattr(content, "__aiter__")):
             raise TypeError(
                 "stream content must be an async iterable or an async function taking send, "
@@ -114,17 +120,20 @@ class StreamResponse(Response, Generic[ItemT]):
         self.content = content
         self.on_end = on_end
         self.idle_fallback = arguments.get("idle_fallback") or self.default_idle_fallback
-        self.end_when_idle = arguments.get("end_when_idle", False)
-        names = StreamOptions.names()
-        given = {name: value for name, value in arguments.items() if name in names}
+        given, _ = StreamOptions.split(dict(arguments))
         given.setdefault("heartbeat_interval", self.default_heartbeat_interval)
-        self.options = StreamOptions(**given)  # type: ignore[arg-type]
+        self.options = StreamOptions(**given)
         self.status_code = arguments.get("status_code", 200)
         media_type = arguments.get("media_type")
         if media_type is not None:
             self.media_type = media_type
         self.background = arguments.get("background")
         self.init_headers(self.default_headers() | dict(arguments.get("headers") or {}))
+
+    @classmethod
+    def _own_arguments(cls) -> frozenset[str]:
+        """The keyword arguments this class takes besides :class:`StreamArguments`."""
+        return frozenset({"heartbeat_chunk"})
 
     def default_headers(self) -> dict[str, str]:
         """Headers sent unless the caller gives its own."""
@@ -147,6 +156,19 @@ class StreamResponse(Response, Generic[ItemT]):
         """The bytes a heartbeat writes, or ``None`` for no heartbeats."""
         return self._heartbeat_chunk
 
+    def start_message(self) -> Message:
+        """The ``http.response.start`` message: the status and headers."""
+        return {
+            "type": "http.response.start",
+            "status": self.status_code,
+            "headers": self.raw_headers,
+        }
+
+    def idle_frame(self, last: ItemT | None) -> bytes | None:
+        """The idle fallback for the *last* item, encoded; ``None`` sends nothing."""
+        fallback = self.idle_fallback(last)
+        return None if fallback is None else self.encode(fallback)
+
     @staticmethod
     def default_idle_fallback(last: Any) -> Any:
         """The item sent after ``idle_timeout`` unless ``idle_fallback`` says otherwise: the last
@@ -158,7 +180,7 @@ class StreamResponse(Response, Generic[ItemT]):
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await run_stream(self, scope, receive, send)
+        await deliver(self, scope, receive, send)
         if self.background is not None:
             await self.background()
 
@@ -169,17 +191,32 @@ DEFAULT_SHUTDOWN_EVENT = ServerSentEvent(event="shutdown", data="", retry=1000)
 DEFAULT_ERROR_EVENT = ServerSentEvent(event="error", data="")
 
 
+class SSEFarewells(TypedDict, total=False):
+    """What an event stream sends besides its items (see :class:`EventSourceResponse`)."""
+
+    heartbeat_comment: str
+    shutdown_event: ServerSentEvent | None
+    deadline_event: ServerSentEvent | None
+    error_event: ServerSentEvent | None
+
+
+class EventSourceArguments(StreamArguments, SSEFarewells, total=False):
+    """The keyword arguments :class:`EventSourceResponse` takes."""
+
+
 class EventSourceResponse(StreamResponse[ServerSentEvent | str]):
     """A ``text/event-stream`` of :class:`~streamkit.ServerSentEvent` items (a ``str`` item is
     sent as an event's data).
 
     Heartbeats are on by default: a comment every 15 seconds with nothing else written.
 
-    :param heartbeat_comment: the text of the heartbeat comment.
+    :param heartbeat_comment: the text of the heartbeat comment; ``"ping"`` by default.
     :param shutdown_event: sent when the server shuts down gracefully; carry a ``retry`` to
-        tell the browser when to reconnect. ``None`` sends nothing.
-    :param deadline_event: sent when ``max_duration`` ends the stream.
-    :param error_event: sent when the producer raises.
+        tell the browser when to reconnect. ``None`` sends nothing. By default
+        ``event: shutdown`` with ``retry: 1000``.
+    :param deadline_event: sent when ``max_duration`` ends the stream; none by default.
+    :param error_event: sent when the producer raises; by default ``event: error`` with empty
+        data (the exception text is not sent).
 
     The other arguments are those of :class:`StreamResponse`.
     """
@@ -190,20 +227,19 @@ class EventSourceResponse(StreamResponse[ServerSentEvent | str]):
     def __init__(
         self,
         content: Producer[ServerSentEvent | str] | AsyncIterable[ServerSentEvent | str],
-        *,
-        heartbeat_comment: str = "ping",
-        shutdown_event: ServerSentEvent | None = DEFAULT_SHUTDOWN_EVENT,
-        deadline_event: ServerSentEvent | None = None,
-        error_event: ServerSentEvent | None = DEFAULT_ERROR_EVENT,
-        **arguments: Unpack[StreamArguments],
+        **arguments: Unpack[EventSourceArguments],
     ) -> None:
-        self._heartbeat = encode_comment(heartbeat_comment)
+        self._heartbeat = encode_comment(arguments.pop("heartbeat_comment", "ping"))
         self._closing = {
-            EndReason.SHUTDOWN: shutdown_event,
-            EndReason.DEADLINE: deadline_event,
-            EndReason.ERROR: error_event,
+            EndReason.SHUTDOWN: arguments.pop("shutdown_event", DEFAULT_SHUTDOWN_EVENT),
+            EndReason.DEADLINE: arguments.pop("deadline_event", None),
+            EndReason.ERROR: arguments.pop("error_event", DEFAULT_ERROR_EVENT),
         }
         self._setup(content, arguments)
+
+    @classmethod
+    def _own_arguments(cls) -> frozenset[str]:
+        return frozenset(SSEFarewells.__optional_keys__)
 
     def default_headers(self) -> dict[str, str]:
         # x-accel-buffering: tell nginx-style proxies not to hold events back.
@@ -240,6 +276,14 @@ class EventSourceResponse(StreamResponse[ServerSentEvent | str]):
         return None if event is None else encode_event(event)
 
 
+class NDJSONEndings(TypedDict, total=False):
+    """The last lines an NDJSON stream writes when it ends early (see :class:`NDJSONResponse`)."""
+
+    error_item: object
+    shutdown_item: object
+    deadline_item: object
+
+
 class NDJSONResponse(StreamResponse[Any]):
     """Newline-delimited JSON: one JSON document a line, for any JSON-serialisable item.
 
@@ -274,6 +318,10 @@ class NDJSONResponse(StreamResponse[Any]):
             if item is not None:
                 self.encode(item)  # refuse an unencodable closing item now, not at the end
 
+    @classmethod
+    def _own_arguments(cls) -> frozenset[str]:
+        return frozenset(NDJSONEndings.__optional_keys__)
+
     def encode(self, item: Any) -> bytes:
         """Encode one item as a compact JSON line.
 
@@ -296,3 +344,6 @@ class NDJSONResponse(StreamResponse[Any]):
     def closing_frame(self, reason: EndReason) -> bytes | None:
         item = self._closing.get(reason)
         return None if item is None else self.encode(item)
+
+
+_ARGUMENT_NAMES = frozenset(StreamArguments.__optional_keys__)

@@ -1,11 +1,12 @@
 """Stream routes: what a route declared on an :class:`~streamkit.App` is, the checks it passes
 when it is declared, and the endpoint that serves it.
 
-:class:`StreamRoute` describes a declared route, as :attr:`App.stream_routes` lists it.
-:func:`route_options` applies a route's overrides to the App's defaults and checks them, with
-the response's other arguments, at declaration rather than at the first request.
-:class:`_StreamEndpoint` builds a route's response for each request and hands it to the App,
-which runs it under its lifespan's registries.
+:class:`StreamRouteInfo` describes a declared route, as :attr:`App.stream_routes` lists it.
+:func:`declare_stream_route` applies a route's overrides to the App's defaults and checks them,
+with the response's other arguments, at declaration rather than at the first request.
+:class:`StreamEndpoint` builds a route's response for each request and delivers it under the
+registry the App hands it; it knows the App only through that callback, so this module sits
+below the App.
 """
 
 from __future__ import annotations
@@ -14,33 +15,26 @@ import dataclasses
 import inspect
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import Any
 
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
 from ._ends import StreamEnd
+from ._metrics import StreamMetrics
 from ._options import StreamOptions
+from ._registry import StreamRegistry, using_registry
 from ._responses import StreamResponse
 
-if TYPE_CHECKING:
-    from ._app import App
+__all__ = ["StreamEndpoint", "StreamRouteInfo", "declare_stream_route"]
 
-__all__ = ["StreamRoute"]
-
-
-class StreamOverrides(TypedDict, total=False):
-    """The per-route overrides of the App's defaults (see :class:`~streamkit.StreamOptions`)."""
-
-    heartbeat_interval: float | None
-    send_timeout: float | None
-    max_duration: float | None
-    cleanup_timeout: float
-    buffer_size: int
+#: Gives the registry a route's streams report to, by its path; ``None`` when the App's
+#: lifespan is not running (the stream then reports to the registry current there).
+RegistryFor = Callable[[str], StreamRegistry | None]
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class StreamRoute:
+class StreamRouteInfo:
     """A stream route declared on an :class:`App`, as listed by :attr:`App.stream_routes`.
 
     :param path: the declared path, such as ``/items/{id}``; it labels the route's metrics.
@@ -59,44 +53,6 @@ class StreamRoute:
 
 async def _placeholder(send: object) -> None:
     """Stands in for a handler when a route's response arguments are checked."""
-
-
-def route_options(
-    path: str,
-    defaults: StreamOptions,
-    overrides: dict[str, Any],
-    response_class: type[StreamResponse[Any]],
-    arguments: dict[str, Any],
-    on_end: Callable[[StreamEnd], None] | None,
-) -> StreamOptions:
-    """A route's options: the App's *defaults* with the route's *overrides* applied, checked
-    with the route's response arguments when the route is declared.
-
-    :param path: the route's path, which the error messages name.
-    :param defaults: the App's options.
-    :param overrides: the route's overrides of them.
-    :param response_class: the route's response class.
-    :param arguments: the response's other arguments; the options are added to them.
-    :param on_end: the route's ``on_end``.
-    :raises TypeError: an override is unknown, or a value has the wrong type.
-    :raises ValueError: a value is out of range.
-    """
-    unknown = sorted(set(overrides) - StreamOptions.names())
-    if unknown:
-        raise TypeError(
-            f"route {path!r}: unknown stream option {unknown[0]!r}; "
-            f"the options are {', '.join(sorted(StreamOptions.names()))}"
-        )
-    try:
-        options = dataclasses.replace(defaults, **overrides)
-        arguments |= {field: getattr(options, field) for field in StreamOptions.names()}
-        # One response built now checks the route's response arguments (an NDJSON
-        # closing item JSON cannot carry, an async on_end) at declaration, not at the
-        # first request.
-        response_class(_placeholder, on_end=on_end, **arguments)
-    except (TypeError, ValueError) as exc:
-        raise type(exc)(f"route {path!r}: {exc}") from None
-    return options
 
 
 def _check_handler(path: str, handler: Callable[..., Any]) -> bool:
@@ -119,28 +75,94 @@ def _check_handler(path: str, handler: Callable[..., Any]) -> bool:
     return generator
 
 
-class _StreamEndpoint:
-    """The ASGI endpoint of one stream route: it builds the response per request and runs it
-    under the route's registry."""
+class StreamEndpoint:
+    """The ASGI endpoint of one stream route: it builds the response per request and delivers
+    it under the route's registry.
+
+    Made by :func:`declare_stream_route`, which checks its arguments first.
+    """
 
     def __init__(
         self,
-        app: App,
-        route: StreamRoute,
+        route: StreamRouteInfo,
         handler: Callable[..., Any],
         response_class: type[StreamResponse[Any]],
         arguments: dict[str, Any],
         on_end: Callable[[StreamEnd], None] | None,
+        *,
+        metrics: StreamMetrics | None,
+        registry_for: RegistryFor,
     ) -> None:
-        self.app = app
         self.route = route
         self.handler = handler
         self.generator = _check_handler(route.path, handler)
         self.response_class = response_class
         self.arguments = arguments
         self.on_end = on_end
+        self._metrics = metrics
+        self._registry_for = registry_for
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive, send)
         content = self.handler(request) if self.generator else partial(self.handler, request)
-        await self.app._run_stream(self, content, scope, receive, send)
+        path, metrics, user_on_end = self.route.path, self._metrics, self.on_end
+        ended = False
+
+        def on_end(end: StreamEnd) -> None:
+            nonlocal ended
+            ended = True
+            if metrics is not None:
+                metrics.stream_ended(path, end)
+            if user_on_end is not None:
+                user_on_end(end)
+
+        response = self.response_class(content, on_end=on_end, **self.arguments)
+        if metrics is not None:
+            metrics.stream_started(path)
+        try:
+            registry = self._registry_for(path)
+            if registry is None:
+                await response(scope, receive, send)
+            else:
+                with using_registry(registry):
+                    await response(scope, receive, send)
+        finally:
+            if metrics is not None and not ended:
+                metrics.stream_ended(path, None)
+
+
+def declare_stream_route(
+    *,
+    path: str,
+    name: str,
+    kind: str,
+    methods: frozenset[str],
+    handler: Callable[..., Any],
+    response_class: type[StreamResponse[Any]],
+    defaults: StreamOptions,
+    arguments: dict[str, Any],
+    on_end: Callable[[StreamEnd], None] | None,
+    metrics: StreamMetrics | None,
+    registry_for: RegistryFor,
+) -> StreamEndpoint:
+    """The endpoint of a stream route, checked now rather than at its first request.
+
+    :param arguments: the response's arguments, the overrides of the App's *defaults*
+        among them (the stream options are told apart by their names).
+    :raises TypeError: an argument is unknown, or a value has the wrong type, or the handler
+        has neither shape.
+    :raises ValueError: a value is out of range.
+    """
+    overrides, rest = StreamOptions.split(arguments)
+    try:
+        options = dataclasses.replace(defaults, **overrides)
+        rest |= dataclasses.asdict(options)
+        # One response built now checks the route's response arguments (an NDJSON closing
+        # item JSON cannot carry, an async on_end, an unknown argument) at declaration.
+        response_class(_placeholder, on_end=on_end, **rest)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"route {path!r}: {exc}") from None
+    route = StreamRouteInfo(path=path, name=name, kind=kind, methods=methods, options=options)
+    return StreamEndpoint(
+        route, handler, response_class, rest, on_end, metrics=metrics, registry_for=registry_for
+    )

@@ -31,8 +31,8 @@ if TYPE_CHECKING:
     from hypercorn.config import Config
 
 from ._app import App
+from ._checks import check_count, check_duration
 from ._exceptions import ServeError
-from ._options import _check_duration
 from ._serve import ServerAddress, bind_socket, serve
 
 __all__ = ["import_app", "main", "run"]
@@ -108,20 +108,19 @@ def run(
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers must be a positive int, got {workers!r}")
+    check_count("workers", workers)
     if workers > 1 and not isinstance(app, str):
         raise ValueError(
             f"{workers} workers each import the app: give it as MODULE:ATTRIBUTE, not {app!r}"
         )
-    _check_duration("stalled_connection_timeout", stalled_connection_timeout, optional=True)
+    check_duration("stalled_connection_timeout", stalled_connection_timeout, optional=True)
     if log_level is not None:
         logging.basicConfig(level=log_level, format=LOG_FORMAT)
     # Several workers import it too; importing it here first reports a bad name at once.
     application = import_app(app) if isinstance(app, str) else app
     if grace_period is None:
         grace_period = application.grace_period if isinstance(application, App) else 15.0
-    _check_duration("grace_period", grace_period, optional=False)
+    check_duration("grace_period", grace_period)
     if workers == 1:
         anyio.run(
             partial(

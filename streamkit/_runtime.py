@@ -6,7 +6,7 @@ heartbeat, the idle period). A bounded buffer decouples the producer from the so
 client that stops reading holds the producer only until the buffer is full, and never past
 ``send_timeout``.
 
-The first of them to decide how the stream ends wins (:meth:`_StreamRun.decide`): the producer
+The first of them to decide how the stream ends wins (:meth:`_Stream.decide`): the producer
 is cancelled, its cleanup runs shielded under ``cleanup_timeout``, and the end is reported
 once. Unlike Starlette's ``StreamingResponse``, the report does not wait for a write that
 cannot finish: hypercorn's trio worker shields its socket writes, so a send to a stalled client
@@ -21,7 +21,7 @@ import math
 from collections.abc import AsyncIterable, Awaitable, Callable
 from contextlib import AsyncExitStack
 from functools import partial
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 import anyio
 from anyio.abc import TaskGroup
@@ -30,25 +30,64 @@ from starlette.types import Message, Receive, Scope, Send
 
 from ._buffer import FrameBuffer
 from ._ends import EndReason, StreamEnd
+from ._options import StreamOptions
 from ._registry import ActiveStream, StreamRegistry, current_registry
-from ._sender import StreamSender, shielded_cleanup
+from ._sender import Producer, StreamSender, shielded_cleanup
 from ._sse import last_event_id
 
-if TYPE_CHECKING:
-    from ._responses import StreamResponse
-
-__all__ = ["run_stream"]
+__all__ = ["StreamBody", "deliver"]
 
 logger = logging.getLogger("streamkit")
 
 ItemT = TypeVar("ItemT")
+
+
+class StreamBody(Protocol[ItemT]):
+    """What the runtime needs of a response: the content, the options, and the frames it
+    writes. The response classes implement it; the runtime knows nothing else of them."""
+
+    @property
+    def content(self) -> Producer[ItemT] | AsyncIterable[ItemT]:
+        """A producer taking a :class:`StreamSender`, or an async iterable of items."""
+        ...
+
+    @property
+    def options(self) -> StreamOptions:
+        """The stream's timers, bounds and buffer."""
+        ...
+
+    @property
+    def on_end(self) -> Callable[[StreamEnd], None] | None:
+        """Called with the stream's end once it is decided and cleaned up."""
+        ...
+
+    def start_message(self) -> Message:
+        """The ``http.response.start`` message."""
+        ...
+
+    def encode(self, item: ItemT) -> bytes:
+        """The bytes written for *item*; raises ``TypeError`` or ``ValueError`` naming it."""
+        ...
+
+    def heartbeat_frame(self) -> bytes | None:
+        """The bytes a heartbeat writes, or ``None`` for no heartbeats."""
+        ...
+
+    def idle_frame(self, last: ItemT | None) -> bytes | None:
+        """The bytes sent after ``idle_timeout`` with nothing queued, given the last item."""
+        ...
+
+    def closing_frame(self, reason: EndReason) -> bytes | None:
+        """The bytes written last when the stream ends early for *reason*, if any."""
+        ...
+
 
 #: Queued frames are joined into one write until it holds this many bytes.
 _MAX_BATCH_BYTES = 65536
 _ABANDONING = frozenset({EndReason.CLIENT_DISCONNECTED, EndReason.SEND_TIMEOUT})
 
 
-class _StreamRun(Generic[ItemT]):
+class _Stream(Generic[ItemT]):
     """One stream, from its first byte to its end report."""
 
     # Slots: one per open stream, so its size counts (a dict would add about 1.3 KiB).
@@ -69,6 +108,7 @@ class _StreamRun(Generic[ItemT]):
         "_sender_finished",
         "_sender_scope",
         "_timers",
+        "body",
         "buffer",
         "bytes_sent",
         "client",
@@ -80,15 +120,12 @@ class _StreamRun(Generic[ItemT]):
         "options",
         "path",
         "reason",
-        "response",
         "started_at",
     )
 
-    def __init__(
-        self, response: StreamResponse[ItemT], scope: Scope, receive: Receive, send: Send
-    ) -> None:
-        options = response.options
-        self.response = response
+    def __init__(self, body: StreamBody[ItemT], scope: Scope, receive: Receive, send: Send) -> None:
+        options = body.options
+        self.body = body
         self.options = options
         self.path: str = scope.get("path", "")
         self._head_only = scope.get("method") == "HEAD"
@@ -116,7 +153,7 @@ class _StreamRun(Generic[ItemT]):
         self._completing = False
         self._send_timeout = options.send_timeout
         interval = options.heartbeat_interval
-        self._heartbeat_interval = interval if response.heartbeat_frame() else None
+        self._heartbeat_interval = interval if body.heartbeat_frame() else None
         self._heartbeat_at = self.started_at
         self._idle_timeout = options.idle_timeout
         # The watcher's current scope; until it first runs, it reads the pending write itself.
@@ -155,6 +192,26 @@ class _StreamRun(Generic[ItemT]):
         if self._sender_finished is not None:
             self._sender_finished.set()
 
+    def offer(self, item: ItemT) -> Awaitable[None] | None:
+        """Encode *item* and queue it: ``None`` once queued, else an awaitable that queues it
+        when the buffer has room (what :class:`StreamSender` awaits).
+
+        :raises TypeError: the body cannot encode an item of this type.
+        :raises ValueError: the item's value cannot be encoded.
+        """
+        frame = self.body.encode(item)
+        if self.options.idle_timeout is not None:
+            self.last_item, self.last_item_at = item, anyio.current_time()
+        try:
+            # Trying put_nowait first spares a coroutine per item (about half the cost of
+            # queueing one). It never yields, so the writer takes all that is queued in one
+            # write; a producer that never awaits otherwise still yields (and is cancelled)
+            # once the buffer is full.
+            self.buffer.put_nowait(frame)
+        except anyio.WouldBlock:
+            return self.buffer.put(frame)
+        return None
+
     def shutdown(self) -> None:
         """End the stream for a graceful shutdown (called by the registry's drain)."""
         self.decide(EndReason.SHUTDOWN)
@@ -170,7 +227,7 @@ class _StreamRun(Generic[ItemT]):
 
     # -- the whole stream ---------------------------------------------------------------------
 
-    async def run(self) -> None:
+    async def deliver(self) -> None:
         registry = current_registry()
         registry.add(self)
         if registry.draining:
@@ -210,7 +267,7 @@ class _StreamRun(Generic[ItemT]):
             self._producer_scope.deadline = self.started_at + max_duration
 
     async def _produce(self) -> None:
-        content = self.response.content
+        content = self.body.content
         stack = AsyncExitStack()
         closable: object = content  # what to aclose(): the iterator once there is one
         failure: BaseException | None = None  # what the resources' exits are told
@@ -314,16 +371,14 @@ class _StreamRun(Generic[ItemT]):
 
     def _on_idle(self) -> bool:
         """Send the idle fallback; false once the idle timer has nothing more to do."""
-        response = self.response
         try:
-            fallback = response.idle_fallback(self.last_item)
-            frame = None if fallback is None else response.encode(fallback)
+            frame = self.body.idle_frame(self.last_item)
         except Exception as exc:
             self.decide(EndReason.ERROR, exc)
             return False
         if frame is not None and not self._enqueue(frame):
             return False  # the body is ending
-        if response.end_when_idle:
+        if self.options.end_when_idle:
             self.decide(EndReason.DEADLINE)
             return False
         self.last_item_at = anyio.current_time()
@@ -361,15 +416,9 @@ class _StreamRun(Generic[ItemT]):
                 self.decide(EndReason.CLIENT_DISCONNECTED)
 
     async def _send_all(self) -> None:
-        response = self.response
-        await self._send_message(
-            {
-                "type": "http.response.start",
-                "status": response.status_code,
-                "headers": response.raw_headers,
-            }
-        )
-        heartbeat = response.heartbeat_frame() or b""
+        body = self.body
+        await self._send_message(body.start_message())
+        heartbeat = body.heartbeat_frame() or b""
         # Write what the producer has queued meanwhile in one message: fewer, larger writes
         # when the producer is ahead, and no added latency when it is not.
         while frames := await self.buffer.take(_MAX_BATCH_BYTES):
@@ -381,7 +430,7 @@ class _StreamRun(Generic[ItemT]):
             await self._write(b"".join([heartbeat if f is None else f for f in frames]))
             self.items_sent += len(frames) - beats
         if self.reason is not None:
-            closing = response.closing_frame(self.reason)
+            closing = body.closing_frame(self.reason)
             if closing:
                 await self._write(closing)
         # The body is all handed over: a disconnect the server reports from here on is
@@ -422,7 +471,7 @@ class _StreamRun(Generic[ItemT]):
                 end.bytes_sent,
             )
         registry.finish(self, end)
-        on_end = self.response.on_end
+        on_end = self.body.on_end
         if on_end is not None:
             try:
                 on_end(end)
@@ -430,9 +479,6 @@ class _StreamRun(Generic[ItemT]):
                 logger.exception("stream %s: on_end callback raised", self.path)
 
 
-async def run_stream(
-    response: StreamResponse[ItemT], scope: Scope, receive: Receive, send: Send
-) -> None:
-    """Run *response*'s stream on one connection, returning once it has ended."""
-    run = _StreamRun(response, scope, receive, send)
-    await run.run()
+async def deliver(body: StreamBody[ItemT], scope: Scope, receive: Receive, send: Send) -> None:
+    """Deliver *body*'s stream on one connection, returning once it has ended."""
+    await _Stream(body, scope, receive, send).deliver()

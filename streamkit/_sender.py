@@ -9,23 +9,32 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, contextmanager
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeAlias, TypeVar
 
 import anyio
 import anyio.lowlevel
 
 from ._ends import EndReason
 
-if TYPE_CHECKING:
-    from ._runtime import _StreamRun
-
-__all__ = ["StreamSender", "shielded_cleanup"]
+__all__ = ["Producer", "StreamSender", "shielded_cleanup"]
 
 logger = logging.getLogger("streamkit")
 
 #: A sender that takes ``ServerSentEvent | str`` serves a producer that only sends ``str``.
 ItemT_contra = TypeVar("ItemT_contra", contravariant=True)
 T = TypeVar("T")
+
+
+class _Queue(Protocol[ItemT_contra]):
+    """What a sender needs of its stream (the runtime's stream implements it)."""
+
+    last_event_id: str | None
+
+    def offer(self, item: ItemT_contra) -> Awaitable[None] | None: ...
+
+    def decide(
+        self, reason: EndReason, exception: BaseException | None = None, *, abandon_sender: bool
+    ) -> bool: ...
 
 
 @contextmanager
@@ -60,10 +69,10 @@ class StreamSender(Generic[ItemT_contra]):
     and shielded from cancellation for up to ``cleanup_timeout``.
     """
 
-    __slots__ = ("_run", "_stack")
+    __slots__ = ("_stack", "_stream")
 
-    def __init__(self, run: _StreamRun[Any], stack: AsyncExitStack) -> None:
-        self._run = run
+    def __init__(self, stream: _Queue[ItemT_contra], stack: AsyncExitStack) -> None:
+        self._stream = stream
         self._stack = stack
 
     async def __call__(self, item: ItemT_contra) -> None:
@@ -72,24 +81,15 @@ class StreamSender(Generic[ItemT_contra]):
         :raises TypeError: the response cannot encode an item of this type.
         :raises ValueError: the item's value cannot be encoded.
         """
-        run = self._run
-        frame = run.response.encode(item)
-        if run.options.idle_timeout is not None:
-            run.last_item, run.last_item_at = item, anyio.current_time()
         await anyio.lowlevel.checkpoint_if_cancelled()  # a cancelled producer stops here
-        try:
-            # put() does the same, but trying put_nowait first spares a coroutine per item
-            # (about half the cost of queueing one). Neither yields while the buffer has
-            # room, so the writer takes all that is queued in one write; a producer that
-            # never awaits otherwise still yields (and is cancelled) once the buffer is full.
-            run.buffer.put_nowait(frame)
-        except anyio.WouldBlock:
-            await run.buffer.put(frame)
+        waiting = self._stream.offer(item)
+        if waiting is not None:  # the buffer is full: wait for room
+            await waiting
 
     @property
     def last_event_id(self) -> str | None:
         """The ``Last-Event-ID`` the client sent, validated; ``None`` if absent or invalid."""
-        return self._run.last_event_id
+        return self._stream.last_event_id
 
     async def enter_async_context(self, manager: AbstractAsyncContextManager[T]) -> T:
         """Enter *manager* now and exit it when the stream ends, shielded."""
@@ -107,4 +107,8 @@ class StreamSender(Generic[ItemT_contra]):
         For example, a subscriber that cannot keep up is told so, and its end is counted as
         :attr:`~streamkit.EndReason.SEND_TIMEOUT` rather than a completion.
         """
-        self._run.decide(reason, abandon_sender=False)
+        self._stream.decide(reason, abandon_sender=False)
+
+
+#: A producer: an async function handed a :class:`~streamkit.StreamSender`.
+Producer: TypeAlias = Callable[[StreamSender[ItemT_contra]], Awaitable[None]]

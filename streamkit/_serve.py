@@ -24,8 +24,8 @@ from anyio.abc import TaskStatus
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ._backends import hypercorn_serve
+from ._checks import check_duration
 from ._exceptions import ServeError
-from ._options import _check_duration
 from ._registry import StreamRegistry, registry, using_registry
 
 __all__ = ["ServerAddress", "graceful_shutdown_trigger", "serve"]
@@ -72,7 +72,7 @@ def graceful_shutdown_trigger(
     :param grace_period: the longest the drain may take, in seconds.
     :param streams: whose streams to drain; by default every stream in the process.
     """
-    _check_duration("grace_period", grace_period, optional=False)
+    check_duration("grace_period", grace_period)
 
     async def drain_then_stop() -> None:
         await trigger()
@@ -167,8 +167,8 @@ async def serve(
     """
     from hypercorn.config import Config
 
-    _check_duration("grace_period", grace_period, optional=False)
-    _check_duration("stalled_connection_timeout", stalled_connection_timeout, optional=True)
+    check_duration("grace_period", grace_period)
+    check_duration("stalled_connection_timeout", stalled_connection_timeout, optional=True)
     if config is None:
         config = Config()
     if not isinstance(config, Config):

@@ -6,7 +6,7 @@ collector happens upon it. Here a query is a :class:`RowSource`: an async contex
 that is entered through the stream's :class:`~streamkit.StreamSender` and hands out rows in
 batches. Whatever ends the stream, the source is exited in the producer's own task, shielded:
 the cursor is closed, the transaction rolled back and the connection closed, before the end
-is reported. :func:`stream_rows` works with any driver that implements the protocol;
+is reported. :func:`query_rows` works with any driver that implements the protocol;
 :class:`SQLiteRows` implements it for the standard library's :mod:`sqlite3`.
 
 A stream fetches one batch ahead of what it has sent, so a client that leaves stops the query
@@ -24,18 +24,17 @@ from typing import Any, Protocol, Self, TypeVar
 
 import anyio
 
-from ._options import _check_duration
-from ._responses import Producer
-from ._sender import StreamSender, shielded_cleanup
+from ._checks import check_count, check_duration
+from ._sender import Producer, StreamSender, shielded_cleanup
 
-__all__ = ["RowSource", "SQLiteRows", "stream_rows"]
+__all__ = ["RowSource", "SQLiteRows", "query_rows"]
 
 RowT_co = TypeVar("RowT_co", covariant=True)
 
 
 class RowSource(Protocol[RowT_co]):
     """A query read in batches: what a database driver implements to plug into
-    :func:`stream_rows`.
+    :func:`query_rows`.
 
     Entering it runs the query (in a transaction, on a connection of its own); exiting it,
     however the block is left, closes the cursor, ends the transaction and releases the
@@ -57,13 +56,13 @@ class RowSource(Protocol[RowT_co]):
         ...
 
 
-def stream_rows(
+def query_rows(
     source: RowSource[Any], *, transform: Callable[[Any], Any] | None = None
 ) -> Producer[Any]:
     """A producer that sends every row of *source*, for an
     :class:`~streamkit.NDJSONResponse`::
 
-        return NDJSONResponse(stream_rows(SQLiteRows("app.db", "SELECT * FROM orders")))
+        return NDJSONResponse(query_rows(SQLiteRows("app.db", "SELECT * FROM orders")))
 
     :param source: the query, not yet entered; it is entered when the stream starts and
         exited on every end.
@@ -113,9 +112,8 @@ class SQLiteRows:
         prepare: Callable[[sqlite3.Connection], object] | None = None,
         uri: bool = False,
     ) -> None:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an int of at least 1, got {batch_size!r}")
-        _check_duration("lock_timeout", lock_timeout, optional=False)
+        check_count("batch_size", batch_size)
+        check_duration("lock_timeout", lock_timeout)
         self.database = database
         self.sql = sql
         self.parameters = parameters

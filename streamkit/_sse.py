@@ -13,6 +13,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from ._checks import check_count
+
 __all__ = ["ServerSentEvent", "encode_comment", "encode_event", "last_event_id"]
 
 logger = logging.getLogger("streamkit")
@@ -58,12 +60,7 @@ class ServerSentEvent:
         if self.id is not None and ("\r" in self.id or "\n" in self.id or "\0" in self.id):
             raise ValueError(f"SSE id must not contain CR, LF or NUL: {self.id!r}")
         if self.retry is not None:
-            if isinstance(self.retry, bool) or not isinstance(self.retry, int):
-                raise TypeError(f"SSE retry must be an int of milliseconds, got {self.retry!r}")
-            if self.retry < 0:
-                raise ValueError(
-                    f"SSE retry must be a non-negative number of milliseconds: {self.retry!r}"
-                )
+            check_count("SSE retry (milliseconds)", self.retry, least=0)
 
 
 def _field_lines(name: str, value: str) -> str:

@@ -22,10 +22,9 @@ from typing import Any
 import anyio
 from anyio.abc import Process
 
+from ._checks import check_count, check_duration
 from ._exceptions import ProcessExitError
-from ._options import _check_duration
-from ._responses import Producer
-from ._sender import StreamSender, shielded_cleanup
+from ._sender import Producer, StreamSender, shielded_cleanup
 
 __all__ = ["open_subprocess", "subprocess_lines"]
 
@@ -98,7 +97,7 @@ async def open_subprocess(
         positive, finite number of seconds.
     :raises OSError: the command could not be started.
     """
-    _check_duration("stop_grace_period", stop_grace_period, optional=False)
+    check_duration("stop_grace_period", stop_grace_period)
     if stderr == subprocess.PIPE:
         raise ValueError(
             "stderr must be subprocess.DEVNULL, subprocess.STDOUT or None, got subprocess.PIPE "
@@ -128,8 +127,7 @@ class LineSplitter:
     """
 
     def __init__(self, *, max_line_length: int = 65536, encoding: str = "utf-8") -> None:
-        if max_line_length < 1:
-            raise ValueError(f"max_line_length must be at least 1, got {max_line_length!r}")
+        check_count("max_line_length", max_line_length)
         self._max = max_line_length
         self._encoding = encoding
         self._buffer = bytearray()
@@ -190,7 +188,7 @@ def subprocess_lines(
         a command that never writes a newline cannot grow the buffer without bound.
     :param transform: maps each line to the item sent; by default the line itself.
     :param check: a non-zero exit status ends the stream with
-        :class:`~streamkit.ProcessExitError` (an SSE or NDJSON stream then sends its error
+        :class:`~streamkit.resources.ProcessExitError` (an SSE or NDJSON stream then sends its error
         event or item).
     :raises ValueError: *max_line_length* is below 1.
     """

@@ -1,19 +1,10 @@
-"""Topics: fan-out to the subscribers in this process, resuming from history, and what happens
-to a subscriber that cannot keep up.
-
-A broker keeps each topic's history and hands every new event to :class:`TopicHub`, which
-offers it to each local subscriber without waiting, through a bounded buffer per subscriber.
-A subscriber whose buffer is full never makes the buffer grow: by the broker's
-:class:`SlowSubscriberPolicy` it reads the history at its own pace instead, loses its oldest
-buffered events, or is disconnected.
+"""Topics, as plain values: event ids, topic names, the reset and slow-subscriber policies, the
+statistics and a page of history. The hub (``_hub``) and both brokers share them; nothing here
+waits or holds state.
 
 Every event id is ``MILLISECONDS-SEQUENCE`` (a Redis stream entry id), so ids order the events
 of a topic and a resumed subscriber can drop the ones it has seen. When the history cannot
 continue from an id, the subscriber is sent a :data:`RESET_EVENT` rather than a silent gap.
-
-A subscriber's own side, :class:`~streamkit.Subscription`, is in ``_subscription``; this module
-holds what it, the hub and both brokers share: event ids, the reset and slow-subscriber
-policies, and the statistics.
 """
 
 from __future__ import annotations
@@ -22,20 +13,19 @@ import enum
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from ._exceptions import SlowSubscriberError
 from ._sse import ServerSentEvent
-
-if TYPE_CHECKING:
-    from ._subscription import Subscription
 
 __all__ = [
     "RESET_EVENT",
     "BrokerStatistics",
+    "HistoryPage",
     "ResetReason",
     "SlowSubscriberPolicy",
-    "TopicHub",
+    "check_topic",
+    "event_fields",
+    "format_event_id",
+    "parse_event_id",
 ]
 
 #: The name of the event that tells a subscriber its history has a gap: discard what was
@@ -117,7 +107,8 @@ class SlowSubscriberPolicy(enum.Enum):
     CATCH_UP = "catch_up"
     #: Drop its oldest buffered event, and send a reset (``overflow``) before the next one.
     DROP_OLDEST = "drop_oldest"
-    #: Disconnect it: iterating its subscription raises :exc:`~streamkit.SlowSubscriberError`.
+    #: Disconnect it: iterating its subscription raises
+    #: :exc:`~streamkit.broadcast.SlowSubscriberError`.
     DISCONNECT = "disconnect"
 
 
@@ -157,141 +148,3 @@ class HistoryPage:
     entries: Sequence[Entry] = ()
     reset: ResetReason | None = None
     latest: str | None = None
-
-
-class TopicHub:
-    """What both brokers share: the subscribers of each topic in this process, and the
-    slow-subscriber policy. A broker calls :meth:`_deliver` for every new event.
-
-    :param subscriber_buffer: live events a subscriber may have waiting before the
-        *slow_subscriber_policy* applies.
-    :param slow_subscriber_policy: what happens to a subscriber whose buffer is full.
-    :param max_catching_up: how many subscribers may read the history at once after falling
-        behind; with :attr:`SlowSubscriberPolicy.CATCH_UP`, one more is disconnected.
-    :raises ValueError: *subscriber_buffer* or *max_catching_up* is below 1 or 0.
-    """
-
-    def __init__(
-        self,
-        *,
-        subscriber_buffer: int,
-        slow_subscriber_policy: SlowSubscriberPolicy,
-        max_catching_up: int,
-    ) -> None:
-        for name, value, least in (
-            ("subscriber_buffer", subscriber_buffer, 1),
-            ("max_catching_up", max_catching_up, 0),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise ValueError(f"{name} must be an int of at least {least}, got {value!r}")
-        if not isinstance(slow_subscriber_policy, SlowSubscriberPolicy):
-            raise TypeError(
-                f"slow_subscriber_policy must be a SlowSubscriberPolicy, "
-                f"got {slow_subscriber_policy!r}"
-            )
-        self.subscriber_buffer = subscriber_buffer
-        self.slow_subscriber_policy = slow_subscriber_policy
-        self.max_catching_up = max_catching_up
-        # Dicts, not sets: events are offered in the order the subscribers came.
-        self._subscribers: dict[str, dict[Subscription, None]] = {}
-        self._catching_up = 0
-        self._published = self._delivered = self._dropped = self._slow_disconnects = 0
-
-    def subscribe(self, topic: str, *, last_event_id: str | None = None) -> Subscription:
-        """Subscribe to *topic*; enter the result with ``async with`` and iterate it.
-
-        :param topic: the topic's name.
-        :param last_event_id: resume after this event (a client's ``Last-Event-ID``): the
-            events published since are replayed first. An id the history does not hold is
-            answered with a :data:`RESET_EVENT`. ``None`` starts with the next event.
-        :raises ValueError: the topic name is empty, too long or holds a control character.
-        """
-        # Imported here, not at the top: _subscription imports this module's ids and types.
-        from ._subscription import Subscription
-
-        check_topic(topic)
-        return Subscription(self, topic, last_event_id)
-
-    def statistics(self) -> BrokerStatistics:
-        """The subscriber counts as they are now."""
-        subscriptions = [s for group in self._subscribers.values() for s in group]
-        return BrokerStatistics(
-            topics=len(self._subscribers),
-            subscribers=len(subscriptions),
-            catching_up=self._catching_up,
-            buffered=sum(subscription.buffered for subscription in subscriptions),
-            published=self._published,
-            delivered=self._delivered,
-            dropped=self._dropped,
-            slow_disconnects=self._slow_disconnects,
-        )
-
-    # -- for the brokers ----------------------------------------------------------------------
-
-    def _deliver(self, topic: str, entry: Entry) -> None:
-        for subscription in self._subscribers.get(topic, ()):
-            if subscription._offer(entry):
-                self._delivered += 1
-
-    def _close_subscriptions(self) -> None:
-        for group in self._subscribers.values():
-            for subscription in group:
-                subscription._shut()
-
-    async def _watch(self, topic: str) -> None:
-        """Called before a topic's first local subscriber is added."""
-
-    def _unwatch(self, topic: str) -> None:
-        """Called once a topic's last local subscriber has left."""
-
-    async def _history_after(self, topic: str, after: str, limit: int) -> HistoryPage:
-        raise NotImplementedError
-
-    async def _latest_id(self, topic: str) -> str | None:
-        raise NotImplementedError
-
-    # -- for the subscriptions ----------------------------------------------------------------
-
-    async def _add(self, subscription: Subscription) -> None:
-        topic = subscription.topic
-        if topic not in self._subscribers:
-            await self._watch(topic)
-        self._subscribers.setdefault(topic, {})[subscription] = None
-
-    def _remove(self, subscription: Subscription) -> None:
-        self._caught_up(subscription)
-        group = self._subscribers.get(subscription.topic)
-        if group is not None:
-            group.pop(subscription, None)
-            if not group:
-                del self._subscribers[subscription.topic]
-                self._unwatch(subscription.topic)
-
-    def _caught_up(self, subscription: Subscription) -> None:
-        if subscription._lagging:
-            subscription._lagging = False
-            self._catching_up -= 1
-
-    def _overflow(self, subscription: Subscription, entry: Entry) -> bool:
-        policy = self.slow_subscriber_policy
-        if policy is SlowSubscriberPolicy.DROP_OLDEST:
-            subscription._drop_oldest(entry)
-            self._dropped += 1
-            return True
-        if policy is SlowSubscriberPolicy.CATCH_UP and (
-            subscription._lagging or self._catching_up < self.max_catching_up
-        ):
-            subscription._fall_behind()
-            if not subscription._lagging:
-                subscription._lagging = True
-                self._catching_up += 1
-            return False
-        self._slow_disconnects += 1
-        subscription._fail(
-            SlowSubscriberError(
-                f"subscriber to {subscription.topic!r} had {self.subscriber_buffer} events "
-                f"waiting and was disconnected ({policy.name}, "
-                f"{self._catching_up} of {self.max_catching_up} catching up)"
-            )
-        )
-        return False

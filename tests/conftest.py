@@ -5,10 +5,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import redis_server
-from brokers import MakeBroker
+from support import redis_server
+from support.brokers import MakeBroker
 
-from streamkit import MemoryBroker, RedisBroker
+from streamkit.broadcast import MemoryBroker, RedisBroker
 
 
 @pytest.fixture(params=["asyncio", "trio"])

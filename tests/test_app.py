@@ -93,7 +93,7 @@ def test_a_bytes_route_sends_heartbeats_only_with_a_heartbeat_chunk() -> None:
         ({"send_timeout": -1}, ValueError, r"send_timeout .* got -1"),
         ({"heartbeat_interval": 0}, ValueError, r"heartbeat_interval .* got 0"),
         ({"max_duration": float("inf")}, ValueError, r"max_duration .* got inf"),
-        ({"cleanup_timeout": None}, ValueError, r"cleanup_timeout .* got None"),
+        ({"cleanup_timeout": None}, TypeError, r"cleanup_timeout .* got NoneType: None"),
         ({"buffer_size": -1}, ValueError, r"buffer_size .* got -1"),
         ({"send_timeout": "10"}, TypeError, r"send_timeout .* '10'"),
         ({"grace_period": 0}, ValueError, r"grace_period .* got 0"),
@@ -117,7 +117,11 @@ def test_bad_app_defaults_are_refused(
         ({"send_timeout": 0}, ValueError, r"route '/x': send_timeout .* got 0"),
         ({"max_duration": -5}, ValueError, r"route '/x': max_duration .* got -5"),
         ({"buffer_size": 1.5}, TypeError, r"route '/x': buffer_size .* 1.5"),
-        ({"heartbeat": 1.0}, TypeError, r"route '/x': unknown stream option 'heartbeat'"),
+        (
+            {"heartbeat": 1.0},
+            TypeError,
+            r"route '/x': EventSourceResponse got an unknown argument 'heartbeat'",
+        ),
     ],
 )
 def test_bad_route_overrides_are_refused_at_declaration(

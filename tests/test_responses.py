@@ -28,7 +28,7 @@ async def nothing() -> AsyncIterator[str]:
         ("send_timeout", -1.0, ValueError),
         ("heartbeat_interval", float("inf"), ValueError),
         ("max_duration", float("nan"), ValueError),
-        ("cleanup_timeout", None, ValueError),
+        ("cleanup_timeout", None, TypeError),
         ("buffer_size", -1, ValueError),
         ("buffer_size", 1.5, TypeError),
         ("send_timeout", "10", TypeError),

@@ -20,6 +20,16 @@ _ROLE = re.compile(r":(?:py:)?(?:class|func|meth|attr|exc|data|mod|obj|const):`(
 _LITERAL_BLOCK = re.compile(r"(\S)::$", re.MULTILINE)
 
 
+#: Where a short target (``:class:`RedisBroker```) is looked for, in order.
+_NAMESPACES = (
+    "streamkit",
+    "streamkit.broadcast",
+    "streamkit.fallback",
+    "streamkit.resources",
+    "streamkit.testing",
+)
+
+
 def _public(path: str) -> bool:
     """Whether *path* names a public streamkit object that the API pages render."""
     parts = path.split(".")
@@ -31,9 +41,10 @@ def _public(path: str) -> bool:
         except ImportError:
             continue
         for name in parts[split:]:
-            if not hasattr(value, name):
+            try:
+                value = getattr(value, name)
+            except (AttributeError, ImportError):  # a name that left the top level
                 return False
-            value = getattr(value, name)
         return True
     return False
 
@@ -41,7 +52,7 @@ def _public(path: str) -> bool:
 def _rewrite(match: re.Match[str]) -> str:
     short, target = match[1] == "~", match[2].strip()
     title = target.rsplit(".", 1)[-1] if short else target
-    for path in (target, f"streamkit.{target}"):
+    for path in (target, *(f"{namespace}.{target}" for namespace in _NAMESPACES)):
         if _public(path):
             return f"[`{title}`][{path}]"
     return f"`{title}`"

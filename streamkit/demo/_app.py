@@ -25,16 +25,9 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
-from .. import (
-    App,
-    Fallback,
-    NDJSONResponse,
-    ServerSentEvent,
-    SQLiteRows,
-    StreamRegistry,
-    StreamSender,
-    fallback_response,
-)
+from .. import App, NDJSONResponse, ServerSentEvent, StreamRegistry, StreamSender
+from ..fallback import Fallback, respond_with_fallback
+from ..resources import SQLiteRows
 from ._sources import FakeLLM, PriceService, create_database
 
 __all__ = ["DemoState", "create_app"]
@@ -191,7 +184,7 @@ def create_app(
     @app.get("/quote")
     async def quote(request: Request) -> Response:
         symbol = request.query_params.get("symbol", "ACME")
-        return await fallback_response(prices, symbol, cache_flag="cached")
+        return await respond_with_fallback(prices, symbol, cache_flag="cached")
 
     @app.sse("/streams")
     async def streams(request: Request, send: StreamSender[ServerSentEvent | str]) -> None:

@@ -16,12 +16,12 @@ import anyio
 import httpx
 import pytest
 from fastapi import FastAPI
-from ndjson_items import remaining_items
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
+from support.ndjson_items import remaining_items
 
 from streamkit import App, EndReason, ServerSentEvent, StreamSender
 from streamkit.testing import LiveServer, StreamClient, open_server, open_stream

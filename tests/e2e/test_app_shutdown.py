@@ -14,8 +14,8 @@ from typing import Any
 
 import anyio
 import pytest
-from ndjson_items import remaining_items
 from starlette.requests import Request
+from support.ndjson_items import remaining_items
 
 from streamkit import App, EndReason, ServerSentEvent, StreamEnd, StreamSender, shielded_cleanup
 from streamkit.testing import open_server, open_stream

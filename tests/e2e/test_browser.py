@@ -12,8 +12,8 @@ import re
 from typing import Any
 
 import anyio
-import browser  # tests/browser.py: tests/, where conftest.py is, is on sys.path under pytest
 import pytest
+from support import browser
 
 from streamkit import EndReason, StreamRegistry
 from streamkit.demo import DemoState, create_app

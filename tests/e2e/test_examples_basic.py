@@ -7,7 +7,7 @@ from functools import partial
 
 import anyio
 import pytest
-from example_modules import load_example
+from support.example_modules import load_example
 
 from streamkit import EndReason, ServerAddress
 from streamkit.testing import open_server, open_stream

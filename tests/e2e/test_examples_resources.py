@@ -8,8 +8,8 @@ from pathlib import Path
 
 import anyio
 import pytest
-from example_modules import load_example
-from resource_checks import database_locked, open_descriptors
+from support.example_modules import load_example
+from support.resource_checks import database_locked, open_descriptors
 
 from streamkit import EndReason
 from streamkit.testing import LiveServer, StreamClient, open_server, open_stream

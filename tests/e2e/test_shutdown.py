@@ -9,12 +9,12 @@ import anyio
 import pytest
 import sniffio
 from hypercorn.config import Config
-from ndjson_items import remaining_items
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from support.ndjson_items import remaining_items
 
 from streamkit import (
     EndReason,
@@ -43,12 +43,14 @@ class Resource:
         self.closed.set()
 
 
-def streaming_app(resource: Resource, after: list[EndReason], **options: Any) -> Starlette:
+def streaming_app(
+    resource: Resource, after: list[EndReason], *, size: int = 8, **options: Any
+) -> Starlette:
     async def produce(send: StreamSender[Any]) -> None:
         send.push_async_callback(resource.close)
         n = 0
         while True:
-            await send(ServerSentEvent(data="x" * options.pop("size", 8), id=str(n)))
+            await send(ServerSentEvent(data="x" * size, id=str(n)))
             n += 1
             await anyio.sleep(0.01)
 

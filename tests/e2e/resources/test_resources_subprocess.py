@@ -13,20 +13,14 @@ from typing import Any
 
 import anyio
 import pytest
-from resource_checks import process_state
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from support.resource_checks import process_state
 
-from streamkit import (
-    EndReason,
-    NDJSONResponse,
-    ProcessExitError,
-    StreamResponse,
-    open_subprocess,
-    subprocess_lines,
-)
+from streamkit import EndReason, NDJSONResponse, StreamResponse
+from streamkit.resources import ProcessExitError, open_subprocess, subprocess_lines
 from streamkit.testing import open_server, open_stream
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]

@@ -17,16 +17,8 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from streamkit import (
-    EndReason,
-    EventSourceResponse,
-    ServerSentEvent,
-    StreamResponse,
-    StreamSender,
-    UpstreamError,
-    proxy_bytes,
-    proxy_events,
-)
+from streamkit import EndReason, EventSourceResponse, ServerSentEvent, StreamResponse, StreamSender
+from streamkit.resources import UpstreamError, upstream_bytes, upstream_events
 from streamkit.testing import LiveServer, open_server, open_stream
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
@@ -92,15 +84,15 @@ def proxy_app(upstream: LiveServer | str, **proxy: Any) -> Starlette:
 
     async def events(request: Request) -> Response:
         target = f"{base}/{request.path_params['name']}"
-        return EventSourceResponse(proxy_events(target, **proxy))
+        return EventSourceResponse(upstream_events(target, **proxy))
 
     async def raw(request: Request) -> Response:
         target = f"{base}/{request.path_params['name']}"
-        return StreamResponse(proxy_bytes(target, **proxy))
+        return StreamResponse(upstream_bytes(target, **proxy))
 
     async def post(request: Request) -> Response:
         upstream_request = httpx.Request("POST", f"{base}/echo", json={"q": "why"})
-        return EventSourceResponse(proxy_events(upstream_request))
+        return EventSourceResponse(upstream_events(upstream_request))
 
     return Starlette(
         routes=[

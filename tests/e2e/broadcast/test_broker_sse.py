@@ -15,19 +15,15 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
-import redis_server
-from brokers import AnyBroker, MakeBroker, until
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from support import redis_server
+from support.brokers import AnyBroker, MakeBroker, until
 
-from streamkit import (
-    EndReason,
-    RedisBroker,
-    ServerSentEvent,
-    topic_response,
-)
+from streamkit import EndReason, ServerSentEvent
+from streamkit.broadcast import RedisBroker, topic_response
 from streamkit.testing import LiveServer, StreamClient, open_server, open_stream
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]

@@ -25,12 +25,13 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from streamkit import RedisBroker, serve, topic_response
+from streamkit import serve
+from streamkit.broadcast import RedisBroker, topic_response
 from streamkit.testing import open_stream
 
 if TYPE_CHECKING:
     # Not at run time: run as a script, this module has no tests/ on its path.
-    from redis_server import RedisServer
+    from support.redis_server import RedisServer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 

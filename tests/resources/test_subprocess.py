@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from streamkit import subprocess_lines
 from streamkit._subprocess import LineSplitter
+from streamkit.resources import subprocess_lines
 
 
 def test_lines_are_split_across_chunks() -> None:

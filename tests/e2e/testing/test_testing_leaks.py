@@ -10,11 +10,11 @@ import time
 
 import anyio
 import pytest
-from resource_checks import process_state
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from support.resource_checks import process_state
 
 from streamkit import EndReason, NDJSONResponse, StreamkitError, StreamSender
 from streamkit.testing import (

@@ -10,22 +10,15 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from fallbacks import Source, cached_value
 from fastapi import FastAPI
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from support.fallbacks import Source, cached_value
 
-from streamkit import (
-    EndReason,
-    EventSourceResponse,
-    Fallback,
-    Refresher,
-    ServerSentEvent,
-    StreamSender,
-    fallback_response,
-)
+from streamkit import EndReason, EventSourceResponse, ServerSentEvent, StreamSender
+from streamkit.fallback import Fallback, Refresher, respond_with_fallback
 from streamkit.testing import LiveServer, open_server, open_stream
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
@@ -57,7 +50,9 @@ def make_app(
             arrivals.append(1)
             if len(arrivals) == expected:
                 all_arrived.set()
-        return await fallback_response(quotes, request.path_params["symbol"], cache_flag="cache")
+        return await respond_with_fallback(
+            quotes, request.path_params["symbol"], cache_flag="cache"
+        )
 
     async def ticker(request: Request) -> Response:
         async def produce(send: StreamSender[ServerSentEvent | str]) -> None:
@@ -243,7 +238,7 @@ async def test_a_fastapi_endpoint_serves_the_fallback() -> None:
 
     @app.get("/quote/{symbol}")
     async def quote(symbol: str) -> Response:
-        return await fallback_response(quotes, symbol)
+        return await respond_with_fallback(quotes, symbol)
 
     async with open_server(app) as server:
         fresh, _ = await get(server, "/quote/ACME")

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import anyio
 
-from streamkit import MemoryBroker, RedisBroker
+from streamkit.broadcast import MemoryBroker, RedisBroker
 
 AnyBroker = MemoryBroker | RedisBroker
 #: Makes a broker of one kind with the given options (the ``make_broker`` fixture).

@@ -23,7 +23,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from ports import free_port
+
+from support.ports import free_port
 
 #: Why the PostgreSQL tests skip where the server's programs are missing.
 NOT_FOUND = (

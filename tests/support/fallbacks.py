@@ -7,7 +7,7 @@ from typing import Any
 
 import anyio
 
-from streamkit import Fallback
+from streamkit.fallback import Fallback
 
 
 class Source:

@@ -18,13 +18,14 @@ from typing import Any, Self
 
 import anyio
 import pytest
-from resource_checks import database_locked, open_descriptors
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from support.resource_checks import database_locked, open_descriptors
 
-from streamkit import EndReason, NDJSONResponse, RowSource, SQLiteRows, stream_rows
+from streamkit import EndReason, NDJSONResponse
+from streamkit.resources import RowSource, SQLiteRows, query_rows
 from streamkit.testing import open_server, open_stream
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
@@ -73,7 +74,7 @@ def database(tmp_path: Path) -> Path:
 
 def rows_app(source: RowSource[Any], **options: Any) -> Starlette:
     async def rows(request: Request) -> Response:
-        return NDJSONResponse(stream_rows(source), **options)
+        return NDJSONResponse(query_rows(source), **options)
 
     return Starlette(routes=[Route("/rows", rows)])
 

@@ -21,16 +21,16 @@ from typing import Any
 
 import anyio
 import anyio.abc
-import postgres_server  # tests/postgres_server.py: tests/ is on sys.path under pytest
 import psycopg
 import psycopg.errors
 import pytest
-from ports import free_port
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from stream_endings import (
+from support import postgres_server
+from support.ports import free_port
+from support.stream_endings import (
     ENDINGS,
     end_stream,
     open_stream_to_end,
@@ -38,7 +38,8 @@ from stream_endings import (
     stream_options,
 )
 
-from streamkit import EndReason, NDJSONResponse, PostgresRows, stream_rows
+from streamkit import EndReason, NDJSONResponse
+from streamkit.resources import PostgresRows, query_rows
 from streamkit.testing import open_server, open_stream
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
@@ -173,7 +174,7 @@ def observer(postgres: str) -> Iterator[Observer]:
 
 def rows_app(make_source: Callable[[], PostgresRows], **options: Any) -> Starlette:
     async def rows(request: Request) -> Response:
-        return NDJSONResponse(stream_rows(make_source()), **options)
+        return NDJSONResponse(query_rows(make_source()), **options)
 
     return Starlette(routes=[Route("/rows", rows)])
 

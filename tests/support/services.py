@@ -14,11 +14,10 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
+# Run as a script by tox: the package of the test helpers is then not on the path.
+sys.path.insert(0, str(Path(__file__).parent.parent))
 
-import browser
-import postgres_server
-import redis_server
+from support import browser, postgres_server, redis_server
 
 #: Debian's package for each server the tests start, and how to find it installed.
 NEEDED: dict[str, Callable[[], object]] = {

@@ -13,17 +13,17 @@ from typing import Any
 import anyio
 import pytest
 from anyio.abc import TaskStatus
-from fallbacks import Source, cached_value
+from support.fallbacks import Source, cached_value
 from trio.testing import MockClock
 
-from streamkit import (
+from streamkit import StreamkitError
+from streamkit.fallback import (
     CachedValue,
     Fallback,
     FallbackResult,
     FallbackUnavailableError,
     MemoryStore,
     Refresher,
-    StreamkitError,
 )
 
 pytestmark = pytest.mark.anyio
@@ -431,11 +431,11 @@ def test_bad_options_are_refused(
 
 
 def test_bad_refresher_and_store_options_are_refused() -> None:
-    with pytest.raises(ValueError, match="max_refreshes must be at least 1, got 0"):
+    with pytest.raises(ValueError, match="max_refreshes must be an int of at least 1, got 0"):
         Refresher(max_refreshes=0)
     with pytest.raises(ValueError, match="refresh_timeout"):
         Refresher(refresh_timeout=-1.0)
-    with pytest.raises(ValueError, match="max_entries must be at least 1, got 0"):
+    with pytest.raises(ValueError, match="max_entries must be an int of at least 1, got 0"):
         MemoryStore(max_entries=0)
     with pytest.raises(TypeError, match="fetch must be an async function"):
         Fallback(None, fallback_after=1.0)  # type: ignore[arg-type]

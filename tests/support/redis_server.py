@@ -18,7 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from ports import free_port
+
+from support.ports import free_port
 
 #: Why the Redis tests skip where they do.
 NOT_FOUND = (

@@ -26,12 +26,12 @@ from typing import Any
 
 import anyio
 import pytest
-from resource_checks import database_locked, open_descriptors, process_state
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from stream_endings import (
+from support.resource_checks import database_locked, open_descriptors, process_state
+from support.stream_endings import (
     ENDINGS,
     end_stream,
     open_stream_to_end,
@@ -44,14 +44,16 @@ from streamkit import (
     EventSourceResponse,
     NDJSONResponse,
     ServerSentEvent,
-    SQLiteRows,
     StreamEnd,
     StreamResponse,
     StreamSender,
+)
+from streamkit.resources import (
+    SQLiteRows,
     file_chunks,
-    proxy_events,
-    stream_rows,
+    query_rows,
     subprocess_lines,
+    upstream_events,
 )
 from streamkit.testing import LiveServer, StreamClient, open_server
 
@@ -101,7 +103,7 @@ class Upstream(Resource):
         url = f"{self.upstream.url}/tokens"
 
         async def proxy(request: Request) -> Response:
-            return EventSourceResponse(proxy_events(url, read_timeout=5.0), **options)
+            return EventSourceResponse(upstream_events(url, read_timeout=5.0), **options)
 
         return Starlette(routes=[Route("/", proxy)])
 
@@ -222,7 +224,7 @@ class Query(Resource):
                 batch_size=200,
                 prepare=add_pace,
             )
-            return NDJSONResponse(stream_rows(source), **options)
+            return NDJSONResponse(query_rows(source), **options)
 
         return Starlette(routes=[Route("/", rows)])
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from streamkit import UpstreamError, open_upstream, proxy_bytes, proxy_events
+from streamkit.resources import UpstreamError, open_upstream, upstream_bytes, upstream_events
 
 pytestmark = pytest.mark.anyio
 
@@ -64,11 +64,11 @@ async def test_a_status_other_than_2xx_is_an_upstream_error() -> None:
 @pytest.mark.parametrize("bad", [None, 0, -1.0, float("nan"), float("inf")])
 @pytest.mark.parametrize("name", ["connect_timeout", "read_timeout"])
 def test_timeouts_must_be_bounded(name: str, bad: float | None) -> None:
-    for make in (proxy_events, proxy_bytes):
+    for make in (upstream_events, upstream_bytes):
         with pytest.raises((ValueError, TypeError), match=name):
             make("http://upstream/", **{name: bad})  # type: ignore[arg-type]
 
 
 def test_upstream_must_be_a_url_or_a_request() -> None:
     with pytest.raises(TypeError, match="got bytes: b'http://x/'"):
-        proxy_events(b"http://x/")  # type: ignore[arg-type]
+        upstream_events(b"http://x/")  # type: ignore[arg-type]

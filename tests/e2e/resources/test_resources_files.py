@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from resource_checks import open_descriptors
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from support.resource_checks import open_descriptors
 
-from streamkit import EndReason, StreamResponse, file_chunks
+from streamkit import EndReason, StreamResponse
+from streamkit.resources import file_chunks
 from streamkit.testing import open_server, open_stream
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
@@ -67,14 +68,15 @@ async def test_a_file_that_cannot_be_opened_ends_the_stream_with_an_error(
 
 
 @pytest.mark.parametrize(
-    ("options", "message"),
+    ("options", "error", "message"),
     [
-        ({"chunk_size": 0}, "chunk_size must be an int of at least 1, got 0"),
-        ({"bytes_per_second": -1.0}, "bytes_per_second must be .* got -1.0"),
-        ({"bytes_per_second": float("inf")}, "got inf"),
-        ({"bytes_per_second": True}, "got True"),
+        ({"chunk_size": 0}, ValueError, "chunk_size must be an int of at least 1, got 0"),
+        ({"chunk_size": 1.5}, TypeError, "chunk_size must be an int, got float: 1.5"),
+        ({"bytes_per_second": -1.0}, ValueError, "bytes_per_second must be .* got -1.0"),
+        ({"bytes_per_second": float("inf")}, ValueError, "got inf"),
+        ({"bytes_per_second": True}, TypeError, "got bool: True"),
     ],
 )
-def test_options_are_checked(options: dict[str, Any], message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+def test_options_are_checked(options: dict[str, Any], error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=message):
         file_chunks("x", **options)

@@ -13,18 +13,19 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
-import redis_server
-from brokers import AnyBroker, MakeBroker, until
+from support import redis_server
+from support.brokers import AnyBroker, MakeBroker, until
 
-from streamkit import (
+from streamkit import ServerSentEvent
+from streamkit._topics import parse_event_id
+from streamkit.broadcast import (
+    RESET_EVENT,
     MemoryBroker,
     ResetReason,
-    ServerSentEvent,
     SlowSubscriberError,
     SlowSubscriberPolicy,
     Subscription,
 )
-from streamkit._topics import RESET_EVENT, parse_event_id
 
 pytestmark = pytest.mark.anyio
 

@@ -1,0 +1,55 @@
+"""The checks every count and duration argument passes, with one rule for the errors.
+
+A value of the wrong type raises :exc:`TypeError`, one out of range :exc:`ValueError`; both
+messages name the argument and the value. ``bool`` is refused where a number is expected:
+``True`` is an ``int`` to Python but never a count or a number of seconds to a caller.
+"""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["check_count", "check_duration", "check_rate"]
+
+
+def check_duration(name: str, value: object, *, optional: bool = False) -> None:
+    """Refuse *value* unless it is a positive, finite number of seconds (or ``None`` when
+    *optional*).
+
+    :raises TypeError: *value* is not a number (or is ``None`` where it may not be).
+    :raises ValueError: *value* is zero, negative, NaN or infinite.
+    """
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(
+            f"{name} must be a number of seconds, got {type(value).__name__}: {value!r}"
+        )
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be a positive, finite number of seconds, got {value!r}")
+
+
+def check_count(name: str, value: object, *, least: int = 1) -> None:
+    """Refuse *value* unless it is an ``int`` of at least *least*.
+
+    :raises TypeError: *value* is not an ``int``.
+    :raises ValueError: *value* is below *least*.
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}: {value!r}")
+    if value < least:
+        raise ValueError(f"{name} must be an int of at least {least}, got {value!r}")
+
+
+def check_rate(name: str, value: object, *, optional: bool = False) -> None:
+    """Refuse *value* unless it is a positive, finite number (or ``None`` when *optional*).
+
+    :raises TypeError: *value* is not a number.
+    :raises ValueError: *value* is zero, negative, NaN or infinite.
+    """
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}: {value!r}")
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be a positive, finite number, got {value!r}")

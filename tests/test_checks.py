@@ -1,0 +1,63 @@
+"""One rule for counts and durations: wrong type TypeError, out of range ValueError, both
+naming the argument and the value."""
+
+from __future__ import annotations
+
+import pytest
+
+from streamkit._checks import check_count, check_duration, check_rate
+
+
+@pytest.mark.parametrize("value", [0.001, 1, 2.5, 10**9])
+def test_a_positive_finite_duration_passes(value: float) -> None:
+    check_duration("d", value)
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [
+        (None, TypeError),
+        ("1", TypeError),
+        (True, TypeError),
+        (0, ValueError),
+        (-1.0, ValueError),
+        (float("inf"), ValueError),
+        (float("nan"), ValueError),
+    ],
+)
+def test_a_bad_duration_is_refused_naming_it(value: object, error: type[Exception]) -> None:
+    with pytest.raises(error, match=rf"^grace .* {value!r}$"):
+        check_duration("grace", value)
+
+
+def test_an_optional_duration_may_be_none() -> None:
+    check_duration("d", None, optional=True)
+    check_rate("r", None, optional=True)
+
+
+@pytest.mark.parametrize(
+    ("value", "least", "error"),
+    [
+        (1.0, 1, TypeError),
+        (False, 0, TypeError),
+        ("3", 1, TypeError),
+        (0, 1, ValueError),
+        (-1, 0, ValueError),
+    ],
+)
+def test_a_bad_count_is_refused_naming_it(
+    value: object, least: int, error: type[Exception]
+) -> None:
+    with pytest.raises(error, match=rf"^size must be an int.* {value!r}$"):
+        check_count("size", value, least=least)
+
+
+def test_a_count_at_its_least_passes() -> None:
+    check_count("size", 0, least=0)
+    check_count("size", 1)
+
+
+@pytest.mark.parametrize(("value", "error"), [(0, ValueError), ("1", TypeError)])
+def test_a_bad_rate_is_refused_naming_it(value: object, error: type[Exception]) -> None:
+    with pytest.raises(error, match=rf"^rate .* {value!r}$"):
+        check_rate("rate", value)
