@@ -1,9 +1,9 @@
 """streamkit: streaming responses for Starlette, tied to their connection, on asyncio and trio.
 
 The top level is the everyday core: the responses, the App, serving, and what a stream's end
-reports. The wings are submodules: :mod:`streamkit.broadcast` (topics and brokers),
-:mod:`streamkit.fallback` (cached fallbacks), :mod:`streamkit.resources` (producers that own a
-file, subprocess, query or upstream) and :mod:`streamkit.testing`.
+reports. The wings are submodules: ``streamkit.broadcast`` (topics and brokers),
+``streamkit.fallback`` (cached fallbacks), ``streamkit.resources`` (producers that own a
+file, subprocess, query or upstream) and ``streamkit.testing``.
 """
 
 from ._app import App as App
