@@ -209,13 +209,6 @@ async def test_an_unread_stream_is_held_at_its_window_while_others_flow() -> Non
         await probes.wait_end("stalled", EndReason.CLIENT_DISCONNECTED)
 
 
-@pytest.mark.xfail(
-    reason="hypercorn 0.18's HTTP/2 StreamBuffer releases a blocked writer whenever the "
-    "flow-control window is 0 (pop(0) returns b'', which is below its low-water mark), so "
-    "the app's writes never block, the server buffers without bound, and send_timeout "
-    "never fires",
-    raises=AssertionError,
-)
 async def test_a_stalled_h2_stream_ends_with_send_timeout() -> None:
     async with serving() as (server, probes):
         # Paced, so that the unbounded buffering this test shows stays a few megabytes.
