@@ -3,10 +3,8 @@
 What is proved: the server answers h2 prior knowledge on cleartext; a ``RST_STREAM`` ends that
 stream alone (its producer is cancelled, the connection answers PING and carries other and new
 streams); flow control is acknowledged, so a body far larger than the windows arrives; an
-unread stream is held at its flow-control window while the others flow.
-
-Not yet true, and marked so: a stalled HTTP/2 stream does not end with ``send_timeout``,
-because hypercorn buffers what the app writes for it without bound (see the xfail below).
+unread stream is held at its flow-control window while the others flow, and, once
+streamkit.serve has repaired hypercorn's HTTP/2 stream buffer, ends with ``send_timeout``.
 """
 
 from __future__ import annotations
