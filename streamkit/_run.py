@@ -34,7 +34,7 @@ from ._app import App
 from ._checks import check_count, check_duration
 from ._exceptions import ServeError
 from ._serve import ServerAddress, bind_socket, serve
-from ._tls import TLSConfig, apply_tls
+from ._tls import TLSConfig, apply_tls, check_tls
 
 __all__ = ["import_app", "main", "run"]
 
@@ -119,8 +119,7 @@ def run(
             f"{workers} workers each import the app: give it as MODULE:ATTRIBUTE, not {app!r}"
         )
     check_duration("stalled_connection_timeout", stalled_connection_timeout, optional=True)
-    if tls is not None and not isinstance(tls, TLSConfig):
-        raise TypeError(f"tls must be a streamkit.TLSConfig, got {tls!r}")
+    check_tls(tls)
     if log_level is not None:
         logging.basicConfig(level=log_level, format=LOG_FORMAT)
     # Several workers import it too; importing it here first reports a bad name at once.

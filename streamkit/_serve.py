@@ -34,7 +34,7 @@ from ._checks import check_duration
 from ._exceptions import ServeError
 from ._hypercorn_h2 import bound_h2_streams
 from ._registry import StreamRegistry, registry, using_registry
-from ._tls import TLSConfig, apply_tls
+from ._tls import TLSConfig, apply_tls, check_tls
 
 __all__ = ["ServerAddress", "graceful_shutdown_trigger", "serve"]
 
@@ -189,9 +189,8 @@ async def serve(
         config = Config()
     if not isinstance(config, Config):
         raise TypeError(f"config must be a hypercorn.config.Config, got {config!r}")
+    check_tls(tls)
     if tls is not None:
-        if not isinstance(tls, TLSConfig):
-            raise TypeError(f"tls must be a streamkit.TLSConfig, got {tls!r}")
         apply_tls(tls, config)
     bound_h2_streams(config)
     streams = StreamRegistry(parent=registry) if streams is None else streams

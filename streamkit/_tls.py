@@ -14,23 +14,15 @@ import ssl
 from dataclasses import dataclass
 from typing import Any
 
+from ._checks import check_path
 from ._exceptions import ServeError
 
-__all__ = ["TLSConfig", "apply_tls"]
+__all__ = ["TLSConfig", "apply_tls", "check_tls"]
 
 #: What a server with a certificate offers by ALPN, in order of preference.
 ALPN_PROTOCOLS = ("h2", "http/1.1")
 
 Path = str | os.PathLike[str]
-
-
-def _check_path(name: str, value: object, *, optional: bool) -> None:
-    if value is None and optional:
-        return
-    if not isinstance(value, str | os.PathLike):
-        raise TypeError(f"{name} must be a path (str or os.PathLike), got {value!r}")
-    if not os.fspath(value):
-        raise ValueError(f"{name} must not be empty, got {value!r}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -51,9 +43,20 @@ class TLSConfig:
     client_ca: Path | None = None
 
     def __post_init__(self) -> None:
-        _check_path("certfile", self.certfile, optional=False)
-        _check_path("keyfile", self.keyfile, optional=False)
-        _check_path("client_ca", self.client_ca, optional=True)
+        check_path("certfile", self.certfile)
+        check_path("keyfile", self.keyfile)
+        check_path("client_ca", self.client_ca, optional=True)
+
+
+def check_tls(value: object) -> None:
+    """Refuse *value* unless it is ``None`` or a :class:`TLSConfig`.
+
+    :raises TypeError: it is something else (a path, say).
+    """
+    if value is not None and not isinstance(value, TLSConfig):
+        raise TypeError(
+            f"tls must be a streamkit.TLSConfig(certfile=..., keyfile=...), got {value!r}"
+        )
 
 
 def _readable(what: str, path: Path) -> str:

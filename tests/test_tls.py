@@ -112,7 +112,7 @@ def test_run_with_workers_names_the_file_before_binding(tmp_path: Path, taken: s
 
 
 def test_run_refuses_a_tls_that_is_not_a_tls_config() -> None:
-    with pytest.raises(TypeError, match=r"tls must be a streamkit\.TLSConfig, got 'cert\.pem'"):
+    with pytest.raises(TypeError, match=r"tls must be a streamkit\.TLSConfig.*, got 'cert\.pem'"):
         streamkit.run(Starlette(), tls="cert.pem", log_level=None)  # type: ignore[arg-type]
 
 
