@@ -32,6 +32,7 @@ from ._serve import graceful_shutdown_trigger as graceful_shutdown_trigger
 from ._serve import serve as serve
 from ._sse import ServerSentEvent as ServerSentEvent
 from ._sse import last_event_id as last_event_id
+from ._tls import TLSConfig as TLSConfig
 
 __all__ = (
     "ActiveStream",
@@ -54,6 +55,7 @@ __all__ = (
     "StreamRouteInfo",
     "StreamSender",
     "StreamkitError",
+    "TLSConfig",
     "graceful_shutdown_trigger",
     "last_event_id",
     "registry",

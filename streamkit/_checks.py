@@ -1,4 +1,4 @@
-"""The checks every count and duration argument passes, with one rule for the errors.
+"""The checks every count, duration and path argument passes, with one rule for the errors.
 
 A value of the wrong type raises :exc:`TypeError`, one out of range :exc:`ValueError`; both
 messages name the argument and the value. ``bool`` is refused where a number is expected:
@@ -8,8 +8,9 @@ messages name the argument and the value. ``bool`` is refused where a number is 
 from __future__ import annotations
 
 import math
+import os
 
-__all__ = ["check_count", "check_duration", "check_rate"]
+__all__ = ["check_count", "check_duration", "check_path", "check_rate"]
 
 
 def check_duration(name: str, value: object, *, optional: bool = False) -> None:
@@ -53,3 +54,18 @@ def check_rate(name: str, value: object, *, optional: bool = False) -> None:
         raise TypeError(f"{name} must be a number, got {type(value).__name__}: {value!r}")
     if not (value > 0 and math.isfinite(value)):
         raise ValueError(f"{name} must be a positive, finite number, got {value!r}")
+
+
+def check_path(name: str, value: object, *, optional: bool = False) -> None:
+    """Refuse *value* unless it is a non-empty path, ``str`` or :class:`os.PathLike` (or
+    ``None`` when *optional*).
+
+    :raises TypeError: *value* is not a path (``bytes`` included: paths here are text).
+    :raises ValueError: *value* is empty.
+    """
+    if value is None and optional:
+        return
+    if not isinstance(value, str | os.PathLike):
+        raise TypeError(f"{name} must be a path (str or os.PathLike), got {value!r}")
+    if not os.fspath(value):
+        raise ValueError(f"{name} must not be empty, got {value!r}")

@@ -34,6 +34,7 @@ from ._app import App
 from ._checks import check_count, check_duration
 from ._exceptions import ServeError
 from ._serve import ServerAddress, bind_socket, serve
+from ._tls import TLSConfig, apply_tls, check_tls
 
 __all__ = ["import_app", "main", "run"]
 
@@ -83,6 +84,7 @@ def run(
     grace_period: float | None = None,
     stalled_connection_timeout: float | None = 10.0,
     log_level: str | int | None = "INFO",
+    tls: TLSConfig | None = None,
 ) -> None:
     """Serve *app* with hypercorn until SIGINT or SIGTERM, then drain it and return.
 
@@ -102,9 +104,12 @@ def run(
     :param stalled_connection_timeout: see :func:`streamkit.serve`.
     :param log_level: the level of the logging set up if the program has none yet;
         ``None`` leaves logging alone.
+    :param tls: serve HTTPS, HTTP/2 offered by ALPN: see :func:`streamkit.serve`.
     :raises ValueError: an argument is out of range, or several workers were asked for
         with an application object.
-    :raises ServeError: the address cannot be bound, or a worker exited on its own.
+    :raises TypeError: *tls* is not a :class:`~streamkit.TLSConfig`.
+    :raises ServeError: the address cannot be bound, a TLS file is missing, unreadable or
+        malformed (before anything is bound), or a worker exited on its own.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -114,6 +119,7 @@ def run(
             f"{workers} workers each import the app: give it as MODULE:ATTRIBUTE, not {app!r}"
         )
     check_duration("stalled_connection_timeout", stalled_connection_timeout, optional=True)
+    check_tls(tls)
     if log_level is not None:
         logging.basicConfig(level=log_level, format=LOG_FORMAT)
     # Several workers import it too; importing it here first reports a bad name at once.
@@ -121,6 +127,10 @@ def run(
     if grace_period is None:
         grace_period = application.grace_period if isinstance(application, App) else 15.0
     check_duration("grace_period", grace_period)
+    if tls is not None:
+        # serve() loads the files again in each worker; a bad one is reported here, plainly
+        # and before anything is bound.
+        apply_tls(tls, _hypercorn_config())
     if workers == 1:
         anyio.run(
             partial(
@@ -129,6 +139,7 @@ def run(
                 bind=bind,
                 grace_period=grace_period,
                 stalled_connection_timeout=stalled_connection_timeout,
+                tls=tls,
             ),
             backend=backend,
         )
@@ -136,7 +147,7 @@ def run(
         assert isinstance(app, str)
         sock = bind_socket(bind, stalled_connection_timeout=stalled_connection_timeout)
         with sock:
-            _supervise(app, sock, backend, workers, grace_period, log_level)
+            _supervise(app, sock, backend, workers, grace_period, log_level, tls)
 
 
 def _hypercorn_config() -> Config:
@@ -150,7 +161,12 @@ def _hypercorn_config() -> Config:
 
 
 async def _serve_here(
-    app: ASGIApp, *, bind: str, grace_period: float, stalled_connection_timeout: float | None
+    app: ASGIApp,
+    *,
+    bind: str,
+    grace_period: float,
+    stalled_connection_timeout: float | None,
+    tls: TLSConfig | None,
 ) -> None:
     async with anyio.create_task_group() as task_group:
         address: ServerAddress = await task_group.start(
@@ -161,6 +177,7 @@ async def _serve_here(
                 grace_period=grace_period,
                 stalled_connection_timeout=stalled_connection_timeout,
                 config=_hypercorn_config(),
+                tls=tls,
             )
         )
         logger.info("serving on %s (pid %d)", address.url, os.getpid())
@@ -173,13 +190,14 @@ def _supervise(
     workers: int,
     grace_period: float,
     log_level: str | int | None,
+    tls: TLSConfig | None,
 ) -> None:
     host, port = sock.getsockname()[:2]
     context = multiprocessing.get_context("spawn")
     processes = [
         context.Process(
             target=_worker,
-            args=(target, sock, backend, grace_period, log_level),
+            args=(target, sock, backend, grace_period, log_level, tls),
             name=f"streamkit-worker-{number}",
         )
         for number in range(workers)
@@ -197,7 +215,7 @@ def _supervise(
     try:
         for process in processes:
             process.start()
-        url = ServerAddress(host=host, port=port).url
+        url = ServerAddress(host=host, port=port, scheme="https" if tls else "http").url
         pids = ", ".join(str(process.pid) for process in processes)
         logger.info("serving on %s with %d workers (pids %s)", url, workers, pids)
         ready = multiprocessing.connection.wait(
@@ -230,14 +248,21 @@ def _stop(processes: Sequence[multiprocessing.process.BaseProcess], *, deadline:
 
 
 def _worker(
-    target: str, sock: socket.socket, backend: str, grace_period: float, log_level: str | int | None
+    target: str,
+    sock: socket.socket,
+    backend: str,
+    grace_period: float,
+    log_level: str | int | None,
+    tls: TLSConfig | None,
 ) -> None:
     # A terminal's Ctrl-C reaches the whole process group: the supervisor alone acts on it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if log_level is not None:
         logging.basicConfig(level=log_level, format=LOG_FORMAT)
     app = import_app(target)
-    anyio.run(partial(_serve_socket, app, sock, grace_period=grace_period), backend=backend)
+    anyio.run(
+        partial(_serve_socket, app, sock, grace_period=grace_period, tls=tls), backend=backend
+    )
 
 
 async def _terminated() -> None:
@@ -265,7 +290,9 @@ async def _terminated() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-async def _serve_socket(app: ASGIApp, sock: socket.socket, *, grace_period: float) -> None:
+async def _serve_socket(
+    app: ASGIApp, sock: socket.socket, *, grace_period: float, tls: TLSConfig | None
+) -> None:
     logger.info("worker %d serving", os.getpid())
     await serve(
         app,
@@ -273,6 +300,7 @@ async def _serve_socket(app: ASGIApp, sock: socket.socket, *, grace_period: floa
         grace_period=grace_period,
         shutdown_trigger=_terminated,
         config=_hypercorn_config(),
+        tls=tls,
     )
 
 
@@ -313,11 +341,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
     command.add_argument(
+        "--certfile",
+        metavar="PEM",
+        help="serve HTTPS (HTTP/2 by ALPN) with this certificate chain; needs --keyfile",
+    )
+    command.add_argument("--keyfile", metavar="PEM", help="the certificate's private key")
+    command.add_argument(
+        "--client-ca",
+        metavar="PEM",
+        help="require client certificates signed by these CAs (with --certfile)",
+    )
+    command.add_argument(
         "--app-dir", default=".", metavar="DIR", help="where to import the app from"
     )
     arguments = parser.parse_args(argv)
+    if (arguments.certfile is None) != (arguments.keyfile is None):
+        parser.error("--certfile and --keyfile go together")
+    if arguments.client_ca is not None and arguments.certfile is None:
+        parser.error("--client-ca needs --certfile and --keyfile")
     sys.path.insert(0, os.path.abspath(arguments.app_dir))
     try:
+        tls = (
+            None
+            if arguments.certfile is None
+            else TLSConfig(
+                certfile=arguments.certfile,
+                keyfile=arguments.keyfile,
+                client_ca=arguments.client_ca,
+            )
+        )
         run(
             arguments.app,
             backend=arguments.backend,
@@ -326,6 +378,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             grace_period=arguments.grace_period,
             stalled_connection_timeout=arguments.stalled_connection_timeout,
             log_level=arguments.log_level.upper(),
+            tls=tls,
         )
     except (ValueError, TypeError, ImportError, AttributeError, ServeError) as exc:
         print(f"streamkit: error: {exc}", file=sys.stderr)

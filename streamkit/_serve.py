@@ -10,6 +10,12 @@ A client that stopped reading would keep hypercorn from ever returning: its trio
 shields socket writes. The listening socket is therefore bound here, with ``TCP_USER_TIMEOUT``
 set, which accepted connections inherit: the kernel aborts a connection whose peer has not
 taken data for that long, and the blocked write fails.
+
+Given a :class:`~streamkit.TLSConfig`, the server speaks HTTPS and offers HTTP/2 by ALPN;
+without one it speaks HTTP/1.1, and HTTP/2 to a client that opens with HTTP/2's preface
+("prior knowledge", as service-to-service clients do). On HTTP/2, hypercorn's per-stream
+buffer is repaired first (see ``_hypercorn_h2``), so that ``send_timeout`` bounds a stalled
+stream as it does a stalled connection.
 """
 
 from __future__ import annotations
@@ -26,7 +32,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ._backends import hypercorn_serve
 from ._checks import check_duration
 from ._exceptions import ServeError
+from ._hypercorn_h2 import bound_h2_streams
 from ._registry import StreamRegistry, registry, using_registry
+from ._tls import TLSConfig, apply_tls, check_tls
 
 __all__ = ["ServerAddress", "graceful_shutdown_trigger", "serve"]
 
@@ -39,16 +47,18 @@ class ServerAddress:
 
     :param host: the address bound.
     :param port: the port bound (the one picked, when 0 was asked for).
+    :param scheme: ``"https"`` when serving TLS, else ``"http"``.
     """
 
     host: str
     port: int
+    scheme: str = "http"
 
     @property
     def url(self) -> str:
         """The base URL, such as ``http://127.0.0.1:8000``."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"{self.scheme}://{host}:{self.port}"
 
 
 def graceful_shutdown_trigger(
@@ -138,6 +148,7 @@ async def serve(
     streams: StreamRegistry | None = None,
     config: object | None = None,
     sock: socket.socket | None = None,
+    tls: TLSConfig | None = None,
     task_status: TaskStatus[ServerAddress] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve *app* with hypercorn on the running backend (asyncio or trio) until shut down.
@@ -161,9 +172,14 @@ async def serve(
     :param sock: a socket already listening, to serve on instead of binding *bind* (worker
         processes sharing one socket); serve takes it over and closes it when it stops.
         *bind* and *stalled_connection_timeout* then go unused: the socket keeps its options.
+    :param tls: serve HTTPS with this certificate and key, HTTP/2 offered by ALPN; its files
+        are loaded before the socket is bound. Without it, HTTP/1.1, and HTTP/2 to clients
+        that open with its preface (prior knowledge).
     :param task_status: for ``TaskGroup.start``: started with the :class:`ServerAddress`
         once the socket listens.
-    :raises ServeError: the address could not be bound.
+    :raises ServeError: the address could not be bound, or a TLS file is missing,
+        unreadable or malformed (raised before anything is bound).
+    :raises TypeError: *tls* is not a :class:`~streamkit.TLSConfig`.
     """
     from hypercorn.config import Config
 
@@ -173,6 +189,10 @@ async def serve(
         config = Config()
     if not isinstance(config, Config):
         raise TypeError(f"config must be a hypercorn.config.Config, got {config!r}")
+    check_tls(tls)
+    if tls is not None:
+        apply_tls(tls, config)
+    bound_h2_streams(config)
     streams = StreamRegistry(parent=registry) if streams is None else streams
     trigger = shutdown_trigger or _signalled
 
@@ -192,7 +212,8 @@ async def serve(
         host, port = sock.getsockname()[:2]
         # hypercorn adopts the descriptor and closes it itself when it stops.
         sock.detach()
-        task_status.started(ServerAddress(host=host, port=port))
+        scheme = "https" if config.ssl_enabled else "http"
+        task_status.started(ServerAddress(host=host, port=port, scheme=scheme))
         await hypercorn_serve(
             _RegisteringApp(app, streams), config, shutdown_trigger=drain_then_stop
         )

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from support import redis_server
 from support.brokers import MakeBroker
+from support.certificates import Certificates, make_certificates
 
 from streamkit.broadcast import MemoryBroker, RedisBroker
 
@@ -35,3 +36,9 @@ def make_broker(request: pytest.FixtureRequest) -> MakeBroker:
         return RedisBroker(server.url, key_prefix=prefix, **options)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
+    """A throwaway CA with a server certificate for 127.0.0.1 and a client certificate."""
+    return make_certificates(tmp_path_factory.mktemp("certificates"))

@@ -1,11 +1,14 @@
-"""One rule for counts and durations: wrong type TypeError, out of range ValueError, both
+"""One rule for counts, durations and paths: wrong type TypeError, out of range ValueError, both
 naming the argument and the value."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
-from streamkit._checks import check_count, check_duration, check_rate
+from streamkit._checks import check_count, check_duration, check_path, check_rate
 
 
 @pytest.mark.parametrize("value", [0.001, 1, 2.5, 10**9])
@@ -61,3 +64,18 @@ def test_a_count_at_its_least_passes() -> None:
 def test_a_bad_rate_is_refused_naming_it(value: object, error: type[Exception]) -> None:
     with pytest.raises(error, match=rf"^rate .* {value!r}$"):
         check_rate("rate", value)
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [(None, TypeError), (b"cert.pem", TypeError), (3, TypeError), ("", ValueError)],
+)
+def test_a_bad_path_is_refused_naming_it(value: object, error: type[Exception]) -> None:
+    with pytest.raises(error, match=f"certfile must .*{re.escape(repr(value))}"):
+        check_path("certfile", value)
+
+
+def test_a_path_may_be_text_or_pathlike_and_optional() -> None:
+    check_path("certfile", "cert.pem")
+    check_path("certfile", Path("cert.pem"))
+    check_path("client_ca", None, optional=True)

@@ -205,6 +205,16 @@ class H2Connection:
         self._ping_acks.discard(opaque)
         return anyio.current_time() - started
 
+    async def wait_goaway(self) -> int:
+        """Read until the server's ``GOAWAY`` arrives, and return its error code (``0``,
+        ``NO_ERROR``, for a graceful close).
+
+        :raises ConnectionError: the server closed the connection without one.
+        """
+        await self._receive_until(lambda: self.goaway_code is not None)
+        assert self.goaway_code is not None
+        return self.goaway_code
+
     @asynccontextmanager
     async def open_stream(
         self,

@@ -12,6 +12,7 @@ from starlette.types import ASGIApp
 from .._ends import EndReason, StreamEnd
 from .._registry import StreamRegistry, registry
 from .._serve import ServerAddress, serve
+from .._tls import TLSConfig
 
 __all__ = ["LiveServer", "open_server"]
 
@@ -90,6 +91,7 @@ async def open_server(
     *,
     grace_period: float = 5.0,
     stalled_connection_timeout: float | None = 2.0,
+    tls: TLSConfig | None = None,
 ) -> AsyncIterator[LiveServer]:
     """Serve *app* with hypercorn on 127.0.0.1 and a free port, on the running backend.
 
@@ -102,6 +104,8 @@ async def open_server(
     :param grace_period: see :func:`streamkit.serve`.
     :param stalled_connection_timeout: see :func:`streamkit.serve`; short, so a test's stalled
         client cannot hold the shutdown.
+    :param tls: serve HTTPS with this certificate (HTTP/2 offered by ALPN); the server's
+        ``url`` then starts with ``https://``.
     :raises TimeoutError: the server had not stopped five seconds after *grace_period*; it was
         cancelled.
     """
@@ -124,6 +128,7 @@ async def open_server(
                     shutdown_trigger=stop.wait,
                     streams=streams,
                     config=config,
+                    tls=tls,
                     task_status=task_status,
                 )
             finally:

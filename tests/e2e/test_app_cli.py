@@ -12,7 +12,7 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -21,6 +21,7 @@ import httpx
 import pytest
 from anyio.abc import ByteReceiveStream, Process
 from anyio.streams.text import TextReceiveStream
+from support.certificates import Certificates
 
 from streamkit import ServerAddress
 from streamkit.testing import open_stream
@@ -119,9 +120,9 @@ class Service:
         assert self.process.stderr is not None
         async for line in lines(self.process.stderr):
             self.stderr.append(line)
-            found = re.search(r"serving on http://([\d.]+):(\d+)", line)
+            found = re.search(r"serving on (https?)://([\d.]+):(\d+)", line)
             if found and self.address is None:
-                self.address = ServerAddress(host=found[1], port=int(found[2]))
+                self.address = ServerAddress(host=found[2], port=int(found[3]), scheme=found[1])
                 self.serving.set()
 
     def printed(self, prefix: str) -> list[str]:
@@ -129,10 +130,12 @@ class Service:
 
 
 @asynccontextmanager
-async def run_service(tmp_path: Path, backend: str, *, workers: int = 1) -> AsyncIterator[Service]:
+async def run_service(
+    tmp_path: Path, backend: str, *, workers: int = 1, options: Sequence[str] = ()
+) -> AsyncIterator[Service]:
     (tmp_path / "service.py").write_text(SERVICE)
     command = [sys.executable, "-m", "streamkit", "run", "service:app", "--backend", backend]
-    command += ["--bind", "127.0.0.1:0", "--workers", str(workers)]
+    command += ["--bind", "127.0.0.1:0", "--workers", str(workers), *options]
     process = await anyio.open_process(
         command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
@@ -222,6 +225,28 @@ async def test_workers_whose_supervisor_is_killed_drain_and_exit_on_their_own(
                     await service.stdout_changed()
         assert events[-1].event == "shutdown"
     assert {line.split()[-1] for line in service.printed("lifespan ended")} == pids
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_the_command_line_serves_http2_over_tls(
+    tmp_path: Path, anyio_backend: str, certificates: Certificates, workers: int
+) -> None:
+    options = [
+        "--certfile",
+        str(certificates.server_cert),
+        "--keyfile",
+        str(certificates.server_key),
+    ]
+    async with run_service(tmp_path, anyio_backend, workers=workers, options=options) as service:
+        assert service.address is not None
+        assert service.address.url.startswith("https://")
+        verify = certificates.client_context()
+        async with httpx.AsyncClient(http2=True, verify=verify) as http:
+            response = await http.get(f"{service.address.url}/pid")
+        assert response.http_version == "HTTP/2"
+        assert response.text in {line.split()[-1] for line in service.printed("lifespan started")}
+        service.process.send_signal(signal.SIGTERM)
+    assert service.process.returncode == 0, "\n".join(service.stderr)
 
 
 def test_a_bad_app_name_is_reported_with_a_failure_status(tmp_path: Path) -> None:

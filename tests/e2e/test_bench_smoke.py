@@ -55,3 +55,25 @@ def test_quick_throughput_run_writes_a_well_formed_result(tmp_path: Path) -> Non
     # The markdown report went to stdout, with the throughput table and streamkit's row.
     assert "#### asyncio: throughput" in completed.stdout
     assert "| streamkit |" in completed.stdout
+
+
+def test_the_http2_benchmark_prints_its_tables() -> None:
+    command = [
+        sys.executable,
+        "-m",
+        "bench.h2",
+        "--backend=trio",
+        "--seconds=2",
+        "--streams=20",
+        "--connections=2",
+    ]
+    completed = subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, timeout=90, check=False
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    report = completed.stdout
+    assert "### A stalled HTTP/2 stream, worker RSS growth over 2 s" in report
+    assert "| streamkit.serve |" in report
+    assert "| plain hypercorn |" in report
+    assert "| h2 | 2 |" in report
+    assert "| http/1.1 | 20 |" in report

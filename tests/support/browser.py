@@ -19,7 +19,7 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -245,17 +245,20 @@ async def _connect(url: str) -> _Connection:
 
 
 @asynccontextmanager
-async def open_browser(executable: str | None = None) -> AsyncIterator[Browser]:
+async def open_browser(
+    executable: str | None = None, *, flags: Sequence[str] = ()
+) -> AsyncIterator[Browser]:
     """Launch headless Chromium with a fresh profile, connected over DevTools; close it on exit.
 
     :param executable: the Chromium to run; by default the one :func:`find_chromium` finds.
+    :param flags: command-line flags added to :data:`FLAGS`.
     :raises DevToolsError: there is no Chromium, or it did not start within 30 seconds.
     """
     executable = executable or find_chromium()
     if executable is None:
         raise DevToolsError(why_missing())
     with tempfile.TemporaryDirectory(prefix="streamkit-chromium-") as profile:
-        command = [executable, *FLAGS, f"--user-data-dir={profile}", "about:blank"]
+        command = [executable, *FLAGS, *flags, f"--user-data-dir={profile}", "about:blank"]
         process = await anyio.open_process(
             command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )

@@ -3,10 +3,8 @@
 What is proved: the server answers h2 prior knowledge on cleartext; a ``RST_STREAM`` ends that
 stream alone (its producer is cancelled, the connection answers PING and carries other and new
 streams); flow control is acknowledged, so a body far larger than the windows arrives; an
-unread stream is held at its flow-control window while the others flow.
-
-Not yet true, and marked so: a stalled HTTP/2 stream does not end with ``send_timeout``,
-because hypercorn buffers what the app writes for it without bound (see the xfail below).
+unread stream is held at its flow-control window while the others flow, and, once
+streamkit.serve has repaired hypercorn's HTTP/2 stream buffer, ends with ``send_timeout``.
 """
 
 from __future__ import annotations
@@ -209,13 +207,6 @@ async def test_an_unread_stream_is_held_at_its_window_while_others_flow() -> Non
         await probes.wait_end("stalled", EndReason.CLIENT_DISCONNECTED)
 
 
-@pytest.mark.xfail(
-    reason="hypercorn 0.18's HTTP/2 StreamBuffer releases a blocked writer whenever the "
-    "flow-control window is 0 (pop(0) returns b'', which is below its low-water mark), so "
-    "the app's writes never block, the server buffers without bound, and send_timeout "
-    "never fires",
-    raises=AssertionError,
-)
 async def test_a_stalled_h2_stream_ends_with_send_timeout() -> None:
     async with serving() as (server, probes):
         # Paced, so that the unbounded buffering this test shows stays a few megabytes.

@@ -1,0 +1,214 @@
+"""Per-stream bounds on HTTP/2 under hypercorn: a repair of its stream buffer, made for the
+servers streamkit runs and for nothing else in the process.
+
+hypercorn keeps, for each HTTP/2 stream, a buffer between the application and the
+connection's sending task. A write waits while the buffer holds two frames' worth (32 KiB),
+and is meant to be let go once the sending task has taken enough of it. In hypercorn 0.18 the
+writer is let go after every take shorter than half that, an empty take included; and when
+the client's flow-control window for the stream is 0, every take is empty. So a write to a
+stream whose reader stopped never waits: the buffer grows with whatever the application
+makes, and ``send_timeout`` never fires. Over HTTP/1.1 the socket itself holds the writer.
+
+Three changes, applied to the connections of servers that :func:`streamkit.serve` runs:
+
+- the writer is let go only once the buffer has fallen below half its high-water mark, so a
+  stalled stream holds at most the buffer and one write, and its writer waits;
+- a stream the application left without finishing its body (a write gave up at
+  ``send_timeout``) is reset with ``RST_STREAM`` (``CANCEL``) and its buffer dropped;
+  hypercorn would leave it open, and the client waiting, until the connection closed;
+- a connection the server closes as it shuts down is sent ``GOAWAY`` first, so the client
+  knows that the streams it had were ended on purpose.
+
+The repair depends on hypercorn's internals, so it is applied only to a hypercorn version it
+was checked against, and only where a probe of hypercorn's own buffer shows the fault; a
+version that has the fault but was not checked is served as it is, with a warning.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import weakref
+from collections.abc import Coroutine
+from typing import Any
+
+import h2.errors
+import h2.exceptions
+import hypercorn.protocol
+import hypercorn.protocol.h2 as hypercorn_h2
+from hypercorn.events import Closed, Event
+from hypercorn.protocol.events import Event as StreamEvent
+from hypercorn.protocol.events import StreamClosed
+from hypercorn.protocol.h2 import H2Protocol
+
+__all__ = ["bound_h2_streams", "h2_streams_bounded"]
+
+logger = logging.getLogger("streamkit")
+
+#: The hypercorn releases whose internals the repair was checked against.
+CHECKED_RELEASES = ("0.18.",)
+
+# The configs of the servers streamkit runs; a config dropped by its server leaves by itself.
+_bounded_configs: weakref.WeakSet[Any] = weakref.WeakSet()
+_decision: bool | None = None
+
+
+class _ProbeEvent:
+    """Stands in for hypercorn's event class, so that its buffer can be run without a loop."""
+
+    def __init__(self) -> None:
+        self.is_set = False
+
+    async def set(self) -> None:
+        self.is_set = True
+
+    async def clear(self) -> None:
+        self.is_set = False
+
+    async def wait(self) -> None:
+        pass
+
+
+def _run_at_once(coroutine: Coroutine[Any, Any, object]) -> None:
+    try:
+        coroutine.send(None)
+    except StopIteration:
+        return
+    coroutine.close()
+    raise RuntimeError("the probe suspended")
+
+
+def writer_released_at_zero_window(buffer_class: Any) -> bool:
+    """Whether a buffer of *buffer_class* lets a waiting writer go on an empty take, as a
+    zero flow-control window makes every take (the fault this module repairs)."""
+    buffer = buffer_class(_ProbeEvent)
+    buffer.buffer.extend(bytes(hypercorn_h2.BUFFER_HIGH_WATER))  # a writer now waits
+    events = [value for value in vars(buffer).values() if isinstance(value, _ProbeEvent)]
+    for event in events:
+        event.is_set = False
+    _run_at_once(buffer.pop(0))
+    return any(event.is_set for event in events)
+
+
+class _BoundedStreamBuffer(hypercorn_h2.StreamBuffer):
+    """hypercorn's buffer, letting the writer go only once the buffer has room again."""
+
+    async def pop(self, max_length: int) -> bytes:
+        taken = bytes(self.buffer[: max(max_length, 0)])
+        del self.buffer[: len(taken)]
+        if len(self.buffer) < hypercorn_h2.BUFFER_LOW_WATER:
+            await self._paused.set()
+        if not self.buffer:
+            await self._is_empty.set()
+        return taken
+
+
+class _BoundedBuffers(dict[int, Any]):
+    """The per-stream buffer table: each buffer hypercorn puts in becomes a bounded one.
+
+    hypercorn makes a stream's buffer and puts it here before the application can write to
+    it, so the change of class happens while it is empty and unused.
+    """
+
+    def __setitem__(self, stream_id: int, buffer: Any) -> None:
+        if type(buffer) is hypercorn_h2.StreamBuffer:
+            buffer.__class__ = _BoundedStreamBuffer
+        super().__setitem__(stream_id, buffer)
+
+
+class _BoundedH2Protocol(H2Protocol):
+    """hypercorn's HTTP/2 connection with the three changes the module docstring lists."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.stream_buffers = _BoundedBuffers()
+        self._goaway_sent = False
+
+    async def stream_send(self, event: StreamEvent) -> None:
+        if isinstance(event, StreamClosed):
+            await self._reset_if_unfinished(event.stream_id)
+        await super().stream_send(event)
+
+    async def _reset_if_unfinished(self, stream_id: int) -> None:
+        buffer = self.stream_buffers.get(stream_id)
+        if buffer is None or buffer._complete:
+            return  # finished: the sending task ends the stream once its buffer is sent
+        try:
+            self.connection.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
+        except h2.exceptions.ProtocolError:
+            pass  # the client reset it first, or the connection is closing
+        else:
+            await self._flush()
+        # Emptied and marked complete; the sending task, finding the stream closed, removes
+        # it (as it does for a stream the client reset).
+        await buffer.close()
+        self.priority.unblock(stream_id)
+        await self.has_data.set()
+
+    async def handle(self, event: Event) -> None:
+        if (
+            isinstance(event, Closed)
+            and not self.closed
+            and not self._goaway_sent
+            and self.context.terminated.is_set()
+        ):
+            # Set first: a GOAWAY that cannot be sent makes the server call this again.
+            self._goaway_sent = True
+            try:
+                self.connection.close_connection()
+            except h2.exceptions.ProtocolError:
+                pass
+            else:
+                await self._flush()
+        await super().handle(event)
+
+
+def _h2_protocol(app: Any, config: Any, *args: Any, **kwargs: Any) -> Any:
+    """Stands in for hypercorn's ``H2Protocol`` class where its connections make one."""
+    protocol = _BoundedH2Protocol if config in _bounded_configs else H2Protocol
+    return protocol(app, config, *args, **kwargs)
+
+
+def _decide() -> bool:
+    release = importlib.metadata.version("hypercorn")
+    try:
+        faulty = writer_released_at_zero_window(hypercorn_h2.StreamBuffer)
+    except Exception as exc:
+        logger.warning(
+            "hypercorn %s: cannot probe its HTTP/2 stream buffer (%r); HTTP/2 streams are "
+            "served as hypercorn does, and a stalled one may be buffered without bound",
+            release,
+            exc,
+        )
+        return False
+    if not faulty:
+        return False
+    if not release.startswith(CHECKED_RELEASES):
+        logger.warning(
+            "hypercorn %s buffers a stalled HTTP/2 stream without bound, and streamkit's "
+            "repair was checked against %s only: not applied, so send_timeout does not "
+            "bound HTTP/2 streams",
+            release,
+            ", ".join(f"{prefix}x" for prefix in CHECKED_RELEASES),
+        )
+        return False
+    # The name hypercorn's connections look the class up by, when they start HTTP/2.
+    vars(hypercorn.protocol)["H2Protocol"] = _h2_protocol
+    return True
+
+
+def bound_h2_streams(config: Any) -> bool:
+    """Apply the repair to the connections of the server that runs with the hypercorn
+    ``Config`` *config*; true if it applies, false where hypercorn needs none or it cannot be
+    applied (logged once)."""
+    global _decision
+    if _decision is None:
+        _decision = _decide()
+    if _decision:
+        _bounded_configs.add(config)
+    return _decision
+
+
+def h2_streams_bounded(config: Any) -> bool:
+    """Whether the connections of servers running with *config* are repaired."""
+    return config in _bounded_configs

@@ -1,0 +1,257 @@
+"""HTTP/2 through real hypercorn, on asyncio and trio: TLS with ALPN, cleartext by prior
+knowledge, and every stream's guarantees held per stream.
+
+What is proved: with a certificate, an HTTP/2 client gets HTTP/2 and an HTTP/1.1 one
+HTTP/1.1; a client CA makes the certificate required; without TLS, HTTP/1.1 is the default.
+A stream whose client stops reading (its window stays 0) holds its producer at a bounded
+number of bytes, ends with SEND_TIMEOUT and is reset (RST_STREAM CANCEL), while the
+connection's other streams go on; the drain on shutdown sends every stream on a connection
+its farewell, then GOAWAY.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import anyio
+import h2.errors
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+from support.certificates import Certificates
+
+from streamkit import (
+    EndReason,
+    EventSourceResponse,
+    ServerSentEvent,
+    StreamEnd,
+    StreamResponse,
+    StreamSender,
+    TLSConfig,
+)
+from streamkit.testing import LiveServer, open_h2_connection, open_server
+
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
+
+CLEANUP_BOUND = 1.0
+SEND_TIMEOUT = 0.3
+CHUNK = 16384
+#: What a stalled HTTP/2 stream may hold between its producer and the client, at most: the
+#: stream's flow-control window (64 KiB), hypercorn's buffer (under 32 KiB before a write
+#: waits, plus that write: up to 64 KiB, streamkit's largest), streamkit's own buffer (2
+#: chunks here) and the chunk in the producer's hands.
+STALL_BOUND = 65535 + 32768 + 65536 + 3 * CHUNK
+
+
+@dataclass
+class Seen:
+    """What the app saw, per stream name (the ``name`` query parameter)."""
+
+    produced: dict[str, int] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    ends: dict[str, StreamEnd] = field(default_factory=dict)
+    ended: dict[str, anyio.Event] = field(default_factory=dict)
+
+    def event(self, name: str) -> anyio.Event:
+        return self.ended.setdefault(name, anyio.Event())
+
+    def on_end(self, name: str) -> object:
+        def record(end: StreamEnd) -> None:
+            self.ends[name] = end
+            self.event(name).set()
+
+        return record
+
+    async def wait_end(self, name: str, reason: EndReason, *, within: float) -> StreamEnd:
+        with anyio.fail_after(within):
+            await self.event(name).wait()
+        end = self.ends[name]
+        assert end.reason is reason, f"{name} ended with {end.reason.name}, not {reason.name}"
+        return end
+
+
+def make_app(seen: Seen) -> Starlette:
+    async def ticks(request: Request) -> Response:
+        name = request.query_params["name"]
+        seen.versions[name] = request.scope["http_version"]
+
+        async def produce(send: StreamSender[ServerSentEvent]) -> None:
+            number = 0
+            while True:
+                await send(ServerSentEvent(data=str(number), id=str(number)))
+                number += 1
+                await anyio.sleep(0.01)
+
+        return EventSourceResponse(produce, on_end=seen.on_end(name))  # type: ignore[arg-type]
+
+    async def chunks(request: Request) -> Response:
+        name = request.query_params["name"]
+        send_timeout = request.query_params.get("send_timeout")
+
+        async def produce(send: StreamSender[bytes]) -> None:
+            seen.produced[name] = 0
+            while True:
+                await send(bytes([65 + seen.produced[name] // CHUNK % 26]) * CHUNK)
+                seen.produced[name] += CHUNK
+
+        return StreamResponse(
+            produce,
+            send_timeout=None if send_timeout == "none" else SEND_TIMEOUT,
+            buffer_size=2,
+            on_end=seen.on_end(name),  # type: ignore[arg-type]
+        )
+
+    async def version(request: Request) -> Response:
+        return PlainTextResponse(request.scope["http_version"])
+
+    return Starlette(
+        routes=[Route("/ticks", ticks), Route("/chunks", chunks), Route("/version", version)]
+    )
+
+
+@asynccontextmanager
+async def serving(tls: TLSConfig | None = None) -> AsyncIterator[tuple[LiveServer, Seen]]:
+    seen = Seen()
+    with anyio.fail_after(30):
+        async with open_server(make_app(seen), tls=tls) as server:
+            yield server, seen
+
+
+async def test_tls_offers_http2_by_alpn_and_http11_to_the_others(
+    certificates: Certificates,
+) -> None:
+    async with serving(certificates.server()) as (server, _):
+        assert server.url.startswith("https://")
+        context = certificates.client_context()
+        async with httpx.AsyncClient(http2=True, verify=context) as client:
+            response = await client.get(f"{server.url}/version")
+            assert (response.http_version, response.text) == ("HTTP/2", "2")
+        async with httpx.AsyncClient(verify=context) as client:
+            response = await client.get(f"{server.url}/version")
+            assert (response.http_version, response.text) == ("HTTP/1.1", "1.1")
+
+
+async def test_a_client_ca_makes_client_certificates_required(
+    certificates: Certificates,
+) -> None:
+    async with serving(certificates.server(client_ca=True)) as (server, _):
+        with_certificate = certificates.client_context(with_certificate=True)
+        async with httpx.AsyncClient(http2=True, verify=with_certificate) as client:
+            response = await client.get(f"{server.url}/version")
+            assert (response.http_version, response.text) == ("HTTP/2", "2")
+        async with httpx.AsyncClient(http2=True, verify=certificates.client_context()) as client:
+            # Refused in the handshake or right after it (TLS 1.3 verifies the client late).
+            with pytest.raises(httpx.TransportError):
+                await client.get(f"{server.url}/version")
+
+
+async def test_without_tls_http11_stays_the_default() -> None:
+    async with serving() as (server, _):
+        assert server.url.startswith("http://")
+        async with httpx.AsyncClient() as client:
+            response = await client.get(f"{server.url}/version")
+        assert (response.http_version, response.text) == ("HTTP/1.1", "1.1")
+        # HTTP/2 by prior knowledge, on the same port (open_h2_connection speaks it).
+        async with open_h2_connection(server) as connection:
+            async with connection.open_stream("/version") as stream:
+                assert await stream.read_all() == b"2"
+
+
+async def test_a_stalled_stream_among_live_ones_ends_alone_with_send_timeout() -> None:
+    async with serving() as (server, seen), open_h2_connection(server) as connection:
+        async with (
+            connection.open_stream("/chunks?name=stalled") as stalled,
+            connection.open_stream("/ticks?name=one") as one,
+            connection.open_stream("/ticks?name=two") as two,
+        ):
+            stalled.stall()
+            started = anyio.current_time()
+            with anyio.fail_after(SEND_TIMEOUT + CLEANUP_BOUND):
+                # Reading the others drives the socket; the stalled one is held by its
+                # window alone.
+                while not seen.event("stalled").is_set():
+                    await one.read_event()
+                    await two.read_event()
+            ended_after = anyio.current_time() - started
+            end = seen.ends["stalled"]
+            assert end.reason is EndReason.SEND_TIMEOUT
+            assert seen.produced["stalled"] <= STALL_BOUND
+            # The client is told: the stream is reset, the connection and the others go on.
+            with anyio.fail_after(CLEANUP_BOUND):
+                while stalled.reset_code is None:
+                    await one.read_event()
+            assert stalled.reset_code == h2.errors.ErrorCodes.CANCEL
+            before = int((await one.read_event()).id or 0)
+            assert int((await one.read_event()).id or 0) == before + 1
+            await two.read_event()
+            assert await connection.ping() < CLEANUP_BOUND
+            assert "one" not in seen.ends
+            assert "two" not in seen.ends
+    assert ended_after < SEND_TIMEOUT + CLEANUP_BOUND
+    print(
+        f"stalled h2 stream: send_timeout after {ended_after * 1000:.0f} ms, "
+        f"{seen.produced['stalled']} bytes produced"
+    )
+
+
+async def test_a_stalled_stream_without_send_timeout_holds_its_producer_at_the_bound() -> None:
+    """Without the repair of hypercorn's buffer, the producer here never waits: it makes
+    hundreds of megabytes a second, all of it held by the server."""
+    async with serving() as (server, seen), open_h2_connection(server) as connection:
+        async with (
+            connection.open_stream("/chunks?name=stalled&send_timeout=none") as stalled,
+            connection.open_stream("/ticks?name=live") as live,
+        ):
+            stalled.stall()
+            samples = []
+            for _ in range(3):
+                with anyio.fail_after(CLEANUP_BOUND):
+                    for _ in range(25):  # about 0.25 s of the live stream's ticks
+                        await live.read_event()
+                samples.append(seen.produced["stalled"])
+            assert samples[0] == samples[-1], f"the producer went on: {samples}"
+            assert samples[-1] <= STALL_BOUND, f"{samples[-1]} bytes held for a stalled stream"
+            assert "stalled" not in seen.ends
+        await seen.wait_end("stalled", EndReason.CLIENT_DISCONNECTED, within=CLEANUP_BOUND)
+
+
+async def test_the_drain_sends_every_stream_its_farewell_then_goaway() -> None:
+    async with serving() as (server, seen), open_h2_connection(server) as connection:
+        async with (
+            connection.open_stream("/ticks?name=a") as first,
+            connection.open_stream("/ticks?name=b") as second,
+            connection.open_stream("/ticks?name=c") as third,
+        ):
+            for stream in (first, second, third):
+                await stream.read_event()
+            async with anyio.create_task_group() as task_group:
+                task_group.start_soon(server.shutdown)
+                for stream in (first, second, third):
+                    with anyio.fail_after(CLEANUP_BOUND * 5):
+                        events = [event async for event in stream.events()]
+                    assert (events[-1].event, events[-1].retry) == ("shutdown", 1000)
+                    assert stream.complete
+                with anyio.fail_after(CLEANUP_BOUND * 5):
+                    code = await connection.wait_goaway()
+            assert code == h2.errors.ErrorCodes.NO_ERROR
+    assert {name: end.reason for name, end in seen.ends.items()} == {
+        "a": EndReason.SHUTDOWN,
+        "b": EndReason.SHUTDOWN,
+        "c": EndReason.SHUTDOWN,
+    }
+
+
+async def test_a_client_that_does_not_trust_the_ca_refuses_the_server(
+    certificates: Certificates,
+) -> None:
+    """The throwaway CA is what makes the server trusted: the TLS above is verified."""
+    async with serving(certificates.server()) as (server, _):
+        async with httpx.AsyncClient(http2=True, verify=ssl.create_default_context()) as client:
+            with pytest.raises(httpx.ConnectError):
+                await client.get(f"{server.url}/version")
