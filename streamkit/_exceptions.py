@@ -8,6 +8,7 @@ it, so callers can catch whichever they think in::
     ├── LifespanError          (RuntimeError) an App's lifespan is not running, or already is
     ├── MetricsUnavailableError (ImportError) metrics were asked for without prometheus-client
     ├── UpstreamError          (RuntimeError) an upstream answered what cannot be forwarded
+    ├── ReconnectError         (ConnectionError) a client gave up reconnecting to a stream
     ├── ProcessExitError       (RuntimeError) a streamed command exited with a failure status
     ├── LeakError              (AssertionError) a test left descriptors, processes or tasks
     ├── FallbackUnavailableError (TimeoutError) no fresh value in time and nothing to fall back on
@@ -39,8 +40,8 @@ class MetricsUnavailableError(StreamkitError, ImportError):
 
 
 class UpstreamError(StreamkitError, RuntimeError):
-    """An upstream HTTP response cannot be forwarded: its status is not 2xx, or it is not
-    the kind of body asked for.
+    """An upstream HTTP response cannot be forwarded or followed: its status is not 2xx, or
+    it is not the kind of body asked for.
 
     :param message: what was wrong, naming the request and what was received.
     :param status_code: the upstream's status.
@@ -51,6 +52,24 @@ class UpstreamError(StreamkitError, RuntimeError):
         super().__init__(message)
         self.status_code = status_code
         self.url = url
+
+
+class ReconnectError(StreamkitError, ConnectionError):
+    """A :mod:`streamkit.client` stream gave up reconnecting: its
+    :class:`~streamkit.client.Backoff` allowed no more attempts. The last failure is the
+    exception's ``__cause__``.
+
+    :param message: the URL, how many attempts failed and for how long.
+    :param url: the stream's URL.
+    :param attempts: the attempts that failed in a row.
+    :param last_event_id: the id it would have resumed after (``""`` for none).
+    """
+
+    def __init__(self, message: str, *, url: str, attempts: int, last_event_id: str) -> None:
+        super().__init__(message)
+        self.url = url
+        self.attempts = attempts
+        self.last_event_id = last_event_id
 
 
 class ProcessExitError(StreamkitError, RuntimeError):

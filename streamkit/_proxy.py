@@ -17,15 +17,15 @@ Needs the ``proxy`` extra (``httpx`` and ``httpx-sse``).
 
 from __future__ import annotations
 
-import functools
-import ssl
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, TypeAlias
 
 import anyio
 
+from ._backoff import Backoff
 from ._checks import check_duration
+from ._eventsource import EventStream, default_ssl_context, unwind
 from ._exceptions import UpstreamError
 from ._sender import Producer, StreamSender
 from ._sse import ServerSentEvent
@@ -50,13 +50,6 @@ def _import_httpx() -> None:
             f"streamkit's upstream proxy needs httpx and httpx-sse ({exc}); "
             "install them with: pip install 'streamkit[proxy]'"
         ) from exc
-
-
-@functools.cache
-def _default_ssl_context() -> ssl.SSLContext:
-    import httpx
-
-    return httpx.create_ssl_context()
 
 
 def _check_timeouts(connect_timeout: float, read_timeout: float) -> None:
@@ -123,7 +116,7 @@ async def open_upstream(
     owned = client is None
     if client is None:
         # Loading the CA bundle takes tens of milliseconds: done once, and not in the loop.
-        ssl_context = await anyio.to_thread.run_sync(_default_ssl_context)
+        ssl_context = await anyio.to_thread.run_sync(default_ssl_context)
         http = httpx.AsyncClient(verify=ssl_context)
     else:
         http = client
@@ -145,21 +138,6 @@ async def open_upstream(
             await http.aclose()
 
 
-async def _unwind(iterator: AsyncGenerator[object, None]) -> None:
-    # httpx's body iterators are async generators nested several deep; closing the outermost
-    # leaves the inner ones suspended, to be finalised whenever the garbage collector finds
-    # them (trio warns about each: httpx issue 3686). Resumed in a cancelled scope instead,
-    # the chain runs to its first await, where the cancellation ends every generator in it,
-    # and httpcore closes the connection on the way out.
-    with anyio.CancelScope() as scope:
-        scope.cancel()
-        try:
-            while True:
-                await iterator.__anext__()
-        except Exception:
-            pass  # StopAsyncIteration, or what an already closed connection raised
-
-
 def _forward_event(event: httpx_sse.ServerSentEvent) -> ServerSentEvent:
     # httpx-sse fills in the defaults ("message", an empty id); send them on as absent, so the
     # browser's own defaults apply and its Last-Event-ID is not reset. Like a browser, it keeps
@@ -179,6 +157,8 @@ def upstream_events(
     connect_timeout: float = 10.0,
     read_timeout: float = 60.0,
     transform: EventTransform | None = None,
+    resume: bool = False,
+    backoff: Backoff = Backoff(max_reconnect_time=60.0),  # noqa: B008 (frozen, so shared)
 ) -> Producer[ServerSentEvent | str]:
     """A producer for an :class:`~streamkit.EventSourceResponse` that forwards an upstream
     event stream, event by event::
@@ -196,14 +176,32 @@ def upstream_events(
         to exceed their interval.
     :param transform: maps each upstream event to the item sent (``None`` drops it); by
         default the event is sent on unchanged.
+    :param resume: when the upstream connection ends (closed, reset, or silent for
+        *read_timeout*) without a 204, connect again with ``Last-Event-ID`` and go on: the
+        downstream client sees one unbroken stream. A ``Last-Event-ID`` in *upstream*'s
+        headers is where the first connection resumes. Only events a browser would dispatch
+        (with a ``data:`` line) are forwarded in this mode; a frame holding only an id or a
+        ``retry`` is applied to the upstream connection, not sent on.
+    :param backoff: with *resume*, when to reconnect and when to give up (by default after
+        a minute without a working upstream connection).
     :raises UpstreamError: (in the stream) the upstream's status is not 2xx, or its body is
         not ``text/event-stream``.
+    :raises ReconnectError: (in the stream) with *resume*, the *backoff* gave up.
     :raises ValueError: a timeout is not a positive, finite number of seconds.
     """
     _check_timeouts(connect_timeout, read_timeout)
     request = _as_request(upstream)
     request.headers.setdefault("accept", "text/event-stream")
     convert: EventTransform = _forward_event if transform is None else transform
+    if resume:
+        return _resuming_events(
+            request,
+            client=client,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            transform=transform,
+            backoff=backoff,
+        )
 
     async def produce(send: StreamSender[ServerSentEvent | str]) -> None:
         response = await send.enter_async_context(
@@ -225,9 +223,56 @@ def upstream_events(
         import httpx_sse
 
         events = httpx_sse.EventSource(response).aiter_sse()
-        send.push_async_callback(_unwind, events)
+        send.push_async_callback(unwind, events)
         async for event in events:
             item = convert(event)
+            if item is not None:
+                await send(item)
+
+    return produce
+
+
+def _resuming_events(
+    request: httpx.Request,
+    *,
+    client: httpx.AsyncClient | None,
+    connect_timeout: float,
+    read_timeout: float,
+    transform: EventTransform | None,
+    backoff: Backoff,
+) -> Producer[ServerSentEvent | str]:
+    if not isinstance(backoff, Backoff):
+        raise TypeError(f"backoff must be a Backoff, got {type(backoff).__name__}")
+
+    async def produce(send: StreamSender[ServerSentEvent | str]) -> None:
+        # Entered through the sender: whatever ends the downstream stream, the upstream
+        # connection (or the wait before the next one) ends with it, in this task.
+        stream = await send.enter_async_context(
+            EventStream(
+                request,
+                client=client,
+                last_event_id=None,
+                heartbeat_interval=read_timeout,
+                missed_heartbeats=1,
+                connect_timeout=connect_timeout,
+                backoff=backoff,
+            )
+        )
+        async for event in stream:
+            if transform is None:
+                await send(event)
+                continue
+            import httpx_sse
+
+            # The transform is given what it is given without resume: httpx-sse's event.
+            item = transform(
+                httpx_sse.ServerSentEvent(
+                    event=event.event or "message",
+                    data=event.data or "",
+                    id=event.id or "",
+                    retry=event.retry,
+                )
+            )
             if item is not None:
                 await send(item)
 
@@ -267,7 +312,7 @@ def upstream_bytes(
             )
         )
         chunks = response.aiter_bytes()
-        send.push_async_callback(_unwind, chunks)
+        send.push_async_callback(unwind, chunks)
         async for chunk in chunks:
             await send(chunk)
 

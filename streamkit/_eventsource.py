@@ -1,0 +1,532 @@
+"""Following a stream from Python as a browser's ``EventSource`` does, and resuming it.
+
+One loop serves both formats: connect; check the answer; read, parsing as the bytes come;
+when the connection ends without the server's word to stop, wait (the server's ``retry:``,
+a ``Retry-After``, or the :class:`~streamkit.client.Backoff`) and connect again with
+``Last-Event-ID``. The reconnection rules are the WHATWG ones: a 204 ends the stream, any
+other status outside 2xx (but a 429 or 503 carrying ``Retry-After``) or a body of the wrong
+type is an error, not a reason to hammer the server. A connection that sent no byte for
+``missed_heartbeats`` heartbeat intervals counts as dropped (a stalled server, a dead NAT).
+
+Each connection's response is closed in this task, shielded and bounded, however the
+iteration ends: the block left early, cancelled, or the stream failed. httpx is imported
+lazily, so that the proxy, which resumes with this loop, imports without it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import ssl
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
+
+import anyio
+
+from ._backoff import Backoff, retry_after_seconds
+from ._checks import check_count, check_duration
+from ._exceptions import ReconnectError, UpstreamError
+from ._sse import ServerSentEvent
+from ._sse_decoder import SSEDecoder
+from ._topics import RESET_EVENT
+
+if TYPE_CHECKING:
+    import httpx
+
+__all__ = [
+    "ClientStatistics",
+    "EventStream",
+    "NDJSONStream",
+    "open_event_stream",
+    "open_ndjson_stream",
+]
+
+T = TypeVar("T")
+
+#: How long closing one connection may take, shielded, when the iteration ends.
+CLOSE_TIMEOUT = 5.0
+#: Statuses that are retried when they carry a ``Retry-After``; every other one is final.
+RETRIED_STATUSES = frozenset({429, 503})
+NDJSON_TYPES = frozenset(
+    {"application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonlines"}
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientStatistics:
+    """A snapshot of a followed stream.
+
+    :param connections: connections that were answered with the stream (2xx, right type).
+    :param reconnects: of those, the ones after the first.
+    :param failed_attempts: attempts that failed: refused, dropped before a byte, a 503...
+    :param last_event_id: what the next connection sends as ``Last-Event-ID`` (``""``: none).
+    :param connected_time: seconds connected in all, up to now.
+    :param connected: whether a connection is open now.
+    :param received: events (or NDJSON items) handed to the caller.
+    :param resets: ``event: reset`` events received: the history had a gap (see
+        :mod:`streamkit.broadcast`).
+    """
+
+    connections: int
+    reconnects: int
+    failed_attempts: int
+    last_event_id: str
+    connected_time: float
+    connected: bool
+    received: int
+    resets: int
+
+
+async def unwind(iterator: AsyncIterator[Any]) -> None:
+    """Finish an httpx body iterator left mid-way, so no inner generator is left suspended.
+
+    httpx's body iterators are async generators nested several deep; closing the outermost
+    leaves the inner ones to the garbage collector (trio warns about each: httpx issue 3686).
+    Resumed in a cancelled scope instead, the chain runs to its first await, where the
+    cancellation ends every generator in it, and httpcore closes the connection on the way out.
+    """
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        try:
+            while True:
+                await iterator.__anext__()
+        except Exception:
+            pass  # StopAsyncIteration, or what an already closed connection raised
+
+
+@functools.cache
+def default_ssl_context() -> ssl.SSLContext:
+    """httpx's default SSL context, loaded once (tens of milliseconds: keep it off the loop)."""
+    import httpx
+
+    return httpx.create_ssl_context()
+
+
+def as_request(target: httpx.Request | str) -> httpx.Request:
+    """*target* as a request: a ``str`` is a URL to ``GET``.
+
+    :raises TypeError: it is neither.
+    """
+    import httpx
+
+    if isinstance(target, httpx.Request):
+        return target
+    if isinstance(target, str):
+        return httpx.Request("GET", target)
+    raise TypeError(
+        f"a stream's target must be a URL or an httpx.Request, got {type(target).__name__}: "
+        f"{target!r}"
+    )
+
+
+class _Resuming(Generic[T]):
+    """The loop both streams share; a subclass parses the bytes of one connection."""
+
+    _media_types: frozenset[str]
+    _accept: str
+
+    def __init__(
+        self,
+        target: httpx.Request | str,
+        *,
+        client: httpx.AsyncClient | None,
+        last_event_id: str | None,
+        heartbeat_interval: float,
+        missed_heartbeats: int,
+        connect_timeout: float,
+        backoff: Backoff,
+    ) -> None:
+        check_duration("heartbeat_interval", heartbeat_interval)
+        check_count("missed_heartbeats", missed_heartbeats)
+        check_duration("connect_timeout", connect_timeout)
+        if not isinstance(backoff, Backoff):
+            raise TypeError(f"backoff must be a Backoff, got {type(backoff).__name__}")
+        if last_event_id is not None and not isinstance(last_event_id, str):
+            raise TypeError(f"last_event_id must be a str or None, got {last_event_id!r}")
+        given = as_request(target)
+        import httpx
+
+        # A copy: each attempt sets its own Last-Event-ID, and the caller's request is theirs.
+        self._request = httpx.Request(
+            given.method, given.url, headers=given.headers, stream=given.stream
+        )
+        self._request.headers.setdefault("accept", self._accept)
+        self._request.headers.setdefault("cache-control", "no-store")
+        self.read_timeout = heartbeat_interval * missed_heartbeats
+        timeout = httpx.Timeout(
+            connect=connect_timeout,
+            read=self.read_timeout,
+            write=self.read_timeout,
+            pool=connect_timeout,
+        )
+        self._request.extensions = {**given.extensions, "timeout": timeout.as_dict()}
+        self._client = client
+        self._owned: httpx.AsyncClient | None = None
+        self.backoff = backoff
+        if last_event_id is None:
+            last_event_id = given.headers.get("last-event-id")
+        self._last_event_id = last_event_id or ""
+        self._server_retry: float | None = None
+        self._iterator: AsyncGenerator[T] | None = None
+        self._entered = False
+        self._connections = self._failed = self._received = self._resets = 0
+        self._connected_since: float | None = None
+        self._connected_total = 0.0
+
+    @property
+    def url(self) -> str:
+        """The stream's URL."""
+        return str(self._request.url)
+
+    async def __aenter__(self) -> Self:
+        if self._entered:
+            raise RuntimeError(f"a stream of {self.url} can be entered only once")
+        self._entered = True
+        if self._client is None:
+            import httpx
+
+            context = await anyio.to_thread.run_sync(default_ssl_context)
+            self._owned = self._client = httpx.AsyncClient(verify=context)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        try:
+            if self._iterator is not None:
+                await self._iterator.aclose()
+        finally:
+            if self._owned is not None:
+                with anyio.CancelScope(shield=True) as scope:
+                    scope.deadline = anyio.current_time() + CLOSE_TIMEOUT
+                    await self._owned.aclose()
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> T:
+        if self._iterator is None:
+            if not self._entered:
+                raise RuntimeError("enter the stream (async with) before iterating it")
+            self._iterator = self._run()
+        return await self._iterator.__anext__()
+
+    def statistics(self) -> ClientStatistics:
+        """The counts as they are now."""
+        connected = self._connected_total
+        if self._connected_since is not None:
+            connected += anyio.current_time() - self._connected_since
+        return ClientStatistics(
+            connections=self._connections,
+            reconnects=max(0, self._connections - 1),
+            failed_attempts=self._failed,
+            last_event_id=self._last_event_id,
+            connected_time=connected,
+            connected=self._connected_since is not None,
+            received=self._received,
+            resets=self._resets,
+        )
+
+    # -- for the subclasses -------------------------------------------------------------------
+
+    def _begin(self) -> None:
+        """A connection was answered with the stream: start parsing afresh."""
+        raise NotImplementedError
+
+    def _parse(self, chunk: bytes) -> list[T]:
+        """The items *chunk* completed, updating ``_last_event_id`` and ``_server_retry``."""
+        raise NotImplementedError
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    async def _run(self) -> AsyncGenerator[T]:
+        import httpx
+
+        failures = 0  # attempts in a row that got no byte of a stream
+        lost_at: float | None = None
+        wait: float | None = None  # a Retry-After, which overrides the backoff once
+        failure: BaseException | None = None
+        first = True
+        while True:
+            if not first:
+                now = anyio.current_time()
+                lost_at = now if lost_at is None else lost_at
+                if self.backoff.gives_up(failures, now - lost_at):
+                    raise ReconnectError(
+                        f"gave up reconnecting to {self.url} after {failures} failed attempts "
+                        f"in {now - lost_at:.1f} s",
+                        url=self.url,
+                        attempts=failures,
+                        last_event_id=self._last_event_id,
+                    ) from failure
+                if wait is None:
+                    wait = self.backoff.delay(failures, server_retry=self._server_retry)
+                await anyio.sleep(wait)
+            first = False
+            wait = failure = None
+            got_bytes = False
+            if self._last_event_id:
+                self._request.headers["last-event-id"] = self._last_event_id
+            else:
+                self._request.headers.pop("last-event-id", None)
+            response: httpx.Response | None = None
+            chunks: AsyncIterator[bytes] | None = None
+            assert self._client is not None
+            try:
+                response = await self._client.send(self._request, stream=True)
+                status = response.status_code
+                if status == 204:
+                    return  # the server's word to stop
+                if status in RETRIED_STATUSES:
+                    wait = retry_after_seconds(response.headers.get("retry-after"))
+                if wait is not None:
+                    failure = UpstreamError(
+                        f"{self.url} answered {status} {_reason(response)}, retry after {wait:g} s",
+                        status_code=status,
+                        url=self.url,
+                    )
+                else:
+                    self._check(response)
+                    self._connections += 1
+                    self._connected_since = anyio.current_time()
+                    self._begin()
+                    chunks = response.aiter_bytes()
+                    async for chunk in chunks:
+                        if not got_bytes:
+                            got_bytes = True
+                            failures = 0
+                            lost_at = None
+                        for item in self._parse(chunk):
+                            self._received += 1
+                            yield item
+            except httpx.TransportError as exc:
+                # Refused, reset, broken off, or no byte within the read timeout: dropped.
+                failure = exc
+            finally:
+                if self._connected_since is not None:
+                    self._connected_total += anyio.current_time() - self._connected_since
+                    self._connected_since = None
+                if response is not None:
+                    await _release(response, chunks)
+            if not got_bytes:
+                failures += 1
+                self._failed += 1
+
+    def _check(self, response: httpx.Response) -> None:
+        if not response.is_success:
+            raise UpstreamError(
+                f"{self.url} answered {response.status_code} {_reason(response)}, "
+                "expected a 2xx status",
+                status_code=response.status_code,
+                url=self.url,
+            )
+        content_type = response.headers.get("content-type", "")
+        if content_type.partition(";")[0].strip().lower() not in self._media_types:
+            raise UpstreamError(
+                f"{self.url} sent {content_type!r}, expected "
+                + " or ".join(repr(t) for t in sorted(self._media_types)),
+                status_code=response.status_code,
+                url=self.url,
+            )
+
+
+def _reason(response: httpx.Response) -> str:
+    # HTTP/2, and some HTTP/1.1 servers (hypercorn), send no reason phrase.
+    import httpx
+
+    return response.reason_phrase or httpx.codes.get_reason_phrase(response.status_code)
+
+
+async def _release(response: httpx.Response, chunks: AsyncIterator[bytes] | None) -> None:
+    # Shielded: it runs when the caller's block is cancelled too, and must still close the
+    # connection (a response left unread to its end takes its connection with it).
+    with anyio.CancelScope(shield=True) as scope:
+        scope.deadline = anyio.current_time() + CLOSE_TIMEOUT
+        if chunks is not None:
+            await unwind(chunks)
+        await response.aclose()
+
+
+class EventStream(_Resuming[ServerSentEvent]):
+    """An event stream being followed; made by :func:`open_event_stream`. Iterate it for the
+    events a browser would dispatch (those with a ``data:`` line), each with ``id`` set to the
+    last event id in effect (as ``MessageEvent.lastEventId``), ``event`` ``None`` for a
+    message, and ``retry`` when its frame carried one.
+
+    An ``event: reset`` (:data:`streamkit.broadcast.RESET_EVENT`) is handed over like any
+    other: it says the server's history had a gap, and what was built from earlier events
+    must be loaded again. :meth:`statistics` counts them.
+
+    :ivar read_timeout: seconds without a byte after which a connection counts as dropped.
+    :ivar backoff: when it reconnects, and when it gives up.
+    """
+
+    _media_types = frozenset({"text/event-stream"})
+    _accept = "text/event-stream"
+
+    def _begin(self) -> None:
+        self._decoder = SSEDecoder()
+        self._decoder.last_event_id = self._last_event_id
+
+    def _parse(self, chunk: bytes) -> list[ServerSentEvent]:
+        decoder = self._decoder
+        frames = decoder.feed(chunk)
+        if decoder.retry is not None:
+            self._server_retry = decoder.retry / 1000
+        if not frames:
+            return frames
+        events = []
+        for frame in frames:
+            if frame.id is not None:
+                self._last_event_id = frame.id
+            if frame.data is None:
+                continue  # not dispatched: its id and retry still count
+            if frame.event == RESET_EVENT:
+                self._resets += 1
+            events.append(
+                ServerSentEvent(
+                    data=frame.data,
+                    event=frame.event or None,
+                    id=self._last_event_id or None,
+                    retry=frame.retry,
+                )
+            )
+        return events
+
+
+class NDJSONStream(_Resuming[Any]):
+    """An NDJSON stream being followed; made by :func:`open_ndjson_stream`. Iterate it for
+    each line's JSON value; empty lines (heartbeats) are skipped.
+
+    :ivar read_timeout: seconds without a byte after which a connection counts as dropped.
+    :ivar backoff: when it reconnects, and when it gives up.
+    """
+
+    _media_types = NDJSON_TYPES
+    _accept = "application/x-ndjson"
+
+    def __init__(
+        self,
+        target: httpx.Request | str,
+        *,
+        item_id: Callable[[Any], str | None] | None,
+        **arguments: Any,
+    ) -> None:
+        if item_id is not None and not callable(item_id):
+            raise TypeError(f"item_id must be callable, got {item_id!r}")
+        super().__init__(target, **arguments)
+        self._item_id = item_id
+        self._pending: list[bytes] = []
+
+    def _begin(self) -> None:
+        self._pending = []  # a line the last connection broke off is discarded
+
+    def _parse(self, chunk: bytes) -> list[Any]:
+        lines = chunk.split(b"\n")
+        if len(lines) == 1:
+            self._pending.append(chunk)
+            return []
+        if self._pending:
+            self._pending.append(lines[0])
+            lines[0] = b"".join(self._pending)
+            self._pending = []
+        tail = lines.pop()
+        if tail:
+            self._pending.append(tail)
+        items = [json.loads(line) for line in lines if line.strip()]
+        if self._item_id is not None:
+            for item in items:
+                found = self._item_id(item)
+                if found is not None:
+                    self._last_event_id = found
+        return items
+
+
+def open_event_stream(
+    target: httpx.Request | str,
+    *,
+    client: httpx.AsyncClient | None = None,
+    last_event_id: str | None = None,
+    heartbeat_interval: float = 15.0,
+    missed_heartbeats: int = 3,
+    connect_timeout: float = 10.0,
+    backoff: Backoff = Backoff(),  # noqa: B008 (frozen: one shared default is safe)
+) -> EventStream:
+    """Follow the event stream at *target*, reconnecting as a browser would::
+
+        async with open_event_stream(url, heartbeat_interval=15.0) as stream:
+            async for event in stream:
+                handle(event)
+
+    The iteration ends when the server answers 204; it raises when the server refuses (a
+    status outside 2xx, a body that is not ``text/event-stream``) or the *backoff* gives up.
+    Every other end of a connection (closed, reset, silent for too long) is followed by a
+    new one, with ``Last-Event-ID``. Leaving the block, or its cancellation, closes the
+    connection before the block is left.
+
+    :param target: the URL to ``GET``, or the request to send (its body must be replayable).
+    :param client: the client to send with (kept open); by default one of its own, closed
+        with the block.
+    :param last_event_id: resume after this id from the first connection on; by default the
+        request's own ``Last-Event-ID`` header, if it has one.
+    :param heartbeat_interval: the server's heartbeat interval, in seconds.
+    :param missed_heartbeats: a connection that sent no byte for this many heartbeat
+        intervals is dropped and made again.
+    :param connect_timeout: seconds to wait for a connection.
+    :param backoff: when to reconnect, and when to give up.
+    :raises UpstreamError: (from the iteration) the server refused the stream; it names the
+        status or the content type.
+    :raises ReconnectError: (from the iteration) the *backoff* allowed no more attempts.
+    :raises TypeError: an argument has the wrong type.
+    :raises ValueError: a duration or count is out of range.
+    """
+    return EventStream(
+        target,
+        client=client,
+        last_event_id=last_event_id,
+        heartbeat_interval=heartbeat_interval,
+        missed_heartbeats=missed_heartbeats,
+        connect_timeout=connect_timeout,
+        backoff=backoff,
+    )
+
+
+def open_ndjson_stream(
+    target: httpx.Request | str,
+    *,
+    client: httpx.AsyncClient | None = None,
+    item_id: Callable[[Any], str | None] | None = None,
+    last_event_id: str | None = None,
+    heartbeat_interval: float = 15.0,
+    missed_heartbeats: int = 3,
+    connect_timeout: float = 10.0,
+    backoff: Backoff = Backoff(),  # noqa: B008 (frozen: one shared default is safe)
+) -> NDJSONStream:
+    """Follow the NDJSON stream at *target*, reconnecting as :func:`open_event_stream` does.
+
+    NDJSON has no ids of its own: give *item_id* to take one from each item, which the
+    next connection sends as ``Last-Event-ID`` so the server can resume after it. Without
+    it, a reconnection asks for the stream from wherever the server starts it.
+
+    :param item_id: the id of an item (``None``: it has none).
+    :param target: see :func:`open_event_stream`.
+    :param client: see :func:`open_event_stream`.
+    :param last_event_id: see :func:`open_event_stream`.
+    :param heartbeat_interval: see :func:`open_event_stream`.
+    :param missed_heartbeats: see :func:`open_event_stream`.
+    :param connect_timeout: see :func:`open_event_stream`.
+    :param backoff: see :func:`open_event_stream`.
+    :raises UpstreamError: (from the iteration) the server refused the stream.
+    :raises ReconnectError: (from the iteration) the *backoff* allowed no more attempts.
+    :raises TypeError: an argument has the wrong type.
+    :raises ValueError: a duration or count is out of range.
+    """
+    return NDJSONStream(
+        target,
+        item_id=item_id,
+        client=client,
+        last_event_id=last_event_id,
+        heartbeat_interval=heartbeat_interval,
+        missed_heartbeats=missed_heartbeats,
+        connect_timeout=connect_timeout,
+        backoff=backoff,
+    )

@@ -1,0 +1,160 @@
+"""Reading an event stream: the WHATWG ``text/event-stream`` parsing algorithm, incremental.
+
+Pure, like the framing in ``_sse``: bytes in, :class:`~streamkit.ServerSentEvent` frames out,
+no I/O. The body is decoded as UTF-8 with a leading BOM dropped and invalid bytes replaced; a
+line ends at CR, LF or CRLF (even split between two chunks); a line starting with a colon is a
+comment; one space after the field's colon is dropped; an ``id`` holding NUL is ignored, and a
+``retry`` that is not all ASCII digits too. Unknown fields are ignored.
+
+Where it differs from a browser, on purpose: every frame is handed back, including those a
+browser would not dispatch (no ``data:`` line), because a client needs their ``id`` and
+``retry`` and a test wants to see them. Each frame holds only the fields it carried: the
+last event id that persists from frame to frame is :attr:`SSEDecoder.last_event_id`.
+
+Linear in its input however it is split: a line split over many chunks is joined once, and an
+event of many ``data:`` lines is joined once when dispatched.
+"""
+
+from __future__ import annotations
+
+import codecs
+
+from ._sse import ServerSentEvent
+
+__all__ = ["SSEDecoder"]
+
+
+class SSEDecoder:
+    """Feed it the body's bytes; take complete frames out.
+
+    :param keep_comments: collect the comments (what heartbeats send) in :attr:`comments`.
+    :ivar last_event_id: the id of the last complete frame that carried one (``""`` if none
+        did, or the last one was empty): what a client sends back as ``Last-Event-ID``.
+    :ivar retry: the last valid ``retry`` seen, in milliseconds, or ``None``. Like a browser,
+        it applies as soon as its line is read, before the frame is complete.
+    :ivar comments: the comments read, when *keep_comments*.
+    """
+
+    __slots__ = (
+        "_after_cr",
+        "_data",
+        "_decoder",
+        "_event",
+        "_id",
+        "_pending",
+        "_retry",
+        "comments",
+        "last_event_id",
+        "retry",
+    )
+
+    def __init__(self, *, keep_comments: bool = False) -> None:
+        # utf-8-sig drops one leading BOM however the first bytes are split, and no other.
+        self._decoder = codecs.getincrementaldecoder("utf-8-sig")(errors="replace")
+        self._pending: list[str] = []
+        self._after_cr = False
+        self._data: list[str] | None = None
+        self._event: str | None = None
+        self._id: str | None = None
+        self._retry: int | None = None
+        self.last_event_id = ""
+        self.retry: int | None = None
+        self.comments: list[str] | None = [] if keep_comments else None
+
+    def feed(self, chunk: bytes) -> list[ServerSentEvent]:
+        """Parse *chunk*; return the frames it completed, in order."""
+        return self.feed_text(self._decoder.decode(chunk))
+
+    def feed_text(self, text: str) -> list[ServerSentEvent]:
+        """Parse already decoded *text*; return the frames it completed."""
+        if not text:
+            return []
+        if self._after_cr and text[0] == "\n":
+            text = text[1:]  # the LF of a CRLF split between two chunks
+        if "\r" in text:
+            self._after_cr = text[-1] == "\r"
+            text = text.replace("\r\n", "\n").replace("\r", "\n")
+        else:
+            self._after_cr = False
+        lines = text.split("\n")
+        if len(lines) == 1:
+            self._pending.append(text)  # joined once, when the line ends
+            return []
+        if self._pending:
+            self._pending.append(lines[0])
+            lines[0] = "".join(self._pending)
+            self._pending = []
+        tail = lines.pop()
+        if tail:
+            self._pending.append(tail)
+        return self._lines(lines)
+
+    def end(self) -> None:
+        """The body ended: an incomplete frame is discarded, as a browser does."""
+        self._decoder.reset()
+        self._pending = []
+        self._after_cr = False
+        self._data = self._event = self._id = self._retry = None
+
+    def _lines(self, lines: list[str]) -> list[ServerSentEvent]:
+        # The frame being read is kept in locals: this loop is the parser's whole cost.
+        frames: list[ServerSentEvent] = []
+        data, event, id_, retry = self._data, self._event, self._id, self._retry
+        for line in lines:
+            if not line:
+                if data is None and event is None and id_ is None and retry is None:
+                    continue
+                if id_ is not None:
+                    # Only now: an id whose frame never completed is not resumed from.
+                    self.last_event_id = id_
+                frames.append(_frame(None if data is None else "\n".join(data), event, id_, retry))
+                data = event = id_ = retry = None
+                continue
+            # The common case first, without a partition.
+            if line.startswith("data:"):
+                value = line[6:] if line.startswith(" ", 5) else line[5:]
+                if data is None:
+                    data = [value]
+                else:
+                    data.append(value)
+                continue
+            name, colon, value = line.partition(":")
+            if colon and value.startswith(" "):
+                value = value[1:]
+            if not name:
+                if self.comments is not None:
+                    self.comments.append(value)
+            elif name == "event":
+                event = value
+            elif name == "id":
+                if "\0" not in value:
+                    id_ = value
+            elif name == "retry":
+                if value.isascii() and value.isdigit():
+                    retry = self.retry = int(value)
+            elif name == "data":
+                # "data" without a colon: a data line with an empty value.
+                if data is None:
+                    data = [""]
+                else:
+                    data.append("")
+        self._data, self._event, self._id, self._retry = data, event, id_, retry
+        return frames
+
+
+_new = object.__new__
+_set = object.__setattr__
+
+
+def _frame(
+    data: str | None, event: str | None, id_: str | None, retry: int | None
+) -> ServerSentEvent:
+    # The parser's values are valid by construction (no line breaks, no NUL in an id, retry
+    # digits only), so the event's checks, which cost more than the parsing, are skipped.
+    frame: ServerSentEvent = _new(ServerSentEvent)
+    _set(frame, "data", data)
+    _set(frame, "event", event)
+    _set(frame, "id", id_)
+    _set(frame, "retry", retry)
+    _set(frame, "comment", None)
+    return frame

@@ -1,0 +1,270 @@
+"""The client against real servers in the test's process, on asyncio and trio: it resumes
+where a connection ended, stops on 204, refuses what is not a stream, leaves a stalled
+server after its read timeout, waits a 503's Retry-After, and closes at once when cancelled.
+
+The server restarted mid-stream, and a client moved between two instances sharing Redis, are
+in test_client_restart.py and test_client_instances.py.
+"""
+
+from __future__ import annotations
+
+import json
+
+import anyio
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+from support.counting import Attempts, make_app
+
+from streamkit import EndReason, NDJSONResponse, StreamSender
+from streamkit.broadcast import MemoryBroker, topic_response
+from streamkit.client import (
+    Backoff,
+    ReconnectError,
+    UpstreamError,
+    open_event_stream,
+    open_ndjson_stream,
+)
+from streamkit.testing import open_leak_check, open_server
+
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
+
+#: Reconnect at once in the tests that are not about the wait.
+EAGER = Backoff(initial_delay=0.01, jitter=0.0, max_attempts=5)
+#: How late a timed wait may be on a loaded machine.
+SLACK = 1.0
+
+
+async def test_each_ended_connection_is_resumed_without_gap_or_duplicate_and_204_stops() -> None:
+    attempts = Attempts()
+    app = make_app(per_connection=4, end=10, attempts=attempts)
+    async with (
+        open_server(app) as server,
+        open_event_stream(f"{server.url}/count", backoff=EAGER) as stream,
+    ):
+        with anyio.fail_after(10):
+            received = [event async for event in stream]
+        statistics = stream.statistics()
+    assert [(e.id, e.data) for e in received] == [(str(n), str(n)) for n in range(1, 11)]
+    # Three connections of 4, 4 and 2 events, then a fourth answered 204: the end.
+    assert attempts.last_ids == [None, "4", "8", "10"]
+    assert statistics.connections == 3
+    assert statistics.reconnects == 2
+    assert statistics.last_event_id == "10"
+    assert statistics.received == 10
+    assert not statistics.connected
+
+
+async def test_a_stalled_server_is_left_after_the_missed_heartbeats() -> None:
+    attempts = Attempts()
+    app = make_app(stall_after=2, end=4, attempts=attempts)
+    async with (
+        open_server(app) as server,
+        open_event_stream(
+            f"{server.url}/count",
+            heartbeat_interval=0.2,
+            missed_heartbeats=2,
+            backoff=EAGER,
+        ) as stream,
+    ):
+        assert stream.read_timeout == pytest.approx(0.4)
+        with anyio.fail_after(10):
+            received = []
+            async for event in stream:
+                received.append(event.data)
+                if event.data == "2":
+                    stalled_at = anyio.current_time()
+                if event.data == "3":
+                    resumed_at = anyio.current_time()
+            # The stalled stream ended because the client left it.
+            await server.wait_ended(EndReason.CLIENT_DISCONNECTED)
+    assert received == ["1", "2", "3", "4"]
+    assert attempts.last_ids == [None, "2", "4"]
+    assert 0.4 <= resumed_at - stalled_at < 0.4 + SLACK
+
+
+async def test_heartbeats_keep_a_quiet_connection_open() -> None:
+    attempts = Attempts()
+    app = make_app(stall_after=1, heartbeat_interval=0.1, attempts=attempts)
+    async with (
+        open_server(app) as server,
+        open_event_stream(
+            f"{server.url}/count", heartbeat_interval=0.1, missed_heartbeats=5, backoff=EAGER
+        ) as stream,
+    ):
+        received: list[str | None] = []
+
+        async def read() -> None:
+            async for event in stream:
+                received.append(event.data)
+
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(read)
+            await anyio.sleep(1.5)  # 15 intervals of heartbeats alone, after the one event
+            assert received == ["1"]
+            assert attempts.last_ids == [None]
+            assert stream.statistics().connected
+            task_group.cancel_scope.cancel()
+
+
+async def test_a_503_with_retry_after_is_retried_after_that_delay() -> None:
+    attempts = Attempts()
+    app = make_app(end=3, unavailable_first=1, attempts=attempts)
+    async with (
+        open_server(app) as server,
+        open_event_stream(
+            f"{server.url}/count", backoff=Backoff(initial_delay=0.01, jitter=0.0)
+        ) as stream,
+    ):
+        with anyio.fail_after(10):
+            received = [event.data async for event in stream]
+        assert stream.statistics().failed_attempts == 1
+    assert received == ["1", "2", "3"]
+    times = attempts.times
+    assert 1.0 <= times[1] - times[0] < 1.0 + SLACK
+
+
+@pytest.mark.parametrize(
+    ("path", "named"),
+    [("/missing", "answered 404 Not Found"), ("/plain", "sent 'text/plain; charset=utf-8'")],
+)
+async def test_a_refused_stream_is_an_error_naming_why_and_is_not_retried(
+    path: str, named: str
+) -> None:
+    calls: list[str] = []
+
+    async def missing(request: Request) -> Response:
+        calls.append(request.url.path)
+        return PlainTextResponse("no", status_code=404)
+
+    async def plain(request: Request) -> Response:
+        calls.append(request.url.path)
+        return PlainTextResponse("not a stream")
+
+    app = Starlette(routes=[Route("/missing", missing), Route("/plain", plain)])
+    async with (
+        open_server(app) as server,
+        open_event_stream(f"{server.url}{path}", backoff=EAGER) as stream,
+    ):
+        with pytest.raises(UpstreamError, match=named) as caught:
+            await stream.__anext__()
+    assert caught.value.url == f"{server.url}{path}"
+    assert calls == [path]
+
+
+async def test_a_server_that_stays_down_is_given_up_on_after_max_attempts() -> None:
+    async with open_server(make_app()) as server:
+        gone = server.url
+    async with open_event_stream(
+        f"{gone}/count", backoff=Backoff(initial_delay=0.01, max_attempts=3), last_event_id="7"
+    ) as stream:
+        with pytest.raises(ReconnectError, match="3 failed attempts") as caught:
+            with anyio.fail_after(10):
+                await stream.__anext__()
+    assert isinstance(caught.value.__cause__, httpx.ConnectError)
+    assert caught.value.last_event_id == "7"
+    assert stream.statistics().failed_attempts == 3
+
+
+async def test_a_reset_from_a_topic_is_surfaced() -> None:
+    broker = MemoryBroker()
+
+    async def events(request: Request) -> Response:
+        return topic_response(broker, "t")
+
+    app = Starlette(routes=[Route("/t", events)])
+    async with broker, open_server(app) as server:
+        first = await broker.publish("t", "a")
+        # An id the history never held: the topic answers with a reset, then the live events.
+        async with open_event_stream(f"{server.url}/t", last_event_id="no-such-id") as stream:
+            with anyio.fail_after(10):
+                reset = await stream.__anext__()
+                await broker.publish("t", "b")
+                live = await stream.__anext__()
+            assert reset.event == "reset"
+            assert json.loads(reset.data or "") == {
+                "reason": "invalid",
+                "last_event_id": "no-such-id",
+            }
+            assert reset.id == first
+            assert live.data == "b"
+            assert stream.statistics().resets == 1
+
+
+@pytest.mark.parametrize("where", ["reading", "waiting to reconnect"])
+async def test_cancelling_the_block_closes_the_connection_at_once_and_leaks_nothing(
+    where: str,
+) -> None:
+    # Waiting: the one event, then silence; the client leaves after its read timeout and
+    # waits a minute to reconnect.
+    app = make_app(interval=0.01) if where == "reading" else make_app(stall_after=1)
+    async with open_server(app) as server:
+        async with httpx.AsyncClient() as http:
+            # The server's own first-request tasks start here, not inside the leak check.
+            await http.get(f"{server.url}/nothing")
+        async with open_leak_check():
+            with anyio.CancelScope() as scope:
+                async with open_event_stream(
+                    f"{server.url}/count",
+                    heartbeat_interval=0.1,
+                    missed_heartbeats=1,
+                    backoff=Backoff(initial_delay=60.0),
+                ) as stream:
+                    received = anyio.Event()
+
+                    async def read() -> None:
+                        async for _ in stream:
+                            received.set()
+
+                    async with anyio.create_task_group() as task_group:
+                        task_group.start_soon(read)
+                        with anyio.fail_after(5):
+                            await received.wait()
+                            if where == "waiting to reconnect":
+                                await server.wait_ended(EndReason.CLIENT_DISCONNECTED)
+                        left_at = anyio.current_time()
+                        scope.cancel()
+            assert scope.cancelled_caught
+            assert anyio.current_time() - left_at < 0.5
+            if where == "reading":
+                # The server saw its client leave: the connection was closed, not pooled.
+                await server.wait_ended(EndReason.CLIENT_DISCONNECTED, within=1.0)
+        assert not stream.statistics().connected
+
+
+async def test_ndjson_items_are_resumed_by_their_id() -> None:
+    async def numbers(request: Request) -> Response:
+        start = int(request.headers.get("last-event-id", "0")) + 1
+
+        async def produce(send: StreamSender[object]) -> None:
+            for n in range(start, min(start + 3, 8)):
+                await send({"n": n})
+
+        if start > 7:
+            return Response(status_code=204)
+        return NDJSONResponse(produce)
+
+    app = Starlette(routes=[Route("/n", numbers)])
+    async with (
+        open_server(app) as server,
+        open_ndjson_stream(
+            f"{server.url}/n", item_id=lambda item: str(item["n"]), backoff=EAGER
+        ) as stream,
+    ):
+        with anyio.fail_after(10):
+            items = [item async for item in stream]
+    assert items == [{"n": n} for n in range(1, 8)]
+
+
+def test_bad_arguments_are_refused_where_they_are_made() -> None:
+    with pytest.raises(ValueError, match="heartbeat_interval"):
+        open_event_stream("http://x/", heartbeat_interval=0)
+    with pytest.raises(TypeError, match="missed_heartbeats"):
+        open_event_stream("http://x/", missed_heartbeats=1.5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="got bytes"):
+        open_event_stream(b"http://x/")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="item_id"):
+        open_ndjson_stream("http://x/", item_id="n")  # type: ignore[arg-type]
