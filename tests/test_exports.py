@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import subprocess
+import sys
 
 import pytest
 
 PACKAGES = [
     "streamkit",
     "streamkit.broadcast",
+    "streamkit.client",
     "streamkit.fallback",
     "streamkit.resources",
     "streamkit.testing",
@@ -63,3 +66,23 @@ def test_an_unknown_top_level_name_is_an_attribute_error() -> None:
 
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         streamkit.nothing  # noqa: B018
+
+
+def test_the_client_without_httpx_is_an_import_error_naming_its_extra() -> None:
+    # httpx made unimportable, in a fresh interpreter: None in sys.modules blocks an import.
+    blocked = "import sys; sys.modules['httpx'] = None; "
+    result = subprocess.run(
+        [sys.executable, "-c", blocked + "import streamkit.client"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "ImportError: streamkit.client needs httpx" in result.stderr
+    assert "pip install 'streamkit[client]'" in result.stderr
+    # The rest does not need it: the proxy imports the client's loop lazily.
+    subprocess.run(
+        [sys.executable, "-c", blocked + "import streamkit, streamkit.resources"],
+        check=True,
+        timeout=60,
+    )

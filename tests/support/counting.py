@@ -79,9 +79,11 @@ def make_app(
                     return
                 if stall_after is not None and n - start >= stall_after:
                     await anyio.sleep_forever()
-                await send(ServerSentEvent(id=str(n), data=str(n)))
                 if sent_log is not None:
+                    # Before the send: a process killed in between has logged more than it
+                    # sent, never less.
                     os.write(sent_log, f"{n}\n".encode())
+                await send(ServerSentEvent(id=str(n), data=str(n)))
                 n += 1
                 if interval:
                     await anyio.sleep(interval)
