@@ -28,7 +28,7 @@ from ._backoff import Backoff, retry_after_seconds
 from ._checks import check_count, check_duration
 from ._exceptions import ReconnectError, UpstreamError
 from ._sse import ServerSentEvent
-from ._sse_decoder import SSEDecoder
+from ._sse_decoder import SSEDecoder, trusted_event
 from ._topics import RESET_EVENT
 
 if TYPE_CHECKING:
@@ -144,6 +144,8 @@ class _Resuming(Generic[T]):
             raise TypeError(f"backoff must be a Backoff, got {type(backoff).__name__}")
         if last_event_id is not None and not isinstance(last_event_id, str):
             raise TypeError(f"last_event_id must be a str or None, got {last_event_id!r}")
+        if last_event_id is not None and any(c in last_event_id for c in "\r\n\0"):
+            raise ValueError(f"last_event_id must not contain CR, LF or NUL: {last_event_id!r}")
         given = as_request(target)
         import httpx
 
@@ -382,14 +384,11 @@ class EventStream(_Resuming[ServerSentEvent]):
                 continue  # not dispatched: its id and retry still count
             if frame.event == RESET_EVENT:
                 self._resets += 1
-            events.append(
-                ServerSentEvent(
-                    data=frame.data,
-                    event=frame.event or None,
-                    id=self._last_event_id or None,
-                    retry=frame.retry,
-                )
-            )
+            last = self._last_event_id or None
+            if frame.id == last and frame.event != "":
+                events.append(frame)  # already as a browser would see it: no copy
+            else:
+                events.append(trusted_event(frame.data, frame.event or None, last, frame.retry))
         return events
 
 

@@ -77,3 +77,21 @@ def test_the_http2_benchmark_prints_its_tables() -> None:
     assert "| plain hypercorn |" in report
     assert "| h2 | 2 |" in report
     assert "| http/1.1 | 20 |" in report
+
+
+def test_the_parser_benchmark_parses_every_event_with_each_parser(tmp_path: Path) -> None:
+    output = tmp_path / "parser.json"
+    command = [sys.executable, "-m", "bench.parser", "--events=300", f"--json={output}"]
+    completed = subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, timeout=45, check=False
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    figures = json.loads(output.read_text())
+    assert len(figures) == 3
+    for by_parser in figures.values():
+        assert set(by_parser) == {
+            "streamkit SSEDecoder",
+            "streamkit client (decoder + last id)",
+            "httpx-sse 0.4",
+        }
+        assert all(math.isfinite(rate) and rate > 0 for rate in by_parser.values())
