@@ -65,7 +65,7 @@ class ClientStatistics:
     :param connected: whether a connection is open now.
     :param received: events (or NDJSON items) handed to the caller.
     :param resets: ``event: reset`` events received: the history had a gap (see
-        :mod:`streamkit.broadcast`).
+        ``streamkit.broadcast``).
     """
 
     connections: int
