@@ -1,4 +1,4 @@
-"""The checks every count, duration and path argument passes, with one rule for the errors.
+"""The checks every count, duration, path and typed argument passes, with one rule for the errors.
 
 A value of the wrong type raises :exc:`TypeError`, one out of range :exc:`ValueError`; both
 messages name the argument and the value. ``bool`` is refused where a number is expected:
@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 
-__all__ = ["check_count", "check_duration", "check_path", "check_rate"]
+__all__ = ["check_count", "check_duration", "check_path", "check_rate", "check_type"]
 
 
 def check_duration(name: str, value: object, *, optional: bool = False) -> None:
@@ -69,3 +69,16 @@ def check_path(name: str, value: object, *, optional: bool = False) -> None:
         raise TypeError(f"{name} must be a path (str or os.PathLike), got {value!r}")
     if not os.fspath(value):
         raise ValueError(f"{name} must not be empty, got {value!r}")
+
+
+def check_type(name: str, value: object, kind: type, *, optional: bool = False) -> None:
+    """Refuse *value* unless it is a *kind* (or ``None`` when *optional*): for an argument
+    that is kept and used later, so that a wrong one fails where it is given.
+
+    :raises TypeError: *value* is not a *kind*.
+    """
+    if value is None and optional:
+        return
+    if not isinstance(value, kind):
+        expected = kind.__name__ + (" or None" if optional else "")
+        raise TypeError(f"{name} must be a {expected}, got {type(value).__name__}: {value!r:.80}")

@@ -52,7 +52,11 @@ def statistics_document(statistics: AppStatistics) -> dict[str, Any]:
     """*statistics* as JSON-serialisable data, for the App's optional introspection route."""
 
     def client(stream: ActiveStream) -> str | None:
-        return None if stream.client is None else f"{stream.client[0]}:{stream.client[1]}"
+        if stream.client is None:
+            return None
+        host, port = stream.client
+        # An IPv6 address is bracketed, as in a URL: "::1:5000" could be read either way.
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     return {
         "running": statistics.running,

@@ -17,6 +17,7 @@ from starlette.background import BackgroundTask
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
+from ._checks import check_type
 from ._ends import EndReason, StreamEnd
 from ._options import OptionArguments, StreamOptions
 from ._runtime import deliver
@@ -89,6 +90,7 @@ class StreamResponse(Response, Generic[ItemT]):
         heartbeat_chunk: bytes | None = None,
         **arguments: Unpack[StreamArguments],
     ) -> None:
+        check_type("heartbeat_chunk", heartbeat_chunk, bytes, optional=True)
         self._heartbeat_chunk = heartbeat_chunk
         self._setup(content, arguments)
         if self.options.heartbeat_interval is not None and not heartbeat_chunk:
@@ -229,12 +231,17 @@ class EventSourceResponse(StreamResponse[ServerSentEvent | str]):
         content: Producer[ServerSentEvent | str] | AsyncIterable[ServerSentEvent | str],
         **arguments: Unpack[EventSourceArguments],
     ) -> None:
-        self._heartbeat = encode_comment(arguments.pop("heartbeat_comment", "ping"))
+        comment = arguments.pop("heartbeat_comment", "ping")
+        check_type("heartbeat_comment", comment, str)
+        self._heartbeat = encode_comment(comment)
         self._closing = {
             EndReason.SHUTDOWN: arguments.pop("shutdown_event", DEFAULT_SHUTDOWN_EVENT),
             EndReason.DEADLINE: arguments.pop("deadline_event", None),
             EndReason.ERROR: arguments.pop("error_event", DEFAULT_ERROR_EVENT),
         }
+        for reason, event in self._closing.items():
+            # Checked now: a wrong type would otherwise fail only when the stream ends so.
+            check_type(f"{reason.value}_event", event, ServerSentEvent, optional=True)
         self._setup(content, arguments)
 
     @classmethod

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from streamkit._checks import check_count, check_duration, check_path, check_rate
+from streamkit._checks import check_count, check_duration, check_path, check_rate, check_type
 
 
 @pytest.mark.parametrize("value", [0.001, 1, 2.5, 10**9])
@@ -79,3 +79,14 @@ def test_a_path_may_be_text_or_pathlike_and_optional() -> None:
     check_path("certfile", "cert.pem")
     check_path("certfile", Path("cert.pem"))
     check_path("client_ca", None, optional=True)
+
+
+def test_a_value_of_the_wrong_type_is_refused_naming_it() -> None:
+    check_type("comment", "ping", str)
+    check_type("event", None, str, optional=True)
+    with pytest.raises(TypeError, match=r"^comment must be a str, got int: 5$"):
+        check_type("comment", 5, str)
+    with pytest.raises(TypeError, match=r"^event must be a str or None, got bytes: b'x'$"):
+        check_type("event", b"x", str, optional=True)
+    with pytest.raises(TypeError, match=r"^event must be a str, got NoneType: None$"):
+        check_type("event", None, str)

@@ -71,6 +71,39 @@ def test_an_unencodable_closing_item_is_refused_at_declaration() -> None:
         NDJSONResponse(nothing(), error_item={"bad": object()})
 
 
+@pytest.mark.parametrize(
+    ("response_class", "arguments", "match"),
+    [
+        (
+            EventSourceResponse,
+            {"error_event": "bye"},
+            r"^error_event must be a ServerSentEvent or None, got str: 'bye'$",
+        ),
+        (
+            EventSourceResponse,
+            {"shutdown_event": {"event": "shutdown"}},
+            r"^shutdown_event must be a ServerSentEvent or None, got dict",
+        ),
+        (
+            EventSourceResponse,
+            {"heartbeat_comment": 5},
+            r"^heartbeat_comment must be a str, got int: 5$",
+        ),
+        (
+            StreamResponse,
+            {"heartbeat_interval": 1.0, "heartbeat_chunk": "\n"},
+            r"^heartbeat_chunk must be a bytes or None, got str: '\\n'$",
+        ),
+    ],
+)
+def test_a_farewell_or_heartbeat_of_the_wrong_type_is_refused_where_given(
+    response_class: type[StreamResponse[Any]], arguments: dict[str, Any], match: str
+) -> None:
+    # They were taken, and failed only when first written: at the end, or the first beat.
+    with pytest.raises(TypeError, match=match):
+        response_class(nothing(), **arguments)
+
+
 def test_items_are_encoded_or_refused_by_name() -> None:
     sse = EventSourceResponse(nothing())
     assert sse.encode("hi") == b"data: hi\n\n"

@@ -4,55 +4,20 @@ real servers are in ``tests/e2e/test_runtime.py``."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterable
 from functools import partial
 from typing import Any
 
 import anyio
 import pytest
 from starlette.types import Message
+from support.bodies import Body
 
-from streamkit import EndReason, StreamEnd, StreamOptions, StreamSender
+from streamkit import EndReason, StreamOptions, StreamSender
 from streamkit._runtime import StreamBody, deliver
 from streamkit.testing import FakeConnection
 
 pytestmark = pytest.mark.anyio
-
-
-@dataclass
-class Body:
-    """The smallest body the runtime takes: items are ``str``, frames are their bytes."""
-
-    content: Callable[[StreamSender[str]], Any] | AsyncIterable[str]
-    options: StreamOptions = field(default_factory=StreamOptions)
-    ends: list[StreamEnd] = field(default_factory=list)
-
-    @property
-    def on_end(self) -> Callable[[StreamEnd], None]:
-        return self.ends.append
-
-    def start_message(self) -> Message:
-        return {"type": "http.response.start", "status": 200, "headers": []}
-
-    def encode(self, item: str) -> bytes:
-        if not isinstance(item, str):
-            raise TypeError(f"this body takes str items, got {item!r}")
-        return item.encode() + b"|"
-
-    def heartbeat_frame(self) -> bytes | None:
-        return b"."
-
-    def idle_frame(self, last: str | None) -> bytes | None:
-        return None if last is None else b"stale:" + self.encode(last)
-
-    def closing_frame(self, reason: EndReason) -> bytes | None:
-        return f"<{reason.value}>".encode()
-
-    @property
-    def end(self) -> StreamEnd:
-        (end,) = self.ends
-        return end
 
 
 def _implements_the_contract(body: Body) -> StreamBody[str]:

@@ -5,7 +5,6 @@ started for the module; those skip, saying why, where it cannot be found).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 from support import redis_server
-from support.brokers import AnyBroker, MakeBroker, until
+from support.brokers import AnyBroker, MakeBroker, take, until
 
 from streamkit import ServerSentEvent
 from streamkit._topics import parse_event_id
@@ -24,24 +23,9 @@ from streamkit.broadcast import (
     ResetReason,
     SlowSubscriberError,
     SlowSubscriberPolicy,
-    Subscription,
 )
 
 pytestmark = pytest.mark.anyio
-
-
-async def take(subscription: Subscription, count: int, *, within: float = 5.0) -> list[Any]:
-    """The next *count* events, as their data, or ``("reset", reason, id)`` for a reset."""
-    taken: list[Any] = []
-    with anyio.fail_after(within):
-        while len(taken) < count:
-            event = await anext(subscription)
-            if event.event == RESET_EVENT:
-                assert event.data is not None
-                taken.append((RESET_EVENT, json.loads(event.data)["reason"], event.id))
-            else:
-                taken.append(event.data)
-    return taken
 
 
 async def publish_all(broker: AnyBroker, topic: str, data: Iterator[str] | range) -> list[str]:

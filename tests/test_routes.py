@@ -1,0 +1,215 @@
+"""Stream routes without an App: the checks made when a route is declared, what it is
+declared as, and its endpoint serving a request on a
+:class:`~streamkit.testing.FakeConnection` (the App's own use is in ``test_app.py``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator, Callable
+from functools import partial
+from typing import Any
+
+import anyio
+import pytest
+from starlette.requests import Request
+
+from streamkit import (
+    EndReason,
+    EventSourceResponse,
+    NDJSONResponse,
+    ServerSentEvent,
+    StreamEnd,
+    StreamOptions,
+    StreamSender,
+)
+from streamkit._metrics import StreamMetrics
+from streamkit._registry import StreamRegistry
+from streamkit._routes import StreamEndpoint, StreamRouteInfo, declare_stream_route
+from streamkit.testing import FakeConnection
+
+Send = StreamSender[ServerSentEvent | str]
+
+
+async def two_events(request: Request, send: Send) -> None:
+    await send("a")
+    await send(ServerSentEvent(data=request.url.path))
+
+
+def declare(
+    handler: Callable[..., Any],
+    *,
+    defaults: StreamOptions | None = None,
+    registry_for: Callable[[str], StreamRegistry | None] = lambda path: None,
+    metrics: StreamMetrics | None = None,
+    on_end: Callable[[StreamEnd], None] | None = None,
+    **arguments: Any,
+) -> StreamEndpoint:
+    return declare_stream_route(
+        path="/items/{id}",
+        name="items",
+        kind="sse",
+        methods=frozenset({"GET"}),
+        handler=handler,
+        response_class=EventSourceResponse,
+        defaults=defaults or StreamOptions(),
+        arguments=arguments,
+        on_end=on_end,
+        metrics=metrics,
+        registry_for=registry_for,
+    )
+
+
+# -- declaration ------------------------------------------------------------------------------
+
+
+def test_a_route_is_declared_with_the_defaults_and_its_overrides() -> None:
+    defaults = StreamOptions(heartbeat_interval=5.0, send_timeout=2.0)
+    endpoint = declare(two_events, defaults=defaults, send_timeout=1.0, shutdown_event=None)
+    assert endpoint.route == StreamRouteInfo(
+        path="/items/{id}",
+        name="items",
+        kind="sse",
+        methods=frozenset({"GET"}),
+        options=StreamOptions(heartbeat_interval=5.0, send_timeout=1.0),
+    )
+    assert defaults.send_timeout == 2.0, "the defaults are not changed by an override"
+    assert endpoint.arguments["shutdown_event"] is None, "the response's own arguments are kept"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        endpoint.route.path = "/other"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error", "match"),
+    [
+        ({"idle_timeout": 0.0}, ValueError, r"^route '/items/\{id\}': idle_timeout .* got 0.0"),
+        ({"end_when_idle": 1}, TypeError, r"^route '/items/\{id\}': end_when_idle"),
+        # Found with these tests: both were taken, and the wrong type failed only when used.
+        (
+            {"error_event": "bye"},
+            TypeError,
+            r"^route '/items/\{id\}': error_event must be a ServerSentEvent or None, got str",
+        ),
+        (
+            {"heartbeat_comment": 5},
+            TypeError,
+            r"^route '/items/\{id\}': heartbeat_comment must be a str, got int: 5",
+        ),
+        ({"status": 200}, TypeError, r"^route '/items/\{id\}': .*unknown argument 'status'"),
+    ],
+)
+def test_bad_arguments_are_refused_at_declaration_naming_the_route(
+    arguments: dict[str, Any], error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        declare(two_events, **arguments)
+
+
+def test_ndjson_closing_items_are_checked_against_json_at_declaration() -> None:
+    with pytest.raises(TypeError, match=r"route '/rows': .*JSON"):
+        declare_stream_route(
+            path="/rows",
+            name="rows",
+            kind="ndjson",
+            methods=frozenset({"GET"}),
+            handler=two_events,
+            response_class=NDJSONResponse,
+            defaults=StreamOptions(),
+            arguments={"error_item": {1, 2}},
+            on_end=None,
+            metrics=None,
+            registry_for=lambda path: None,
+        )
+
+
+class Handlers:
+    async def method(self, request: Request, send: Send) -> None: ...
+
+    async def __call__(self, request: Request, send: Send) -> None: ...
+
+
+async def with_options(request: Request, send: Send, *, limit: int = 10) -> None: ...
+
+
+async def needs_more(request: Request, send: Send, *, token: str) -> None: ...
+
+
+async def events(request: Request) -> AsyncIterator[str]:
+    yield "x"
+
+
+async def events_with_send(request: Request, send: Send) -> AsyncIterator[str]:
+    yield "x"
+
+
+def test_handlers_of_either_shape_are_accepted() -> None:
+    assert declare(events).generator
+    assert not declare(two_events).generator
+    assert not declare(Handlers().method).generator
+    assert not declare(with_options).generator
+    assert not declare(partial(needs_more, token="t")).generator
+
+
+@pytest.mark.parametrize(
+    ("handler", "match"),
+    [
+        (needs_more, r"needs_more must take \(request, send\), its signature is .*token"),
+        (events_with_send, r"events_with_send must take \(request\)"),
+        (lambda request, send: None, "must be an async generator function"),
+    ],
+)
+def test_a_handler_of_neither_shape_is_refused_naming_it(
+    handler: Callable[..., Any], match: str
+) -> None:
+    with pytest.raises(TypeError, match=r"^route '/items/\{id\}': .*" + match):
+        declare(handler)
+
+
+# -- the endpoint -----------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_the_endpoint_serves_a_request_under_its_routes_registry() -> None:
+    route_streams = StreamRegistry()
+    asked: list[str] = []
+    ends: list[StreamEnd] = []
+
+    def registry_for(path: str) -> StreamRegistry:
+        asked.append(path)
+        return route_streams
+
+    metrics = StreamMetrics()
+    endpoint = declare(two_events, registry_for=registry_for, metrics=metrics, on_end=ends.append)
+    connection = FakeConnection("/items/7")
+    await connection.run(endpoint)
+    assert [event.data for event in connection.events()] == ["a", "/items/7"]
+    assert asked == ["/items/{id}"], "the registry is looked up by the declared path"
+    assert route_streams.statistics().ended[EndReason.COMPLETED] == 1
+    assert [end.reason for end in ends] == [EndReason.COMPLETED]
+    route = {"route": "/items/{id}"}
+    assert metrics.registry.get_sample_value("streamkit_active_streams", route) == 0
+    ended = {**route, "reason": "completed"}
+    assert metrics.registry.get_sample_value("streamkit_stream_ends_total", ended) == 1
+
+
+@pytest.mark.anyio
+async def test_the_endpoint_counts_a_stream_as_running_until_it_ends() -> None:
+    metrics = StreamMetrics()
+    sent = anyio.Event()
+
+    async def held(request: Request, send: Send) -> None:
+        await send("a")
+        sent.set()
+        await anyio.sleep_forever()
+
+    endpoint = declare(held, metrics=metrics)
+    connection = FakeConnection("/items/1")
+    route = {"route": "/items/{id}"}
+    async with anyio.create_task_group() as task_group:
+        task_group.start_soon(connection.run, endpoint)
+        with anyio.fail_after(5):
+            await sent.wait()
+        assert metrics.registry.get_sample_value("streamkit_active_streams", route) == 1
+        connection.disconnect()
+    assert metrics.registry.get_sample_value("streamkit_active_streams", route) == 0
+    ended = {**route, "reason": "client_disconnected"}
+    assert metrics.registry.get_sample_value("streamkit_stream_ends_total", ended) == 1

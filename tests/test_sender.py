@@ -1,0 +1,237 @@
+"""What a producer is handed: the shielded cleanup block, and the StreamSender's resources,
+end() and last_event_id, through the runtime on a
+:class:`~streamkit.testing.FakeConnection`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
+
+import anyio
+import anyio.lowlevel
+import pytest
+from support.bodies import Body
+
+from streamkit import EndReason, StreamOptions, StreamSender, shielded_cleanup
+from streamkit._runtime import deliver
+from streamkit._sse import MAX_LAST_EVENT_ID_LENGTH
+from streamkit.testing import FakeConnection
+
+pytestmark = pytest.mark.anyio
+
+
+# -- shielded_cleanup -------------------------------------------------------------------------
+
+
+async def test_awaited_cleanup_completes_after_a_cancel_and_the_cancel_goes_on() -> None:
+    log: list[str] = []
+    with anyio.CancelScope() as outer:
+        try:
+            outer.cancel()
+            await anyio.lowlevel.checkpoint()
+        finally:
+            with shielded_cleanup(5.0):
+                await anyio.lowlevel.checkpoint()  # outside the block, this would raise
+                log.append("first await")
+                await anyio.lowlevel.checkpoint()
+                log.append("closed")
+        log.append("not reached: the cancellation continues")  # pragma: no cover
+    assert log == ["first await", "closed"]
+    assert outer.cancelled_caught
+
+
+async def test_cleanup_that_does_not_finish_is_cancelled_after_its_timeout_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    never = anyio.Event()
+    started = anyio.current_time()
+    with caplog.at_level(logging.WARNING, logger="streamkit"):
+        with anyio.fail_after(5), shielded_cleanup(0.05) as scope:
+            await never.wait()
+    elapsed = anyio.current_time() - started
+    assert scope.cancelled_caught
+    assert 0.05 <= elapsed < 2.0
+    assert "cleanup did not finish within 0.050 s and was cancelled" in caplog.text
+
+
+async def test_cleanup_that_finishes_in_time_logs_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="streamkit"), shielded_cleanup(5.0) as scope:
+        await anyio.lowlevel.checkpoint()
+    assert not scope.cancelled_caught
+    assert caplog.records == []
+
+
+# -- resources entered through send -----------------------------------------------------------
+
+
+class Resource:
+    """An async context manager that logs how it was exited, after an awaited close."""
+
+    def __init__(self, name: str, log: list[str]) -> None:
+        self.name = name
+        self.log = log
+
+    async def __aenter__(self) -> str:
+        self.log.append(f"enter {self.name}")
+        return self.name
+
+    async def __aexit__(self, kind: type[BaseException] | None, *rest: object) -> None:
+        await anyio.lowlevel.checkpoint()  # awaited: raises unless shielded
+        outcome = "ok" if kind is None else kind.__name__
+        self.log.append(f"exit {self.name} ({outcome})")
+
+
+def resources_producer(log: list[str], *, then: str) -> Body:
+    async def callback(name: str) -> None:
+        await anyio.lowlevel.checkpoint()
+        log.append(f"callback {name}")
+
+    async def produce(send: StreamSender[str]) -> None:
+        send.push_async_callback(callback, "a")
+        assert await send.enter_async_context(Resource("b", log)) == "b"
+        send.push_async_callback(callback, "c")
+        await send("x")
+        if then == "wait":
+            await anyio.sleep_forever()
+        elif then == "raise":
+            raise RuntimeError("upstream failed")
+
+    return Body(produce)
+
+
+@pytest.mark.parametrize(
+    ("then", "disconnect_after_body", "reason", "outcome"),
+    [
+        ("finish", None, EndReason.COMPLETED, "ok"),
+        ("raise", None, EndReason.ERROR, "RuntimeError"),
+        ("wait", 1, EndReason.CLIENT_DISCONNECTED, "Cancelled"),
+    ],
+)
+async def test_resources_close_last_in_first_out_and_see_how_the_producer_ended(
+    then: str, disconnect_after_body: int | None, reason: EndReason, outcome: str
+) -> None:
+    log: list[str] = []
+    body = resources_producer(log, then=then)
+    await FakeConnection(disconnect_after_body=disconnect_after_body).run(partial(deliver, body))
+    assert body.end.reason is reason
+    # asyncio's CancelledError or trio's Cancelled: either way, not "ok", so a transaction
+    # entered through send rolls back when the client leaves.
+    exit_b = log[2]
+    assert exit_b.startswith("exit b (")
+    assert outcome in exit_b
+    assert log == ["enter b", "callback c", exit_b, "callback a"]
+
+
+async def test_a_cleanup_that_raises_is_logged_and_the_others_still_run(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    log: list[str] = []
+
+    async def broken() -> None:
+        raise OSError("close failed")
+
+    async def close() -> None:
+        await anyio.lowlevel.checkpoint()
+        log.append("closed")
+
+    async def produce(send: StreamSender[str]) -> None:
+        send.push_async_callback(close)
+        send.push_async_callback(broken)
+        await send("x")
+
+    body = Body(produce)
+    connection = FakeConnection()
+    with caplog.at_level(logging.ERROR, logger="streamkit"):
+        await connection.run(partial(deliver, body))
+    assert log == ["closed"]
+    assert body.end.reason is EndReason.COMPLETED
+    assert connection.body == b"x|"
+    assert "cleanup raised" in caplog.text
+
+
+async def test_cleanup_past_cleanup_timeout_is_cut_short_and_the_stream_still_ends(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    never = anyio.Event()
+
+    async def produce(send: StreamSender[str]) -> None:
+        send.push_async_callback(never.wait)
+        await send("x")
+        await anyio.sleep_forever()
+
+    body = Body(produce, StreamOptions(cleanup_timeout=0.05))
+    with caplog.at_level(logging.WARNING, logger="streamkit"):
+        await FakeConnection(disconnect_after_body=1).run(partial(deliver, body), within=5)
+    assert body.end.reason is EndReason.CLIENT_DISCONNECTED
+    assert 0.05 <= body.end.cleanup_duration < 2.0
+    assert "cleanup did not finish within 0.050 s" in caplog.text
+
+
+async def test_a_resource_is_not_entered_twice_nor_left_open_when_entering_fails() -> None:
+    log: list[str] = []
+
+    @asynccontextmanager
+    async def refused() -> AsyncIterator[None]:
+        raise ConnectionRefusedError("upstream down")
+        yield  # pragma: no cover
+
+    async def produce(send: StreamSender[str]) -> None:
+        await send.enter_async_context(Resource("first", log))
+        await send.enter_async_context(refused())
+
+    body = Body(produce)
+    await FakeConnection().run(partial(deliver, body))
+    assert body.end.reason is EndReason.ERROR
+    assert isinstance(body.end.exception, ConnectionRefusedError)
+    assert log == ["enter first", "exit first (ConnectionRefusedError)"]
+
+
+# -- end() ------------------------------------------------------------------------------------
+
+
+async def test_end_writes_what_was_queued_then_ends_with_its_reason() -> None:
+    after_end: list[str] = []
+
+    async def produce(send: StreamSender[str]) -> None:
+        await send("a")
+        await send("b")
+        send.end(EndReason.SEND_TIMEOUT)
+        send.end(EndReason.ERROR)  # decided already: no effect
+        try:
+            await send("c")
+        finally:
+            after_end.append("cancelled at the next await")
+
+    body = Body(produce)
+    connection = FakeConnection()
+    await connection.run(partial(deliver, body))
+    assert connection.body == b"a|b|<send_timeout>"
+    assert connection.complete
+    assert body.end.reason is EndReason.SEND_TIMEOUT
+    assert body.end.items_sent == 2
+    assert after_end == ["cancelled at the next await"]
+
+
+# -- last_event_id ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({}, None),
+        ({"Last-Event-ID": "1795322817838-12"}, "1795322817838-12"),
+        ({"Last-Event-ID": "x" * (MAX_LAST_EVENT_ID_LENGTH + 1)}, None),
+    ],
+)
+async def test_last_event_id_is_the_validated_header_of_the_request(
+    headers: dict[str, str], expected: str | None
+) -> None:
+    seen: list[str | None] = []
+
+    async def produce(send: StreamSender[str]) -> None:
+        seen.append(send.last_event_id)
+
+    await FakeConnection(headers=headers).run(partial(deliver, Body(produce)))
+    assert seen == [expected]
