@@ -23,6 +23,9 @@ __all__ = ["LifespanScope"]
 
 logger = logging.getLogger("streamkit")
 
+#: Seconds the App's cancelled tasks get to clean up when the drain used all the grace period.
+_TASKS_CLEANUP_FLOOR = 0.5
+
 
 class LifespanScope:
     """What one run of an App's lifespan holds, and the run itself (:meth:`open`).
@@ -85,13 +88,19 @@ class LifespanScope:
 
     async def _shut_down(self) -> None:
         started = anyio.current_time()
+        deadline = started + self.grace_period
         # Shielded: this also runs when the lifespan is being cancelled, and it must finish.
-        with anyio.move_on_after(self.grace_period, shield=True) as scope:
+        with anyio.move_on_after(self.grace_period, shield=True) as drain:
             self.streams.drain()
             await self.streams.wait_idle()
-            self._stop.set()
+        # The tasks are cancelled even when the drain overran: they use what the user's
+        # lifespan opened, and it exits next. Their cleanup gets what is left of the grace
+        # period, and at least a moment of its own.
+        self._stop.set()
+        remaining = max(deadline - anyio.current_time(), _TASKS_CLEANUP_FLOOR)
+        with anyio.move_on_after(remaining, shield=True) as tasks:
             await self._tasks_done.wait()
-        if scope.cancelled_caught:
+        if drain.cancelled_caught or tasks.cancelled_caught:
             logger.warning(
                 "App shutdown exceeded its grace period of %.3f s: %d streams running, tasks %s",
                 self.grace_period,

@@ -111,18 +111,13 @@ async def test_a_stream_whose_cleanup_outlasts_the_grace_period_does_not_hold_th
         assert run.scope.streams.statistics().active == 1, "its cleanup still runs"
         release.set()
     assert 0.1 <= waited < 2.0
-    assert "exceeded its grace period of 0.100 s: 1 streams running, tasks still running" in (
+    assert "exceeded its grace period of 0.100 s: 1 streams running, tasks finished" in (
         caplog.text
     )
     assert run.log[-1] == "stream cleaned up"
     assert run.body.end.reason is EndReason.SHUTDOWN
 
 
-@pytest.mark.xfail(
-    reason="when the drain overruns the grace period, the App's tasks are cancelled only "
-    "after the user's lifespan has exited, so they may use what it closed",
-    strict=True,
-)
 async def test_the_apps_tasks_are_cancelled_before_the_users_lifespan_exits_after_an_overrun() -> (
     None
 ):
