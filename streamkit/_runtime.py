@@ -24,6 +24,7 @@ from functools import partial
 from typing import Generic, Protocol, TypeVar
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import TaskGroup
 from starlette.datastructures import Headers
 from starlette.types import Message, Receive, Scope, Send
@@ -396,6 +397,11 @@ class _Stream(Generic[ItemT]):
         return True
 
     async def _send_message(self, message: Message) -> None:
+        if self._sender_scope.cancel_called:
+            # The client left or stopped reading: nothing more is written, least of all the
+            # end of the body, which would make a cut stream look whole. The cancellation
+            # alone could come too late: on asyncio, a write that does not block never yields.
+            await anyio.lowlevel.checkpoint()
         self._pending_since = now = anyio.current_time()
         timers, timeout = self._timers, self._send_timeout
         if timeout is not None and timers is not None and now + timeout < timers.deadline:
