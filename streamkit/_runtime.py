@@ -31,6 +31,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from ._buffer import FrameBuffer
 from ._ends import EndReason, StreamEnd
+from ._faults import report_fault
 from ._options import StreamOptions
 from ._registry import ActiveStream, StreamRegistry, current_registry
 from ._sender import Producer, StreamSender, shielded_cleanup
@@ -300,6 +301,14 @@ class _Stream(Generic[ItemT]):
                 )
         except BaseException as exc:
             failure = exc  # a cancellation: a transaction entered through send rolls back
+            if self._producer_scope.cancel_called and _cancelled_during_cancellation(exc):
+                report_fault(
+                    f"stream {self.path}: producer {self.producer_name()} awaited in its "
+                    "cleanup after the stream was cancelled, and that await was cancelled "
+                    "too, so the cleanup did not finish. Register awaited cleanup with "
+                    "send.push_async_callback() or send.enter_async_context(), or wrap it "
+                    "in `with streamkit.shielded_cleanup():`"
+                )
             raise
         finally:
             started = anyio.current_time()
@@ -311,6 +320,11 @@ class _Stream(Generic[ItemT]):
                 )
                 await self._close(partial(stack.__aexit__, *exc_info))
             self._cleanup_duration = anyio.current_time() - started
+
+    def producer_name(self) -> str:
+        """The producer's qualified name, for a log line."""
+        content = self.body.content
+        return str(getattr(content, "__qualname__", None) or repr(content))
 
     async def _close(self, aclose: Callable[[], Awaitable[object]] | None) -> None:
         if aclose is None:
@@ -483,6 +497,20 @@ class _Stream(Generic[ItemT]):
                 on_end(end)
             except Exception:
                 logger.exception("stream %s: on_end callback raised", self.path)
+
+
+def _cancelled_during_cancellation(exc: BaseException) -> bool:
+    """Whether *exc*, a cancellation, was raised while an earlier one was being handled: an
+    ``await`` in a plain ``finally`` or ``except`` of a cancelled producer."""
+    cancelled = anyio.get_cancelled_exc_class()
+    if not isinstance(exc, cancelled):
+        return False
+    context = exc.__context__
+    while context is not None:
+        if isinstance(context, cancelled):
+            return True
+        context = context.__context__
+    return False
 
 
 async def deliver(body: StreamBody[ItemT], scope: Scope, receive: Receive, send: Send) -> None:

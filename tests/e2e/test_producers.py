@@ -3,6 +3,7 @@ trio: each stream still ends within a stated bound, says why, and leaves nothing
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -13,8 +14,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from streamkit import EndReason, EventSourceResponse, NDJSONResponse, StreamResponse, StreamSender
-from streamkit.testing import open_server, open_stream
+from streamkit import (
+    EndReason,
+    EventSourceResponse,
+    NDJSONResponse,
+    StreamResponse,
+    StreamSender,
+    shielded_cleanup,
+)
+from streamkit.testing import LeakError, open_leak_check, open_server, open_stream
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
@@ -70,6 +78,75 @@ async def test_a_stream_the_client_left_gets_no_end_of_body(kind: str) -> None:
                 await client.receive_chunk()
                 await client.half_close()
                 await server.wait_ended(EndReason.CLIENT_DISCONNECTED)
-                with anyio.fail_after(5), pytest.raises(ConnectionError, match="terminator|broke"):
+                with (
+                    anyio.fail_after(5),
+                    pytest.raises(ConnectionError, match=r"broke off|terminator"),
+                ):
                     await client.read_all()
             assert not client.complete
+
+
+async def test_an_await_in_a_plain_finally_is_reported_with_the_fix(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The pattern most guides teach, `finally: await client.aclose()`, never completes its
+    await once the stream is cancelled: a warning names the stream, the producer and the fix,
+    and the leak check fails on it."""
+    closed: list[bool] = []
+
+    async def careless(send: StreamSender[Any]) -> None:
+        try:
+            await send("first")
+            await anyio.sleep_forever()
+        finally:
+            await anyio.sleep(0.01)  # closing an upstream client, say
+            closed.append(True)
+
+    async def route(request: Request) -> Response:
+        return EventSourceResponse(careless)
+
+    async def leave_then_check() -> None:
+        async with open_leak_check(), open_server(app_for(route)) as server:
+            async with open_stream(server, "/stream") as client:
+                await client.read_event()
+                await client.reset()
+            await server.wait_ended(EndReason.CLIENT_DISCONNECTED)
+
+    with (
+        caplog.at_level(logging.WARNING, logger="streamkit"),
+        pytest.raises(LeakError, match="careless") as caught,
+    ):
+        await leave_then_check()
+    assert closed == []
+    assert len(caught.value.faults) == 1
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert "/stream" in warnings[0]
+    assert "careless" in warnings[0]
+    assert "push_async_callback" in warnings[0]
+    assert "shielded_cleanup" in warnings[0]
+
+
+async def test_shielded_cleanup_in_a_finally_is_no_fault(caplog: pytest.LogCaptureFixture) -> None:
+    closed = anyio.Event()
+
+    async def careful(send: StreamSender[Any]) -> None:
+        try:
+            await send("first")
+            await anyio.sleep_forever()
+        finally:
+            with shielded_cleanup(1.0):
+                await anyio.sleep(0.01)
+                closed.set()
+
+    async def route(request: Request) -> Response:
+        return EventSourceResponse(careful)
+
+    with caplog.at_level(logging.WARNING, logger="streamkit"):
+        async with open_leak_check(), open_server(app_for(route)) as server:
+            async with open_stream(server, "/stream") as client:
+                await client.read_event()
+                await client.reset()
+            await server.wait_ended(EndReason.CLIENT_DISCONNECTED)
+    assert closed.is_set()
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
