@@ -96,6 +96,7 @@ class _Stream(Generic[ItemT]):
     __slots__ = (
         "_cleanup_duration",
         "_completing",
+        "_decided_at",
         "_head_only",
         "_heartbeat_at",
         "_heartbeat_interval",
@@ -104,12 +105,15 @@ class _Stream(Generic[ItemT]):
         "_pending_since",
         "_producer_scope",
         "_receive",
+        "_registry",
+        "_reported",
         "_send",
         "_send_timeout",
         "_sender_done",
         "_sender_finished",
         "_sender_scope",
         "_timers",
+        "_unwound",
         "body",
         "buffer",
         "bytes_sent",
@@ -143,6 +147,12 @@ class _Stream(Generic[ItemT]):
         self.bytes_sent = 0
         self.started_at = anyio.current_time()
         self._cleanup_duration = 0.0
+        self._decided_at = math.inf
+        # Made when the end is decided or the producer's body returns, whichever is first;
+        # set once the body has returned or raised.
+        self._unwound: anyio.Event | None = None
+        self._registry: StreamRegistry | None = None
+        self._reported = False
         self._producer_scope = anyio.CancelScope()
         self._sender_scope = anyio.CancelScope()
         self._sender_done = False
@@ -179,6 +189,14 @@ class _Stream(Generic[ItemT]):
             return False
         self.reason = reason
         self.exception = exception
+        if self._unwound is None:
+            # The producer's body is still running: from now on it has cleanup_timeout to
+            # return, and the watcher keeps that bound.
+            self._unwound = anyio.Event()
+            self._decided_at = anyio.current_time()
+            bound = self._decided_at + self.options.cleanup_timeout
+            if self._timers is not None and bound < self._timers.deadline:
+                self._timers.deadline = bound
         if reason is not EndReason.COMPLETED:
             self._producer_scope.cancel()
         if reason in _ABANDONING and abandon_sender:
@@ -230,23 +248,21 @@ class _Stream(Generic[ItemT]):
     # -- the whole stream ---------------------------------------------------------------------
 
     async def deliver(self) -> None:
-        registry = current_registry()
+        self._registry = registry = current_registry()
         registry.add(self)
         if registry.draining:
             self.shutdown()
-        reported = False
         try:
             async with anyio.create_task_group() as task_group:
                 self._start_helpers(task_group)
                 await self._produce_then_finish()
                 # Report before leaving the task group: on trio, a write to a client that
                 # stopped reading holds the sender until the kernel drops the connection.
-                reported = True
                 self._report(registry)
                 task_group.cancel_scope.cancel()
         finally:
             self.buffer.close()
-            if not reported:
+            if not self._reported:
                 # Cancelled from outside: the server is tearing the connection down.
                 self.decide(EndReason.SHUTDOWN)
                 self._report(registry)
@@ -311,6 +327,10 @@ class _Stream(Generic[ItemT]):
                 )
             raise
         finally:
+            if self._unwound is None:
+                self._unwound = anyio.Event()
+            self._unwound.set()
+            self._decided_at = math.inf  # the body returned: its cleanup has its own bound
             started = anyio.current_time()
             with shielded_cleanup(self.options.cleanup_timeout):
                 await self._close(getattr(closable, "aclose", None))
@@ -348,9 +368,32 @@ class _Stream(Generic[ItemT]):
                 self.decide(
                     EndReason.COMPLETED if self._completing else EndReason.CLIENT_DISCONNECTED
                 )
-                return
+                break
             if self._on_timers():
-                return
+                break
+        await self._bound_the_producer()
+
+    async def _bound_the_producer(self) -> None:
+        """Wait until the producer's body has returned, at most ``cleanup_timeout`` past the
+        decided end; then report the stream ended, and leave the producer to itself."""
+        with anyio.move_on_at(self._decided_at + self.options.cleanup_timeout):
+            if self._unwound is not None:
+                await self._unwound.wait()
+        if self._decided_at != math.inf and not self._reported:
+            self._abandon_producer()
+
+    def _abandon_producer(self) -> None:
+        assert self.reason is not None
+        assert self._registry is not None
+        report_fault(
+            f"stream {self.path}: producer {self.producer_name()} refuses cancellation: it "
+            f"still runs {self.options.cleanup_timeout} s (cleanup_timeout) after the stream "
+            f"ended ({self.reason.value}); the stream is reported ended and the producer "
+            "abandoned. It must not catch the cancellation (anyio.get_cancelled_exc_class()) "
+            "without raising it again"
+        )
+        self.buffer.close()  # the sender ends the body, unless the client is gone
+        self._report(self._registry)
 
     def _next_due(self) -> float:
         due = math.inf
@@ -361,11 +404,15 @@ class _Stream(Generic[ItemT]):
             due = min(due, max(self._heartbeat_at, self._last_data_at + interval))
         if self._idle_timeout is not None:
             due = min(due, self.last_item_at + self._idle_timeout)
-        return due
+        # Decided elsewhere (a shutdown, a deadline): the producer's bound is kept here too.
+        return min(due, self._decided_at + self.options.cleanup_timeout)
 
     def _on_timers(self) -> bool:
-        """Act on the timers that are due; true once the sender is abandoned."""
+        """Act on the timers that are due; true once the sender is abandoned or the end
+        decided and the producer's bound due."""
         now = anyio.current_time()
+        if now >= self._decided_at + self.options.cleanup_timeout:
+            return True
         timeout = self._send_timeout
         if timeout is not None and self._pending_since is not None:
             if now >= self._pending_since + timeout:
@@ -464,6 +511,9 @@ class _Stream(Generic[ItemT]):
 
     def _report(self, registry: StreamRegistry) -> None:
         assert self.reason is not None
+        if self._reported:
+            return  # abandoned earlier, its producer refusing cancellation
+        self._reported = True
         end = StreamEnd(
             reason=self.reason,
             path=self.path,

@@ -150,3 +150,73 @@ async def test_shielded_cleanup_in_a_finally_is_no_fault(caplog: pytest.LogCaptu
             await server.wait_ended(EndReason.CLIENT_DISCONNECTED)
     assert closed.is_set()
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+class Stubborn:
+    """A producer that catches its cancellation and carries on, until released."""
+
+    def __init__(self) -> None:
+        self.refusals = 0
+        self.release = anyio.Event()
+        self.returned = anyio.Event()
+
+    async def stubborn_producer(self, send: StreamSender[Any]) -> None:
+        await send("first")
+        try:
+            while not self.release.is_set():
+                try:
+                    await anyio.sleep(0.05)
+                except anyio.get_cancelled_exc_class():
+                    self.refusals += 1
+                    with anyio.CancelScope(shield=True):
+                        await anyio.sleep(0.05)
+        finally:
+            self.returned.set()
+
+
+@pytest.mark.parametrize("ending", ["reset", "shutdown"])
+async def test_a_producer_refusing_cancellation_is_abandoned_after_cleanup_timeout(
+    ending: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The end is decided, the producer swallows its cancellation: cleanup_timeout later the
+    stream is reported ended all the same (so a drain does not wait for it), and a warning
+    names the producer."""
+    cleanup_timeout, grace = 0.3, 3.0
+    stubborn = Stubborn()
+
+    async def route(request: Request) -> Response:
+        return EventSourceResponse(stubborn.stubborn_producer, cleanup_timeout=cleanup_timeout)
+
+    with caplog.at_level(logging.WARNING, logger="streamkit"):
+        async with open_server(app_for(route), grace_period=grace) as server:
+            async with (
+                anyio.create_task_group() as task_group,
+                open_stream(server, "/stream") as client,
+            ):
+                await client.read_event()
+                decided_at = anyio.current_time()
+                if ending == "reset":
+                    await client.reset()
+                else:
+                    task_group.start_soon(server.shutdown)
+                reason = EndReason.CLIENT_DISCONNECTED if ending == "reset" else EndReason.SHUTDOWN
+                try:
+                    end = await server.wait_ended(reason, within=cleanup_timeout + 2.0)
+                    reported_after = anyio.current_time() - decided_at
+                    assert not stubborn.returned.is_set(), "still refusing when reported"
+                finally:
+                    stubborn.release.set()
+                if ending == "shutdown":
+                    assert [event.event async for event in client.events()][-1] == "shutdown"
+                    assert client.complete
+            with anyio.fail_after(2):
+                await stubborn.returned.wait()
+            if ending == "shutdown":
+                with anyio.fail_after(grace):
+                    await server.stopped.wait()
+                assert anyio.current_time() - decided_at < grace
+    assert stubborn.refusals >= 1
+    assert cleanup_timeout <= reported_after < cleanup_timeout + 2.0
+    assert end.duration >= cleanup_timeout
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("stubborn_producer" in w and "refuses cancellation" in w for w in warnings)
