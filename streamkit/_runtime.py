@@ -97,6 +97,7 @@ class _Stream(Generic[ItemT]):
         "_cleanup_duration",
         "_completing",
         "_decided_at",
+        "_fatal",
         "_head_only",
         "_heartbeat_at",
         "_heartbeat_interval",
@@ -153,6 +154,7 @@ class _Stream(Generic[ItemT]):
         self._unwound: anyio.Event | None = None
         self._registry: StreamRegistry | None = None
         self._reported = False
+        self._fatal: BaseException | None = None
         self._producer_scope = anyio.CancelScope()
         self._sender_scope = anyio.CancelScope()
         self._sender_done = False
@@ -266,6 +268,11 @@ class _Stream(Generic[ItemT]):
                 # Cancelled from outside: the server is tearing the connection down.
                 self.decide(EndReason.SHUTDOWN)
                 self._report(registry)
+        fatal = self._fatal
+        if fatal is not None and not registry.request_stop(fatal):
+            # No streamkit server to stop gracefully: the server running the app does what
+            # it does with it (both of hypercorn's workers stop).
+            raise fatal
 
     async def _produce_then_finish(self) -> None:
         with self._producer_scope:
@@ -315,6 +322,11 @@ class _Stream(Generic[ItemT]):
                     self.reason.value if self.reason else "?",
                     exc_info=exc,
                 )
+        except (KeyboardInterrupt, SystemExit) as exc:
+            # Python's word that the process must stop. The stream ends as an error, and the
+            # process is stopped once that is reported (see run()).
+            failure = self._fatal = exc
+            self.decide(EndReason.ERROR, exc)
         except BaseException as exc:
             failure = exc  # a cancellation: a transaction entered through send rolls back
             if self._producer_scope.cancel_called and _cancelled_during_cancellation(exc):

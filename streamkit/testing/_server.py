@@ -148,10 +148,12 @@ async def open_server(
     stop = anyio.Event()
     streams = StreamRegistry(parent=registry)
     failure: BaseException | None = None
+    fatal: BaseException | None = None  # a KeyboardInterrupt or SystemExit serve() raised
     async with anyio.create_task_group() as task_group:
         server: LiveServer | None = None
 
         async def run(*, task_status: anyio.abc.TaskStatus[ServerAddress]) -> None:
+            nonlocal fatal
             try:
                 await serve(
                     app,
@@ -164,6 +166,11 @@ async def open_server(
                     tls=tls,
                     task_status=task_status,
                 )
+            except (KeyboardInterrupt, SystemExit) as exc:
+                # Raised again past the task group: on asyncio, raised out of a task, it
+                # would break out of the event loop itself.
+                fatal = exc
+                task_group.cancel_scope.cancel()
             finally:
                 if server is not None:
                     server.stopped.set()
@@ -185,6 +192,8 @@ async def open_server(
                 await server.stopped.wait()
             if scope.cancelled_caught:
                 task_group.cancel_scope.cancel()
+    if fatal is not None:
+        raise fatal
     if failure is not None:
         raise failure
     if scope.cancelled_caught:

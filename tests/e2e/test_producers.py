@@ -22,7 +22,7 @@ from streamkit import (
     StreamSender,
     shielded_cleanup,
 )
-from streamkit.testing import LeakError, open_leak_check, open_server, open_stream
+from streamkit.testing import LeakError, LiveServer, open_leak_check, open_server, open_stream
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
@@ -220,3 +220,52 @@ async def test_a_producer_refusing_cancellation_is_abandoned_after_cleanup_timeo
     assert end.duration >= cleanup_timeout
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("stubborn_producer" in w and "refuses cancellation" in w for w in warnings)
+
+
+@pytest.mark.parametrize("fatal", [SystemExit, KeyboardInterrupt])
+async def test_system_exit_in_a_producer_ends_its_stream_as_an_error_then_stops_the_server(
+    fatal: type[BaseException],
+) -> None:
+    """Python's meaning: the process must stop. The stream that raised ends as an error (the
+    error event, then the end of the body); the others drain with their farewell; then the
+    server stops and serve() raises the exception itself, unwrapped, for the process to end."""
+
+    async def fatal_producer(send: StreamSender[Any]) -> None:
+        await send("one")
+        raise fatal(3)
+
+    async def quiet(send: StreamSender[Any]) -> None:
+        await send("waiting")
+        await anyio.sleep_forever()
+
+    async def route(request: Request) -> Response:
+        if request.query_params.get("fatal"):
+            return EventSourceResponse(fatal_producer)
+        return EventSourceResponse(quiet)
+
+    servers: list[LiveServer] = []
+    seen: dict[str, list[Any]] = {}
+
+    async def serve_until_stopped() -> None:
+        with anyio.fail_after(10):
+            async with open_server(app_for(route), grace_period=3.0) as server:
+                servers.append(server)
+                async with open_stream(server, "/stream") as bystander:
+                    await bystander.read_event()
+                    async with open_stream(server, "/stream?fatal=1") as client:
+                        seen["events"] = [event async for event in client.events()]
+                        assert client.complete
+                    seen["farewell"] = [event async for event in bystander.events()]
+                    assert bystander.complete
+                    await anyio.sleep_forever()  # the server's stop cancels the block
+
+    with pytest.raises(fatal) as caught:
+        await serve_until_stopped()
+    assert type(caught.value) is fatal
+    events, farewell = seen["events"], seen["farewell"]
+    assert [event.data for event in events] == ["one", ""]
+    assert events[-1].event == "error"
+    assert farewell[-1].event == "shutdown"
+    by_reason = {end.reason: end for end in servers[0].streams.recent_ends()}
+    assert isinstance(by_reason[EndReason.ERROR].exception, fatal)
+    assert EndReason.SHUTDOWN in by_reason
