@@ -87,6 +87,10 @@ class StreamBody(Protocol[ItemT]):
 #: Queued frames are joined into one write until it holds this many bytes.
 _MAX_BATCH_BYTES = 65536
 _ABANDONING = frozenset({EndReason.CLIENT_DISCONNECTED, EndReason.SEND_TIMEOUT})
+#: With heartbeats off, a stream silent this long still writes its heartbeat frame: while a
+#: pipelined request waits, hypercorn stops reading the socket, and a client that left is
+#: then noticed only by a write that fails (the second after it left).
+PROBE_INTERVAL = 30.0
 
 
 class _Stream(Generic[ItemT]):
@@ -167,6 +171,8 @@ class _Stream(Generic[ItemT]):
         self._completing = False
         self._send_timeout = options.send_timeout
         interval = options.heartbeat_interval
+        if interval is None:
+            interval = PROBE_INTERVAL
         self._heartbeat_interval = interval if body.heartbeat_frame() else None
         self._heartbeat_at = self.started_at
         self._idle_timeout = options.idle_timeout
