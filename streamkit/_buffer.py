@@ -77,6 +77,10 @@ class FrameBuffer:
             if self._closed:
                 return []
             self._readable = readable = anyio.Event()
+            if self._writable is not None:
+                # With no room at all, a waiting producer can hand over only now.
+                self._writable.set()
+                self._writable = None
             try:
                 await readable.wait()
             finally:

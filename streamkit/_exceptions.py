@@ -110,6 +110,8 @@ class LeakError(StreamkitError, AssertionError):
     :param file_descriptors: a description of each leaked file descriptor.
     :param child_processes: a description of each child process left running (or unreaped).
     :param tasks: a description of each task left running.
+    :param faults: each fault a producer was seen to commit meanwhile (a cleanup cut short
+        by the cancellation, a cancellation refused), as logged.
     """
 
     def __init__(
@@ -119,11 +121,13 @@ class LeakError(StreamkitError, AssertionError):
         file_descriptors: tuple[str, ...] = (),
         child_processes: tuple[str, ...] = (),
         tasks: tuple[str, ...] = (),
+        faults: tuple[str, ...] = (),
     ) -> None:
         super().__init__(message)
         self.file_descriptors = file_descriptors
         self.child_processes = child_processes
         self.tasks = tasks
+        self.faults = faults
 
 
 class SlowSubscriberError(StreamkitError, RuntimeError):

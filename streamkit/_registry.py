@@ -11,7 +11,7 @@ from __future__ import annotations
 import collections
 import contextvars
 import types
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
@@ -75,6 +75,7 @@ class StreamRegistry:
         self._recent: collections.deque[StreamEnd] = collections.deque(maxlen=history)
         self._waiters: list[anyio.Event] = []
         self._draining = False
+        self._stop_handler: Callable[[BaseException], None] | None = None
 
     def _chain(self) -> Iterator[StreamRegistry]:
         registry: StreamRegistry | None = self
@@ -126,6 +127,26 @@ class StreamRegistry:
         self._notify()
         for stream in list(self._active.values()):
             stream.shutdown()
+
+    @contextmanager
+    def stopping_with(self, handler: Callable[[BaseException], None]) -> Iterator[None]:
+        """Inside the block, :meth:`request_stop` for this registry's streams calls *handler*:
+        the server serving them stops, and raises what it is handed."""
+        self._stop_handler = handler
+        try:
+            yield
+        finally:
+            self._stop_handler = None
+
+    def request_stop(self, exc: BaseException) -> bool:
+        """Ask the server serving these streams to stop the process with *exc* (a
+        ``KeyboardInterrupt`` or ``SystemExit`` a producer raised); false if no server here
+        takes such requests, and the caller must raise *exc* itself."""
+        for registry in self._chain():
+            if registry._stop_handler is not None:
+                registry._stop_handler(exc)
+                return True
+        return False
 
     async def wait_changed(self) -> None:
         """Wait until a stream starts or ends here, or a drain begins."""

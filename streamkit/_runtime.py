@@ -24,12 +24,14 @@ from functools import partial
 from typing import Generic, Protocol, TypeVar
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import TaskGroup
 from starlette.datastructures import Headers
 from starlette.types import Message, Receive, Scope, Send
 
 from ._buffer import FrameBuffer
 from ._ends import EndReason, StreamEnd
+from ._faults import report_fault
 from ._options import StreamOptions
 from ._registry import ActiveStream, StreamRegistry, current_registry
 from ._sender import Producer, StreamSender, shielded_cleanup
@@ -85,6 +87,10 @@ class StreamBody(Protocol[ItemT]):
 #: Queued frames are joined into one write until it holds this many bytes.
 _MAX_BATCH_BYTES = 65536
 _ABANDONING = frozenset({EndReason.CLIENT_DISCONNECTED, EndReason.SEND_TIMEOUT})
+#: With heartbeats off, a stream silent this long still writes its heartbeat frame: while a
+#: pipelined request waits, hypercorn stops reading the socket, and a client that left is
+#: then noticed only by a write that fails (the second after it left).
+PROBE_INTERVAL = 30.0
 
 
 class _Stream(Generic[ItemT]):
@@ -94,6 +100,8 @@ class _Stream(Generic[ItemT]):
     __slots__ = (
         "_cleanup_duration",
         "_completing",
+        "_decided_at",
+        "_fatal",
         "_head_only",
         "_heartbeat_at",
         "_heartbeat_interval",
@@ -102,12 +110,15 @@ class _Stream(Generic[ItemT]):
         "_pending_since",
         "_producer_scope",
         "_receive",
+        "_registry",
+        "_reported",
         "_send",
         "_send_timeout",
         "_sender_done",
         "_sender_finished",
         "_sender_scope",
         "_timers",
+        "_unwound",
         "body",
         "buffer",
         "bytes_sent",
@@ -141,6 +152,13 @@ class _Stream(Generic[ItemT]):
         self.bytes_sent = 0
         self.started_at = anyio.current_time()
         self._cleanup_duration = 0.0
+        self._decided_at = math.inf
+        # Made when the end is decided or the producer's body returns, whichever is first;
+        # set once the body has returned or raised.
+        self._unwound: anyio.Event | None = None
+        self._registry: StreamRegistry | None = None
+        self._reported = False
+        self._fatal: BaseException | None = None
         self._producer_scope = anyio.CancelScope()
         self._sender_scope = anyio.CancelScope()
         self._sender_done = False
@@ -153,6 +171,8 @@ class _Stream(Generic[ItemT]):
         self._completing = False
         self._send_timeout = options.send_timeout
         interval = options.heartbeat_interval
+        if interval is None:
+            interval = PROBE_INTERVAL
         self._heartbeat_interval = interval if body.heartbeat_frame() else None
         self._heartbeat_at = self.started_at
         self._idle_timeout = options.idle_timeout
@@ -177,6 +197,14 @@ class _Stream(Generic[ItemT]):
             return False
         self.reason = reason
         self.exception = exception
+        if self._unwound is None:
+            # The producer's body is still running: from now on it has cleanup_timeout to
+            # return, and the watcher keeps that bound.
+            self._unwound = anyio.Event()
+            self._decided_at = anyio.current_time()
+            bound = self._decided_at + self.options.cleanup_timeout
+            if self._timers is not None and bound < self._timers.deadline:
+                self._timers.deadline = bound
         if reason is not EndReason.COMPLETED:
             self._producer_scope.cancel()
         if reason in _ABANDONING and abandon_sender:
@@ -228,26 +256,29 @@ class _Stream(Generic[ItemT]):
     # -- the whole stream ---------------------------------------------------------------------
 
     async def deliver(self) -> None:
-        registry = current_registry()
+        self._registry = registry = current_registry()
         registry.add(self)
         if registry.draining:
             self.shutdown()
-        reported = False
         try:
             async with anyio.create_task_group() as task_group:
                 self._start_helpers(task_group)
                 await self._produce_then_finish()
                 # Report before leaving the task group: on trio, a write to a client that
                 # stopped reading holds the sender until the kernel drops the connection.
-                reported = True
                 self._report(registry)
                 task_group.cancel_scope.cancel()
         finally:
             self.buffer.close()
-            if not reported:
+            if not self._reported:
                 # Cancelled from outside: the server is tearing the connection down.
                 self.decide(EndReason.SHUTDOWN)
                 self._report(registry)
+        fatal = self._fatal
+        if fatal is not None and not registry.request_stop(fatal):
+            # No streamkit server to stop gracefully: the server running the app does what
+            # it does with it (both of hypercorn's workers stop).
+            raise fatal
 
     async def _produce_then_finish(self) -> None:
         with self._producer_scope:
@@ -297,10 +328,27 @@ class _Stream(Generic[ItemT]):
                     self.reason.value if self.reason else "?",
                     exc_info=exc,
                 )
+        except (KeyboardInterrupt, SystemExit) as exc:
+            # Python's word that the process must stop. The stream ends as an error, and the
+            # process is stopped once that is reported (see run()).
+            failure = self._fatal = exc
+            self.decide(EndReason.ERROR, exc)
         except BaseException as exc:
             failure = exc  # a cancellation: a transaction entered through send rolls back
+            if self._producer_scope.cancel_called and _cancelled_during_cancellation(exc):
+                report_fault(
+                    f"stream {self.path}: producer {self.producer_name()} awaited in its "
+                    "cleanup after the stream was cancelled, and that await was cancelled "
+                    "too, so the cleanup did not finish. Register awaited cleanup with "
+                    "send.push_async_callback() or send.enter_async_context(), or wrap it "
+                    "in `with streamkit.shielded_cleanup():`"
+                )
             raise
         finally:
+            if self._unwound is None:
+                self._unwound = anyio.Event()
+            self._unwound.set()
+            self._decided_at = math.inf  # the body returned: its cleanup has its own bound
             started = anyio.current_time()
             with shielded_cleanup(self.options.cleanup_timeout):
                 await self._close(getattr(closable, "aclose", None))
@@ -310,6 +358,11 @@ class _Stream(Generic[ItemT]):
                 )
                 await self._close(partial(stack.__aexit__, *exc_info))
             self._cleanup_duration = anyio.current_time() - started
+
+    def producer_name(self) -> str:
+        """The producer's qualified name, for a log line."""
+        content = self.body.content
+        return str(getattr(content, "__qualname__", None) or repr(content))
 
     async def _close(self, aclose: Callable[[], Awaitable[object]] | None) -> None:
         if aclose is None:
@@ -333,9 +386,32 @@ class _Stream(Generic[ItemT]):
                 self.decide(
                     EndReason.COMPLETED if self._completing else EndReason.CLIENT_DISCONNECTED
                 )
-                return
+                break
             if self._on_timers():
-                return
+                break
+        await self._bound_the_producer()
+
+    async def _bound_the_producer(self) -> None:
+        """Wait until the producer's body has returned, at most ``cleanup_timeout`` past the
+        decided end; then report the stream ended, and leave the producer to itself."""
+        with anyio.move_on_at(self._decided_at + self.options.cleanup_timeout):
+            if self._unwound is not None:
+                await self._unwound.wait()
+        if self._decided_at != math.inf and not self._reported:
+            self._abandon_producer()
+
+    def _abandon_producer(self) -> None:
+        assert self.reason is not None
+        assert self._registry is not None
+        report_fault(
+            f"stream {self.path}: producer {self.producer_name()} refuses cancellation: it "
+            f"still runs {self.options.cleanup_timeout} s (cleanup_timeout) after the stream "
+            f"ended ({self.reason.value}); the stream is reported ended and the producer "
+            "abandoned. It must not catch the cancellation (anyio.get_cancelled_exc_class()) "
+            "without raising it again"
+        )
+        self.buffer.close()  # the sender ends the body, unless the client is gone
+        self._report(self._registry)
 
     def _next_due(self) -> float:
         due = math.inf
@@ -346,11 +422,15 @@ class _Stream(Generic[ItemT]):
             due = min(due, max(self._heartbeat_at, self._last_data_at + interval))
         if self._idle_timeout is not None:
             due = min(due, self.last_item_at + self._idle_timeout)
-        return due
+        # Decided elsewhere (a shutdown, a deadline): the producer's bound is kept here too.
+        return min(due, self._decided_at + self.options.cleanup_timeout)
 
     def _on_timers(self) -> bool:
-        """Act on the timers that are due; true once the sender is abandoned."""
+        """Act on the timers that are due; true once the sender is abandoned or the end
+        decided and the producer's bound due."""
         now = anyio.current_time()
+        if now >= self._decided_at + self.options.cleanup_timeout:
+            return True
         timeout = self._send_timeout
         if timeout is not None and self._pending_since is not None:
             if now >= self._pending_since + timeout:
@@ -396,6 +476,11 @@ class _Stream(Generic[ItemT]):
         return True
 
     async def _send_message(self, message: Message) -> None:
+        if self._sender_scope.cancel_called:
+            # The client left or stopped reading: nothing more is written, least of all the
+            # end of the body, which would make a cut stream look whole. The cancellation
+            # alone could come too late: on asyncio, a write that does not block never yields.
+            await anyio.lowlevel.checkpoint()
         self._pending_since = now = anyio.current_time()
         timers, timeout = self._timers, self._send_timeout
         if timeout is not None and timers is not None and now + timeout < timers.deadline:
@@ -444,6 +529,9 @@ class _Stream(Generic[ItemT]):
 
     def _report(self, registry: StreamRegistry) -> None:
         assert self.reason is not None
+        if self._reported:
+            return  # abandoned earlier, its producer refusing cancellation
+        self._reported = True
         end = StreamEnd(
             reason=self.reason,
             path=self.path,
@@ -477,6 +565,20 @@ class _Stream(Generic[ItemT]):
                 on_end(end)
             except Exception:
                 logger.exception("stream %s: on_end callback raised", self.path)
+
+
+def _cancelled_during_cancellation(exc: BaseException) -> bool:
+    """Whether *exc*, a cancellation, was raised while an earlier one was being handled: an
+    ``await`` in a plain ``finally`` or ``except`` of a cancelled producer."""
+    cancelled = anyio.get_cancelled_exc_class()
+    if not isinstance(exc, cancelled):
+        return False
+    context = exc.__context__
+    while context is not None:
+        if isinstance(context, cancelled):
+            return True
+        context = context.__context__
+    return False
 
 
 async def deliver(body: StreamBody[ItemT], scope: Scope, receive: Receive, send: Send) -> None:

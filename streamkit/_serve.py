@@ -180,6 +180,8 @@ async def serve(
     :raises ServeError: the address could not be bound, or a TLS file is missing,
         unreadable or malformed (raised before anything is bound).
     :raises TypeError: *tls* is not a :class:`~streamkit.TLSConfig`.
+    :raises KeyboardInterrupt: a producer raised it; the server stopped gracefully first.
+    :raises SystemExit: a producer raised it; the server stopped gracefully first.
     """
     from hypercorn.config import Config
 
@@ -196,14 +198,23 @@ async def serve(
     streams = StreamRegistry(parent=registry) if streams is None else streams
     trigger = shutdown_trigger or _signalled
 
+    # A producer's KeyboardInterrupt or SystemExit: the server stops gracefully, then raises it.
+    stop_requests: list[BaseException] = []
+    waiting_for_trigger = anyio.CancelScope()
+
+    def request_stop(exc: BaseException) -> None:
+        stop_requests.append(exc)
+        waiting_for_trigger.cancel()
+
     if sock is None:
         sock = bind_socket(bind, stalled_connection_timeout=stalled_connection_timeout)
-    with sock:
+    with sock, streams.stopping_with(request_stop):
         config.bind = [f"fd://{sock.fileno()}"]
         config.graceful_timeout = grace_period
 
         async def drain_then_stop() -> None:
-            await trigger()
+            with waiting_for_trigger:
+                await trigger()
             deadline = anyio.current_time() + grace_period
             await _drain(streams, deadline)
             # What is left of the grace period is hypercorn's, for its own connections.
@@ -217,3 +228,5 @@ async def serve(
         await hypercorn_serve(
             _RegisteringApp(app, streams), config, shutdown_trigger=drain_then_stop
         )
+    if stop_requests:
+        raise stop_requests[0]

@@ -19,7 +19,8 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture(scope="module")
 def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[redis_server.RedisServer]:
-    """A redis-server for the module; skips, saying why, where it cannot be found."""
+    """A redis-server for the module; skips, saying why, where it cannot be found (under CI,
+    fails)."""
     with redis_server.running(tmp_path_factory.mktemp("redis")) as server:
         yield server
 

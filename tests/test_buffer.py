@@ -129,3 +129,23 @@ async def test_close_wakes_a_waiting_writer_and_a_waiting_producer() -> None:
             buffer.close()
             waiting.close()
     assert sorted(outcomes, key=repr) == sorted([anyio.ClosedResourceError, []], key=repr)
+
+
+async def test_with_no_room_a_waiting_producer_hands_over_once_the_writer_waits() -> None:
+    """buffer_size=0: the producer is first to wait (the writer is still busy with the
+    response head); the writer's wait must let it hand its frame over."""
+    buffer = FrameBuffer(0)
+    taken: list[list[bytes | None]] = []
+    with anyio.fail_after(2):
+        async with anyio.create_task_group() as task_group:
+
+            async def produce() -> None:
+                for frame in (b"1", b"2", b"3"):
+                    await buffer.put(frame)
+                buffer.close()
+
+            task_group.start_soon(produce)
+            await anyio.wait_all_tasks_blocked()  # the producer waits for room first
+            while frames := await buffer.take(1024):
+                taken.append(frames)
+    assert [frame for frames in taken for frame in frames] == [b"1", b"2", b"3"]

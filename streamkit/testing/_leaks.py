@@ -26,6 +26,7 @@ from typing import Any
 import anyio
 
 from .._exceptions import LeakError
+from .._faults import recorded_faults
 
 __all__ = ["ResourceSnapshot", "open_leak_check"]
 
@@ -54,11 +55,14 @@ class ResourceSnapshot:
     :param child_processes: each child's process id and its description.
     :param tasks: each running task's id and its description; empty when taken outside the
         event loop.
+    :param faults: the producer faults streamkit has logged lately (a cleanup cut short by
+        the cancellation, a cancellation refused), by serial number.
     """
 
     file_descriptors: Mapping[int, str] = field(default_factory=dict)
     child_processes: Mapping[int, str] = field(default_factory=dict)
     tasks: Mapping[int, str] = field(default_factory=dict)
+    faults: Mapping[int, str] = field(default_factory=dict)
 
     @classmethod
     def take(cls, *, tasks: bool = True) -> ResourceSnapshot:
@@ -68,6 +72,7 @@ class ResourceSnapshot:
             file_descriptors=_file_descriptors(),
             child_processes=_child_processes(),
             tasks=_tasks() if tasks else {},
+            faults=recorded_faults(),
         )
 
     def leaked_since(self, before: ResourceSnapshot) -> LeakError | None:
@@ -87,7 +92,13 @@ class ResourceSnapshot:
             for number, description in self.tasks.items()
             if number not in before.tasks
         )
-        if not (descriptors or children or tasks):
+        newest = max(before.faults, default=0)
+        faults = tuple(
+            f"producer fault: {description}"
+            for number, description in sorted(self.faults.items())
+            if number > newest
+        )
+        if not (descriptors or children or tasks or faults):
             return None
         counts = [
             f"{len(found)} {one if len(found) == 1 else many}"
@@ -95,15 +106,17 @@ class ResourceSnapshot:
                 (descriptors, "file descriptor", "file descriptors"),
                 (children, "child process", "child processes"),
                 (tasks, "task", "tasks"),
+                (faults, "producer fault", "producer faults"),
             )
             if found
         ]
-        lines = "\n".join(f"  {line}" for line in (*descriptors, *children, *tasks))
+        lines = "\n".join(f"  {line}" for line in (*descriptors, *children, *tasks, *faults))
         return LeakError(
             f"leaked {', '.join(counts)}:\n{lines}",
             file_descriptors=descriptors,
             child_processes=children,
             tasks=tasks,
+            faults=faults,
         )
 
 

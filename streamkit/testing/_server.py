@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -13,6 +15,7 @@ from .._ends import EndReason, StreamEnd
 from .._registry import StreamRegistry, registry
 from .._serve import ServerAddress, serve
 from .._tls import TLSConfig
+from ._client import connect
 
 __all__ = ["LiveServer", "open_server"]
 
@@ -85,6 +88,35 @@ class LiveServer:
         return anyio.current_time() - started
 
 
+async def _wait_serving(server: LiveServer, *, tls: bool) -> None:
+    """Return once hypercorn answers, and its tasks have settled: the socket listens before
+    hypercorn runs, so a leak check entered earlier would count hypercorn's tasks as leaks.
+
+    The probe is a request line hypercorn refuses itself (400), so the app never sees it;
+    over TLS, a completed handshake.
+    """
+    with anyio.fail_after(_STOP_MARGIN):
+        if tls:
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = (
+                ssl.CERT_NONE
+            )  # the test's own certificate: only the answer counts
+            tls_stream = await anyio.connect_tcp(
+                server.host, server.port, ssl_context=context, tls_standard_compatible=False
+            )
+            await tls_stream.aclose()
+            await anyio.wait_all_tasks_blocked()
+            return
+        stream = await connect(server.host, server.port)
+        async with stream:
+            await stream.send(b"NOT HTTP\r\n\r\n")
+            with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                while await stream.receive():
+                    pass
+        await anyio.wait_all_tasks_blocked()
+
+
 @asynccontextmanager
 async def open_server(
     app: ASGIApp,
@@ -115,10 +147,13 @@ async def open_server(
     config.errorlog = logging.getLogger("hypercorn.error")
     stop = anyio.Event()
     streams = StreamRegistry(parent=registry)
+    failure: BaseException | None = None
+    fatal: BaseException | None = None  # a KeyboardInterrupt or SystemExit serve() raised
     async with anyio.create_task_group() as task_group:
         server: LiveServer | None = None
 
         async def run(*, task_status: anyio.abc.TaskStatus[ServerAddress]) -> None:
+            nonlocal fatal
             try:
                 await serve(
                     app,
@@ -131,6 +166,11 @@ async def open_server(
                     tls=tls,
                     task_status=task_status,
                 )
+            except (KeyboardInterrupt, SystemExit) as exc:
+                # Raised again past the task group: on asyncio, raised out of a task, it
+                # would break out of the event loop itself.
+                fatal = exc
+                task_group.cancel_scope.cancel()
             finally:
                 if server is not None:
                     server.stopped.set()
@@ -138,13 +178,24 @@ async def open_server(
         address = await task_group.start(run)
         server = LiveServer(address, streams, stop)
         try:
+            await _wait_serving(server, tls=tls is not None)
             yield server
+        except anyio.get_cancelled_exc_class():
+            raise
+        except BaseException as exc:
+            # Raised again past the task group, which would wrap it in an exception group
+            # that pytest.raises(AssertionError) and xfail(raises=...) do not match.
+            failure = exc
         finally:
             stop.set()
             with anyio.move_on_after(grace_period + _STOP_MARGIN) as scope:
                 await server.stopped.wait()
             if scope.cancelled_caught:
                 task_group.cancel_scope.cancel()
+    if fatal is not None:
+        raise fatal
+    if failure is not None:
+        raise failure
     if scope.cancelled_caught:
         assert server is not None
         # Reached only when the block itself did not raise: its error would say more.

@@ -29,12 +29,7 @@ PAGE_BOUND = 15.0
 
 @pytest.fixture
 def chromium() -> str:
-    path = browser.find_chromium()
-    if path is None:
-        pytest.skip(
-            f"{browser.why_missing()}; run `python tests/services.py` as root to install it"
-        )
-    return path
+    return browser.require_chromium()
 
 
 async def page_state(page: browser.Page) -> dict[str, Any]:

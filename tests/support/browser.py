@@ -5,7 +5,8 @@ port, and a small client for the DevTools protocol over a websocket (wsproto on 
 sockets, so that it runs on whichever backend the test runs on, beside the server under test).
 
 ``python tests/browser.py`` installs Chromium where it is missing (CI does it through
-``tests/services.py``); the browser tests skip, saying why, where it cannot be had.
+``tests/services.py``); the browser tests skip, saying why, where it cannot be had (under
+``CI`` they fail).
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ from wsproto.events import (
     Request,
     TextMessage,
 )
+
+from support.unavailable import service_unavailable
 
 __all__ = ["Browser", "DevToolsError", "Page", "find_chromium", "open_browser"]
 
@@ -75,6 +78,16 @@ def why_missing() -> str:
     if shutil.which("apt-get") is None:
         return "Chromium is not installed, and there is no apt-get here to install it with"
     return "Chromium is not installed: `python tests/services.py` installs it"
+
+
+def require_chromium() -> str:
+    """The path of Chromium; skips the test, or under CI fails it, where there is none."""
+    path = find_chromium()
+    if path is None:
+        service_unavailable(
+            f"{why_missing()}; run `python tests/support/services.py` as root to install it"
+        )
+    return path
 
 
 class DevToolsError(Exception):

@@ -22,9 +22,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
-
 from support.ports import free_port
+from support.unavailable import service_unavailable
 
 #: Why the PostgreSQL tests skip where the server's programs are missing.
 NOT_FOUND = (
@@ -68,14 +67,14 @@ class PostgresServer:
         self.user: pwd.struct_passwd | None = None
         if os.geteuid() == 0:
             if shutil.which("setpriv") is None:
-                pytest.skip(
+                service_unavailable(
                     "the tests run as root and setpriv (util-linux) is missing: "
                     "PostgreSQL refuses root, and setpriv runs it as another user"
                 )
             try:
                 self.user = pwd.getpwnam(SERVER_USER)
             except KeyError:
-                pytest.skip(
+                service_unavailable(
                     f"the tests run as root and there is no {SERVER_USER!r} user to run "
                     "PostgreSQL as (it refuses root): install Debian's postgresql, which makes it"
                 )
@@ -173,13 +172,13 @@ def running() -> Iterator[PostgresServer]:
     the test where PostgreSQL cannot be found or started."""
     bin_directory = find()
     if bin_directory is None:
-        pytest.skip(NOT_FOUND)
+        service_unavailable(NOT_FOUND)
     server = PostgresServer(bin_directory)
     try:
         try:
             server.start()
         except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
-            pytest.skip(f"PostgreSQL from {bin_directory} could not be started: {exc}")
+            service_unavailable(f"PostgreSQL from {bin_directory} could not be started: {exc}")
         yield server
     finally:
         server.stop()

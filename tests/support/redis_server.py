@@ -2,7 +2,8 @@
 directory, stopped (and killable and restartable) by the test.
 
 ``tests/services.py`` installs Debian's redis-server where it is missing and the process
-runs as root; the tests that need Redis skip, saying so, where it cannot be found.
+runs as root; the tests that need Redis skip, saying so, where it cannot be found (under
+``CI`` they fail).
 """
 
 from __future__ import annotations
@@ -17,9 +18,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
-
 from support.ports import free_port
+from support.unavailable import service_unavailable
 
 #: Why the Redis tests skip where they do.
 NOT_FOUND = (
@@ -51,7 +51,7 @@ class RedisServer:
     def __init__(self, directory: Path, *, persistent: bool = False) -> None:
         executable = find()
         if executable is None:
-            pytest.skip(NOT_FOUND)
+            service_unavailable(NOT_FOUND)
         self.executable = executable
         self.directory = directory
         self.persistent = persistent

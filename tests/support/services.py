@@ -2,7 +2,8 @@
 
 Run by tox before the tests: one ``apt-get install`` of Debian's packages for whatever is
 missing. Installing needs root and apt-get; elsewhere it says what it could not install, and
-the tests that need it skip, saying why.
+the tests that need it skip, saying why. Under ``CI``, where a missing service fails the
+run, it exits with status 1 at once.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
 from support import browser, postgres_server, redis_server
+from support.unavailable import in_ci
 
 #: Debian's package for each server the tests start, and how to find it installed.
 NEEDED: dict[str, Callable[[], object]] = {
@@ -46,9 +48,12 @@ def install(packages: list[str]) -> None:
 
 def main() -> None:
     install([package for package, find in NEEDED.items() if find() is None])
-    for package, find in NEEDED.items():
-        if find() is None:
-            print(f"{package} is missing: the tests that need it will skip", file=sys.stderr)
+    missing = [package for package, find in NEEDED.items() if find() is None]
+    consequence = "fail (CI is set)" if in_ci() else "skip"
+    for package in missing:
+        print(f"{package} is missing: the tests that need it will {consequence}", file=sys.stderr)
+    if missing and in_ci():
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -139,3 +139,25 @@ async def test_disconnect_on_command_and_the_request_it_delivers() -> None:
 def test_a_negative_count_is_refused_naming_it(name: str) -> None:
     with pytest.raises(ValueError, match=rf"{name} must be a count of zero or more, got -1"):
         FakeConnection(**{name: -1})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("fatal", [SystemExit, KeyboardInterrupt])
+async def test_without_a_streamkit_server_a_producers_system_exit_is_raised_after_the_report(
+    fatal: type[BaseException],
+) -> None:
+    """No streamkit server to stop gracefully: the stream ends as an error all the same, and
+    the exception then leaves the app, unwrapped, for the server running it."""
+
+    async def produce(send: StreamSender[ServerSentEvent | str]) -> None:
+        await send("one")
+        raise fatal
+
+    ends: list[StreamEnd] = []
+    connection = FakeConnection("/feed")
+    with pytest.raises(fatal) as caught:
+        await connection.run(EventSourceResponse(produce, on_end=ends.append))
+    assert type(caught.value) is fatal
+    assert [event.event for event in connection.events()] == [None, "error"]
+    assert connection.complete
+    assert [end.reason for end in ends] == [EndReason.ERROR]
+    assert isinstance(ends[0].exception, fatal)

@@ -1,0 +1,271 @@
+"""Producers that misbehave, and a buffer with no room, through real hypercorn on asyncio and
+trio: each stream still ends within a stated bound, says why, and leaves nothing running."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from streamkit import (
+    EndReason,
+    EventSourceResponse,
+    NDJSONResponse,
+    StreamResponse,
+    StreamSender,
+    shielded_cleanup,
+)
+from streamkit.testing import LeakError, LiveServer, open_leak_check, open_server, open_stream
+
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
+
+
+def app_for(route: Callable[[Request], Any]) -> Starlette:
+    return Starlette(routes=[Route("/stream", route)])
+
+
+@pytest.mark.parametrize("kind", ["sse", "ndjson", "bytes"])
+async def test_a_stream_with_no_buffer_room_hands_each_item_over(kind: str) -> None:
+    async def produce(send: StreamSender[Any]) -> None:
+        for n in range(5):
+            await send({"sse": str(n), "ndjson": {"n": n}}.get(kind, f"{n}\n"))
+
+    async def route(request: Request) -> Response:
+        if kind == "sse":
+            return EventSourceResponse(produce, buffer_size=0, max_duration=30)
+        if kind == "ndjson":
+            return NDJSONResponse(produce, buffer_size=0, max_duration=30)
+        return StreamResponse(produce, buffer_size=0, max_duration=30)
+
+    async with open_server(app_for(route)) as server, open_stream(server, "/stream") as client:
+        with anyio.fail_after(5):
+            body = await client.read_all()
+        end = await server.wait_ended(EndReason.COMPLETED)
+    assert client.complete
+    assert end.items_sent == 5
+    assert body.count(b"\n") == (10 if kind == "sse" else 5)
+
+
+@pytest.mark.parametrize("kind", ["sse", "ndjson", "bytes"])
+async def test_a_stream_the_client_left_gets_no_end_of_body(kind: str) -> None:
+    """A busy producer and a client that half-closes (it leaves, and still reads): once the
+    disconnect is decided nothing more is written, so the cut body cannot pass for a whole
+    one. On asyncio, writes that do not block never yield, and the terminator went out."""
+
+    async def flat_out(send: StreamSender[Any]) -> None:
+        n = 0
+        while True:
+            await send({"sse": str(n), "ndjson": {"n": n}}.get(kind, f"{n}\n"))
+            n += 1
+
+    async def route(request: Request) -> Response:
+        if kind == "sse":
+            return EventSourceResponse(flat_out)
+        if kind == "ndjson":
+            return NDJSONResponse(flat_out)
+        return StreamResponse(flat_out)
+
+    async with open_server(app_for(route)) as server:
+        for _ in range(5):
+            async with open_stream(server, "/stream") as client:
+                await client.receive_chunk()
+                await client.half_close()
+                await server.wait_ended(EndReason.CLIENT_DISCONNECTED)
+                with (
+                    anyio.fail_after(5),
+                    pytest.raises(ConnectionError, match=r"broke off|terminator"),
+                ):
+                    await client.read_all()
+            assert not client.complete
+
+
+async def test_an_await_in_a_plain_finally_is_reported_with_the_fix(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The pattern most guides teach, `finally: await client.aclose()`, never completes its
+    await once the stream is cancelled: a warning names the stream, the producer and the fix,
+    and the leak check fails on it."""
+    closed: list[bool] = []
+
+    async def careless(send: StreamSender[Any]) -> None:
+        try:
+            await send("first")
+            await anyio.sleep_forever()
+        finally:
+            await anyio.sleep(0.01)  # closing an upstream client, say
+            closed.append(True)
+
+    async def route(request: Request) -> Response:
+        return EventSourceResponse(careless)
+
+    async def leave_then_check() -> None:
+        async with open_leak_check(), open_server(app_for(route)) as server:
+            async with open_stream(server, "/stream") as client:
+                await client.read_event()
+                await client.reset()
+            await server.wait_ended(EndReason.CLIENT_DISCONNECTED)
+
+    with (
+        caplog.at_level(logging.WARNING, logger="streamkit"),
+        pytest.raises(LeakError, match="careless") as caught,
+    ):
+        await leave_then_check()
+    assert closed == []
+    assert len(caught.value.faults) == 1
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert "/stream" in warnings[0]
+    assert "careless" in warnings[0]
+    assert "push_async_callback" in warnings[0]
+    assert "shielded_cleanup" in warnings[0]
+
+
+async def test_shielded_cleanup_in_a_finally_is_no_fault(caplog: pytest.LogCaptureFixture) -> None:
+    closed = anyio.Event()
+
+    async def careful(send: StreamSender[Any]) -> None:
+        try:
+            await send("first")
+            await anyio.sleep_forever()
+        finally:
+            with shielded_cleanup(1.0):
+                await anyio.sleep(0.01)
+                closed.set()
+
+    async def route(request: Request) -> Response:
+        return EventSourceResponse(careful)
+
+    with caplog.at_level(logging.WARNING, logger="streamkit"):
+        async with open_leak_check(), open_server(app_for(route)) as server:
+            async with open_stream(server, "/stream") as client:
+                await client.read_event()
+                await client.reset()
+            await server.wait_ended(EndReason.CLIENT_DISCONNECTED)
+    assert closed.is_set()
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+class Stubborn:
+    """A producer that catches its cancellation and carries on, until released."""
+
+    def __init__(self) -> None:
+        self.refusals = 0
+        self.release = anyio.Event()
+        self.returned = anyio.Event()
+
+    async def stubborn_producer(self, send: StreamSender[Any]) -> None:
+        await send("first")
+        try:
+            while not self.release.is_set():
+                try:
+                    await anyio.sleep(0.05)
+                except anyio.get_cancelled_exc_class():
+                    self.refusals += 1
+                    with anyio.CancelScope(shield=True):
+                        await anyio.sleep(0.05)
+        finally:
+            self.returned.set()
+
+
+@pytest.mark.parametrize("ending", ["reset", "shutdown"])
+async def test_a_producer_refusing_cancellation_is_abandoned_after_cleanup_timeout(
+    ending: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The end is decided, the producer swallows its cancellation: cleanup_timeout later the
+    stream is reported ended all the same (so a drain does not wait for it), and a warning
+    names the producer."""
+    cleanup_timeout, grace = 0.3, 3.0
+    stubborn = Stubborn()
+
+    async def route(request: Request) -> Response:
+        return EventSourceResponse(stubborn.stubborn_producer, cleanup_timeout=cleanup_timeout)
+
+    with caplog.at_level(logging.WARNING, logger="streamkit"):
+        async with open_server(app_for(route), grace_period=grace) as server:
+            async with (
+                anyio.create_task_group() as task_group,
+                open_stream(server, "/stream") as client,
+            ):
+                await client.read_event()
+                decided_at = anyio.current_time()
+                if ending == "reset":
+                    await client.reset()
+                else:
+                    task_group.start_soon(server.shutdown)
+                reason = EndReason.CLIENT_DISCONNECTED if ending == "reset" else EndReason.SHUTDOWN
+                try:
+                    end = await server.wait_ended(reason, within=cleanup_timeout + 2.0)
+                    reported_after = anyio.current_time() - decided_at
+                    assert not stubborn.returned.is_set(), "still refusing when reported"
+                finally:
+                    stubborn.release.set()
+                if ending == "shutdown":
+                    assert [event.event async for event in client.events()][-1] == "shutdown"
+                    assert client.complete
+            with anyio.fail_after(2):
+                await stubborn.returned.wait()
+            if ending == "shutdown":
+                with anyio.fail_after(grace):
+                    await server.stopped.wait()
+                assert anyio.current_time() - decided_at < grace
+    assert stubborn.refusals >= 1
+    assert cleanup_timeout <= reported_after < cleanup_timeout + 2.0
+    assert end.duration >= cleanup_timeout
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("stubborn_producer" in w and "refuses cancellation" in w for w in warnings)
+
+
+@pytest.mark.parametrize("fatal", [SystemExit, KeyboardInterrupt])
+async def test_system_exit_in_a_producer_ends_its_stream_as_an_error_then_stops_the_server(
+    fatal: type[BaseException],
+) -> None:
+    """Python's meaning: the process must stop. The stream that raised ends as an error (the
+    error event, then the end of the body); the others drain with their farewell; then the
+    server stops and serve() raises the exception itself, unwrapped, for the process to end."""
+
+    async def fatal_producer(send: StreamSender[Any]) -> None:
+        await send("one")
+        raise fatal(3)
+
+    async def quiet(send: StreamSender[Any]) -> None:
+        await send("waiting")
+        await anyio.sleep_forever()
+
+    async def route(request: Request) -> Response:
+        if request.query_params.get("fatal"):
+            return EventSourceResponse(fatal_producer)
+        return EventSourceResponse(quiet)
+
+    servers: list[LiveServer] = []
+    seen: dict[str, list[Any]] = {}
+
+    async def serve_until_stopped() -> None:
+        with anyio.fail_after(10):
+            async with open_server(app_for(route), grace_period=3.0) as server:
+                servers.append(server)
+                async with open_stream(server, "/stream") as bystander:
+                    await bystander.read_event()
+                    async with open_stream(server, "/stream?fatal=1") as client:
+                        seen["events"] = [event async for event in client.events()]
+                        assert client.complete
+                    seen["farewell"] = [event async for event in bystander.events()]
+                    assert bystander.complete
+                    await anyio.sleep_forever()  # the server's stop cancels the block
+
+    with pytest.raises(fatal) as caught:
+        await serve_until_stopped()
+    assert type(caught.value) is fatal
+    events, farewell = seen["events"], seen["farewell"]
+    assert [event.data for event in events] == ["one", ""]
+    assert events[-1].event == "error"
+    assert farewell[-1].event == "shutdown"
+    by_reason = {end.reason: end for end in servers[0].streams.recent_ends()}
+    assert isinstance(by_reason[EndReason.ERROR].exception, fatal)
+    assert EndReason.SHUTDOWN in by_reason

@@ -1,0 +1,51 @@
+"""open_server: ready when it says so, and a failure in its block reaches pytest as itself."""
+
+from __future__ import annotations
+
+import socket
+
+import anyio
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from streamkit.testing import LeakError, open_leak_check, open_server
+
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
+
+
+def make_app() -> Starlette:
+    async def hello(request: Request) -> Response:
+        return PlainTextResponse("hello")
+
+    return Starlette(routes=[Route("/hello", hello)])
+
+
+async def test_a_leak_check_inside_the_server_sees_none_of_its_own_tasks() -> None:
+    """Once open_server yields, hypercorn's own tasks run: a leak check entered then must not
+    count them as the block's."""
+    with anyio.fail_after(20):
+        async with open_server(make_app()):
+            async with open_leak_check():
+                await anyio.sleep(0.1)
+
+
+async def test_an_assertion_in_the_block_reaches_pytest_unwrapped() -> None:
+    with pytest.raises(AssertionError, match="the body was wrong") as caught:
+        async with open_server(make_app()):
+            raise AssertionError("the body was wrong")
+    assert type(caught.value) is AssertionError
+
+
+async def test_a_leak_found_inside_the_block_reaches_pytest_as_a_leak_error() -> None:
+    forgotten: list[socket.socket] = []
+    try:
+        with pytest.raises(LeakError, match="leaked 1 file descriptor") as caught:
+            async with open_server(make_app()), open_leak_check(within=0.05):
+                forgotten.append(socket.socket())
+    finally:
+        for sock in forgotten:
+            sock.close()
+    assert type(caught.value) is LeakError
