@@ -55,7 +55,7 @@ class UpstreamError(StreamkitError, RuntimeError):
 
 
 class ReconnectError(StreamkitError, ConnectionError):
-    """A :mod:`streamkit.client` stream gave up reconnecting: its
+    """A ``streamkit.client`` stream gave up reconnecting: its
     :class:`~streamkit.client.Backoff` allowed no more attempts. The last failure is the
     exception's ``__cause__``.
 
