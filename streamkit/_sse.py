@@ -4,6 +4,10 @@ Pure functions over frozen values: nothing here does I/O or imports anyio. The o
 matters most: a value can never inject a field. ``data`` may hold any line breaks (it becomes
 several ``data:`` lines), while an event name or id holding CR or LF (an id also NUL) is refused
 with a :class:`ValueError` that names it.
+
+Data that is not a ``str`` is sent as JSON (a ``str`` is sent as it is, unlike ``fastapi.sse``,
+which quotes it). A ``dict`` item whose keys are all event fields, sse-starlette's way of
+writing an event, is read as one (:func:`event_from_item`).
 """
 
 from __future__ import annotations
@@ -12,10 +16,19 @@ import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from ._checks import check_count
+from ._json import JSONEncoder, encode_json
 
-__all__ = ["ServerSentEvent", "encode_comment", "encode_event", "last_event_id"]
+__all__ = [
+    "EVENT_FIELDS",
+    "ServerSentEvent",
+    "encode_comment",
+    "encode_event",
+    "event_from_item",
+    "last_event_id",
+]
 
 logger = logging.getLogger("streamkit")
 
@@ -30,9 +43,11 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 class ServerSentEvent:
     """One event of an event stream.
 
-    :param data: the payload; line breaks (CR, LF, CRLF) split it into ``data:`` lines, which
-        the browser joins back with ``\\n``. ``None`` sends no ``data:`` line (an id- or
-        retry-only frame, which a browser does not dispatch).
+    :param data: the payload. A ``str`` is sent as it is: line breaks (CR, LF, CRLF) split it
+        into ``data:`` lines, which the browser joins back with ``\\n``. Anything else (a
+        ``dict``, a list, a number, a Pydantic model, a dataclass) is sent as JSON, encoded when
+        the event is sent by the response's ``json_encoder``. ``None`` sends no ``data:`` line
+        (an id- or retry-only frame, which a browser does not dispatch).
     :param event: the event name (``EventSource.addEventListener(name, ...)``).
     :param id: the event id, sent back by a reconnecting browser as ``Last-Event-ID``.
     :param retry: the reconnection delay to ask of the browser, in whole milliseconds.
@@ -42,14 +57,19 @@ class ServerSentEvent:
     :raises TypeError: a field has the wrong type.
     """
 
-    data: str | None = None
+    data: Any = None
     event: str | None = None
     id: str | None = None
     retry: int | None = None
     comment: str | None = None
 
     def __post_init__(self) -> None:
-        for name in ("data", "event", "id", "comment"):
+        if isinstance(self.data, bytes | bytearray | memoryview):
+            raise TypeError(
+                f"SSE data must be a str or a value to send as JSON, got "
+                f"{type(self.data).__name__}: {self.data!r:.80}; decode bytes first"
+            )
+        for name in ("event", "id", "comment"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
                 raise TypeError(
@@ -69,8 +89,46 @@ def _field_lines(name: str, value: str) -> str:
     return "".join(f"{name}: {line}\n" for line in _LINE_BREAK.split(value))
 
 
-def encode_event(event: ServerSentEvent) -> bytes:
-    """Encode *event* as one UTF-8 event-stream frame, ending in a blank line."""
+#: The fields of an event, as a ``dict`` item names them.
+EVENT_FIELDS = frozenset({"data", "event", "id", "retry", "comment"})
+
+
+def event_from_item(item: object) -> ServerSentEvent:
+    """The event an event stream's *item* stands for.
+
+    A :class:`ServerSentEvent` is itself; a ``dict`` whose keys are all event fields (``data``,
+    ``event``, ``id``, ``retry``, ``comment``) and that has ``data`` or ``event`` is that
+    event (sse-starlette's item); anything else is the data of an unnamed event.
+
+    :raises TypeError: a field of a ``dict`` event has the wrong type.
+    :raises ValueError: a field of a ``dict`` event is invalid.
+    """
+    if isinstance(item, ServerSentEvent):
+        return item
+    if (
+        isinstance(item, dict)
+        and item
+        and item.keys() <= EVENT_FIELDS
+        and ("data" in item or "event" in item)
+    ):
+        return ServerSentEvent(**item)
+    return ServerSentEvent(data=item)
+
+
+def encode_event(event: ServerSentEvent, json_encoder: JSONEncoder | None = None) -> bytes:
+    """Encode *event* as one UTF-8 event-stream frame, ending in a blank line.
+
+    :param json_encoder: encodes data that is not a ``str``; by default the standard
+        library's ``json``, which also takes Pydantic models and dataclasses.
+    :raises TypeError: the data cannot be encoded as JSON; the message names it.
+    :raises ValueError: the data holds a value JSON cannot carry; the message names it.
+    """
+    data = event.data
+    if data is not None and not isinstance(data, str):
+        try:
+            data = encode_json(data, json_encoder)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"SSE data {exc}") from None
     parts = []
     if event.comment is not None:
         parts.append(_field_lines("", event.comment))
@@ -80,8 +138,8 @@ def encode_event(event: ServerSentEvent) -> bytes:
         parts.append(f"id: {event.id}\n")
     if event.retry is not None:
         parts.append(f"retry: {event.retry}\n")
-    if event.data is not None:
-        parts.append(_field_lines("data", event.data))
+    if data is not None:
+        parts.append(_field_lines("data", data))
     parts.append("\n")
     return "".join(parts).encode()
 

@@ -1,15 +1,19 @@
 from __future__ import annotations
 
+import json
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from httpx_sse._decoders import SSEDecoder, SSELineDecoder
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import BaseModel
 
 from streamkit import ServerSentEvent, last_event_id
-from streamkit._sse import MAX_LAST_EVENT_ID_LENGTH, encode_comment, encode_event
+from streamkit._json import to_jsonable
+from streamkit._sse import MAX_LAST_EVENT_ID_LENGTH, encode_comment, encode_event, event_from_item
 
 # Any text but lone surrogates, which UTF-8 cannot carry.
 TEXT = st.text(st.characters(exclude_categories=["Cs"]))
@@ -74,9 +78,9 @@ def test_retry_must_be_a_non_negative_int(retry: object) -> None:
         ServerSentEvent(retry=retry)  # type: ignore[arg-type]
 
 
-def test_data_must_be_text() -> None:
+def test_bytes_data_is_refused_where_the_event_is_made() -> None:
     with pytest.raises(TypeError, match="got bytes"):
-        ServerSentEvent(data=b"x")  # type: ignore[arg-type]
+        ServerSentEvent(data=b"x")
 
 
 def test_data_line_breaks_become_data_lines_and_cannot_inject_fields() -> None:
@@ -118,3 +122,80 @@ def test_encoding_is_utf8() -> None:
 def test_last_event_id_is_validated(header: str | None, expected: str | None) -> None:
     headers = {} if header is None else {"last-event-id": header}
     assert last_event_id(headers) == expected
+
+
+class Quote(BaseModel):
+    symbol: str
+    price: float
+
+
+@dataclass(frozen=True)
+class Trade:
+    quote: Quote
+    size: int
+
+
+@pytest.mark.parametrize(
+    "data",
+    [{"a": [1, "x\ny"]}, [1, 2], 3.5, 0, True, Quote(symbol="A", price=1.5)],
+    ids=["dict", "list", "float", "zero", "bool", "model"],
+)
+def test_data_that_is_not_text_round_trips_as_json(data: object) -> None:
+    (event,) = parse(encode_event(ServerSentEvent(data=data, event="q")), 5)
+    expected = data.model_dump(mode="json") if isinstance(data, BaseModel) else data
+    assert (event.event, json.loads(event.data)) == ("q", expected)
+
+
+def test_dataclass_data_round_trips_with_a_chosen_encoder() -> None:
+    seen = []
+
+    def encoder(value: object) -> bytes:
+        seen.append(value)
+        return json.dumps({"wrapped": to_jsonable(value)}, default=to_jsonable).encode()
+
+    trade = Trade(quote=Quote(symbol="B", price=2.0), size=3)
+    (event,) = parse(encode_event(ServerSentEvent(data=trade), encoder), 0)
+    assert json.loads(event.data) == {
+        "wrapped": {"quote": {"symbol": "B", "price": 2.0}, "size": 3}
+    }
+    assert seen == [trade]
+
+
+def test_text_data_stays_raw() -> None:
+    assert encode_event(ServerSentEvent(data='{"a": 1}')) == b'data: {"a": 1}\n\n'
+
+
+def test_data_that_cannot_be_encoded_is_named_when_encoded() -> None:
+    event = ServerSentEvent(data={"when": object()})
+    with pytest.raises(TypeError, match=r"SSE data is not JSON-serialisable: \{'when': <object"):
+        encode_event(event)
+
+
+@pytest.mark.parametrize(
+    ("item", "expected"),
+    [
+        (
+            {"event": "e", "data": "x", "id": "1", "retry": 5},
+            ServerSentEvent(event="e", data="x", id="1", retry=5),
+        ),
+        ({"data": {"n": 1}}, ServerSentEvent(data={"n": 1})),
+        ({"event": "only"}, ServerSentEvent(event="only")),
+        # Not every key is an event field, or neither data nor event: the dict is data.
+        ({"data": 1, "user": "x"}, ServerSentEvent(data={"data": 1, "user": "x"})),
+        ({"id": "7"}, ServerSentEvent(data={"id": "7"})),
+        ({}, ServerSentEvent(data={})),
+        ("text", ServerSentEvent(data="text")),
+        ([1], ServerSentEvent(data=[1])),
+    ],
+)
+def test_sse_starlette_dict_items_are_events_where_unambiguous(
+    item: object, expected: ServerSentEvent
+) -> None:
+    assert event_from_item(item) == expected
+
+
+def test_a_dict_event_with_a_bad_field_is_refused_by_name() -> None:
+    with pytest.raises(ValueError, match=re.escape(repr("a\nb"))):
+        event_from_item({"event": "a\nb", "data": "x"})
+    with pytest.raises(TypeError, match="got int: 5"):
+        event_from_item({"id": 5, "data": "x"})

@@ -1,0 +1,74 @@
+"""JSON encoding of stream items and event data: pure, no I/O.
+
+The default encoder is the standard library's ``json`` with two additions: a Pydantic model is
+encoded as its ``model_dump(mode="json")`` and a dataclass instance as its fields. Pydantic is
+optional: it is recognised only once something else imported it, never imported here. Any other
+encoder (``orjson.dumps``, a user's function) can take its place; it may return ``str`` or
+``bytes``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["JSONEncoder", "check_json_encoder", "encode_json", "to_jsonable"]
+
+#: A JSON encoder: a value in, its JSON text (``str`` or UTF-8 ``bytes``) out.
+JSONEncoder = Callable[[Any], str | bytes]
+
+
+def to_jsonable(value: object) -> Any:
+    """What the default encoder writes for *value*, which ``json`` cannot encode itself.
+
+    :raises TypeError: *value* is neither a Pydantic model nor a dataclass instance.
+    """
+    pydantic = sys.modules.get("pydantic")
+    if pydantic is not None and isinstance(value, pydantic.BaseModel):
+        return value.model_dump(mode="json")
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {field.name: getattr(value, field.name) for field in dataclasses.fields(value)}
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _default_encoder(value: Any) -> str:
+    return json.dumps(
+        value, ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=to_jsonable
+    )
+
+
+def encode_json(value: object, encoder: JSONEncoder | None = None) -> str:
+    """Encode *value* as compact JSON text with *encoder* (by default the standard library's,
+    extended as the module says).
+
+    :raises TypeError: the value cannot be encoded; the message names it.
+    :raises ValueError: the value holds something JSON cannot carry (NaN, an infinity, a
+        cycle); the message names it.
+    """
+    try:
+        text = (encoder or _default_encoder)(value)
+    except TypeError as exc:
+        raise TypeError(f"is not JSON-serialisable: {value!r:.80} ({exc})") from None
+    except ValueError as exc:
+        raise ValueError(f"cannot be encoded as JSON: {value!r:.80} ({exc})") from None
+    if isinstance(text, bytes | bytearray):
+        return bytes(text).decode()
+    if not isinstance(text, str):
+        raise TypeError(
+            f"a JSON encoder must return str or bytes, {encoder!r} returned "
+            f"{type(text).__name__} for {value!r:.80}"
+        )
+    return text
+
+
+def check_json_encoder(encoder: JSONEncoder | None) -> JSONEncoder | None:
+    """Return *encoder* if it is ``None`` or callable.
+
+    :raises TypeError: it is neither.
+    """
+    if encoder is not None and not callable(encoder):
+        raise TypeError(f"json_encoder must be a function of one value, got {encoder!r}")
+    return encoder

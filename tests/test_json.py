@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import pytest
+from pydantic import BaseModel
+
+from streamkit._json import encode_json
+
+
+class Point(BaseModel):
+    x: int
+    label: str = "é"
+
+
+@dataclass(frozen=True)
+class Reading:
+    sensor: str
+    point: Point
+    values: list[float]
+
+
+def test_plain_values_are_compact_utf8_json() -> None:
+    assert encode_json({"é": [1, None, True, 2.5]}) == '{"é":[1,null,true,2.5]}'
+    assert encode_json("text") == '"text"'
+    assert encode_json(7) == "7"
+
+
+def test_models_and_dataclasses_nest_in_each_other() -> None:
+    reading = Reading(sensor="s1", point=Point(x=3), values=[0.5])
+    assert json.loads(encode_json(reading)) == {
+        "sensor": "s1",
+        "point": {"x": 3, "label": "é"},
+        "values": [0.5],
+    }
+    assert json.loads(encode_json([Point(x=1)])) == [{"x": 1, "label": "é"}]
+
+
+def test_a_user_encoder_may_return_bytes_or_str() -> None:
+    assert encode_json({"a": 1}, lambda value: b'{"b":2}') == '{"b":2}'
+    assert encode_json({"a": 1}, lambda value: "[]") == "[]"
+
+
+def test_an_encoder_that_returns_something_else_is_named() -> None:
+    def bad(value: object) -> int:
+        return 5
+
+    with pytest.raises(TypeError, match=r"must return str or bytes.*returned int"):
+        encode_json({"a": 1}, bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("value", "error", "named"),
+    [
+        ({"at": object()}, TypeError, "{'at': <object object"),
+        ([float("nan")], ValueError, "[nan]"),
+        ({1j}, TypeError, "{1j}"),
+        (Point, TypeError, "test_json.Point'>"),
+    ],
+)
+def test_what_json_cannot_carry_is_refused_by_name(
+    value: object, error: type[Exception], named: str
+) -> None:
+    with pytest.raises(error) as caught:
+        encode_json(value)
+    assert named in str(caught.value)
+
+
+def test_importing_streamkit_does_not_import_pydantic() -> None:
+    code = "import sys, streamkit, streamkit._json; print('pydantic' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert result.stdout.strip() == "False"
