@@ -179,8 +179,9 @@ class App(Starlette):
         """Declare an event-stream route; the decorated function is returned unchanged.
 
         It is an async generator function ``(request)`` yielding
-        :class:`~streamkit.ServerSentEvent` or ``str`` items, or an async function
-        ``(request, send)`` awaiting ``send(item)``.
+        :class:`~streamkit.ServerSentEvent` items (or data: see
+        :class:`~streamkit.EventSourceResponse`), or an async function ``(request, send)``
+        awaiting ``send(item)``.
 
         :param path: the route's path, with Starlette's ``{param}`` syntax.
         :param methods: the HTTP methods it answers.
@@ -189,8 +190,9 @@ class App(Starlette):
         :param on_end: called with each stream's :class:`~streamkit.StreamEnd`.
         :param arguments: overrides of the App's stream options (any field of
             :class:`~streamkit.StreamOptions`), and the event stream's own
-            ``heartbeat_comment``, ``shutdown_event``, ``deadline_event`` and
-            ``error_event`` (see :class:`~streamkit.EventSourceResponse`).
+            ``heartbeat_comment``, ``heartbeat_event``, ``shutdown_event``,
+            ``deadline_event``, ``error_event`` and ``json_encoder`` (see
+            :class:`~streamkit.EventSourceResponse`).
         :raises ValueError: an option is out of range.
         :raises TypeError: an argument is unknown or has the wrong type, or the function has
             neither shape.
@@ -209,11 +211,12 @@ class App(Starlette):
         on_end: Callable[[StreamEnd], None] | None = None,
         **arguments: Unpack[NDJSONRouteArguments],
     ) -> Callable[[HandlerT], HandlerT]:
-        """Declare a newline-delimited JSON route, whose items are JSON-serialisable values;
-        the function has the shapes :meth:`sse` takes.
+        """Declare a newline-delimited JSON route, whose items are JSON-serialisable values
+        (Pydantic models and dataclasses included); the function has the shapes :meth:`sse`
+        takes.
 
         :param arguments: overrides of the App's stream options, and the stream's own
-            ``error_item``, ``shutdown_item`` and ``deadline_item`` (see
+            ``error_item``, ``shutdown_item``, ``deadline_item`` and ``json_encoder`` (see
             :class:`~streamkit.NDJSONResponse`).
 
         The other arguments are those of :meth:`sse`.

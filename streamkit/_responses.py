@@ -4,14 +4,17 @@ They differ from Starlette's ``StreamingResponse`` on purpose: the body is produ
 group tied to the connection (see ``_runtime``), so a client that leaves cancels the producer
 and its cleanup still completes; and a stream's end is reported with one :class:`EndReason`.
 Sync iterators are refused: a thread cannot be cancelled when the client leaves.
+
+Each class's ``__init__`` names ``status_code`` with its default: FastAPI reads it there to
+document a route declared with ``response_class=``.
 """
 
 from __future__ import annotations
 
 import inspect
-import json
+import logging
 from collections.abc import AsyncIterable, Callable, Mapping
-from typing import Any, ClassVar, Generic, TypedDict, TypeVar, Unpack
+from typing import Any, ClassVar, Generic, Self, TypedDict, TypeVar, Unpack
 
 from starlette.background import BackgroundTask
 from starlette.responses import Response
@@ -19,36 +22,50 @@ from starlette.types import Message, Receive, Scope, Send
 
 from ._checks import check_type
 from ._ends import EndReason, StreamEnd
+from ._json import JSONEncoder, check_json_encoder, encode_json
 from ._options import OptionArguments, StreamOptions
 from ._runtime import deliver
 from ._sender import Producer
-from ._sse import ServerSentEvent, encode_comment, encode_event
+from ._sse import ServerSentEvent, encode_comment, encode_event, event_from_item
 
 __all__ = [
     "DEFAULT_ERROR_EVENT",
     "DEFAULT_SHUTDOWN_EVENT",
     "EventSourceArguments",
     "EventSourceResponse",
+    "JSONEncoding",
     "NDJSONEndings",
     "NDJSONResponse",
+    "ResponseArguments",
     "SSEFarewells",
     "StreamArguments",
     "StreamResponse",
 ]
 
+logger = logging.getLogger("streamkit")
+
 ItemT = TypeVar("ItemT")
 
 
-class StreamArguments(OptionArguments, total=False):
-    """The keyword arguments every stream response takes (see :class:`StreamResponse`): the
-    stream options, and these."""
+class ResponseArguments(OptionArguments, total=False):
+    """The keyword arguments every stream response takes besides ``status_code``, which each
+    class's ``__init__`` names (see :class:`StreamResponse`): the stream options, and these."""
 
-    status_code: int
     headers: Mapping[str, str] | None
     media_type: str | None
     background: BackgroundTask | None
     idle_fallback: Callable[[Any], Any] | None
     on_end: Callable[[StreamEnd], None] | None
+
+
+class StreamArguments(ResponseArguments, total=False):
+    """The keyword arguments every stream response takes (see :class:`StreamResponse`)."""
+
+    status_code: int
+
+
+async def _no_content(send: object) -> None:
+    """Stands in for the content when a class's default arguments are checked."""
 
 
 class StreamResponse(Response, Generic[ItemT]):
@@ -87,12 +104,13 @@ class StreamResponse(Response, Generic[ItemT]):
         self,
         content: Producer[ItemT] | AsyncIterable[ItemT],
         *,
+        status_code: int = 200,
         heartbeat_chunk: bytes | None = None,
-        **arguments: Unpack[StreamArguments],
+        **arguments: Unpack[ResponseArguments],
     ) -> None:
         check_type("heartbeat_chunk", heartbeat_chunk, bytes, optional=True)
         self._heartbeat_chunk = heartbeat_chunk
-        self._setup(content, arguments)
+        self._setup(content, status_code, arguments)
         if self.options.heartbeat_interval is not None and not heartbeat_chunk:
             raise ValueError(
                 f"a bytes stream needs a non-empty heartbeat_chunk to send heartbeats "
@@ -100,7 +118,10 @@ class StreamResponse(Response, Generic[ItemT]):
             )
 
     def _setup(
-        self, content: Producer[ItemT] | AsyncIterable[ItemT], arguments: StreamArguments
+        self,
+        content: Producer[ItemT] | AsyncIterable[ItemT],
+        status_code: int,
+        arguments: ResponseArguments,
     ) -> None:
         unknown = sorted(set(arguments) - _ARGUMENT_NAMES)
         if unknown:
@@ -125,7 +146,7 @@ class StreamResponse(Response, Generic[ItemT]):
         given, _ = StreamOptions.split(dict(arguments))
         given.setdefault("heartbeat_interval", self.default_heartbeat_interval)
         self.options = StreamOptions(**given)
-        self.status_code = arguments.get("status_code", 200)
+        self.status_code = status_code
         media_type = arguments.get("media_type")
         if media_type is not None:
             self.media_type = media_type
@@ -136,6 +157,25 @@ class StreamResponse(Response, Generic[ItemT]):
     def _own_arguments(cls) -> frozenset[str]:
         """The keyword arguments this class takes besides :class:`StreamArguments`."""
         return frozenset({"heartbeat_chunk"})
+
+    @classmethod
+    def with_options(cls, **arguments: Any) -> type[Self]:
+        """A subclass whose instances take *arguments* as their defaults, for FastAPI's
+        ``response_class=`` (see ``streamkit.fastapi``)::
+
+            @app.get("/ticks", response_class=EventSourceResponse.with_options(max_duration=60))
+
+        :param arguments: any keyword arguments the class takes, but ``content``.
+        :raises TypeError: an argument is unknown or has the wrong type.
+        :raises ValueError: an argument is out of range.
+        """
+        cls(_no_content, **arguments)  # refuse a bad argument now, not at the first request
+        status = arguments.pop("status_code", 200)
+
+        def __init__(self: Any, content: Any, *, status_code: int = status, **more: Any) -> None:
+            cls.__init__(self, content, status_code=status_code, **(arguments | more))
+
+        return type(cls.__name__, (cls,), {"__init__": __init__, "__module__": cls.__module__})
 
     def default_headers(self) -> dict[str, str]:
         """Headers sent unless the caller gives its own."""
@@ -193,32 +233,53 @@ DEFAULT_SHUTDOWN_EVENT = ServerSentEvent(event="shutdown", data="", retry=1000)
 DEFAULT_ERROR_EVENT = ServerSentEvent(event="error", data="")
 
 
-class SSEFarewells(TypedDict, total=False):
-    """What an event stream sends besides its items (see :class:`EventSourceResponse`)."""
+class JSONEncoding(TypedDict, total=False):
+    """How the items that are not text are encoded (see :class:`EventSourceResponse` and
+    :class:`NDJSONResponse`)."""
+
+    json_encoder: JSONEncoder | None
+
+
+class SSEFarewells(JSONEncoding, total=False):
+    """What an event stream sends besides its items, and how it encodes them (see
+    :class:`EventSourceResponse`)."""
 
     heartbeat_comment: str
+    heartbeat_event: ServerSentEvent | Callable[[], ServerSentEvent] | None
     shutdown_event: ServerSentEvent | None
     deadline_event: ServerSentEvent | None
     error_event: ServerSentEvent | None
 
 
-class EventSourceArguments(StreamArguments, SSEFarewells, total=False):
-    """The keyword arguments :class:`EventSourceResponse` takes."""
+class EventSourceArguments(ResponseArguments, SSEFarewells, total=False):
+    """The keyword arguments :class:`EventSourceResponse` takes besides ``status_code``."""
 
 
-class EventSourceResponse(StreamResponse[ServerSentEvent | str]):
-    """A ``text/event-stream`` of :class:`~streamkit.ServerSentEvent` items (a ``str`` item is
-    sent as an event's data).
+class EventSourceResponse(StreamResponse[Any]):
+    """A ``text/event-stream`` of :class:`~streamkit.ServerSentEvent` items.
 
-    Heartbeats are on by default: a comment every 15 seconds with nothing else written.
+    Any other item is an event's data: a ``str`` is sent as it is, anything else as JSON (a
+    ``dict``, a list, a number, a Pydantic model, a dataclass). A ``dict`` whose keys are all
+    event fields and include ``data`` or ``event`` (sse-starlette's items) is that event.
+
+    Heartbeats are on by default: a comment every 15 seconds with nothing else written, which
+    keeps proxies from timing the stream out but which ``EventSource`` never shows to a page.
+    With ``heartbeat_event``, a heartbeat is an event a page can listen to instead.
 
     :param heartbeat_comment: the text of the heartbeat comment; ``"ping"`` by default.
+    :param heartbeat_event: send this event as the heartbeat instead of the comment, such as
+        ``ServerSentEvent(event="ping", data="")``; or a function returning the event, called
+        for each heartbeat (``lambda: ServerSentEvent(event="ping", data={"at": time.time()})``).
+        It is checked (and, if a function, called once) when the response is made.
     :param shutdown_event: sent when the server shuts down gracefully; carry a ``retry`` to
         tell the browser when to reconnect. ``None`` sends nothing. By default
         ``event: shutdown`` with ``retry: 1000``.
     :param deadline_event: sent when ``max_duration`` ends the stream; none by default.
     :param error_event: sent when the producer raises; by default ``event: error`` with empty
         data (the exception text is not sent).
+    :param json_encoder: encodes data that is not a ``str``: a function of one value returning
+        ``str`` or ``bytes``, such as ``orjson.dumps``. By default the standard library's
+        ``json``, which also takes Pydantic models and dataclasses.
 
     The other arguments are those of :class:`StreamResponse`.
     """
@@ -228,12 +289,18 @@ class EventSourceResponse(StreamResponse[ServerSentEvent | str]):
 
     def __init__(
         self,
-        content: Producer[ServerSentEvent | str] | AsyncIterable[ServerSentEvent | str],
+        content: Producer[Any] | AsyncIterable[Any],
+        *,
+        status_code: int = 200,
         **arguments: Unpack[EventSourceArguments],
     ) -> None:
+        self.json_encoder = check_json_encoder(arguments.pop("json_encoder", None))
         comment = arguments.pop("heartbeat_comment", "ping")
         check_type("heartbeat_comment", comment, str)
         self._heartbeat = encode_comment(comment)
+        self._heartbeat_event = arguments.pop("heartbeat_event", None)
+        if self._heartbeat_event is not None:
+            self._heartbeat = self._heartbeat_event_frame()  # a bad event is refused now
         self._closing = {
             EndReason.SHUTDOWN: arguments.pop("shutdown_event", DEFAULT_SHUTDOWN_EVENT),
             EndReason.DEADLINE: arguments.pop("deadline_event", None),
@@ -242,7 +309,17 @@ class EventSourceResponse(StreamResponse[ServerSentEvent | str]):
         for reason, event in self._closing.items():
             # Checked now: a wrong type would otherwise fail only when the stream ends so.
             check_type(f"{reason.value}_event", event, ServerSentEvent, optional=True)
-        self._setup(content, arguments)
+        self._setup(content, status_code, arguments)
+
+    def _heartbeat_event_frame(self) -> bytes:
+        given = self._heartbeat_event
+        event = given() if callable(given) else given
+        if not isinstance(event, ServerSentEvent):
+            raise TypeError(
+                "heartbeat_event must be a ServerSentEvent or a function returning one, "
+                f"got {type(event).__name__}: {event!r:.80}"
+            )
+        return encode_event(event, self.json_encoder)
 
     @classmethod
     def _own_arguments(cls) -> frozenset[str]:
@@ -252,39 +329,41 @@ class EventSourceResponse(StreamResponse[ServerSentEvent | str]):
         # x-accel-buffering: tell nginx-style proxies not to hold events back.
         return {"cache-control": "no-store", "x-accel-buffering": "no"}
 
-    def encode(self, item: ServerSentEvent | str) -> bytes:
-        """Encode one event.
+    def encode(self, item: Any) -> bytes:
+        """Encode one item as an event (see the class for how items are read).
 
-        :raises TypeError: the item is neither a :class:`~streamkit.ServerSentEvent` nor a
-            ``str``.
+        :raises TypeError: the item's data cannot be encoded as JSON, or a ``dict`` event's
+            field has the wrong type; the message names the value.
+        :raises ValueError: the item holds a value JSON cannot carry, or a ``dict`` event's
+            field is invalid.
         """
-        if isinstance(item, ServerSentEvent):
-            return encode_event(item)
-        if isinstance(item, str):
-            return encode_event(ServerSentEvent(data=item))
-        raise TypeError(
-            "an event stream takes ServerSentEvent or str items, "
-            f"got {type(item).__name__}: {item!r:.80}"
-        )
+        return encode_event(event_from_item(item), self.json_encoder)
 
     def heartbeat_frame(self) -> bytes | None:
+        if callable(self._heartbeat_event):
+            try:
+                return self._heartbeat_event_frame()
+            except Exception:
+                # A heartbeat is not worth ending a stream for: send the last good one.
+                logger.exception("heartbeat_event %r raised", self._heartbeat_event)
+                return self._heartbeat
         return self._heartbeat
 
     @staticmethod
-    def default_idle_fallback(last: ServerSentEvent | str | None) -> ServerSentEvent | None:
+    def default_idle_fallback(last: Any) -> ServerSentEvent | None:
         """A ``stale`` event carrying the last event's data (nothing before the first event)."""
         if last is None:
             return None
-        data = last if isinstance(last, str) else last.data
-        return ServerSentEvent(event="stale", data=data)
+        return ServerSentEvent(event="stale", data=event_from_item(last).data)
 
     def closing_frame(self, reason: EndReason) -> bytes | None:
         event = self._closing.get(reason)
-        return None if event is None else encode_event(event)
+        return None if event is None else encode_event(event, self.json_encoder)
 
 
-class NDJSONEndings(TypedDict, total=False):
-    """The last lines an NDJSON stream writes when it ends early (see :class:`NDJSONResponse`)."""
+class NDJSONEndings(JSONEncoding, total=False):
+    """The last lines an NDJSON stream writes when it ends early, and how it encodes its items
+    (see :class:`NDJSONResponse`)."""
 
     error_item: object
     shutdown_item: object
@@ -292,7 +371,8 @@ class NDJSONEndings(TypedDict, total=False):
 
 
 class NDJSONResponse(StreamResponse[Any]):
-    """Newline-delimited JSON: one JSON document a line, for any JSON-serialisable item.
+    """Newline-delimited JSON: one JSON document a line, for any JSON-serialisable item,
+    Pydantic models and dataclasses included.
 
     With ``heartbeat_interval`` set, a heartbeat is an empty line, which NDJSON readers skip.
 
@@ -300,6 +380,9 @@ class NDJSONResponse(StreamResponse[Any]):
         nothing.
     :param shutdown_item: written as the last line on a graceful shutdown.
     :param deadline_item: written as the last line when ``max_duration`` ends the stream.
+    :param json_encoder: encodes each item: a function of one value returning ``str`` or
+        ``bytes`` (without a line break), such as ``orjson.dumps``. By default the standard
+        library's ``json``, which also takes Pydantic models and dataclasses.
 
     The other arguments are those of :class:`StreamResponse`.
     """
@@ -310,17 +393,20 @@ class NDJSONResponse(StreamResponse[Any]):
         self,
         content: Producer[Any] | AsyncIterable[Any],
         *,
+        status_code: int = 200,
         error_item: object = None,
         shutdown_item: object = None,
         deadline_item: object = None,
-        **arguments: Unpack[StreamArguments],
+        json_encoder: JSONEncoder | None = None,
+        **arguments: Unpack[ResponseArguments],
     ) -> None:
+        self.json_encoder = check_json_encoder(json_encoder)
         self._closing = {
             EndReason.SHUTDOWN: shutdown_item,
             EndReason.DEADLINE: deadline_item,
             EndReason.ERROR: error_item,
         }
-        self._setup(content, arguments)
+        self._setup(content, status_code, arguments)
         for item in self._closing.values():
             if item is not None:
                 self.encode(item)  # refuse an unencodable closing item now, not at the end
@@ -336,13 +422,11 @@ class NDJSONResponse(StreamResponse[Any]):
         :raises ValueError: the item holds NaN or an infinity, which JSON cannot carry.
         """
         try:
-            line = json.dumps(item, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-        except TypeError as exc:
-            raise TypeError(f"NDJSON item is not JSON-serialisable: {item!r:.80} ({exc})") from None
-        except ValueError as exc:
-            raise ValueError(
-                f"NDJSON item cannot be encoded as JSON: {item!r:.80} ({exc})"
-            ) from None
+            line = encode_json(item, self.json_encoder)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"NDJSON item {exc}") from None
+        if "\n" in line or "\r" in line:
+            raise ValueError(f"NDJSON item encoded across several lines: {item!r:.80}")
         return (line + "\n").encode()
 
     def heartbeat_frame(self) -> bytes | None:

@@ -72,7 +72,8 @@ class StreamBody(Protocol[ItemT]):
         ...
 
     def heartbeat_frame(self) -> bytes | None:
-        """The bytes a heartbeat writes, or ``None`` for no heartbeats."""
+        """The bytes a heartbeat writes, or ``None`` for no heartbeats; asked for each
+        heartbeat written (once, when the stream starts, to know whether there are any)."""
         ...
 
     def idle_frame(self, last: ItemT | None) -> bytes | None:
@@ -503,11 +504,12 @@ class _Stream(Generic[ItemT]):
     async def _send_all(self) -> None:
         body = self.body
         await self._send_message(body.start_message())
-        heartbeat = body.heartbeat_frame() or b""
         # Write what the producer has queued meanwhile in one message: fewer, larger writes
         # when the producer is ahead, and no added latency when it is not.
         while frames := await self.buffer.take(_MAX_BATCH_BYTES):
             beats = frames.count(None)
+            # Asked per write, not once: a heartbeat may carry the time it was sent.
+            heartbeat = (body.heartbeat_frame() or b"") if beats else b""
             if beats < len(frames):
                 # Only items put the next heartbeat off: one timed from a heartbeat's own
                 # write would wake the watcher twice per beat.

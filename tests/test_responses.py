@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+import inspect
+import json
 import re
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
 from streamkit import (
     EventSourceResponse,
@@ -108,8 +112,9 @@ def test_items_are_encoded_or_refused_by_name() -> None:
     sse = EventSourceResponse(nothing())
     assert sse.encode("hi") == b"data: hi\n\n"
     assert sse.encode(ServerSentEvent(event="e", data="1")) == b"event: e\ndata: 1\n\n"
-    with pytest.raises(TypeError, match=r"got int: 5"):
-        sse.encode(5)  # type: ignore[arg-type]
+    assert sse.encode(5) == b"data: 5\n\n"
+    with pytest.raises(TypeError, match=r"SSE data is not JSON-serialisable: <object"):
+        sse.encode(object())
     ndjson = NDJSONResponse(nothing())
     assert ndjson.encode({"é": [1, None]}) == '{"é":[1,null]}\n'.encode()
     with pytest.raises(ValueError, match="nan"):
@@ -135,3 +140,122 @@ def test_sse_heartbeats_are_on_by_default_and_others_off() -> None:
     assert (
         EventSourceResponse(nothing(), heartbeat_interval=None).options.heartbeat_interval is None
     )
+
+
+class Row(BaseModel):
+    id: int
+    name: str
+
+
+@dataclass(frozen=True)
+class Total:
+    rows: list[Row]
+    cents: int
+
+
+def test_ndjson_encodes_models_and_dataclasses() -> None:
+    ndjson = NDJSONResponse(nothing())
+    assert ndjson.encode(Row(id=1, name="é")) == '{"id":1,"name":"é"}\n'.encode()
+    assert ndjson.encode(Total(rows=[Row(id=2, name="b")], cents=5)) == (
+        b'{"rows":[{"id":2,"name":"b"}],"cents":5}\n'
+    )
+
+
+def test_a_json_encoder_replaces_the_default_and_must_stay_on_one_line() -> None:
+    upper = NDJSONResponse(nothing(), json_encoder=lambda value: json.dumps(value).upper())
+    assert upper.encode({"a": "b"}) == b'{"A": "B"}\n'
+    indented = NDJSONResponse(nothing(), json_encoder=lambda value: json.dumps(value, indent=1))
+    with pytest.raises(ValueError, match=r"several lines: \{'a': 1\}"):
+        indented.encode({"a": 1})
+    sse = EventSourceResponse(nothing(), json_encoder=lambda value: b"[0]")
+    assert sse.encode({"a": 1}) == b"data: [0]\n\n"
+    with pytest.raises(TypeError, match="json_encoder must be a function"):
+        NDJSONResponse(nothing(), json_encoder="orjson")  # type: ignore[arg-type]
+
+
+def test_an_event_stream_reads_dict_items_and_sends_other_data_as_json() -> None:
+    sse = EventSourceResponse(nothing())
+    assert sse.encode({"event": "e", "data": {"n": 1}, "id": "3"}) == (
+        b'event: e\nid: 3\ndata: {"n":1}\n\n'
+    )
+    assert sse.encode(Row(id=1, name="x")) == b'data: {"id":1,"name":"x"}\n\n'
+    with pytest.raises(TypeError, match=r"SSE data is not JSON-serialisable: \{'n': <object"):
+        sse.encode({"n": object()})
+
+
+def test_a_heartbeat_event_replaces_the_comment() -> None:
+    fixed = EventSourceResponse(nothing(), heartbeat_event=ServerSentEvent(event="ping", data=""))
+    assert fixed.heartbeat_frame() == b"event: ping\ndata: \n\n"
+    beats = iter(range(10))
+    counted = EventSourceResponse(
+        nothing(), heartbeat_event=lambda: ServerSentEvent(event="ping", data={"n": next(beats)})
+    )
+    # Called once when the response is made (to check it), then once per heartbeat.
+    assert counted.heartbeat_frame() == b'event: ping\ndata: {"n":1}\n\n'
+    assert counted.heartbeat_frame() == b'event: ping\ndata: {"n":2}\n\n'
+    assert EventSourceResponse(nothing()).heartbeat_frame() == b": ping\n\n"
+
+
+def test_a_bad_heartbeat_event_is_refused_when_the_response_is_made() -> None:
+    with pytest.raises(TypeError, match=r"heartbeat_event must be a ServerSentEvent.*got str"):
+        EventSourceResponse(nothing(), heartbeat_event="ping")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="returning one, got dict"):
+        EventSourceResponse(nothing(), heartbeat_event=lambda: {"event": "ping"})  # type: ignore[arg-type, return-value]
+    with pytest.raises(TypeError, match=r"SSE data is not JSON-serialisable"):
+        EventSourceResponse(nothing(), heartbeat_event=ServerSentEvent(data={1j}))
+
+
+def test_a_heartbeat_function_that_fails_later_falls_back_to_the_last_good_frame(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    calls = 0
+
+    def ping() -> ServerSentEvent:
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            raise RuntimeError("clock broke")
+        return ServerSentEvent(event="ping", data="1")
+
+    sse = EventSourceResponse(nothing(), heartbeat_event=ping)
+    assert sse.heartbeat_frame() == b"event: ping\ndata: 1\n\n"
+    assert "heartbeat_event" in caplog.text
+
+
+@pytest.mark.parametrize("cls", [StreamResponse, EventSourceResponse, NDJSONResponse])
+def test_status_code_and_its_default_are_in_the_signature(cls: type[Any]) -> None:
+    # FastAPI reads the default there to document a route declared with response_class=.
+    parameter = inspect.signature(cls.__init__).parameters["status_code"]
+    assert parameter.default == 200
+    assert cls(nothing(), status_code=201).status_code == 201
+
+
+def test_with_options_makes_a_class_with_defaults_that_calls_override() -> None:
+    ends: list[StreamEnd] = []
+    quick = EventSourceResponse.with_options(
+        heartbeat_interval=2.0, send_timeout=3.0, on_end=ends.append, status_code=202
+    )
+    assert issubclass(quick, EventSourceResponse)
+    assert quick.__name__ == "EventSourceResponse"
+    assert inspect.signature(quick.__init__).parameters["status_code"].default == 202
+    response = quick(nothing())
+    assert (response.options.heartbeat_interval, response.options.send_timeout) == (2.0, 3.0)
+    assert (response.on_end, response.status_code) == (ends.append, 202)
+    assert quick(nothing(), send_timeout=1.0, status_code=200).options.send_timeout == 1.0
+    assert EventSourceResponse(nothing()).options.send_timeout == 10.0  # the base is unchanged
+
+
+def test_with_options_refuses_bad_options_at_once() -> None:
+    with pytest.raises(ValueError, match="send_timeout"):
+        NDJSONResponse.with_options(send_timeout=-1)
+    with pytest.raises(TypeError, match="heartbeat"):
+        EventSourceResponse.with_options(heartbeat="often")
+
+
+def test_with_options_of_a_configured_class_keeps_both_defaults() -> None:
+    quiet = EventSourceResponse.with_options(heartbeat_interval=None)
+    quieter = quiet.with_options(heartbeat_comment="hi", send_timeout=1.0)
+    response = quieter(nothing())
+    assert (response.options.heartbeat_interval, response.options.send_timeout) == (None, 1.0)
+    with pytest.raises(TypeError, match="got an unknown argument 'shutdown_evnt'"):
+        quiet.with_options(shutdown_evnt=None)

@@ -108,7 +108,7 @@ class Upstream(Resource):
         return Starlette(routes=[Route("/", proxy)])
 
     async def first(self, client: StreamClient) -> None:
-        assert (await client.read_event()).data.startswith("token 0 ")  # type: ignore[union-attr]
+        assert (await client.read_event()).data.startswith("token 0 ")
 
     def assert_held(self) -> None:
         assert self.upstream.streams.statistics().active == 1
