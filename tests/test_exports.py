@@ -13,6 +13,7 @@ PACKAGES = [
     "streamkit",
     "streamkit.broadcast",
     "streamkit.client",
+    "streamkit.fastapi",
     "streamkit.fallback",
     "streamkit.resources",
     "streamkit.testing",
@@ -86,3 +87,16 @@ def test_the_client_without_httpx_is_an_import_error_naming_its_extra() -> None:
         check=True,
         timeout=60,
     )
+
+
+def test_the_fastapi_wing_without_fastapi_is_an_import_error_naming_its_extra() -> None:
+    blocked = "import sys; sys.modules['fastapi'] = None; "
+    result = subprocess.run(
+        [sys.executable, "-c", blocked + "import streamkit.fastapi"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "ImportError: streamkit.fastapi needs FastAPI" in result.stderr
+    assert "pip install 'streamkit[fastapi]'" in result.stderr

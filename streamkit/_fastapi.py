@@ -1,0 +1,132 @@
+"""FastAPI path operations that stream with streamkit (the implementation of
+:mod:`streamkit.fastapi`, which says what it is for). Needs FastAPI."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from fastapi.dependencies.utils import get_stream_item_type
+from fastapi.routing import APIRoute
+from fastapi.utils import create_model_field
+from starlette.responses import Response
+
+from ._responses import EventSourceResponse, NDJSONResponse, StreamResponse
+from ._sse import ServerSentEvent
+
+__all__ = ["StreamingRoute"]
+
+
+def _signature(endpoint: Callable[..., Any]) -> inspect.Signature:
+    try:
+        return inspect.signature(endpoint, eval_str=True)
+    except NameError:  # an annotation imported under TYPE_CHECKING: FastAPI copes likewise
+        return inspect.signature(endpoint)
+
+
+def _stream_class(response_class: object) -> type[StreamResponse[Any]] | None:
+    value = getattr(response_class, "value", response_class)  # FastAPI's Default(...) holder
+    if isinstance(value, type) and issubclass(value, StreamResponse):
+        return value
+    return None
+
+
+def _responding(
+    endpoint: Callable[..., Any], response_class: type[StreamResponse[Any]]
+) -> Callable[..., Any]:
+    """An async function taking *endpoint*'s parameters that returns its generator as a
+    *response_class* response, for FastAPI to send as it is."""
+
+    async def respond(*args: Any, **kwargs: Any) -> Response:
+        return response_class(endpoint(*args, **kwargs))
+
+    # No __wrapped__: FastAPI would follow it back to a generator function. The annotations
+    # are evaluated here, where the endpoint's module is known.
+    signature = _signature(endpoint)
+    respond.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        return_annotation=response_class
+    )
+    for name in ("__module__", "__name__", "__qualname__", "__doc__"):
+        setattr(respond, name, getattr(endpoint, name, None))
+    return respond
+
+
+class StreamingRoute(APIRoute):
+    """A FastAPI route class for async generator path operations whose ``response_class`` is
+    a streamkit response: the generator is the stream's content, run, ended and cleaned up by
+    streamkit as for a returned response. Set it as ``app.router.route_class`` or
+    ``APIRouter(route_class=StreamingRoute)``; other routes are FastAPI's as usual.
+
+    A path operation annotated as returning a streamkit response (``-> EventSourceResponse``)
+    is documented with its media type without ``response_class=``.
+
+    The stream's options are the response class's: ``response_class=EventSourceResponse``, or
+    ``EventSourceResponse.with_options(heartbeat_interval=5.0, on_end=...)`` for others.
+
+    In the OpenAPI document, the route's items are described where the generator's return
+    annotation names them (``AsyncIterator[Tick]``): an event stream as ``fastapi.sse``
+    describes its own (each event's ``data`` holds the item as JSON), an NDJSON stream with
+    the item's schema as ``itemSchema``. A generator of
+    :class:`~streamkit.ServerSentEvent` is described as events of any data.
+
+    :raises TypeError: the path operation is a plain (sync) generator function with a
+        streamkit ``response_class``: a thread cannot be cancelled when the client leaves.
+    """
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        response_class = _stream_class(kwargs.get("response_class"))
+        if response_class is None and not inspect.isasyncgenfunction(endpoint):
+            # A path operation annotated as returning a stream response is documented as one.
+            returned = _stream_class(_signature(endpoint).return_annotation)
+            if returned is not None and not isinstance(kwargs.get("response_class"), type):
+                kwargs["response_class"] = returned
+        item_type = None
+        if response_class is not None and inspect.isgeneratorfunction(endpoint):
+            raise TypeError(
+                f"path operation {endpoint.__qualname__} at {path!r} is a sync generator; "
+                f"a {response_class.__name__} needs an async generator (async def ... yield)"
+            )
+        streaming = response_class is not None and inspect.isasyncgenfunction(endpoint)
+        if streaming:
+            assert response_class is not None
+            item_type = get_stream_item_type(_signature(endpoint).return_annotation)
+            endpoint = _responding(endpoint, response_class)
+        super().__init__(path, endpoint, **kwargs)
+        if not streaming:
+            return
+        assert response_class is not None
+        documented = item_type not in (None, Any, ServerSentEvent, str)
+        if documented:
+            # Registered as the stream's item, so FastAPI puts its models in the components.
+            self.stream_item_type = item_type
+            self.stream_item_field = create_model_field(
+                name="StreamItem_" + self.unique_id, type_=item_type, mode="serialization"
+            )
+        if issubclass(response_class, EventSourceResponse):
+            # FastAPI's own description of an event stream, with the items' schema if known.
+            self.is_sse_stream = True
+        elif issubclass(response_class, NDJSONResponse) and documented:
+            self._document_ndjson(item_type)
+
+    def _document_ndjson(self, item_type: Any) -> None:
+        from pydantic import TypeAdapter  # FastAPI depends on it
+
+        schema = TypeAdapter(item_type).json_schema(
+            mode="serialization", ref_template="#/components/schemas/{model}"
+        )
+        schema.pop("$defs", None)  # FastAPI puts them in the components, from stream_item_field
+        status = str(self.status_code or 200)
+        media_type = NDJSONResponse.media_type
+        extra = {"responses": {status: {"content": {media_type: {"itemSchema": schema}}}}}
+        self.openapi_extra = _merged(self.openapi_extra or {}, extra)
+
+
+def _merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merged(merged[key], value)
+        else:
+            merged[key] = value
+    return merged

@@ -1,0 +1,130 @@
+"""FastAPI's own OpenAPI output for each way of declaring a streamkit endpoint."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from fastapi import APIRouter, FastAPI
+from pydantic import BaseModel
+
+from streamkit import EventSourceResponse, NDJSONResponse, ServerSentEvent
+from streamkit.fastapi import StreamingRoute
+
+
+class Tick(BaseModel):
+    n: int
+
+
+def responses(document: dict[str, Any], path: str) -> dict[str, Any]:
+    json.dumps(document)  # what /openapi.json serves
+    operation: dict[str, Any] = document["paths"][path]["get"]
+    return operation["responses"]  # type: ignore[no-any-return]
+
+
+def test_a_response_class_without_the_route_class_documents_its_media_type() -> None:
+    # FastAPI used to answer /openapi.json with a 500 here (it found no status_code default).
+    app = FastAPI()
+
+    @app.get("/events", response_class=EventSourceResponse)
+    async def events() -> AsyncIterator[Tick]:
+        yield Tick(n=1)
+
+    @app.get("/rows", response_class=NDJSONResponse.with_options(send_timeout=2.0))
+    async def rows() -> NDJSONResponse:
+        return NDJSONResponse(iter_ticks())
+
+    document = app.openapi()
+    assert responses(document, "/events")["200"]["content"] == {
+        "text/event-stream": {"schema": {"type": "string"}}
+    }
+    assert list(responses(document, "/rows")["200"]["content"]) == ["application/x-ndjson"]
+
+
+async def iter_ticks() -> AsyncIterator[Tick]:
+    yield Tick(n=0)
+
+
+def streaming_app() -> FastAPI:
+    app = FastAPI()
+    app.router.route_class = StreamingRoute
+
+    @app.get("/ticks", response_class=EventSourceResponse)
+    async def ticks(start: int = 0) -> AsyncIterator[Tick]:
+        yield Tick(n=start)
+
+    @app.get("/events", response_class=EventSourceResponse)
+    async def events() -> AsyncIterator[ServerSentEvent]:
+        yield ServerSentEvent(data="x")
+
+    @app.get("/returned")
+    async def returned() -> EventSourceResponse:
+        return EventSourceResponse(iter_ticks())
+
+    router = APIRouter(route_class=StreamingRoute)
+
+    @router.get("/rows", response_class=NDJSONResponse, status_code=203)
+    async def rows() -> AsyncIterator[list[Tick]]:
+        yield [Tick(n=1)]
+
+    app.include_router(router, prefix="/export")
+    return app
+
+
+def test_the_route_class_documents_an_event_stream_as_fastapi_does() -> None:
+    document = streaming_app().openapi()
+    content = responses(document, "/ticks")["200"]["content"]
+    item = content["text/event-stream"]["itemSchema"]
+    assert item["required"] == ["data"]
+    assert item["properties"]["data"] == {
+        "type": "string",
+        "contentMediaType": "application/json",
+        "contentSchema": {"$ref": "#/components/schemas/Tick"},
+    }
+    assert set(item["properties"]) == {"data", "event", "id", "retry"}
+    assert document["components"]["schemas"]["Tick"]["properties"]["n"]["type"] == "integer"
+    # The query parameter is still FastAPI's.
+    (parameter,) = document["paths"]["/ticks"]["get"]["parameters"]
+    assert (parameter["name"], parameter["in"]) == ("start", "query")
+
+
+def test_events_of_any_data_and_returned_responses_have_no_item_schema() -> None:
+    document = streaming_app().openapi()
+    events = responses(document, "/events")["200"]["content"]["text/event-stream"]
+    assert "contentSchema" not in events["itemSchema"]["properties"]["data"]
+    returned = responses(document, "/returned")["200"]["content"]
+    assert list(returned) == ["text/event-stream"]
+
+
+def test_the_route_class_documents_ndjson_items_on_an_included_router() -> None:
+    document = streaming_app().openapi()
+    content = responses(document, "/export/rows")["203"]["content"]["application/x-ndjson"]
+    assert content["itemSchema"] == {
+        "type": "array",
+        "items": {"$ref": "#/components/schemas/Tick"},
+    }
+
+
+def test_the_route_class_refuses_a_sync_generator() -> None:
+    app = FastAPI()
+    app.router.route_class = StreamingRoute
+
+    def numbers() -> Iterator[int]:
+        yield 1
+
+    with pytest.raises(TypeError, match=r"numbers at '/n' is a sync generator"):
+        app.get("/n", response_class=NDJSONResponse)(numbers)
+
+
+def test_other_routes_are_fastapis() -> None:
+    app = FastAPI()
+    app.router.route_class = StreamingRoute
+
+    @app.get("/plain")
+    async def plain() -> Tick:
+        return Tick(n=1)
+
+    content = responses(app.openapi(), "/plain")["200"]["content"]
+    assert content == {"application/json": {"schema": {"$ref": "#/components/schemas/Tick"}}}
