@@ -1,25 +1,31 @@
-"""FastAPI with streamkit's responses: a token stream over SSE, and rows as NDJSON.
+"""FastAPI with streamkit's responses: a token stream over SSE, rows as NDJSON, and prices
+yielded by an async generator path operation, with ping events a page can see.
 
 Run it (FastAPI is not a streamkit dependency: ``pip install fastapi`` first), then
-``curl -N 'http://127.0.0.1:8000/completions?prompt=hi'`` or ``curl -N .../orders``::
+``curl -N 'http://127.0.0.1:8000/completions?prompt=hi'``, ``curl -N .../orders`` or
+``curl -N .../prices``; ``/docs`` shows each stream's media type, and the price items' schema::
 
     python examples/fastapi_app.py
 
 FastAPI sends a returned ``Response`` as it is, so an endpoint returns streamkit's responses
 directly. The upstream behind ``/completions`` is entered through the stream's sender: when
-the client leaves, it is closed at once, shielded, and counted in ``UPSTREAM``.
+the client leaves, it is closed at once, shielded, and counted in ``UPSTREAM``. ``/prices``
+is FastAPI's generator style: ``StreamingRoute`` makes the generator the stream's content.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing, asynccontextmanager
 from typing import Any
 
 import anyio
 from fastapi import FastAPI
+from pydantic import BaseModel
 
 from streamkit import EventSourceResponse, NDJSONResponse, ServerSentEvent, StreamSender, run
+from streamkit.fastapi import StreamingRoute
 
 #: What the fake upstream was asked for: calls still open, and calls closed early.
 UPSTREAM = {"open": 0, "aborted": 0}
@@ -49,6 +55,20 @@ async def open_completion(prompt: str) -> AsyncIterator[AsyncIterator[str]]:
 
 
 app = FastAPI(title="streamkit with FastAPI")
+app.router.route_class = StreamingRoute  # for /prices; the other routes are FastAPI's as usual
+
+
+class Price(BaseModel):
+    symbol: str
+    cents: int
+
+
+#: Price events, with a ping event every 2 s of quiet that a page's EventSource can listen to.
+PriceEvents = EventSourceResponse.with_options(
+    heartbeat_interval=2.0,
+    heartbeat_event=lambda: ServerSentEvent(event="ping", data={"at": round(time.time(), 3)}),
+    send_timeout=10.0,
+)
 
 
 @app.get("/completions")
@@ -70,6 +90,13 @@ async def orders(count: int = 20) -> NDJSONResponse:
             yield {"id": number, "total_cents": 1000 + 7 * number}
 
     return NDJSONResponse(rows(), send_timeout=5.0)
+
+
+@app.get("/prices", response_class=PriceEvents)
+async def prices(symbol: str = "ACME", count: int = 5) -> AsyncIterator[Price]:
+    for n in range(count):
+        yield Price(symbol=symbol, cents=1000 + n)  # sent as data: {"symbol":...,"cents":...}
+        await anyio.sleep(0.5 if n < count - 1 else 3.0)  # the last pause shows a ping
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """FastAPI path operations that stream with streamkit (the implementation of
-:mod:`streamkit.fastapi`, which says what it is for). Needs FastAPI."""
+``streamkit.fastapi``, which says what it is for). Needs FastAPI."""
 
 from __future__ import annotations
 

@@ -58,6 +58,26 @@ async def test_fastapi_app_streams_tokens_and_rows(anyio_backend: str) -> None:
     assert example.UPSTREAM == {"open": 0, "aborted": 1}
 
 
+async def test_fastapi_app_yields_prices_documents_them_and_pings(anyio_backend: str) -> None:
+    example = load_example("fastapi_app")
+    async with open_server(example.app) as server:
+        async with open_stream(server, "/prices?symbol=XY&count=2") as client:
+            with anyio.fail_after(10):
+                events = [await client.read_event() for _ in range(3)]
+            await client.close()
+        await server.wait_ended(EndReason.CLIENT_DISCONNECTED, within=DISCONNECT_BOUND)
+        async with open_stream(server, "/openapi.json") as client:
+            document = json.loads(await client.read_all())
+    assert [json.loads(event.data) for event in events[:2]] == [
+        {"symbol": "XY", "cents": 1000},
+        {"symbol": "XY", "cents": 1001},
+    ]
+    assert events[2].event == "ping"
+    content = document["paths"]["/prices"]["get"]["responses"]["200"]["content"]
+    data = content["text/event-stream"]["itemSchema"]["properties"]["data"]
+    assert data["contentSchema"] == {"$ref": "#/components/schemas/Price"}
+
+
 @pytest.mark.parametrize("anyio_backend", ["trio"])
 async def test_trio_service_streams_readings_and_drains_on_shutdown(anyio_backend: str) -> None:
     # The example is trio-native (trio's nursery, channels and sleep): it runs on trio only.
