@@ -161,6 +161,10 @@ def test_response_arguments_are_checked_at_declaration() -> None:
         app.ndjson("/rows", shutdown_item=object())
     with pytest.raises(TypeError, match=r"route '/tokens': on_end must be a plain function"):
         app.sse("/tokens", on_end=async_on_end)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"route '/pings': heartbeat_event must be a"):
+        app.sse("/pings", heartbeat_event="ping")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"route '/json': json_encoder must be a function"):
+        app.ndjson("/json", json_encoder="orjson")  # type: ignore[arg-type]
 
 
 # -- metrics without prometheus-client --------------------------------------------------------
