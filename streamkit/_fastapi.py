@@ -4,18 +4,25 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any, get_args, get_origin
 
+from fastapi import FastAPI
 from fastapi.dependencies.utils import get_stream_item_type
 from fastapi.routing import APIRoute
 from fastapi.utils import create_model_field
 from starlette.responses import Response
+from starlette.routing import Route, compile_path
 
 from ._responses import EventSourceResponse, NDJSONResponse, StreamResponse
+from ._routes import StreamEndpoint
+from ._sender import StreamSender
 from ._sse import ServerSentEvent
 
-__all__ = ["StreamingRoute"]
+if TYPE_CHECKING:
+    from ._app import App
+
+__all__ = ["StreamingRoute", "mount_app"]
 
 
 def _signature(endpoint: Callable[..., Any]) -> inspect.Signature:
@@ -130,3 +137,85 @@ def _merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
         else:
             merged[key] = value
     return merged
+
+
+#: What a path parameter's Starlette convertor says its type is; others are strings.
+_CONVERTOR_TYPES = {"IntegerConvertor": int, "FloatConvertor": float}
+
+
+def _item_type(endpoint: StreamEndpoint) -> Any:
+    """The item type an App route's handler names: ``AsyncIterator[Item]`` returned by a
+    generator, or ``send: StreamSender[Item]`` taken by a producer; ``Any`` if neither."""
+    parameters = list(_signature(endpoint.handler).parameters.values())
+    if endpoint.generator:
+        annotation = _signature(endpoint.handler).return_annotation
+        return get_stream_item_type(annotation) or Any
+    annotation = parameters[1].annotation if len(parameters) > 1 else None
+    if get_origin(annotation) is StreamSender and get_args(annotation):
+        return get_args(annotation)[0]
+    return Any
+
+
+def _documenting(path: str, item_type: Any) -> Callable[..., Any]:
+    """A generator function with *path*'s parameters, yielding *item_type*, that stands for an
+    App route in FastAPI's OpenAPI document; it is never called."""
+
+    async def documented(**params: Any) -> AsyncIterator[Any]:  # pragma: no cover
+        raise AssertionError("served by the mounted App")
+        yield
+
+    convertors = compile_path(path)[2]
+    parameters = [
+        inspect.Parameter(
+            name,
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=_CONVERTOR_TYPES.get(type(convertor).__name__, str),
+        )
+        for name, convertor in convertors.items()
+    ]
+    documented.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        parameters, return_annotation=AsyncIterator[item_type]
+    )
+    return documented
+
+
+def mount_app(api: FastAPI, path: str, app: App, *, name: str | None = None) -> None:
+    """Mount a :class:`~streamkit.App` in *api* at *path*, and describe its stream routes in
+    *api*'s OpenAPI document, which FastAPI leaves mounted applications out of.
+
+    Each stream route is described as :class:`StreamingRoute` describes a path operation,
+    with the item type its handler names: the ``AsyncIterator[Item]`` a generator returns, or
+    the ``StreamSender[Item]`` a producer takes. The description is a route placed after the
+    mount, which the mount always matches first: the App serves every request.
+
+    FastAPI must still run the App's lifespan: ``FastAPI(lifespan=app.lifespan)``.
+
+    :param api: the FastAPI application.
+    :param path: where to mount the App, such as ``/streams``.
+    :param app: the App.
+    :param name: the mount's name, for ``url_path_for``.
+    """
+    api.mount(path, app, name=name)
+    prefix = path.rstrip("/")
+    for route in app.router.routes:
+        endpoint = getattr(route, "endpoint", None)
+        if not (isinstance(route, Route) and isinstance(endpoint, StreamEndpoint)):
+            continue
+        full_path = prefix + route.path
+        response_class = endpoint.response_class
+        media_type = endpoint.arguments.get("media_type")
+        if media_type and media_type != response_class.media_type:
+            # Described with the route's own media type (a bytes route's).
+            response_class = type(
+                response_class.__name__, (response_class,), {"media_type": media_type}
+            )
+        for method in sorted(endpoint.route.methods):  # one each: FastAPI's operation ids
+            api.router.routes.append(
+                StreamingRoute(
+                    full_path,
+                    _documenting(full_path, _item_type(endpoint)),
+                    response_class=response_class,
+                    methods=[method],
+                    name=endpoint.route.name,
+                )
+            )

@@ -11,6 +11,9 @@ path operation is an async generator and ``response_class`` says how its items a
     async def ticks(start: int = 0) -> AsyncIterator[Tick]:
         ...
 
+:func:`mount_app` mounts a :class:`~streamkit.App` and describes its stream routes in the
+OpenAPI document, which FastAPI leaves mounted applications out of.
+
 Without :class:`StreamingRoute`, FastAPI hands the response class a generator of its own that
 iterates the path operation's: when the client leaves while the path operation waits at a
 ``yield``, closing FastAPI's generator does not close the path operation's, whose ``finally``
@@ -27,5 +30,6 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess witho
     ) from exc
 
 from ._fastapi import StreamingRoute as StreamingRoute
+from ._fastapi import mount_app as mount_app
 
-__all__ = ("StreamingRoute",)
+__all__ = ("StreamingRoute", "mount_app")

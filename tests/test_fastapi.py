@@ -9,9 +9,12 @@ from typing import Any
 import pytest
 from fastapi import APIRouter, FastAPI
 from pydantic import BaseModel
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Mount
 
-from streamkit import EventSourceResponse, NDJSONResponse, ServerSentEvent
-from streamkit.fastapi import StreamingRoute
+from streamkit import App, EventSourceResponse, NDJSONResponse, ServerSentEvent, StreamSender
+from streamkit.fastapi import StreamingRoute, mount_app
 
 
 class Tick(BaseModel):
@@ -128,3 +131,42 @@ def test_other_routes_are_fastapis() -> None:
 
     content = responses(app.openapi(), "/plain")["200"]["content"]
     assert content == {"application/json": {"schema": {"$ref": "#/components/schemas/Tick"}}}
+
+
+def test_mount_app_describes_the_apps_stream_routes() -> None:
+    streams = App()
+
+    @streams.sse("/ticks/{symbol}/{count:int}")
+    async def ticks(request: Request) -> AsyncIterator[Tick]:
+        yield Tick(n=1)
+
+    @streams.ndjson("/rows", methods=("GET", "POST"))
+    async def rows(request: Request, send: StreamSender[Tick]) -> None:
+        await send(Tick(n=1))
+
+    @streams.stream("/raw", media_type="text/csv")
+    async def raw(request: Request) -> AsyncIterator[str]:
+        yield "a,b\n"
+
+    @streams.get("/plain")
+    async def plain(request: Request) -> Response:
+        return Response("")
+
+    api = FastAPI(lifespan=streams.lifespan)
+    mount_app(api, "/streams/", streams)
+    document = api.openapi()
+    paths = document["paths"]
+    assert set(paths) == {"/streams/ticks/{symbol}/{count}", "/streams/rows", "/streams/raw"}
+    tick = paths["/streams/ticks/{symbol}/{count}"]["get"]
+    item = tick["responses"]["200"]["content"]["text/event-stream"]["itemSchema"]
+    assert item["properties"]["data"]["contentSchema"] == {"$ref": "#/components/schemas/Tick"}
+    assert {(p["name"], p["in"], p["schema"]["type"]) for p in tick["parameters"]} == {
+        ("symbol", "path", "string"),
+        ("count", "path", "integer"),
+    }
+    assert set(paths["/streams/rows"]) == {"get", "post"}
+    rows_content = paths["/streams/rows"]["post"]["responses"]["200"]["content"]
+    assert rows_content["application/x-ndjson"]["itemSchema"]["title"] == "Tick"
+    assert list(paths["/streams/raw"]["get"]["responses"]["200"]["content"]) == ["text/csv"]
+    # The mount comes first: the App serves its routes.
+    assert isinstance(api.router.routes[-5], Mount)

@@ -30,7 +30,7 @@ from streamkit import (
     StreamSender,
     shielded_cleanup,
 )
-from streamkit.fastapi import StreamingRoute
+from streamkit.fastapi import StreamingRoute, mount_app
 from streamkit.testing import open_server, open_stream
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
@@ -73,7 +73,7 @@ def fastapi_app(probe: Probe) -> FastAPI:
 
     app = FastAPI(lifespan=streams.lifespan)
     app.router.route_class = StreamingRoute
-    app.mount("/app", streams)
+    mount_app(app, "/app", streams)
 
     @app.get("/ticks", response_class=EventSourceResponse.with_options(send_timeout=5.0))
     async def ticks(start: int = 0, count: int = 3) -> AsyncIterator[Tick]:
@@ -199,6 +199,11 @@ async def test_each_declaration_style_streams_and_is_documented(anyio_backend: s
     }
     row_content = paths["/rows"]["get"]["responses"]["200"]["content"]["application/x-ndjson"]
     assert row_content["itemSchema"]["properties"]["tags"]["type"] == "array"
+    mixed_content = paths["/app/mixed"]["get"]["responses"]["200"]["content"]
+    assert (
+        "contentSchema"
+        not in mixed_content["text/event-stream"]["itemSchema"]["properties"]["data"]
+    )
     for path in ("/returned", "/plain/ticks"):
         assert list(paths[path]["get"]["responses"]["200"]["content"]) == ["text/event-stream"]
 
