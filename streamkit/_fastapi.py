@@ -71,11 +71,11 @@ class StreamingRoute(APIRoute):
     The stream's options are the response class's: ``response_class=EventSourceResponse``, or
     ``EventSourceResponse.with_options(heartbeat_interval=5.0, on_end=...)`` for others.
 
-    In the OpenAPI document, the route's items are described where the generator's return
-    annotation names them (``AsyncIterator[Tick]``): an event stream as ``fastapi.sse``
-    describes its own (each event's ``data`` holds the item as JSON), an NDJSON stream with
-    the item's schema as ``itemSchema``. A generator of
-    :class:`~streamkit.ServerSentEvent` is described as events of any data.
+    In the OpenAPI document, the route's items are described as ``itemSchema`` where the
+    generator's return annotation names them (``AsyncIterator[Tick]``): for an event stream,
+    an event whose ``data`` holds the item as JSON (as ``fastapi.sse`` describes its own),
+    for NDJSON the item itself. A generator of :class:`~streamkit.ServerSentEvent` is
+    described as events of any data.
 
     :raises TypeError: the path operation is a plain (sync) generator function with a
         streamkit ``response_class``: a thread cannot be cancelled when the client leaves.
@@ -105,28 +105,57 @@ class StreamingRoute(APIRoute):
         assert response_class is not None
         documented = item_type not in (None, Any, ServerSentEvent, str)
         if documented:
-            # Registered as the stream's item, so FastAPI puts its models in the components.
+            # Registered as the stream's item (an included router's copy of the route keeps
+            # it too), so FastAPI puts the models it names in the components.
             self.stream_item_type = item_type
             self.stream_item_field = create_model_field(
                 name="StreamItem_" + self.unique_id, type_=item_type, mode="serialization"
             )
+        self._document(response_class, item_type if documented else None)
+
+    def _document(self, response_class: type[StreamResponse[Any]], item_type: Any) -> None:
+        # Through openapi_extra, which FastAPI carries to an included router's copy of the
+        # route (its is_sse_stream, it computes again, from a path operation that is no longer
+        # a generator).
         if issubclass(response_class, EventSourceResponse):
-            # FastAPI's own description of an event stream, with the items' schema if known.
-            self.is_sse_stream = True
-        elif issubclass(response_class, NDJSONResponse) and documented:
-            self._document_ndjson(item_type)
-
-    def _document_ndjson(self, item_type: Any) -> None:
-        from pydantic import TypeAdapter  # FastAPI depends on it
-
-        schema = TypeAdapter(item_type).json_schema(
-            mode="serialization", ref_template="#/components/schemas/{model}"
-        )
-        schema.pop("$defs", None)  # FastAPI puts them in the components, from stream_item_field
+            schema = _event_schema(None if item_type is None else _item_schema(item_type))
+        elif issubclass(response_class, NDJSONResponse) and item_type is not None:
+            schema = _item_schema(item_type)
+        else:
+            return
         status = str(self.status_code or 200)
-        media_type = NDJSONResponse.media_type
-        extra = {"responses": {status: {"content": {media_type: {"itemSchema": schema}}}}}
+        content = {response_class.media_type: {"itemSchema": schema}}
+        extra = {"responses": {status: {"content": content}}}
         self.openapi_extra = _merged(self.openapi_extra or {}, extra)
+
+
+def _item_schema(item_type: Any) -> dict[str, Any]:
+    """The JSON schema of *item_type*, its models referred to in the components (where
+    FastAPI puts them, named as Pydantic names them)."""
+    from pydantic import TypeAdapter  # FastAPI depends on it
+
+    # As a list's items, so that a model is a reference too, as FastAPI writes its own.
+    schema = TypeAdapter(list[item_type]).json_schema(
+        mode="serialization", ref_template="#/components/schemas/{model}"
+    )
+    items: dict[str, Any] = schema["items"]  # the $defs: FastAPI's, from stream_item_field
+    return items
+
+
+def _event_schema(data_schema: dict[str, Any] | None) -> dict[str, Any]:
+    """One event of an event stream; its ``data`` holds JSON of *data_schema*, if given."""
+    data: dict[str, Any] = {"type": "string"}
+    schema: dict[str, Any] = {"type": "object"}
+    if data_schema is not None:
+        data |= {"contentMediaType": "application/json", "contentSchema": data_schema}
+        schema["required"] = ["data"]
+    schema["properties"] = {
+        "data": data,
+        "event": {"type": "string"},
+        "id": {"type": "string"},
+        "retry": {"type": "integer", "minimum": 0},
+    }
+    return schema
 
 
 def _merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

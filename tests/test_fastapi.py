@@ -72,6 +72,10 @@ def streaming_app() -> FastAPI:
     async def rows() -> AsyncIterator[list[Tick]]:
         yield [Tick(n=1)]
 
+    @router.post("/events", response_class=EventSourceResponse.with_options(send_timeout=1.0))
+    async def posted_events(tick: Tick) -> AsyncIterator[Tick]:
+        yield tick
+
     app.include_router(router, prefix="/export")
     return app
 
@@ -108,6 +112,16 @@ def test_the_route_class_documents_ndjson_items_on_an_included_router() -> None:
         "type": "array",
         "items": {"$ref": "#/components/schemas/Tick"},
     }
+
+
+def test_the_route_class_documents_an_event_stream_over_post_on_an_included_router() -> None:
+    operation = streaming_app().openapi()["paths"]["/export/events"]["post"]
+    content = operation["responses"]["200"]["content"]["text/event-stream"]
+    assert content["itemSchema"]["properties"]["data"]["contentSchema"] == {
+        "$ref": "#/components/schemas/Tick"
+    }
+    body = operation["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/Tick"}
 
 
 def test_the_route_class_refuses_a_sync_generator() -> None:
@@ -166,7 +180,9 @@ def test_mount_app_describes_the_apps_stream_routes() -> None:
     }
     assert set(paths["/streams/rows"]) == {"get", "post"}
     rows_content = paths["/streams/rows"]["post"]["responses"]["200"]["content"]
-    assert rows_content["application/x-ndjson"]["itemSchema"]["title"] == "Tick"
+    assert rows_content["application/x-ndjson"]["itemSchema"] == {
+        "$ref": "#/components/schemas/Tick"
+    }
     assert list(paths["/streams/raw"]["get"]["responses"]["200"]["content"]) == ["text/csv"]
     # The mount comes first: the App serves its routes.
     assert isinstance(api.router.routes[-5], Mount)

@@ -198,7 +198,8 @@ async def test_each_declaration_style_streams_and_is_documented(anyio_backend: s
         "$ref": "#/components/schemas/Tick"
     }
     row_content = paths["/rows"]["get"]["responses"]["200"]["content"]["application/x-ndjson"]
-    assert row_content["itemSchema"]["properties"]["tags"]["type"] == "array"
+    assert row_content["itemSchema"] == {"$ref": "#/components/schemas/Row"}
+    assert document["components"]["schemas"]["Row"]["properties"]["tags"]["type"] == "array"
     mixed_content = paths["/app/mixed"]["get"]["responses"]["200"]["content"]
     assert (
         "contentSchema"
