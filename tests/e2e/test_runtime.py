@@ -447,14 +447,23 @@ async def test_a_disconnect_is_seen_while_timers_keep_waking_the_watcher(how: st
     assert probe.ends == [end]
 
 
-async def test_heartbeat_writes_count_for_the_send_timeout() -> None:
-    """A stalled client and a silent producer: only heartbeats are written, and they stall."""
+@pytest.mark.parametrize("beat", ["comment", "event"])
+async def test_heartbeat_writes_count_for_the_send_timeout(beat: str) -> None:
+    """A stalled client and a silent producer: only heartbeats are written, and they stall,
+    be they comments or events a page can see."""
 
     async def silent(send: StreamSender[ServerSentEvent | str]) -> None:
         await anyio.sleep_forever()
 
     async def route(request: Request) -> Response:
         big = "h" * 65536  # fills the socket buffers in a few beats
+        if beat == "event":
+            return EventSourceResponse(
+                silent,
+                heartbeat_interval=0.01,
+                heartbeat_event=lambda: ServerSentEvent(event="ping", data={"pad": big}),
+                send_timeout=0.3,
+            )
         return EventSourceResponse(
             silent, heartbeat_interval=0.01, heartbeat_comment=big, send_timeout=0.3
         )
