@@ -259,12 +259,7 @@ async def test_a_quiet_stream_sends_ping_events(anyio_backend: str) -> None:
 
 @pytest.fixture
 def chromium() -> str:
-    path = browser.find_chromium()
-    if path is None:
-        pytest.skip(
-            f"{browser.why_missing()}; run `python tests/services.py` as root to install it"
-        )
-    return path
+    return browser.require_chromium()
 
 
 async def test_a_page_sees_the_ping_events_of_a_quiet_stream(
