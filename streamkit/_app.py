@@ -42,6 +42,7 @@ from ._responses import (
     StreamResponse,
 )
 from ._routes import StreamRouteInfo, declare_stream_route
+from ._shutdown import arm_shutdown_watch
 
 __all__ = ["App"]
 
@@ -375,6 +376,7 @@ class App(Starlette):
         """
         if self._running is not None:
             raise LifespanError(f"the lifespan of {self!r} is already running")
+        arm_shutdown_watch()
         # A child of the registry current here: under streamkit.serve, the server's, so
         # the server's drain reaches these streams too.
         running = LifespanScope(

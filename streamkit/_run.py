@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 from ._app import App
 from ._checks import check_count, check_duration
 from ._exceptions import ServeError
+from ._logs import configure_run_logging
 from ._serve import ServerAddress, bind_socket, serve
 from ._tls import TLSConfig, apply_tls, check_tls
 
@@ -44,7 +45,6 @@ BACKENDS = ("asyncio", "trio")
 #: Past twice the grace period (the server's drain, then the App's lifespan shutdown) and
 #: this many seconds, a worker that is still running is killed.
 KILL_MARGIN = 5.0
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def import_app(target: str) -> ASGIApp:
@@ -102,8 +102,9 @@ def run(
         an :class:`~streamkit.App`'s own, else 15. An App's lifespan shutdown (its tasks'
         cleanup) follows, bounded by the App's grace period.
     :param stalled_connection_timeout: see :func:`streamkit.serve`.
-    :param log_level: the level of the logging set up if the program has none yet;
-        ``None`` leaves logging alone.
+    :param log_level: if the program has set up no logging yet, the level of streamkit's and
+        hypercorn's loggers, whose lines go to stderr; other loggers stay at the root's
+        default, WARNING. ``None`` leaves logging alone.
     :param tls: serve HTTPS, HTTP/2 offered by ALPN: see :func:`streamkit.serve`.
     :raises ValueError: an argument is out of range, or several workers were asked for
         with an application object.
@@ -121,7 +122,7 @@ def run(
     check_duration("stalled_connection_timeout", stalled_connection_timeout, optional=True)
     check_tls(tls)
     if log_level is not None:
-        logging.basicConfig(level=log_level, format=LOG_FORMAT)
+        configure_run_logging(log_level)
     # Several workers import it too; importing it here first reports a bad name at once.
     application = import_app(app) if isinstance(app, str) else app
     if grace_period is None:
@@ -258,7 +259,7 @@ def _worker(
     # A terminal's Ctrl-C reaches the whole process group: the supervisor alone acts on it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if log_level is not None:
-        logging.basicConfig(level=log_level, format=LOG_FORMAT)
+        configure_run_logging(log_level)
     app = import_app(target)
     anyio.run(
         partial(_serve_socket, app, sock, grace_period=grace_period, tls=tls), backend=backend

@@ -25,16 +25,19 @@ from typing import Generic, Protocol, TypeVar
 
 import anyio
 import anyio.lowlevel
+import anyio.to_thread
 from anyio.abc import TaskGroup
 from starlette.datastructures import Headers
 from starlette.types import Message, Receive, Scope, Send
 
 from ._buffer import FrameBuffer
+from ._connections import abort_connection
 from ._ends import EndReason, StreamEnd
 from ._faults import report_fault
 from ._options import StreamOptions
 from ._registry import ActiveStream, StreamRegistry, current_registry
 from ._sender import Producer, StreamSender, shielded_cleanup
+from ._shutdown import arm_shutdown_watch
 from ._sse import last_event_id
 
 __all__ = ["StreamBody", "deliver"]
@@ -99,6 +102,7 @@ class _Stream(Generic[ItemT]):
 
     # Slots: one per open stream, so its size counts (a dict would add about 1.3 KiB).
     __slots__ = (
+        "_abort_target",
         "_cleanup_duration",
         "_completing",
         "_decided_at",
@@ -143,6 +147,11 @@ class _Stream(Generic[ItemT]):
         self._head_only = scope.get("method") == "HEAD"
         client = scope.get("client")
         self.client = (client[0], client[1]) if client else None
+        server = scope.get("server")
+        # A connection whose write is given up is aborted (see _connections).
+        self._abort_target: tuple[tuple[str, int], tuple[str, int]] | None = None
+        if server and self.client:
+            self._abort_target = (server[0], server[1]), self.client
         self.last_event_id = last_event_id(Headers(scope=scope))
         self._receive = receive
         self._send = send
@@ -257,6 +266,7 @@ class _Stream(Generic[ItemT]):
     # -- the whole stream ---------------------------------------------------------------------
 
     async def deliver(self) -> None:
+        arm_shutdown_watch()
         self._registry = registry = current_registry()
         registry.add(self)
         if registry.draining:
@@ -389,6 +399,10 @@ class _Stream(Generic[ItemT]):
                 )
                 break
             if self._on_timers():
+                if self._abort_target is not None:
+                    # Shielded: the stream's end, reported meanwhile, cancels this task.
+                    with anyio.CancelScope(shield=True):
+                        await anyio.to_thread.run_sync(abort_connection, *self._abort_target)
                 break
         await self._bound_the_producer()
 

@@ -33,7 +33,9 @@ from ._backends import hypercorn_serve
 from ._checks import check_duration
 from ._exceptions import ServeError
 from ._hypercorn_h2 import bound_h2_streams
+from ._logs import show_stream_ends
 from ._registry import StreamRegistry, registry, using_registry
+from ._shutdown import served_by_streamkit
 from ._tls import TLSConfig, apply_tls, check_tls
 
 __all__ = ["ServerAddress", "graceful_shutdown_trigger", "serve"]
@@ -113,8 +115,12 @@ class _RegisteringApp:
         self.streams = streams
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        with using_registry(self.streams):
-            await self.app(scope, receive, send)
+        token = served_by_streamkit.set(True)
+        try:
+            with using_registry(self.streams):
+                await self.app(scope, receive, send)
+        finally:
+            served_by_streamkit.reset(token)
 
 
 def _parse_bind(bind: str) -> tuple[str, int]:
@@ -196,6 +202,7 @@ async def serve(
         apply_tls(tls, config)
     bound_h2_streams(config)
     streams = StreamRegistry(parent=registry) if streams is None else streams
+    show_stream_ends()
     trigger = shutdown_trigger or _signalled
 
     # A producer's KeyboardInterrupt or SystemExit: the server stops gracefully, then raises it.

@@ -1,0 +1,151 @@
+"""Joining the graceful shutdown of a server that streamkit does not run: uvicorn (on its own,
+or as gunicorn's worker) and the hypercorn command.
+
+Those servers tell the application nothing when their shutdown begins: they stop accepting,
+then wait for open responses to finish (uvicorn, without limit) or cut them after a grace
+period (hypercorn). uvicorn runs the lifespan shutdown only after its connections closed, so an
+App's own drain comes too late. A stream would never send its farewell. So streamkit watches for
+the moment the server's shutdown begins, and drains every stream in the process then:
+
+- uvicorn installs its SIGTERM and SIGINT handlers when it starts serving, before the lifespan
+  and the first request. When an App's lifespan starts, or a stream starts, streamkit wraps the
+  handler it finds: the wrapper wakes the drain, then calls the server's handler, which goes on
+  as before. Only a handler a server installed is wrapped: the default disposition and Python's
+  KeyboardInterrupt are left alone, since no graceful shutdown would follow them.
+- hypercorn's worker processes receive no signal: the parent process sets a multiprocessing
+  event, which each worker polls every 100 ms. A thread in the worker waits on that event. This
+  reads hypercorn's private hand-over (the worker's ``shutdown_event`` argument); where it is
+  not found, nothing is watched, and the tests of each server say so.
+
+The drain itself runs on the event loop that served the stream, called from a daemon thread
+that the wrapped handlers wake through a pipe (writing to a pipe is safe in a signal handler;
+touching the event loop there is not). Under :func:`streamkit.serve`, which drains its own
+streams, nothing is armed.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import multiprocessing
+import os
+import signal
+import threading
+from types import FrameType
+from typing import Any
+
+import anyio
+import anyio.from_thread
+import anyio.lowlevel
+
+from ._logs import show_stream_ends
+from ._registry import registry
+
+__all__ = ["arm_shutdown_watch", "served_by_streamkit"]
+
+#: Set while a request runs under :func:`streamkit.serve`, which drains on its own.
+served_by_streamkit: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "streamkit_served", default=False
+)
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class _Chained:
+    """A signal handler that wakes the drain, then runs the handler it replaced."""
+
+    def __init__(self, watch: _ShutdownWatch, previous: Any) -> None:
+        self.watch = watch
+        self.previous = previous
+
+    def __call__(self, signum: int, frame: FrameType | None) -> Any:
+        self.watch.wake()
+        return self.previous(signum, frame)
+
+
+class _ShutdownWatch:
+    """The process's watch: the pipe, the thread that drains, the loop to drain on."""
+
+    def __init__(self) -> None:
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_write, False)
+        self._token: anyio.lowlevel.EventLoopToken | None = None
+        self._pid = os.getpid()
+        self._hypercorn_watched = False
+        threading.Thread(target=self._drain_on_wake, name="streamkit-shutdown", daemon=True).start()
+
+    def wake(self) -> None:
+        try:
+            os.write(self._wake_write, b"\0")
+        except BlockingIOError:
+            pass  # a wake-up is pending already
+
+    def arm(self) -> None:
+        token = anyio.lowlevel.current_token()
+        if self._token is None or self._token.native_token is not token.native_token:
+            self._token = token
+        for number in _SIGNALS:
+            handler = signal.getsignal(number)
+            if (
+                callable(handler)
+                and not isinstance(handler, _Chained)
+                and handler is not signal.default_int_handler
+            ):
+                signal.signal(number, _Chained(self, handler))
+        if not self._hypercorn_watched:
+            self._hypercorn_watched = True
+            event = _hypercorn_shutdown_event()
+            if event is not None:
+                waiter = threading.Thread(
+                    target=self._wake_when_set, args=(event,), name="streamkit-hypercorn"
+                )
+                waiter.daemon = True
+                waiter.start()
+
+    def _wake_when_set(self, event: Any) -> None:
+        event.wait()
+        self.wake()
+
+    def _drain_on_wake(self) -> None:
+        while os.read(self._wake_read, 1):
+            token = self._token
+            if token is None:
+                continue
+            try:
+                anyio.from_thread.run_sync(registry.drain, token=token)
+            except (RuntimeError, anyio.RunFinishedError):
+                pass  # that event loop has finished: nothing of it is left to drain
+
+
+def _hypercorn_shutdown_event() -> Any:
+    """The event by which hypercorn's parent process tells this worker to shut down, if this
+    process is one of its workers."""
+    process = multiprocessing.current_process()
+    target = getattr(process, "_target", None)
+    if not getattr(target, "__module__", "").startswith("hypercorn."):
+        return None
+    kwargs = getattr(process, "_kwargs", None)
+    event = kwargs.get("shutdown_event") if isinstance(kwargs, dict) else None
+    return event if callable(getattr(event, "wait", None)) else None
+
+
+_watch: _ShutdownWatch | None = None
+_watch_lock = threading.Lock()
+
+
+def arm_shutdown_watch() -> None:
+    """Join the shutdown of the server running this code, unless it is :func:`streamkit.serve`.
+
+    Called as an App's lifespan starts and as each stream starts, on the event loop; cheap once
+    armed. Outside the main thread (a server run in a thread) signals cannot be watched.
+    """
+    global _watch
+    if served_by_streamkit.get() or threading.current_thread() is not threading.main_thread():
+        return
+    watch = _watch
+    if watch is None or watch._pid != os.getpid():
+        with _watch_lock:
+            if _watch is None or _watch._pid != os.getpid():
+                _watch = _ShutdownWatch()
+                show_stream_ends()
+            watch = _watch
+    watch.arm()

@@ -1,0 +1,393 @@
+"""The behaviour table under the servers people deploy on, each run as a real process that
+receives a real SIGTERM: uvicorn (asyncio loop and uvloop), gunicorn with uvicorn's worker
+class (two workers), the hypercorn command (``-k asyncio`` and ``-k trio``) and
+``streamkit run`` (both backends). The client runs on the server's own backend.
+
+One process per server serves a plain Starlette app returning streamkit's responses through
+the disconnect, heartbeat, stall and deadline cases and then its shutdown; a second serves a
+:class:`streamkit.App` and is shut down with one client reading and one that stopped reading.
+The service prints each stream's end, and whether its cleanup had completed, on stdout.
+
+The bounds are the guarantees (farewell within 100 ms of the signal) or generous multiples of
+the measured figures (docs/deploying.md has them), for a loaded 2-core machine.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import pytest
+from anyio.abc import ByteReceiveStream, Process
+from anyio.streams.text import TextReceiveStream
+
+from streamkit import ServerSentEvent
+from streamkit.testing import StreamClient, open_stream
+
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
+
+#: The servers' own grace periods (uvicorn's is unbounded unless set: it is left unset, as
+#: most deployments leave it, and streamkit bounds the stalled case itself).
+GRACE = 5
+#: A send_timeout short enough for the suite; the stalled cases are bounded by it.
+SEND_TIMEOUT = 1.0
+#: The guarantee: every open stream has its farewell this soon after SIGTERM.
+FAREWELL_BOUND = 0.1
+#: From SIGTERM to the process gone, with only reading clients (measured: 0.1-0.4 s).
+EXIT_BOUND = 2.0
+#: Starting means importing Python, the server and the service: slow on a loaded machine.
+START_BOUND = 30.0
+
+SERVICE = """
+import time
+from contextlib import asynccontextmanager
+
+import anyio
+from starlette.applications import Starlette
+from starlette.routing import Route
+
+import streamkit
+from streamkit import EventSourceResponse, ServerSentEvent
+
+cleaned = set()
+
+
+def on_end(end):
+    name = end.path.rsplit("/", 1)[1]
+    print(f"end {name} {end.reason.value} cleanup={name in cleaned}", flush=True)
+
+
+def producer(request):
+    name = request.path_params["name"]
+    size = int(request.query_params.get("size", "8"))
+    period = float(request.query_params.get("period", "0.02"))
+
+    async def produce(send):
+        async def cleanup():
+            await anyio.sleep(0.01)  # an awaited cleanup: shielded, and it completes
+            cleaned.add(name)
+
+        send.push_async_callback(cleanup)
+        sent_at = time.monotonic()
+
+        async def watch():
+            while time.monotonic() - sent_at < 0.3:
+                await anyio.sleep(0.05)
+            print(f"stuck {name}", flush=True)  # the buffer stayed full: the writes are stuck
+
+        if period == 0:  # one event, then quiet: only heartbeats
+            await send(ServerSentEvent(data="x" * size, id="0"))
+            await anyio.sleep_forever()
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(watch)
+            n = 0
+            while True:
+                await send(ServerSentEvent(data="x" * size, id=str(n)))
+                sent_at = time.monotonic()
+                n += 1
+                await anyio.sleep(period)
+
+    return produce
+
+
+async def events(request):
+    options = {
+        name: float(request.query_params[name])
+        for name in ("heartbeat_interval", "send_timeout", "max_duration")
+        if name in request.query_params
+    }
+    return EventSourceResponse(producer(request), on_end=on_end, **options)
+
+
+plain = Starlette(routes=[Route("/events/{name}", events)])
+
+
+@asynccontextmanager
+async def lifespan(app):
+    print("lifespan started", flush=True)
+    yield
+    print("lifespan ended", flush=True)
+
+
+app = streamkit.App(send_timeout=SEND_TIMEOUT, lifespan=lifespan)
+
+
+@app.sse("/events/{name}", on_end=on_end)
+async def app_events(request, send):
+    await producer(request)(send)
+""".replace("SEND_TIMEOUT", repr(SEND_TIMEOUT))
+
+
+@dataclass(frozen=True)
+class Server:
+    """How to start one server, and how it ends on SIGTERM."""
+
+    name: str
+    backend: str
+    modules: tuple[str, ...]
+    #: The process's exit status after SIGTERM: uvicorn re-raises the signal once it is done.
+    exit_status: int = 0
+
+    def command(self, target: str) -> list[str]:
+        python = [sys.executable, "-m"]
+        if self.name.startswith("uvicorn"):
+            loop = "uvloop" if self.name.endswith("uvloop") else "asyncio"
+            return [
+                *python,
+                "uvicorn",
+                target,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--loop",
+                loop,
+            ]
+        if self.name == "gunicorn":
+            return [
+                *python,
+                "gunicorn",
+                "-k",
+                "uvicorn_worker.UvicornWorker",
+                "-w",
+                "2",
+                "-b",
+                "127.0.0.1:0",
+                "--graceful-timeout",
+                str(GRACE),
+                "--no-control-socket",
+                target,
+            ]
+        if self.name.startswith("hypercorn"):
+            grace = ["--graceful-timeout", str(GRACE)]
+            return [*python, "hypercorn", "-k", self.backend, "-b", "127.0.0.1:0", *grace, target]
+        bind = ["--bind", "127.0.0.1:0", "--grace-period", str(GRACE)]
+        return [*python, "streamkit", "run", target, "--backend", self.backend, *bind]
+
+
+SERVERS = [
+    Server("uvicorn", "asyncio", ("uvicorn",), exit_status=-signal.SIGTERM),
+    Server("uvicorn-uvloop", "asyncio", ("uvicorn", "uvloop"), exit_status=-signal.SIGTERM),
+    Server("gunicorn", "asyncio", ("gunicorn", "uvicorn_worker")),
+    Server("hypercorn-asyncio", "asyncio", ("hypercorn",)),
+    Server("hypercorn-trio", "trio", ("hypercorn",)),
+    Server("streamkit-asyncio", "asyncio", ()),
+    Server("streamkit-trio", "trio", ()),
+]
+
+LISTENING = re.compile(r"(?:[Rr]unning on|Listening at:|serving on) http://127\.0\.0\.1:(\d+)")
+
+
+@pytest.fixture(params=SERVERS, ids=[server.name for server in SERVERS])
+def server(request: pytest.FixtureRequest) -> Server:
+    chosen: Server = request.param
+    for module in chosen.modules:
+        if importlib.util.find_spec(module) is None:
+            message = f"{module} is not installed: pip install -e '.[test]'"
+            if os.environ.get("CI"):
+                pytest.fail(message)
+            pytest.skip(message)
+    return chosen
+
+
+@pytest.fixture
+def anyio_backend(server: Server) -> str:
+    return server.backend
+
+
+async def lines(stream: ByteReceiveStream) -> AsyncIterator[str]:
+    pending = ""
+    async for chunk in TextReceiveStream(stream):
+        *complete, pending = (pending + chunk).split("\n")
+        for line in complete:
+            yield line
+
+
+class Running:
+    """A server process, what it printed, and when."""
+
+    def __init__(self, process: Process) -> None:
+        self.process = process
+        self.host = "127.0.0.1"
+        self.port = 0
+        self.listening = anyio.Event()
+        self.stdout: list[tuple[float, str]] = []
+        self.stderr: list[str] = []
+        self._changed = anyio.Event()
+
+    async def read_stdout(self) -> None:
+        assert self.process.stdout is not None
+        async for line in lines(self.process.stdout):
+            self.stdout.append((anyio.current_time(), line))
+            self._changed.set()
+            self._changed = anyio.Event()
+
+    async def read_stderr(self) -> None:
+        assert self.process.stderr is not None
+        async for line in lines(self.process.stderr):
+            self.stderr.append(line)
+            found = LISTENING.search(line)
+            if found and not self.listening.is_set():
+                self.port = int(found[1])
+                self.listening.set()
+
+    async def wait_line(self, prefix: str, *, within: float = 5.0) -> float:
+        """When the first line starting with *prefix* was printed."""
+        with anyio.fail_after(within):
+            while True:
+                for at, line in self.stdout:
+                    if line.startswith(prefix):
+                        return at
+                await self._changed.wait()
+
+    def printed(self, prefix: str) -> list[str]:
+        return [line for _, line in self.stdout if line.startswith(prefix)]
+
+    def signal_and_time(self) -> float:
+        self.process.send_signal(signal.SIGTERM)
+        return anyio.current_time()
+
+    async def wait_exit(self, *, within: float) -> float:
+        with anyio.fail_after(within):
+            await self.process.wait()
+        return anyio.current_time()
+
+
+@asynccontextmanager
+async def running(server: Server, tmp_path: Path, target: str) -> AsyncIterator[Running]:
+    (tmp_path / "service.py").write_text(SERVICE)
+    environment = os.environ | {"PYTHONUNBUFFERED": "1"}
+    process = await anyio.open_process(
+        server.command(target),
+        cwd=tmp_path,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    service = Running(process)
+    try:
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(service.read_stdout)
+            task_group.start_soon(service.read_stderr)
+            with anyio.fail_after(START_BOUND):
+                await service.listening.wait()
+            yield service
+            with anyio.fail_after(GRACE + 10):
+                await process.wait()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            with anyio.CancelScope(shield=True):
+                await process.wait()
+        await process.aclose()
+
+
+async def farewell_after(client: StreamClient, signalled_at: float) -> float:
+    """Read to the end of the body; the seconds from the signal to the farewell."""
+    with anyio.fail_after(GRACE):
+        while True:
+            event = await client.read_event()
+            if event.event == "shutdown":
+                arrived = anyio.current_time()
+                break
+        rest = [event async for event in client.events()]
+    assert event == ServerSentEvent(event="shutdown", data="", retry=1000)
+    assert rest == []
+    assert client.complete
+    return arrived - signalled_at
+
+
+async def test_the_behaviour_table_then_shutdown(
+    server: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with running(server, tmp_path, "service:plain") as service:
+        for leave in ("close", "reset"):
+            async with open_stream(service, f"/events/{leave}") as client:
+                await client.read_event()
+                await (client.close() if leave == "close" else client.reset())
+                left_at = anyio.current_time()
+            ended_at = await service.wait_line(f"end {leave} ")
+            assert service.printed(f"end {leave} ") == [
+                f"end {leave} client_disconnected cleanup=True"
+            ]
+            assert ended_at - left_at < 1.0  # measured: a few ms, plus the pipe
+
+        async with open_stream(service, "/events/beat?period=0&heartbeat_interval=0.2") as client:
+            await client.read_event()
+            started = anyio.current_time()
+            with anyio.fail_after(2):
+                chunk = await client.receive_chunk()
+            assert chunk == b": ping\n\n"
+            assert 0.15 < anyio.current_time() - started < 1.0
+
+        stalled = f"/events/stalled?size=65536&period=0.005&send_timeout={SEND_TIMEOUT}"
+        async with open_stream(service, stalled, receive_buffer=4096) as client:
+            client.stall()
+            stuck_at = await service.wait_line("stuck stalled")
+            ended_at = await service.wait_line("end stalled ", within=SEND_TIMEOUT + 5)
+        assert service.printed("end stalled ") == ["end stalled send_timeout cleanup=True"]
+        assert ended_at - stuck_at < SEND_TIMEOUT + 1.0
+
+        async with open_stream(service, "/events/deadline?max_duration=0.3") as client:
+            started = anyio.current_time()
+            with anyio.fail_after(3):
+                await client.read_all()
+            assert client.complete
+            assert 0.25 < anyio.current_time() - started < 1.5
+        await service.wait_line("end deadline ")
+        assert service.printed("end deadline ") == ["end deadline deadline cleanup=True"]
+
+        async with open_stream(service, "/events/bye") as client:
+            await client.read_event()
+            signalled_at = service.signal_and_time()
+            farewell = await farewell_after(client, signalled_at)
+        exited_at = await service.wait_exit(within=GRACE + 5)
+    assert service.printed("end bye ") == ["end bye shutdown cleanup=True"]
+    assert service.process.returncode == server.exit_status, "\n".join(service.stderr)
+    # The stalled connection was let go once its write was given up.
+    assert any("aborted: the client stopped reading" in line for line in service.stderr)
+    # What the README promises: the server logs each stream's end.
+    assert any("stream /events/close ended: client_disconnected" in line for line in service.stderr)
+    exit_time = exited_at - signalled_at
+    with capsys.disabled():
+        print(f"\n{server.name}: farewell {farewell * 1000:.0f} ms, exit {exit_time:.2f} s")
+    assert farewell < FAREWELL_BOUND
+    assert exit_time < EXIT_BOUND
+
+
+async def test_shutdown_of_an_app_with_a_client_that_stopped_reading(
+    server: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with running(server, tmp_path, "service:app") as service:
+        stalled = "/events/stalled?size=65536&period=0.005"
+        async with (
+            open_stream(service, "/events/reading") as reading,
+            open_stream(service, stalled, receive_buffer=4096) as stalling,
+        ):
+            stalling.stall()
+            await reading.read_event()
+            await service.wait_line("stuck stalled")
+            signalled_at = service.signal_and_time()
+            farewell = await farewell_after(reading, signalled_at)
+            exited_at = await service.wait_exit(within=GRACE + 5)
+    assert service.printed("end reading ") == ["end reading shutdown cleanup=True"]
+    assert service.printed("end stalled ") == ["end stalled shutdown cleanup=True"]
+    # The App's lifespan shutdown ran, in every worker that started one.
+    assert len(service.printed("lifespan ended")) == len(service.printed("lifespan started"))
+    assert service.process.returncode == server.exit_status, "\n".join(service.stderr)
+    exit_time = exited_at - signalled_at
+    with capsys.disabled():
+        print(f"\n{server.name}: stalled client, farewell {farewell * 1000:.0f} ms,", end=" ")
+        print(f"exit {exit_time:.2f} s")
+    assert farewell < FAREWELL_BOUND
+    # The stalled write is given up at send_timeout; then its connection is let go.
+    assert exit_time < SEND_TIMEOUT + EXIT_BOUND
