@@ -42,7 +42,7 @@ from ._responses import (
     StreamResponse,
 )
 from ._routes import StreamRouteInfo, declare_stream_route
-from ._shutdown import arm_shutdown_watch
+from ._server_shutdown import arm_shutdown_watch
 
 __all__ = ["App"]
 

@@ -37,7 +37,7 @@ from ._faults import report_fault
 from ._options import StreamOptions
 from ._registry import ActiveStream, StreamRegistry, current_registry
 from ._sender import Producer, StreamSender, shielded_cleanup
-from ._shutdown import arm_shutdown_watch
+from ._server_shutdown import arm_shutdown_watch
 from ._sse import last_event_id
 
 __all__ = ["StreamBody", "deliver"]

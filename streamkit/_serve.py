@@ -35,7 +35,7 @@ from ._exceptions import ServeError
 from ._hypercorn_h2 import bound_h2_streams
 from ._logs import show_stream_ends
 from ._registry import StreamRegistry, registry, using_registry
-from ._shutdown import served_by_streamkit
+from ._server_shutdown import served_by_streamkit
 from ._tls import TLSConfig, apply_tls, check_tls
 
 __all__ = ["ServerAddress", "graceful_shutdown_trigger", "serve"]

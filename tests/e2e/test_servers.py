@@ -263,11 +263,11 @@ class Running:
 
 
 @asynccontextmanager
-async def running(server: Server, tmp_path: Path, target: str) -> AsyncIterator[Running]:
+async def running(command: list[str], tmp_path: Path) -> AsyncIterator[Running]:
     (tmp_path / "service.py").write_text(SERVICE)
     environment = os.environ | {"PYTHONUNBUFFERED": "1"}
     process = await anyio.open_process(
-        server.command(target),
+        command,
         cwd=tmp_path,
         env=environment,
         stdout=subprocess.PIPE,
@@ -309,7 +309,7 @@ async def farewell_after(client: StreamClient, signalled_at: float) -> float:
 async def test_the_behaviour_table_then_shutdown(
     server: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    async with running(server, tmp_path, "service:plain") as service:
+    async with running(server.command("service:plain"), tmp_path) as service:
         for leave in ("close", "reset"):
             async with open_stream(service, f"/events/{leave}") as client:
                 await client.read_event()
@@ -367,7 +367,7 @@ async def test_the_behaviour_table_then_shutdown(
 async def test_shutdown_of_an_app_with_a_client_that_stopped_reading(
     server: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    async with running(server, tmp_path, "service:app") as service:
+    async with running(server.command("service:app"), tmp_path) as service:
         stalled = "/events/stalled?size=65536&period=0.005"
         async with (
             open_stream(service, "/events/reading") as reading,
@@ -391,3 +391,56 @@ async def test_shutdown_of_an_app_with_a_client_that_stopped_reading(
     assert farewell < FAREWELL_BOUND
     # The stalled write is given up at send_timeout; then its connection is let go.
     assert exit_time < SEND_TIMEOUT + EXIT_BOUND
+
+
+#: The README's quickstart, on a free port, and a route whose library logs at INFO.
+QUICKSTART = """
+import logging
+import sys
+
+import anyio
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+from service import plain
+from streamkit import serve
+
+
+async def chatty(request):
+    logging.getLogger("httpx").info("a library's request line")
+    return PlainTextResponse("ok")
+
+
+plain.router.routes.append(Route("/chatty", chatty))
+app = plain
+
+if __name__ == "__main__":
+    anyio.run(lambda: serve(app, bind="127.0.0.1:0"), backend=sys.argv[1])
+"""
+
+
+@pytest.mark.parametrize(
+    "how", ["anyio.run(serve, app)", "streamkit run"], ids=["serve", "streamkit-run"]
+)
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+async def test_each_stream_end_is_logged_and_other_libraries_keep_their_levels(
+    tmp_path: Path, anyio_backend: str, how: str
+) -> None:
+    (tmp_path / "quickstart.py").write_text(QUICKSTART)
+    if how == "streamkit run":
+        command = [sys.executable, "-m", "streamkit", "run", "quickstart:app", "--bind"]
+        command += ["127.0.0.1:0", "--backend", anyio_backend]
+    else:
+        command = [sys.executable, "quickstart.py", anyio_backend]
+    async with running(command, tmp_path) as service:
+        async with open_stream(service, "/chatty") as client:
+            assert await client.read_all() == b"ok"
+        async with open_stream(service, "/events/left") as client:
+            await client.read_event()
+            await client.close()
+        await service.wait_line("end left ")
+        service.process.send_signal(signal.SIGTERM)
+        await service.wait_exit(within=GRACE + 5)
+    logged = "\n".join(service.stderr)
+    assert "stream /events/left ended: client_disconnected" in logged
+    assert "a library's request line" not in logged

@@ -10,8 +10,9 @@ the moment the server's shutdown begins, and drains every stream in the process 
 - uvicorn installs its SIGTERM and SIGINT handlers when it starts serving, before the lifespan
   and the first request. When an App's lifespan starts, or a stream starts, streamkit wraps the
   handler it finds: the wrapper wakes the drain, then calls the server's handler, which goes on
-  as before. Only a handler a server installed is wrapped: the default disposition and Python's
-  KeyboardInterrupt are left alone, since no graceful shutdown would follow them.
+  as before. Only a handler a server installed is wrapped: the default disposition, Python's
+  KeyboardInterrupt and the event loop's own Ctrl-C handling are left alone, since no graceful
+  shutdown would follow them.
 - hypercorn's worker processes receive no signal: the parent process sets a multiprocessing
   event, which each worker polls every 100 ms. A thread in the worker waits on that event. This
   reads hypercorn's private hand-over (the worker's ``shutdown_event`` argument); where it is
@@ -85,11 +86,7 @@ class _ShutdownWatch:
             self._token = token
         for number in _SIGNALS:
             handler = signal.getsignal(number)
-            if (
-                callable(handler)
-                and not isinstance(handler, _Chained)
-                and handler is not signal.default_int_handler
-            ):
+            if _installed_by_a_server(number, handler):
                 signal.signal(number, _Chained(self, handler))
         if not self._hypercorn_watched:
             self._hypercorn_watched = True
@@ -114,6 +111,20 @@ class _ShutdownWatch:
                 anyio.from_thread.run_sync(registry.drain, token=token)
             except (RuntimeError, anyio.RunFinishedError):
                 pass  # that event loop has finished: nothing of it is left to drain
+
+
+def _installed_by_a_server(number: int, handler: Any) -> bool:
+    if not callable(handler) or isinstance(handler, _Chained):
+        return False  # the default disposition, ignored, or wrapped already
+    if number == signal.SIGINT:
+        # Python's KeyboardInterrupt, or the event loop's own Ctrl-C handling (asyncio's
+        # runner, trio's): no server shutdown follows, and those restore the previous handler
+        # only while theirs is still installed.
+        module = getattr(handler, "__module__", None) or ""
+        return handler is not signal.default_int_handler and not module.startswith(
+            ("asyncio", "trio")
+        )
+    return True
 
 
 def _hypercorn_shutdown_event() -> Any:

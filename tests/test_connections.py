@@ -1,0 +1,47 @@
+"""Aborting a connection found by its addresses: the one asked for, and no other."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from streamkit._connections import abort_connection
+
+
+@pytest.fixture
+def pairs() -> Iterator[list[tuple[socket.socket, socket.socket]]]:
+    """Two accepted connections to one listener: (server side, client side)."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        made = []
+        for _ in range(2):
+            client = socket.create_connection(listener.getsockname())
+            accepted, _ = listener.accept()
+            made.append((accepted, client))
+        yield made
+        for accepted, client in made:
+            accepted.close()
+            client.close()
+
+
+def test_the_matching_connection_is_shut_down_and_the_other_is_not(
+    pairs: list[tuple[socket.socket, socket.socket]],
+) -> None:
+    (target, target_client), (other, other_client) = pairs
+    assert abort_connection(target.getsockname(), target.getpeername())
+    # The server's own descriptor is still open, and its writes now fail.
+    assert target.fileno() >= 0
+    with pytest.raises(BrokenPipeError):
+        target.send(b"x")
+    assert target_client.recv(10) == b""
+    other.send(b"still here")
+    assert other_client.recv(10) == b"still here"
+
+
+def test_an_unknown_connection_is_not_found(
+    pairs: list[tuple[socket.socket, socket.socket]],
+) -> None:
+    (accepted, _), _ = pairs
+    host = accepted.getpeername()[0]
+    assert not abort_connection(accepted.getsockname(), (host, 1))
