@@ -8,7 +8,8 @@ lets the connection go while the client stays connected without reading, and nei
 shutdown while it does. :func:`streamkit.serve` bounds that with ``TCP_USER_TIMEOUT`` on its
 listening socket; a foreign server's socket is not streamkit's to configure.
 
-So the connection is found among the process's open descriptors, by its two addresses as the
+So the connection (HTTP/1 only: an HTTP/2 connection carries other streams) is found among
+the process's open descriptors, by its two addresses as the
 ASGI scope gives them, and shut down for both directions with a zero linger: the server's
 stuck write then fails as if the kernel had aborted the connection, and its close resets it.
 The server's own descriptor is left for the server to close. Where the descriptors cannot be

@@ -148,9 +148,10 @@ class _Stream(Generic[ItemT]):
         client = scope.get("client")
         self.client = (client[0], client[1]) if client else None
         server = scope.get("server")
-        # A connection whose write is given up is aborted (see _connections).
+        # An HTTP/1 connection whose write is given up is aborted (see _connections); an
+        # HTTP/2 connection carries other streams, which may be reading.
         self._abort_target: tuple[tuple[str, int], tuple[str, int]] | None = None
-        if server and self.client:
+        if server and self.client and scope.get("http_version", "1.1") in ("1.0", "1.1"):
             self._abort_target = (server[0], server[1]), self.client
         self.last_event_id = last_event_id(Headers(scope=scope))
         self._receive = receive
