@@ -12,7 +12,9 @@ So the connection (HTTP/1 only: an HTTP/2 connection carries other streams) is f
 the process's open descriptors, by its two addresses as the
 ASGI scope gives them, and shut down for both directions with a zero linger: the server's
 stuck write then fails as if the kernel had aborted the connection, and its close resets it.
-The server's own descriptor is left for the server to close. Where the descriptors cannot be
+The server's own descriptor is left for the server to close. Listing the descriptors costs a
+few system calls each, so one thread does it, once for every abort asked for meanwhile: a
+thousand clients stalling together cost one pass, not a thousand. Where the descriptors cannot be
 listed, or a middleware rewrote the client address (trusted proxy headers), nothing is found
 and the server's own grace period bounds the connection instead.
 """
@@ -21,14 +23,19 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import socket
 import stat
 import struct
-from collections.abc import Sequence
+import threading
+from collections.abc import Collection, Sequence
 
-__all__ = ["abort_connection"]
+__all__ = ["abort_connection", "abort_connection_soon", "abort_connections"]
 
 logger = logging.getLogger("streamkit")
+
+#: A connection by its two addresses: (the server's, the client's).
+Addresses = tuple[tuple[str, int], tuple[str, int]]
 
 _FAMILIES = (socket.AF_INET, socket.AF_INET6)
 
@@ -42,16 +49,19 @@ def _descriptors() -> Sequence[int]:
     return ()
 
 
-def _same(address: object, expected: tuple[str, int]) -> bool:
-    return isinstance(address, tuple) and tuple(address[:2]) == expected
+def _addresses(sock: socket.socket) -> Addresses | None:
+    if sock.family not in _FAMILIES or sock.type != socket.SOCK_STREAM:
+        return None
+    local, peer = sock.getsockname(), sock.getpeername()
+    return (local[0], local[1]), (peer[0], peer[1])
 
 
-def abort_connection(server: tuple[str, int], client: tuple[str, int]) -> bool:
-    """Shut down the TCP connection between *server* (the local address) and *client* (the
-    peer), if this process holds it; true if it was found.
+def abort_connections(targets: Collection[Addresses]) -> set[Addresses]:
+    """Shut down each TCP connection of *targets* that this process holds; return those found.
 
-    Blocking (it lists every descriptor of the process): run it in a worker thread.
+    Blocking (it lists every descriptor of the process): run it in a thread.
     """
+    found: set[Addresses] = set()
     for descriptor in _descriptors():
         try:
             if not stat.S_ISSOCK(os.fstat(descriptor).st_mode):
@@ -62,14 +72,59 @@ def abort_connection(server: tuple[str, int], client: tuple[str, int]) -> bool:
             continue  # closed meanwhile, or not a socket this platform can wrap
         with sock:
             try:
-                if sock.family not in _FAMILIES or sock.type != socket.SOCK_STREAM:
-                    continue
-                if not (_same(sock.getsockname(), server) and _same(sock.getpeername(), client)):
+                addresses = _addresses(sock)
+                if addresses is None or addresses not in targets or addresses in found:
                     continue
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 continue  # not connected (a listening socket), or gone meanwhile
-            logger.info("connection of %s:%d aborted: the client stopped reading", *client)
-            return True
-    return False
+        found.add(addresses)
+        logger.info("connection of %s:%d aborted: the client stopped reading", *addresses[1])
+    return found
+
+
+def abort_connection(server: tuple[str, int], client: tuple[str, int]) -> bool:
+    """Shut down the TCP connection between *server* (the local address) and *client* (the
+    peer), if this process holds it; true if it was found. Blocking, as
+    :func:`abort_connections`."""
+    return bool(abort_connections({(server, client)}))
+
+
+class _Aborter:
+    """The thread that aborts connections, a batch per pass over the descriptors."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.requests: queue.SimpleQueue[Addresses] = queue.SimpleQueue()
+        thread = threading.Thread(target=self._run, name="streamkit-abort")
+        thread.daemon = True
+        thread.start()
+
+    def _run(self) -> None:
+        while True:
+            batch = {self.requests.get()}
+            while True:
+                try:
+                    batch.add(self.requests.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                abort_connections(batch)
+            except Exception:
+                logger.exception("aborting stalled connections failed")
+
+
+_aborter: _Aborter | None = None
+_aborter_lock = threading.Lock()
+
+
+def abort_connection_soon(server: tuple[str, int], client: tuple[str, int]) -> None:
+    """Have the connection between *server* and *client* aborted, from a thread, shortly."""
+    global _aborter
+    with _aborter_lock:
+        # A forked child has the object, but not the thread.
+        if _aborter is None or _aborter.pid != os.getpid():
+            _aborter = _Aborter()
+        aborter = _aborter
+    aborter.requests.put((server, client))

@@ -25,13 +25,12 @@ from typing import Generic, Protocol, TypeVar
 
 import anyio
 import anyio.lowlevel
-import anyio.to_thread
 from anyio.abc import TaskGroup
 from starlette.datastructures import Headers
 from starlette.types import Message, Receive, Scope, Send
 
 from ._buffer import FrameBuffer
-from ._connections import abort_connection
+from ._connections import abort_connection_soon
 from ._ends import EndReason, StreamEnd
 from ._faults import report_fault
 from ._options import StreamOptions
@@ -401,9 +400,7 @@ class _Stream(Generic[ItemT]):
                 break
             if self._on_timers():
                 if self._abort_target is not None:
-                    # Shielded: the stream's end, reported meanwhile, cancels this task.
-                    with anyio.CancelScope(shield=True):
-                        await anyio.to_thread.run_sync(abort_connection, *self._abort_target)
+                    abort_connection_soon(*self._abort_target)
                 break
         await self._bound_the_producer()
 

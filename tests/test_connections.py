@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from streamkit._connections import abort_connection
+from streamkit._connections import abort_connection, abort_connection_soon, abort_connections
 
 
 @pytest.fixture
@@ -45,3 +45,21 @@ def test_an_unknown_connection_is_not_found(
     (accepted, _), _ = pairs
     host = accepted.getpeername()[0]
     assert not abort_connection(accepted.getsockname(), (host, 1))
+
+
+def test_one_pass_aborts_every_connection_asked_for(
+    pairs: list[tuple[socket.socket, socket.socket]],
+) -> None:
+    targets = {(accepted.getsockname(), accepted.getpeername()) for accepted, _ in pairs}
+    assert abort_connections(targets) == targets
+    for _, client in pairs:
+        assert client.recv(10) == b""
+
+
+def test_an_abort_asked_for_from_the_event_loop_happens_in_the_background(
+    pairs: list[tuple[socket.socket, socket.socket]],
+) -> None:
+    (accepted, client), _ = pairs
+    abort_connection_soon(accepted.getsockname(), accepted.getpeername())
+    client.settimeout(5)  # the bound; it takes a pass over the descriptors
+    assert client.recv(10) == b""
