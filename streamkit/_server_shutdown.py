@@ -27,6 +27,7 @@ streams, nothing is armed.
 from __future__ import annotations
 
 import contextvars
+import functools
 import multiprocessing
 import os
 import signal
@@ -120,7 +121,10 @@ def _installed_by_a_server(number: int, handler: Any) -> bool:
         # Python's KeyboardInterrupt, or the event loop's own Ctrl-C handling (asyncio's
         # runner, trio's): no server shutdown follows, and those restore the previous handler
         # only while theirs is still installed.
-        module = getattr(handler, "__module__", None) or ""
+        function = handler
+        while isinstance(function, functools.partial):
+            function = function.func
+        module = getattr(function, "__module__", None) or ""
         return handler is not signal.default_int_handler and not module.startswith(
             ("asyncio", "trio")
         )
@@ -154,6 +158,12 @@ def arm_shutdown_watch() -> None:
         return
     watch = _watch
     if watch is None or watch._pid != os.getpid():
+        # Nothing to join (a test's event loop, a script): no pipe, no thread, no handler.
+        handlers = (signal.getsignal(number) for number in _SIGNALS)
+        if not any(map(_installed_by_a_server, _SIGNALS, handlers)) and (
+            _hypercorn_shutdown_event() is None
+        ):
+            return
         with _watch_lock:
             if _watch is None or _watch._pid != os.getpid():
                 _watch = _ShutdownWatch()

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from types import FrameType
 
@@ -105,3 +107,43 @@ async def test_nothing_is_armed_under_streamkits_own_server(server_handler: Serv
     finally:
         served_by_streamkit.reset(token)
     assert signal.getsignal(signal.SIGTERM) is server_handler
+
+
+NO_SERVER = """
+import os
+import threading
+
+import anyio
+
+from streamkit import EventSourceResponse
+from streamkit.testing import FakeConnection
+
+
+async def main():
+    before = (len(os.listdir("/proc/self/fd")), threading.active_count())
+
+    async def produce(send):
+        await send("one")
+
+    connection = FakeConnection("/feed")
+    await connection.run(EventSourceResponse(produce))
+    after = (len(os.listdir("/proc/self/fd")), threading.active_count())
+    print(before == after, connection.complete)
+
+
+anyio.run(main, backend=BACKEND)
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="lists /proc/self/fd")
+def test_with_no_server_to_join_a_stream_opens_no_descriptor_and_no_thread() -> None:
+    """What a leak check in a user's test suite would see: nothing."""
+    for backend in ("asyncio", "trio"):
+        result = subprocess.run(
+            [sys.executable, "-c", NO_SERVER.replace("BACKEND", repr(backend))],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+        assert result.stdout.split() == ["True", "True"], result.stderr
