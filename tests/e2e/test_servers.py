@@ -14,6 +14,7 @@ the measured figures (docs/deploying.md has them), for a loaded 2-core machine.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import re
@@ -272,6 +273,8 @@ async def running(command: list[str], tmp_path: Path) -> AsyncIterator[Running]:
         env=environment,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        # A group of its own: whatever happens, no worker outlives the test (below).
+        start_new_session=True,
     )
     service = Running(process)
     try:
@@ -284,10 +287,11 @@ async def running(command: list[str], tmp_path: Path) -> AsyncIterator[Running]:
             with anyio.fail_after(GRACE + 10):
                 await process.wait()
     finally:
-        if process.returncode is None:
-            process.kill()
-            with anyio.CancelScope(shield=True):
-                await process.wait()
+        # After a failure, hypercorn's workers would serve on without their parent.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        with anyio.CancelScope(shield=True):
+            await process.wait()
         await process.aclose()
 
 
