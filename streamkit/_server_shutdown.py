@@ -87,6 +87,11 @@ class _ShutdownWatch:
             self._token = token
         for number in _SIGNALS:
             handler = signal.getsignal(number)
+            if isinstance(handler, _Chained):
+                if handler.watch is self:
+                    continue
+                # A forked parent's: its drain thread is not in this process.
+                handler = handler.previous
             if _installed_by_a_server(number, handler):
                 signal.signal(number, _Chained(self, handler))
         if not self._hypercorn_watched:
@@ -115,8 +120,10 @@ class _ShutdownWatch:
 
 
 def _installed_by_a_server(number: int, handler: Any) -> bool:
-    if not callable(handler) or isinstance(handler, _Chained):
-        return False  # the default disposition, ignored, or wrapped already
+    if isinstance(handler, _Chained):
+        handler = handler.previous
+    if not callable(handler):
+        return False  # the default disposition, or ignored
     if number == signal.SIGINT:
         # Python's KeyboardInterrupt, or the event loop's own Ctrl-C handling (asyncio's
         # runner, trio's): no server shutdown follows, and those restore the previous handler

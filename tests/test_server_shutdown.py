@@ -147,3 +147,34 @@ def test_with_no_server_to_join_a_stream_opens_no_descriptor_and_no_thread() -> 
             check=True,
         )
         assert result.stdout.split() == ["True", "True"], result.stderr
+
+
+async def _arm() -> None:
+    arm_shutdown_watch()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="forks")
+def test_a_forked_child_wraps_the_servers_handler_for_itself(
+    server_handler: ServerHandler,
+) -> None:
+    anyio.run(_arm)
+    parents = signal.getsignal(signal.SIGTERM)
+    assert isinstance(parents, _Chained)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: arm, and report whether its own watch wraps the server's handler
+        try:
+            anyio.run(_arm)
+            mine = signal.getsignal(signal.SIGTERM)
+            ok = (
+                isinstance(mine, _Chained)
+                and mine is not parents
+                and mine.previous is server_handler
+            )
+            os.write(write, b"1" if ok else b"0")
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as answer:
+        assert answer.read() == b"1"
+    os.waitpid(pid, 0)
