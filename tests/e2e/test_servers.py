@@ -7,6 +7,8 @@ One process per server serves a plain Starlette app returning streamkit's respon
 the disconnect, heartbeat, stall and deadline cases and then its shutdown; a second serves a
 :class:`streamkit.App` and is shut down with one client reading and one that stopped reading.
 The service prints each stream's end, and whether its cleanup had completed, on stdout.
+Last, the README's quickstart (``anyio.run(serve, app)``) and ``streamkit run`` log each
+stream's end, and not a library's INFO lines.
 
 The bounds are the guarantees (farewell within 100 ms of the signal) or generous multiples of
 the measured figures (docs/deploying.md has them), for a loaded 2-core machine.
