@@ -399,8 +399,6 @@ class _Stream(Generic[ItemT]):
                 )
                 break
             if self._on_timers():
-                if self._abort_target is not None:
-                    abort_connection_soon(*self._abort_target)
                 break
         await self._bound_the_producer()
 
@@ -449,6 +447,8 @@ class _Stream(Generic[ItemT]):
             if now >= self._pending_since + timeout:
                 self.decide(EndReason.SEND_TIMEOUT)
                 self._abandon_sender()
+                if self._abort_target is not None:
+                    abort_connection_soon(*self._abort_target)
                 return True
         interval = self._heartbeat_interval
         if interval is not None and now >= max(self._heartbeat_at, self._last_data_at + interval):
