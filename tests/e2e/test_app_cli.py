@@ -205,8 +205,9 @@ async def test_two_workers_share_the_socket_and_all_drain_on_sigterm(
         assert answered <= pids
         exited_after = await signal_drains_and_exits(service, signal.SIGTERM)
     assert exited_after < GRACE  # measured: about 0.2 s
-    assert {line.split()[-1] for line in service.printed("background cancelled")} == pids
-    assert {line.split()[-1] for line in service.printed("lifespan ended")} == pids
+    output = "\n".join(service.stdout + service.stderr)
+    assert {line.split()[-1] for line in service.printed("background cancelled")} == pids, output
+    assert {line.split()[-1] for line in service.printed("lifespan ended")} == pids, output
 
 
 async def test_workers_whose_supervisor_is_killed_drain_and_exit_on_their_own(
