@@ -1,0 +1,127 @@
+"""Hostile requests to topic routes through real hypercorn, on asyncio and trio, with each
+broker: a topic name from the URL that no topic may have, a ``Last-Event-ID`` that is no id,
+a path made to forge log lines. Each is a clean answer, never a 500 or a silent start.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import anyio
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from support.brokers import AnyBroker, MakeBroker, until
+
+from streamkit import App, EndReason, StreamSender
+from streamkit.broadcast import RESET_EVENT, topic_response
+from streamkit.testing import open_server, open_stream
+
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
+
+
+def topic_app(broker: AnyBroker) -> Starlette:
+    async def events(request: Request) -> Response:
+        topic = request.path_params.get("topic", request.query_params.get("name", ""))
+        return topic_response(broker, topic, heartbeat_interval=None)
+
+    return Starlette(routes=[Route("/topics/{topic}", events), Route("/topic", events)])
+
+
+@pytest.mark.parametrize(
+    "quoted",
+    ["a%00b", "a%0Ab", "a%7Fb", "a%09b", "x" * 300],
+    ids=["NUL", "LF", "DEL", "TAB", "300-characters"],
+)
+async def test_a_topic_no_topic_may_have_is_a_clean_400_naming_the_rule(
+    make_broker: MakeBroker, quoted: str
+) -> None:
+    broker = make_broker()
+    async with broker, open_server(topic_app(broker)) as server:
+        async with open_stream(server, f"/topics/{quoted}") as client:
+            assert client.status == 400
+            with anyio.fail_after(5):
+                body = (await client.read_all()).decode()
+        assert "a topic must be 1 to 256 characters" in body
+        assert broker.statistics().subscribers == 0
+
+
+async def test_the_empty_topic_is_a_clean_400(make_broker: MakeBroker) -> None:
+    broker = make_broker()
+    async with broker, open_server(topic_app(broker)) as server:
+        async with open_stream(server, "/topic?name=") as client:
+            assert client.status == 400
+            with anyio.fail_after(5):
+                assert b"a topic must be" in await client.read_all()
+
+
+async def test_an_app_route_that_subscribes_to_a_bad_topic_ends_with_an_error_event(
+    make_broker: MakeBroker,
+) -> None:
+    broker = make_broker()
+    app = App(heartbeat_interval=None)
+
+    @app.sse("/topic")
+    async def events(request: Request, send: StreamSender[Any]) -> None:
+        async with broker.subscribe(request.query_params["name"]) as subscription:
+            async for event in subscription:
+                await send(event)
+
+    async with broker, open_server(app) as server:
+        async with open_stream(server, "/topic?name=a%0Ab") as client:
+            assert client.status == 200
+            with anyio.fail_after(5):
+                event = await client.read_event()
+                assert event.event == "error"
+                assert await client.read_all() == b""
+        await server.wait_ended(EndReason.ERROR, within=5.0)
+
+
+@pytest.mark.parametrize(
+    "header", ["1-0\tx", "a\tb", "9" * 1025], ids=["TAB-after-an-id", "TAB", "1025-characters"]
+)
+async def test_a_discarded_last_event_id_gets_an_invalid_reset(
+    make_broker: MakeBroker, header: str
+) -> None:
+    broker = make_broker()
+    async with broker, open_server(topic_app(broker)) as server:
+        latest = await broker.publish("t", "before")
+        async with open_stream(server, "/topics/t", headers={"last-event-id": header}) as client:
+            with anyio.fail_after(5):
+                reset = await client.read_event()
+            assert reset.event == RESET_EVENT
+            assert reset.data is not None
+            assert json.loads(reset.data)["reason"] == "invalid"
+            assert reset.id == latest
+            await until(lambda: broker.statistics().subscribers == 1)
+            after = await broker.publish("t", "after")
+            with anyio.fail_after(5):
+                event = await client.read_event()
+            assert (event.id, event.data) == (after, "after")
+
+
+async def test_a_path_cannot_forge_a_log_line(caplog: pytest.LogCaptureFixture) -> None:
+    app = App(heartbeat_interval=None)
+
+    @app.sse("/sse/{rest:path}")
+    async def events(request: Request, send: StreamSender[Any]) -> None:
+        await send("hello")
+
+    forged = "INFO streamkit: stream /admin ended: completed"
+    path = "/sse/x%0D%0A" + forged.replace(" ", "%20").replace(":", "%3A") + "%E2%80%A8%C2%85"
+    with caplog.at_level(logging.INFO, logger="streamkit"):
+        async with open_server(app) as server, open_stream(server, path) as client:
+            assert client.status == 200
+            with anyio.fail_after(5):
+                await client.read_all()
+            await server.wait_ended(EndReason.COMPLETED, within=5.0)
+    lines = [record.getMessage() for record in caplog.records if record.name == "streamkit"]
+    ends = [line for line in lines if "ended" in line]
+    assert len(ends) == 1, lines
+    assert ends[0].isprintable(), ends[0]
+    assert "/sse/x\\r\\nINFO streamkit" in ends[0]
+    assert "\\u2028\\x85 ended: completed" in ends[0]
