@@ -261,3 +261,11 @@ async def test_a_task_that_outlives_the_grace_period_does_not_hold_the_users_lif
             stopping_at = anyio.current_time()
     assert 0.2 <= exited_at[0] - stopping_at < 0.55
     assert "exceeded its grace period of 0.200 s" in caplog.text
+
+
+def test_a_route_declared_with_a_lone_surrogate_is_refused_naming_it() -> None:
+    app = App()
+    with pytest.raises(ValueError, match=r"route '/a': .*heartbeat_comment .*lone surrogate"):
+        app.sse("/a", heartbeat_comment="ping\ud800")(tokens)
+    with pytest.raises(ValueError, match=r"route '/b': .*error_item .*lone surrogate"):
+        app.ndjson("/b", error_item={"error": "\udfff"})(rows)

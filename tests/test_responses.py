@@ -259,3 +259,20 @@ def test_with_options_of_a_configured_class_keeps_both_defaults() -> None:
     assert (response.options.heartbeat_interval, response.options.send_timeout) == (None, 1.0)
     with pytest.raises(TypeError, match="got an unknown argument 'shutdown_evnt'"):
         quiet.with_options(shutdown_evnt=None)
+def test_ndjson_escapes_what_line_readers_split_on() -> None:
+    ndjson = NDJSONResponse(nothing())
+    line = ndjson.encode({"text": "a\u2028b\u2029c\x85d\x0be\x1cf"})
+    assert line == b'{"text":"a\\u2028b\\u2029c\\u0085d\\u000be\\u001cf"}\n'
+    assert len(line.decode().splitlines()) == 1
+    assert json.loads(line) == {"text": "a\u2028b\u2029c\x85d\x0be\x1cf"}
+
+
+def test_a_lone_surrogate_in_an_item_is_refused_by_name() -> None:
+    with pytest.raises(ValueError, match=r"lone surrogate.*'\\\\ud800'"):
+        NDJSONResponse(nothing()).encode({"a": "\ud800"})
+    with pytest.raises(ValueError, match="lone surrogate"):
+        StreamResponse(nothing()).encode("\ud800")
+    with pytest.raises(ValueError, match=r"error_item .*lone surrogate"):
+        NDJSONResponse(nothing(), error_item="\ud800")
+    with pytest.raises(ValueError, match=r"heartbeat_comment .*lone surrogate"):
+        EventSourceResponse(nothing(), heartbeat_comment="\udc00")

@@ -199,3 +199,21 @@ def test_a_dict_event_with_a_bad_field_is_refused_by_name() -> None:
         event_from_item({"event": "a\nb", "data": "x"})
     with pytest.raises(TypeError, match="got int: 5"):
         event_from_item({"id": 5, "data": "x"})
+@pytest.mark.parametrize("field", ["data", "event", "id", "comment"])
+def test_a_lone_surrogate_is_refused_where_the_event_is_made(field: str) -> None:
+    with pytest.raises(ValueError, match=rf"SSE {field} .*lone surrogate.*'\\\\ud800'"):
+        ServerSentEvent(**{field: "a\ud800b"})
+
+
+def test_a_lone_surrogate_in_a_comment_frame_is_refused_by_name() -> None:
+    with pytest.raises(ValueError, match=r"comment .*lone surrogate"):
+        encode_comment("ping\udfff")
+
+
+def test_a_utf8_last_event_id_round_trips() -> None:
+    # What the server sent as "é-1" comes back as UTF-8 bytes, which ASGI servers hand over
+    # decoded as latin-1.
+    sent = "é-1".encode().decode("latin-1")
+    assert last_event_id({"last-event-id": sent}) == "é-1"
+    # Bytes that are no UTF-8 could not come from an id this server sent.
+    assert last_event_id({"last-event-id": "\xe9-1"}) is None

@@ -265,3 +265,20 @@ def test_reset_reasons_are_named_for_the_client() -> None:
 def test_redis_server_helper_knows_where_it_runs(tmp_path: Path) -> None:
     server = redis_server.RedisServer(tmp_path)
     assert server.url == f"redis://127.0.0.1:{server.port}/0"
+
+
+async def test_publish_refuses_a_lone_surrogate_naming_it() -> None:
+    # Accepted, it would end every live subscriber and every resume from before it.
+    broker = MemoryBroker()
+    async with broker, broker.subscribe("t") as subscription:
+        with pytest.raises(ValueError, match=r"data .*lone surrogate.*'\\ud800'"):
+            await broker.publish("t", "a\ud800")
+        published = await broker.publish("t", "fine")
+        with anyio.fail_after(5):
+            received = await subscription.__anext__()
+        assert (received.id, received.data) == (published, "fine")
+
+
+def test_a_topic_with_a_lone_surrogate_is_refused() -> None:
+    with pytest.raises(ValueError, match="topic"):
+        MemoryBroker().subscribe("a\ud800")
