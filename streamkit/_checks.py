@@ -10,7 +10,14 @@ from __future__ import annotations
 import math
 import os
 
-__all__ = ["check_count", "check_duration", "check_path", "check_rate", "check_type"]
+__all__ = [
+    "check_count",
+    "check_duration",
+    "check_path",
+    "check_rate",
+    "check_text",
+    "check_type",
+]
 
 
 def check_duration(name: str, value: object, *, optional: bool = False) -> None:
@@ -82,3 +89,20 @@ def check_type(name: str, value: object, kind: type, *, optional: bool = False) 
     if not isinstance(value, kind):
         expected = kind.__name__ + (" or None" if optional else "")
         raise TypeError(f"{name} must be a {expected}, got {type(value).__name__}: {value!r:.80}")
+
+
+def check_text(name: str, value: str) -> None:
+    """Refuse a ``str`` that UTF-8 cannot carry: one holding a lone surrogate (``"\\ud800"``),
+    which would otherwise fail only when written, far from where it was made.
+
+    :raises ValueError: *value* holds a lone surrogate; the message names it and where.
+    """
+    if value.isascii():
+        return
+    try:
+        value.encode()
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"{name} must not hold a lone surrogate (UTF-8 cannot carry it): "
+            f"{value[exc.start]!r} at index {exc.start} of {value!r:.80}"
+        ) from None

@@ -45,8 +45,8 @@ def encode_json(value: object, encoder: JSONEncoder | None = None) -> str:
     extended as the module says).
 
     :raises TypeError: the value cannot be encoded; the message names it.
-    :raises ValueError: the value holds something JSON cannot carry (NaN, an infinity, a
-        cycle); the message names it.
+    :raises ValueError: the value holds something JSON or UTF-8 cannot carry (NaN, an
+        infinity, a cycle, a lone surrogate); the message names it.
     """
     try:
         text = (encoder or _default_encoder)(value)
@@ -61,6 +61,15 @@ def encode_json(value: object, encoder: JSONEncoder | None = None) -> str:
             f"a JSON encoder must return str or bytes, {encoder!r} returned "
             f"{type(text).__name__} for {value!r:.80}"
         )
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError as exc:
+            # Refused here, named, rather than when the frame is written.
+            raise ValueError(
+                f"holds a lone surrogate (UTF-8 cannot carry it): {text[exc.start]!r} "
+                f"in {value!r:.80}"
+            ) from None
     return text
 
 

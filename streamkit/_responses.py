@@ -20,7 +20,7 @@ from starlette.background import BackgroundTask
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from ._checks import check_type
+from ._checks import check_text, check_type
 from ._ends import EndReason, StreamEnd
 from ._json import JSONEncoder, check_json_encoder, encode_json
 from ._options import OptionArguments, StreamOptions
@@ -189,6 +189,7 @@ class StreamResponse(Response, Generic[ItemT]):
         if isinstance(item, bytes | bytearray | memoryview):
             return bytes(item)
         if isinstance(item, str):
+            check_text("a bytes stream's str item", item)
             return item.encode()
         raise TypeError(
             f"a bytes stream takes bytes or str items, got {type(item).__name__}: {item!r:.80}"
@@ -297,6 +298,7 @@ class EventSourceResponse(StreamResponse[Any]):
         self.json_encoder = check_json_encoder(arguments.pop("json_encoder", None))
         comment = arguments.pop("heartbeat_comment", "ping")
         check_type("heartbeat_comment", comment, str)
+        check_text("heartbeat_comment", comment)
         self._heartbeat = encode_comment(comment)
         self._heartbeat_event = arguments.pop("heartbeat_event", None)
         if self._heartbeat_event is not None:
@@ -361,6 +363,11 @@ class EventSourceResponse(StreamResponse[Any]):
         return None if event is None else encode_event(event, self.json_encoder)
 
 
+#: What line readers other than NDJSON's own split on (``str.splitlines``, so httpx's
+#: ``aiter_lines()``) that JSON leaves raw in strings: written escaped.
+_LINE_SEPARATORS = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
+
+
 class NDJSONEndings(JSONEncoding, total=False):
     """The last lines an NDJSON stream writes when it ends early, and how it encodes its items
     (see :class:`NDJSONResponse`)."""
@@ -407,9 +414,16 @@ class NDJSONResponse(StreamResponse[Any]):
             EndReason.ERROR: error_item,
         }
         self._setup(content, status_code, arguments)
-        for item in self._closing.values():
+        named = {"error_item": error_item, "shutdown_item": shutdown_item}
+        for name, item in (named | {"deadline_item": deadline_item}).items():
             if item is not None:
-                self.encode(item)  # refuse an unencodable closing item now, not at the end
+                # Refuse an unencodable closing item now, not at the end, naming it.
+                try:
+                    self.encode(item)
+                except TypeError as exc:
+                    raise TypeError(f"{exc} (the {name})") from None
+                except ValueError as exc:
+                    raise ValueError(f"{exc} (the {name})") from None
 
     @classmethod
     def _own_arguments(cls) -> frozenset[str]:
@@ -427,6 +441,9 @@ class NDJSONResponse(StreamResponse[Any]):
             raise type(exc)(f"NDJSON item {exc}") from None
         if "\n" in line or "\r" in line:
             raise ValueError(f"NDJSON item encoded across several lines: {item!r:.80}")
+        if not line.isascii():
+            # Outside JSON's strings nothing is non-ASCII, so these are escaped in strings.
+            line = line.translate(_LINE_SEPARATORS)
         return (line + "\n").encode()
 
     def heartbeat_frame(self) -> bytes | None:

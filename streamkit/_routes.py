@@ -160,8 +160,10 @@ def declare_stream_route(
         # One response built now checks the route's response arguments (an NDJSON closing
         # item JSON cannot carry, an async on_end, an unknown argument) at declaration.
         response_class(_placeholder, on_end=on_end, **rest)
-    except (TypeError, ValueError) as exc:
-        raise type(exc)(f"route {path!r}: {exc}") from None
+    except TypeError as exc:
+        raise TypeError(f"route {path!r}: {exc}") from None
+    except ValueError as exc:  # a subclass (UnicodeError) may not take one message
+        raise ValueError(f"route {path!r}: {exc}") from None
     route = StreamRouteInfo(path=path, name=name, kind=kind, methods=methods, options=options)
     return StreamEndpoint(
         route, handler, response_class, rest, on_end, metrics=metrics, registry_for=registry_for

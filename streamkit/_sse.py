@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ._checks import check_count
+from ._checks import check_count, check_text
 from ._json import JSONEncoder, encode_json
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "encode_event",
     "event_from_item",
     "last_event_id",
+    "read_last_event_id",
 ]
 
 logger = logging.getLogger("streamkit")
@@ -52,8 +53,8 @@ class ServerSentEvent:
     :param id: the event id, sent back by a reconnecting browser as ``Last-Event-ID``.
     :param retry: the reconnection delay to ask of the browser, in whole milliseconds.
     :param comment: a comment, ignored by browsers; useful to keep proxies from timing out.
-    :raises ValueError: an event name or id contains CR or LF, an id contains NUL, or
-        ``retry`` is negative.
+    :raises ValueError: an event name or id contains CR or LF, an id contains NUL, a field
+        holds a lone surrogate (UTF-8 cannot carry it), or ``retry`` is negative.
     :raises TypeError: a field has the wrong type.
     """
 
@@ -69,12 +70,16 @@ class ServerSentEvent:
                 f"SSE data must be a str or a value to send as JSON, got "
                 f"{type(self.data).__name__}: {self.data!r:.80}; decode bytes first"
             )
+        if isinstance(self.data, str):
+            check_text("SSE data", self.data)
         for name in ("event", "id", "comment"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
                 raise TypeError(
                     f"SSE {name} must be a str or None, got {type(value).__name__}: {value!r}"
                 )
+            if value is not None:
+                check_text(f"SSE {name}", value)
         if self.event is not None and ("\r" in self.event or "\n" in self.event):
             raise ValueError(f"SSE event name must not contain CR or LF: {self.event!r}")
         if self.id is not None and ("\r" in self.id or "\n" in self.id or "\0" in self.id):
@@ -145,22 +150,40 @@ def encode_event(event: ServerSentEvent, json_encoder: JSONEncoder | None = None
 
 
 def encode_comment(text: str) -> bytes:
-    """Encode a comment-only frame (what a heartbeat sends)."""
+    """Encode a comment-only frame (what a heartbeat sends).
+
+    :raises ValueError: *text* holds a lone surrogate.
+    """
+    check_text("comment", text)
     return (_field_lines("", text) + "\n").encode()
 
 
 def last_event_id(headers: Mapping[str, str]) -> str | None:
     """The ``Last-Event-ID`` a reconnecting client sent, or ``None``.
 
-    A value longer than :data:`MAX_LAST_EVENT_ID_LENGTH` or holding a control character is
-    ignored (logged at DEBUG): it could not have come from an id this server sent.
+    A browser sends back the id it was sent, UTF-8 encoded; ASGI servers hand header bytes
+    over decoded as latin-1, so they are decoded again here and a non-ASCII id round-trips.
+    A value longer than :data:`MAX_LAST_EVENT_ID_LENGTH`, holding a control character or
+    bytes that are not UTF-8 is ignored (logged at DEBUG): it could not have come from an id
+    this server sent.
 
     :param headers: the request's headers, such as ``request.headers``.
     """
+    return read_last_event_id(headers)[0]
+
+
+def read_last_event_id(headers: Mapping[str, str]) -> tuple[str | None, str | None]:
+    """The ``Last-Event-ID`` as :func:`last_event_id` reads it, and the header it ignored."""
     value = headers.get("last-event-id")
     if value is None:
-        return None
+        return None, None
+    if not value.isascii():
+        try:
+            value = value.encode("latin-1").decode()
+        except UnicodeError:
+            logger.debug("ignoring a Last-Event-ID header that is not UTF-8: %.80r", value)
+            return None, value
     if len(value) > MAX_LAST_EVENT_ID_LENGTH or _CONTROL.search(value):
         logger.debug("ignoring an invalid Last-Event-ID header: %.80r", value)
-        return None
-    return value
+        return None, value
+    return value, None

@@ -14,6 +14,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ._checks import check_text
 from ._sse import ServerSentEvent
 
 __all__ = [
@@ -56,18 +57,33 @@ def format_event_id(key: EventKey) -> str:
 
 
 def check_topic(topic: str) -> None:
-    """Refuse a topic name that is empty, too long or holds a control character."""
+    """Refuse a topic name that is empty, too long, or holds a control character or a lone
+    surrogate."""
     if not isinstance(topic, str):
         raise TypeError(f"a topic must be a str, got {type(topic).__name__}: {topic!r}")
-    if not 0 < len(topic) <= 256 or _CONTROL_CHARACTER.search(topic):
+    if (
+        not 0 < len(topic) <= 256
+        or _CONTROL_CHARACTER.search(topic)
+        or not (topic.isascii() or _encodable(topic))
+    ):
         raise ValueError(
-            f"a topic must be 1 to 256 characters without control characters, got {topic!r:.80}"
+            "a topic must be 1 to 256 characters without control characters or lone "
+            f"surrogates, got {topic!r:.80}"
         )
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def event_fields(event: ServerSentEvent | str) -> tuple[str | None, str]:
     """The ``(event name, data)`` of an event to publish; the broker assigns its id."""
     if isinstance(event, str):
+        check_text("data", event)
         return None, event
     if not isinstance(event, ServerSentEvent):
         raise TypeError(

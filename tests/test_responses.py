@@ -268,11 +268,11 @@ def test_ndjson_escapes_what_line_readers_split_on() -> None:
 
 
 def test_a_lone_surrogate_in_an_item_is_refused_by_name() -> None:
-    with pytest.raises(ValueError, match=r"lone surrogate.*'\\\\ud800'"):
+    with pytest.raises(ValueError, match=r"lone surrogate.*'\\ud800'"):
         NDJSONResponse(nothing()).encode({"a": "\ud800"})
     with pytest.raises(ValueError, match="lone surrogate"):
         StreamResponse(nothing()).encode("\ud800")
-    with pytest.raises(ValueError, match=r"error_item .*lone surrogate"):
+    with pytest.raises(ValueError, match=r"lone surrogate.*\(the error_item\)"):
         NDJSONResponse(nothing(), error_item="\ud800")
     with pytest.raises(ValueError, match=r"heartbeat_comment .*lone surrogate"):
         EventSourceResponse(nothing(), heartbeat_comment="\udc00")
