@@ -17,10 +17,11 @@ from contextlib import AbstractAsyncContextManager
 from typing import Protocol, Self, Unpack
 
 import anyio.lowlevel
+from starlette.exceptions import HTTPException
 
 from ._checks import check_count, check_duration
 from ._ends import EndReason
-from ._exceptions import SlowSubscriberError
+from ._exceptions import SlowSubscriberError, StreamkitError
 from ._hub import TopicHub
 from ._responses import EventSourceArguments, EventSourceResponse
 from ._sender import StreamSender
@@ -37,7 +38,13 @@ from ._topics import (
     parse_event_id,
 )
 
-__all__ = ["DEFAULT_SLOW_SUBSCRIBER_EVENT", "Broker", "MemoryBroker", "topic_response"]
+__all__ = [
+    "DEFAULT_SLOW_SUBSCRIBER_EVENT",
+    "Broker",
+    "MemoryBroker",
+    "TopicNameError",
+    "topic_response",
+]
 
 logger = logging.getLogger("streamkit")
 
@@ -195,6 +202,22 @@ class MemoryBroker(TopicHub):
 DEFAULT_SLOW_SUBSCRIBER_EVENT = ServerSentEvent(event="slow-subscriber", data="", retry=5000)
 
 
+class TopicNameError(StreamkitError, HTTPException, ValueError):
+    """A topic name :func:`topic_response` was given cannot be a topic (empty, over 256
+    characters, a control character or a lone surrogate).
+
+    It is a :class:`ValueError` to a caller, and a Starlette ``HTTPException`` with status
+    400 whose detail names the rule: in a Starlette or FastAPI application, a topic taken from
+    the URL that no topic may have is answered ``400 Bad Request``, before any stream starts.
+    """
+
+    def __init__(self, detail: str) -> None:
+        HTTPException.__init__(self, status_code=400, detail=detail)
+
+    def __str__(self) -> str:
+        return self.detail
+
+
 def topic_response(
     broker: Broker,
     topic: str,
@@ -217,14 +240,21 @@ def topic_response(
 
     The other arguments are those of :class:`~streamkit.EventSourceResponse`.
 
-    :raises ValueError: the topic name is invalid.
+    :raises TopicNameError: the topic name is invalid (a :class:`ValueError`, answered 400
+        by Starlette's exception handling).
     """
-    check_topic(topic)
+    try:
+        check_topic(topic)
+    except ValueError as exc:
+        raise TopicNameError(str(exc)) from None
 
     async def produce(send: StreamSender[ServerSentEvent | str]) -> None:
-        subscription = await send.enter_async_context(
-            broker.subscribe(topic, last_event_id=send.last_event_id)
-        )
+        # A Last-Event-ID discarded as invalid is still handed on: the client expected to
+        # resume, and is sent the `invalid` reset rather than started live without a word.
+        resume = send.last_event_id
+        if resume is None:
+            resume = send.discarded_last_event_id
+        subscription = await send.enter_async_context(broker.subscribe(topic, last_event_id=resume))
         try:
             async for event in subscription:
                 await send(event)

@@ -37,7 +37,7 @@ from ._options import StreamOptions
 from ._registry import ActiveStream, StreamRegistry, current_registry
 from ._sender import Producer, StreamSender, shielded_cleanup
 from ._server_shutdown import arm_shutdown_watch
-from ._sse import last_event_id
+from ._sse import read_last_event_id
 
 __all__ = ["StreamBody", "deliver"]
 
@@ -127,6 +127,7 @@ class _Stream(Generic[ItemT]):
         "buffer",
         "bytes_sent",
         "client",
+        "discarded_last_event_id",
         "exception",
         "items_sent",
         "last_event_id",
@@ -152,7 +153,7 @@ class _Stream(Generic[ItemT]):
         self._abort_target: tuple[tuple[str, int], tuple[str, int]] | None = None
         if server and self.client and scope.get("http_version", "1.1") in ("1.0", "1.1"):
             self._abort_target = (server[0], server[1]), self.client
-        self.last_event_id = last_event_id(Headers(scope=scope))
+        self.last_event_id, self.discarded_last_event_id = read_last_event_id(Headers(scope=scope))
         self._receive = receive
         self._send = send
         self.buffer = FrameBuffer(options.buffer_size)
@@ -335,7 +336,7 @@ class _Stream(Generic[ItemT]):
             if not self.decide(EndReason.ERROR, exc):
                 logger.error(
                     "stream %s: producer raised after the stream had ended (%s)",
-                    self.path,
+                    printable(self.path),
                     self.reason.value if self.reason else "?",
                     exc_info=exc,
                 )
@@ -348,7 +349,7 @@ class _Stream(Generic[ItemT]):
             failure = exc  # a cancellation: a transaction entered through send rolls back
             if self._producer_scope.cancel_called and _cancelled_during_cancellation(exc):
                 report_fault(
-                    f"stream {self.path}: producer {self.producer_name()} awaited in its "
+                    f"stream {printable(self.path)}: producer {self.producer_name()} awaited in its "
                     "cleanup after the stream was cancelled, and that await was cancelled "
                     "too, so the cleanup did not finish. Register awaited cleanup with "
                     "send.push_async_callback() or send.enter_async_context(), or wrap it "
@@ -381,7 +382,7 @@ class _Stream(Generic[ItemT]):
         try:
             await aclose()
         except Exception as exc:
-            logger.error("stream %s: cleanup raised", self.path, exc_info=exc)
+            logger.error("stream %s: cleanup raised", printable(self.path), exc_info=exc)
 
     # -- the tasks beside the producer --------------------------------------------------------
 
@@ -415,7 +416,7 @@ class _Stream(Generic[ItemT]):
         assert self.reason is not None
         assert self._registry is not None
         report_fault(
-            f"stream {self.path}: producer {self.producer_name()} refuses cancellation: it "
+            f"stream {printable(self.path)}: producer {self.producer_name()} refuses cancellation: it "
             f"still runs {self.options.cleanup_timeout} s (cleanup_timeout) after the stream "
             f"ended ({self.reason.value}); the stream is reported ended and the producer "
             "abandoned. It must not catch the cancellation (anyio.get_cancelled_exc_class()) "
@@ -558,7 +559,7 @@ class _Stream(Generic[ItemT]):
         if end.reason is EndReason.ERROR:
             logger.error(
                 "stream %s ended: error after %.3f s, %d items",
-                end.path,
+                printable(end.path),
                 end.duration,
                 end.items_sent,
                 exc_info=end.exception,
@@ -566,7 +567,7 @@ class _Stream(Generic[ItemT]):
         else:
             logger.info(
                 "stream %s ended: %s after %.3f s, %d items, %d bytes",
-                end.path,
+                printable(end.path),
                 end.reason.value,
                 end.duration,
                 end.items_sent,
@@ -578,7 +579,15 @@ class _Stream(Generic[ItemT]):
             try:
                 on_end(end)
             except Exception:
-                logger.exception("stream %s: on_end callback raised", self.path)
+                logger.exception("stream %s: on_end callback raised", printable(self.path))
+
+
+def printable(text: str) -> str:
+    """*text* with every character that is not printable escaped (``\\n``, ``\\x85``,
+    ``\\u2028``): a request path written to a log cannot start a forged line there."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _cancelled_during_cancellation(exc: BaseException) -> bool:

@@ -29,6 +29,7 @@ class _Queue(Protocol[ItemT_contra]):
     """What a sender needs of its stream (the runtime's stream implements it)."""
 
     last_event_id: str | None
+    discarded_last_event_id: str | None
 
     def offer(self, item: ItemT_contra) -> Awaitable[None] | None: ...
 
@@ -90,6 +91,13 @@ class StreamSender(Generic[ItemT_contra]):
     def last_event_id(self) -> str | None:
         """The ``Last-Event-ID`` the client sent, validated; ``None`` if absent or invalid."""
         return self._stream.last_event_id
+
+    @property
+    def discarded_last_event_id(self) -> str | None:
+        """The ``Last-Event-ID`` header the client sent and :attr:`last_event_id` ignored as
+        invalid (too long, a control character, not UTF-8), or ``None``. A client that sent
+        one expected to resume: tell it that it cannot, rather than start it silently."""
+        return self._stream.discarded_last_event_id
 
     async def enter_async_context(self, manager: AbstractAsyncContextManager[T]) -> T:
         """Enter *manager* now and exit it when the stream ends, shielded."""

@@ -14,6 +14,7 @@
 
 from ._broker import Broker as Broker
 from ._broker import MemoryBroker as MemoryBroker
+from ._broker import TopicNameError as TopicNameError
 from ._broker import topic_response as topic_response
 from ._exceptions import SlowSubscriberError as SlowSubscriberError
 from ._hub import Subscription as Subscription
@@ -33,5 +34,6 @@ __all__ = (  # noqa: RUF022  (plainly sorted, as tests/test_exports.py checks)
     "SlowSubscriberError",
     "SlowSubscriberPolicy",
     "Subscription",
+    "TopicNameError",
     "topic_response",
 )

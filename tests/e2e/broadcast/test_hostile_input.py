@@ -107,11 +107,11 @@ async def test_a_discarded_last_event_id_gets_an_invalid_reset(
 async def test_a_path_cannot_forge_a_log_line(caplog: pytest.LogCaptureFixture) -> None:
     app = App(heartbeat_interval=None)
 
-    @app.sse("/sse/{rest:path}")
+    @app.sse("/sse/{name}")
     async def events(request: Request, send: StreamSender[Any]) -> None:
         await send("hello")
 
-    forged = "INFO streamkit: stream /admin ended: completed"
+    forged = "INFO streamkit: stream admin ended: completed"
     path = "/sse/x%0D%0A" + forged.replace(" ", "%20").replace(":", "%3A") + "%E2%80%A8%C2%85"
     with caplog.at_level(logging.INFO, logger="streamkit"):
         async with open_server(app) as server, open_stream(server, path) as client:
