@@ -282,3 +282,22 @@ async def test_publish_refuses_a_lone_surrogate_naming_it() -> None:
 def test_a_topic_with_a_lone_surrogate_is_refused() -> None:
     with pytest.raises(ValueError, match="topic"):
         MemoryBroker().subscribe("a\ud800")
+
+
+async def test_a_mid_stream_reset_names_the_last_event_the_subscriber_had(
+    make_broker: MakeBroker,
+) -> None:
+    async with make_broker(
+        subscriber_buffer=3, slow_subscriber_policy=SlowSubscriberPolicy.DROP_OLDEST
+    ) as broker:
+        async with broker.subscribe("t") as subscription:
+            ids = await publish_all(broker, "t", range(2))
+            assert await take(subscription, 2) == ["0", "1"]
+            await publish_all(broker, "t", range(2, 12))
+            await until(lambda: broker.statistics().dropped == 7)
+            with anyio.fail_after(5):
+                reset = await anext(subscription)
+            assert reset.event == RESET_EVENT
+            assert reset.data is not None
+            # Where the client's state stands: after "1", not where it subscribed (nowhere).
+            assert json.loads(reset.data) == {"reason": "overflow", "last_event_id": ids[1]}
