@@ -13,7 +13,7 @@ The plain values both sides use (ids, policies, statistics) are in ``_topics``.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from typing import Self
 
 import anyio
@@ -107,6 +107,28 @@ class TopicHub:
             if subscription._offer(entry):
                 self._delivered += 1
 
+    async def _deliver_batch(self, topic: str, entries: Sequence[Entry]) -> None:
+        """Deliver events that arrived together (one read of a broker's reader), paced by the
+        subscribers' room.
+
+        A batch can be larger than a buffer: handed over at once it would overflow every
+        subscriber, those that keep up too. So before each event, while a subscriber's buffer
+        is full, the subscribers are given the loop to drain it, for at most
+        :data:`BATCH_ROOM_WAIT` seconds; a subscriber that made no room by then meets the
+        slow-subscriber policy, and leaves the fan-out so it delays no later event.
+        """
+        for entry in entries:
+            deadline, turns = anyio.current_time() + BATCH_ROOM_WAIT, 0
+            while self._one_full(topic) and anyio.current_time() < deadline:
+                # A turn of the loop is what a subscriber that keeps up needs to take an
+                # event; past a few, a short sleep, so a stalled one does not spin the loop.
+                await anyio.sleep(0 if turns < 32 else 0.001)
+                turns += 1
+            self._deliver(topic, entry)
+
+    def _one_full(self, topic: str) -> bool:
+        return any(subscription._full for subscription in self._subscribers.get(topic, ()))
+
     def _close_subscriptions(self) -> None:
         for group in self._subscribers.values():
             for subscription in group:
@@ -170,6 +192,10 @@ class TopicHub:
         )
         return False
 
+
+#: The longest a batch of events read together waits, before each of its events, for a
+#: subscriber with a full buffer to make room (see :meth:`TopicHub._deliver_batch`).
+BATCH_ROOM_WAIT = 0.25
 
 #: How many history events a catching-up subscriber reads at once.
 REPLAY_PAGE_SIZE = 100
@@ -251,6 +277,14 @@ class Subscription:
 
     # -- called by the hub, never waiting -----------------------------------------------------
 
+    @property
+    def _full(self) -> bool:
+        send = self._send
+        if send is None:
+            return False  # not in the live fan-out: it reads the history
+        statistics = send.statistics()
+        return statistics.current_buffer_used >= statistics.max_buffer_size
+
     def _open_buffer(self) -> None:
         self._send, self._receive = anyio.create_memory_object_stream[Entry](
             self._hub.subscriber_buffer
@@ -301,8 +335,13 @@ class Subscription:
 
     # -- the iteration ------------------------------------------------------------------------
 
-    def _reset(self, reason: ResetReason, resume_id: str | None) -> ServerSentEvent:
-        data = json.dumps({"reason": reason.value, "last_event_id": self.last_event_id})
+    def _reset(
+        self, reason: ResetReason, resume_id: str | None, position: EventKey | None
+    ) -> ServerSentEvent:
+        # The last event this subscriber was sent, where the client's state stands; before
+        # the first, the id it came with.
+        last = self.last_event_id if position is None else format_event_id(position)
+        data = json.dumps({"reason": reason.value, "last_event_id": last})
         # An empty id clears the browser's last event id: it then reconnects without one.
         return ServerSentEvent(event=RESET_EVENT, id=resume_id or "", data=data)
 
@@ -313,7 +352,7 @@ class Subscription:
             position = parse_event_id(self.last_event_id)
             if position is None:
                 latest = await hub._latest_id(topic)
-                yield self._reset(ResetReason.INVALID, latest)
+                yield self._reset(ResetReason.INVALID, latest, None)
                 position = None if latest is None else parse_event_id(latest)
             else:
                 self._replaying = True
@@ -331,7 +370,7 @@ class Subscription:
                     after = format_event_id(position)
                     page = await hub._history_after(topic, after, REPLAY_PAGE_SIZE)
                     if page.reset is not None:
-                        yield self._reset(page.reset, page.latest)
+                        yield self._reset(page.reset, page.latest, position)
                         position = None if page.latest is None else parse_event_id(page.latest)
                         continue
                     for key, event in page.entries:
@@ -360,7 +399,7 @@ class Subscription:
                 resume_id, self._dropped_through = self._dropped_through, None
                 dropped = parse_event_id(resume_id)
                 if dropped is not None and (position is None or dropped > position):
-                    yield self._reset(ResetReason.OVERFLOW, resume_id)
+                    yield self._reset(ResetReason.OVERFLOW, resume_id, position)
                     position = dropped
             if position is not None and key <= position:
                 continue  # read from the history already

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any, Self
 
@@ -244,12 +245,14 @@ class RedisBroker(TopicHub):
                 await self._topics_changed.wait()
                 continue
             streams = {self._key(topic): format_event_id(p) for topic, p in self._positions.items()}
+            found = None
             try:
+                # Only the read is cancelled to read again with other topics: a delivery
+                # under way is finished first.
                 with anyio.CancelScope() as self._read_scope:
                     found = await reader.xread(
                         streams, count=self.read_batch, block=_BLOCK_MILLISECONDS
                     )
-                    self._fan_out(found or {})
             except (RedisError, OSError) as exc:
                 if not failing:
                     # The text only: a record holding the exception would keep its frames,
@@ -264,11 +267,13 @@ class RedisBroker(TopicHub):
             if failing:
                 logger.warning("Redis broker reader: reading again")
             delay, failing = _RETRY_DELAYS[0], False
+            await self._fan_out(found or {})
 
-    def _fan_out(self, found: dict[str, tuple[StreamEntry, ...]]) -> None:
+    async def _fan_out(self, found: Mapping[str, tuple[StreamEntry, ...]]) -> None:
         prefix = len(self.key_prefix)
         for key, stream_entries in found.items():
             topic = key[prefix:]
+            entries: list[Entry] = []
             for stream_entry in stream_entries:
                 position = self._positions.get(topic)
                 entry_key = parse_event_id(str(stream_entry.identifier))
@@ -279,4 +284,7 @@ class RedisBroker(TopicHub):
                 self._positions[topic] = entry_key
                 event = self._event(topic, stream_entry)
                 if event is not None:
-                    self._deliver(topic, (entry_key, event))
+                    entries.append((entry_key, event))
+            # A read holds up to read_batch entries, more than a subscriber's buffer: the hub
+            # paces them by the subscribers' room.
+            await self._deliver_batch(topic, entries)

@@ -301,3 +301,32 @@ async def test_a_mid_stream_reset_names_the_last_event_the_subscriber_had(
             assert reset.data is not None
             # Where the client's state stands: after "1", not where it subscribed (nowhere).
             assert json.loads(reset.data) == {"reason": "overflow", "last_event_id": ids[1]}
+
+
+async def test_a_batch_is_paced_for_a_reader_and_a_stalled_subscriber_meets_the_policy() -> None:
+    # What the Redis reader does with one read: hand the hub more events than a buffer holds.
+    broker = MemoryBroker(
+        subscriber_buffer=4, slow_subscriber_policy=SlowSubscriberPolicy.DISCONNECT
+    )
+    entries = [((1, n), ServerSentEvent(id=f"1-{n}", data=str(n))) for n in range(50)]
+    received: list[str | None] = []
+    async with broker, broker.subscribe("t") as reader, broker.subscribe("t") as stalled:
+
+        async def read() -> None:
+            async for event in reader:
+                received.append(event.data)
+                if len(received) == len(entries):
+                    return
+
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as task_group:
+                task_group.start_soon(read)
+                started = anyio.current_time()
+                await broker._deliver_batch("t", entries)
+                waited = anyio.current_time() - started
+        assert received == [str(n) for n in range(50)]
+        assert broker.statistics().slow_disconnects == 1
+        # The stalled one held the batch once, for at most the bound, then left the fan-out.
+        assert waited < 2.0
+        with pytest.raises(SlowSubscriberError):
+            await anext(stalled)
