@@ -12,9 +12,10 @@ it, so callers can catch whichever they think in::
     ├── ProcessExitError       (RuntimeError) a streamed command exited with a failure status
     ├── LeakError              (AssertionError) a test left descriptors, processes or tasks
     ├── FallbackUnavailableError (TimeoutError) no fresh value in time and nothing to fall back on
-    ├── SlowSubscriberError    (RuntimeError) a topic subscriber fell behind and was disconnected
-    └── TopicNameError         (ValueError, Starlette's HTTPException 400) no topic may have
-                               that name (defined in ``_broker``: it needs Starlette)
+    └── SlowSubscriberError    (RuntimeError) a topic subscriber fell behind and was disconnected
+
+:class:`~streamkit.broadcast.TopicNameError` (a :class:`ValueError` and Starlette's
+``HTTPException``, so a 400) is defined beside ``topic_response``, which raises it.
 
 Bad input (an SSE event name with a newline, a negative timeout) is a plain :class:`ValueError`
 or :class:`TypeError` naming the offending value: it is a programming error, not a stream event.

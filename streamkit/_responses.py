@@ -382,9 +382,14 @@ class NDJSONResponse(StreamResponse[Any]):
     Pydantic models and dataclasses included.
 
     With ``heartbeat_interval`` set, a heartbeat is an empty line, which NDJSON readers skip.
+    Text is written as UTF-8, except U+0085, U+2028 and U+2029, written as JSON escapes:
+    readers that split lines as ``str.splitlines`` does (httpx's ``aiter_lines()``) would cut
+    a line there.
 
-    :param error_item: written as the last line when the producer raises; ``None`` writes
-        nothing.
+    :param error_item: written as the last line when the producer raises. ``None`` (the
+        default) writes nothing, so the body then ends as a completed one does and a client
+        cannot tell an error from the end of the data: give one (``{"error": true}``, say)
+        when the client must know.
     :param shutdown_item: written as the last line on a graceful shutdown.
     :param deadline_item: written as the last line when ``max_duration`` ends the stream.
     :param json_encoder: encodes each item: a function of one value returning ``str`` or
