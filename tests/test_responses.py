@@ -259,6 +259,8 @@ def test_with_options_of_a_configured_class_keeps_both_defaults() -> None:
     assert (response.options.heartbeat_interval, response.options.send_timeout) == (None, 1.0)
     with pytest.raises(TypeError, match="got an unknown argument 'shutdown_evnt'"):
         quiet.with_options(shutdown_evnt=None)
+
+
 def test_ndjson_escapes_what_line_readers_split_on() -> None:
     ndjson = NDJSONResponse(nothing())
     line = ndjson.encode({"text": "a\u2028b\u2029c\x85d\x0be\x1cf"})

@@ -199,6 +199,8 @@ def test_a_dict_event_with_a_bad_field_is_refused_by_name() -> None:
         event_from_item({"event": "a\nb", "data": "x"})
     with pytest.raises(TypeError, match="got int: 5"):
         event_from_item({"id": 5, "data": "x"})
+
+
 @pytest.mark.parametrize("field", ["data", "event", "id", "comment"])
 def test_a_lone_surrogate_is_refused_where_the_event_is_made(field: str) -> None:
     with pytest.raises(ValueError, match=rf"SSE {field} .*lone surrogate.*'\\ud800'"):

@@ -5,6 +5,7 @@ started for the module; those skip, saying why, where it cannot be found).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
