@@ -126,6 +126,13 @@ class TopicHub:
                 turns += 1
             self._deliver(topic, entry)
 
+    def _history_lost(self, topic: str) -> None:
+        """The broker's history lost events of *topic* that its live subscribers may not have
+        had: each reads the history from its last event instead, which sends it the reset a
+        client resuming from there gets."""
+        for subscription in self._subscribers.get(topic, ()):
+            subscription._fall_behind()
+
     def _one_full(self, topic: str) -> bool:
         return any(subscription._full for subscription in self._subscribers.get(topic, ()))
 

@@ -100,6 +100,7 @@ class RedisBroker(TopicHub):
         self._positions: dict[str, EventKey] = {}
         self._topics_changed = anyio.Event()
         self._read_scope: anyio.CancelScope | None = None
+        self._run_id: object = None  # the server the reader reads from, as Redis names it
 
     def _connect(self, *, stream_timeout: float) -> Redis[str]:
         from coredis import Redis
@@ -250,9 +251,14 @@ class RedisBroker(TopicHub):
                 # Only the read is cancelled to read again with other topics: a delivery
                 # under way is finished first.
                 with anyio.CancelScope() as self._read_scope:
+                    if failing or self._run_id is None:
+                        await self._check_server(reader)
                     found = await reader.xread(
                         streams, count=self.read_batch, block=_BLOCK_MILLISECONDS
                     )
+                # Before anything read is delivered: the client reconnects on its own, so a
+                # restarted or failed-over server shows only as another server.
+                await self._check_server(reader)
             except (RedisError, OSError) as exc:
                 if not failing:
                     # The text only: a record holding the exception would keep its frames,
@@ -268,6 +274,32 @@ class RedisBroker(TopicHub):
                 logger.warning("Redis broker reader: reading again")
             delay, failing = _RETRY_DELAYS[0], False
             await self._fan_out(found or {})
+
+    async def _check_server(self, reader: Redis[str]) -> None:
+        """When the reader finds itself talking to another Redis server (its ``run_id``
+        changed: a restart, a failover), see that it still holds the last entry read from each
+        topic. A restart without persistence, or a failover to a replica that had not got the
+        latest writes, loses entries: the live subscribers of such a topic then read the
+        history from their last event, as a client resuming from it would, and are sent the
+        same reset instead of skipping the lost events without a word.
+        """
+        run_id = (await reader.info("server")).get("run_id")
+        previous, self._run_id = self._run_id, run_id
+        if previous is None or run_id == previous:
+            return
+        for topic, position in list(self._positions.items()):
+            if position == (0, 0):
+                continue  # nothing read from it yet
+            last = format_event_id(position)
+            if await reader.xrange(self._key(topic), last, last, count=1):
+                continue
+            logger.warning(
+                "topic %r: Redis no longer holds entry %s, read before it was unreachable; "
+                "its live subscribers are sent a reset",
+                topic,
+                last,
+            )
+            self._history_lost(topic)
 
     async def _fan_out(self, found: Mapping[str, tuple[StreamEntry, ...]]) -> None:
         prefix = len(self.key_prefix)
