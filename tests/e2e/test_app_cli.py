@@ -43,18 +43,24 @@ from starlette.responses import PlainTextResponse
 import streamkit
 
 
+def say(text):
+    # One write of the whole line: the workers share the pipe, and print() may write the text
+    # and its newline apart, so two workers' lines could interleave.
+    os.write(1, f"{text} {os.getpid()}\\n".encode())
+
+
 @asynccontextmanager
 async def lifespan(app):
     async def refresh_forever():
         try:
             await anyio.sleep_forever()
         finally:
-            print(f"background cancelled {os.getpid()}", flush=True)
+            say("background cancelled")
 
     app.task_group.start_soon(refresh_forever)
-    print(f"lifespan started {os.getpid()}", flush=True)
+    say("lifespan started")
     yield
-    print(f"lifespan ended {os.getpid()}", flush=True)
+    say("lifespan ended")
 
 
 app = streamkit.App(

@@ -51,6 +51,7 @@ EXIT_BOUND = 2.0
 START_BOUND = 30.0
 
 SERVICE = """
+import os
 import time
 from contextlib import asynccontextmanager
 
@@ -64,9 +65,15 @@ from streamkit import EventSourceResponse, ServerSentEvent
 cleaned = set()
 
 
+def say(line):
+    # One write of the whole line: gunicorn's workers share the pipe, and print() may write
+    # the text and its newline apart, so two workers' lines could interleave.
+    os.write(1, f"{line}\\n".encode())
+
+
 def on_end(end):
     name = end.path.rsplit("/", 1)[1]
-    print(f"end {name} {end.reason.value} cleanup={name in cleaned}", flush=True)
+    say(f"end {name} {end.reason.value} cleanup={name in cleaned}")
 
 
 def producer(request):
@@ -85,7 +92,7 @@ def producer(request):
         async def watch():
             while time.monotonic() - sent_at < 0.3:
                 await anyio.sleep(0.05)
-            print(f"stuck {name}", flush=True)  # the buffer stayed full: the writes are stuck
+            say(f"stuck {name}")  # the buffer stayed full: the writes are stuck
 
         if period == 0:  # one event, then quiet: only heartbeats
             await send(ServerSentEvent(data="x" * size, id="0"))
@@ -116,9 +123,9 @@ plain = Starlette(routes=[Route("/events/{name}", events)])
 
 @asynccontextmanager
 async def lifespan(app):
-    print("lifespan started", flush=True)
+    say("lifespan started")
     yield
-    print("lifespan ended", flush=True)
+    say("lifespan ended")
 
 
 app = streamkit.App(send_timeout=SEND_TIMEOUT, lifespan=lifespan)
