@@ -13,7 +13,7 @@ The plain values both sides use (ids, policies, statistics) are in ``_topics``.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Iterable, Sequence
 from typing import Self
 
 import anyio
@@ -112,19 +112,35 @@ class TopicHub:
         subscribers' room.
 
         A batch can be larger than a buffer: handed over at once it would overflow every
-        subscriber, those that keep up too. So before each event, while a subscriber's buffer
-        is full, the subscribers are given the loop to drain it, for at most
-        :data:`BATCH_ROOM_WAIT` seconds; a subscriber that made no room by then meets the
-        slow-subscriber policy, and leaves the fan-out so it delays no later event.
+        subscriber, those that keep up too. So a subscriber whose buffer is full when an event
+        comes is given the loop to drain it, for at most :data:`BATCH_ROOM_WAIT` seconds,
+        before the next event is delivered to anyone; one that made no room by then meets the
+        slow-subscriber policy, and leaves the fan-out so it delays no later event. Nothing is
+        checked or awaited while every buffer has room.
         """
         for entry in entries:
+            waiting = self._offer_all(self._subscribers.get(topic, ()), entry)
             deadline, turns = anyio.current_time() + BATCH_ROOM_WAIT, 0
-            while self._one_full(topic) and anyio.current_time() < deadline:
+            while waiting and anyio.current_time() < deadline:
                 # A turn of the loop is what a subscriber that keeps up needs to take an
                 # event; past a few, a short sleep, so a stalled one does not spin the loop.
                 await anyio.sleep(0 if turns < 32 else 0.001)
                 turns += 1
-            self._deliver(topic, entry)
+                waiting = self._offer_all(waiting, entry)
+            for subscription in waiting:
+                if subscription._offer(entry):  # still full: the policy applies now
+                    self._delivered += 1
+
+    def _offer_all(self, subscriptions: Iterable[Subscription], entry: Entry) -> list[Subscription]:
+        """Offer *entry* to each of *subscriptions*; return those whose buffer was full."""
+        full = []
+        for subscription in subscriptions:
+            offered = subscription._offer(entry, wait_for_room=True)
+            if offered is None:
+                full.append(subscription)
+            elif offered:
+                self._delivered += 1
+        return full
 
     def _history_lost(self, topic: str) -> None:
         """The broker's history lost events of *topic* that its live subscribers may not have
@@ -132,9 +148,6 @@ class TopicHub:
         client resuming from there gets."""
         for subscription in self._subscribers.get(topic, ()):
             subscription._fall_behind()
-
-    def _one_full(self, topic: str) -> bool:
-        return any(subscription._full for subscription in self._subscribers.get(topic, ()))
 
     def _close_subscriptions(self) -> None:
         for group in self._subscribers.values():
@@ -284,14 +297,6 @@ class Subscription:
 
     # -- called by the hub, never waiting -----------------------------------------------------
 
-    @property
-    def _full(self) -> bool:
-        send = self._send
-        if send is None:
-            return False  # not in the live fan-out: it reads the history
-        statistics = send.statistics()
-        return statistics.current_buffer_used >= statistics.max_buffer_size
-
     def _open_buffer(self) -> None:
         self._send, self._receive = anyio.create_memory_object_stream[Entry](
             self._hub.subscriber_buffer
@@ -310,14 +315,17 @@ class Subscription:
             if not receive.statistics().tasks_waiting_receive:
                 receive.close()
 
-    def _offer(self, entry: Entry) -> bool:
+    def _offer(self, entry: Entry, *, wait_for_room: bool = False) -> bool | None:
+        """Buffer *entry*: true if it was, false if not (catching up, or the policy dropped or
+        disconnected it); ``None`` with *wait_for_room* when the buffer is full, the policy
+        not applied yet."""
         send = self._send
         if send is None:
             return False  # catching up: it reads this event from the history
         try:
             send.send_nowait(entry)
         except anyio.WouldBlock:
-            return self._hub._overflow(self, entry)
+            return None if wait_for_room else self._hub._overflow(self, entry)
         return True
 
     def _drop_oldest(self, entry: Entry) -> None:
