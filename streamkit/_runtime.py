@@ -350,8 +350,7 @@ class _Stream(Generic[ItemT]):
             if self._producer_scope.cancel_called and _cancelled_during_cancellation(exc):
                 report_fault(
                     f"stream {printable(self.path)}: producer {self.producer_name()} awaited "
-                    "in its "
-                    "cleanup after the stream was cancelled, and that await was cancelled "
+                    "in its cleanup after the stream was cancelled, and that await was cancelled "
                     "too, so the cleanup did not finish. Register awaited cleanup with "
                     "send.push_async_callback() or send.enter_async_context(), or wrap it "
                     "in `with streamkit.shielded_cleanup():`"
@@ -418,11 +417,10 @@ class _Stream(Generic[ItemT]):
         assert self._registry is not None
         report_fault(
             f"stream {printable(self.path)}: producer {self.producer_name()} refuses "
-            "cancellation: it "
-            f"still runs {self.options.cleanup_timeout} s (cleanup_timeout) after the stream "
-            f"ended ({self.reason.value}); the stream is reported ended and the producer "
-            "abandoned. It must not catch the cancellation (anyio.get_cancelled_exc_class()) "
-            "without raising it again"
+            f"cancellation: it still runs {self.options.cleanup_timeout} s (cleanup_timeout) "
+            f"after the stream ended ({self.reason.value}); the stream is reported ended and "
+            "the producer abandoned. It must not catch the cancellation "
+            "(anyio.get_cancelled_exc_class()) without raising it again"
         )
         self.buffer.close()  # the sender ends the body, unless the client is gone
         self._report(self._registry)
