@@ -251,6 +251,21 @@ class _Stream(Generic[ItemT]):
             return self.buffer.put(frame)
         return None
 
+    def offer_frame(self, frame: bytes) -> bool:
+        """Queue *frame*, already encoded, if the buffer has room; false if it is full (nothing
+        is queued: the caller decides what then). Never waits: a fan-out hands one encoding
+        of an event to every subscriber's stream this way.
+
+        :raises anyio.ClosedResourceError: the stream is ending and takes no more frames.
+        """
+        if self._idle_timeout is not None:
+            self.last_item_at = anyio.current_time()
+        try:
+            self.buffer.put_nowait(frame)
+        except anyio.WouldBlock:
+            return False
+        return True
+
     def shutdown(self) -> None:
         """End the stream for a graceful shutdown (called by the registry's drain)."""
         self.decide(EndReason.SHUTDOWN)

@@ -33,6 +33,8 @@ class _Queue(Protocol[ItemT_contra]):
 
     def offer(self, item: ItemT_contra) -> Awaitable[None] | None: ...
 
+    def offer_frame(self, frame: bytes) -> bool: ...
+
     def decide(
         self, reason: EndReason, exception: BaseException | None = None, *, abandon_sender: bool
     ) -> bool: ...
@@ -86,6 +88,15 @@ class StreamSender(Generic[ItemT_contra]):
         waiting = self._stream.offer(item)
         if waiting is not None:  # the buffer is full: wait for room
             await waiting
+
+    def _offer_frame(self, frame: bytes) -> bool:
+        """Queue *frame*, already encoded, if the stream's buffer has room; false if it is
+        full. Never waits. For fan-out within streamkit (the broadcast wing), which encodes an
+        event once for all its subscribers; not for producers.
+
+        :raises anyio.ClosedResourceError: the stream is ending.
+        """
+        return self._stream.offer_frame(frame)
 
     @property
     def last_event_id(self) -> str | None:
