@@ -1,7 +1,8 @@
-"""The only backend-specific code: choosing hypercorn's worker, and one asyncio repair.
+"""Serving's backend-specific code: choosing hypercorn's worker, and one asyncio repair.
 
-Everything else in streamkit imports anyio alone. hypercorn has no anyio worker, so serving
-means picking its asyncio or trio ``serve`` for the loop that is running.
+Besides this module, only the runtime's ``_loop`` names asyncio or trio; everything else in
+streamkit imports anyio alone. hypercorn has no anyio worker, so serving means picking its
+asyncio or trio ``serve`` for the loop that is running.
 
 The repair: on Python 3.11, hypercorn's asyncio worker ends its serve with an
 ``asyncio.TaskGroup`` whose child raised to trigger the shutdown, which leaves one

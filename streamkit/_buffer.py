@@ -34,6 +34,11 @@ class FrameBuffer:
     def __len__(self) -> int:
         return len(self._frames)
 
+    @property
+    def reader_waiting(self) -> bool:
+        """Whether the reader waits for a frame (the buffer is then empty)."""
+        return self._readable is not None
+
     def put_nowait(self, frame: bytes | None) -> None:
         """Queue *frame* if there is room.
 

@@ -26,7 +26,7 @@ from ._json import JSONEncoder, check_json_encoder, encode_json
 from ._options import OptionArguments, StreamOptions
 from ._runtime import deliver
 from ._sender import Producer
-from ._sse import ServerSentEvent, encode_comment, encode_event, event_from_item
+from ._sse import ServerSentEvent, encode_comment, encode_data, encode_event, event_from_item
 
 __all__ = [
     "DEFAULT_ERROR_EVENT",
@@ -339,6 +339,8 @@ class EventSourceResponse(StreamResponse[Any]):
         :raises ValueError: the item holds a value JSON cannot carry, or a ``dict`` event's
             field is invalid.
         """
+        if type(item) is str:
+            return encode_data(item)  # a token, a line: the event need not be made
         return encode_event(event_from_item(item), self.json_encoder)
 
     def heartbeat_frame(self) -> bytes | None:

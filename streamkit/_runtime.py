@@ -33,6 +33,7 @@ from ._buffer import FrameBuffer
 from ._connections import abort_connection_soon
 from ._ends import EndReason, StreamEnd
 from ._faults import report_fault
+from ._loop import loop_facts
 from ._options import StreamOptions
 from ._registry import ActiveStream, StreamRegistry, current_registry
 from ._sender import Producer, StreamSender, shielded_cleanup
@@ -102,7 +103,9 @@ class _Stream(Generic[ItemT]):
     # Slots: one per open stream, so its size counts (a dict would add about 1.3 KiB).
     __slots__ = (
         "_abort_target",
+        "_call_soon",
         "_cleanup_duration",
+        "_clock",
         "_completing",
         "_decided_at",
         "_fatal",
@@ -122,7 +125,10 @@ class _Stream(Generic[ItemT]):
         "_sender_finished",
         "_sender_scope",
         "_timers",
+        "_turned",
         "_unwound",
+        "_write_done",
+        "_writing",
         "body",
         "buffer",
         "bytes_sent",
@@ -141,6 +147,14 @@ class _Stream(Generic[ItemT]):
 
     def __init__(self, body: StreamBody[ItemT], scope: Scope, receive: Receive, send: Send) -> None:
         options = body.options
+        facts = loop_facts()
+        self._clock = facts.clock
+        self._call_soon = facts.call_soon
+        # Whether the loop has turned since the producer last wrote itself (see offer());
+        # never true where the producer may not write itself.
+        self._turned = facts.call_soon is not None
+        self._writing = False  # the producer is writing
+        self._write_done: anyio.Event | None = None  # made while the writer waits for it
         self.body = body
         self.options = options
         self.path: str = scope.get("path", "")
@@ -161,7 +175,7 @@ class _Stream(Generic[ItemT]):
         self.exception: BaseException | None = None
         self.items_sent = 0
         self.bytes_sent = 0
-        self.started_at = anyio.current_time()
+        self.started_at = self._clock()
         self._cleanup_duration = 0.0
         self._decided_at = math.inf
         # Made when the end is decided or the producer's body returns, whichever is first;
@@ -212,7 +226,7 @@ class _Stream(Generic[ItemT]):
             # The producer's body is still running: from now on it has cleanup_timeout to
             # return, and the watcher keeps that bound.
             self._unwound = anyio.Event()
-            self._decided_at = anyio.current_time()
+            self._decided_at = self._clock()
             bound = self._decided_at + self.options.cleanup_timeout
             if self._timers is not None and bound < self._timers.deadline:
                 self._timers.deadline = bound
@@ -233,14 +247,20 @@ class _Stream(Generic[ItemT]):
 
     def offer(self, item: ItemT) -> Awaitable[None] | None:
         """Encode *item* and queue it: ``None`` once queued, else an awaitable that queues it
-        when the buffer has room (what :class:`StreamSender` awaits).
+        when the buffer has room, or writes it (what :class:`StreamSender` awaits).
 
         :raises TypeError: the body cannot encode an item of this type.
         :raises ValueError: the item's value cannot be encoded.
         """
         frame = self.body.encode(item)
         if self.options.idle_timeout is not None:
-            self.last_item, self.last_item_at = item, anyio.current_time()
+            self.last_item, self.last_item_at = item, self._clock()
+        if self._turned and self.buffer.reader_waiting and self.reason is None:
+            # The writer waits on an empty buffer, and the producer has yielded since it last
+            # wrote (it awaits something between items): it writes this item itself, which
+            # spares waking the writer for it, a task step per item. A producer that does not
+            # yield between items queues them instead, to be joined into one write.
+            return self._write_through(frame)
         try:
             # Trying put_nowait first spares a coroutine per item (about half the cost of
             # queueing one). It never yields, so the writer takes all that is queued in one
@@ -251,6 +271,37 @@ class _Stream(Generic[ItemT]):
             return self.buffer.put(frame)
         return None
 
+    @property
+    def cancelled(self) -> bool:
+        """Whether the producer has been cancelled: the end was decided, or its deadline
+        passed."""
+        return self._producer_scope.cancel_called
+
+    async def _write_through(self, frame: bytes) -> None:
+        """Write *frame* from the producer's task (see :mod:`streamkit._loop` for where)."""
+        self._turned = False
+        self._writing = True
+        try:
+            self._last_data_at = self._begin_write()
+            await self._send({"type": "http.response.body", "body": frame, "more_body": True})
+            self._pending_since = None
+            self.bytes_sent += len(frame)
+            self.items_sent += 1
+        except OSError:
+            # ASGI 2.4 servers raise OSError from send() once the client is gone.
+            self.decide(EndReason.CLIENT_DISCONNECTED)
+            await anyio.lowlevel.checkpoint()  # the producer is cancelled now
+        finally:
+            self._writing = False
+            if self._write_done is not None:
+                self._write_done.set()
+                self._write_done = None
+            assert self._call_soon is not None
+            self._call_soon(self._on_turn)
+
+    def _on_turn(self) -> None:
+        self._turned = True
+
     def offer_frame(self, frame: bytes) -> bool:
         """Queue *frame*, already encoded, if the buffer has room; false if it is full (nothing
         is queued: the caller decides what then). Never waits: a fan-out hands one encoding
@@ -259,7 +310,7 @@ class _Stream(Generic[ItemT]):
         :raises anyio.ClosedResourceError: the stream is ending and takes no more frames.
         """
         if self._idle_timeout is not None:
-            self.last_item_at = anyio.current_time()
+            self.last_item_at = self._clock()
         try:
             self.buffer.put_nowait(frame)
         except anyio.WouldBlock:
@@ -274,7 +325,7 @@ class _Stream(Generic[ItemT]):
         return ActiveStream(
             path=self.path,
             client=self.client,
-            age=anyio.current_time() - self.started_at,
+            age=self._clock() - self.started_at,
             items_sent=self.items_sent,
             bytes_sent=self.bytes_sent,
         )
@@ -376,7 +427,7 @@ class _Stream(Generic[ItemT]):
                 self._unwound = anyio.Event()
             self._unwound.set()
             self._decided_at = math.inf  # the body returned: its cleanup has its own bound
-            started = anyio.current_time()
+            started = self._clock()
             with shielded_cleanup(self.options.cleanup_timeout):
                 await self._close(getattr(closable, "aclose", None))
                 # The exits see how the producer ended; one that would suppress it is ignored.
@@ -384,7 +435,7 @@ class _Stream(Generic[ItemT]):
                     (type(failure), failure, failure.__traceback__) if failure else (None,) * 3
                 )
                 await self._close(partial(stack.__aexit__, *exc_info))
-            self._cleanup_duration = anyio.current_time() - started
+            self._cleanup_duration = self._clock() - started
 
     def producer_name(self) -> str:
         """The producer's qualified name, for a log line."""
@@ -403,8 +454,9 @@ class _Stream(Generic[ItemT]):
 
     async def _watch_connection(self) -> None:
         # One task listens for the disconnect and, between messages, wakes at the earliest of
-        # its timers: a write stuck past send_timeout, a heartbeat due, an idle period over.
-        # Folding them into the listener keeps a stream at two tasks beside the producer.
+        # its timers: a write stuck past send_timeout, an idle period over. Folding them into
+        # the listener keeps a stream at two tasks beside the producer. (The writer times the
+        # heartbeats: it writes them, and waits for frames anyway.)
         # Cancelling receive() there is safe: servers hold the message until it is taken.
         while True:
             with anyio.CancelScope(deadline=self._next_due()) as self._timers:
@@ -444,9 +496,6 @@ class _Stream(Generic[ItemT]):
         due = math.inf
         if self._pending_since is not None and self._send_timeout is not None:
             due = self._pending_since + self._send_timeout
-        interval = self._heartbeat_interval
-        if interval is not None:
-            due = min(due, max(self._heartbeat_at, self._last_data_at + interval))
         if self._idle_timeout is not None:
             due = min(due, self.last_item_at + self._idle_timeout)
         # Decided elsewhere (a shutdown, a deadline): the producer's bound is kept here too.
@@ -455,7 +504,7 @@ class _Stream(Generic[ItemT]):
     def _on_timers(self) -> bool:
         """Act on the timers that are due; true once the sender is abandoned or the end
         decided and the producer's bound due."""
-        now = anyio.current_time()
+        now = self._clock()
         if now >= self._decided_at + self.options.cleanup_timeout:
             return True
         timeout = self._send_timeout
@@ -466,11 +515,6 @@ class _Stream(Generic[ItemT]):
                 if self._abort_target is not None:
                     abort_connection_soon(*self._abort_target)
                 return True
-        interval = self._heartbeat_interval
-        if interval is not None and now >= max(self._heartbeat_at, self._last_data_at + interval):
-            self._heartbeat_at = now + interval
-            if not self._enqueue(None):
-                self._heartbeat_interval = None  # the body is ending: no more heartbeats
         idle_timeout = self._idle_timeout
         if idle_timeout is not None and now >= self.last_item_at + idle_timeout:
             if not self._on_idle():
@@ -490,7 +534,7 @@ class _Stream(Generic[ItemT]):
         if self.options.end_when_idle:
             self.decide(EndReason.DEADLINE)
             return False
-        self.last_item_at = anyio.current_time()
+        self.last_item_at = self._clock()
         return True
 
     def _enqueue(self, frame: bytes | None) -> bool:
@@ -510,12 +554,17 @@ class _Stream(Generic[ItemT]):
             # end of the body, which would make a cut stream look whole. The cancellation
             # alone could come too late: on asyncio, a write that does not block never yields.
             await anyio.lowlevel.checkpoint()
-        self._pending_since = now = anyio.current_time()
+        self._begin_write()
+        await self._send(message)
+        self._pending_since = None
+
+    def _begin_write(self) -> float:
+        """Note that a write begins now, for the watcher's send timeout; return the time."""
+        self._pending_since = now = self._clock()
         timers, timeout = self._timers, self._send_timeout
         if timeout is not None and timers is not None and now + timeout < timers.deadline:
             timers.deadline = now + timeout  # wake the watcher for this write
-        await self._send(message)
-        self._pending_since = None
+        return now
 
     async def _write(self, body: bytes) -> None:
         await self._send_message({"type": "http.response.body", "body": body, "more_body": True})
@@ -534,14 +583,17 @@ class _Stream(Generic[ItemT]):
         await self._send_message(body.start_message())
         # Write what the producer has queued meanwhile in one message: fewer, larger writes
         # when the producer is ahead, and no added latency when it is not.
-        while frames := await self.buffer.take(_MAX_BATCH_BYTES):
+        while frames := await self._take():
+            if self._writing:  # the producer writes an item itself: after it
+                self._write_done = done = anyio.Event()
+                await done.wait()
             beats = frames.count(None)
             # Asked per write, not once: a heartbeat may carry the time it was sent.
             heartbeat = (body.heartbeat_frame() or b"") if beats else b""
             if beats < len(frames):
                 # Only items put the next heartbeat off: one timed from a heartbeat's own
                 # write would wake the watcher twice per beat.
-                self._last_data_at = anyio.current_time()
+                self._last_data_at = self._clock()
             await self._write(b"".join([heartbeat if f is None else f for f in frames]))
             self.items_sent += len(frames) - beats
         if self.reason is not None:
@@ -555,6 +607,22 @@ class _Stream(Generic[ItemT]):
         self.decide(EndReason.COMPLETED)
         self._finish_sender()
 
+    async def _take(self) -> list[bytes | None]:
+        """The frames queued, or a heartbeat (``[None]``) once nothing was written for the
+        heartbeat interval; ``[]`` once the buffer is closed and empty."""
+        interval = self._heartbeat_interval
+        while interval is not None and not len(self.buffer):
+            due = max(self._heartbeat_at, self._last_data_at + interval)
+            with anyio.move_on_at(due):
+                return await self.buffer.take(_MAX_BATCH_BYTES)
+            # Due, unless the producer wrote an item itself meanwhile.
+            now = self._clock()
+            if now >= max(self._heartbeat_at, self._last_data_at + interval):
+                # Timed from the beat, not from its write: an item puts the next one off.
+                self._heartbeat_at = now + interval
+                return [None]
+        return await self.buffer.take(_MAX_BATCH_BYTES)
+
     # -- the report -----------------------------------------------------------------------------
 
     def _report(self, registry: StreamRegistry) -> None:
@@ -565,7 +633,7 @@ class _Stream(Generic[ItemT]):
         end = StreamEnd(
             reason=self.reason,
             path=self.path,
-            duration=anyio.current_time() - self.started_at,
+            duration=self._clock() - self.started_at,
             items_sent=self.items_sent,
             bytes_sent=self.bytes_sent,
             cleanup_duration=self._cleanup_duration,

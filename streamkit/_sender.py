@@ -31,6 +31,9 @@ class _Queue(Protocol[ItemT_contra]):
     last_event_id: str | None
     discarded_last_event_id: str | None
 
+    @property
+    def cancelled(self) -> bool: ...
+
     def offer(self, item: ItemT_contra) -> Awaitable[None] | None: ...
 
     def offer_frame(self, frame: bytes) -> bool: ...
@@ -84,7 +87,10 @@ class StreamSender(Generic[ItemT_contra]):
         :raises TypeError: the response cannot encode an item of this type.
         :raises ValueError: the item's value cannot be encoded.
         """
-        await anyio.lowlevel.checkpoint_if_cancelled()  # a cancelled producer stops here
+        if self._stream.cancelled:
+            # A cancelled producer stops here (unless it sends from a shielded block). Asked
+            # of the stream rather than anyio, which would find the running loop per item.
+            await anyio.lowlevel.checkpoint()
         waiting = self._stream.offer(item)
         if waiting is not None:  # the buffer is full: wait for room
             await waiting

@@ -25,6 +25,7 @@ __all__ = [
     "EVENT_FIELDS",
     "ServerSentEvent",
     "encode_comment",
+    "encode_data",
     "encode_event",
     "event_from_item",
     "last_event_id",
@@ -65,13 +66,21 @@ class ServerSentEvent:
     comment: str | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.data, bytes | bytearray | memoryview):
+        if isinstance(self.data, str):
+            check_text("SSE data", self.data)
+        elif isinstance(self.data, bytes | bytearray | memoryview):
             raise TypeError(
                 f"SSE data must be a str or a value to send as JSON, got "
                 f"{type(self.data).__name__}: {self.data!r:.80}; decode bytes first"
             )
-        if isinstance(self.data, str):
-            check_text("SSE data", self.data)
+        if self.event is None and self.id is None and self.comment is None:
+            pass  # data alone (the most common event): no other text to check
+        else:
+            self._check_fields()
+        if self.retry is not None:
+            check_count("SSE retry (milliseconds)", self.retry, least=0)
+
+    def _check_fields(self) -> None:
         for name in ("event", "id", "comment"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
@@ -84,13 +93,13 @@ class ServerSentEvent:
             raise ValueError(f"SSE event name must not contain CR or LF: {self.event!r}")
         if self.id is not None and ("\r" in self.id or "\n" in self.id or "\0" in self.id):
             raise ValueError(f"SSE id must not contain CR, LF or NUL: {self.id!r}")
-        if self.retry is not None:
-            check_count("SSE retry (milliseconds)", self.retry, least=0)
 
 
 def _field_lines(name: str, value: str) -> str:
     # Always "name: value": a parser drops one space after the colon, so a value that itself
     # starts with a space keeps it.
+    if "\n" not in value and "\r" not in value:
+        return f"{name}: {value}\n"  # one line: no split (a search of the text, in C)
     return "".join(f"{name}: {line}\n" for line in _LINE_BREAK.split(value))
 
 
@@ -147,6 +156,16 @@ def encode_event(event: ServerSentEvent, json_encoder: JSONEncoder | None = None
         parts.append(_field_lines("data", data))
     parts.append("\n")
     return "".join(parts).encode()
+
+
+def encode_data(text: str) -> bytes:
+    """Encode an unnamed event whose data is *text*: what ``encode_event`` makes of
+    ``ServerSentEvent(data=text)``, without making the event.
+
+    :raises ValueError: *text* holds a lone surrogate.
+    """
+    check_text("SSE data", text)
+    return (_field_lines("data", text) + "\n").encode()
 
 
 def encode_comment(text: str) -> bytes:

@@ -16,7 +16,16 @@ LAYERS = [
     {"_checks", "_ends", "_exceptions", "_options"},
     {"_json", "_sse", "_sse_decoder", "_backoff"},
     {"_buffer"},
-    {"_logs", "_registry", "_faults", "_connections", "_server_shutdown", "_sender", "_runtime"},
+    {
+        "_loop",
+        "_logs",
+        "_registry",
+        "_faults",
+        "_connections",
+        "_server_shutdown",
+        "_sender",
+        "_runtime",
+    },
     {"_responses"},
 ]
 

@@ -165,3 +165,125 @@ async def test_a_client_that_stops_reading_is_given_up_after_send_timeout() -> N
     await connection.run(partial(deliver, body))
     assert body.end.reason is EndReason.SEND_TIMEOUT
     assert anyio.current_time() - started < 1.0
+
+
+class WatchedConnection(FakeConnection):
+    """A connection that records how many writes were in flight at once, and whose body
+    writes wait for :attr:`gate` while it is set up."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_flight = self.most_in_flight = 0
+        self.gate: anyio.Event | None = None
+        self.waiting = anyio.Event()
+
+    async def send(self, message: Message) -> None:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            if self.gate is not None and message.get("body"):
+                gate, self.gate = self.gate, None
+                self.waiting.set()
+                await gate.wait()
+            await super().send(message)
+        finally:
+            self.in_flight -= 1
+
+
+async def test_a_producer_that_awaits_between_items_has_each_item_written_in_order(
+    anyio_backend_name: str,
+) -> None:
+    # The shape of an upstream feeding tokens: an await between items. On asyncio the
+    # producer writes each item itself (the write is done when send returns); on trio the
+    # writer does. Either way each item is written once, in order, one write at a time.
+    on_the_wire: list[bool] = []
+    connection = WatchedConnection()
+
+    async def produce(send: StreamSender[str]) -> None:
+        for number in range(50):
+            await send(str(number))
+            on_the_wire.append(f"{number}|".encode() in connection.body)
+            await anyio.lowlevel.checkpoint()
+
+    body = Body(produce)
+    await connection.run(partial(deliver, body))
+    assert connection.body == b"".join(f"{number}|".encode() for number in range(50))
+    assert body.end.items_sent == 50
+    assert connection.most_in_flight == 1
+    # Written from the producer's task on asyncio, where the server's send can be cancelled.
+    assert all(on_the_wire[1:]) is (anyio_backend_name == "asyncio")
+
+
+async def test_a_producer_that_never_yields_has_its_items_joined_into_few_writes() -> None:
+    async def produce(send: StreamSender[str]) -> None:
+        await anyio.sleep(0.01)  # the writer waits for items, with nothing queued
+        for _ in range(1000):
+            await send("x")
+
+    body = Body(produce, StreamOptions(buffer_size=1000))
+    connection = FakeConnection()
+    await connection.run(partial(deliver, body))
+    assert connection.body == b"x|" * 1000
+    # The first item may be written alone; the rest wait for the writer and share writes.
+    assert len(connection.body_chunks) <= 3
+
+
+async def test_a_heartbeat_due_during_the_producers_own_write_is_written_after_it() -> None:
+    connection = WatchedConnection()
+    release = anyio.Event()
+
+    async def produce(send: StreamSender[str]) -> None:
+        await send("a")
+        await anyio.sleep(0.05)  # past the heartbeat interval: the writer beats meanwhile
+        connection.gate = release
+        await send("b")  # held by the client for more than a heartbeat interval
+        await send("c")
+
+    async def release_later() -> None:
+        await connection.waiting.wait()
+        await anyio.sleep(0.05)
+        release.set()
+
+    body = Body(produce, StreamOptions(heartbeat_interval=0.02))
+    async with anyio.create_task_group() as task_group:
+        task_group.start_soon(release_later)
+        await connection.run(partial(deliver, body))
+    assert connection.most_in_flight == 1
+    items = connection.body.replace(b".", b"")
+    assert items == b"a|b|c|"
+    assert b"." in connection.body.split(b"a|")[1].split(b"b|")[0]  # beats while silent
+
+
+async def test_a_write_the_client_never_takes_ends_with_send_timeout_and_frees_the_producer() -> (
+    None
+):
+    # A producer that awaits between items writes itself on asyncio: the write that blocks
+    # is its own, and the send timeout must still free it.
+    cleaned = anyio.Event()
+
+    async def produce(send: StreamSender[str]) -> None:
+        send.push_async_callback(_set, cleaned)
+        while True:
+            await send("x")
+            await anyio.lowlevel.checkpoint()
+
+    connection = StalledAfterFirstConnection()
+    body = Body(produce, StreamOptions(send_timeout=0.05))
+    started = anyio.current_time()
+    await connection.run(partial(deliver, body), within=2)
+    assert body.end.reason is EndReason.SEND_TIMEOUT
+    assert cleaned.is_set()
+    assert anyio.current_time() - started < 1.0
+
+
+async def _set(event: anyio.Event) -> None:
+    event.set()
+
+
+class StalledAfterFirstConnection(FakeConnection):
+    """A client that reads the first body write, then stops reading."""
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.body" and self.body_chunks:
+            await anyio.sleep_forever()
+        await super().send(message)

@@ -13,7 +13,13 @@ from pydantic import BaseModel
 
 from streamkit import ServerSentEvent, last_event_id
 from streamkit._json import to_jsonable
-from streamkit._sse import MAX_LAST_EVENT_ID_LENGTH, encode_comment, encode_event, event_from_item
+from streamkit._sse import (
+    MAX_LAST_EVENT_ID_LENGTH,
+    encode_comment,
+    encode_data,
+    encode_event,
+    event_from_item,
+)
 
 # Any text but lone surrogates, which UTF-8 cannot carry.
 TEXT = st.text(st.characters(exclude_categories=["Cs"]))
@@ -219,3 +225,26 @@ def test_a_utf8_last_event_id_round_trips() -> None:
     assert last_event_id({"last-event-id": sent}) == "é-1"
     # Bytes that are no UTF-8 could not come from an id this server sent.
     assert last_event_id({"last-event-id": "\xe9-1"}) is None
+
+
+@given(st.text())
+def test_a_str_is_encoded_as_the_event_whose_data_it_is(text: str) -> None:
+    # The str fast path of an event stream writes what the event would have written.
+    try:
+        expected = encode_event(ServerSentEvent(data=text))
+    except ValueError:
+        with pytest.raises(ValueError, match="lone surrogate"):
+            encode_data(text)
+        return
+    assert encode_data(text) == expected
+
+
+@pytest.mark.parametrize("text", ["one line", "two\nlines", "cr\ronly", "crlf\r\nend\n", ""])
+def test_a_str_item_and_its_event_are_written_alike(text: str) -> None:
+    from streamkit import EventSourceResponse, StreamSender
+
+    async def produce(send: StreamSender[str]) -> None:
+        pass
+
+    response = EventSourceResponse(produce)
+    assert response.encode(text) == response.encode(ServerSentEvent(data=text))
