@@ -21,6 +21,7 @@ import math
 from collections.abc import AsyncIterable, Awaitable, Callable
 from contextlib import AsyncExitStack
 from functools import partial
+from types import TracebackType
 from typing import Generic, Protocol, TypeVar
 
 import anyio
@@ -127,6 +128,7 @@ class _Stream(Generic[ItemT]):
         "_timers",
         "_turned",
         "_unwound",
+        "_watching",
         "_write_done",
         "_writing",
         "body",
@@ -203,6 +205,7 @@ class _Stream(Generic[ItemT]):
         self._idle_timeout = options.idle_timeout
         # The watcher's current scope; until it first runs, it reads the pending write itself.
         self._timers: anyio.CancelScope | None = None
+        self._watching = True
 
     # -- deciding the end ---------------------------------------------------------------------
 
@@ -345,7 +348,8 @@ class _Stream(Generic[ItemT]):
                 # Report before leaving the task group: on trio, a write to a client that
                 # stopped reading holds the sender until the kernel drops the connection.
                 self._report(registry)
-                task_group.cancel_scope.cancel()
+                if self._watching:  # the writer has finished, or been abandoned, by now
+                    task_group.cancel_scope.cancel()
         finally:
             self.buffer.close()
             if not self._reported:
@@ -431,11 +435,11 @@ class _Stream(Generic[ItemT]):
             with shielded_cleanup(self.options.cleanup_timeout):
                 await self._close(getattr(closable, "aclose", None))
                 # The exits see how the producer ended; one that would suppress it is ignored.
-                exc_info = (
-                    (type(failure), failure, failure.__traceback__) if failure else (None,) * 3
-                )
-                await self._close(partial(stack.__aexit__, *exc_info))
+                await self._close(partial(stack.__aexit__, *_exc_info(failure)))
             self._cleanup_duration = self._clock() - started
+            # The failure's traceback holds this frame, which holds the failure: a cycle that
+            # only the garbage collector would free, and with it every frame of the stream.
+            failure = None
 
     def producer_name(self) -> str:
         """The producer's qualified name, for a log line."""
@@ -469,6 +473,7 @@ class _Stream(Generic[ItemT]):
             if self._on_timers():
                 break
         await self._bound_the_producer()
+        self._watching = False
 
     async def _bound_the_producer(self) -> None:
         """Wait until the producer's body has returned, at most ``cleanup_timeout`` past the
@@ -671,6 +676,12 @@ def printable(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _exc_info(
+    exc: BaseException | None,
+) -> tuple[type[BaseException], BaseException, TracebackType | None] | tuple[None, None, None]:
+    return (type(exc), exc, exc.__traceback__) if exc is not None else (None, None, None)
 
 
 def _cancelled_during_cancellation(exc: BaseException) -> bool:

@@ -4,6 +4,8 @@ real servers are in ``tests/e2e/test_runtime.py``."""
 
 from __future__ import annotations
 
+import gc
+import types
 from collections.abc import AsyncIterable
 from functools import partial
 from typing import Any
@@ -287,3 +289,30 @@ class StalledAfterFirstConnection(FakeConnection):
         if message["type"] == "http.response.body" and self.body_chunks:
             await anyio.sleep_forever()
         await super().send(message)
+
+
+async def test_a_stream_cut_short_leaves_no_reference_cycle_for_the_collector() -> None:
+    # A cycle through a cancelled producer's frames holds them, and all they hold, until a
+    # garbage collection finds it: at a thousand disconnects at once, that is collections
+    # over every live stream in the middle of the teardown.
+    async def produce(send: StreamSender[str]) -> None:
+        await send("first")
+        await anyio.sleep_forever()
+
+    gc.collect()
+    gc.disable()
+    try:
+        await FakeConnection(disconnect_after_body=1).run(partial(deliver, Body(produce)))
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        producer_frames = [
+            item
+            for item in gc.garbage
+            if isinstance(item, types.FrameType)
+            and item.f_code.co_name in {"produce", "_produce", "_produce_then_finish", "deliver"}
+        ]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert producer_frames == []
