@@ -15,8 +15,9 @@ Producers of different shapes, each ``GET /PATH?size=N&...`` with events whose d
   stream's start, so that a late event is not made up for by a longer wait, forever.
 - ``/idle``: one ``ready`` event and then nothing but heartbeats.
 
-Every producer counts itself in and, as the last step of its cleanup, awaits once (shielded,
-the way cleanup that closes something must) and timestamps it.
+Every producer (the upstream task, for ``/upstream``) counts itself in and, as the last step
+of its cleanup, awaits once (shielded, the way cleanup that closes something must) and
+timestamps it.
 
 Where an implementation has an option for a behaviour streamkit has (heartbeats, a send
 timeout), it is set to the same value; where it has none, the hand-written apps do it by hand

@@ -1,5 +1,5 @@
-"""Smoke test of the benchmark runner in ``bench/``: one quick measurement, one
-implementation, one backend, through the real command line.
+"""Smoke tests of the benchmarks in ``bench/``: quick runs of a few measurements on one
+backend, through the real command line.
 
 It starts a real hypercorn server process and a real client, so it is an e2e test; it asserts
 that the runner produces a well-formed result, never how fast anything is (speed is measured
@@ -88,8 +88,8 @@ def test_quick_shapes_and_timer_run_reports_every_shape_and_the_timer(tmp_path: 
                 assert found["server_cpu_us_per_event"] > 0
         timer = result["timer"]
         assert timer["streams"] == plan["timer_streams"]
-        # Every stream delivered events in the window (not only a few that kept up).
-        assert timer["events_per_s"] > 0.5 * timer["target_events_per_s"]
+        assert timer["target_events_per_s"] == plan["timer_streams"] * plan["timer_rate"]
+        assert timer["events_per_s"] > 0
         assert timer["server_cpu_us_per_event"] > 0
 
     report = completed.stdout
