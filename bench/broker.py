@@ -50,7 +50,7 @@ def make_app(broker_kind: str, redis_url: str | None) -> object:
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
-    import streamkit
+    import streamkit.broadcast
 
     broker: streamkit.broadcast.MemoryBroker | streamkit.broadcast.RedisBroker
     if broker_kind == "memory":

@@ -104,7 +104,12 @@ async def idle(backend: str, streams: int, connections: int) -> dict[str, Any]:
     results: dict[str, Any] = {}
     async with server("streamkit", backend, send_timeout=10.0) as process:
         fleet = Fleet(process.port, "/idle")
-        await anyio.to_thread.run_sync(lambda: (fleet.open(20), fleet.close_all()))
+
+        def warm_up() -> None:
+            fleet.open(20)
+            fleet.close_all()
+
+        await anyio.to_thread.run_sync(warm_up)
         await anyio.sleep(1.0)
         baseline = rss_bytes(process.pid)
         started = time.monotonic()

@@ -10,20 +10,31 @@ import statistics
 import time
 from typing import Any
 
+from .apps import SHAPES
 from .client import Fleet, Stream
 from .proc import cpu_seconds, rss_bytes
 from .servers import ServerProcess
 
-__all__ = ["disconnects", "mass_disconnect", "memory", "stall", "throughput"]
+__all__ = [
+    "DISCONNECT_PATHS",
+    "disconnects",
+    "mass_disconnect",
+    "memory",
+    "stall",
+    "throughput",
+    "timer",
+]
 
 MIB = 1024 * 1024
 
 
-def throughput(server: ServerProcess, *, size: int, warmup: float, window: float) -> dict[str, Any]:
-    """One busy stream of *size*-byte events, read flat out: *warmup* seconds unmeasured, then
-    about *window* seconds measured, until the stream ends."""
-    path = f"/events?size={size}&seconds={warmup + window}"
-    stream = Stream(server.port, path)
+def throughput(
+    server: ServerProcess, *, path: str = "/events", size: int, warmup: float, window: float
+) -> dict[str, Any]:
+    """One stream of *size*-byte events from the producer at *path* (the busy one unless
+    said otherwise), read flat out: *warmup* seconds unmeasured, then about *window* seconds
+    measured, until the stream ends."""
+    stream = Stream(server.port, f"{path}?size={size}&seconds={warmup + window}")
     try:
         stream.read_head()
         stream.read_for(warmup)
@@ -63,20 +74,30 @@ def _summary_ms(values: list[float]) -> dict[str, float | None]:
     }
 
 
+#: The producer each kind of single disconnect is timed on.
+DISCONNECT_PATHS = {
+    "idle": "/idle",
+    "busy": f"{SHAPES['busy']}?size=64",
+    "upstream": f"{SHAPES['upstream']}?size=64",
+}
+
+
 def disconnects(
-    server: ServerProcess, *, busy: bool, count: int, within: float = 2.0, late: float = 10.0
+    server: ServerProcess, *, kind: str, count: int, within: float = 2.0, late: float = 10.0
 ) -> dict[str, Any]:
     """Open a stream, let it run, close it, and time the server's cleanup; *count* times.
 
-    An idle stream is closed with nothing unread, so the close is a FIN; a busy one with data
-    unread, so the kernel resets it, as it does when a real client goes away mid-stream.
+    An idle stream is closed with nothing unread, so the close is a FIN; a busy or upstream
+    one with data unread, so the kernel resets it, as it does when a real client goes away
+    mid-stream. An upstream stream's cleanup is its upstream task's, once that has ended.
 
     A series stops at the first stream not cleaned up within *within* seconds; how much
     later it was (up to *late* seconds more) is reported, and whether the server still
     answered at all (if not, the CPU share it was using). After a stopped series the server
     should be replaced.
     """
-    path = "/events?size=64" if busy else "/idle"
+    path = DISCONNECT_PATHS[kind]
+    busy = kind != "idle"
     latencies: list[float] = []
     cleaned = server.state()["cleaned"]
     result: dict[str, Any] = {"stopped": None}
@@ -132,6 +153,37 @@ def mass_disconnect(
         "median_after_close_ms": (statistics.median(stamps) - first) * 1e3 if stamps else None,
         "heartbeats_per_stream": beats / count,
         "cpu_us_per_heartbeat": heartbeat_cpu / beats * 1e6 if beats else None,
+    }
+
+
+def timer(
+    server: ServerProcess, *, streams: int, rate: float, warmup: float, window: float
+) -> dict[str, Any]:
+    """Open *streams* ticking streams of 64-byte events, *rate* a second each, all at once;
+    after *warmup* seconds, count the events that arrive over *window* seconds and the
+    server's CPU time meanwhile, then close them all."""
+    fleet = Fleet(server.port, f"/ticks?size=64&rate={rate:g}")
+    try:
+        fleet.open(streams)
+        fleet.pump_for(warmup)
+        cpu0, client0, time0 = cpu_seconds(server.pid), time.process_time(), time.monotonic()
+        events = fleet.pump_for(window)
+        elapsed = time.monotonic() - time0
+        server_cpu = cpu_seconds(server.pid) - cpu0
+        client_cpu = time.process_time() - client0
+    finally:
+        fleet.close_all()
+    server.wait_quiet()
+    target = streams * rate
+    return {
+        "streams": streams,
+        "target_events_per_s": target,
+        "events_per_s": events / elapsed,
+        "kept_up": events / elapsed / target,
+        "server_cpu_us_per_event": server_cpu / events * 1e6 if events else None,
+        "server_cpu_share": server_cpu / elapsed,
+        "client_cpu_share": client_cpu / elapsed,
+        "seconds": elapsed,
     }
 
 

@@ -11,6 +11,8 @@ __all__ = ["markdown"]
 BASELINE = "raw"
 #: A throughput row whose server was below this CPU share was limited by something else.
 FULL_CPU = 0.85
+#: A timer row whose streams got less than this share of their events fell behind.
+KEPT_UP = 0.95
 
 
 def _number(value: float | None, digits: int = 0) -> str:
@@ -48,31 +50,77 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines
 
 
+def _size_columns(sizes: list[str]) -> list[str]:
+    header = []
+    for size in sizes:
+        label = f"{int(size) // 1024} KiB" if int(size) >= 1024 else f"{size} B"
+        header += [f"{label} events/s", f"{label} MiB/s", f"{label} CPU µs/event"]
+    return [*header, "server / client CPU"]
+
+
+def _throughput_cells(
+    results: dict[str, Any], impl: str, keys: tuple[str, ...], sizes: list[str]
+) -> list[str]:
+    """A throughput row's figures at each size, from ``results[impl][*keys][size]``."""
+    row, shares = [], []
+    for size in sizes:
+        row.append(_cell(results, impl, (*keys, size, "events_per_s"), 0))
+        row.append(_cell(results, impl, (*keys, size, "mib_per_s"), 1))
+        row.append(_cell(results, impl, (*keys, size, "server_cpu_us_per_event"), 2))
+        server = _get(results.get(impl, {}), *keys, size, "server_cpu_share")
+        client = _get(results.get(impl, {}), *keys, size, "client_cpu_share")
+        if server is not None:
+            flag = "" if server >= FULL_CPU else " ⚠"
+            shares.append(f"{server:.0%}/{client:.0%}{flag}")
+    return [*row, ", ".join(shares) or "n/a"]
+
+
 def _throughput(
     backend: str, results: dict[str, Any], impls: list[str], plan: dict[str, Any]
 ) -> list[str]:
     sizes = [str(size) for size in plan["sizes"]]
-    header = ["implementation"]
-    for size in sizes:
-        label = f"{int(size) // 1024} KiB" if int(size) >= 1024 else f"{size} B"
-        header += [f"{label} events/s", f"{label} MiB/s", f"{label} CPU µs/event"]
-    header.append("server / client CPU")
+    header = ["implementation", *_size_columns(sizes)]
+    rows = [[impl, *_throughput_cells(results, impl, ("throughput",), sizes)] for impl in impls]
+    return [f"#### {backend}: throughput", "", *_table(header, rows), ""]
+
+
+def _shapes(
+    backend: str, results: dict[str, Any], impls: list[str], plan: dict[str, Any]
+) -> list[str]:
+    sizes = [str(size) for size in plan["sizes"]]
+    header = ["producer", "implementation", *_size_columns(sizes)]
+    rows = [
+        [shape, impl, *_throughput_cells(results, impl, ("shapes", shape), sizes)]
+        for shape in plan["shapes"]
+        for impl in impls
+    ]
+    title = f"#### {backend}: throughput, producers that await between events"
+    return [title, "", *_table(header, rows), ""]
+
+
+def _timer(
+    backend: str, results: dict[str, Any], impls: list[str], plan: dict[str, Any]
+) -> list[str]:
+    header = ["implementation", "CPU µs per event", "events/s delivered", "server / client CPU"]
     rows = []
     for impl in impls:
-        row = [impl]
-        shares = []
-        for size in sizes:
-            row.append(_cell(results, impl, ("throughput", size, "events_per_s"), 0))
-            row.append(_cell(results, impl, ("throughput", size, "mib_per_s"), 1))
-            row.append(_cell(results, impl, ("throughput", size, "server_cpu_us_per_event"), 2))
-            server = _get(results.get(impl, {}), "throughput", size, "server_cpu_share")
-            client = _get(results.get(impl, {}), "throughput", size, "client_cpu_share")
-            if server is not None:
-                flag = "" if server >= FULL_CPU else " ⚠"
-                shares.append(f"{server:.0%}/{client:.0%}{flag}")
-        row.append(", ".join(shares) or "n/a")
-        rows.append(row)
-    return [f"#### {backend}: throughput", "", *_table(header, rows), ""]
+        found = _get(results.get(impl, {}), "timer")
+        if found is None or "error" in found:  # a failure is listed under the tables
+            rows.append([impl, "n/a", "n/a", "n/a"])
+            continue
+        flag = "" if found["kept_up"] >= KEPT_UP else " ⚠"
+        delivered = (
+            f"{found['events_per_s']:,.0f} of {found['target_events_per_s']:,.0f}"
+            f" ({found['kept_up']:.0%}){flag}"
+        )
+        shares = f"{found['server_cpu_share']:.0%}/{found['client_cpu_share']:.0%}"
+        cpu = _cell(results, impl, ("timer", "server_cpu_us_per_event"), 1)
+        rows.append([impl, cpu, delivered, shares])
+    title = (
+        f"#### {backend}: a timer producer, {plan['timer_streams']:,} streams"
+        f" at {plan['timer_rate']:g} events/s each"
+    )
+    return [title, "", *_table(header, rows), ""]
 
 
 def _pair(
@@ -100,6 +148,7 @@ def _lifecycle(
         "implementation",
         "disconnect → cleanup, idle p50 / p99 ms",
         "busy p50 / p99 ms",
+        "upstream p50 / p99 ms",
         f"{plan['mass']} closed at once: all cleaned, ms after last close",
         "CPU µs per heartbeat",
         *(f"KiB per idle stream at {n:,}" for n in steps),
@@ -114,6 +163,7 @@ def _lifecycle(
             impl,
             _pair(result, ("disconnect", "idle"), "p50_ms", "p99_ms", plan),
             _pair(result, ("disconnect", "busy"), "p50_ms", "p99_ms", plan),
+            _pair(result, ("disconnect", "upstream"), "p50_ms", "p99_ms", plan),
         ]
         mass = _get(result, "mass_disconnect")
         if mass is None or "error" in mass:  # a failure is listed under the tables
@@ -212,14 +262,20 @@ def markdown(data: dict[str, Any]) -> str:
         f" {info['memory']}, Linux {info['kernel']}, {info['python']}. {packages}.",
         "",
         f"Ratios in parentheses are to raw ASGI. Throughput: best of {plan['rounds']} rounds of"
-        f" {plan['window']:g} s. ⚠ marks a server below {FULL_CPU:.0%} CPU (limited by"
-        " something else).",
+        f" {plan['window']:g} s (producers that await between events:"
+        f" best of {plan.get('shape_rounds', 'n/a')}). ⚠ marks a throughput figure whose server"
+        f" was below {FULL_CPU:.0%} CPU (limited by something else), or a timer figure whose"
+        f" streams got less than {KEPT_UP:.0%} of their events (the worker fell behind).",
         "",
     ]
     impls = data["implementations"]
     for backend, results in data["results"].items():
         if any("throughput" in result for result in results.values()):
             lines += _throughput(backend, results, impls, plan)
+        if any("shapes" in result for result in results.values()):
+            lines += _shapes(backend, results, impls, plan)
+        if any("timer" in result for result in results.values()):
+            lines += _timer(backend, results, impls, plan)
         lifecycle = ("disconnect", "mass_disconnect", "memory", "stall")
         if any(key in result for result in results.values() for key in lifecycle):
             lines += _lifecycle(backend, results, impls, plan)

@@ -1,9 +1,9 @@
 """The order of a run: which servers are up when, and what is measured against them.
 
-Per backend: one server per implementation for throughput and disconnects (throughput rounds
-interleave the implementations, so load from elsewhere on the machine hits them alike); fresh
-servers for memory, started together and measured one at a time; and fresh servers side by
-side for the stalled client.
+Per backend: one server per implementation for throughput (of every producer shape) and
+disconnects (throughput rounds interleave the implementations, so load from elsewhere on the
+machine hits them alike); fresh servers for the timer, and again for memory, started together
+and measured one at a time; and fresh servers side by side for the stalled client.
 """
 
 from __future__ import annotations
@@ -18,14 +18,17 @@ from functools import partial
 from typing import IO, Any
 
 from . import measure
-from .apps import IMPLEMENTATIONS
+from .apps import IMPLEMENTATIONS, SHAPES
+from .measure import DISCONNECT_PATHS
 from .proc import machine
 from .server import raise_open_file_limit
 from .servers import ServerProcess, start_all, stop_all
 
 __all__ = ["FULL", "MEASUREMENTS", "QUICK", "Plan", "run"]
 
-MEASUREMENTS = ("throughput", "disconnect", "mass", "memory", "stall")
+MEASUREMENTS = ("throughput", "shapes", "timer", "disconnect", "mass", "memory", "stall")
+#: The measurements made on the servers of the lifecycle phase.
+LIFECYCLE = frozenset(("throughput", "shapes", "disconnect", "mass"))
 BACKENDS = ("asyncio", "trio")
 
 
@@ -37,6 +40,14 @@ class Plan:
     :param warmup: seconds a throughput stream runs before it is measured.
     :param window: seconds a throughput stream is measured.
     :param rounds: throughput rounds per implementation; the best is reported.
+    :param shapes: the producer shapes whose throughput is measured beside the busy one's
+        (names of :data:`bench.apps.SHAPES`), at the same sizes, warm-up and window.
+    :param shape_rounds: rounds per implementation for each of *shapes*; the best is reported.
+    :param timer_streams: ticking streams open at once in the timer measurement.
+    :param timer_rate: events per second of each ticking stream.
+    :param timer_warmup: seconds the ticking streams run, once all are open, before the
+        timer measurement's window.
+    :param timer_window: seconds over which events and server CPU are counted.
     :param disconnects: single disconnects timed per producer kind.
     :param cleanup_within: seconds a single disconnect's cleanup may take before the series
         stops; how much later it came is then followed for *cleanup_late* more.
@@ -44,9 +55,11 @@ class Plan:
         CPU per heartbeat).
     :param memory_steps: idle stream counts at which worker memory is read.
     :param memory_settle: seconds the memory server is left alone before each reading.
-    :param memory_heartbeat_interval: heartbeat interval of the memory servers (15 s, the
-        default of streamkit, sse-starlette and FastAPI: at 10,000 streams a short one keeps
-        a worker busy enough to slow the test down, see ``docs/benchmarks.md``).
+    :param memory_heartbeat_interval: heartbeat interval of the memory and timer servers
+        (15 s, the default of streamkit, sse-starlette and FastAPI: at 10,000 streams a short
+        one keeps a worker busy enough to slow the test down, see ``docs/benchmarks.md``; and
+        the timer counts events, which sse-starlette's heartbeats, sent whether the stream is
+        idle or not, would add to).
     :param stall_duration: seconds a client stays stalled.
     :param heartbeat_interval: heartbeat interval of the other servers.
     :param send_timeout: the implementations' send timeout, where they have one.
@@ -56,6 +69,12 @@ class Plan:
     warmup: float = 0.5
     window: float = 1.0
     rounds: int = 3
+    shapes: tuple[str, ...] = ("checkpoint", "upstream")
+    shape_rounds: int = 2
+    timer_streams: int = 1000
+    timer_rate: float = 50.0
+    timer_warmup: float = 1.0
+    timer_window: float = 1.5
     disconnects: int = 200
     cleanup_within: float = 2.0
     cleanup_late: float = 10.0
@@ -73,6 +92,10 @@ QUICK = Plan(
     warmup=0.1,
     window=0.3,
     rounds=1,
+    shape_rounds=1,
+    timer_streams=100,
+    timer_warmup=0.5,
+    timer_window=0.5,
     disconnects=20,
     cleanup_within=0.5,
     cleanup_late=1.0,
@@ -111,42 +134,56 @@ def _lifecycle_phase(
         servers[impl] = ServerProcess(impl, backend, log=log, **options)
         servers[impl].wait_ready()
 
+    def best_of(shape: str, size: int, count: int) -> dict[str, dict[str, Any]]:
+        # Rounds interleave the implementations; the best round of each is kept.
+        rounds: dict[str, list[dict[str, Any]]] = {impl: [] for impl in impls}
+        for number in range(count):
+            _note(f"{backend}: throughput, {shape} producer, {size} B, round {number + 1}/{count}")
+            for impl in impls:
+                found = _guarded(
+                    f"{backend}: {impl}: throughput, {shape} producer",
+                    partial(
+                        measure.throughput,
+                        servers[impl],
+                        path=SHAPES[shape],
+                        size=size,
+                        warmup=plan.warmup,
+                        window=plan.window,
+                    ),
+                )
+                rounds[impl].append(found)
+                if "error" in found:
+                    replace(impl)
+        best = {}
+        for impl in impls:
+            done = [found for found in rounds[impl] if "error" not in found]
+            top = max(done, key=lambda found: found["events_per_s"]) if done else {}
+            best[impl] = top | {"rounds": rounds[impl]}
+        return best
+
     try:
         if "throughput" in only:
             for size in plan.sizes:
-                rounds: dict[str, list[dict[str, Any]]] = {impl: [] for impl in impls}
-                for number in range(plan.rounds):
-                    _note(f"{backend}: throughput {size} B, round {number + 1}/{plan.rounds}")
-                    for impl in impls:
-                        found = _guarded(
-                            f"{backend}: {impl}: throughput",
-                            partial(
-                                measure.throughput,
-                                servers[impl],
-                                size=size,
-                                warmup=plan.warmup,
-                                window=plan.window,
-                            ),
-                        )
-                        rounds[impl].append(found)
-                        if "error" in found:
-                            replace(impl)
-                for impl in impls:
-                    done = [found for found in rounds[impl] if "error" not in found]
-                    best = max(done, key=lambda found: found["events_per_s"]) if done else {}
-                    entry = results[impl].setdefault("throughput", {})
-                    entry[str(size)] = best | {"rounds": rounds[impl]}
+                for impl, found in best_of("busy", size, plan.rounds).items():
+                    results[impl].setdefault("throughput", {})[str(size)] = found
+        if "shapes" in only:
+            for shape in plan.shapes:
+                for size in plan.sizes:
+                    for impl, found in best_of(shape, size, plan.shape_rounds).items():
+                        by_shape = results[impl].setdefault("shapes", {})
+                        by_shape.setdefault(shape, {})[str(size)] = found
         for impl in impls:
             if "disconnect" in only:
-                _note(f"{backend}: {impl}: {plan.disconnects} disconnects, idle and busy")
                 kinds = results[impl]["disconnect"] = {}
-                for kind in ("idle", "busy"):
+                kinds_named = ", ".join(DISCONNECT_PATHS)
+                _note(f"{backend}: {impl}: {plan.disconnects} disconnects each, {kinds_named}")
+                for kind in DISCONNECT_PATHS:
                     found = kinds[kind] = _guarded(
                         f"{backend}: {impl}: {kind} disconnects",
                         partial(
                             measure.disconnects,
                             servers[impl],
-                            busy=kind == "busy",
+                            kind=kind,
                             count=plan.disconnects,
                             within=plan.cleanup_within,
                             late=plan.cleanup_late,
@@ -169,6 +206,41 @@ def _lifecycle_phase(
                 )
                 if "error" in found:
                     replace(impl)
+    finally:
+        stop_all(list(servers.values()))
+    return results
+
+
+def _timer_phase(
+    plan: Plan, impls: list[str], backend: str, log: IO[bytes]
+) -> dict[str, dict[str, Any]]:
+    # Fresh servers, started together, measured one at a time and each stopped after.
+    servers = start_all(
+        impls,
+        backend,
+        heartbeat_interval=plan.memory_heartbeat_interval,
+        send_timeout=plan.send_timeout,
+        log=log,
+    )
+    results = {}
+    try:
+        for impl in impls:
+            _note(
+                f"{backend}: {impl}: {plan.timer_streams} streams ticking"
+                f" {plan.timer_rate:g} times a second"
+            )
+            results[impl] = _guarded(
+                f"{backend}: {impl}: timer",
+                partial(
+                    measure.timer,
+                    servers[impl],
+                    streams=plan.timer_streams,
+                    rate=plan.timer_rate,
+                    warmup=plan.timer_warmup,
+                    window=plan.timer_window,
+                ),
+            )
+            stop_all([servers[impl]])
     finally:
         stop_all(list(servers.values()))
     return results
@@ -251,9 +323,12 @@ def run(
         try:
             for backend in backends:
                 per_impl = results[backend] = {impl: {} for impl in impls}
-                if only & {"throughput", "disconnect", "mass"}:
+                if only & LIFECYCLE:
                     for impl, found in _lifecycle_phase(plan, impls, backend, only, log).items():
                         per_impl[impl].update(found)
+                if "timer" in only:
+                    for impl, found in _timer_phase(plan, impls, backend, log).items():
+                        per_impl[impl]["timer"] = found
                 if "memory" in only:
                     for impl, found in _memory_phase(plan, impls, backend, log).items():
                         per_impl[impl]["memory"] = found

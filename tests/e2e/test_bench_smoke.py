@@ -1,5 +1,5 @@
-"""Smoke test of the benchmark runner in ``bench/``: one quick measurement, one
-implementation, one backend, through the real command line.
+"""Smoke tests of the benchmarks in ``bench/``: quick runs of a few measurements on one
+backend, through the real command line.
 
 It starts a real hypercorn server process and a real client, so it is an e2e test; it asserts
 that the runner produces a well-formed result, never how fast anything is (speed is measured
@@ -55,6 +55,47 @@ def test_quick_throughput_run_writes_a_well_formed_result(tmp_path: Path) -> Non
     # The markdown report went to stdout, with the throughput table and streamkit's row.
     assert "#### asyncio: throughput" in completed.stdout
     assert "| streamkit |" in completed.stdout
+
+
+def test_quick_shapes_and_timer_run_reports_every_shape_and_the_timer(tmp_path: Path) -> None:
+    output = tmp_path / "bench.json"
+    command = [
+        sys.executable,
+        "-m",
+        "bench",
+        "--quick",
+        "--impl=raw,streamkit",
+        "--backend=asyncio",
+        "--only=shapes,timer",
+        f"--json={output}",
+    ]
+    completed = subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, timeout=45, check=False
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+
+    data = json.loads(output.read_text())
+    plan = data["plan"]
+    for impl in ("raw", "streamkit"):
+        result = data["results"]["asyncio"][impl]
+        assert set(result) == {"shapes", "timer"}
+        assert set(result["shapes"]) == set(plan["shapes"])
+        for by_size in result["shapes"].values():
+            assert set(by_size) == {str(size) for size in plan["sizes"]}
+            for found in by_size.values():
+                assert math.isfinite(found["events_per_s"])
+                assert found["events_per_s"] > 0
+                assert found["server_cpu_us_per_event"] > 0
+        timer = result["timer"]
+        assert timer["streams"] == plan["timer_streams"]
+        assert timer["target_events_per_s"] == plan["timer_streams"] * plan["timer_rate"]
+        assert timer["events_per_s"] > 0
+        assert timer["server_cpu_us_per_event"] > 0
+
+    report = completed.stdout
+    assert "#### asyncio: throughput, producers that await between events" in report
+    assert "| upstream | streamkit |" in report
+    assert f"#### asyncio: a timer producer, {plan['timer_streams']} streams" in report
 
 
 def test_the_http2_benchmark_prints_its_tables() -> None:
