@@ -5,9 +5,9 @@ Each subscriber records, for every event it receives, the time from the server's
 event's data begins with the server's ``time.perf_counter_ns()``, taken just before it was
 published) to the read that brought the event's line: both are ``CLOCK_MONOTONIC``, one
 clock for every process. A stalled subscriber connects and asks like the others, then never
-reads: its receive buffer is small and its MSS clamped to an Ethernet-sized one, as over a
-real network (over loopback, whose MSS is 64 KiB, the kernel would otherwise hold about 3 MiB
-for it before the server's write even blocked).
+reads: its receive buffer is as small as the kernel allows and its MSS is clamped to an
+Ethernet-sized one, as over a real network. The kernel then holds about 30 to 45 KB for it before
+the server's write blocks; over loopback's own MSS (64 KiB) it would hold about 3 MiB.
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ class Audience:
             self._step(deadline)
             waiting = {subscriber for subscriber in waiting if subscriber.head is not None}
 
-    def open_stalled(self, count: int, *, receive_buffer: int = 4096, mss: int = 1460) -> None:
+    def open_stalled(self, count: int, *, receive_buffer: int = 1024, mss: int = 1460) -> None:
         """Open *count* subscribers that send their request and never read."""
         for _ in range(count):
             sock = _connect(self.port, receive_buffer=receive_buffer, mss=mss)

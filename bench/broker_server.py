@@ -29,6 +29,16 @@ from .server import BACKLOG, GRACE_PERIOD, _config, raise_open_file_limit
 STALLED_CONNECTION_TIMEOUT = 10.0
 
 
+class _KernelAborts(logging.Filter):
+    """Leaves out what hypercorn's asyncio worker logs when the kernel aborts a connection
+    while it closes it (``TCP_USER_TIMEOUT``, after a stalled subscriber was dropped): the
+    stall measurement makes that happen on purpose."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not isinstance(error, TimeoutError)
+
+
 def _announce(port: int) -> None:
     sys.stdout.write(json.dumps({"port": port, "pid": os.getpid()}) + "\n")
     sys.stdout.flush()
@@ -89,6 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     arguments = parser.parse_args(argv)
     raise_open_file_limit()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    logging.getLogger("asyncio").addFilter(_KernelAborts())
     anyio.run(
         lambda: serve(
             arguments.impl,
