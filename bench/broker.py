@@ -382,7 +382,7 @@ def search(session: Session, plan: Plan) -> dict[str, Any]:
 
     held: float | None = None
     failed: float | None = None
-    for rate in plan.rates:
+    for rate in sorted(plan.rates):
         if not holds(rate):
             failed = rate
             break
@@ -560,7 +560,7 @@ def run(
                                 held = found["held"]
                                 sustained.append({**key, **found})
                             else:
-                                rate = held or plan.rates[0]
+                                rate = held or min(plan.rates)
                                 figures = session.at_rate(rate, plan.search_seconds)
                                 sustained.append({**key, "held": held, "at_rate": figures})
                             _log(sustained[-1])
@@ -582,12 +582,26 @@ def run(
     }
 
 
-def _counts(text: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in text.split(",") if part)
+def _numbers(kind: type[int] | type[float]) -> Any:
+    def parse(text: str) -> tuple[int | float, ...]:
+        try:
+            return tuple(kind(part) for part in text.split(",") if part.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not comma-separated numbers: {text!r}") from None
+
+    return parse
 
 
-def _rates(text: str) -> tuple[float, ...]:
-    return tuple(float(part) for part in text.split(",") if part)
+def _names(allowed: tuple[str, ...]) -> Any:
+    def parse(text: str) -> tuple[str, ...]:
+        names = {name.strip() for name in text.split(",") if name.strip()}
+        if unknown := names.difference(allowed):
+            raise argparse.ArgumentTypeError(
+                f"unknown {', '.join(map(repr, sorted(unknown)))}; choose from {', '.join(allowed)}"
+            )
+        return tuple(name for name in allowed if name in names)  # raw first: its rate is used
+
+    return parse
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -598,17 +612,25 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--quick", action="store_true", help="small counts, short windows")
     parser.add_argument(
-        "--subscribers", type=_counts, help="subscriber counts, such as 100,1000,5000"
+        "--subscribers", type=_numbers(int), help="subscriber counts, such as 100,1000,5000"
     )
     parser.add_argument("--load", type=float, help="deliveries a second while latency is measured")
-    parser.add_argument("--rates", type=_rates, help="the search's rates, such as 2,4,8,16")
+    parser.add_argument("--rates", type=_numbers(float), help="the search's rates: 2,4,8,16")
     parser.add_argument("--search-subscribers", type=int, help="subscribers of search and stall")
     parser.add_argument("--workers", type=int, help="workers in the last measurement; 1: none")
     parser.add_argument("--worker-subscribers", type=int, help="subscribers per worker there")
-    parser.add_argument("--backend", choices=BACKENDS, action="append", help="only this one")
-    parser.add_argument("--impl", choices=IMPLEMENTATIONS, action="append", help="only this one")
-    parser.add_argument("--json", metavar="FILE", help="also write every figure to FILE")
-    parser.add_argument("--markdown", metavar="FILE", help="also write the report to FILE")
+    parser.add_argument(
+        "--impl",
+        type=_names(IMPLEMENTATIONS),
+        help=f"comma-separated, of: {', '.join(IMPLEMENTATIONS)} (default: all)",
+    )
+    parser.add_argument(
+        "--backend",
+        type=_names(BACKENDS),
+        help=f"comma-separated, of: {', '.join(BACKENDS)} (default: both)",
+    )
+    parser.add_argument("--json", type=Path, help="also write every figure to this file")
+    parser.add_argument("--markdown", type=Path, help="also write the report to this file")
     options = parser.parse_args(argv)
     plan = QUICK if options.quick else Plan()
     changes: dict[str, Any] = {
@@ -629,17 +651,15 @@ def main(argv: list[str] | None = None) -> None:
     raise_open_file_limit()
     results = run(
         plan,
-        backends=tuple(options.backend or BACKENDS),
-        implementations=tuple(options.impl or IMPLEMENTATIONS),
+        backends=options.backend or BACKENDS,
+        implementations=options.impl or IMPLEMENTATIONS,
     )
+    if options.json is not None:  # first: the figures survive a report that fails
+        options.json.write_text(json.dumps(results, indent=2) + "\n")
     report = markdown(results)
-    print(report)
-    if options.json:
-        with open(options.json, "w") as file:
-            json.dump(results, file, indent=2)
-    if options.markdown:
-        with open(options.markdown, "w") as file:
-            file.write(report)
+    if options.markdown is not None:
+        options.markdown.write_text(report + "\n")
+    sys.stdout.write(report + "\n")
 
 
 if __name__ == "__main__":
