@@ -29,6 +29,10 @@ def _ratio(value: float | None, base: float | None) -> str:
     return f" ({value / base:.2f}x)"
 
 
+def _beyond(value: float, base: float | None) -> str:
+    return "" if base is None else f" ({value - base:+,.0f})"
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -128,19 +132,27 @@ def _seconds(values: list[float | None]) -> str:
 
 
 def _stall_table(results: dict[str, Any]) -> list[str]:
+    raws = {e["backend"]: e for e in results["stalls"] if e["implementation"] == BASELINE}
     table = []
     for entry in results["stalls"]:
+        raw = raws.get(entry["backend"], {}) if entry["implementation"] != BASELINE else {}
         counters = ", ".join(f"{key} {value}" for key, value in entry["counters"].items() if value)
+        first_second = entry["rss_growth_first_second_kib"]
+        after = entry["rss_growth_kib"] - first_second
+        raw_after = raw["rss_growth_kib"] - raw["rss_growth_first_second_kib"] if raw else None
         table.append(
             [
                 entry["backend"],
                 entry["implementation"],
-                f"{_number(entry['rss_growth_first_second_kib'])} / "
-                f"{_number(entry['rss_growth_kib'] - entry['rss_growth_first_second_kib'])}",
+                f"{_number(first_second)}"
+                + _beyond(first_second, raw.get("rss_growth_first_second_kib"))
+                + f" / {_number(after)}"
+                + _beyond(after, raw_after),
                 _seconds(entry["left_after_s"]),
                 f"{entry['closed_by_server']} of {entry['stalled']}",
                 counters or "none",
-                _number(entry["others_p99_ms"], 1),
+                _number(entry["others_p99_ms"], 1)
+                + _ratio(entry["others_p99_ms"], raw.get("others_p99_ms")),
             ]
         )
     if not results["stalls"]:
