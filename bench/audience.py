@@ -196,6 +196,15 @@ class Audience:
         """Read whatever arrives for *seconds*."""
         self.pump(lambda: False, within=seconds)
 
+    def settle(self, *, quiet: float = 1.0, within: float = 60.0) -> None:
+        """Read until nothing has arrived for *quiet* seconds (or *within* have passed)."""
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            before = self.delivered
+            self.pump_for(quiet)
+            if self.delivered == before:
+                return
+
     def received(self, total: int) -> bool:
         """Whether every reading subscriber has received *total* events so far."""
         return all(subscriber.events >= total for subscriber in self.subscribers)

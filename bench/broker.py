@@ -498,6 +498,7 @@ def measure_workers(backend: str, plan: Plan, redis: Redis) -> dict[str, Any]:
                 raise TimeoutError(f"not all of {count} subscribers were subscribed")
             audience.call("POST", "/publish?count=1")
             audience.pump(lambda: audience.received(1), within=1.0)
+        audience.settle()  # the probes still on their way
         audience.take_latencies()
         split: dict[int, int] = {}
         for _ in range(10 * plan.workers):
