@@ -1,0 +1,269 @@
+"""The servers of the broker benchmark: one topic fanned out to SSE subscribers.
+
+Every app here answers the same three requests:
+
+- ``GET /events``: the topic as an event stream, live from the moment it is subscribed;
+- ``POST /publish?count=N&rate=R&size=S``: publishes N events, R a second on a fixed
+  schedule (0: as fast as it goes), and answers once the last is published. Each event's data
+  is ``"<perf_counter_ns> <index>"``, stamped just before the event is published (or, by hand,
+  encoded and fanned out), then S bytes of padding;
+- ``GET /statistics``: JSON, this process's ``pid`` and its subscriber counts.
+
+:func:`streamkit_app` is streamkit's public API as its documentation shows it:
+``topic_response`` over a :class:`~streamkit.broadcast.MemoryBroker` or
+:class:`~streamkit.broadcast.RedisBroker`, in a Starlette app. :func:`raw_app` is the
+baseline, a fan-out written by hand in plain ASGI (no Starlette, no streamkit), described in
+its docstring. Both are configured alike: no heartbeats, a send timeout of
+:data:`SEND_TIMEOUT`, at most :data:`SUBSCRIBER_BUFFER` events waiting per subscriber.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import asdict
+from typing import Any
+from urllib.parse import parse_qs
+
+import anyio
+
+from .probe import ASGIApp, Receive, Scope, Send
+
+__all__ = ["SEND_TIMEOUT", "SUBSCRIBER_BUFFER", "TOPIC", "raw_app", "streamkit_app"]
+
+TOPIC = "bench"
+#: Seconds a write to a subscriber may block before its stream is ended, in every app.
+SEND_TIMEOUT = 5.0
+#: Events that may wait for one subscriber: streamkit's ``subscriber_buffer``, and the bound
+#: of the hand-written app's queue.
+SUBSCRIBER_BUFFER = 256
+#: Events each broker keeps per topic (streamkit's default).
+HISTORY_SIZE = 1000
+
+SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-store")]
+
+
+async def publish_paced(
+    publish: Callable[[str], Awaitable[object]], *, count: int, rate: float, size: int
+) -> None:
+    """Publish *count* stamped events, *rate* a second (0: back to back), on a schedule
+    fixed in advance: a late event is published at once, not pushed back with the rest."""
+    padding = " " + "x" * size if size else ""
+    start = anyio.current_time()
+    for index in range(count):
+        if rate:
+            await anyio.sleep_until(start + index / rate)
+        await publish(f"{time.perf_counter_ns()} {index}{padding}")
+
+
+def _publish_options(query: dict[str, list[str]]) -> dict[str, Any]:
+    return {
+        "count": int(query["count"][-1]),
+        "rate": float(query.get("rate", ["0"])[-1]),
+        "size": int(query.get("size", ["0"])[-1]),
+    }
+
+
+# -- streamkit ----------------------------------------------------------------------------
+
+
+def streamkit_app(broker_kind: str, *, redis_url: str | None = None, key_prefix: str = "") -> Any:
+    """A Starlette app serving :data:`TOPIC` with ``streamkit.broadcast.topic_response``.
+
+    :param broker_kind: ``"memory"`` or ``"redis"``.
+    :param redis_url: the Redis server, for ``"redis"``.
+    :param key_prefix: the Redis key prefix; processes serving the same topic share it.
+    """
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    import streamkit.broadcast
+
+    broker: streamkit.broadcast.MemoryBroker | streamkit.broadcast.RedisBroker
+    if broker_kind == "memory":
+        broker = streamkit.broadcast.MemoryBroker(
+            history_size=HISTORY_SIZE, subscriber_buffer=SUBSCRIBER_BUFFER
+        )
+    elif broker_kind == "redis" and redis_url:
+        broker = streamkit.broadcast.RedisBroker(
+            redis_url,
+            key_prefix=key_prefix or f"bench:{uuid.uuid4().hex}:",
+            history_size=HISTORY_SIZE,
+            subscriber_buffer=SUBSCRIBER_BUFFER,
+        )
+    else:
+        raise ValueError(f"broker must be memory, or redis with a URL, got {broker_kind!r}")
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with broker:
+            yield
+
+    async def events(request: Request) -> Response:
+        return streamkit.broadcast.topic_response(
+            broker, TOPIC, heartbeat_interval=None, send_timeout=SEND_TIMEOUT
+        )
+
+    async def publish(request: Request) -> Response:
+        options = _publish_options(parse_qs(request.url.query))
+        await publish_paced(lambda data: broker.publish(TOPIC, data), **options)
+        return JSONResponse({"published": options["count"]})
+
+    async def statistics(request: Request) -> Response:
+        return JSONResponse({"pid": os.getpid(), **asdict(broker.statistics())})
+
+    return Starlette(
+        routes=[
+            Route("/events", events),
+            Route("/publish", publish, methods=["POST"]),
+            Route("/statistics", statistics),
+        ],
+        lifespan=lifespan,
+    )
+
+
+# -- by hand ------------------------------------------------------------------------------
+
+
+class _Subscriber:
+    __slots__ = ("frames", "scope", "wakeup", "writing_since")
+
+    def __init__(self, scope: anyio.CancelScope) -> None:
+        self.frames: list[bytes] = []
+        self.scope = scope
+        self.wakeup: anyio.Event | None = None  # set while the writer waits for frames
+        self.writing_since = 0.0  # when the write under way began; 0.0: none is
+
+
+class RawFanOut:
+    """The hand-written fan-out: a set of subscribers, each a bounded queue and a writer.
+
+    ``publish`` encodes an event once and appends the one frame to every subscriber's queue,
+    without waiting for anyone; each connection's writer sends what its queue holds (joined,
+    one write) and a watcher beside it ends the connection at the disconnect. A subscriber is
+    dropped, its connection cancelled, when an event finds its queue full
+    (:data:`SUBSCRIBER_BUFFER` frames) or its write blocked for more than
+    :data:`SEND_TIMEOUT`: the publisher looks at each subscriber anyway, so that costs one
+    comparison rather than a timer per write.
+
+    A publisher that wrote to each ``send`` itself, in turn, would be simpler still, but one
+    stalled client would hold every event up for the whole timeout, and on hypercorn's trio
+    worker, which shields its socket writes from cancellation, until the kernel gives up on
+    the connection.
+    """
+
+    def __init__(self) -> None:
+        self.subscribers: set[_Subscriber] = set()
+        self.published = 0
+        self.delivered = 0
+        self.slow_disconnects = 0
+
+    def publish(self, data: str) -> str:
+        self.published += 1
+        event_id = f"{time.time_ns() // 1_000_000}-{self.published}"
+        frame = f"id: {event_id}\ndata: {data}\n\n".encode()
+        stalled_since = time.monotonic() - SEND_TIMEOUT
+        slow = []
+        for subscriber in self.subscribers:
+            frames = subscriber.frames
+            if len(frames) >= SUBSCRIBER_BUFFER or 0.0 < subscriber.writing_since < stalled_since:
+                slow.append(subscriber)
+                continue
+            frames.append(frame)
+            if subscriber.wakeup is not None:
+                subscriber.wakeup.set()
+                subscriber.wakeup = None
+        self.delivered += len(self.subscribers) - len(slow)
+        for subscriber in slow:
+            self.subscribers.discard(subscriber)
+            subscriber.scope.cancel()
+            self.slow_disconnects += 1
+        return event_id
+
+    async def stream(self, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+        async with anyio.create_task_group() as task_group:
+            subscriber = _Subscriber(task_group.cancel_scope)
+            task_group.start_soon(_watch_disconnect, receive, task_group.cancel_scope)
+            self.subscribers.add(subscriber)
+            try:
+                await self._write(subscriber, send)
+            finally:
+                self.subscribers.discard(subscriber)
+
+    @staticmethod
+    async def _write(subscriber: _Subscriber, send: Send) -> None:
+        frames = subscriber.frames
+        while True:
+            if not frames:
+                wakeup = subscriber.wakeup = anyio.Event()
+                await wakeup.wait()
+            body = b"".join(frames)
+            frames.clear()
+            subscriber.writing_since = time.monotonic()
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+            subscriber.writing_since = 0.0
+
+    def statistics(self) -> dict[str, int]:
+        return {
+            "pid": os.getpid(),
+            "subscribers": len(self.subscribers),
+            "published": self.published,
+            "delivered": self.delivered,
+            "slow_disconnects": self.slow_disconnects,
+        }
+
+
+async def _watch_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    scope.cancel()
+
+
+async def _json(send: Send, status: int, body: object) -> None:
+    data = json.dumps(body).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(data))]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": data})
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+def raw_app() -> ASGIApp:
+    """The baseline: :class:`RawFanOut` behind a plain ASGI router."""
+    fanout = RawFanOut()
+
+    async def publish(data: str) -> None:
+        fanout.publish(data)
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        path = scope["path"]
+        if path == "/events":
+            await fanout.stream(receive, send)
+        elif path == "/publish" and scope["method"] == "POST":
+            options = _publish_options(parse_qs(scope["query_string"].decode()))
+            await publish_paced(publish, **options)
+            await _json(send, 200, {"published": options["count"]})
+        elif path == "/statistics":
+            await _json(send, 200, fanout.statistics())
+        else:
+            await _json(send, 404, {"error": f"no {path}"})
+
+    return app

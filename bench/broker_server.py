@@ -1,0 +1,115 @@
+"""One server of the broker benchmark, in a process of its own:
+``python -m bench.broker_server --impl raw|memory|redis --backend asyncio|trio``.
+
+It prints one JSON line ``{"port": ..., "pid": ...}`` once it listens and runs until SIGTERM
+or SIGINT. streamkit's apps are served with :func:`streamkit.serve`, as their users would;
+the hand-written one with hypercorn's own ``serve``, on a socket bound alike (same backlog,
+and the ``TCP_USER_TIMEOUT`` that ``streamkit.serve`` sets by default) and the same
+``Config``. One worker, HTTP/1.1.
+
+``bench.broker_worker:app`` is the streamkit app for ``python -m streamkit run --workers N``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+
+import anyio
+
+from .broker_apps import raw_app, streamkit_app
+from .server import BACKLOG, GRACE_PERIOD, _config, raise_open_file_limit
+
+#: ``streamkit.serve``'s default ``stalled_connection_timeout``, in seconds.
+STALLED_CONNECTION_TIMEOUT = 10.0
+
+
+class _KernelAborts(logging.Filter):
+    """Leaves out what hypercorn's asyncio worker logs when the kernel aborts a connection
+    while it closes it (``TCP_USER_TIMEOUT``, after a stalled subscriber was dropped): the
+    stall measurement makes that happen on purpose."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not isinstance(error, TimeoutError)
+
+
+def _announce(port: int) -> None:
+    sys.stdout.write(json.dumps({"port": port, "pid": os.getpid()}) + "\n")
+    sys.stdout.flush()
+
+
+async def _signalled() -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for _ in signals:
+            return
+
+
+async def serve(impl: str, backend: str, *, redis_url: str | None, key_prefix: str) -> None:
+    """Serve *impl* on the running backend until SIGTERM or SIGINT."""
+    config = _config()
+    if impl != "raw":
+        import streamkit
+
+        app = streamkit_app(impl, redis_url=redis_url, key_prefix=key_prefix)
+        async with anyio.create_task_group() as task_group:
+            address = await task_group.start(
+                lambda task_status: streamkit.serve(
+                    app,
+                    bind="127.0.0.1:0",
+                    grace_period=GRACE_PERIOD,
+                    stalled_connection_timeout=STALLED_CONNECTION_TIMEOUT,
+                    shutdown_trigger=_signalled,
+                    config=config,
+                    task_status=task_status,
+                )
+            )
+            _announce(address.port)
+        return
+
+    sock = socket.create_server(("127.0.0.1", 0), backlog=BACKLOG)
+    sock.setsockopt(
+        socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(STALLED_CONNECTION_TIMEOUT * 1000)
+    )
+    port = sock.getsockname()[1]
+    config.bind = [f"fd://{sock.fileno()}"]
+    sock.detach()  # hypercorn adopts the descriptor
+    if backend == "trio":
+        from hypercorn.trio import serve as hypercorn_serve
+    else:
+        from hypercorn.asyncio import serve as hypercorn_serve  # type: ignore[assignment]
+    async with anyio.create_task_group() as task_group:
+        task_group.start_soon(
+            lambda: hypercorn_serve(raw_app(), config, shutdown_trigger=_signalled)  # type: ignore[arg-type]
+        )
+        _announce(port)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.broker_server", description=__doc__)
+    parser.add_argument("--impl", required=True, choices=["raw", "memory", "redis"])
+    parser.add_argument("--backend", required=True, choices=["asyncio", "trio"])
+    parser.add_argument("--redis-url")
+    parser.add_argument("--key-prefix", default="")
+    arguments = parser.parse_args(argv)
+    raise_open_file_limit()
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    logging.getLogger("asyncio").addFilter(_KernelAborts())
+    anyio.run(
+        lambda: serve(
+            arguments.impl,
+            arguments.backend,
+            redis_url=arguments.redis_url,
+            key_prefix=arguments.key_prefix,
+        ),
+        backend=arguments.backend,
+    )
+
+
+if __name__ == "__main__":
+    main()
