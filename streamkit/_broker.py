@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException
 from ._checks import check_count, check_duration
 from ._ends import EndReason
 from ._exceptions import SlowSubscriberError, StreamkitError
-from ._hub import TopicHub
+from ._hub import Subscription, TopicHub
 from ._responses import EventSourceArguments, EventSourceResponse
 from ._sender import StreamSender
 from ._sse import ServerSentEvent
@@ -256,8 +256,11 @@ def topic_response(
             resume = send.discarded_last_event_id
         subscription = await send.enter_async_context(broker.subscribe(topic, last_event_id=resume))
         try:
-            async for event in subscription:
-                await send(event)
+            if isinstance(subscription, Subscription):
+                await subscription.feed(send)  # the live events straight to the buffer
+            else:
+                async for event in subscription:
+                    await send(event)
         except SlowSubscriberError as exc:
             logger.info("stream of topic %r: %s", topic, exc)
             if slow_subscriber_event is not None:

@@ -2,26 +2,31 @@
 of it, and what happens to a subscriber that cannot keep up. One state machine, one module.
 
 A broker keeps each topic's history and hands every new event to its :class:`TopicHub`, which
-offers it to each local :class:`Subscription` without waiting, through a bounded buffer per
-subscriber. A subscriber whose buffer is full never makes the buffer grow: by the broker's
-:class:`~streamkit.broadcast.SlowSubscriberPolicy` it reads the history at its own pace
-instead, loses its oldest buffered events, or is disconnected. A subscription reads the history
-through the hub when it resumes or falls behind, and rejoins the live events once caught up.
+encodes it once and offers it to each local :class:`Subscription` without waiting. A
+subscription that feeds a stream (:meth:`Subscription.feed`, what ``topic_response`` does) and
+keeps up has those bytes put straight into its stream's buffer: no task wakes for it but the
+stream's writer. One whose stream is behind gets the events in its own bounded buffer
+instead, sent on by its producer as the stream makes room; when that buffer is full too, by
+the broker's :class:`~streamkit.broadcast.SlowSubscriberPolicy` it reads the history at its
+own pace instead, loses its oldest buffered events, or is disconnected. A subscription reads
+the history through the hub when it resumes or falls behind, and rejoins the live events
+once caught up.
 The plain values both sides use (ids, policies, statistics) are in ``_topics``.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator, Iterable, Sequence
-from typing import Self
+from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
+from typing import Any, Self
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._checks import check_count
 from ._exceptions import SlowSubscriberError
-from ._sse import ServerSentEvent
+from ._sender import StreamSender
+from ._sse import ServerSentEvent, encode_event
 from ._topics import (
     RESET_EVENT,
     BrokerStatistics,
@@ -30,6 +35,7 @@ from ._topics import (
     HistoryPage,
     ResetReason,
     SlowSubscriberPolicy,
+    TopicStatistics,
     check_topic,
     format_event_id,
     parse_event_id,
@@ -71,6 +77,7 @@ class TopicHub:
         self.max_catching_up = max_catching_up
         # Dicts, not sets: events are offered in the order the subscribers came.
         self._subscribers: dict[str, dict[Subscription, None]] = {}
+        self._counts: dict[str, _TopicCounts] = {}  # per topic with local subscribers
         self._catching_up = 0
         self._published = self._delivered = self._dropped = self._slow_disconnects = 0
 
@@ -100,12 +107,38 @@ class TopicHub:
             slow_disconnects=self._slow_disconnects,
         )
 
+    def topic_statistics(self, topic: str) -> TopicStatistics:
+        """The counts of *topic* in this process, since its first local subscriber came (all
+        zero once its last one has left)."""
+        counts = self._counts.get(topic) or _TopicCounts()
+        return TopicStatistics(
+            topic=topic,
+            subscribers=len(self._subscribers.get(topic, ())),
+            deliveries=counts.deliveries,
+            drops=counts.drops,
+            resets=counts.resets,
+            catch_ups=counts.catch_ups,
+            slow_disconnects=counts.slow_disconnects,
+        )
+
     # -- for the brokers ----------------------------------------------------------------------
 
     def _deliver(self, topic: str, entry: Entry) -> None:
-        for subscription in self._subscribers.get(topic, ()):
-            if subscription._offer(entry):
-                self._delivered += 1
+        subscriptions = self._subscribers.get(topic)
+        if not subscriptions:
+            return
+        frame = encode_event(entry[1])  # once, for every subscriber
+        delivered = 0
+        for subscription in subscriptions:
+            if subscription._offer(entry, frame):
+                delivered += 1
+        self._count_deliveries(topic, delivered)
+
+    def _count_deliveries(self, topic: str, delivered: int) -> None:
+        self._delivered += delivered
+        counts = self._counts.get(topic)
+        if counts is not None:
+            counts.deliveries += delivered
 
     async def _deliver_batch(self, topic: str, entries: Sequence[Entry]) -> None:
         """Deliver events that arrived together (one read of a broker's reader), paced by the
@@ -119,27 +152,34 @@ class TopicHub:
         checked or awaited while every buffer has room.
         """
         for entry in entries:
-            waiting = self._offer_all(self._subscribers.get(topic, ()), entry)
+            subscriptions = self._subscribers.get(topic)
+            if not subscriptions:
+                continue
+            frame = encode_event(entry[1])
+            waiting = self._offer_all(topic, subscriptions, entry, frame)
             deadline, turns = anyio.current_time() + BATCH_ROOM_WAIT, 0
             while waiting and anyio.current_time() < deadline:
                 # A turn of the loop is what a subscriber that keeps up needs to take an
                 # event; past a few, a short sleep, so a stalled one does not spin the loop.
                 await anyio.sleep(0 if turns < 32 else 0.001)
                 turns += 1
-                waiting = self._offer_all(waiting, entry)
-            for subscription in waiting:
-                if subscription._offer(entry):  # still full: the policy applies now
-                    self._delivered += 1
+                waiting = self._offer_all(topic, waiting, entry, frame)
+            # Still full: the policy applies now.
+            self._count_deliveries(topic, sum(s._offer(entry, frame) is True for s in waiting))
 
-    def _offer_all(self, subscriptions: Iterable[Subscription], entry: Entry) -> list[Subscription]:
+    def _offer_all(
+        self, topic: str, subscriptions: Iterable[Subscription], entry: Entry, frame: bytes
+    ) -> list[Subscription]:
         """Offer *entry* to each of *subscriptions*; return those whose buffer was full."""
         full = []
+        delivered = 0
         for subscription in subscriptions:
-            offered = subscription._offer(entry, wait_for_room=True)
+            offered = subscription._offer(entry, frame, wait_for_room=True)
             if offered is None:
                 full.append(subscription)
             elif offered:
-                self._delivered += 1
+                delivered += 1
+        self._count_deliveries(topic, delivered)
         return full
 
     def _history_lost(self, topic: str) -> None:
@@ -172,6 +212,8 @@ class TopicHub:
         topic = subscription.topic
         if topic not in self._subscribers:
             await self._watch(topic)
+        if topic not in self._subscribers:
+            self._counts[topic] = _TopicCounts()
         self._subscribers.setdefault(topic, {})[subscription] = None
 
     def _remove(self, subscription: Subscription) -> None:
@@ -181,6 +223,7 @@ class TopicHub:
             group.pop(subscription, None)
             if not group:
                 del self._subscribers[subscription.topic]
+                self._counts.pop(subscription.topic, None)
                 self._unwatch(subscription.topic)
 
     def _caught_up(self, subscription: Subscription) -> None:
@@ -190,9 +233,11 @@ class TopicHub:
 
     def _overflow(self, subscription: Subscription, entry: Entry) -> bool:
         policy = self.slow_subscriber_policy
+        counts = self._counts.get(subscription.topic) or _TopicCounts()
         if policy is SlowSubscriberPolicy.DROP_OLDEST:
             subscription._drop_oldest(entry)
             self._dropped += 1
+            counts.drops += 1
             return True
         if policy is SlowSubscriberPolicy.CATCH_UP and (
             subscription._lagging or self._catching_up < self.max_catching_up
@@ -201,8 +246,10 @@ class TopicHub:
             if not subscription._lagging:
                 subscription._lagging = True
                 self._catching_up += 1
+                counts.catch_ups += 1
             return False
         self._slow_disconnects += 1
+        counts.slow_disconnects += 1
         subscription._fail(
             SlowSubscriberError(
                 f"subscriber to {subscription.topic!r} had {self.subscriber_buffer} events "
@@ -211,6 +258,15 @@ class TopicHub:
             )
         )
         return False
+
+
+class _TopicCounts:
+    """What :meth:`TopicHub.topic_statistics` reports of one topic, counted as it happens."""
+
+    __slots__ = ("catch_ups", "deliveries", "drops", "resets", "slow_disconnects")
+
+    def __init__(self) -> None:
+        self.deliveries = self.drops = self.resets = self.catch_ups = self.slow_disconnects = 0
 
 
 #: The longest a batch of events read together waits, before each of its events, for a
@@ -255,6 +311,12 @@ class Subscription:
         self._failure: SlowSubscriberError | None = None
         self._dropped_through: str | None = None
         self._iterator: AsyncGenerator[ServerSentEvent] | None = None
+        # The last event this subscriber was given (sent, or put into its stream's buffer).
+        self._position: EventKey | None = None
+        # While attached to a stream (see feed()): queues a live event's frame there, false
+        # when that buffer is full; and what wakes feed() when it is detached.
+        self._sink: Callable[[bytes], bool] | None = None
+        self._detached: anyio.Event | None = None
 
     async def __aenter__(self) -> Self:
         if self._entered:
@@ -269,6 +331,7 @@ class Subscription:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
+        self._sink = None
         self._close_buffer(discard=True)
         self._hub._remove(self)
         if self._iterator is not None:
@@ -283,6 +346,43 @@ class Subscription:
                 raise RuntimeError("enter the subscription (async with) before iterating it")
             self._iterator = self._events()
         return await self._iterator.__anext__()
+
+    async def feed(self, send: StreamSender[Any]) -> None:
+        """Send this subscription's events to *send*'s stream until the broker closes.
+
+        What iterating it and awaiting ``send(event)`` for each does, for less: while this
+        subscriber keeps up, the hub puts each live event's frame, encoded once for all
+        subscribers, straight into the stream's buffer, and nothing here wakes for it. When
+        that buffer is full, the event goes to this subscription's own buffer instead and is
+        sent from here, where the slow-subscriber policy applies once that one is full too.
+
+        :raises SlowSubscriberError: the broker's policy disconnected this subscriber.
+        """
+        async for event in self:
+            await send(event)
+            if self._can_attach():
+                self._detached = detached = anyio.Event()
+                self._sink = send._offer_frame
+                await detached.wait()
+
+    def _can_attach(self) -> bool:
+        # Live, with nothing waiting in its own buffer: what comes next is the next event.
+        receive = self._receive
+        return (
+            self._send is not None
+            and receive is not None
+            and not self._replaying
+            and self._dropped_through is None
+            and self._failure is None
+            and not self._closed
+            and not receive.statistics().current_buffer_used
+        )
+
+    def _detach(self) -> None:
+        self._sink = None
+        detached, self._detached = self._detached, None
+        if detached is not None:
+            detached.set()
 
     @property
     def catching_up(self) -> bool:
@@ -315,10 +415,24 @@ class Subscription:
             if not receive.statistics().tasks_waiting_receive:
                 receive.close()
 
-    def _offer(self, entry: Entry, *, wait_for_room: bool = False) -> bool | None:
-        """Buffer *entry*: true if it was, false if not (catching up, or the policy dropped or
-        disconnected it); ``None`` with *wait_for_room* when the buffer is full, the policy
-        not applied yet."""
+    def _offer(self, entry: Entry, frame: bytes, *, wait_for_room: bool = False) -> bool | None:
+        """Buffer *entry*, whose encoding is *frame*: true if it was, false if not (catching
+        up, or the policy dropped or disconnected it); ``None`` with *wait_for_room* when the
+        buffer is full, the policy not applied yet."""
+        sink = self._sink
+        if sink is not None:
+            try:
+                if sink(frame):
+                    self._position = entry[0]
+                    return True
+            except anyio.ClosedResourceError:
+                self._detach()  # the stream is ending
+                return False
+            if wait_for_room:
+                return None
+            # Its stream is behind: its own buffer (empty while attached) takes the events
+            # from here, and feed() sends them as its stream makes room.
+            self._detach()
         send = self._send
         if send is None:
             return False  # catching up: it reads this event from the history
@@ -338,14 +452,17 @@ class Subscription:
     def _fall_behind(self) -> None:
         # A live buffer holds the very next events: they are read first, then the history
         # from the last of them. While replaying, it holds later ones, past a gap: dropped.
+        self._detach()
         self._close_buffer(discard=self._replaying)
 
     def _fail(self, failure: SlowSubscriberError) -> None:
         self._failure = failure
+        self._detach()
         self._close_buffer(discard=True)
 
     def _shut(self) -> None:
         self._closed = True
+        self._detach()
         self._close_buffer(discard=True)
 
     # -- the iteration ------------------------------------------------------------------------
@@ -357,18 +474,20 @@ class Subscription:
         # the first, the id it came with.
         last = self.last_event_id if position is None else format_event_id(position)
         data = json.dumps({"reason": reason.value, "last_event_id": last})
+        counts = self._hub._counts.get(self.topic)
+        if counts is not None:
+            counts.resets += 1
         # An empty id clears the browser's last event id: it then reconnects without one.
         return ServerSentEvent(event=RESET_EVENT, id=resume_id or "", data=data)
 
     async def _events(self) -> AsyncGenerator[ServerSentEvent]:
         hub, topic = self._hub, self.topic
-        position: EventKey | None = None
         if self.last_event_id:  # an empty one is what a reset's empty id leads to: none
-            position = parse_event_id(self.last_event_id)
-            if position is None:
+            self._position = parse_event_id(self.last_event_id)
+            if self._position is None:
                 latest = await hub._latest_id(topic)
                 yield self._reset(ResetReason.INVALID, latest, None)
-                position = None if latest is None else parse_event_id(latest)
+                self._position = None if latest is None else parse_event_id(latest)
             else:
                 self._replaying = True
         while True:
@@ -381,15 +500,17 @@ class Subscription:
                     # Rejoin before the last reads of the history, so what is published after
                     # them is buffered; what both hold is dropped by its id below.
                     self._open_buffer()
-                while position is not None:
-                    after = format_event_id(position)
+                while self._position is not None:
+                    after = format_event_id(self._position)
                     page = await hub._history_after(topic, after, REPLAY_PAGE_SIZE)
                     if page.reset is not None:
-                        yield self._reset(page.reset, page.latest, position)
-                        position = None if page.latest is None else parse_event_id(page.latest)
+                        yield self._reset(page.reset, page.latest, self._position)
+                        self._position = (
+                            None if page.latest is None else parse_event_id(page.latest)
+                        )
                         continue
                     for key, event in page.entries:
-                        position = key
+                        self._position = key
                         yield event
                     if len(page.entries) < REPLAY_PAGE_SIZE:
                         break
@@ -413,10 +534,10 @@ class Subscription:
             if self._dropped_through is not None:
                 resume_id, self._dropped_through = self._dropped_through, None
                 dropped = parse_event_id(resume_id)
-                if dropped is not None and (position is None or dropped > position):
-                    yield self._reset(ResetReason.OVERFLOW, resume_id, position)
-                    position = dropped
-            if position is not None and key <= position:
+                if dropped is not None and (self._position is None or dropped > self._position):
+                    yield self._reset(ResetReason.OVERFLOW, resume_id, self._position)
+                    self._position = dropped
+            if self._position is not None and key <= self._position:
                 continue  # read from the history already
-            position = key
+            self._position = key
             yield event

@@ -23,6 +23,7 @@ __all__ = [
     "HistoryPage",
     "ResetReason",
     "SlowSubscriberPolicy",
+    "TopicStatistics",
     "check_topic",
     "event_fields",
     "format_event_id",
@@ -149,6 +150,30 @@ class BrokerStatistics:
     published: int
     delivered: int
     dropped: int
+    slow_disconnects: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TopicStatistics:
+    """A snapshot of one topic's subscribers in this process, counted since its first local
+    subscriber came (all zero once the last one has left).
+
+    :param topic: the topic's name.
+    :param subscribers: subscriptions to it open here.
+    :param deliveries: events given to its subscribers (written to their streams' buffers,
+        or put into their own).
+    :param drops: events the drop-oldest policy dropped.
+    :param resets: :data:`RESET_EVENT` events sent to its subscribers.
+    :param catch_ups: times a subscriber fell behind and went to read the history.
+    :param slow_disconnects: subscribers disconnected for being too slow.
+    """
+
+    topic: str
+    subscribers: int
+    deliveries: int
+    drops: int
+    resets: int
+    catch_ups: int
     slow_disconnects: int
 
 

@@ -23,6 +23,7 @@ from ._topics import RESET_EVENT as RESET_EVENT
 from ._topics import BrokerStatistics as BrokerStatistics
 from ._topics import ResetReason as ResetReason
 from ._topics import SlowSubscriberPolicy as SlowSubscriberPolicy
+from ._topics import TopicStatistics as TopicStatistics
 
 __all__ = (  # noqa: RUF022  (plainly sorted, as tests/test_exports.py checks)
     "Broker",
@@ -35,5 +36,6 @@ __all__ = (  # noqa: RUF022  (plainly sorted, as tests/test_exports.py checks)
     "SlowSubscriberPolicy",
     "Subscription",
     "TopicNameError",
+    "TopicStatistics",
     "topic_response",
 )
