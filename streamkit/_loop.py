@@ -2,8 +2,8 @@
 
 Everywhere else, library code asks anyio, and anyio finds the running loop anew on every call
 (through sniffio). That costs little once, but a stream's write path asked it several times per
-item. This is the one runtime module that names asyncio and trio, because they differ in one
-thing the runtime must know (``_backends`` is the other such module, for serving):
+item. This is the one runtime module that names asyncio and trio (``_backends`` is the other
+such module, for serving), because they differ in what the runtime must know:
 
 - whether a producer may write to the client from its own task. On asyncio, every ASGI server's
   ``send`` can be cancelled while it waits for the client (hypercorn and uvicorn copy the bytes
@@ -13,32 +13,61 @@ thing the runtime must know (``_backends`` is the other such module, for serving
   every write goes through the stream's writer task;
 - how to tell that the loop has turned since a write: on asyncio, a callback queued after the
   write has run. A producer that sends again before that never yielded in between, and its items
-  are queued for the writer to join into one write rather than written one by one.
+  are queued for the writer to join into one write rather than written one by one;
+- how to run a callback at a given time, which is how a stream's heartbeats are timed: a timer
+  per stream, not a deadline on every wait of its writer (a cancel scope made and entered per
+  write, paid for on every event of a fan-out). asyncio has ``call_at``; trio has no callbacks,
+  so one system task per run keeps the timers of all its streams.
 """
 
 from __future__ import annotations
 
+import heapq
+import logging
+import math
 from collections.abc import Callable
+from typing import Any, Protocol
 
 import sniffio
 
-__all__ = ["LoopFacts", "loop_facts"]
+__all__ = ["TIMERS_TASK", "LoopFacts", "Timer", "loop_facts"]
+
+logger = logging.getLogger("streamkit")
+
+#: The name of the system task that keeps a trio run's stream timers; it lasts as long as the
+#: run, like trio's own system tasks, so a leak check passes it over.
+TIMERS_TASK = "streamkit timers"
+
+
+class Timer(Protocol):
+    """A callback to be run at a time (asyncio's ``TimerHandle`` is one)."""
+
+    def cancel(self) -> None:
+        """Do not run the callback, if it has not run."""
+        ...
 
 
 class LoopFacts:
-    """The running loop's clock and, where a producer may write itself, its ``call_soon``.
+    """The running loop's clock, its timers and, where a producer may write itself, its
+    ``call_soon``.
 
     :ivar clock: the loop's clock, the one ``anyio.current_time()`` reads.
+    :ivar call_at: ``call_at(when, callback)`` runs *callback* once the clock reaches *when*,
+        unless the :class:`Timer` it returns is cancelled first.
     :ivar call_soon: ``call_soon(callback)`` runs *callback* at the loop's next turn; ``None``
         where a producer must not write from its own task.
     """
 
-    __slots__ = ("call_soon", "clock")
+    __slots__ = ("call_at", "call_soon", "clock")
 
     def __init__(
-        self, clock: Callable[[], float], call_soon: Callable[[Callable[[], None]], object] | None
+        self,
+        clock: Callable[[], float],
+        call_at: Callable[[float, Callable[[], None]], Timer],
+        call_soon: Callable[[Callable[[], None]], object] | None,
     ) -> None:
         self.clock = clock
+        self.call_at = call_at
         self.call_soon = call_soon
 
 
@@ -47,8 +76,71 @@ def loop_facts() -> LoopFacts:
     if sniffio.current_async_library() == "trio":
         import trio
 
-        return LoopFacts(trio.current_time, None)
+        return LoopFacts(trio.current_time, _trio_timers().call_at, None)
     import asyncio
 
     loop = asyncio.get_running_loop()
-    return LoopFacts(loop.time, loop.call_soon)
+    return LoopFacts(loop.time, loop.call_at, loop.call_soon)
+
+
+class _TrioTimer:
+    __slots__ = ("callback", "cancelled", "when")
+
+    def __init__(self, when: float, callback: Callable[[], None]) -> None:
+        self.when = when
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def __lt__(self, other: _TrioTimer) -> bool:
+        return self.when < other.when
+
+
+class _TrioTimers:
+    """The timers of one trio run, kept by one system task that sleeps until the earliest."""
+
+    def __init__(self) -> None:
+        self._heap: list[_TrioTimer] = []
+        self._sleep: Any = None  # the system task's cancel scope, whose deadline is the earliest
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> Timer:
+        timer = _TrioTimer(when, callback)
+        heapq.heappush(self._heap, timer)
+        if self._sleep is not None and when < self._sleep.deadline:
+            self._sleep.deadline = when
+        return timer
+
+    async def run(self) -> None:
+        import trio
+
+        heap = self._heap
+        while True:
+            with trio.CancelScope(deadline=heap[0].when if heap else math.inf) as self._sleep:
+                await trio.sleep_forever()
+            now = trio.current_time()
+            while heap and heap[0].when <= now:
+                timer = heapq.heappop(heap)
+                if not timer.cancelled:
+                    try:
+                        timer.callback()
+                    except Exception:  # a system task must not raise
+                        logger.exception("a stream timer's callback raised")
+
+
+def _trio_timers() -> _TrioTimers:
+    import trio
+
+    global _trio_timers_var
+    if _trio_timers_var is None:
+        _trio_timers_var = trio.lowlevel.RunVar("streamkit_timers")
+    timers: _TrioTimers | None = _trio_timers_var.get(None)
+    if timers is None:
+        timers = _TrioTimers()
+        _trio_timers_var.set(timers)
+        trio.lowlevel.spawn_system_task(timers.run, name=TIMERS_TASK)
+    return timers
+
+
+_trio_timers_var: Any = None  # a trio RunVar, made at the first timer

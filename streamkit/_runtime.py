@@ -34,7 +34,7 @@ from ._buffer import FrameBuffer
 from ._connections import abort_connection_soon
 from ._ends import EndReason, StreamEnd
 from ._faults import report_fault
-from ._loop import loop_facts
+from ._loop import Timer, loop_facts
 from ._options import StreamOptions
 from ._registry import ActiveStream, StreamRegistry, current_registry
 from ._sender import Producer, StreamSender, shielded_cleanup
@@ -104,6 +104,8 @@ class _Stream(Generic[ItemT]):
     # Slots: one per open stream, so its size counts (a dict would add about 1.3 KiB).
     __slots__ = (
         "_abort_target",
+        "_beat_timer",
+        "_call_at",
         "_call_soon",
         "_cleanup_duration",
         "_clock",
@@ -151,6 +153,7 @@ class _Stream(Generic[ItemT]):
         options = body.options
         facts = loop_facts()
         self._clock = facts.clock
+        self._call_at = facts.call_at
         self._call_soon = facts.call_soon
         # Whether the loop has turned since the producer last wrote itself (see offer());
         # never true where the producer may not write itself.
@@ -202,6 +205,7 @@ class _Stream(Generic[ItemT]):
             interval = PROBE_INTERVAL
         self._heartbeat_interval = interval if body.heartbeat_frame() else None
         self._heartbeat_at = self.started_at
+        self._beat_timer: Timer | None = None
         self._idle_timeout = options.idle_timeout
         # The watcher's current scope; until it first runs, it reads the pending write itself.
         self._timers: anyio.CancelScope | None = None
@@ -352,6 +356,8 @@ class _Stream(Generic[ItemT]):
                     task_group.cancel_scope.cancel()
         finally:
             self.buffer.close()
+            if self._beat_timer is not None:
+                self._beat_timer.cancel()
             if not self._reported:
                 # Cancelled from outside: the server is tearing the connection down.
                 self.decide(EndReason.SHUTDOWN)
@@ -375,6 +381,7 @@ class _Stream(Generic[ItemT]):
     def _start_helpers(self, task_group: TaskGroup) -> None:
         task_group.start_soon(self._watch_connection)
         task_group.start_soon(self._send_loop)
+        self._time_heartbeat()
         max_duration = self.options.max_duration
         if max_duration is not None:
             self._producer_scope.deadline = self.started_at + max_duration
@@ -588,7 +595,7 @@ class _Stream(Generic[ItemT]):
         await self._send_message(body.start_message())
         # Write what the producer has queued meanwhile in one message: fewer, larger writes
         # when the producer is ahead, and no added latency when it is not.
-        while frames := await self._take():
+        while frames := await self.buffer.take(_MAX_BATCH_BYTES):
             if self._writing:  # the producer writes an item itself: after it
                 self._write_done = done = anyio.Event()
                 await done.wait()
@@ -612,21 +619,21 @@ class _Stream(Generic[ItemT]):
         self.decide(EndReason.COMPLETED)
         self._finish_sender()
 
-    async def _take(self) -> list[bytes | None]:
-        """The frames queued, or a heartbeat (``[None]``) once nothing was written for the
-        heartbeat interval; ``[]`` once the buffer is closed and empty."""
+    def _time_heartbeat(self) -> None:
+        """Queue a heartbeat if the stream has been silent for the interval, and set the timer
+        for the next check. A timer, not a deadline on the writer's wait: the writer waits
+        once per write, and a fan-out writes every event."""
         interval = self._heartbeat_interval
-        while interval is not None and not len(self.buffer):
-            due = max(self._heartbeat_at, self._last_data_at + interval)
-            with anyio.move_on_at(due):
-                return await self.buffer.take(_MAX_BATCH_BYTES)
-            # Due, unless the producer wrote an item itself meanwhile.
-            now = self._clock()
-            if now >= max(self._heartbeat_at, self._last_data_at + interval):
-                # Timed from the beat, not from its write: an item puts the next one off.
-                self._heartbeat_at = now + interval
-                return [None]
-        return await self.buffer.take(_MAX_BATCH_BYTES)
+        if interval is None:
+            return
+        now = self._clock()
+        due = max(self._heartbeat_at, self._last_data_at + interval)
+        if now >= due:
+            # Timed from the beat, not from its write: only items put the next one off.
+            self._heartbeat_at = due = now + interval
+            if not self._enqueue(None):
+                return  # the body is ending: no more heartbeats
+        self._beat_timer = self._call_at(due, self._time_heartbeat)
 
     # -- the report -----------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ import anyio
 
 from .._exceptions import LeakError
 from .._faults import recorded_faults
+from .._loop import TIMERS_TASK
 
 __all__ = ["ResourceSnapshot", "open_leak_check"]
 
@@ -208,7 +209,7 @@ def _tasks() -> dict[int, str]:
     return {
         task.id: f"{task.name!r}{_where(task.coro)}"
         for task in anyio.get_running_tasks()
-        if task.id != current
+        if task.id != current and task.name != TIMERS_TASK
     }
 
 

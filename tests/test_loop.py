@@ -1,0 +1,50 @@
+"""What the runtime asks of the event loop, on both backends: its clock, and timers that run
+in time order, earlier ones added later included, and not at all once cancelled."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from streamkit._loop import loop_facts
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_timers_run_in_time_order_and_a_cancelled_one_never_runs() -> None:
+    facts = loop_facts()
+    ran: list[str] = []
+    done = anyio.Event()
+    now = facts.clock()
+    facts.call_at(now + 0.04, lambda: ran.append("late"))
+    cancelled = facts.call_at(now + 0.02, lambda: ran.append("cancelled"))
+    facts.call_at(now + 0.06, done.set)
+    facts.call_at(now + 0.01, lambda: ran.append("early"))  # earlier than all, added last
+    cancelled.cancel()
+    with anyio.fail_after(2):
+        await done.wait()
+    assert ran == ["early", "late"]
+    assert facts.clock() >= now + 0.06
+
+
+async def test_the_clock_is_anyios() -> None:
+    before = anyio.current_time()
+    assert before <= loop_facts().clock() <= anyio.current_time()
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])  # asyncio's loop runs its own timers
+async def test_a_timer_that_raises_is_logged_and_the_others_still_run(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    facts = loop_facts()
+    done = anyio.Event()
+    now = facts.clock()
+
+    def fail() -> None:
+        raise RuntimeError("boom")
+
+    facts.call_at(now + 0.01, fail)
+    facts.call_at(now + 0.02, done.set)
+    with anyio.fail_after(2):
+        await done.wait()
+    assert "a stream timer's callback raised" in caplog.text
