@@ -9,9 +9,20 @@ against one event here. Both add up over 10,000 idle streams.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Protocol
+
 import anyio
 
-__all__ = ["FrameBuffer"]
+__all__ = ["FrameBuffer", "Waitable"]
+
+
+class Waitable(Protocol):
+    """An event as the buffer uses it: ``anyio.Event``, or the loop's own."""
+
+    def set(self) -> object: ...
+
+    async def wait(self) -> object: ...
 
 
 class FrameBuffer:
@@ -19,17 +30,20 @@ class FrameBuffer:
 
     :param capacity: how many frames may wait; with 0, a frame is only handed to a waiting
         reader.
+    :param event: makes the events a waiting side waits on; the runtime hands the loop's
+        own (see ``_loop``), which spare anyio finding the loop for each one made.
     """
 
-    __slots__ = ("_capacity", "_closed", "_frames", "_readable", "_writable")
+    __slots__ = ("_capacity", "_closed", "_event", "_frames", "_readable", "_writable")
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, event: Callable[[], Waitable] = anyio.Event) -> None:
         self._capacity = capacity
+        self._event = event
         self._frames: list[bytes | None] = []
         self._closed = False
         # Each exists only while someone waits on it: an idle stream holds one, not two.
-        self._readable: anyio.Event | None = None
-        self._writable: anyio.Event | None = None
+        self._readable: Waitable | None = None
+        self._writable: Waitable | None = None
 
     def __len__(self) -> int:
         return len(self._frames)
@@ -66,7 +80,7 @@ class FrameBuffer:
                 self.put_nowait(frame)
             except anyio.WouldBlock:
                 if self._writable is None:
-                    self._writable = anyio.Event()
+                    self._writable = self._event()
                 await self._writable.wait()
             else:
                 return
@@ -81,7 +95,7 @@ class FrameBuffer:
         while not frames:
             if self._closed:
                 return []
-            self._readable = readable = anyio.Event()
+            self._readable = readable = self._event()
             if self._writable is not None:
                 # With no room at all, a waiting producer can hand over only now.
                 self._writable.set()

@@ -362,7 +362,7 @@ class Subscription:
             await send(event)
             if self._can_attach():
                 self._detached = detached = anyio.Event()
-                self._sink = send._offer_frame
+                self._sink = send._frame_sink
                 await detached.wait()
 
     def _can_attach(self) -> bool:

@@ -56,19 +56,23 @@ class LoopFacts:
         unless the :class:`Timer` it returns is cancelled first.
     :ivar call_soon: ``call_soon(callback)`` runs *callback* at the loop's next turn; ``None``
         where a producer must not write from its own task.
+    :ivar event: makes an event of the loop's own (``asyncio.Event``, ``trio.Event``), which
+        anyio's cancel scopes cancel a wait on like any other.
     """
 
-    __slots__ = ("call_at", "call_soon", "clock")
+    __slots__ = ("call_at", "call_soon", "clock", "event")
 
     def __init__(
         self,
         clock: Callable[[], float],
         call_at: Callable[[float, Callable[[], None]], Timer],
         call_soon: Callable[[Callable[[], None]], object] | None,
+        event: Callable[[], Any],
     ) -> None:
         self.clock = clock
         self.call_at = call_at
         self.call_soon = call_soon
+        self.event = event
 
 
 def loop_facts() -> LoopFacts:
@@ -76,11 +80,11 @@ def loop_facts() -> LoopFacts:
     if sniffio.current_async_library() == "trio":
         import trio
 
-        return LoopFacts(trio.current_time, _trio_timers().call_at, None)
+        return LoopFacts(trio.current_time, _trio_timers().call_at, None, trio.Event)
     import asyncio
 
     loop = asyncio.get_running_loop()
-    return LoopFacts(loop.time, loop.call_at, loop.call_soon)
+    return LoopFacts(loop.time, loop.call_at, loop.call_soon, asyncio.Event)
 
 
 class _TrioTimer:

@@ -175,7 +175,7 @@ class _Stream(Generic[ItemT]):
         self.last_event_id, self.discarded_last_event_id = read_last_event_id(Headers(scope=scope))
         self._receive = receive
         self._send = send
-        self.buffer = FrameBuffer(options.buffer_size)
+        self.buffer = FrameBuffer(options.buffer_size, facts.event)
         self.reason: EndReason | None = None
         self.exception: BaseException | None = None
         self.items_sent = 0
@@ -600,13 +600,16 @@ class _Stream(Generic[ItemT]):
                 self._write_done = done = anyio.Event()
                 await done.wait()
             beats = frames.count(None)
-            # Asked per write, not once: a heartbeat may carry the time it was sent.
-            heartbeat = (body.heartbeat_frame() or b"") if beats else b""
             if beats < len(frames):
                 # Only items put the next heartbeat off: one timed from a heartbeat's own
-                # write would wake the watcher twice per beat.
+                # write would beat at half the interval.
                 self._last_data_at = self._clock()
-            await self._write(b"".join([heartbeat if f is None else f for f in frames]))
+            if not beats and len(frames) == 1:
+                await self._write(frames[0])  # type: ignore[arg-type]  # not None: no beats
+            else:
+                # Asked per write, not once: a heartbeat may carry the time it was sent.
+                heartbeat = (body.heartbeat_frame() or b"") if beats else b""
+                await self._write(b"".join([heartbeat if f is None else f for f in frames]))
             self.items_sent += len(frames) - beats
         if self.reason is not None:
             closing = body.closing_frame(self.reason)

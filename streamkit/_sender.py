@@ -95,14 +95,14 @@ class StreamSender(Generic[ItemT_contra]):
         if waiting is not None:  # the buffer is full: wait for room
             await waiting
 
-    def _offer_frame(self, frame: bytes) -> bool:
-        """Queue *frame*, already encoded, if the stream's buffer has room; false if it is
-        full. Never waits. For fan-out within streamkit (the broadcast wing), which encodes an
-        event once for all its subscribers; not for producers.
-
-        :raises anyio.ClosedResourceError: the stream is ending.
-        """
-        return self._stream.offer_frame(frame)
+    @property
+    def _frame_sink(self) -> Callable[[bytes], bool]:
+        """``sink(frame)`` queues *frame*, already encoded, if the stream's buffer has room,
+        and is false if it is full; it never waits, and raises
+        :exc:`anyio.ClosedResourceError` once the stream is ending. For fan-out within
+        streamkit (the broadcast wing), which encodes an event once for all its subscribers;
+        not for producers."""
+        return self._stream.offer_frame
 
     @property
     def last_event_id(self) -> str | None:
