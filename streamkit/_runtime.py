@@ -1,10 +1,12 @@
 """The stream runtime: one task group per stream, tied to its connection.
 
-The producer runs in the stream's own task; beside it, in one task group, run the sender and a
-connection watcher that listens for the disconnect and keeps the timers (the send timeout, the
-heartbeat, the idle period). A bounded buffer decouples the producer from the socket, so a
-client that stops reading holds the producer only until the buffer is full, and never past
-``send_timeout``.
+The producer runs in the stream's own task; beside it, in one task group, run the writer and a
+connection watcher that listens for the disconnect and keeps the send timeout and the idle
+period (a timer of the loop's own keeps the heartbeats, see ``_loop``). A bounded buffer
+decouples the producer from the socket, so a client that stops reading holds the producer only
+until the buffer is full, and never past ``send_timeout``. On asyncio, a producer that awaits
+between items writes an item itself while no write is in progress, which spares waking the
+writer for each; that write is bounded by ``send_timeout`` too.
 
 The first of them to decide how the stream ends wins (:meth:`_Stream.decide`): the producer
 is cancelled, its cleanup runs shielded under ``cleanup_timeout``, and the end is reported
