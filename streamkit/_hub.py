@@ -315,7 +315,7 @@ class Subscription:
         self._position: EventKey | None = None
         # While attached to a stream (see feed()): queues a live event's frame there, false
         # when that buffer is full; and what wakes feed() when it is detached.
-        self._sink: Callable[[bytes], bool] | None = None
+        self._sink: Callable[[bytes, ServerSentEvent], bool] | None = None
         self._detached: anyio.Event | None = None
 
     async def __aenter__(self) -> Self:
@@ -422,7 +422,7 @@ class Subscription:
         sink = self._sink
         if sink is not None:
             try:
-                if sink(frame):
+                if sink(frame, entry[1]):
                     self._position = entry[0]
                     return True
             except anyio.ClosedResourceError:

@@ -311,15 +311,16 @@ class _Stream(Generic[ItemT]):
     def _on_turn(self) -> None:
         self._turned = True
 
-    def offer_frame(self, frame: bytes) -> bool:
-        """Queue *frame*, already encoded, if the buffer has room; false if it is full (nothing
-        is queued: the caller decides what then). Never waits: a fan-out hands one encoding
-        of an event to every subscriber's stream this way.
+    def offer_frame(self, frame: bytes, item: ItemT) -> bool:
+        """Queue *frame*, *item* already encoded, if the buffer has room; false if it is full
+        (nothing is queued: the caller decides what then). Never waits: a fan-out hands one
+        encoding of an event to every subscriber's stream this way.
 
         :raises anyio.ClosedResourceError: the stream is ending and takes no more frames.
         """
         if self._idle_timeout is not None:
-            self.last_item_at = self._clock()
+            # The idle fallback is made of the last item, whichever way it came.
+            self.last_item, self.last_item_at = item, self._clock()
         try:
             self.buffer.put_nowait(frame)
         except anyio.WouldBlock:

@@ -36,7 +36,7 @@ class _Queue(Protocol[ItemT_contra]):
 
     def offer(self, item: ItemT_contra) -> Awaitable[None] | None: ...
 
-    def offer_frame(self, frame: bytes) -> bool: ...
+    def offer_frame(self, frame: bytes, item: ItemT_contra) -> bool: ...
 
     def decide(
         self, reason: EndReason, exception: BaseException | None = None, *, abandon_sender: bool
@@ -96,9 +96,9 @@ class StreamSender(Generic[ItemT_contra]):
             await waiting
 
     @property
-    def _frame_sink(self) -> Callable[[bytes], bool]:
-        """``sink(frame)`` queues *frame*, already encoded, if the stream's buffer has room,
-        and is false if it is full; it never waits, and raises
+    def _frame_sink(self) -> Callable[[bytes, ItemT_contra], bool]:
+        """``sink(frame, item)`` queues *frame*, *item* already encoded, if the stream's buffer
+        has room, and is false if it is full; it never waits, and raises
         :exc:`anyio.ClosedResourceError` once the stream is ending. For fan-out within
         streamkit (the broadcast wing), which encodes an event once for all its subscribers;
         not for producers."""

@@ -30,6 +30,10 @@ def data_of(connection: FakeConnection) -> list[str]:
     return [match.decode() for match in _DATA.findall(connection.body)]
 
 
+def has_events(connection: FakeConnection, count: int) -> bool:
+    return len(data_of(connection)) == count
+
+
 def serve(connection: FakeConnection, response: ASGIApp) -> Callable[[], Coroutine[Any, Any, None]]:
     return partial(connection.run, response, within=10.0)
 
@@ -137,3 +141,19 @@ async def test_topic_statistics_count_catch_ups_and_resets() -> None:
         assert broker.topic_statistics("u").resets == 1
         assert broker.topic_statistics("other").subscribers == 0
         resuming.disconnect()
+
+
+async def test_the_idle_fallback_repeats_the_last_event_fed_to_the_stream() -> None:
+    # The first event is sent by the subscription, the next ones straight into the stream's
+    # buffer: the fallback is made of the last of them, not of the last one sent.
+    connection = FakeConnection(path="/t")
+    async with MemoryBroker() as broker, anyio.create_task_group() as task_group:
+        response = topic_response(broker, "t", idle_timeout=0.2, heartbeat_interval=None)
+        task_group.start_soon(serve(connection, response))
+        await until(lambda: broker.statistics().subscribers == 1)
+        for number in range(1, 4):
+            await broker.publish("t", str(number - 1))
+            await until(partial(has_events, connection, number))
+        await until(partial(has_events, connection, 4))
+        assert data_of(connection) == ["0", "1", "2", "2"]
+        connection.disconnect()
