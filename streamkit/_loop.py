@@ -12,8 +12,9 @@ such module, for serving), because they differ in what the runtime must know:
   socket writes: there a producer would be held until the kernel gave the connection up, so
   every write goes through the stream's writer task;
 - how to tell that the loop has turned since a write: on asyncio, a callback queued after the
-  write has run. A producer that sends again before that never yielded in between, and its items
-  are queued for the writer to join into one write rather than written one by one;
+  write has run (one per turn of the loop for all its streams, :class:`Turns`). A producer
+  that sends again before that never yielded in between, and its items are queued for the
+  writer to join into one write rather than written one by one;
 - how to run a callback at a given time, which is how a stream's heartbeats are timed: a timer
   per stream, not a deadline on every wait of its writer (a cancel scope made and entered per
   write, paid for on every event of a fan-out). asyncio has ``call_at``; trio has no callbacks,
@@ -30,7 +31,7 @@ from typing import Any, Protocol
 
 import sniffio
 
-__all__ = ["TIMERS_TASK", "LoopFacts", "Timer", "loop_facts"]
+__all__ = ["TIMERS_TASK", "LoopFacts", "Timer", "Turns", "loop_facts"]
 
 logger = logging.getLogger("streamkit")
 
@@ -47,31 +48,61 @@ class Timer(Protocol):
         ...
 
 
+class Turns:
+    """Counts the turns of an asyncio loop after which a write was made from a producer's task.
+
+    A write notes itself with :meth:`mark`; once :attr:`count` differs from what ``mark``
+    returned, the loop has turned since. One callback per turn serves every stream that wrote
+    in it, where a callback per write would cost each event of a fan-out one more.
+    """
+
+    __slots__ = ("_call_soon", "_pending", "count", "loop")
+
+    def __init__(self, loop: Any) -> None:
+        self.loop = loop
+        self._call_soon = loop.call_soon
+        self._pending = False
+        #: Turns counted so far (only those after a write).
+        self.count = 0
+
+    def mark(self) -> int:
+        """Note a write made now; return the turn it belongs to."""
+        if not self._pending:
+            self._pending = True
+            # Handles queued now run at the loop's next turn, after what is ready at this one.
+            self._call_soon(self._tick)
+        return self.count
+
+    def _tick(self) -> None:
+        self._pending = False
+        self.count += 1
+
+
 class LoopFacts:
     """The running loop's clock, its timers and, where a producer may write itself, its
-    ``call_soon``.
+    :class:`Turns`.
 
     :ivar clock: the loop's clock, the one ``anyio.current_time()`` reads.
     :ivar call_at: ``call_at(when, callback)`` runs *callback* once the clock reaches *when*,
         unless the :class:`Timer` it returns is cancelled first.
-    :ivar call_soon: ``call_soon(callback)`` runs *callback* at the loop's next turn; ``None``
-        where a producer must not write from its own task.
+    :ivar turns: the loop's :class:`Turns`; ``None`` where a producer must not write from its
+        own task.
     :ivar event: makes an event of the loop's own (``asyncio.Event``, ``trio.Event``), which
         anyio's cancel scopes cancel a wait on like any other.
     """
 
-    __slots__ = ("call_at", "call_soon", "clock", "event")
+    __slots__ = ("call_at", "clock", "event", "turns")
 
     def __init__(
         self,
         clock: Callable[[], float],
         call_at: Callable[[float, Callable[[], None]], Timer],
-        call_soon: Callable[[Callable[[], None]], object] | None,
+        turns: Turns | None,
         event: Callable[[], Any],
     ) -> None:
         self.clock = clock
         self.call_at = call_at
-        self.call_soon = call_soon
+        self.turns = turns
         self.event = event
 
 
@@ -83,8 +114,17 @@ def loop_facts() -> LoopFacts:
         return LoopFacts(trio.current_time, _trio_timers().call_at, None, trio.Event)
     import asyncio
 
+    global _turns
     loop = asyncio.get_running_loop()
-    return LoopFacts(loop.time, loop.call_at, loop.call_soon, asyncio.Event)
+    turns = _turns
+    if turns is None or turns.loop is not loop:
+        # Kept for the loop that runs streams now (most processes run one); a stream keeps
+        # its own, so another loop's streams in another thread only share less.
+        turns = _turns = Turns(loop)
+    return LoopFacts(loop.time, loop.call_at, turns, asyncio.Event)
+
+
+_turns: Turns | None = None  # of the loop that started a stream last
 
 
 class _TrioTimer:

@@ -108,7 +108,6 @@ class _Stream(Generic[ItemT]):
         "_abort_target",
         "_beat_timer",
         "_call_at",
-        "_call_soon",
         "_cleanup_duration",
         "_clock",
         "_completing",
@@ -130,11 +129,12 @@ class _Stream(Generic[ItemT]):
         "_sender_finished",
         "_sender_scope",
         "_timers",
-        "_turned",
+        "_turns",
         "_unwound",
         "_watching",
         "_write_done",
         "_writing",
+        "_written_turn",
         "body",
         "buffer",
         "bytes_sent",
@@ -156,10 +156,10 @@ class _Stream(Generic[ItemT]):
         facts = loop_facts()
         self._clock = facts.clock
         self._call_at = facts.call_at
-        self._call_soon = facts.call_soon
-        # Whether the loop has turned since the producer last wrote itself (see offer());
-        # never true where the producer may not write itself.
-        self._turned = facts.call_soon is not None
+        self._turns = facts.turns
+        # The loop's turn of the producer's last write of its own (see offer()): once the
+        # loop's count differs, the loop has turned since.
+        self._written_turn = -1
         self._writing = False  # the producer is writing
         self._write_done: anyio.Event | None = None  # made while the writer waits for it
         self.body = body
@@ -264,11 +264,19 @@ class _Stream(Generic[ItemT]):
         frame = self.body.encode(item)
         if self.options.idle_timeout is not None:
             self.last_item, self.last_item_at = item, self._clock()
-        if self._turned and self.buffer.reader_waiting and self.reason is None:
-            # The writer waits on an empty buffer, and the producer has yielded since it last
-            # wrote (it awaits something between items): it writes this item itself, which
-            # spares waking the writer for it, a task step per item. A producer that does not
-            # yield between items queues them instead, to be joined into one write.
+        turns = self._turns
+        if (
+            turns is not None
+            and turns.count != self._written_turn
+            and self.buffer.reader_waiting
+            and not self._writing
+            and self.reason is None
+        ):
+            # The writer waits on an empty buffer, no write is under way, and the producer has
+            # yielded since it last wrote (it awaits something between items): it writes this
+            # item itself, which spares waking the writer for it, a task step per item. A
+            # producer that does not yield between items queues them instead, to be joined
+            # into one write.
             return self._write_through(frame)
         try:
             # Trying put_nowait first spares a coroutine per item (about half the cost of
@@ -288,7 +296,6 @@ class _Stream(Generic[ItemT]):
 
     async def _write_through(self, frame: bytes) -> None:
         """Write *frame* from the producer's task (see :mod:`streamkit._loop` for where)."""
-        self._turned = False
         self._writing = True
         try:
             self._last_data_at = self._begin_write()
@@ -305,11 +312,8 @@ class _Stream(Generic[ItemT]):
             if self._write_done is not None:
                 self._write_done.set()
                 self._write_done = None
-            assert self._call_soon is not None
-            self._call_soon(self._on_turn)
-
-    def _on_turn(self) -> None:
-        self._turned = True
+            assert self._turns is not None
+            self._written_turn = self._turns.mark()
 
     def offer_frame(self, frame: bytes, item: ItemT) -> bool:
         """Queue *frame*, *item* already encoded, if the buffer has room; false if it is full

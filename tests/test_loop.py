@@ -4,6 +4,7 @@ in time order, earlier ones added later included, and not at all once cancelled.
 from __future__ import annotations
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from streamkit._loop import loop_facts
@@ -48,3 +49,22 @@ async def test_a_timer_that_raises_is_logged_and_the_others_still_run(
     with anyio.fail_after(2):
         await done.wait()
     assert "a stream timer's callback raised" in caplog.text
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # trio's producers never write
+async def test_turns_count_a_turn_after_writes_once_for_all_of_them() -> None:
+    turns = loop_facts().turns
+    assert turns is not None
+    assert loop_facts().turns is turns  # one for the loop, shared by its streams
+    first = turns.mark()
+    assert turns.mark() == first  # no turn between: the same one
+    await anyio.lowlevel.checkpoint()
+    assert turns.count == first + 1  # counted once, for both writes
+    await anyio.lowlevel.checkpoint()
+    assert turns.count == first + 1  # no write since: no callback, no count
+    assert turns.mark() == first + 1
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_on_trio_no_producer_writes_itself() -> None:
+    assert loop_facts().turns is None
