@@ -40,7 +40,14 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from .probe import ASGIApp, Probe, Receive, Scope, Send
 
-__all__ = ["IMPLEMENTATIONS", "SHAPES", "UPSTREAM_BUFFER", "AppSettings", "make_app"]
+__all__ = [
+    "IMPLEMENTATIONS",
+    "SHAPES",
+    "UPSTREAM_BUFFER",
+    "AppSettings",
+    "make_app",
+    "raw_lifespan",
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -217,7 +224,7 @@ def raw_app(probe: Probe, settings: AppSettings) -> ASGIApp:
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
+            await raw_lifespan(receive, send)
             return
         path = scope["path"]
         if path not in ROUTES:
@@ -276,7 +283,8 @@ def raw_app(probe: Probe, settings: AppSettings) -> ASGIApp:
     return app
 
 
-async def _lifespan(receive: Receive, send: Send) -> None:
+async def raw_lifespan(receive: Receive, send: Send) -> None:
+    """The lifespan protocol of a hand-written app: nothing to start or stop."""
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":

@@ -31,6 +31,7 @@ from urllib.parse import parse_qs
 
 import anyio
 
+from .apps import raw_lifespan
 from .probe import ASGIApp, Receive, Scope, Send
 
 __all__ = ["SEND_TIMEOUT", "SUBSCRIBER_BUFFER", "TOPIC", "raw_app", "streamkit_app"]
@@ -233,16 +234,6 @@ async def _json(send: Send, status: int, body: object) -> None:
     await send({"type": "http.response.body", "body": data})
 
 
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-
-
 def raw_app() -> ASGIApp:
     """The baseline: :class:`RawFanOut` behind a plain ASGI router."""
     fanout = RawFanOut()
@@ -252,7 +243,7 @@ def raw_app() -> ASGIApp:
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
+            await raw_lifespan(receive, send)
             return
         path = scope["path"]
         if path == "/events":
