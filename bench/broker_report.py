@@ -11,8 +11,11 @@ from .broker_apps import SEND_TIMEOUT
 __all__ = ["markdown"]
 
 BASELINE = "raw"
-#: streamkit's deliveries per CPU-second, at least this times raw's.
-DELIVERY_TARGET = 0.8
+#: streamkit's deliveries per CPU-second, at least this times raw's, by broker.
+DELIVERY_TARGETS = {"memory": 0.8, "redis": 0.7}
+#: streamkit's p99 at the rate raw sustains, under this many ms, by broker; the memory
+#: broker's is the limit raw is held to (the run's ``latency_limit_ms``).
+REDIS_LATENCY_TARGET_MS = 80.0
 #: streamkit's memory per idle subscriber, at most raw's and this many KiB.
 MEMORY_TARGET_KIB = 10.0
 
@@ -209,10 +212,13 @@ def _verdict(met: bool) -> str:
 def _targets(results: dict[str, Any]) -> list[str]:
     rows = results["rows"]
     backends = list(dict.fromkeys(row["backend"] for row in rows))
-    limit = results["plan"]["latency_limit_ms"]
+    limits = {"memory": results["plan"]["latency_limit_ms"], "redis": REDIS_LATENCY_TARGET_MS}
     lines: dict[str, list[str]] = {
-        f"deliveries/CPU-s ≥ {DELIVERY_TARGET}x raw (worst, at the rate / burst)": [],
-        f"p99 < {limit:g} ms at raw's sustainable rate (memory / redis)": [],
+        "deliveries/CPU-s ≥ "
+        + ", ".join(f"{share:g}x raw ({impl})" for impl, share in DELIVERY_TARGETS.items())
+        + ": the worst, at the rate / burst": [],
+        "p99 at raw's sustainable rate < "
+        + ", ".join(f"{limit:g} ms ({impl})" for impl, limit in limits.items()): [],
         f"memory per idle subscriber ≤ raw + {MEMORY_TARGET_KIB:g} KiB (worst)": [],
     }
     cells = list(lines.values())
@@ -225,30 +231,36 @@ def _targets(results: dict[str, Any]) -> list[str]:
             for cell in cells:
                 cell.append("n/a")
             continue
-        paced = min(
-            row["deliveries_per_cpu_second"] / base["deliveries_per_cpu_second"]
-            for row, base in pairs
-        )
-        burst = min(
-            row["burst_deliveries_per_cpu_second"] / base["burst_deliveries_per_cpu_second"]
-            for row, base in pairs
-        )
-        cells[0].append(
-            f"{paced:.2f}x / {burst:.2f}x — {_verdict(min(paced, burst) >= DELIVERY_TARGET)}"
-        )
+        shares = []
+        for impl in dict.fromkeys(row["implementation"] for row, _ in pairs):
+            paced = min(
+                row["deliveries_per_cpu_second"] / base["deliveries_per_cpu_second"]
+                for row, base in pairs
+                if row["implementation"] == impl
+            )
+            burst = min(
+                row["burst_deliveries_per_cpu_second"] / base["burst_deliveries_per_cpu_second"]
+                for row, base in pairs
+                if row["implementation"] == impl
+            )
+            met = min(paced, burst) >= DELIVERY_TARGETS.get(impl, 1.0)
+            shares.append(f"{impl} {paced:.2f}x / {burst:.2f}x, {_verdict(met)}")
+        cells[0].append("; ".join(shares))
         at_rate = [
             entry
             for entry in results["sustained"]
             if entry["backend"] == backend and entry["implementation"] != BASELINE
         ]
         if at_rate:
-            p99s = [entry["at_rate"]["p99_ms"] for entry in at_rate]
             held = at_rate[0]["held"]
-            where = (
-                "" if held else f" (raw holds no rate; at {_rate(at_rate[0]['at_rate']['rate'])})"
-            )
-            text = " / ".join(f"{p99:.1f} ms" for p99 in p99s)
-            cells[1].append(f"{text}{where} — {_verdict(max(p99s) < limit)}")
+            p99s = []
+            for entry in at_rate:
+                impl, p99 = entry["implementation"], entry["at_rate"]["p99_ms"]
+                met = p99 < limits.get(impl, limits["memory"])
+                p99s.append(f"{impl} {p99:.1f} ms" + (f", {_verdict(met)}" if held else ""))
+            # Without a rate raw sustains, the target has nothing to be held to.
+            where = "" if held else f" at {_rate(at_rate[0]['at_rate']['rate'])}: raw holds no rate"
+            cells[1].append("; ".join(p99s) + where)
         else:
             cells[1].append("n/a")
         extra = max(
