@@ -211,10 +211,18 @@ def _lifecycle_phase(
     return results
 
 
-def _timer_phase(
-    plan: Plan, impls: list[str], backend: str, log: IO[bytes]
+def _one_at_a_time(
+    plan: Plan,
+    impls: list[str],
+    backend: str,
+    log: IO[bytes],
+    what: str,
+    measurement: Callable[[ServerProcess], dict[str, Any]],
 ) -> dict[str, dict[str, Any]]:
-    # Fresh servers, started together, measured one at a time and each stopped after.
+    """*measurement* of each implementation on a fresh server: the servers start together
+    and are measured one at a time, each stopped after. A server waiting its turn has served
+    nothing, so its memory is as it was when it started, and it takes no CPU from the one
+    measured."""
     servers = start_all(
         impls,
         backend,
@@ -225,57 +233,36 @@ def _timer_phase(
     results = {}
     try:
         for impl in impls:
-            _note(
-                f"{backend}: {impl}: {plan.timer_streams} streams ticking"
-                f" {plan.timer_rate:g} times a second"
-            )
+            _note(f"{backend}: {impl}: {what}")
             results[impl] = _guarded(
-                f"{backend}: {impl}: timer",
-                partial(
-                    measure.timer,
-                    servers[impl],
-                    streams=plan.timer_streams,
-                    rate=plan.timer_rate,
-                    warmup=plan.timer_warmup,
-                    window=plan.timer_window,
-                ),
+                f"{backend}: {impl}: {what}", partial(measurement, servers[impl])
             )
             stop_all([servers[impl]])
     finally:
         stop_all(list(servers.values()))
     return results
+
+
+def _timer_phase(
+    plan: Plan, impls: list[str], backend: str, log: IO[bytes]
+) -> dict[str, dict[str, Any]]:
+    timer = partial(
+        measure.timer,
+        streams=plan.timer_streams,
+        rate=plan.timer_rate,
+        warmup=plan.timer_warmup,
+        window=plan.timer_window,
+    )
+    what = f"{plan.timer_streams} streams ticking {plan.timer_rate:g} times a second"
+    return _one_at_a_time(plan, impls, backend, log, what, timer)
 
 
 def _memory_phase(
     plan: Plan, impls: list[str], backend: str, log: IO[bytes]
 ) -> dict[str, dict[str, Any]]:
-    # Fresh servers, started together but measured one at a time: a server waiting its turn
-    # has served nothing, so its memory is as it was when it started.
-    servers = start_all(
-        impls,
-        backend,
-        heartbeat_interval=plan.memory_heartbeat_interval,
-        send_timeout=plan.send_timeout,
-        log=log,
-    )
-    results = {}
-    try:
-        for impl in impls:
-            counts = ", ".join(map(str, plan.memory_steps))
-            _note(f"{backend}: {impl}: memory with {counts} idle streams")
-            results[impl] = _guarded(
-                f"{backend}: {impl}: memory",
-                partial(
-                    measure.memory,
-                    servers[impl],
-                    steps=plan.memory_steps,
-                    settle=plan.memory_settle,
-                ),
-            )
-            stop_all([servers[impl]])
-    finally:
-        stop_all(list(servers.values()))
-    return results
+    memory = partial(measure.memory, steps=plan.memory_steps, settle=plan.memory_settle)
+    what = f"memory with {', '.join(map(str, plan.memory_steps))} idle streams"
+    return _one_at_a_time(plan, impls, backend, log, what, memory)
 
 
 def _stall_phase(
