@@ -13,32 +13,32 @@ import math
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+from support import redis_server
+from support.unavailable import service_unavailable
 
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_quick_throughput_run_writes_a_well_formed_result(tmp_path: Path) -> None:
-    output = tmp_path / "bench.json"
-    command = [
-        sys.executable,
-        "-m",
-        "bench",
-        "--quick",
-        "--impl=streamkit",
-        "--backend=asyncio",
-        "--only=throughput",
-        f"--json={output}",
-    ]
+def run_quick(tmp_path: Path, module: str, *options: str, timeout: float = 45) -> tuple[Any, str]:
+    """Run ``python -m <module> --quick <options>``; return its JSON figures and its report."""
+    output = tmp_path / "figures.json"
+    command = [sys.executable, "-m", module, "--quick", *options, f"--json={output}"]
     completed = subprocess.run(
-        command, cwd=ROOT, capture_output=True, text=True, timeout=45, check=False
+        command, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False
     )
     assert completed.returncode == 0, completed.stderr[-2000:]
+    return json.loads(output.read_text()), completed.stdout
 
-    data = json.loads(output.read_text())
+
+def test_quick_throughput_run_writes_a_well_formed_result(tmp_path: Path) -> None:
+    data, report = run_quick(
+        tmp_path, "bench", "--impl=streamkit", "--backend=asyncio", "--only=throughput"
+    )
     assert data["implementations"] == ["streamkit"]
     assert data["plan"]["quick"] is True
     assert data["machine"]["cores"] >= 1
@@ -53,28 +53,14 @@ def test_quick_throughput_run_writes_a_well_formed_result(tmp_path: Path) -> Non
         assert len(result["rounds"]) == data["plan"]["rounds"]
 
     # The markdown report went to stdout, with the throughput table and streamkit's row.
-    assert "#### asyncio: throughput" in completed.stdout
-    assert "| streamkit |" in completed.stdout
+    assert "#### asyncio: throughput" in report
+    assert "| streamkit |" in report
 
 
 def test_quick_shapes_and_timer_run_reports_every_shape_and_the_timer(tmp_path: Path) -> None:
-    output = tmp_path / "bench.json"
-    command = [
-        sys.executable,
-        "-m",
-        "bench",
-        "--quick",
-        "--impl=raw,streamkit",
-        "--backend=asyncio",
-        "--only=shapes,timer",
-        f"--json={output}",
-    ]
-    completed = subprocess.run(
-        command, cwd=ROOT, capture_output=True, text=True, timeout=45, check=False
+    data, report = run_quick(
+        tmp_path, "bench", "--impl=raw,streamkit", "--backend=asyncio", "--only=shapes,timer"
     )
-    assert completed.returncode == 0, completed.stderr[-2000:]
-
-    data = json.loads(output.read_text())
     plan = data["plan"]
     for impl in ("raw", "streamkit"):
         result = data["results"]["asyncio"][impl]
@@ -92,10 +78,44 @@ def test_quick_shapes_and_timer_run_reports_every_shape_and_the_timer(tmp_path: 
         assert timer["events_per_s"] > 0
         assert timer["server_cpu_us_per_event"] > 0
 
-    report = completed.stdout
     assert "#### asyncio: throughput, producers that await between events" in report
     assert "| upstream | streamkit |" in report
     assert f"#### asyncio: a timer producer, {plan['timer_streams']} streams" in report
+
+
+def test_quick_broker_run_measures_each_broker_beside_the_hand_written_fan_out(
+    tmp_path: Path,
+) -> None:
+    if redis_server.find() is None:
+        service_unavailable(redis_server.NOT_FOUND)
+    data, report = run_quick(tmp_path, "bench.broker", "--backend=asyncio", timeout=180)
+    plan = data["plan"]
+    implementations = ("raw", "memory", "redis")
+    rows = {row["implementation"]: row for row in data["rows"]}
+    assert set(rows) == set(implementations)
+    for impl, row in rows.items():
+        assert row["subscribers"] == plan["subscribers"][0]
+        assert row["p50_ms"] <= row["p99_ms"], impl
+        assert row["deliveries_per_cpu_second"] > 0, impl
+        assert row["kib_per_idle_subscriber"] > 0, impl
+        if impl != "raw":  # a broker's subscriber that falls behind catches up: no gap
+            assert row["missing"] == row["burst_missing"] == 0, impl
+    stalls = {stall["implementation"]: stall for stall in data["stalls"]}
+    assert set(stalls) == set(implementations)
+    for impl, stall in stalls.items():
+        # Every stalled subscriber was ended by the server; the others missed nothing.
+        assert stall["closed_by_server"] == plan["stalled"], impl
+        assert len(stall["left_after_s"]) == plan["stalled"], impl
+        assert stall["others_missing"] == 0, impl
+    (workers,) = data["workers"]
+    assert len(workers["per_worker"]) == plan["workers"]
+    assert sum(workers["per_worker"]) == workers["subscribers"]
+    assert workers["missing"] == 0
+
+    assert f"### The rate raw sustains at {plan['search_subscribers']} subscribers" in report
+    assert "| 200 | memory |" in report
+    assert "| 200 | redis |" in report
+    assert "p99 at raw's sustainable rate < 50 ms (memory), 80 ms (redis)" in report
 
 
 def test_the_http2_benchmark_prints_its_tables() -> None:
