@@ -125,6 +125,7 @@ class _Stream(Generic[ItemT]):
         "_reported",
         "_send",
         "_send_timeout",
+        "_send_timer",
         "_sender_done",
         "_sender_finished",
         "_sender_scope",
@@ -202,6 +203,7 @@ class _Stream(Generic[ItemT]):
         self._pending_since: float | None = None
         self._completing = False
         self._send_timeout = options.send_timeout
+        self._send_timer: Timer | None = None  # set while a write may be under way
         interval = options.heartbeat_interval
         if interval is None:
             interval = PROBE_INTERVAL
@@ -363,8 +365,9 @@ class _Stream(Generic[ItemT]):
                     task_group.cancel_scope.cancel()
         finally:
             self.buffer.close()
-            if self._beat_timer is not None:
-                self._beat_timer.cancel()
+            for timer in (self._beat_timer, self._send_timer):
+                if timer is not None:
+                    timer.cancel()
             if not self._reported:
                 # Cancelled from outside: the server is tearing the connection down.
                 self.decide(EndReason.SHUTDOWN)
@@ -514,6 +517,8 @@ class _Stream(Generic[ItemT]):
     def _next_due(self) -> float:
         due = math.inf
         if self._pending_since is not None and self._send_timeout is not None:
+            # The send timer wakes the watcher for a write under way, but only once it waits:
+            # a write it finds under way when it begins to (its first wait) is timed here.
             due = self._pending_since + self._send_timeout
         if self._idle_timeout is not None:
             due = min(due, self.last_item_at + self._idle_timeout)
@@ -578,12 +583,30 @@ class _Stream(Generic[ItemT]):
         self._pending_since = None
 
     def _begin_write(self) -> float:
-        """Note that a write begins now, for the watcher's send timeout; return the time."""
+        """Note that a write begins now, for the send timeout; return the time."""
         self._pending_since = now = self._clock()
-        timers, timeout = self._timers, self._send_timeout
-        if timeout is not None and timers is not None and now + timeout < timers.deadline:
-            timers.deadline = now + timeout  # wake the watcher for this write
+        timeout = self._send_timeout
+        if timeout is not None and self._send_timer is None:
+            # One timer for the writes that follow, not one per write: when it goes off, it
+            # looks at the write under way then, if any.
+            self._send_timer = self._call_at(now + timeout, self._time_send)
         return now
+
+    def _time_send(self) -> None:
+        """Wake the watcher if the write under way has been blocked for ``send_timeout``;
+        else time the one under way, or, with none, stop until the next write. A timer, not a
+        deadline on the watcher's wait: that wakes it (a cancellation, which costs more than
+        a write) once per send timeout after the writes, even when every one of them has long
+        completed."""
+        self._send_timer = None
+        since, timeout = self._pending_since, self._send_timeout
+        if since is None or timeout is None:
+            return
+        due = since + timeout
+        if self._clock() < due:
+            self._send_timer = self._call_at(due, self._time_send)
+        elif self._timers is not None:
+            self._timers.cancel()  # the watcher ends the stream (see _on_timers)
 
     async def _write(self, body: bytes) -> None:
         await self._send_message({"type": "http.response.body", "body": body, "more_body": True})

@@ -169,6 +169,35 @@ async def test_a_client_that_stops_reading_is_given_up_after_send_timeout() -> N
     assert anyio.current_time() - started < 1.0
 
 
+async def test_writes_that_complete_leave_the_disconnect_listener_waiting() -> None:
+    # send_timeout bounds a write under way; once the writes have completed, nothing but the
+    # disconnect wakes the task that listens for it, however long the stream stays quiet.
+    # (A wake-up there is a cancellation: at 5,000 quiet subscribers, one every send_timeout
+    # each cost more CPU than the events.)
+    written = anyio.Event()
+
+    async def produce(send: StreamSender[str]) -> None:
+        for word in ("a", "b", "c"):
+            await send(word)
+            await anyio.sleep(0.001)
+        written.set()
+        await anyio.sleep_forever()
+
+    timeout = 0.02
+    body = Body(produce, StreamOptions(send_timeout=timeout, heartbeat_interval=None))
+    connection = FakeConnection()
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(connection.run, partial(deliver, body))
+            await written.wait()
+            listening = connection.receive_calls
+            await anyio.sleep(timeout * 10)  # quiet for ten send timeouts
+            assert connection.receive_calls == listening
+            connection.disconnect()
+    assert connection.body == b"a|b|c|"
+    assert body.end.reason is EndReason.CLIENT_DISCONNECTED
+
+
 class WatchedConnection(FakeConnection):
     """A connection that records how many writes were in flight at once, and whose body
     writes wait for :attr:`gate` while it is set up."""
