@@ -595,9 +595,8 @@ class _Stream(Generic[ItemT]):
     def _time_send(self) -> None:
         """Wake the watcher if the write under way has been blocked for ``send_timeout``;
         else time the one under way, or, with none, stop until the next write. A timer, not a
-        deadline on the watcher's wait: that wakes it (a cancellation, which costs more than
-        a write) once per send timeout after the writes, even when every one of them has long
-        completed."""
+        deadline on the watcher's wait: that wakes it (a cancellation) once per send timeout
+        after the writes, even when every one of them has long completed."""
         self._send_timer = None
         since, timeout = self._pending_since, self._send_timeout
         if since is None or timeout is None:

@@ -172,8 +172,8 @@ async def test_a_client_that_stops_reading_is_given_up_after_send_timeout() -> N
 async def test_writes_that_complete_leave_the_disconnect_listener_waiting() -> None:
     # send_timeout bounds a write under way; once the writes have completed, nothing but the
     # disconnect wakes the task that listens for it, however long the stream stays quiet.
-    # (A wake-up there is a cancellation: at 5,000 quiet subscribers, one every send_timeout
-    # each cost more CPU than the events.)
+    # (A wake-up there is a cancellation, and every quiet subscriber of a fan-out paid one
+    # per send_timeout after each event.)
     written = anyio.Event()
 
     async def produce(send: StreamSender[str]) -> None:
