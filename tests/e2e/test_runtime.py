@@ -503,6 +503,41 @@ async def test_a_stalled_client_ends_with_send_timeout_and_memory_stays_bounded(
     assert probe.background_ran == [EndReason.SEND_TIMEOUT]
 
 
+async def test_a_client_that_stalls_after_a_quiet_spell_ends_with_send_timeout() -> None:
+    # The send timeout is a timer set at a write when none is: the one set at the first write
+    # goes off during the quiet spell with nothing under way, and the flood must set it again.
+    probe = Probe()
+    send_timeout = 0.3
+    flood_started_at: float | None = None
+
+    async def produce(send: StreamSender[str]) -> None:
+        nonlocal flood_started_at
+        send.push_async_callback(probe.cleanup)
+        await send("first\n")
+        await anyio.sleep(send_timeout * 3)  # quiet, three send timeouts long
+        flood_started_at = anyio.current_time()
+        while True:
+            await send("x" * 32768 + "\n")
+            probe.produced += 1
+
+    async def route(request: Request) -> Response:
+        return respond("bytes", produce, probe, send_timeout=send_timeout, buffer_size=4)
+
+    async with open_server(app_for(route)) as server:
+        async with open_stream(server, "/stream", receive_buffer=4096) as client:
+            assert await client.receive_chunk() == b"first\n"
+            client.stall()
+            end = await server.wait_ended(EndReason.SEND_TIMEOUT, within=10)
+            with anyio.fail_after(5):
+                await probe.cleaned.wait()
+    assert flood_started_at is not None
+    assert probe.cleaned_at is not None
+    # No sooner than a write has been blocked for send_timeout; soon after that.
+    assert send_timeout * 0.99 <= probe.cleaned_at - flood_started_at < send_timeout + 1.0
+    assert end.items_sent >= 1
+    assert probe.background_ran == [EndReason.SEND_TIMEOUT]
+
+
 # -- deadlines and errors ---------------------------------------------------------------------
 
 
