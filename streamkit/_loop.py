@@ -15,10 +15,12 @@ such module, for serving), because they differ in what the runtime must know:
   write has run (one per turn of the loop for all its streams, :class:`Turns`). A producer
   that sends again before that never yielded in between, and its items are queued for the
   writer to join into one write rather than written one by one;
-- how to run a callback at a given time, which is how a stream's heartbeats are timed: a timer
-  per stream, not a deadline on every wait of its writer (a cancel scope made and entered per
-  write, paid for on every event of a fan-out). asyncio has ``call_at``; trio has no callbacks,
-  so one system task per run keeps the timers of all its streams.
+- how to run a callback at a given time, which is how a stream's heartbeats and its send
+  timeout are timed: timers per stream, not deadlines on the waits of its writer and its
+  disconnect listener (a cancel scope made and entered per write, or a listener woken by a
+  cancellation after writes that had long completed, paid for on every event of a fan-out).
+  asyncio has ``call_at``; trio has no callbacks, so one system task per run keeps the timers
+  of all its streams.
 """
 
 from __future__ import annotations
