@@ -243,7 +243,7 @@ def _targets(results: dict[str, Any]) -> list[str]:
                 for row, base in pairs
                 if row["implementation"] == impl
             )
-            met = min(paced, burst) >= DELIVERY_TARGETS.get(impl, 1.0)
+            met = min(paced, burst) >= DELIVERY_TARGETS[impl]
             shares.append(f"{impl} {paced:.2f}x / {burst:.2f}x, {_verdict(met)}")
         cells[0].append("; ".join(shares))
         at_rate = [
@@ -256,7 +256,7 @@ def _targets(results: dict[str, Any]) -> list[str]:
             p99s = []
             for entry in at_rate:
                 impl, p99 = entry["implementation"], entry["at_rate"]["p99_ms"]
-                met = p99 < limits.get(impl, limits["memory"])
+                met = p99 < limits[impl]
                 p99s.append(f"{impl} {p99:.1f} ms" + (f", {_verdict(met)}" if held else ""))
             # Without a rate raw sustains, the target has nothing to be held to.
             where = "" if held else f" at {_rate(at_rate[0]['at_rate']['rate'])}: raw holds no rate"

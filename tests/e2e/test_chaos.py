@@ -208,7 +208,7 @@ async def test_a_thousand_streams_end_right_whatever_their_clients_do(anyio_back
     # A stalling client never reads the body, so the server's first write may block (and its
     # send_timeout start) before the client's task gets to stall(): the timeout is measured
     # from the first write, and can never fire sooner than that.
-    # (0.99: asyncio runs a timer up to its clock's resolution early.)
+    # (0.99: slack for a timer run a hair early, as asyncio's may be, by its clock's resolution.)
     from_first_send = [
         stream.cleaned_up_at - stream.first_send_at
         for stream in streams.values()
