@@ -20,8 +20,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-from collections.abc import AsyncIterable, Awaitable, Callable
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterable, Awaitable, Callable, Coroutine
 from functools import partial
 from types import TracebackType
 from typing import Generic, Protocol, TypeVar
@@ -357,7 +356,14 @@ class _Stream(Generic[ItemT]):
         try:
             async with anyio.create_task_group() as task_group:
                 self._start_helpers(task_group)
-                await self._produce_then_finish()
+                with self._producer_scope:
+                    await self._produce()
+                if self._producer_scope.cancelled_caught and self.reason is None:
+                    self.decide(EndReason.DEADLINE)
+                self.buffer.close()
+                if not self._sender_done:
+                    self._sender_finished = anyio.Event()
+                    await self._sender_finished.wait()
                 # Report before leaving the task group: on trio, a write to a client that
                 # stopped reading holds the sender until the kernel drops the connection.
                 self._report(registry)
@@ -378,19 +384,9 @@ class _Stream(Generic[ItemT]):
             # it does with it (both of hypercorn's workers stop).
             raise fatal
 
-    async def _produce_then_finish(self) -> None:
-        with self._producer_scope:
-            await self._produce()
-        if self._producer_scope.cancelled_caught and self.reason is None:
-            self.decide(EndReason.DEADLINE)
-        self.buffer.close()
-        if not self._sender_done:
-            self._sender_finished = anyio.Event()
-            await self._sender_finished.wait()
-
     def _start_helpers(self, task_group: TaskGroup) -> None:
         task_group.start_soon(self._watch_connection)
-        task_group.start_soon(self._send_loop)
+        task_group.start_soon(self._send_all)
         self._time_heartbeat()
         max_duration = self.options.max_duration
         if max_duration is not None:
@@ -398,14 +394,14 @@ class _Stream(Generic[ItemT]):
 
     async def _produce(self) -> None:
         content = self.body.content
-        stack = AsyncExitStack()
+        sender: StreamSender[ItemT] = StreamSender(self)
         closable: object = content  # what to aclose(): the iterator once there is one
         failure: BaseException | None = None  # what the resources' exits are told
         try:
             if self.reason is not None or self._head_only:
                 pass  # drained before it began, or a HEAD request: the producer never runs
             elif callable(content) and not hasattr(content, "__aiter__"):
-                result = content(StreamSender(self, stack))
+                result = content(sender)
                 if not inspect.isawaitable(result):
                     raise TypeError(
                         "a stream producer must be an async function taking send, "
@@ -414,7 +410,6 @@ class _Stream(Generic[ItemT]):
                 await result
             else:
                 assert isinstance(content, AsyncIterable)
-                sender: StreamSender[ItemT] = StreamSender(self, stack)
                 closable = iterator = aiter(content)
                 async for item in iterator:
                     await sender(item)
@@ -452,7 +447,9 @@ class _Stream(Generic[ItemT]):
             with shielded_cleanup(self.options.cleanup_timeout):
                 await self._close(getattr(closable, "aclose", None))
                 # The exits see how the producer ended; one that would suppress it is ignored.
-                await self._close(partial(stack.__aexit__, *_exc_info(failure)))
+                stack = sender._resources
+                if stack is not None:
+                    await self._close(partial(stack.__aexit__, *_exc_info(failure)))
             self._cleanup_duration = self._clock() - started
             # The failure's traceback holds this frame, which holds the failure: a cycle that
             # only the garbage collector would free, and with it every frame of the stream.
@@ -611,45 +608,46 @@ class _Stream(Generic[ItemT]):
         await self._send_message({"type": "http.response.body", "body": body, "more_body": True})
         self.bytes_sent += len(body)
 
-    async def _send_loop(self) -> None:
+    async def _send_all(self) -> None:
         with self._sender_scope:
             try:
-                await self._send_all()
+                body = self.body
+                await self._send_message(body.start_message())
+                # Write what the producer has queued meanwhile in one message: fewer, larger
+                # writes when the producer is ahead, and no added latency when it is not.
+                while frames := await self.buffer.take(_MAX_BATCH_BYTES):
+                    if self._writing:  # the producer writes an item itself: after it
+                        self._write_done = done = anyio.Event()
+                        await done.wait()
+                    beats = frames.count(None)
+                    if beats < len(frames):
+                        # Only items put the next heartbeat off: one timed from a heartbeat's
+                        # own write would beat at half the interval.
+                        self._last_data_at = self._clock()
+                    if not beats and len(frames) == 1:
+                        frame = frames[0]
+                        assert frame is not None  # no beats
+                        await self._write(frame)
+                    else:
+                        # Asked per write, not once: a heartbeat may carry the time it was sent.
+                        beat = (body.heartbeat_frame() or b"") if beats else b""
+                        await self._write(b"".join([beat if f is None else f for f in frames]))
+                    self.items_sent += len(frames) - beats
+                if self.reason is not None:
+                    closing = body.closing_frame(self.reason)
+                    if closing:
+                        await self._write(closing)
+                # The body is all handed over: a disconnect the server reports from here on
+                # is the normal end of the exchange (trio's worker reports it before this
+                # returns).
+                self._completing = True
+                end: Message = {"type": "http.response.body", "body": b"", "more_body": False}
+                await self._send_message(end)
+                self.decide(EndReason.COMPLETED)
+                self._finish_sender()
             except OSError:
                 # ASGI 2.4 servers raise OSError from send() once the client is gone.
                 self.decide(EndReason.CLIENT_DISCONNECTED)
-
-    async def _send_all(self) -> None:
-        body = self.body
-        await self._send_message(body.start_message())
-        # Write what the producer has queued meanwhile in one message: fewer, larger writes
-        # when the producer is ahead, and no added latency when it is not.
-        while frames := await self.buffer.take(_MAX_BATCH_BYTES):
-            if self._writing:  # the producer writes an item itself: after it
-                self._write_done = done = anyio.Event()
-                await done.wait()
-            beats = frames.count(None)
-            if beats < len(frames):
-                # Only items put the next heartbeat off: one timed from a heartbeat's own
-                # write would beat at half the interval.
-                self._last_data_at = self._clock()
-            if not beats and len(frames) == 1:
-                await self._write(frames[0])  # type: ignore[arg-type]  # not None: no beats
-            else:
-                # Asked per write, not once: a heartbeat may carry the time it was sent.
-                heartbeat = (body.heartbeat_frame() or b"") if beats else b""
-                await self._write(b"".join([heartbeat if f is None else f for f in frames]))
-            self.items_sent += len(frames) - beats
-        if self.reason is not None:
-            closing = body.closing_frame(self.reason)
-            if closing:
-                await self._write(closing)
-        # The body is all handed over: a disconnect the server reports from here on is
-        # the normal end of the exchange (trio's worker reports it before this returns).
-        self._completing = True
-        await self._send_message({"type": "http.response.body", "body": b"", "more_body": False})
-        self.decide(EndReason.COMPLETED)
-        self._finish_sender()
 
     def _time_heartbeat(self) -> None:
         """Queue a heartbeat if the stream has been silent for the interval, and set the timer
@@ -737,6 +735,10 @@ def _cancelled_during_cancellation(exc: BaseException) -> bool:
     return False
 
 
-async def deliver(body: StreamBody[ItemT], scope: Scope, receive: Receive, send: Send) -> None:
-    """Deliver *body*'s stream on one connection, returning once it has ended."""
-    await _Stream(body, scope, receive, send).deliver()
+def deliver(
+    body: StreamBody[ItemT], scope: Scope, receive: Receive, send: Send
+) -> Coroutine[None, None, None]:
+    """Deliver *body*'s stream on one connection: await it, and it returns once the stream
+    has ended. (A plain function returning the stream's coroutine: a coroutine of its own
+    around it would stay on every open stream's stack.)"""
+    return _Stream(body, scope, receive, send).deliver()

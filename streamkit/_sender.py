@@ -75,11 +75,13 @@ class StreamSender(Generic[ItemT_contra]):
     and shielded from cancellation for up to ``cleanup_timeout``.
     """
 
-    __slots__ = ("_stack", "_stream")
+    __slots__ = ("_resources", "_stream")
 
-    def __init__(self, stream: _Queue[ItemT_contra], stack: AsyncExitStack) -> None:
+    def __init__(self, stream: _Queue[ItemT_contra]) -> None:
         self._stream = stream
-        self._stack = stack
+        # Made by the first resource entered: most producers enter none, and every open
+        # stream would hold an empty one.
+        self._resources: AsyncExitStack | None = None
 
     async def __call__(self, item: ItemT_contra) -> None:
         """Queue *item*; it is encoded now, so an item that cannot be encoded raises here.
@@ -118,11 +120,16 @@ class StreamSender(Generic[ItemT_contra]):
 
     async def enter_async_context(self, manager: AbstractAsyncContextManager[T]) -> T:
         """Enter *manager* now and exit it when the stream ends, shielded."""
-        return await self._stack.enter_async_context(manager)
+        return await self._exit_stack().enter_async_context(manager)
 
     def push_async_callback(self, callback: Callable[..., Awaitable[object]], *args: Any) -> None:
         """Await ``callback(*args)`` when the stream ends, shielded (last pushed, first run)."""
-        self._stack.push_async_callback(callback, *args)
+        self._exit_stack().push_async_callback(callback, *args)
+
+    def _exit_stack(self) -> AsyncExitStack:
+        if self._resources is None:
+            self._resources = AsyncExitStack()
+        return self._resources
 
     def end(self, reason: EndReason) -> None:
         """End the stream for *reason*, decided by the producer itself: what is queued is still

@@ -338,7 +338,7 @@ async def test_a_stream_cut_short_leaves_no_reference_cycle_for_the_collector() 
             item
             for item in gc.garbage
             if isinstance(item, types.FrameType)
-            and item.f_code.co_name in {"produce", "_produce", "_produce_then_finish", "deliver"}
+            and item.f_code.co_name in {"produce", "_produce", "deliver"}
         ]
     finally:
         gc.set_debug(0)
