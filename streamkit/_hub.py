@@ -17,11 +17,12 @@ The plain values both sides use (ids, policies, statistics) are in ``_topics``.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Self
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+import anyio.lowlevel
 
 from ._checks import check_count
 from ._exceptions import SlowSubscriberError
@@ -287,6 +288,11 @@ class Subscription:
 
     Live events are buffered from the moment the block is entered, before the history is
     read, so nothing published meanwhile is missed. Iterating ends when the broker closes.
+    Taking the next event is a checkpoint, and a wait for it cut short by a timeout or a
+    cancellation loses nothing: the next one taken is still the next event::
+
+        with anyio.move_on_after(15):
+            event = await anext(subscription)
 
     When the history cannot go on from ``last_event_id`` (see :class:`ResetReason`), the first
     event is a :data:`RESET_EVENT` whose id is the newest event at that moment: the events up
@@ -298,25 +304,58 @@ class Subscription:
         subscriber for falling behind.
     """
 
+    # Slots: one per subscriber, so its size counts.
+    __slots__ = (
+        "_buffering",
+        "_closed",
+        "_dropped_through",
+        "_entered",
+        "_failure",
+        "_given",
+        "_hub",
+        "_lagging",
+        "_more_history",
+        "_page",
+        "_pending",
+        "_position",
+        "_reading",
+        "_replaying",
+        "_sink",
+        "_started",
+        "_wakeup",
+        "last_event_id",
+        "topic",
+    )
+
     def __init__(self, hub: TopicHub, topic: str, last_event_id: str | None) -> None:
         self.topic = topic
         self.last_event_id = last_event_id
         self._hub = hub
-        self._send: MemoryObjectSendStream[Entry] | None = None
-        self._receive: MemoryObjectReceiveStream[Entry] | None = None
+        # Its own buffer: the live events it takes (while _buffering) and has not yet
+        # given; made by the first one, as a subscriber that keeps up never holds any.
+        self._buffering = False
+        self._pending: deque[Entry] | None = None
+        # What its reader waits on: an event buffered, the buffer closed, or (feed()) its
+        # stream no longer taking the events.
+        self._wakeup: anyio.Event | None = None
         self._entered = False
         self._closed = False
         self._replaying = False
         self._lagging = False
         self._failure: SlowSubscriberError | None = None
         self._dropped_through: str | None = None
-        self._iterator: AsyncGenerator[ServerSentEvent] | None = None
+        # Reading the history (_replaying): a pass over it is under way (_reading), the last
+        # page read was full (_more_history), and that page.
+        self._reading = False
+        self._more_history = True
+        self._page: Sequence[Entry] = ()
+        self._given = 0  # of that page
+        self._started = False  # the Last-Event-ID it came with is looked at
         # The last event this subscriber was given (sent, or put into its stream's buffer).
         self._position: EventKey | None = None
         # While attached to a stream (see feed()): queues a live event's frame there, false
-        # when that buffer is full; and what wakes feed() when it is detached.
+        # when that buffer is full.
         self._sink: Callable[[bytes, ServerSentEvent], bool] | None = None
-        self._detached: anyio.Event | None = None
 
     async def __aenter__(self) -> Self:
         if self._entered:
@@ -334,18 +373,16 @@ class Subscription:
         self._sink = None
         self._close_buffer(discard=True)
         self._hub._remove(self)
-        if self._iterator is not None:
-            await self._iterator.aclose()
 
     def __aiter__(self) -> Self:
         return self
 
     async def __anext__(self) -> ServerSentEvent:
-        if self._iterator is None:
-            if not self._entered:
-                raise RuntimeError("enter the subscription (async with) before iterating it")
-            self._iterator = self._events()
-        return await self._iterator.__anext__()
+        if not self._entered:
+            raise RuntimeError("enter the subscription (async with) before iterating it")
+        # A checkpoint, as any receive is, whether an event waits or not.
+        await anyio.lowlevel.checkpoint()
+        return await self._next()
 
     async def feed(self, send: StreamSender[Any]) -> None:
         """Send this subscription's events to *send*'s stream until the broker closes.
@@ -361,28 +398,40 @@ class Subscription:
         async for event in self:
             await send(event)
             if self._can_attach():
-                self._detached = detached = anyio.Event()
                 self._sink = send._frame_sink
-                await detached.wait()
+                self._pending = None  # empty, and no use while the stream takes the events
+                await self._wait()  # until _detach()
 
     def _can_attach(self) -> bool:
         # Live, with nothing waiting in its own buffer: what comes next is the next event.
-        receive = self._receive
         return (
-            self._send is not None
-            and receive is not None
+            self._buffering
+            and not self._pending
             and not self._replaying
             and self._dropped_through is None
             and self._failure is None
             and not self._closed
-            and not receive.statistics().current_buffer_used
         )
 
     def _detach(self) -> None:
-        self._sink = None
-        detached, self._detached = self._detached, None
-        if detached is not None:
-            detached.set()
+        if self._sink is not None:
+            self._sink = None
+            self._wake()
+
+    async def _wait(self) -> None:
+        if self._wakeup is not None:
+            raise RuntimeError(f"the subscription to {self.topic!r} is read by one task at a time")
+        self._wakeup = wakeup = anyio.Event()
+        try:
+            await wakeup.wait()
+        finally:
+            if self._wakeup is wakeup:  # cancelled, not woken
+                self._wakeup = None
+
+    def _wake(self) -> None:
+        wakeup, self._wakeup = self._wakeup, None
+        if wakeup is not None:
+            wakeup.set()
 
     @property
     def catching_up(self) -> bool:
@@ -392,28 +441,19 @@ class Subscription:
     @property
     def buffered(self) -> int:
         """Live events waiting in this subscriber's buffer."""
-        receive = self._receive
-        return 0 if receive is None else receive.statistics().current_buffer_used
+        return len(self._pending) if self._pending else 0
 
     # -- called by the hub, never waiting -----------------------------------------------------
 
     def _open_buffer(self) -> None:
-        self._send, self._receive = anyio.create_memory_object_stream[Entry](
-            self._hub.subscriber_buffer
-        )
+        self._buffering = True
 
     def _close_buffer(self, *, discard: bool) -> None:
         """Stop buffering live events; with *discard*, free the ones buffered too."""
-        send, receive = self._send, self._receive
-        self._send = None
-        if send is not None:
-            send.close()
-        if discard and receive is not None:
-            self._receive = None
-            # A reader waiting on the (then empty) buffer is woken by EndOfStream and closes
-            # it itself; closing it under that reader would leave it waiting.
-            if not receive.statistics().tasks_waiting_receive:
-                receive.close()
+        self._buffering = False
+        if discard:
+            self._pending = None
+        self._wake()
 
     def _offer(self, entry: Entry, frame: bytes, *, wait_for_room: bool = False) -> bool | None:
         """Buffer *entry*, whose encoding is *frame*: true if it was, false if not (catching
@@ -433,21 +473,22 @@ class Subscription:
             # Its stream is behind: its own buffer (empty while attached) takes the events
             # from here, and feed() sends them as its stream makes room.
             self._detach()
-        send = self._send
-        if send is None:
+        if not self._buffering:
             return False  # catching up: it reads this event from the history
-        try:
-            send.send_nowait(entry)
-        except anyio.WouldBlock:
+        pending = self._pending
+        if pending is None:
+            pending = self._pending = deque()
+        elif len(pending) >= self._hub.subscriber_buffer:
             return None if wait_for_room else self._hub._overflow(self, entry)
+        pending.append(entry)
+        self._wake()
         return True
 
     def _drop_oldest(self, entry: Entry) -> None:
-        assert self._send is not None
-        assert self._receive is not None
-        _, dropped = self._receive.receive_nowait()
+        assert self._pending
+        _, dropped = self._pending.popleft()
         self._dropped_through = dropped.id
-        self._send.send_nowait(entry)
+        self._pending.append(entry)
 
     def _fall_behind(self) -> None:
         # A live buffer holds the very next events: they are read first, then the history
@@ -480,64 +521,82 @@ class Subscription:
         # An empty id clears the browser's last event id: it then reconnects without one.
         return ServerSentEvent(event=RESET_EVENT, id=resume_id or "", data=data)
 
-    async def _events(self) -> AsyncGenerator[ServerSentEvent]:
+    async def _next(self) -> ServerSentEvent:
+        # Every await here comes before what the step changes: a wait cancelled (a timeout on
+        # the next event) leaves the subscription where it was, and the next call goes on.
         hub, topic = self._hub, self.topic
-        if self.last_event_id:  # an empty one is what a reset's empty id leads to: none
-            self._position = parse_event_id(self.last_event_id)
-            if self._position is None:
-                latest = await hub._latest_id(topic)
-                yield self._reset(ResetReason.INVALID, latest, None)
-                self._position = None if latest is None else parse_event_id(latest)
-            else:
+        if not self._started:
+            if self.last_event_id:  # an empty one is what a reset's empty id leads to: none
+                position = parse_event_id(self.last_event_id)
+                if position is None:
+                    latest = await hub._latest_id(topic)
+                    self._started = True
+                    self._position = None if latest is None else parse_event_id(latest)
+                    return self._reset(ResetReason.INVALID, latest, None)
+                self._position = position
                 self._replaying = True
+            self._started = True
         while True:
             if self._failure is not None:
                 raise self._failure
             if self._closed:
-                return
+                raise StopAsyncIteration
             if self._replaying:
-                if self._send is None:
-                    # Rejoin before the last reads of the history, so what is published after
-                    # them is buffered; what both hold is dropped by its id below.
-                    self._open_buffer()
-                while self._position is not None:
-                    after = format_event_id(self._position)
-                    page = await hub._history_after(topic, after, REPLAY_PAGE_SIZE)
-                    if page.reset is not None:
-                        yield self._reset(page.reset, page.latest, self._position)
-                        self._position = (
-                            None if page.latest is None else parse_event_id(page.latest)
-                        )
-                        continue
-                    for key, event in page.entries:
-                        self._position = key
-                        yield event
-                    if len(page.entries) < REPLAY_PAGE_SIZE:
-                        break
-                if self._send is not None:  # it did not overflow again meanwhile: caught up
-                    self._replaying = False
-                    hub._caught_up(self)
+                event = await self._replay_step()
+                if event is not None:
+                    return event
                 continue
-            receive = self._receive
-            if receive is None:
-                self._replaying = True  # fell behind, and read what its buffer held
+            pending = self._pending
+            if not pending:
+                if self._buffering:
+                    await self._wait()  # for an event, or the buffer closed
+                else:
+                    self._replaying = True  # fell behind, and read what its buffer held
                 continue
-            try:
-                key, event = await receive.receive()
-            except anyio.EndOfStream:
-                receive.close()
-                if self._receive is receive:
-                    self._receive = None
-                continue
-            except anyio.ClosedResourceError:
-                continue  # closed by the broker or by an overflow: decided at the top
+            key, event = pending.popleft()
             if self._dropped_through is not None:
                 resume_id, self._dropped_through = self._dropped_through, None
                 dropped = parse_event_id(resume_id)
                 if dropped is not None and (self._position is None or dropped > self._position):
-                    yield self._reset(ResetReason.OVERFLOW, resume_id, self._position)
+                    pending.appendleft((key, event))  # given after the reset
+                    reset = self._reset(ResetReason.OVERFLOW, resume_id, self._position)
                     self._position = dropped
+                    return reset
             if self._position is not None and key <= self._position:
                 continue  # read from the history already
             self._position = key
-            yield event
+            return event
+
+    async def _replay_step(self) -> ServerSentEvent | None:
+        """The next event from the history, or a reset; ``None`` once this pass over it is
+        through (caught up, unless the live events overflowed again meanwhile)."""
+        page = self._page
+        if self._given == len(page):
+            if not self._reading:  # a pass over the history begins
+                self._reading = self._more_history = True
+                if not self._buffering:
+                    # Rejoin before the last reads of the history, so what is published
+                    # after them is buffered; what both hold is dropped by its id in _next().
+                    self._open_buffer()
+            if self._position is None or not self._more_history:
+                self._reading = False
+                self._page, self._given = (), 0
+                if self._buffering:  # it did not overflow again meanwhile: caught up
+                    self._replaying = False
+                    self._hub._caught_up(self)
+                return None
+            after = format_event_id(self._position)
+            read = await self._hub._history_after(self.topic, after, REPLAY_PAGE_SIZE)
+            if read.reset is not None:
+                reset = self._reset(read.reset, read.latest, self._position)
+                self._position = None if read.latest is None else parse_event_id(read.latest)
+                return reset
+            self._page = page = read.entries
+            self._given = 0
+            self._more_history = len(page) == REPLAY_PAGE_SIZE
+            if not page:
+                return None
+        key, event = page[self._given]
+        self._given += 1
+        self._position = key
+        return event

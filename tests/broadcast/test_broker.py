@@ -17,7 +17,8 @@ from support import redis_server
 from support.brokers import AnyBroker, MakeBroker, take, until
 
 from streamkit import ServerSentEvent
-from streamkit._topics import parse_event_id
+from streamkit._hub import Subscription
+from streamkit._topics import HistoryPage, parse_event_id
 from streamkit.broadcast import (
     RESET_EVENT,
     MemoryBroker,
@@ -251,6 +252,69 @@ async def test_closing_the_broker_ends_its_subscriptions(make_broker: MakeBroker
         with anyio.fail_after(1):
             await ended.wait()
         assert broker.statistics().subscribers == 0
+
+
+async def test_a_timeout_on_the_next_event_loses_nothing(make_broker: MakeBroker) -> None:
+    # `with move_on_after(...): await anext(subscription)` is how a consumer waits for an event
+    # with a fallback. The subscription goes on after it: the timed-out wait neither ends it
+    # (a loop over it would stop as if the broker had closed) nor loses an event.
+    async with make_broker() as broker, broker.subscribe("t") as subscription:
+        with anyio.move_on_after(0.05) as quiet:
+            await anext(subscription)
+        assert quiet.cancelled_caught
+        await broker.publish("t", "after the timeout")
+        assert await take(subscription, 1) == ["after the timeout"]
+
+
+async def cancelled_take(subscription: Subscription) -> bool:
+    """Whether the next event, asked for in a cancelled scope, was refused: a cancellation."""
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await anext(subscription)
+    return scope.cancelled_caught
+
+
+async def test_taking_an_event_is_a_cancel_point_that_loses_nothing(
+    make_broker: MakeBroker,
+) -> None:
+    # As any receive is, on anyio and trio: asked for in a cancelled scope, the next event is
+    # not taken, whether it waits in the subscriber's buffer or in a page of the history read
+    # already, and it is still there afterwards, in order.
+    async with make_broker() as broker:
+        ids = await publish_all(broker, "t", range(4))
+        async with broker.subscribe("t", last_event_id=ids[0]) as subscription:
+            assert await take(subscription, 1) == ["1"]
+            assert await cancelled_take(subscription)  # "2" and "3" read from the history
+            assert await take(subscription, 2) == ["2", "3"]
+            await publish_all(broker, "t", range(4, 7))
+            await until(lambda: subscription.buffered == 3)
+            assert await cancelled_take(subscription)
+            assert await take(subscription, 3) == ["4", "5", "6"]
+
+
+async def test_a_read_of_the_history_cancelled_midway_is_read_again() -> None:
+    class SlowHistory(MemoryBroker):
+        def __init__(self) -> None:
+            super().__init__()
+            self.reading = anyio.Event()
+            self.readable = anyio.Event()
+
+        async def _history_after(self, topic: str, after: str, limit: int) -> HistoryPage:
+            self.reading.set()
+            await self.readable.wait()
+            return await super()._history_after(topic, after, limit)
+
+    async with SlowHistory() as broker:
+        ids = await publish_all(broker, "t", range(3))
+        async with broker.subscribe("t", last_event_id=ids[0]) as subscription:
+            async with anyio.create_task_group() as task_group:
+                task_group.start_soon(anext, subscription)
+                with anyio.fail_after(5):
+                    await broker.reading.wait()
+                task_group.cancel_scope.cancel()
+            broker.readable.set()
+            await broker.publish("t", "3")
+            assert await take(subscription, 3) == ["1", "2", "3"]
 
 
 def test_reset_reasons_are_named_for_the_client() -> None:
