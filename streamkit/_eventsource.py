@@ -171,6 +171,7 @@ class _Resuming(Generic[T]):
         self._last_event_id = last_event_id or ""
         self._server_retry: float | None = None
         self._iterator: AsyncGenerator[T] | None = None
+        self._cut_short = False  # a wait for the next event was cancelled: the stream ended
         self._entered = False
         self._connections = self._failed = self._received = self._resets = 0
         self._connected_since: float | None = None
@@ -210,7 +211,18 @@ class _Resuming(Generic[T]):
             if not self._entered:
                 raise RuntimeError("enter the stream (async with) before iterating it")
             self._iterator = self._run()
-        return await self._iterator.__anext__()
+        elif self._cut_short:
+            # Not StopAsyncIteration: a loop over the stream would end as at a 204, quietly.
+            raise RuntimeError(
+                f"the stream of {self.url} was closed when a wait for its next event was "
+                "cancelled; bound the whole `async with` block (or read in a task of its "
+                "own), not one wait"
+            )
+        try:
+            return await self._iterator.__anext__()
+        except anyio.get_cancelled_exc_class():
+            self._cut_short = True  # the iteration closed the connection on its way out
+            raise
 
     def statistics(self) -> ClientStatistics:
         """The counts as they are now."""

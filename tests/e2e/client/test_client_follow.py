@@ -235,6 +235,27 @@ async def test_cancelling_the_block_closes_the_connection_at_once_and_leaks_noth
         assert not stream.statistics().connected
 
 
+async def test_a_cancelled_wait_for_the_next_event_says_it_ended_the_stream() -> None:
+    # Closing at once is what a cancelled block needs; a loop over the stream afterwards
+    # must not then end quietly, as the server's 204 ends it.
+    app = make_app(stall_after=1)
+    async with (
+        open_server(app) as server,
+        open_event_stream(f"{server.url}/count", backoff=EAGER) as stream,
+    ):
+        with anyio.fail_after(5):
+            assert (await anext(stream)).data == "1"
+        with anyio.move_on_after(0.1) as quiet:
+            await anext(stream)
+        assert quiet.cancelled_caught
+        # The connection was closed, not left open: the server saw its client leave.
+        await server.wait_ended(EndReason.CLIENT_DISCONNECTED, within=1.0)
+        with pytest.raises(RuntimeError, match=r"/count was closed when a wait for its next"):
+            async for _ in stream:
+                pass
+        assert not stream.statistics().connected
+
+
 async def test_ndjson_items_are_resumed_by_their_id() -> None:
     async def numbers(request: Request) -> Response:
         start = int(request.headers.get("last-event-id", "0")) + 1
