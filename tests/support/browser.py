@@ -5,7 +5,7 @@ port, and a small client for the DevTools protocol over a websocket (wsproto on 
 sockets, so that it runs on whichever backend the test runs on, beside the server under test).
 
 ``python tests/browser.py`` installs Chromium where it is missing (CI does it through
-``tests/services.py``); the browser tests skip, saying why, where it cannot be had (under
+``tests/support/services.py``); the browser tests skip, saying why, where it cannot be had (under
 ``CI`` they fail).
 """
 
@@ -77,7 +77,7 @@ def why_missing() -> str:
         return "Chromium is not installed, and installing it needs root (apt-get install chromium)"
     if shutil.which("apt-get") is None:
         return "Chromium is not installed, and there is no apt-get here to install it with"
-    return "Chromium is not installed: `python tests/services.py` installs it"
+    return "Chromium is not installed: `python tests/support/services.py` installs it"
 
 
 def require_chromium() -> str:

@@ -1,9 +1,9 @@
 """A throwaway PostgreSQL cluster for the tests: made with ``initdb`` in a temporary
 directory, served on a free port of 127.0.0.1, stopped and deleted by the test session.
 
-``tests/services.py`` installs Debian's ``postgresql`` where its programs are missing and the
-process runs as root; the tests that need the server skip, saying why, where it cannot be
-found or started.
+``tests/support/services.py`` installs Debian's ``postgresql`` where its programs are missing
+and the process runs as root; the tests that need the server skip, saying why, where it cannot
+be found or started.
 
 PostgreSQL refuses to run as root: as root, the cluster's programs run as the ``postgres``
 user (which Debian's package makes), through ``setpriv``, and the directory is theirs.
@@ -28,8 +28,8 @@ from support.unavailable import service_unavailable
 #: Why the PostgreSQL tests skip where the server's programs are missing.
 NOT_FOUND = (
     "PostgreSQL's initdb/pg_ctl were not found (in /usr/lib/postgresql/<version>/bin or on "
-    "PATH): install Debian's postgresql (`python tests/services.py` does, as root) to run the "
-    "PostgreSQL tests"
+    "PATH): install Debian's postgresql (`python tests/support/services.py` does, as root) to "
+    "run the PostgreSQL tests"
 )
 #: The programs a cluster needs, all from one installation.
 PROGRAMS = ("initdb", "postgres", "pg_ctl", "pg_isready")

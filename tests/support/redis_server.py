@@ -1,7 +1,7 @@
 """A throwaway redis-server for the tests: on a free port of 127.0.0.1, in a temporary
 directory, stopped (and killable and restartable) by the test.
 
-``tests/services.py`` installs Debian's redis-server where it is missing and the process
+``tests/support/services.py`` installs Debian's redis-server where it is missing and the process
 runs as root; the tests that need Redis skip, saying so, where it cannot be found (under
 ``CI`` they fail).
 """
@@ -24,7 +24,7 @@ from support.unavailable import service_unavailable
 #: Why the Redis tests skip where they do.
 NOT_FOUND = (
     "redis-server was not found on PATH: install Debian's redis-server "
-    "(`python tests/services.py` does, as root) to run the Redis broker tests"
+    "(`python tests/support/services.py` does, as root) to run the Redis broker tests"
 )
 
 
