@@ -313,6 +313,7 @@ class Subscription:
         "_failure",
         "_given",
         "_hub",
+        "_invalid_id",
         "_lagging",
         "_more_history",
         "_page",
@@ -321,7 +322,6 @@ class Subscription:
         "_reading",
         "_replaying",
         "_sink",
-        "_started",
         "_wakeup",
         "last_event_id",
         "topic",
@@ -350,9 +350,14 @@ class Subscription:
         self._more_history = True
         self._page: Sequence[Entry] = ()
         self._given = 0  # of that page
-        self._started = False  # the Last-Event-ID it came with is looked at
         # The last event this subscriber was given (sent, or put into its stream's buffer).
         self._position: EventKey | None = None
+        # A Last-Event-ID that is no id is answered with a reset first (see _next()).
+        self._invalid_id = False
+        if last_event_id:  # an empty one is what a reset's empty id leads to: none
+            self._position = parse_event_id(last_event_id)
+            self._invalid_id = self._position is None
+            self._replaying = not self._invalid_id
         # While attached to a stream (see feed()): queues a live event's frame there, false
         # when that buffer is full.
         self._sink: Callable[[bytes, ServerSentEvent], bool] | None = None
@@ -395,12 +400,16 @@ class Subscription:
 
         :raises SlowSubscriberError: the broker's policy disconnected this subscriber.
         """
-        async for event in self:
-            await send(event)
+        while True:
             if self._can_attach():
                 self._sink = send._frame_sink
                 self._pending = None  # empty, and no use while the stream takes the events
                 await self._wait()  # until _detach()
+            try:
+                event = await self.__anext__()
+            except StopAsyncIteration:
+                return
+            await send(event)
 
     def _can_attach(self) -> bool:
         # Live, with nothing waiting in its own buffer: what comes next is the next event.
@@ -408,6 +417,7 @@ class Subscription:
             self._buffering
             and not self._pending
             and not self._replaying
+            and not self._invalid_id
             and self._dropped_through is None
             and self._failure is None
             and not self._closed
@@ -524,18 +534,11 @@ class Subscription:
     async def _next(self) -> ServerSentEvent:
         # Every await here comes before what the step changes: a wait cancelled (a timeout on
         # the next event) leaves the subscription where it was, and the next call goes on.
-        hub, topic = self._hub, self.topic
-        if not self._started:
-            if self.last_event_id:  # an empty one is what a reset's empty id leads to: none
-                position = parse_event_id(self.last_event_id)
-                if position is None:
-                    latest = await hub._latest_id(topic)
-                    self._started = True
-                    self._position = None if latest is None else parse_event_id(latest)
-                    return self._reset(ResetReason.INVALID, latest, None)
-                self._position = position
-                self._replaying = True
-            self._started = True
+        if self._invalid_id:
+            latest = await self._hub._latest_id(self.topic)
+            self._invalid_id = False
+            self._position = None if latest is None else parse_event_id(latest)
+            return self._reset(ResetReason.INVALID, latest, None)
         while True:
             if self._failure is not None:
                 raise self._failure
