@@ -287,9 +287,10 @@ class Subscription:
                 ...
 
     Live events are buffered from the moment the block is entered, before the history is
-    read, so nothing published meanwhile is missed. Iterating ends when the broker closes.
-    Taking the next event is a checkpoint, and a wait for it cut short by a timeout or a
-    cancellation loses nothing: the next one taken is still the next event::
+    read, so nothing published meanwhile is missed. Iterating ends when the broker closes, or
+    when the block is left (a reader in another task too). Taking the next event is a
+    checkpoint, and a wait for it cut short by a timeout or a cancellation loses nothing: the
+    next one taken is still the next event::
 
         with anyio.move_on_after(15):
             event = await anext(subscription)
@@ -375,8 +376,7 @@ class Subscription:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        self._sink = None
-        self._close_buffer(discard=True)
+        self._shut()  # a reader in another task ends, rather than read the history again
         self._hub._remove(self)
 
     def __aiter__(self) -> Self:

@@ -317,6 +317,27 @@ async def test_a_read_of_the_history_cancelled_midway_is_read_again() -> None:
             assert await take(subscription, 3) == ["1", "2", "3"]
 
 
+async def test_leaving_the_block_ends_a_reader_in_another_task(make_broker: MakeBroker) -> None:
+    received: list[str | None] = []
+    ended = anyio.Event()
+
+    async def read(subscription: Subscription) -> None:
+        async for event in subscription:
+            received.append(event.data)
+        ended.set()
+
+    async with make_broker() as broker, anyio.create_task_group() as task_group:
+        async with broker.subscribe("t") as subscription:
+            task_group.start_soon(read, subscription)
+            await broker.publish("t", "0")
+            await until(lambda: received == ["0"])
+        with anyio.fail_after(2):
+            await ended.wait()
+        assert broker.statistics().subscribers == 0
+        await broker.publish("t", "1")
+        assert received == ["0"]
+
+
 def test_reset_reasons_are_named_for_the_client() -> None:
     assert {reason.value for reason in ResetReason} == {
         "trimmed",
