@@ -195,8 +195,17 @@ class _Resuming(Generic[T]):
 
     async def __aexit__(self, *exc_info: object) -> None:
         try:
-            if self._iterator is not None:
-                await self._iterator.aclose()
+            iterator = self._iterator
+            if iterator is not None:
+                if getattr(iterator, "ag_running", False):  # awaited in another task
+                    # Its read cannot be broken off from here without paying for a cancel
+                    # scope on every event: say what to do rather than what failed inside.
+                    raise RuntimeError(
+                        f"the block of the stream of {self.url} was left while another task "
+                        "was reading it: end that task first (read in a task group inside "
+                        "the block)"
+                    )
+                await iterator.aclose()
         finally:
             if self._owned is not None:
                 with anyio.CancelScope(shield=True) as scope:

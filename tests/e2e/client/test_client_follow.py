@@ -23,6 +23,7 @@ from streamkit import EndReason, NDJSONResponse, StreamSender
 from streamkit.broadcast import MemoryBroker, topic_response
 from streamkit.client import (
     Backoff,
+    EventStream,
     ReconnectError,
     UpstreamError,
     open_event_stream,
@@ -254,6 +255,27 @@ async def test_a_cancelled_wait_for_the_next_event_says_it_ended_the_stream() ->
             async for _ in stream:
                 pass
         assert not stream.statistics().connected
+
+
+async def test_leaving_the_block_while_another_task_reads_says_what_to_do() -> None:
+    app = make_app(interval=0.02)
+    reading = anyio.Event()
+
+    async def read(stream: EventStream) -> None:
+        async for _ in stream:
+            reading.set()
+
+    async with open_server(app) as server:
+        with pytest.RaisesGroup(
+            pytest.RaisesExc(RuntimeError, match=r"/count was left while another task was read")
+        ):
+            async with anyio.create_task_group() as task_group:
+                async with open_event_stream(f"{server.url}/count") as stream:
+                    task_group.start_soon(read, stream)
+                    with anyio.fail_after(5):
+                        await reading.wait()
+        # The reader was cancelled with its task group, and its connection closed.
+        await server.wait_ended(EndReason.CLIENT_DISCONNECTED, within=1.0)
 
 
 async def test_ndjson_items_are_resumed_by_their_id() -> None:
