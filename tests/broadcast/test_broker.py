@@ -17,7 +17,6 @@ from support import redis_server
 from support.brokers import AnyBroker, MakeBroker, take, until
 
 from streamkit import ServerSentEvent
-from streamkit._hub import Subscription
 from streamkit._topics import HistoryPage, parse_event_id
 from streamkit.broadcast import (
     RESET_EVENT,
@@ -25,6 +24,7 @@ from streamkit.broadcast import (
     ResetReason,
     SlowSubscriberError,
     SlowSubscriberPolicy,
+    Subscription,
 )
 
 pytestmark = pytest.mark.anyio
