@@ -34,13 +34,22 @@ class FrameBuffer:
         own (see ``_loop``), which spare anyio finding the loop for each one made.
     """
 
-    __slots__ = ("_capacity", "_closed", "_event", "_frames", "_readable", "_writable")
+    __slots__ = (
+        "_capacity",
+        "_closed",
+        "_event",
+        "_frames",
+        "_readable",
+        "_reader_stopped",
+        "_writable",
+    )
 
     def __init__(self, capacity: int, event: Callable[[], Waitable] = anyio.Event) -> None:
         self._capacity = capacity
         self._event = event
         self._frames: list[bytes | None] = []
         self._closed = False
+        self._reader_stopped = False
         # Each exists only while someone waits on it: an idle stream holds one, not two.
         self._readable: Waitable | None = None
         self._writable: Waitable | None = None
@@ -87,13 +96,14 @@ class FrameBuffer:
 
     async def take(self, max_bytes: int) -> list[bytes | None]:
         """Wait for frames and take those queued, in order, until they hold *max_bytes* (at
-        least one frame); an empty list once the buffer is closed and empty.
+        least one frame); an empty list once the buffer is closed and empty, or the reader
+        stopped.
 
         Cancelling the wait loses nothing: frames stay queued until they are taken.
         """
         frames = self._frames
-        while not frames:
-            if self._closed:
+        while not frames or self._reader_stopped:
+            if self._closed or self._reader_stopped:
                 return []
             self._readable = readable = self._event()
             if self._writable is not None:
@@ -122,6 +132,14 @@ class FrameBuffer:
             self._writable.set()
             self._writable = None
         return taken
+
+    def stop_reader(self) -> None:
+        """Have the reader's :meth:`take`, now and from now on, return ``[]`` at once, frames
+        queued or not: the frames are not to be written any more."""
+        self._reader_stopped = True
+        if self._readable is not None:
+            self._readable.set()
+            self._readable = None
 
     def close(self) -> None:
         """Refuse further frames; the reader still takes what is queued, then gets ``[]``.

@@ -149,3 +149,26 @@ async def test_with_no_room_a_waiting_producer_hands_over_once_the_writer_waits(
             while frames := await buffer.take(1024):
                 taken.append(frames)
     assert [frame for frames in taken for frame in frames] == [b"1", b"2", b"3"]
+
+
+async def test_a_stopped_reader_takes_nothing_more_even_a_frame_queued_as_it_wakes() -> None:
+    # What the runtime does when the client left while the writer waited: nothing queued,
+    # now or later, is taken to be written.
+    buffer = FrameBuffer(4)
+    taken: list[list[bytes | None]] = []
+
+    async def write() -> None:
+        taken.append(await buffer.take(1024))
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(write)
+            await anyio.wait_all_tasks_blocked()
+            assert buffer.reader_waiting
+            buffer.stop_reader()
+            buffer.put_nowait(b"queued before the reader woke")
+    assert taken == [[]]
+    assert await buffer.take(1024) == []
+    # The producer is not refused (it is being cancelled); its frames stay where they are.
+    buffer.put_nowait(b"late")
+    assert len(buffer) == 2
