@@ -62,6 +62,23 @@ async def test_a_client_that_leaves_cancels_the_producer_and_its_cleanup_complet
     assert not connection.complete
 
 
+async def test_once_the_client_left_nothing_more_is_written_not_even_what_cleanup_sends() -> None:
+    async def goodbye(send: StreamSender[str]) -> None:
+        await send("sent from the cleanup, after the client left")
+
+    async def produce(send: StreamSender[str]) -> None:
+        send.push_async_callback(goodbye, send)
+        await send("first")
+        await anyio.sleep_forever()
+
+    body = Body(produce)
+    connection = FakeConnection(disconnect_after_body=1)
+    await connection.run(partial(deliver, body), within=2)
+    assert body.end.reason is EndReason.CLIENT_DISCONNECTED
+    assert connection.refused == []  # no write was tried, the end of the body neither
+    assert not connection.complete
+
+
 async def test_an_async_iterable_is_closed_when_the_client_leaves() -> None:
     closed = False
 
