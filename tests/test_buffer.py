@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import anyio
 import pytest
 
@@ -78,6 +80,24 @@ async def test_a_cancelled_wait_for_frames_loses_none() -> None:
     # Woken and cancelled before it runs: the writer ends with the frames (both backends let
     # a completed wait finish) or leaves them queued; either way none is dropped.
     buffer = FrameBuffer(4)
+
+    def put_then_cancel(writer: anyio.CancelScope) -> None:
+        buffer.put_nowait(b"1")
+        writer.cancel()
+
+    taken = await while_a_writer_waits(buffer, put_then_cancel)
+    if not taken:
+        with anyio.fail_after(5):
+            taken.append(await buffer.take(1024))
+    assert taken == [[b"1"]]
+    assert len(buffer) == 0
+
+
+async def while_a_writer_waits(
+    buffer: FrameBuffer, act: Callable[[anyio.CancelScope], None]
+) -> list[list[bytes | None]]:
+    """Start a writer waiting in ``take()``, then *act* (handed the writer's cancel scope);
+    return what the writer took, once it has ended."""
     taken: list[list[bytes | None]] = []
 
     async def write() -> None:
@@ -87,12 +107,8 @@ async def test_a_cancelled_wait_for_frames_loses_none() -> None:
         async with anyio.create_task_group() as task_group:
             task_group.start_soon(write)
             await anyio.wait_all_tasks_blocked()
-            buffer.put_nowait(b"1")
-            task_group.cancel_scope.cancel()
-        if not taken:
-            taken.append(await buffer.take(1024))
-    assert taken == [[b"1"]]
-    assert len(buffer) == 0
+            act(task_group.cancel_scope)
+    return taken
 
 
 async def test_close_lets_the_writer_drain_and_then_ends_it() -> None:
@@ -155,19 +171,13 @@ async def test_a_stopped_reader_takes_nothing_more_even_a_frame_queued_as_it_wak
     # What the runtime does when the client left while the writer waited: nothing queued,
     # now or later, is taken to be written.
     buffer = FrameBuffer(4)
-    taken: list[list[bytes | None]] = []
 
-    async def write() -> None:
-        taken.append(await buffer.take(1024))
+    def stop_then_put(writer: anyio.CancelScope) -> None:
+        assert buffer.reader_waiting
+        buffer.stop_reader()
+        buffer.put_nowait(b"queued before the reader woke")
 
-    with anyio.fail_after(5):
-        async with anyio.create_task_group() as task_group:
-            task_group.start_soon(write)
-            await anyio.wait_all_tasks_blocked()
-            assert buffer.reader_waiting
-            buffer.stop_reader()
-            buffer.put_nowait(b"queued before the reader woke")
-    assert taken == [[]]
+    assert await while_a_writer_waits(buffer, stop_then_put) == [[]]
     assert await buffer.take(1024) == []
     # The producer is not refused (it is being cancelled); its frames stay where they are.
     buffer.put_nowait(b"late")
