@@ -374,9 +374,9 @@ class _Stream(Generic[ItemT]):
                 self._report(registry)
                 if self._listening:
                     # The watcher still waits for a disconnect: stop it. One that heard it (or
-                    # gave a write up) returns by itself, the producer having unwound by now;
-                    # a cancellation costs a stream that ends with its client tens of
-                    # microseconds more. The writer has finished, or been abandoned.
+                    # gave a write up) returns by itself, the producer having unwound by now,
+                    # and is spared a cancellation (tens of microseconds per stream). The
+                    # writer has finished, or been abandoned.
                     task_group.cancel_scope.cancel()
         finally:
             self.buffer.close()
