@@ -209,6 +209,11 @@ def _verdict(met: bool) -> str:
     return "met" if met else "**missed**"
 
 
+def _worst_ratio(pairs: list[tuple[dict[str, Any], dict[str, Any]]], impl: str, key: str) -> float:
+    """The lowest of *impl*'s *key* over raw's, among (row, raw's row) *pairs*."""
+    return min(row[key] / base[key] for row, base in pairs if row["implementation"] == impl)
+
+
 def _targets(results: dict[str, Any]) -> list[str]:
     rows = results["rows"]
     backends = list(dict.fromkeys(row["backend"] for row in rows))
@@ -233,16 +238,8 @@ def _targets(results: dict[str, Any]) -> list[str]:
             continue
         shares = []
         for impl in dict.fromkeys(row["implementation"] for row, _ in pairs):
-            paced = min(
-                row["deliveries_per_cpu_second"] / base["deliveries_per_cpu_second"]
-                for row, base in pairs
-                if row["implementation"] == impl
-            )
-            burst = min(
-                row["burst_deliveries_per_cpu_second"] / base["burst_deliveries_per_cpu_second"]
-                for row, base in pairs
-                if row["implementation"] == impl
-            )
+            paced = _worst_ratio(pairs, impl, "deliveries_per_cpu_second")
+            burst = _worst_ratio(pairs, impl, "burst_deliveries_per_cpu_second")
             met = min(paced, burst) >= DELIVERY_TARGETS[impl]
             shares.append(f"{impl} {paced:.2f}x / {burst:.2f}x, {_verdict(met)}")
         cells[0].append("; ".join(shares))

@@ -44,7 +44,7 @@ async def hypercorn_serve(app: object, config: object, **options: object) -> Non
     if library != "asyncio":
         await serve(app, config, **options)
         return
-    import asyncio
+    import asyncio  # the repair is of an asyncio task's cancellation count (see above)
 
     task = asyncio.current_task()
     assert task is not None

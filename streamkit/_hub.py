@@ -405,10 +405,9 @@ class Subscription:
                 self._sink = send._frame_sink
                 self._pending = None  # empty, and no use while the stream takes the events
                 await self._wait()  # until _detach()
-            try:
-                event = await self.__anext__()
-            except StopAsyncIteration:
-                return
+            event = await anext(self, None)
+            if event is None:
+                return  # the broker closed
             await send(event)
 
     def _can_attach(self) -> bool:

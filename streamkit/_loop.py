@@ -110,6 +110,8 @@ class LoopFacts:
 
 def loop_facts() -> LoopFacts:
     """The facts of the loop running the calling task."""
+    # The loop's own clock, timers and events, named here once so that the write path does
+    # not ask anyio (and sniffio) for them on every item: see the module's docstring.
     if sniffio.current_async_library() == "trio":
         import trio
 
@@ -159,7 +161,7 @@ class _TrioTimers:
         return timer
 
     async def run(self) -> None:
-        import trio
+        import trio  # a sleep moved by its scope's deadline: this runs on trio only
 
         heap = self._heap
         while True:
@@ -176,7 +178,7 @@ class _TrioTimers:
 
 
 def _trio_timers() -> _TrioTimers:
-    import trio
+    import trio  # a RunVar and a system task: trio's own, which anyio does not offer
 
     global _trio_timers_var
     if _trio_timers_var is None:

@@ -621,9 +621,9 @@ class _Stream(Generic[ItemT]):
         self.bytes_sent += len(body)
 
     async def _send_all(self) -> None:
+        body = self.body
         with self._sender_scope:
             try:
-                body = self.body
                 await self._send_message(body.start_message())
                 # Write what the producer has queued meanwhile in one message: fewer, larger
                 # writes when the producer is ahead, and no added latency when it is not.
@@ -631,26 +631,13 @@ class _Stream(Generic[ItemT]):
                     if self._writing:  # the producer writes an item itself: after it
                         self._write_done = done = anyio.Event()
                         await done.wait()
-                    beats = frames.count(None)
-                    if beats < len(frames):
-                        # Only items put the next heartbeat off: one timed from a heartbeat's
-                        # own write would beat at half the interval.
-                        self._last_data_at = self._clock()
-                    if not beats and len(frames) == 1:
-                        frame = frames[0]
-                        assert frame is not None  # no beats
-                        await self._write(frame)
-                    else:
-                        # Asked per write, not once: a heartbeat may carry the time it was sent.
-                        beat = (body.heartbeat_frame() or b"") if beats else b""
-                        await self._write(b"".join([beat if f is None else f for f in frames]))
-                    self.items_sent += len(frames) - beats
+                    data, items = self._join(frames)
+                    await self._write(data)
+                    self.items_sent += items
                 if self._sender_done:
                     return  # abandoned while it waited for frames: nothing more is written
-                if self.reason is not None:
-                    closing = body.closing_frame(self.reason)
-                    if closing:
-                        await self._write(closing)
+                if self.reason is not None and (closing := body.closing_frame(self.reason)):
+                    await self._write(closing)
                 # The body is all handed over: a disconnect the server reports from here on
                 # is the normal end of the exchange (trio's worker reports it before this
                 # returns).
@@ -662,6 +649,19 @@ class _Stream(Generic[ItemT]):
             except OSError:
                 # ASGI 2.4 servers raise OSError from send() once the client is gone.
                 self.decide(EndReason.CLIENT_DISCONNECTED)
+
+    def _join(self, frames: list[bytes | None]) -> tuple[bytes, int]:
+        """The bytes of *frames* (``None``: a heartbeat, made now), and how many are items."""
+        beats = frames.count(None)
+        if beats < len(frames):
+            # Only items put the next heartbeat off: one timed from a heartbeat's own write
+            # would beat at half the interval.
+            self._last_data_at = self._clock()
+        if not beats and len(frames) == 1:
+            return frames[0], 1  # type: ignore[return-value]  # not None: no beats
+        # Asked per write, not once: a heartbeat may carry the time it was sent.
+        beat = (self.body.heartbeat_frame() or b"") if beats else b""
+        return b"".join([beat if f is None else f for f in frames]), len(frames) - beats
 
     def _time_heartbeat(self) -> None:
         """Queue a heartbeat if the stream has been silent for the interval, and set the timer
