@@ -9,7 +9,7 @@ against one event here. Both add up over 10,000 idle streams.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import anyio
@@ -18,11 +18,11 @@ __all__ = ["FrameBuffer", "Waitable"]
 
 
 class Waitable(Protocol):
-    """An event as the buffer uses it: ``anyio.Event``, or the loop's own."""
+    """An event as the buffer uses it: ``anyio.Event``, the loop's own, or a wakeup."""
 
     def set(self) -> object: ...
 
-    async def wait(self) -> object: ...
+    def wait(self) -> Awaitable[object]: ...
 
 
 class FrameBuffer:
@@ -30,8 +30,10 @@ class FrameBuffer:
 
     :param capacity: how many frames may wait; with 0, a frame is only handed to a waiting
         reader.
-    :param event: makes the events a waiting side waits on; the runtime hands the loop's
-        own (see ``_loop``), which spare anyio finding the loop for each one made.
+    :param event: makes the events a producer waits on for room; the runtime hands the
+        loop's own (see ``_loop``), which spare anyio finding the loop for each one made.
+    :param wakeup: makes what the one reader waits on for frames, made for each wait; the
+        runtime hands the loop's own wakeup, lighter than an event (see ``_loop.Wakeup``).
     """
 
     __slots__ = (
@@ -41,12 +43,19 @@ class FrameBuffer:
         "_frames",
         "_readable",
         "_reader_stopped",
+        "_wakeup",
         "_writable",
     )
 
-    def __init__(self, capacity: int, event: Callable[[], Waitable] = anyio.Event) -> None:
+    def __init__(
+        self,
+        capacity: int,
+        event: Callable[[], Waitable] = anyio.Event,
+        wakeup: Callable[[], Waitable] = anyio.Event,
+    ) -> None:
         self._capacity = capacity
         self._event = event
+        self._wakeup = wakeup
         self._frames: list[bytes | None] = []
         self._closed = False
         self._reader_stopped = False
@@ -105,7 +114,7 @@ class FrameBuffer:
         while not frames or self._reader_stopped:
             if self._closed or self._reader_stopped:
                 return []
-            self._readable = readable = self._event()
+            self._readable = readable = self._wakeup()
             if self._writable is not None:
                 # With no room at all, a waiting producer can hand over only now.
                 self._writable.set()

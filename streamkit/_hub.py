@@ -26,6 +26,7 @@ import anyio.lowlevel
 
 from ._checks import check_count
 from ._exceptions import SlowSubscriberError
+from ._loop import Wakeup, loop_facts
 from ._sender import StreamSender
 from ._sse import ServerSentEvent, encode_event
 from ._topics import (
@@ -316,6 +317,7 @@ class Subscription:
         "_hub",
         "_invalid_id",
         "_lagging",
+        "_make_wakeup",
         "_more_history",
         "_page",
         "_pending",
@@ -338,7 +340,8 @@ class Subscription:
         self._pending: deque[Entry] | None = None
         # What its reader waits on: an event buffered, the buffer closed, or (feed()) its
         # stream no longer taking the events.
-        self._wakeup: anyio.Event | None = None
+        self._wakeup: Wakeup | None = None
+        self._make_wakeup: Callable[[], Wakeup] | None = None  # the loop's, once entered
         self._entered = False
         self._closed = False
         self._replaying = False
@@ -367,6 +370,7 @@ class Subscription:
         if self._entered:
             raise RuntimeError(f"a subscription to {self.topic!r} can be entered only once")
         self._entered = True
+        self._make_wakeup = loop_facts().wakeup
         self._open_buffer()
         try:
             await self._hub._add(self)
@@ -376,6 +380,8 @@ class Subscription:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
+        # Awaits nothing, so it completes even in a cancelled task (topic_response relies on
+        # it: it enters a subscription with no exit stack to shield the exit).
         self._shut()  # a reader in another task ends, rather than read the history again
         self._hub._remove(self)
 
@@ -430,7 +436,8 @@ class Subscription:
     async def _wait(self) -> None:
         if self._wakeup is not None:
             raise RuntimeError(f"the subscription to {self.topic!r} is read by one task at a time")
-        self._wakeup = wakeup = anyio.Event()
+        assert self._make_wakeup is not None  # entered
+        self._wakeup = wakeup = self._make_wakeup()
         try:
             await wakeup.wait()
         finally:

@@ -15,6 +15,9 @@ such module, for serving), because they differ in what the runtime must know:
   write has run (one per turn of the loop for all its streams, :class:`Turns`). A producer
   that sends again before that never yielded in between, and its items are queued for the
   writer to join into one write rather than written one by one;
+- how a task waits to be woken by another: a stream's writer waits for frames once per event
+  of a fan-out, and an event keeps a collection of its waiters for the one there is. A
+  :class:`Wakeup` is a bare future on asyncio, the waiting task itself on trio;
 - how to run a callback at a given time, which is how a stream's heartbeats and its send
   timeout are timed: timers per stream, not deadlines on the waits of its writer and its
   disconnect listener (a cancel scope made and entered per write, or a listener woken by a
@@ -25,15 +28,18 @@ such module, for serving), because they differ in what the runtime must know:
 
 from __future__ import annotations
 
+# asyncio for its loop's own clock, timers, events and futures (see the module's docstring).
+import asyncio
 import heapq
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, Protocol
 
 import sniffio
 
-__all__ = ["TIMERS_TASK", "LoopFacts", "Timer", "Turns", "loop_facts"]
+__all__ = ["TIMERS_TASK", "LoopFacts", "Timer", "Turns", "Wakeup", "loop_facts"]
 
 logger = logging.getLogger("streamkit")
 
@@ -91,9 +97,10 @@ class LoopFacts:
         own task.
     :ivar event: makes an event of the loop's own (``asyncio.Event``, ``trio.Event``), which
         anyio's cancel scopes cancel a wait on like any other.
+    :ivar wakeup: makes a :class:`Wakeup` of the loop's own.
     """
 
-    __slots__ = ("call_at", "clock", "event", "turns")
+    __slots__ = ("call_at", "clock", "event", "turns", "wakeup")
 
     def __init__(
         self,
@@ -101,34 +108,102 @@ class LoopFacts:
         call_at: Callable[[float, Callable[[], None]], Timer],
         turns: Turns | None,
         event: Callable[[], Any],
+        wakeup: Callable[[], Wakeup],
     ) -> None:
         self.clock = clock
         self.call_at = call_at
         self.turns = turns
         self.event = event
+        self.wakeup = wakeup
 
 
 def loop_facts() -> LoopFacts:
-    """The facts of the loop running the calling task."""
+    """The facts of the loop running the calling task (one object per loop, which its
+    streams share)."""
     # The loop's own clock, timers and events, named here once so that the write path does
     # not ask anyio (and sniffio) for them on every item: see the module's docstring.
     if sniffio.current_async_library() == "trio":
+        return _trio_timers().facts
+    global _asyncio_facts
+    loop = asyncio.get_running_loop()
+    facts = _asyncio_facts
+    if facts is None or facts.turns is None or facts.turns.loop is not loop:
+        # Kept for the loop that runs streams now (most processes run one); a stream keeps
+        # what it was given, so another loop's streams in another thread only share less.
+        wakeup = partial(_FutureWakeup, loop=loop)
+        facts = LoopFacts(loop.time, loop.call_at, Turns(loop), asyncio.Event, wakeup)
+        _asyncio_facts = facts
+    return facts
+
+
+_asyncio_facts: LoopFacts | None = None  # of the asyncio loop that started a stream last
+
+
+class Wakeup(Protocol):
+    """Wakes one waiting task: made for one wait, and waited on by one task at a time.
+
+    What an event does for that one task, for less: an event keeps a collection of its
+    waiters (``asyncio.Event`` a deque of about 0.6 KiB, ``trio.Event`` a set), and a stream
+    makes one each time its writer waits for frames, which in a fan-out is once per event.
+    Cancelling the wait is safe (anyio's cancel scopes cancel it like any other); a second
+    task waiting on the same wakeup is not (on asyncio, cancelling one would cancel both).
+    """
+
+    def set(self) -> object:
+        """Wake the waiting task. Set before the wait, the wait returns at once (on asyncio
+        with no checkpoint; streamkit makes each wakeup right before its wait)."""
+        ...
+
+    def wait(self) -> Awaitable[object]:
+        """What to await until it is set."""
+        ...
+
+
+class _FutureWakeup(asyncio.Future[None]):
+    """A wakeup on asyncio: a bare future, awaited directly."""
+
+    __slots__ = ()
+
+    def set(self) -> None:
+        if not self.done():  # else set already, or its wait was cancelled
+            self.set_result(None)
+
+    def wait(self) -> _FutureWakeup:
+        return self
+
+
+class _TrioWakeup:
+    """A wakeup on trio: the waiting task itself, rescheduled when set. (trio is imported
+    where it is used, as elsewhere here: an asyncio process never loads it.)"""
+
+    __slots__ = ("_is_set", "_task")
+
+    def __init__(self) -> None:
+        self._is_set = False
+        self._task: Any = None  # the waiting trio task
+
+    def set(self) -> None:
+        self._is_set = True
+        task, self._task = self._task, None
+        if task is not None:
+            import trio
+
+            trio.lowlevel.reschedule(task)
+
+    async def wait(self) -> None:
         import trio
 
-        return LoopFacts(trio.current_time, _trio_timers().call_at, None, trio.Event)
-    import asyncio
+        if self._is_set:
+            await trio.lowlevel.checkpoint()
+            return
+        self._task = trio.lowlevel.current_task()
+        await trio.lowlevel.wait_task_rescheduled(self._abort)
 
-    global _turns
-    loop = asyncio.get_running_loop()
-    turns = _turns
-    if turns is None or turns.loop is not loop:
-        # Kept for the loop that runs streams now (most processes run one); a stream keeps
-        # its own, so another loop's streams in another thread only share less.
-        turns = _turns = Turns(loop)
-    return LoopFacts(loop.time, loop.call_at, turns, asyncio.Event)
+    def _abort(self, raise_cancel: object) -> Any:
+        import trio
 
-
-_turns: Turns | None = None  # of the loop that started a stream last
+        self._task = None
+        return trio.lowlevel.Abort.SUCCEEDED
 
 
 class _TrioTimer:
@@ -147,11 +222,15 @@ class _TrioTimer:
 
 
 class _TrioTimers:
-    """The timers of one trio run, kept by one system task that sleeps until the earliest."""
+    """The timers of one trio run, kept by one system task that sleeps until the earliest,
+    and the run's :class:`LoopFacts`, which its streams share."""
 
     def __init__(self) -> None:
+        import trio
+
         self._heap: list[_TrioTimer] = []
         self._sleep: Any = None  # the system task's cancel scope, whose deadline is the earliest
+        self.facts = LoopFacts(trio.current_time, self.call_at, None, trio.Event, _TrioWakeup)
 
     def call_at(self, when: float, callback: Callable[[], None]) -> Timer:
         timer = _TrioTimer(when, callback)

@@ -1,5 +1,7 @@
-"""What the runtime asks of the event loop, on both backends: its clock, and timers that run
-in time order, earlier ones added later included, and not at all once cancelled."""
+"""What the runtime asks of the event loop, on both backends: its clock, timers that run in
+time order, earlier ones added later included, and not at all once cancelled, and wakeups
+that wake their one waiter, at once if set before it waits, and lose nothing when a wait is
+cancelled."""
 
 from __future__ import annotations
 
@@ -26,6 +28,36 @@ async def test_timers_run_in_time_order_and_a_cancelled_one_never_runs() -> None
         await done.wait()
     assert ran == ["early", "late"]
     assert facts.clock() >= now + 0.06
+
+
+async def test_a_wakeup_wakes_its_waiter_whenever_it_is_set() -> None:
+    woken: list[str] = []
+    wakeup = loop_facts().wakeup()
+
+    async def wait(name: str) -> None:
+        await wakeup.wait()
+        woken.append(name)
+
+    with anyio.fail_after(2):
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(wait, "waiter")
+            await anyio.wait_all_tasks_blocked()
+            assert woken == []  # waits until set
+            wakeup.set()
+        set_first = loop_facts().wakeup()
+        set_first.set()
+        set_first.set()  # a second set changes nothing
+        await set_first.wait()  # set before the wait: returns at once
+    assert woken == ["waiter"]
+
+
+async def test_a_wakeup_whose_wait_was_cancelled_can_still_be_set() -> None:
+    wakeup = loop_facts().wakeup()
+    with anyio.fail_after(2):
+        with anyio.move_on_after(0.01) as scope:
+            await wakeup.wait()
+    assert scope.cancelled_caught
+    wakeup.set()  # nothing waits any more: no error (on asyncio, not a cancelled future's)
 
 
 async def test_the_clock_is_anyios() -> None:
