@@ -4,7 +4,7 @@ It does what an anyio memory object stream of the same size does for one reader,
 the reader takes everything queued in one call, to join it into one write. That is why it is
 not a memory object stream: taking a batch from one costs a ``receive_nowait`` (and, at the
 end of the batch, an exception) per frame, and a reader waiting on one holds about 3 KiB,
-against one event here. Both add up over 10,000 idle streams.
+against one wakeup here. Both add up over 10,000 idle streams.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ __all__ = ["FrameBuffer", "Waitable"]
 
 
 class Waitable(Protocol):
-    """An event as the buffer uses it: ``anyio.Event``, the loop's own, or a wakeup."""
+    """An event as the buffer uses it: the loop's own event, or its wakeup."""
 
     def set(self) -> object: ...
 
@@ -30,10 +30,10 @@ class FrameBuffer:
 
     :param capacity: how many frames may wait; with 0, a frame is only handed to a waiting
         reader.
-    :param event: makes the events a producer waits on for room; the runtime hands the
-        loop's own (see ``_loop``), which spare anyio finding the loop for each one made.
-    :param wakeup: makes what the one reader waits on for frames, made for each wait; the
-        runtime hands the loop's own wakeup, lighter than an event (see ``_loop.Wakeup``).
+    :param event: makes the events a producer waits on for room: the loop's own (see
+        ``_loop``), which spare anyio finding the loop for each one made.
+    :param wakeup: makes what the one reader waits on for frames, made for each wait: the
+        loop's own wakeup, lighter than an event (see ``_loop.Wakeup``).
     """
 
     __slots__ = (
@@ -48,10 +48,7 @@ class FrameBuffer:
     )
 
     def __init__(
-        self,
-        capacity: int,
-        event: Callable[[], Waitable] = anyio.Event,
-        wakeup: Callable[[], Waitable] = anyio.Event,
+        self, capacity: int, event: Callable[[], Waitable], wakeup: Callable[[], Waitable]
     ) -> None:
         self._capacity = capacity
         self._event = event

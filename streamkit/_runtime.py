@@ -255,7 +255,7 @@ class _Stream(Generic[ItemT]):
             # there, which spares a cancellation (tens of microseconds) per client that left.
             self.buffer.stop_reader()
         else:
-            assert self._writer is not None  # the client is heard of only once it runs
+            assert self._writer is not None  # started before anything can end the stream so
             self._writer.cancel()
         self._finish_sender()
 

@@ -8,12 +8,19 @@ import anyio
 import pytest
 
 from streamkit._buffer import FrameBuffer
+from streamkit._loop import loop_facts
 
 pytestmark = pytest.mark.anyio
 
 
+def buffer_of(capacity: int) -> FrameBuffer:
+    """A buffer as the runtime makes it: waits on the loop's own event and wakeups."""
+    facts = loop_facts()
+    return FrameBuffer(capacity, facts.event, facts.wakeup)
+
+
 async def test_frames_come_out_in_order_in_one_batch() -> None:
-    buffer = FrameBuffer(4)
+    buffer = buffer_of(4)
     for frame in (b"a", None, b"b"):
         buffer.put_nowait(frame)
     assert await buffer.take(1024) == [b"a", None, b"b"]
@@ -21,7 +28,7 @@ async def test_frames_come_out_in_order_in_one_batch() -> None:
 
 
 async def test_a_batch_stops_once_it_holds_max_bytes() -> None:
-    buffer = FrameBuffer(8)
+    buffer = buffer_of(8)
     for frame in (b"12", None, b"34", b"56", b"78"):
         buffer.put_nowait(frame)
     assert await buffer.take(4) == [b"12", None, b"34"]
@@ -30,7 +37,7 @@ async def test_a_batch_stops_once_it_holds_max_bytes() -> None:
 
 
 async def test_a_full_buffer_refuses_then_holds_the_producer_until_the_writer_takes() -> None:
-    buffer = FrameBuffer(2)
+    buffer = buffer_of(2)
     buffer.put_nowait(b"1")
     buffer.put_nowait(b"2")
     with pytest.raises(anyio.WouldBlock):
@@ -52,7 +59,7 @@ async def test_a_full_buffer_refuses_then_holds_the_producer_until_the_writer_ta
 
 
 async def test_with_no_room_a_frame_goes_only_to_a_waiting_writer() -> None:
-    buffer = FrameBuffer(0)
+    buffer = buffer_of(0)
     with pytest.raises(anyio.WouldBlock):
         buffer.put_nowait(b"early")
     taken: list[list[bytes | None]] = []
@@ -71,7 +78,7 @@ async def test_with_no_room_a_frame_goes_only_to_a_waiting_writer() -> None:
 
 
 async def test_a_cancelled_wait_for_frames_loses_none() -> None:
-    buffer = FrameBuffer(0)
+    buffer = buffer_of(0)
     with anyio.move_on_after(0.01):
         await buffer.take(1024)
     # The cancelled writer no longer counts as waiting: nothing may be handed to it.
@@ -79,7 +86,7 @@ async def test_a_cancelled_wait_for_frames_loses_none() -> None:
         buffer.put_nowait(b"lost?")
     # Woken and cancelled before it runs: the writer ends with the frames (both backends let
     # a completed wait finish) or leaves them queued; either way none is dropped.
-    buffer = FrameBuffer(4)
+    buffer = buffer_of(4)
 
     def put_then_cancel(writer: anyio.CancelScope) -> None:
         buffer.put_nowait(b"1")
@@ -112,7 +119,7 @@ async def while_a_writer_waits(
 
 
 async def test_close_lets_the_writer_drain_and_then_ends_it() -> None:
-    buffer = FrameBuffer(4)
+    buffer = buffer_of(4)
     buffer.put_nowait(b"last")
     buffer.close()
     with pytest.raises(anyio.ClosedResourceError):
@@ -122,7 +129,7 @@ async def test_close_lets_the_writer_drain_and_then_ends_it() -> None:
 
 
 async def test_close_wakes_a_waiting_writer_and_a_waiting_producer() -> None:
-    buffer = FrameBuffer(1)
+    buffer = buffer_of(1)
     buffer.put_nowait(b"1")
     outcomes: list[object] = []
 
@@ -132,7 +139,7 @@ async def test_close_wakes_a_waiting_writer_and_a_waiting_producer() -> None:
         except anyio.ClosedResourceError as exc:
             outcomes.append(type(exc))
 
-    waiting = FrameBuffer(1)
+    waiting = buffer_of(1)
 
     async def write() -> None:
         outcomes.append(await waiting.take(1024))
@@ -150,7 +157,7 @@ async def test_close_wakes_a_waiting_writer_and_a_waiting_producer() -> None:
 async def test_with_no_room_a_waiting_producer_hands_over_once_the_writer_waits() -> None:
     """buffer_size=0: the producer is first to wait (the writer is still busy with the
     response head); the writer's wait must let it hand its frame over."""
-    buffer = FrameBuffer(0)
+    buffer = buffer_of(0)
     taken: list[list[bytes | None]] = []
     with anyio.fail_after(2):
         async with anyio.create_task_group() as task_group:
@@ -170,7 +177,7 @@ async def test_with_no_room_a_waiting_producer_hands_over_once_the_writer_waits(
 async def test_a_stopped_reader_takes_nothing_more_even_a_frame_queued_as_it_wakes() -> None:
     # What the runtime does when the client left while the writer waited: nothing queued,
     # now or later, is taken to be written.
-    buffer = FrameBuffer(4)
+    buffer = buffer_of(4)
 
     def stop_then_put(writer: anyio.CancelScope) -> None:
         assert buffer.reader_waiting
