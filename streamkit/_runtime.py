@@ -27,7 +27,6 @@ from typing import Generic, Protocol, TypeVar
 
 import anyio
 import anyio.lowlevel
-from anyio import TaskHandle
 from anyio.abc import TaskGroup
 from starlette.datastructures import Headers
 from starlette.types import Message, Receive, Scope, Send
@@ -129,11 +128,11 @@ class _Stream(Generic[ItemT]):
         "_send_timer",
         "_sender_done",
         "_sender_finished",
+        "_sender_scope",
         "_timers",
         "_turns",
         "_unwound",
         "_write_done",
-        "_writer",
         "_writing",
         "_written_turn",
         "body",
@@ -193,9 +192,10 @@ class _Stream(Generic[ItemT]):
         self._reported = False
         self._fatal: BaseException | None = None
         self._producer_scope = anyio.CancelScope()
-        # The writer's task, once started: cancelled through its handle when the client has
-        # left (its own scope, which a scope of the runtime's would only duplicate).
-        self._writer: TaskHandle[None] | None = None
+        # Not the writer's task handle: a cancelled handle keeps the cancellation, whose
+        # traceback reaches (on trio, through the canceller's frames) the handle again, a
+        # cycle only the garbage collector frees, with the stream and its buffer.
+        self._sender_scope = anyio.CancelScope()
         self._sender_done = False
         # Made only when the producer ends first: an idle stream then holds no event.
         self._sender_finished: anyio.Event | None = None
@@ -255,8 +255,7 @@ class _Stream(Generic[ItemT]):
             # there, which spares a cancellation (tens of microseconds) per client that left.
             self.buffer.stop_reader()
         else:
-            assert self._writer is not None  # started before anything can end the stream so
-            self._writer.cancel()
+            self._sender_scope.cancel()
         self._finish_sender()
 
     def _finish_sender(self) -> None:
@@ -399,7 +398,7 @@ class _Stream(Generic[ItemT]):
 
     def _start_helpers(self, task_group: TaskGroup) -> None:
         task_group.start_soon(self._watch_connection)
-        self._writer = task_group.start_soon(self._send_all)
+        task_group.start_soon(self._send_all)
         self._time_heartbeat()
         max_duration = self.options.max_duration
         if max_duration is not None:
@@ -586,11 +585,10 @@ class _Stream(Generic[ItemT]):
         return True
 
     async def _send_message(self, message: Message) -> None:
-        if self._sender_done:
-            # The writer was cancelled, the client having left or stopped reading: nothing
-            # more is written, least of all the end of the body, which would make a cut stream
-            # look whole. The cancellation alone could come too late: on asyncio, a write that
-            # does not block never yields.
+        if self._sender_scope.cancel_called:
+            # The client left or stopped reading: nothing more is written, least of all the
+            # end of the body, which would make a cut stream look whole. The cancellation
+            # alone could come too late: on asyncio, a write that does not block never yields.
             await anyio.lowlevel.checkpoint()
         self._begin_write()
         await self._send(message)
@@ -627,31 +625,32 @@ class _Stream(Generic[ItemT]):
 
     async def _send_all(self) -> None:
         body = self.body
-        try:
-            await self._send_message(body.start_message())
-            # Write what the producer has queued meanwhile in one message: fewer, larger
-            # writes when the producer is ahead, and no added latency when it is not.
-            while frames := await self.buffer.take(_MAX_BATCH_BYTES):
-                if self._writing:  # the producer writes an item itself: after it
-                    self._write_done = done = anyio.Event()
-                    await done.wait()
-                data, items = self._join(frames)
-                await self._write(data)
-                self.items_sent += items
-            if self._sender_done:
-                return  # abandoned while it waited for frames: nothing more is written
-            if self.reason is not None and (closing := body.closing_frame(self.reason)):
-                await self._write(closing)
-            # The body is all handed over: a disconnect the server reports from here on is
-            # the normal end of the exchange (trio's worker reports it before this returns).
-            self._completing = True
-            end: Message = {"type": "http.response.body", "body": b"", "more_body": False}
-            await self._send_message(end)
-            self.decide(EndReason.COMPLETED)
-            self._finish_sender()
-        except OSError:
-            # ASGI 2.4 servers raise OSError from send() once the client is gone.
-            self.decide(EndReason.CLIENT_DISCONNECTED)
+        with self._sender_scope:
+            try:
+                await self._send_message(body.start_message())
+                # Write what the producer has queued meanwhile in one message: fewer, larger
+                # writes when the producer is ahead, and no added latency when it is not.
+                while frames := await self.buffer.take(_MAX_BATCH_BYTES):
+                    if self._writing:  # the producer writes an item itself: after it
+                        self._write_done = done = anyio.Event()
+                        await done.wait()
+                    data, items = self._join(frames)
+                    await self._write(data)
+                    self.items_sent += items
+                if self._sender_done:
+                    return  # abandoned while it waited for frames: nothing more is written
+                if self.reason is not None and (closing := body.closing_frame(self.reason)):
+                    await self._write(closing)
+                # The body is all handed over: a disconnect the server reports from here on is
+                # the normal end of the exchange (trio's worker reports it before this returns).
+                self._completing = True
+                end: Message = {"type": "http.response.body", "body": b"", "more_body": False}
+                await self._send_message(end)
+                self.decide(EndReason.COMPLETED)
+                self._finish_sender()
+            except OSError:
+                # ASGI 2.4 servers raise OSError from send() once the client is gone.
+                self.decide(EndReason.CLIENT_DISCONNECTED)
 
     def _join(self, frames: list[bytes | None]) -> tuple[bytes, int]:
         """The bytes of *frames* (``None``: a heartbeat, made now), and how many are items."""

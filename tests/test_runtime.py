@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import gc
 import types
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Awaitable, Callable
 from functools import partial
 from typing import Any
 
@@ -337,28 +337,57 @@ class StalledAfterFirstConnection(FakeConnection):
         await super().send(message)
 
 
-async def test_a_stream_cut_short_leaves_no_reference_cycle_for_the_collector() -> None:
-    # A cycle through a cancelled producer's frames holds them, and all they hold, until a
-    # garbage collection finds it: at a thousand disconnects at once, that is collections
-    # over every live stream in the middle of the teardown.
-    async def produce(send: StreamSender[str]) -> None:
-        await send("first")
-        await anyio.sleep_forever()
+async def _first_then_wait(send: StreamSender[str]) -> None:
+    await send("first")
+    await anyio.sleep_forever()
 
+
+async def _as_fast_as_taken(send: StreamSender[str]) -> None:
+    while True:
+        await send("x")  # never yields but here: its items are the writer's to write
+
+
+@pytest.mark.parametrize(
+    ("connection", "produce", "reason"),
+    [
+        # The client leaves: the producer is cancelled where it waits.
+        (
+            partial(FakeConnection, disconnect_after_body=1),
+            _first_then_wait,
+            EndReason.CLIENT_DISCONNECTED,
+        ),
+        # The client stops reading: the writer is cancelled in the middle of a write.
+        (StalledAfterFirstConnection, _as_fast_as_taken, EndReason.SEND_TIMEOUT),
+    ],
+    ids=["disconnect", "send_timeout"],
+)
+async def test_a_stream_cut_short_leaves_no_reference_cycle_for_the_collector(
+    connection: Callable[[], FakeConnection],
+    produce: Callable[[StreamSender[str]], Awaitable[None]],
+    reason: EndReason,
+) -> None:
+    # A cycle through a cancelled task's frames holds them, the stream, and all they hold (a
+    # full buffer, say) until a garbage collection finds it: a collection over every live
+    # stream of the process, in the middle of everyone's events.
     gc.collect()
     gc.disable()
     try:
-        await FakeConnection(disconnect_after_body=1).run(partial(deliver, Body(produce)))
+        body = Body(produce, StreamOptions(send_timeout=0.05))
+        await connection().run(partial(deliver, body), within=2)
         gc.set_debug(gc.DEBUG_SAVEALL)
         gc.collect()
-        producer_frames = [
-            item
+        left = [
+            f"{type(item).__name__} {getattr(getattr(item, 'f_code', None), 'co_name', '')}"
             for item in gc.garbage
-            if isinstance(item, types.FrameType)
-            and item.f_code.co_name in {"produce", "_produce", "deliver"}
+            if type(item).__name__ == "_Stream"
+            or (
+                isinstance(item, types.FrameType)
+                and item.f_code.co_filename.endswith("_runtime.py")
+            )
         ]
     finally:
         gc.set_debug(0)
         gc.garbage.clear()
         gc.enable()
-    assert producer_frames == []
+    assert body.end.reason is reason
+    assert left == []
