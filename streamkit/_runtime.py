@@ -585,10 +585,12 @@ class _Stream(Generic[ItemT]):
         return True
 
     async def _send_message(self, message: Message) -> None:
-        if self._sender_scope.cancel_called:
-            # The client left or stopped reading: nothing more is written, least of all the
-            # end of the body, which would make a cut stream look whole. The cancellation
-            # alone could come too late: on asyncio, a write that does not block never yields.
+        if self._sender_done:
+            # The writer was cancelled, the client having left or stopped reading: nothing
+            # more is written, least of all the end of the body, which would make a cut stream
+            # look whole. The cancellation alone could come too late: on asyncio, a write that
+            # does not block never yields. (A flag of the stream's own, asked per write: on
+            # trio, a scope's cancel_called reads the clock each time.)
             await anyio.lowlevel.checkpoint()
         self._begin_write()
         await self._send(message)
