@@ -79,6 +79,18 @@ async def test_once_the_client_left_nothing_more_is_written_not_even_what_cleanu
     assert not connection.complete
 
 
+async def test_frames_the_writer_was_woken_for_are_not_written_once_the_client_is_gone() -> None:
+    # A producer that never yields queues its items as the first one is written: the writer
+    # is woken for them before the disconnect is heard, and must not write them after (on
+    # asyncio, a write that does not block never yields, so its cancellation could not stop
+    # it there).
+    body = Body(_as_fast_as_taken)
+    connection = FakeConnection(disconnect_after_body=1)
+    await connection.run(partial(deliver, body), within=2)
+    assert body.end.reason is EndReason.CLIENT_DISCONNECTED
+    assert connection.refused == []  # no write was tried once the client was heard leaving
+
+
 async def test_an_async_iterable_is_closed_when_the_client_leaves() -> None:
     closed = False
 
@@ -337,6 +349,9 @@ class StalledAfterFirstConnection(FakeConnection):
         await super().send(message)
 
 
+RUNTIME = deliver.__code__.co_filename  # streamkit/_runtime.py
+
+
 async def _first_then_wait(send: StreamSender[str]) -> None:
     await send("first")
     await anyio.sleep_forever()
@@ -382,7 +397,7 @@ async def test_a_stream_cut_short_leaves_no_reference_cycle_for_the_collector(
             if type(item).__name__ == "_Stream"
             or (
                 isinstance(item, types.FrameType)
-                and item.f_code.co_filename.endswith("_runtime.py")
+                and (item.f_code is produce.__code__ or item.f_code.co_filename == RUNTIME)
             )
         ]
     finally:
