@@ -18,7 +18,8 @@ __all__ = ["FrameBuffer", "Waitable"]
 
 
 class Waitable(Protocol):
-    """An event as the buffer uses it: the loop's own event, or its wakeup."""
+    """An event as the buffer uses it: the loop's own event, or its wakeup (which is set, and
+    waited on once, like an event; set before its wait, the wait returns at once)."""
 
     def set(self) -> object: ...
 
@@ -33,7 +34,7 @@ class FrameBuffer:
     :param event: makes the events a producer waits on for room: the loop's own (see
         ``_loop``), which spare anyio finding the loop for each one made.
     :param wakeup: makes what the one reader waits on for frames, made for each wait: the
-        loop's own wakeup, lighter than an event (see ``_loop.Wakeup``).
+        loop's own wakeup, lighter than an event (see ``_loop.LoopFacts.wakeup``).
     """
 
     __slots__ = (

@@ -24,9 +24,10 @@ from typing import Any, Self
 import anyio
 import anyio.lowlevel
 
+from ._buffer import Waitable
 from ._checks import check_count
 from ._exceptions import SlowSubscriberError
-from ._loop import Wakeup, loop_facts
+from ._loop import loop_facts
 from ._sender import StreamSender
 from ._sse import ServerSentEvent, encode_event
 from ._topics import (
@@ -340,8 +341,8 @@ class Subscription:
         self._pending: deque[Entry] | None = None
         # What its reader waits on: an event buffered, the buffer closed, or (feed()) its
         # stream no longer taking the events.
-        self._wakeup: Wakeup | None = None
-        self._make_wakeup: Callable[[], Wakeup] | None = None  # the loop's, once entered
+        self._wakeup: Waitable | None = None
+        self._make_wakeup: Callable[[], Waitable] | None = None  # the loop's, once entered
         self._entered = False
         self._closed = False
         self._replaying = False

@@ -17,7 +17,8 @@ such module, for serving), because they differ in what the runtime must know:
   writer to join into one write rather than written one by one;
 - how a task waits to be woken by another: a stream's writer waits for frames once per event
   of a fan-out, and an event keeps a collection of its waiters for the one there is. A
-  :class:`Wakeup` is a bare future on asyncio, the waiting task itself on trio;
+  wakeup (:attr:`LoopFacts.wakeup`) is a bare future on asyncio, the waiting task itself on
+  trio;
 - how to run a callback at a given time, which is how a stream's heartbeats and its send
   timeout are timed: timers per stream, not deadlines on the waits of its writer and its
   disconnect listener (a cancel scope made and entered per write, or a listener woken by a
@@ -33,13 +34,15 @@ import asyncio
 import heapq
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from functools import partial
 from typing import Any, Protocol
 
 import sniffio
 
-__all__ = ["TIMERS_TASK", "LoopFacts", "Timer", "Turns", "Wakeup", "loop_facts"]
+from ._buffer import Waitable
+
+__all__ = ["TIMERS_TASK", "LoopFacts", "Timer", "Turns", "loop_facts"]
 
 logger = logging.getLogger("streamkit")
 
@@ -97,7 +100,13 @@ class LoopFacts:
         own task.
     :ivar event: makes an event of the loop's own (``asyncio.Event``, ``trio.Event``), which
         anyio's cancel scopes cancel a wait on like any other.
-    :ivar wakeup: makes a :class:`Wakeup` of the loop's own.
+    :ivar wakeup: makes a wakeup of the loop's own: what an event does for one waiting task,
+        for less. An event keeps a collection of its waiters (``asyncio.Event`` a deque of
+        about 0.6 KiB, ``trio.Event`` a set), and a stream's writer makes one each time it
+        waits for frames, in a fan-out once per event. A wakeup is made for one wait, right
+        before it, and waited on by one task: cancelling that wait is safe (anyio's cancel
+        scopes cancel it like any other), a second waiter is not (on asyncio, cancelling one
+        would cancel both).
     """
 
     __slots__ = ("call_at", "clock", "event", "turns", "wakeup")
@@ -108,7 +117,7 @@ class LoopFacts:
         call_at: Callable[[float, Callable[[], None]], Timer],
         turns: Turns | None,
         event: Callable[[], Any],
-        wakeup: Callable[[], Wakeup],
+        wakeup: Callable[[], Waitable],
     ) -> None:
         self.clock = clock
         self.call_at = call_at
@@ -139,26 +148,6 @@ def loop_facts() -> LoopFacts:
 _asyncio_facts: LoopFacts | None = None  # of the asyncio loop that started a stream last
 
 
-class Wakeup(Protocol):
-    """Wakes one waiting task: made for one wait, and waited on by one task at a time.
-
-    What an event does for that one task, for less: an event keeps a collection of its
-    waiters (``asyncio.Event`` a deque of about 0.6 KiB, ``trio.Event`` a set), and a stream
-    makes one each time its writer waits for frames, which in a fan-out is once per event.
-    Cancelling the wait is safe (anyio's cancel scopes cancel it like any other); a second
-    task waiting on the same wakeup is not (on asyncio, cancelling one would cancel both).
-    """
-
-    def set(self) -> object:
-        """Wake the waiting task. Set before the wait, the wait returns at once (on asyncio
-        with no checkpoint; streamkit makes each wakeup right before its wait)."""
-        ...
-
-    def wait(self) -> Awaitable[object]:
-        """What to await until it is set."""
-        ...
-
-
 class _FutureWakeup(asyncio.Future[None]):
     """A wakeup on asyncio: a bare future, awaited directly."""
 
@@ -173,12 +162,16 @@ class _FutureWakeup(asyncio.Future[None]):
 
 
 class _TrioWakeup:
-    """A wakeup on trio: the waiting task itself, rescheduled when set. (trio is imported
-    where it is used, as elsewhere here: an asyncio process never loads it.)"""
+    """A wakeup on trio: the waiting task itself, rescheduled when set.
 
-    __slots__ = ("_is_set", "_task")
+    :param lowlevel: ``trio.lowlevel``, handed in by the run's facts: rescheduling a task is
+        trio's own, which anyio does not offer, and an asyncio process never imports trio.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("_is_set", "_lowlevel", "_task")
+
+    def __init__(self, lowlevel: Any) -> None:
+        self._lowlevel = lowlevel
         self._is_set = False
         self._task: Any = None  # the waiting trio task
 
@@ -186,24 +179,18 @@ class _TrioWakeup:
         self._is_set = True
         task, self._task = self._task, None
         if task is not None:
-            import trio
-
-            trio.lowlevel.reschedule(task)
+            self._lowlevel.reschedule(task)
 
     async def wait(self) -> None:
-        import trio
-
         if self._is_set:
-            await trio.lowlevel.checkpoint()
+            await self._lowlevel.checkpoint()
             return
-        self._task = trio.lowlevel.current_task()
-        await trio.lowlevel.wait_task_rescheduled(self._abort)
+        self._task = self._lowlevel.current_task()
+        await self._lowlevel.wait_task_rescheduled(self._abort)
 
     def _abort(self, raise_cancel: object) -> Any:
-        import trio
-
         self._task = None
-        return trio.lowlevel.Abort.SUCCEEDED
+        return self._lowlevel.Abort.SUCCEEDED
 
 
 class _TrioTimer:
@@ -226,11 +213,12 @@ class _TrioTimers:
     and the run's :class:`LoopFacts`, which its streams share."""
 
     def __init__(self) -> None:
-        import trio
+        import trio  # made on trio only (see _trio_timers)
 
         self._heap: list[_TrioTimer] = []
         self._sleep: Any = None  # the system task's cancel scope, whose deadline is the earliest
-        self.facts = LoopFacts(trio.current_time, self.call_at, None, trio.Event, _TrioWakeup)
+        wakeup = partial(_TrioWakeup, trio.lowlevel)
+        self.facts = LoopFacts(trio.current_time, self.call_at, None, trio.Event, wakeup)
 
     def call_at(self, when: float, callback: Callable[[], None]) -> Timer:
         timer = _TrioTimer(when, callback)

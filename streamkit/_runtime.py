@@ -586,11 +586,12 @@ class _Stream(Generic[ItemT]):
 
     async def _send_message(self, message: Message) -> None:
         if self._sender_done:
-            # The writer was cancelled, the client having left or stopped reading: nothing
-            # more is written, least of all the end of the body, which would make a cut stream
-            # look whole. The cancellation alone could come too late: on asyncio, a write that
-            # does not block never yields. (A flag of the stream's own, asked per write: on
-            # trio, a scope's cancel_called reads the clock each time.)
+            # Set before the end is written only when the writer is abandoned (cancelled, or
+            # stopped at the buffer, where it returns before it gets here): the client left
+            # or stopped reading, and nothing more is written, least of all the end of the
+            # body, which would make a cut stream look whole. The cancellation alone could
+            # come too late: on asyncio, a write that does not block never yields. (A flag of
+            # the stream's own, asked per write: on trio, cancel_called reads the clock.)
             await anyio.lowlevel.checkpoint()
         self._begin_write()
         await self._send(message)
