@@ -106,11 +106,11 @@ class _Stream(Generic[ItemT]):
     __slots__ = (
         "_abort_target",
         "_beat_timer",
+        "_bound_timer",
         "_call_at",
         "_cleanup_duration",
         "_clock",
         "_completing",
-        "_decided_at",
         "_fatal",
         "_head_only",
         "_heartbeat_at",
@@ -123,6 +123,7 @@ class _Stream(Generic[ItemT]):
         "_receive",
         "_registry",
         "_reported",
+        "_returned",
         "_send",
         "_send_timeout",
         "_send_timer",
@@ -131,7 +132,6 @@ class _Stream(Generic[ItemT]):
         "_sender_scope",
         "_timers",
         "_turns",
-        "_unwound",
         "_write_done",
         "_writing",
         "_written_turn",
@@ -184,10 +184,9 @@ class _Stream(Generic[ItemT]):
         self.bytes_sent = 0
         self.started_at = self._clock()
         self._cleanup_duration = 0.0
-        self._decided_at = math.inf
-        # Made when the end is decided or the producer's body returns, whichever is first;
-        # set once the body has returned or raised.
-        self._unwound: anyio.Event | None = None
+        self._returned = False  # the producer's body has returned or raised
+        # Set while the end is decided and the producer's body still runs (see decide()).
+        self._bound_timer: Timer | None = None
         self._registry: StreamRegistry | None = None
         self._reported = False
         self._fatal: BaseException | None = None
@@ -235,14 +234,12 @@ class _Stream(Generic[ItemT]):
             return False
         self.reason = reason
         self.exception = exception
-        if self._unwound is None:
+        if not self._returned:
             # The producer's body is still running: from now on it has cleanup_timeout to
-            # return, and the watcher keeps that bound.
-            self._unwound = anyio.Event()
-            self._decided_at = self._clock()
-            bound = self._decided_at + self.options.cleanup_timeout
-            if self._timers is not None and bound < self._timers.deadline:
-                self._timers.deadline = bound
+            # return. A timer, not a task waiting for it: a thousand clients leaving at once
+            # would each leave such a task, its event and its scope to tear down.
+            bound = self._clock() + self.options.cleanup_timeout
+            self._bound_timer = self._call_at(bound, self._time_producer)
         if reason is not EndReason.COMPLETED:
             self._producer_scope.cancel()
         if reason in _ABANDONING and abandon_sender:
@@ -383,7 +380,7 @@ class _Stream(Generic[ItemT]):
                     task_group.cancel_scope.cancel()
         finally:
             self.buffer.close()
-            for timer in (self._beat_timer, self._send_timer):
+            for timer in (self._beat_timer, self._send_timer, self._bound_timer):
                 if timer is not None:
                     timer.cancel()
             if not self._reported:
@@ -451,10 +448,10 @@ class _Stream(Generic[ItemT]):
                 )
             raise
         finally:
-            if self._unwound is None:
-                self._unwound = anyio.Event()
-            self._unwound.set()
-            self._decided_at = math.inf  # the body returned: its cleanup has its own bound
+            self._returned = True
+            if self._bound_timer is not None:
+                self._bound_timer.cancel()  # the body returned: its cleanup has its own bound
+                self._bound_timer = None
             aclose = getattr(closable, "aclose", None)
             stack = sender._resources
             if aclose is not None or stack is not None:  # else no scope, and no timer, for none
@@ -502,15 +499,12 @@ class _Stream(Generic[ItemT]):
             if self._on_timers():
                 break
         self._listening = False
-        await self._bound_the_producer()
 
-    async def _bound_the_producer(self) -> None:
-        """Wait until the producer's body has returned, at most ``cleanup_timeout`` past the
-        decided end; then report the stream ended, and leave the producer to itself."""
-        with anyio.move_on_at(self._decided_at + self.options.cleanup_timeout):
-            if self._unwound is not None:
-                await self._unwound.wait()
-        if self._decided_at != math.inf and not self._reported:
+    def _time_producer(self) -> None:
+        """The producer's body still runs ``cleanup_timeout`` after the end was decided:
+        report the stream ended, and leave the producer to itself."""
+        self._bound_timer = None
+        if not self._returned and not self._reported:
             self._abandon_producer()
 
     def _abandon_producer(self) -> None:
@@ -533,16 +527,12 @@ class _Stream(Generic[ItemT]):
             # a write it finds under way when it begins to (its first wait) is timed here.
             due = self._pending_since + self._send_timeout
         if self._idle_timeout is not None:
-            due = min(due, self.last_item_at + self._idle_timeout)
-        # Decided elsewhere (a shutdown, a deadline): the producer's bound is kept here too.
-        return min(due, self._decided_at + self.options.cleanup_timeout)
+            return min(due, self.last_item_at + self._idle_timeout)
+        return due
 
     def _on_timers(self) -> bool:
-        """Act on the timers that are due; true once the sender is abandoned or the end
-        decided and the producer's bound due."""
+        """Act on the timers that are due; true once the sender is abandoned."""
         now = self._clock()
-        if now >= self._decided_at + self.options.cleanup_timeout:
-            return True
         timeout = self._send_timeout
         if timeout is not None and self._pending_since is not None:
             if now >= self._pending_since + timeout:
