@@ -1,8 +1,9 @@
 """The stream runtime: one task group per stream, tied to its connection.
 
 The producer runs in the stream's own task; beside it, in one task group, run the writer and a
-connection watcher that listens for the disconnect and keeps the send timeout and the idle
-period (a timer of the loop's own keeps the heartbeats, see ``_loop``). A bounded buffer
+connection watcher that listens for the disconnect. Timers of the loop's own (see ``_loop``)
+keep the heartbeats, the send timeout, the idle period and the producer's bound once the end
+is decided, without waking a task until one acts. A bounded buffer
 decouples the producer from the socket, so a client that stops reading holds the producer only
 until the buffer is full, and never past ``send_timeout``. On asyncio, a producer that awaits
 between items writes an item itself while no write is in progress, which spares waking the
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import math
 from collections.abc import AsyncIterable, Awaitable, Callable, Coroutine
 from functools import partial
 from types import TracebackType
@@ -116,7 +116,9 @@ class _Stream(Generic[ItemT]):
         "_heartbeat_at",
         "_heartbeat_interval",
         "_idle_timeout",
+        "_idle_timer",
         "_last_data_at",
+        "_listener",
         "_listening",
         "_pending_since",
         "_producer_scope",
@@ -130,7 +132,6 @@ class _Stream(Generic[ItemT]):
         "_sender_done",
         "_sender_finished",
         "_sender_scope",
-        "_timers",
         "_turns",
         "_write_done",
         "_writing",
@@ -212,9 +213,12 @@ class _Stream(Generic[ItemT]):
         self._heartbeat_at = self.started_at
         self._beat_timer: Timer | None = None
         self._idle_timeout = options.idle_timeout
-        # The watcher's current scope; until it first runs, it reads the pending write itself.
-        self._timers: anyio.CancelScope | None = None
+        self._idle_timer: Timer | None = None
         self._listening = True  # the watcher waits for the disconnect
+        # What stops the watcher, rather than the task group's scope: on asyncio, anyio keeps
+        # the cancellation of a child task that ends cancelled in a reference cycle with its
+        # traceback, which holds the stream until a garbage collection.
+        self._listener = anyio.CancelScope()
 
     # -- deciding the end ---------------------------------------------------------------------
 
@@ -373,14 +377,14 @@ class _Stream(Generic[ItemT]):
                 # stopped reading holds the sender until the kernel drops the connection.
                 self._report(registry)
                 if self._listening:
-                    # The watcher still waits for a disconnect: stop it. One that heard it (or
-                    # gave a write up) returns by itself, the producer having unwound by now,
-                    # and is spared a cancellation (tens of microseconds per stream). The
-                    # writer has finished, or been abandoned.
-                    task_group.cancel_scope.cancel()
+                    # The watcher still waits for a disconnect: stop it. One that heard it has
+                    # returned, and is spared a cancellation (tens of microseconds per stream).
+                    # The writer has finished, or been abandoned.
+                    self._listener.cancel()
         finally:
             self.buffer.close()
-            for timer in (self._beat_timer, self._send_timer, self._bound_timer):
+            timers = (self._beat_timer, self._send_timer, self._idle_timer, self._bound_timer)
+            for timer in timers:
                 if timer is not None:
                     timer.cancel()
             if not self._reported:
@@ -397,6 +401,8 @@ class _Stream(Generic[ItemT]):
         task_group.start_soon(self._watch_connection)
         task_group.start_soon(self._send_all)
         self._time_heartbeat()
+        if self._idle_timeout is not None:
+            self._idle_timer = self._call_at(self.started_at + self._idle_timeout, self._time_idle)
         max_duration = self.options.max_duration
         if max_duration is not None:
             self._producer_scope.deadline = self.started_at + max_duration
@@ -483,22 +489,15 @@ class _Stream(Generic[ItemT]):
     # -- the tasks beside the producer --------------------------------------------------------
 
     async def _watch_connection(self) -> None:
-        # One task listens for the disconnect and, between messages, wakes at the earliest of
-        # its timers: a write stuck past send_timeout, an idle period over. Folding them into
-        # the listener keeps a stream at two tasks beside the producer. (The writer times the
-        # heartbeats: it writes them, and waits for frames anyway.)
-        # Cancelling receive() there is safe: servers hold the message until it is taken.
-        while True:
-            with anyio.CancelScope(deadline=self._next_due()) as self._timers:
-                while (await self._receive())["type"] != "http.disconnect":
-                    pass
-                self.decide(
-                    EndReason.COMPLETED if self._completing else EndReason.CLIENT_DISCONNECTED
-                )
-                break
-            if self._on_timers():
-                break
-        self._listening = False
+        # Only listens: the send and idle timeouts, the heartbeats and the producer's bound
+        # are timers of the loop's own, which act without waking a task (a wait with a
+        # deadline would need a cancel scope of its own, kept by every idle stream).
+        # Cancelling receive() is safe: servers hold the message until it is taken.
+        with self._listener:
+            while (await self._receive())["type"] != "http.disconnect":
+                pass
+            self._listening = False
+            self.decide(EndReason.COMPLETED if self._completing else EndReason.CLIENT_DISCONNECTED)
 
     def _time_producer(self) -> None:
         """The producer's body still runs ``cleanup_timeout`` after the end was decided:
@@ -520,33 +519,14 @@ class _Stream(Generic[ItemT]):
         self.buffer.close()  # the sender ends the body, unless the client is gone
         self._report(self._registry)
 
-    def _next_due(self) -> float:
-        due = math.inf
-        if self._pending_since is not None and self._send_timeout is not None:
-            # The send timer wakes the watcher for a write under way, but only once it waits:
-            # a write it finds under way when it begins to (its first wait) is timed here.
-            due = self._pending_since + self._send_timeout
-        if self._idle_timeout is not None:
-            return min(due, self.last_item_at + self._idle_timeout)
-        return due
-
-    def _on_timers(self) -> bool:
-        """Act on the timers that are due; true once the sender is abandoned."""
-        now = self._clock()
-        timeout = self._send_timeout
-        if timeout is not None and self._pending_since is not None:
-            if now >= self._pending_since + timeout:
-                self.decide(EndReason.SEND_TIMEOUT)
-                self._abandon_sender()
-                if self._abort_target is not None:
-                    abort_connection_soon(*self._abort_target)
-                return True
-        idle_timeout = self._idle_timeout
-        if idle_timeout is not None and now >= self.last_item_at + idle_timeout:
-            if not self._on_idle():
-                # Only the idle timer stops: the last writes are still bounded by send_timeout.
-                self._idle_timeout = None
-        return False
+    def _time_idle(self) -> None:
+        """Send the idle fallback if no item was sent for ``idle_timeout``, and set the timer
+        for the next check, unless the idle timer has nothing more to do."""
+        self._idle_timer = None
+        assert self._idle_timeout is not None
+        if self._clock() >= self.last_item_at + self._idle_timeout and not self._on_idle():
+            return
+        self._idle_timer = self._call_at(self.last_item_at + self._idle_timeout, self._time_idle)
 
     def _on_idle(self) -> bool:
         """Send the idle fallback; false once the idle timer has nothing more to do."""
@@ -598,10 +578,10 @@ class _Stream(Generic[ItemT]):
         return now
 
     def _time_send(self) -> None:
-        """Wake the watcher if the write under way has been blocked for ``send_timeout``;
-        else time the one under way, or, with none, stop until the next write. A timer, not a
-        deadline on the watcher's wait: that wakes it (a cancellation) once per send timeout
-        after the writes, even when every one of them has long completed."""
+        """Give the write under way up if it has been blocked for ``send_timeout``, which ends
+        the stream; else time the one under way, or, with none, stop until the next write. A
+        timer, not a deadline on a task's wait: that would wake the task (a cancellation) once
+        per send timeout after the writes, even when every one of them has long completed."""
         self._send_timer = None
         since, timeout = self._pending_since, self._send_timeout
         if since is None or timeout is None:
@@ -609,8 +589,11 @@ class _Stream(Generic[ItemT]):
         due = since + timeout
         if self._clock() < due:
             self._send_timer = self._call_at(due, self._time_send)
-        elif self._timers is not None:
-            self._timers.cancel()  # the watcher ends the stream (see _on_timers)
+            return
+        self.decide(EndReason.SEND_TIMEOUT)
+        self._abandon_sender()
+        if self._abort_target is not None:
+            abort_connection_soon(*self._abort_target)
 
     async def _write(self, body: bytes) -> None:
         await self._send_message({"type": "http.response.body", "body": body, "more_body": True})
