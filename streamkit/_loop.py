@@ -31,6 +31,7 @@ from __future__ import annotations
 
 # asyncio for its loop's own clock, timers, events and futures (see the module's docstring).
 import asyncio
+import contextvars
 import heapq
 import logging
 import math
@@ -95,7 +96,8 @@ class LoopFacts:
 
     :ivar clock: the loop's clock, the one ``anyio.current_time()`` reads.
     :ivar call_at: ``call_at(when, callback)`` runs *callback* once the clock reaches *when*,
-        unless the :class:`Timer` it returns is cancelled first.
+        in the context it was called in, unless the :class:`Timer` it returns is cancelled
+        first.
     :ivar turns: the loop's :class:`Turns`; ``None`` where a producer must not write from its
         own task.
     :ivar event: makes an event of the loop's own (``asyncio.Event``, ``trio.Event``), which
@@ -194,12 +196,15 @@ class _TrioWakeup:
 
 
 class _TrioTimer:
-    __slots__ = ("callback", "cancelled", "when")
+    __slots__ = ("callback", "cancelled", "context", "when")
 
     def __init__(self, when: float, callback: Callable[[], None]) -> None:
         self.when = when
         self.callback = callback
         self.cancelled = False
+        # Run in, as asyncio's call_at does: what a timer does for a stream (an idle fallback,
+        # say) sees the request's context variables, not the system task's.
+        self.context = contextvars.copy_context()
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -239,7 +244,7 @@ class _TrioTimers:
                 timer = heapq.heappop(heap)
                 if not timer.cancelled:
                     try:
-                        timer.callback()
+                        timer.context.run(timer.callback)
                     except Exception:  # a system task must not raise
                         logger.exception("a stream timer's callback raised")
 

@@ -1,9 +1,12 @@
 """What the runtime asks of the event loop, on both backends: its clock, timers that run in
-time order, earlier ones added later included, and not at all once cancelled, and wakeups
+time order, earlier ones added later included, not at all once cancelled, and in the context
+they were set in, and wakeups
 that wake their one waiter (at once if set before it waits) and can still be set once a wait
 on them was cancelled."""
 
 from __future__ import annotations
+
+from contextvars import ContextVar
 
 import anyio
 import anyio.lowlevel
@@ -28,6 +31,25 @@ async def test_timers_run_in_time_order_and_a_cancelled_one_never_runs() -> None
         await done.wait()
     assert ran == ["early", "late"]
     assert facts.clock() >= now + 0.06
+
+
+REQUEST_ID: ContextVar[str] = ContextVar("REQUEST_ID", default="none")
+
+
+async def test_a_timer_runs_in_the_context_it_was_set_in() -> None:
+    # As asyncio's call_at does: a stream's timers act for the request that set them (an idle
+    # fallback, say, that logs with the request's id), on trio too, where one system task of
+    # the run's own keeps them.
+    facts = loop_facts()
+    seen: list[str] = []
+    done = anyio.Event()
+    REQUEST_ID.set("set before the timer")
+    facts.call_at(facts.clock() + 0.01, lambda: seen.append(REQUEST_ID.get()))
+    facts.call_at(facts.clock() + 0.02, done.set)
+    REQUEST_ID.set("set after it")
+    with anyio.fail_after(2):
+        await done.wait()
+    assert seen == ["set before the timer"]
 
 
 async def test_a_wakeup_wakes_its_waiter_whenever_it_is_set() -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import types
 from collections.abc import AsyncIterable, Awaitable, Callable
+from contextvars import ContextVar
 from functools import partial
 from typing import Any
 
@@ -173,6 +174,27 @@ async def test_the_idle_fallback_is_sent_then_the_stream_ends_when_idle() -> Non
     connection = FakeConnection()
     await connection.run(partial(deliver, body))
     assert connection.body == b"last|stale:last|<deadline>"
+    assert body.end.reason is EndReason.DEADLINE
+
+
+async def test_the_idle_fallback_is_made_in_the_requests_context() -> None:
+    # A middleware's context variable (a request id for the logs, say) is seen by what the
+    # stream does for the request, its timers' work included, on both backends.
+    request_id: ContextVar[str] = ContextVar("request_id", default="none")
+
+    class RequestBody(Body):
+        def idle_frame(self, last: str | None) -> bytes | None:
+            return f"stale for {request_id.get()}|".encode()
+
+    async def produce(send: StreamSender[str]) -> None:
+        await send("last")
+        await anyio.sleep_forever()
+
+    body = RequestBody(produce, StreamOptions(idle_timeout=0.02, end_when_idle=True))
+    request_id.set("request 7")
+    connection = FakeConnection()
+    await connection.run(partial(deliver, body))
+    assert connection.body == b"last|stale for request 7|<deadline>"
     assert body.end.reason is EndReason.DEADLINE
 
 
