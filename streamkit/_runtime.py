@@ -554,7 +554,10 @@ class _Stream(Generic[ItemT]):
             return False
         return True
 
-    async def _send_message(self, message: Message) -> None:
+    async def _send_message(self, message: Message, *, items: bool = False) -> None:
+        """Send *message* to the client, timed by the send timeout. *items*: it carries items,
+        which put the next heartbeat off (a heartbeat's own write does not: heartbeats keep
+        the schedule their timer sets). The clock is read once for both."""
         if self._sender_done:
             # Set before the end is written only when the writer is abandoned (cancelled, or
             # stopped at the buffer, where it returns before it gets here): the client left
@@ -563,7 +566,9 @@ class _Stream(Generic[ItemT]):
             # come too late: on asyncio, a write that does not block never yields. (A flag of
             # the stream's own, asked per write: on trio, cancel_called reads the clock.)
             await anyio.lowlevel.checkpoint()
-        self._begin_write()
+        now = self._begin_write()
+        if items:
+            self._last_data_at = now
         await self._send(message)
         self._pending_since = None
 
@@ -595,8 +600,9 @@ class _Stream(Generic[ItemT]):
         if self._abort_target is not None:
             abort_connection_soon(*self._abort_target)
 
-    async def _write(self, body: bytes) -> None:
-        await self._send_message({"type": "http.response.body", "body": body, "more_body": True})
+    async def _write(self, body: bytes, *, items: bool = False) -> None:
+        message = {"type": "http.response.body", "body": body, "more_body": True}
+        await self._send_message(message, items=items)
         self.bytes_sent += len(body)
 
     async def _send_all(self) -> None:
@@ -611,7 +617,7 @@ class _Stream(Generic[ItemT]):
                         self._write_done = done = anyio.Event()
                         await done.wait()
                     data, items = self._join(frames)
-                    await self._write(data)
+                    await self._write(data, items=items > 0)
                     self.items_sent += items
                 if self._sender_done:
                     return  # abandoned while it waited for frames: nothing more is written
@@ -631,10 +637,6 @@ class _Stream(Generic[ItemT]):
     def _join(self, frames: list[bytes | None]) -> tuple[bytes, int]:
         """The bytes of *frames* (``None``: a heartbeat, made now), and how many are items."""
         beats = frames.count(None)
-        if beats < len(frames):
-            # Only items put the next heartbeat off: one timed from a heartbeat's own write
-            # would beat at half the interval.
-            self._last_data_at = self._clock()
         if not beats and len(frames) == 1:
             return frames[0], 1  # type: ignore[return-value]  # not None: no beats
         # Asked per write, not once: a heartbeat may carry the time it was sent.
