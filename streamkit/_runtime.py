@@ -600,9 +600,8 @@ class _Stream(Generic[ItemT]):
         if self._abort_target is not None:
             abort_connection_soon(*self._abort_target)
 
-    async def _write(self, body: bytes, *, items: bool = False) -> None:
-        message = {"type": "http.response.body", "body": body, "more_body": True}
-        await self._send_message(message, items=items)
+    async def _write(self, body: bytes) -> None:
+        await self._send_message({"type": "http.response.body", "body": body, "more_body": True})
         self.bytes_sent += len(body)
 
     async def _send_all(self) -> None:
@@ -616,8 +615,16 @@ class _Stream(Generic[ItemT]):
                     if self._writing:  # the producer writes an item itself: after it
                         self._write_done = done = anyio.Event()
                         await done.wait()
-                    data, items = self._join(frames)
-                    await self._write(data, items=items > 0)
+                    # A fan-out writes once per event, one item: spared the calls of the
+                    # general case, which this runs for every delivery.
+                    first = frames[0]
+                    if first is not None and len(frames) == 1:
+                        data, items = first, 1
+                    else:
+                        data, items = self._join(frames)
+                    message = {"type": "http.response.body", "body": data, "more_body": True}
+                    await self._send_message(message, items=items > 0)
+                    self.bytes_sent += len(data)
                     self.items_sent += items
                 if self._sender_done:
                     return  # abandoned while it waited for frames: nothing more is written
@@ -637,8 +644,6 @@ class _Stream(Generic[ItemT]):
     def _join(self, frames: list[bytes | None]) -> tuple[bytes, int]:
         """The bytes of *frames* (``None``: a heartbeat, made now), and how many are items."""
         beats = frames.count(None)
-        if not beats and len(frames) == 1:
-            return frames[0], 1  # type: ignore[return-value]  # not None: no beats
         # Asked per write, not once: a heartbeat may carry the time it was sent.
         beat = (self.body.heartbeat_frame() or b"") if beats else b""
         return b"".join([beat if f is None else f for f in frames]), len(frames) - beats
