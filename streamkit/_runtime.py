@@ -490,8 +490,8 @@ class _Stream(Generic[ItemT]):
 
     async def _watch_connection(self) -> None:
         # Only listens: the send and idle timeouts, the heartbeats and the producer's bound
-        # are timers of the loop's own, which act without waking a task (a wait with a
-        # deadline would need a cancel scope of its own, kept by every idle stream).
+        # are timers of the loop's own, which act without waking a task. A stream that ends
+        # with its client still there stops it through its scope (see __init__).
         # Cancelling receive() is safe: servers hold the message until it is taken.
         with self._listener:
             while (await self._receive())["type"] != "http.disconnect":
@@ -615,8 +615,8 @@ class _Stream(Generic[ItemT]):
                     if self._writing:  # the producer writes an item itself: after it
                         self._write_done = done = anyio.Event()
                         await done.wait()
-                    # A fan-out writes once per event, one item: spared the calls of the
-                    # general case, which this runs for every delivery.
+                    # One item, as every delivery of a fan-out is, is sent as it is: the
+                    # general case's calls would be paid per event there.
                     first = frames[0]
                     if first is not None and len(frames) == 1:
                         data, items = first, 1
