@@ -1,8 +1,7 @@
-"""What the runtime asks of the event loop, on both backends: its clock, timers that run in
+"""What the runtime asks of the event loop, on both backends: its clock; timers that run in
 time order, earlier ones added later included, not at all once cancelled, and in the context
-they were set in, and wakeups
-that wake their one waiter (at once if set before it waits) and can still be set once a wait
-on them was cancelled."""
+they were set in; and wakeups that wake their one waiter (at once if set before it waits) and
+can still be set once a wait on them was cancelled."""
 
 from __future__ import annotations
 
