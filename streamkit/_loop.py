@@ -215,11 +215,14 @@ class _TrioTimer:
 
 class _TrioTimers:
     """The timers of one trio run, kept by one system task that sleeps until the earliest,
-    and the run's :class:`LoopFacts`, which its streams share."""
+    and the run's :class:`LoopFacts`, which its streams share.
 
-    def __init__(self) -> None:
-        import trio  # made on trio only (see _trio_timers)
+    :param trio: the ``trio`` module, imported by :func:`_trio_timers` (the one place here
+        that imports it, so that an asyncio process never loads it).
+    """
 
+    def __init__(self, trio: Any) -> None:
+        self._trio = trio
         self._heap: list[_TrioTimer] = []
         self._sleep: Any = None  # the system task's cancel scope, whose deadline is the earliest
         wakeup = partial(_TrioWakeup, trio.lowlevel)
@@ -233,9 +236,7 @@ class _TrioTimers:
         return timer
 
     async def run(self) -> None:
-        import trio  # a sleep moved by its scope's deadline: this runs on trio only
-
-        heap = self._heap
+        trio, heap = self._trio, self._heap
         while True:
             with trio.CancelScope(deadline=heap[0].when if heap else math.inf) as self._sleep:
                 await trio.sleep_forever()
@@ -250,14 +251,16 @@ class _TrioTimers:
 
 
 def _trio_timers() -> _TrioTimers:
-    import trio  # a RunVar and a system task: trio's own, which anyio does not offer
+    # Imported here, on trio only: a RunVar and a system task are trio's own, which anyio
+    # does not offer, and the run's facts are trio's clock, events and task rescheduling.
+    import trio
 
     global _trio_timers_var
     if _trio_timers_var is None:
         _trio_timers_var = trio.lowlevel.RunVar("streamkit_timers")
     timers: _TrioTimers | None = _trio_timers_var.get(None)
     if timers is None:
-        timers = _TrioTimers()
+        timers = _TrioTimers(trio)
         _trio_timers_var.set(timers)
         trio.lowlevel.spawn_system_task(timers.run, name=TIMERS_TASK)
     return timers
