@@ -111,6 +111,7 @@ class _Stream(Generic[ItemT]):
         "_cleanup_duration",
         "_clock",
         "_completing",
+        "_deadline_timer",
         "_fatal",
         "_head_only",
         "_heartbeat_at",
@@ -214,6 +215,7 @@ class _Stream(Generic[ItemT]):
         self._beat_timer: Timer | None = None
         self._idle_timeout = options.idle_timeout
         self._idle_timer: Timer | None = None
+        self._deadline_timer: Timer | None = None  # set for a max_duration
         self._listening = True  # the watcher waits for the disconnect
         # What stops the watcher, rather than the task group's scope: on asyncio, anyio keeps
         # the cancellation of a child task that ends cancelled in a reference cycle with its
@@ -367,8 +369,6 @@ class _Stream(Generic[ItemT]):
                 self._start_helpers(task_group)
                 with self._producer_scope:
                     await self._produce()
-                if self._producer_scope.cancelled_caught and self.reason is None:
-                    self.decide(EndReason.DEADLINE)
                 self.buffer.close()
                 if not self._sender_done:
                     self._sender_finished = anyio.Event()
@@ -383,7 +383,13 @@ class _Stream(Generic[ItemT]):
                     self._listener.cancel()
         finally:
             self.buffer.close()
-            timers = (self._beat_timer, self._send_timer, self._idle_timer, self._bound_timer)
+            timers = (
+                self._beat_timer,
+                self._send_timer,
+                self._idle_timer,
+                self._bound_timer,
+                self._deadline_timer,
+            )
             for timer in timers:
                 if timer is not None:
                     timer.cancel()
@@ -405,7 +411,11 @@ class _Stream(Generic[ItemT]):
             self._idle_timer = self._call_at(self.started_at + self._idle_timeout, self._time_idle)
         max_duration = self.options.max_duration
         if max_duration is not None:
-            self._producer_scope.deadline = self.started_at + max_duration
+            # A timer that decides the end, not a deadline on the producer's scope: that would
+            # cancel the producer without deciding anything, and one that refused the
+            # cancellation would never be bounded by cleanup_timeout.
+            due = self.started_at + max_duration
+            self._deadline_timer = self._call_at(due, self._time_deadline)
 
     async def _produce(self) -> None:
         content = self.body.content
@@ -518,6 +528,13 @@ class _Stream(Generic[ItemT]):
         )
         self.buffer.close()  # the sender ends the body, unless the client is gone
         self._report(self._registry)
+
+    def _time_deadline(self) -> None:
+        """``max_duration`` has passed: end the stream, unless its producer has returned (its
+        last items are being written, and the stream completes when they are)."""
+        self._deadline_timer = None
+        if not self._returned:
+            self.decide(EndReason.DEADLINE)
 
     def _time_idle(self) -> None:
         """Send the idle fallback if no item was sent for ``idle_timeout``, and set the timer

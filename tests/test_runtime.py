@@ -134,6 +134,74 @@ async def test_max_duration_ends_with_the_deadline_frame() -> None:
     assert body.end.reason is EndReason.DEADLINE
 
 
+class ReportingList(list[Any]):
+    """A list of end reports that sets *event* when one is added."""
+
+    def __init__(self, event: anyio.Event) -> None:
+        super().__init__()
+        self._event = event
+
+    def append(self, end: Any) -> None:
+        super().append(end)
+        self._event.set()
+
+
+class SlowConnection(FakeConnection):
+    """A client that takes each body write a tenth of a second after it is made."""
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.body":
+            await anyio.sleep(0.1)
+        await super().send(message)
+
+
+async def test_a_producer_that_returned_before_max_duration_completes_its_last_writes() -> None:
+    # max_duration bounds the producer: its items still being written when it passes are
+    # written, and the stream completes, with no deadline frame after them.
+    async def produce(send: StreamSender[str]) -> None:
+        for item in "abc":
+            await send(item)
+
+    body = Body(produce, StreamOptions(max_duration=0.15))
+    connection = SlowConnection()
+    await connection.run(partial(deliver, body))
+    assert body.end.reason is EndReason.COMPLETED
+    assert body.end.duration > 0.15
+    assert connection.body == b"a|b|c|"
+    assert connection.complete
+
+
+async def test_a_producer_refusing_cancellation_at_max_duration_is_abandoned() -> None:
+    refused = anyio.Event()
+    release = anyio.Event()
+
+    async def produce(send: StreamSender[str]) -> None:
+        await send("x")
+        try:
+            await anyio.sleep_forever()
+        except anyio.get_cancelled_exc_class():
+            refused.set()
+            with anyio.CancelScope(shield=True):
+                await release.wait()
+
+    ended = anyio.Event()
+    body = Body(produce, StreamOptions(max_duration=0.05, cleanup_timeout=0.05))
+    body.ends = ReportingList(ended)
+    connection = FakeConnection()
+    async with anyio.create_task_group() as task_group:
+        task_group.start_soon(partial(connection.run, partial(deliver, body)))
+        try:
+            with anyio.fail_after(2):
+                await ended.wait()  # reported with the producer still refusing
+            assert refused.is_set()
+        finally:
+            release.set()
+    assert body.end.reason is EndReason.DEADLINE
+    assert body.end.duration >= 0.1
+    assert connection.body == b"x|<deadline>"
+    assert connection.complete
+
+
 async def test_a_producer_that_raises_ends_with_the_error_frame() -> None:
     async def produce(send: StreamSender[str]) -> None:
         await send("x")

@@ -174,18 +174,21 @@ class Stubborn:
             self.returned.set()
 
 
-@pytest.mark.parametrize("ending", ["reset", "shutdown"])
+@pytest.mark.parametrize("ending", ["reset", "shutdown", "deadline"])
 async def test_a_producer_refusing_cancellation_is_abandoned_after_cleanup_timeout(
     ending: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The end is decided, the producer swallows its cancellation: cleanup_timeout later the
-    stream is reported ended all the same (so a drain does not wait for it), and a warning
-    names the producer."""
+    """The end is decided (the client left, the server shuts down, max_duration passed), the
+    producer swallows its cancellation: cleanup_timeout later the stream is reported ended all
+    the same (so a drain does not wait for it), and a warning names the producer."""
     cleanup_timeout, grace = 0.3, 3.0
+    max_duration = 0.5 if ending == "deadline" else None
     stubborn = Stubborn()
 
     async def route(request: Request) -> Response:
-        return EventSourceResponse(stubborn.stubborn_producer, cleanup_timeout=cleanup_timeout)
+        return EventSourceResponse(
+            stubborn.stubborn_producer, cleanup_timeout=cleanup_timeout, max_duration=max_duration
+        )
 
     with caplog.at_level(logging.WARNING, logger="streamkit"):
         async with open_server(app_for(route), grace_period=grace) as server:
@@ -197,17 +200,27 @@ async def test_a_producer_refusing_cancellation_is_abandoned_after_cleanup_timeo
                 decided_at = anyio.current_time()
                 if ending == "reset":
                     await client.reset()
-                else:
+                elif ending == "shutdown":
                     task_group.start_soon(server.shutdown)
-                reason = EndReason.CLIENT_DISCONNECTED if ending == "reset" else EndReason.SHUTDOWN
+                else:
+                    # The deadline passes at most max_duration after the first event is read.
+                    decided_at += max_duration or 0
+                reason = {
+                    "reset": EndReason.CLIENT_DISCONNECTED,
+                    "shutdown": EndReason.SHUTDOWN,
+                    "deadline": EndReason.DEADLINE,
+                }[ending]
                 try:
-                    end = await server.wait_ended(reason, within=cleanup_timeout + 2.0)
+                    end = await server.wait_ended(reason, within=(max_duration or 0) + 2.3)
                     reported_after = anyio.current_time() - decided_at
                     assert not stubborn.returned.is_set(), "still refusing when reported"
                 finally:
                     stubborn.release.set()
                 if ending == "shutdown":
                     assert [event.event async for event in client.events()][-1] == "shutdown"
+                if ending != "reset":
+                    with anyio.fail_after(5):
+                        await client.read_all()
                     assert client.complete
             with anyio.fail_after(2):
                 await stubborn.returned.wait()
@@ -216,8 +229,10 @@ async def test_a_producer_refusing_cancellation_is_abandoned_after_cleanup_timeo
                     await server.stopped.wait()
                 assert anyio.current_time() - decided_at < grace
     assert stubborn.refusals >= 1
-    assert cleanup_timeout <= reported_after < cleanup_timeout + 2.0
-    assert end.duration >= cleanup_timeout
+    assert reported_after < cleanup_timeout + 2.0
+    assert end.duration >= (max_duration or 0) + cleanup_timeout
+    if ending != "deadline":  # whose decided_at is a bound, not the moment
+        assert reported_after >= cleanup_timeout
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("stubborn_producer" in w and "refuses cancellation" in w for w in warnings)
 
