@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
+import pickle
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -82,6 +85,39 @@ def test_a_line_break_in_a_name_or_id_is_refused_and_named(field: str, value: st
 def test_retry_must_be_a_non_negative_int(retry: object) -> None:
     with pytest.raises((TypeError, ValueError), match=re.escape(repr(retry))):
         ServerSentEvent(retry=retry)  # type: ignore[arg-type]
+
+
+def test_an_event_is_a_frozen_keyword_only_dataclass() -> None:
+    # Its __init__ is written by hand (see the class): what the generated one gave must hold.
+    event = ServerSentEvent(data={"n": 1}, event="tick", id="7", retry=5, comment="c")
+    assert [field.name for field in dataclasses.fields(event)] == [
+        "data",
+        "event",
+        "id",
+        "retry",
+        "comment",
+    ]
+    parameters = inspect.signature(ServerSentEvent).parameters.values()
+    assert [(p.name, p.kind, p.default) for p in parameters] == [
+        (name, inspect.Parameter.KEYWORD_ONLY, None)
+        for name in ("data", "event", "id", "retry", "comment")
+    ]
+    assert repr(ServerSentEvent(data="x")) == (
+        "ServerSentEvent(data='x', event=None, id=None, retry=None, comment=None)"
+    )
+    with pytest.raises(TypeError):
+        ServerSentEvent("x")  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        event.data = "other"  # type: ignore[misc]
+    assert not hasattr(event, "__dict__")
+    assert dataclasses.replace(event, id="8") == ServerSentEvent(
+        data={"n": 1}, event="tick", id="8", retry=5, comment="c"
+    )
+    with pytest.raises(ValueError, match=re.escape(repr("8\n"))):
+        dataclasses.replace(event, id="8\n")  # replace() checks the new value too
+    assert pickle.loads(pickle.dumps(event)) == event
+    assert hash(ServerSentEvent(data="x")) == hash(ServerSentEvent(data="x"))
+    assert ServerSentEvent() == ServerSentEvent(data=None)
 
 
 def test_bytes_data_is_refused_where_the_event_is_made() -> None:
