@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from typing import Any
 
 import anyio
 import pytest
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from streamkit import EndReason, EventSourceResponse, NDJSONResponse, ServerSentEvent, StreamSender
 from streamkit.testing import open_server, open_stream
@@ -49,8 +52,9 @@ async def test_a_silent_sse_producer_gets_stale_events_and_the_stream_waits_on()
         # two idle periods look shorter than they were.
         started = anyio.current_time()
         async with open_stream(server, "/sse") as client:
-            first = await client.read_event()
-            stale = [await client.read_event() for _ in range(2)]
+            with anyio.fail_after(5):
+                first = await client.read_event()
+                stale = [await client.read_event() for _ in range(2)]
             waited = anyio.current_time() - started
             await client.close()
         await server.wait_ended(EndReason.CLIENT_DISCONNECTED)
@@ -64,8 +68,9 @@ async def test_heartbeats_and_stale_events_share_a_silent_stream() -> None:
         open_server(app(heartbeat_interval=IDLE / 4)) as server,
         open_stream(server, "/sse") as client,
     ):
-        first = await client.read_event()
-        stale = [await client.read_event() for _ in range(2)]
+        with anyio.fail_after(5):
+            first = await client.read_event()
+            stale = [await client.read_event() for _ in range(2)]
         await client.close()
         end = await server.wait_ended(EndReason.CLIENT_DISCONNECTED)
     assert first.data == "42"
@@ -80,8 +85,9 @@ async def test_end_when_idle_ends_with_deadline_after_the_fallback() -> None:
         open_server(app(end_when_idle=True)) as server,
         open_stream(server, "/rows") as client,
     ):
-        items = [await client.read_item() for _ in range(2)]
-        assert await client.read_all() == b""
+        with anyio.fail_after(5):
+            items = [await client.read_item() for _ in range(2)]
+            assert await client.read_all() == b""
         end = await server.wait_ended(EndReason.DEADLINE)
     assert items == [{"price": 42}, {"cache": True, "value": {"price": 42}}]
     assert client.complete
@@ -100,7 +106,8 @@ async def test_a_producer_that_keeps_sending_never_gets_a_fallback() -> None:
 
     app = Starlette(routes=[Route("/sse", sse)])
     async with open_server(app) as server, open_stream(server, "/sse") as client:
-        events = [event async for event in client.events()]
+        with anyio.fail_after(5):
+            events = [event async for event in client.events()]
     assert [event.data for event in events] == [str(n) for n in range(8)]
     assert all(event.event is None for event in events)
 
@@ -136,3 +143,36 @@ async def test_a_stalled_client_is_still_given_up_after_the_stream_ended_when_id
         with anyio.fail_after(5):
             await cleaned.wait()
     assert end.duration < IDLE + send_timeout + 1.0
+
+
+REQUEST_ID: ContextVar[str] = ContextVar("REQUEST_ID", default="none")
+
+
+async def test_the_idle_fallback_sees_the_requests_context_variables() -> None:
+    """A fallback is made by a timer (on trio, in the run's timer task), in the context of
+    the request it is for: what a middleware set for the request is there."""
+
+    def stale(last: Any) -> ServerSentEvent:
+        return ServerSentEvent(event="stale", data=REQUEST_ID.get())
+
+    async def sse(request: Request) -> Response:
+        return EventSourceResponse(one_then_silence, idle_timeout=IDLE, idle_fallback=stale)
+
+    inner = Starlette(routes=[Route("/sse", sse)])
+
+    async def with_request_id(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            REQUEST_ID.set(Headers(scope=scope).get("x-request-id", "missing"))
+        await inner(scope, receive, send)
+
+    async with open_server(with_request_id) as server:
+        async with (
+            open_stream(server, "/sse", headers={"X-Request-Id": "first"}) as first,
+            open_stream(server, "/sse", headers={"X-Request-Id": "second"}) as second,
+        ):
+            with anyio.fail_after(5):
+                for client, request_id in ((first, "first"), (second, "second")):
+                    assert (await client.read_event()).data == "42"
+                    assert await client.read_event() == ServerSentEvent(
+                        event="stale", data=request_id
+                    )
