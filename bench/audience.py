@@ -187,9 +187,12 @@ class Audience:
         seconds have passed; return whether it held."""
         deadline = time.monotonic() + within
         while not condition():
-            if time.monotonic() >= deadline:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
                 return False
-            self._step(deadline, timeout=POLL)
+            # Waits the time left as read once here: _step reading the clock again could find
+            # the deadline passed (a loaded machine) and raise, where this returns.
+            self._select(min(remaining, POLL))
         return True
 
     def pump_for(self, seconds: float) -> None:
@@ -214,11 +217,15 @@ class Audience:
         latencies, self.latencies = self.latencies, []
         return latencies
 
-    def _step(self, deadline: float, *, timeout: float = 1.0) -> None:
+    def _step(self, deadline: float) -> None:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise TimeoutError("the benchmark client's deadline passed")
-        for key, mask in self.selector.select(min(remaining, timeout)):
+        self._select(min(remaining, 1.0))
+
+    def _select(self, timeout: float) -> None:
+        """Handle what the sockets have ready within *timeout* seconds."""
+        for key, mask in self.selector.select(timeout):
             data = key.data
             if isinstance(data, Subscriber):
                 if mask & selectors.EVENT_WRITE:
