@@ -309,6 +309,7 @@ class Subscription:
 
     # Slots: one per subscriber, so its size counts.
     __slots__ = (
+        "_attached",
         "_buffering",
         "_closed",
         "_dropped_through",
@@ -366,6 +367,8 @@ class Subscription:
         # While attached to a stream (see feed()): queues a live event's frame there, false
         # when that buffer is full.
         self._sink: Callable[[bytes, ServerSentEvent], bool] | None = None
+        # Cancelled by _detach(): what feed() listens for the disconnect in while attached.
+        self._attached: anyio.CancelScope | None = None
 
     async def __aenter__(self) -> Self:
         if self._entered:
@@ -411,7 +414,14 @@ class Subscription:
             if self._can_attach():
                 self._sink = send._frame_sink
                 self._pending = None  # empty, and no use while the stream takes the events
-                await self._wait()  # until _detach()
+                # Nothing to do here until _detach(): this task listens for the disconnect
+                # meanwhile, in place of the stream's watcher, whose task is spared.
+                self._attached = attached = anyio.CancelScope()
+                try:
+                    if await send._listen_instead(attached):
+                        return  # the client left: the stream has ended
+                finally:
+                    self._attached = None
             event = await anext(self, None)
             if event is None:
                 return  # the broker closed
@@ -432,7 +442,8 @@ class Subscription:
     def _detach(self) -> None:
         if self._sink is not None:
             self._sink = None
-            self._wake()
+            if self._attached is not None:
+                self._attached.cancel()  # feed() stops listening, and feeds the stream itself
 
     async def _wait(self) -> None:
         if self._wakeup is not None:

@@ -133,6 +133,7 @@ class _Stream(Generic[ItemT]):
         "_sender_done",
         "_sender_finished",
         "_sender_scope",
+        "_task_group",
         "_turns",
         "_write_done",
         "_writing",
@@ -216,11 +217,14 @@ class _Stream(Generic[ItemT]):
         self._idle_timeout = options.idle_timeout
         self._idle_timer: Timer | None = None
         self._deadline_timer: Timer | None = None  # set for a max_duration
-        self._listening = True  # the watcher waits for the disconnect
-        # What stops the watcher, rather than the task group's scope: on asyncio, anyio keeps
-        # the cancellation of a child task that ends cancelled in a reference cycle with its
-        # traceback, which holds the stream until a garbage collection.
-        self._listener = anyio.CancelScope()
+        # The watcher waits for the disconnect, or will once it begins: false once it heard
+        # it, or was told to return (see listen_instead()).
+        self._listening = True
+        # What stops the watcher once it began, rather than the task group's scope: on
+        # asyncio, anyio keeps the cancellation of a child task that ends cancelled in a
+        # reference cycle with its traceback, which holds the stream until a collection.
+        self._listener: anyio.CancelScope | None = None
+        self._task_group: TaskGroup | None = None  # the stream's, while it runs
 
     # -- deciding the end ---------------------------------------------------------------------
 
@@ -230,24 +234,29 @@ class _Stream(Generic[ItemT]):
         exception: BaseException | None = None,
         *,
         abandon_sender: bool = True,
+        producer_returns: bool = False,
     ) -> bool:
         """End the stream for *reason*, unless it was decided already. True if this decided.
 
         A client that left or stopped reading is not written to any more, unless
         *abandon_sender* is false (the producer decided, and its last items should go out).
+        The producer is cancelled, and bounded by ``cleanup_timeout``, unless
+        *producer_returns*: it is streamkit's own code, deciding in the producer's task, and
+        returns at once.
         """
         if self.reason is not None:
             return False
         self.reason = reason
         self.exception = exception
-        if not self._returned:
-            # The producer's body is still running: from now on it has cleanup_timeout to
-            # return. A timer, not a task waiting for it: a thousand clients leaving at once
-            # would each leave such a task, its event and its scope to tear down.
-            bound = self._clock() + self.options.cleanup_timeout
-            self._bound_timer = self._call_at(bound, self._time_producer)
-        if reason is not EndReason.COMPLETED:
-            self._producer_scope.cancel()
+        if not producer_returns:
+            if not self._returned:
+                # The producer's body is still running: from now on it has cleanup_timeout to
+                # return. A timer, not a task waiting for it: a thousand clients leaving at
+                # once would each leave such a task, its event and its scope to tear down.
+                bound = self._clock() + self.options.cleanup_timeout
+                self._bound_timer = self._call_at(bound, self._time_producer)
+            if reason is not EndReason.COMPLETED:
+                self._producer_scope.cancel()
         if reason in _ABANDONING and abandon_sender:
             self._abandon_sender()
         return True
@@ -366,6 +375,7 @@ class _Stream(Generic[ItemT]):
             self.shutdown()
         try:
             async with anyio.create_task_group() as task_group:
+                self._task_group = task_group
                 self._start_helpers(task_group)
                 with self._producer_scope:
                     await self._produce()
@@ -376,12 +386,10 @@ class _Stream(Generic[ItemT]):
                 # Report before leaving the task group: on trio, a write to a client that
                 # stopped reading holds the sender until the kernel drops the connection.
                 self._report(registry)
-                if self._listening:
-                    # The watcher still waits for a disconnect: stop it. One that heard it has
-                    # returned, and is spared a cancellation (tens of microseconds per stream).
-                    # The writer has finished, or been abandoned.
-                    self._listener.cancel()
+                # The writer has finished, or been abandoned.
+                self._stop_watcher()
         finally:
+            self._task_group = None
             self.buffer.close()
             timers = (
                 self._beat_timer,
@@ -503,11 +511,55 @@ class _Stream(Generic[ItemT]):
         # are timers of the loop's own, which act without waking a task. A stream that ends
         # with its client still there stops it through its scope (see __init__).
         # Cancelling receive() is safe: servers hold the message until it is taken.
-        with self._listener:
-            while (await self._receive())["type"] != "http.disconnect":
-                pass
+        if not self._listening:
+            return  # told to before it began: no scope, no wait
+        # Made as it begins, kept where _stop_watcher() finds it.
+        with anyio.CancelScope() as self._listener:
+            await self._hear_disconnect()
             self._listening = False
-            self.decide(EndReason.COMPLETED if self._completing else EndReason.CLIENT_DISCONNECTED)
+            self.decide(self._disconnect_reason())
+
+    def _stop_watcher(self) -> None:
+        """Stop the watcher: one that has not begun returns when it does, and one waiting for
+        the disconnect is cancelled. One that heard it has returned, and is spared a
+        cancellation (tens of microseconds per stream)."""
+        if self._listening:
+            self._listening = False
+            if self._listener is not None:
+                self._listener.cancel()
+
+    async def _hear_disconnect(self) -> None:
+        while (await self._receive())["type"] != "http.disconnect":
+            pass
+
+    def _disconnect_reason(self) -> EndReason:
+        return EndReason.COMPLETED if self._completing else EndReason.CLIENT_DISCONNECTED
+
+    async def listen_instead(self, stop: anyio.CancelScope) -> bool:
+        """Listen for the disconnect in the calling task, the producer's, in place of the
+        watcher's, until *stop* is cancelled or the stream ends; then the watcher listens again
+        if the stream goes on. True if the disconnect was heard: the stream has ended, and the
+        producer must return at once (it is not cancelled, which would cost this task a turn
+        of the loop and an exception through its frames).
+
+        For a producer with nothing to do but wait while its stream's buffer is filled from
+        elsewhere (a subscriber the broadcast hub feeds): its task would only wait, and the
+        watcher's task, with its scope and its wait, is spared for as long as it listens (about
+        4 KiB per subscriber). A watcher that has not begun yet, as when the producer gets
+        here before its first wait, just returns; one that has is cancelled.
+        """
+        self._stop_watcher()
+        self._listener = None
+        try:
+            with stop:
+                await self._hear_disconnect()
+                return self.decide(self._disconnect_reason(), producer_returns=True)
+        finally:
+            if stop.cancel_called and self.reason is None and self._task_group is not None:
+                # Stopped, the stream going on: the watcher listens again.
+                self._listening = True
+                self._task_group.start_soon(self._watch_connection)
+        return False
 
     def _time_producer(self) -> None:
         """The producer's body still runs ``cleanup_timeout`` after the end was decided:

@@ -38,6 +38,8 @@ class _Queue(Protocol[ItemT_contra]):
 
     def offer_frame(self, frame: bytes, item: ItemT_contra) -> bool: ...
 
+    async def listen_instead(self, stop: anyio.CancelScope) -> bool: ...
+
     def decide(
         self, reason: EndReason, exception: BaseException | None = None, *, abandon_sender: bool
     ) -> bool: ...
@@ -105,6 +107,14 @@ class StreamSender(Generic[ItemT_contra]):
         streamkit (the broadcast wing), which encodes an event once for all its subscribers;
         not for producers."""
         return self._stream.offer_frame
+
+    async def _listen_instead(self, stop: anyio.CancelScope) -> bool:
+        """Listen for the client's disconnect in this task, in place of the stream's watcher,
+        until *stop* is cancelled or the stream ends: for a producer whose buffer is filled
+        from elsewhere (:attr:`_frame_sink`) and that has nothing to do but wait meanwhile,
+        whose task then does the watcher's job. True once the disconnect was heard: the
+        producer must then return, uncancelled. For the broadcast wing; not for producers."""
+        return await self._stream.listen_instead(stop)
 
     @property
     def last_event_id(self) -> str | None:

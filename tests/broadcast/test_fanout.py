@@ -5,7 +5,9 @@ per-topic statistics count what happened."""
 
 from __future__ import annotations
 
+import gc
 import re
+import types
 from collections.abc import Callable, Coroutine
 from functools import partial
 from typing import Any
@@ -17,12 +19,16 @@ from starlette.types import ASGIApp, Message
 from support.brokers import until
 
 import streamkit._hub
+import streamkit._runtime
 import streamkit._sse
+from streamkit._loop import TIMERS_TASK
 from streamkit.broadcast import MemoryBroker, SlowSubscriberPolicy, topic_response
 from streamkit.testing import FakeConnection
 
 pytestmark = pytest.mark.anyio
 
+RUNTIME = streamkit._runtime.__file__
+HUB = streamkit._hub.__file__
 _DATA = re.compile(rb"^data: (.*)$", re.MULTILINE)
 
 
@@ -66,6 +72,81 @@ async def test_each_event_is_encoded_once_for_all_subscribers(
         for connection in connections:
             connection.disconnect()
     assert broker.topic_statistics("t").subscribers == 0
+
+
+@pytest.mark.parametrize("start", ["live", "resumed"])
+async def test_a_subscriber_that_keeps_up_costs_its_streams_writer_and_no_task_of_its_own(
+    start: str,
+) -> None:
+    # Its producer's task, with nothing to do but wait while the hub fills its stream's
+    # buffer, listens for the disconnect itself: the stream's watcher task is not needed.
+    # A live subscriber gets there before the watcher begins; a resumed one sends what it
+    # missed first, and stops the watcher, which had begun, once it is live.
+    count = 20
+
+    def running() -> int:  # but the trio run's timer task, which the first stream starts
+        return sum(task.name != TIMERS_TASK for task in anyio.get_running_tasks())
+
+    async with MemoryBroker() as broker, anyio.create_task_group() as task_group:
+        headers, missed = None, []
+        if start == "resumed":  # it saw "seen", and missed "missed"
+            headers = {"last-event-id": await broker.publish("t", "seen")}
+            await broker.publish("t", "missed")
+            missed = ["missed"]
+        connections = [FakeConnection(path="/t", headers=headers) for _ in range(count)]
+        before = running()
+        for connection in connections:
+            task_group.start_soon(serve(connection, topic_response(broker, "t")))
+        await until(lambda: broker.statistics().subscribers == count)
+        await until(lambda: all(data_of(c) == missed for c in connections))
+        await broker.publish("t", "one")  # a resumed subscriber is live from its first
+        await until(lambda: all(data_of(c) == [*missed, "one"] for c in connections))
+        # Each connection's own task (its request's) and its stream's writer: no more, once
+        # the tasks the streams started and stopped have finished.
+        await until(lambda: running() - before == 2 * count)
+        await broker.publish("t", "two")
+        await until(lambda: all(data_of(c) == [*missed, "one", "two"] for c in connections))
+        for connection in connections:
+            connection.disconnect()
+        with anyio.fail_after(2):
+            await until(lambda: broker.statistics().subscribers == 0)
+    assert all(connection.receive_calls for connection in connections)
+
+
+@pytest.mark.parametrize("start", ["live", "resumed"])
+async def test_a_subscriber_that_leaves_leaves_no_reference_cycle_for_the_collector(
+    start: str,
+) -> None:
+    # Its producer heard the disconnect itself and returned; a resumed one had stopped the
+    # watcher by a cancellation. Neither may leave the stream in a cycle with their frames.
+    gc.collect()
+    gc.disable()
+    try:
+        async with MemoryBroker() as broker:
+            headers = None
+            if start == "resumed":
+                headers = {"last-event-id": await broker.publish("t", "seen")}
+                await broker.publish("t", "missed")
+            connection = FakeConnection(path="/t", headers=headers)
+            async with anyio.create_task_group() as task_group:
+                task_group.start_soon(serve(connection, topic_response(broker, "t")))
+                await until(lambda: broker.statistics().subscribers == 1)
+                await broker.publish("t", "live")
+                await until(lambda: data_of(connection)[-1:] == ["live"])
+                connection.disconnect()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        left = [
+            type(item).__name__
+            for item in gc.garbage
+            if type(item).__name__ in ("_Stream", "Subscription")
+            or (isinstance(item, types.FrameType) and item.f_code.co_filename in (RUNTIME, HUB))
+        ]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert left == []
 
 
 class SlowConnection(FakeConnection):
@@ -114,6 +195,27 @@ async def test_a_subscriber_whose_stream_falls_behind_and_catches_up_misses_noth
         await until(lambda: data_of(slow) == [str(number) for number in range(45)])
         fast.disconnect()
         slow.disconnect()
+
+
+async def test_a_subscriber_that_fell_behind_is_still_heard_leaving() -> None:
+    # Fallen behind, it is fed by its producer again, whose task no longer listens: the
+    # watcher listens in its place, and the disconnect still ends the stream at once.
+    slow = SlowConnection()
+    async with (
+        MemoryBroker(subscriber_buffer=64) as broker,
+        anyio.create_task_group() as task_group,
+    ):
+        task_group.start_soon(serve(slow, topic_response(broker, "t", buffer_size=2)))
+        await until(lambda: broker.statistics().subscribers == 1)
+        for number in range(10):
+            await broker.publish("t", str(number))
+        assert broker.topic_statistics("t").subscribers == 1
+        slow.disconnect()
+        with anyio.fail_after(2):
+            await until(lambda: broker.statistics().subscribers == 0)
+        for _ in range(20):
+            slow.room.release()
+    assert slow.body.count(b"data: ") < 10  # not all written: it left behind
 
 
 async def test_topic_statistics_count_catch_ups_and_resets() -> None:
