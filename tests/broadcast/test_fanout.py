@@ -8,7 +8,8 @@ from __future__ import annotations
 import gc
 import re
 import types
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
 
@@ -197,19 +198,24 @@ async def test_a_subscriber_whose_stream_falls_behind_and_catches_up_misses_noth
         slow.disconnect()
 
 
+@asynccontextmanager
+async def one_slow_subscriber(
+    buffer_size: int, **options: Any
+) -> AsyncIterator[tuple[MemoryBroker, SlowConnection]]:
+    """A broker with *options*, and one :class:`SlowConnection` subscribed to ``t``."""
+    slow = SlowConnection()
+    async with MemoryBroker(**options) as broker, anyio.create_task_group() as task_group:
+        task_group.start_soon(serve(slow, topic_response(broker, "t", buffer_size=buffer_size)))
+        await until(lambda: broker.statistics().subscribers == 1)
+        yield broker, slow
+
+
 async def test_a_subscriber_that_fell_behind_is_still_heard_leaving() -> None:
     # Fallen behind, it is fed by its producer again, whose task no longer listens: the
     # watcher listens in its place, and the disconnect still ends the stream at once.
-    slow = SlowConnection()
-    async with (
-        MemoryBroker(subscriber_buffer=64) as broker,
-        anyio.create_task_group() as task_group,
-    ):
-        task_group.start_soon(serve(slow, topic_response(broker, "t", buffer_size=2)))
-        await until(lambda: broker.statistics().subscribers == 1)
+    async with one_slow_subscriber(2, subscriber_buffer=64) as (broker, slow):
         for number in range(10):
             await broker.publish("t", str(number))
-        assert broker.topic_statistics("t").subscribers == 1
         slow.disconnect()
         with anyio.fail_after(2):
             await until(lambda: broker.statistics().subscribers == 0)
@@ -219,13 +225,7 @@ async def test_a_subscriber_that_fell_behind_is_still_heard_leaving() -> None:
 
 
 async def test_topic_statistics_count_catch_ups_and_resets() -> None:
-    slow = SlowConnection()
-    async with (
-        MemoryBroker(subscriber_buffer=2, max_catching_up=4) as broker,
-        anyio.create_task_group() as task_group,
-    ):
-        task_group.start_soon(serve(slow, topic_response(broker, "t", buffer_size=1)))
-        await until(lambda: broker.statistics().subscribers == 1)
+    async with one_slow_subscriber(1, subscriber_buffer=2, max_catching_up=4) as (broker, slow):
         for number in range(20):
             await broker.publish("t", str(number))
         assert broker.topic_statistics("t").catch_ups == 1
