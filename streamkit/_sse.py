@@ -42,8 +42,8 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 # init=False: its __init__ is below. The one a frozen dataclass generates sets each field
-# through object.__setattr__, which took about 0.5 µs of the 0.75 µs an event cost to make; one
-# made per item, that was a tenth of streamkit's own cost per event.
+# through object.__setattr__: an event took 0.8 µs to make with it, 0.55 µs with this one, and
+# a producer makes one per item.
 @dataclass(frozen=True, slots=True, kw_only=True, init=False)
 class ServerSentEvent:
     """One event of an event stream.
