@@ -106,7 +106,7 @@ def test_an_event_is_a_frozen_keyword_only_dataclass() -> None:
         "ServerSentEvent(data='x', event=None, id=None, retry=None, comment=None)"
     )
     with pytest.raises(TypeError):
-        ServerSentEvent("x")  # type: ignore[misc]
+        ServerSentEvent("x")  # type: ignore[call-arg]
     with pytest.raises(dataclasses.FrozenInstanceError):
         event.data = "other"  # type: ignore[misc]
     assert not hasattr(event, "__dict__")
