@@ -14,6 +14,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import AsyncIterable, Callable, Mapping
+from types import MappingProxyType
 from typing import Any, ClassVar, Generic, Self, TypedDict, TypeVar, Unpack
 
 from starlette.background import BackgroundTask
@@ -232,6 +233,13 @@ class StreamResponse(Response, Generic[ItemT]):
 DEFAULT_SHUTDOWN_EVENT = ServerSentEvent(event="shutdown", data="", retry=1000)
 #: What an SSE stream sends when its producer raises; the exception text is not sent.
 DEFAULT_ERROR_EVENT = ServerSentEvent(event="error", data="")
+_DEFAULT_CLOSING: Mapping[EndReason, ServerSentEvent | None] = MappingProxyType(
+    {
+        EndReason.SHUTDOWN: DEFAULT_SHUTDOWN_EVENT,
+        EndReason.DEADLINE: None,
+        EndReason.ERROR: DEFAULT_ERROR_EVENT,
+    }
+)
 
 
 class JSONEncoding(TypedDict, total=False):
@@ -303,14 +311,20 @@ class EventSourceResponse(StreamResponse[Any]):
         self._heartbeat_event = arguments.pop("heartbeat_event", None)
         if self._heartbeat_event is not None:
             self._heartbeat = self._heartbeat_event_frame()  # a bad event is refused now
-        self._closing = {
+        closing = {
             EndReason.SHUTDOWN: arguments.pop("shutdown_event", DEFAULT_SHUTDOWN_EVENT),
             EndReason.DEADLINE: arguments.pop("deadline_event", None),
             EndReason.ERROR: arguments.pop("error_event", DEFAULT_ERROR_EVENT),
         }
-        for reason, event in self._closing.items():
+        for reason, event in closing.items():
             # Checked now: a wrong type would otherwise fail only when the stream ends so.
             check_type(f"{reason.value}_event", event, ServerSentEvent, optional=True)
+        # The defaults' mapping is shared: one response per subscriber, each holding its own
+        # copy, would cost every one of them a dict.
+        same = all(closing[reason] is event for reason, event in _DEFAULT_CLOSING.items())
+        self._closing: Mapping[EndReason, ServerSentEvent | None] = (
+            _DEFAULT_CLOSING if same else closing
+        )
         self._setup(content, status_code, arguments)
 
     def _heartbeat_event_frame(self) -> bytes:

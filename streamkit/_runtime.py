@@ -515,7 +515,8 @@ class _Stream(Generic[ItemT]):
             return  # told to before it began: no scope, no wait
         # Made as it begins, kept where _stop_watcher() finds it.
         with anyio.CancelScope() as self._listener:
-            await self._hear_disconnect()
+            while (await self._receive())["type"] != "http.disconnect":
+                pass
             self._listening = False
             self.decide(self._disconnect_reason())
 
@@ -527,10 +528,6 @@ class _Stream(Generic[ItemT]):
             self._listening = False
             if self._listener is not None:
                 self._listener.cancel()
-
-    async def _hear_disconnect(self) -> None:
-        while (await self._receive())["type"] != "http.disconnect":
-            pass
 
     def _disconnect_reason(self) -> EndReason:
         return EndReason.COMPLETED if self._completing else EndReason.CLIENT_DISCONNECTED
@@ -552,7 +549,10 @@ class _Stream(Generic[ItemT]):
         self._listener = None
         try:
             with stop:
-                await self._hear_disconnect()
+                # The loop written out here as in the watcher: a coroutine of its own would
+                # stay on every subscriber's stack.
+                while (await self._receive())["type"] != "http.disconnect":
+                    pass
                 return self.decide(self._disconnect_reason(), producer_returns=True)
         finally:
             if stop.cancel_called and self.reason is None and self._task_group is not None:

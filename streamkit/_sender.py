@@ -7,7 +7,7 @@ after it ends, in its own task, shielded from the cancellation that ended it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, contextmanager
 from typing import Any, Generic, Protocol, TypeAlias, TypeVar
 
@@ -38,7 +38,7 @@ class _Queue(Protocol[ItemT_contra]):
 
     def offer_frame(self, frame: bytes, item: ItemT_contra) -> bool: ...
 
-    async def listen_instead(self, stop: anyio.CancelScope) -> bool: ...
+    def listen_instead(self, stop: anyio.CancelScope) -> Coroutine[Any, Any, bool]: ...
 
     def decide(
         self, reason: EndReason, exception: BaseException | None = None, *, abandon_sender: bool
@@ -108,13 +108,15 @@ class StreamSender(Generic[ItemT_contra]):
         not for producers."""
         return self._stream.offer_frame
 
-    async def _listen_instead(self, stop: anyio.CancelScope) -> bool:
+    def _listen_instead(self, stop: anyio.CancelScope) -> Coroutine[Any, Any, bool]:
         """Listen for the client's disconnect in this task, in place of the stream's watcher,
         until *stop* is cancelled or the stream ends: for a producer whose buffer is filled
         from elsewhere (:attr:`_frame_sink`) and that has nothing to do but wait meanwhile,
         whose task then does the watcher's job. True once the disconnect was heard: the
-        producer must then return, uncancelled. For the broadcast wing; not for producers."""
-        return await self._stream.listen_instead(stop)
+        producer must then return, uncancelled. For the broadcast wing; not for producers.
+        (The stream's coroutine itself: one of its own around it would stay on every
+        subscriber's stack.)"""
+        return self._stream.listen_instead(stop)
 
     @property
     def last_event_id(self) -> str | None:
