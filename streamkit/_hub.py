@@ -400,7 +400,9 @@ class Subscription:
         return await self._next()
 
     async def feed(self, send: StreamSender[Any]) -> None:
-        """Send this subscription's events to *send*'s stream until the broker closes.
+        """Send this subscription's events to *send*'s stream until the broker closes, or the
+        client leaves (its stream has then ended, and the calling producer is cancelled, at
+        its next await, as for any end).
 
         What iterating it and awaiting ``send(event)`` for each does, for less: while this
         subscriber keeps up, the hub puts each live event's frame, encoded once for all
@@ -419,7 +421,10 @@ class Subscription:
                 self._attached = attached = anyio.CancelScope()
                 try:
                     if await send._listen_instead(attached):
-                        return  # the client left: the stream has ended
+                        # The client left: the stream has ended and this task is cancelled,
+                        # which the producer's next await raises; returning spares the
+                        # exception through these frames.
+                        return
                 finally:
                     self._attached = None
             event = await anext(self, None)

@@ -234,29 +234,24 @@ class _Stream(Generic[ItemT]):
         exception: BaseException | None = None,
         *,
         abandon_sender: bool = True,
-        producer_returns: bool = False,
     ) -> bool:
         """End the stream for *reason*, unless it was decided already. True if this decided.
 
         A client that left or stopped reading is not written to any more, unless
         *abandon_sender* is false (the producer decided, and its last items should go out).
-        The producer is cancelled, and bounded by ``cleanup_timeout``, unless
-        *producer_returns*: it is streamkit's own code, deciding in the producer's task, and
-        returns at once.
         """
         if self.reason is not None:
             return False
         self.reason = reason
         self.exception = exception
-        if not producer_returns:
-            if not self._returned:
-                # The producer's body is still running: from now on it has cleanup_timeout to
-                # return. A timer, not a task waiting for it: a thousand clients leaving at
-                # once would each leave such a task, its event and its scope to tear down.
-                bound = self._clock() + self.options.cleanup_timeout
-                self._bound_timer = self._call_at(bound, self._time_producer)
-            if reason is not EndReason.COMPLETED:
-                self._producer_scope.cancel()
+        if not self._returned:
+            # The producer's body is still running: from now on it has cleanup_timeout to
+            # return. A timer, not a task waiting for it: a thousand clients leaving at once
+            # would each leave such a task, its event and its scope to tear down.
+            bound = self._clock() + self.options.cleanup_timeout
+            self._bound_timer = self._call_at(bound, self._time_producer)
+        if reason is not EndReason.COMPLETED:
+            self._producer_scope.cancel()
         if reason in _ABANDONING and abandon_sender:
             self._abandon_sender()
         return True
@@ -536,8 +531,8 @@ class _Stream(Generic[ItemT]):
         """Listen for the disconnect in the calling task, the producer's, in place of the
         watcher's, until *stop* is cancelled or the stream ends; then the watcher listens again
         if the stream goes on. True if the disconnect was heard: the stream has ended, and the
-        producer must return at once (it is not cancelled, which would cost this task a turn
-        of the loop and an exception through its frames).
+        producer, cancelled as for any end, had best return at once, which spares it the
+        cancellation's exception through its frames and a turn of the loop.
 
         For a producer with nothing to do but wait while its stream's buffer is filled from
         elsewhere (a subscriber the broadcast hub feeds): its task would only wait, and the
@@ -553,7 +548,7 @@ class _Stream(Generic[ItemT]):
                 # stay on every subscriber's stack.
                 while (await self._receive())["type"] != "http.disconnect":
                     pass
-                return self.decide(self._disconnect_reason(), producer_returns=True)
+                return self.decide(self._disconnect_reason())
         finally:
             if stop.cancel_called and self.reason is None and self._task_group is not None:
                 # Stopped, the stream going on: the watcher listens again.

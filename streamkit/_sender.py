@@ -113,7 +113,8 @@ class StreamSender(Generic[ItemT_contra]):
         until *stop* is cancelled or the stream ends: for a producer whose buffer is filled
         from elsewhere (:attr:`_frame_sink`) and that has nothing to do but wait meanwhile,
         whose task then does the watcher's job. True once the disconnect was heard: the
-        producer must then return, uncancelled. For the broadcast wing; not for producers.
+        producer, cancelled, had best return at once. For the broadcast wing; not for
+        producers.
         (The stream's coroutine itself: one of its own around it would stay on every
         subscriber's stack.)"""
         return self._stream.listen_instead(stop)

@@ -22,6 +22,7 @@ from support.brokers import until
 import streamkit._hub
 import streamkit._runtime
 import streamkit._sse
+from streamkit import EndReason, EventSourceResponse, StreamEnd, StreamSender
 from streamkit._loop import TIMERS_TASK
 from streamkit.broadcast import MemoryBroker, SlowSubscriberPolicy, topic_response
 from streamkit.testing import FakeConnection
@@ -148,6 +149,33 @@ async def test_a_subscriber_that_leaves_leaves_no_reference_cycle_for_the_collec
         gc.garbage.clear()
         gc.enable()
     assert left == []
+
+
+async def test_a_producer_of_your_own_is_cancelled_after_feed_returns_when_the_client_left() -> (
+    None
+):
+    # feed() returns once it hears the client leave; what the producer does after it is
+    # cancelled as for any stream that ended.
+    went_on = anyio.Event()
+    ends: list[StreamEnd] = []
+
+    async def produce(send: StreamSender[Any]) -> None:
+        async with broker.subscribe("t") as subscription:
+            await subscription.feed(send)
+        went_on.set()
+        await anyio.sleep_forever()
+
+    connection = FakeConnection(path="/t")
+    with anyio.fail_after(5):
+        async with MemoryBroker() as broker, anyio.create_task_group() as task_group:
+            response = EventSourceResponse(produce, on_end=ends.append)
+            task_group.start_soon(serve(connection, response))
+            await until(lambda: broker.statistics().subscribers == 1)
+            await broker.publish("t", "one")
+            await until(lambda: data_of(connection) == ["one"])
+            connection.disconnect()
+            await went_on.wait()
+    assert [end.reason for end in ends] == [EndReason.CLIENT_DISCONNECTED]
 
 
 class SlowConnection(FakeConnection):
