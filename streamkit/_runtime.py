@@ -523,6 +523,8 @@ class _Stream(Generic[ItemT]):
             self._listening = False
             if self._listener is not None:
                 self._listener.cancel()
+                # Let go of it: kept, a cancelled scope holds its cancellation's message.
+                self._listener = None
 
     def _disconnect_reason(self) -> EndReason:
         return EndReason.COMPLETED if self._completing else EndReason.CLIENT_DISCONNECTED
@@ -541,7 +543,6 @@ class _Stream(Generic[ItemT]):
         here before its first wait, just returns; one that has is cancelled.
         """
         self._stop_watcher()
-        self._listener = None
         try:
             with stop:
                 # The loop written out here as in the watcher: a coroutine of its own would

@@ -4,8 +4,9 @@ class (two workers), the hypercorn command (``-k asyncio`` and ``-k trio``) and
 ``streamkit run`` (both backends). The client runs on the server's own backend.
 
 One process per server serves a plain Starlette app returning streamkit's responses through
-the disconnect, heartbeat, stall and deadline cases and then its shutdown; a second serves a
-:class:`streamkit.App` and is shut down with one client reading and one that stopped reading.
+the disconnect (of a stream, and of a topic subscriber), heartbeat, stall and deadline cases
+and then its shutdown; a second serves a :class:`streamkit.App` and is shut down with one
+client reading and one that stopped reading.
 The service prints each stream's end, and whether its cleanup had completed, on stdout.
 Last, the README's quickstart (``anyio.run(serve, app)``) and ``streamkit run`` log each
 stream's end, and not a library's INFO lines.
@@ -61,8 +62,10 @@ from starlette.routing import Route
 
 import streamkit
 from streamkit import EventSourceResponse, ServerSentEvent
+from streamkit.broadcast import MemoryBroker, topic_response
 
 cleaned = set()
+broker = MemoryBroker(history_size=16)
 
 
 def say(line):
@@ -118,7 +121,34 @@ async def events(request):
     return EventSourceResponse(producer(request), on_end=on_end, **options)
 
 
-plain = Starlette(routes=[Route("/events/{name}", events)])
+async def topics(request):
+    # Every subscriber is on one topic; the last part of the path names it in what is said.
+    def on_topic_end(end):
+        name = end.path.rsplit("/", 1)[1]
+        subscribers = broker.topic_statistics("ticks").subscribers
+        say(f"topic-end {name} {end.reason.value} subscribers={subscribers}")
+
+    return topic_response(broker, "ticks", on_end=on_topic_end)
+
+
+async def tick():
+    while True:
+        await broker.publish("ticks", "tick")
+        await anyio.sleep(0.02)
+
+
+@asynccontextmanager
+async def plain_lifespan(app):
+    async with broker, anyio.create_task_group() as task_group:
+        task_group.start_soon(tick)
+        yield
+        task_group.cancel_scope.cancel()
+
+
+plain = Starlette(
+    routes=[Route("/events/{name}", events), Route("/topics/{name}", topics)],
+    lifespan=plain_lifespan,
+)
 
 
 @asynccontextmanager
@@ -333,6 +363,18 @@ async def test_the_behaviour_table_then_shutdown(
                 f"end {leave} client_disconnected cleanup=True"
             ]
             assert ended_at - left_at < 1.0  # measured: a few ms, plus the pipe
+
+        # A topic subscriber that keeps up: its producer's task hears the client leave.
+        for leave in ("close", "reset"):
+            async with open_stream(service, f"/topics/{leave}") as client:
+                await client.read_event()  # live: the hub fills its stream's buffer
+                await (client.close() if leave == "close" else client.reset())
+                left_at = anyio.current_time()
+            ended_at = await service.wait_line(f"topic-end {leave} ")
+            assert service.printed(f"topic-end {leave} ") == [
+                f"topic-end {leave} client_disconnected subscribers=0"
+            ]
+            assert ended_at - left_at < 1.0
 
         async with open_stream(service, "/events/beat?period=0&heartbeat_interval=0.2") as client:
             await client.read_event()
