@@ -101,27 +101,12 @@ class FrameBuffer:
             else:
                 return
 
-    async def take(self, max_bytes: int) -> list[bytes | None]:
-        """Wait for frames and take those queued, in order, until they hold *max_bytes* (at
-        least one frame); an empty list once the buffer is closed and empty, or the reader
-        stopped.
-
-        Cancelling the wait loses nothing: frames stay queued until they are taken.
-        """
+    def take_nowait(self, max_bytes: int) -> list[bytes | None]:
+        """Take the frames queued, in order, until they hold *max_bytes* (at least one frame);
+        ``[]`` if none is, or the reader was stopped."""
         frames = self._frames
-        while not frames or self._reader_stopped:
-            if self._closed or self._reader_stopped:
-                return []
-            self._readable = readable = self._wakeup()
-            if self._writable is not None:
-                # With no room at all, a waiting producer can hand over only now.
-                self._writable.set()
-                self._writable = None
-            try:
-                await readable.wait()
-            finally:
-                if self._readable is readable:
-                    self._readable = None
+        if not frames or self._reader_stopped:
+            return []
         size = count = 0
         for frame in frames:
             count += 1
@@ -140,16 +125,40 @@ class FrameBuffer:
             self._writable = None
         return taken
 
+    def readable(self) -> Awaitable[object] | None:
+        """What the reader awaits, having found nothing to take, until a frame is queued, the
+        buffer closed, or the reader stopped; ``None`` once nothing more will be taken (closed
+        and empty, or stopped). The reader awaits it at once, in its own task, then takes
+        (:meth:`take_nowait`) again. Cancelling that wait loses nothing, if the reader then
+        says so (:meth:`wait_cancelled`).
+
+        Not a coroutine that waits and takes: its frame would stay on the stack of every
+        stream's idle writer.
+        """
+        if self._reader_stopped or (self._closed and not self._frames):
+            return None
+        self._readable = readable = self._wakeup()
+        if self._writable is not None:
+            # With no room at all, a waiting producer can hand over only now.
+            self._writable.set()
+            self._writable = None
+        return readable.wait()
+
+    def wait_cancelled(self) -> None:
+        """The reader's wait for frames was cancelled: it no longer waits, and no frame is
+        handed to it."""
+        self._readable = None
+
     def stop_reader(self) -> None:
-        """Have the reader's :meth:`take`, now and from now on, return ``[]`` at once, frames
-        queued or not: the frames are not to be written any more."""
+        """Have the reader take nothing from now on, frames queued or not, and end its wait:
+        the frames are not to be written any more."""
         self._reader_stopped = True
         if self._readable is not None:
             self._readable.set()
             self._readable = None
 
     def close(self) -> None:
-        """Refuse further frames; the reader still takes what is queued, then gets ``[]``.
+        """Refuse further frames; the reader still takes what is queued, then is done.
         A producer waiting for room is woken and gets :exc:`anyio.ClosedResourceError`."""
         self._closed = True
         for event in (self._readable, self._writable):

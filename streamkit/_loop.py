@@ -35,7 +35,7 @@ import contextvars
 import heapq
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, Protocol
 
@@ -109,9 +109,16 @@ class LoopFacts:
         before it, and waited on by one task: cancelling that wait is safe (anyio's cancel
         scopes cancel it like any other), a second waiter is not (on asyncio, cancelling one
         would cancel both).
+    :ivar cancels_in_canceller: whether a cancellation is made in the stack of the code that
+        cancels (trio), rather than in the cancelled task (asyncio). A task's anyio handle
+        keeps the cancellation that ended the task; on trio, through that stack, the
+        cancellation holds the handle's own ``cancel()`` frame, which holds the handle: a
+        cycle, which only the garbage collector frees, with all the task's frames hold.
+        There a task that may be cancelled is cancelled through a scope of its own, which
+        catches the cancellation before the handle keeps it.
     """
 
-    __slots__ = ("call_at", "clock", "event", "turns", "wakeup")
+    __slots__ = ("call_at", "cancels_in_canceller", "clock", "event", "turns", "wakeup")
 
     def __init__(
         self,
@@ -120,12 +127,15 @@ class LoopFacts:
         turns: Turns | None,
         event: Callable[[], Any],
         wakeup: Callable[[], Waitable],
+        *,
+        cancels_in_canceller: bool,
     ) -> None:
         self.clock = clock
         self.call_at = call_at
         self.turns = turns
         self.event = event
         self.wakeup = wakeup
+        self.cancels_in_canceller = cancels_in_canceller
 
 
 def loop_facts() -> LoopFacts:
@@ -142,7 +152,14 @@ def loop_facts() -> LoopFacts:
         # Kept for the loop that runs streams now (most processes run one); a stream keeps
         # what it was given, so another loop's streams in another thread only share less.
         wakeup = partial(_FutureWakeup, loop=loop)
-        facts = LoopFacts(loop.time, loop.call_at, Turns(loop), asyncio.Event, wakeup)
+        facts = LoopFacts(
+            loop.time,
+            loop.call_at,
+            Turns(loop),
+            asyncio.Event,
+            wakeup,
+            cancels_in_canceller=False,
+        )
         _asyncio_facts = facts
     return facts
 
@@ -183,12 +200,13 @@ class _TrioWakeup:
         if task is not None:
             self._lowlevel.reschedule(task)
 
-    async def wait(self) -> None:
+    def wait(self) -> Awaitable[None]:
+        # trio's own wait, returned rather than awaited here: a coroutine of the wakeup's
+        # would stay on the waiting task's stack. Awaited at once, in the task that called.
         if self._is_set:
-            await self._lowlevel.checkpoint()
-            return
+            return self._lowlevel.checkpoint()  # type: ignore[no-any-return]
         self._task = self._lowlevel.current_task()
-        await self._lowlevel.wait_task_rescheduled(self._abort)
+        return self._lowlevel.wait_task_rescheduled(self._abort)  # type: ignore[no-any-return]
 
     def _abort(self, raise_cancel: object) -> Any:
         self._task = None
@@ -226,7 +244,9 @@ class _TrioTimers:
         self._heap: list[_TrioTimer] = []
         self._sleep: Any = None  # the system task's cancel scope, whose deadline is the earliest
         wakeup = partial(_TrioWakeup, trio.lowlevel)
-        self.facts = LoopFacts(trio.current_time, self.call_at, None, trio.Event, wakeup)
+        self.facts = LoopFacts(
+            trio.current_time, self.call_at, None, trio.Event, wakeup, cancels_in_canceller=True
+        )
 
     def call_at(self, when: float, callback: Callable[[], None]) -> Timer:
         timer = _TrioTimer(when, callback)

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import AsyncIterable, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterable, Awaitable, Callable, Coroutine, Sequence
+from contextlib import nullcontext
 from functools import partial
 from types import TracebackType
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -93,6 +94,9 @@ class StreamBody(Protocol[ItemT]):
 #: Queued frames are joined into one write until it holds this many bytes.
 _MAX_BATCH_BYTES = 65536
 _ABANDONING = frozenset({EndReason.CLIENT_DISCONNECTED, EndReason.SEND_TIMEOUT})
+# What the writer enters where its task's handle cancels it (asyncio): a context manager
+# that does nothing, shared by every stream.
+_UNSCOPED = nullcontext()
 #: With heartbeats off, a stream silent this long still writes its heartbeat frame: while a
 #: pipelined request waits, hypercorn stops reading the socket, and a client that left is
 #: then noticed only by a write that fails (the second after it left).
@@ -104,7 +108,6 @@ class _Stream(Generic[ItemT]):
 
     # Slots: one per open stream, so its size counts (a dict would add about 1.3 KiB).
     __slots__ = (
-        "_abort_target",
         "_beat_timer",
         "_bound_timer",
         "_call_at",
@@ -133,9 +136,11 @@ class _Stream(Generic[ItemT]):
         "_sender_done",
         "_sender_finished",
         "_sender_scope",
+        "_server",
         "_task_group",
         "_turns",
         "_write_done",
+        "_writer",
         "_writing",
         "_written_turn",
         "body",
@@ -170,13 +175,15 @@ class _Stream(Generic[ItemT]):
         self.path: str = scope.get("path", "")
         self._head_only = scope.get("method") == "HEAD"
         client = scope.get("client")
-        self.client = (client[0], client[1]) if client else None
-        server = scope.get("server")
+        if client and type(client) is not tuple:
+            client = (client[0], client[1])
+        self.client: tuple[str, int] | None = client or None  # the scope's own, not a copy
         # An HTTP/1 connection whose write is given up is aborted (see _connections); an
-        # HTTP/2 connection carries other streams, which may be reading.
-        self._abort_target: tuple[tuple[str, int], tuple[str, int]] | None = None
-        if server and self.client and scope.get("http_version", "1.1") in ("1.0", "1.1"):
-            self._abort_target = (server[0], server[1]), self.client
+        # HTTP/2 connection carries other streams, which may be reading. The server's address
+        # as the scope has it, made into the aborter's key only if that comes to pass.
+        self._server: Sequence[Any] | None = None
+        if self.client and scope.get("http_version", "1.1") in ("1.0", "1.1"):
+            self._server = scope.get("server")
         self.last_event_id, self.discarded_last_event_id = read_last_event_id(Headers(scope=scope))
         self._receive = receive
         self._send = send
@@ -194,10 +201,13 @@ class _Stream(Generic[ItemT]):
         self._reported = False
         self._fatal: BaseException | None = None
         self._producer_scope = anyio.CancelScope()
-        # Not the writer's task handle: a cancelled handle keeps the cancellation, whose
-        # traceback reaches (on trio, through the canceller's frames) the handle again, a
-        # cycle only the garbage collector frees, with the stream and its buffer.
-        self._sender_scope = anyio.CancelScope()
+        # The writer's task, until it is abandoned or the stream has ended: cancelled through
+        # its handle, whose scope anyio makes for every task anyway (0.6 KiB per stream
+        # less than a scope of its own). Let go of then: the handle keeps the cancellation,
+        # whose traceback holds the stream, which would hold the handle in a cycle. On trio,
+        # the writer has a scope of its own (see LoopFacts.cancels_in_canceller).
+        self._writer: anyio.TaskHandle[None] | None = None
+        self._sender_scope = anyio.CancelScope() if facts.cancels_in_canceller else None
         self._sender_done = False
         # Made only when the producer ends first: an idle stream then holds no event.
         self._sender_finished: anyio.Event | None = None
@@ -257,12 +267,15 @@ class _Stream(Generic[ItemT]):
         return True
 
     def _abandon_sender(self) -> None:
+        writer, self._writer = self._writer, None
         if self.buffer.reader_waiting:
             # The writer waits for frames, no write of its own under way: it is told to stop
             # there, which spares a cancellation (tens of microseconds) per client that left.
             self.buffer.stop_reader()
-        else:
+        elif self._sender_scope is not None:
             self._sender_scope.cancel()
+        elif writer is not None:
+            writer.cancel()
         self._finish_sender()
 
     def _finish_sender(self) -> None:
@@ -384,7 +397,7 @@ class _Stream(Generic[ItemT]):
                 # The writer has finished, or been abandoned.
                 self._stop_watcher()
         finally:
-            self._task_group = None
+            self._task_group = self._writer = None
             self.buffer.close()
             timers = (
                 self._beat_timer,
@@ -408,7 +421,7 @@ class _Stream(Generic[ItemT]):
 
     def _start_helpers(self, task_group: TaskGroup) -> None:
         task_group.start_soon(self._watch_connection)
-        task_group.start_soon(self._send_all)
+        self._writer = task_group.start_soon(self._send_all)
         self._time_heartbeat()
         if self._idle_timeout is not None:
             self._idle_timer = self._call_at(self.started_at + self._idle_timeout, self._time_idle)
@@ -662,8 +675,9 @@ class _Stream(Generic[ItemT]):
             return
         self.decide(EndReason.SEND_TIMEOUT)
         self._abandon_sender()
-        if self._abort_target is not None:
-            abort_connection_soon(*self._abort_target)
+        server, client = self._server, self.client
+        if server and client:
+            abort_connection_soon((server[0], server[1]), client)
 
     async def _write(self, body: bytes) -> None:
         await self._send_message({"type": "http.response.body", "body": body, "more_body": True})
@@ -671,12 +685,25 @@ class _Stream(Generic[ItemT]):
 
     async def _send_all(self) -> None:
         body = self.body
-        with self._sender_scope:
+        # A scope of its own on trio only (see __init__).
+        with self._sender_scope or _UNSCOPED:
             try:
                 await self._send_message(body.start_message())
                 # Write what the producer has queued meanwhile in one message: fewer, larger
                 # writes when the producer is ahead, and no added latency when it is not.
-                while frames := await self.buffer.take(_MAX_BATCH_BYTES):
+                buffer = self.buffer
+                while True:
+                    if not (frames := buffer.take_nowait(_MAX_BATCH_BYTES)):
+                        # The wait for frames written out here, not a coroutine that waits
+                        # and takes: that would stay on every idle stream's stack.
+                        if (readable := buffer.readable()) is None:
+                            break
+                        try:
+                            await readable
+                        except BaseException:
+                            buffer.wait_cancelled()
+                            raise
+                        continue
                     if self._writing:  # the producer writes an item itself: after it
                         self._write_done = done = anyio.Event()
                         await done.wait()

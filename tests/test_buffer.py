@@ -19,11 +19,25 @@ def buffer_of(capacity: int) -> FrameBuffer:
     return FrameBuffer(capacity, facts.event, facts.wakeup)
 
 
+async def take(buffer: FrameBuffer, max_bytes: int) -> list[bytes | None]:
+    """Take frames as the stream's writer does: those queued, else wait and take again; ``[]``
+    once nothing more will come."""
+    while not (frames := buffer.take_nowait(max_bytes)):
+        if (readable := buffer.readable()) is None:
+            return []
+        try:
+            await readable
+        except BaseException:
+            buffer.wait_cancelled()
+            raise
+    return frames
+
+
 async def test_frames_come_out_in_order_in_one_batch() -> None:
     buffer = buffer_of(4)
     for frame in (b"a", None, b"b"):
         buffer.put_nowait(frame)
-    assert await buffer.take(1024) == [b"a", None, b"b"]
+    assert await take(buffer, 1024) == [b"a", None, b"b"]
     assert len(buffer) == 0
 
 
@@ -31,9 +45,9 @@ async def test_a_batch_stops_once_it_holds_max_bytes() -> None:
     buffer = buffer_of(8)
     for frame in (b"12", None, b"34", b"56", b"78"):
         buffer.put_nowait(frame)
-    assert await buffer.take(4) == [b"12", None, b"34"]
-    assert await buffer.take(1) == [b"56"]
-    assert await buffer.take(1024) == [b"78"]
+    assert await take(buffer, 4) == [b"12", None, b"34"]
+    assert await take(buffer, 1) == [b"56"]
+    assert await take(buffer, 1024) == [b"78"]
 
 
 async def test_a_full_buffer_refuses_then_holds_the_producer_until_the_writer_takes() -> None:
@@ -53,9 +67,9 @@ async def test_a_full_buffer_refuses_then_holds_the_producer_until_the_writer_ta
             task_group.start_soon(produce)
             await anyio.wait_all_tasks_blocked()
             assert not queued.is_set()
-            assert await buffer.take(1024) == [b"1", b"2"]
+            assert await take(buffer, 1024) == [b"1", b"2"]
             await queued.wait()
-    assert await buffer.take(1024) == [b"3"]
+    assert await take(buffer, 1024) == [b"3"]
 
 
 async def test_with_no_room_a_frame_goes_only_to_a_waiting_writer() -> None:
@@ -67,7 +81,7 @@ async def test_with_no_room_a_frame_goes_only_to_a_waiting_writer() -> None:
         async with anyio.create_task_group() as task_group:
 
             async def write() -> None:
-                taken.append(await buffer.take(1024))
+                taken.append(await take(buffer, 1024))
 
             task_group.start_soon(write)
             await anyio.wait_all_tasks_blocked()
@@ -80,7 +94,7 @@ async def test_with_no_room_a_frame_goes_only_to_a_waiting_writer() -> None:
 async def test_a_cancelled_wait_for_frames_loses_none() -> None:
     buffer = buffer_of(0)
     with anyio.move_on_after(0.01):
-        await buffer.take(1024)
+        await take(buffer, 1024)
     # The cancelled writer no longer counts as waiting: nothing may be handed to it.
     with pytest.raises(anyio.WouldBlock):
         buffer.put_nowait(b"lost?")
@@ -95,7 +109,7 @@ async def test_a_cancelled_wait_for_frames_loses_none() -> None:
     taken = await while_a_writer_waits(buffer, put_then_cancel)
     if not taken:
         with anyio.fail_after(5):
-            taken.append(await buffer.take(1024))
+            taken.append(await take(buffer, 1024))
     assert taken == [[b"1"]]
     assert len(buffer) == 0
 
@@ -103,12 +117,12 @@ async def test_a_cancelled_wait_for_frames_loses_none() -> None:
 async def while_a_writer_waits(
     buffer: FrameBuffer, act: Callable[[anyio.CancelScope], None]
 ) -> list[list[bytes | None]]:
-    """Start a writer waiting in ``take()``, then *act* (handed the writer's cancel scope);
+    """Start a writer waiting for frames, then *act* (handed the writer's cancel scope);
     return what the writer took, once it has ended."""
     taken: list[list[bytes | None]] = []
 
     async def write() -> None:
-        taken.append(await buffer.take(1024))
+        taken.append(await take(buffer, 1024))
 
     with anyio.fail_after(5):
         async with anyio.create_task_group() as task_group:
@@ -124,8 +138,8 @@ async def test_close_lets_the_writer_drain_and_then_ends_it() -> None:
     buffer.close()
     with pytest.raises(anyio.ClosedResourceError):
         buffer.put_nowait(b"late")
-    assert await buffer.take(1024) == [b"last"]
-    assert await buffer.take(1024) == []
+    assert await take(buffer, 1024) == [b"last"]
+    assert await take(buffer, 1024) == []
 
 
 async def test_close_wakes_a_waiting_writer_and_a_waiting_producer() -> None:
@@ -142,7 +156,7 @@ async def test_close_wakes_a_waiting_writer_and_a_waiting_producer() -> None:
     waiting = buffer_of(1)
 
     async def write() -> None:
-        outcomes.append(await waiting.take(1024))
+        outcomes.append(await take(waiting, 1024))
 
     with anyio.fail_after(5):
         async with anyio.create_task_group() as task_group:
@@ -169,7 +183,7 @@ async def test_with_no_room_a_waiting_producer_hands_over_once_the_writer_waits(
 
             task_group.start_soon(produce)
             await anyio.wait_all_tasks_blocked()  # the producer waits for room first
-            while frames := await buffer.take(1024):
+            while frames := await take(buffer, 1024):
                 taken.append(frames)
     assert [frame for frames in taken for frame in frames] == [b"1", b"2", b"3"]
 
@@ -185,7 +199,7 @@ async def test_a_stopped_reader_takes_nothing_more_even_a_frame_queued_as_it_wak
         buffer.put_nowait(b"queued before the reader woke")
 
     assert await while_a_writer_waits(buffer, stop_then_put) == [[]]
-    assert await buffer.take(1024) == []
+    assert await take(buffer, 1024) == []
     # The producer is not refused (it is being cancelled); its frames stay where they are.
     buffer.put_nowait(b"late")
     assert len(buffer) == 2
