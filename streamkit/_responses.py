@@ -45,6 +45,11 @@ __all__ = [
 
 logger = logging.getLogger("streamkit")
 
+# Headers as StreamResponse.init_headers encoded them, by content type, charset and headers:
+# the first sets seen, up to a bound (headers that differ per request fill it once).
+_ENCODED_HEADERS_KEPT = 256
+_encoded_headers: dict[tuple[object, ...], tuple[tuple[bytes, bytes], ...]] = {}
+
 ItemT = TypeVar("ItemT")
 
 
@@ -153,6 +158,22 @@ class StreamResponse(Response, Generic[ItemT]):
             self.media_type = media_type
         self.background = arguments.get("background")
         self.init_headers(self.default_headers() | dict(arguments.get("headers") or {}))
+
+    def init_headers(self, headers: Mapping[str, str] | None = None) -> None:
+        # Starlette's, whose encoding of a set of headers is kept: the responses of a route
+        # send the same headers, and each encoding them holds copies of its own (0.4 KiB a
+        # response; one response per subscriber of a topic).
+        key = (self.media_type, self.charset, *(headers.items() if headers else ()))
+        try:
+            raw = _encoded_headers.get(key)
+        except TypeError:  # a value that cannot be hashed: Starlette names what is wrong
+            raw = None
+        if raw is not None:
+            self.raw_headers = list(raw)
+            return
+        super().init_headers(headers)
+        if len(_encoded_headers) < _ENCODED_HEADERS_KEPT:
+            _encoded_headers[key] = tuple(self.raw_headers)
 
     @classmethod
     def _own_arguments(cls) -> frozenset[str]:

@@ -134,6 +134,28 @@ def test_headers_defaults_and_overrides() -> None:
     assert b"content-length" not in headers
 
 
+def test_responses_share_an_encoding_of_their_headers_and_each_changes_only_its_own() -> None:
+    first, second = EventSourceResponse(nothing()), EventSourceResponse(nothing())
+    assert first.raw_headers == second.raw_headers
+    assert first.raw_headers is not second.raw_headers
+    assert all(a is b for a, b in zip(first.raw_headers, second.raw_headers, strict=True))
+    first.headers["cache-control"] = "private"
+    first.headers["x-more"] = "1"
+    for later in (second, EventSourceResponse(nothing())):
+        assert dict(later.raw_headers)[b"cache-control"] == b"no-store"
+        assert b"x-more" not in dict(later.raw_headers)
+    # The content type and the headers given each make their own encoding.
+    plain = EventSourceResponse(nothing(), media_type="text/plain")
+    assert dict(plain.raw_headers)[b"content-type"] == b"text/plain; charset=utf-8"
+    ndjson = NDJSONResponse(nothing())
+    assert dict(ndjson.raw_headers)[b"content-type"] == b"application/x-ndjson"
+    # Past the sets kept, headers that differ per response are still each their own.
+    for number in range(300):
+        response = EventSourceResponse(nothing(), headers={"x-request-id": str(number)})
+        assert dict(response.raw_headers)[b"x-request-id"] == str(number).encode()
+        assert dict(response.raw_headers)[b"x-accel-buffering"] == b"no"
+
+
 def test_sse_heartbeats_are_on_by_default_and_others_off() -> None:
     assert EventSourceResponse(nothing()).options.heartbeat_interval == 15.0
     assert NDJSONResponse(nothing()).options.heartbeat_interval is None
