@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import math
 import os
+import re
 
 __all__ = [
     "check_count",
     "check_duration",
+    "check_header",
     "check_path",
     "check_rate",
     "check_text",
@@ -106,3 +108,32 @@ def check_text(name: str, value: str) -> None:
             f"{name} must not hold a lone surrogate (UTF-8 cannot carry it): "
             f"{value[exc.start]!r} at index {exc.start} of {value!r:.80}"
         ) from None
+
+
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_UNSENDABLE = re.compile(r"[\r\n\0]|^[ \t]|[ \t]$|[^\x00-\xff]")
+
+
+def check_header(name: object, value: object) -> None:
+    """Refuse a response header that HTTP cannot carry as given, which a server would
+    otherwise refuse only when the response starts: a name that is not a token, or a value
+    that holds a line break or NUL, begins or ends with a space or tab, or holds a character
+    beyond Latin-1 (what headers are encoded in).
+
+    :raises TypeError: the name or the value is not a ``str``.
+    :raises ValueError: the name or the value cannot be sent; the message names both.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"a header name must be a str, got {type(name).__name__}: {name!r:.80}")
+    if not _TOKEN.fullmatch(name):
+        raise ValueError(
+            f"header name {name!r:.80} must be an HTTP token: letters, digits and !#$%&'*+-.^_`|~"
+        )
+    if not isinstance(value, str):
+        raise TypeError(f"header {name!r} must be a str, got {type(value).__name__}: {value!r:.80}")
+    if bad := _UNSENDABLE.search(value):
+        raise ValueError(
+            f"header {name!r} cannot be sent with the value {value!r:.80}: it holds "
+            f"{bad.group()!r} at index {bad.start()} (no line break or NUL, no space or tab "
+            "at either end, nothing beyond Latin-1)"
+        )

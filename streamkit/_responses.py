@@ -21,7 +21,7 @@ from starlette.background import BackgroundTask
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from ._checks import check_text, check_type
+from ._checks import check_header, check_text, check_type
 from ._ends import EndReason, StreamEnd
 from ._json import JSONEncoder, check_json_encoder, encode_json
 from ._options import OptionArguments, StreamOptions
@@ -80,7 +80,8 @@ class StreamResponse(Response, Generic[ItemT]):
     :param content: an async iterable of items, or a producer: an async function that is
         handed a :class:`~streamkit.StreamSender` and awaits ``send(item)`` for each item.
     :param status_code: the HTTP status.
-    :param headers: extra response headers.
+    :param headers: extra response headers; one that HTTP cannot carry (a name that is not a
+        token, a value with a line break or beyond Latin-1) is refused here.
     :param media_type: the content type.
     :param background: a task run after the stream ends, whatever the reason.
     :param heartbeat_interval: see :class:`~streamkit.StreamOptions`; a bytes stream needs
@@ -98,9 +99,10 @@ class StreamResponse(Response, Generic[ItemT]):
     :param on_end: called with the :class:`~streamkit.StreamEnd` once the stream has ended;
         a plain function (async work belongs in ``background``).
     :param heartbeat_chunk: the bytes a heartbeat writes.
-    :raises TypeError: *content* is neither an async iterable nor a callable, or *on_end* is
-        an async function.
-    :raises ValueError: an option is out of range (see :class:`~streamkit.StreamOptions`).
+    :raises TypeError: *content* is neither an async iterable nor a callable, *on_end* is
+        an async function, or a header's name or value is not a ``str``.
+    :raises ValueError: an option is out of range (see :class:`~streamkit.StreamOptions`), or
+        a header cannot be sent.
     """
 
     media_type = "application/octet-stream"
@@ -160,9 +162,15 @@ class StreamResponse(Response, Generic[ItemT]):
         self.init_headers(self.default_headers() | dict(arguments.get("headers") or {}))
 
     def init_headers(self, headers: Mapping[str, str] | None = None) -> None:
-        # Starlette's, whose encoding of a set of headers is kept: the responses of a route
-        # send the same headers, and each encoding them holds copies of its own (0.4 KiB a
-        # response; one response per subscriber of a topic).
+        """Set :attr:`raw_headers` from *headers*, the content type and the charset, as
+        Starlette's does, after checking each header can be sent.
+
+        :raises TypeError: a header's name or value is not a ``str``.
+        :raises ValueError: a header cannot be sent (see :class:`StreamResponse`).
+        """
+        # The encoding of a set of headers is kept: the responses of a route send the same
+        # headers, and each encoding them would hold copies of its own (0.4 KiB a response;
+        # one response per subscriber of a topic).
         key = (self.media_type, self.charset, *(headers.items() if headers else ()))
         try:
             raw = _encoded_headers.get(key)
@@ -171,6 +179,8 @@ class StreamResponse(Response, Generic[ItemT]):
         if raw is not None:
             self.raw_headers = list(raw)
             return
+        for name, value in (headers or {}).items():
+            check_header(name, value)  # once per set kept
         super().init_headers(headers)
         if len(_encoded_headers) < _ENCODED_HEADERS_KEPT:
             _encoded_headers[key] = tuple(self.raw_headers)

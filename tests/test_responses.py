@@ -134,6 +134,34 @@ def test_headers_defaults_and_overrides() -> None:
     assert b"content-length" not in headers
 
 
+@pytest.mark.parametrize(
+    ("headers", "error", "match"),
+    [
+        ({"x-id": 7}, TypeError, r"header 'x-id' must be a str, got int: 7"),
+        ({7: "a"}, TypeError, r"a header name must be a str, got int: 7"),
+        ({"x id": "a"}, ValueError, r"header name 'x id' must be an HTTP token"),
+        ({"x-id": "a\r\nset-cookie: b"}, ValueError, r"'\\r' at index 1"),
+        ({"x-id": "a\0"}, ValueError, r"'\\x00' at index 1"),
+        ({"x-id": " a"}, ValueError, r"' ' at index 0"),
+        ({"x-id": "a\t"}, ValueError, r"'\\t' at index 1"),
+        ({"x-id": "1 €"}, ValueError, r"'€' at index 2"),
+    ],
+    ids=["value-type", "name-type", "name", "line-break", "nul", "leading", "trailing", "latin-1"],
+)
+def test_a_header_http_cannot_carry_is_refused_where_given(
+    headers: dict[Any, Any], error: type[Exception], match: str
+) -> None:
+    # Taken, it failed only when the response started: a 500, or a header split in two.
+    for response_class in (EventSourceResponse, NDJSONResponse, StreamResponse):
+        with pytest.raises(error, match=match):
+            response_class(nothing(), headers=headers)
+    # Refused again, not kept: a second response with the same headers is checked too.
+    with pytest.raises(error, match=match):
+        EventSourceResponse(nothing(), headers=headers)
+    sendable = {"x-id": 'a\tb; q="é"', "X-Token_1": "!#$%&'*+-.^_`|~"}
+    assert len(EventSourceResponse(nothing(), headers=sendable).raw_headers) == 5
+
+
 def test_responses_share_an_encoding_of_their_headers_and_each_changes_only_its_own() -> None:
     first, second = EventSourceResponse(nothing()), EventSourceResponse(nothing())
     assert first.raw_headers == second.raw_headers
