@@ -206,9 +206,12 @@ class _TrioWakeup:
         if self._is_set:
             return self._lowlevel.checkpoint()  # type: ignore[no-any-return]
         self._task = self._lowlevel.current_task()
-        return self._lowlevel.wait_task_rescheduled(self._abort)  # type: ignore[no-any-return]
+        # The wakeup is its own abort function (see __call__): a bound method would be made
+        # for every wait.
+        return self._lowlevel.wait_task_rescheduled(self)  # type: ignore[no-any-return]
 
-    def _abort(self, raise_cancel: object) -> Any:
+    def __call__(self, raise_cancel: object) -> Any:
+        """Abort the wait (trio calls it to cancel the waiting task)."""
         self._task = None
         return self._lowlevel.Abort.SUCCEEDED
 
