@@ -6,6 +6,8 @@ started for the module; those skip, saying why, where it cannot be found).
 from __future__ import annotations
 
 import json
+import socket
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from streamkit._topics import HistoryPage, parse_event_id
 from streamkit.broadcast import (
     RESET_EVENT,
     MemoryBroker,
+    RedisBroker,
     ResetReason,
     SlowSubscriberError,
     SlowSubscriberPolicy,
@@ -416,3 +419,87 @@ async def test_a_batch_is_paced_for_a_reader_and_a_stalled_subscriber_meets_the_
         assert waited < 2.0
         with pytest.raises(SlowSubscriberError):
             await anext(stalled)
+
+
+def redis_calls(server: redis_server.RedisServer, command: str) -> int:
+    """How many times *server* has run *command* (its ``INFO commandstats``)."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as connection:
+        connection.sendall(b"INFO commandstats\r\n")
+        reply = b""
+        while not reply.endswith(b"\r\n") or reply.count(b"\r\n") < 2:
+            reply += connection.recv(65536)
+    for line in reply.decode().splitlines():
+        if line.startswith(f"cmdstat_{command}:"):
+            return int(line.split("calls=", 1)[1].split(",", 1)[0])
+    return 0
+
+
+async def test_subscribers_arriving_together_on_an_unwatched_topic_ask_redis_once(
+    redis: redis_server.RedisServer,
+) -> None:
+    # The first subscriber of a topic asks Redis where its stream ends; those arriving
+    # meanwhile wait for that answer. Each asked on its own, and the requests of a thousand
+    # arriving together (a deploy, a reconnect storm) waited for a connection of the pool,
+    # not subscribed yet, their memory held, the server asked a thousand times.
+    before = redis_calls(redis, "xrevrange")
+    received: list[str] = []
+    count = 100
+    async with RedisBroker(redis.url, key_prefix=f"test:{uuid.uuid4().hex}:") as broker:
+        subscribed = anyio.Event()
+
+        async def subscriber() -> None:
+            async with broker.subscribe("t") as subscription:
+                if broker.statistics().subscribers == count:
+                    subscribed.set()
+                received.extend(await take(subscription, 1))
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as task_group:
+                for _ in range(count):
+                    task_group.start_soon(subscriber)
+                await subscribed.wait()
+                await broker.publish("t", "first")
+    assert received == ["first"] * count
+    assert redis_calls(redis, "xrevrange") - before == 1
+
+
+async def test_when_the_first_subscriber_cannot_ask_redis_the_next_one_asks(
+    redis: redis_server.RedisServer,
+) -> None:
+    class FailingOnce(RedisBroker):
+        asked = 0
+
+        async def _latest_id(self, topic: str) -> str | None:
+            self.asked += 1
+            if self.asked == 1:
+                await anyio.wait_all_tasks_blocked()  # the others wait for its answer
+                raise ConnectionError("the connection to Redis was lost")
+            return await super()._latest_id(topic)
+
+    outcomes: list[str] = []
+    everyone = anyio.Event()
+    async with FailingOnce(redis.url, key_prefix=f"test:{uuid.uuid4().hex}:") as broker:
+
+        async def subscriber() -> None:
+            try:
+                async with broker.subscribe("t") as subscription:
+                    outcomes.append("subscribed")
+                    if len(outcomes) == 5:
+                        everyone.set()
+                    # Stays (the topic stays watched) until the next event, which it gets.
+                    received.extend(await take(subscription, 1))
+            except ConnectionError:
+                outcomes.append("failed")
+                if len(outcomes) == 5:
+                    everyone.set()
+
+        received: list[str] = []
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as task_group:
+                for _ in range(5):
+                    task_group.start_soon(subscriber)
+                await everyone.wait()
+                await broker.publish("t", "first")
+    assert sorted(outcomes) == ["failed"] + ["subscribed"] * 4
+    assert received == ["first"] * 4
+    assert broker.asked == 2
