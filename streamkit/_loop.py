@@ -113,7 +113,8 @@ class LoopFacts:
         cancels (trio), rather than in the cancelled task (asyncio). A task's anyio handle
         keeps the cancellation that ended the task; on trio, through that stack, the
         cancellation holds the handle's own ``cancel()`` frame, which holds the handle: a
-        cycle, which only the garbage collector frees, with all the task's frames hold.
+        cycle that only the garbage collector frees, and with it all that the task's frames
+        hold.
         There a task that may be cancelled is cancelled through a scope of its own, which
         catches the cancellation before the handle keeps it.
     """

@@ -174,7 +174,7 @@ class StreamResponse(Response, Generic[ItemT]):
         key = (self.media_type, self.charset, *(headers.items() if headers else ()))
         try:
             raw = _encoded_headers.get(key)
-        except TypeError:  # a value that cannot be hashed: Starlette names what is wrong
+        except TypeError:  # a value that cannot be hashed: check_header names it below
             raw = None
         if raw is not None:
             self.raw_headers = list(raw)
