@@ -4,8 +4,8 @@ class (two workers), the hypercorn command (``-k asyncio`` and ``-k trio``) and
 ``streamkit run`` (both backends). The client runs on the server's own backend.
 
 One process per server serves a plain Starlette app returning streamkit's responses through
-the disconnect (of a stream, and of a topic subscriber), heartbeat, stall and deadline cases
-and then its shutdown; a second serves a :class:`streamkit.App` and is shut down with one
+the disconnect (of a stream, and of a topic subscriber that keeps up or fell behind),
+heartbeat, stall and deadline cases and then its shutdown; a second serves a :class:`streamkit.App` and is shut down with one
 client reading and one that stopped reading.
 The service prints each stream's end, and whether its cleanup had completed, on stdout.
 Last, the README's quickstart (``anyio.run(serve, app)``) and ``streamkit run`` log each
@@ -137,16 +137,54 @@ async def tick():
         await anyio.sleep(0.02)
 
 
+# Big events, a small stream buffer and a subscriber buffer of one: a subscriber that stops
+# reading soon falls behind, and its stream is fed by its subscription, not the hub.
+big = MemoryBroker(history_size=16, subscriber_buffer=1)
+big_names = []  # of this process's subscribers, the last one latest (one at a time)
+
+
+async def big_topics(request):
+    big_names.append(request.path_params["name"])
+
+    def on_big_end(end):
+        name = end.path.rsplit("/", 1)[1]
+        subscribers = big.topic_statistics("big").subscribers
+        say(f"big-end {name} {end.reason.value} subscribers={subscribers}")
+
+    return topic_response(big, "big", buffer_size=2, send_timeout=60, on_end=on_big_end)
+
+
+async def publish_big():
+    # Only while someone subscribes; says when the subscriber fell behind. (The topic's counts
+    # start again with the next subscriber, who is behind only ~50 events on.)
+    seen = 0
+    while True:
+        if not big.topic_statistics("big").subscribers:
+            await anyio.sleep(0.02)
+            continue
+        await big.publish("big", "x" * 65536)
+        catch_ups = big.topic_statistics("big").catch_ups
+        if catch_ups > seen:
+            say(f"big-behind {big_names[-1]}")
+        seen = catch_ups
+        await anyio.sleep(0.005)
+
+
 @asynccontextmanager
 async def plain_lifespan(app):
-    async with broker, anyio.create_task_group() as task_group:
+    async with broker, big, anyio.create_task_group() as task_group:
         task_group.start_soon(tick)
+        task_group.start_soon(publish_big)
         yield
         task_group.cancel_scope.cancel()
 
 
 plain = Starlette(
-    routes=[Route("/events/{name}", events), Route("/topics/{name}", topics)],
+    routes=[
+        Route("/events/{name}", events),
+        Route("/topics/{name}", topics),
+        Route("/big/{name}", big_topics),
+    ],
     lifespan=plain_lifespan,
 )
 
@@ -373,6 +411,22 @@ async def test_the_behaviour_table_then_shutdown(
             ended_at = await service.wait_line(f"topic-end {leave} ")
             assert service.printed(f"topic-end {leave} ") == [
                 f"topic-end {leave} client_disconnected subscribers=0"
+            ]
+            assert ended_at - left_at < 1.0
+
+        # One that fell behind: the hub let go of it, its subscription feeds its stream (its
+        # producer's task stopped listening to do so), and its writer is stuck in a write.
+        # Leaving fails that write here; one that leaves while its writer waits is heard by
+        # the watcher, started again (tests/broadcast/test_fanout.py).
+        for leave in ("close", "reset"):
+            async with open_stream(service, f"/big/{leave}", receive_buffer=4096) as client:
+                client.stall()
+                await service.wait_line(f"big-behind {leave}")
+                await (client.close() if leave == "close" else client.reset())
+                left_at = anyio.current_time()
+            ended_at = await service.wait_line(f"big-end {leave} ")
+            assert service.printed(f"big-end {leave} ") == [
+                f"big-end {leave} client_disconnected subscribers=0"
             ]
             assert ended_at - left_at < 1.0
 
