@@ -235,10 +235,11 @@ class RedisBroker(TopicHub):
             self._asking[topic] = asking = anyio.Event()
             try:
                 latest = await self._latest_id(topic)
+                position = parse_event_id(latest) if latest is not None else None
+                self._positions[topic] = position or (0, 0)
             finally:
                 del self._asking[topic]
                 asking.set()
-            self._positions[topic] = (0, 0) if latest is None else parse_event_id(latest) or (0, 0)
             # Read again with this topic among the keys; cancelling the blocked XREAD closes
             # its connection (coredis does so for blocking commands), and the next one opens.
             self._topics_changed.set()
