@@ -5,8 +5,8 @@ class (two workers), the hypercorn command (``-k asyncio`` and ``-k trio``) and
 
 One process per server serves a plain Starlette app returning streamkit's responses through
 the disconnect (of a stream, and of a topic subscriber that keeps up or fell behind),
-heartbeat, stall and deadline cases and then its shutdown; a second serves a :class:`streamkit.App` and is shut down with one
-client reading and one that stopped reading.
+heartbeat, stall and deadline cases and then its shutdown; a second serves a
+:class:`streamkit.App` and is shut down with one client reading and one that stopped reading.
 The service prints each stream's end, and whether its cleanup had completed, on stdout.
 Last, the README's quickstart (``anyio.run(serve, app)``) and ``streamkit run`` log each
 stream's end, and not a library's INFO lines.
