@@ -122,6 +122,7 @@ def test_bad_app_defaults_are_refused(
             TypeError,
             r"route '/x': EventSourceResponse got an unknown argument 'heartbeat'",
         ),
+        ({"headers": {"x-id": "a\nb"}}, ValueError, r"route '/x': header 'x-id' cannot be sent"),
     ],
 )
 def test_bad_route_overrides_are_refused_at_declaration(
