@@ -98,8 +98,6 @@ class RedisBroker(TopicHub):
         self._client: Redis[str] | None = None
         self._stack: AsyncExitStack | None = None
         self._positions: dict[str, EventKey] = {}
-        # Set once the subscriber asking where a topic's stream ends has its answer.
-        self._asking: dict[str, anyio.Event] = {}
         self._topics_changed = anyio.Event()
         self._read_scope: anyio.CancelScope | None = None
         self._run_id: object = None  # the server the reader reads from, as Redis names it
@@ -223,23 +221,11 @@ class RedisBroker(TopicHub):
     # -- the reader -----------------------------------------------------------------------------
 
     async def _watch(self, topic: str) -> None:
-        # One subscriber asks Redis where the topic's stream ends; those arriving meanwhile
-        # wait for its answer, rather than each asking (a thousand at once would each wait
-        # for a connection, and hold its request, before joining). If it cannot ask (Redis
-        # failed, or it was cancelled), the next of them does.
-        while topic not in self._positions:
-            asking = self._asking.get(topic)
-            if asking is not None:
-                await asking.wait()
-                continue
-            self._asking[topic] = asking = anyio.Event()
-            try:
-                latest = await self._latest_id(topic)
-                position = parse_event_id(latest) if latest is not None else None
-                self._positions[topic] = position or (0, 0)
-            finally:
-                del self._asking[topic]
-                asking.set()
+        if topic in self._positions:
+            return
+        latest = await self._latest_id(topic)
+        if topic not in self._positions:  # another subscriber may have watched it meanwhile
+            self._positions[topic] = (0, 0) if latest is None else parse_event_id(latest) or (0, 0)
             # Read again with this topic among the keys; cancelling the blocked XREAD closes
             # its connection (coredis does so for blocking commands), and the next one opens.
             self._topics_changed.set()

@@ -180,7 +180,7 @@ class StreamResponse(Response, Generic[ItemT]):
             self.raw_headers = list(raw)
             return
         for name, value in (headers or {}).items():
-            check_header(name, value)  # once per set kept
+            check_header(name, value)  # a set kept is checked once
         super().init_headers(headers)
         if len(_encoded_headers) < _ENCODED_HEADERS_KEPT:
             _encoded_headers[key] = tuple(self.raw_headers)

@@ -201,13 +201,13 @@ class _Stream(Generic[ItemT]):
         self._reported = False
         self._fatal: BaseException | None = None
         self._producer_scope = anyio.CancelScope()
-        # The writer's task, until it is abandoned or the stream has ended: cancelled through
-        # its handle, whose scope anyio makes for every task anyway (0.6 KiB per stream
-        # less than a scope of its own). Let go of then: the handle keeps the cancellation,
-        # whose traceback holds the stream, which would hold the handle in a cycle. On trio,
-        # the writer has a scope of its own (see LoopFacts.cancels_in_canceller).
-        self._writer: anyio.TaskHandle[None] | None = None
+        # What cancels the writer, until it is abandoned or the stream has ended. On asyncio
+        # its task's handle, whose scope anyio makes for every task anyway (0.6 KiB per
+        # stream less than a scope of its own), set once the task is started; let go of
+        # then, as the handle keeps the cancellation, whose traceback holds the stream. On
+        # trio a scope of the writer's own (see LoopFacts.cancels_in_canceller).
         self._sender_scope = anyio.CancelScope() if facts.cancels_in_canceller else None
+        self._writer: anyio.CancelScope | anyio.TaskHandle[None] | None = self._sender_scope
         self._sender_done = False
         # Made only when the producer ends first: an idle stream then holds no event.
         self._sender_finished: anyio.Event | None = None
@@ -272,8 +272,6 @@ class _Stream(Generic[ItemT]):
             # The writer waits for frames, no write of its own under way: it is told to stop
             # there, which spares a cancellation (tens of microseconds) per client that left.
             self.buffer.stop_reader()
-        elif self._sender_scope is not None:
-            self._sender_scope.cancel()
         elif writer is not None:
             writer.cancel()
         self._finish_sender()
@@ -421,7 +419,9 @@ class _Stream(Generic[ItemT]):
 
     def _start_helpers(self, task_group: TaskGroup) -> None:
         task_group.start_soon(self._watch_connection)
-        self._writer = task_group.start_soon(self._send_all)
+        writer = task_group.start_soon(self._send_all)
+        if self._sender_scope is None:
+            self._writer = writer
         self._time_heartbeat()
         if self._idle_timeout is not None:
             self._idle_timer = self._call_at(self.started_at + self._idle_timeout, self._time_idle)
