@@ -81,6 +81,8 @@ class TopicHub:
         # Dicts, not sets: events are offered in the order the subscribers came.
         self._subscribers: dict[str, dict[Subscription, None]] = {}
         self._counts: dict[str, _TopicCounts] = {}  # per topic with local subscribers
+        # Per topic whose first local subscriber has the broker watch it: set once it has.
+        self._watching: dict[str, anyio.Event] = {}
         self._catching_up = 0
         self._published = self._delivered = self._dropped = self._slow_disconnects = 0
 
@@ -198,7 +200,8 @@ class TopicHub:
                 subscription._shut()
 
     async def _watch(self, topic: str) -> None:
-        """Called before a topic's first local subscriber is added."""
+        """Called once before a topic's first local subscriber is added (those arriving
+        meanwhile wait for it to return)."""
 
     def _unwatch(self, topic: str) -> None:
         """Called once a topic's last local subscriber has left."""
@@ -213,11 +216,24 @@ class TopicHub:
 
     async def _add(self, subscription: Subscription) -> None:
         topic = subscription.topic
-        if topic not in self._subscribers:
-            await self._watch(topic)
-        if topic not in self._subscribers:
-            self._counts[topic] = _TopicCounts()
-        self._subscribers.setdefault(topic, {})[subscription] = None
+        # The topic's first subscriber has the broker watch it; those arriving meanwhile wait
+        # for that rather than each having it watched (with Redis, a thousand arriving at once
+        # each asked where the topic's stream ends, and waited for a connection to ask it).
+        # If the first cannot (the broker failed, or it was cancelled), the next one does.
+        while topic not in self._subscribers:
+            watching = self._watching.get(topic)
+            if watching is not None:
+                await watching.wait()
+                continue
+            self._watching[topic] = watching = anyio.Event()
+            try:
+                await self._watch(topic)
+                self._counts[topic] = _TopicCounts()
+                self._subscribers[topic] = {}
+            finally:
+                del self._watching[topic]
+                watching.set()
+        self._subscribers[topic][subscription] = None
 
     def _remove(self, subscription: Subscription) -> None:
         self._caught_up(subscription)

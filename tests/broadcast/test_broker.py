@@ -6,7 +6,6 @@ started for the module; those skip, saying why, where it cannot be found).
 from __future__ import annotations
 
 import json
-import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -421,17 +420,14 @@ async def test_a_batch_is_paced_for_a_reader_and_a_stalled_subscriber_meets_the_
             await anext(stalled)
 
 
-def redis_calls(server: redis_server.RedisServer, command: str) -> int:
+async def redis_calls(server: redis_server.RedisServer, command: str) -> int:
     """How many times *server* has run *command* (its ``INFO commandstats``)."""
-    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as connection:
-        connection.sendall(b"INFO commandstats\r\n")
-        reply = b""
-        while not reply.endswith(b"\r\n") or reply.count(b"\r\n") < 2:
-            reply += connection.recv(65536)
-    for line in reply.decode().splitlines():
-        if line.startswith(f"cmdstat_{command}:"):
-            return int(line.split("calls=", 1)[1].split(",", 1)[0])
-    return 0
+    from coredis import Redis
+
+    async with Redis.from_url(server.url, decode_responses=True) as client:
+        stats = await client.info("commandstats")
+    counts = stats.get(f"cmdstat_{command}")
+    return int(counts["calls"]) if isinstance(counts, dict) else 0
 
 
 async def test_subscribers_arriving_together_on_an_unwatched_topic_ask_redis_once(
@@ -441,7 +437,7 @@ async def test_subscribers_arriving_together_on_an_unwatched_topic_ask_redis_onc
     # meanwhile wait for that answer. Each asked on its own, and the requests of a thousand
     # arriving together (a deploy, a reconnect storm) waited for a connection of the pool,
     # not subscribed yet, their memory held, the server asked a thousand times.
-    before = redis_calls(redis, "xrevrange")
+    before = await redis_calls(redis, "xrevrange")
     received: list[str] = []
     count = 100
     async with RedisBroker(redis.url, key_prefix=f"test:{uuid.uuid4().hex}:") as broker:
@@ -460,7 +456,7 @@ async def test_subscribers_arriving_together_on_an_unwatched_topic_ask_redis_onc
                 await subscribed.wait()
                 await broker.publish("t", "first")
     assert received == ["first"] * count
-    assert redis_calls(redis, "xrevrange") - before == 1
+    assert await redis_calls(redis, "xrevrange") - before == 1
 
 
 async def test_when_the_first_subscriber_cannot_ask_redis_the_next_one_asks(

@@ -202,3 +202,30 @@ def test_the_hubs_options_are_checked(
 ) -> None:
     with pytest.raises(error, match=match):
         MemoryBroker(**options)
+
+
+async def test_a_topic_is_watched_once_for_the_subscribers_arriving_before_it_is() -> None:
+    # A broker whose watch awaits (Redis asks where the topic's stream ends) is asked once;
+    # the subscribers arriving meanwhile wait for that, then are all subscribed.
+    class SlowWatch(MemoryBroker):
+        watched = 0
+
+        async def _watch(self, topic: str) -> None:
+            self.watched += 1
+            await anyio.wait_all_tasks_blocked()  # the others arrive meanwhile
+
+    subscribed = anyio.Event()
+    async with SlowWatch() as broker:
+
+        async def subscriber() -> None:
+            async with broker.subscribe("t"):
+                if broker.statistics().subscribers == 20:
+                    subscribed.set()
+                await subscribed.wait()
+
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as task_group:
+                for _ in range(20):
+                    task_group.start_soon(subscriber)
+    assert broker.watched == 1
+    assert subscribed.is_set()
