@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any, Self
 
@@ -38,6 +38,7 @@ from ._topics import (
 
 if TYPE_CHECKING:
     from coredis import Redis
+    from coredis.connection import BaseConnection
     from coredis.response.types import StreamEntry
 
 __all__ = ["RedisBroker"]
@@ -101,6 +102,8 @@ class RedisBroker(TopicHub):
         self._topics_changed = anyio.Event()
         self._read_scope: anyio.CancelScope | None = None
         self._run_id: object = None  # the server the reader reads from, as Redis names it
+        # The reader made a connection since it last asked which server it reads from.
+        self._reader_connected = True
 
     def _connect(self, *, stream_timeout: float) -> Redis[str]:
         from coredis import Redis
@@ -116,9 +119,12 @@ class RedisBroker(TopicHub):
             client = await stack.enter_async_context(self._connect(stream_timeout=10.0))
             # The reader's own client: a blocked XREAD holds its connection, which a shared
             # pool would hand to no one else, and cancelling it closes that connection.
-            reader = await stack.enter_async_context(
-                self._connect(stream_timeout=_BLOCK_MILLISECONDS / 1000 + 10.0)
+            reader = self._connect(stream_timeout=_BLOCK_MILLISECONDS / 1000 + 10.0)
+            pool = reader.connection_pool
+            pool.connection_class = _reporting_connections(
+                pool.connection_class, self._note_reader_connected
             )
+            reader = await stack.enter_async_context(reader)
             task_group = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(task_group.cancel_scope.cancel)
             task_group.start_soon(self._read_forever, reader)
@@ -252,13 +258,16 @@ class RedisBroker(TopicHub):
                 # under way is finished first.
                 with anyio.CancelScope() as self._read_scope:
                     if failing or self._run_id is None:
+                        # Asked at once, not after a read that may block for seconds.
                         await self._check_server(reader)
                     found = await reader.xread(
                         streams, count=self.read_batch, block=_BLOCK_MILLISECONDS
                     )
-                # Before anything read is delivered: the client reconnects on its own, so a
-                # restarted or failed-over server shows only as another server.
-                await self._check_server(reader)
+                # Before anything read is delivered. A connection talks to one server all its
+                # life, but the client connects again on its own (it retries a command on a
+                # lost connection), so a restarted or failed-over server shows only here.
+                if self._reader_connected:
+                    await self._check_server(reader)
             except (RedisError, OSError) as exc:
                 if not failing:
                     # The text only: a record holding the exception would keep its frames,
@@ -275,6 +284,9 @@ class RedisBroker(TopicHub):
             delay, failing = _RETRY_DELAYS[0], False
             await self._fan_out(found or {})
 
+    def _note_reader_connected(self, connection: object) -> None:
+        self._reader_connected = True
+
     async def _check_server(self, reader: Redis[str]) -> None:
         """When the reader finds itself talking to another Redis server (its ``run_id``
         changed: a restart, a failover), see that it still holds the last entry read from each
@@ -284,6 +296,7 @@ class RedisBroker(TopicHub):
         same reset instead of skipping the lost events without a word.
         """
         run_id = (await reader.info("server")).get("run_id")
+        self._reader_connected = False  # the answer covers a connection made for it too
         previous, self._run_id = self._run_id, run_id
         if previous is None or run_id == previous:
             return
@@ -320,3 +333,16 @@ class RedisBroker(TopicHub):
             # A read holds up to read_batch entries, more than a subscriber's buffer: the hub
             # paces them by the subscribers' room.
             await self._deliver_batch(topic, entries)
+
+
+def _reporting_connections(
+    connection_class: type[BaseConnection], connected: Callable[[BaseConnection], None]
+) -> type[BaseConnection]:
+    """*connection_class*, calling *connected* with each connection once it has connected."""
+
+    class Reporting(connection_class):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.register_connect_callback(connected)
+
+    return Reporting
