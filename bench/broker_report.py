@@ -211,7 +211,7 @@ def _verdict(met: bool) -> str:
 
 def _worst_ratio(pairs: list[tuple[dict[str, Any], dict[str, Any]]], impl: str, key: str) -> float:
     """The lowest of *impl*'s *key* over raw's, among (row, raw's row) *pairs*."""
-    return min(row[key] / base[key] for row, base in pairs if row["implementation"] == impl)
+    return min(float(row[key] / base[key]) for row, base in pairs if row["implementation"] == impl)
 
 
 def _targets(results: dict[str, Any]) -> list[str]:
