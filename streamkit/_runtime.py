@@ -733,7 +733,7 @@ class _Stream(Generic[ItemT]):
                 # ASGI 2.4 servers raise OSError from send() once the client is gone.
                 self.decide(EndReason.CLIENT_DISCONNECTED)
 
-    def _join(self, frames: list[bytes | None]) -> tuple[bytes, int]:
+    def _join(self, frames: tuple[bytes | None, ...]) -> tuple[bytes, int]:
         """The bytes of *frames* (``None``: a heartbeat, made now), and how many are items."""
         beats = frames.count(None)
         # Asked per write, not once: a heartbeat may carry the time it was sent.

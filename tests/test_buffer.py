@@ -30,7 +30,7 @@ async def take(buffer: FrameBuffer, max_bytes: int) -> list[bytes | None]:
         except BaseException:
             buffer.wait_cancelled()
             raise
-    return frames
+    return list(frames)
 
 
 async def test_frames_come_out_in_order_in_one_batch() -> None:

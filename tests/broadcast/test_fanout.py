@@ -151,6 +151,31 @@ async def test_a_subscriber_that_leaves_leaves_no_reference_cycle_for_the_collec
     assert left == []
 
 
+async def test_a_delivery_leaves_no_list_per_subscriber_for_the_collector_to_follow() -> None:
+    # What a delivery makes and keeps until the next event is followed by the garbage
+    # collector meanwhile: it outlives the collections of young objects, and each such
+    # object brings the next full collection, which walks every subscriber, nearer. The
+    # writer took the frames of every write as a list, and left a new one in the buffer.
+    connections = [FakeConnection(path="/t") for _ in range(50)]
+    async with MemoryBroker() as broker, anyio.create_task_group() as task_group:
+        for connection in connections:
+            task_group.start_soon(serve(connection, topic_response(broker, "t")))
+        await until(lambda: broker.statistics().subscribers == 50)
+        await broker.publish("t", "first")
+        await until(lambda: all(has_events(c, 1) for c in connections))
+        gc.collect()
+        gc.disable()
+        try:
+            await broker.publish("t", "second")
+            await until(lambda: all(has_events(c, 2) for c in connections))
+            lists = sum(type(item) is list for item in gc.get_objects(generation=0))
+        finally:
+            gc.enable()
+        for connection in connections:
+            connection.disconnect()
+    assert lists < len(connections)  # two per subscriber before
+
+
 async def test_a_producer_of_your_own_is_cancelled_after_feed_returns_when_the_client_left() -> (
     None
 ):
