@@ -34,7 +34,7 @@ import anyio
 from .apps import raw_lifespan
 from .probe import ASGIApp, Receive, Scope, Send
 
-__all__ = ["SEND_TIMEOUT", "SUBSCRIBER_BUFFER", "TOPIC", "raw_app", "streamkit_app"]
+__all__ = ["SEND_TIMEOUT", "SUBSCRIBER_BUFFER", "TOPIC", "raw_app", "send_json", "streamkit_app"]
 
 TOPIC = "bench"
 #: Seconds a write to a subscriber may block before its stream is ended, in every app.
@@ -227,7 +227,8 @@ async def _watch_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
     scope.cancel()
 
 
-async def _json(send: Send, status: int, body: object) -> None:
+async def send_json(send: Send, status: int, body: object) -> None:
+    """Answer with *body* as JSON."""
     data = json.dumps(body).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(data))]
     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -251,10 +252,10 @@ def raw_app() -> ASGIApp:
         elif path == "/publish" and scope["method"] == "POST":
             options = _publish_options(parse_qs(scope["query_string"].decode()))
             await publish_paced(publish, **options)
-            await _json(send, 200, {"published": options["count"]})
+            await send_json(send, 200, {"published": options["count"]})
         elif path == "/statistics":
-            await _json(send, 200, fanout.statistics())
+            await send_json(send, 200, fanout.statistics())
         else:
-            await _json(send, 404, {"error": f"no {path}"})
+            await send_json(send, 404, {"error": f"no {path}"})
 
     return app

@@ -63,6 +63,7 @@ def _main_table(backend: str, rows: list[dict[str, Any]]) -> list[str]:
                 _number(row["p99_ms"], 1) + _ratio(row["p99_ms"], raw.get("p99_ms")),
                 _number(row["deliveries_per_cpu_second"])
                 + _ratio(row["deliveries_per_cpu_second"], raw.get("deliveries_per_cpu_second")),
+                _collections(row),
                 _number(row["burst_deliveries_per_cpu_second"])
                 + _ratio(
                     row["burst_deliveries_per_cpu_second"],
@@ -73,9 +74,19 @@ def _main_table(backend: str, rows: list[dict[str, Any]]) -> list[str]:
         )
     header = [
         "subscribers", "implementation", "publish rate", "p50 ms", "p99 ms",
-        "deliveries/CPU-s at that rate", "deliveries/CPU-s, burst", "KiB per idle subscriber",
+        "deliveries/CPU-s at that rate", "full collections at that rate (ms in all)",
+        "deliveries/CPU-s, burst", "KiB per idle subscriber",
     ]  # fmt: skip
     return [f"### {backend}", "", *_table(header, table), ""]
+
+
+def _collections(row: dict[str, Any]) -> str:
+    """The server's full collections in the window at the rate, and its CPU time in every
+    collection meanwhile."""
+    full, milliseconds = row.get("full_collections"), row.get("collection_ms")
+    if full is None or milliseconds is None:
+        return "n/a"
+    return f"{full} ({milliseconds:,.0f})"
 
 
 def _sustained_table(results: dict[str, Any]) -> list[str]:

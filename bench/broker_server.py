@@ -7,22 +7,30 @@ the hand-written one with hypercorn's own ``serve``, on a socket bound alike (sa
 and the ``TCP_USER_TIMEOUT`` that ``streamkit.serve`` sets by default) and the same
 ``Config``. One worker, HTTP/1.1.
 
+Either app answers ``/collector`` too, from :func:`with_collector`: what the garbage collector
+did in the process. A full collection walks every subscriber, a pause of hundreds of
+milliseconds at 5,000 of them, which lands in a measurement or not by the phase of the
+collector's counts.
+
 ``bench.broker_worker:app`` is the streamkit app for ``python -m streamkit run --workers N``.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
 import signal
 import socket
 import sys
+import time
 
 import anyio
 
-from .broker_apps import raw_app, streamkit_app
+from .broker_apps import raw_app, send_json, streamkit_app
+from .probe import ASGIApp, Receive, Scope, Send
 from .server import BACKLOG, GRACE_PERIOD, _config, raise_open_file_limit
 
 #: ``streamkit.serve``'s default ``stalled_connection_timeout``, in seconds.
@@ -37,6 +45,41 @@ class _KernelAborts(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
         return not isinstance(error, TimeoutError)
+
+
+class Collections:
+    """What the garbage collector did in this process since it was made: full collections,
+    and the CPU seconds of every collection."""
+
+    def __init__(self) -> None:
+        self.full = 0
+        self.seconds = 0.0
+        self._started = 0.0
+        gc.callbacks.append(self._note)
+
+    def _note(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.process_time()
+            return
+        self.seconds += time.process_time() - self._started
+        if info["generation"] == 2:
+            self.full += 1
+
+
+def with_collector(app: ASGIApp) -> ASGIApp:
+    """*app*, and ``/collector``: ``GET`` answers ``{"full": ..., "seconds": ...}`` (see
+    :class:`Collections`); ``POST`` runs a full collection first."""
+    collections = Collections()
+
+    async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/collector":
+            if scope["method"] == "POST":
+                gc.collect()
+            await send_json(send, 200, {"full": collections.full, "seconds": collections.seconds})
+            return
+        await app(scope, receive, send)
+
+    return wrapped
 
 
 def _announce(port: int) -> None:
@@ -56,7 +99,7 @@ async def serve(impl: str, backend: str, *, redis_url: str | None, key_prefix: s
     if impl != "raw":
         import streamkit
 
-        app = streamkit_app(impl, redis_url=redis_url, key_prefix=key_prefix)
+        app = with_collector(streamkit_app(impl, redis_url=redis_url, key_prefix=key_prefix))
         async with anyio.create_task_group() as task_group:
             address = await task_group.start(
                 lambda task_status: streamkit.serve(
@@ -85,7 +128,7 @@ async def serve(impl: str, backend: str, *, redis_url: str | None, key_prefix: s
         from hypercorn.asyncio import serve as hypercorn_serve  # type: ignore[assignment]
     async with anyio.create_task_group() as task_group:
         task_group.start_soon(
-            lambda: hypercorn_serve(raw_app(), config, shutdown_trigger=_signalled)  # type: ignore[arg-type]
+            lambda: hypercorn_serve(with_collector(raw_app()), config, shutdown_trigger=_signalled)  # type: ignore[arg-type]
         )
         _announce(port)
 

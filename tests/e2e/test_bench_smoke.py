@@ -98,6 +98,9 @@ def test_quick_broker_run_measures_each_broker_beside_the_hand_written_fan_out(
         assert row["p50_ms"] <= row["p99_ms"], impl
         assert row["deliveries_per_cpu_second"] > 0, impl
         assert row["kib_per_idle_subscriber"] > 0, impl
+        # What the server's collector did in the window, as the server itself counted.
+        assert row["full_collections"] >= 0, impl
+        assert row["collection_ms"] >= 0, impl
         if impl != "raw":  # a broker's subscriber that falls behind catches up: no gap
             assert row["missing"] == row["burst_missing"] == 0, impl
     stalls = {stall["implementation"]: stall for stall in data["stalls"]}
