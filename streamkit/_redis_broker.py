@@ -102,7 +102,8 @@ class RedisBroker(TopicHub):
         self._topics_changed = anyio.Event()
         self._read_scope: anyio.CancelScope | None = None
         self._run_id: object = None  # the server the reader reads from, as Redis names it
-        # The reader made a connection since it last asked which server it reads from.
+        # The reader may talk to a server it has not asked about: it made a connection since
+        # it last asked which server it reads from, or it never asked.
         self._reader_connected = True
 
     def _connect(self, *, stream_timeout: float) -> Redis[str]:
@@ -120,6 +121,8 @@ class RedisBroker(TopicHub):
             # The reader's own client: a blocked XREAD holds its connection, which a shared
             # pool would hand to no one else, and cancelling it closes that connection.
             reader = self._connect(stream_timeout=_BLOCK_MILLISECONDS / 1000 + 10.0)
+            # Each connection it makes says so (see _read_forever): coredis makes the pool
+            # from the URL, and the class the pool makes connections of is where to hear it.
             pool = reader.connection_pool
             pool.connection_class = _reporting_connections(
                 pool.connection_class, self._note_reader_connected
