@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from collections.abc import Sequence
 from functools import partial
 
 import anyio
 import sniffio
 
-from .. import ServerAddress, serve
+from .. import ServeError, ServerAddress, serve
 from ._app import create_app
 
 __all__ = ["main"]
@@ -55,4 +56,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     """
     arguments = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    anyio.run(partial(_serve, arguments.host, arguments.port), backend=arguments.backend)
+    try:
+        anyio.run(partial(_serve, arguments.host, arguments.port), backend=arguments.backend)
+    except* ServeError as failed:
+        # The port taken, most likely: one line, not the task groups' traceback.
+        error: BaseException = failed
+        while isinstance(error, BaseExceptionGroup):
+            error = error.exceptions[0]
+        sys.exit(f"python -m streamkit.demo: {error}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -200,3 +201,24 @@ async def test_python_m_streamkit_demo_serves_and_stops_on_sigint(anyio_backend:
         process.send_signal(signal.SIGINT)
         with anyio.fail_after(10):
             assert await process.wait() == 0
+
+
+@pytest.mark.parametrize("backend", ["trio", "asyncio"])
+def test_python_m_streamkit_demo_on_a_port_in_use_says_so_in_one_line(backend: str) -> None:
+    # A newcomer's most likely failure: another demo, or anything, already on port 8000.
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        command = [
+            sys.executable,
+            "-m",
+            "streamkit.demo",
+            "--port",
+            str(port),
+            "--backend",
+            backend,
+        ]
+        done = subprocess.run(command, capture_output=True, timeout=30, cwd=Path(__file__).parent)
+    assert done.returncode == 1
+    (line,) = done.stderr.decode().strip().splitlines()
+    assert line.startswith(f"python -m streamkit.demo: cannot listen on '127.0.0.1:{port}': ")
+    assert "Address already in use" in line
