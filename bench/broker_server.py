@@ -8,9 +8,7 @@ and the ``TCP_USER_TIMEOUT`` that ``streamkit.serve`` sets by default) and the s
 ``Config``. One worker, HTTP/1.1.
 
 Either app answers ``/collector`` too, from :func:`with_collector`: what the garbage collector
-did in the process. A full collection walks every subscriber, a pause of hundreds of
-milliseconds at 5,000 of them, which lands in a measurement or not by the phase of the
-collector's counts.
+did in the process (:class:`~bench.probe.Collections`).
 
 ``bench.broker_worker:app`` is the streamkit app for ``python -m streamkit run --workers N``.
 """
@@ -25,12 +23,11 @@ import os
 import signal
 import socket
 import sys
-import time
 
 import anyio
 
 from .broker_apps import raw_app, send_json, streamkit_app
-from .probe import ASGIApp, Receive, Scope, Send
+from .probe import ASGIApp, Collections, Receive, Scope, Send
 from .server import BACKLOG, GRACE_PERIOD, _config, raise_open_file_limit
 
 #: ``streamkit.serve``'s default ``stalled_connection_timeout``, in seconds.
@@ -47,28 +44,9 @@ class _KernelAborts(logging.Filter):
         return not isinstance(error, TimeoutError)
 
 
-class Collections:
-    """What the garbage collector did in this process since it was made: full collections,
-    and the CPU seconds of every collection."""
-
-    def __init__(self) -> None:
-        self.full = 0
-        self.seconds = 0.0
-        self._started = 0.0
-        gc.callbacks.append(self._note)
-
-    def _note(self, phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            self._started = time.process_time()
-            return
-        self.seconds += time.process_time() - self._started
-        if info["generation"] == 2:
-            self.full += 1
-
-
 def with_collector(app: ASGIApp) -> ASGIApp:
     """*app*, and ``/collector``: ``GET`` answers ``{"full": ..., "seconds": ...}`` (see
-    :class:`Collections`); ``POST`` runs a full collection first."""
+    :class:`~bench.probe.Collections`); ``POST`` runs a full collection first."""
     collections = Collections()
 
     async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:

@@ -139,7 +139,8 @@ def mass_disconnect(
     cpu0 = cpu_seconds(server.pid)
     beats = fleet.pump_for(2 * heartbeat_interval)
     heartbeat_cpu = cpu_seconds(server.pid) - cpu0
-    cleaned = server.state()["cleaned"]
+    before = server.state()
+    cleaned = before["cleaned"]
     first, last = fleet.close_all()
     state = server.wait_cleaned(cleaned + count, within=within, since=cleaned)
     stamps: list[float] = state["cleanups"]
@@ -153,6 +154,9 @@ def mass_disconnect(
         "median_after_close_ms": (statistics.median(stamps) - first) * 1e3 if stamps else None,
         "heartbeats_per_stream": beats / count,
         "cpu_us_per_heartbeat": heartbeat_cpu / beats * 1e6 if beats else None,
+        # From the last heartbeats to the last cleanup (the server's own count).
+        "full_collections": state["full_collections"] - before["full_collections"],
+        "collection_ms": (state["collection_seconds"] - before["collection_seconds"]) * 1e3,
     }
 
 

@@ -171,9 +171,10 @@ def _lifecycle(
         elif mass["all_cleaned_after_last_close_ms"] is None:
             row.append(f"only {mass['cleaned']} of {mass['count']} cleaned")
         else:
-            row.append(
-                _cell(results, impl, ("mass_disconnect", "all_cleaned_after_last_close_ms"), 1)
-            )
+            cell = _cell(results, impl, ("mass_disconnect", "all_cleaned_after_last_close_ms"), 1)
+            if mass.get("full_collections"):  # absent from runs before it was counted
+                cell += f", {mass['full_collections']} full GC ({mass['collection_ms']:,.0f} ms)"
+            row.append(cell)
         row.append(_cell(results, impl, ("mass_disconnect", "cpu_us_per_heartbeat"), 0))
         memory_steps = _get(result, "memory", "steps") or []
         base_steps = _get(results.get(BASELINE, {}), "memory", "steps") or []

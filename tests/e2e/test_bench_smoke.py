@@ -57,14 +57,19 @@ def test_quick_throughput_run_writes_a_well_formed_result(tmp_path: Path) -> Non
     assert "| streamkit |" in report
 
 
-def test_quick_shapes_and_timer_run_reports_every_shape_and_the_timer(tmp_path: Path) -> None:
+def test_quick_shapes_timer_and_mass_run_reports_each(tmp_path: Path) -> None:
     data, report = run_quick(
-        tmp_path, "bench", "--impl=raw,streamkit", "--backend=asyncio", "--only=shapes,timer"
+        tmp_path, "bench", "--impl=raw,streamkit", "--backend=asyncio", "--only=shapes,timer,mass"
     )
     plan = data["plan"]
     for impl in ("raw", "streamkit"):
         result = data["results"]["asyncio"][impl]
-        assert set(result) == {"shapes", "timer"}
+        assert set(result) == {"shapes", "timer", "mass_disconnect"}
+        mass = result["mass_disconnect"]
+        assert mass["cleaned"] == mass["count"] == plan["mass"]
+        # What the server's collector did during the teardown, as the server counted it.
+        assert mass["full_collections"] >= 0
+        assert mass["collection_ms"] >= 0
         assert set(result["shapes"]) == set(plan["shapes"])
         for by_size in result["shapes"].values():
             assert set(by_size) == {str(size) for size in plan["sizes"]}
