@@ -54,6 +54,10 @@ class Collections:
         if info["generation"] == 2:
             self.full += 1
 
+    def stop(self) -> None:
+        """Count no more."""
+        gc.callbacks.remove(self._note)
+
 
 class Probe:
     """Counts streams and timestamps their cleanups, in the server process.

@@ -126,6 +126,22 @@ def test_quick_broker_run_measures_each_broker_beside_the_hand_written_fan_out(
     assert "p99 at raw's sustainable rate < 50 ms (memory), 80 ms (redis)" in report
 
 
+def test_quick_collector_run_compares_what_a_delivery_leaves_behind(tmp_path: Path) -> None:
+    data, report = run_quick(tmp_path, "bench.collector", "--backend=asyncio")
+    rows = {row["implementation"]: row for row in data["rows"]}
+    assert set(rows) == {"raw", "memory"}
+    for impl, row in rows.items():
+        # Every subscriber got every event of the window, and one left something behind
+        # (at least the wait for the next event).
+        assert (
+            row["deliveries"]
+            == round(data["plan"]["rate"] * data["plan"]["seconds"]) * (data["plan"]["subscribers"])
+        ), impl
+        assert row["objects_left_per_delivery"] >= 1, impl
+        assert row["cpu_us_per_delivery"] > 0, impl
+    assert "| asyncio | memory |" in report
+
+
 def test_the_http2_benchmark_prints_its_tables() -> None:
     command = [
         sys.executable,
