@@ -131,7 +131,13 @@ def _lifecycle_phase(
     def replace(impl: str) -> None:
         # Streams left behind, or a spinning worker, would skew what follows.
         stop_all([servers[impl]])
-        servers[impl] = ServerProcess(impl, backend, log=log, **options)
+        servers[impl] = ServerProcess(
+            impl,
+            backend,
+            log=log,
+            heartbeat_interval=plan.heartbeat_interval,
+            send_timeout=plan.send_timeout,
+        )
         servers[impl].wait_ready()
 
     def best_of(shape: str, size: int, count: int) -> dict[str, dict[str, Any]]:

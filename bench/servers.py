@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -37,6 +38,8 @@ class ServerProcess:
     :param heartbeat_interval: seconds between heartbeats on an idle stream.
     :param send_timeout: the implementations' send timeout, where they have one.
     :param log: where the server's stderr goes.
+    :param wrapper: a command the server runs under (``valgrind ...``); it must run the server
+        in its own process, whose pid is then the server's.
     """
 
     def __init__(
@@ -47,11 +50,13 @@ class ServerProcess:
         heartbeat_interval: float,
         send_timeout: float,
         log: IO[bytes],
+        wrapper: Sequence[str] = (),
     ) -> None:
         self.impl = impl
         self.backend = backend
         self.log = log
         command = [
+            *wrapper,
             sys.executable,
             "-m",
             "bench.server",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -140,6 +141,22 @@ def test_quick_collector_run_compares_what_a_delivery_leaves_behind(tmp_path: Pa
         assert row["objects_left_per_delivery"] >= 1, impl
         assert row["cpu_us_per_delivery"] > 0, impl
     assert "| asyncio | memory |" in report
+
+
+def test_quick_instructions_run_counts_each_implementations_server(tmp_path: Path) -> None:
+    if shutil.which("callgrind_control") is None:
+        service_unavailable("valgrind is not installed (Debian: valgrind)")
+    data, report = run_quick(tmp_path, "bench.instructions", timeout=180)
+    rows = {row["implementation"]: row for row in data["rows"]}
+    assert set(rows) == {"raw", "streamkit"}
+    for impl, row in rows.items():
+        # A window of real events, each costing the server what a hypercorn write at least
+        # costs: tens of thousands of instructions.
+        assert row["events"] > 50, impl
+        assert 10_000 < row["per_event"] < 10_000_000, impl
+        assert row["instructions"] == pytest.approx(row["per_event"] * row["events"]), impl
+    assert "| asyncio | checkpoint | streamkit |" in report
+    assert "x) |" in report  # the ratio to raw's
 
 
 def test_the_http2_benchmark_prints_its_tables() -> None:

@@ -1,4 +1,5 @@
-"""Install the servers the suite uses (Redis, PostgreSQL, Chromium) where they are missing.
+"""Install the servers and tools the suite uses (Redis, PostgreSQL, Chromium, valgrind) where
+they are missing.
 
 Run by tox before the tests: one ``apt-get install`` of Debian's packages for whatever is
 missing. Installing needs root and apt-get; elsewhere it says what it could not install, and
@@ -26,6 +27,8 @@ NEEDED: dict[str, Callable[[], object]] = {
     "redis-server": redis_server.find,
     "postgresql": postgres_server.find,
     "chromium": browser.find_chromium,
+    # The instruction-count benchmark's (bench/instructions.py), run by its smoke test.
+    "valgrind": lambda: shutil.which("callgrind_control"),
 }
 
 

@@ -1,0 +1,177 @@
+"""Instructions per event in the server, counted by callgrind: ``python -m bench.instructions``
+(``--quick`` for one short window per implementation, on asyncio).
+
+The throughput of one stream moves by a fifth between runs on a shared machine, more than
+most changes to a producer's path; the instructions the server executes per event do not
+depend on the machine's load. Each implementation's server (``python -m bench.server``) runs
+under valgrind's callgrind with counting off. A client reads one stream of a producer that
+awaits between events (the checkpoint and upstream shapes of ``bench/apps.py``); after a
+warm-up, counting is switched on for a window (``callgrind_control``) while the client counts
+the events it receives. The figure is the server's instructions over the window per event
+received in it, and its ratio to raw ASGI's, for the same shape, size and backend.
+
+Instructions are not time: a cache miss or a system call costs more than its count says.
+The count leaves those out, which is why it is steady; read it beside the timed figures of
+``python -m bench``, not instead of them. Needs valgrind (``callgrind_control`` comes with it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from .apps import SHAPES
+from .client import Stream
+from .servers import ServerProcess
+
+__all__ = ["main"]
+
+IMPLEMENTATIONS = ("raw", "streamkit", "starlette", "sse-starlette", "fastapi")
+BACKENDS = ("asyncio", "trio")
+PRODUCERS = ("checkpoint", "upstream")
+SIZES = (64, 1024)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """How long each stream is read: *warmup* seconds uncounted, then *window* counted (the
+    server runs some fifty times slower under callgrind)."""
+
+    warmup: float = 3.0
+    window: float = 6.0
+
+
+QUICK = Plan(warmup=1.0, window=1.0)
+
+
+def measure(backend: str, producer: str, impl: str, size: int, plan: Plan) -> dict[str, Any]:
+    """The server's instructions per event for one stream of *producer*, *size*-byte events."""
+    with tempfile.TemporaryDirectory(prefix="streamkit-instructions-") as directory:
+        out = Path(directory, "callgrind.out")
+        wrapper = [
+            "valgrind",
+            "--tool=callgrind",
+            "--instr-atstart=no",
+            f"--callgrind-out-file={out}",
+        ]
+        log = Path(directory, "server.log").open("wb")
+        server = ServerProcess(
+            impl, backend, heartbeat_interval=5.0, send_timeout=10.0, log=log, wrapper=wrapper
+        )
+        try:
+            server.wait_ready(within=300.0)
+            path = f"{SHAPES[producer]}?size={size}&seconds=100000"
+            stream = Stream(server.port, path)
+            stream.read_head()
+            stream.read_for(plan.warmup)
+            _control(server.pid, "--instr=on")
+            before = stream.events
+            stream.read_for(plan.window)
+            _control(server.pid, "--instr=off")
+            events = stream.events - before
+            _control(server.pid, "--dump")
+            stream.close()
+        finally:
+            server.kill()
+            log.close()
+        instructions = _totals(Path(f"{out}.1"))
+    return {"events": events, "instructions": instructions, "per_event": instructions / events}
+
+
+def _control(pid: int, option: str) -> None:
+    subprocess.run(["callgrind_control", option, str(pid)], check=True, capture_output=True)
+
+
+def _totals(dump: Path) -> int:
+    """The instructions a callgrind dump counted."""
+    for line in dump.read_text().splitlines():
+        if line.startswith("totals:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{dump}: no totals line")
+
+
+def markdown(plan: Plan, rows: list[dict[str, Any]]) -> str:
+    lines = [
+        f"Server instructions per event (callgrind; {plan.window:g} s counted after "
+        f"{plan.warmup:g} s of warm-up, one stream); ratios to raw ASGI's in the same run.",
+        "",
+        "| backend | producer | implementation | 64 B | 1 KiB |",
+        "|---|---|---|---|---|",
+    ]
+    figures = {
+        (row["backend"], row["producer"], row["implementation"], row["size"]): row["per_event"]
+        for row in rows
+    }
+    seen: dict[tuple[str, str, str], None] = {}
+    for row in rows:
+        seen[(row["backend"], row["producer"], row["implementation"])] = None
+    for backend, producer, impl in seen:
+        cells = []
+        for size in SIZES:
+            figure = figures.get((backend, producer, impl, size))
+            base = figures.get((backend, producer, "raw", size))
+            if figure is None:
+                cells.append("")
+                continue
+            cell = f"{figure:,.0f}"
+            if base and impl != "raw":
+                cell += f" ({figure / base:.2f}x)"
+            cells.append(cell)
+        lines.append(f"| {backend} | {producer} | {impl} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _names(value: str, allowed: tuple[str, ...], what: str) -> list[str]:
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    unknown = [name for name in names if name not in allowed]
+    if unknown or not names:
+        raise SystemExit(f"--{what}: expected some of {', '.join(allowed)}, got {value!r}")
+    return names
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.instructions", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="short windows, asyncio, 64 B")
+    parser.add_argument("--impl", default="raw,streamkit", help="comma-separated")
+    parser.add_argument("--backend", help="comma-separated, of: asyncio, trio")
+    parser.add_argument("--producer", default=",".join(PRODUCERS), help="comma-separated")
+    parser.add_argument("--jobs", type=int, default=2, help="servers measured at once")
+    parser.add_argument("--json", type=Path, help="also write every figure to this file")
+    options = parser.parse_args(argv)
+    for tool in ("valgrind", "callgrind_control"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"python -m bench.instructions needs {tool} (Debian: valgrind)")
+    impls = _names(options.impl, IMPLEMENTATIONS, "impl")
+    if "raw" not in impls:
+        impls.insert(0, "raw")  # the baseline every ratio is to
+    producers = _names(options.producer, PRODUCERS, "producer")
+    default_backends = "asyncio" if options.quick else ",".join(BACKENDS)
+    backends = _names(options.backend or default_backends, BACKENDS, "backend")
+    sizes = SIZES[:1] if options.quick else SIZES
+    plan = QUICK if options.quick else Plan()
+    cases = list(itertools.product(backends, producers, impls, sizes))
+
+    def row(case: tuple[str, str, str, int]) -> dict[str, Any]:
+        backend, producer, impl, size = case
+        names = {"backend": backend, "producer": producer, "implementation": impl, "size": size}
+        return names | measure(backend, producer, impl, size, plan)
+
+    with ThreadPoolExecutor(max_workers=max(1, options.jobs)) as pool:
+        rows = list(pool.map(row, cases))
+    if options.json:
+        options.json.write_text(json.dumps({"plan": asdict(plan), "rows": rows}, indent=2))
+    print(markdown(plan, rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
