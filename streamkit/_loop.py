@@ -14,7 +14,9 @@ such module, for serving), because they differ in what the runtime must know:
 - how to tell that the loop has turned since a write: on asyncio, a callback queued after the
   write has run (one per turn of the loop for all its streams, :class:`Turns`). A producer
   that sends again before that never yielded in between, and its items are queued for the
-  writer to join into one write rather than written one by one;
+  writer to join into one write rather than written one by one. A stream asks only after
+  every few writes of its producer's own: a callback per write would cost each event a
+  handle that the loop, written in Python, makes and runs;
 - how a task waits to be woken by another: a stream's writer waits for frames once per event
   of a fan-out, and an event keeps a collection of its waiters for the one there is. A
   wakeup (:attr:`LoopFacts.wakeup`) is a bare future on asyncio, the waiting task itself on
@@ -64,8 +66,8 @@ class Turns:
     """Counts the turns of an asyncio loop after which a write was made from a producer's task.
 
     A write notes itself with :meth:`mark`; once :attr:`count` differs from what ``mark``
-    returned, the loop has turned since. One callback per turn serves every stream that wrote
-    in it, where a callback per write would cost each event of a fan-out one more.
+    returned, the loop has turned since. One callback per turn serves every stream that marked
+    a write in it, where a callback per write would cost each event one more.
     """
 
     __slots__ = ("_call_soon", "_pending", "count", "loop")

@@ -93,6 +93,8 @@ class StreamBody(Protocol[ItemT]):
 
 #: Queued frames are joined into one write until it holds this many bytes.
 _MAX_BATCH_BYTES = 65536
+#: Items a producer writes itself (see _Stream.send()) before it is asked whether it yields.
+WRITES_UNASKED = 16
 _ABANDONING = frozenset({EndReason.CLIENT_DISCONNECTED, EndReason.SEND_TIMEOUT})
 # What the writer enters where its task's handle cancels it (asyncio): a context manager
 # that does nothing, shared by every stream.
@@ -108,6 +110,7 @@ class _Stream(Generic[ItemT]):
 
     # Slots: one per open stream, so its size counts (a dict would add about 1.3 KiB).
     __slots__ = (
+        "_asked_turn",
         "_beat_timer",
         "_bound_timer",
         "_call_at",
@@ -141,11 +144,12 @@ class _Stream(Generic[ItemT]):
         "_turns",
         "_write_done",
         "_writer",
+        "_writes_unasked",
         "_writing",
-        "_written_turn",
         "body",
         "buffer",
         "bytes_sent",
+        "cancelled",
         "client",
         "discarded_last_event_id",
         "exception",
@@ -165,9 +169,10 @@ class _Stream(Generic[ItemT]):
         self._clock = facts.clock
         self._call_at = facts.call_at
         self._turns = facts.turns
-        # The loop's turn of the producer's last write of its own (see offer()): once the
-        # loop's count differs, the loop has turned since.
-        self._written_turn = -1
+        # The producer's writes of its own since it was last asked whether the loop has
+        # turned, and the loop's turn when it was (see send()).
+        self._writes_unasked = 0
+        self._asked_turn = -1
         self._writing = False  # the producer is writing
         self._write_done: anyio.Event | None = None  # made while the writer waits for it
         self.body = body
@@ -201,6 +206,9 @@ class _Stream(Generic[ItemT]):
         self._reported = False
         self._fatal: BaseException | None = None
         self._producer_scope = anyio.CancelScope()
+        #: Whether the producer has been cancelled (the end was decided), as its sender asks
+        #: per item: an attribute, where the scope's own answer is two calls.
+        self.cancelled = False
         # What cancels the writer, until it is abandoned or the stream has ended. On asyncio
         # its task's handle, whose scope anyio makes for every task anyway (0.6 KiB per
         # stream less than a scope of its own), set once the task is started; let go of
@@ -262,6 +270,7 @@ class _Stream(Generic[ItemT]):
             self._bound_timer = self._call_at(bound, self._time_producer)
         if reason is not EndReason.COMPLETED:
             self._producer_scope.cancel()
+            self.cancelled = True
         if reason in _ABANDONING and abandon_sender:
             self._abandon_sender()
         return True
@@ -281,66 +290,65 @@ class _Stream(Generic[ItemT]):
         if self._sender_finished is not None:
             self._sender_finished.set()
 
-    def offer(self, item: ItemT) -> Awaitable[None] | None:
-        """Encode *item* and queue it: ``None`` once queued, else an awaitable that queues it
-        when the buffer has room, or writes it (what :class:`StreamSender` awaits).
+    async def send(self, item: ItemT) -> None:
+        """Encode *item* and queue it, waiting while the buffer is full, or write it: what a
+        producer's ``send`` does (:class:`StreamSender` hands out this very coroutine: one of
+        its own around it would cost each item a coroutine and a frame more).
 
         :raises TypeError: the body cannot encode an item of this type.
         :raises ValueError: the item's value cannot be encoded.
         """
+        if self.cancelled:
+            # A cancelled producer stops here (unless it sends from a shielded block).
+            await anyio.lowlevel.checkpoint()
         frame = self.body.encode(item)
-        if self.options.idle_timeout is not None:
+        if self._idle_timeout is not None:
             self.last_item, self.last_item_at = item, self._clock()
         turns = self._turns
         if (
             turns is not None
-            and turns.count != self._written_turn
             and self.buffer.reader_waiting
             and not self._writing
             and self.reason is None
+            and (self._writes_unasked < WRITES_UNASKED or turns.count != self._asked_turn)
         ):
-            # The writer waits on an empty buffer, no write is under way, and the producer has
-            # yielded since it last wrote (it awaits something between items): it writes this
-            # item itself, which spares waking the writer for it, a task step per item. A
-            # producer that does not yield between items queues them instead, to be joined
-            # into one write.
-            return self._write_through(frame)
+            # The writer waits on an empty buffer and no write is under way: the producer
+            # writes this item itself (see streamkit._loop for where it may), which spares
+            # waking the writer for it, a task step per item, if it awaits something between
+            # items. One that does not (it never yields) queues them instead, to be joined
+            # into one write: after a few items of its own, a producer writes more only once
+            # the loop has turned since. Asked only then, not per item: a callback per turn
+            # of the loop is most of what writing here spares.
+            if self._writes_unasked == WRITES_UNASKED:
+                self._writes_unasked = 0  # the loop has turned since it was asked
+            self._writing = True
+            try:
+                self._last_data_at = self._begin_write()
+                await self._send({"type": "http.response.body", "body": frame, "more_body": True})
+                self._pending_since = None
+                self.bytes_sent += len(frame)
+                self.items_sent += 1
+            except OSError:
+                # ASGI 2.4 servers raise OSError from send() once the client is gone.
+                self.decide(EndReason.CLIENT_DISCONNECTED)
+                await anyio.lowlevel.checkpoint()  # the producer is cancelled now
+            finally:
+                self._writing = False
+                if self._write_done is not None:
+                    self._write_done.set()
+                    self._write_done = None
+                self._writes_unasked += 1
+                if self._writes_unasked == WRITES_UNASKED:
+                    self._asked_turn = turns.mark()
+            return
+        # Trying put_nowait first spares a coroutine per item (about half the cost of queueing
+        # one). It never yields, so the writer takes all that is queued in one write; a
+        # producer that never awaits otherwise still yields (and is cancelled) once the
+        # buffer is full.
         try:
-            # Trying put_nowait first spares a coroutine per item (about half the cost of
-            # queueing one). It never yields, so the writer takes all that is queued in one
-            # write; a producer that never awaits otherwise still yields (and is cancelled)
-            # once the buffer is full.
             self.buffer.put_nowait(frame)
         except anyio.WouldBlock:
-            return self.buffer.put(frame)
-        return None
-
-    @property
-    def cancelled(self) -> bool:
-        """Whether the producer has been cancelled: the end was decided, or its deadline
-        passed."""
-        return self._producer_scope.cancel_called
-
-    async def _write_through(self, frame: bytes) -> None:
-        """Write *frame* from the producer's task (see :mod:`streamkit._loop` for where)."""
-        self._writing = True
-        try:
-            self._last_data_at = self._begin_write()
-            await self._send({"type": "http.response.body", "body": frame, "more_body": True})
-            self._pending_since = None
-            self.bytes_sent += len(frame)
-            self.items_sent += 1
-        except OSError:
-            # ASGI 2.4 servers raise OSError from send() once the client is gone.
-            self.decide(EndReason.CLIENT_DISCONNECTED)
-            await anyio.lowlevel.checkpoint()  # the producer is cancelled now
-        finally:
-            self._writing = False
-            if self._write_done is not None:
-                self._write_done.set()
-                self._write_done = None
-            assert self._turns is not None
-            self._written_turn = self._turns.mark()
+            await self.buffer.put(frame)
 
     def offer_frame(self, frame: bytes, item: ItemT) -> bool:
         """Queue *frame*, *item* already encoded, if the buffer has room; false if it is full

@@ -12,7 +12,6 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, contextmanag
 from typing import Any, Generic, Protocol, TypeAlias, TypeVar
 
 import anyio
-import anyio.lowlevel
 
 from ._ends import EndReason
 
@@ -31,10 +30,7 @@ class _Queue(Protocol[ItemT_contra]):
     last_event_id: str | None
     discarded_last_event_id: str | None
 
-    @property
-    def cancelled(self) -> bool: ...
-
-    def offer(self, item: ItemT_contra) -> Awaitable[None] | None: ...
+    def send(self, item: ItemT_contra) -> Coroutine[Any, Any, None]: ...
 
     def offer_frame(self, frame: bytes, item: ItemT_contra) -> bool: ...
 
@@ -85,19 +81,16 @@ class StreamSender(Generic[ItemT_contra]):
         # stream would hold an empty one.
         self._resources: AsyncExitStack | None = None
 
-    async def __call__(self, item: ItemT_contra) -> None:
+    def __call__(self, item: ItemT_contra) -> Coroutine[Any, Any, None]:
         """Queue *item*; it is encoded now, so an item that cannot be encoded raises here.
+
+        ``await send(item)``: the stream's own coroutine, which queues the item or writes it
+        (a coroutine of the sender's around it would cost every item one more).
 
         :raises TypeError: the response cannot encode an item of this type.
         :raises ValueError: the item's value cannot be encoded.
         """
-        if self._stream.cancelled:
-            # A cancelled producer stops here (unless it sends from a shielded block). Asked
-            # of the stream rather than anyio, which would find the running loop per item.
-            await anyio.lowlevel.checkpoint()
-        waiting = self._stream.offer(item)
-        if waiting is not None:  # the buffer is full: wait for room
-            await waiting
+        return self._stream.send(item)
 
     @property
     def _frame_sink(self) -> Callable[[bytes, ItemT_contra], bool]:

@@ -168,6 +168,15 @@ def encode_event(event: ServerSentEvent, json_encoder: JSONEncoder | None = None
     :raises ValueError: the data holds a value JSON cannot carry; the message names it.
     """
     data = event.data
+    if (
+        type(data) is str
+        and event.event is None
+        and event.id is None
+        and event.retry is None
+        and event.comment is None
+    ):
+        # Data alone, the most common event (a token, a line), checked when it was made.
+        return (_field_lines("data", data) + "\n").encode()
     if data is not None and not isinstance(data, str):
         try:
             data = encode_json(data, json_encoder)
