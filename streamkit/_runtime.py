@@ -317,8 +317,8 @@ class _Stream(Generic[ItemT]):
             # waking the writer for it, a task step per item, if it awaits something between
             # items. One that does not (it never yields) queues them instead, to be joined
             # into one write: after a few items of its own, a producer writes more only once
-            # the loop has turned since. Asked only then, not per item: a callback per turn
-            # of the loop is most of what writing here spares.
+            # the loop has turned since. Asked only then, not per item: with one stream, a
+            # callback per turn of the loop is a callback per item.
             if self._writes_unasked == WRITES_UNASKED:
                 self._writes_unasked = 0  # the loop has turned since it was asked
             self._writing = True
