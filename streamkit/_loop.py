@@ -111,17 +111,9 @@ class LoopFacts:
         before it, and waited on by one task: cancelling that wait is safe (anyio's cancel
         scopes cancel it like any other), a second waiter is not (on asyncio, cancelling one
         would cancel both).
-    :ivar cancels_in_canceller: whether a cancellation is made in the stack of the code that
-        cancels (trio), rather than in the cancelled task (asyncio). A task's anyio handle
-        keeps the cancellation that ended the task; on trio, through that stack, the
-        cancellation holds the handle's own ``cancel()`` frame, which holds the handle: a
-        cycle that only the garbage collector frees, and with it all that the task's frames
-        hold.
-        There a task that may be cancelled is cancelled through a scope of its own, which
-        catches the cancellation before the handle keeps it.
     """
 
-    __slots__ = ("call_at", "cancels_in_canceller", "clock", "event", "turns", "wakeup")
+    __slots__ = ("call_at", "clock", "event", "turns", "wakeup")
 
     def __init__(
         self,
@@ -130,15 +122,12 @@ class LoopFacts:
         turns: Turns | None,
         event: Callable[[], Any],
         wakeup: Callable[[], Waitable],
-        *,
-        cancels_in_canceller: bool,
     ) -> None:
         self.clock = clock
         self.call_at = call_at
         self.turns = turns
         self.event = event
         self.wakeup = wakeup
-        self.cancels_in_canceller = cancels_in_canceller
 
 
 def loop_facts() -> LoopFacts:
@@ -161,7 +150,6 @@ def loop_facts() -> LoopFacts:
             Turns(loop),
             asyncio.Event,
             wakeup,
-            cancels_in_canceller=False,
         )
         _asyncio_facts = facts
     return facts
@@ -250,9 +238,7 @@ class _TrioTimers:
         self._heap: list[_TrioTimer] = []
         self._sleep: Any = None  # the system task's cancel scope, whose deadline is the earliest
         wakeup = partial(_TrioWakeup, trio.lowlevel)
-        self.facts = LoopFacts(
-            trio.current_time, self.call_at, None, trio.Event, wakeup, cancels_in_canceller=True
-        )
+        self.facts = LoopFacts(trio.current_time, self.call_at, None, trio.Event, wakeup)
 
     def call_at(self, when: float, callback: Callable[[], None]) -> Timer:
         timer = _TrioTimer(when, callback)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import AsyncIterable, Awaitable, Callable, Coroutine, Sequence
-from contextlib import nullcontext
 from functools import partial
 from types import TracebackType
 from typing import Any, Generic, Protocol, TypeVar
@@ -96,9 +95,6 @@ _MAX_BATCH_BYTES = 65536
 #: Items a producer writes itself (see _Stream.send()) before it is asked whether it yields.
 WRITES_UNASKED = 16
 _ABANDONING = frozenset({EndReason.CLIENT_DISCONNECTED, EndReason.SEND_TIMEOUT})
-# What the writer enters where its task's handle cancels it (asyncio): a context manager
-# that does nothing, shared by every stream.
-_UNSCOPED = nullcontext()
 #: With heartbeats off, a stream silent this long still writes its heartbeat frame: while a
 #: pipelined request waits, hypercorn stops reading the socket, and a client that left is
 #: then noticed only by a write that fails (the second after it left).
@@ -138,7 +134,6 @@ class _Stream(Generic[ItemT]):
         "_send_timer",
         "_sender_done",
         "_sender_finished",
-        "_sender_scope",
         "_server",
         "_task_group",
         "_turns",
@@ -209,13 +204,12 @@ class _Stream(Generic[ItemT]):
         #: Whether the producer has been cancelled (the end was decided), as its sender asks
         #: per item: an attribute, where the scope's own answer is two calls.
         self.cancelled = False
-        # What cancels the writer, until it is abandoned or the stream has ended. On asyncio
-        # its task's handle, whose scope anyio makes for every task anyway (0.6 KiB per
-        # stream less than a scope of its own), set once the task is started; let go of
-        # then, as the handle keeps the cancellation, whose traceback holds the stream. On
-        # trio a scope of the writer's own (see LoopFacts.cancels_in_canceller).
-        self._sender_scope = anyio.CancelScope() if facts.cancels_in_canceller else None
-        self._writer: anyio.CancelScope | anyio.TaskHandle[None] | None = self._sender_scope
+        # What cancels the writer, until it is abandoned or the stream has ended: its task's
+        # handle, whose scope anyio makes for every task anyway (0.6 KiB per stream on
+        # asyncio, 0.7 on trio, less than a scope of its own), set once the task is started;
+        # let go of then, as the handle keeps the cancellation, whose traceback holds the
+        # stream (see _send_all()).
+        self._writer: anyio.TaskHandle[None] | None = None
         self._sender_done = False
         # Made only when the producer ends first: an idle stream then holds no event.
         self._sender_finished: anyio.Event | None = None
@@ -427,9 +421,7 @@ class _Stream(Generic[ItemT]):
 
     def _start_helpers(self, task_group: TaskGroup) -> None:
         task_group.start_soon(self._watch_connection)
-        writer = task_group.start_soon(self._send_all)
-        if self._sender_scope is None:
-            self._writer = writer
+        self._writer = task_group.start_soon(self._send_all)
         self._time_heartbeat()
         if self._idle_timeout is not None:
             self._idle_timer = self._call_at(self.started_at + self._idle_timeout, self._time_idle)
@@ -693,53 +685,58 @@ class _Stream(Generic[ItemT]):
 
     async def _send_all(self) -> None:
         body = self.body
-        # A scope of its own on trio only (see __init__).
-        with self._sender_scope or _UNSCOPED:
-            try:
-                await self._send_message(body.start_message())
-                # Write what the producer has queued meanwhile in one message: fewer, larger
-                # writes when the producer is ahead, and no added latency when it is not.
-                buffer = self.buffer
-                while True:
-                    if not (frames := buffer.take_nowait(_MAX_BATCH_BYTES)):
-                        # The wait for frames written out here, not a coroutine that waits
-                        # and takes: that would stay on every idle stream's stack.
-                        if (readable := buffer.readable()) is None:
-                            break
-                        try:
-                            await readable
-                        except BaseException:
-                            buffer.wait_cancelled()
-                            raise
-                        continue
-                    if self._writing:  # the producer writes an item itself: after it
-                        self._write_done = done = anyio.Event()
-                        await done.wait()
-                    # One item, as every delivery of a fan-out is, is sent as it is: the
-                    # general case's calls would be paid per event there.
-                    first = frames[0]
-                    if first is not None and len(frames) == 1:
-                        data, items = first, 1
-                    else:
-                        data, items = self._join(frames)
-                    message = {"type": "http.response.body", "body": data, "more_body": True}
-                    await self._send_message(message, items=items > 0)
-                    self.bytes_sent += len(data)
-                    self.items_sent += items
-                if self._sender_done:
-                    return  # abandoned while it waited for frames: nothing more is written
-                if self.reason is not None and (closing := body.closing_frame(self.reason)):
-                    await self._write(closing)
-                # The body is all handed over: a disconnect the server reports from here on is
-                # the normal end of the exchange (trio's worker reports it before this returns).
-                self._completing = True
-                end: Message = {"type": "http.response.body", "body": b"", "more_body": False}
-                await self._send_message(end)
-                self.decide(EndReason.COMPLETED)
-                self._finish_sender()
-            except OSError:
-                # ASGI 2.4 servers raise OSError from send() once the client is gone.
-                self.decide(EndReason.CLIENT_DISCONNECTED)
+        try:
+            await self._send_message(body.start_message())
+            # Write what the producer has queued meanwhile in one message: fewer, larger
+            # writes when the producer is ahead, and no added latency when it is not.
+            buffer = self.buffer
+            while True:
+                if not (frames := buffer.take_nowait(_MAX_BATCH_BYTES)):
+                    # The wait for frames written out here, not a coroutine that waits
+                    # and takes: that would stay on every idle stream's stack.
+                    if (readable := buffer.readable()) is None:
+                        break
+                    try:
+                        await readable
+                    except BaseException:
+                        buffer.wait_cancelled()
+                        raise
+                    continue
+                if self._writing:  # the producer writes an item itself: after it
+                    self._write_done = done = anyio.Event()
+                    await done.wait()
+                # One item, as every delivery of a fan-out is, is sent as it is: the
+                # general case's calls would be paid per event there.
+                first = frames[0]
+                if first is not None and len(frames) == 1:
+                    data, items = first, 1
+                else:
+                    data, items = self._join(frames)
+                message = {"type": "http.response.body", "body": data, "more_body": True}
+                await self._send_message(message, items=items > 0)
+                self.bytes_sent += len(data)
+                self.items_sent += items
+            if self._sender_done:
+                return  # abandoned while it waited for frames: nothing more is written
+            if self.reason is not None and (closing := body.closing_frame(self.reason)):
+                await self._write(closing)
+            # The body is all handed over: a disconnect the server reports from here on is
+            # the normal end of the exchange (trio's worker reports it before this returns).
+            self._completing = True
+            end: Message = {"type": "http.response.body", "body": b"", "more_body": False}
+            await self._send_message(end)
+            self.decide(EndReason.COMPLETED)
+            self._finish_sender()
+        except OSError:
+            # ASGI 2.4 servers raise OSError from send() once the client is gone.
+            self.decide(EndReason.CLIENT_DISCONNECTED)
+        except anyio.get_cancelled_exc_class() as exc:
+            # Cancelled through its handle (see _abandon_sender()), which keeps the
+            # cancellation. On trio the cancellation is made in the stack of the code that
+            # cancelled, and its traceback holds those frames, one of them the handle's own
+            # cancel(), which holds the handle: a cycle that only the collector frees, and with
+            # it the stream. Raised on without that traceback: the same cancellation.
+            raise exc.with_traceback(None)  # noqa: B904  (the same exception, raised on)
 
     def _join(self, frames: tuple[bytes | None, ...]) -> tuple[bytes, int]:
         """The bytes of *frames* (``None``: a heartbeat, made now), and how many are items."""
