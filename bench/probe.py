@@ -118,7 +118,8 @@ class Probe:
 
         ``/_bench/state?since=K`` reports the counters and the timestamps from the K-th on;
         ``/_bench/wait?cleaned=N&within=S&since=K`` does the same once N cleanups are
-        recorded (or S seconds passed); ``/_bench/stop`` begins the server's shutdown.
+        recorded (or S seconds passed); ``/_bench/stop`` begins the server's shutdown;
+        ``/_bench/collect`` runs a full garbage collection.
         """
         query = {k: v[-1] for k, v in parse_qs(scope.get("query_string", b"").decode()).items()}
         since = int(query.get("since", "0"))
@@ -133,6 +134,8 @@ class Probe:
         elif path == "/_bench/stop":
             self.stop.set()
             body = {"stopping": True}
+        elif path == "/_bench/collect":
+            body = {"collected": gc.collect()}
         else:
             await _respond(send, 404, {"error": f"no control endpoint {path!r}"})
             return
