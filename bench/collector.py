@@ -36,6 +36,7 @@ import anyio
 
 from .broker_apps import SEND_TIMEOUT, SUBSCRIBER_BUFFER, TOPIC, RawFanOut
 from .probe import Collections, Message
+from .report import publish
 
 __all__ = ["main"]
 
@@ -229,10 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     for backend in [options.backend] if options.backend else BACKENDS:
         for impl in IMPLEMENTATIONS:
             rows.append({"implementation": impl, "backend": backend, **_one(impl, backend, plan)})
-    if options.json:
-        options.json.write_text(json.dumps({"plan": asdict(plan), "rows": rows}, indent=2))
-    print(markdown(plan, rows))
-    return 0
+    return publish(markdown(plan, rows), plan, rows, options.json)
 
 
 if __name__ == "__main__":

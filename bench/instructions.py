@@ -19,18 +19,18 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import shutil
 import subprocess
 import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .apps import SHAPES
 from .client import Stream
+from .report import publish
 from .servers import ServerProcess
 
 __all__ = ["main"]
@@ -167,10 +167,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with ThreadPoolExecutor(max_workers=max(1, options.jobs)) as pool:
         rows = list(pool.map(row, cases))
-    if options.json:
-        options.json.write_text(json.dumps({"plan": asdict(plan), "rows": rows}, indent=2))
-    print(markdown(plan, rows))
-    return 0
+    return publish(markdown(plan, rows), plan, rows, options.json)
 
 
 if __name__ == "__main__":
