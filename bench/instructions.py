@@ -84,6 +84,8 @@ def measure(backend: str, producer: str, impl: str, size: int, plan: Plan) -> di
             server.kill()
             log.close()
         instructions = _totals(Path(f"{out}.1"))
+    if not events:
+        raise RuntimeError(f"{impl}/{backend}: no {producer} event arrived in the counted window")
     return {"events": events, "instructions": instructions, "per_event": instructions / events}
 
 
