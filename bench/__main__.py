@@ -5,25 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from .apps import IMPLEMENTATIONS
+from .cli import names
 from .report import markdown
 from .runner import BACKENDS, FULL, MEASUREMENTS, QUICK, run
-
-
-def _names(allowed: tuple[str, ...] | list[str], what: str) -> Callable[[str], list[str]]:
-    def parse(text: str) -> list[str]:
-        names = [name.strip() for name in text.split(",") if name.strip()]
-        unknown = [name for name in names if name not in allowed]
-        if unknown:
-            raise argparse.ArgumentTypeError(
-                f"unknown {what} {', '.join(map(repr, unknown))}; choose from {', '.join(allowed)}"
-            )
-        return names
-
-    return parse
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,17 +24,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--impl",
-        type=_names(list(IMPLEMENTATIONS), "implementation"),
+        type=names(list(IMPLEMENTATIONS), "implementation"),
         help=f"comma-separated, of: {', '.join(IMPLEMENTATIONS)} (default: all)",
     )
     parser.add_argument(
         "--backend",
-        type=_names(BACKENDS, "backend"),
+        type=names(BACKENDS, "backend"),
         help="comma-separated, of: asyncio, trio (default: both)",
     )
     parser.add_argument(
         "--only",
-        type=_names(MEASUREMENTS, "measurement"),
+        type=names(MEASUREMENTS, "measurement"),
         help=f"comma-separated, of: {', '.join(MEASUREMENTS)} (default: all)",
     )
     parser.add_argument("--json", type=Path, help="also write every figure to this file")

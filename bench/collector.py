@@ -35,8 +35,8 @@ from typing import Any
 import anyio
 
 from .broker_apps import SEND_TIMEOUT, SUBSCRIBER_BUFFER, TOPIC, RawFanOut
+from .cli import publish
 from .probe import Collections, Message
-from .report import publish
 
 __all__ = ["main"]
 

@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from .apps import SHAPES
+from .cli import names, publish
 from .client import Stream
-from .report import publish
 from .servers import ServerProcess
 
 __all__ = ["main"]
@@ -132,32 +132,37 @@ def markdown(plan: Plan, rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _names(value: str, allowed: tuple[str, ...], what: str) -> list[str]:
-    names = [name.strip() for name in value.split(",") if name.strip()]
-    unknown = [name for name in names if name not in allowed]
-    if unknown or not names:
-        raise SystemExit(f"--{what}: expected some of {', '.join(allowed)}, got {value!r}")
-    return names
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.instructions", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="short windows, asyncio, 64 B")
-    parser.add_argument("--impl", default="raw,streamkit", help="comma-separated")
-    parser.add_argument("--backend", help="comma-separated, of: asyncio, trio")
-    parser.add_argument("--producer", default=",".join(PRODUCERS), help="comma-separated")
+    parser.add_argument(
+        "--impl",
+        type=names(IMPLEMENTATIONS, "implementation"),
+        default=["raw", "streamkit"],
+        help=f"comma-separated, of: {', '.join(IMPLEMENTATIONS)} (default: raw, streamkit)",
+    )
+    parser.add_argument(
+        "--backend",
+        type=names(BACKENDS, "backend"),
+        help="comma-separated, of: asyncio, trio (default: both; asyncio with --quick)",
+    )
+    parser.add_argument(
+        "--producer",
+        type=names(PRODUCERS, "producer"),
+        default=list(PRODUCERS),
+        help=f"comma-separated, of: {', '.join(PRODUCERS)} (default: both)",
+    )
     parser.add_argument("--jobs", type=int, default=2, help="servers measured at once")
     parser.add_argument("--json", type=Path, help="also write every figure to this file")
     options = parser.parse_args(argv)
+    if options.jobs < 1:
+        parser.error(f"--jobs: at least 1 server at a time, got {options.jobs}")
     for tool in ("valgrind", "callgrind_control"):
         if shutil.which(tool) is None:
             raise SystemExit(f"python -m bench.instructions needs {tool} (Debian: valgrind)")
-    impls = _names(options.impl, IMPLEMENTATIONS, "impl")
-    if "raw" not in impls:
-        impls.insert(0, "raw")  # the baseline every ratio is to
-    producers = _names(options.producer, PRODUCERS, "producer")
-    default_backends = "asyncio" if options.quick else ",".join(BACKENDS)
-    backends = _names(options.backend or default_backends, BACKENDS, "backend")
+    impls = options.impl if "raw" in options.impl else ["raw", *options.impl]  # the baseline
+    producers = options.producer
+    backends = options.backend or (["asyncio"] if options.quick else list(BACKENDS))
     sizes = SIZES[:1] if options.quick else SIZES
     plan = QUICK if options.quick else Plan()
     cases = list(itertools.product(backends, producers, impls, sizes))
@@ -167,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         names = {"backend": backend, "producer": producer, "implementation": impl, "size": size}
         return names | measure(backend, producer, impl, size, plan)
 
-    with ThreadPoolExecutor(max_workers=max(1, options.jobs)) as pool:
+    with ThreadPoolExecutor(max_workers=options.jobs) as pool:
         rows = list(pool.map(row, cases))
     return publish(markdown(plan, rows), plan, rows, options.json)
 

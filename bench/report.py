@@ -3,13 +3,10 @@ targets, met or missed."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
-__all__ = ["markdown", "publish"]
+__all__ = ["markdown"]
 
 BASELINE = "raw"
 #: A throughput row whose server was below this CPU share was limited by something else.
@@ -295,12 +292,3 @@ def markdown(data: dict[str, Any]) -> str:
     if errors:
         lines += ["#### Measurements that failed", "", *errors, ""]
     return "\n".join(lines)
-
-
-def publish(report: str, plan: Any, rows: list[dict[str, Any]], json_path: Path | None) -> int:
-    """Print a one-table benchmark's *report*; with *json_path*, write its *plan* (a
-    dataclass) and *rows* there too. Returns the command's exit status."""
-    if json_path:
-        json_path.write_text(json.dumps({"plan": asdict(plan), "rows": rows}, indent=2))
-    print(report)
-    return 0

@@ -470,7 +470,7 @@ class _Stream(Generic[ItemT]):
             self.decide(EndReason.ERROR, exc)
         except BaseException as exc:
             failure = exc  # a cancellation: a transaction entered through send rolls back
-            if self._producer_scope.cancel_called and _cancelled_during_cancellation(exc):
+            if self.cancelled and _cancelled_during_cancellation(exc):
                 report_fault(
                     f"stream {printable(self.path)}: producer {self.producer_name()} awaited "
                     "in its cleanup after the stream was cancelled, and that await was cancelled "
