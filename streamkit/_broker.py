@@ -23,6 +23,7 @@ from ._checks import check_count, check_duration
 from ._ends import EndReason
 from ._exceptions import SlowSubscriberError, StreamkitError
 from ._hub import Subscription, TopicHub
+from ._loop import in_loop_thread
 from ._responses import EventSourceArguments, EventSourceResponse
 from ._sender import StreamSender
 from ._sse import ServerSentEvent
@@ -85,6 +86,15 @@ class _History:
         self.touched_at = time.monotonic()
 
 
+def _check_in_loop_thread() -> None:
+    if not in_loop_thread():
+        raise RuntimeError(
+            "MemoryBroker.publish_nowait must be called in the event loop's thread; from "
+            "another thread, call anyio.from_thread.run_sync(broker.publish_nowait, topic, "
+            "event)"
+        )
+
+
 class MemoryBroker(TopicHub):
     """A broker for one process: each topic's last *history_size* events, kept in memory.
 
@@ -136,9 +146,31 @@ class MemoryBroker(TopicHub):
         :raises ValueError: the topic name is invalid, or the event carries an id, retry or
             comment, or no data.
         """
+        await anyio.lowlevel.checkpoint()
+        return self.publish_nowait(topic, event)
+
+    def publish_nowait(self, topic: str, event: ServerSentEvent | str) -> str:
+        """What :meth:`publish` does, without its checkpoint: for a function of the event
+        loop that cannot await (a protocol's callback, say), and for a burst.
+
+        :meth:`publish` lets the loop run before it returns, so a subscriber that keeps up
+        takes each event as it comes. Events published with this, back to back, are taken
+        together instead: each subscriber's stream writes all that are in its buffer at once,
+        one write where ``publish`` makes one per event. More than a subscriber's buffers
+        hold (its stream's ``buffer_size`` and ``subscriber_buffer``) without letting the loop
+        run meets the :class:`~streamkit.broadcast.SlowSubscriberPolicy` of every subscriber,
+        as a slow one would.
+
+        Call it in the event loop's thread; from another thread, through
+        ``anyio.from_thread.run_sync(broker.publish_nowait, topic, event)``.
+
+        :returns: the id given to the event.
+        :raises ValueError: as :meth:`publish`.
+        :raises RuntimeError: called from a thread that runs no event loop.
+        """
         check_topic(topic)
         name, data = event_fields(event)
-        await anyio.lowlevel.checkpoint()
+        _check_in_loop_thread()
         self._sweep()
         history = self._history(topic)
         if history is None:
@@ -238,7 +270,12 @@ def topic_response(
         too slow (the stream then ends with :attr:`~streamkit.EndReason.SEND_TIMEOUT`; the
         broker counts it in ``slow_disconnects``); carry a ``retry``. ``None`` sends nothing.
 
-    The other arguments are those of :class:`~streamkit.EventSourceResponse`.
+    The other arguments are those of :class:`~streamkit.EventSourceResponse`, but for the
+    default ``buffer_size`` with either of streamkit's brokers: the broker's
+    ``subscriber_buffer``. The frames in that buffer are the broker's one encoding of each
+    event, shared by every subscriber, so a frame waiting there costs a subscriber a slot in a
+    list; and a burst that fits goes out in one write per subscriber, where one that does not
+    is sent on event by event.
 
     :raises TopicNameError: the topic name is invalid (a :class:`ValueError`, answered 400
         by Starlette's exception handling).
@@ -247,6 +284,8 @@ def topic_response(
         check_topic(topic)
     except ValueError as exc:
         raise TopicNameError(str(exc)) from None
+    if isinstance(broker, TopicHub):
+        arguments.setdefault("buffer_size", broker.subscriber_buffer)
 
     async def produce(send: StreamSender[ServerSentEvent | str]) -> None:
         # A Last-Event-ID discarded as invalid is still handed on: the client expected to

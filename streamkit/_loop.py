@@ -45,7 +45,7 @@ import sniffio
 
 from ._buffer import Waitable
 
-__all__ = ["TIMERS_TASK", "LoopFacts", "Timer", "Turns", "loop_facts"]
+__all__ = ["TIMERS_TASK", "LoopFacts", "Timer", "Turns", "in_loop_thread", "loop_facts"]
 
 logger = logging.getLogger("streamkit")
 
@@ -156,6 +156,18 @@ def loop_facts() -> LoopFacts:
 
 
 _asyncio_facts: LoopFacts | None = None  # of the asyncio loop that started a stream last
+
+
+def in_loop_thread() -> bool:
+    """Whether the calling thread is running an event loop: a trio task, an asyncio task, or
+    an asyncio callback (which sniffio, asking for a task, does not recognise)."""
+    if sniffio.thread_local.name == "trio":
+        return True
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 class _FutureWakeup(asyncio.Future[None]):

@@ -78,6 +78,8 @@ def test_event_ids_are_two_unsigned_64_bit_numbers(text: str, key: tuple[int, in
 async def test_publish_refuses_what_the_broker_owns(event: ServerSentEvent, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         await MemoryBroker().publish("topic", event)
+    with pytest.raises(ValueError, match=message):
+        MemoryBroker().publish_nowait("topic", event)
 
 
 @pytest.mark.parametrize("topic", ["", "a\nb", "x" * 257])

@@ -24,6 +24,7 @@ import streamkit._runtime
 import streamkit._sse
 from streamkit import EndReason, EventSourceResponse, StreamEnd, StreamSender
 from streamkit._loop import TIMERS_TASK
+from streamkit._topics import parse_event_id
 from streamkit.broadcast import MemoryBroker, SlowSubscriberPolicy, topic_response
 from streamkit.testing import FakeConnection
 
@@ -312,3 +313,82 @@ async def test_the_idle_fallback_repeats_the_last_event_fed_to_the_stream() -> N
         await until(partial(has_events, connection, 4))
         assert data_of(connection) == ["0", "1", "2", "2"]
         connection.disconnect()
+
+
+async def test_a_burst_published_without_yielding_goes_out_in_one_write_per_subscriber() -> None:
+    # publish() lets the loop run after each event, so a stream that keeps up writes each
+    # event on its own (or a few together, as the loop has it). publish_nowait() back to back
+    # fills every stream's buffer first, and each stream's writer sends the burst at once.
+    connections = [FakeConnection(path="/t") for _ in range(10)]
+    # More than StreamOptions' default buffer_size (16): a topic stream's buffer holds the
+    # broker's subscriber_buffer (64) frames, so the burst goes straight into it.
+    burst = 40
+    async with MemoryBroker() as broker, anyio.create_task_group() as task_group:
+        for connection in connections:
+            task_group.start_soon(serve(connection, topic_response(broker, "t")))
+        await until(lambda: broker.statistics().subscribers == 10)
+        before = [len(connection.body_chunks) for connection in connections]
+        ids = [broker.publish_nowait("t", str(number)) for number in range(burst)]
+        expected = [str(number) for number in range(burst)]
+        await until(lambda: all(data_of(c) == expected for c in connections))
+        writes = [len(c.body_chunks) - count for c, count in zip(connections, before, strict=True)]
+        assert writes == [1] * 10
+        keys = [parse_event_id(identifier) for identifier in ids]
+        assert None not in keys
+        assert keys == sorted(set(keys), key=lambda key: key or (0, 0))  # rising, none twice
+        assert broker.topic_statistics("t").deliveries == 10 * burst
+        for connection in connections:
+            connection.disconnect()
+
+
+async def test_a_burst_beyond_the_buffers_meets_the_policy_and_loses_nothing() -> None:
+    # 8 frames in the stream's buffer (the broker's subscriber_buffer) and 8 in the
+    # subscription's: the 17th event finds both full, and the default policy has the
+    # subscriber read the rest from the history.
+    connection = FakeConnection(path="/t")
+    async with (
+        MemoryBroker(subscriber_buffer=8) as broker,
+        anyio.create_task_group() as task_group,
+    ):
+        task_group.start_soon(serve(connection, topic_response(broker, "t")))
+        await until(lambda: broker.statistics().subscribers == 1)
+        for number in range(60):
+            broker.publish_nowait("t", str(number))
+        expected = [str(number) for number in range(60)]
+        await until(lambda: data_of(connection) == expected)
+        assert broker.topic_statistics("t").catch_ups == 1
+        connection.disconnect()
+
+
+async def test_publish_nowait_runs_in_a_callback_of_the_loop_and_refuses_another_thread(
+    anyio_backend: str,
+) -> None:
+    async with MemoryBroker() as broker, broker.subscribe("t") as subscription:
+        published: list[str] = []
+        done = anyio.Event()
+
+        def callback() -> None:  # no task: a function the loop calls
+            published.append(broker.publish_nowait("t", "from a callback"))
+            done.set()
+
+        if anyio_backend == "trio":
+            import trio
+
+            trio.lowlevel.current_trio_token().run_sync_soon(callback)
+        else:
+            import asyncio
+
+            asyncio.get_running_loop().call_soon(callback)
+        with anyio.fail_after(5):
+            await done.wait()
+            event = await subscription.__anext__()
+        assert (event.id, event.data) == (published[0], "from a callback")
+        with pytest.raises(RuntimeError, match=r"event loop's thread.*from_thread\.run_sync"):
+            await anyio.to_thread.run_sync(broker.publish_nowait, "t", "from a thread")
+        # The way the message gives works, and the refused one left nothing behind.
+        relayed = await anyio.to_thread.run_sync(
+            anyio.from_thread.run_sync, broker.publish_nowait, "t", "relayed"
+        )
+        with anyio.fail_after(5):
+            event = await subscription.__anext__()
+        assert (event.id, event.data) == (relayed, "relayed")

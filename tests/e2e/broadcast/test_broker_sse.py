@@ -23,7 +23,7 @@ from support import redis_server
 from support.brokers import AnyBroker, MakeBroker, until
 
 from streamkit import EndReason, ServerSentEvent
-from streamkit.broadcast import RedisBroker, topic_response
+from streamkit.broadcast import MemoryBroker, RedisBroker, topic_response
 from streamkit.testing import LiveServer, StreamClient, open_server, open_stream
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
@@ -190,6 +190,34 @@ async def test_a_client_that_leaves_closes_its_subscription(
         end = await server.wait_ended(EndReason.CLIENT_DISCONNECTED, within=5.0)
         closed_in = anyio.current_time() - left_at
         assert broker.statistics().subscribers == 0
+        assert closed_in < 1.0
+        assert end.cleanup_duration < 1.0
+        print(f"subscription closed {closed_in * 1000:.1f} ms after the client left")
+
+
+@pytest.mark.parametrize("leave", ["close", "reset"])
+async def test_a_burst_published_without_yielding_reaches_the_others_when_one_leaves_in_it(
+    leave: str,
+) -> None:
+    # publish_nowait() puts the whole burst into every stream's buffer before any writer
+    # runs; the one that leaves with it unread has its subscription closed, the others get
+    # every event in order.
+    broker = MemoryBroker()
+    async with serving(broker) as server, AsyncExitStack() as stack:
+        clients = [
+            await stack.enter_async_context(open_stream(server, "/topics/t")) for _ in range(5)
+        ]
+        await until(lambda: broker.statistics().subscribers == 5)
+        leaving = clients.pop()
+        ids = [broker.publish_nowait("t", numbered(i)) for i in range(16)]
+        left_at = anyio.current_time()
+        await getattr(leaving, leave)()
+        for client in clients:
+            received = await read_events(client, 16)
+            assert [(e.id, e.data) for e in received] == [(ids[i], numbered(i)) for i in range(16)]
+        end = await server.wait_ended(EndReason.CLIENT_DISCONNECTED, within=5.0)
+        closed_in = anyio.current_time() - left_at
+        await until(lambda: broker.statistics().subscribers == 4, within=1.0)
         assert closed_in < 1.0
         assert end.cleanup_duration < 1.0
         print(f"subscription closed {closed_in * 1000:.1f} ms after the client left")
