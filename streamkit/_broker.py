@@ -12,7 +12,7 @@ import collections
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol, Self, Unpack
 
@@ -148,6 +148,23 @@ class MemoryBroker(TopicHub):
         """
         await anyio.lowlevel.checkpoint()
         return self.publish_nowait(topic, event)
+
+    async def publish_many(self, topic: str, events: Iterable[ServerSentEvent | str]) -> list[str]:
+        """Publish *events* to *topic* in order, as a burst: one checkpoint, then each as
+        :meth:`publish_nowait` does, so each subscriber's stream writes them in one write.
+        What the subscribers' buffers cannot hold meets their
+        :class:`~streamkit.broadcast.SlowSubscriberPolicy`.
+
+        :returns: the events' ids, in order.
+        :raises ValueError: as :meth:`publish`, for any of the events; then none is
+            published.
+        """
+        check_topic(topic)
+        events = list(events)
+        for event in events:  # every one checked before any is published
+            event_fields(event)
+        await anyio.lowlevel.checkpoint()
+        return [self.publish_nowait(topic, event) for event in events]
 
     def publish_nowait(self, topic: str, event: ServerSentEvent | str) -> str:
         """What :meth:`publish` does, without its checkpoint: for a function of the event

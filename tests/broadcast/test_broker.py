@@ -112,6 +112,47 @@ async def test_subscribers_get_live_events_in_order_with_their_ids(make_broker: 
         assert broker.statistics().subscribers == 0
 
 
+async def test_publish_many_publishes_each_in_order_with_an_id_of_its_own(
+    make_broker: MakeBroker,
+) -> None:
+    async with make_broker() as broker, broker.subscribe("t") as subscription:
+        before = await broker.publish("t", "before")
+        batch: list[ServerSentEvent | str] = ["a", ServerSentEvent(event="named", data="b"), "c"]
+        ids = await broker.publish_many("t", batch)
+        after = await broker.publish("t", "after")
+        keys = [parse_event_id(i) or (0, 0) for i in [before, *ids, after]]
+        assert keys == sorted(set(keys))
+        with anyio.fail_after(5):
+            events = [await anext(subscription) for _ in range(5)]
+        assert [(e.id, e.event, e.data) for e in events] == [
+            (before, None, "before"),
+            (ids[0], None, "a"),
+            (ids[1], "named", "b"),
+            (ids[2], None, "c"),
+            (after, None, "after"),
+        ]
+        assert await broker.publish_many("t", []) == []
+
+
+async def test_publish_many_refuses_a_bad_event_before_publishing_any(
+    make_broker: MakeBroker,
+) -> None:
+    async with make_broker() as broker:
+        first = await broker.publish("t", "first")
+        with pytest.raises(ValueError, match=r"not id.*'1-0'"):
+            await broker.publish_many("t", ["a", ServerSentEvent(data="x", id="1-0"), "b"])
+        with pytest.raises(TypeError, match="got bytes"):
+            await broker.publish_many("t", ["a", b"b"])  # type: ignore[list-item]
+        with pytest.raises(ValueError, match="topic must be"):
+            await broker.publish_many("", ["a"])
+        async with broker.subscribe("t", last_event_id=first) as subscription:
+            following = await broker.publish("t", "next")
+            # Had "a" been published, it would come first.
+            with anyio.fail_after(5):
+                event = await anext(subscription)
+            assert (event.id, event.data) == (following, "next")
+
+
 async def test_an_event_name_travels_with_the_event(make_broker: MakeBroker) -> None:
     async with make_broker() as broker, broker.subscribe("t") as subscription:
         await broker.publish("t", ServerSentEvent(event="price", data="a\nb"))

@@ -1,6 +1,7 @@
-"""A burst larger than a subscriber's buffer, through real hypercorn on asyncio and trio: the
-Redis reader takes up to ``read_batch`` entries at once, and subscribers that keep up must get
-them all without being taken for slow ones.
+"""Bursts through real hypercorn on asyncio and trio: the Redis reader takes up to
+``read_batch`` entries at once, and subscribers that keep up must get them all without being
+taken for slow ones, even beyond their buffers; a burst published with ``publish_many``
+reaches every subscriber in order, with one of them leaving in the middle of it.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 from support import redis_server
-from support.brokers import until
+from support.brokers import MakeBroker, until
 
+from streamkit import EndReason
 from streamkit.broadcast import RedisBroker, topic_response
 from streamkit.testing import open_server, open_stream
 
@@ -55,3 +57,40 @@ async def test_a_burst_in_one_read_does_not_disconnect_subscribers_that_keep_up(
                 received = [await stream.read_event() for _ in range(burst)]
             assert [(event.event, event.id) for event in received] == [(None, i) for i in ids]
         assert broker.statistics().slow_disconnects == 0
+
+
+@pytest.mark.parametrize("leave", ["close", "reset"])
+async def test_a_burst_published_at_once_reaches_every_subscriber_in_order_when_one_leaves(
+    make_broker: MakeBroker, leave: str
+) -> None:
+    # publish_many: one transaction for Redis (one read for its reader), one checkpoint for
+    # the memory broker; within the buffers, every subscriber's stream writes it at once.
+    clients, burst = 8, 200
+    broker = make_broker(subscriber_buffer=256)
+
+    async def events(request: Request) -> Response:
+        return topic_response(broker, "t", heartbeat_interval=None)
+
+    app = Starlette(routes=[Route("/t", events)])
+    async with broker, open_server(app) as server, AsyncExitStack() as stack:
+        streams = [
+            await stack.enter_async_context(open_stream(server, "/t")) for _ in range(clients)
+        ]
+        await until(lambda: broker.statistics().subscribers == clients)
+        leaving = streams.pop()
+        ids = await broker.publish_many("t", [str(number) for number in range(burst)])
+        left_at = anyio.current_time()
+        await getattr(leaving, leave)()
+        for stream in streams:
+            with anyio.fail_after(10):
+                received = [await stream.read_event() for _ in range(burst)]
+            assert [(event.id, event.data) for event in received] == [
+                (identifier, str(number)) for number, identifier in enumerate(ids)
+            ]
+        end = await server.wait_ended(EndReason.CLIENT_DISCONNECTED, within=5.0)
+        await until(lambda: broker.statistics().subscribers == clients - 1, within=1.0)
+        closed_in = anyio.current_time() - left_at
+        assert closed_in < 1.0
+        assert end.cleanup_duration < 1.0
+        assert broker.statistics().slow_disconnects == 0
+        print(f"subscription closed {closed_in * 1000:.1f} ms after the client left")
