@@ -290,9 +290,11 @@ def topic_response(
     The other arguments are those of :class:`~streamkit.EventSourceResponse`, but for the
     default ``buffer_size`` with either of streamkit's brokers: the broker's
     ``subscriber_buffer``. The frames in that buffer are the broker's one encoding of each
-    event, shared by every subscriber, so a frame waiting there costs a subscriber a slot in a
-    list; and a burst that fits goes out in one write per subscriber, where one that does not
-    is sent on event by event.
+    event, shared by the subscribers, so a frame waiting there costs a subscriber a slot in a
+    list while the others still hold it too; and a burst that fits goes out in one write per
+    subscriber, where one that does not is sent on event by event. A subscriber that stopped
+    reading keeps up to that many frames alive until its ``send_timeout`` ends it: with large
+    events, a smaller ``buffer_size`` bounds that.
 
     :raises TopicNameError: the topic name is invalid (a :class:`ValueError`, answered 400
         by Starlette's exception handling).
