@@ -26,7 +26,10 @@ such module, for serving), because they differ in what the runtime must know:
   disconnect listener (a cancel scope made and entered per write, or a listener woken by a
   cancellation after writes that had long completed, paid for on every event of a fan-out).
   asyncio has ``call_at``; trio has no callbacks, so one system task per run keeps the timers
-  of all its streams.
+  of all its streams;
+- whether the calling thread runs a loop at all, for a plain function that must be called
+  in it (``MemoryBroker.publish_nowait``): sniffio looks for a task, and an asyncio callback
+  runs in none.
 """
 
 from __future__ import annotations

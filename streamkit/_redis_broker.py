@@ -178,8 +178,7 @@ class RedisBroker(TopicHub):
         :returns: the events' ids, in order.
         :raises ValueError: as :meth:`publish`, for any of the events; then none is
             published.
-        :raises coredis.exceptions.RedisError: Redis could not be reached or refused them;
-            then none is published.
+        :raises coredis.exceptions.RedisError: Redis could not be reached or refused them.
         """
         return await self._append(topic, events)
 
