@@ -741,8 +741,10 @@ class _Stream(Generic[ItemT]):
     def _join(self, frames: tuple[bytes | None, ...]) -> tuple[bytes, int]:
         """The bytes of *frames* (``None``: a heartbeat, made now), and how many are items."""
         beats = frames.count(None)
+        if not beats:
+            return b"".join(frames), len(frames)  # type: ignore[arg-type]  # no None among them
         # Asked per write, not once: a heartbeat may carry the time it was sent.
-        beat = (self.body.heartbeat_frame() or b"") if beats else b""
+        beat = self.body.heartbeat_frame() or b""
         return b"".join([beat if f is None else f for f in frames]), len(frames) - beats
 
     def _time_heartbeat(self) -> None:

@@ -48,6 +48,15 @@ async def test_a_batch_stops_once_it_holds_max_bytes() -> None:
     assert await take(buffer, 4) == [b"12", None, b"34"]
     assert await take(buffer, 1) == [b"56"]
     assert await take(buffer, 1024) == [b"78"]
+    # Without a heartbeat among them (a burst of a fan-out), the same batches.
+    for frame in (b"12", b"34", b"56", b"78"):
+        buffer.put_nowait(frame)
+    assert await take(buffer, 4) == [b"12", b"34"]
+    assert await take(buffer, 4) == [b"56", b"78"]
+    for frame in (b"12", b"34", b"5"):
+        buffer.put_nowait(frame)
+    assert await take(buffer, 4) == [b"12", b"34"]
+    assert await take(buffer, 4) == [b"5"]
 
 
 async def test_a_full_buffer_refuses_then_holds_the_producer_until_the_writer_takes() -> None:
