@@ -69,10 +69,11 @@ class FrameBuffer:
         """Whether the reader waits for a frame (the buffer is then empty)."""
         return self._readable is not None
 
-    def put_nowait(self, frame: bytes | None) -> None:
-        """Queue *frame* if there is room.
+    def offer(self, frame: bytes | None) -> bool:
+        """Queue *frame* if there is room; false if the buffer is full (nothing is queued).
+        Not an exception for a full buffer: a fan-out offers a frame to every subscriber,
+        and one that is behind is no error.
 
-        :raises anyio.WouldBlock: the buffer is full.
         :raises anyio.ClosedResourceError: the buffer was closed.
         """
         if self._closed:
@@ -80,26 +81,22 @@ class FrameBuffer:
         frames = self._frames
         # Full, unless a writer waits on an empty buffer: the frame is then handed to it.
         if len(frames) >= self._capacity and (frames or self._readable is None):
-            raise anyio.WouldBlock
+            return False
         frames.append(frame)
         if self._readable is not None:
             self._readable.set()
             self._readable = None
+        return True
 
     async def put(self, frame: bytes | None) -> None:
         """Queue *frame*, waiting while the buffer is full.
 
         :raises anyio.ClosedResourceError: the buffer was closed.
         """
-        while True:
-            try:
-                self.put_nowait(frame)
-            except anyio.WouldBlock:
-                if self._writable is None:
-                    self._writable = self._event()
-                await self._writable.wait()
-            else:
-                return
+        while not self.offer(frame):
+            if self._writable is None:
+                self._writable = self._event()
+            await self._writable.wait()
 
     def take_nowait(self, max_bytes: int) -> tuple[bytes | None, ...]:
         """Take the frames queued, in order, until they hold *max_bytes* (at least one frame);

@@ -190,11 +190,13 @@ class TopicHub:
             sink = subscription._sink
             if sink is not None:
                 try:
-                    offered = sink(frame, event)
+                    offered = sink(frame)
                 except anyio.ClosedResourceError:
                     offered = False
                 if offered:
                     subscription._position = key
+                    if (note := subscription._note) is not None:
+                        note(event)
                     delivered += 1
                     continue
             result = subscription._offer(entry, frame, wait_for_room=wait_for_room)
@@ -355,6 +357,7 @@ class Subscription:
         "_lagging",
         "_make_wakeup",
         "_more_history",
+        "_note",
         "_page",
         "_pending",
         "_position",
@@ -399,8 +402,9 @@ class Subscription:
             self._invalid_id = self._position is None
             self._replaying = not self._invalid_id
         # While attached to a stream (see feed()): queues a live event's frame there, false
-        # when that buffer is full.
-        self._sink: Callable[[bytes, ServerSentEvent], bool] | None = None
+        # when that buffer is full; and, unless None, what to tell the stream each event was.
+        self._sink: Callable[[bytes], bool] | None = None
+        self._note: Callable[[ServerSentEvent], None] | None = None
         # Cancelled by _detach(): what feed() listens for the disconnect in while attached.
         self._attached: anyio.CancelScope | None = None
 
@@ -448,7 +452,7 @@ class Subscription:
         """
         while True:
             if self._can_attach():
-                self._sink = send._frame_sink
+                self._sink, self._note = send._frame_sink
                 self._pending = None  # empty, and no use while the stream takes the events
                 # Nothing to do here until _detach(): this task listens for the disconnect
                 # meanwhile, in place of the stream's watcher, whose task is spared.
@@ -529,8 +533,10 @@ class Subscription:
         sink = self._sink
         if sink is not None:
             try:
-                if sink(frame, entry[1]):
+                if sink(frame):
                     self._position = entry[0]
+                    if self._note is not None:
+                        self._note(entry[1])
                     return True
             except anyio.ClosedResourceError:
                 self._detach()  # the stream is ending

@@ -335,30 +335,25 @@ class _Stream(Generic[ItemT]):
                 if self._writes_unasked == WRITES_UNASKED:
                     self._asked_turn = turns.mark()
             return
-        # Trying put_nowait first spares a coroutine per item (about half the cost of queueing
-        # one). It never yields, so the writer takes all that is queued in one write; a
-        # producer that never awaits otherwise still yields (and is cancelled) once the
-        # buffer is full.
-        try:
-            self.buffer.put_nowait(frame)
-        except anyio.WouldBlock:
+        # Offering first spares a coroutine per item (about half the cost of queueing one).
+        # It never yields, so the writer takes all that is queued in one write; a producer
+        # that never awaits otherwise still yields (and is cancelled) once the buffer is full.
+        if not self.buffer.offer(frame):
             await self.buffer.put(frame)
 
-    def offer_frame(self, frame: bytes, item: ItemT) -> bool:
-        """Queue *frame*, *item* already encoded, if the buffer has room; false if it is full
-        (nothing is queued: the caller decides what then). Never waits: a fan-out hands one
-        encoding of an event to every subscriber's stream this way.
+    def frame_sink(self) -> tuple[Callable[[bytes], bool], Callable[[ItemT], None] | None]:
+        """``(offer, note)``, for a fan-out that hands one encoding of an event to every
+        subscriber's stream: ``offer(frame)`` queues *frame*, an item already encoded, if the
+        buffer has room, and is false if it is full (nothing is queued: the caller decides
+        what then); it never waits, and raises :exc:`anyio.ClosedResourceError` once the
+        stream is ending. ``note(item)``, unless ``None``, is to be called with the item of
+        each frame so queued: the idle fallback is made of the last item, whichever way it
+        came. The buffer's own method, not one of the stream's around it: a fan-out calls it
+        once per delivery."""
+        return self.buffer.offer, (self._note_item if self._idle_timeout is not None else None)
 
-        :raises anyio.ClosedResourceError: the stream is ending and takes no more frames.
-        """
-        if self._idle_timeout is not None:
-            # The idle fallback is made of the last item, whichever way it came.
-            self.last_item, self.last_item_at = item, self._clock()
-        try:
-            self.buffer.put_nowait(frame)
-        except anyio.WouldBlock:
-            return False
-        return True
+    def _note_item(self, item: ItemT) -> None:
+        self.last_item, self.last_item_at = item, self._clock()
 
     def shutdown(self) -> None:
         """End the stream for a graceful shutdown (called by the registry's drain)."""
@@ -625,9 +620,7 @@ class _Stream(Generic[ItemT]):
         """Queue *frame* unless the buffer is full (the client is behind: nothing is needed);
         false once the producer has finished and the buffer is closed."""
         try:
-            self.buffer.put_nowait(frame)
-        except anyio.WouldBlock:
-            pass
+            self.buffer.offer(frame)  # full: the client is behind, and needs no heartbeat
         except anyio.ClosedResourceError:
             return False
         return True

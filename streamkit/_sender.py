@@ -32,7 +32,9 @@ class _Queue(Protocol[ItemT_contra]):
 
     def send(self, item: ItemT_contra) -> Coroutine[Any, Any, None]: ...
 
-    def offer_frame(self, frame: bytes, item: ItemT_contra) -> bool: ...
+    def frame_sink(
+        self,
+    ) -> tuple[Callable[[bytes], bool], Callable[[ItemT_contra], None] | None]: ...
 
     def listen_instead(self, stop: anyio.CancelScope) -> Coroutine[Any, Any, bool]: ...
 
@@ -93,13 +95,14 @@ class StreamSender(Generic[ItemT_contra]):
         return self._stream.send(item)
 
     @property
-    def _frame_sink(self) -> Callable[[bytes, ItemT_contra], bool]:
-        """``sink(frame, item)`` queues *frame*, *item* already encoded, if the stream's buffer
-        has room, and is false if it is full; it never waits, and raises
-        :exc:`anyio.ClosedResourceError` once the stream is ending. For fan-out within
-        streamkit (the broadcast wing), which encodes an event once for all its subscribers;
-        not for producers."""
-        return self._stream.offer_frame
+    def _frame_sink(self) -> tuple[Callable[[bytes], bool], Callable[[ItemT_contra], None] | None]:
+        """``(offer, note)``: ``offer(frame)`` queues *frame*, an item already encoded, if the
+        stream's buffer has room, and is false if it is full; it never waits, and raises
+        :exc:`anyio.ClosedResourceError` once the stream is ending. ``note(item)``, unless
+        ``None``, is to be called with the item of each frame queued so (the stream's idle
+        fallback is made of the last). For fan-out within streamkit (the broadcast wing),
+        which encodes an event once for all its subscribers; not for producers."""
+        return self._stream.frame_sink()
 
     def _listen_instead(self, stop: anyio.CancelScope) -> Coroutine[Any, Any, bool]:
         """Listen for the client's disconnect in this task, in place of the stream's watcher,
