@@ -146,8 +146,10 @@ class MemoryBroker(TopicHub):
         :raises ValueError: the topic name is invalid, or the event carries an id, retry or
             comment, or no data.
         """
+        check_topic(topic)
+        name, data = event_fields(event)
         await anyio.lowlevel.checkpoint()
-        return self.publish_nowait(topic, event)
+        return self._append(topic, name, data)
 
     async def publish_many(self, topic: str, events: Iterable[ServerSentEvent | str]) -> list[str]:
         """Publish *events* to *topic* in order, as a burst: one checkpoint, then each as
@@ -160,11 +162,9 @@ class MemoryBroker(TopicHub):
             published.
         """
         check_topic(topic)
-        events = list(events)
-        for event in events:  # every one checked before any is published
-            event_fields(event)
+        fields = [event_fields(event) for event in events]  # all checked before any is published
         await anyio.lowlevel.checkpoint()
-        return [self.publish_nowait(topic, event) for event in events]
+        return [self._append(topic, name, data) for name, data in fields]
 
     def publish_nowait(self, topic: str, event: ServerSentEvent | str) -> str:
         """What :meth:`publish` does, without its checkpoint: for a function of the event
@@ -188,6 +188,11 @@ class MemoryBroker(TopicHub):
         check_topic(topic)
         name, data = event_fields(event)
         _check_in_loop_thread()
+        return self._append(topic, name, data)
+
+    def _append(self, topic: str, name: str | None, data: str) -> str:
+        """Append an event, its fields checked, to *topic*'s history, deliver it, return its
+        id."""
         self._sweep()
         history = self._history(topic)
         if history is None:

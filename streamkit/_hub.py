@@ -179,30 +179,36 @@ class TopicHub:
     ) -> list[Subscription]:
         """Offer *entry*, encoded as *frame*, to each of *subscriptions*, and count the
         deliveries; return those whose buffers were full (only with *wait_for_room*, see
-        :meth:`Subscription._offer`)."""
+        :meth:`Subscription._hold`)."""
         key, event = entry
         full = []
         delivered = 0
         for subscription in subscriptions:
             # One that keeps up takes the frame straight into its stream's buffer, here: a
-            # call of the subscription's own per delivery was a fifth of a burst's cost. A
-            # full or ending stream, and any other case, is _offer()'s to decide.
+            # call of the subscription's own per delivery was a fifth of a burst's cost.
             sink = subscription._sink
             if sink is not None:
                 try:
                     offered = sink(frame)
                 except anyio.ClosedResourceError:
-                    offered = False
+                    subscription._detach()  # the stream is ending
+                    continue
                 if offered:
                     subscription._position = key
                     if (note := subscription._note) is not None:
                         note(event)
                     delivered += 1
                     continue
-            result = subscription._offer(entry, frame, wait_for_room=wait_for_room)
-            if result is None:
+                if wait_for_room:
+                    full.append(subscription)
+                    continue
+                # Its stream is behind: its own buffer (empty while attached) takes the
+                # events from here, and feed() sends them as its stream makes room.
+                subscription._detach()
+            held = subscription._hold(entry, wait_for_room=wait_for_room)
+            if held is None:
                 full.append(subscription)
-            elif result:
+            elif held:
                 delivered += 1
         self._count_deliveries(topic, delivered)
         return full
@@ -526,26 +532,11 @@ class Subscription:
             self._pending = None
         self._wake()
 
-    def _offer(self, entry: Entry, frame: bytes, *, wait_for_room: bool = False) -> bool | None:
-        """Buffer *entry*, whose encoding is *frame*: true if it was, false if not (catching
-        up, or the policy dropped or disconnected it); ``None`` with *wait_for_room* when the
-        buffer is full, the policy not applied yet."""
-        sink = self._sink
-        if sink is not None:
-            try:
-                if sink(frame):
-                    self._position = entry[0]
-                    if self._note is not None:
-                        self._note(entry[1])
-                    return True
-            except anyio.ClosedResourceError:
-                self._detach()  # the stream is ending
-                return False
-            if wait_for_room:
-                return None
-            # Its stream is behind: its own buffer (empty while attached) takes the events
-            # from here, and feed() sends them as its stream makes room.
-            self._detach()
+    def _hold(self, entry: Entry, *, wait_for_room: bool) -> bool | None:
+        """Keep *entry* in this subscription's own buffer, its stream not taking the events
+        (see :meth:`TopicHub._offer_each`): true if it was kept, false if not (catching up, or
+        the policy dropped or disconnected it); ``None`` with *wait_for_room* when the buffer
+        is full, the policy not applied yet."""
         if not self._buffering:
             return False  # catching up: it reads this event from the history
         pending = self._pending

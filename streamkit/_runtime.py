@@ -297,7 +297,7 @@ class _Stream(Generic[ItemT]):
             await anyio.lowlevel.checkpoint()
         frame = self.body.encode(item)
         if self._idle_timeout is not None:
-            self.last_item, self.last_item_at = item, self._clock()
+            self._note_item(item)
         turns = self._turns
         if (
             turns is not None
@@ -353,6 +353,7 @@ class _Stream(Generic[ItemT]):
         return self.buffer.offer, (self._note_item if self._idle_timeout is not None else None)
 
     def _note_item(self, item: ItemT) -> None:
+        """*item* was the last queued or written: the idle fallback is made of it."""
         self.last_item, self.last_item_at = item, self._clock()
 
     def shutdown(self) -> None:
@@ -733,9 +734,14 @@ class _Stream(Generic[ItemT]):
 
     def _join(self, frames: tuple[bytes | None, ...]) -> tuple[bytes, int]:
         """The bytes of *frames* (``None``: a heartbeat, made now), and how many are items."""
+        if frames[0] is not None:  # else a heartbeat, most often alone: a quiet stream's
+            try:
+                # No heartbeat among them, as in a burst of a fan-out. Found by the join
+                # failing, not by counting first: counting compares every frame with None.
+                return b"".join(frames), len(frames)  # type: ignore[arg-type]
+            except TypeError:
+                pass
         beats = frames.count(None)
-        if not beats:
-            return b"".join(frames), len(frames)  # type: ignore[arg-type]  # no None among them
         # Asked per write, not once: a heartbeat may carry the time it was sent.
         beat = self.body.heartbeat_frame() or b""
         return b"".join([beat if f is None else f for f in frames]), len(frames) - beats

@@ -4,8 +4,8 @@ class (two workers), the hypercorn command (``-k asyncio`` and ``-k trio``) and
 ``streamkit run`` (both backends). The client runs on the server's own backend.
 
 One process per server serves a plain Starlette app returning streamkit's responses through
-the disconnect (of a stream, and of a topic subscriber that keeps up or fell behind),
-heartbeat, stall and deadline cases and then its shutdown; a second serves a
+the disconnect (of a stream, and of a topic subscriber that keeps up with bursts or fell
+behind), heartbeat, stall and deadline cases and then its shutdown; a second serves a
 :class:`streamkit.App` and is shut down with one client reading and one that stopped reading.
 The service prints each stream's end, and whether its cleanup had completed, on stdout.
 Last, the README's quickstart (``anyio.run(serve, app)``) and ``streamkit run`` log each
@@ -132,8 +132,10 @@ async def topics(request):
 
 
 async def tick():
+    # In bursts, as publish_many() makes them: a subscriber that keeps up has each burst put
+    # into its stream's buffer at once, and its writer sends it in one write.
     while True:
-        await broker.publish("ticks", "tick")
+        await broker.publish_many("ticks", ["tick"] * 4)
         await anyio.sleep(0.02)
 
 
