@@ -27,6 +27,8 @@ such module, for serving), because they differ in what the runtime must know:
   cancellation after writes that had long completed, paid for on every event of a fan-out).
   asyncio has ``call_at``; trio has no callbacks, so one system task per run keeps the timers
   of all its streams;
+- which exception a cancellation is (``asyncio.CancelledError``, ``trio.Cancelled``): every
+  stream that a cancellation ends asks, a thousand at once when as many clients leave;
 - whether the calling thread runs a loop at all, for a plain function that must be called
   in it (``MemoryBroker.publish_nowait``): sniffio looks for a task, and an asyncio callback
   runs in none.
@@ -107,6 +109,9 @@ class LoopFacts:
         own task.
     :ivar event: makes an event of the loop's own (``asyncio.Event``, ``trio.Event``), which
         anyio's cancel scopes cancel a wait on like any other.
+    :ivar cancelled: the loop's cancellation exception class (what
+        ``anyio.get_cancelled_exc_class()`` looks up on each call), which every stream that
+        ends by a cancellation asks for.
     :ivar wakeup: makes a wakeup of the loop's own: what an event does for one waiting task,
         for less. An event keeps a collection of its waiters (``asyncio.Event`` a deque of
         about 0.6 KiB, ``trio.Event`` a set), and a stream's writer makes one each time it
@@ -116,7 +121,7 @@ class LoopFacts:
         would cancel both).
     """
 
-    __slots__ = ("call_at", "clock", "event", "turns", "wakeup")
+    __slots__ = ("call_at", "cancelled", "clock", "event", "turns", "wakeup")
 
     def __init__(
         self,
@@ -125,12 +130,14 @@ class LoopFacts:
         turns: Turns | None,
         event: Callable[[], Any],
         wakeup: Callable[[], Waitable],
+        cancelled: type[BaseException],
     ) -> None:
         self.clock = clock
         self.call_at = call_at
         self.turns = turns
         self.event = event
         self.wakeup = wakeup
+        self.cancelled = cancelled
 
 
 def loop_facts() -> LoopFacts:
@@ -153,6 +160,7 @@ def loop_facts() -> LoopFacts:
             Turns(loop),
             asyncio.Event,
             wakeup,
+            asyncio.CancelledError,
         )
         _asyncio_facts = facts
     return facts
@@ -253,7 +261,9 @@ class _TrioTimers:
         self._heap: list[_TrioTimer] = []
         self._sleep: Any = None  # the system task's cancel scope, whose deadline is the earliest
         wakeup = partial(_TrioWakeup, trio.lowlevel)
-        self.facts = LoopFacts(trio.current_time, self.call_at, None, trio.Event, wakeup)
+        self.facts = LoopFacts(
+            trio.current_time, self.call_at, None, trio.Event, wakeup, trio.Cancelled
+        )
 
     def call_at(self, when: float, callback: Callable[[], None]) -> Timer:
         timer = _TrioTimer(when, callback)

@@ -7,15 +7,16 @@ after it ends, in its own task, shielded from the cancellation that ended it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, contextmanager
+from collections.abc import Awaitable, Callable, Coroutine
+from contextlib import AbstractAsyncContextManager, AbstractContextManager, AsyncExitStack
+from types import TracebackType
 from typing import Any, Generic, Protocol, TypeAlias, TypeVar
 
 import anyio
 
 from ._ends import EndReason
 
-__all__ = ["Producer", "StreamSender", "shielded_cleanup"]
+__all__ = ["Producer", "ShieldedCleanup", "StreamSender", "shielded_cleanup"]
 
 logger = logging.getLogger("streamkit")
 
@@ -43,8 +44,7 @@ class _Queue(Protocol[ItemT_contra]):
     ) -> bool: ...
 
 
-@contextmanager
-def shielded_cleanup(cleanup_timeout: float = 5.0) -> Iterator[anyio.CancelScope]:
+def shielded_cleanup(cleanup_timeout: float = 5.0) -> AbstractContextManager[anyio.CancelScope]:
     """Run awaited cleanup that a cancellation cannot interrupt, for at most
     *cleanup_timeout* seconds.
 
@@ -61,10 +61,44 @@ def shielded_cleanup(cleanup_timeout: float = 5.0) -> Iterator[anyio.CancelScope
 
     :param cleanup_timeout: seconds after which the cleanup is cancelled after all.
     """
-    with anyio.move_on_after(cleanup_timeout, shield=True) as scope:
-        yield scope
-    if scope.cancelled_caught:
-        logger.warning("cleanup did not finish within %.3f s and was cancelled", cleanup_timeout)
+    return ShieldedCleanup(cleanup_timeout, anyio.current_time)
+
+
+class ShieldedCleanup:
+    """The block :func:`shielded_cleanup` returns: entered, a shielded cancel scope whose
+    deadline is *cleanup_timeout* seconds from then on *clock*; a warning is logged if the
+    deadline cancelled the cleanup.
+
+    A class, not a generator: the runtime enters one for every stream that ends with cleanup
+    to run, a thousand at once when as many clients leave, and passes its loop's clock, which
+    anyio would look up.
+    """
+
+    __slots__ = ("_clock", "_scope", "_timeout")
+
+    def __init__(self, cleanup_timeout: float, clock: Callable[[], float]) -> None:
+        self._timeout = cleanup_timeout
+        self._clock = clock
+        self._scope: anyio.CancelScope | None = None
+
+    def __enter__(self) -> anyio.CancelScope:
+        scope = anyio.CancelScope(deadline=self._clock() + self._timeout, shield=True)
+        self._scope = scope
+        return scope.__enter__()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool:
+        scope = self._scope
+        assert scope is not None, "exited before it was entered"
+        self._scope = None
+        suppressed = bool(scope.__exit__(exc_type, exc, traceback))
+        if scope.cancelled_caught:
+            logger.warning("cleanup did not finish within %.3f s and was cancelled", self._timeout)
+        return suppressed
 
 
 class StreamSender(Generic[ItemT_contra]):
