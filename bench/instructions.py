@@ -8,7 +8,9 @@ under valgrind's callgrind with counting off. A client reads one stream of a pro
 awaits between events (the checkpoint and upstream shapes of ``bench/apps.py``); after a
 warm-up, counting is switched on for a window (``callgrind_control``) while the client counts
 the events it receives. The figure is the server's instructions over the window per event
-received in it, and its ratio to raw ASGI's, for the same shape, size and backend.
+received in it, and its ratio to raw ASGI's, for the same shape, size and backend. The
+``heartbeat`` shape is idle streams instead (``/idle``, :attr:`Plan.idle_streams` of them,
+beating every :data:`HEARTBEAT_INTERVAL` seconds): instructions per heartbeat received.
 
 Instructions are not time: a cache miss or a system call costs more than its count says.
 The count leaves those out, which is why it is steady; read it beside the timed figures of
@@ -30,31 +32,37 @@ from typing import Any
 
 from .apps import SHAPES
 from .cli import names, publish
-from .client import Stream
+from .client import Fleet, Stream
 from .servers import ServerProcess
 
 __all__ = ["main"]
 
 IMPLEMENTATIONS = ("raw", "streamkit", "starlette", "sse-starlette", "fastapi")
 BACKENDS = ("asyncio", "trio")
-PRODUCERS = ("checkpoint", "upstream")
+PRODUCERS = ("checkpoint", "upstream", "heartbeat")
 SIZES = (64, 1024)
+#: Seconds between an idle stream's heartbeats in the ``heartbeat`` shape: the server, some
+#: fifty times slower under callgrind, keeps up with a few hundred streams at this rate.
+HEARTBEAT_INTERVAL = 1.0
 
 
 @dataclass(frozen=True, slots=True)
 class Plan:
     """How long each stream is read: *warmup* seconds uncounted, then *window* counted (the
-    server runs some fifty times slower under callgrind)."""
+    server runs some fifty times slower under callgrind); *idle_streams* of the ``heartbeat``
+    shape."""
 
     warmup: float = 3.0
     window: float = 6.0
+    idle_streams: int = 200
 
 
-QUICK = Plan(warmup=1.0, window=1.0)
+QUICK = Plan(warmup=1.0, window=1.0, idle_streams=20)
 
 
 def measure(backend: str, producer: str, impl: str, size: int, plan: Plan) -> dict[str, Any]:
-    """The server's instructions per event for one stream of *producer*, *size*-byte events."""
+    """The server's instructions per event for one stream of *producer*, *size*-byte events
+    (for ``heartbeat``, per heartbeat of idle streams; *size* does not apply)."""
     with tempfile.TemporaryDirectory(prefix="streamkit-instructions-") as directory:
         out = Path(directory, "callgrind.out")
         wrapper = [
@@ -64,22 +72,34 @@ def measure(backend: str, producer: str, impl: str, size: int, plan: Plan) -> di
             f"--callgrind-out-file={out}",
         ]
         log = Path(directory, "server.log").open("wb")
+        idle = producer == "heartbeat"
+        interval = HEARTBEAT_INTERVAL if idle else 5.0
         server = ServerProcess(
-            impl, backend, heartbeat_interval=5.0, send_timeout=10.0, log=log, wrapper=wrapper
+            impl, backend, heartbeat_interval=interval, send_timeout=10.0, log=log, wrapper=wrapper
         )
         try:
             server.wait_ready(within=300.0)
-            path = f"{SHAPES[producer]}?size={size}&seconds=100000"
-            stream = Stream(server.port, path)
-            stream.read_head()
-            stream.read_for(plan.warmup)
-            _control(server.pid, "--instr=on")
-            before = stream.events
-            stream.read_for(plan.window)
-            _control(server.pid, "--instr=off")
-            events = stream.events - before
-            _control(server.pid, "--dump")
-            stream.close()
+            if idle:
+                fleet = Fleet(server.port, "/idle")
+                fleet.open(plan.idle_streams, within=300.0)
+                fleet.pump_for(plan.warmup)
+                _control(server.pid, "--instr=on")
+                events = fleet.pump_for(plan.window)
+                _control(server.pid, "--instr=off")
+                _control(server.pid, "--dump")
+                fleet.close_all()
+            else:
+                path = f"{SHAPES[producer]}?size={size}&seconds=100000"
+                stream = Stream(server.port, path)
+                stream.read_head()
+                stream.read_for(plan.warmup)
+                _control(server.pid, "--instr=on")
+                before = stream.events
+                stream.read_for(plan.window)
+                _control(server.pid, "--instr=off")
+                events = stream.events - before
+                _control(server.pid, "--dump")
+                stream.close()
         finally:
             server.kill()
             log.close()
@@ -102,33 +122,48 @@ def _totals(dump: Path) -> int:
 
 
 def markdown(plan: Plan, rows: list[dict[str, Any]]) -> str:
-    lines = [
-        f"Server instructions per event (callgrind; {plan.window:g} s counted after "
-        f"{plan.warmup:g} s of warm-up, one stream); ratios to raw ASGI's in the same run.",
-        "",
-        "| backend | producer | implementation | 64 B | 1 KiB |",
-        "|---|---|---|---|---|",
-    ]
+    lines: list[str] = []
     figures = {
         (row["backend"], row["producer"], row["implementation"], row["size"]): row["per_event"]
         for row in rows
     }
+
+    def cell(backend: str, producer: str, impl: str, size: int | None) -> str:
+        figure = figures.get((backend, producer, impl, size))
+        if figure is None:
+            return ""
+        base = figures.get((backend, producer, "raw", size))
+        ratio = f" ({figure / base:.2f}x)" if base and impl != "raw" else ""
+        return f"{figure:,.0f}{ratio}"
+
     seen: dict[tuple[str, str, str], None] = {}
     for row in rows:
         seen[(row["backend"], row["producer"], row["implementation"])] = None
-    for backend, producer, impl in seen:
-        cells = []
-        for size in SIZES:
-            figure = figures.get((backend, producer, impl, size))
-            base = figures.get((backend, producer, "raw", size))
-            if figure is None:
-                cells.append("")
-                continue
-            cell = f"{figure:,.0f}"
-            if base and impl != "raw":
-                cell += f" ({figure / base:.2f}x)"
-            cells.append(cell)
-        lines.append(f"| {backend} | {producer} | {impl} | " + " | ".join(cells) + " |")
+    streams = [key for key in seen if key[1] != "heartbeat"]
+    beats = [key for key in seen if key[1] == "heartbeat"]
+    if streams:
+        lines += [
+            f"Server instructions per event (callgrind; {plan.window:g} s counted after "
+            f"{plan.warmup:g} s of warm-up, one stream); ratios to raw ASGI's in the same run.",
+            "",
+            "| backend | producer | implementation | 64 B | 1 KiB |",
+            "|---|---|---|---|---|",
+        ]
+        for backend, producer, impl in streams:
+            cells = [cell(backend, producer, impl, size) for size in SIZES]
+            lines.append(f"| {backend} | {producer} | {impl} | " + " | ".join(cells) + " |")
+    if beats:
+        if lines:
+            lines.append("")
+        lines += [
+            f"Server instructions per heartbeat ({plan.idle_streams} idle streams, one every "
+            f"{HEARTBEAT_INTERVAL:g} s each; the same windows); ratios to raw ASGI's.",
+            "",
+            "| backend | implementation | per heartbeat |",
+            "|---|---|---|",
+        ]
+        for backend, producer, impl in beats:
+            lines.append(f"| {backend} | {impl} | {cell(backend, producer, impl, None)} |")
     return "\n".join(lines)
 
 
@@ -150,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         "--producer",
         type=names(PRODUCERS, "producer"),
         default=list(PRODUCERS),
-        help=f"comma-separated, of: {', '.join(PRODUCERS)} (default: both)",
+        help=f"comma-separated, of: {', '.join(PRODUCERS)} (default: all)",
     )
     parser.add_argument("--jobs", type=int, default=2, help="servers measured at once")
     parser.add_argument("--json", type=Path, help="also write every figure to this file")
@@ -165,12 +200,17 @@ def main(argv: list[str] | None = None) -> int:
     backends = options.backend or (["asyncio"] if options.quick else list(BACKENDS))
     sizes = SIZES[:1] if options.quick else SIZES
     plan = QUICK if options.quick else Plan()
-    cases = list(itertools.product(backends, producers, impls, sizes))
+    # A heartbeat has no size: its shape is measured once per backend and implementation.
+    cases = [
+        (backend, producer, impl, None if producer == "heartbeat" else size)
+        for backend, producer, impl, size in itertools.product(backends, producers, impls, sizes)
+        if producer != "heartbeat" or size == sizes[0]
+    ]
 
-    def row(case: tuple[str, str, str, int]) -> dict[str, Any]:
+    def row(case: tuple[str, str, str, int | None]) -> dict[str, Any]:
         backend, producer, impl, size = case
         names = {"backend": backend, "producer": producer, "implementation": impl, "size": size}
-        return names | measure(backend, producer, impl, size, plan)
+        return names | measure(backend, producer, impl, size or 0, plan)
 
     with ThreadPoolExecutor(max_workers=options.jobs) as pool:
         rows = list(pool.map(row, cases))
