@@ -14,6 +14,7 @@ from typing import Any, Generic, Protocol, TypeAlias, TypeVar
 
 import anyio
 
+from ._checks import check_duration
 from ._ends import EndReason
 
 __all__ = ["Producer", "ShieldedCleanup", "StreamSender", "shielded_cleanup"]
@@ -60,7 +61,10 @@ def shielded_cleanup(cleanup_timeout: float = 5.0) -> AbstractContextManager[any
                 await upstream.aclose()
 
     :param cleanup_timeout: seconds after which the cleanup is cancelled after all.
+    :raises TypeError: *cleanup_timeout* is not a number.
+    :raises ValueError: *cleanup_timeout* is not positive and finite.
     """
+    check_duration("shielded_cleanup's cleanup_timeout", cleanup_timeout)
     return ShieldedCleanup(cleanup_timeout, anyio.current_time)
 
 

@@ -5,6 +5,7 @@ end() and last_event_id, through the runtime on a
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -61,6 +62,37 @@ async def test_cleanup_that_finishes_in_time_logs_nothing(caplog: pytest.LogCapt
         await anyio.lowlevel.checkpoint()
     assert not scope.cancelled_caught
     assert caplog.records == []
+
+
+async def test_the_cleanup_timeout_runs_from_when_the_block_is_entered() -> None:
+    block = shielded_cleanup(5.0)
+    await anyio.sleep(0.01)  # the clock moves on between making the block and entering it
+    entered = anyio.current_time()
+    with block as scope:
+        assert scope.shield
+        assert entered + 5.0 <= scope.deadline < entered + 6.0
+        await anyio.lowlevel.checkpoint()
+    assert not scope.cancelled_caught
+
+
+@pytest.mark.parametrize(
+    ("timeout", "error", "message"),
+    [
+        (None, TypeError, r"shielded_cleanup's cleanup_timeout must be a number .* None"),
+        ("5", TypeError, r"shielded_cleanup's cleanup_timeout must be a number .* '5'"),
+        (0, ValueError, r"shielded_cleanup's cleanup_timeout must be a positive, finite .* 0"),
+        (-1.0, ValueError, r"positive, finite number of seconds, got -1.0"),
+        (math.nan, ValueError, r"positive, finite number of seconds, got nan"),
+        (math.inf, ValueError, r"positive, finite number of seconds, got inf"),
+    ],
+)
+def test_shielded_cleanup_refuses_a_timeout_that_bounds_nothing_where_it_is_made(
+    timeout: object, error: type[Exception], message: str
+) -> None:
+    # Where it is made, not where it is entered: in a finally, after a cancellation, a
+    # refusal there would take the place of the error being handled.
+    with pytest.raises(error, match=message):
+        shielded_cleanup(timeout)  # type: ignore[arg-type]
 
 
 # -- resources entered through send -----------------------------------------------------------
