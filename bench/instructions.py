@@ -25,8 +25,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -79,27 +81,24 @@ def measure(backend: str, producer: str, impl: str, size: int, plan: Plan) -> di
         )
         try:
             server.wait_ready(within=300.0)
+            # What reads the server's events for a duration, returning how many arrived, and
+            # what closes the connections.
+            read: Callable[[float], int]
+            close: Callable[[], object]
             if idle:
                 fleet = Fleet(server.port, "/idle")
                 fleet.open(plan.idle_streams, within=300.0)
-                fleet.pump_for(plan.warmup)
-                _control(server.pid, "--instr=on")
-                events = fleet.pump_for(plan.window)
-                _control(server.pid, "--instr=off")
-                _control(server.pid, "--dump")
-                fleet.close_all()
+                read, close = fleet.pump_for, fleet.close_all
             else:
-                path = f"{SHAPES[producer]}?size={size}&seconds=100000"
-                stream = Stream(server.port, path)
+                stream = Stream(server.port, f"{SHAPES[producer]}?size={size}&seconds=100000")
                 stream.read_head()
-                stream.read_for(plan.warmup)
-                _control(server.pid, "--instr=on")
-                before = stream.events
-                stream.read_for(plan.window)
-                _control(server.pid, "--instr=off")
-                events = stream.events - before
-                _control(server.pid, "--dump")
-                stream.close()
+                read, close = partial(_read_counting, stream), stream.close
+            read(plan.warmup)
+            _control(server.pid, "--instr=on")
+            events = read(plan.window)
+            _control(server.pid, "--instr=off")
+            _control(server.pid, "--dump")
+            close()
         finally:
             server.kill()
             log.close()
@@ -107,6 +106,13 @@ def measure(backend: str, producer: str, impl: str, size: int, plan: Plan) -> di
     if not events:
         raise RuntimeError(f"{impl}/{backend}: no {producer} event arrived in the counted window")
     return {"events": events, "instructions": instructions, "per_event": instructions / events}
+
+
+def _read_counting(stream: Stream, duration: float) -> int:
+    """Read *stream* for *duration* seconds; return how many events arrived meanwhile."""
+    before = stream.events
+    stream.read_for(duration)
+    return stream.events - before
 
 
 def _control(pid: int, option: str) -> None:
