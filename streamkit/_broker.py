@@ -29,6 +29,7 @@ from ._sender import StreamSender
 from ._sse import ServerSentEvent
 from ._topics import (
     BrokerStatistics,
+    Entry,
     EventKey,
     HistoryPage,
     ResetReason,
@@ -152,10 +153,10 @@ class MemoryBroker(TopicHub):
         return self._append(topic, name, data)
 
     async def publish_many(self, topic: str, events: Iterable[ServerSentEvent | str]) -> list[str]:
-        """Publish *events* to *topic* in order, as a burst: one checkpoint, then each as
-        :meth:`publish_nowait` does, so each subscriber's stream writes them in one write.
-        What the subscribers' buffers cannot hold meets their
-        :class:`~streamkit.broadcast.SlowSubscriberPolicy`.
+        """Publish *events* to *topic* in order, as a burst: one checkpoint, then all of them,
+        handed to each subscriber that keeps up in one call, and written by its stream in one
+        write. What the subscribers' buffers cannot hold meets their
+        :class:`~streamkit.broadcast.SlowSubscriberPolicy`, as with :meth:`publish_nowait`.
 
         :returns: the events' ids, in order.
         :raises ValueError: as :meth:`publish`, for any of the events; then none is
@@ -164,7 +165,9 @@ class MemoryBroker(TopicHub):
         check_topic(topic)
         fields = [event_fields(event) for event in events]  # all checked before any is published
         await anyio.lowlevel.checkpoint()
-        return [self._append(topic, name, data) for name, data in fields]
+        entries = [self._record(topic, name, data) for name, data in fields]
+        self._deliver_many(topic, entries)
+        return [event.id or "" for _, event in entries]
 
     def publish_nowait(self, topic: str, event: ServerSentEvent | str) -> str:
         """What :meth:`publish` does, without its checkpoint: for a function of the event
@@ -193,6 +196,13 @@ class MemoryBroker(TopicHub):
     def _append(self, topic: str, name: str | None, data: str) -> str:
         """Append an event, its fields checked, to *topic*'s history, deliver it, return its
         id."""
+        entry = self._record(topic, name, data)
+        self._deliver(topic, entry)
+        return entry[1].id or ""
+
+    def _record(self, topic: str, name: str | None, data: str) -> Entry:
+        """Append an event, its fields checked, to *topic*'s history; return it as an entry,
+        not yet delivered."""
         self._sweep()
         history = self._history(topic)
         if history is None:
@@ -205,8 +215,7 @@ class MemoryBroker(TopicHub):
         history.events.append(published)
         history.touched_at = time.monotonic()
         self._published += 1
-        self._deliver(topic, (key, published))
-        return published.id or ""
+        return key, published
 
     def _history(self, topic: str) -> _History | None:
         history = self._histories.get(topic)

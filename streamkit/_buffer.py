@@ -9,7 +9,7 @@ against one wakeup here. Both add up over 10,000 idle streams.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 import anyio
@@ -87,6 +87,29 @@ class FrameBuffer:
             self._readable.set()
             self._readable = None
         return True
+
+    def offer_many(self, batch: Sequence[bytes]) -> int:
+        """Queue as many of *batch*'s frames as there is room for, in order; return how many
+        (the first that many of *batch*). The reader is woken once for them all: a fan-out
+        hands a burst of events to each subscriber in one call, not one per event.
+
+        :raises anyio.ClosedResourceError: the buffer was closed.
+        """
+        if self._closed:
+            raise anyio.ClosedResourceError
+        frames = self._frames
+        room = self._capacity - len(frames)
+        if room <= 0:
+            if frames or self._readable is None:
+                return 0
+            room = 1  # no room, but a reader waits on an empty buffer: as offer() does
+        if room < len(batch):
+            batch = batch[:room]
+        frames.extend(batch)
+        if self._readable is not None and batch:
+            self._readable.set()
+            self._readable = None
+        return len(batch)
 
     async def put(self, frame: bytes | None) -> None:
         """Queue *frame*, waiting while the buffer is full.

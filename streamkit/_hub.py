@@ -141,23 +141,42 @@ class TopicHub:
         if counts is not None:
             counts.deliveries += delivered
 
+    def _deliver_many(self, topic: str, entries: Sequence[Entry]) -> None:
+        """Deliver events published together (``publish_many``): each subscriber that keeps
+        up takes them all in one call; the rest go on event by event, as :meth:`_deliver`
+        would have them, each subscriber from the first it did not take."""
+        subscriptions = self._subscribers.get(topic)
+        if not subscriptions:
+            return
+        frames = [encode_event(event) for _, event in entries]  # once, for every subscriber
+        behind = self._offer_burst(topic, subscriptions, entries, frames)
+        for index, entry in enumerate(entries) if behind else ():
+            rest = [subscription for subscription, took in behind.items() if took <= index]
+            self._offer_each(topic, rest, entry, frames[index], wait_for_room=False)
+
     async def _deliver_batch(self, topic: str, entries: Sequence[Entry]) -> None:
         """Deliver events that arrived together (one read of a broker's reader), paced by the
         subscribers' room.
 
-        A batch can be larger than a buffer: handed over at once it would overflow every
-        subscriber, those that keep up too. So a subscriber whose buffer is full when an event
-        comes is given the loop to drain it, for at most :data:`BATCH_ROOM_WAIT` seconds,
-        before the next event is delivered to anyone; one that made no room by then meets the
-        slow-subscriber policy, and leaves the fan-out so it delays no later event. Nothing is
-        checked or awaited while every buffer has room.
+        Each subscriber that keeps up takes them all in one call. A batch can be larger than
+        a buffer, though: handed over at once it would overflow every subscriber, those that
+        keep up too. So from the first event a subscriber could not take, it is given the
+        loop to drain its buffer, for at most :data:`BATCH_ROOM_WAIT` seconds, before the
+        next event is offered to it or to any other subscriber still behind; one that made no
+        room by then meets the slow-subscriber policy, and leaves the fan-out so it delays no
+        later event. Nothing is checked or awaited while every buffer has room. A subscriber
+        that arrives during such a wait starts live from the next batch.
         """
-        for entry in entries:
-            subscriptions = self._subscribers.get(topic)
-            if not subscriptions:
-                continue
-            frame = encode_event(entry[1])
-            waiting = self._offer_each(topic, subscriptions, entry, frame, wait_for_room=True)
+        subscriptions = self._subscribers.get(topic)
+        if not subscriptions:
+            return
+        frames = [encode_event(event) for _, event in entries]
+        behind = self._offer_burst(topic, subscriptions, entries, frames)
+        for index, entry in enumerate(entries) if behind else ():
+            subscriptions = self._subscribers.get(topic, {})
+            rest = [s for s, took in behind.items() if took <= index and s in subscriptions]
+            frame = frames[index]
+            waiting = self._offer_each(topic, rest, entry, frame, wait_for_room=True)
             deadline, turns = anyio.current_time() + BATCH_ROOM_WAIT, 0
             while waiting and anyio.current_time() < deadline:
                 # A turn of the loop is what a subscriber that keeps up needs to take an
@@ -167,6 +186,40 @@ class TopicHub:
                 waiting = self._offer_each(topic, waiting, entry, frame, wait_for_room=True)
             # Still full: the policy applies now.
             self._offer_each(topic, waiting, entry, frame, wait_for_room=False)
+
+    def _offer_burst(
+        self,
+        topic: str,
+        subscriptions: Iterable[Subscription],
+        entries: Sequence[Entry],
+        frames: list[bytes],
+    ) -> dict[Subscription, int]:
+        """Offer all of *entries*, encoded as *frames*, to the stream buffer of each of
+        *subscriptions* at once, and count the deliveries; return those that did not take
+        them all (their buffer full, or not attached), with how many each took."""
+        behind: dict[Subscription, int] = {}
+        delivered = 0
+        count = len(frames)
+        for subscription in subscriptions:
+            offer_many = subscription._sink_many
+            if offer_many is None:
+                behind[subscription] = 0
+                continue
+            try:
+                took = offer_many(frames)
+            except anyio.ClosedResourceError:
+                subscription._detach()  # the stream is ending
+                continue
+            if took:
+                delivered += took
+                key, event = entries[took - 1]
+                subscription._position = key
+                if (note := subscription._note) is not None:
+                    note(event)
+            if took < count:
+                behind[subscription] = took
+        self._count_deliveries(topic, delivered)
+        return behind
 
     def _offer_each(
         self,
@@ -370,6 +423,7 @@ class Subscription:
         "_reading",
         "_replaying",
         "_sink",
+        "_sink_many",
         "_wakeup",
         "last_event_id",
         "topic",
@@ -408,8 +462,10 @@ class Subscription:
             self._invalid_id = self._position is None
             self._replaying = not self._invalid_id
         # While attached to a stream (see feed()): queues a live event's frame there, false
-        # when that buffer is full; and, unless None, what to tell the stream each event was.
+        # when that buffer is full; queues as many of a burst's frames as fit there; and,
+        # unless None, what to tell the stream each event was.
         self._sink: Callable[[bytes], bool] | None = None
+        self._sink_many: Callable[[Sequence[bytes]], int] | None = None
         self._note: Callable[[ServerSentEvent], None] | None = None
         # Cancelled by _detach(): what feed() listens for the disconnect in while attached.
         self._attached: anyio.CancelScope | None = None
@@ -458,7 +514,7 @@ class Subscription:
         """
         while True:
             if self._can_attach():
-                self._sink, self._note = send._frame_sink
+                self._sink, self._sink_many, self._note = send._frame_sink
                 self._pending = None  # empty, and no use while the stream takes the events
                 # Nothing to do here until _detach(): this task listens for the disconnect
                 # meanwhile, in place of the stream's watcher, whose task is spared.
@@ -490,7 +546,7 @@ class Subscription:
 
     def _detach(self) -> None:
         if self._sink is not None:
-            self._sink = None
+            self._sink = self._sink_many = None
             if self._attached is not None:
                 self._attached.cancel()  # feed() stops listening, and feeds the stream itself
 

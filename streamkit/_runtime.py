@@ -38,7 +38,7 @@ from ._faults import report_fault
 from ._loop import Timer, loop_facts
 from ._options import StreamOptions
 from ._registry import ActiveStream, StreamRegistry, current_registry
-from ._sender import Producer, ShieldedCleanup, StreamSender
+from ._sender import FrameSink, Producer, ShieldedCleanup, StreamSender
 from ._server_shutdown import arm_shutdown_watch
 from ._sse import read_last_event_id
 
@@ -343,16 +343,14 @@ class _Stream(Generic[ItemT]):
         if not self.buffer.offer(frame):
             await self.buffer.put(frame)
 
-    def frame_sink(self) -> tuple[Callable[[bytes], bool], Callable[[ItemT], None] | None]:
-        """``(offer, note)``, for a fan-out that hands one encoding of an event to every
-        subscriber's stream: ``offer(frame)`` queues *frame*, an item already encoded, if the
-        buffer has room, and is false if it is full (nothing is queued: the caller decides
-        what then); it never waits, and raises :exc:`anyio.ClosedResourceError` once the
-        stream is ending. ``note(item)``, unless ``None``, is to be called with the item of
-        each frame so queued: the idle fallback is made of the last item, whichever way it
-        came. The buffer's own method, not one of the stream's around it: a fan-out calls it
-        once per delivery."""
-        return self.buffer.offer, (self._note_item if self._idle_timeout is not None else None)
+    def frame_sink(self) -> FrameSink[ItemT]:
+        """Where a fan-out that hands one encoding of an event to every subscriber's stream
+        puts frames into this one (see :class:`~streamkit._sender.FrameSink`): the buffer's
+        own methods, not the stream's around them, since a fan-out calls one per delivery;
+        and ``note`` only where the idle fallback needs the last item."""
+        buffer = self.buffer
+        note = self._note_item if self._idle_timeout is not None else None
+        return FrameSink(buffer.offer, buffer.offer_many, note)
 
     def _note_item(self, item: ItemT) -> None:
         """*item* was the last queued or written: the idle fallback is made of it."""

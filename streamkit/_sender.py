@@ -7,23 +7,40 @@ after it ends, in its own task, shielded from the cancellation that ended it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager, AsyncExitStack
 from types import TracebackType
-from typing import Any, Generic, Protocol, TypeAlias, TypeVar
+from typing import Any, Generic, NamedTuple, Protocol, TypeAlias, TypeVar
 
 import anyio
 
 from ._checks import check_duration
 from ._ends import EndReason
 
-__all__ = ["Producer", "ShieldedCleanup", "StreamSender", "shielded_cleanup"]
+__all__ = ["FrameSink", "Producer", "ShieldedCleanup", "StreamSender", "shielded_cleanup"]
 
 logger = logging.getLogger("streamkit")
 
 #: A sender that takes ``ServerSentEvent | str`` serves a producer that only sends ``str``.
 ItemT_contra = TypeVar("ItemT_contra", contravariant=True)
 T = TypeVar("T")
+
+
+class FrameSink(NamedTuple, Generic[T]):
+    """Where a fan-out within streamkit (the broadcast wing), which encodes an event once for
+    all its subscribers, puts frames into one subscriber's stream: items already encoded.
+    Neither call waits; both raise :exc:`anyio.ClosedResourceError` once the stream is ending.
+    """
+
+    #: ``offer(frame)`` queues *frame* if the stream's buffer has room, and is false if it is
+    #: full (nothing is queued: the caller decides what then).
+    offer: Callable[[bytes], bool]
+    #: ``offer_many(frames)`` queues as many of *frames* as there is room for, in order, and
+    #: returns how many: a burst in one call, the writer woken once.
+    offer_many: Callable[[Sequence[bytes]], int]
+    #: ``note(item)``, unless ``None``, is to be called with the item of the last frame queued
+    #: so: the stream's idle fallback is made of it.
+    note: Callable[[T], None] | None
 
 
 class _Queue(Protocol[ItemT_contra]):
@@ -34,9 +51,7 @@ class _Queue(Protocol[ItemT_contra]):
 
     def send(self, item: ItemT_contra) -> Coroutine[Any, Any, None]: ...
 
-    def frame_sink(
-        self,
-    ) -> tuple[Callable[[bytes], bool], Callable[[ItemT_contra], None] | None]: ...
+    def frame_sink(self) -> FrameSink[Any]: ...
 
     def listen_instead(self, stop: anyio.CancelScope) -> Coroutine[Any, Any, bool]: ...
 
@@ -133,13 +148,9 @@ class StreamSender(Generic[ItemT_contra]):
         return self._stream.send(item)
 
     @property
-    def _frame_sink(self) -> tuple[Callable[[bytes], bool], Callable[[ItemT_contra], None] | None]:
-        """``(offer, note)``: ``offer(frame)`` queues *frame*, an item already encoded, if the
-        stream's buffer has room, and is false if it is full; it never waits, and raises
-        :exc:`anyio.ClosedResourceError` once the stream is ending. ``note(item)``, unless
-        ``None``, is to be called with the item of each frame queued so (the stream's idle
-        fallback is made of the last). For fan-out within streamkit (the broadcast wing),
-        which encodes an event once for all its subscribers; not for producers."""
+    def _frame_sink(self) -> FrameSink[Any]:
+        """Where a fan-out within streamkit puts frames into this stream (see
+        :class:`FrameSink`); not for producers."""
         return self._stream.frame_sink()
 
     def _listen_instead(self, stop: anyio.CancelScope) -> Coroutine[Any, Any, bool]:

@@ -315,10 +315,27 @@ async def test_the_idle_fallback_repeats_the_last_event_fed_to_the_stream() -> N
         connection.disconnect()
 
 
-async def test_a_burst_published_without_yielding_goes_out_in_one_write_per_subscriber() -> None:
+async def publish_burst(broker: MemoryBroker, how: str, count: int) -> list[str]:
+    """Publish *count* events to ``t`` without letting the loop run in between: with
+    ``publish_nowait`` back to back, or with one ``publish_many``."""
+    data = [str(number) for number in range(count)]
+    if how == "publish_many":
+        return await broker.publish_many("t", data)
+    await anyio.lowlevel.checkpoint()  # as publish_many's own, before the burst
+    return [broker.publish_nowait("t", item) for item in data]
+
+
+BURSTS = pytest.mark.parametrize("how", ["publish_nowait", "publish_many"])
+
+
+@BURSTS
+async def test_a_burst_published_without_yielding_goes_out_in_one_write_per_subscriber(
+    how: str,
+) -> None:
     # publish() lets the loop run after each event, so a stream that keeps up writes each
     # event on its own (or a few together, as the loop has it). publish_nowait() back to back
-    # fills every stream's buffer first, and each stream's writer sends the burst at once.
+    # fills every stream's buffer first, and each stream's writer sends the burst at once;
+    # publish_many() hands each stream the whole burst in one call.
     connections = [FakeConnection(path="/t") for _ in range(10)]
     # More than StreamOptions' default buffer_size (16): a topic stream's buffer holds the
     # broker's subscriber_buffer (64) frames, so the burst goes straight into it.
@@ -328,7 +345,7 @@ async def test_a_burst_published_without_yielding_goes_out_in_one_write_per_subs
             task_group.start_soon(serve(connection, topic_response(broker, "t")))
         await until(lambda: broker.statistics().subscribers == 10)
         before = [len(connection.body_chunks) for connection in connections]
-        ids = [broker.publish_nowait("t", str(number)) for number in range(burst)]
+        ids = await publish_burst(broker, how, burst)
         expected = [str(number) for number in range(burst)]
         await until(lambda: all(data_of(c) == expected for c in connections))
         writes = [len(c.body_chunks) - count for c, count in zip(connections, before, strict=True)]
@@ -341,7 +358,8 @@ async def test_a_burst_published_without_yielding_goes_out_in_one_write_per_subs
             connection.disconnect()
 
 
-async def test_a_burst_beyond_the_buffers_meets_the_policy_and_loses_nothing() -> None:
+@BURSTS
+async def test_a_burst_beyond_the_buffers_meets_the_policy_and_loses_nothing(how: str) -> None:
     # 8 frames in the stream's buffer (the broker's subscriber_buffer) and 8 in the
     # subscription's: the 17th event finds both full, and the default policy has the
     # subscriber read the rest from the history.
@@ -352,12 +370,46 @@ async def test_a_burst_beyond_the_buffers_meets_the_policy_and_loses_nothing() -
     ):
         task_group.start_soon(serve(connection, topic_response(broker, "t")))
         await until(lambda: broker.statistics().subscribers == 1)
-        for number in range(60):
-            broker.publish_nowait("t", str(number))
+        await publish_burst(broker, how, 60)
         expected = [str(number) for number in range(60)]
         await until(lambda: data_of(connection) == expected)
         assert broker.topic_statistics("t").catch_ups == 1
         connection.disconnect()
+
+
+@pytest.mark.parametrize("policy", list(SlowSubscriberPolicy))
+async def test_a_burst_that_one_stream_takes_only_part_of_reaches_it_whole_and_in_order(
+    policy: SlowSubscriberPolicy,
+) -> None:
+    # The stream that keeps up takes the burst at once; the slow one's buffer (4 frames)
+    # takes the first 4, and the rest go through its subscription's own buffer (64 events):
+    # whatever the policy, nothing is dropped, none is repeated, and the order holds. The
+    # idle fallback of each is made of the burst's last event, however its stream took it.
+    fast, slow = FakeConnection(path="/t"), SlowConnection()
+    async with (
+        MemoryBroker(subscriber_buffer=64, slow_subscriber_policy=policy) as broker,
+        anyio.create_task_group() as task_group,
+    ):
+        fast_response = topic_response(broker, "t", idle_timeout=0.5)
+        task_group.start_soon(serve(fast, fast_response))
+        slow_response = topic_response(broker, "t", buffer_size=4, idle_timeout=0.5)
+        task_group.start_soon(serve(slow, slow_response))
+        await until(lambda: broker.statistics().subscribers == 2)
+        await publish_burst(broker, "publish_many", 30)
+        expected = [str(number) for number in range(30)]
+        await until(lambda: data_of(fast)[:30] == expected)
+        for _ in range(31):
+            slow.room.release()
+        await until(lambda: data_of(slow) == expected)
+        statistics = broker.topic_statistics("t")
+        assert (statistics.drops, statistics.catch_ups, statistics.slow_disconnects) == (0, 0, 0)
+        assert statistics.deliveries == 60
+        slow.room.release()
+        # Then the idle fallback (repeated every idle_timeout: only the first is looked at).
+        await until(lambda: data_of(fast)[:31] == [*expected, "29"])
+        await until(lambda: data_of(slow)[:31] == [*expected, "29"])
+        fast.disconnect()
+        slow.disconnect()
 
 
 async def test_publish_nowait_runs_in_a_callback_of_the_loop_and_refuses_another_thread(
