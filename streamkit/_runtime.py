@@ -95,6 +95,11 @@ _MAX_BATCH_BYTES = 65536
 #: Items a producer writes itself (see _Stream.send()) before it is asked whether it yields.
 WRITES_UNASKED = 16
 _ABANDONING = frozenset({EndReason.CLIENT_DISCONNECTED, EndReason.SEND_TIMEOUT})
+#: The HTTP versions whose connection carries other streams, which a given-up write must not
+#: abort. Any other is one request at a time over its connection, whatever the request line
+#: claims: h11 takes "HTTP/1.9" and "HTTP/2.0" alike, and the scope says what the client wrote.
+_MULTIPLEXED = frozenset({"2", "3"})
+
 #: With heartbeats off, a stream silent this long still writes its heartbeat frame: while a
 #: pipelined request waits, hypercorn stops reading the socket, and a client that left is
 #: then noticed only by a write that fails (the second after it left).
@@ -181,10 +186,10 @@ class _Stream(Generic[ItemT]):
             client = (client[0], client[1])
         self.client: tuple[str, int] | None = client or None  # the scope's own, not a copy
         # An HTTP/1 connection whose write is given up is aborted (see _connections); an
-        # HTTP/2 connection carries other streams, which may be reading. The server's address
+        # HTTP/2 or HTTP/3 one carries other streams, which may be reading. The server's address
         # as the scope has it, made into the aborter's key only if that comes to pass.
         self._server: Sequence[Any] | None = None
-        if self.client and scope.get("http_version", "1.1") in ("1.0", "1.1"):
+        if self.client and scope.get("http_version", "1.1") not in _MULTIPLEXED:
             self._server = scope.get("server")
         self.last_event_id, self.discarded_last_event_id = read_last_event_id(Headers(scope=scope))
         self._receive = receive

@@ -16,6 +16,7 @@ import pytest
 from starlette.types import Message
 from support.bodies import Body
 
+import streamkit._runtime
 from streamkit import EndReason, StreamOptions, StreamSender
 from streamkit._runtime import WRITES_UNASKED, StreamBody, deliver
 from streamkit.testing import FakeConnection
@@ -286,6 +287,35 @@ async def test_a_client_that_stops_reading_is_given_up_after_send_timeout() -> N
     await connection.run(partial(deliver, body))
     assert body.end.reason is EndReason.SEND_TIMEOUT
     assert anyio.current_time() - started < 1.0
+
+
+@pytest.mark.parametrize(
+    ("http_version", "aborted"),
+    [("1.1", True), ("1.0", True), ("1.9", True), ("2.0", True), ("2", False), ("3", False)],
+)
+async def test_a_given_up_write_aborts_the_connection_unless_it_carries_other_streams(
+    http_version: str, aborted: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # HTTP/2 and HTTP/3 connections carry other streams, which may be reading; any other
+    # version is one request at a time over its connection, whatever the request line says
+    # (h11 takes "HTTP/1.9" and "HTTP/2.0" alike, and the scope says what the client wrote):
+    # a client must not keep a stalled connection by claiming a version.
+    aborts: list[tuple[Any, Any]] = []
+    monkeypatch.setattr(
+        streamkit._runtime, "abort_connection_soon", lambda *address: aborts.append(address)
+    )
+
+    async def produce(send: StreamSender[str]) -> None:
+        while True:
+            await send("x" * 100)
+
+    body = Body(produce, StreamOptions(send_timeout=0.05, buffer_size=2))
+    connection = StalledConnection()
+    connection.scope["http_version"] = http_version
+    await connection.run(partial(deliver, body))
+    assert body.end.reason is EndReason.SEND_TIMEOUT
+    expected = [(("testserver", 80), ("127.0.0.1", 50000))] if aborted else []
+    assert aborts == expected
 
 
 async def test_writes_that_complete_leave_the_disconnect_listener_waiting() -> None:
