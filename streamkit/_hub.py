@@ -29,7 +29,7 @@ from ._checks import check_count
 from ._exceptions import SlowSubscriberError
 from ._loop import loop_facts
 from ._sender import StreamSender
-from ._sse import ServerSentEvent, encode_event
+from ._sse import MAX_LAST_EVENT_ID_LENGTH, ServerSentEvent, encode_event
 from ._topics import (
     RESET_EVENT,
     BrokerStatistics,
@@ -632,8 +632,12 @@ class Subscription:
         self, reason: ResetReason, resume_id: str | None, position: EventKey | None
     ) -> ServerSentEvent:
         # The last event this subscriber was sent, where the client's state stands; before
-        # the first, the id it came with.
+        # the first, the id it came with, unless it is longer than any the server reads: not
+        # sent back, as whatever a client puts in its header would be, up to the server's
+        # limit (about 16 KiB), and six times that once escaped as JSON.
         last = self.last_event_id if position is None else format_event_id(position)
+        if last is not None and len(last) > MAX_LAST_EVENT_ID_LENGTH:
+            last = None
         data = json.dumps({"reason": reason.value, "last_event_id": last})
         counts = self._hub._counts.get(self.topic)
         if counts is not None:
