@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+from collections import deque
 from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+import anyio
 from starlette.requests import Request
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from ._ends import StreamEnd
 from ._metrics import StreamMetrics
@@ -26,7 +28,7 @@ from ._options import StreamOptions
 from ._registry import StreamRegistry, using_registry
 from ._responses import StreamResponse
 
-__all__ = ["StreamEndpoint", "StreamRouteInfo", "declare_stream_route"]
+__all__ = ["RequestMessages", "StreamEndpoint", "StreamRouteInfo", "declare_stream_route"]
 
 #: Gives the registry a route's streams report to, by its path; ``None`` when the App's
 #: lifespan is not running (the stream then reports to the registry current there).
@@ -49,6 +51,67 @@ class StreamRouteInfo:
     kind: str
     methods: frozenset[str]
     options: StreamOptions
+
+
+#: Bytes of a request's body the stream's watcher keeps for the request, unread, before it
+#: waits for the producer to read some: more than a body a producer ignores most often holds
+#: (a prompt, a form), whose stream still hears the client leave; past it, the watcher stops
+#: reading the connection, as a server does when the app takes nothing.
+MAX_UNREAD_BODY = 64 * 1024
+
+
+class RequestMessages:
+    """The one reader of a stream route's ``receive``, shared by its request and its stream.
+
+    The stream's watcher reads the connection while the producer runs, for the disconnect; the
+    producer may read the request's body meanwhile (``request.body()``, ``request.stream()``).
+    Both reading the server's ``receive`` would split the body between them, and the watcher
+    drops what it takes. So only the watcher reads it (:meth:`for_stream`), and keeps the body's
+    messages for the request, which takes them in order (:meth:`for_request`), then the
+    disconnect. At most :data:`MAX_UNREAD_BODY` bytes wait unread.
+    """
+
+    __slots__ = ("_arrived", "_ended", "_receive", "_taken", "_unread", "_unread_bytes")
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self._unread: deque[Message] = deque()
+        self._unread_bytes = 0
+        self._ended: Message | None = None  # the disconnect, once read
+        self._arrived: anyio.Event | None = None  # while the request waits for a message
+        self._taken: anyio.Event | None = None  # while the watcher waits for room
+
+    async def for_stream(self) -> Message:
+        """The stream's ``receive``: the server's next message, a body's kept for the request.
+        Cancelling it loses nothing (the server holds a message until it is taken)."""
+        while self._unread_bytes > MAX_UNREAD_BODY:
+            self._taken = taken = anyio.Event()
+            await taken.wait()
+        message = await self._receive()
+        if message["type"] == "http.request":
+            self._unread.append(message)
+            self._unread_bytes += len(message.get("body", b""))
+        else:
+            self._ended = message
+        if self._arrived is not None:
+            self._arrived.set()
+            self._arrived = None
+        return message
+
+    async def for_request(self) -> Message:
+        """The request's ``receive``: the body's messages in order, then the disconnect."""
+        while not self._unread:
+            if self._ended is not None:
+                return self._ended
+            if self._arrived is None:
+                self._arrived = anyio.Event()
+            await self._arrived.wait()
+        message = self._unread.popleft()
+        self._unread_bytes -= len(message.get("body", b""))
+        if self._taken is not None:
+            self._taken.set()
+            self._taken = None
+        return message
 
 
 async def _placeholder(send: object) -> None:
@@ -103,7 +166,9 @@ class StreamEndpoint:
         self._registry_for = registry_for
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request = Request(scope, receive, send)
+        messages = RequestMessages(receive)
+        request = Request(scope, messages.for_request, send)
+        receive = messages.for_stream
         content = self.handler(request) if self.generator else partial(self.handler, request)
         path, metrics, user_on_end = self.route.path, self._metrics, self.on_end
         ended = False

@@ -5,6 +5,7 @@ declared as, and its endpoint serving a request on a
 from __future__ import annotations
 
 import dataclasses
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from functools import partial
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import anyio
 import pytest
 from starlette.requests import Request
+from starlette.types import Message
 
 from streamkit import (
     EndReason,
@@ -24,7 +26,13 @@ from streamkit import (
 )
 from streamkit._metrics import StreamMetrics
 from streamkit._registry import StreamRegistry
-from streamkit._routes import StreamEndpoint, StreamRouteInfo, declare_stream_route
+from streamkit._routes import (
+    MAX_UNREAD_BODY,
+    RequestMessages,
+    StreamEndpoint,
+    StreamRouteInfo,
+    declare_stream_route,
+)
 from streamkit.testing import FakeConnection
 
 Send = StreamSender[ServerSentEvent | str]
@@ -213,3 +221,78 @@ async def test_the_endpoint_counts_a_stream_as_running_until_it_ends() -> None:
     assert metrics.registry.get_sample_value("streamkit_active_streams", route) == 0
     ended = {**route, "reason": "client_disconnected"}
     assert metrics.registry.get_sample_value("streamkit_stream_ends_total", ended) == 1
+
+
+# -- the request's body and the stream's watcher -------------------------------------------------
+
+
+class Server:
+    """A server's ``receive``: the messages put into it, in order, each when it is taken."""
+
+    def __init__(self) -> None:
+        self._messages: deque[Message] = deque()
+        self._arrived = anyio.Event()
+
+    def put(self, message: Message) -> None:
+        self._messages.append(message)
+        self._arrived.set()
+
+    async def receive(self) -> Message:
+        while not self._messages:
+            self._arrived = anyio.Event()
+            await self._arrived.wait()
+        return self._messages.popleft()
+
+
+def body_message(body: bytes, *, more_body: bool = True) -> Message:
+    return {"type": "http.request", "body": body, "more_body": more_body}
+
+
+@pytest.mark.anyio
+async def test_the_watcher_keeps_the_body_for_the_request_in_order_then_the_disconnect() -> None:
+    server = Server()
+    messages = RequestMessages(server.receive)
+    pieces = [body_message(b"a"), body_message(b"b"), body_message(b"c", more_body=False)]
+    heard: list[Message] = []
+
+    async def watch() -> None:  # as the stream's watcher does
+        while (message := await messages.for_stream())["type"] != "http.disconnect":
+            pass
+        heard.append(message)
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(watch)
+            for piece in pieces:
+                server.put(piece)
+            await anyio.wait_all_tasks_blocked()  # the watcher has taken them all
+            server.put({"type": "http.disconnect"})
+            request = Request({"type": "http", "method": "POST"}, messages.for_request)
+            assert await request.body() == b"abc"
+            assert await messages.for_request() == {"type": "http.disconnect"}
+    assert heard == [{"type": "http.disconnect"}]
+
+
+@pytest.mark.anyio
+async def test_the_watcher_stops_reading_past_the_unread_bound_until_the_request_reads() -> None:
+    server = Server()
+    messages = RequestMessages(server.receive)
+    big = MAX_UNREAD_BODY // 2 + 1
+    taken = 0
+
+    async def watch() -> None:
+        nonlocal taken
+        while (await messages.for_stream())["type"] != "http.disconnect":
+            taken += 1
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(watch)
+            for _ in range(4):
+                server.put(body_message(b"x" * big))
+            await anyio.wait_all_tasks_blocked()
+            assert taken == 2  # past the bound after two: the third waits for room
+            assert len((await messages.for_request())["body"]) == big
+            await anyio.wait_all_tasks_blocked()
+            assert taken == 3  # room for one more
+            task_group.cancel_scope.cancel()
