@@ -2,8 +2,10 @@
 
 Pure functions over frozen values: nothing here does I/O or imports anyio. The one rule that
 matters most: a value can never inject a field. ``data`` may hold any line breaks (it becomes
-several ``data:`` lines), while an event name or id holding CR or LF (an id also NUL) is refused
-with a :class:`ValueError` that names it.
+several ``data:`` lines), while an event name holding CR or LF is refused with a
+:class:`ValueError` that names it. So is an id holding any control character or longer than
+:data:`MAX_LAST_EVENT_ID_LENGTH`: a browser sends the id back as ``Last-Event-ID``, which the
+server ignores past those, so no resume could start from it.
 
 Data that is not a ``str`` is sent as JSON (a ``str`` is sent as it is, unlike ``fastapi.sse``,
 which quotes it). A ``dict`` item whose keys are all event fields, sse-starlette's way of
@@ -57,8 +59,9 @@ class ServerSentEvent:
     :param id: the event id, sent back by a reconnecting browser as ``Last-Event-ID``.
     :param retry: the reconnection delay to ask of the browser, in whole milliseconds.
     :param comment: a comment, ignored by browsers; useful to keep proxies from timing out.
-    :raises ValueError: an event name or id contains CR or LF, an id contains NUL, a field
-        holds a lone surrogate (UTF-8 cannot carry it), or ``retry`` is negative.
+    :raises ValueError: an event name contains CR or LF, an id contains a control character
+        or is longer than 1024 characters (what a resume reads back), a field holds a lone
+        surrogate (UTF-8 cannot carry it), or ``retry`` is negative.
     :raises TypeError: a field has the wrong type.
     """
 
@@ -109,8 +112,16 @@ class ServerSentEvent:
                 check_text(f"SSE {name}", value)
         if self.event is not None and ("\r" in self.event or "\n" in self.event):
             raise ValueError(f"SSE event name must not contain CR or LF: {self.event!r}")
-        if self.id is not None and ("\r" in self.id or "\n" in self.id or "\0" in self.id):
-            raise ValueError(f"SSE id must not contain CR, LF or NUL: {self.id!r}")
+        if self.id is not None and (
+            _CONTROL.search(self.id) or len(self.id) > MAX_LAST_EVENT_ID_LENGTH
+        ):
+            # What a browser sends back as Last-Event-ID, which read_last_event_id() ignores
+            # past these: an id no resume could start from.
+            raise ValueError(
+                "SSE id must hold no control character (CR, LF, NUL, TAB, ...) and at most "
+                f"{MAX_LAST_EVENT_ID_LENGTH} characters, the Last-Event-ID a resume reads "
+                f"back: {self.id!r:.200}"
+            )
 
 
 def _set_field(name: str) -> Callable[[ServerSentEvent, Any], None]:

@@ -27,7 +27,8 @@ from streamkit._sse import (
 # Any text but lone surrogates, which UTF-8 cannot carry.
 TEXT = st.text(st.characters(exclude_categories=["Cs"]))
 NAME = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\r\n"))
-IDS = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\r\n\0"))
+# An id holds no control character (C0 or DEL), which no resume could send back.
+IDS = st.text(st.characters(exclude_categories=["Cs", "Cc"]) | st.sampled_from("\x80\x85"))
 EVENTS = st.builds(
     ServerSentEvent,
     data=st.none() | TEXT,
@@ -79,6 +80,25 @@ def test_a_real_parser_reads_back_what_was_encoded(
 def test_a_line_break_in_a_name_or_id_is_refused_and_named(field: str, value: str) -> None:
     with pytest.raises(ValueError, match=re.escape(repr(value))):
         ServerSentEvent(data="x", **{field: value})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "value", ["a\tb", "a\x01b", "a\x1fb", "a\x7fb", "x" * (MAX_LAST_EVENT_ID_LENGTH + 1)]
+)
+def test_an_id_no_resume_could_send_back_is_refused_where_it_is_made(value: str) -> None:
+    # A browser sends the last id back as Last-Event-ID, which the server ignores if it holds
+    # a control character or is longer than it reads: such an id could never be resumed from.
+    with pytest.raises(ValueError, match=r"SSE id .*" + re.escape(repr(value)[:60])):
+        ServerSentEvent(data="x", id=value)
+
+
+@pytest.mark.parametrize(
+    "value", ["42", "1795322811000-3", "caf\u00e9", "a b", "\u2028", "x" * MAX_LAST_EVENT_ID_LENGTH]
+)
+def test_an_id_an_event_may_carry_is_one_a_resume_reads_back(value: str) -> None:
+    event = ServerSentEvent(data="x", id=value)
+    header = value.encode().decode("latin-1")  # as a server hands a UTF-8 header over
+    assert last_event_id({"last-event-id": header}) == event.id
 
 
 @pytest.mark.parametrize("retry", [-1, 1.5, True, "10"])
