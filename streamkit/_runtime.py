@@ -260,6 +260,11 @@ class _Stream(Generic[ItemT]):
         *abandon_sender* is false (the producer decided, and its last items should go out).
         """
         if self.reason is not None:
+            if reason in _ABANDONING and abandon_sender and not self._sender_done:
+                # Decided before, its last frames still being written (the producer ended
+                # the stream itself, with a farewell, say); the client has left or stopped
+                # reading since: nothing more is written, and the stream ends now.
+                self._abandon_sender()
             return False
         self.reason = reason
         self.exception = exception

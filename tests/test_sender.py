@@ -13,6 +13,7 @@ from functools import partial
 import anyio
 import anyio.lowlevel
 import pytest
+from starlette.types import Message
 from support.bodies import Body
 
 from streamkit import EndReason, StreamOptions, StreamSender, shielded_cleanup
@@ -244,6 +245,53 @@ async def test_end_writes_what_was_queued_then_ends_with_its_reason() -> None:
     assert body.end.reason is EndReason.SEND_TIMEOUT
     assert body.end.items_sent == 2
     assert after_end == ["cancelled at the next await"]
+
+
+class StuckAfter(FakeConnection):
+    """A client that takes *taken* body writes, then none: the next one blocks for good."""
+
+    def __init__(self, taken: int) -> None:
+        super().__init__()
+        self.taken = taken
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.body" and message.get("body"):
+            if not self.taken:
+                await anyio.sleep_forever()
+            self.taken -= 1
+        await super().send(message)
+
+
+@pytest.mark.parametrize("how", ["write-fails", "write-blocks"])
+async def test_a_client_that_leaves_while_the_end_is_written_ends_the_stream_at_once(
+    how: str,
+) -> None:
+    # The producer ended the stream itself, its last items still to be written (a farewell);
+    # the client leaves meanwhile. Whether the write fails (an ASGI 2.4 server's OSError) or
+    # blocks, nothing more need be written: the stream ends now, not at send_timeout (none
+    # here), keeping the reason the producer gave.
+    async def produce(send: StreamSender[str]) -> None:
+        await send("a")
+        await send("farewell")
+        send.end(EndReason.SEND_TIMEOUT)
+
+    body = Body(produce, StreamOptions(send_timeout=None, heartbeat_interval=None))
+    if how == "write-fails":
+        connection = FakeConnection(disconnect_after_body=1)
+    else:
+        connection = StuckAfter(1)
+
+        async def leave_once_stuck() -> None:
+            await anyio.wait_all_tasks_blocked()
+            connection.disconnect()
+
+    with anyio.fail_after(2):
+        async with anyio.create_task_group() as task_group:
+            if how == "write-blocks":
+                task_group.start_soon(leave_once_stuck)
+            await connection.run(partial(deliver, body))
+    assert body.end.reason is EndReason.SEND_TIMEOUT
+    assert not connection.complete
 
 
 # -- last_event_id ----------------------------------------------------------------------------

@@ -412,6 +412,26 @@ async def test_a_burst_that_one_stream_takes_only_part_of_reaches_it_whole_and_i
         slow.disconnect()
 
 
+async def test_a_subscriber_disconnected_by_the_policy_that_leaves_during_the_farewell() -> None:
+    # The policy ends the stream with a farewell event; the client leaves once it has it. The
+    # stream ends then, not at send_timeout (none here), and nothing is left subscribed.
+    connection = FakeConnection(path="/t", disconnect_after_body=2)
+    policy = SlowSubscriberPolicy.DISCONNECT
+    async with MemoryBroker(subscriber_buffer=4, slow_subscriber_policy=policy) as broker:
+        response = topic_response(broker, "t", buffer_size=2, send_timeout=None)
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as task_group:
+                task_group.start_soon(serve(connection, response))
+                await until(lambda: broker.statistics().subscribers == 1)
+                for number in range(7):
+                    broker.publish_nowait("t", str(number))
+        # The task group waited for the stream: it has ended.
+        assert b"event: slow-subscriber" in connection.body
+        assert connection.disconnected
+        assert not connection.complete
+        assert broker.statistics().subscribers == 0
+
+
 async def test_publish_nowait_runs_in_a_callback_of_the_loop_and_refuses_another_thread(
     anyio_backend: str,
 ) -> None:
