@@ -629,14 +629,20 @@ class Subscription:
     # -- the iteration ------------------------------------------------------------------------
 
     def _reset(
-        self, reason: ResetReason, resume_id: str | None, position: EventKey | None
+        self,
+        reason: ResetReason,
+        resume_id: str | None,
+        position: EventKey | None,
+        *,
+        reset_before: bool = False,
     ) -> ServerSentEvent:
         # The last event this subscriber was sent, where the client's state stands; before
-        # the first, the id it came with, unless it is longer than any the server reads: not
-        # sent back, as whatever a client puts in its header would be, up to the server's
-        # limit (about 16 KiB), and six times that once escaped as JSON.
+        # the first, the id it came with (none if a reset came since: *reset_before*), unless
+        # it is longer than any the server reads: not sent back, as whatever a client puts in
+        # its header would be, up to the server's limit (about 16 KiB), and six times that
+        # once escaped as JSON.
         last = self.last_event_id if position is None else format_event_id(position)
-        if last is not None and len(last) > MAX_LAST_EVENT_ID_LENGTH:
+        if reset_before or (last is not None and len(last) > MAX_LAST_EVENT_ID_LENGTH):
             last = None
         data = json.dumps({"reason": reason.value, "last_event_id": last})
         counts = self._hub._counts.get(self.topic)
@@ -689,6 +695,15 @@ class Subscription:
         through (caught up, unless the live events overflowed again meanwhile)."""
         page = self._page
         if self._given == len(page):
+            if not self._reading and not self._buffering and self._position is None:
+                # It fell behind with no event to read the history on from (right after an
+                # expired reset): the events it missed left its buffer, and nothing says
+                # where it stood in the history. A reset from the newest event tells it so;
+                # what comes after is read from there.
+                latest = await self._hub._latest_id(self.topic)
+                self._position = None if latest is None else parse_event_id(latest)
+                self._open_buffer()
+                return self._reset(ResetReason.OVERFLOW, latest, None, reset_before=True)
             if not self._reading:  # a pass over the history begins
                 self._reading = self._more_history = True
                 if not self._buffering:

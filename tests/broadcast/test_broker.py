@@ -241,6 +241,25 @@ async def test_a_slow_subscriber_catches_up_from_the_history(make_broker: MakeBr
             assert broker.statistics().catching_up == 0
 
 
+async def test_falling_behind_right_after_an_expired_reset_is_told_by_a_reset(
+    make_broker: MakeBroker,
+) -> None:
+    # After an expired reset it has no event to read the history on from; overflowing then,
+    # it cannot catch up from the history: what it missed is told by a reset from the newest
+    # event, and the events after it follow. (It went live, silently past them.)
+    async with make_broker(subscriber_buffer=4) as broker:
+        async with broker.subscribe("t", last_event_id="1-0") as subscription:
+            assert await take(subscription, 1) == [(RESET_EVENT, "expired", "")]
+            ids = await publish_all(broker, "t", range(10))
+            await until(lambda: broker.statistics().catching_up == 1)
+            assert await take(subscription, 1) == [(RESET_EVENT, "overflow", ids[-1])]
+            await publish_all(broker, "t", range(10, 12))
+            assert await take(subscription, 2) == ["10", "11"]  # from the history
+            await broker.publish("t", "12")
+            assert await take(subscription, 1) == ["12"]  # live again, none twice
+            assert broker.statistics().catching_up == 0
+
+
 async def test_beyond_the_catching_up_cap_a_subscriber_is_disconnected(
     make_broker: MakeBroker,
 ) -> None:
