@@ -28,6 +28,7 @@ from ._responses import EventSourceArguments, EventSourceResponse
 from ._sender import StreamSender
 from ._sse import ServerSentEvent
 from ._topics import (
+    RESET_EVENT,
     BrokerStatistics,
     Entry,
     EventKey,
@@ -260,6 +261,14 @@ class MemoryBroker(TopicHub):
         return format_event_id(history.keys[-1]) if history and history.keys else None
 
 
+def _idle_fallback(last: object) -> ServerSentEvent | None:
+    """A topic stream's idle fallback: the default ``stale`` event, but none after a reset,
+    which is no state to repeat."""
+    if isinstance(last, ServerSentEvent) and last.event == RESET_EVENT:
+        return None
+    return EventSourceResponse.default_idle_fallback(last)
+
+
 #: What a subscriber disconnected for being too slow is sent last: reconnect in 5 seconds,
 #: resuming from the history then.
 DEFAULT_SLOW_SUBSCRIBER_EVENT = ServerSentEvent(event="slow-subscriber", data="", retry=5000)
@@ -308,7 +317,9 @@ def topic_response(
     list while the others still hold it too; and a burst that fits goes out in one write per
     subscriber, where one that does not is sent on event by event. A subscriber that stopped
     reading keeps up to that many frames alive until its ``send_timeout`` ends it: with large
-    events, a smaller ``buffer_size`` bounds that.
+    events, a smaller ``buffer_size`` bounds that. And for the default ``idle_fallback``
+    (with an ``idle_timeout``): the ``stale`` event repeats the last event, but none follows a
+    reset, which is no state to repeat.
 
     :raises TopicNameError: the topic name is invalid (a :class:`ValueError`, answered 400
         by Starlette's exception handling).
@@ -319,6 +330,7 @@ def topic_response(
         raise TopicNameError(str(exc)) from None
     if isinstance(broker, TopicHub):
         arguments.setdefault("buffer_size", broker.subscriber_buffer)
+    arguments.setdefault("idle_fallback", _idle_fallback)
 
     async def produce(send: StreamSender[ServerSentEvent | str]) -> None:
         # A Last-Event-ID discarded as invalid is still handed on: the client expected to

@@ -315,6 +315,23 @@ async def test_the_idle_fallback_repeats_the_last_event_fed_to_the_stream() -> N
         connection.disconnect()
 
 
+async def test_the_idle_fallback_repeats_no_reset() -> None:
+    # A reset is no state to repeat: a stream whose last event was one sends no `stale` after
+    # it, and repeats the next real event once there is one.
+    connection = FakeConnection(path="/t", headers={"last-event-id": "junk"})
+    async with MemoryBroker() as broker, anyio.create_task_group() as task_group:
+        await broker.publish("t", "before")
+        response = topic_response(broker, "t", idle_timeout=0.05, heartbeat_interval=None)
+        task_group.start_soon(serve(connection, response))
+        await until(lambda: b"event: reset" in connection.body)
+        await until(lambda: broker.statistics().subscribers == 1)
+        await anyio.sleep(0.2)  # four idle periods: a fallback would have been sent by now
+        assert b"stale" not in connection.body
+        await broker.publish("t", "after")
+        await until(lambda: data_of(connection)[1:3] == ["after", "after"])  # then its stale
+        connection.disconnect()
+
+
 async def publish_burst(broker: MemoryBroker, how: str, count: int) -> list[str]:
     """Publish *count* events to ``t`` without letting the loop run in between: with
     ``publish_nowait`` back to back, or with one ``publish_many``."""
