@@ -217,21 +217,32 @@ class SlowConnection(FakeConnection):
         await super().send(message)
 
 
+@asynccontextmanager
+async def fast_and_slow(
+    policy: SlowSubscriberPolicy, **options: Any
+) -> AsyncIterator[tuple[MemoryBroker, FakeConnection, SlowConnection]]:
+    """A broker with *policy* (64 events per subscriber), and two subscribers to ``t`` with
+    the response *options*: one that keeps up, and a :class:`SlowConnection` whose stream's
+    buffer holds 4 frames."""
+    fast, slow = FakeConnection(path="/t"), SlowConnection()
+    async with (
+        MemoryBroker(subscriber_buffer=64, slow_subscriber_policy=policy) as broker,
+        anyio.create_task_group() as task_group,
+    ):
+        task_group.start_soon(serve(fast, topic_response(broker, "t", **options)))
+        slow_response = topic_response(broker, "t", buffer_size=4, **options)
+        task_group.start_soon(serve(slow, slow_response))
+        await until(lambda: broker.statistics().subscribers == 2)
+        yield broker, fast, slow
+
+
 @pytest.mark.parametrize("policy", list(SlowSubscriberPolicy))
 async def test_a_subscriber_whose_stream_falls_behind_and_catches_up_misses_nothing(
     policy: SlowSubscriberPolicy,
 ) -> None:
     # Its stream's buffer fills, the events go to its own buffer, and that one stays below
     # its size here: whatever the policy, nothing is dropped, and the order holds.
-    fast, slow = FakeConnection(path="/t"), SlowConnection()
-    async with (
-        MemoryBroker(subscriber_buffer=64, slow_subscriber_policy=policy) as broker,
-        anyio.create_task_group() as task_group,
-    ):
-        for connection in (fast, slow):
-            response = topic_response(broker, "t", buffer_size=4)
-            task_group.start_soon(serve(connection, response))
-        await until(lambda: broker.statistics().subscribers == 2)
+    async with fast_and_slow(policy) as (broker, fast, slow):
         for number in range(40):
             await broker.publish("t", str(number))
             await anyio.lowlevel.checkpoint()
@@ -402,16 +413,7 @@ async def test_a_burst_that_one_stream_takes_only_part_of_reaches_it_whole_and_i
     # takes the first 4, and the rest go through its subscription's own buffer (64 events):
     # whatever the policy, nothing is dropped, none is repeated, and the order holds. The
     # idle fallback of each is made of the burst's last event, however its stream took it.
-    fast, slow = FakeConnection(path="/t"), SlowConnection()
-    async with (
-        MemoryBroker(subscriber_buffer=64, slow_subscriber_policy=policy) as broker,
-        anyio.create_task_group() as task_group,
-    ):
-        fast_response = topic_response(broker, "t", idle_timeout=0.5)
-        task_group.start_soon(serve(fast, fast_response))
-        slow_response = topic_response(broker, "t", buffer_size=4, idle_timeout=0.5)
-        task_group.start_soon(serve(slow, slow_response))
-        await until(lambda: broker.statistics().subscribers == 2)
+    async with fast_and_slow(policy, idle_timeout=0.5) as (broker, fast, slow):
         await publish_burst(broker, "publish_many", 30)
         expected = [str(number) for number in range(30)]
         await until(lambda: data_of(fast)[:30] == expected)
