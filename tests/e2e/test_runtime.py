@@ -503,6 +503,42 @@ async def test_a_stalled_client_ends_with_send_timeout_and_memory_stays_bounded(
     assert probe.background_ran == [EndReason.SEND_TIMEOUT]
 
 
+@pytest.mark.parametrize("leave", ["close", "reset"])
+async def test_a_client_that_leaves_while_the_producers_farewell_is_written(leave: str) -> None:
+    # The producer ends the stream itself after a farewell too large for a client that
+    # stopped reading; the client then leaves. Nothing more need be written: the stream ends
+    # then, with the producer's reason, not at send_timeout (none here, so never). hypercorn
+    # lets a write to a lost connection return; a server that raises OSError there (ASGI 2.4)
+    # left such a stream waiting for ever, which tests/test_sender.py covers on FakeConnection.
+    returned = anyio.Event()
+    ends: list[StreamEnd] = []
+
+    async def produce(send: StreamSender[Any]) -> None:
+        await send("first")
+        await send("farewell " + "x" * (8 << 20))
+        send.end(EndReason.SEND_TIMEOUT)
+        returned.set()
+
+    async def route(request: Request) -> Response:
+        return EventSourceResponse(
+            produce, send_timeout=None, heartbeat_interval=None, on_end=ends.append
+        )
+
+    async with open_server(app_for(route)) as server:
+        async with open_stream(server, "/stream", receive_buffer=4096) as client:
+            assert (await client.read_event()).data == "first"
+            client.stall()
+            with anyio.fail_after(5):
+                await returned.wait()  # the farewell is queued, and being written
+            await (client.reset() if leave == "reset" else client.close())
+            left_at = anyio.current_time()
+            end = await server.wait_ended(EndReason.SEND_TIMEOUT, within=DISCONNECT_BOUND + 2)
+            ended_after = anyio.current_time() - left_at
+    assert ended_after < DISCONNECT_BOUND
+    assert end.path == "/stream"
+    assert [e.reason for e in ends] == [EndReason.SEND_TIMEOUT]
+
+
 async def test_a_client_that_stalls_after_a_quiet_spell_ends_with_send_timeout() -> None:
     # The send timeout is a timer set at a write when none is: the one set at the first write
     # goes off during the quiet spell with nothing under way, and the flood must set it again.
