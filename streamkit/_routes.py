@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from collections import deque
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -75,7 +74,9 @@ class RequestMessages:
 
     def __init__(self, receive: Receive) -> None:
         self._receive = receive
-        self._unread: deque[Message] = deque()
+        # A list, not a deque: it holds a message or two (a GET's one, empty), and an empty
+        # deque is about 0.6 KiB, which every stream would hold.
+        self._unread: list[Message] = []
         self._unread_bytes = 0
         self._ended: Message | None = None  # the disconnect, once read
         self._arrived: anyio.Event | None = None  # while the request waits for a message
@@ -106,7 +107,7 @@ class RequestMessages:
             if self._arrived is None:
                 self._arrived = anyio.Event()
             await self._arrived.wait()
-        message = self._unread.popleft()
+        message = self._unread.pop(0)
         self._unread_bytes -= len(message.get("body", b""))
         if self._taken is not None:
             self._taken.set()
