@@ -24,6 +24,7 @@ from pathlib import Path
 from httpx_sse._decoders import SSEDecoder as HttpxSSEDecoder
 from httpx_sse._decoders import SSELineDecoder
 
+from streamkit._eventsource import MAX_EVENT_SIZE
 from streamkit.client import Backoff, EventStream, SSEDecoder
 
 CHUNK = 4096
@@ -67,6 +68,7 @@ def parse_streamkit_client(chunks: list[bytes]) -> int:
         missed_heartbeats=3,
         connect_timeout=10.0,
         backoff=Backoff(),
+        max_event_size=MAX_EVENT_SIZE,
     )
     stream._begin()
     return sum(len(stream._parse(chunk)) for chunk in chunks)

@@ -1,10 +1,14 @@
 """How long a client waits before it reconnects, and when it gives up. Pure: no I/O, no clock.
 
 The base delay is the server's ``retry:`` when it sent one (a browser waits exactly that),
-else :attr:`Backoff.initial_delay`. Each attempt that fails in a row multiplies it, up to
-:attr:`Backoff.max_delay`, and every wait is stretched by a random fraction up to
-:attr:`Backoff.jitter`, so the clients a restart dropped together do not all come back in the
-same instant. Stretched, never shortened: a server that asked for a second gets at least that.
+but never less than :attr:`Backoff.min_retry`, else :attr:`Backoff.initial_delay`. Each
+attempt that fails in a row multiplies it, up to :attr:`Backoff.max_delay`, and every wait is
+stretched by a random fraction up to :attr:`Backoff.jitter`, so the clients a restart dropped
+together do not all come back in the same instant. Stretched, never shortened: a server that
+asked for a second gets at least that. A ``Retry-After`` is a floor too, for one wait.
+
+A server's word can make a wait longer than the bounds allow: :meth:`Backoff.gives_up` counts
+the wait ahead, so a client told to come back in an hour gives up at once, not after the hour.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from ._checks import check_count, check_duration, check_rate
+from ._sse_decoder import MAX_RETRY_DIGITS
 
 __all__ = ["Backoff", "retry_after_seconds"]
 
@@ -24,6 +29,9 @@ class Backoff:
     """When a client reconnects, and when it stops trying.
 
     :param initial_delay: seconds before the first attempt, when the server sent no ``retry:``.
+    :param min_retry: the shortest server ``retry:`` obeyed, in seconds: a shorter one
+        (``retry: 0``) counts as this, so a server cannot make its clients reconnect in a
+        tight loop.
     :param max_delay: the longest wait before the jitter, in seconds.
     :param multiplier: how much longer each wait is than the previous one, while attempts
         fail in a row.
@@ -32,12 +40,14 @@ class Backoff:
     :param max_attempts: attempts in a row that may fail (no event received) before giving up;
         ``None`` for no limit.
     :param max_reconnect_time: seconds since the connection was lost after which no new
-        attempt starts; ``None`` for no limit.
+        attempt starts; ``None`` for no limit. A wait that would end past it (a server's
+        ``retry:`` or ``Retry-After`` of an hour, say) is not started.
     :raises TypeError: a value has the wrong type.
     :raises ValueError: a value is out of range (a multiplier below 1, a jitter outside 0 to 1).
     """
 
     initial_delay: float = 1.0
+    min_retry: float = 0.1
     max_delay: float = 30.0
     multiplier: float = 2.0
     jitter: float = 0.5
@@ -46,6 +56,7 @@ class Backoff:
 
     def __post_init__(self) -> None:
         check_duration("initial_delay", self.initial_delay)
+        check_duration("min_retry", self.min_retry)
         check_duration("max_delay", self.max_delay)
         check_rate("multiplier", self.multiplier)
         if self.multiplier < 1:
@@ -59,28 +70,43 @@ class Backoff:
         check_duration("max_reconnect_time", self.max_reconnect_time, optional=True)
 
     def delay(
-        self, failures: int, *, server_retry: float | None = None, rng: random.Random | None = None
+        self,
+        failures: int,
+        *,
+        server_retry: float | None = None,
+        retry_after: float | None = None,
+        rng: random.Random | None = None,
     ) -> float:
         """Seconds to wait before the next attempt.
 
         :param failures: attempts that failed in a row since the last one that received an
             event (``0`` for the first reconnection after a working connection).
         :param server_retry: the server's ``retry:``, in seconds, if it sent one.
+        :param retry_after: the delay of a ``Retry-After`` the last answer carried: the wait
+            is at least that (``Retry-After: 0`` does not skip the backoff).
         :param rng: the random source of the jitter (for tests); the module's by default.
         """
-        base = self.initial_delay if server_retry is None else server_retry
+        if server_retry is None:
+            base = self.initial_delay
+        else:
+            base = server_retry = max(server_retry, self.min_retry)
         # min() first: a long outage must not overflow the float of multiplier ** failures.
         delay = min(self.max_delay, base * self.multiplier ** min(failures, 64))
         if server_retry is not None:
             delay = max(delay, server_retry)  # the server's word is a floor, past max_delay too
-        return delay * (1.0 + self.jitter * (rng or _random).random())
+        delay *= 1.0 + self.jitter * (rng or _random).random()
+        return delay if retry_after is None else max(delay, retry_after)
 
-    def gives_up(self, failures: int, reconnecting_for: float) -> bool:
+    def gives_up(self, failures: int, reconnecting_for: float, wait: float = 0.0) -> bool:
         """Whether to stop, after *failures* failed attempts in a row and *reconnecting_for*
-        seconds since the connection was lost."""
+        seconds since the connection was lost, rather than wait *wait* seconds more and try
+        again."""
         if self.max_attempts is not None and failures >= self.max_attempts:
             return True
-        return self.max_reconnect_time is not None and reconnecting_for >= self.max_reconnect_time
+        return (
+            self.max_reconnect_time is not None
+            and reconnecting_for + wait >= self.max_reconnect_time
+        )
 
 
 _random = random.Random()
@@ -88,12 +114,12 @@ _random = random.Random()
 
 def retry_after_seconds(value: str | None, *, now: datetime | None = None) -> float | None:
     """The delay a ``Retry-After`` header asks for, in seconds, or ``None`` if it holds
-    neither a number of seconds nor an HTTP date."""
+    neither a number of seconds (up to 19 digits, as a ``retry:`` is read) nor an HTTP date."""
     if value is None:
         return None
     value = value.strip()
     if value.isascii() and value.isdigit():
-        return float(value)
+        return float(value) if len(value) <= MAX_RETRY_DIGITS else None
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):

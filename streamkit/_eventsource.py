@@ -8,6 +8,12 @@ other status outside 2xx (but a 429 or 503 carrying ``Retry-After``) or a body o
 type is an error, not a reason to hammer the server. A connection that sent no byte for
 ``missed_heartbeats`` heartbeat intervals counts as dropped (a stalled server, a dead NAT).
 
+A connection counts as working, and clears the failures in a row, once it has handed over an
+event or stayed open for the read timeout: a server that answers with a heartbeat, or a
+``retry: 0``, and hangs up is backed off like one that refuses. Its bytes are held only up to
+``max_event_size`` an event (or NDJSON line), and the ``Last-Event-ID`` sent back is the id
+as a browser sends it: UTF-8, without the spaces around it that HTTP drops.
+
 Each connection's response is closed in this task, shielded and bounded, however the
 iteration ends: the block left early, cancelled, or the stream failed. httpx is imported
 lazily, so that the proxy, which resumes with this loop, imports without it.
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
@@ -28,7 +35,7 @@ from ._backoff import Backoff, retry_after_seconds
 from ._checks import check_count, check_duration
 from ._exceptions import ReconnectError, UpstreamError
 from ._sse import ServerSentEvent
-from ._sse_decoder import SSEDecoder, trusted_event
+from ._sse_decoder import FrameTooLarge, SSEDecoder, trusted_event
 from ._topics import RESET_EVENT
 
 if TYPE_CHECKING:
@@ -51,6 +58,11 @@ RETRIED_STATUSES = frozenset({429, 503})
 NDJSON_TYPES = frozenset(
     {"application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonlines"}
 )
+#: The default bound on one event (or NDJSON line) while it arrives: a few base64 images.
+MAX_EVENT_SIZE = 16 * 1024 * 1024
+
+# What no header value may hold: a control character other than TAB (RFC 9110, 5.5).
+_UNSENDABLE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -59,7 +71,8 @@ class ClientStatistics:
 
     :param connections: connections that were answered with the stream (2xx, right type).
     :param reconnects: of those, the ones after the first.
-    :param failed_attempts: attempts that failed: refused, dropped before a byte, a 503...
+    :param failed_attempts: attempts that failed: refused, a 503, dropped before an event
+    (unless it stayed open for the read timeout)...
     :param last_event_id: what the next connection sends as ``Last-Event-ID`` (``""``: none).
     :param connected_time: seconds connected in all, up to now.
     :param connected: whether a connection is open now.
@@ -95,6 +108,17 @@ async def unwind(iterator: AsyncIterator[Any]) -> None:
             pass  # StopAsyncIteration, or what an already closed connection raised
 
 
+def last_event_id_header(id_: str) -> bytes | None:
+    """*id_* as the ``Last-Event-ID`` header a browser sends: UTF-8, without the spaces and
+    tabs around it (which HTTP drops, so a server never sees them); ``None`` if it holds a
+    control character or a lone surrogate, which no header can carry."""
+    try:
+        value = id_.encode().strip(b" \t")
+    except UnicodeEncodeError:
+        return None
+    return None if _UNSENDABLE.search(value) else value
+
+
 @functools.cache
 def default_ssl_context() -> ssl.SSLContext:
     """httpx's default SSL context, loaded once (tens of milliseconds: keep it off the loop)."""
@@ -120,6 +144,15 @@ def as_request(target: httpx.Request | str) -> httpx.Request:
     )
 
 
+class Unreadable(Exception):
+    """A body that breaks its format; the loop hands over :attr:`items` (those read before
+    the fault), then raises an :class:`UpstreamError` from this."""
+
+    def __init__(self, message: str, items: list[Any]) -> None:
+        super().__init__(message)
+        self.items = items
+
+
 class _Resuming(Generic[T]):
     """The loop both streams share; a subclass parses the bytes of one connection."""
 
@@ -136,16 +169,16 @@ class _Resuming(Generic[T]):
         missed_heartbeats: int,
         connect_timeout: float,
         backoff: Backoff,
+        max_event_size: int,
     ) -> None:
         check_duration("heartbeat_interval", heartbeat_interval)
         check_count("missed_heartbeats", missed_heartbeats)
         check_duration("connect_timeout", connect_timeout)
+        check_count("max_event_size", max_event_size)
         if not isinstance(backoff, Backoff):
             raise TypeError(f"backoff must be a Backoff, got {type(backoff).__name__}")
         if last_event_id is not None and not isinstance(last_event_id, str):
             raise TypeError(f"last_event_id must be a str or None, got {last_event_id!r}")
-        if last_event_id is not None and any(c in last_event_id for c in "\r\n\0"):
-            raise ValueError(f"last_event_id must not contain CR, LF or NUL: {last_event_id!r}")
         given = as_request(target)
         import httpx
 
@@ -166,9 +199,20 @@ class _Resuming(Generic[T]):
         self._client = client
         self._owned: httpx.AsyncClient | None = None
         self.backoff = backoff
+        self.max_event_size = max_event_size
+        named = "last_event_id"
         if last_event_id is None:
+            named = "the request's Last-Event-ID header"
             last_event_id = given.headers.get("last-event-id")
         self._last_event_id = last_event_id or ""
+        if self._last_event_id:
+            header = last_event_id_header(self._last_event_id)
+            if header is None:
+                raise ValueError(
+                    f"{named} holds a control character, which no Last-Event-ID header can "
+                    f"carry: {self._last_event_id!r}"
+                )
+            self._set_last_event_id(header)
         self._server_retry: float | None = None
         self._iterator: AsyncGenerator[T] | None = None
         self._cut_short = False  # a wait for the next event was cancelled: the stream ended
@@ -256,7 +300,10 @@ class _Resuming(Generic[T]):
         raise NotImplementedError
 
     def _parse(self, chunk: bytes) -> list[T]:
-        """The items *chunk* completed, updating ``_last_event_id`` and ``_server_retry``."""
+        """The items *chunk* completed, updating ``_last_event_id`` and ``_server_retry``.
+
+        :raises Unreadable: the body breaks its format, said in the message.
+        """
         raise NotImplementedError
 
     # -- the loop -----------------------------------------------------------------------------
@@ -264,33 +311,30 @@ class _Resuming(Generic[T]):
     async def _run(self) -> AsyncGenerator[T]:
         import httpx
 
-        failures = 0  # attempts in a row that got no byte of a stream
+        failures = 0  # attempts in a row that did not work (see the module's docstring)
         lost_at: float | None = None
-        wait: float | None = None  # a Retry-After, which overrides the backoff once
+        retry_after: float | None = None  # the last answer's Retry-After: a floor, once
         failure: BaseException | None = None
         first = True
         while True:
             if not first:
                 now = anyio.current_time()
                 lost_at = now if lost_at is None else lost_at
-                if self.backoff.gives_up(failures, now - lost_at):
+                wait = self.backoff.delay(
+                    failures, server_retry=self._server_retry, retry_after=retry_after
+                )
+                if self.backoff.gives_up(failures, now - lost_at, wait):
                     raise ReconnectError(
                         f"gave up reconnecting to {self.url} after {failures} failed attempts "
-                        f"in {now - lost_at:.1f} s",
+                        f"in {now - lost_at:.1f} s (the next would wait {wait:.3g} s)",
                         url=self.url,
                         attempts=failures,
                         last_event_id=self._last_event_id,
                     ) from failure
-                if wait is None:
-                    wait = self.backoff.delay(failures, server_retry=self._server_retry)
                 await anyio.sleep(wait)
             first = False
-            wait = failure = None
-            got_bytes = False
-            if self._last_event_id:
-                self._request.headers["last-event-id"] = self._last_event_id
-            else:
-                self._request.headers.pop("last-event-id", None)
+            retry_after = failure = None
+            worked = False
             response: httpx.Response | None = None
             chunks: AsyncIterator[bytes] | None = None
             assert self._client is not None
@@ -300,39 +344,84 @@ class _Resuming(Generic[T]):
                 if status == 204:
                     return  # the server's word to stop
                 if status in RETRIED_STATUSES:
-                    wait = retry_after_seconds(response.headers.get("retry-after"))
-                if wait is not None:
+                    retry_after = retry_after_seconds(response.headers.get("retry-after"))
+                if retry_after is not None:
                     failure = UpstreamError(
-                        f"{self.url} answered {status} {_reason(response)}, retry after {wait:g} s",
+                        f"{self.url} answered {status} {_reason(response)}, retry after "
+                        f"{retry_after:g} s",
                         status_code=status,
                         url=self.url,
                     )
                 else:
                     self._check(response)
                     self._connections += 1
-                    self._connected_since = anyio.current_time()
+                    self._connected_since = opened = anyio.current_time()
                     self._begin()
                     chunks = response.aiter_bytes()
                     async for chunk in chunks:
-                        if not got_bytes:
-                            got_bytes = True
-                            failures = 0
-                            lost_at = None
-                        for item in self._parse(chunk):
+                        try:
+                            items = self._parse(chunk)
+                            unreadable = None
+                        except Unreadable as exc:
+                            items, unreadable = exc.items, exc
+                        for item in items:
+                            worked = True
                             self._received += 1
                             yield item
+                        if unreadable is not None:
+                            raise UpstreamError(
+                                f"{self.url} sent a body that cannot be read: {unreadable}",
+                                status_code=status,
+                                url=self.url,
+                            ) from unreadable
+                    # Ended cleanly: the connection worked if it held out that long.
+                    worked = worked or anyio.current_time() - opened >= self.read_timeout
             except httpx.TransportError as exc:
                 # Refused, reset, broken off, or no byte within the read timeout: dropped.
                 failure = exc
+                if self._connected_since is not None:
+                    worked = worked or anyio.current_time() - opened >= self.read_timeout
             finally:
                 if self._connected_since is not None:
                     self._connected_total += anyio.current_time() - self._connected_since
                     self._connected_since = None
                 if response is not None:
                     await _release(response, chunks)
-            if not got_bytes:
+            if chunks is not None:
+                self._resume_from(status)
+            if worked:
+                failures = 0
+                lost_at = None
+            else:
                 failures += 1
                 self._failed += 1
+
+    def _resume_from(self, status: int) -> None:
+        """Set the next request's ``Last-Event-ID`` to the last id the body of a response
+        with *status* set."""
+        if not self._last_event_id:
+            self._set_last_event_id(None)
+            return
+        value = last_event_id_header(self._last_event_id)
+        if value is None:
+            raise UpstreamError(
+                f"{self.url} sent the event id {self._last_event_id!r:.80}, which holds a "
+                "control character: no Last-Event-ID header can carry it, so the stream "
+                "cannot be resumed",
+                status_code=status,
+                url=self.url,
+            )
+        self._set_last_event_id(value)
+
+    def _set_last_event_id(self, value: bytes | None) -> None:
+        import httpx
+
+        # New headers, not one set in place: httpx decodes them all with the encoding it
+        # found first (ASCII, say), which a UTF-8 id would then break.
+        fields = [(k, v) for k, v in self._request.headers.raw if k.lower() != b"last-event-id"]
+        if value is not None:
+            fields.append((b"Last-Event-ID", value))
+        self._request.headers = httpx.Headers(fields)
 
     def _check(self, response: httpx.Response) -> None:
         if not response.is_success:
@@ -381,22 +470,28 @@ class EventStream(_Resuming[ServerSentEvent]):
 
     :ivar read_timeout: seconds without a byte after which a connection counts as dropped.
     :ivar backoff: when it reconnects, and when it gives up.
+    :ivar max_event_size: the most characters (NDJSON: bytes) one event or line may hold.
     """
 
     _media_types = frozenset({"text/event-stream"})
     _accept = "text/event-stream"
 
     def _begin(self) -> None:
-        self._decoder = SSEDecoder()
+        self._decoder = SSEDecoder(max_size=self.max_event_size)
         self._decoder.last_event_id = self._last_event_id
 
     def _parse(self, chunk: bytes) -> list[ServerSentEvent]:
         decoder = self._decoder
-        frames = decoder.feed(chunk)
+        try:
+            frames = decoder.feed(chunk)
+        except FrameTooLarge as exc:
+            raise Unreadable(str(exc), self._events(exc.frames)) from None
         if decoder.retry is not None:
             self._server_retry = decoder.retry / 1000
-        if not frames:
-            return frames
+        return self._events(frames) if frames else frames
+
+    def _events(self, frames: list[ServerSentEvent]) -> list[ServerSentEvent]:
+        """Of *frames*, the events a browser dispatches, as it sees them."""
         events = []
         for frame in frames:
             if frame.id is not None:
@@ -419,6 +514,7 @@ class NDJSONStream(_Resuming[Any]):
 
     :ivar read_timeout: seconds without a byte after which a connection counts as dropped.
     :ivar backoff: when it reconnects, and when it gives up.
+    :ivar max_event_size: the most characters (NDJSON: bytes) one event or line may hold.
     """
 
     _media_types = NDJSON_TYPES
@@ -439,26 +535,73 @@ class NDJSONStream(_Resuming[Any]):
 
     def _begin(self) -> None:
         self._pending = []  # a line the last connection broke off is discarded
+        self._pending_size = 0
 
     def _parse(self, chunk: bytes) -> list[Any]:
         lines = chunk.split(b"\n")
         if len(lines) == 1:
             self._pending.append(chunk)
+            self._pending_size += len(chunk)
+            if self._pending_size > self.max_event_size:
+                raise Unreadable(
+                    f"a line grew past {self.max_event_size} bytes without ending "
+                    f"({self._pending_size} read)",
+                    [],
+                )
             return []
         if self._pending:
             self._pending.append(lines[0])
             lines[0] = b"".join(self._pending)
             self._pending = []
         tail = lines.pop()
+        self._pending_size = len(tail)
         if tail:
             self._pending.append(tail)
-        items = [json.loads(line) for line in lines if line.strip()]
+        limit = self.max_event_size
+        if self._pending_size <= limit and max(map(len, lines)) <= limit:
+            try:
+                items = [json.loads(line) for line in lines if line.strip()]
+            except ValueError:  # JSONDecodeError, UnicodeDecodeError
+                pass
+            else:
+                return self._identified(items)
+        # Again, line by line: the items before the fault are handed over, then it is named.
+        items = []
+        for line in lines:
+            if len(line) > limit:
+                raise Unreadable(f"a line is longer than {limit} bytes", self._identified(items))
+            try:
+                if line.strip():
+                    items.append(json.loads(line))
+            except ValueError as exc:
+                fault = f"a line is not JSON ({exc}): {line[:80]!r}"
+                raise Unreadable(fault, self._identified(items)) from None
+        fault = f"a line grew past {limit} bytes without ending ({self._pending_size} read)"
+        raise Unreadable(fault, self._identified(items))
+
+    def _identified(self, items: list[Any]) -> list[Any]:
+        """*items*, the last id among them taken."""
         if self._item_id is not None:
             for item in items:
                 found = self._item_id(item)
                 if found is not None:
-                    self._last_event_id = found
+                    self._last_event_id = _check_item_id(found, item)
         return items
+
+
+def _check_item_id(found: object, item: object) -> str:
+    # The user's function: what it returned is refused here, where it was made.
+    if not isinstance(found, str):
+        raise TypeError(
+            f"item_id must return a str or None, got {type(found).__name__}: {found!r:.80} "
+            f"for the item {item!r:.80}"
+        )
+    if last_event_id_header(found) is None:
+        raise ValueError(
+            f"item_id returned {found!r:.80} for the item {item!r:.80}: it holds a control "
+            "character, which no Last-Event-ID header can carry"
+        )
+    return found
 
 
 def open_event_stream(
@@ -470,6 +613,7 @@ def open_event_stream(
     missed_heartbeats: int = 3,
     connect_timeout: float = 10.0,
     backoff: Backoff = Backoff(),  # noqa: B008 (frozen: one shared default is safe)
+    max_event_size: int = MAX_EVENT_SIZE,
 ) -> EventStream:
     """Follow the event stream at *target*, reconnecting as a browser would::
 
@@ -493,8 +637,11 @@ def open_event_stream(
         intervals is dropped and made again.
     :param connect_timeout: seconds to wait for a connection.
     :param backoff: when to reconnect, and when to give up.
+    :param max_event_size: the most characters one event may hold while it arrives (16 MiB
+        by default): a server that never ends its line or its event fills no more memory.
     :raises UpstreamError: (from the iteration) the server refused the stream; it names the
-        status or the content type.
+        status or the content type. Or its body broke the format: an event past
+        *max_event_size*, or an id no ``Last-Event-ID`` can carry when a resume needs it.
     :raises ReconnectError: (from the iteration) the *backoff* allowed no more attempts.
     :raises TypeError: an argument has the wrong type.
     :raises ValueError: a duration or count is out of range.
@@ -507,6 +654,7 @@ def open_event_stream(
         missed_heartbeats=missed_heartbeats,
         connect_timeout=connect_timeout,
         backoff=backoff,
+        max_event_size=max_event_size,
     )
 
 
@@ -520,6 +668,7 @@ def open_ndjson_stream(
     missed_heartbeats: int = 3,
     connect_timeout: float = 10.0,
     backoff: Backoff = Backoff(),  # noqa: B008 (frozen: one shared default is safe)
+    max_event_size: int = MAX_EVENT_SIZE,
 ) -> NDJSONStream:
     """Follow the NDJSON stream at *target*, reconnecting as :func:`open_event_stream` does.
 
@@ -527,7 +676,9 @@ def open_ndjson_stream(
     next connection sends as ``Last-Event-ID`` so the server can resume after it. Without
     it, a reconnection asks for the stream from wherever the server starts it.
 
-    :param item_id: the id of an item (``None``: it has none).
+    :param item_id: the id of an item (``None``: it has none). What it returns must be a
+        ``str`` a header can carry (no control character); else the iteration raises
+        :class:`TypeError` or :class:`ValueError` naming it and the item.
     :param target: see :func:`open_event_stream`.
     :param client: see :func:`open_event_stream`.
     :param last_event_id: see :func:`open_event_stream`.
@@ -535,7 +686,9 @@ def open_ndjson_stream(
     :param missed_heartbeats: see :func:`open_event_stream`.
     :param connect_timeout: see :func:`open_event_stream`.
     :param backoff: see :func:`open_event_stream`.
-    :raises UpstreamError: (from the iteration) the server refused the stream.
+    :param max_event_size: the most bytes one line may hold while it arrives.
+    :raises UpstreamError: (from the iteration) the server refused the stream, or sent a line
+        that is not JSON or is longer than *max_event_size*.
     :raises ReconnectError: (from the iteration) the *backoff* allowed no more attempts.
     :raises TypeError: an argument has the wrong type.
     :raises ValueError: a duration or count is out of range.
@@ -549,4 +702,5 @@ def open_ndjson_stream(
         missed_heartbeats=missed_heartbeats,
         connect_timeout=connect_timeout,
         backoff=backoff,
+        max_event_size=max_event_size,
     )

@@ -43,8 +43,9 @@ class MetricsUnavailableError(StreamkitError, ImportError):
 
 
 class UpstreamError(StreamkitError, RuntimeError):
-    """An upstream HTTP response cannot be forwarded or followed: its status is not 2xx, or
-    it is not the kind of body asked for.
+    """An upstream HTTP response cannot be forwarded or followed: its status is not 2xx, it
+    is not the kind of body asked for, or its body breaks its format (an NDJSON line that is
+    not JSON, an event past the size bound, an event id that cannot be sent back).
 
     :param message: what was wrong, naming the request and what was received.
     :param status_code: the upstream's status.

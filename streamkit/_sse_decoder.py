@@ -4,7 +4,8 @@ Pure, like the framing in ``_sse``: bytes in, :class:`~streamkit.ServerSentEvent
 no I/O. The body is decoded as UTF-8 with a leading BOM dropped and invalid bytes replaced; a
 line ends at CR, LF or CRLF (even split between two chunks); a line starting with a colon is a
 comment; one space after the field's colon is dropped; an ``id`` holding NUL is ignored, and a
-``retry`` that is not all ASCII digits too. Unknown fields are ignored.
+``retry`` that is not all ASCII digits too, or has more than :data:`MAX_RETRY_DIGITS` of them
+(past 64 bits, where a browser ignores it too). Unknown fields are ignored.
 
 Where it differs from a browser, on purpose: every frame is handed back, including those a
 browser would not dispatch (no ``data:`` line), because a client needs their ``id`` and
@@ -12,22 +13,34 @@ browser would not dispatch (no ``data:`` line), because a client needs their ``i
 last event id that persists from frame to frame is :attr:`SSEDecoder.last_event_id`.
 
 Linear in its input however it is split: a line split over many chunks is joined once, and an
-event of many ``data:`` lines is joined once when dispatched.
+event of many ``data:`` lines is joined once when dispatched. Bounded when asked: with
+*max_size*, a frame still arriving that grows past it raises, so a server that never ends its
+line or its event cannot fill the client's memory.
 """
 
 from __future__ import annotations
 
 import codecs
 
+from ._checks import check_count
 from ._sse import ServerSentEvent
 
-__all__ = ["SSEDecoder"]
+__all__ = ["MAX_RETRY_DIGITS", "FrameTooLarge", "SSEDecoder"]
+
+#: The most digits a ``retry:`` (or a ``Retry-After``) may have to be obeyed: any number of
+#: 19 digits is below 2 ** 64, a browser's bound. A longer one is ignored, as a browser ignores
+#: one that overflows.
+MAX_RETRY_DIGITS = 19
 
 
 class SSEDecoder:
     """Feed it the body's bytes; take complete frames out.
 
     :param keep_comments: collect the comments (what heartbeats send) in :attr:`comments`.
+    :param max_size: the most characters the frame being read may hold, its lines and the
+        unfinished one counted; ``None`` for no bound. It is checked once per chunk, so a
+        chunk may take the decoder past it before :meth:`feed` raises.
+    :raises FrameTooLarge: (from :meth:`feed`) a frame grew past *max_size*.
     :ivar last_event_id: the id of the last complete frame that carried one (``""`` if none
         did, or the last one was empty): what a client sends back as ``Last-Event-ID``.
     :ivar retry: the last valid ``retry`` seen, in milliseconds, or ``None``. Like a browser,
@@ -41,14 +54,20 @@ class SSEDecoder:
         "_decoder",
         "_event",
         "_id",
+        "_max_size",
         "_pending",
         "_retry",
+        "_size",
         "comments",
         "last_event_id",
         "retry",
     )
 
-    def __init__(self, *, keep_comments: bool = False) -> None:
+    def __init__(self, *, keep_comments: bool = False, max_size: int | None = None) -> None:
+        if max_size is not None:
+            check_count("max_size", max_size)
+        self._max_size = max_size
+        self._size = 0  # characters of the frame being read, when bounded
         # utf-8-sig drops one leading BOM however the first bytes are split, and no other.
         self._decoder = codecs.getincrementaldecoder("utf-8-sig")(errors="replace")
         self._pending: list[str] = []
@@ -79,6 +98,8 @@ class SSEDecoder:
         lines = text.split("\n")
         if len(lines) == 1:
             self._pending.append(text)  # joined once, when the line ends
+            if self._max_size is not None:
+                self._measure(len(text), [])
             return []
         if self._pending:
             self._pending.append(lines[0])
@@ -87,14 +108,38 @@ class SSEDecoder:
         tail = lines.pop()
         if tail:
             self._pending.append(tail)
-        return self._lines(lines)
+        frames = self._lines(lines)
+        if self._max_size is None:
+            return frames
+        # The frame being read starts after the last empty line: usually the chunk's last
+        # line, so this looks at one line per chunk.
+        size = len(tail)
+        for line in reversed(lines):
+            if not line:
+                self._size = 0
+                break
+            size += len(line) + 1
+        else:
+            size = len(text)  # no frame ended: this chunk goes on the one counted so far
+        self._measure(size, frames)
+        return frames
 
     def end(self) -> None:
         """The body ended: an incomplete frame is discarded, as a browser does."""
         self._decoder.reset()
         self._pending = []
+        self._size = 0
         self._after_cr = False
         self._data = self._event = self._id = self._retry = None
+
+    def _measure(self, added: int, frames: list[ServerSentEvent]) -> None:
+        self._size += added
+        if self._max_size is not None and self._size > self._max_size:
+            raise FrameTooLarge(
+                f"an event of the stream grew past {self._max_size} characters without ending "
+                f"({self._size} read)",
+                frames,
+            )
 
     def _lines(self, lines: list[str]) -> list[ServerSentEvent]:
         # The frame being read is kept in locals: this loop is the parser's whole cost.
@@ -130,10 +175,21 @@ class SSEDecoder:
                 if self.comments is not None:
                     self.comments.append(value)
             elif name == "retry":
-                if value.isascii() and value.isdigit():
+                if value.isascii() and value.isdigit() and len(value) <= MAX_RETRY_DIGITS:
                     retry = self.retry = int(value)
         self._data, self._event, self._id, self._retry = data, event, id_, retry
         return frames
+
+
+class FrameTooLarge(ValueError):
+    """A frame grew past the decoder's ``max_size``.
+
+    :ivar frames: the frames the same chunk completed before it, in order: not lost.
+    """
+
+    def __init__(self, message: str, frames: list[ServerSentEvent]) -> None:
+        super().__init__(message)
+        self.frames = frames
 
 
 _new = object.__new__

@@ -23,12 +23,14 @@ from ._eventsource import open_event_stream as open_event_stream
 from ._eventsource import open_ndjson_stream as open_ndjson_stream
 from ._exceptions import ReconnectError as ReconnectError
 from ._exceptions import UpstreamError as UpstreamError
+from ._sse_decoder import FrameTooLarge as FrameTooLarge
 from ._sse_decoder import SSEDecoder as SSEDecoder
 
 __all__ = (
     "Backoff",
     "ClientStatistics",
     "EventStream",
+    "FrameTooLarge",
     "NDJSONStream",
     "ReconnectError",
     "SSEDecoder",

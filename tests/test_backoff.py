@@ -44,6 +44,29 @@ def test_the_servers_retry_replaces_the_initial_delay_and_is_a_floor() -> None:
     assert backoff.delay(0, server_retry=10.0) == 10.0
 
 
+def test_a_retry_below_min_retry_counts_as_min_retry_and_still_grows() -> None:
+    backoff = Backoff(min_retry=0.1, max_delay=2.0, jitter=0.0)
+    assert [backoff.delay(n, server_retry=0.0) for n in range(3)] == [0.1, 0.2, 0.4]
+    assert backoff.delay(0, server_retry=0.05) == 0.1
+    assert backoff.delay(0, server_retry=0.5) == 0.5
+
+
+def test_retry_after_is_a_floor_for_one_wait_and_never_skips_the_backoff() -> None:
+    backoff = Backoff(initial_delay=0.5, jitter=0.0)
+    assert backoff.delay(2, retry_after=0.0) == 2.0
+    assert backoff.delay(2, retry_after=7.0) == 7.0
+    # Past max_delay too: the server said when.
+    assert backoff.delay(0, retry_after=3600.0) == 3600.0
+
+
+def test_a_wait_that_would_end_past_max_reconnect_time_gives_up_now() -> None:
+    backoff = Backoff(max_reconnect_time=60.0)
+    assert not backoff.gives_up(0, 10.0, 49.0)
+    assert backoff.gives_up(0, 10.0, 50.0)
+    assert backoff.gives_up(0, 0.0, 3600.0)
+    assert not Backoff().gives_up(0, 0.0, 1e9)
+
+
 def test_it_gives_up_after_max_attempts_or_max_reconnect_time() -> None:
     assert not Backoff().gives_up(1000, 1e6)
     by_count = Backoff(max_attempts=3)
@@ -58,6 +81,7 @@ def test_it_gives_up_after_max_attempts_or_max_reconnect_time() -> None:
     ("arguments", "error", "named"),
     [
         ({"initial_delay": 0}, ValueError, "initial_delay"),
+        ({"min_retry": -0.1}, ValueError, "min_retry"),
         ({"max_delay": float("inf")}, ValueError, "max_delay"),
         ({"multiplier": 0.5}, ValueError, "multiplier must be at least 1, got 0.5"),
         ({"jitter": 1.5}, ValueError, "jitter must be between 0 and 1, got 1.5"),
@@ -80,5 +104,7 @@ def test_retry_after_in_seconds_or_as_a_date() -> None:
     assert retry_after_seconds(" 0 ") == 0.0
     assert retry_after_seconds("Thu, 01 Jan 2026 12:00:07 GMT", now=now) == 7.0
     assert retry_after_seconds("Thu, 01 Jan 2026 11:00:00 GMT", now=now) == 0.0
-    for nonsense in (None, "", "-1", "1.5", "soon"):
+    assert retry_after_seconds("9" * 19) == float("9" * 19)
+    # Longer than any retry is read (and 400 digits would be an infinite float): none.
+    for nonsense in (None, "", "-1", "1.5", "soon", "9" * 20, "9" * 400):
         assert retry_after_seconds(nonsense) is None

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from streamkit import ServerSentEvent
 from streamkit._sse import encode_event
-from streamkit.client import SSEDecoder
+from streamkit.client import FrameTooLarge, SSEDecoder
 
 
 def parse(body: bytes) -> list[ServerSentEvent]:
@@ -19,7 +19,10 @@ def parse(body: bytes) -> list[ServerSentEvent]:
 
 
 def parse_split(body: bytes, cuts: list[int]) -> list[ServerSentEvent]:
-    decoder = SSEDecoder()
+    return parse_split_with(SSEDecoder(), body, cuts)
+
+
+def parse_split_with(decoder: SSEDecoder, body: bytes, cuts: list[int]) -> list[ServerSentEvent]:
     frames = []
     start = 0
     for cut in sorted({min(cut, len(body)) for cut in cuts}):
@@ -94,13 +97,43 @@ def test_the_last_id_changes_only_when_its_frame_is_complete() -> None:
 @pytest.mark.parametrize(
     ("line", "retry"),
     [(b"retry: 1500", 1500), (b"retry: 0", 0), (b"retry: -1", None), (b"retry: 1.5", None),
-     (b"retry: \xd9\xa3", None), (b"retry:", None), (b"retry: 12 ", None)],
+     (b"retry: \xd9\xa3", None), (b"retry:", None), (b"retry: 12 ", None),
+     # Up to 19 digits, below 2 ** 64, as a browser reads it; longer is ignored, not fatal.
+     (b"retry: " + b"9" * 19, 10**19 - 1), (b"retry: " + b"9" * 20, None),
+     (b"retry: " + b"9" * 5000, None)],
 )  # fmt: skip
 def test_retry_is_ascii_digits_only(line: bytes, retry: int | None) -> None:
     decoder = SSEDecoder()
     frames = decoder.feed(line + b"\ndata: x\n\n")
     assert frames == [ServerSentEvent(data="x", retry=retry)]
     assert decoder.retry == retry
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"data: " + b"x" * 100,
+        b"data: x\n" * 20,
+        b"data: x\n\n" + b":" * 100,
+        b"id: 1\n" + b"x" * 99,
+    ],
+    ids=["a line", "many lines", "after a frame", "a line after a field"],
+)
+def test_a_frame_past_max_size_is_refused_the_frames_before_it_kept(body: bytes) -> None:
+    pieces = list(range(0, len(body), 7))  # the frame grows across chunks
+    with pytest.raises(FrameTooLarge, match="grew past 64 characters"):
+        parse_split_with(SSEDecoder(max_size=64), body, pieces)
+    # All at once: a frame the chunk completed before the one too large is handed back.
+    with pytest.raises(FrameTooLarge) as caught:
+        SSEDecoder(max_size=64).feed(b"data: a\n\n" + body)
+    assert caught.value.frames[0] == ServerSentEvent(data="a")
+
+
+def test_a_long_stream_of_small_frames_and_comments_stays_within_max_size() -> None:
+    decoder = SSEDecoder(max_size=16)
+    body = b"".join(b": beat\n\ndata: %d\n\n" % (n % 10) for n in range(1000))
+    frames = parse_split_with(decoder, body, list(range(0, len(body), 5)))
+    assert [frame.data for frame in frames] == [str(n % 10) for n in range(1000)]
 
 
 def test_invalid_utf8_is_replaced_not_fatal() -> None:

@@ -307,8 +307,12 @@ def test_bad_arguments_are_refused_where_they_are_made() -> None:
         open_event_stream("http://x/", heartbeat_interval=0)
     with pytest.raises(TypeError, match="missed_heartbeats"):
         open_event_stream("http://x/", missed_heartbeats=1.5)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match=r"last_event_id must not contain CR, LF or NUL: 'a\\nb'"):
+    with pytest.raises(ValueError, match=r"last_event_id holds a control character, .*: 'a\\nb'"):
         open_event_stream("http://x/", last_event_id="a\nb")
+    with pytest.raises(ValueError, match=r"the request's Last-Event-ID header holds a control"):
+        open_event_stream(httpx.Request("GET", "http://x/", headers={"last-event-id": "a\x01"}))
+    with pytest.raises(ValueError, match="max_event_size"):
+        open_ndjson_stream("http://x/", max_event_size=0)
     with pytest.raises(TypeError, match="got bytes"):
         open_event_stream(b"http://x/")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="item_id"):

@@ -1,0 +1,264 @@
+"""The client against a server that sends what no framework would, on asyncio and trio: it
+cannot make the client reconnect in a tight loop (``retry: 0``, ``Retry-After: 0``, a
+heartbeat and a hang-up), park it past its bounds (a wait of an hour), crash it (a ``retry:``
+of 400 digits, a non-ASCII or padded id), or fill its memory (a line that never ends).
+Every refusal is an ``UpstreamError`` or ``ReconnectError`` that names what was wrong.
+
+The server is hand-written (support/raw_upstream.py): each connection is answered with the
+bytes a test gives, as they are, and closed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import TypeVar
+
+import anyio
+import pytest
+from support.raw_upstream import NO_CONTENT, event_stream, ndjson, open_raw_upstream, status
+
+from streamkit.client import (
+    Backoff,
+    ReconnectError,
+    UpstreamError,
+    open_event_stream,
+    open_ndjson_stream,
+)
+
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
+
+T = TypeVar("T")
+
+#: Waits exactly, so the gaps between attempts can be checked.
+EXACT = Backoff(initial_delay=0.05, jitter=0.0, max_attempts=4)
+
+
+async def read_all(stream: AsyncIterator[T]) -> list[T]:
+    return [item async for item in stream]
+
+
+async def read_into(stream: AsyncIterator[T], received: list[T]) -> None:
+    async for item in stream:
+        received.append(item)
+
+
+#: What a gap measured on a loaded machine may lose to rounding of the clock.
+EARLY = 0.01
+
+
+async def test_retry_zero_is_obeyed_as_min_retry_not_as_a_tight_loop() -> None:
+    # Each connection: one event and a retry: 0, then the server hangs up.
+    def answer(n: int) -> bytes:
+        return event_stream(f"retry: 0\ndata: {n}\n\n".encode()) if n < 4 else NO_CONTENT
+
+    async with (
+        open_raw_upstream(answer) as upstream,
+        open_event_stream(upstream.url, backoff=EXACT) as stream,
+    ):
+        with anyio.fail_after(10):
+            received = [event.data async for event in stream]
+    assert received == ["0", "1", "2", "3"]
+    # Each connection worked (it handed over an event): the wait stays at the floor.
+    assert all(gap >= EXACT.min_retry - EARLY for gap in upstream.gaps()), upstream.gaps()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"retry: 0\n\n", b": heartbeat\n\n", b"id: 7\n\n"],
+    ids=["retry 0", "heartbeat", "id only"],
+)
+async def test_a_server_that_hangs_up_before_an_event_is_backed_off_and_given_up_on(
+    body: bytes,
+) -> None:
+    async with (
+        open_raw_upstream(lambda n: event_stream(body)) as upstream,
+        open_event_stream(upstream.url, backoff=EXACT) as stream,
+    ):
+        with pytest.raises(ReconnectError, match="after 4 failed attempts"):
+            with anyio.fail_after(10):
+                await anext(stream)
+        assert stream.statistics().failed_attempts == 4
+    # Bytes came, but no event: each attempt failed, and the wait doubled.
+    floor = EXACT.min_retry if body.startswith(b"retry") else EXACT.initial_delay
+    assert len(upstream.requests) == 4
+    for n, gap in enumerate(upstream.gaps(), start=1):
+        assert gap >= floor * 2**n - EARLY, upstream.gaps()
+
+
+@pytest.mark.parametrize(
+    "retry_after", ["0", "Thu, 01 Jan 1970 00:00:00 GMT"], ids=["zero", "a past date"]
+)
+async def test_retry_after_now_does_not_skip_the_backoff(retry_after: str) -> None:
+    unavailable = status(503, "Service Unavailable", f"retry-after: {retry_after}")
+    async with (
+        open_raw_upstream(lambda n: unavailable) as upstream,
+        open_event_stream(upstream.url, backoff=EXACT) as stream,
+    ):
+        with pytest.raises(ReconnectError, match="after 4 failed attempts") as caught:
+            with anyio.fail_after(10):
+                await anext(stream)
+    assert isinstance(caught.value.__cause__, UpstreamError)
+    assert len(upstream.requests) == 4
+    # After the first 503, 2 x 0.05 s; then 0.2 s, 0.4 s.
+    for n, gap in enumerate(upstream.gaps(), start=1):
+        assert gap >= EXACT.initial_delay * 2**n - EARLY, upstream.gaps()
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        status(503, "Service Unavailable", "retry-after: 3600"),
+        event_stream(b"retry: 3600000\ndata: a\n\n"),
+    ],
+    ids=["Retry-After", "retry"],
+)
+async def test_a_wait_past_max_reconnect_time_gives_up_at_once(first: bytes) -> None:
+    backoff = Backoff(initial_delay=0.05, jitter=0.0, max_reconnect_time=30.0)
+    async with (
+        open_raw_upstream(lambda n: first) as upstream,
+        open_event_stream(upstream.url, backoff=backoff) as stream,
+    ):
+        with pytest.raises(ReconnectError, match=r"the next would wait 3\.6e\+03 s"):
+            with anyio.fail_after(5):  # not an hour
+                await read_all(stream)
+    assert len(upstream.requests) == 1
+
+
+async def test_a_retry_after_of_400_digits_is_no_retry_after() -> None:
+    huge = status(503, "Service Unavailable", f"retry-after: {'9' * 400}")
+    async with (
+        open_raw_upstream(lambda n: huge) as upstream,
+        open_event_stream(upstream.url, backoff=EXACT) as stream,
+    ):
+        with pytest.raises(UpstreamError, match="answered 503 Service Unavailable, expected"):
+            with anyio.fail_after(5):
+                await anext(stream)
+    assert len(upstream.requests) == 1
+
+
+@pytest.mark.parametrize("digits", [20, 400, 5000])
+async def test_a_retry_too_long_to_be_a_number_is_ignored(digits: int) -> None:
+    def answer(n: int) -> bytes:
+        body = f"retry: {'9' * digits}\ndata: a\n\n".encode()
+        return event_stream(body) if n == 0 else NO_CONTENT
+
+    async with (
+        open_raw_upstream(answer) as upstream,
+        open_event_stream(upstream.url, backoff=EXACT) as stream,
+    ):
+        with anyio.fail_after(5):
+            received = [event.data async for event in stream]
+    assert received == ["a"]
+    # The initial delay, not the retry:
+    assert upstream.gaps()[0] < 1.0
+
+
+async def test_ids_are_sent_back_as_a_browser_sends_them() -> None:
+    bodies = [
+        "id: café ☕\ndata: a\n\n".encode(),
+        b"id:  padded \t\ndata: b\n\n",
+        b"id: in\tside\ndata: c\n\n",
+    ]
+
+    def answer(n: int) -> bytes:
+        return event_stream(bodies[n]) if n < len(bodies) else NO_CONTENT
+
+    async with (
+        open_raw_upstream(answer) as upstream,
+        open_event_stream(upstream.url, backoff=EXACT) as stream,
+    ):
+        with anyio.fail_after(5):
+            received = [(event.id, event.data) async for event in stream]
+    # Handed over as the server sent them...
+    assert received == [("café ☕", "a"), (" padded \t", "b"), ("in\tside", "c")]
+    # ... and sent back as a server reads them: UTF-8, without the padding HTTP drops.
+    sent = [request.headers.get(b"last-event-id") for request in upstream.requests]
+    assert sent == [None, "café ☕".encode(), b"padded", b"in\tside"]
+
+
+async def test_an_id_no_header_can_carry_ends_the_stream_when_a_resume_needs_it() -> None:
+    async with (
+        open_raw_upstream(lambda n: event_stream(b"id: a\x01b\ndata: a\n\n")) as upstream,
+        open_event_stream(upstream.url, backoff=EXACT) as stream,
+    ):
+        with anyio.fail_after(5):
+            event = await anext(stream)  # handed over, as a browser would
+            with pytest.raises(UpstreamError, match=r"sent the event id 'a\\x01b', which holds"):
+                await anext(stream)
+    assert event.id == "a\x01b"
+    assert len(upstream.requests) == 1
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"data: " + b"x" * 5000, b"data: x\n" * 1000, b":" + b" " * 5000],
+    ids=["a line", "an event of many lines", "a comment"],
+)
+async def test_an_event_that_never_ends_is_refused_at_max_event_size(body: bytes) -> None:
+    async with (
+        open_raw_upstream(lambda n: event_stream(body)) as upstream,
+        open_event_stream(upstream.url, backoff=EXACT, max_event_size=4096) as stream,
+    ):
+        with pytest.raises(UpstreamError, match="grew past 4096 characters"):
+            with anyio.fail_after(5):
+                await anext(stream)
+    assert len(upstream.requests) == 1
+
+
+async def test_many_small_events_and_heartbeats_pass_a_small_max_event_size() -> None:
+    body = b"".join(b": beat\n\ndata: %d\n\n" % n for n in range(2000))
+
+    def answer(n: int) -> bytes:
+        return event_stream(body) if n == 0 else NO_CONTENT
+
+    async with (
+        open_raw_upstream(answer) as upstream,
+        open_event_stream(upstream.url, backoff=EXACT, max_event_size=64) as stream,
+    ):
+        with anyio.fail_after(10):
+            received = [event.data async for event in stream]
+    assert received == [str(n) for n in range(2000)]
+
+
+@pytest.mark.parametrize(
+    ("body", "named", "before"),
+    [
+        (b'{"n": 1}\n{"n": 2,\n', r"""a line is not JSON \(.*\): b'\{"n": 2,'""", [{"n": 1}]),
+        (b'{"n": 1}\n"\xff"\n', r"""a line is not JSON \(.*\): b'"\\xff"'""", [{"n": 1}]),
+        (b'{"n": 1}\n' + b"1" * 5000, "a line grew past 4096 bytes without ending", [{"n": 1}]),
+    ],
+    ids=["not JSON", "not UTF-8", "too long"],
+)
+async def test_an_ndjson_line_that_cannot_be_read_is_an_upstream_error_naming_it(
+    body: bytes, named: str, before: list[object]
+) -> None:
+    received: list[object] = []
+    async with (
+        open_raw_upstream(lambda n: ndjson(body)) as upstream,
+        open_ndjson_stream(upstream.url, backoff=EXACT, max_event_size=4096) as stream,
+    ):
+        with pytest.raises(UpstreamError, match=named):
+            with anyio.fail_after(5):
+                await read_into(stream, received)
+    # The items before the line were handed over.
+    assert received == before
+
+
+@pytest.mark.parametrize(
+    ("item_id", "error", "named"),
+    [
+        (lambda item: "a\nb", ValueError, r"item_id returned 'a\\nb' for the item \{'n': 1\}"),
+        (lambda item: 1, TypeError, r"item_id must return a str or None, got int: 1"),
+    ],
+    ids=["a line break", "not a str"],
+)
+async def test_an_item_id_that_cannot_be_sent_back_is_refused_naming_it(
+    item_id: object, error: type[Exception], named: str
+) -> None:
+    async with (
+        open_raw_upstream(lambda n: ndjson(b'{"n": 1}\n')) as upstream,
+        open_ndjson_stream(upstream.url, item_id=item_id, backoff=EXACT) as stream,  # type: ignore[arg-type]
+    ):
+        with pytest.raises(error, match=named):
+            with anyio.fail_after(5):
+                await anext(stream)

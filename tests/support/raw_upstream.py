@@ -1,0 +1,99 @@
+"""A hand-written HTTP/1.1 server, for the client's and the proxy's tests against servers that
+send what no framework would: ``retry: 0``, ``Retry-After: 0``, ids with spaces or control
+characters, lines that never end. Each connection's request head is read and recorded, the
+connection is answered with the bytes the test gives for it, as they are, and closed.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import anyio
+from anyio.abc import SocketStream
+
+#: The most bytes of a request head read; the clients under test send a few hundred.
+MAX_HEAD = 16 * 1024
+
+
+@dataclass
+class RawRequest:
+    """One request as it arrived: when, and its header fields as bytes, names lowercased."""
+
+    time: float
+    headers: dict[bytes, bytes]
+
+
+@dataclass
+class RawUpstream:
+    """The running server: its URL, and the requests it was sent, in order."""
+
+    url: str
+    requests: list[RawRequest] = field(default_factory=list)
+
+    def gaps(self) -> list[float]:
+        """Seconds between one request and the next."""
+        times = [request.time for request in self.requests]
+        return [later - earlier for earlier, later in itertools.pairwise(times)]
+
+
+def event_stream(body: bytes) -> bytes:
+    """A 200 ``text/event-stream`` answer whose body is *body*, ended by closing."""
+    return b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n" + body
+
+
+def ndjson(body: bytes) -> bytes:
+    """A 200 ``application/x-ndjson`` answer whose body is *body*, ended by closing."""
+    return (
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\nconnection: close\r\n\r\n" + body
+    )
+
+
+def status(code: int, reason: str, *headers: str) -> bytes:
+    """An answer with *code*, the header lines *headers* and no body."""
+    head = "".join(f"{line}\r\n" for line in (*headers, "content-length: 0", "connection: close"))
+    return f"HTTP/1.1 {code} {reason}\r\n{head}\r\n".encode()
+
+
+#: The answer that ends a stream: the server's word to stop.
+NO_CONTENT = status(204, "No Content")
+
+
+@asynccontextmanager
+async def open_raw_upstream(answer: Callable[[int], bytes]) -> AsyncIterator[RawUpstream]:
+    """Serve on a free port of 127.0.0.1, answering the *n*-th connection (from 0) with
+    ``answer(n)``."""
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    upstream = RawUpstream(f"http://127.0.0.1:{port}")
+
+    async def serve(connection: SocketStream) -> None:
+        async with connection:
+            head = b""
+            while b"\r\n\r\n" not in head and len(head) < MAX_HEAD:
+                try:
+                    head += await connection.receive()
+                except (anyio.EndOfStream, anyio.BrokenResourceError):
+                    return
+            lines = head.split(b"\r\n\r\n")[0].split(b"\r\n")[1:]
+            fields = dict(line.split(b":", 1) for line in lines if b":" in line)
+            index = len(upstream.requests)
+            upstream.requests.append(
+                RawRequest(
+                    anyio.current_time(),
+                    {name.strip().lower(): value.strip() for name, value in fields.items()},
+                )
+            )
+            try:
+                await connection.send(answer(index))
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                pass
+
+    async with listener, anyio.create_task_group() as task_group:
+        task_group.start_soon(listener.serve, serve)
+        try:
+            yield upstream
+        finally:
+            task_group.cancel_scope.cancel()
