@@ -24,11 +24,12 @@ from typing import TYPE_CHECKING, TypeAlias
 import anyio
 
 from ._backoff import Backoff
-from ._checks import check_duration
-from ._eventsource import EventStream, default_ssl_context, unwind
+from ._checks import check_count, check_duration
+from ._eventsource import MAX_EVENT_SIZE, EventStream, default_ssl_context, unwind
 from ._exceptions import UpstreamError
 from ._sender import Producer, StreamSender
-from ._sse import ServerSentEvent
+from ._sse import ServerSentEvent, resumable_id
+from ._sse_decoder import FrameTooLarge, SSEDecoder
 
 if TYPE_CHECKING:
     import httpx
@@ -138,16 +139,29 @@ async def open_upstream(
             await http.aclose()
 
 
-def _forward_event(event: httpx_sse.ServerSentEvent) -> ServerSentEvent:
-    # httpx-sse fills in the defaults ("message", an empty id); send them on as absent, so the
-    # browser's own defaults apply and its Last-Event-ID is not reset. Like a browser, it keeps
-    # the last id for the events that carry none: sent again, it changes nothing downstream.
-    return ServerSentEvent(
-        data=event.data,
-        event=None if event.event == "message" else event.event,
-        id=event.id or None,
-        retry=event.retry,
+def _as_httpx_sse(event: ServerSentEvent, last_id: str) -> httpx_sse.ServerSentEvent:
+    # What a transform is given, with or without resume: httpx-sse's event, whose id is the
+    # last one in effect and whose defaults are filled in.
+    import httpx_sse
+
+    return httpx_sse.ServerSentEvent(
+        event=event.event or "message", data=event.data or "", id=last_id, retry=event.retry
     )
+
+
+def _forwardable(event: ServerSentEvent, request: httpx.Request) -> ServerSentEvent:
+    """*event*, refused if its id is one no downstream resume could start from: sent on, a
+    browser would send it back, and the server would not read it (see
+    :func:`~streamkit.ServerSentEvent`)."""
+    if event.id is not None and not resumable_id(event.id):
+        raise UpstreamError(
+            f"upstream {request.method} {request.url} sent the event id {event.id!r:.80}, "
+            "which no downstream client could resume from (a control character, a space at "
+            "either end, or over 1024 characters)",
+            status_code=200,
+            url=str(request.url),
+        )
+    return event
 
 
 def upstream_events(
@@ -159,6 +173,7 @@ def upstream_events(
     transform: EventTransform | None = None,
     resume: bool = False,
     backoff: Backoff = Backoff(max_reconnect_time=60.0),  # noqa: B008 (frozen, so shared)
+    max_event_size: int = MAX_EVENT_SIZE,
 ) -> Producer[ServerSentEvent | str]:
     """A producer for an :class:`~streamkit.EventSourceResponse` that forwards an upstream
     event stream, event by event::
@@ -174,25 +189,30 @@ def upstream_events(
     :param connect_timeout: see :func:`open_upstream`.
     :param read_timeout: see :func:`open_upstream`; with heartbeats upstream, it only needs
         to exceed their interval.
-    :param transform: maps each upstream event to the item sent (``None`` drops it); by
-        default the event is sent on unchanged.
+    :param transform: maps each upstream event (one a browser would dispatch: it has a
+        ``data:`` line) to the item sent (``None`` drops it). By default each frame is sent
+        on as it came, with the fields it carried, including a frame holding only an id or a
+        ``retry``; comments (the upstream's heartbeats) are not.
     :param resume: when the upstream connection ends (closed, reset, or silent for
         *read_timeout*) without a 204, connect again with ``Last-Event-ID`` and go on: the
         downstream client sees one unbroken stream. A ``Last-Event-ID`` in *upstream*'s
         headers is where the first connection resumes. Only events a browser would dispatch
-        (with a ``data:`` line) are forwarded in this mode; a frame holding only an id or a
-        ``retry`` is applied to the upstream connection, not sent on.
+        are forwarded in this mode, each with the last id in effect; a frame holding only
+        an id or a ``retry`` is applied to the upstream connection, not sent on.
     :param backoff: with *resume*, when to reconnect and when to give up (by default after
         a minute without a working upstream connection).
-    :raises UpstreamError: (in the stream) the upstream's status is not 2xx, or its body is
-        not ``text/event-stream``.
+    :param max_event_size: the most characters one upstream event may hold while it
+        arrives (16 MiB by default).
+    :raises UpstreamError: (in the stream) the upstream's status is not 2xx, its body is
+        not ``text/event-stream``, an event grew past *max_event_size*, or an event's id is
+        one no downstream client could resume from.
     :raises ReconnectError: (in the stream) with *resume*, the *backoff* gave up.
     :raises ValueError: a timeout is not a positive, finite number of seconds.
     """
     _check_timeouts(connect_timeout, read_timeout)
+    check_count("max_event_size", max_event_size)
     request = _as_request(upstream)
     request.headers.setdefault("accept", "text/event-stream")
-    convert: EventTransform = _forward_event if transform is None else transform
     if resume:
         return _resuming_events(
             request,
@@ -201,6 +221,7 @@ def upstream_events(
             read_timeout=read_timeout,
             transform=transform,
             backoff=backoff,
+            max_event_size=max_event_size,
         )
 
     async def produce(send: StreamSender[ServerSentEvent | str]) -> None:
@@ -220,14 +241,34 @@ def upstream_events(
                 status_code=response.status_code,
                 url=str(request.url),
             )
-        import httpx_sse
-
-        events = httpx_sse.EventSource(response).aiter_sse()
-        send.push_async_callback(unwind, events)
-        async for event in events:
-            item = convert(event)
-            if item is not None:
-                await send(item)
+        chunks = response.aiter_bytes()
+        send.push_async_callback(unwind, chunks)
+        decoder = SSEDecoder(max_size=max_event_size)
+        last_id = ""  # the last id in effect, which a transform is given
+        async for chunk in chunks:
+            try:
+                frames = decoder.feed(chunk)
+                too_large = None
+            except FrameTooLarge as exc:
+                frames, too_large = exc.frames, exc
+            for frame in frames:
+                if transform is None:
+                    if frame.data is not None or frame.id is not None or frame.retry is not None:
+                        await send(_forwardable(frame, request))
+                    continue
+                if frame.id is not None:
+                    last_id = frame.id
+                if frame.data is not None:
+                    item = transform(_as_httpx_sse(frame, last_id))
+                    if item is not None:
+                        await send(item)
+            if too_large is not None:
+                raise UpstreamError(
+                    f"upstream {request.method} {request.url} sent a body that cannot be "
+                    f"read: {too_large}",
+                    status_code=response.status_code,
+                    url=str(request.url),
+                ) from too_large
 
     return produce
 
@@ -240,6 +281,7 @@ def _resuming_events(
     read_timeout: float,
     transform: EventTransform | None,
     backoff: Backoff,
+    max_event_size: int,
 ) -> Producer[ServerSentEvent | str]:
     if not isinstance(backoff, Backoff):
         raise TypeError(f"backoff must be a Backoff, got {type(backoff).__name__}")
@@ -256,23 +298,18 @@ def _resuming_events(
                 missed_heartbeats=1,
                 connect_timeout=connect_timeout,
                 backoff=backoff,
+                max_event_size=max_event_size,
             )
         )
+        checked: str | None = None  # each event carries the last id: checked once
         async for event in stream:
             if transform is None:
+                if event.id is not checked:
+                    _forwardable(event, request)
+                    checked = event.id
                 await send(event)
                 continue
-            import httpx_sse
-
-            # The transform is given what it is given without resume: httpx-sse's event.
-            item = transform(
-                httpx_sse.ServerSentEvent(
-                    event=event.event or "message",
-                    data=event.data or "",
-                    id=event.id or "",
-                    retry=event.retry,
-                )
-            )
+            item = transform(_as_httpx_sse(event, event.id or ""))
             if item is not None:
                 await send(item)
 

@@ -3,9 +3,10 @@
 Pure functions over frozen values: nothing here does I/O or imports anyio. The one rule that
 matters most: a value can never inject a field. ``data`` may hold any line breaks (it becomes
 several ``data:`` lines), while an event name holding CR or LF is refused with a
-:class:`ValueError` that names it. So is an id holding any control character or longer than
-:data:`MAX_LAST_EVENT_ID_LENGTH`: a browser sends the id back as ``Last-Event-ID``, which the
-server ignores past those, so no resume could start from it.
+:class:`ValueError` that names it. So is an id holding any control character, a space at
+either end, or longer than :data:`MAX_LAST_EVENT_ID_LENGTH`: a browser sends the id back as
+``Last-Event-ID``, which HTTP strips and the server ignores past those, so no resume could
+start from it.
 
 Data that is not a ``str`` is sent as JSON (a ``str`` is sent as it is, unlike ``fastapi.sse``,
 which quotes it). A ``dict`` item whose keys are all event fields, sse-starlette's way of
@@ -32,6 +33,7 @@ __all__ = [
     "event_from_item",
     "last_event_id",
     "read_last_event_id",
+    "resumable_id",
 ]
 
 logger = logging.getLogger("streamkit")
@@ -59,8 +61,9 @@ class ServerSentEvent:
     :param id: the event id, sent back by a reconnecting browser as ``Last-Event-ID``.
     :param retry: the reconnection delay to ask of the browser, in whole milliseconds.
     :param comment: a comment, ignored by browsers; useful to keep proxies from timing out.
-    :raises ValueError: an event name contains CR or LF, an id contains a control character
-        or is longer than 1024 characters (what a resume reads back), a field holds a lone
+    :raises ValueError: an event name contains CR or LF, an id contains a control character,
+        starts or ends with a space, or is longer than 1024 characters (what a resume reads
+        back), a field holds a lone
         surrogate (UTF-8 cannot carry it), or ``retry`` is negative.
     :raises TypeError: a field has the wrong type.
     """
@@ -112,16 +115,24 @@ class ServerSentEvent:
                 check_text(f"SSE {name}", value)
         if self.event is not None and ("\r" in self.event or "\n" in self.event):
             raise ValueError(f"SSE event name must not contain CR or LF: {self.event!r}")
-        if self.id is not None and (
-            _CONTROL.search(self.id) or len(self.id) > MAX_LAST_EVENT_ID_LENGTH
-        ):
-            # What a browser sends back as Last-Event-ID, which read_last_event_id() ignores
-            # past these: an id no resume could start from.
+        if self.id is not None and not resumable_id(self.id):
             raise ValueError(
-                "SSE id must hold no control character (CR, LF, NUL, TAB, ...) and at most "
-                f"{MAX_LAST_EVENT_ID_LENGTH} characters, the Last-Event-ID a resume reads "
-                f"back: {self.id!r:.200}"
+                "SSE id must hold no control character (CR, LF, NUL, TAB, ...), no space at "
+                f"either end and at most {MAX_LAST_EVENT_ID_LENGTH} characters, the "
+                f"Last-Event-ID a resume reads back: {self.id!r:.200}"
             )
+
+
+def resumable_id(id_: str) -> bool:
+    """Whether a resume can start from *id_*: a browser sends it back as ``Last-Event-ID``,
+    and the server reads back the same id only if it holds no control character (see
+    :func:`read_last_event_id`), no space at either end (HTTP drops them) and at most
+    :data:`MAX_LAST_EVENT_ID_LENGTH` characters."""
+    return (
+        len(id_) <= MAX_LAST_EVENT_ID_LENGTH
+        and not _CONTROL.search(id_)
+        and not (id_[:1] == " " or id_[-1:] == " ")
+    )
 
 
 def _set_field(name: str) -> Callable[[ServerSentEvent, Any], None]:

@@ -83,11 +83,13 @@ def test_a_line_break_in_a_name_or_id_is_refused_and_named(field: str, value: st
 
 
 @pytest.mark.parametrize(
-    "value", ["a\tb", "a\x01b", "a\x1fb", "a\x7fb", "x" * (MAX_LAST_EVENT_ID_LENGTH + 1)]
+    "value",
+    ["a\tb", "a\x01b", "a\x1fb", "a\x7fb", "x" * (MAX_LAST_EVENT_ID_LENGTH + 1), " a", "a "],
 )
 def test_an_id_no_resume_could_send_back_is_refused_where_it_is_made(value: str) -> None:
     # A browser sends the last id back as Last-Event-ID, which the server ignores if it holds
-    # a control character or is longer than it reads: such an id could never be resumed from.
+    # a control character or is longer than it reads, and which HTTP strips of the spaces at
+    # its ends: such an id could never be resumed from as it is.
     with pytest.raises(ValueError, match=r"SSE id .*" + re.escape(repr(value)[:60])):
         ServerSentEvent(data="x", id=value)
 

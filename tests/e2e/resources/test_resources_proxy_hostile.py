@@ -1,0 +1,114 @@
+"""The proxy in front of an upstream that sends what no framework would (a hand-written
+server: support/raw_upstream.py), on asyncio and trio, with and without resume: comments and
+``retry``-only frames do not become events, and an id no downstream client could resume
+from, or an event that never ends, ends the stream with an ``UpstreamError`` naming it, after
+the events before it were forwarded.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import httpx_sse
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from support.raw_upstream import NO_CONTENT, event_stream, open_raw_upstream
+
+from streamkit import EndReason, EventSourceResponse, ServerSentEvent, StreamEnd
+from streamkit.client import Backoff
+from streamkit.resources import UpstreamError, upstream_events
+from streamkit.testing import open_server, open_stream
+
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
+
+#: An upstream's odd but valid frames: heartbeats after an id, a retry-only frame, an
+#: invalid retry, an id-only frame.
+ODD = b"id: 1\ndata: a\n\n: beat\n\n: beat\n\nretry: 50\n\nretry: -5\n\nid: 2\n\ndata: b\n\n"
+#: Reconnect at once, give up soon: the upstream here never drops by accident.
+EAGER = Backoff(initial_delay=0.01, jitter=0.0, max_attempts=2)
+
+
+def proxy_app(url: str, **proxy: Any) -> Starlette:
+    async def events(request: Request) -> Response:
+        return EventSourceResponse(upstream_events(url, **proxy), heartbeat_interval=None)
+
+    return Starlette(routes=[Route("/events", events)])
+
+
+def once(body: bytes) -> Any:
+    """The upstream's answer: *body* on the first connection, then the word to stop."""
+    return lambda n: event_stream(body) if n == 0 else NO_CONTENT
+
+
+async def forwarded(body: bytes, **proxy: Any) -> tuple[list[ServerSentEvent], StreamEnd]:
+    """What the downstream client received, and how the stream ended."""
+    async with (
+        open_raw_upstream(once(body)) as upstream,
+        open_server(proxy_app(upstream.url, **proxy)) as proxy_server,
+        open_stream(proxy_server, "/events") as client,
+    ):
+        with anyio.fail_after(10):
+            events = [event async for event in client.events()]
+        end = await proxy_server.wait_end()
+    return events, end
+
+
+async def test_each_frame_is_forwarded_as_it_came_and_heartbeats_are_not() -> None:
+    events, end = await forwarded(ODD)
+    assert events == [
+        ServerSentEvent(data="a", id="1"),
+        ServerSentEvent(retry=50),
+        ServerSentEvent(id="2"),
+        ServerSentEvent(data="b"),
+    ]
+    assert end.reason is EndReason.COMPLETED
+
+
+async def test_a_transform_is_given_the_events_a_browser_dispatches() -> None:
+    def transform(event: httpx_sse.ServerSentEvent) -> str:
+        return f"{event.id}:{event.data}:{event.event}"
+
+    for resume in (False, True):
+        events, end = await forwarded(ODD, transform=transform, resume=resume, backoff=EAGER)
+        assert [event.data for event in events] == ["1:a:message", "2:b:message"], resume
+        assert end.reason is EndReason.COMPLETED
+
+
+async def test_with_resume_only_events_are_forwarded_each_with_the_last_id() -> None:
+    events, end = await forwarded(ODD, resume=True, backoff=EAGER)
+    assert events == [ServerSentEvent(data="a", id="1"), ServerSentEvent(data="b", id="2")]
+    assert end.reason is EndReason.COMPLETED
+
+
+@pytest.mark.parametrize("resume", [False, True], ids=["forwarded", "resumed"])
+@pytest.mark.parametrize(
+    ("bad", "shown"),
+    [(b"a\x01b", "'a\\x01b'"), (b" padded", "' padded'"), (b"x" * 1025, "'xxxxx")],
+    ids=["a control character", "a space at an end", "too long"],
+)
+async def test_an_id_no_downstream_client_could_resume_from_ends_the_stream_naming_it(
+    resume: bool, bad: bytes, shown: str
+) -> None:
+    body = b"id: 1\ndata: a\n\nid: " + bad + b"\ndata: b\n\n"
+    events, end = await forwarded(body, resume=resume, backoff=EAGER)
+    assert events == [ServerSentEvent(data="a", id="1"), ServerSentEvent(event="error", data="")]
+    assert end.reason is EndReason.ERROR
+    assert isinstance(end.exception, UpstreamError)
+    assert "no downstream client could resume from" in str(end.exception)
+    assert f"sent the event id {shown}" in str(end.exception)
+
+
+@pytest.mark.parametrize("resume", [False, True], ids=["forwarded", "resumed"])
+async def test_an_event_that_never_ends_ends_the_stream_after_those_before_it(
+    resume: bool,
+) -> None:
+    body = b"data: a\n\ndata: " + b"x" * 5000
+    events, end = await forwarded(body, resume=resume, backoff=EAGER, max_event_size=4096)
+    assert events == [ServerSentEvent(data="a"), ServerSentEvent(event="error", data="")]
+    assert end.reason is EndReason.ERROR
+    assert isinstance(end.exception, UpstreamError)
+    assert "grew past 4096 characters" in str(end.exception)
