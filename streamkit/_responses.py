@@ -384,8 +384,11 @@ class EventSourceResponse(StreamResponse[Any]):
         :raises ValueError: the item holds a value JSON cannot carry, or a ``dict`` event's
             field is invalid.
         """
-        if type(item) is str:
+        kind = type(item)
+        if kind is str:
             return encode_data(item)  # a token, a line: the event need not be made
+        if kind is ServerSentEvent:
+            return encode_event(item, self.json_encoder)
         return encode_event(event_from_item(item), self.json_encoder)
 
     def heartbeat_frame(self) -> bytes | None:

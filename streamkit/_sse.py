@@ -90,7 +90,10 @@ class ServerSentEvent:
         _set_id(self, id)
         _set_retry(self, retry)
         _set_comment(self, comment)
-        if isinstance(data, str):
+        if type(data) is str:
+            if not data.isascii():  # check_text's own fast path, without the call
+                check_text("SSE data", data)
+        elif isinstance(data, str):
             check_text("SSE data", data)
         elif isinstance(data, bytes | bytearray | memoryview):
             raise TypeError(
@@ -198,6 +201,8 @@ def encode_event(event: ServerSentEvent, json_encoder: JSONEncoder | None = None
         and event.comment is None
     ):
         # Data alone, the most common event (a token, a line), checked when it was made.
+        if "\n" not in data and "\r" not in data:
+            return f"data: {data}\n\n".encode()  # one line: one string made
         return (_field_lines("data", data) + "\n").encode()
     if data is not None and not isinstance(data, str):
         try:
@@ -226,6 +231,8 @@ def encode_data(text: str) -> bytes:
     :raises ValueError: *text* holds a lone surrogate.
     """
     check_text("SSE data", text)
+    if "\n" not in text and "\r" not in text:
+        return f"data: {text}\n\n".encode()  # one line: one string made
     return (_field_lines("data", text) + "\n").encode()
 
 
