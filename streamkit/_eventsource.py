@@ -34,8 +34,8 @@ import anyio
 from ._backoff import Backoff, retry_after_seconds
 from ._checks import check_count, check_duration
 from ._exceptions import ReconnectError, UpstreamError
-from ._sse import ServerSentEvent
-from ._sse_decoder import FrameTooLarge, SSEDecoder, trusted_event
+from ._sse import ServerSentEvent, trusted_event
+from ._sse_decoder import FrameTooLarge, SSEDecoder
 from ._topics import RESET_EVENT
 
 if TYPE_CHECKING:

@@ -34,6 +34,7 @@ __all__ = [
     "last_event_id",
     "read_last_event_id",
     "resumable_id",
+    "trusted_event",
 ]
 
 logger = logging.getLogger("streamkit")
@@ -108,22 +109,30 @@ class ServerSentEvent:
             check_count("SSE retry (milliseconds)", retry, least=0)
 
     def _check_fields(self) -> None:
-        for name in ("event", "id", "comment"):
-            value = getattr(self, name)
-            if value is not None and not isinstance(value, str):
-                raise TypeError(
-                    f"SSE {name} must be a str or None, got {type(value).__name__}: {value!r}"
+        # Written out field by field, not looped over by name: an event with an id (a
+        # broadcast's, a resumable stream's) is made once per item.
+        event, id_, comment = self.event, self.id, self.comment
+        if event is not None:
+            _check_field("event", event)
+            if "\r" in event or "\n" in event:
+                raise ValueError(f"SSE event name must not contain CR or LF: {event!r}")
+        if id_ is not None:
+            _check_field("id", id_)
+            if not resumable_id(id_):
+                raise ValueError(
+                    "SSE id must hold no control character (CR, LF, NUL, TAB, ...), no space "
+                    f"at either end and at most {MAX_LAST_EVENT_ID_LENGTH} characters, the "
+                    f"Last-Event-ID a resume reads back: {id_!r:.200}"
                 )
-            if value is not None:
-                check_text(f"SSE {name}", value)
-        if self.event is not None and ("\r" in self.event or "\n" in self.event):
-            raise ValueError(f"SSE event name must not contain CR or LF: {self.event!r}")
-        if self.id is not None and not resumable_id(self.id):
-            raise ValueError(
-                "SSE id must hold no control character (CR, LF, NUL, TAB, ...), no space at "
-                f"either end and at most {MAX_LAST_EVENT_ID_LENGTH} characters, the "
-                f"Last-Event-ID a resume reads back: {self.id!r:.200}"
-            )
+        if comment is not None:
+            _check_field("comment", comment)
+
+
+def _check_field(name: str, value: object) -> None:
+    if type(value) is not str and not isinstance(value, str):
+        raise TypeError(f"SSE {name} must be a str or None, got {type(value).__name__}: {value!r}")
+    if not value.isascii():
+        check_text(f"SSE {name}", value)
 
 
 def resumable_id(id_: str) -> bool:
@@ -133,7 +142,9 @@ def resumable_id(id_: str) -> bool:
     :data:`MAX_LAST_EVENT_ID_LENGTH` characters."""
     return (
         len(id_) <= MAX_LAST_EVENT_ID_LENGTH
-        and not _CONTROL.search(id_)
+        # isprintable() is False for every control character, and asks no regex; it is
+        # False for some other characters too (U+2028, say), which the search then clears.
+        and (id_.isprintable() or not _CONTROL.search(id_))
         and not (id_[:1] == " " or id_[-1:] == " ")
     )
 
@@ -148,6 +159,22 @@ _set_event = _set_field("event")
 _set_id = _set_field("id")
 _set_retry = _set_field("retry")
 _set_comment = _set_field("comment")
+_new = object.__new__
+
+
+def trusted_event(
+    data: Any, event: str | None, id_: str | None, retry: int | None
+) -> ServerSentEvent:
+    """An event made without its checks, which cost more than what makes the values: for
+    values valid by construction (a parsed line holds no line break and its id no NUL, a
+    retry is read from digits, a broker's id is its own, fields checked already)."""
+    frame: ServerSentEvent = _new(ServerSentEvent)
+    _set_data(frame, data)
+    _set_event(frame, event)
+    _set_id(frame, id_)
+    _set_retry(frame, retry)
+    _set_comment(frame, None)
+    return frame
 
 
 def _field_lines(name: str, value: str) -> str:
@@ -195,15 +222,19 @@ def encode_event(event: ServerSentEvent, json_encoder: JSONEncoder | None = None
     data = event.data
     if (
         type(data) is str
-        and event.event is None
-        and event.id is None
         and event.retry is None
         and event.comment is None
+        and "\n" not in data
+        and "\r" not in data
     ):
-        # Data alone, the most common event (a token, a line), checked when it was made.
-        if "\n" not in data and "\r" not in data:
-            return f"data: {data}\n\n".encode()  # one line: one string made
-        return (_field_lines("data", data) + "\n").encode()
+        # One line of data, with a name or an id or neither: a token, a broadcast's event.
+        # One string made, its fields checked when the event was.
+        name, id_ = event.event, event.id
+        if name is None:
+            return (f"data: {data}\n\n" if id_ is None else f"id: {id_}\ndata: {data}\n\n").encode()
+        if id_ is None:
+            return f"event: {name}\ndata: {data}\n\n".encode()
+        return f"event: {name}\nid: {id_}\ndata: {data}\n\n".encode()
     if data is not None and not isinstance(data, str):
         try:
             data = encode_json(data, json_encoder)

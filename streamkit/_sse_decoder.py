@@ -23,7 +23,7 @@ from __future__ import annotations
 import codecs
 
 from ._checks import check_count
-from ._sse import ServerSentEvent
+from ._sse import ServerSentEvent, trusted_event
 
 __all__ = ["MAX_RETRY_DIGITS", "FrameTooLarge", "SSEDecoder"]
 
@@ -190,22 +190,3 @@ class FrameTooLarge(ValueError):
     def __init__(self, message: str, frames: list[ServerSentEvent]) -> None:
         super().__init__(message)
         self.frames = frames
-
-
-_new = object.__new__
-_set = object.__setattr__
-
-
-def trusted_event(
-    data: str | None, event: str | None, id_: str | None, retry: int | None
-) -> ServerSentEvent:
-    """An event made without its checks, which cost more than the parsing: for values
-    that are valid by construction (from a parsed line: no line break, no NUL in an id,
-    retry from digits)."""
-    frame: ServerSentEvent = _new(ServerSentEvent)
-    _set(frame, "data", data)
-    _set(frame, "event", event)
-    _set(frame, "id", id_)
-    _set(frame, "retry", retry)
-    _set(frame, "comment", None)
-    return frame
