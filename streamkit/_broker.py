@@ -26,7 +26,7 @@ from ._hub import Subscription, TopicHub
 from ._loop import in_loop_thread
 from ._responses import EventSourceArguments, EventSourceResponse
 from ._sender import StreamSender
-from ._sse import ServerSentEvent
+from ._sse import ServerSentEvent, trusted_event
 from ._topics import (
     RESET_EVENT,
     BrokerStatistics,
@@ -166,7 +166,7 @@ class MemoryBroker(TopicHub):
         check_topic(topic)
         fields = [event_fields(event) for event in events]  # all checked before any is published
         await anyio.lowlevel.checkpoint()
-        entries = [self._record(topic, name, data) for name, data in fields]
+        entries = self._record_many(topic, fields)
         self._deliver_many(topic, entries)
         return [event.id or "" for _, event in entries]
 
@@ -204,19 +204,33 @@ class MemoryBroker(TopicHub):
     def _record(self, topic: str, name: str | None, data: str) -> Entry:
         """Append an event, its fields checked, to *topic*'s history; return it as an entry,
         not yet delivered."""
+        return self._record_many(topic, [(name, data)])[0]
+
+    def _record_many(self, topic: str, fields: list[tuple[str | None, str]]) -> list[Entry]:
+        """Append events, their fields checked, to *topic*'s history, in order; return them
+        as entries, not yet delivered. The history is found, and the clocks read, once for
+        them all: a burst's events cost that once."""
         self._sweep()
         history = self._history(topic)
         if history is None:
             history = self._histories[topic] = _History(self.history_size)
-        last = history.keys[-1] if history.keys else (0, 0)
-        milliseconds = max(time.time_ns() // 1_000_000, last[0])
-        key = (milliseconds, last[1] + 1 if milliseconds == last[0] else 0)
-        published = ServerSentEvent(id=format_event_id(key), event=name, data=data)
-        history.keys.append(key)
-        history.events.append(published)
+        keys = history.keys
+        milliseconds, sequence = keys[-1] if keys else (0, -1)
+        now = time.time_ns() // 1_000_000
+        if now > milliseconds:
+            milliseconds, sequence = now, -1
+        entries = []
+        for name, data in fields:
+            sequence += 1
+            key = (milliseconds, sequence)
+            # Made without the event's checks: its name and data were checked by
+            # event_fields(), and the id is the broker's own. They cost more than the rest.
+            entries.append((key, trusted_event(data, name, format_event_id(key), None)))
+        keys.extend(key for key, _ in entries)
+        history.events.extend(event for _, event in entries)
         history.touched_at = time.monotonic()
-        self._published += 1
-        return key, published
+        self._published += len(entries)
+        return entries
 
     def _history(self, topic: str) -> _History | None:
         history = self._histories.get(topic)
