@@ -38,6 +38,7 @@ class FrameBuffer:
     """
 
     __slots__ = (
+        "_bytes",
         "_capacity",
         "_closed",
         "_event",
@@ -55,6 +56,9 @@ class FrameBuffer:
         self._event = event
         self._wakeup = wakeup
         self._frames: list[bytes | None] = []
+        # What the frames queued hold, heartbeats counted as nothing: kept as they come, so
+        # a burst of hundreds is not summed again by the writer that takes it.
+        self._bytes = 0
         self._closed = False
         self._reader_stopped = False
         # Each exists only while someone waits on it: an idle stream holds one, not two.
@@ -83,16 +87,20 @@ class FrameBuffer:
         if len(frames) >= self._capacity and (frames or self._readable is None):
             return False
         frames.append(frame)
+        if frame is not None:
+            self._bytes += len(frame)
         if self._readable is not None:
             self._readable.set()
             self._readable = None
         return True
 
-    def offer_many(self, batch: Sequence[bytes]) -> int:
+    def offer_many(self, batch: Sequence[bytes], size: int | None = None) -> int:
         """Queue as many of *batch*'s frames as there is room for, in order; return how many
         (the first that many of *batch*). The reader is woken once for them all: a fan-out
         hands a burst of events to each subscriber in one call, not one per event.
 
+        :param size: the bytes *batch* holds, if known: a fan-out sums them once for all its
+            subscribers.
         :raises anyio.ClosedResourceError: the buffer was closed.
         """
         if self._closed:
@@ -104,8 +112,9 @@ class FrameBuffer:
                 return 0
             room = 1  # no room, but a reader waits on an empty buffer: as offer() does
         if room < len(batch):
-            batch = batch[:room]
+            batch, size = batch[:room], None
         frames.extend(batch)
+        self._bytes += sum(map(len, batch)) if size is None else size
         if self._readable is not None and batch:
             self._readable.set()
             self._readable = None
@@ -135,23 +144,17 @@ class FrameBuffer:
         if not frames or self._reader_stopped:
             return ()
         count = len(frames)
-        if count > 1:
-            # Summed in C when no heartbeat (None) is among them: what a burst of a fan-out
-            # queues, hundreds of frames, would cost a turn of the loop below each. A None
-            # is found by len() failing, not by a search first: `None in frames` compares
-            # every frame with None, which cost a burst's delivery 7 % more.
-            try:
-                fits = sum(map(len, frames)) <= max_bytes  # type: ignore[arg-type]
-            except TypeError:
-                fits = False
-            if not fits:
-                size = count = 0
-                for frame in frames:
-                    count += 1
-                    if frame is not None:
-                        size += len(frame)
-                        if size >= max_bytes:
-                            break
+        if count > 1 and self._bytes > max_bytes:
+            size = count = 0
+            for frame in frames:
+                count += 1
+                if frame is not None:
+                    size += len(frame)
+                    if size >= max_bytes:
+                        break
+            self._bytes -= size
+        else:
+            self._bytes = 0  # all of them
         taken = tuple(frames[:count]) if count < len(frames) else tuple(frames)
         del frames[:count]
         if self._writable is not None:

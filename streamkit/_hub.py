@@ -200,13 +200,14 @@ class TopicHub:
         behind: dict[Subscription, int] = {}
         delivered = 0
         count = len(frames)
+        size = sum(map(len, frames))  # once, for every subscriber's buffer
         for subscription in subscriptions:
             offer_many = subscription._sink_many
             if offer_many is None:
                 behind[subscription] = 0
                 continue
             try:
-                took = offer_many(frames)
+                took = offer_many(frames, size)
             except anyio.ClosedResourceError:
                 subscription._detach()  # the stream is ending
                 continue
@@ -465,7 +466,7 @@ class Subscription:
         # when that buffer is full; queues as many of a burst's frames as fit there; and,
         # unless None, what to tell the stream each event was.
         self._sink: Callable[[bytes], bool] | None = None
-        self._sink_many: Callable[[Sequence[bytes]], int] | None = None
+        self._sink_many: Callable[[Sequence[bytes], int], int] | None = None
         self._note: Callable[[ServerSentEvent], None] | None = None
         # Cancelled by _detach(): what feed() listens for the disconnect in while attached.
         self._attached: anyio.CancelScope | None = None

@@ -35,9 +35,10 @@ class FrameSink(NamedTuple, Generic[T]):
     #: ``offer(frame)`` queues *frame* if the stream's buffer has room, and is false if it is
     #: full (nothing is queued: the caller decides what then).
     offer: Callable[[bytes], bool]
-    #: ``offer_many(frames)`` queues as many of *frames* as there is room for, in order, and
-    #: returns how many: a burst in one call, the writer woken once.
-    offer_many: Callable[[Sequence[bytes]], int]
+    #: ``offer_many(frames, size)`` queues as many of *frames* as there is room for, in
+    #: order, and returns how many: a burst in one call, the writer woken once. *size* is the
+    #: bytes *frames* hold, summed once by the caller for all its subscribers.
+    offer_many: Callable[[Sequence[bytes], int], int]
     #: ``note(item)``, unless ``None``, is to be called with the item of the last frame queued
     #: so: the stream's idle fallback is made of it.
     note: Callable[[T], None] | None

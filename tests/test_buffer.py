@@ -59,6 +59,25 @@ async def test_a_batch_stops_once_it_holds_max_bytes() -> None:
     assert await take(buffer, 4) == [b"5"]
 
 
+async def test_the_bytes_queued_are_kept_right_through_bursts_partial_takes_and_a_full_buffer() -> (
+    None
+):
+    # The writer bounds a batch by the bytes the buffer counted as frames came, not by
+    # summing them: any drift would make batches too large, or cut them short.
+    buffer = buffer_of(6)
+    assert buffer.offer(b"1")
+    assert buffer.offer_many([b"22", b"33"], 4) == 2
+    assert buffer.offer_many([b"44", b"55", b"66", b"77"]) == 3  # 3 fit: their size, not 8
+    assert await take(buffer, 5) == [b"1", b"22", b"33"]
+    assert await take(buffer, 4) == [b"44", b"55"]
+    assert buffer.offer(None)
+    assert buffer.offer_many([b"88"], 2) == 1
+    assert await take(buffer, 4) == [b"66", None, b"88"]
+    assert buffer.offer_many([b"abc", b"def"], 6) == 2
+    assert await take(buffer, 3) == [b"abc"]
+    assert await take(buffer, 3) == [b"def"]
+
+
 async def test_a_full_buffer_refuses_then_holds_the_producer_until_the_writer_takes() -> None:
     buffer = buffer_of(2)
     assert buffer.offer(b"1")
