@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ._checks import check_text
+from ._json import encode_json
 from ._sse import ServerSentEvent
 
 __all__ = [
@@ -82,7 +83,13 @@ def _encodable(text: str) -> bool:
 
 
 def event_fields(event: ServerSentEvent | str) -> tuple[str | None, str]:
-    """The ``(event name, data)`` of an event to publish; the broker assigns its id."""
+    """The ``(event name, data)`` of an event to publish; the broker assigns its id. Data
+    that is not a ``str`` is encoded as JSON text here.
+
+    :raises TypeError: the event is neither, or its data cannot be encoded as JSON.
+    :raises ValueError: it carries what the broker owns (an id), or no data, or data JSON
+        cannot carry.
+    """
     if isinstance(event, str):
         check_text("data", event)
         return None, event
@@ -96,9 +103,17 @@ def event_fields(event: ServerSentEvent | str) -> tuple[str | None, str]:
                 f"a published event carries only event and data, not {name}: {event!r:.120}"
                 + (" (the broker assigns ids)" if name == "id" else "")
             )
-    if event.data is None:
+    data = event.data
+    if data is None:
         raise ValueError(f"a published event must have data: {event!r:.120}")
-    return event.event, event.data
+    if not isinstance(data, str):
+        # As JSON text now, where the value is made: a value JSON cannot carry is refused
+        # before it is in any history, and every broker keeps, and hands on, the same text.
+        try:
+            data = encode_json(data)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"published data {exc}") from None
+    return event.event, data
 
 
 class ResetReason(enum.Enum):
