@@ -9,7 +9,7 @@ Every app here answers the same three requests:
   encoded and fanned out), then S bytes of padding. Back to back, each app publishes all at
   once, the fastest way it has: the hand-written one extends each subscriber's queue once
   with the burst (``RawFanOut.publish_many``), the memory broker hands it to each subscriber
-  that keeps up in one call (``publish_many``), the Redis broker sends it in one transaction
+  that keeps up in one call (``publish_many``), the Redis broker appends it in one script
   (``publish_many``), which its reader takes in one read and hands on as the memory broker
   does;
 - ``GET /statistics``: JSON, this process's ``pid`` and its subscriber counts.
@@ -139,7 +139,7 @@ def streamkit_app(broker_kind: str, *, redis_url: str | None = None, key_prefix:
         publish_all = partial(memory.publish_many, TOPIC)
     else:
         publish_one = partial(broker.publish, TOPIC)  # a round trip to Redis each
-        # A burst in one transaction, which the reader takes in one read.
+        # A burst in one script, which the reader takes in one read.
         publish_all = partial(broker.publish_many, TOPIC)
 
     async def publish(request: Request) -> Response:
