@@ -28,7 +28,7 @@ import anyio
 
 from ._checks import check_count, check_duration
 from ._hub import TopicHub
-from ._sse import ServerSentEvent
+from ._sse import ServerSentEvent, trusted_event
 from ._topics import (
     Entry,
     EventKey,
@@ -200,9 +200,10 @@ class RedisBroker(TopicHub):
 
     async def publish_many(self, topic: str, events: Iterable[ServerSentEvent | str]) -> list[str]:
         """Append *events* to *topic*'s stream in order, atomically, in one script (one
-        command and one round trip, where :meth:`publish` makes one of each per event). A reader takes them in one read, and
-        its subscribers' streams write as many as their buffers hold at once; a burst larger
-        than a buffer is handed over paced by each subscriber's room, as any read is.
+        command and one round trip, where :meth:`publish` makes one of each per event). A
+        reader takes them in one read, and its subscribers' streams write as many as their
+        buffers hold at once; a burst larger than a buffer is handed over paced by each
+        subscriber's room, as any read is.
 
         :returns: the events' ids, in order.
         :raises ValueError: as :meth:`publish`, for any of the events; then none is
@@ -232,22 +233,25 @@ class RedisBroker(TopicHub):
 
     # -- the history --------------------------------------------------------------------------
 
-    def _event(self, topic: str, entry: StreamEntry) -> ServerSentEvent | None:
+    def _event(self, topic: str, entry: StreamEntry, identifier: str) -> ServerSentEvent | None:
         fields: dict[Any, Any] = dict(entry.field_values)
-        try:
-            return ServerSentEvent(
-                id=str(entry.identifier), event=fields.get("e"), data=fields.get("d", "")
-            )
-        except (TypeError, ValueError):
-            # Written by something other than a broker: it cannot be sent as an event.
-            logger.warning("topic %r: skipping a stream entry that is no event: %r", topic, entry)
-            return None
+        data, name = fields.get("d", ""), fields.get("e")
+        # What the event's own checks would refuse of a stream entry: the id is Redis's
+        # (parse_event_id() read it), and text decoded from UTF-8 holds no lone surrogate.
+        if type(data) is str and (
+            name is None or (type(name) is str and "\n" not in name and "\r" not in name)
+        ):
+            return trusted_event(data, name, identifier, None)
+        # Written by something other than a broker: it cannot be sent as an event.
+        logger.warning("topic %r: skipping a stream entry that is no event: %r", topic, entry)
+        return None
 
     def _entries(self, topic: str, found: tuple[StreamEntry, ...]) -> list[Entry]:
         entries = []
         for entry in found:
-            key, event = parse_event_id(str(entry.identifier)), self._event(topic, entry)
-            if key is not None and event is not None:
+            identifier = str(entry.identifier)
+            key = parse_event_id(identifier)
+            if key is not None and (event := self._event(topic, entry, identifier)) is not None:
                 entries.append((key, event))
         return entries
 
@@ -367,13 +371,14 @@ class RedisBroker(TopicHub):
             entries: list[Entry] = []
             for stream_entry in stream_entries:
                 position = self._positions.get(topic)
-                entry_key = parse_event_id(str(stream_entry.identifier))
+                identifier = str(stream_entry.identifier)
+                entry_key = parse_event_id(identifier)
                 if position is None or entry_key is None or entry_key <= position:
                     continue  # unwatched meanwhile, or delivered already
                 # The position moves past an entry that is no event too, or it would be read
                 # again and again.
                 self._positions[topic] = entry_key
-                event = self._event(topic, stream_entry)
+                event = self._event(topic, stream_entry, identifier)
                 if event is not None:
                     entries.append((entry_key, event))
             # A read holds up to read_batch entries, more than a subscriber's buffer: the hub

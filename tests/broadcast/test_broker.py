@@ -609,3 +609,27 @@ async def test_the_reader_asks_which_server_it_reads_once_per_connection(
                 assert await take(subscription, 1) == [str(n)]
     asked = await redis_calls(redis, "info") - before - 1  # less redis_calls' own
     assert asked == (1 if connection == "lost" else 0)
+
+
+async def test_a_stream_entry_that_is_no_event_is_skipped_not_sent(
+    redis: redis_server.RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Something other than a broker wrote to the topic's stream: an event name holding a line
+    # break would inject a field into every subscriber's stream. The reader makes events of
+    # entries without their checks, so it must refuse this one itself.
+    from coredis import Redis
+
+    prefix = f"test:{uuid.uuid4().hex}:"
+    async with (
+        RedisBroker(redis.url, key_prefix=prefix) as broker,
+        broker.subscribe("t") as subscription,
+    ):
+        with anyio.fail_after(10):
+            await broker.publish("t", "first")
+            assert await take(subscription, 1) == ["first"]
+            async with Redis.from_url(redis.url, decode_responses=True) as writer:
+                await writer.xadd(prefix + "t", {"d": "x", "e": "a\ndata: injected"})
+                await writer.xadd(prefix + "t", {"d": "next", "e": "named"})
+            event = await anext(subscription)
+    assert (event.event, event.data) == ("named", "next")
+    assert "skipping a stream entry that is no event" in caplog.text
