@@ -9,8 +9,9 @@ type is an error, not a reason to hammer the server. A connection that sent no b
 ``missed_heartbeats`` heartbeat intervals counts as dropped (a stalled server, a dead NAT).
 
 A connection counts as working, and clears the failures in a row, once it has handed over an
-event or stayed open for the read timeout: a server that answers with a heartbeat, or a
-``retry: 0``, and hangs up is backed off like one that refuses. Its bytes are held only up to
+event, or sent bytes (heartbeats) for at least the read timeout: a server that answers with a
+heartbeat, or a ``retry: 0``, and hangs up or falls silent is backed off like one that
+refuses. Its bytes are held only up to
 ``max_event_size`` an event (or NDJSON line), and the ``Last-Event-ID`` sent back is the id
 as a browser sends it: UTF-8, without the spaces around it that HTTP drops.
 
@@ -72,7 +73,7 @@ class ClientStatistics:
     :param connections: connections that were answered with the stream (2xx, right type).
     :param reconnects: of those, the ones after the first.
     :param failed_attempts: attempts that failed: refused, a 503, dropped before an event
-    (unless it stayed open for the read timeout)...
+        (unless its heartbeats had kept it alive for the read timeout)...
     :param last_event_id: what the next connection sends as ``Last-Event-ID`` (``""``: none).
     :param connected_time: seconds connected in all, up to now.
     :param connected: whether a connection is open now.
@@ -355,10 +356,12 @@ class _Resuming(Generic[T]):
                 else:
                     self._check(response)
                     self._connections += 1
-                    self._connected_since = opened = anyio.current_time()
+                    self._connected_since = opened = last_byte = anyio.current_time()
                     self._begin()
                     chunks = response.aiter_bytes()
                     async for chunk in chunks:
+                        if not worked:  # heartbeats alone so far: when the last one came
+                            last_byte = anyio.current_time()
                         try:
                             items = self._parse(chunk)
                             unreadable = None
@@ -374,13 +377,14 @@ class _Resuming(Generic[T]):
                                 status_code=status,
                                 url=self.url,
                             ) from unreadable
-                    # Ended cleanly: the connection worked if it held out that long.
-                    worked = worked or anyio.current_time() - opened >= self.read_timeout
+                    # Ended cleanly: without an event, it worked if the server kept it alive
+                    # for a read timeout (a quiet stream's heartbeats).
+                    worked = worked or last_byte - opened >= self.read_timeout
             except httpx.TransportError as exc:
                 # Refused, reset, broken off, or no byte within the read timeout: dropped.
                 failure = exc
                 if self._connected_since is not None:
-                    worked = worked or anyio.current_time() - opened >= self.read_timeout
+                    worked = worked or last_byte - opened >= self.read_timeout
             finally:
                 if self._connected_since is not None:
                     self._connected_total += anyio.current_time() - self._connected_since

@@ -1,7 +1,8 @@
 """A hand-written HTTP/1.1 server, for the client's and the proxy's tests against servers that
 send what no framework would: ``retry: 0``, ``Retry-After: 0``, ids with spaces or control
 characters, lines that never end. Each connection's request head is read and recorded, the
-connection is answered with the bytes the test gives for it, as they are, and closed.
+connection is answered with the bytes the test gives for it, as they are, and closed (or held
+open, silent).
 """
 
 from __future__ import annotations
@@ -62,9 +63,12 @@ NO_CONTENT = status(204, "No Content")
 
 
 @asynccontextmanager
-async def open_raw_upstream(answer: Callable[[int], bytes]) -> AsyncIterator[RawUpstream]:
+async def open_raw_upstream(
+    answer: Callable[[int], bytes | list[bytes | float]], *, hold: bool = False
+) -> AsyncIterator[RawUpstream]:
     """Serve on a free port of 127.0.0.1, answering the *n*-th connection (from 0) with
-    ``answer(n)``."""
+    ``answer(n)``: bytes, or a list of bytes to send and seconds to sleep in between. With
+    *hold*, the connection is then kept open, silent, until the client closes it."""
     listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
     port = listener.extra(anyio.abc.SocketAttribute.local_port)
     upstream = RawUpstream(f"http://127.0.0.1:{port}")
@@ -87,8 +91,15 @@ async def open_raw_upstream(answer: Callable[[int], bytes]) -> AsyncIterator[Raw
                 )
             )
             try:
-                await connection.send(answer(index))
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                given = answer(index)
+                for part in [given] if isinstance(given, bytes) else given:
+                    if isinstance(part, bytes):
+                        await connection.send(part)
+                    else:
+                        await anyio.sleep(part)
+                while hold:
+                    await connection.receive()
+            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
                 pass
 
     async with listener, anyio.create_task_group() as task_group:

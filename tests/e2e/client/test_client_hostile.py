@@ -85,6 +85,46 @@ async def test_a_server_that_hangs_up_before_an_event_is_backed_off_and_given_up
         assert gap >= floor * 2**n - EARLY, upstream.gaps()
 
 
+@pytest.mark.parametrize("body", [b"", b": heartbeat\n\n"], ids=["nothing", "a heartbeat"])
+async def test_a_server_that_falls_silent_before_an_event_is_given_up_on(body: bytes) -> None:
+    # Each connection is left after the read timeout, having sent no event: a failure, not
+    # a connection that held out.
+    async with (
+        open_raw_upstream(lambda n: event_stream(body), hold=True) as upstream,
+        open_event_stream(
+            upstream.url, heartbeat_interval=0.1, missed_heartbeats=1, backoff=EXACT
+        ) as stream,
+    ):
+        with pytest.raises(ReconnectError, match="after 4 failed attempts"):
+            with anyio.fail_after(10):
+                await anext(stream)
+    assert len(upstream.requests) == 4
+
+
+async def test_a_quiet_stream_whose_heartbeats_held_out_is_not_a_failure() -> None:
+    # Heartbeats alone for longer than the read timeout, then the connection ends (a proxy's
+    # idle limit, say): it worked, however often it happens.
+    def answer(n: int) -> bytes | list[bytes | float]:
+        if n == 4:
+            return NO_CONTENT
+        beats: list[bytes | float] = [0.05, b": beat\n\n"] * 6
+        return [event_stream(b": beat\n\n"), *beats]
+
+    async with (
+        open_raw_upstream(answer) as upstream,
+        open_event_stream(
+            upstream.url,
+            heartbeat_interval=0.1,
+            missed_heartbeats=2,
+            backoff=Backoff(initial_delay=0.01, max_attempts=1),
+        ) as stream,
+    ):
+        with anyio.fail_after(10):
+            assert await read_all(stream) == []
+        assert stream.statistics().failed_attempts == 0
+    assert len(upstream.requests) == 5
+
+
 @pytest.mark.parametrize(
     "retry_after", ["0", "Thu, 01 Jan 1970 00:00:00 GMT"], ids=["zero", "a past date"]
 )
