@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["JSONEncoder", "check_json_encoder", "encode_json", "to_jsonable"]
+__all__ = ["JSONEncoder", "check_json_encoder", "encode_json", "shown", "to_jsonable"]
 
 #: A JSON encoder: a value in, its JSON text (``str`` or UTF-8 ``bytes``) out.
 JSONEncoder = Callable[[Any], str | bytes]
@@ -40,6 +40,15 @@ def _default_encoder(value: Any) -> str:
     )
 
 
+def shown(value: object) -> str:
+    """*value*'s repr cut to 80 characters, or its type's name when repr() itself fails (an
+    int past sys.get_int_max_str_digits(), a broken __repr__)."""
+    try:
+        return f"{value!r:.80}"
+    except Exception:
+        return f"<{type(value).__name__} whose repr() raised>"
+
+
 def encode_json(value: object, encoder: JSONEncoder | None = None) -> str:
     """Encode *value* as compact JSON text with *encoder* (by default the standard library's,
     extended as the module says).
@@ -51,11 +60,17 @@ def encode_json(value: object, encoder: JSONEncoder | None = None) -> str:
     try:
         text = (encoder or _default_encoder)(value)
     except TypeError as exc:
-        raise TypeError(f"is not JSON-serialisable: {value!r:.80} ({exc})") from None
+        raise TypeError(f"is not JSON-serialisable: {shown(value)} ({exc})") from None
     except ValueError as exc:
-        raise ValueError(f"cannot be encoded as JSON: {value!r:.80} ({exc})") from None
+        raise ValueError(f"cannot be encoded as JSON: {shown(value)} ({exc})") from None
     if isinstance(text, bytes | bytearray):
-        return bytes(text).decode()
+        try:
+            return bytes(text).decode()
+        except UnicodeDecodeError as exc:
+            raise ValueError(
+                f"cannot be encoded as JSON: {encoder!r} returned bytes that are not UTF-8 "
+                f"for {shown(value)} ({exc})"
+            ) from None
     if not isinstance(text, str):
         raise TypeError(
             f"a JSON encoder must return str or bytes, {encoder!r} returned "

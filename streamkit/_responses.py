@@ -23,7 +23,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from ._checks import check_header, check_text, check_type
 from ._ends import EndReason, StreamEnd
-from ._json import JSONEncoder, check_json_encoder, encode_json
+from ._json import JSONEncoder, check_json_encoder, encode_json, shown
 from ._options import OptionArguments, StreamOptions
 from ._runtime import deliver
 from ._sender import Producer
@@ -224,7 +224,7 @@ class StreamResponse(Response, Generic[ItemT]):
             check_text("a bytes stream's str item", item)
             return item.encode()
         raise TypeError(
-            f"a bytes stream takes bytes or str items, got {type(item).__name__}: {item!r:.80}"
+            f"a bytes stream takes bytes or str items, got {type(item).__name__}: {shown(item)}"
         )
 
     def heartbeat_frame(self) -> bytes | None:
@@ -492,10 +492,12 @@ class NDJSONResponse(StreamResponse[Any]):
         """
         try:
             line = encode_json(item, self.json_encoder)
-        except (TypeError, ValueError) as exc:
-            raise type(exc)(f"NDJSON item {exc}") from None
+        except TypeError as exc:
+            raise TypeError(f"NDJSON item {exc}") from None
+        except ValueError as exc:  # a subclass (UnicodeError) may not take one message
+            raise ValueError(f"NDJSON item {exc}") from None
         if "\n" in line or "\r" in line:
-            raise ValueError(f"NDJSON item encoded across several lines: {item!r:.80}")
+            raise ValueError(f"NDJSON item encoded across several lines: {shown(item)}")
         if not line.isascii():
             # Outside JSON's strings nothing is non-ASCII, so these are escaped in strings.
             line = line.translate(_LINE_SEPARATORS)

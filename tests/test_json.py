@@ -69,6 +69,34 @@ def test_what_json_cannot_carry_is_refused_by_name(
     assert named in str(caught.value)
 
 
+class BrokenRepr:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+@pytest.mark.parametrize(
+    ("value", "error", "named"),
+    [
+        # repr() of an int past Python's digit limit raises, as does a broken __repr__: the
+        # error is still the encoding's, naming the value's type.
+        ({"n": 10**5000}, ValueError, "<dict whose repr() raised> (Exceeds the limit"),
+        ({"x": BrokenRepr()}, TypeError, "<dict whose repr() raised> (BrokenRepr is not"),
+        (BrokenRepr(), TypeError, "<BrokenRepr whose repr() raised>"),
+    ],
+)
+def test_a_value_whose_repr_fails_is_still_refused_by_its_type(
+    value: object, error: type[Exception], named: str
+) -> None:
+    with pytest.raises(error) as caught:
+        encode_json(value)
+    assert named in str(caught.value)
+
+
+def test_an_encoder_that_returns_bytes_not_utf8_is_named() -> None:
+    with pytest.raises(ValueError, match=r"returned bytes that are not UTF-8 for \{'a': 1\}"):
+        encode_json({"a": 1}, lambda value: b"\xff")
+
+
 def test_importing_streamkit_does_not_import_pydantic() -> None:
     code = "import sys, streamkit, streamkit._json; print('pydantic' in sys.modules)"
     result = subprocess.run(

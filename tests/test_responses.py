@@ -211,6 +211,18 @@ def test_ndjson_encodes_models_and_dataclasses() -> None:
     )
 
 
+def test_an_item_that_cannot_be_encoded_is_refused_naming_it_whatever_went_wrong() -> None:
+    # An encoder's bytes that are not UTF-8 (a UnicodeDecodeError, which cannot be made again
+    # from one message), an int too long for repr(): a ValueError naming what it could.
+    not_utf8 = NDJSONResponse(nothing(), json_encoder=lambda value: b"\xff")
+    with pytest.raises(ValueError, match=r"NDJSON item .* not UTF-8 for \{'a': 1\}"):
+        not_utf8.encode({"a": 1})
+    with pytest.raises(ValueError, match=r"NDJSON item .*<dict whose repr\(\) raised>"):
+        NDJSONResponse(nothing()).encode({"n": 10**5000})
+    with pytest.raises(TypeError, match=r"got int: <int whose repr\(\) raised>"):
+        StreamResponse(nothing()).encode(10**5000)  # type: ignore[arg-type]
+
+
 def test_a_json_encoder_replaces_the_default_and_must_stay_on_one_line() -> None:
     upper = NDJSONResponse(nothing(), json_encoder=lambda value: json.dumps(value).upper())
     assert upper.encode({"a": "b"}) == b'{"A": "B"}\n'
