@@ -18,6 +18,7 @@ from functools import partial
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 from starlette.requests import Request
 from starlette.types import Message, Receive, Scope, Send
 
@@ -103,6 +104,9 @@ class RequestMessages:
         """The request's ``receive``: the body's messages in order, then the disconnect."""
         while not self._unread:
             if self._ended is not None:
+                # The disconnect decided the stream's end: a producer reading the body is
+                # cancelled here rather than told (ClientDisconnect, logged as an error).
+                await anyio.lowlevel.checkpoint()
                 return self._ended
             if self._arrived is None:
                 self._arrived = anyio.Event()

@@ -100,3 +100,23 @@ async def test_a_producer_that_leaves_the_body_unread_still_hears_the_client_lea
             await cleaned.wait()
         noticed_after = anyio.current_time() - left_at
     assert noticed_after < 1.0
+
+
+@pytest.mark.parametrize("leave", ["close", "reset"])
+async def test_a_client_that_leaves_mid_body_ends_the_stream_as_gone_not_as_an_error(
+    leave: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The producer waits for the rest of the body when the client leaves: it is cancelled
+    # there, not handed Starlette's ClientDisconnect, which the stream would log as an error.
+    async with open_server(body_app(anyio.Event())) as server:
+        connection = await connect(server.host, server.port)
+        head = "POST /echo HTTP/1.1\r\nhost: test\r\ncontent-length: 50\r\n\r\n"
+        await connection.send(head.encode() + b"[1,")
+        await read_until(connection, b"data: [1,\n\n", b"")
+        if leave == "reset":
+            raw = connection.extra(anyio.abc.SocketAttribute.raw_socket)
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        await connection.aclose()
+        end = await server.wait_ended(EndReason.CLIENT_DISCONNECTED, within=5.0)
+    assert end.exception is None
+    assert not [record for record in caplog.records if record.levelname == "ERROR"], caplog.text
