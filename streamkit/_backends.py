@@ -49,6 +49,27 @@ async def hypercorn_serve(app: object, config: object, **options: object) -> Non
     task = asyncio.current_task()
     assert task is not None
     requested = task.cancelling()
-    await serve(app, config, **options)
+    loop = asyncio.get_running_loop()
+    previous = loop.get_exception_handler()
+
+    def handle(loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
+        # Python before 3.13: asyncio.start_server's done-callback (in connection_made) calls
+        # exception() on a connection task that hypercorn cancelled at the end of its
+        # graceful timeout, which raises CancelledError into the loop's handler, logged with
+        # a traceback. A connection cancelled at shutdown is no error.
+        if isinstance(context.get("exception"), asyncio.CancelledError) and (
+            "connection_made" in str(context.get("message", ""))
+        ):
+            return
+        if previous is None:
+            loop.default_exception_handler(context)
+        else:
+            previous(loop, context)
+
+    loop.set_exception_handler(handle)
+    try:
+        await serve(app, config, **options)
+    finally:
+        loop.set_exception_handler(previous)
     while task.cancelling() > requested:
         task.uncancel()

@@ -20,6 +20,7 @@ stream as it does a stalled connection.
 
 from __future__ import annotations
 
+import logging
 import math
 import socket
 from collections.abc import Awaitable, Callable
@@ -37,6 +38,8 @@ from ._logs import show_stream_ends
 from ._registry import StreamRegistry, registry, using_registry
 from ._server_shutdown import served_by_streamkit
 from ._tls import TLSConfig, apply_tls, check_tls
+
+logger = logging.getLogger("streamkit")
 
 __all__ = ["ServerAddress", "graceful_shutdown_trigger", "serve"]
 
@@ -95,16 +98,30 @@ def graceful_shutdown_trigger(
 
 async def _drain(streams: StreamRegistry, deadline: float) -> None:
     streams.drain()
-    with anyio.move_on_at(deadline):
+    with anyio.move_on_at(deadline) as late:
         await streams.wait_idle()
+    if late.cancelled_caught and (left := streams.active_streams()):
+        # The server cuts them next, their cleanup with them (on trio, a cleanup shielded
+        # past this runs on until its own cleanup_timeout): say which, and why.
+        logger.warning(
+            "%d stream(s) still ending when the grace period ended (%s): the server closes "
+            "them now; give a grace period longer than their cleanup_timeout",
+            len(left),
+            ", ".join(sorted({repr(stream.path) for stream in left}))[:200],
+        )
 
 
-async def _signalled() -> None:
+async def _listen_for_signals(signalled: anyio.Event) -> None:
+    """Set *signalled* at the first SIGINT or SIGTERM, and keep receiving them until
+    cancelled: a second one during the drain must not fall to the default disposition
+    (SIGTERM kills the process, SIGINT raises KeyboardInterrupt into the loop)."""
     import signal
 
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for _ in signals:
-            return
+        async for number in signals:
+            if signalled.is_set():
+                logger.warning("signal %d during the drain: shutdown already under way", number)
+            signalled.set()
 
 
 class _RegisteringApp:
@@ -203,7 +220,12 @@ async def serve(
     bound_h2_streams(config)
     streams = StreamRegistry(parent=registry) if streams is None else streams
     show_stream_ends()
-    trigger = shutdown_trigger or _signalled
+    signalled: anyio.Event | None = None
+    if shutdown_trigger is None:
+        signalled = anyio.Event()
+        trigger: ShutdownTrigger = signalled.wait
+    else:
+        trigger = shutdown_trigger
 
     # A producer's KeyboardInterrupt or SystemExit: the server stops gracefully, then raises it.
     stop_requests: list[BaseException] = []
@@ -232,8 +254,12 @@ async def serve(
         sock.detach()
         scheme = "https" if config.ssl_enabled else "http"
         task_status.started(ServerAddress(host=host, port=port, scheme=scheme))
-        await hypercorn_serve(
-            _RegisteringApp(app, streams), config, shutdown_trigger=drain_then_stop
-        )
+        async with anyio.create_task_group() as listening:
+            if signalled is not None:
+                listening.start_soon(_listen_for_signals, signalled)
+            await hypercorn_serve(
+                _RegisteringApp(app, streams), config, shutdown_trigger=drain_then_stop
+            )
+            listening.cancel_scope.cancel()
     if stop_requests:
         raise stop_requests[0]

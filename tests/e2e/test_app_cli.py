@@ -25,6 +25,7 @@ from support.certificates import Certificates
 
 from streamkit import ServerAddress
 from streamkit.testing import open_stream
+from streamkit.testing._client import connect
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
@@ -80,6 +81,23 @@ async def tokens(request, send):
 @app.get("/pid")
 async def pid(request):
     return PlainTextResponse(str(os.getpid()))
+
+
+@app.sse("/slow-cleanup")
+async def slow_cleanup(request, send):
+    async def cleanup():
+        say("cleanup started")
+        await anyio.sleep(1.0)
+        say("cleanup done")
+
+    send.push_async_callback(cleanup)
+    await send("ready")
+    await anyio.sleep_forever()
+
+
+@app.post("/upload")
+async def upload(request):
+    return PlainTextResponse(str(len(await request.body())))
 """.replace("GRACE", repr(GRACE))
 
 
@@ -196,6 +214,56 @@ async def test_a_signal_drains_the_service_and_it_exits_within_the_grace_period(
     assert service.printed("background cancelled") == [f"background cancelled {pid}"]
     assert service.printed("lifespan ended") == [f"lifespan ended {pid}"]
     assert any("stream /tokens ended: shutdown" in line for line in service.stderr)
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
+async def test_a_second_signal_during_the_drain_is_ignored_and_the_cleanup_finishes(
+    tmp_path: Path, anyio_backend: str, signal_number: signal.Signals
+) -> None:
+    # One worker: the second signal used to find the default disposition back (SIGTERM killed
+    # the process, SIGINT raised KeyboardInterrupt into the loop), cutting the cleanup short.
+    async with run_service(tmp_path, anyio_backend) as service:
+        assert service.address is not None
+        async with open_stream(service.address, "/slow-cleanup") as client:
+            assert (await client.read_event()).data == "ready"
+            service.process.send_signal(signal_number)
+            with anyio.fail_after(GRACE):
+                while not service.printed("cleanup started"):
+                    await service.stdout_changed()
+            service.process.send_signal(signal_number)
+            with anyio.fail_after(GRACE + 10):
+                events = [event async for event in client.events()]
+                await service.process.wait()
+    assert service.process.returncode == 0, "\n".join(service.stderr)
+    assert len(service.printed("cleanup done")) == 1
+    assert (events[-1].event, events[-1].retry) == ("shutdown", 1000)
+    assert any("during the drain: shutdown already under way" in line for line in service.stderr)
+    assert not any("Traceback" in line for line in service.stderr), "\n".join(service.stderr)
+
+
+async def test_a_connection_that_outlives_the_grace_period_is_closed_and_named_quietly(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    # A request whose body never ends, and a stream whose cleanup outlasts the grace period:
+    # the server closes both when it ends, says which stream it cut, and logs no traceback
+    # (hypercorn's asyncio worker cancelling the connection made Python 3.11's asyncio log a
+    # CancelledError from start_server's callback).
+    async with run_service(tmp_path, anyio_backend, options=["--grace-period", "0.5"]) as service:
+        assert service.address is not None
+        async with open_stream(service.address, "/slow-cleanup") as client:
+            assert (await client.read_event()).data == "ready"
+            upload = await connect(service.address.host, service.address.port)
+            async with upload:
+                head = "POST /upload HTTP/1.1\r\nhost: test\r\ncontent-length: 100\r\n\r\n"
+                await upload.send(head.encode() + b"partial")
+                service.process.send_signal(signal.SIGTERM)
+                with anyio.fail_after(GRACE + 10):
+                    await service.process.wait()
+    stderr = "\n".join(service.stderr)
+    assert service.process.returncode == 0, stderr
+    assert "1 stream(s) still ending when the grace period ended ('/slow-cleanup')" in stderr
+    assert "CancelledError" not in stderr
+    assert "Traceback" not in stderr
 
 
 async def test_two_workers_share_the_socket_and_all_drain_on_sigterm(
