@@ -107,7 +107,8 @@ def test_a_topic_name_is_taken_or_refused_by_name(topic: str) -> None:
 
 @given(header=ANY_TEXT | st.text(min_size=1000, max_size=1100))
 def test_a_last_event_id_header_is_read_or_discarded(header: str) -> None:
-    raw = header.encode("utf-8", "surrogatepass").decode("latin-1")
+    # As a server hands it over: HTTP drops the spaces and tabs at a field's ends.
+    raw = header.encode("utf-8", "surrogatepass").decode("latin-1").strip(" \t")
     value = last_event_id({"last-event-id": raw})
     if value is not None:
         assert value.encode() == raw.encode("latin-1")
