@@ -149,7 +149,9 @@ def _as_httpx_sse(event: ServerSentEvent, last_id: str) -> httpx_sse.ServerSentE
     )
 
 
-def _forwardable(event: ServerSentEvent, request: httpx.Request) -> ServerSentEvent:
+def _forwardable(
+    event: ServerSentEvent, request: httpx.Request, status_code: int
+) -> ServerSentEvent:
     """*event*, refused if its id is one no downstream resume could start from: sent on, a
     browser would send it back, and the server would not read it (see
     :func:`~streamkit.ServerSentEvent`)."""
@@ -158,7 +160,7 @@ def _forwardable(event: ServerSentEvent, request: httpx.Request) -> ServerSentEv
             f"upstream {request.method} {request.url} sent the event id {event.id!r:.80}, "
             "which no downstream client could resume from (a control character, a space at "
             "either end, or over 1024 characters)",
-            status_code=200,
+            status_code=status_code,
             url=str(request.url),
         )
     return event
@@ -254,7 +256,7 @@ def upstream_events(
             for frame in frames:
                 if transform is None:
                     if frame.data is not None or frame.id is not None or frame.retry is not None:
-                        await send(_forwardable(frame, request))
+                        await send(_forwardable(frame, request, response.status_code))
                     continue
                 if frame.id is not None:
                     last_id = frame.id
@@ -305,7 +307,8 @@ def _resuming_events(
         async for event in stream:
             if transform is None:
                 if event.id is not checked:
-                    _forwardable(event, request)
+                    # A 2xx: the stream follows nothing else, and does not keep which.
+                    _forwardable(event, request, 200)
                     checked = event.id
                 await send(event)
                 continue

@@ -28,7 +28,7 @@ import anyio
 
 from ._checks import check_count, check_duration
 from ._hub import TopicHub
-from ._sse import ServerSentEvent, trusted_event
+from ._sse import ServerSentEvent, is_event_name, trusted_event
 from ._topics import (
     Entry,
     EventKey,
@@ -238,9 +238,7 @@ class RedisBroker(TopicHub):
         data, name = fields.get("d", ""), fields.get("e")
         # What the event's own checks would refuse of a stream entry: the id is Redis's
         # (parse_event_id() read it), and text decoded from UTF-8 holds no lone surrogate.
-        if type(data) is str and (
-            name is None or (type(name) is str and "\n" not in name and "\r" not in name)
-        ):
+        if type(data) is str and (name is None or (type(name) is str and is_event_name(name))):
             return trusted_event(data, name, identifier, None)
         # Written by something other than a broker: it cannot be sent as an event.
         logger.warning("topic %r: skipping a stream entry that is no event: %r", topic, entry)

@@ -31,6 +31,7 @@ __all__ = [
     "encode_data",
     "encode_event",
     "event_from_item",
+    "is_event_name",
     "last_event_id",
     "read_last_event_id",
     "resumable_id",
@@ -114,7 +115,7 @@ class ServerSentEvent:
         event, id_, comment = self.event, self.id, self.comment
         if event is not None:
             _check_field("event", event)
-            if "\r" in event or "\n" in event:
+            if not is_event_name(event):
                 raise ValueError(f"SSE event name must not contain CR or LF: {event!r}")
         if id_ is not None:
             _check_field("id", id_)
@@ -133,6 +134,12 @@ def _check_field(name: str, value: object) -> None:
         raise TypeError(f"SSE {name} must be a str or None, got {type(value).__name__}: {value!r}")
     if not value.isascii():
         check_text(f"SSE {name}", value)
+
+
+def is_event_name(text: str) -> bool:
+    """Whether *text* can be sent as an event name: no line break, which would end its line
+    and begin another field."""
+    return "\r" not in text and "\n" not in text
 
 
 def resumable_id(id_: str) -> bool:
