@@ -160,6 +160,39 @@ async def test_an_event_name_travels_with_the_event(make_broker: MakeBroker) -> 
         assert (event.event, event.data) == ("price", "a\nb")
 
 
+#: Text that an encoding on the way to the store and back could change: quotes, escapes,
+#: control characters (NUL too), JSON's own syntax, characters past ASCII and the BMP.
+AWKWARD_TEXT = [
+    "",
+    "a\nb\r\nc",
+    '"quoted" \\ back\\slash \\u0041',
+    "nul\x00 and \x1f and \x7f",
+    '[1, "two"] {"k": null}',
+    "é € 😀 \u2028 \ufeff",
+    " spaced ",
+]
+
+
+async def test_any_text_comes_back_as_it_was_published(make_broker: MakeBroker) -> None:
+    named = [ServerSentEvent(event=f"n{i} é", data=text) for i, text in enumerate(AWKWARD_TEXT)]
+    sent = [(None, text) for text in AWKWARD_TEXT] + [(e.event, e.data) for e in named]
+    async with make_broker() as broker:
+        async with broker.subscribe("t") as subscription:
+            first = await broker.publish("t", "first")
+            ids = await broker.publish_many("t", [*AWKWARD_TEXT, *named])
+            with anyio.fail_after(5):
+                live = [await anext(subscription) for _ in range(1 + len(ids))]
+        assert [(e.event, e.data) for e in live[1:]] == sent
+        assert [e.id for e in live] == [first, *ids]
+        # And from the history, as a client resuming from the first is sent them.
+        async with broker.subscribe("t", last_event_id=first) as subscription:
+            with anyio.fail_after(5):
+                replayed = [await anext(subscription) for _ in range(len(ids))]
+        assert [(e.id, e.event, e.data) for e in replayed] == [
+            (e.id, e.event, e.data) for e in live[1:]
+        ]
+
+
 async def test_data_that_is_not_text_is_kept_and_sent_as_its_json(make_broker: MakeBroker) -> None:
     async with make_broker() as broker:
         first = await broker.publish("t", "first")
