@@ -162,6 +162,27 @@ def test_quick_instructions_run_counts_each_implementations_server(tmp_path: Pat
     assert "x) |" in report  # the ratio to raw's
 
 
+def test_quick_delivery_run_counts_each_fan_out_beside_the_hand_written_one(
+    tmp_path: Path,
+) -> None:
+    if shutil.which("callgrind_control") is None:
+        service_unavailable("valgrind is not installed (Debian: valgrind)")
+    if redis_server.find() is None:
+        service_unavailable(redis_server.NOT_FOUND)
+    data, report = run_quick(tmp_path, "bench.delivery", timeout=180)
+    plan = data["plan"]
+    rows = {row["implementation"]: row for row in data["rows"]}
+    assert set(rows) == {"raw", "memory", "redis"}
+    for impl, row in rows.items():
+        # Every subscriber had every counted burst; each delivery cost some hundreds of
+        # instructions at least (a write, a frame queued), far from nothing or from millions.
+        assert row["deliveries"] == plan["rounds"] * plan["burst"] * row["subscribers"], impl
+        assert 100 < row["per_delivery"] < 1_000_000, impl
+        assert row["instructions"] == pytest.approx(row["per_delivery"] * row["deliveries"])
+    assert "| asyncio | redis |" in report
+    assert "x) |" in report  # the ratio to the hand-written fan-out's
+
+
 def test_the_http2_benchmark_prints_its_tables() -> None:
     command = [
         sys.executable,

@@ -27,7 +27,8 @@ NEEDED: dict[str, Callable[[], object]] = {
     "redis-server": redis_server.find,
     "postgresql": postgres_server.find,
     "chromium": browser.find_chromium,
-    # The instruction-count benchmark's (bench/instructions.py), run by its smoke test.
+    # The instruction-count benchmarks' (bench/instructions.py, bench/delivery.py), run by
+    # their smoke tests.
     "valgrind": lambda: shutil.which("callgrind_control"),
 }
 
