@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,7 @@ from typing import Any, cast
 
 import anyio
 
+from . import callgrind
 from .broker import redis_server
 from .broker_apps import raw_app, streamkit_app
 from .cli import names, publish
@@ -189,10 +189,10 @@ async def _until_all_subscribed(app: ASGIApp, audience: _Audience, subscribers: 
 
 def _child(implementation: str, backend: str, subscribers: int, plan: Plan, redis_url: str) -> None:
     """Run in the process callgrind counts: drive the app and print the deliveries."""
-    pid = str(os.getpid())
+    pid = os.getpid()
 
     def counting(option: str) -> None:
-        subprocess.run(["callgrind_control", option, pid], check=True, capture_output=True)
+        callgrind.control(pid, option)
 
     if implementation == "raw":
         app: ASGIApp = raw_app()
@@ -211,10 +211,7 @@ def measure(
     with tempfile.TemporaryDirectory(prefix="streamkit-delivery-") as directory:
         out = Path(directory, "callgrind.out")
         command = [
-            "valgrind",
-            "--tool=callgrind",
-            "--instr-atstart=no",
-            f"--callgrind-out-file={out}",
+            *callgrind.wrapper(out),
             sys.executable,
             "-m",
             "bench.delivery",
@@ -230,20 +227,12 @@ def measure(
                 f"{done.stderr[-3000:]}"
             )
         delivered = int(done.stdout.split()[-1])
-        instructions = sum(_totals(dump) for dump in Path(directory).glob("callgrind.out*"))
+        instructions = callgrind.totals(out)  # dumped as the process exits
     return {
         "deliveries": delivered,
         "instructions": instructions,
         "per_delivery": instructions / delivered,
     }
-
-
-def _totals(dump: Path) -> int:
-    """The instructions a callgrind dump counted (0 for a dump of nothing counted)."""
-    for line in dump.read_text().splitlines():
-        if line.startswith("totals:"):
-            return int(line.split()[1])
-    return 0
 
 
 def markdown(plan: Plan, rows: list[dict[str, Any]]) -> str:
@@ -310,9 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     counts = options.subscribers or ([100] if options.quick else list(SUBSCRIBERS))
     if any(n < 1 for n in counts):
         parser.error(f"--subscribers: each at least 1, got {counts}")
-    for tool in ("valgrind", "callgrind_control"):
-        if shutil.which(tool) is None:
-            raise SystemExit(f"python -m bench.delivery needs {tool} (Debian: valgrind)")
+    callgrind.require("python -m bench.delivery")
     impls = options.impl if "raw" in options.impl else ["raw", *options.impl]  # the baseline
     backends = options.backend or (["asyncio"] if options.quick else list(BACKENDS))
     plan = Plan()

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import shutil
-import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
@@ -32,6 +30,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from . import callgrind
 from .apps import SHAPES
 from .cli import names, publish
 from .client import Fleet, Stream
@@ -67,17 +66,16 @@ def measure(backend: str, producer: str, impl: str, size: int, plan: Plan) -> di
     (for ``heartbeat``, per heartbeat of idle streams; *size* does not apply)."""
     with tempfile.TemporaryDirectory(prefix="streamkit-instructions-") as directory:
         out = Path(directory, "callgrind.out")
-        wrapper = [
-            "valgrind",
-            "--tool=callgrind",
-            "--instr-atstart=no",
-            f"--callgrind-out-file={out}",
-        ]
         log = Path(directory, "server.log").open("wb")
         idle = producer == "heartbeat"
         interval = HEARTBEAT_INTERVAL if idle else 5.0
         server = ServerProcess(
-            impl, backend, heartbeat_interval=interval, send_timeout=10.0, log=log, wrapper=wrapper
+            impl,
+            backend,
+            heartbeat_interval=interval,
+            send_timeout=10.0,
+            log=log,
+            wrapper=callgrind.wrapper(out),
         )
         try:
             server.wait_ready(within=300.0)
@@ -94,15 +92,15 @@ def measure(backend: str, producer: str, impl: str, size: int, plan: Plan) -> di
                 stream.read_head()
                 read, close = partial(_read_counting, stream), stream.close
             read(plan.warmup)
-            _control(server.pid, "--instr=on")
+            callgrind.control(server.pid, "--instr=on")
             events = read(plan.window)
-            _control(server.pid, "--instr=off")
-            _control(server.pid, "--dump")
+            callgrind.control(server.pid, "--instr=off")
+            callgrind.control(server.pid, "--dump")
             close()
         finally:
             server.kill()
             log.close()
-        instructions = _totals(Path(f"{out}.1"))
+        instructions = callgrind.totals(Path(f"{out}.1"))
     if not events:
         raise RuntimeError(f"{impl}/{backend}: no {producer} event arrived in the counted window")
     return {"events": events, "instructions": instructions, "per_event": instructions / events}
@@ -113,18 +111,6 @@ def _read_counting(stream: Stream, duration: float) -> int:
     before = stream.events
     stream.read_for(duration)
     return stream.events - before
-
-
-def _control(pid: int, option: str) -> None:
-    subprocess.run(["callgrind_control", option, str(pid)], check=True, capture_output=True)
-
-
-def _totals(dump: Path) -> int:
-    """The instructions a callgrind dump counted."""
-    for line in dump.read_text().splitlines():
-        if line.startswith("totals:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{dump}: no totals line")
 
 
 def markdown(plan: Plan, rows: list[dict[str, Any]]) -> str:
@@ -198,9 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     options = parser.parse_args(argv)
     if options.jobs < 1:
         parser.error(f"--jobs: at least 1 server at a time, got {options.jobs}")
-    for tool in ("valgrind", "callgrind_control"):
-        if shutil.which(tool) is None:
-            raise SystemExit(f"python -m bench.instructions needs {tool} (Debian: valgrind)")
+    callgrind.require("python -m bench.instructions")
     impls = options.impl if "raw" in options.impl else ["raw", *options.impl]  # the baseline
     producers = options.producer
     backends = options.backend or (["asyncio"] if options.quick else list(BACKENDS))
