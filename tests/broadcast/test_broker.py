@@ -5,6 +5,7 @@ started for the module; those skip, saying why, where it cannot be found).
 
 from __future__ import annotations
 
+import itertools
 import json
 import uuid
 from collections.abc import Iterator
@@ -175,6 +176,7 @@ AWKWARD_TEXT = [
 
 async def test_any_text_comes_back_as_it_was_published(make_broker: MakeBroker) -> None:
     named = [ServerSentEvent(event=f"n{i} é", data=text) for i, text in enumerate(AWKWARD_TEXT)]
+    named.append(ServerSentEvent(event="", data="an empty name is a name"))
     sent = [(None, text) for text in AWKWARD_TEXT] + [(e.event, e.data) for e in named]
     async with make_broker() as broker:
         async with broker.subscribe("t") as subscription:
@@ -665,4 +667,99 @@ async def test_a_stream_entry_that_is_no_event_is_skipped_not_sent(
                 await writer.xadd(prefix + "t", {"d": "next", "e": "named"})
             event = await anext(subscription)
     assert (event.event, event.data) == ("named", "next")
+    assert "skipping a stream entry that is no event" in caplog.text
+
+
+async def test_a_server_that_refuses_scripts_is_read_with_xread_alone(
+    redis: redis_server.RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A reader reads on past a burst's first entries with a script; a server whose ACL
+    # refuses scripts must still have its bursts delivered whole, not retried for ever.
+    from coredis import Redis
+
+    prefix = f"test:{uuid.uuid4().hex}:"
+    user = f"noscripts{uuid.uuid4().hex[:8]}"
+    async with Redis.from_url(redis.url, decode_responses=True) as admin:
+        await admin.execute_command(
+            admin.create_request(
+                b"ACL",
+                b"SETUSER",
+                user,
+                b"on",
+                b">secret",
+                b"~*",
+                b"+@all",
+                b"-@scripting",
+                callback=lambda response, **options: response,
+            )
+        )
+    refused = redis.url.replace("redis://", f"redis://{user}:secret@")
+    burst = [f"event {n}" for n in range(30)]
+    async with (
+        RedisBroker(redis.url, key_prefix=prefix) as publisher,
+        RedisBroker(refused, key_prefix=prefix, subscriber_buffer=64) as reader,
+        reader.subscribe("t") as subscription,
+    ):
+        with anyio.fail_after(10):
+            await publisher.publish("t", "first")
+            assert await take(subscription, 1) == ["first"]
+            await publisher.publish_many("t", burst)
+            assert await take(subscription, len(burst)) == burst
+            await publisher.publish_many("t", burst)
+            assert await take(subscription, len(burst)) == burst
+    assert caplog.text.count("reading with XREAD alone") == 1
+
+
+async def test_a_burst_with_entries_of_another_writer_is_read_whole_in_order(
+    redis: redis_server.RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Entries appended in one script reach the reader in one read: the first few come with
+    # its blocking read, the rest as one JSON text (see _READ_ON). Both paths must give the
+    # same events, in order, an entry of another writer's that is no event skipped, one
+    # without data sent as empty data, the fields in any order, a name that is empty kept.
+    from coredis import Redis
+
+    prefix = f"test:{uuid.uuid4().hex}:"
+    script = """
+    for i = 1, #ARGV, 2 do
+      if ARGV[i] == '' then
+        redis.call('XADD', KEYS[1], '*', 'd', ARGV[i + 1])
+      else
+        redis.call('XADD', KEYS[1], '*', unpack(cjson.decode(ARGV[i + 1])))
+      end
+    end
+    """
+    written = [
+        ("", "one"),
+        ("", "two"),
+        ("", "three"),
+        ("fields", json.dumps(["e", "price", "d", "é\n\x00"])),
+        ("fields", json.dumps(["d", "x", "e", "a\ndata: injected"])),
+        ("fields", json.dumps(["other", "field"])),
+        ("fields", json.dumps(["e", "", "d", "empty name"])),
+        *[("", f"more {n}") for n in range(40)],
+    ]
+    expected = [
+        (None, "one"),
+        (None, "two"),
+        (None, "three"),
+        ("price", "é\n\x00"),
+        (None, ""),
+        ("", "empty name"),
+        *[(None, f"more {n}") for n in range(40)],
+    ]
+    async with (
+        RedisBroker(redis.url, key_prefix=prefix, subscriber_buffer=128) as broker,
+        broker.subscribe("t") as subscription,
+    ):
+        with anyio.fail_after(10):
+            await broker.publish("t", "first")
+            assert await take(subscription, 1) == ["first"]
+            async with Redis.from_url(redis.url, decode_responses=True) as writer:
+                await writer.eval(script, keys=[prefix + "t"], args=list(itertools.chain(*written)))
+                stored = [str(entry.identifier) for entry in await writer.xrange(prefix + "t")]
+            events = [await anext(subscription) for _ in expected]
+    assert [(event.event, event.data) for event in events] == expected
+    # Every id as Redis gave it, the skipped entry's left out.
+    assert [event.id for event in events] == stored[1:5] + stored[6:]
     assert "skipping a stream entry that is no event" in caplog.text
