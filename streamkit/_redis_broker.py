@@ -296,11 +296,9 @@ class RedisBroker(TopicHub):
     def _entries(self, topic: str, found: tuple[StreamEntry, ...]) -> list[Entry]:
         entries = []
         for entry in found:
-            identifier = str(entry.identifier)
+            identifier, data, name = _entry_fields(entry)
             key = parse_event_id(identifier)
-            fields = entry.field_values
-            event = self._event(topic, identifier, fields.get("d", ""), fields.get("e"))
-            if key is not None and event is not None:
+            if key is not None and (event := self._event(topic, identifier, data, name)):
                 entries.append((key, event))
         return entries
 
@@ -455,14 +453,7 @@ class RedisBroker(TopicHub):
             if position is None:
                 continue  # unwatched meanwhile
             entries: list[Entry] = []
-            read = (
-                (
-                    str(entry.identifier),
-                    entry.field_values.get("d", ""),
-                    entry.field_values.get("e"),
-                )
-                for entry in stream_entries
-            )
+            read = map(_entry_fields, stream_entries)
             flat = iter(more.get(key, ()))
             for identifier, data, name in itertools.chain(read, zip(flat, flat, flat, strict=True)):
                 entry_key = _entry_key(identifier)
@@ -478,6 +469,13 @@ class RedisBroker(TopicHub):
             # A read holds up to read_batch entries, more than a subscriber's buffer: the hub
             # paces them by the subscribers' room.
             await self._deliver_batch(topic, entries)
+
+
+def _entry_fields(entry: StreamEntry) -> tuple[str, object, object]:
+    """A stream entry's id, its ``d`` field (``""`` if none) and its ``e`` field (``None``
+    if none): what ``_READ_ON`` sends of each entry too."""
+    fields = entry.field_values
+    return str(entry.identifier), fields.get("d", ""), fields.get("e")
 
 
 def _entry_key(identifier: str) -> EventKey:
