@@ -180,7 +180,7 @@ class Fallback(Generic[T]):
             if refresher is None or not refresher.try_start(lambda: self._run(key, flight)):
                 await self._host(key, flight, deadline)
                 return self._outcome(key, cached, flight)
-        await self._wait(flight, deadline)
+        await self._wait(key, flight, deadline)
         return self._outcome(key, cached, flight)
 
     async def _host(self, key: str, flight: _Flight[T], deadline: float) -> None:
@@ -194,9 +194,9 @@ class Fallback(Generic[T]):
 
         async with anyio.create_task_group() as task_group:
             task_group.start_soon(fetch_in_scope)
-            await self._wait(flight, deadline)
+            await self._wait(key, flight, deadline)
 
-    async def _wait(self, flight: _Flight[T], deadline: float) -> None:
+    async def _wait(self, key: str, flight: _Flight[T], deadline: float) -> None:
         flight.waiters += 1
         try:
             with anyio.move_on_at(deadline):
@@ -205,6 +205,10 @@ class Fallback(Generic[T]):
             flight.waiters -= 1
             if flight.waiters == 0 and flight.scope is not None and not flight.done.is_set():
                 flight.scope.cancel()
+                # Its fetch may take a while to end (its cleanup is its own): a caller that
+                # comes meanwhile starts a fetch of its own rather than join a cancelled one.
+                if self._flights.get(key) is flight:
+                    del self._flights[key]
 
     async def _run(self, key: str, flight: _Flight[T]) -> None:
         try:

@@ -268,6 +268,45 @@ async def test_a_cancelled_sole_caller_cancels_the_fetch_and_leaves_the_cache(
     assert result.value == {"key": "k", "call": 2}
 
 
+async def test_a_caller_arriving_while_a_cancelled_fetch_cleans_up_fetches_anew() -> None:
+    # The fetch's cleanup (closing its client, shielded) takes a while after its only caller
+    # left: a caller that comes meanwhile must not join the fetch that is being cancelled.
+    calls = 0
+    started = anyio.Event()
+    cleaning = anyio.Event()
+
+    async def fetch(key: str) -> str:
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            return "fresh"
+        started.set()
+        try:
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                cleaning.set()
+                await anyio.sleep(DEADLINE)
+        raise AssertionError("unreachable")
+
+    async def first(*, task_status: TaskStatus[anyio.CancelScope]) -> None:
+        with anyio.CancelScope() as scope:
+            task_status.started(scope)
+            await fallback.get("k")
+
+    fallback = Fallback(fetch, fallback_after=SLOW)
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as task_group:
+            first_scope = await task_group.start(first)
+            await started.wait()
+            first_scope.cancel()
+            await cleaning.wait()
+            result = await fallback.get("k")
+    assert result.value == "fresh"
+    assert not result.from_cache
+    assert calls == 2
+
+
 async def test_a_cancelled_first_caller_leaves_the_fetch_to_the_others() -> None:
     source = Source()
     source.gate = anyio.Event()
