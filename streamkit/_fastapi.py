@@ -39,24 +39,61 @@ def _stream_class(response_class: object) -> type[StreamResponse[Any]] | None:
     return None
 
 
+#: The parameter that hands FastAPI's injected Response to a path operation taking none.
+_RESPONSE_PARAMETER = "_streamkit_response"
+
+
 def _responding(
-    endpoint: Callable[..., Any], response_class: type[StreamResponse[Any]]
+    endpoint: Callable[..., Any],
+    response_class: type[StreamResponse[Any]],
+    status_code: int | None,
 ) -> Callable[..., Any]:
     """An async function taking *endpoint*'s parameters that returns its generator as a
-    *response_class* response, for FastAPI to send as it is."""
+    *response_class* response, for FastAPI to send as it is.
+
+    Sent as FastAPI sends its own generator path operations: with the route's *status_code*,
+    or the one set on the injected ``Response`` (by a dependency), and that ``Response``'s
+    headers and cookies. FastAPI injects one ``Response`` for the whole request, so it is
+    the endpoint's own ``Response`` parameter if it takes one.
+    """
+    signature = _signature(endpoint)
+    parameters = list(signature.parameters.values())
+    injected = next((p.name for p in parameters if _is_response(p.annotation)), _RESPONSE_PARAMETER)
+    if injected == _RESPONSE_PARAMETER:
+        # Keyword-only, before a **kwargs if there is one.
+        at = len(parameters)
+        if parameters and parameters[-1].kind is inspect.Parameter.VAR_KEYWORD:
+            at -= 1
+        parameters.insert(
+            at, inspect.Parameter(injected, inspect.Parameter.KEYWORD_ONLY, annotation=Response)
+        )
 
     async def respond(*args: Any, **kwargs: Any) -> Response:
-        return response_class(endpoint(*args, **kwargs))
+        sub_response: Response = (
+            kwargs.pop(injected) if injected == _RESPONSE_PARAMETER else kwargs[injected]
+        )
+        status = sub_response.status_code or status_code
+        content = endpoint(*args, **kwargs)
+        response = (
+            response_class(content)
+            if status is None
+            else response_class(content, status_code=status)
+        )
+        response.headers.raw.extend(sub_response.headers.raw)
+        return response
 
     # No __wrapped__: FastAPI would follow it back to a generator function. The annotations
     # are evaluated here, where the endpoint's module is known.
-    signature = _signature(endpoint)
     respond.__signature__ = signature.replace(  # type: ignore[attr-defined]
-        return_annotation=response_class
+        parameters=parameters, return_annotation=response_class
     )
     for name in ("__module__", "__name__", "__qualname__", "__doc__"):
         setattr(respond, name, getattr(endpoint, name, None))
     return respond
+
+
+def _is_response(annotation: object) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, Response)
 
 
 class StreamingRoute(APIRoute):
@@ -98,7 +135,7 @@ class StreamingRoute(APIRoute):
         if streaming:
             assert response_class is not None
             item_type = get_stream_item_type(_signature(endpoint).return_annotation)
-            endpoint = _responding(endpoint, response_class)
+            endpoint = _responding(endpoint, response_class, kwargs.get("status_code"))
         super().__init__(path, endpoint, **kwargs)
         if not streaming:
             return

@@ -15,7 +15,7 @@ from typing import Any
 
 import anyio
 import pytest
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, Depends, FastAPI, Response
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel
 from starlette.requests import Request
@@ -135,6 +135,26 @@ def fastapi_app(probe: Probe) -> FastAPI:
                 await anyio.sleep(0.01)
                 probe.cleaned.append("flood")
 
+    def tagged(response: Response) -> None:
+        response.headers["x-tag"] = "tagged"
+        response.set_cookie("seen", "1")
+
+    def accepting(response: Response) -> None:
+        response.status_code = 202
+
+    @app.get(
+        "/created",
+        status_code=201,
+        response_class=EventSourceResponse,
+        dependencies=[Depends(tagged)],
+    )
+    async def created() -> AsyncIterator[str]:
+        yield "made"
+
+    @app.get("/accepted", response_class=NDJSONResponse, dependencies=[Depends(accepting)])
+    async def accepted(response: Response) -> AsyncIterator[int]:
+        yield response.status_code or 0
+
     # FastAPI's own route class: the generator still streams (but see StreamingRoute's docs).
     plain = APIRouter()
 
@@ -207,6 +227,28 @@ async def test_each_declaration_style_streams_and_is_documented(anyio_backend: s
     )
     for path in ("/returned", "/plain/ticks"):
         assert list(paths[path]["get"]["responses"]["200"]["content"]) == ["text/event-stream"]
+
+
+async def test_the_routes_status_and_the_injected_responses_headers_are_sent(
+    anyio_backend: str,
+) -> None:
+    # As FastAPI sends its own generator path operations: the route's status_code, else the
+    # one a dependency set on the injected Response, and that Response's headers and cookies.
+    async with open_server(fastapi_app(Probe())) as server:
+        async with open_stream(server, "/created") as client:
+            created = client.status, client.headers, (await client.read_event()).data
+        async with open_stream(server, "/accepted") as client:
+            accepted = client.status, await client.read_item()
+        async with open_stream(server, "/openapi.json") as client:
+            document = json.loads(await client.read_all())
+    status, headers, data = created
+    assert (status, data) == (201, "made")
+    assert headers["x-tag"] == "tagged"
+    assert headers["set-cookie"].startswith("seen=1;")
+    assert headers["content-type"] == "text/event-stream; charset=utf-8"
+    assert headers["cache-control"] == "no-store"
+    assert accepted == (202, 202)
+    assert list(document["paths"]["/created"]["get"]["responses"]) == ["201"]
 
 
 async def test_an_item_that_cannot_be_encoded_ends_the_stream_cleanly_naming_it(
