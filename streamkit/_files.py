@@ -12,13 +12,37 @@ that one chunk.
 from __future__ import annotations
 
 import os
+import stat
+from typing import BinaryIO
 
 import anyio
 
-from ._checks import check_count, check_rate
+from ._checks import check_count, check_path, check_rate
 from ._sender import Producer, StreamSender
 
 __all__ = ["file_chunks"]
+
+#: The largest chunk_size: a read allocates its chunk whole.
+MAX_CHUNK_SIZE = 16 * 1024 * 1024
+
+
+def _open_regular(path: str | os.PathLike[str]) -> BinaryIO:
+    """Open *path* for reading if it is a regular file.
+
+    Opened without blocking, then checked: opening a FIFO that has no writer would block this
+    worker thread, where no cancellation reaches it, until something wrote to it.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError(
+                f"file_chunks streams regular files: {os.fspath(path)!r} is not a regular file"
+            )
+        os.set_blocking(fd, True)
+        return open(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def file_chunks(
@@ -37,20 +61,27 @@ def file_chunks(
     stream with :attr:`~streamkit.EndReason.ERROR` after its ``200`` was sent: check for it
     in the endpoint first to answer ``404``.
 
-    :param path: the file.
-    :param chunk_size: the most bytes read, and sent, at a time.
+    :param path: the file: a regular file (a FIFO or a device ends the stream with a
+        ``ValueError``, as a file that cannot be opened does).
+    :param chunk_size: the most bytes read, and sent, at a time: up to 16 MiB.
     :param bytes_per_second: the average rate to send at, for a client that should not get
         the file faster (the burst is one chunk); ``None`` sends as fast as the client reads.
-    :raises ValueError: *chunk_size* is below 1, or *bytes_per_second* is not a positive,
-        finite number.
+    :raises TypeError: *path* is not a ``str`` or :class:`os.PathLike` (an ``int`` would be
+        a file descriptor of the server's).
+    :raises ValueError: *path* is empty, *chunk_size* is below 1 or above 16 MiB, or
+        *bytes_per_second* is not a positive, finite number.
     """
+    check_path("path", path)
     check_count("chunk_size", chunk_size)
+    if chunk_size > MAX_CHUNK_SIZE:
+        raise ValueError(f"chunk_size must be at most {MAX_CHUNK_SIZE}, got {chunk_size!r}")
     check_rate("bytes_per_second", bytes_per_second, optional=True)
 
     async def produce(send: StreamSender[bytes]) -> None:
         # No checkpoint between the open returning and the file being registered, so a
         # cancellation cannot slip in between and leave it open.
-        file = await send.enter_async_context(await anyio.open_file(path, "rb"))
+        opened = await anyio.to_thread.run_sync(_open_regular, path)
+        file = await send.enter_async_context(anyio.wrap_file(opened))
         started = anyio.current_time()
         sent = 0
         while chunk := await file.read(chunk_size):

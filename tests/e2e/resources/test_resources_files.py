@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -75,8 +76,35 @@ async def test_a_file_that_cannot_be_opened_ends_the_stream_with_an_error(
         ({"bytes_per_second": -1.0}, ValueError, "bytes_per_second must be .* got -1.0"),
         ({"bytes_per_second": float("inf")}, ValueError, "got inf"),
         ({"bytes_per_second": True}, TypeError, "got bool: True"),
+        (
+            {"chunk_size": 2**40},
+            ValueError,
+            r"chunk_size must be at most 16777216, got 1099511627776",
+        ),
+        # An int is a file descriptor to open(): the server's own (True is stdout).
+        ({"path": 3}, TypeError, r"path must be a path \(str or os.PathLike\), got 3$"),
+        ({"path": True}, TypeError, "got True$"),
+        ({"path": None}, TypeError, "got None$"),
+        ({"path": b"x"}, TypeError, "got b'x'$"),
+        ({"path": ""}, ValueError, "path must not be empty, got ''$"),
     ],
 )
 def test_options_are_checked(options: dict[str, Any], error: type[Exception], message: str) -> None:
+    options = {"path": "x"} | options
     with pytest.raises(error, match=message):
-        file_chunks("x", **options)
+        file_chunks(**options)
+
+
+async def test_a_fifo_is_refused_at_once_and_holds_up_nothing(tmp_path: Path) -> None:
+    # Opening a FIFO with no writer blocks, in a worker thread no cancellation reaches: the
+    # stream could not end, nor the server shut down, until something wrote to it.
+    path = tmp_path / "fifo"
+    os.mkfifo(path)
+    with anyio.fail_after(10):
+        async with open_server(file_app(path)) as server:
+            async with open_stream(server, "/") as client:
+                assert await client.read_all() == b""
+            end = await server.wait_ended(EndReason.ERROR, within=2.0)
+    assert isinstance(end.exception, ValueError)
+    assert f"{str(path)!r} is not a regular file" in str(end.exception)
+    assert open_descriptors(path) == []
