@@ -35,8 +35,16 @@ def check_duration(name: str, value: object, *, optional: bool = False) -> None:
         raise TypeError(
             f"{name} must be a number of seconds, got {type(value).__name__}: {value!r}"
         )
-    if not (value > 0 and math.isfinite(value)):
+    if not _positive_finite(value):
         raise ValueError(f"{name} must be a positive, finite number of seconds, got {value!r}")
+
+
+def _positive_finite(value: float) -> bool:
+    # An int too large for a float (10**400) is no finite number of seconds either.
+    try:
+        return value > 0 and math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def check_count(name: str, value: object, *, least: int = 1) -> None:
@@ -61,7 +69,7 @@ def check_rate(name: str, value: object, *, optional: bool = False) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}: {value!r}")
-    if not (value > 0 and math.isfinite(value)):
+    if not _positive_finite(value):
         raise ValueError(f"{name} must be a positive, finite number, got {value!r}")
 
 
