@@ -25,6 +25,7 @@ from typing import Any
 
 import anyio
 
+from .._checks import check_duration
 from .._exceptions import LeakError
 from .._faults import recorded_faults
 from .._loop import TIMERS_TASK
@@ -138,8 +139,10 @@ async def open_leak_check(*, within: float = 1.0, tasks: bool = True) -> AsyncIt
     :param tasks: whether to check tasks too (it sees every task in the event loop, so a task
         a fixture started during the block counts).
     :raises LeakError: something the block opened was still there after *within* seconds.
+    :raises ValueError: *within* is not a positive, finite number of seconds (on entering).
     """
     __tracebackhide__ = True  # pytest: show the leak, not this frame
+    check_duration("within", within)
     before = ResourceSnapshot.take(tasks=tasks)
     yield
     deadline = anyio.current_time() + within
@@ -155,8 +158,10 @@ def wait_released(before: ResourceSnapshot, *, within: float) -> None:
     For synchronous teardown, outside any event loop: tasks are not checked.
 
     :raises LeakError: something was still there after *within* seconds.
+    :raises ValueError: *within* is not a positive, finite number of seconds.
     """
     __tracebackhide__ = True
+    check_duration("within", within)
     deadline = time.monotonic() + within
     while (leak := ResourceSnapshot.take(tasks=False).leaked_since(before)) is not None:
         if time.monotonic() >= deadline:

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from starlette.types import ASGIApp
 
+from .._checks import check_duration
 from ._leaks import ResourceSnapshot, wait_released
 from ._server import LiveServer, open_server
 
@@ -99,9 +100,10 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     setting = request.config.getini(_RELEASE_WITHIN)
     try:
         within = float(setting)
+        check_duration(_RELEASE_WITHIN, within)
     except ValueError:
         raise pytest.UsageError(
-            f"{_RELEASE_WITHIN} must be a number of seconds, got {setting!r}"
+            f"{_RELEASE_WITHIN} must be a positive, finite number of seconds, got {setting!r}"
         ) from None
     before = ResourceSnapshot.take(tasks=False)
     yield

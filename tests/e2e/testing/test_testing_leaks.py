@@ -158,3 +158,21 @@ def test_an_unreaped_child_is_named_as_such() -> None:
 def test_leak_error_is_an_assertion_error_and_a_streamkit_error() -> None:
     assert issubclass(LeakError, AssertionError)
     assert issubclass(LeakError, StreamkitError)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("within", "error"),
+    [(float("nan"), ValueError), (-1.0, ValueError), (float("inf"), ValueError), ("1", TypeError)],
+)
+async def test_a_bad_grace_period_is_refused_before_the_block(
+    within: float, error: type[Exception]
+) -> None:
+    # With NaN, a leak's check polled for ever.
+    entered = False
+    with pytest.raises(error, match=r"^within must be a"):
+        async with open_leak_check(within=within):
+            entered = True
+    assert not entered
+    with pytest.raises(error, match=r"^within must be a"):
+        wait_released(ResourceSnapshot.take(tasks=False), within=within)

@@ -147,3 +147,26 @@ def test_under_both_plugins(pytester: pytest.Pytester) -> None:
             "PASSED test_streams.py::test_trio_async_fixture",
         ]
     )
+
+
+@pytest.mark.parametrize("setting", ["nan", "-1", "inf", "soon"])
+def test_a_bad_grace_period_is_a_usage_error_naming_it(
+    pytester: pytest.Pytester, setting: str
+) -> None:
+    # A NaN grace period made a leak's check poll for ever.
+    pytester.makepyfile(
+        test_leaking="""
+import socket
+
+opened = []
+
+
+def test_leak(no_leaks):
+    opened.append(socket.socket())
+"""
+    )
+    pytester.makeini(f"[pytest]\nstreamkit_leak_check_within = {setting}\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=60)
+    result.assert_outcomes(errors=1)
+    refusal = "streamkit_leak_check_within must be a positive, finite number of seconds"
+    result.stdout.fnmatch_lines([f"*{refusal}, got '{setting}'*"])
