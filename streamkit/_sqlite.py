@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Protocol, Self, TypeVar
@@ -30,6 +31,9 @@ from ._sender import Producer, StreamSender, shielded_cleanup
 __all__ = ["RowSource", "SQLiteRows", "query_rows"]
 
 RowT_co = TypeVar("RowT_co", covariant=True)
+
+#: The longest a query waits for a lock before it looks whether it was stopped.
+_LOCK_WAIT_SLICE = 0.05
 
 
 class RowSource(Protocol[RowT_co]):
@@ -87,13 +91,15 @@ class SQLiteRows:
 
     The query runs in a deferred read transaction (one snapshot from the first batch to the
     last), which is rolled back at the end: a streamed query is a read. A stream cancelled
-    while a batch is being fetched interrupts it (``sqlite3.Connection.interrupt``).
+    while a batch is being fetched interrupts it (``sqlite3.Connection.interrupt``), and one
+    cancelled while the query waits for a lock ends the wait within 50 ms.
 
     :param database: the database file (or a ``file:`` URI, with *uri*).
     :param sql: the query.
     :param parameters: its parameters, positional or named.
     :param batch_size: rows fetched per worker-thread call.
-    :param lock_timeout: seconds to wait for a lock another connection holds.
+    :param lock_timeout: seconds the query waits for a lock another connection holds (and
+        *prepare*'s statements, whose waits a cancellation does not end).
     :param prepare: called with the new connection, in the worker thread, before the query
         (pragmas, user functions).
     :param uri: whether *database* is a URI.
@@ -147,13 +153,31 @@ class SQLiteRows:
             if self._prepare is not None:
                 self._prepare(connection)
             connection.execute("BEGIN DEFERRED")
-            cursor = connection.execute(self.sql, self.parameters)
-            self._cursor = cursor
+            self._cursor = cursor = self._execute(connection)
             self._columns = tuple(column[0] for column in cursor.description or ())
+
+    def _execute(self, connection: sqlite3.Connection) -> sqlite3.Cursor:
+        # The query's first step takes the lock. SQLite's own wait for a lock is deaf to
+        # interrupt(): it is made of short waits, between which a stop is looked for.
+        deadline = time.monotonic() + self._lock_timeout
+        wait = min(_LOCK_WAIT_SLICE, self._lock_timeout)
+        connection.execute(f"PRAGMA busy_timeout = {max(1, round(wait * 1000))}")
+        while True:
+            try:
+                return connection.execute(self.sql, self.parameters)
+            except sqlite3.OperationalError as exc:
+                busy = exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
+                if not busy or self._stopping or time.monotonic() >= deadline:
+                    raise
 
     def _fetch(self) -> list[dict[str, Any]]:
         with self._lock:
-            if self._cursor is None or self._stopping:
+            if self._stopping:
+                raise RuntimeError(
+                    f"the query was stopped (a fetch was cancelled, or the source closed): "
+                    f"{self.sql!r:.80}"
+                )
+            if self._cursor is None:
                 return []
             columns = self._columns
             batch = self._cursor.fetchmany(self.batch_size)
@@ -202,8 +226,9 @@ class SQLiteRows:
         try:
             await self._call(self._open)
         except BaseException:
-            # Not entered, so never exited: release what the open got as far as making.
-            with shielded_cleanup(self._lock_timeout):
+            # Not entered, so never exited: release what the open got as far as making. Its
+            # own bound, not lock_timeout's: a stream's cleanup_timeout bounds it too.
+            with shielded_cleanup():
                 await self.aclose()
             raise
         return self
@@ -217,7 +242,10 @@ class SQLiteRows:
         await self.aclose()
 
     async def fetch_batch(self) -> list[dict[str, Any]]:
-        """The next rows, at most ``batch_size``; an empty list once there are no more."""
+        """The next rows, at most ``batch_size``; an empty list once there are no more.
+
+        :raises RuntimeError: an earlier fetch was cancelled, which stopped the query.
+        """
         rows: list[dict[str, Any]] = await self._call(self._fetch)
         return rows
 

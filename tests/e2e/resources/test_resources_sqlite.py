@@ -9,6 +9,7 @@ step) interrupted mid-way, a failing query, and another driver plugged into the 
 from __future__ import annotations
 
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -126,11 +127,17 @@ async def test_a_disconnect_stops_the_query_within_one_batch(database: Path) -> 
     ],
     ids=["in-a-batch", "in-the-first-step"],
 )
+@pytest.mark.parametrize("lock_timeout", [5.0, 0.001])
 async def test_a_slow_fetch_is_interrupted_when_the_client_leaves(
-    database: Path, sql: str, request: pytest.FixtureRequest
+    database: Path, sql: str, lock_timeout: float, request: pytest.FixtureRequest
 ) -> None:
+    # A lock_timeout shorter than the interrupt takes to be noticed (a row takes 5 ms here)
+    # bounds only the waits for a lock, not the cleanup: the end is reported once the
+    # connection is closed.
     ticks = Ticks(delay=0.005)
-    source = SQLiteRows(database, sql, batch_size=10_000, prepare=ticks.install)
+    source = SQLiteRows(
+        database, sql, batch_size=10_000, prepare=ticks.install, lock_timeout=lock_timeout
+    )
     async with open_server(rows_app(source)) as server:
         async with open_stream(server, "/rows") as client:
             with anyio.fail_after(5.0):
@@ -149,6 +156,75 @@ async def test_a_slow_fetch_is_interrupted_when_the_client_leaves(
     assert not database_locked(database)
     assert open_descriptors(database) == []
     assert ticks.count == counted  # and nothing runs on after the end
+
+
+#: Holds a writer's exclusive lock on the database named by its argument until its stdin
+#: closes. Another process: SQLite keeps a closed connection's descriptor open while another
+#: connection of the same process holds a lock on the file.
+LOCKER = """
+import sqlite3, sys
+connection = sqlite3.connect(sys.argv[1], isolation_level=None)
+connection.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.mark.parametrize("leave", ["close", "reset"])
+async def test_a_query_waiting_for_a_lock_stops_when_the_client_leaves(
+    database: Path, leave: str
+) -> None:
+    # Another connection holds the database: the query waits for the lock, up to
+    # lock_timeout. A client that leaves ends that wait, as it interrupts a batch.
+    connecting = anyio.Event()
+
+    def prepare(connection: sqlite3.Connection) -> None:
+        anyio.from_thread.run_sync(connecting.set)
+
+    source = SQLiteRows(database, "SELECT id FROM items", lock_timeout=30.0, prepare=prepare)
+    async with await anyio.open_process(
+        [sys.executable, "-c", LOCKER, str(database)], stderr=None
+    ) as locker:
+        assert locker.stdin is not None
+        assert locker.stdout is not None
+        said = b""
+        with anyio.fail_after(10.0):
+            while not said.endswith(b"\n"):
+                said += await locker.stdout.receive()
+        assert said == b"locked\n"
+        async with open_server(rows_app(source, cleanup_timeout=5.0)) as server:
+            async with open_stream(server, "/rows") as client:
+                with anyio.fail_after(5.0):
+                    await connecting.wait()
+                left_at = anyio.current_time()
+                await (client.close() if leave == "close" else client.reset())
+            end = await server.wait_ended(EndReason.CLIENT_DISCONNECTED, within=10.0)
+            ended_in = anyio.current_time() - left_at
+            # Reported ended once its connection was closed, the lock still held.
+            assert open_descriptors(database) == []
+        await locker.stdin.aclose()
+    assert locker.returncode == 0
+    assert ended_in < RELEASE_BOUND
+    assert end.cleanup_duration < RELEASE_BOUND
+    assert not database_locked(database)
+
+
+async def test_a_fetch_after_a_cancelled_one_raises_rather_than_end_the_rows(
+    database: Path,
+) -> None:
+    # An empty batch says the rows are all there: after a cancelled fetch stopped the query,
+    # the next must not say that.
+    ticks = Ticks(delay=0.005)
+    rows = SQLiteRows(database, "SELECT id FROM items WHERE tick(id)", prepare=ticks.install)
+    with anyio.fail_after(10.0):
+        async with rows:
+            async with anyio.create_task_group() as task_group:
+                task_group.start_soon(rows.fetch_batch)
+                await ticks.busy.wait()
+                task_group.cancel_scope.cancel()
+            with pytest.raises(RuntimeError, match=r"^the query was stopped \(a fetch was"):
+                await rows.fetch_batch()
+    assert open_descriptors(database) == []
 
 
 async def test_a_failing_query_ends_with_an_error_and_closes_the_connection(
