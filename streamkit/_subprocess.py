@@ -12,6 +12,7 @@ On platforms without process groups (Windows), only the command itself is signal
 
 from __future__ import annotations
 
+import codecs
 import os
 import signal
 import subprocess
@@ -22,7 +23,7 @@ from typing import Any
 import anyio
 from anyio.abc import Process
 
-from ._checks import check_count, check_duration
+from ._checks import check_count, check_duration, check_path
 from ._exceptions import ProcessExitError
 from ._sender import Producer, StreamSender, shielded_cleanup
 
@@ -63,6 +64,37 @@ async def _stop(process: Process, stop_grace_period: float) -> None:
             await process.aclose()
 
 
+def _check_options(
+    command: object, cwd: object, env: object, stderr: object, stop_grace_period: object
+) -> None:
+    if isinstance(command, str):
+        if not command:
+            raise ValueError(f"command must name a program, got {command!r}")
+    elif isinstance(command, Sequence) and not isinstance(command, bytes | bytearray):
+        if not command:
+            raise ValueError(f"command must name a program, got {command!r}")
+        if not all(isinstance(argument, str | os.PathLike) for argument in command):
+            raise TypeError(f"command's arguments must be str or os.PathLike, got {command!r:.200}")
+    else:
+        raise TypeError(
+            f"command must be a str (for the shell) or a sequence of str, "
+            f"got {type(command).__name__}: {command!r:.200}"
+        )
+    check_path("cwd", cwd, optional=True)
+    if env is not None and not isinstance(env, Mapping):
+        raise TypeError(f"env must be a Mapping or None, got {type(env).__name__}: {env!r:.200}")
+    if stderr == subprocess.PIPE:
+        raise ValueError(
+            "stderr must be subprocess.DEVNULL, subprocess.STDOUT or None, got subprocess.PIPE "
+            "(a pipe nobody reads fills up and stalls the command)"
+        )
+    if stderr not in (subprocess.DEVNULL, subprocess.STDOUT, None):
+        raise TypeError(
+            f"stderr must be subprocess.DEVNULL, subprocess.STDOUT or None, got {stderr!r:.200}"
+        )
+    check_duration("stop_grace_period", stop_grace_period)
+
+
 @asynccontextmanager
 async def open_subprocess(
     command: Command,
@@ -93,16 +125,12 @@ async def open_subprocess(
         (into the output), or ``None`` (inherited). A pipe nobody reads would fill and stall
         the command, so ``subprocess.PIPE`` is refused.
     :param stop_grace_period: seconds between ``SIGTERM`` and ``SIGKILL``.
-    :raises ValueError: *stderr* is ``subprocess.PIPE``, or *stop_grace_period* is not a
-        positive, finite number of seconds.
+    :raises TypeError: an argument is of the wrong type.
+    :raises ValueError: *command* is empty, *stderr* is ``subprocess.PIPE``, or
+        *stop_grace_period* is not a positive, finite number of seconds.
     :raises OSError: the command could not be started.
     """
-    check_duration("stop_grace_period", stop_grace_period)
-    if stderr == subprocess.PIPE:
-        raise ValueError(
-            "stderr must be subprocess.DEVNULL, subprocess.STDOUT or None, got subprocess.PIPE "
-            "(a pipe nobody reads fills up and stalls the command)"
-        )
+    _check_options(command, cwd, env, stderr, stop_grace_period)
     process = await anyio.open_process(
         command,
         stdin=subprocess.DEVNULL,
@@ -118,11 +146,15 @@ async def open_subprocess(
         await _stop(process, stop_grace_period)
 
 
+_CR = ord("\r")
+
+
 class LineSplitter:
     """Splits bytes into text lines; pure, no I/O.
 
-    :param max_line_length: a line longer than this many bytes is cut into pieces of it, so
-        a command that never writes a newline cannot grow the buffer without bound.
+    :param max_line_length: a line longer than this many bytes is cut into pieces of at most
+        it, between characters (UTF-8), so a command that never writes a newline cannot grow
+        the buffer without bound.
     :param encoding: how the bytes are decoded; bytes that do not decode become U+FFFD.
     """
 
@@ -130,33 +162,50 @@ class LineSplitter:
         check_count("max_line_length", max_line_length)
         self._max = max_line_length
         self._encoding = encoding
+        self._utf8 = codecs.lookup(encoding).name == "utf-8"
         self._buffer = bytearray()
 
-    def _decode(self, line: bytes | bytearray) -> str:
-        return line.decode(self._encoding, errors="replace").removesuffix("\r")
+    def _decode(self, text: bytes | bytearray) -> str:
+        return text.decode(self._encoding, errors="replace")
+
+    def _cut(self, lines: list[str], start: int, stop: int) -> int:
+        """Append the pieces of ``buffer[start:stop]`` longer than the line length allows;
+        return where the rest, which fits, starts."""
+        buffer = self._buffer
+        while stop - start > self._max:
+            end = start + self._max
+            if self._utf8:
+                # Back to the first byte of a character (a continuation byte is 0b10xxxxxx).
+                while end > start and buffer[end] & 0xC0 == 0x80:
+                    end -= 1
+                if end == start:  # no character starts there: not UTF-8, cut anyway
+                    end = start + self._max
+            lines.append(self._decode(buffer[start:end]))
+            start = end
+        return start
 
     def feed(self, chunk: bytes) -> list[str]:
-        """The lines *chunk* completes, without their line endings."""
+        """The lines *chunk* completes, without their line endings (``\n`` or ``\r\n``)."""
         buffer = self._buffer
         buffer += chunk
-        lines = []
+        lines: list[str] = []
         start = 0
         while (end := buffer.find(b"\n", start)) >= 0:
-            while end - start > self._max:
-                lines.append(self._decode(buffer[start : start + self._max]))
-                start += self._max
-            lines.append(self._decode(buffer[start:end]))
+            stop = end - 1 if end > start and buffer[end - 1] == _CR else end
+            start = self._cut(lines, start, stop)
+            lines.append(self._decode(buffer[start:stop]))
             start = end + 1
-        while len(buffer) - start >= self._max:
-            lines.append(self._decode(buffer[start : start + self._max]))
-            start += self._max
+        # The rest waits for its newline, up to the line length; a \r at its end may be
+        # the start of a \r\n.
+        stop = len(buffer) - (1 if len(buffer) > start and buffer[-1] == _CR else 0)
+        start = self._cut(lines, start, stop)
         del buffer[:start]
         return lines
 
     def flush(self) -> list[str]:
         """The last line, if the output did not end with a newline."""
         rest, self._buffer = self._buffer, bytearray()
-        return [self._decode(rest)] if rest else []
+        return [self._decode(rest.removesuffix(b"\r"))] if rest else []
 
 
 def subprocess_lines(
@@ -190,10 +239,20 @@ def subprocess_lines(
     :param check: a non-zero exit status ends the stream with
         :class:`~streamkit.resources.ProcessExitError` (an SSE or NDJSON stream then sends its error
         event or item).
-    :raises ValueError: *max_line_length* is below 1.
+    :raises TypeError: an argument is of the wrong type (a ``transform`` that is not
+        callable, a *command* that is neither a ``str`` nor a sequence of them, ...).
+    :raises ValueError: *command* is empty, *stderr* is ``subprocess.PIPE``,
+        *stop_grace_period* is not a positive, finite number of seconds, or
+        *max_line_length* is below 1.
     """
+    # Refused now, not once the stream has started, after its 200.
+    _check_options(command, cwd, env, stderr, stop_grace_period)
+    if transform is not None and not callable(transform):
+        raise TypeError(
+            f"transform must be callable, got {type(transform).__name__}: {transform!r:.200}"
+        )
+    LineSplitter(max_line_length=max_line_length)
     convert: Callable[[str], Any] = (lambda line: line) if transform is None else transform
-    LineSplitter(max_line_length=max_line_length)  # refuse a bad length now, not in the stream
 
     async def produce(send: StreamSender[Any]) -> None:
         process = await send.enter_async_context(

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
+import subprocess
+from typing import Any
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from streamkit._subprocess import LineSplitter
 from streamkit.resources import subprocess_lines
@@ -27,6 +33,59 @@ def test_a_long_line_is_cut_into_pieces() -> None:
     assert splitter.feed(b"0123456789\n") == ["0123", "4567", "89"]
 
 
+def test_a_line_of_exactly_the_length_is_one_line_when_its_end_comes_later() -> None:
+    splitter = LineSplitter(max_line_length=4)
+    assert splitter.feed(b"abcd") == []
+    assert splitter.feed(b"\n") == ["abcd"]
+    assert splitter.feed(b"wxyz\r") == []
+    assert splitter.feed(b"\n") == ["wxyz"]
+    assert splitter.feed(b"abcd\r\n") == ["abcd"]
+
+
+def test_a_long_line_is_cut_between_characters() -> None:
+    splitter = LineSplitter(max_line_length=4)
+    # "é" is two bytes, "€" three: a cut at 4 bytes would split one of them.
+    assert splitter.feed("aé€b\n".encode()) == ["aé", "€b"]
+    assert splitter.feed("€€".encode()) == ["€"]
+    assert splitter.flush() == ["€"]
+
+
+def test_a_carriage_return_is_kept_where_it_is_not_a_line_ending() -> None:
+    splitter = LineSplitter(max_line_length=4)
+    assert splitter.feed(b"abc\rdefgh\n") == ["abc\r", "defg", "h"]
+    assert splitter.feed(b"50%\r60%\r\n") == ["50%\r", "60%"]
+
+
+@given(
+    lines=st.lists(
+        st.tuples(
+            st.text(st.characters(blacklist_characters="\n", codec="utf-8"), max_size=30).filter(
+                lambda line: not line.endswith("\r")
+            ),
+            st.sampled_from([b"\n", b"\r\n"]),
+        ),
+        max_size=8,
+    ),
+    cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=10),
+    max_line_length=st.integers(min_value=4, max_value=12),
+)
+def test_any_text_in_any_chunks_comes_back_whole_in_pieces_of_at_most_the_length(
+    lines: list[tuple[str, bytes]], cuts: list[int], max_line_length: int
+) -> None:
+    output = b"".join(line.encode() + ending for line, ending in lines)
+    at = sorted({0, len(output), *(cut for cut in cuts if cut < len(output))})
+    splitter = LineSplitter(max_line_length=max_line_length)
+    chunks = [output[start:end] for start, end in itertools.pairwise(at)]
+    pieces = [piece for chunk in chunks for piece in splitter.feed(chunk)]
+    pieces += splitter.flush()
+    # Each piece is whole characters, none of them lost or replaced, none added.
+    assert "".join(pieces) == "".join(line for line, _ in lines)
+    assert all(len(piece.encode()) <= max_line_length for piece in pieces)
+    # Lines that fit come out as they went in, empty ones too: nothing cut, nothing added.
+    if all(len(line.encode()) <= max_line_length for line, _ in lines):
+        assert pieces == [line for line, _ in lines]
+
+
 def test_bytes_that_do_not_decode_are_replaced() -> None:
     assert LineSplitter().feed(b"caf\xe9\n") == ["caf\ufffd"]
 
@@ -37,3 +96,27 @@ def test_max_line_length_is_checked(length: int) -> None:
         LineSplitter(max_line_length=length)
     with pytest.raises(ValueError, match=f"at least 1, got {length}"):
         subprocess_lines(["true"], max_line_length=length)
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"command": []}, ValueError, r"^command must name a program, got \[\]$"),
+        ({"command": ""}, ValueError, r"^command must name a program, got ''$"),
+        ({"command": ["ls", 3]}, TypeError, r"^command's arguments must be str or os.PathLike"),
+        ({"command": b"ls"}, TypeError, r"^command must be a str .* got bytes: b'ls'$"),
+        ({"command": None}, TypeError, r"^command must be a str .* got NoneType: None$"),
+        ({"stderr": subprocess.PIPE}, ValueError, r"got subprocess\.PIPE"),
+        ({"stderr": "devnull"}, TypeError, r"^stderr must be .* got 'devnull'$"),
+        ({"stop_grace_period": float("nan")}, ValueError, r"^stop_grace_period must be"),
+        ({"transform": "upper"}, TypeError, r"^transform must be callable, got str: 'upper'$"),
+        ({"cwd": 3}, TypeError, r"^cwd must be a path"),
+        ({"env": [("A", "1")]}, TypeError, r"^env must be a Mapping or None"),
+    ],
+)
+def test_bad_options_are_refused_where_the_producer_is_made(
+    options: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    # Not once the stream has started, after its 200.
+    with pytest.raises(error, match=message):
+        subprocess_lines(**({"command": ["true"]} | options))
