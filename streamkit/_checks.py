@@ -12,6 +12,7 @@ import os
 import re
 
 __all__ = [
+    "check_callable",
     "check_count",
     "check_duration",
     "check_header",
@@ -99,6 +100,18 @@ def check_type(name: str, value: object, kind: type, *, optional: bool = False) 
     if not isinstance(value, kind):
         expected = kind.__name__ + (" or None" if optional else "")
         raise TypeError(f"{name} must be a {expected}, got {type(value).__name__}: {value!r:.80}")
+
+
+def check_callable(name: str, value: object, *, optional: bool = False) -> None:
+    """Refuse *value* unless it is callable (or ``None`` when *optional*): for a function that
+    is kept and called later, so that a wrong one fails where it is given.
+
+    :raises TypeError: *value* is not callable.
+    """
+    if value is None and optional:
+        return
+    if not callable(value):
+        raise TypeError(f"{name} must be callable, got {type(value).__name__}: {value!r:.80}")
 
 
 def check_text(name: str, value: str) -> None:

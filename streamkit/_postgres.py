@@ -26,8 +26,9 @@ from typing import TYPE_CHECKING, Any, Self
 
 import anyio
 
-from ._checks import check_count, check_duration
+from ._checks import check_callable, check_count, check_duration, check_type
 from ._sender import shielded_cleanup
+from ._sqlite import check_parameters
 
 if TYPE_CHECKING:
     import psycopg
@@ -76,6 +77,8 @@ class PostgresRows:
         statement the worker waits for (again every 0.1 s) before just waiting for it.
     :param prepare: called with the new connection, in the worker thread, before the query
         (``SET statement_timeout``, type adapters); it runs inside the transaction.
+    :raises TypeError: an argument is of the wrong type (*parameters* that are neither a
+        sequence nor a mapping, a *prepare* that is not callable, ...).
     :raises ValueError: *batch_size* is below 1, or a timeout is not a positive, finite
         number of seconds.
     """
@@ -91,9 +94,17 @@ class PostgresRows:
         cancel_timeout: float = 5.0,
         prepare: Callable[[psycopg.Connection[Row]], object] | None = None,
     ) -> None:
+        check_type("conninfo", conninfo, str)
+        if not (isinstance(sql, str | bytes) or hasattr(sql, "as_string")):
+            raise TypeError(
+                f"sql must be a str, bytes or psycopg.sql.Composable, "
+                f"got {type(sql).__name__}: {sql!r:.80}"
+            )
+        check_parameters(parameters)
         check_count("batch_size", batch_size)
         check_duration("connect_timeout", connect_timeout)
         check_duration("cancel_timeout", cancel_timeout)
+        check_callable("prepare", prepare, optional=True)
         self.conninfo = conninfo
         self.sql = sql
         self.parameters = parameters

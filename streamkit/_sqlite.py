@@ -25,7 +25,7 @@ from typing import Any, Protocol, Self, TypeVar
 
 import anyio
 
-from ._checks import check_count, check_duration
+from ._checks import check_callable, check_count, check_duration, check_path, check_type
 from ._sender import Producer, StreamSender, shielded_cleanup
 
 __all__ = ["RowSource", "SQLiteRows", "query_rows"]
@@ -72,7 +72,17 @@ def query_rows(
         exited on every end.
     :param transform: maps each row to the item sent (to make ``bytes`` columns
         JSON-serialisable, say); by default the row itself.
+    :raises TypeError: *source* is not a :class:`RowSource`, or *transform* is not callable.
     """
+    missing = [
+        name for name in ("__aenter__", "__aexit__", "fetch_batch") if not hasattr(source, name)
+    ]
+    if missing:
+        raise TypeError(
+            f"source must be a RowSource (an async context manager with fetch_batch()), "
+            f"got {type(source).__name__} without {', '.join(missing)}: {source!r:.80}"
+        )
+    check_callable("transform", transform, optional=True)
     convert: Callable[[Any], Any] = (lambda row: row) if transform is None else transform
 
     async def produce(send: StreamSender[Any]) -> None:
@@ -82,6 +92,21 @@ def query_rows(
                 await send(convert(row))
 
     return produce
+
+
+def check_parameters(parameters: object) -> None:
+    """Refuse a query's *parameters* unless they are a sequence (positional) or a mapping
+    (named): a ``str`` would be taken for a sequence of one-character parameters.
+
+    :raises TypeError: they are neither, or are a ``str`` or ``bytes``.
+    """
+    if isinstance(parameters, str | bytes | bytearray) or not isinstance(
+        parameters, Sequence | Mapping
+    ):
+        raise TypeError(
+            f"parameters must be a sequence (positional) or a mapping (named), "
+            f"got {type(parameters).__name__}: {parameters!r:.80}"
+        )
 
 
 class SQLiteRows:
@@ -103,8 +128,10 @@ class SQLiteRows:
     :param prepare: called with the new connection, in the worker thread, before the query
         (pragmas, user functions).
     :param uri: whether *database* is a URI.
-    :raises ValueError: *batch_size* is below 1, or *lock_timeout* is not a positive, finite
-        number of seconds.
+    :raises TypeError: an argument is of the wrong type (*parameters* that are neither a
+        sequence nor a mapping, a *prepare* that is not callable, ...).
+    :raises ValueError: *database* is empty, *batch_size* is below 1, or *lock_timeout* is
+        not a positive, finite number of seconds.
     """
 
     def __init__(
@@ -118,8 +145,12 @@ class SQLiteRows:
         prepare: Callable[[sqlite3.Connection], object] | None = None,
         uri: bool = False,
     ) -> None:
+        check_path("database", database)
+        check_type("sql", sql, str)
+        check_parameters(parameters)
         check_count("batch_size", batch_size)
         check_duration("lock_timeout", lock_timeout)
+        check_callable("prepare", prepare, optional=True)
         self.database = database
         self.sql = sql
         self.parameters = parameters

@@ -23,7 +23,7 @@ from typing import Any
 import anyio
 from anyio.abc import Process
 
-from ._checks import check_count, check_duration, check_path
+from ._checks import check_callable, check_count, check_duration, check_path
 from ._exceptions import ProcessExitError
 from ._sender import Producer, StreamSender, shielded_cleanup
 
@@ -247,10 +247,7 @@ def subprocess_lines(
     """
     # Refused now, not once the stream has started, after its 200.
     _check_options(command, cwd, env, stderr, stop_grace_period)
-    if transform is not None and not callable(transform):
-        raise TypeError(
-            f"transform must be callable, got {type(transform).__name__}: {transform!r:.200}"
-        )
+    check_callable("transform", transform, optional=True)
     LineSplitter(max_line_length=max_line_length)
     convert: Callable[[str], Any] = (lambda line: line) if transform is None else transform
 

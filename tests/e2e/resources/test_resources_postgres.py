@@ -354,6 +354,15 @@ def test_postgres_rows_options_are_checked() -> None:
         PostgresRows("", "SELECT 1", connect_timeout=0.0)
     with pytest.raises(ValueError, match="cancel_timeout"):
         PostgresRows("", "SELECT 1", cancel_timeout=float("inf"))
+    # Where it is made, not once the stream has started, after its 200.
+    with pytest.raises(TypeError, match=r"^conninfo must be a str, got NoneType: None$"):
+        PostgresRows(None, "SELECT 1")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^sql must be a str, bytes or psycopg.sql.Composable"):
+        PostgresRows("", 1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^parameters must be a sequence .* got str: 'ab'$"):
+        PostgresRows("", "SELECT %s", "ab")
+    with pytest.raises(TypeError, match=r"^prepare must be callable, got str"):
+        PostgresRows("", "SELECT 1", prepare="SET x = 1")  # type: ignore[arg-type]
 
 
 async def test_postgres_rows_runs_its_query_once_and_rolls_back(observer: Observer) -> None:

@@ -280,11 +280,40 @@ async def test_another_driver_plugs_in_through_the_protocol() -> None:
     assert end.cleanup_duration < RELEASE_BOUND
 
 
-def test_sqlite_rows_options_are_checked() -> None:
-    with pytest.raises(ValueError, match="batch_size must be an int of at least 1, got 0"):
-        SQLiteRows("x.db", "SELECT 1", batch_size=0)
-    with pytest.raises(ValueError, match="lock_timeout"):
-        SQLiteRows("x.db", "SELECT 1", lock_timeout=-1.0)
+@pytest.mark.parametrize(
+    ("arguments", "error", "message"),
+    [
+        ({"batch_size": 0}, ValueError, "batch_size must be an int of at least 1, got 0"),
+        ({"lock_timeout": -1.0}, ValueError, "lock_timeout"),
+        ({"database": 3}, TypeError, r"^database must be a path .* got 3$"),
+        ({"database": ""}, ValueError, "^database must not be empty"),
+        ({"sql": b"SELECT 1"}, TypeError, r"^sql must be a str, got bytes: b'SELECT 1'$"),
+        # A str would be taken for a sequence of one-character parameters.
+        ({"parameters": "ab"}, TypeError, r"^parameters must be a sequence .* got str: 'ab'$"),
+        ({"parameters": 5}, TypeError, r"^parameters must be a sequence .* got int: 5$"),
+        ({"prepare": "PRAGMA x"}, TypeError, r"^prepare must be callable, got str"),
+    ],
+)
+def test_sqlite_rows_options_are_checked(
+    arguments: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    # Where it is made, not once the stream has started, after its 200.
+    with pytest.raises(error, match=message):
+        SQLiteRows(**({"database": "x.db", "sql": "SELECT 1"} | arguments))
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error", "message"),
+    [
+        ({"source": "SELECT 1"}, TypeError, r"^source must be a RowSource .* got str without"),
+        ({"transform": 5}, TypeError, r"^transform must be callable, got int: 5$"),
+    ],
+)
+def test_query_rows_options_are_checked(
+    arguments: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        query_rows(**({"source": ListRows([], batch_size=1)} | arguments))
 
 
 async def test_sqlite_rows_runs_its_query_once(database: Path) -> None:
