@@ -149,23 +149,28 @@ async def open_server(
     streams = StreamRegistry(parent=registry)
     failure: BaseException | None = None
     fatal: BaseException | None = None  # a KeyboardInterrupt or SystemExit serve() raised
+    # The server stops the graceful way even when the block is cancelled (a deadline around
+    # it passed): cancelled with a connection open, hypercorn's asyncio worker raises an error
+    # of its own that would hide the block's. Cancelled only if it does not stop in time.
+    serving = anyio.CancelScope(shield=True)
     async with anyio.create_task_group() as task_group:
         server: LiveServer | None = None
 
         async def run(*, task_status: anyio.abc.TaskStatus[ServerAddress]) -> None:
             nonlocal fatal
             try:
-                await serve(
-                    app,
-                    bind="127.0.0.1:0",
-                    grace_period=grace_period,
-                    stalled_connection_timeout=stalled_connection_timeout,
-                    shutdown_trigger=stop.wait,
-                    streams=streams,
-                    config=config,
-                    tls=tls,
-                    task_status=task_status,
-                )
+                with serving:
+                    await serve(
+                        app,
+                        bind="127.0.0.1:0",
+                        grace_period=grace_period,
+                        stalled_connection_timeout=stalled_connection_timeout,
+                        shutdown_trigger=stop.wait,
+                        streams=streams,
+                        config=config,
+                        tls=tls,
+                        task_status=task_status,
+                    )
             except (KeyboardInterrupt, SystemExit) as exc:
                 # Raised again past the task group: on asyncio, raised out of a task, it
                 # would break out of the event loop itself.
@@ -188,10 +193,11 @@ async def open_server(
             failure = exc
         finally:
             stop.set()
-            with anyio.move_on_after(grace_period + _STOP_MARGIN) as scope:
-                await server.stopped.wait()
+            with anyio.CancelScope(shield=True):
+                with anyio.move_on_after(grace_period + _STOP_MARGIN) as scope:
+                    await server.stopped.wait()
             if scope.cancelled_caught:
-                task_group.cancel_scope.cancel()
+                serving.cancel()
     if fatal is not None:
         raise fatal
     if failure is not None:

@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from streamkit.testing import LeakError, open_leak_check, open_server
+from streamkit.testing import LeakError, open_leak_check, open_server, open_stream
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
@@ -49,3 +49,31 @@ async def test_a_leak_found_inside_the_block_reaches_pytest_as_a_leak_error() ->
         for sock in forgotten:
             sock.close()
     assert type(caught.value) is LeakError
+
+
+async def serve_past_a_deadline(*, connection_open: bool) -> int:
+    """Serve, with a connection open or not when a deadline around the server passes; the
+    port served on."""
+    with anyio.fail_after(10) as deadline:
+        async with open_server(make_app()) as server:
+            async with open_stream(server, "/hello") as client:
+                assert await client.read_all() == b"hello"
+                if connection_open:
+                    deadline.deadline = anyio.current_time()
+                    await anyio.sleep_forever()
+            deadline.deadline = anyio.current_time()
+            await anyio.sleep_forever()
+    raise AssertionError("the deadline did not pass")
+
+
+@pytest.mark.parametrize("connection_open", [True, False], ids=["open", "closed"])
+async def test_a_deadline_that_passes_in_the_block_raises_its_timeout_error(
+    connection_open: bool,
+) -> None:
+    # The deadline cancels the block; the server still stops cleanly (on asyncio, hypercorn
+    # cancelled with a connection open raised its own InvalidStateError instead).
+    with anyio.fail_after(20):
+        async with open_leak_check():
+            with pytest.raises(TimeoutError) as caught:
+                await serve_past_a_deadline(connection_open=connection_open)
+    assert type(caught.value) is TimeoutError
