@@ -85,18 +85,22 @@ def _ends_report(server: LiveServer) -> str:
     return "\n".join(lines) or "no stream"
 
 
+#: What no_leaks found at its setup, and the grace period, for the check after the teardown.
+_LEAK_CHECK = pytest.StashKey[tuple[ResourceSnapshot, float]]()
+
+
 @pytest.fixture
-def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
+def no_leaks(request: pytest.FixtureRequest) -> None:
     """Fail the test if it leaves file descriptors or child processes behind.
 
-    Checked after the test, once the event loop has stopped, allowing a second (the ini
-    option ``streamkit_leak_check_within``) for them to go; the failure names each one.
-    Tasks can be checked only inside the event loop: for those, wrap the test's body in
+    Checked once the test's whole teardown is done (every fixture's, whatever the order they
+    were asked for in, so a server fixture's sockets are closed by then), allowing a second
+    (the ini option ``streamkit_leak_check_within``) for them to go; the failure names each
+    one. Tasks can be checked only inside the event loop: for those, wrap the test's body in
     :func:`~streamkit.testing.open_leak_check`.
 
     :raises LeakError: at teardown, naming what leaked.
     """
-    __tracebackhide__ = True  # pytest: show the leak, not this frame
     setting = request.config.getini(_RELEASE_WITHIN)
     try:
         within = float(setting)
@@ -105,6 +109,19 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
         raise pytest.UsageError(
             f"{_RELEASE_WITHIN} must be a positive, finite number of seconds, got {setting!r}"
         ) from None
-    before = ResourceSnapshot.take(tasks=False)
-    yield
-    wait_released(before, within=within)
+    request.node.stash[_LEAK_CHECK] = (ResourceSnapshot.take(tasks=False), within)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
+    """The check of :func:`no_leaks`, after every fixture of the test was torn down: one torn
+    down after it (an async server fixture asked for before it, under anyio's plugin) would
+    otherwise still hold its sockets, and the event loop that closes them is not running."""
+    __tracebackhide__ = True  # pytest: show the leak, not this frame
+    result = yield
+    found = item.stash.get(_LEAK_CHECK, None)
+    if found is not None:
+        del item.stash[_LEAK_CHECK]
+        before, within = found
+        wait_released(before, within=within)
+    return result
