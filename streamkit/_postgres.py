@@ -18,9 +18,12 @@ streamkit[postgres]``).
 from __future__ import annotations
 
 import math
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
@@ -39,6 +42,8 @@ __all__ = ["PostgresRows"]
 #: How often a cancel request is sent again while the worker has not let the connection go:
 #: one that arrives between two statements is ignored by the server.
 _CANCEL_INTERVAL = 0.1
+#: How long, once the connection is cut, a worker has to notice and let it go.
+_ABORT_MARGIN = 1.0
 #: The server-side cursor's name; unique enough, with one connection per stream.
 _CURSOR_NAME = "streamkit_rows"
 
@@ -64,7 +69,9 @@ class PostgresRows:
     The query runs in a transaction (one snapshot from the first batch to the last), which is
     rolled back at the end: a streamed query is a read. A stream cancelled while the server
     works on a batch (or on the query's first step, a sort, say) cancels that statement on
-    the server, then waits for the worker thread to let go of the connection.
+    the server, then waits for the worker thread to let go of the connection. A server that
+    answers neither (frozen, or cut off) has the connection cut under the worker, so the
+    cleanup ends within the stream's ``cleanup_timeout``.
 
     :param conninfo: the connection string or URL, as psycopg takes it
         (``"host=db dbname=shop"``, ``"postgresql://db/shop"``).
@@ -74,7 +81,8 @@ class PostgresRows:
     :param connect_timeout: seconds to wait for the connection; rounded up to whole seconds,
         and at least 2, as libpq and psycopg count them.
     :param cancel_timeout: seconds, once the stream is cancelled, to keep cancelling the
-        statement the worker waits for (again every 0.1 s) before just waiting for it.
+        statement the worker waits for (again every 0.1 s) before cutting the connection.
+        Keep it below the stream's ``cleanup_timeout``, which bounds this too.
     :param prepare: called with the new connection, in the worker thread, before the query
         (``SET statement_timeout``, type adapters); it runs inside the transaction.
     :raises TypeError: an argument is of the wrong type (*parameters* that are neither a
@@ -91,7 +99,7 @@ class PostgresRows:
         *,
         batch_size: int = 500,
         connect_timeout: float = 10.0,
-        cancel_timeout: float = 5.0,
+        cancel_timeout: float = 2.0,
         prepare: Callable[[psycopg.Connection[Row]], object] | None = None,
     ) -> None:
         check_type("conninfo", conninfo, str)
@@ -162,40 +170,67 @@ class PostgresRows:
                 return []
             return self._cursor.fetchmany(self.batch_size)
 
-    def _acquire(self) -> bool:
+    def _acquire(self, cancel_for: float) -> bool:
         """Take the lock, cancelling on the server, again and again, what the worker that
-        holds it waits for; ``False``, without the lock, if that worker is connecting."""
-        deadline = time.monotonic() + self._cancel_timeout
+        holds it waits for; ``False``, without the lock, if that worker is connecting.
+
+        After *cancel_for* seconds of that, a server that answers neither the statement nor
+        its cancellation (frozen, or cut off) has the connection's socket shut under the
+        worker, which fails at once.
+        """
+        cancel_until = time.monotonic() + cancel_for
+        aborted = False
         while not self._lock.acquire(blocking=False):
             if self._connecting:
                 # Nothing to cancel or wait for: the worker closes the connection it makes,
                 # as it sees _stopping (set before this runs).
                 return False
-            if time.monotonic() < deadline:
-                self._cancel_statement()
+            left = cancel_until - time.monotonic()
+            if left > 0:
+                self._cancel_statement(left)
+            elif not aborted:
+                aborted = True
+                self._abort()
             # A cancel request that reached the server between two statements was ignored:
-            # hence the loop. Past cancel_timeout, it just waits (bounded by the caller).
+            # hence the loop.
             if self._lock.acquire(timeout=_CANCEL_INTERVAL):
                 break
         return True
 
-    def _cancel_statement(self) -> None:
+    def _cancel_statement(self, timeout: float) -> None:
         import psycopg
 
         # Never while the connection is being closed: libpq's objects are not thread-safe.
         with self._cancel_lock:
             if self._connection is not None:
                 try:
-                    self._connection.cancel_safe(timeout=self._cancel_timeout)
+                    self._connection.cancel_safe(timeout=timeout)
                 except psycopg.Error:
                     pass  # closed or unreachable: the worker fails on its own
 
-    def _stop_worker(self) -> None:
-        if self._acquire():
+    def _abort(self) -> None:
+        """Shut the connection's socket, under the worker blocked on it: its call fails, and
+        it lets go of the connection. Shut, not closed: the descriptor stays the worker's."""
+        with self._cancel_lock:
+            connection = self._connection
+            if connection is None:
+                return
+            try:
+                descriptor = connection.pgconn.socket
+            except Exception:  # psycopg.OperationalError: the connection is closed already
+                return
+            with socket.socket(fileno=os.dup(descriptor)) as connected:
+                try:
+                    connected.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass  # not connected any more
+
+    def _stop_worker(self, cancel_for: float) -> None:
+        if self._acquire(cancel_for):
             self._lock.release()
 
-    def _close(self) -> None:
-        if not self._acquire():
+    def _close(self, cancel_for: float) -> None:
+        if not self._acquire(cancel_for):
             return
         try:
             self._release()
@@ -226,8 +261,9 @@ class PostgresRows:
         except anyio.get_cancelled_exc_class():
             # The flag first: a worker that has not started its statement yet will see it.
             self._stopping = True
-            with shielded_cleanup(self._cancel_timeout + _CANCEL_INTERVAL):
-                await anyio.to_thread.run_sync(self._stop_worker, abandon_on_cancel=True)
+            stop = partial(self._stop_worker, self._cancel_timeout)
+            with shielded_cleanup(self._cancel_timeout + _ABORT_MARGIN):
+                await anyio.to_thread.run_sync(stop, abandon_on_cancel=True)
             raise
 
     async def __aenter__(self) -> Self:
@@ -241,7 +277,7 @@ class PostgresRows:
             await self._call(self._open)
         except BaseException:
             # Not entered, so never exited: release what the open got as far as making.
-            with shielded_cleanup(self._cancel_timeout + _CANCEL_INTERVAL):
+            with shielded_cleanup():
                 await self.aclose()
             raise
         return self
@@ -264,6 +300,12 @@ class PostgresRows:
 
     async def aclose(self) -> None:
         """Close the cursor, roll the transaction back and close the connection; first,
-        cancel on the server what a worker thread still waits for. Idempotent."""
+        cancel on the server what a worker thread still waits for. Idempotent.
+
+        Within the deadline it runs under (a stream's ``cleanup_timeout``): half of the time
+        left, at most ``cancel_timeout``, goes to cancelling; then the connection is cut.
+        """
         self._stopping = True
-        await anyio.to_thread.run_sync(self._close, abandon_on_cancel=True)
+        left = anyio.current_effective_deadline() - anyio.current_time()
+        close = partial(self._close, min(self._cancel_timeout, left / 2))
+        await anyio.to_thread.run_sync(close, abandon_on_cancel=True)

@@ -16,6 +16,8 @@ checks fail unless the statement was cancelled on the server.
 from __future__ import annotations
 
 import itertools
+import os
+import signal
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -39,6 +41,7 @@ from support.stream_endings import (
 )
 
 from streamkit import EndReason, NDJSONResponse
+from streamkit._faults import recorded_faults
 from streamkit.resources import PostgresRows, query_rows
 from streamkit.testing import open_server, open_stream
 
@@ -114,6 +117,12 @@ class Observer:
             (self.name,),
         ).fetchall()
 
+    def _backends(self) -> list[int]:
+        rows = self.connection.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (self.name,)
+        ).fetchall()
+        return [int(pid) for (pid,) in rows]
+
     def _relation_locks(self) -> int:
         row = self.connection.execute(
             "SELECT count(*) FROM pg_locks JOIN pg_stat_activity USING (pid)"
@@ -133,6 +142,10 @@ class Observer:
         """The state of each session of the stream, and whether it is in a transaction."""
         return await anyio.to_thread.run_sync(self._sessions)
 
+    async def backends(self) -> list[int]:
+        """The server processes of the stream's sessions."""
+        return await anyio.to_thread.run_sync(self._backends)
+
     async def relation_locks(self) -> int:
         """The locks the stream's session holds on tables and indexes."""
         return await anyio.to_thread.run_sync(self._relation_locks)
@@ -147,6 +160,12 @@ class Observer:
         while True:
             if await self.ticks() >= count:
                 return
+            await anyio.sleep(0.005)
+
+    async def wait_gone(self) -> None:
+        """Return once the stream's session is gone, whatever it held until then."""
+        # Polled: nothing signals this connection when another session ends.
+        while await self.sessions():  # noqa: ASYNC110
             await anyio.sleep(0.005)
 
     async def assert_held(self) -> None:
@@ -284,6 +303,39 @@ async def test_a_slow_statement_is_cancelled_on_the_server_when_the_client_leave
     assert counted < 1000  # not the 10,000 of the batch, nor the 40,000 of the sort
     await anyio.sleep(0.05)
     assert await observer.ticks() == counted  # and nothing runs on after the end
+
+
+async def test_a_frozen_server_is_given_up_on_within_the_cleanup_timeout(
+    observer: Observer, request: pytest.FixtureRequest
+) -> None:
+    # The stream's server process stops answering (SIGSTOP): neither the statement nor its
+    # cancellation returns. After cancel_timeout the connection is cut: the cleanup ends
+    # within cleanup_timeout, with no fault; the session ends once the process runs again.
+    cleanup_timeout = 2.0
+    source = observer.source(
+        "SELECT id FROM items WHERE tick(%s, 0.005, 1)", batch_size=10_000, cancel_timeout=0.5
+    )
+    faults = set(recorded_faults())
+    app = rows_app(lambda: source, cleanup_timeout=cleanup_timeout)
+    async with open_server(app) as server:
+        async with open_stream(server, "/rows") as client:
+            with anyio.fail_after(10.0):
+                await observer.wait_ticks(5)
+            [backend] = await observer.backends()
+            os.kill(backend, signal.SIGSTOP)
+            try:
+                left_at = anyio.current_time()
+                await client.close()
+                end = await server.wait_ended(EndReason.CLIENT_DISCONNECTED, within=10.0)
+                ended_in = anyio.current_time() - left_at
+            finally:
+                os.kill(backend, signal.SIGCONT)
+        with anyio.fail_after(5.0):
+            await observer.wait_gone()
+    request.node.user_properties.append(("ended_after_leaving", ended_in))
+    assert ended_in < cleanup_timeout
+    assert end.cleanup_duration < cleanup_timeout
+    assert set(recorded_faults()) == faults
 
 
 async def test_a_failing_query_ends_with_an_error_and_closes_the_connection(
