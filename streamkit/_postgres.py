@@ -211,14 +211,16 @@ class PostgresRows:
     def _abort(self) -> None:
         """Shut the connection's socket, under the worker blocked on it: its call fails, and
         it lets go of the connection. Shut, not closed: the descriptor stays the worker's."""
+        import psycopg
+
         with self._cancel_lock:
             connection = self._connection
             if connection is None:
                 return
             try:
                 descriptor = connection.pgconn.socket
-            except Exception:  # psycopg.OperationalError: the connection is closed already
-                return
+            except psycopg.OperationalError:
+                return  # closed already
             with socket.socket(fileno=os.dup(descriptor)) as connected:
                 try:
                     connected.shutdown(socket.SHUT_RDWR)
