@@ -204,8 +204,14 @@ class LineSplitter:
 
     def flush(self) -> list[str]:
         """The last line, if the output did not end with a newline."""
-        rest, self._buffer = self._buffer, bytearray()
-        return [self._decode(rest.removesuffix(b"\r"))] if rest else []
+        # A \r held back for a \n that never came is no line ending: it is kept, and may
+        # take the line one byte past the length.
+        lines: list[str] = []
+        start = self._cut(lines, 0, len(self._buffer))
+        if start < len(self._buffer):
+            lines.append(self._decode(self._buffer[start:]))
+        self._buffer = bytearray()
+        return lines
 
 
 def subprocess_lines(

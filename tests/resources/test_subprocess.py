@@ -56,34 +56,50 @@ def test_a_carriage_return_is_kept_where_it_is_not_a_line_ending() -> None:
     assert splitter.feed(b"50%\r60%\r\n") == ["50%\r", "60%"]
 
 
+def test_a_carriage_return_that_ends_the_output_is_kept() -> None:
+    # No \n follows it, so it is no line ending: kept, as it is when more text follows.
+    splitter = LineSplitter(max_line_length=4)
+    assert splitter.feed(b"50%\r") == []
+    assert splitter.flush() == ["50%\r"]
+    # One byte past the length once it is kept: the last line is cut like any other.
+    assert splitter.feed(b"100%\r") == []
+    assert splitter.flush() == ["100%", "\r"]
+
+
+# Text of one line: anything but a newline.
+_LINE = st.text(st.characters(blacklist_characters="\n", codec="utf-8"), max_size=30)
+
+
 @given(
+    # A line that ends with \r before its \n gives that \r up to the ending.
     lines=st.lists(
         st.tuples(
-            st.text(st.characters(blacklist_characters="\n", codec="utf-8"), max_size=30).filter(
-                lambda line: not line.endswith("\r")
-            ),
+            _LINE.filter(lambda line: not line.endswith("\r")),
             st.sampled_from([b"\n", b"\r\n"]),
         ),
         max_size=8,
     ),
+    # The output may end without a newline, often with a \r.
+    last=st.tuples(_LINE, st.sampled_from(["", "\r"])).map("".join),
     cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=10),
     max_line_length=st.integers(min_value=4, max_value=12),
 )
 def test_any_text_in_any_chunks_comes_back_whole_in_pieces_of_at_most_the_length(
-    lines: list[tuple[str, bytes]], cuts: list[int], max_line_length: int
+    lines: list[tuple[str, bytes]], last: str, cuts: list[int], max_line_length: int
 ) -> None:
-    output = b"".join(line.encode() + ending for line, ending in lines)
+    output = b"".join(line.encode() + ending for line, ending in lines) + last.encode()
     at = sorted({0, len(output), *(cut for cut in cuts if cut < len(output))})
     splitter = LineSplitter(max_line_length=max_line_length)
     chunks = [output[start:end] for start, end in itertools.pairwise(at)]
     pieces = [piece for chunk in chunks for piece in splitter.feed(chunk)]
     pieces += splitter.flush()
+    texts = [line for line, _ in lines] + ([last] if last else [])
     # Each piece is whole characters, none of them lost or replaced, none added.
-    assert "".join(pieces) == "".join(line for line, _ in lines)
+    assert "".join(pieces) == "".join(texts)
     assert all(len(piece.encode()) <= max_line_length for piece in pieces)
     # Lines that fit come out as they went in, empty ones too: nothing cut, nothing added.
-    if all(len(line.encode()) <= max_line_length for line, _ in lines):
-        assert pieces == [line for line, _ in lines]
+    if all(len(text.encode()) <= max_line_length for text in texts):
+        assert pieces == texts
 
 
 def test_bytes_that_do_not_decode_are_replaced() -> None:
