@@ -72,7 +72,9 @@ async def test_a_file_that_cannot_be_opened_ends_the_stream_with_an_error(
     ("options", "error", "message"),
     [
         ({"chunk_size": 0}, ValueError, "chunk_size must be an int of at least 1, got 0"),
+        ({"chunk_size": -1}, ValueError, "chunk_size must be an int of at least 1, got -1"),
         ({"chunk_size": 1.5}, TypeError, "chunk_size must be an int, got float: 1.5"),
+        ({"chunk_size": True}, TypeError, "chunk_size must be an int, got bool: True"),
         ({"bytes_per_second": -1.0}, ValueError, "bytes_per_second must be .* got -1.0"),
         ({"bytes_per_second": float("inf")}, ValueError, "got inf"),
         ({"bytes_per_second": True}, TypeError, "got bool: True"),
