@@ -204,8 +204,8 @@ class LineSplitter:
 
     def flush(self) -> list[str]:
         """The last line, if the output did not end with a newline."""
-        # A \r held back for a \n that never came is no line ending: it is kept, and may
-        # take the line one byte past the length.
+        # A \r held back for a \n that never came is no line ending: it is kept, and the
+        # line is cut to the length like any other.
         lines: list[str] = []
         start = self._cut(lines, 0, len(self._buffer))
         if start < len(self._buffer):
