@@ -31,7 +31,7 @@ import anyio
 
 from ._checks import check_callable, check_count, check_duration, check_type
 from ._sender import shielded_cleanup
-from ._sqlite import check_parameters
+from ._sqlite import check_parameters, query_stopped
 
 if TYPE_CHECKING:
     import psycopg
@@ -162,10 +162,7 @@ class PostgresRows:
     def _fetch(self) -> list[Row]:
         with self._lock:
             if self._stopping:
-                raise RuntimeError(
-                    f"the query was stopped (a fetch was cancelled, or the source closed): "
-                    f"{self.sql!r:.80}"
-                )
+                raise query_stopped(self.sql)
             if self._cursor is None:
                 return []
             return self._cursor.fetchmany(self.batch_size)

@@ -109,6 +109,14 @@ def check_parameters(parameters: object) -> None:
         )
 
 
+def query_stopped(sql: object) -> RuntimeError:
+    """The error of a fetch after the query was stopped: an empty batch would say that the
+    rows were all there."""
+    return RuntimeError(
+        f"the query was stopped (a fetch was cancelled, or the source closed): {sql!r:.80}"
+    )
+
+
 class SQLiteRows:
     """A :class:`RowSource` for SQLite: one :mod:`sqlite3` connection per stream, used from
     worker threads one call at a time, rows as ``dict`` of column name to value. Make one per
@@ -204,10 +212,7 @@ class SQLiteRows:
     def _fetch(self) -> list[dict[str, Any]]:
         with self._lock:
             if self._stopping:
-                raise RuntimeError(
-                    f"the query was stopped (a fetch was cancelled, or the source closed): "
-                    f"{self.sql!r:.80}"
-                )
+                raise query_stopped(self.sql)
             if self._cursor is None:
                 return []
             columns = self._columns

@@ -67,19 +67,17 @@ async def _stop(process: Process, stop_grace_period: float) -> None:
 def _check_options(
     command: object, cwd: object, env: object, stderr: object, stop_grace_period: object
 ) -> None:
-    if isinstance(command, str):
-        if not command:
-            raise ValueError(f"command must name a program, got {command!r}")
-    elif isinstance(command, Sequence) and not isinstance(command, bytes | bytearray):
-        if not command:
-            raise ValueError(f"command must name a program, got {command!r}")
-        if not all(isinstance(argument, str | os.PathLike) for argument in command):
-            raise TypeError(f"command's arguments must be str or os.PathLike, got {command!r:.200}")
-    else:
+    if not isinstance(command, str | Sequence) or isinstance(command, bytes | bytearray):
         raise TypeError(
             f"command must be a str (for the shell) or a sequence of str, "
             f"got {type(command).__name__}: {command!r:.200}"
         )
+    if not command:
+        raise ValueError(f"command must name a program, got {command!r}")
+    if not isinstance(command, str) and not all(
+        isinstance(argument, str | os.PathLike) for argument in command
+    ):
+        raise TypeError(f"command's arguments must be str or os.PathLike, got {command!r:.200}")
     check_path("cwd", cwd, optional=True)
     if env is not None and not isinstance(env, Mapping):
         raise TypeError(f"env must be a Mapping or None, got {type(env).__name__}: {env!r:.200}")
