@@ -9,8 +9,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
+import anyio.abc
 from starlette.types import ASGIApp
 
+from .._checks import check_duration
 from .._ends import EndReason, StreamEnd
 from .._registry import StreamRegistry, registry
 from .._serve import ServerAddress, serve
@@ -31,14 +33,20 @@ class LiveServer:
     :ivar streams: the registry of this server's streams.
     """
 
-    def __init__(self, address: ServerAddress, streams: StreamRegistry, stop: anyio.Event) -> None:
+    def __init__(
+        self,
+        address: ServerAddress,
+        streams: StreamRegistry,
+        stop: anyio.Event,
+        stopped: anyio.Event,
+    ) -> None:
         self.host = address.host
         self.port = address.port
         self.url = address.url
         self.streams = streams
         self._stop = stop
         self._seen = 0
-        self.stopped = anyio.Event()
+        self.stopped = stopped
 
     async def wait_end(self, *, within: float = 5.0) -> StreamEnd:
         """The next stream end on this server, in the order they happened.
@@ -86,6 +94,19 @@ class LiveServer:
         with anyio.fail_after(within):
             await self.stopped.wait()
         return anyio.current_time() - started
+
+
+class _Listening(anyio.abc.TaskStatus[ServerAddress]):
+    """What serve() reports once its socket listens; *ready* is set then, or when it ended
+    without."""
+
+    def __init__(self) -> None:
+        self.address: ServerAddress | None = None
+        self.ready = anyio.Event()
+
+    def started(self, value: ServerAddress | None = None) -> None:
+        self.address = value
+        self.ready.set()
 
 
 async def _wait_serving(server: LiveServer, *, tls: bool) -> None:
@@ -138,15 +159,27 @@ async def open_server(
         client cannot hold the shutdown.
     :param tls: serve HTTPS with this certificate (HTTP/2 offered by ALPN); the server's
         ``url`` then starts with ``https://``.
+    :raises TypeError: an option is of the wrong kind (on entering, nothing served).
+    :raises ValueError: an option is out of range (on entering, nothing served).
+    :raises ServeError: the server could not start (see :func:`streamkit.serve`).
     :raises TimeoutError: the server had not stopped five seconds after *grace_period*; it was
         cancelled.
+
+    Cancelled (a deadline around it passed), in its block or while the server starts, it
+    still stops the server the graceful way, within *grace_period*, before the cancellation
+    goes on.
     """
     from hypercorn.config import Config
 
+    # Checked here: the cleanup below is bounded by it, whether or not the server started.
+    check_duration("grace_period", grace_period)
     config = Config()
     config.errorlog = logging.getLogger("hypercorn.error")
     stop = anyio.Event()
+    stopped = anyio.Event()
     streams = StreamRegistry(parent=registry)
+    listening = _Listening()
+    refused: Exception | None = None  # what serve() raised before it listened
     failure: BaseException | None = None
     fatal: BaseException | None = None  # a KeyboardInterrupt or SystemExit serve() raised
     # The server stops the graceful way even when the block is cancelled (a deadline around
@@ -154,10 +187,9 @@ async def open_server(
     # of its own that would hide the block's. Cancelled only if it does not stop in time.
     serving = anyio.CancelScope(shield=True)
     async with anyio.create_task_group() as task_group:
-        server: LiveServer | None = None
 
-        async def run(*, task_status: anyio.abc.TaskStatus[ServerAddress]) -> None:
-            nonlocal fatal
+        async def run() -> None:
+            nonlocal fatal, refused
             try:
                 with serving:
                     await serve(
@@ -169,22 +201,31 @@ async def open_server(
                         streams=streams,
                         config=config,
                         tls=tls,
-                        task_status=task_status,
+                        task_status=listening,
                     )
             except (KeyboardInterrupt, SystemExit) as exc:
                 # Raised again past the task group: on asyncio, raised out of a task, it
                 # would break out of the event loop itself.
                 fatal = exc
                 task_group.cancel_scope.cancel()
+            except Exception as exc:
+                if listening.address is not None:
+                    raise
+                refused = exc  # a bad argument or address: raised as itself, unwrapped
             finally:
-                if server is not None:
-                    server.stopped.set()
+                stopped.set()
+                listening.ready.set()
 
-        address = await task_group.start(run)
-        server = LiveServer(address, streams, stop)
+        # Not TaskGroup.start: cancelled there, it waits for the starting task to end, which
+        # is shielded and would serve on; here the cancellation reaches the finally below,
+        # which tells the server to stop.
+        task_group.start_soon(run)
         try:
-            await _wait_serving(server, tls=tls is not None)
-            yield server
+            await listening.ready.wait()
+            if listening.address is not None:
+                server = LiveServer(listening.address, streams, stop, stopped)
+                await _wait_serving(server, tls=tls is not None)
+                yield server
         except anyio.get_cancelled_exc_class():
             raise
         except BaseException as exc:
@@ -195,17 +236,20 @@ async def open_server(
             stop.set()
             with anyio.CancelScope(shield=True):
                 with anyio.move_on_after(grace_period + _STOP_MARGIN) as scope:
-                    await server.stopped.wait()
+                    await stopped.wait()
             if scope.cancelled_caught:
                 serving.cancel()
     if fatal is not None:
         raise fatal
+    if refused is not None:
+        raise refused
     if failure is not None:
         raise failure
     if scope.cancelled_caught:
-        assert server is not None
         # Reached only when the block itself did not raise: its error would say more.
+        assert listening.address is not None  # one that never listened stopped at once
         raise TimeoutError(
-            f"the server at {server.url} did not stop within {grace_period + _STOP_MARGIN} s "
-            f"of the end of the block (grace_period={grace_period!r}); it was cancelled"
+            f"the server at {listening.address.url} did not stop within "
+            f"{grace_period + _STOP_MARGIN} s of the end of the block "
+            f"(grace_period={grace_period!r}); it was cancelled"
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 
 import anyio
@@ -77,3 +78,34 @@ async def test_a_deadline_that_passes_in_the_block_raises_its_timeout_error(
             with pytest.raises(TimeoutError) as caught:
                 await serve_past_a_deadline(connection_open=connection_open)
     assert type(caught.value) is TimeoutError
+
+
+@pytest.mark.timeout(30)  # the failure this guards against is a hang no deadline can end
+async def test_a_deadline_passed_before_the_server_listens_raises_its_timeout_error() -> None:
+    # Cancelled while it starts, the server is stopped all the same (the start waited for a
+    # server shielded from the cancellation, which nothing told to stop: a hang).
+    with anyio.fail_after(20):
+        async with open_leak_check():
+            with pytest.raises(TimeoutError) as caught, anyio.fail_after(0):
+                async with open_server(make_app()):
+                    raise AssertionError("the block ran past its deadline")
+    assert type(caught.value) is TimeoutError
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "error"),
+    [
+        ("grace_period", float("nan"), ValueError),
+        ("grace_period", "5", TypeError),
+        ("stalled_connection_timeout", -1.0, ValueError),
+        ("stalled_connection_timeout", float("inf"), ValueError),
+    ],
+)
+async def test_a_bad_option_is_refused_naming_it_on_entering(
+    option: str, value: object, error: type[Exception]
+) -> None:
+    # Raised as itself, not in an exception group, and before the block runs.
+    with anyio.fail_after(20):
+        with pytest.raises(error, match=rf"^{option} must be .*{re.escape(repr(value))}$"):
+            async with open_server(make_app(), **{option: value}):  # type: ignore[arg-type]
+                raise AssertionError("the block ran")
