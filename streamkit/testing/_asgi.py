@@ -17,6 +17,7 @@ from typing import Any
 import anyio
 from starlette.types import ASGIApp, Message, Scope
 
+from .._checks import check_count, check_duration
 from .._sse import ServerSentEvent
 from ._parsing import NDJSONReader, SSEReader
 
@@ -48,6 +49,8 @@ class FakeConnection:
     :param body: the request body, delivered by the first ``receive``.
     :param disconnect_after_body: leave once this many non-empty body messages were sent.
     :param disconnect_after_receives: leave at this many ``receive`` calls plus one.
+    :raises TypeError: a ``disconnect_after_*`` count is not an ``int``.
+    :raises ValueError: a ``disconnect_after_*`` count is negative.
     :ivar scope: the ASGI HTTP scope (``spec_version`` 2.4).
     :ivar messages: every message the client received, in order.
     :ivar refused: the messages the app tried to send after the client had left.
@@ -68,8 +71,8 @@ class FakeConnection:
             ("disconnect_after_body", disconnect_after_body),
             ("disconnect_after_receives", disconnect_after_receives),
         ):
-            if value is not None and (isinstance(value, bool) or value < 0):
-                raise ValueError(f"{name} must be a count of zero or more, got {value!r}")
+            if value is not None:
+                check_count(name, value, least=0)
         route, _, query = path.partition("?")
         raw_headers = [(b"host", b"testserver")]
         raw_headers += [
@@ -145,7 +148,11 @@ class FakeConnection:
         """Call *app* with this connection and wait for it to return.
 
         :raises TimeoutError: it did not return within *within* seconds.
+        :raises TypeError: *within* is not a number (before the app is called).
+        :raises ValueError: *within* is not a positive, finite number of seconds (before the
+            app is called).
         """
+        check_duration("within", within)
         with anyio.fail_after(within):
             await app(self.scope, self.receive, self.send)
 

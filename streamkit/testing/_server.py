@@ -54,7 +54,10 @@ class LiveServer:
         :raises TimeoutError: no stream ended within *within* seconds.
         :raises RuntimeError: so many ended since the last call that the next one is no
             longer remembered.
+        :raises TypeError: *within* is not a number.
+        :raises ValueError: *within* is not a positive, finite number of seconds.
         """
+        check_duration("within", within)
         with anyio.fail_after(within):
             await self.streams.wait_ended(self._seen + 1)
         statistics = self.streams.statistics()
@@ -75,6 +78,8 @@ class LiveServer:
 
         :raises AssertionError: it ended for another reason.
         :raises TimeoutError: no stream ended within *within* seconds.
+        :raises TypeError: *within* is not a number.
+        :raises ValueError: *within* is not a positive, finite number of seconds.
         """
         end = await self.wait_end(within=within)
         if end.reason is not reason:
@@ -88,7 +93,11 @@ class LiveServer:
         """Begin a graceful shutdown and wait until the server stopped; return the seconds it took.
 
         :raises TimeoutError: the server did not stop within *within* seconds.
+        :raises TypeError: *within* is not a number (the shutdown did not begin).
+        :raises ValueError: *within* is not a positive, finite number of seconds (the shutdown
+            did not begin).
         """
+        check_duration("within", within)
         started = anyio.current_time()
         self._stop.set()
         with anyio.fail_after(within):

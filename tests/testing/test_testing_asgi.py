@@ -3,12 +3,14 @@ the app sent is recorded."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncGenerator, AsyncIterator
 
 import anyio
 import pytest
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from streamkit import (
     EndReason,
@@ -136,9 +138,36 @@ async def test_disconnect_on_command_and_the_request_it_delivers() -> None:
 
 
 @pytest.mark.parametrize("name", ["disconnect_after_body", "disconnect_after_receives"])
-def test_a_negative_count_is_refused_naming_it(name: str) -> None:
-    with pytest.raises(ValueError, match=rf"{name} must be a count of zero or more, got -1"):
-        FakeConnection(**{name: -1})  # type: ignore[arg-type]
+@pytest.mark.parametrize(
+    ("value", "error"), [(-1, ValueError), ("3", TypeError), (1.5, TypeError), (True, TypeError)]
+)
+def test_a_bad_count_is_refused_naming_it(name: str, value: object, error: type[Exception]) -> None:
+    with pytest.raises(error, match=rf"^{name} must be an int.*, got .*{re.escape(repr(value))}$"):
+        FakeConnection(**{name: value})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("within", "error"),
+    [
+        (float("nan"), ValueError),
+        (float("inf"), ValueError),
+        (0, ValueError),
+        (-1.0, ValueError),
+        ("5", TypeError),
+        (None, TypeError),
+    ],
+)
+async def test_a_bad_within_for_run_is_refused_naming_it_before_the_app_runs(
+    within: object, error: type[Exception]
+) -> None:
+    called: list[Scope] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        called.append(scope)
+
+    with pytest.raises(error, match=rf"^within must be .*{re.escape(repr(within))}$"):
+        await FakeConnection().run(app, within=within)  # type: ignore[arg-type]
+    assert called == []
 
 
 @pytest.mark.parametrize("fatal", [SystemExit, KeyboardInterrupt])

@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
+from streamkit import EndReason
 from streamkit.testing import LeakError, open_leak_check, open_server, open_stream
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
@@ -109,3 +110,22 @@ async def test_a_bad_option_is_refused_naming_it_on_entering(
         with pytest.raises(error, match=rf"^{option} must be .*{re.escape(repr(value))}$"):
             async with open_server(make_app(), **{option: value}):  # type: ignore[arg-type]
                 raise AssertionError("the block ran")
+
+
+@pytest.mark.parametrize("method", ["wait_end", "wait_ended", "shutdown"])
+@pytest.mark.parametrize(
+    ("within", "error"),
+    [(float("nan"), ValueError), (float("inf"), ValueError), (-1.0, ValueError), ("5", TypeError)],
+)
+async def test_a_bad_within_for_a_wait_is_refused_naming_it_and_the_server_serves_on(
+    method: str, within: object, error: type[Exception]
+) -> None:
+    with anyio.fail_after(20):
+        async with open_server(make_app()) as server:
+            args = (EndReason.COMPLETED,) if method == "wait_ended" else ()
+            with pytest.raises(error, match=rf"^within must be .*{re.escape(repr(within))}$"):
+                await getattr(server, method)(*args, within=within)
+            # Refused before anything began: shutdown did not start one.
+            assert not server.stopped.is_set()
+            async with open_stream(server, "/hello") as client:
+                assert await client.read_all() == b"hello"
