@@ -10,7 +10,9 @@ is reported. :func:`query_rows` works with any driver that implements the protoc
 :class:`SQLiteRows` implements it for the standard library's :mod:`sqlite3`.
 
 A stream fetches one batch ahead of what it has sent, so a client that leaves stops the query
-within one batch; :class:`SQLiteRows` interrupts a batch that is being fetched, too.
+within one batch; :class:`SQLiteRows` interrupts a batch that is being fetched, too. It runs
+its query with the first batch, not on entering: whatever a stopped query leaves is released
+by the exit, within the cleanup's own deadline.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any, Protocol, Self, TypeVar
 import anyio
 
 from ._checks import check_callable, check_count, check_duration, check_path, check_type
-from ._sender import Producer, StreamSender, shielded_cleanup
+from ._sender import Producer, StreamSender
 
 __all__ = ["RowSource", "SQLiteRows", "query_rows"]
 
@@ -34,16 +36,20 @@ RowT_co = TypeVar("RowT_co", covariant=True)
 
 #: The longest a query waits for a lock before it looks whether it was stopped.
 _LOCK_WAIT_SLICE = 0.05
+#: How many virtual-machine steps SQLite takes between two looks at whether the query was
+#: stopped: under 1 % of a plain scan's time.
+_STOP_CHECK_STEPS = 1000
 
 
 class RowSource(Protocol[RowT_co]):
     """A query read in batches: what a database driver implements to plug into
     :func:`query_rows`.
 
-    Entering it runs the query (in a transaction, on a connection of its own); exiting it,
-    however the block is left, closes the cursor, ends the transaction and releases the
-    connection, and must do so even when entered in a cancelled scope (streamkit runs it
-    shielded, bounded by ``cleanup_timeout``).
+    Entering it, or its first :meth:`fetch_batch` (as streamkit's sources do), runs the query
+    (in a transaction, on a connection of its own); exiting it, however the block is left,
+    closes the cursor, ends the transaction and releases the connection, and must do so even
+    when entered in a cancelled scope (streamkit runs it shielded, bounded by
+    ``cleanup_timeout``).
     """
 
     async def __aenter__(self) -> Self: ...
@@ -122,10 +128,11 @@ class SQLiteRows:
     worker threads one call at a time, rows as ``dict`` of column name to value. Make one per
     stream: it runs its query once.
 
-    The query runs in a deferred read transaction (one snapshot from the first batch to the
-    last), which is rolled back at the end: a streamed query is a read. A stream cancelled
-    while a batch is being fetched interrupts it (``sqlite3.Connection.interrupt``), and one
-    cancelled while the query waits for a lock ends the wait within 50 ms.
+    The query runs with the first :meth:`fetch_batch`, in a deferred read transaction (one
+    snapshot from the first batch to the last), which is rolled back at the end: a streamed
+    query is a read. A stream cancelled while a batch is being fetched interrupts it
+    (``sqlite3.Connection.interrupt``), and one cancelled while the query waits for a lock
+    ends the wait within 50 ms.
 
     :param database: the database file (or a ``file:`` URI, with *uri*).
     :param sql: the query.
@@ -172,28 +179,41 @@ class SQLiteRows:
         self._connection: sqlite3.Connection | None = None
         self._cursor: sqlite3.Cursor | None = None
         self._columns: tuple[str, ...] = ()
+        self._opened = False
         self._stopping = False
         self._entered = False
 
     # -- in the worker thread -------------------------------------------------------------------
 
     def _open(self) -> None:
-        with self._lock:
-            connection = sqlite3.connect(
-                self.database,
-                timeout=self._lock_timeout,
-                isolation_level=None,  # transactions begin and end here, not implicitly
-                check_same_thread=False,  # used from worker threads, one at a time
-                uri=self._uri,
-            )
-            self._connection = connection
-            if self._stopping:
-                return  # cancelled while connecting: the close is waiting for the lock
-            if self._prepare is not None:
-                self._prepare(connection)
-            connection.execute("BEGIN DEFERRED")
-            self._cursor = cursor = self._execute(connection)
-            self._columns = tuple(column[0] for column in cursor.description or ())
+        # With the lock held.
+        self._opened = True
+        connection = sqlite3.connect(
+            self.database,
+            timeout=self._lock_timeout,
+            isolation_level=None,  # transactions begin and end here, not implicitly
+            check_same_thread=False,  # used from worker threads, one at a time
+            uri=self._uri,
+        )
+        self._connection = connection
+        # An interrupt() that finds no statement running is forgotten: one that landed
+        # between two statements (in prepare's, say) would let the query run on to its end.
+        # The flag is looked at as the statements run, too.
+        connection.set_progress_handler(self._stopped, _STOP_CHECK_STEPS)
+        self._check_running()
+        if self._prepare is not None:
+            self._prepare(connection)
+        self._check_running()
+        connection.execute("BEGIN DEFERRED")
+        self._cursor = cursor = self._execute(connection)
+        self._columns = tuple(column[0] for column in cursor.description or ())
+
+    def _stopped(self) -> bool:
+        return self._stopping
+
+    def _check_running(self) -> None:
+        if self._stopping:
+            raise query_stopped(self.sql)
 
     def _execute(self, connection: sqlite3.Connection) -> sqlite3.Cursor:
         # The query's first step takes the lock. SQLite's own wait for a lock is deaf to
@@ -211,8 +231,9 @@ class SQLiteRows:
 
     def _fetch(self) -> list[dict[str, Any]]:
         with self._lock:
-            if self._stopping:
-                raise query_stopped(self.sql)
+            self._check_running()
+            if not self._opened:
+                self._open()
             if self._cursor is None:
                 return []
             columns = self._columns
@@ -228,6 +249,8 @@ class SQLiteRows:
                     cursor.close()
             finally:
                 if connection is not None:
+                    # The rollback must run, stopped or not.
+                    connection.set_progress_handler(None, 0)
                     try:
                         if connection.in_transaction:
                             connection.rollback()
@@ -254,19 +277,13 @@ class SQLiteRows:
                 pass  # closed already: nothing left to interrupt
 
     async def __aenter__(self) -> Self:
+        # Nothing to wait for: the query runs with the first batch, so that what a stopped
+        # query leaves is released by the exit, which a stream bounds by cleanup_timeout.
         if self._entered:
             raise RuntimeError(
                 f"a SQLiteRows runs its query once; make one per stream: {self.sql!r:.80}"
             )
         self._entered = True
-        try:
-            await self._call(self._open)
-        except BaseException:
-            # Not entered, so never exited: release what the open got as far as making. Its
-            # own bound, not lock_timeout's: a stream's cleanup_timeout bounds it too.
-            with shielded_cleanup():
-                await self.aclose()
-            raise
         return self
 
     async def __aexit__(
@@ -278,10 +295,14 @@ class SQLiteRows:
         await self.aclose()
 
     async def fetch_batch(self) -> list[dict[str, Any]]:
-        """The next rows, at most ``batch_size``; an empty list once there are no more.
+        """The next rows, at most ``batch_size``; an empty list once there are no more. The
+        first runs the query.
 
         :raises RuntimeError: an earlier fetch was cancelled, which stopped the query.
+        :raises sqlite3.Error: the query failed.
         """
+        # Here too: a worker abandoned by the cancelled fetch may still hold the connection.
+        self._check_running()
         rows: list[dict[str, Any]] = await self._call(self._fetch)
         return rows
 

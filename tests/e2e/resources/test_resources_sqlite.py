@@ -26,6 +26,7 @@ from starlette.routing import Route
 from support.resource_checks import database_locked, open_descriptors
 
 from streamkit import EndReason, NDJSONResponse
+from streamkit._faults import recorded_faults
 from streamkit.resources import RowSource, SQLiteRows, query_rows
 from streamkit.testing import open_server, open_stream
 
@@ -156,6 +157,42 @@ async def test_a_slow_fetch_is_interrupted_when_the_client_leaves(
     assert not database_locked(database)
     assert open_descriptors(database) == []
     assert ticks.count == counted  # and nothing runs on after the end
+
+
+async def test_a_query_started_after_the_client_left_is_stopped_too(database: Path) -> None:
+    # The client leaves while prepare runs: the interrupt lands on prepare's statement, which
+    # swallows it (a best-effort pragma, say), and SQLite forgets an interrupt once no
+    # statement runs. The query started next (a sort on a slow key: 5 s) must stop as well.
+    preparing = anyio.Event()
+    ticks = Ticks(delay=0.001)
+
+    def prepare(connection: sqlite3.Connection) -> None:
+        ticks.install(connection)
+        anyio.from_thread.run_sync(preparing.set)
+        try:  # runs until interrupted
+            connection.execute(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n)"
+                " SELECT count(*) FROM n"
+            ).fetchone()
+        except sqlite3.OperationalError:
+            pass
+
+    source = SQLiteRows(database, "SELECT id FROM items ORDER BY tick(id)", prepare=prepare)
+    faults = set(recorded_faults())
+    async with open_server(rows_app(source, cleanup_timeout=2.0)) as server:
+        async with open_stream(server, "/rows") as client:
+            with anyio.fail_after(5.0):
+                await preparing.wait()
+            left_at = anyio.current_time()
+            await client.close()
+        end = await server.wait_ended(EndReason.CLIENT_DISCONNECTED, within=10.0)
+        ended_in = anyio.current_time() - left_at
+    assert set(recorded_faults()) == faults
+    assert ended_in < RELEASE_BOUND
+    assert end.cleanup_duration < RELEASE_BOUND
+    assert ticks.count < 1000  # not the 5,000 of the sort
+    assert not database_locked(database)
+    assert open_descriptors(database) == []
 
 
 #: Holds a writer's exclusive lock on the database named by its argument until its stdin
