@@ -8,10 +8,12 @@ per ``FETCH``.
 
 The leak this prevents is worse than SQLite's: PostgreSQL does not notice that its client has
 gone while a statement runs, so an abandoned ``FETCH`` of a slow query (or the sort before its
-first row) runs on to its end, holding its snapshot and locks. Here the statement is cancelled
-on the server (psycopg's cancel request, which is safe from another thread) as soon as the
-stream is cancelled, and the cursor, the transaction and the connection are ended before the
-stream's end is reported. psycopg is imported when a query starts (``pip install
+first row) runs on to its end, holding its snapshot and locks. Here, once the stream is
+cancelled, the source's exit cancels the statement on the server (psycopg's cancel request,
+which is safe from another thread), and ends the cursor, the transaction and the connection
+before the stream's end is reported, all within the exit's deadline (the stream's
+``cleanup_timeout``): the query runs with the first batch, not on entering, so that no wait
+falls outside it. psycopg is imported when a query starts (``pip install
 streamkit[postgres]``).
 """
 
@@ -30,7 +32,6 @@ from typing import TYPE_CHECKING, Any, Self
 import anyio
 
 from ._checks import check_callable, check_count, check_duration, check_type
-from ._sender import shielded_cleanup
 from ._sqlite import check_parameters, query_stopped
 
 if TYPE_CHECKING:
@@ -42,8 +43,6 @@ __all__ = ["PostgresRows"]
 #: How often a cancel request is sent again while the worker has not let the connection go:
 #: one that arrives between two statements is ignored by the server.
 _CANCEL_INTERVAL = 0.1
-#: How long, once the connection is cut, a worker has to notice and let it go.
-_ABORT_MARGIN = 1.0
 #: The server-side cursor's name; unique enough, with one connection per stream.
 _CURSOR_NAME = "streamkit_rows"
 
@@ -66,12 +65,13 @@ class PostgresRows:
     a server-side cursor, rows as ``dict`` of column name to value. Make one per stream: it
     runs its query once.
 
-    The query runs in a transaction (one snapshot from the first batch to the last), which is
-    rolled back at the end: a streamed query is a read. A stream cancelled while the server
-    works on a batch (or on the query's first step, a sort, say) cancels that statement on
-    the server, then waits for the worker thread to let go of the connection. A server that
-    answers neither (frozen, or cut off) has the connection cut under the worker, so the
-    cleanup ends within the stream's ``cleanup_timeout``.
+    The query runs with the first :meth:`fetch_batch`, in a transaction (one snapshot from the
+    first batch to the last), which is rolled back at the end: a streamed query is a read. A
+    stream cancelled while the server works on a batch (or on the query's first step, a sort,
+    say) has that statement cancelled on the server by the exit, which then waits for the
+    worker thread to let go of the connection. A server that answers neither (frozen, or cut
+    off) has the connection cut under the worker, so the cleanup ends within the stream's
+    ``cleanup_timeout``.
 
     :param conninfo: the connection string or URL, as psycopg takes it
         (``"host=db dbname=shop"``, ``"postgresql://db/shop"``).
@@ -81,8 +81,8 @@ class PostgresRows:
     :param connect_timeout: seconds to wait for the connection; rounded up to whole seconds,
         and at least 2, as libpq and psycopg count them.
     :param cancel_timeout: seconds, once the stream is cancelled, to keep cancelling the
-        statement the worker waits for (again every 0.1 s) before cutting the connection.
-        Keep it below the stream's ``cleanup_timeout``, which bounds this too.
+        statement the worker waits for (again every 0.1 s) before cutting the connection; at
+        most half of what is left of the exit's deadline (the stream's ``cleanup_timeout``).
     :param prepare: called with the new connection, in the worker thread, before the query
         (``SET statement_timeout``, type adapters); it runs inside the transaction.
     :raises TypeError: an argument is of the wrong type (*parameters* that are neither a
@@ -126,6 +126,7 @@ class PostgresRows:
         self._cancel_lock = threading.Lock()
         self._connection: psycopg.Connection[Row] | None = None
         self._cursor: psycopg.ServerCursor[Row] | None = None
+        self._opened = False
         self._connecting = False
         self._stopping = False
         self._entered = False
@@ -133,36 +134,40 @@ class PostgresRows:
     # -- in the worker thread -------------------------------------------------------------------
 
     def _open(self) -> None:
+        # With the lock held.
         import psycopg
         from psycopg.rows import dict_row
 
-        with self._lock:
-            if self._stopping:
-                return
-            self._connecting = True
-            try:
-                connection = psycopg.connect(
-                    self.conninfo,
-                    autocommit=False,  # the cursor's DECLARE begins the transaction
-                    row_factory=dict_row,
-                    connect_timeout=max(2, math.ceil(self._connect_timeout)),
-                )
-            finally:
-                self._connecting = False
-            self._connection = connection
-            if self._stopping:
-                # Stopped while connecting: nobody waited for the connection, close it here.
-                self._release()
-                return
-            if self._prepare is not None:
-                self._prepare(connection)
-            self._cursor = connection.cursor(name=_CURSOR_NAME)
-            self._cursor.execute(self.sql, self.parameters)
+        self._opened = True
+        self._connecting = True
+        try:
+            connection = psycopg.connect(
+                self.conninfo,
+                autocommit=False,  # the cursor's DECLARE begins the transaction
+                row_factory=dict_row,
+                connect_timeout=max(2, math.ceil(self._connect_timeout)),
+            )
+        finally:
+            self._connecting = False
+        self._connection = connection
+        if self._stopping:
+            # Stopped while connecting: nobody waited for the connection, close it here.
+            self._release()
+        self._check_running()
+        if self._prepare is not None:
+            self._prepare(connection)
+        self._cursor = connection.cursor(name=_CURSOR_NAME)
+        self._cursor.execute(self.sql, self.parameters)
+
+    def _check_running(self) -> None:
+        if self._stopping:
+            raise query_stopped(self.sql)
 
     def _fetch(self) -> list[Row]:
         with self._lock:
-            if self._stopping:
-                raise query_stopped(self.sql)
+            self._check_running()
+            if not self._opened:
+                self._open()
             if self._cursor is None:
                 return []
             return self._cursor.fetchmany(self.batch_size)
@@ -224,10 +229,6 @@ class PostgresRows:
                 except OSError:
                     pass  # not connected any more
 
-    def _stop_worker(self, cancel_for: float) -> None:
-        if self._acquire(cancel_for):
-            self._lock.release()
-
     def _close(self, cancel_for: float) -> None:
         if not self._acquire(cancel_for):
             return
@@ -258,27 +259,21 @@ class PostgresRows:
         try:
             return await anyio.to_thread.run_sync(function, abandon_on_cancel=True)
         except anyio.get_cancelled_exc_class():
-            # The flag first: a worker that has not started its statement yet will see it.
+            # Only the flag, which a worker that has not started its statement yet will see:
+            # the statement is cancelled by the exit, within the exit's deadline. Waiting here
+            # would be bounded by no deadline this source can see.
             self._stopping = True
-            stop = partial(self._stop_worker, self._cancel_timeout)
-            with shielded_cleanup(self._cancel_timeout + _ABORT_MARGIN):
-                await anyio.to_thread.run_sync(stop, abandon_on_cancel=True)
             raise
 
     async def __aenter__(self) -> Self:
+        # Nothing to wait for: the query runs with the first batch, so that what a stopped
+        # query leaves is released by the exit, which a stream bounds by cleanup_timeout.
         if self._entered:
             raise RuntimeError(
                 f"a PostgresRows runs its query once; make one per stream: {self.sql!r:.80}"
             )
         self._entered = True
         _import_psycopg()
-        try:
-            await self._call(self._open)
-        except BaseException:
-            # Not entered, so never exited: release what the open got as far as making.
-            with shielded_cleanup():
-                await self.aclose()
-            raise
         return self
 
     async def __aexit__(
@@ -290,10 +285,15 @@ class PostgresRows:
         await self.aclose()
 
     async def fetch_batch(self) -> list[dict[str, Any]]:
-        """The next rows, at most ``batch_size``; an empty list once there are no more.
+        """The next rows, at most ``batch_size``; an empty list once there are no more. The
+        first connects and runs the query.
 
-        :raises RuntimeError: an earlier fetch was cancelled, which cancelled the query.
+        :raises RuntimeError: an earlier fetch was cancelled, which stopped the query (the
+            statement is cancelled on the server when the source is exited).
+        :raises psycopg.Error: the connection or the query failed.
         """
+        # Here too: a worker abandoned by the cancelled fetch may still hold the connection.
+        self._check_running()
         rows: list[Row] = await self._call(self._fetch)
         return rows
 
@@ -302,7 +302,8 @@ class PostgresRows:
         cancel on the server what a worker thread still waits for. Idempotent.
 
         Within the deadline it runs under (a stream's ``cleanup_timeout``): half of the time
-        left, at most ``cancel_timeout``, goes to cancelling; then the connection is cut.
+        left, at most ``cancel_timeout``, goes to cancelling; then the connection is cut, and
+        the rest goes to the worker letting go of it.
         """
         self._stopping = True
         left = anyio.current_effective_deadline() - anyio.current_time()
