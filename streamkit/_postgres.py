@@ -43,6 +43,9 @@ __all__ = ["PostgresRows"]
 #: How often a cancel request is sent again while the worker has not let the connection go:
 #: one that arrives between two statements is ignored by the server.
 _CANCEL_INTERVAL = 0.1
+#: How often, in milliseconds, the server looks whether its client is still there while a
+#: statement runs (``client_connection_check_interval``).
+_CLIENT_CHECK_INTERVAL_MS = 1000
 #: The server-side cursor's name; unique enough, with one connection per stream.
 _CURSOR_NAME = "streamkit_rows"
 
@@ -58,6 +61,23 @@ def _import_psycopg() -> None:
             f"PostgresRows needs psycopg 3 ({exc}); "
             "install it with: pip install 'streamkit[postgres]'"
         ) from exc
+
+
+def _watch_client(connection: psycopg.Connection[Row]) -> None:
+    """Have the server look, while a statement runs, whether its client is still there
+    (PostgreSQL 14 and later, on the systems that tell it): a connection cut under a frozen
+    server ends the statement, and the session, soon after the server runs again. The cancel
+    request sent before the cut may never have been answered, and PostgreSQL does not
+    otherwise notice that its client has gone until the statement ends."""
+    import psycopg
+
+    if connection.info.server_version < 140000:
+        return
+    try:
+        # Outside the transaction (autocommit): a refusal leaves nothing to roll back.
+        connection.execute(f"SET client_connection_check_interval = {_CLIENT_CHECK_INTERVAL_MS}")
+    except (psycopg.errors.InvalidParameterValue, psycopg.errors.UndefinedObject):
+        pass  # a system where the server cannot tell, or a server that does not know it
 
 
 class PostgresRows:
@@ -143,7 +163,7 @@ class PostgresRows:
         try:
             connection = psycopg.connect(
                 self.conninfo,
-                autocommit=False,  # the cursor's DECLARE begins the transaction
+                autocommit=True,  # until the query's transaction: see _watch_client
                 row_factory=dict_row,
                 connect_timeout=max(2, math.ceil(self._connect_timeout)),
             )
@@ -154,6 +174,8 @@ class PostgresRows:
             # Stopped while connecting: nobody waited for the connection, close it here.
             self._release()
         self._check_running()
+        _watch_client(connection)
+        connection.autocommit = False  # the cursor's DECLARE begins the transaction
         if self._prepare is not None:
             self._prepare(connection)
         self._cursor = connection.cursor(name=_CURSOR_NAME)
