@@ -18,6 +18,7 @@ __all__ = [
     "check_header",
     "check_path",
     "check_rate",
+    "check_statement",
     "check_text",
     "check_type",
 ]
@@ -129,6 +130,17 @@ def check_text(name: str, value: str) -> None:
             f"{name} must not hold a lone surrogate (UTF-8 cannot carry it): "
             f"{value[exc.start]!r} at index {exc.start} of {value!r:.80}"
         ) from None
+
+
+def check_statement(name: str, value: str | bytes) -> None:
+    """Refuse a query that is empty or only whitespace: a driver runs it as no statement at
+    all (SQLite's gives no rows, with no error to say why) or refuses it only once the
+    stream has started.
+
+    :raises ValueError: *value* holds nothing but whitespace.
+    """
+    if not value.strip():
+        raise ValueError(f"{name} must hold a statement, got {value!r:.80}")
 
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")

@@ -31,7 +31,14 @@ from typing import TYPE_CHECKING, Any, Self
 
 import anyio
 
-from ._checks import check_callable, check_count, check_duration, check_type
+from ._checks import (
+    check_callable,
+    check_count,
+    check_duration,
+    check_statement,
+    check_text,
+    check_type,
+)
 from ._sqlite import check_parameters, query_stopped
 
 if TYPE_CHECKING:
@@ -107,8 +114,8 @@ class PostgresRows:
         (``SET statement_timeout``, type adapters); it runs inside the transaction.
     :raises TypeError: an argument is of the wrong type (*parameters* that are neither a
         sequence nor a mapping, a *prepare* that is not callable, ...).
-    :raises ValueError: *batch_size* is below 1, or a timeout is not a positive, finite
-        number of seconds.
+    :raises ValueError: *sql* holds no statement (or a lone surrogate), *batch_size* is
+        below 1, or a timeout is not a positive, finite number of seconds.
     """
 
     def __init__(
@@ -128,6 +135,10 @@ class PostgresRows:
                 f"sql must be a str, bytes or psycopg.sql.Composable, "
                 f"got {type(sql).__name__}: {sql!r:.80}"
             )
+        if isinstance(sql, str | bytes):  # a Composable is checked by psycopg, as it is run
+            check_statement("sql", sql)
+        if isinstance(sql, str):
+            check_text("sql", sql)
         check_parameters(parameters)
         check_count("batch_size", batch_size)
         check_duration("connect_timeout", connect_timeout)

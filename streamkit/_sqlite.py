@@ -27,7 +27,15 @@ from typing import Any, Protocol, Self, TypeVar
 
 import anyio
 
-from ._checks import check_callable, check_count, check_duration, check_path, check_type
+from ._checks import (
+    check_callable,
+    check_count,
+    check_duration,
+    check_path,
+    check_statement,
+    check_text,
+    check_type,
+)
 from ._sender import Producer, StreamSender
 
 __all__ = ["RowSource", "SQLiteRows", "query_rows"]
@@ -145,8 +153,9 @@ class SQLiteRows:
     :param uri: whether *database* is a URI.
     :raises TypeError: an argument is of the wrong type (*parameters* that are neither a
         sequence nor a mapping, a *prepare* that is not callable, ...).
-    :raises ValueError: *database* is empty, *batch_size* is below 1, or *lock_timeout* is
-        not a positive, finite number of seconds.
+    :raises ValueError: *database* is empty, *sql* holds no statement (or a lone
+        surrogate), *batch_size* is below 1, or *lock_timeout* is not a positive, finite
+        number of seconds.
     """
 
     def __init__(
@@ -162,10 +171,13 @@ class SQLiteRows:
     ) -> None:
         check_path("database", database)
         check_type("sql", sql, str)
+        check_statement("sql", sql)
+        check_text("sql", sql)
         check_parameters(parameters)
         check_count("batch_size", batch_size)
         check_duration("lock_timeout", lock_timeout)
         check_callable("prepare", prepare, optional=True)
+        check_type("uri", uri, bool)
         self.database = database
         self.sql = sql
         self.parameters = parameters

@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from streamkit._checks import check_count, check_duration, check_path, check_rate, check_type
+from streamkit._checks import (
+    check_count,
+    check_duration,
+    check_path,
+    check_rate,
+    check_statement,
+    check_type,
+)
 
 
 @pytest.mark.parametrize("value", [0.001, 1, 2.5, 10**9])
@@ -95,3 +102,16 @@ def test_a_value_of_the_wrong_type_is_refused_naming_it() -> None:
         check_type("event", b"x", str, optional=True)
     with pytest.raises(TypeError, match=r"^event must be a str, got NoneType: None$"):
         check_type("event", None, str)
+
+
+@pytest.mark.parametrize("value", ["", " ", "\n\t ", b"", b"  \r\n"])
+def test_a_query_without_a_statement_is_refused_naming_it(value: str | bytes) -> None:
+    with pytest.raises(
+        ValueError, match=rf"^sql must hold a statement, got {re.escape(repr(value))}$"
+    ):
+        check_statement("sql", value)
+
+
+@pytest.mark.parametrize("value", ["SELECT 1", " VALUES (1) ", b"SELECT 1"])
+def test_a_query_with_a_statement_passes(value: str | bytes) -> None:
+    check_statement("sql", value)

@@ -443,6 +443,17 @@ def test_postgres_rows_options_are_checked() -> None:
         PostgresRows("", "SELECT %s", "ab")
     with pytest.raises(TypeError, match=r"^prepare must be callable, got str"):
         PostgresRows("", "SELECT 1", prepare="SET x = 1")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"^cancel_timeout must be .* got nan$"):
+        PostgresRows("", "SELECT 1", cancel_timeout=float("nan"))
+    with pytest.raises(TypeError, match=r"^batch_size must be an int, got float: 10.0$"):
+        PostgresRows("", "SELECT 1", batch_size=10.0)  # type: ignore[arg-type]
+    # No statement at all: the server would refuse it only once the stream has started.
+    with pytest.raises(ValueError, match=r"^sql must hold a statement, got ''$"):
+        PostgresRows("", "")
+    with pytest.raises(ValueError, match=r"^sql must hold a statement, got b' \\n'$"):
+        PostgresRows("", b" \n")
+    with pytest.raises(ValueError, match=r"^sql must not hold a lone surrogate"):
+        PostgresRows("", "SELECT '\ud800'")
 
 
 async def test_postgres_rows_runs_its_query_once_and_rolls_back(observer: Observer) -> None:

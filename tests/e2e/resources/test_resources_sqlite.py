@@ -329,6 +329,15 @@ async def test_another_driver_plugs_in_through_the_protocol() -> None:
         ({"parameters": "ab"}, TypeError, r"^parameters must be a sequence .* got str: 'ab'$"),
         ({"parameters": 5}, TypeError, r"^parameters must be a sequence .* got int: 5$"),
         ({"prepare": "PRAGMA x"}, TypeError, r"^prepare must be callable, got str"),
+        ({"batch_size": True}, TypeError, r"^batch_size must be an int, got bool: True$"),
+        ({"lock_timeout": float("nan")}, ValueError, r"^lock_timeout must be .* got nan$"),
+        ({"lock_timeout": "5"}, TypeError, r"^lock_timeout must be a number of seconds"),
+        # No statement at all: no rows, and no error to say why.
+        ({"sql": ""}, ValueError, r"^sql must hold a statement, got ''$"),
+        ({"sql": " \n\t"}, ValueError, r"^sql must hold a statement, got ' \\n\\t'$"),
+        # Which the stream would fail to encode, after its 200.
+        ({"sql": "SELECT '\ud800'"}, ValueError, r"^sql must not hold a lone surrogate"),
+        ({"uri": "yes"}, TypeError, r"^uri must be a bool, got str: 'yes'$"),
     ],
 )
 def test_sqlite_rows_options_are_checked(
