@@ -366,6 +366,41 @@ async def test_a_frozen_server_is_given_up_on_within_the_cleanup_timeout(
     assert set(recorded_faults()) == faults
 
 
+async def test_a_server_frozen_as_the_query_starts_is_given_up_on_too(
+    observer: Observer,
+) -> None:
+    # Frozen while prepare runs, before the first row: the cleanup, a cancel_timeout longer
+    # than it notwithstanding, is the exit's, bounded by cleanup_timeout like a fetch's.
+    cleanup_timeout = 1.0
+    preparing = anyio.Event()
+
+    def prepare(connection: psycopg.Connection[Any]) -> None:
+        anyio.from_thread.run_sync(preparing.set)
+        connection.execute("SELECT pg_sleep(30)")
+
+    source = PostgresRows(observer.stream_dsn, "SELECT 1", cancel_timeout=2.0, prepare=prepare)
+    faults = set(recorded_faults())
+    app = rows_app(lambda: source, cleanup_timeout=cleanup_timeout)
+    async with open_server(app) as server:
+        async with open_stream(server, "/rows") as client:
+            with anyio.fail_after(10.0):
+                await preparing.wait()
+            [backend] = await observer.backends()  # connected: prepare runs after that
+            os.kill(backend, signal.SIGSTOP)
+            try:
+                left_at = anyio.current_time()
+                await client.close()
+                end = await server.wait_ended(EndReason.CLIENT_DISCONNECTED, within=10.0)
+                ended_in = anyio.current_time() - left_at
+            finally:
+                os.kill(backend, signal.SIGCONT)
+        with anyio.fail_after(5.0):
+            await observer.wait_gone()
+    assert ended_in < cleanup_timeout
+    assert end.cleanup_duration < cleanup_timeout
+    assert set(recorded_faults()) == faults
+
+
 async def test_a_failing_query_ends_with_an_error_and_closes_the_connection(
     observer: Observer,
 ) -> None:
