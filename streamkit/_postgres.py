@@ -199,11 +199,15 @@ class PostgresRows:
     def _fetch(self) -> list[Row]:
         with self._lock:
             self._check_running()
-            if not self._opened:
-                self._open()
-            if self._cursor is None:
-                return []
-            return self._cursor.fetchmany(self.batch_size)
+            try:
+                if not self._opened:
+                    self._open()
+                assert self._cursor is not None  # made by the open, or it raised
+                return self._cursor.fetchmany(self.batch_size)
+            except BaseException:
+                # A fetch after this one must not read as the end of the rows.
+                self._stopping = True
+                raise
 
     def _acquire(self, cancel_for: float) -> bool:
         """Take the lock, cancelling on the server, again and again, what the worker that
@@ -321,8 +325,8 @@ class PostgresRows:
         """The next rows, at most ``batch_size``; an empty list once there are no more. The
         first connects and runs the query.
 
-        :raises RuntimeError: an earlier fetch was cancelled, which stopped the query (the
-            statement is cancelled on the server when the source is exited).
+        :raises RuntimeError: an earlier fetch was cancelled or failed, which stopped the
+            query (the statement is cancelled on the server when the source is exited).
         :raises psycopg.Error: the connection or the query failed.
         """
         # Here too: a worker abandoned by the cancelled fetch may still hold the connection.

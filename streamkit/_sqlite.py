@@ -127,7 +127,8 @@ def query_stopped(sql: object) -> RuntimeError:
     """The error of a fetch after the query was stopped: an empty batch would say that the
     rows were all there."""
     return RuntimeError(
-        f"the query was stopped (a fetch was cancelled, or the source closed): {sql!r:.80}"
+        f"the query was stopped (a fetch was cancelled or failed, or the source closed): "
+        f"{sql!r:.80}"
     )
 
 
@@ -244,12 +245,16 @@ class SQLiteRows:
     def _fetch(self) -> list[dict[str, Any]]:
         with self._lock:
             self._check_running()
-            if not self._opened:
-                self._open()
-            if self._cursor is None:
-                return []
+            try:
+                if not self._opened:
+                    self._open()
+                assert self._cursor is not None  # made by the open, or it raised
+                batch = self._cursor.fetchmany(self.batch_size)
+            except BaseException:
+                # A fetch after this one must not read as the end of the rows.
+                self._stopping = True
+                raise
             columns = self._columns
-            batch = self._cursor.fetchmany(self.batch_size)
             return [dict(zip(columns, row, strict=True)) for row in batch]
 
     def _close(self) -> None:
@@ -310,7 +315,7 @@ class SQLiteRows:
         """The next rows, at most ``batch_size``; an empty list once there are no more. The
         first runs the query.
 
-        :raises RuntimeError: an earlier fetch was cancelled, which stopped the query.
+        :raises RuntimeError: an earlier fetch was cancelled or failed, which stopped the query.
         :raises sqlite3.Error: the query failed.
         """
         # Here too: a worker abandoned by the cancelled fetch may still hold the connection.

@@ -515,6 +515,23 @@ async def test_postgres_rows_runs_its_query_once_and_rolls_back(observer: Observ
             pass
 
 
+async def test_a_fetch_after_a_failed_query_raises_rather_than_end_the_rows(
+    observer: Observer,
+) -> None:
+    # The query runs with the first fetch: once that failed, the next must not say, with an
+    # empty batch, that the rows are all there.
+    rows = PostgresRows(observer.stream_dsn, "SELECT * FROM no_such_table")
+    with anyio.fail_after(10.0):
+        async with rows:
+            with pytest.raises(psycopg.errors.UndefinedTable):
+                await rows.fetch_batch()
+            stopped = r"^the query was stopped \(a fetch was cancelled or failed"
+            with pytest.raises(RuntimeError, match=stopped):
+                await rows.fetch_batch()
+    with anyio.fail_after(RELEASE_BOUND):
+        await observer.wait_released()
+
+
 async def test_a_cancelled_fetch_stops_the_query(observer: Observer) -> None:
     # The cancelled fetch waits for nothing (no deadline bounds it): the next one raises at
     # once, though the abandoned worker still holds the connection, and the exit cancels the

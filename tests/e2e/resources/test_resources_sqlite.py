@@ -264,6 +264,22 @@ async def test_a_fetch_after_a_cancelled_one_raises_rather_than_end_the_rows(
     assert open_descriptors(database) == []
 
 
+async def test_a_fetch_after_a_failed_query_raises_rather_than_end_the_rows(
+    database: Path,
+) -> None:
+    # The query runs with the first fetch: once that failed, the next must not say, with an
+    # empty batch, that the rows are all there.
+    rows = SQLiteRows(database, "SELECT * FROM no_such_table")
+    with anyio.fail_after(10.0):
+        async with rows:
+            with pytest.raises(sqlite3.OperationalError, match="no_such_table"):
+                await rows.fetch_batch()
+            stopped = r"^the query was stopped \(a fetch was cancelled or failed"
+            with pytest.raises(RuntimeError, match=stopped):
+                await rows.fetch_batch()
+    assert open_descriptors(database) == []
+
+
 async def test_a_failing_query_ends_with_an_error_and_closes_the_connection(
     database: Path,
 ) -> None:
