@@ -38,7 +38,9 @@ def check_duration(name: str, value: object, *, optional: bool = False) -> None:
             f"{name} must be a number of seconds, got {type(value).__name__}: {value!r}"
         )
     if not _positive_finite(value):
-        raise ValueError(f"{name} must be a positive, finite number of seconds, got {value!r}")
+        raise ValueError(
+            f"{name} must be a positive, finite number of seconds, got {_shown(value)}"
+        )
 
 
 def _positive_finite(value: float) -> bool:
@@ -47,6 +49,23 @@ def _positive_finite(value: float) -> bool:
         return value > 0 and math.isfinite(value)
     except OverflowError:
         return False
+
+
+def _shown(number: float) -> str:
+    """*number* as the error shows it: its repr, or the size of an int too long for Python
+    to print (past ``sys.get_int_max_str_digits()``)."""
+    try:
+        return repr(number)
+    except ValueError:
+        assert isinstance(number, int)
+        size = abs(number)
+        digits = int(math.log10(size)) + 1  # an estimate near a power of ten: adjusted
+        if size >= 10**digits:
+            digits += 1
+        elif size < 10 ** (digits - 1):
+            digits -= 1
+        sign = "a negative" if number < 0 else "an"
+        return f"{sign} int of {digits:,} digits"
 
 
 def check_count(name: str, value: object, *, least: int = 1) -> None:
@@ -58,7 +77,7 @@ def check_count(name: str, value: object, *, least: int = 1) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}: {value!r}")
     if value < least:
-        raise ValueError(f"{name} must be an int of at least {least}, got {value!r}")
+        raise ValueError(f"{name} must be an int of at least {least}, got {_shown(value)}")
 
 
 def check_rate(name: str, value: object, *, optional: bool = False) -> None:
@@ -72,7 +91,7 @@ def check_rate(name: str, value: object, *, optional: bool = False) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}: {value!r}")
     if not _positive_finite(value):
-        raise ValueError(f"{name} must be a positive, finite number, got {value!r}")
+        raise ValueError(f"{name} must be a positive, finite number, got {_shown(value)}")
 
 
 def check_path(name: str, value: object, *, optional: bool = False) -> None:

@@ -4,6 +4,7 @@ naming the argument and the value."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,25 @@ def test_a_positive_finite_duration_passes(value: float) -> None:
 def test_a_bad_duration_is_refused_naming_it(value: object, error: type[Exception]) -> None:
     with pytest.raises(error, match=rf"^grace .* {re.escape(repr(value))}$"):
         check_duration("grace", value)
+
+
+@pytest.mark.parametrize(
+    ("check", "value"),
+    [
+        (check_duration, 10**5000),
+        (check_duration, -(10**5000)),
+        (check_rate, 10**5000),
+        (check_count, -(10**5000)),
+    ],
+    ids=["duration", "negative-duration", "rate", "negative-count"],
+)
+def test_an_int_too_long_to_print_is_refused_naming_it_and_its_size(
+    check: Callable[[str, object], None], value: int
+) -> None:
+    # Python refuses to print an int of more than 4,300 digits: the error names its size.
+    sized = r"got (an|a negative) int of 5,001 digits$"
+    with pytest.raises(ValueError, match=rf"^limit must be .*, {sized}"):
+        check("limit", value)
 
 
 def test_an_optional_duration_may_be_none() -> None:
