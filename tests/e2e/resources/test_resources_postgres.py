@@ -40,10 +40,10 @@ from support.stream_endings import (
     stream_options,
 )
 
-from streamkit import EndReason, NDJSONResponse
+from streamkit import EndReason, NDJSONResponse, StreamEnd
 from streamkit._faults import recorded_faults
 from streamkit.resources import PostgresRows, query_rows
-from streamkit.testing import open_server, open_stream
+from streamkit.testing import LiveServer, StreamClient, open_server, open_stream
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
@@ -312,6 +312,23 @@ async def test_a_slow_statement_is_cancelled_on_the_server_when_the_client_leave
     assert await observer.ticks() == counted  # and nothing runs on after the end
 
 
+async def leave_while_frozen(
+    server: LiveServer, client: StreamClient, processes: list[int]
+) -> tuple[StreamEnd, float]:
+    """Freeze *processes* (SIGSTOP), close the client, and wait for the stream's end; return
+    it and the seconds from the close to it. The processes run again however this ends."""
+    for process in processes:
+        os.kill(process, signal.SIGSTOP)
+    try:
+        left_at = anyio.current_time()
+        await client.close()
+        end = await server.wait_ended(EndReason.CLIENT_DISCONNECTED, within=10.0)
+        return end, anyio.current_time() - left_at
+    finally:
+        for process in processes:
+            os.kill(process, signal.SIGCONT)
+
+
 @pytest.mark.parametrize(
     ("cleanup_timeout", "cancel_timeout"),
     [
@@ -348,16 +365,7 @@ async def test_a_frozen_server_is_given_up_on_within_the_cleanup_timeout(
                 await observer.wait_ticks(5)
             [backend] = await observer.backends()
             processes = [backend] if frozen == "backend" else [parent_process(backend), backend]
-            for process in processes:
-                os.kill(process, signal.SIGSTOP)
-            try:
-                left_at = anyio.current_time()
-                await client.close()
-                end = await server.wait_ended(EndReason.CLIENT_DISCONNECTED, within=10.0)
-                ended_in = anyio.current_time() - left_at
-            finally:
-                for process in processes:
-                    os.kill(process, signal.SIGCONT)
+            end, ended_in = await leave_while_frozen(server, client, processes)
         with anyio.fail_after(5.0):
             await observer.wait_gone()
     request.node.user_properties.append(("ended_after_leaving", ended_in))
@@ -386,14 +394,7 @@ async def test_a_server_frozen_as_the_query_starts_is_given_up_on_too(
             with anyio.fail_after(10.0):
                 await preparing.wait()
             [backend] = await observer.backends()  # connected: prepare runs after that
-            os.kill(backend, signal.SIGSTOP)
-            try:
-                left_at = anyio.current_time()
-                await client.close()
-                end = await server.wait_ended(EndReason.CLIENT_DISCONNECTED, within=10.0)
-                ended_in = anyio.current_time() - left_at
-            finally:
-                os.kill(backend, signal.SIGCONT)
+            end, ended_in = await leave_while_frozen(server, client, [backend])
         with anyio.fail_after(5.0):
             await observer.wait_gone()
     assert ended_in < cleanup_timeout
