@@ -22,13 +22,17 @@ from streamkit._sse import (
     encode_data,
     encode_event,
     event_from_item,
+    resumable_id,
 )
 
 # Any text but lone surrogates, which UTF-8 cannot carry.
 TEXT = st.text(st.characters(exclude_categories=["Cs"]))
 NAME = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\r\n"))
-# An id holds no control character (C0 or DEL), which no resume could send back.
-IDS = st.text(st.characters(exclude_categories=["Cs", "Cc"]) | st.sampled_from("\x80\x85"))
+# An id holds no control character (C0 or DEL) and no space at either end, which no resume
+# could send back.
+IDS = st.text(st.characters(exclude_categories=["Cs", "Cc"]) | st.sampled_from("\x80\x85")).filter(
+    resumable_id
+)
 EVENTS = st.builds(
     ServerSentEvent,
     data=st.none() | TEXT,

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from streamkit import ServerSentEvent
-from streamkit._sse import encode_event
+from streamkit._sse import encode_event, resumable_id
 from streamkit.client import FrameTooLarge, SSEDecoder
 
 
@@ -166,8 +166,11 @@ def test_a_long_line_split_in_many_chunks_takes_linear_time() -> None:
 
 
 names = st.text(st.characters(blacklist_characters="\r\n\x00", codec="utf-8"), max_size=8)
-# An id holds no control character (C0 or DEL): none a resume could send back.
-ids = st.text(st.characters(codec="utf-8", exclude_categories=["Cs", "Cc"]), max_size=8)
+# An id holds no control character (C0 or DEL) and no space at either end: none a resume
+# could send back.
+ids = st.text(st.characters(codec="utf-8", exclude_categories=["Cs", "Cc"]), max_size=8).filter(
+    resumable_id
+)
 events = st.builds(
     ServerSentEvent,
     data=st.text(st.characters(codec="utf-8"), max_size=30).map(lambda s: s.replace("\r", "")),
