@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from ._checks import check_count, check_duration, check_rate
-from ._sse_decoder import MAX_RETRY_DIGITS
+from ._sse import MAX_RETRY_DIGITS
 
 __all__ = ["Backoff", "retry_after_seconds"]
 

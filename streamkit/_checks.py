@@ -21,6 +21,7 @@ __all__ = [
     "check_statement",
     "check_text",
     "check_type",
+    "show_number",
 ]
 
 
@@ -39,7 +40,7 @@ def check_duration(name: str, value: object, *, optional: bool = False) -> None:
         )
     if not _positive_finite(value):
         raise ValueError(
-            f"{name} must be a positive, finite number of seconds, got {_shown(value)}"
+            f"{name} must be a positive, finite number of seconds, got {show_number(value)}"
         )
 
 
@@ -51,7 +52,7 @@ def _positive_finite(value: float) -> bool:
         return False
 
 
-def _shown(number: float) -> str:
+def show_number(number: float) -> str:
     """*number* as the error shows it: its repr, or the size of an int too long for Python
     to print (past ``sys.get_int_max_str_digits()``)."""
     try:
@@ -77,7 +78,7 @@ def check_count(name: str, value: object, *, least: int = 1) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}: {value!r}")
     if value < least:
-        raise ValueError(f"{name} must be an int of at least {least}, got {_shown(value)}")
+        raise ValueError(f"{name} must be an int of at least {least}, got {show_number(value)}")
 
 
 def check_rate(name: str, value: object, *, optional: bool = False) -> None:
@@ -91,7 +92,7 @@ def check_rate(name: str, value: object, *, optional: bool = False) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}: {value!r}")
     if not _positive_finite(value):
-        raise ValueError(f"{name} must be a positive, finite number, got {_shown(value)}")
+        raise ValueError(f"{name} must be a positive, finite number, got {show_number(value)}")
 
 
 def check_path(name: str, value: object, *, optional: bool = False) -> None:

@@ -21,11 +21,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ._checks import check_count, check_text
+from ._checks import check_count, check_text, show_number
 from ._json import JSONEncoder, encode_json
 
 __all__ = [
     "EVENT_FIELDS",
+    "MAX_RETRY_DIGITS",
     "ServerSentEvent",
     "encode_comment",
     "encode_data",
@@ -42,6 +43,11 @@ logger = logging.getLogger("streamkit")
 
 #: The longest ``Last-Event-ID`` header accepted; longer ones are ignored.
 MAX_LAST_EVENT_ID_LENGTH = 1024
+#: The most digits a ``retry:`` (or a ``Retry-After``) may have to be obeyed: any number of
+#: 19 digits is below 2 ** 64, a browser's bound. A client ignores a longer one, as a browser
+#: ignores one that overflows, so an event may not carry one.
+MAX_RETRY_DIGITS = 19
+_RETRY_LIMIT = 10**MAX_RETRY_DIGITS
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -65,8 +71,8 @@ class ServerSentEvent:
     :param comment: a comment, ignored by browsers; useful to keep proxies from timing out.
     :raises ValueError: an event name contains CR or LF, an id contains a control character,
         starts or ends with a space, or is longer than 1024 characters (what a resume reads
-        back), a field holds a lone
-        surrogate (UTF-8 cannot carry it), or ``retry`` is negative.
+        back), a field holds a lone surrogate (UTF-8 cannot carry it), or ``retry`` is
+        negative or has more than 19 digits (which a client ignores).
     :raises TypeError: a field has the wrong type.
     """
 
@@ -108,6 +114,11 @@ class ServerSentEvent:
             self._check_fields()
         if retry is not None:
             check_count("SSE retry (milliseconds)", retry, least=0)
+            if retry >= _RETRY_LIMIT:
+                raise ValueError(
+                    f"SSE retry (milliseconds) must have at most {MAX_RETRY_DIGITS} digits "
+                    f"(a client ignores a longer one), got {show_number(retry)}"
+                )
 
     def _check_fields(self) -> None:
         # Written out field by field, not looped over by name: an event with an id (a

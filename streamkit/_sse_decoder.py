@@ -4,8 +4,8 @@ Pure, like the framing in ``_sse``: bytes in, :class:`~streamkit.ServerSentEvent
 no I/O. The body is decoded as UTF-8 with a leading BOM dropped and invalid bytes replaced; a
 line ends at CR, LF or CRLF (even split between two chunks); a line starting with a colon is a
 comment; one space after the field's colon is dropped; an ``id`` holding NUL is ignored, and a
-``retry`` that is not all ASCII digits too, or has more than :data:`MAX_RETRY_DIGITS` of them
-(past 64 bits, where a browser ignores it too). Unknown fields are ignored.
+``retry`` that is not all ASCII digits too, or has more than 19 of them (``MAX_RETRY_DIGITS``
+in ``_sse``: past 64 bits, where a browser ignores it too). Unknown fields are ignored.
 
 Where it differs from a browser, on purpose: every frame is handed back, including those a
 browser would not dispatch (no ``data:`` line), because a client needs their ``id`` and
@@ -23,14 +23,9 @@ from __future__ import annotations
 import codecs
 
 from ._checks import check_count
-from ._sse import ServerSentEvent, trusted_event
+from ._sse import MAX_RETRY_DIGITS, ServerSentEvent, trusted_event
 
-__all__ = ["MAX_RETRY_DIGITS", "FrameTooLarge", "SSEDecoder"]
-
-#: The most digits a ``retry:`` (or a ``Retry-After``) may have to be obeyed: any number of
-#: 19 digits is below 2 ** 64, a browser's bound. A longer one is ignored, as a browser ignores
-#: one that overflows.
-MAX_RETRY_DIGITS = 19
+__all__ = ["FrameTooLarge", "SSEDecoder"]
 
 
 class SSEDecoder:

@@ -113,6 +113,19 @@ def test_retry_must_be_a_non_negative_int(retry: object) -> None:
         ServerSentEvent(retry=retry)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("retry", [10**19, 10**400, 10**5000], ids=["20", "401", "5001"])
+def test_a_retry_no_client_obeys_is_refused_where_it_is_made(retry: int) -> None:
+    # A client ignores a retry of more than 19 digits (as a browser one past 2 ** 64): sent,
+    # it would do nothing; one too long for Python to print failed only as it was written.
+    with pytest.raises(ValueError, match=r"^SSE retry \(milliseconds\) must have at most 19 "):
+        ServerSentEvent(retry=retry)
+
+
+def test_the_longest_retry_a_client_obeys_is_sent() -> None:
+    retry = 10**19 - 1
+    assert encode_event(ServerSentEvent(retry=retry)) == f"retry: {retry}\n\n".encode()
+
+
 def test_an_event_is_a_frozen_keyword_only_dataclass() -> None:
     # Its __init__ is written by hand (see the class): what the generated one gave must hold.
     event = ServerSentEvent(data={"n": 1}, event="tick", id="7", retry=5, comment="c")
