@@ -9,7 +9,7 @@ the client's flow-control window for the stream is 0, every take is empty. So a 
 stream whose reader stopped never waits: the buffer grows with whatever the application
 makes, and ``send_timeout`` never fires. Over HTTP/1.1 the socket itself holds the writer.
 
-Three changes, applied to the connections of servers that :func:`streamkit.serve` runs:
+Four changes, applied to the connections of servers that :func:`streamkit.serve` runs:
 
 - the writer is let go only once the buffer has fallen below half its high-water mark, so a
   stalled stream holds at most the buffer and one write, and its writer waits;
@@ -17,7 +17,9 @@ Three changes, applied to the connections of servers that :func:`streamkit.serve
   ``send_timeout``) is reset with ``RST_STREAM`` (``CANCEL``) and its buffer dropped;
   hypercorn would leave it open, and the client waiting, until the connection closed;
 - a connection the server closes as it shuts down is sent ``GOAWAY`` first, so the client
-  knows that the streams it had were ended on purpose.
+  knows that the streams it had were ended on purpose;
+- a ``PRIORITY`` signal orders only the streams being served: hypercorn kept every stream a
+  client named in one, for good, and past 1000 of them raised out of the connection.
 
 The repair depends on hypercorn's internals, so it is applied only to a hypercorn version it
 was checked against, and only where a probe of hypercorn's own buffer shows the fault; a
@@ -33,6 +35,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 import h2.errors
+import h2.events
 import h2.exceptions
 import hypercorn.protocol
 import hypercorn.protocol.h2 as hypercorn_h2
@@ -40,6 +43,7 @@ from hypercorn.events import Closed, Event
 from hypercorn.protocol.events import Event as StreamEvent
 from hypercorn.protocol.events import StreamClosed
 from hypercorn.protocol.h2 import H2Protocol
+from priority.priority import PriorityError
 
 __all__ = ["bound_h2_streams", "h2_streams_bounded"]
 
@@ -117,7 +121,7 @@ class _BoundedBuffers(dict[int, Any]):
 
 
 class _BoundedH2Protocol(H2Protocol):
-    """hypercorn's HTTP/2 connection with the three changes the module docstring lists."""
+    """hypercorn's HTTP/2 connection with the four changes the module docstring lists."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -144,6 +148,21 @@ class _BoundedH2Protocol(H2Protocol):
         await buffer.close()
         self.priority.unblock(stream_id)
         await self.has_data.set()
+
+    async def _priority_updated(self, event: h2.events.PriorityUpdated) -> None:
+        # hypercorn puts a stream it does not serve (a PRIORITY frame's, or the stream one
+        # depends on) in its priority tree, where it stays: past the tree's 1000 streams the
+        # next insertion raises out of the connection, and on trio out of the server. HTTP/2
+        # makes priorities advice (RFC 9113 deprecates them), so only streams being served
+        # are ordered, and a dependency on any other stream is one on the connection.
+        if event.stream_id not in self.stream_buffers:
+            return
+        if event.depends_on not in self.stream_buffers:
+            event.depends_on = 0
+        try:
+            await super()._priority_updated(event)
+        except PriorityError:
+            pass  # advice that cannot be followed (a loop, say) is left
 
     async def handle(self, event: Event) -> None:
         if (

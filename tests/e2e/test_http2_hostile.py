@@ -1,0 +1,98 @@
+"""HTTP/2 frames from a hostile or broken client, through real hypercorn on asyncio and trio.
+
+What is proved: frames a client may send at any time, whatever their content, cost the server
+bounded memory and end at most the client's own connection, never the worker: the other
+streams on the connection go on, and new ones are served.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+import pytest
+from hyperframe.frame import PriorityFrame
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from streamkit import EventSourceResponse, ServerSentEvent, StreamSender
+from streamkit.testing import LiveServer, open_h2_connection, open_server
+
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
+
+BOUND = 5.0
+#: More streams than hypercorn's priority tree takes (1000) before it raises.
+MANY = 1200
+
+
+def make_app() -> Starlette:
+    async def ticks(request: Request) -> Response:
+        async def produce(send: StreamSender[ServerSentEvent]) -> None:
+            number = 0
+            while True:
+                await send(ServerSentEvent(data=str(number)))
+                number += 1
+                await anyio.sleep(0.01)
+
+        return EventSourceResponse(produce)
+
+    async def version(request: Request) -> Response:
+        return PlainTextResponse(request.scope["http_version"])
+
+    return Starlette(routes=[Route("/ticks", ticks), Route("/version", version)])
+
+
+@asynccontextmanager
+async def serving() -> AsyncIterator[LiveServer]:
+    with anyio.fail_after(30):
+        async with open_server(make_app()) as server:
+            yield server
+
+
+def priority_frames(stream_ids: range, *, depends_on: range | None = None) -> bytes:
+    frames = bytearray()
+    for index, stream_id in enumerate(stream_ids):
+        frame = PriorityFrame(stream_id)
+        frame.depends_on = depends_on[index] if depends_on is not None else 0
+        frame.stream_weight = 15
+        frames += frame.serialize()
+    return bytes(frames)
+
+
+async def test_priority_frames_for_streams_never_opened_leave_the_server_serving() -> None:
+    """hypercorn keeps each such stream in its priority tree for good; past 1000 the tree
+    raised out of the connection, crashing the worker on trio."""
+    async with serving() as server, open_h2_connection(server) as connection:
+        async with connection.open_stream("/ticks") as live:
+            await live.read_event()
+            # Odd ids, above any this client opens: streams that are idle, never opened.
+            await connection.stream.send(priority_frames(range(10001, 10001 + 2 * MANY, 2)))
+            with anyio.fail_after(BOUND):
+                assert await connection.ping() < BOUND
+                for _ in range(3):
+                    await live.read_event()
+                async with connection.open_stream("/version") as stream:
+                    assert (stream.status, await stream.read_all()) == (200, b"2")
+
+
+async def test_priority_frames_depending_on_unknown_streams_leave_the_server_serving() -> None:
+    """A dependency on a stream the tree does not hold puts that stream in the tree too."""
+    async with serving() as server, open_h2_connection(server) as connection:
+        async with connection.open_stream("/ticks") as live:
+            await live.read_event()
+            parents = range(20001, 20001 + 2 * MANY, 2)
+            own = range(live.stream_id, live.stream_id + 1)
+            await connection.stream.send(
+                b"".join(
+                    priority_frames(own, depends_on=range(parent, parent + 1)) for parent in parents
+                )
+            )
+            with anyio.fail_after(BOUND):
+                assert await connection.ping() < BOUND
+                for _ in range(3):
+                    await live.read_event()
+                async with connection.open_stream("/version") as stream:
+                    assert (stream.status, await stream.read_all()) == (200, b"2")
