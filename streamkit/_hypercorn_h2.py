@@ -13,8 +13,9 @@ Four changes, applied to the connections of servers that :func:`streamkit.serve`
 
 - the writer is let go only once the buffer has fallen below half its high-water mark, so a
   stalled stream holds at most the buffer and one write, and its writer waits;
-- a stream the application left without finishing its body (a write gave up at
-  ``send_timeout``) is reset with ``RST_STREAM`` (``CANCEL``) and its buffer dropped;
+- a stream the application left without finishing its body, or with the end of it still
+  buffered (a write gave up at ``send_timeout``, the last one included), is reset with
+  ``RST_STREAM`` (``CANCEL``) and its buffer dropped;
   hypercorn would leave it open, and the client waiting, until the connection closed;
 - a connection the server closes as it shuts down is sent ``GOAWAY`` first, so the client
   knows that the streams it had were ended on purpose;
@@ -135,8 +136,11 @@ class _BoundedH2Protocol(H2Protocol):
 
     async def _reset_if_unfinished(self, stream_id: int) -> None:
         buffer = self.stream_buffers.get(stream_id)
-        if buffer is None or buffer._complete:
-            return  # finished: the sending task ends the stream once its buffer is sent
+        if buffer is None or buffer.complete:
+            # Finished, and all of it taken: the sending task ends the stream. A body that
+            # ended with bytes still held (its last write, the wait for them to go, gave up)
+            # is as unfinished to the client as one that stopped midway.
+            return
         try:
             self.connection.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
         except h2.exceptions.ProtocolError:

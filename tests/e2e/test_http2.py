@@ -107,11 +107,25 @@ def make_app(seen: Seen) -> Starlette:
             on_end=seen.on_end(name),  # type: ignore[arg-type]
         )
 
+    async def tail(request: Request) -> Response:
+        name = request.query_params["name"]
+
+        async def produce(send: StreamSender[bytes]) -> None:
+            # A window's worth and a tail that hypercorn's buffer takes without waiting.
+            await send(b"x" * (65535 + 10000))
+
+        return StreamResponse(produce, send_timeout=SEND_TIMEOUT, on_end=seen.on_end(name))  # type: ignore[arg-type]
+
     async def version(request: Request) -> Response:
         return PlainTextResponse(request.scope["http_version"])
 
     return Starlette(
-        routes=[Route("/ticks", ticks), Route("/chunks", chunks), Route("/version", version)]
+        routes=[
+            Route("/ticks", ticks),
+            Route("/chunks", chunks),
+            Route("/tail", tail),
+            Route("/version", version),
+        ]
     )
 
 
@@ -198,6 +212,26 @@ async def test_a_stalled_stream_among_live_ones_ends_alone_with_send_timeout() -
         f"stalled h2 stream: send_timeout after {ended_after * 1000:.0f} ms, "
         f"{seen.produced['stalled']} bytes produced"
     )
+
+
+async def test_a_stalled_stream_whose_last_write_gives_up_is_reset_too() -> None:
+    """The body's end is the write left waiting: its bytes are all in hypercorn's buffer,
+    the last of them beyond the client's window. hypercorn kept the stream open, the tail
+    buffered, until the connection closed."""
+    async with serving() as (server, seen), open_h2_connection(server) as connection:
+        async with (
+            connection.open_stream("/tail?name=stalled") as stalled,
+            connection.open_stream("/ticks?name=live") as live,
+        ):
+            stalled.stall()
+            with anyio.fail_after(SEND_TIMEOUT + CLEANUP_BOUND):
+                while stalled.reset_code is None:
+                    await live.read_event()
+            assert stalled.reset_code == h2.errors.ErrorCodes.CANCEL
+            assert seen.ends["stalled"].reason is EndReason.SEND_TIMEOUT
+            await live.read_event()
+            assert await connection.ping() < CLEANUP_BOUND
+            assert "live" not in seen.ends
 
 
 async def test_a_stalled_stream_without_send_timeout_holds_its_producer_at_the_bound() -> None:
