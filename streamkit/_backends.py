@@ -4,11 +4,13 @@ Besides this module, only the runtime's ``_loop`` names asyncio or trio; everyth
 streamkit imports anyio alone. hypercorn has no anyio worker, so serving means picking its
 asyncio or trio ``serve`` for the loop that is running.
 
-The repair: on Python 3.11, hypercorn's asyncio worker ends its serve with an
+The repairs: on Python 3.11, hypercorn's asyncio worker ends its serve with an
 ``asyncio.TaskGroup`` whose child raised to trigger the shutdown, which leaves one
 cancellation request counted on the *calling* task (``Task.cancelling()``) after serve has
 returned normally. An anyio cancel scope exited later in that task takes the leftover count
 for a native cancellation and raises ``CancelledError`` out of it. The count is put back.
+And :func:`being_cancelled` tells the HTTP/2 repair (``_hypercorn_h2``) when a connection's
+task is one that hypercorn's asyncio worker cancelled, as its task group is being shut down.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import sniffio
 
 from ._exceptions import ServeError
 
-__all__ = ["hypercorn_serve"]
+__all__ = ["being_cancelled", "hypercorn_serve"]
 
 
 def _worker() -> tuple[str, Callable[..., Awaitable[None]]]:
@@ -73,3 +75,15 @@ async def hypercorn_serve(app: object, config: object, **options: object) -> Non
         loop.set_exception_handler(previous)
     while task.cancelling() > requested:
         task.uncancel()
+
+
+def being_cancelled() -> bool:
+    """Whether the running task is an asyncio task with a cancellation requested of it that it
+    has not taken back (``Task.cancelling()``), as hypercorn's asyncio worker leaves the tasks
+    of a connection it cancels. On trio, whose cancellations are scoped, always false."""
+    if sniffio.current_async_library() != "asyncio":
+        return False
+    import asyncio  # the question is of an asyncio task's cancellation count
+
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

@@ -9,7 +9,7 @@ the client's flow-control window for the stream is 0, every take is empty. So a 
 stream whose reader stopped never waits: the buffer grows with whatever the application
 makes, and ``send_timeout`` never fires. Over HTTP/1.1 the socket itself holds the writer.
 
-Four changes, applied to the connections of servers that :func:`streamkit.serve` runs:
+Five changes, applied to the connections of servers that :func:`streamkit.serve` runs:
 
 - the writer is let go only once the buffer has fallen below half its high-water mark, so a
   stalled stream holds at most the buffer and one write, and its writer waits;
@@ -20,7 +20,10 @@ Four changes, applied to the connections of servers that :func:`streamkit.serve`
 - a connection the server closes as it shuts down is sent ``GOAWAY`` first, so the client
   knows that the streams it had were ended on purpose;
 - a ``PRIORITY`` signal orders only the streams being served: hypercorn kept every stream a
-  client named in one, for good, and past 1000 of them raised out of the connection.
+  client named in one, for good, and past 1000 of them raised out of the connection;
+- on asyncio, a stream cancelled as the grace period ends does not ask for the connection's
+  idle timer: hypercorn would start it in the connection's task group, then being cancelled,
+  whose RuntimeError came out of ``serve()``.
 
 The repair depends on hypercorn's internals, so it is applied only to a hypercorn version it
 was checked against, and only where a probe of hypercorn's own buffer shows the fault; a
@@ -40,11 +43,13 @@ import h2.events
 import h2.exceptions
 import hypercorn.protocol
 import hypercorn.protocol.h2 as hypercorn_h2
-from hypercorn.events import Closed, Event
+from hypercorn.events import Closed, Event, Updated
 from hypercorn.protocol.events import Event as StreamEvent
 from hypercorn.protocol.events import StreamClosed
 from hypercorn.protocol.h2 import H2Protocol
 from priority.priority import PriorityError
+
+from ._backends import being_cancelled
 
 __all__ = ["bound_h2_streams", "h2_streams_bounded"]
 
@@ -122,12 +127,24 @@ class _BoundedBuffers(dict[int, Any]):
 
 
 class _BoundedH2Protocol(H2Protocol):
-    """hypercorn's HTTP/2 connection with the four changes the module docstring lists."""
+    """hypercorn's HTTP/2 connection with the five changes the module docstring lists."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.stream_buffers = _BoundedBuffers()
         self._goaway_sent = False
+        self._send_to_server = self.send
+        self.send = self._send
+
+    async def _send(self, event: Event) -> None:
+        if isinstance(event, Updated) and being_cancelled():
+            # An Updated restarts or stops the connection's idle timer. hypercorn's asyncio
+            # worker starts the timer in the connection's task group, which raises
+            # RuntimeError once it is being cancelled, out of serve(): so it was when a stream
+            # that outlived the grace period was cancelled and ended. The connection is being
+            # closed; there is no timer to keep.
+            return
+        await self._send_to_server(event)
 
     async def stream_send(self, event: StreamEvent) -> None:
         if isinstance(event, StreamClosed):
