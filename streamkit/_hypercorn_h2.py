@@ -9,7 +9,7 @@ the client's flow-control window for the stream is 0, every take is empty. So a 
 stream whose reader stopped never waits: the buffer grows with whatever the application
 makes, and ``send_timeout`` never fires. Over HTTP/1.1 the socket itself holds the writer.
 
-Five changes, applied to the connections of servers that :func:`streamkit.serve` runs:
+Six changes, applied to the connections of servers that :func:`streamkit.serve` runs:
 
 - the writer is let go only once the buffer has fallen below half its high-water mark, so a
   stalled stream holds at most the buffer and one write, and its writer waits;
@@ -19,6 +19,8 @@ Five changes, applied to the connections of servers that :func:`streamkit.serve`
   hypercorn would leave it open, and the client waiting, until the connection closed;
 - a connection the server closes as it shuts down is sent ``GOAWAY`` first, so the client
   knows that the streams it had were ended on purpose;
+- body that arrives for a stream whose response has ended is acknowledged and dropped;
+  hypercorn raised ``KeyError`` out of the connection;
 - a ``PRIORITY`` signal orders only the streams being served: hypercorn kept every stream a
   client named in one, for good, and past 1000 of them raised out of the connection;
 - on asyncio, a stream cancelled as the grace period ends does not ask for the connection's
@@ -127,7 +129,7 @@ class _BoundedBuffers(dict[int, Any]):
 
 
 class _BoundedH2Protocol(H2Protocol):
-    """hypercorn's HTTP/2 connection with the five changes the module docstring lists."""
+    """hypercorn's HTTP/2 connection with the six changes the module docstring lists."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -169,6 +171,26 @@ class _BoundedH2Protocol(H2Protocol):
         await buffer.close()
         self.priority.unblock(stream_id)
         await self.has_data.set()
+
+    async def _handle_events(self, events: list[h2.events.Event]) -> None:
+        # Body for a stream hypercorn no longer serves (its response ended while the client
+        # still sent its body, as it may) is acknowledged and dropped, as h2 does for a closed
+        # stream; hypercorn looked the stream up and raised KeyError out of the connection,
+        # and on trio out of the server. Looked up as it comes: a stream is served from its
+        # request's event on, which may be in the same batch.
+        batch: list[h2.events.Event] = []
+        for event in events:
+            if isinstance(event, h2.events.DataReceived):
+                if batch:
+                    await super()._handle_events(batch)
+                    batch = []
+                if event.stream_id not in self.streams:
+                    self.connection.acknowledge_received_data(
+                        event.flow_controlled_length, event.stream_id
+                    )
+                    continue
+            batch.append(event)
+        await super()._handle_events(batch)
 
     async def _priority_updated(self, event: h2.events.PriorityUpdated) -> None:
         # hypercorn puts a stream it does not serve (a PRIORITY frame's, or the stream one

@@ -19,7 +19,13 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from streamkit import EventSourceResponse, ServerSentEvent, StreamSender
-from streamkit.testing import LiveServer, open_h2_connection, open_server
+from streamkit.testing import (
+    H2Connection,
+    H2StreamClient,
+    LiveServer,
+    open_h2_connection,
+    open_server,
+)
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
@@ -42,7 +48,9 @@ def make_app() -> Starlette:
     async def version(request: Request) -> Response:
         return PlainTextResponse(request.scope["http_version"])
 
-    return Starlette(routes=[Route("/ticks", ticks), Route("/version", version)])
+    return Starlette(
+        routes=[Route("/ticks", ticks), Route("/version", version, methods=["GET", "POST"])]
+    )
 
 
 @asynccontextmanager
@@ -50,6 +58,26 @@ async def serving() -> AsyncIterator[LiveServer]:
     with anyio.fail_after(30):
         async with open_server(make_app()) as server:
             yield server
+
+
+async def start_upload(connection: H2Connection, path: str, body: bytes) -> H2StreamClient:
+    """Send a POST's head and the start of its body, the body left open; the stream's client
+    reads the response."""
+    stream_id = connection._h2.get_next_available_stream_id()
+    client = H2StreamClient(connection, stream_id)
+    connection._streams[stream_id] = client
+    head = [(":method", "POST"), (":scheme", "http"), (":authority", "test"), (":path", path)]
+    connection._h2.send_headers(stream_id, head)
+    connection._h2.send_data(stream_id, body)
+    await connection._flush()
+    return client
+
+
+async def assert_served(connection: H2Connection) -> None:
+    with anyio.fail_after(BOUND):
+        assert await connection.ping() < BOUND
+        async with connection.open_stream("/version") as stream:
+            assert (stream.status, await stream.read_all()) == (200, b"2")
 
 
 def priority_frames(stream_ids: range, *, depends_on: range | None = None) -> bytes:
@@ -96,3 +124,21 @@ async def test_priority_frames_depending_on_unknown_streams_leave_the_server_ser
                     await live.read_event()
                 async with connection.open_stream("/version") as stream:
                     assert (stream.status, await stream.read_all()) == (200, b"2")
+
+
+async def test_body_sent_after_the_response_ended_leaves_the_server_serving() -> None:
+    """A client may go on sending a body the response did not wait for (an upload answered
+    early). hypercorn dropped the stream with its response, and the next DATA frame raised
+    KeyError out of the connection, on trio out of the server."""
+    async with serving() as server, open_h2_connection(server) as connection:
+        async with connection.open_stream("/ticks") as live:
+            upload = await start_upload(connection, "/version", b"a" * 100)
+            with anyio.fail_after(BOUND):
+                assert await upload.read_all() == b"2"
+            connection._h2.send_data(upload.stream_id, b"b" * 100)
+            connection._h2.send_data(upload.stream_id, b"c" * 100, end_stream=True)
+            await connection._flush()
+            await assert_served(connection)
+            with anyio.fail_after(BOUND):
+                await live.read_event()
+        await assert_served(connection)
