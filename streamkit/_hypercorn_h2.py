@@ -9,7 +9,7 @@ the client's flow-control window for the stream is 0, every take is empty. So a 
 stream whose reader stopped never waits: the buffer grows with whatever the application
 makes, and ``send_timeout`` never fires. Over HTTP/1.1 the socket itself holds the writer.
 
-Six changes, applied to the connections of servers that :func:`streamkit.serve` runs:
+Seven changes, applied to the connections of servers that :func:`streamkit.serve` runs:
 
 - the writer is let go only once the buffer has fallen below half its high-water mark, so a
   stalled stream holds at most the buffer and one write, and its writer waits;
@@ -19,6 +19,8 @@ Six changes, applied to the connections of servers that :func:`streamkit.serve` 
   hypercorn would leave it open, and the client waiting, until the connection closed;
 - a connection the server closes as it shuts down is sent ``GOAWAY`` first, so the client
   knows that the streams it had were ended on purpose;
+- a tunnel's ``CONNECT``, the one request without a path, is answered 405; hypercorn raised
+  ``UnboundLocalError`` out of the connection;
 - body that arrives for a stream whose response has ended is acknowledged and dropped;
   hypercorn raised ``KeyError`` out of the connection;
 - a ``PRIORITY`` signal orders only the streams being served: hypercorn kept every stream a
@@ -129,7 +131,7 @@ class _BoundedBuffers(dict[int, Any]):
 
 
 class _BoundedH2Protocol(H2Protocol):
-    """hypercorn's HTTP/2 connection with the six changes the module docstring lists."""
+    """hypercorn's HTTP/2 connection with the seven changes the module docstring lists."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -180,6 +182,16 @@ class _BoundedH2Protocol(H2Protocol):
         # request's event on, which may be in the same batch.
         batch: list[h2.events.Event] = []
         for event in events:
+            if isinstance(event, h2.events.RequestReceived) and not any(
+                name == b":path" for name, _ in event.headers or ()
+            ):
+                # A tunnel's CONNECT, the one request HTTP/2 allows without a path: hypercorn
+                # read the path regardless and raised UnboundLocalError out of the connection.
+                # No ASGI app serves a tunnel.
+                refusal = [(b":status", b"405"), (b"content-length", b"0")]
+                refusal += self.config.response_headers("h2")
+                self.connection.send_headers(event.stream_id, refusal, end_stream=True)
+                continue
             if isinstance(event, h2.events.DataReceived):
                 if batch:
                     await super()._handle_events(batch)

@@ -142,3 +142,23 @@ async def test_body_sent_after_the_response_ended_leaves_the_server_serving() ->
             with anyio.fail_after(BOUND):
                 await live.read_event()
         await assert_served(connection)
+
+
+async def test_a_connect_request_is_refused_and_the_server_goes_on() -> None:
+    """A tunnel's CONNECT is the one HTTP/2 request without a path; hypercorn read the path
+    regardless and raised UnboundLocalError out of the connection, on trio out of the server."""
+    async with serving() as server, open_h2_connection(server) as connection:
+        async with connection.open_stream("/ticks") as live:
+            stream_id = connection._h2.get_next_available_stream_id()
+            tunnel = H2StreamClient(connection, stream_id)
+            connection._streams[stream_id] = tunnel
+            # h2 checks what it sends against the extended CONNECT it also knows.
+            connection._h2.config.validate_outbound_headers = False
+            connection._h2.send_headers(stream_id, [(":method", "CONNECT"), (":authority", "a:1")])
+            await connection._flush()
+            with anyio.fail_after(BOUND):
+                assert await tunnel.read_all() == b""
+            assert tunnel.status == 405
+            await assert_served(connection)
+            with anyio.fail_after(BOUND):
+                await live.read_event()
