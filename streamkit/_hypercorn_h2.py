@@ -19,8 +19,9 @@ Seven changes, applied to the connections of servers that :func:`streamkit.serve
   hypercorn would leave it open, and the client waiting, until the connection closed;
 - a connection the server closes as it shuts down is sent ``GOAWAY`` first, so the client
   knows that the streams it had were ended on purpose;
-- a tunnel's ``CONNECT``, the one request without a path, is answered 405; hypercorn raised
-  ``UnboundLocalError`` out of the connection;
+- a tunnel's ``CONNECT``, the one request without a path, is answered 405, and one whose
+  method or path is not ASCII 400, without the app; hypercorn raised ``UnboundLocalError``
+  or ``UnicodeDecodeError`` out of the connection;
 - body that arrives for a stream whose response has ended is acknowledged and dropped;
   hypercorn raised ``KeyError`` out of the connection;
 - a ``PRIORITY`` signal orders only the streams being served: hypercorn kept every stream a
@@ -182,13 +183,10 @@ class _BoundedH2Protocol(H2Protocol):
         # request's event on, which may be in the same batch.
         batch: list[h2.events.Event] = []
         for event in events:
-            if isinstance(event, h2.events.RequestReceived) and not any(
-                name == b":path" for name, _ in event.headers or ()
+            if isinstance(event, h2.events.RequestReceived) and (
+                status := _refused(event.headers or ())
             ):
-                # A tunnel's CONNECT, the one request HTTP/2 allows without a path: hypercorn
-                # read the path regardless and raised UnboundLocalError out of the connection.
-                # No ASGI app serves a tunnel.
-                refusal = [(b":status", b"405"), (b"content-length", b"0")]
+                refusal = [(b":status", b"%d" % status), (b"content-length", b"0")]
                 refusal += self.config.response_headers("h2")
                 self.connection.send_headers(event.stream_id, refusal, end_stream=True)
                 continue
@@ -235,6 +233,22 @@ class _BoundedH2Protocol(H2Protocol):
             else:
                 await self._flush()
         await super().handle(event)
+
+
+def _refused(headers: Any) -> int | None:
+    """The status a request with these headers is answered, without the app, where hypercorn
+    cannot make a request of it: it raised out of the connection (on trio, out of the server).
+    """
+    pseudo = {name: value for name, value in headers if name in (b":method", b":path")}
+    if b":path" not in pseudo:
+        # A tunnel's CONNECT, the one request HTTP/2 allows without a path (hypercorn read it
+        # regardless: UnboundLocalError). No ASGI app serves a tunnel.
+        return 405
+    if not all(value.isascii() for value in pseudo.values()):
+        # HTTP/1.1's parser refuses such a request line; h2 passes the bytes on, and
+        # hypercorn decodes them as ASCII (UnicodeDecodeError).
+        return 400
+    return None
 
 
 def _h2_protocol(app: Any, config: Any, *args: Any, **kwargs: Any) -> Any:

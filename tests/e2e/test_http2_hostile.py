@@ -162,3 +162,30 @@ async def test_a_connect_request_is_refused_and_the_server_goes_on() -> None:
             await assert_served(connection)
             with anyio.fail_after(BOUND):
                 await live.read_event()
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [(b"GET", b"/version\xff"), (b"G\xc3\xa9T", b"/version")],
+    ids=["path", "method"],
+)
+async def test_a_request_head_that_is_not_ascii_is_refused_and_the_server_goes_on(
+    method: bytes, path: bytes
+) -> None:
+    """HTTP/1.1's parser refuses such a request line; h2 passes the bytes on, and hypercorn's
+    decoding of them raised UnicodeDecodeError out of the connection, on trio out of the
+    server."""
+    async with serving() as server, open_h2_connection(server) as connection:
+        async with connection.open_stream("/ticks") as live:
+            stream_id = connection._h2.get_next_available_stream_id()
+            request = H2StreamClient(connection, stream_id)
+            connection._streams[stream_id] = request
+            head = [(b":method", method), (b":scheme", b"http"), (b":authority", b"test")]
+            connection._h2.send_headers(stream_id, [*head, (b":path", path)], end_stream=True)
+            await connection._flush()
+            with anyio.fail_after(BOUND):
+                assert await request.read_all() == b""
+            assert request.status == 400
+            await assert_served(connection)
+            with anyio.fail_after(BOUND):
+                await live.read_event()
