@@ -1,8 +1,10 @@
 """HTTP/2 frames from a hostile or broken client, through real hypercorn on asyncio and trio.
 
-What is proved: frames a client may send at any time, whatever their content, cost the server
-bounded memory and end at most the client's own connection, never the worker: the other
-streams on the connection go on, and new ones are served.
+What is proved: frames a client may send at any time, whatever their content (PRIORITY for
+any stream, body after the response, a tunnel's CONNECT, a head that is not ASCII), cost the
+server bounded memory and end at most the client's own stream, never the worker: the other
+streams on the connection go on, and new ones are served. Streams reset as they open, one
+after another, each end once, with their cleanup run.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
+import h2.errors
 import pytest
 from hyperframe.frame import PriorityFrame
 from starlette.applications import Starlette
@@ -18,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from streamkit import EventSourceResponse, ServerSentEvent, StreamSender
+from streamkit import EndReason, EventSourceResponse, ServerSentEvent, StreamEnd, StreamSender
 from streamkit.testing import (
     H2Connection,
     H2StreamClient,
@@ -189,3 +192,52 @@ async def test_a_request_head_that_is_not_ascii_is_refused_and_the_server_goes_o
             await assert_served(connection)
             with anyio.fail_after(BOUND):
                 await live.read_event()
+
+
+async def test_streams_reset_as_they_open_each_end_once_with_their_cleanup_run() -> None:
+    """Rapid reset: HEADERS then RST_STREAM, stream after stream, on one connection."""
+    count = 200
+    ends: dict[str, list[EndReason]] = {}
+    cleaned: set[str] = set()
+    all_cleaned = anyio.Event()
+
+    async def resets(request: Request) -> Response:
+        name = request.query_params["name"]
+
+        async def produce(send: StreamSender[ServerSentEvent]) -> None:
+            try:
+                while True:
+                    await send(ServerSentEvent(data=name))
+                    await anyio.sleep(0.01)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await anyio.sleep(0.01)  # a cleanup that awaits
+                cleaned.add(name)
+                if len(cleaned) == count:
+                    all_cleaned.set()
+
+        def on_end(end: StreamEnd) -> None:
+            ends.setdefault(name, []).append(end.reason)
+
+        return EventSourceResponse(produce, on_end=on_end)
+
+    app = make_app()
+    app.router.routes.append(Route("/resets", resets))
+    with anyio.fail_after(30):
+        async with open_server(app) as server, open_h2_connection(server) as connection:
+            for number in range(count):
+                stream_id = connection._h2.get_next_available_stream_id()
+                head = [(":method", "GET"), (":scheme", "http"), (":authority", "test")]
+                connection._h2.send_headers(
+                    stream_id, [*head, (":path", f"/resets?name={number}")], end_stream=True
+                )
+                connection._h2.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
+                await connection._flush()
+            with anyio.fail_after(BOUND):
+                await all_cleaned.wait()
+                await assert_served(connection)
+            # Reported after the cleanup, in the same task: wait for the last report.
+            with anyio.fail_after(BOUND):
+                while len(ends) < count:
+                    await connection.ping()
+    assert ends == {str(number): [EndReason.CLIENT_DISCONNECTED] for number in range(count)}
