@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from streamkit import EndReason, EventSourceResponse, ServerSentEvent, StreamEnd, StreamSender
+from streamkit import App, EndReason, EventSourceResponse, ServerSentEvent, StreamEnd, StreamSender
 from streamkit.testing import (
     H2Connection,
     H2StreamClient,
@@ -241,3 +241,36 @@ async def test_streams_reset_as_they_open_each_end_once_with_their_cleanup_run()
                 while len(ends) < count:
                     await connection.ping()
     assert ends == {str(number): [EndReason.CLIENT_DISCONNECTED] for number in range(count)}
+
+
+@pytest.mark.xfail(
+    raises=TimeoutError,
+    reason="not fixed: an App stream route keeps at most 64 KiB of unread body, then stops "
+    "reading; hypercorn, whose window update follows each hand-over, then waits on the "
+    "stream's full queue in the connection's reader, so the whole connection stops being read",
+)
+async def test_a_large_body_left_unread_holds_its_stream_alone() -> None:
+    app = App(heartbeat_interval=None)
+
+    @app.sse("/unread", methods=["POST"])
+    async def unread(request: Request, send: StreamSender[ServerSentEvent]) -> None:
+        while True:
+            await send(ServerSentEvent(data="t"))
+            await anyio.sleep(0.01)
+
+    with anyio.fail_after(30):
+        async with (
+            open_server(app, grace_period=0.5) as server,  # the held stream outlives it
+            open_h2_connection(server) as connection,
+        ):
+            upload = await start_upload(connection, "/unread", b"")
+            sent = 0
+            while sent < 1024 * 1024:
+                window = connection._h2.local_flow_control_window(upload.stream_id)
+                if window:
+                    connection._h2.send_data(upload.stream_id, b"b" * min(window, 16384))
+                    sent += min(window, 16384)
+                    await connection._flush()
+                # The server's window updates, read with the ping's answer.
+                with anyio.fail_after(2):
+                    await connection.ping()
