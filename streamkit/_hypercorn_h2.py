@@ -1,5 +1,5 @@
-"""Per-stream bounds on HTTP/2 under hypercorn: a repair of its stream buffer, made for the
-servers streamkit runs and for nothing else in the process.
+"""Per-stream bounds on HTTP/2 under hypercorn, and its connections kept from faults a client
+can cause: repairs made for the servers streamkit runs and for nothing else in the process.
 
 hypercorn keeps, for each HTTP/2 stream, a buffer between the application and the
 connection's sending task. A write waits while the buffer holds two frames' worth (32 KiB),
@@ -176,10 +176,11 @@ class _BoundedH2Protocol(H2Protocol):
         await self.has_data.set()
 
     async def _handle_events(self, events: list[h2.events.Event]) -> None:
-        # Body for a stream hypercorn no longer serves (its response ended while the client
-        # still sent its body, as it may) is acknowledged and dropped, as h2 does for a closed
-        # stream; hypercorn looked the stream up and raised KeyError out of the connection,
-        # and on trio out of the server. Looked up as it comes: a stream is served from its
+        # A request hypercorn cannot make is answered here (see _refused). Body for a stream
+        # hypercorn no longer serves (its response ended while the client still sent its
+        # body, as it may) is acknowledged and dropped, as h2 does for a closed stream;
+        # hypercorn looked the stream up and raised KeyError out of the connection, and on
+        # trio out of the server. Looked up as it comes: a stream is served from its
         # request's event on, which may be in the same batch.
         batch: list[h2.events.Event] = []
         for event in events:
