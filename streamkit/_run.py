@@ -223,6 +223,10 @@ def _supervise(
             [process.sentinel for process in processes] + [wake_read]
         )
         signalled = wake_read in ready
+        # Taken before the others are stopped, after which every worker has an exit code; by
+        # its sentinel, since a worker's pipe may close a moment before its exit code is
+        # there to read.
+        exited = [process for process in processes if process.sentinel in ready]
         _stop(processes, deadline=time.monotonic() + 2 * grace_period + KILL_MARGIN)
     finally:
         for number, handler in previous.items():
@@ -230,7 +234,7 @@ def _supervise(
         os.close(wake_read)
         os.close(wake_write)
     if not signalled:
-        failed = next(process for process in processes if process.exitcode is not None)
+        failed = exited[0]
         raise ServeError(f"worker {failed.name} (pid {failed.pid}) exited with {failed.exitcode}")
 
 

@@ -8,6 +8,7 @@ figures are in the report.
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -342,3 +343,24 @@ def test_a_bad_app_name_is_reported_with_a_failure_status(tmp_path: Path) -> Non
         )
         assert result.returncode == 1
         assert message in result.stderr
+
+
+async def test_a_worker_that_dies_is_named_and_the_command_fails(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    async with run_service(tmp_path, anyio_backend, workers=2) as service:
+        started = next(line for line in service.stderr if "with 2 workers (pids" in line)
+        found = re.search(r"pids (\d+), (\d+)", started)
+        assert found is not None, started
+        # The second worker: the first is the one named whichever died, were it taken at
+        # random after the others were stopped.
+        dead = int(found[2])
+        assert service.address is not None
+        async with open_stream(service.address, "/tokens") as client:
+            await client.read_event()
+            os.kill(dead, signal.SIGKILL)
+            with anyio.fail_after(GRACE + 10):
+                await service.process.wait()
+    stderr = "\n".join(service.stderr)
+    assert service.process.returncode == 1, stderr
+    assert f"streamkit-worker-1 (pid {dead}) exited with -9" in stderr, stderr
