@@ -448,13 +448,20 @@ class _Stream(Generic[ItemT]):
             if self.reason is not None or self._head_only:
                 pass  # drained before it began, or a HEAD request: the producer never runs
             elif callable(content) and not hasattr(content, "__aiter__"):
-                result = content(sender)
+                result: object = content(sender)
                 if not inspect.isawaitable(result):
                     raise TypeError(
                         "a stream producer must be an async function taking send, "
                         f"got {content!r} returning {type(result).__name__}"
                     )
-                await result
+                returned = await result
+                if returned is not None:
+                    # Items returned rather than sent (an async generator, say): sent
+                    # nothing, the stream would look complete.
+                    raise TypeError(
+                        f"stream producer {content!r} returned {returned!r}; a producer "
+                        "taking send sends its items with it and returns None"
+                    )
             else:
                 assert isinstance(content, AsyncIterable)
                 closable = iterator = aiter(content)

@@ -350,3 +350,30 @@ async def test_the_apps_middleware_and_exception_handlers_are_starlettes() -> No
         assert (await http.get("/fail")).status_code == 418
         assert await read_items(server, "/rows/1") == [{"n": 0}]
     assert seen == ["/fail", "/rows/1"]
+
+
+async def test_a_producer_that_returns_a_value_ends_its_stream_as_an_error_naming_it() -> None:
+    app = App()
+
+    async def upstream() -> AsyncIterator[str]:
+        yield "never sent"
+
+    @app.sse("/returns")
+    async def returns(request: Request, send: StreamSender[str]) -> object:
+        await send("first")
+        # A mistake a user makes: the items returned, not sent.
+        return upstream()
+
+    async with open_server(app) as server:
+        async with open_stream(server, "/returns") as client:
+            with anyio.fail_after(5):
+                events = [event async for event in client.events()]
+        assert [(event.event, event.data) for event in events] == [
+            (None, "first"),
+            ("error", ""),
+        ]
+        end = await server.wait_ended(EndReason.ERROR)
+    assert isinstance(end.exception, TypeError)
+    assert ".returns at " in str(end.exception)
+    assert "returned" in str(end.exception)
+    assert "async_generator" in str(end.exception)
