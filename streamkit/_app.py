@@ -27,7 +27,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ExceptionHandler, Receive, Scope, Send
 
-from ._checks import check_duration
+from ._checks import check_duration, check_type
 from ._ends import StreamEnd
 from ._exceptions import LifespanError, MetricsUnavailableError
 from ._lifespan import LifespanScope
@@ -41,7 +41,7 @@ from ._responses import (
     SSEFarewells,
     StreamResponse,
 )
-from ._routes import StreamRouteInfo, declare_stream_route
+from ._routes import StreamRouteInfo, check_route, declare_stream_route
 from ._server_shutdown import arm_shutdown_watch
 
 __all__ = ["App"]
@@ -140,6 +140,7 @@ class App(Starlette):
         check_duration("grace_period", grace_period)
         self.grace_period = grace_period
         for name, path in (("streams_path", streams_path), ("metrics_path", metrics_path)):
+            check_type(name, path, str, optional=True)
             if path is not None and not path.startswith("/"):
                 raise ValueError(f"{name} must start with '/', got {path!r}")
         super().__init__(
@@ -302,7 +303,7 @@ class App(Starlette):
             declare_stream_route,
             path=path,
             kind=kind,
-            methods=frozenset(method.upper() for method in methods),
+            methods=check_route(path, methods, name),
             response_class=response_class,
             defaults=self.options,
             arguments={"headers": headers, **arguments},

@@ -167,6 +167,11 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _UNSENDABLE = re.compile(r"[\r\n\0]|^[ \t]|[ \t]$|[^\x00-\xff]")
 
 
+def is_token(text: str) -> bool:
+    """Whether *text* is an HTTP token (a header name, a method)."""
+    return _TOKEN.fullmatch(text) is not None
+
+
 def check_header(name: object, value: object) -> None:
     """Refuse a response header that HTTP cannot carry as given, which a server would
     otherwise refuse only when the response starts: a name that is not a token, or a value

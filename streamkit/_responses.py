@@ -21,7 +21,7 @@ from starlette.background import BackgroundTask
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from ._checks import check_header, check_text, check_type
+from ._checks import check_callable, check_header, check_text, check_type
 from ._ends import EndReason, StreamEnd
 from ._json import JSONEncoder, check_json_encoder, encode_json, shown
 from ._options import OptionArguments, StreamOptions
@@ -143,6 +143,7 @@ class StreamResponse(Response, Generic[ItemT]):
                 f"got {type(content).__name__}: {content!r:.80}"
             )
         on_end = arguments.get("on_end")
+        check_callable("on_end", on_end, optional=True)
         if on_end is not None and inspect.iscoroutinefunction(on_end):
             raise TypeError(
                 f"on_end must be a plain function, got the async function {on_end!r}; "

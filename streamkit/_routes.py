@@ -13,22 +13,30 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from functools import partial
 from typing import Any
 
 import anyio
 import anyio.lowlevel
 from starlette.requests import Request
+from starlette.routing import compile_path
 from starlette.types import Message, Receive, Scope, Send
 
+from ._checks import check_type, is_token
 from ._ends import StreamEnd
 from ._metrics import StreamMetrics
 from ._options import StreamOptions
 from ._registry import StreamRegistry, using_registry
 from ._responses import StreamResponse
 
-__all__ = ["RequestMessages", "StreamEndpoint", "StreamRouteInfo", "declare_stream_route"]
+__all__ = [
+    "RequestMessages",
+    "StreamEndpoint",
+    "StreamRouteInfo",
+    "check_route",
+    "declare_stream_route",
+]
 
 #: Gives the registry a route's streams report to, by its path; ``None`` when the App's
 #: lifespan is not running (the stream then reports to the registry current there).
@@ -117,6 +125,46 @@ class RequestMessages:
             self._taken.set()
             self._taken = None
         return message
+
+
+def check_route(path: object, methods: object, name: object) -> frozenset[str]:
+    """Refuse a stream route's path, methods or name where the route is declared, naming the
+    value; Starlette would take a bare ``"GET"`` as the methods ``G``, ``E`` and ``T``, and
+    refuse a bad path with an assertion (none under ``python -O``).
+
+    :return: the methods, upper-cased.
+    :raises TypeError: a value has the wrong type.
+    :raises ValueError: the path does not start with ``/`` or has an unknown convertor, no
+        method is given, or a method is not an HTTP token.
+    """
+    if not isinstance(path, str):
+        raise TypeError(f"a route's path must be a str, got {type(path).__name__}: {path!r:.80}")
+    if not path.startswith("/"):
+        raise ValueError(f"a route's path must start with '/', got {path!r:.80}")
+    try:
+        compile_path(path)
+    except (AssertionError, ValueError) as exc:
+        raise ValueError(f"route {path!r}: {exc}") from None
+    if isinstance(methods, str | bytes) or not isinstance(methods, Collection):
+        raise TypeError(
+            f"route {path!r}: methods must be a collection of str, such as ('GET', 'POST'), "
+            f"got {type(methods).__name__}: {methods!r:.80}"
+        )
+    if not methods:
+        raise ValueError(f"route {path!r}: methods must name at least one method, got {methods!r}")
+    for method in methods:
+        if not isinstance(method, str):
+            raise TypeError(
+                f"route {path!r}: a method must be a str, got {type(method).__name__}: "
+                f"{method!r:.80}"
+            )
+        if not is_token(method):
+            raise ValueError(f"route {path!r}: method {method!r:.80} must be an HTTP token")
+    try:
+        check_type("name", name, str, optional=True)
+    except TypeError as exc:
+        raise TypeError(f"route {path!r}: {exc}") from None
+    return frozenset(method.upper() for method in methods)
 
 
 async def _placeholder(send: object) -> None:

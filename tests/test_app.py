@@ -270,3 +270,49 @@ def test_a_route_declared_with_a_lone_surrogate_is_refused_naming_it() -> None:
         app.sse("/a", heartbeat_comment="ping\ud800")(tokens)
     with pytest.raises(ValueError, match=r"route ./b.: .*lone surrogate.*\(the error_item\)"):
         app.ndjson("/b", error_item={"error": "\udfff"})(rows)
+
+
+@pytest.mark.parametrize(
+    ("declaration", "error", "match"),
+    [
+        # A bare str was split into its letters: the route answered GET with 405.
+        ({"methods": "GET"}, TypeError, r"route '/x': methods must be a collection of .* 'GET'"),
+        ({"methods": ()}, ValueError, r"route '/x': methods must name at least one"),
+        ({"methods": ["GET", 5]}, TypeError, r"route '/x': a method must be a str, got int: 5"),
+        ({"methods": ["GET", "G T"]}, ValueError, r"route '/x': method 'G T' must be an HTTP tok"),
+        ({"name": 5}, TypeError, r"route '/x': name must be a str or None, got int: 5"),
+        ({"on_end": 5}, TypeError, r"route '/x': on_end must be callable, got int: 5"),
+    ],
+)
+def test_bad_route_declarations_are_refused_naming_the_value(
+    declaration: dict[str, Any], error: type[Exception], match: str
+) -> None:
+    app = App()
+    with pytest.raises(error, match=match):
+        app.sse("/x", **declaration)(tokens)
+    assert app.stream_routes == ()
+
+
+@pytest.mark.parametrize(
+    ("path", "error", "match"),
+    [
+        ("x", ValueError, r"a route's path must start with '/', got 'x'"),
+        (b"/x", TypeError, r"a route's path must be a str, got bytes: b'/x'"),
+        ("/a/{x:nope}", ValueError, r"route '/a/\{x:nope\}': .*Unknown path convertor 'nope'"),
+    ],
+)
+def test_a_bad_route_path_is_refused_with_an_error_naming_it(
+    path: Any, error: type[Exception], match: str
+) -> None:
+    app = App()
+    with pytest.raises(error, match=match):
+        app.ndjson(path)(rows)
+    with pytest.raises(error, match=match):
+        app.stream(path)(rows)
+    assert app.stream_routes == ()
+
+
+@pytest.mark.parametrize("name", ["streams_path", "metrics_path"])
+def test_an_introspection_path_that_is_not_a_str_is_refused_naming_it(name: str) -> None:
+    with pytest.raises(TypeError, match=rf"{name} must be a str or None, got bytes: b'/s'"):
+        App(**{name: b"/s"})  # type: ignore[arg-type]
