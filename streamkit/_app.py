@@ -27,7 +27,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ExceptionHandler, Receive, Scope, Send
 
-from ._checks import check_duration, check_type
+from ._checks import check_callable, check_duration, check_type
 from ._ends import StreamEnd
 from ._exceptions import LifespanError, MetricsUnavailableError
 from ._lifespan import LifespanScope
@@ -109,7 +109,7 @@ class App(Starlette):
     :param debug: Starlette's debug tracebacks.
     :raises ValueError: a default or the grace period is out of range, or a path does not
         start with ``/``.
-    :raises TypeError: a value has the wrong type.
+    :raises TypeError: a value has the wrong type, or *lifespan* is not callable.
     :raises MetricsUnavailableError: *metrics_path* is given without ``prometheus-client``.
 
     :ivar options: the defaults, as a :class:`~streamkit.StreamOptions`.
@@ -139,6 +139,7 @@ class App(Starlette):
         self.options = StreamOptions(**options)
         check_duration("grace_period", grace_period)
         self.grace_period = grace_period
+        check_callable("lifespan", lifespan, optional=True)
         for name, path in (("streams_path", streams_path), ("metrics_path", metrics_path)):
             check_type(name, path, str, optional=True)
             if path is not None and not path.startswith("/"):

@@ -82,7 +82,7 @@ class StreamResponse(Response, Generic[ItemT]):
     :param status_code: the HTTP status.
     :param headers: extra response headers; one that HTTP cannot carry (a name that is not a
         token, a value with a line break or beyond Latin-1) is refused here.
-    :param media_type: the content type.
+    :param media_type: the content type; one that cannot be sent as a header is refused here.
     :param background: a task run after the stream ends, whatever the reason.
     :param heartbeat_interval: see :class:`~streamkit.StreamOptions`; a bytes stream needs
         ``heartbeat_chunk`` too.
@@ -100,9 +100,10 @@ class StreamResponse(Response, Generic[ItemT]):
         a plain function (async work belongs in ``background``).
     :param heartbeat_chunk: the bytes a heartbeat writes.
     :raises TypeError: *content* is neither an async iterable nor a callable, *on_end* is
-        an async function, or a header's name or value is not a ``str``.
+        not callable or is an async function, or *media_type* or a header's name or value is
+        not a ``str``.
     :raises ValueError: an option is out of range (see :class:`~streamkit.StreamOptions`), or
-        a header cannot be sent.
+        a header (the content type included) cannot be sent.
     """
 
     media_type = "application/octet-stream"
@@ -158,6 +159,8 @@ class StreamResponse(Response, Generic[ItemT]):
         self.status_code = status_code
         media_type = arguments.get("media_type")
         if media_type is not None:
+            check_type("media_type", media_type, str)
+            check_header("content-type", media_type)  # else a 500 when the response starts
             self.media_type = media_type
         self.background = arguments.get("background")
         self.init_headers(self.default_headers() | dict(arguments.get("headers") or {}))

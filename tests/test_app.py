@@ -316,3 +316,19 @@ def test_a_bad_route_path_is_refused_with_an_error_naming_it(
 def test_an_introspection_path_that_is_not_a_str_is_refused_naming_it(name: str) -> None:
     with pytest.raises(TypeError, match=rf"{name} must be a str or None, got bytes: b'/s'"):
         App(**{name: b"/s"})  # type: ignore[arg-type]
+
+
+def test_a_media_type_that_cannot_be_sent_is_refused_at_declaration() -> None:
+    # It failed only at the request, as a 500 from the server refusing the header.
+    app = App()
+    with pytest.raises(ValueError, match=r"route '/x': header 'content-type' cannot be sent"):
+        app.stream("/x", media_type="text/plain\r\nx-injected: 1")(rows)
+    with pytest.raises(TypeError, match=r"route '/x': media_type must be a str, got int: 5"):
+        app.stream("/x", media_type=5)(rows)  # type: ignore[arg-type]
+    assert app.stream_routes == ()
+
+
+def test_a_lifespan_that_is_not_callable_is_refused_where_the_app_is_made() -> None:
+    # It failed only as the server started, in the lifespan's startup.
+    with pytest.raises(TypeError, match=r"lifespan must be callable, got int: 5"):
+        App(lifespan=5)  # type: ignore[arg-type]
