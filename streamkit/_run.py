@@ -132,22 +132,16 @@ def run(
         # serve() loads the files again in each worker; a bad one is reported here, plainly
         # and before anything is bound.
         apply_tls(tls, _hypercorn_config())
-    if workers == 1:
-        anyio.run(
-            partial(
-                _serve_here,
-                application,
-                bind=bind,
-                grace_period=grace_period,
-                stalled_connection_timeout=stalled_connection_timeout,
-                tls=tls,
-            ),
-            backend=backend,
-        )
-    else:
-        assert isinstance(app, str)
-        sock = bind_socket(bind, stalled_connection_timeout=stalled_connection_timeout)
-        with sock:
+    # Bound here, outside the event loop: a bad or taken address is raised as itself, not
+    # inside the serving task group's exception group.
+    with bind_socket(bind, stalled_connection_timeout=stalled_connection_timeout) as sock:
+        if workers == 1:
+            anyio.run(
+                partial(_serve_here, application, sock=sock, grace_period=grace_period, tls=tls),
+                backend=backend,
+            )
+        else:
+            assert isinstance(app, str)
             _supervise(app, sock, backend, workers, grace_period, log_level, tls)
 
 
@@ -162,21 +156,15 @@ def _hypercorn_config() -> Config:
 
 
 async def _serve_here(
-    app: ASGIApp,
-    *,
-    bind: str,
-    grace_period: float,
-    stalled_connection_timeout: float | None,
-    tls: TLSConfig | None,
+    app: ASGIApp, *, sock: socket.socket, grace_period: float, tls: TLSConfig | None
 ) -> None:
     async with anyio.create_task_group() as task_group:
         address: ServerAddress = await task_group.start(
             partial(
                 serve,
                 app,
-                bind=bind,
+                sock=sock,
                 grace_period=grace_period,
-                stalled_connection_timeout=stalled_connection_timeout,
                 config=_hypercorn_config(),
                 tls=tls,
             )

@@ -144,6 +144,8 @@ def _parse_bind(bind: str) -> tuple[str, int]:
     host, sep, port = bind.rpartition(":")
     if not sep or not port.isdigit() or not host:
         raise ValueError(f"bind must be HOST:PORT, such as 127.0.0.1:8000, got {bind!r}")
+    if int(port) > 65535:  # else the socket's OverflowError, which names no argument
+        raise ValueError(f"bind's port must be at most 65535, got {bind!r}")
     return host.strip("[]"), int(port)
 
 

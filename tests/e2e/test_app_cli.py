@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Sequence
@@ -364,3 +365,29 @@ async def test_a_worker_that_dies_is_named_and_the_command_fails(
     stderr = "\n".join(service.stderr)
     assert service.process.returncode == 1, stderr
     assert f"streamkit-worker-1 (pid {dead}) exited with -9" in stderr, stderr
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_bad_or_taken_address_is_reported_with_a_failure_status(
+    tmp_path: Path, workers: str
+) -> None:
+    (tmp_path / "service.py").write_text(SERVICE)
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        for bind, message in [
+            ("nonsense", "bind must be HOST:PORT, such as 127.0.0.1:8000, got 'nonsense'"),
+            ("127.0.0.1:99999", "bind's port must be at most 65535, got '127.0.0.1:99999'"),
+            (f"127.0.0.1:{port}", f"cannot listen on '127.0.0.1:{port}'"),
+        ]:
+            command = [sys.executable, "-m", "streamkit", "run", "service:app", "--bind", bind]
+            result = subprocess.run(
+                [*command, "--workers", workers],
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=START_BOUND,
+                check=False,
+            )
+            assert result.returncode == 1, result.stderr
+            assert f"streamkit: error: {message}" in result.stderr
+            assert "Traceback" not in result.stderr
