@@ -297,6 +297,39 @@ async def _serve_socket(
     )
 
 
+def _count(text: str) -> int:
+    """``--workers``, refused by the parser (a usage error naming the flag) when out of range."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an int, got {text!r}") from None
+    try:
+        check_count("value", value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("value ")) from None
+    return value
+
+
+def _seconds(text: str) -> float:
+    """A duration flag, refused by the parser when it is not a positive, finite number."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    try:
+        check_duration("value", value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("value ")) from None
+    return value
+
+
+def _directory(text: str) -> str:
+    """``--app-dir``: one that does not exist would be searched for nothing."""
+    if not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"not a directory: {text!r}")
+    return text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line: ``python -m streamkit run MODULE:APP [options]``.
 
@@ -315,17 +348,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     command.add_argument("app", metavar="MODULE:APP", help="the application, such as service:app")
     command.add_argument("--backend", choices=BACKENDS, default="asyncio")
     command.add_argument("--bind", default="127.0.0.1:8000", metavar="HOST:PORT")
-    command.add_argument("--workers", type=int, default=1, metavar="N")
+    command.add_argument("--workers", type=_count, default=1, metavar="N")
     command.add_argument(
         "--grace-period",
-        type=float,
+        type=_seconds,
         default=None,
         metavar="SECONDS",
         help="from the signal to the server stopped; default: an App's own, else 15",
     )
     command.add_argument(
         "--stalled-connection-timeout",
-        type=float,
+        type=_seconds,
         default=10.0,
         metavar="SECONDS",
         help="abort a connection whose client stopped reading for this long",
@@ -345,7 +378,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="require client certificates signed by these CAs (with --certfile)",
     )
     command.add_argument(
-        "--app-dir", default=".", metavar="DIR", help="where to import the app from"
+        "--app-dir",
+        type=_directory,
+        default=".",
+        metavar="DIR",
+        help="where to import the app from",
     )
     arguments = parser.parse_args(argv)
     if (arguments.certfile is None) != (arguments.keyfile is None):

@@ -391,3 +391,26 @@ def test_a_bad_or_taken_address_is_reported_with_a_failure_status(
             assert result.returncode == 1, result.stderr
             assert f"streamkit: error: {message}" in result.stderr
             assert "Traceback" not in result.stderr
+
+
+def test_a_flag_out_of_range_is_a_usage_error_naming_it(tmp_path: Path) -> None:
+    (tmp_path / "service.py").write_text(SERVICE)
+    for options, message in [
+        (["--workers", "0"], "argument --workers: must be an int of at least 1, got 0"),
+        (["--grace-period", "nan"], "argument --grace-period: must be a positive, finite"),
+        (["--grace-period", "-1"], "argument --grace-period: must be a positive, finite"),
+        (["--stalled-connection-timeout", "inf"], "argument --stalled-connection-timeout: must"),
+        (["--app-dir", "nowhere"], "argument --app-dir: not a directory: 'nowhere'"),
+    ]:
+        command = [sys.executable, "-m", "streamkit", "run", "service:app", *options]
+        result = subprocess.run(
+            [*command, "--bind", "127.0.0.1:0"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=START_BOUND,
+            check=False,
+        )
+        assert result.returncode == 2, (options, result.stderr)
+        assert result.stderr.startswith("usage: python -m streamkit run"), result.stderr
+        assert message in result.stderr, result.stderr
