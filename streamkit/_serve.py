@@ -25,10 +25,11 @@ import math
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 
 import anyio
 from anyio.abc import TaskStatus
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ._backends import hypercorn_serve
 from ._checks import check_duration
@@ -125,19 +126,32 @@ async def _listen_for_signals(signalled: anyio.Event) -> None:
 
 
 class _RegisteringApp:
-    """Makes the server's registry the one its streams report to."""
+    """Makes the server's registry the one its streams report to, and notes a lifespan's
+    failure at shutdown."""
 
     def __init__(self, app: ASGIApp, streams: StreamRegistry) -> None:
         self.app = app
         self.streams = streams
+        #: What the app said when its lifespan failed at shutdown, if it did.
+        self.shutdown_failure: str | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            send = partial(self._send_lifespan, send)
         token = served_by_streamkit.set(True)
         try:
             with using_registry(self.streams):
                 await self.app(scope, receive, send)
         finally:
             served_by_streamkit.reset(token)
+
+    async def _send_lifespan(self, send: Send, message: Message) -> None:
+        # hypercorn's trio worker cancels its lifespan task as soon as the shutdown is over,
+        # which cancels its own report of this failure: serve would return as after a clean
+        # shutdown, with nothing logged. Noted here, it is raised once the server stopped.
+        if message["type"] == "lifespan.shutdown.failed":
+            self.shutdown_failure = str(message.get("message", ""))
+        await send(message)
 
 
 def _parse_bind(bind: str) -> tuple[str, int]:
@@ -203,7 +217,8 @@ async def serve(
     :param task_status: for ``TaskGroup.start``: started with the :class:`ServerAddress`
         once the socket listens.
     :raises ServeError: the address could not be bound, or a TLS file is missing,
-        unreadable or malformed (raised before anything is bound).
+        unreadable or malformed (raised before anything is bound); on trio, the app's
+        lifespan failed at shutdown (hypercorn's asyncio worker raises its own error).
     :raises TypeError: *tls* is not a :class:`~streamkit.TLSConfig`.
     :raises KeyboardInterrupt: a producer raised it; the server stopped gracefully first.
     :raises SystemExit: a producer raised it; the server stopped gracefully first.
@@ -259,9 +274,10 @@ async def serve(
         async with anyio.create_task_group() as listening:
             if signalled is not None:
                 listening.start_soon(_listen_for_signals, signalled)
-            await hypercorn_serve(
-                _RegisteringApp(app, streams), config, shutdown_trigger=drain_then_stop
-            )
+            registering = _RegisteringApp(app, streams)
+            await hypercorn_serve(registering, config, shutdown_trigger=drain_then_stop)
             listening.cancel_scope.cancel()
     if stop_requests:
         raise stop_requests[0]
+    if registering.shutdown_failure is not None:
+        raise ServeError(f"the app's lifespan failed at shutdown:\n{registering.shutdown_failure}")

@@ -8,8 +8,10 @@ Bounds are generous (a loaded 2-core machine); the real figures are in the repor
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import anyio
@@ -17,7 +19,15 @@ import pytest
 from starlette.requests import Request
 from support.ndjson_items import remaining_items
 
-from streamkit import App, EndReason, ServerSentEvent, StreamEnd, StreamSender, shielded_cleanup
+from streamkit import (
+    App,
+    EndReason,
+    ServerSentEvent,
+    StreamEnd,
+    StreamSender,
+    serve,
+    shielded_cleanup,
+)
 from streamkit.testing import open_server, open_stream
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
@@ -153,3 +163,27 @@ async def test_a_stalled_client_does_not_hold_the_shutdown_past_the_grace_period
     assert len(timeline.streams_cleaned) == 2
     assert timeline.at["task cleaned up"] <= timeline.at["user lifespan exited"]
     assert timeline.at["user lifespan exited"] - timeline.at["shutdown"] < GRACE
+
+
+async def test_a_users_lifespan_that_fails_at_shutdown_makes_serve_fail_naming_it() -> None:
+    # On trio hypercorn's own report of the failure was cancelled as the lifespan ended, and
+    # serve returned as after a clean shutdown, with nothing logged.
+    @asynccontextmanager
+    async def lifespan(app: App) -> AsyncIterator[None]:
+        yield
+        raise RuntimeError("the pool closed twice")
+
+    async def serve_then_stop() -> None:
+        stop = anyio.Event()
+        async with anyio.create_task_group() as task_group:
+            app = App(lifespan=lifespan)
+            await task_group.start(
+                partial(serve, app, bind="127.0.0.1:0", shutdown_trigger=stop.wait)
+            )
+            stop.set()
+
+    with anyio.fail_after(GRACE + 5), pytest.raises(BaseException) as info:  # noqa: PT011
+        await serve_then_stop()
+    text = "".join(traceback.format_exception(info.value))
+    assert "RuntimeError: the pool closed twice" in text
+    assert "lifespan failed at shutdown" in text or "Lifespan failure in shutdown" in text
