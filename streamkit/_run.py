@@ -224,6 +224,17 @@ def _supervise(
     if not signalled:
         failed = exited[0]
         raise ServeError(f"worker {failed.name} (pid {failed.pid}) exited with {failed.exitcode}")
+    # A worker whose shutdown failed (its app's lifespan raised, or it was killed for
+    # overrunning) fails the command, as it fails the one process serving alone.
+    failures = [process for process in processes if process.exitcode != 0]
+    if failures:
+        raise ServeError(
+            "; ".join(
+                f"worker {process.name} (pid {process.pid}) exited with {process.exitcode} "
+                "during the shutdown"
+                for process in failures
+            )
+        )
 
 
 def _stop(processes: Sequence[multiprocessing.process.BaseProcess], *, deadline: float) -> None:
@@ -250,6 +261,9 @@ def _worker(
 ) -> None:
     # A terminal's Ctrl-C reaches the whole process group: the supervisor alone acts on it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A SIGTERM before the worker listens for it (while it imports the app, say) would kill
+    # it undrained: it waits, blocked, until _terminated() listens.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     if log_level is not None:
         configure_run_logging(log_level)
     app = import_app(target)
@@ -266,6 +280,7 @@ async def _terminated() -> None:
 
         async def on_signal() -> None:
             with anyio.open_signal_receiver(signal.SIGTERM) as signals:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
                 async for _ in signals:
                     break
             task_group.cancel_scope.cancel()

@@ -157,9 +157,14 @@ class Service:
 
 @asynccontextmanager
 async def run_service(
-    tmp_path: Path, backend: str, *, workers: int = 1, options: Sequence[str] = ()
+    tmp_path: Path,
+    backend: str,
+    *,
+    workers: int = 1,
+    options: Sequence[str] = (),
+    source: str = SERVICE,
 ) -> AsyncIterator[Service]:
-    (tmp_path / "service.py").write_text(SERVICE)
+    (tmp_path / "service.py").write_text(source)
     command = [sys.executable, "-m", "streamkit", "run", "service:app", "--backend", backend]
     command += ["--bind", "127.0.0.1:0", "--workers", str(workers), *options]
     process = await anyio.open_process(
@@ -414,3 +419,22 @@ def test_a_flag_out_of_range_is_a_usage_error_naming_it(tmp_path: Path) -> None:
         assert result.returncode == 2, (options, result.stderr)
         assert result.stderr.startswith("usage: python -m streamkit run"), result.stderr
         assert message in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_a_worker_whose_shutdown_fails_makes_the_command_fail(
+    tmp_path: Path, anyio_backend: str, workers: int
+) -> None:
+    source = SERVICE.replace(
+        '    say("lifespan ended")\n', '    say("lifespan ended")\n    raise RuntimeError("db")\n'
+    )
+    async with run_service(tmp_path, anyio_backend, workers=workers, source=source) as service:
+        service.process.send_signal(signal.SIGTERM)
+    stderr = "\n".join(service.stderr)
+    assert len(service.printed("lifespan ended")) == workers
+    # One worker is this process, whose failure is its own; several report theirs here.
+    assert service.process.returncode == 1, stderr
+    if workers > 1:
+        assert re.search(
+            r"streamkit: error: worker streamkit-worker-\d \(pid \d+\) exited with 1", stderr
+        )
