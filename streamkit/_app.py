@@ -399,7 +399,8 @@ class App(Starlette):
 
         Its tasks are cancelled on shutdown once the streams drained, and awaited before the
         user's lifespan exits. An exception escaping a task ends the lifespan (as in any
-        task group): catch inside the task what it should survive.
+        task group); under :func:`streamkit.serve` the server stops gracefully first, then
+        raises it. Catch inside the task what it should survive.
 
         :raises LifespanError: the lifespan is not running.
         """

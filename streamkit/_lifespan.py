@@ -43,6 +43,7 @@ class LifespanScope:
         self._stop = anyio.Event()
         self._tasks_done = anyio.Event()
         self._task_group: TaskGroup | None = None
+        self._failed = False  # a task failed, and the server was asked to stop
 
     def route_registry(self, path: str) -> StreamRegistry:
         """The registry of the stream route declared at *path*, made at its first stream."""
@@ -53,9 +54,9 @@ class LifespanScope:
 
     @property
     def task_group(self) -> TaskGroup | None:
-        """The task group for the App's work; ``None`` before it started and once the
-        shutdown has cancelled it."""
-        return None if self._stop.is_set() else self._task_group
+        """The task group for the App's work; ``None`` before it started, once the shutdown
+        has cancelled it, and once a task's failure has ended it."""
+        return None if self._stop.is_set() or self._failed else self._task_group
 
     @asynccontextmanager
     async def open(
@@ -83,6 +84,15 @@ class LifespanScope:
                 task_status.started(tasks)
                 await self._stop.wait()
                 tasks.cancel_scope.cancel()
+        except Exception as exc:
+            # A task failed while the App serves. Ending the lifespan here would leave a
+            # server serving on with the user's lifespan closed (hypercorn's asyncio worker)
+            # or crash it, its streams cut (its trio worker). A streamkit server is asked to
+            # stop instead: it drains, the lifespan shuts down in order, and it raises exc.
+            if self._stop.is_set() or not self.streams.request_stop(exc):
+                raise
+            self._failed = True
+            logger.error("a task in the App's task group failed: the server stops", exc_info=exc)
         finally:
             self._tasks_done.set()
 

@@ -140,8 +140,9 @@ class StreamRegistry:
 
     def request_stop(self, exc: BaseException) -> bool:
         """Ask the server serving these streams to stop the process with *exc* (a
-        ``KeyboardInterrupt`` or ``SystemExit`` a producer raised); false if no server here
-        takes such requests, and the caller must raise *exc* itself."""
+        ``KeyboardInterrupt`` or ``SystemExit`` a producer raised, or what escaped a task of
+        an App's task group); false if no server here takes such requests, and the caller
+        must raise *exc* itself."""
         for registry in self._chain():
             if registry._stop_handler is not None:
                 registry._stop_handler(exc)

@@ -222,6 +222,8 @@ async def serve(
     :raises TypeError: *tls* is not a :class:`~streamkit.TLSConfig`.
     :raises KeyboardInterrupt: a producer raised it; the server stopped gracefully first.
     :raises SystemExit: a producer raised it; the server stopped gracefully first.
+    :raises Exception: what escaped a task of an :class:`~streamkit.App`'s task group (as
+        an exception group); the server stopped gracefully first.
     """
     from hypercorn.config import Config
 
@@ -244,7 +246,8 @@ async def serve(
     else:
         trigger = shutdown_trigger
 
-    # A producer's KeyboardInterrupt or SystemExit: the server stops gracefully, then raises it.
+    # A producer's KeyboardInterrupt or SystemExit, or an App's failed task: the server stops
+    # gracefully, then raises it.
     stop_requests: list[BaseException] = []
     waiting_for_trigger = anyio.CancelScope()
 

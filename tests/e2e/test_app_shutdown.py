@@ -187,3 +187,45 @@ async def test_a_users_lifespan_that_fails_at_shutdown_makes_serve_fail_naming_i
     text = "".join(traceback.format_exception(info.value))
     assert "RuntimeError: the pool closed twice" in text
     assert "lifespan failed at shutdown" in text or "Lifespan failure in shutdown" in text
+
+
+async def test_a_task_that_fails_while_serving_stops_the_server_gracefully_and_is_raised() -> None:
+    # It ended the App's lifespan under a running server: on asyncio the server served on with
+    # the user's lifespan closed and nothing logged; on trio it crashed, its streams cut.
+    fail = anyio.Event()
+    exited: list[str] = []
+
+    @asynccontextmanager
+    async def lifespan(app: App) -> AsyncIterator[None]:
+        async def refresh_forever() -> None:
+            await fail.wait()
+            raise RuntimeError("the refresher's upstream is gone")
+
+        app.task_group.start_soon(refresh_forever)
+        yield
+        exited.append("user lifespan")
+
+    app = App(lifespan=lifespan, grace_period=GRACE)
+
+    @app.sse("/tokens")
+    async def tokens(request: Request, send: StreamSender[str]) -> None:
+        await send("ready")
+        await anyio.sleep_forever()
+
+    async def serve_until_the_task_fails() -> None:
+        async with anyio.create_task_group() as task_group:
+            address = await task_group.start(partial(serve, app, bind="127.0.0.1:0"))
+            async with open_stream(address, "/tokens") as client:
+                assert (await client.read_event()).data == "ready"
+                fail.set()
+                events = [event async for event in client.events()]
+            assert client.complete
+            assert events[-1].event == "shutdown"
+
+    with anyio.fail_after(GRACE + 5), pytest.raises(BaseException) as info:  # noqa: PT011
+        await serve_until_the_task_fails()
+    text = "".join(traceback.format_exception(info.value))
+    assert "RuntimeError: the refresher's upstream is gone" in text
+    assert "Cancelled" not in text, text
+    assert "TimeoutError" not in text, text
+    assert exited == ["user lifespan"]
