@@ -108,7 +108,8 @@ def run(
     :param tls: serve HTTPS, HTTP/2 offered by ALPN: see :func:`streamkit.serve`.
     :raises ValueError: an argument is out of range, or several workers were asked for
         with an application object.
-    :raises TypeError: *tls* is not a :class:`~streamkit.TLSConfig`.
+    :raises TypeError: *app* is not callable, *bind* is not a ``str``, *log_level* is
+        neither a level name nor an ``int``, or *tls* is not a :class:`~streamkit.TLSConfig`.
     :raises ServeError: the address cannot be bound, a TLS file is missing, unreadable or
         malformed (before anything is bound), or a worker exited on its own.
     """
@@ -121,10 +122,15 @@ def run(
         )
     check_duration("stalled_connection_timeout", stalled_connection_timeout, optional=True)
     check_tls(tls)
+    _check_log_level(log_level)
     if log_level is not None:
         configure_run_logging(log_level)
     # Several workers import it too; importing it here first reports a bad name at once.
     application = import_app(app) if isinstance(app, str) else app
+    if not callable(application):  # else each request fails, past the start
+        raise TypeError(
+            f"app must be an ASGI application (callable), got {type(app).__name__}: {app!r:.80}"
+        )
     if grace_period is None:
         grace_period = application.grace_period if isinstance(application, App) else 15.0
     check_duration("grace_period", grace_period)
@@ -143,6 +149,20 @@ def run(
         else:
             assert isinstance(app, str)
             _supervise(app, sock, backend, workers, grace_period, log_level, tls)
+
+
+def _check_log_level(level: object) -> None:
+    """Refuse a log level logging would refuse only once it configures (or never, when the
+    program configured logging first), or take as a number (``True``)."""
+    if level is None or (isinstance(level, int) and not isinstance(level, bool)):
+        return
+    if not isinstance(level, str):
+        raise TypeError(
+            f"log_level must be a level name or an int, got {type(level).__name__}: {level!r:.80}"
+        )
+    names = logging.getLevelNamesMapping()
+    if level not in names:
+        raise ValueError(f"log_level must be one of {', '.join(names)}, got {level!r:.80}")
 
 
 def _hypercorn_config() -> Config:

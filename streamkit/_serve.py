@@ -32,7 +32,7 @@ from anyio.abc import TaskStatus
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ._backends import hypercorn_serve
-from ._checks import check_duration
+from ._checks import check_duration, check_type
 from ._exceptions import ServeError
 from ._hypercorn_h2 import bound_h2_streams
 from ._logs import show_stream_ends
@@ -155,6 +155,7 @@ class _RegisteringApp:
 
 
 def _parse_bind(bind: str) -> tuple[str, int]:
+    check_type("bind", bind, str)
     host, sep, port = bind.rpartition(":")
     if not sep or not port.isdigit() or not host:
         raise ValueError(f"bind must be HOST:PORT, such as 127.0.0.1:8000, got {bind!r}")
