@@ -282,14 +282,23 @@ def _worker(
     # A terminal's Ctrl-C reaches the whole process group: the supervisor alone acts on it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # A SIGTERM before the worker listens for it (while it imports the app, say) would kill
-    # it undrained: it waits, blocked, until _terminated() listens.
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    # it undrained: it is noted, and _terminated() acts on it once it listens. (Not blocked:
+    # threads started meanwhile, and the processes they start, would keep it blocked.)
+    signal.signal(signal.SIGTERM, _note_early_sigterm)
     if log_level is not None:
         configure_run_logging(log_level)
     app = import_app(target)
     anyio.run(
         partial(_serve_socket, app, sock, grace_period=grace_period, tls=tls), backend=backend
     )
+
+
+#: Set by a SIGTERM that reached a worker before it listened for one.
+_early_sigterm: list[int] = []
+
+
+def _note_early_sigterm(signum: int, frame: FrameType | None) -> None:
+    _early_sigterm.append(signum)
 
 
 async def _terminated() -> None:
@@ -300,9 +309,9 @@ async def _terminated() -> None:
 
         async def on_signal() -> None:
             with anyio.open_signal_receiver(signal.SIGTERM) as signals:
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
-                async for _ in signals:
-                    break
+                if not _early_sigterm:
+                    async for _ in signals:
+                        break
             task_group.cancel_scope.cancel()
 
         async def on_orphaned(sentinel: int) -> None:
