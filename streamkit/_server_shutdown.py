@@ -14,9 +14,13 @@ the moment the server's shutdown begins, and drains every stream in the process 
   KeyboardInterrupt and the event loop's own Ctrl-C handling are left alone, since no graceful
   shutdown would follow them.
 - hypercorn's worker processes receive no signal: the parent process sets a multiprocessing
-  event, which each worker polls every 100 ms. A thread in the worker waits on that event. This
-  reads hypercorn's private hand-over (the worker's ``shutdown_event`` argument); where it is
-  not found, nothing is watched, and the tests of each server say so.
+  event, which each worker polls every 100 ms. A thread in the worker polls it too, every
+  20 ms, and never waits on it: a multiprocessing event's ``wait()`` counts the waiter as a
+  sleeper that ``set()`` must hear wake, so a worker killed while waiting (the OOM killer, a
+  SIGTERM to the whole process group) would leave the parent's ``set()`` waiting for ever,
+  and the server never exiting. This reads hypercorn's private hand-over (the worker's
+  ``shutdown_event`` argument); where it is not found, nothing is watched, and the tests of
+  each server say so.
 
 The drain itself runs on the event loop that served the stream, called from a daemon thread
 that the wrapped handlers wake through a pipe (writing to a pipe is safe in a signal handler;
@@ -32,6 +36,7 @@ import multiprocessing
 import os
 import signal
 import threading
+import time
 from types import FrameType
 from typing import Any
 
@@ -50,6 +55,9 @@ served_by_streamkit: contextvars.ContextVar[bool] = contextvars.ContextVar(
 )
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: How often a hypercorn worker's watch looks at its parent's shutdown event: well within the
+#: farewell's 100 ms.
+_HYPERCORN_POLL_INTERVAL = 0.02
 
 
 class _Chained:
@@ -105,7 +113,9 @@ class _ShutdownWatch:
                 waiter.start()
 
     def _wake_when_set(self, event: Any) -> None:
-        event.wait()
+        # Polled, never waited on: see the module's docstring.
+        while not event.is_set():
+            time.sleep(_HYPERCORN_POLL_INTERVAL)
         self.wake()
 
     def _drain_on_wake(self) -> None:

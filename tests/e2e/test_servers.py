@@ -552,3 +552,25 @@ async def test_each_stream_end_is_logged_and_other_libraries_keep_their_levels(
     logged = "\n".join(service.stderr)
     assert "stream /events/left ended: client_disconnected" in logged
     assert "a library's request line" not in logged
+
+
+HYPERCORN = [server for server in SERVERS if server.name.startswith("hypercorn")]
+WORKER_PID = re.compile(r"\[(\d+)\] \[INFO\] Running on")
+
+
+@pytest.mark.parametrize("server", HYPERCORN, ids=[s.name for s in HYPERCORN], indirect=True)
+async def test_hypercorn_exits_when_a_worker_that_served_a_stream_is_killed(
+    server: Server, tmp_path: Path
+) -> None:
+    """A worker killed outright (the OOM killer; SIGTERM to the process group, as systemd
+    and Ctrl-C send, kills hypercorn's workers too) leaves the parent to set the shutdown
+    event and exit. The worker's watch of that event must not be one the dead worker still
+    holds: the parent's set() would wait for the dead worker's wake-up for ever."""
+    async with running(server.command("service:plain"), tmp_path) as service:
+        async with open_stream(service, "/events/served?size=8") as client:
+            await client.read_event()  # the stream armed the worker's watch
+            worker = next(
+                int(found[1]) for line in service.stderr if (found := WORKER_PID.search(line))
+            )
+            os.kill(worker, signal.SIGKILL)
+            await service.wait_exit(within=EXIT_BOUND)
