@@ -21,6 +21,9 @@ the moment the server's shutdown begins, and drains every stream in the process 
   and the server never exiting. This reads hypercorn's private hand-over (the worker's
   ``shutdown_event`` argument); where it is not found, nothing is watched, and the tests of
   each server say so.
+  A worker's SIGTERM (sent to the process group, it reaches the workers too) is left at its
+  default by hypercorn, which kills the worker mid-stream: streamkit wakes the drain on it,
+  then, unless the parent's event follows, exits once the streams have ended.
 
 The drain itself runs on the event loop that served the stream, called from a daemon thread
 that the wrapped handlers wake through a pipe (writing to a pipe is safe in a signal handler;
@@ -30,6 +33,7 @@ streams, nothing is armed.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import multiprocessing
@@ -58,6 +62,9 @@ _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 #: How often a hypercorn worker's watch looks at its parent's shutdown event: well within the
 #: farewell's 100 ms.
 _HYPERCORN_POLL_INTERVAL = 0.02
+#: How long a hypercorn worker that got SIGTERM itself, its streams ended, waits for the parent's
+#: shutdown event before exiting on its own.
+_PARENT_SHUTDOWN_WAIT = 0.5
 
 
 class _Chained:
@@ -81,6 +88,9 @@ class _ShutdownWatch:
         self._token: anyio.lowlevel.EventLoopToken | None = None
         self._pid = os.getpid()
         self._hypercorn_watched = False
+        self._hypercorn_event: Any = None
+        self._signalled = False
+        self._exiting = False
         threading.Thread(target=self._drain_on_wake, name="streamkit-shutdown", daemon=True).start()
 
     def wake(self) -> None:
@@ -106,6 +116,11 @@ class _ShutdownWatch:
             self._hypercorn_watched = True
             event = _hypercorn_shutdown_event()
             if event is not None:
+                self._hypercorn_event = event
+                if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+                    # A SIGTERM to the process group (systemd, a shell's kill -- -PGID)
+                    # reaches the worker too, whose default is to die mid-stream.
+                    signal.signal(signal.SIGTERM, _Chained(self, self._terminated))
                 waiter = threading.Thread(
                     target=self._wake_when_set, args=(event,), name="streamkit-hypercorn"
                 )
@@ -118,6 +133,10 @@ class _ShutdownWatch:
             time.sleep(_HYPERCORN_POLL_INTERVAL)
         self.wake()
 
+    def _terminated(self, signum: int, frame: FrameType | None) -> None:
+        self._signalled = True
+        self.wake()
+
     def _drain_on_wake(self) -> None:
         while os.read(self._wake_read, 1):
             token = self._token
@@ -127,6 +146,22 @@ class _ShutdownWatch:
                 anyio.from_thread.run_sync(registry.drain, token=token)
             except (RuntimeError, anyio.RunFinishedError):
                 pass  # that event loop has finished: nothing of it is left to drain
+            if self._signalled and not self._exiting:
+                self._exiting = True
+                self._exit_once_drained(token)
+
+    def _exit_once_drained(self, token: anyio.lowlevel.EventLoopToken) -> None:
+        """A hypercorn worker's own SIGTERM: once its streams have ended, it exits as the
+        signal's default would have, unless the parent is shutting the server down (it got
+        the signal too), which hypercorn then does gracefully."""
+        with contextlib.suppress(RuntimeError, anyio.RunFinishedError):
+            anyio.from_thread.run(registry.wait_idle, token=token)
+        deadline = time.monotonic() + _PARENT_SHUTDOWN_WAIT
+        while time.monotonic() < deadline:
+            if self._hypercorn_event.is_set():
+                return
+            time.sleep(_HYPERCORN_POLL_INTERVAL)
+        os._exit(128 + signal.SIGTERM)
 
 
 def _installed_by_a_server(number: int, handler: Any) -> bool:

@@ -574,3 +574,42 @@ async def test_hypercorn_exits_when_a_worker_that_served_a_stream_is_killed(
             )
             os.kill(worker, signal.SIGKILL)
             await service.wait_exit(within=EXIT_BOUND)
+
+
+@pytest.mark.parametrize("server", HYPERCORN, ids=[s.name for s in HYPERCORN], indirect=True)
+async def test_hypercorn_drains_on_a_sigterm_to_the_process_group(
+    server: Server, tmp_path: Path
+) -> None:
+    """systemd (KillMode=control-group), supervisord's stopasgroup and ``kill -- -PGID`` send
+    SIGTERM to every process of the server: hypercorn's workers get it too, and its default
+    would kill them mid-stream, with no farewell and no cleanup."""
+    async with running(server.command("service:plain"), tmp_path) as service:
+        async with open_stream(service, "/events/group") as client:
+            await client.read_event()
+            os.killpg(service.process.pid, signal.SIGTERM)
+            signalled_at = anyio.current_time()
+            farewell = await farewell_after(client, signalled_at)
+        exited_at = await service.wait_exit(within=GRACE + 5)
+    assert service.printed("end group ") == ["end group shutdown cleanup=True"]
+    assert service.process.returncode == 0, "\n".join(service.stderr)
+    assert farewell < FAREWELL_BOUND
+    assert exited_at - signalled_at < EXIT_BOUND
+
+
+@pytest.mark.parametrize("server", HYPERCORN, ids=[s.name for s in HYPERCORN], indirect=True)
+async def test_a_hypercorn_worker_sent_sigterm_alone_drains_then_exits(
+    server: Server, tmp_path: Path
+) -> None:
+    """A SIGTERM to one worker ends it, as the signal's default did, but after its streams'
+    farewell and cleanup; the parent then shuts the server down, as it did before."""
+    async with running(server.command("service:plain"), tmp_path) as service:
+        async with open_stream(service, "/events/alone") as client:
+            await client.read_event()
+            worker = next(
+                int(found[1]) for line in service.stderr if (found := WORKER_PID.search(line))
+            )
+            os.kill(worker, signal.SIGTERM)
+            farewell = await farewell_after(client, anyio.current_time())
+        await service.wait_exit(within=GRACE + 5)
+    assert service.printed("end alone ") == ["end alone shutdown cleanup=True"]
+    assert farewell < FAREWELL_BOUND
