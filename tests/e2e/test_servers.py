@@ -613,3 +613,32 @@ async def test_a_hypercorn_worker_sent_sigterm_alone_drains_then_exits(
         await service.wait_exit(within=GRACE + 5)
     assert service.printed("end alone ") == ["end alone shutdown cleanup=True"]
     assert farewell < FAREWELL_BOUND
+
+
+#: uvicorn's --workers supervisor looks at its exit flag every 0.5 s before it passes SIGTERM
+#: on to the workers.
+SUPERVISOR_POLL = 0.5
+
+
+@pytest.mark.parametrize("server", SERVERS[:1], ids=["uvicorn-workers"], indirect=True)
+async def test_uvicorn_workers_drain_after_the_supervisor_passes_sigterm_on(
+    server: Server, tmp_path: Path
+) -> None:
+    """``uvicorn --workers 2``: the farewell comes once the supervisor has passed the signal
+    on, within its 0.5 s poll, not within 100 ms of the signal as under a single uvicorn."""
+    command = [*server.command("service:plain"), "--workers", "2"]
+    async with running(command, tmp_path) as service:
+        # The supervisor binds; the socket listens once a worker has started. (Only stdout's
+        # lines have an event to wait on.)
+        started = "Application startup complete"
+        with anyio.fail_after(START_BOUND):
+            while sum(started in line for line in service.stderr) < 2:  # noqa: ASYNC110
+                await anyio.sleep(0.05)
+        async with open_stream(service, "/events/workers") as client:
+            await client.read_event()
+            signalled_at = service.signal_and_time()
+            farewell = await farewell_after(client, signalled_at)
+        exited_at = await service.wait_exit(within=GRACE + 5)
+    assert service.printed("end workers ") == ["end workers shutdown cleanup=True"]
+    assert farewell < SUPERVISOR_POLL + FAREWELL_BOUND
+    assert exited_at - signalled_at < SUPERVISOR_POLL + EXIT_BOUND
