@@ -19,10 +19,10 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 from starlette.types import ASGIApp
@@ -40,6 +40,8 @@ from ._tls import TLSConfig, apply_tls, check_tls
 __all__ = ["import_app", "main", "run"]
 
 logger = logging.getLogger("streamkit")
+
+T = TypeVar("T")
 
 BACKENDS = ("asyncio", "trio")
 #: Past twice the grace period (the server's drain, then the App's lifespan shutdown) and
@@ -341,30 +343,30 @@ async def _serve_socket(
     )
 
 
-def _count(text: str) -> int:
-    """``--workers``, refused by the parser (a usage error naming the flag) when out of range."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an int, got {text!r}") from None
-    try:
-        check_count("value", value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc).removeprefix("value ")) from None
-    return value
+def _flag(
+    parse: Callable[[str], T], kind: str, check: Callable[[str, object], None]
+) -> Callable[[str], T]:
+    """A flag's type for the parser: *parse* (the flag must be *kind*), then *check*; a value
+    refused by either is a usage error naming the flag."""
+
+    def convert(text: str) -> T:
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {kind}, got {text!r}") from None
+        try:
+            check("value", value)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc).removeprefix("value ")) from None
+        return value
+
+    return convert
 
 
-def _seconds(text: str) -> float:
-    """A duration flag, refused by the parser when it is not a positive, finite number."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
-    try:
-        check_duration("value", value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc).removeprefix("value ")) from None
-    return value
+#: ``--workers``.
+_count = _flag(int, "an int", check_count)
+#: A duration flag.
+_seconds = _flag(float, "a number of seconds", check_duration)
 
 
 def _directory(text: str) -> str:
