@@ -64,16 +64,24 @@ class LifespanScope:
     ) -> AsyncIterator[Mapping[str, Any] | None]:
         """Start the task group, then enter *user_lifespan()* inside it and yield what it
         yields; on exit, shut down in the order the module docstring gives."""
-        async with anyio.create_task_group() as host:
-            self._task_group = await host.start(self._host_tasks)
-            try:
-                async with user_lifespan() as state:
-                    try:
-                        yield state
-                    finally:
-                        await self._shut_down()
-            finally:
-                self._stop.set()
+        try:
+            async with anyio.create_task_group() as host:
+                self._task_group = await host.start(self._host_tasks)
+                try:
+                    async with user_lifespan() as state:
+                        try:
+                            yield state
+                        finally:
+                            await self._shut_down()
+                finally:
+                    self._stop.set()
+        except BaseExceptionGroup as group:
+            # One error (the user's lifespan's, say) comes out as itself, not in the group
+            # of this task group that only streamkit made: a caller catches what it raised.
+            [error] = group.exceptions if len(group.exceptions) == 1 else [None]
+            if not isinstance(error, Exception):
+                raise
+            raise error from None
 
     async def _host_tasks(self, *, task_status: TaskStatus[TaskGroup]) -> None:
         # The tasks run in a group of their own, in a task of their own, so that shutdown can

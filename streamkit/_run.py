@@ -25,6 +25,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
+import anyio.abc
 from starlette.types import ASGIApp
 
 if TYPE_CHECKING:
@@ -177,21 +178,26 @@ def _hypercorn_config() -> Config:
     return config
 
 
+class _Announce(anyio.abc.TaskStatus[ServerAddress]):
+    """Logs where the server serves once its socket listens."""
+
+    def started(self, value: ServerAddress | None = None) -> None:
+        assert value is not None
+        logger.info("serving on %s (pid %d)", value.url, os.getpid())
+
+
 async def _serve_here(
     app: ASGIApp, *, sock: socket.socket, grace_period: float, tls: TLSConfig | None
 ) -> None:
-    async with anyio.create_task_group() as task_group:
-        address: ServerAddress = await task_group.start(
-            partial(
-                serve,
-                app,
-                sock=sock,
-                grace_period=grace_period,
-                config=_hypercorn_config(),
-                tls=tls,
-            )
-        )
-        logger.info("serving on %s (pid %d)", address.url, os.getpid())
+    # Not in a task group, whose exception group would hide serve's errors from main().
+    await serve(
+        app,
+        sock=sock,
+        grace_period=grace_period,
+        config=_hypercorn_config(),
+        tls=tls,
+        task_status=_Announce(),
+    )
 
 
 def _supervise(
@@ -290,9 +296,15 @@ def _worker(
     if log_level is not None:
         configure_run_logging(log_level)
     app = import_app(target)
-    anyio.run(
-        partial(_serve_socket, app, sock, grace_period=grace_period, tls=tls), backend=backend
-    )
+    try:
+        anyio.run(
+            partial(_serve_socket, app, sock, grace_period=grace_period, tls=tls), backend=backend
+        )
+    except ServeError as exc:
+        # Said as the command says its own errors, not as a traceback of the worker's; its
+        # status tells the supervisor.
+        print(f"streamkit: error: {multiprocessing.current_process().name}: {exc}", file=sys.stderr)
+        sys.exit(1)
 
 
 #: Set by a SIGTERM that reached a worker before it listened for one.

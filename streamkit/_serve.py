@@ -127,13 +127,14 @@ async def _listen_for_signals(signalled: anyio.Event) -> None:
 
 class _RegisteringApp:
     """Makes the server's registry the one its streams report to, and notes a lifespan's
-    failure at shutdown."""
+    failure."""
 
     def __init__(self, app: ASGIApp, streams: StreamRegistry) -> None:
         self.app = app
         self.streams = streams
-        #: What the app said when its lifespan failed at shutdown, if it did.
-        self.shutdown_failure: str | None = None
+        #: The phase (``startup`` or ``shutdown``) in which the app's lifespan failed, and
+        #: what the app said of it (its traceback), if it did.
+        self.lifespan_failure: tuple[str, str] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -146,12 +147,22 @@ class _RegisteringApp:
             served_by_streamkit.reset(token)
 
     async def _send_lifespan(self, send: Send, message: Message) -> None:
-        # hypercorn's trio worker cancels its lifespan task as soon as the shutdown is over,
-        # which cancels its own report of this failure: serve would return as after a clean
-        # shutdown, with nothing logged. Noted here, it is raised once the server stopped.
-        if message["type"] == "lifespan.shutdown.failed":
-            self.shutdown_failure = str(message.get("message", ""))
+        # Noted here, raised by serve as a ServeError once the server stopped. hypercorn
+        # raises its own error, wrapped in exception groups, with the traceback in its repr;
+        # and its trio worker cancels its lifespan task as soon as the shutdown is over, which
+        # cancels its own report of a failure there: serve returned as after a clean
+        # shutdown, with nothing logged.
+        if message["type"] in ("lifespan.startup.failed", "lifespan.shutdown.failed"):
+            phase = message["type"].split(".")[1]
+            self.lifespan_failure = (phase, str(message.get("message", "")))
         await send(message)
+
+    def lifespan_error(self) -> ServeError | None:
+        """The error serve raises for the app's failed lifespan, if it failed."""
+        if self.lifespan_failure is None:
+            return None
+        phase, said = self.lifespan_failure
+        return ServeError(f"the app's lifespan failed at {phase}:\n{said}")
 
 
 def _parse_bind(bind: str) -> tuple[str, int]:
@@ -218,8 +229,8 @@ async def serve(
     :param task_status: for ``TaskGroup.start``: started with the :class:`ServerAddress`
         once the socket listens.
     :raises ServeError: the address could not be bound, or a TLS file is missing,
-        unreadable or malformed (raised before anything is bound); on trio, the app's
-        lifespan failed at shutdown (hypercorn's asyncio worker raises its own error).
+        unreadable or malformed (raised before anything is bound), or the app's lifespan
+        failed at startup or at shutdown (the message holds what the app said: its traceback).
     :raises TypeError: *tls* is not a :class:`~streamkit.TLSConfig`.
     :raises KeyboardInterrupt: a producer raised it; the server stopped gracefully first.
     :raises SystemExit: a producer raised it; the server stopped gracefully first.
@@ -275,13 +286,21 @@ async def serve(
         sock.detach()
         scheme = "https" if config.ssl_enabled else "http"
         task_status.started(ServerAddress(host=host, port=port, scheme=scheme))
-        async with anyio.create_task_group() as listening:
-            if signalled is not None:
-                listening.start_soon(_listen_for_signals, signalled)
-            registering = _RegisteringApp(app, streams)
-            await hypercorn_serve(registering, config, shutdown_trigger=drain_then_stop)
-            listening.cancel_scope.cancel()
+        registering = _RegisteringApp(app, streams)
+        try:
+            async with anyio.create_task_group() as listening:
+                if signalled is not None:
+                    listening.start_soon(_listen_for_signals, signalled)
+                await hypercorn_serve(registering, config, shutdown_trigger=drain_then_stop)
+                listening.cancel_scope.cancel()
+        except Exception as exc:
+            # hypercorn's report of the app's failed lifespan: said once, as the app said it.
+            lifespan_error = registering.lifespan_error()
+            if lifespan_error is None:
+                raise
+            raise lifespan_error from exc
     if stop_requests:
         raise stop_requests[0]
-    if registering.shutdown_failure is not None:
-        raise ServeError(f"the app's lifespan failed at shutdown:\n{registering.shutdown_failure}")
+    lifespan_error = registering.lifespan_error()
+    if lifespan_error is not None:
+        raise lifespan_error

@@ -158,3 +158,21 @@ def test_each_route_has_one_registry_whose_streams_the_app_sees() -> None:
     assert set(scope.route_streams) == {"/prices", "/news"}
     scope.streams.drain()
     assert prices.draining, "draining the App's registry drains its routes'"
+
+
+@pytest.mark.parametrize("at", ["startup", "shutdown"])
+async def test_the_user_lifespans_error_comes_out_as_itself(at: str) -> None:
+    # Not inside the exception group of the lifespan's own task group: a caller (a test's
+    # lifespan manager, a server's report) sees the error the user's lifespan raised.
+    @asynccontextmanager
+    async def failing() -> AsyncIterator[None]:
+        if at == "startup":
+            raise RuntimeError("database unreachable")
+        yield
+        raise RuntimeError("the pool closed twice")
+
+    scope = LifespanScope(StreamRegistry(), grace_period=1.0)
+    with anyio.fail_after(5), pytest.raises(RuntimeError) as caught:
+        async with scope.open(failing):
+            pass
+    assert type(caught.value) is RuntimeError

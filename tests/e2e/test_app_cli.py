@@ -398,6 +398,36 @@ def test_a_bad_or_taken_address_is_reported_with_a_failure_status(
             assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_lifespan_that_fails_at_startup_is_reported_once_with_a_failure_status(
+    tmp_path: Path, backend: str, workers: str
+) -> None:
+    # Said once, with the app's own traceback: it came out inside three nested exception
+    # groups, some 100 lines of them.
+    source = SERVICE.replace(
+        '    say("lifespan started")\n',
+        '    raise RuntimeError("database unreachable")\n',
+    )
+    (tmp_path / "service.py").write_text(source)
+    command = [sys.executable, "-m", "streamkit", "run", "service:app", "--backend", backend]
+    result = subprocess.run(
+        [*command, "--bind", "127.0.0.1:0", "--workers", workers],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=START_BOUND,
+        check=False,
+    )
+    assert result.returncode == 1, result.stderr
+    # Each worker says it, once (with several, the first to fail ends the command).
+    said = result.stderr.count("the app's lifespan failed at startup")
+    assert said >= 1, result.stderr
+    assert result.stderr.count("RuntimeError: database unreachable") == said, result.stderr
+    assert "streamkit: error: " in result.stderr
+    assert "Exception Group" not in result.stderr, result.stderr
+
+
 def test_a_flag_out_of_range_is_a_usage_error_naming_it(tmp_path: Path) -> None:
     (tmp_path / "service.py").write_text(SERVICE)
     for options, message in [
