@@ -331,6 +331,13 @@ async def test_the_command_line_serves_http2_over_tls(
     assert service.process.returncode == 0, "\n".join(service.stderr)
 
 
+def run_command(cwd: Path, command: list[str]) -> subprocess.CompletedProcess[str]:
+    """Run *command* in *cwd* to its end, within the start bound; its output as text."""
+    return subprocess.run(
+        command, cwd=cwd, capture_output=True, text=True, timeout=START_BOUND, check=False
+    )
+
+
 def test_a_bad_app_name_is_reported_with_a_failure_status(tmp_path: Path) -> None:
     (tmp_path / "service.py").write_text("app = None\n")
     for target, message in [
@@ -339,14 +346,8 @@ def test_a_bad_app_name_is_reported_with_a_failure_status(tmp_path: Path) -> Non
         ("service:missing", "has no attribute 'missing'"),
         ("service:app", "is not an ASGI application"),
     ]:
-        result = subprocess.run(
-            [sys.executable, "-m", "streamkit", "run", target, "--bind", "127.0.0.1:0"],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=START_BOUND,
-            check=False,
-        )
+        command = [sys.executable, "-m", "streamkit", "run", target, "--bind", "127.0.0.1:0"]
+        result = run_command(tmp_path, command)
         assert result.returncode == 1
         assert message in result.stderr
 
@@ -385,14 +386,7 @@ def test_a_bad_or_taken_address_is_reported_with_a_failure_status(
             (f"127.0.0.1:{port}", f"cannot listen on '127.0.0.1:{port}'"),
         ]:
             command = [sys.executable, "-m", "streamkit", "run", "service:app", "--bind", bind]
-            result = subprocess.run(
-                [*command, "--workers", workers],
-                cwd=tmp_path,
-                capture_output=True,
-                text=True,
-                timeout=START_BOUND,
-                check=False,
-            )
+            result = run_command(tmp_path, [*command, "--workers", workers])
             assert result.returncode == 1, result.stderr
             assert f"streamkit: error: {message}" in result.stderr
             assert "Traceback" not in result.stderr
@@ -411,14 +405,7 @@ def test_a_lifespan_that_fails_at_startup_is_reported_once_with_a_failure_status
     )
     (tmp_path / "service.py").write_text(source)
     command = [sys.executable, "-m", "streamkit", "run", "service:app", "--backend", backend]
-    result = subprocess.run(
-        [*command, "--bind", "127.0.0.1:0", "--workers", workers],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=START_BOUND,
-        check=False,
-    )
+    result = run_command(tmp_path, [*command, "--bind", "127.0.0.1:0", "--workers", workers])
     assert result.returncode == 1, result.stderr
     # Each worker says it, once (with several, the first to fail ends the command).
     said = result.stderr.count("the app's lifespan failed at startup")
@@ -438,14 +425,7 @@ def test_a_flag_out_of_range_is_a_usage_error_naming_it(tmp_path: Path) -> None:
         (["--app-dir", "nowhere"], "argument --app-dir: not a directory: 'nowhere'"),
     ]:
         command = [sys.executable, "-m", "streamkit", "run", "service:app", *options]
-        result = subprocess.run(
-            [*command, "--bind", "127.0.0.1:0"],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=START_BOUND,
-            check=False,
-        )
+        result = run_command(tmp_path, [*command, "--bind", "127.0.0.1:0"])
         assert result.returncode == 2, (options, result.stderr)
         assert result.stderr.startswith("usage: python -m streamkit run"), result.stderr
         assert message in result.stderr, result.stderr
