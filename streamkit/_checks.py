@@ -183,7 +183,7 @@ def check_header(name: object, value: object) -> None:
     """
     if not isinstance(name, str):
         raise TypeError(f"a header name must be a str, got {type(name).__name__}: {name!r:.80}")
-    if not _TOKEN.fullmatch(name):
+    if not is_token(name):
         raise ValueError(
             f"header name {name!r:.80} must be an HTTP token: letters, digits and !#$%&'*+-.^_`|~"
         )

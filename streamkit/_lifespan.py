@@ -78,8 +78,8 @@ class LifespanScope:
         except BaseExceptionGroup as group:
             # One error (the user's lifespan's, say) comes out as itself, not in the group
             # of this task group that only streamkit made: a caller catches what it raised.
-            [error] = group.exceptions if len(group.exceptions) == 1 else [None]
-            if not isinstance(error, Exception):
+            error = group.exceptions[0]
+            if len(group.exceptions) > 1 or not isinstance(error, Exception):
                 raise
             raise error from None
 

@@ -132,9 +132,9 @@ class _RegisteringApp:
     def __init__(self, app: ASGIApp, streams: StreamRegistry) -> None:
         self.app = app
         self.streams = streams
-        #: The phase (``startup`` or ``shutdown``) in which the app's lifespan failed, and
-        #: what the app said of it (its traceback), if it did.
-        self.lifespan_failure: tuple[str, str] | None = None
+        #: What serve raises for the app's lifespan, if it failed: the phase, and what the
+        #: app said of it (its traceback).
+        self.lifespan_error: ServeError | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -154,15 +154,9 @@ class _RegisteringApp:
         # shutdown, with nothing logged.
         if message["type"] in ("lifespan.startup.failed", "lifespan.shutdown.failed"):
             phase = message["type"].split(".")[1]
-            self.lifespan_failure = (phase, str(message.get("message", "")))
+            said = message.get("message", "")
+            self.lifespan_error = ServeError(f"the app's lifespan failed at {phase}:\n{said}")
         await send(message)
-
-    def lifespan_error(self) -> ServeError | None:
-        """The error serve raises for the app's failed lifespan, if it failed."""
-        if self.lifespan_failure is None:
-            return None
-        phase, said = self.lifespan_failure
-        return ServeError(f"the app's lifespan failed at {phase}:\n{said}")
 
 
 def _parse_bind(bind: str) -> tuple[str, int]:
@@ -295,12 +289,10 @@ async def serve(
                 listening.cancel_scope.cancel()
         except Exception as exc:
             # hypercorn's report of the app's failed lifespan: said once, as the app said it.
-            lifespan_error = registering.lifespan_error()
-            if lifespan_error is None:
+            if registering.lifespan_error is None:
                 raise
-            raise lifespan_error from exc
+            raise registering.lifespan_error from exc
     if stop_requests:
         raise stop_requests[0]
-    lifespan_error = registering.lifespan_error()
-    if lifespan_error is not None:
-        raise lifespan_error
+    if registering.lifespan_error is not None:
+        raise registering.lifespan_error

@@ -170,7 +170,8 @@ async def open_server(
         ``url`` then starts with ``https://``.
     :raises TypeError: an option is of the wrong kind (on entering, nothing served).
     :raises ValueError: an option is out of range (on entering, nothing served).
-    :raises ServeError: the server could not start (see :func:`streamkit.serve`).
+    :raises ServeError: the server could not start, or the app's lifespan failed (see
+        :func:`streamkit.serve`); raised as itself, not in an exception group.
     :raises TimeoutError: the server had not stopped five seconds after *grace_period*; it was
         cancelled.
 
@@ -188,7 +189,7 @@ async def open_server(
     stopped = anyio.Event()
     streams = StreamRegistry(parent=registry)
     listening = _Listening()
-    refused: Exception | None = None  # what serve() raised before it listened
+    serve_error: Exception | None = None  # what serve() raised: a bad option, a failed lifespan
     failure: BaseException | None = None
     fatal: BaseException | None = None  # a KeyboardInterrupt or SystemExit serve() raised
     # The server stops the graceful way even when the block is cancelled (a deadline around
@@ -198,7 +199,7 @@ async def open_server(
     async with anyio.create_task_group() as task_group:
 
         async def run() -> None:
-            nonlocal fatal, refused
+            nonlocal fatal, serve_error
             try:
                 with serving:
                     await serve(
@@ -218,9 +219,9 @@ async def open_server(
                 fatal = exc
                 task_group.cancel_scope.cancel()
             except Exception as exc:
-                if listening.address is not None:
-                    raise
-                refused = exc  # a bad argument or address: raised as itself, unwrapped
+                # Raised again past the task group too, as itself, not in its exception group.
+                serve_error = exc
+                task_group.cancel_scope.cancel()
             finally:
                 stopped.set()
                 listening.ready.set()
@@ -250,8 +251,8 @@ async def open_server(
                 serving.cancel()
     if fatal is not None:
         raise fatal
-    if refused is not None:
-        raise refused
+    if serve_error is not None:
+        raise serve_error
     if failure is not None:
         raise failure
     if scope.cancelled_caught:

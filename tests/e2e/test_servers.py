@@ -401,6 +401,17 @@ async def farewell_after(client: StreamClient, signalled_at: float) -> float:
     return arrived - signalled_at
 
 
+async def shut_down_during_a_stream(service: Running, path: str) -> tuple[float, float]:
+    """Signal the server once the stream at *path* has sent its first event; the seconds from
+    the signal to that stream's farewell, and to the server's exit."""
+    async with open_stream(service, path) as client:
+        await client.read_event()
+        signalled_at = service.signal_and_time()
+        farewell = await farewell_after(client, signalled_at)
+    exited_at = await service.wait_exit(within=GRACE + 5)
+    return farewell, exited_at - signalled_at
+
+
 async def test_the_behaviour_table_then_shutdown(
     server: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -454,18 +465,13 @@ async def test_the_behaviour_table_then_shutdown(
         await service.wait_line("end deadline ")
         assert service.printed("end deadline ") == ["end deadline deadline cleanup=True"]
 
-        async with open_stream(service, "/events/bye") as client:
-            await client.read_event()
-            signalled_at = service.signal_and_time()
-            farewell = await farewell_after(client, signalled_at)
-        exited_at = await service.wait_exit(within=GRACE + 5)
+        farewell, exit_time = await shut_down_during_a_stream(service, "/events/bye")
     assert service.printed("end bye ") == ["end bye shutdown cleanup=True"]
     assert service.process.returncode == server.exit_status, "\n".join(service.stderr)
     # The stalled connection was let go once its write was given up.
     assert any("aborted: the client stopped reading" in line for line in service.stderr)
     # What the README promises: the server logs each stream's end.
     assert any("stream /events/close ended: client_disconnected" in line for line in service.stderr)
-    exit_time = exited_at - signalled_at
     with capsys.disabled():
         print(f"\n{server.name}: farewell {farewell * 1000:.0f} ms, exit {exit_time:.2f} s")
     assert farewell < FAREWELL_BOUND
@@ -634,11 +640,7 @@ async def test_uvicorn_workers_drain_after_the_supervisor_passes_sigterm_on(
         with anyio.fail_after(START_BOUND):
             while sum(started in line for line in service.stderr) < 2:  # noqa: ASYNC110
                 await anyio.sleep(0.05)
-        async with open_stream(service, "/events/workers") as client:
-            await client.read_event()
-            signalled_at = service.signal_and_time()
-            farewell = await farewell_after(client, signalled_at)
-        exited_at = await service.wait_exit(within=GRACE + 5)
+        farewell, exit_time = await shut_down_during_a_stream(service, "/events/workers")
     assert service.printed("end workers ") == ["end workers shutdown cleanup=True"]
     assert farewell < SUPERVISOR_POLL + FAREWELL_BOUND
-    assert exited_at - signalled_at < SUPERVISOR_POLL + EXIT_BOUND
+    assert exit_time < SUPERVISOR_POLL + EXIT_BOUND

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import anyio
 import pytest
@@ -12,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from streamkit import EndReason
+from streamkit import EndReason, ServeError
 from streamkit.testing import LeakError, open_leak_check, open_server, open_stream
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
@@ -129,3 +131,17 @@ async def test_a_bad_within_for_a_wait_is_refused_naming_it_and_the_server_serve
             assert not server.stopped.is_set()
             async with open_stream(server, "/hello") as client:
                 assert await client.read_all() == b"hello"
+
+
+async def test_an_app_whose_lifespan_fails_at_startup_raises_the_serve_error_as_itself() -> None:
+    # Not inside the task group's exception group: a test catches what serve raised.
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        raise RuntimeError("database unreachable")
+        yield
+
+    app = Starlette(lifespan=lifespan)
+    with anyio.fail_after(20), pytest.raises(ServeError) as caught:
+        async with open_server(app):
+            raise AssertionError("the block ran")
+    assert "RuntimeError: database unreachable" in str(caught.value)
