@@ -61,10 +61,10 @@ class StreamRouteInfo:
     options: StreamOptions
 
 
-#: Bytes of a request's body the stream's watcher keeps for the request, unread, before it
-#: waits for the producer to read some: more than a body a producer ignores most often holds
-#: (a prompt, a form), whose stream still hears the client leave; past it, the watcher stops
-#: reading the connection, as a server does when the app takes nothing.
+#: Bytes of a request's body the stream's watcher keeps for the request, unread, until the
+#: producer begins to read it: more than a body a producer ignores most often holds (a prompt,
+#: a form). Past it, a body the producer is reading waits in the connection (the watcher reads
+#: no more until the producer takes some), and one it has not begun to read is dropped.
 MAX_UNREAD_BODY = 64 * 1024
 
 
@@ -76,10 +76,28 @@ class RequestMessages:
     Both reading the server's ``receive`` would split the body between them, and the watcher
     drops what it takes. So only the watcher reads it (:meth:`for_stream`), and keeps the body's
     messages for the request, which takes them in order (:meth:`for_request`), then the
-    disconnect. At most :data:`MAX_UNREAD_BODY` bytes wait unread.
+    disconnect.
+
+    At most :data:`MAX_UNREAD_BODY` bytes wait unread. Past that, once the producer has begun
+    to read the body, the watcher waits for it to take some: it is reading, and gets to the
+    disconnect in its turn. Until then, the watcher drops the body, what it kept included, and
+    reads on, and the request's next read raises :exc:`RuntimeError`. A watcher that stopped
+    reading for a producer that may never read would not hear the client leave: over HTTP/1.1
+    until a write failed, over HTTP/2 not at all (a reset stream's writes are dropped), and
+    there hypercorn, which hands each stream its body in the connection's reader, would stop
+    reading the whole connection.
     """
 
-    __slots__ = ("_arrived", "_ended", "_receive", "_taken", "_unread", "_unread_bytes")
+    __slots__ = (
+        "_arrived",
+        "_dropped",
+        "_ended",
+        "_reading",
+        "_receive",
+        "_taken",
+        "_unread",
+        "_unread_bytes",
+    )
 
     def __init__(self, receive: Receive) -> None:
         self._receive = receive
@@ -87,6 +105,8 @@ class RequestMessages:
         # deque is about 0.6 KiB, which every stream would hold.
         self._unread: list[Message] = []
         self._unread_bytes = 0
+        self._reading = False  # the request has begun to read the body
+        self._dropped = False  # the body was dropped, the request not reading it
         self._ended: Message | None = None  # the disconnect, once read
         self._arrived: anyio.Event | None = None  # while the request waits for a message
         self._taken: anyio.Event | None = None  # while the watcher waits for room
@@ -94,28 +114,46 @@ class RequestMessages:
     async def for_stream(self) -> Message:
         """The stream's ``receive``: the server's next message, a body's kept for the request.
         Cancelling it loses nothing (the server holds a message until it is taken)."""
-        while self._unread_bytes > MAX_UNREAD_BODY:
+        while self._unread_bytes > MAX_UNREAD_BODY and self._reading:
             self._taken = taken = anyio.Event()
             await taken.wait()
         message = await self._receive()
-        if message["type"] == "http.request":
+        if message["type"] != "http.request":
+            self._ended = message
+        elif self._dropped or self._unread_bytes > MAX_UNREAD_BODY:
+            # The producer has not begun to read a body this large: dropped, so that the
+            # connection is still read and the client's leaving heard.
+            self._dropped = True
+            self._unread.clear()
+            self._unread_bytes = 0
+        else:
             self._unread.append(message)
             self._unread_bytes += len(message.get("body", b""))
-        else:
-            self._ended = message
         if self._arrived is not None:
             self._arrived.set()
             self._arrived = None
         return message
 
     async def for_request(self) -> Message:
-        """The request's ``receive``: the body's messages in order, then the disconnect."""
+        """The request's ``receive``: the body's messages in order, then the disconnect.
+
+        :raises RuntimeError: the body was dropped, more than :data:`MAX_UNREAD_BODY` bytes of
+            it having arrived before the request began to read it.
+        """
+        self._reading = True
         while not self._unread:
             if self._ended is not None:
                 # The disconnect decided the stream's end: a producer reading the body is
                 # cancelled here rather than told (ClientDisconnect, logged as an error).
                 await anyio.lowlevel.checkpoint()
                 return self._ended
+            if self._dropped:
+                raise RuntimeError(
+                    f"the request's body was dropped: more than {MAX_UNREAD_BODY} bytes of it "
+                    "arrived before the stream's producer began to read it, and the stream "
+                    "reads on to hear the client leave. Read a body that may be larger first "
+                    "thing in the producer (await request.body())"
+                )
             if self._arrived is None:
                 self._arrived = anyio.Event()
             await self._arrived.wait()

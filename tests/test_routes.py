@@ -274,7 +274,7 @@ async def test_the_watcher_keeps_the_body_for_the_request_in_order_then_the_disc
 
 
 @pytest.mark.anyio
-async def test_the_watcher_stops_reading_past_the_unread_bound_until_the_request_reads() -> None:
+async def test_past_the_unread_bound_the_watcher_waits_for_a_request_that_is_reading() -> None:
     server = Server()
     messages = RequestMessages(server.receive)
     big = MAX_UNREAD_BODY // 2 + 1
@@ -288,11 +288,39 @@ async def test_the_watcher_stops_reading_past_the_unread_bound_until_the_request
     with anyio.fail_after(5):
         async with anyio.create_task_group() as task_group:
             task_group.start_soon(watch)
+            server.put(body_message(b"first"))
+            assert (await messages.for_request())["body"] == b"first"  # it reads the body
             for _ in range(4):
                 server.put(body_message(b"x" * big))
             await anyio.wait_all_tasks_blocked()
-            assert taken == 2  # past the bound after two: the third waits for room
+            assert taken == 3  # past the bound after two more: the next waits for room
             assert len((await messages.for_request())["body"]) == big
             await anyio.wait_all_tasks_blocked()
-            assert taken == 3  # room for one more
+            assert taken == 4  # room for one more
             task_group.cancel_scope.cancel()
+
+
+@pytest.mark.anyio
+async def test_past_the_unread_bound_a_body_not_being_read_is_dropped_and_the_end_heard() -> None:
+    server = Server()
+    messages = RequestMessages(server.receive)
+    heard: list[Message] = []
+
+    async def watch() -> None:
+        while (message := await messages.for_stream())["type"] != "http.disconnect":
+            pass
+        heard.append(message)
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(watch)
+            for _ in range(8):
+                server.put(body_message(b"x" * (MAX_UNREAD_BODY // 4)))
+            server.put(body_message(b"", more_body=False))
+            await anyio.wait_all_tasks_blocked()  # the watcher has read it all
+            assert messages._unread == []  # nothing of it kept
+            request = Request({"type": "http", "method": "POST"}, messages.for_request)
+            with pytest.raises(RuntimeError, match=f"dropped: more than {MAX_UNREAD_BODY} bytes"):
+                await request.body()
+            server.put({"type": "http.disconnect"})
+    assert heard == [{"type": "http.disconnect"}]
