@@ -10,18 +10,20 @@ cancellation request counted on the *calling* task (``Task.cancelling()``) after
 returned normally. An anyio cancel scope exited later in that task takes the leftover count
 for a native cancellation and raises ``CancelledError`` out of it. The count is put back.
 And :func:`being_cancelled` tells the HTTP/2 repair (``_hypercorn_h2``) when a connection's
-task is one that hypercorn's asyncio worker cancelled, as its task group is being shut down.
+task is one that hypercorn's asyncio worker cancelled, as its task group is being shut down,
+and :func:`hand_over_nowait` lets it hand a stream's app a message without waiting.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import sniffio
 
 from ._exceptions import ServeError
 
-__all__ = ["being_cancelled", "hypercorn_serve"]
+__all__ = ["being_cancelled", "hand_over_nowait", "hypercorn_serve"]
 
 
 def _worker() -> tuple[str, Callable[..., Awaitable[None]]]:
@@ -87,3 +89,32 @@ def being_cancelled() -> bool:
 
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
+
+
+def hand_over_nowait(put: Callable[[Any], Awaitable[None]], message: object) -> bool:
+    """Put *message* where hypercorn's *put* would, without waiting; false if there is no room.
+
+    *put* is what hypercorn's worker hands an app's messages to it through: the bound ``put``
+    of an ``asyncio.Queue``, or ``send`` of a trio memory channel. Anything else is not known
+    to take a message without waiting: false.
+    """
+    owner = getattr(put, "__self__", None)
+    if sniffio.current_async_library() == "asyncio":
+        import asyncio  # the queue is hypercorn's asyncio worker's own
+
+        if not isinstance(owner, asyncio.Queue):
+            return False
+        try:
+            owner.put_nowait(message)
+        except asyncio.QueueFull:
+            return False
+        return True
+    import trio  # the channel is hypercorn's trio worker's own
+
+    if not isinstance(owner, trio.MemorySendChannel):
+        return False
+    try:
+        owner.send_nowait(message)
+    except trio.WouldBlock:
+        return False
+    return True

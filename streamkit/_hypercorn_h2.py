@@ -9,7 +9,7 @@ the client's flow-control window for the stream is 0, every take is empty. So a 
 stream whose reader stopped never waits: the buffer grows with whatever the application
 makes, and ``send_timeout`` never fires. Over HTTP/1.1 the socket itself holds the writer.
 
-Seven changes, applied to the connections of servers that :func:`streamkit.serve` runs:
+Eight changes, applied to the connections of servers that :func:`streamkit.serve` runs:
 
 - the writer is let go only once the buffer has fallen below half its high-water mark, so a
   stalled stream holds at most the buffer and one write, and its writer waits;
@@ -24,6 +24,12 @@ Seven changes, applied to the connections of servers that :func:`streamkit.serve
   or ``UnicodeDecodeError`` out of the connection;
 - body that arrives for a stream whose response has ended is acknowledged and dropped;
   hypercorn raised ``KeyError`` out of the connection;
+- a stream's body is handed to its app without the connection's reader waiting for room in
+  the app's queue: hypercorn waited there, so one app reading its body slowly (or not at
+  all) stopped the whole connection being read, its other streams starved of window updates
+  and its PINGs and resets unanswered. A body the app has no room for waits for it in a task
+  of the stream's own, and only the stream's flow-control window stays closed meanwhile,
+  which holds the client back to the stream's window;
 - a ``PRIORITY`` signal orders only the streams being served: hypercorn kept every stream a
   client named in one, for good, and past 1000 of them raised out of the connection;
 - on asyncio, a stream cancelled as the grace period ends does not ask for the connection's
@@ -40,6 +46,7 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import weakref
+from collections import deque
 from collections.abc import Coroutine
 from typing import Any
 
@@ -49,12 +56,13 @@ import h2.exceptions
 import hypercorn.protocol
 import hypercorn.protocol.h2 as hypercorn_h2
 from hypercorn.events import Closed, Event, Updated
+from hypercorn.protocol.events import Body, EndBody, StreamClosed
 from hypercorn.protocol.events import Event as StreamEvent
-from hypercorn.protocol.events import StreamClosed
 from hypercorn.protocol.h2 import H2Protocol
+from hypercorn.protocol.http_stream import HTTPStream
 from priority.priority import PriorityError
 
-from ._backends import being_cancelled
+from ._backends import being_cancelled, hand_over_nowait
 
 __all__ = ["bound_h2_streams", "h2_streams_bounded"]
 
@@ -132,12 +140,16 @@ class _BoundedBuffers(dict[int, Any]):
 
 
 class _BoundedH2Protocol(H2Protocol):
-    """hypercorn's HTTP/2 connection with the seven changes the module docstring lists."""
+    """hypercorn's HTTP/2 connection with the eight changes the module docstring lists."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.stream_buffers = _BoundedBuffers()
         self._goaway_sent = False
+        # What waits for room in a stream's app queue, in order, with the flow-controlled
+        # bytes to hand back to the stream's window once the app has it: only while a task
+        # of the stream's own hands it over (see _hand_over()).
+        self._held: dict[int, deque[tuple[StreamEvent, int]]] = {}
         self._send_to_server = self.send
         self.send = self._send
 
@@ -191,17 +203,76 @@ class _BoundedH2Protocol(H2Protocol):
                 refusal += self.config.response_headers("h2")
                 self.connection.send_headers(event.stream_id, refusal, end_stream=True)
                 continue
-            if isinstance(event, h2.events.DataReceived):
+            if isinstance(event, h2.events.DataReceived | h2.events.StreamEnded):
                 if batch:
                     await super()._handle_events(batch)
                     batch = []
-                if event.stream_id not in self.streams:
+                stream = self.streams.get(event.stream_id)
+                if isinstance(stream, HTTPStream):
+                    if isinstance(event, h2.events.DataReceived):
+                        body = Body(stream_id=event.stream_id, data=event.data)
+                        self._hand_over(stream, body, event.flow_controlled_length)
+                    else:
+                        self._hand_over(stream, EndBody(stream_id=event.stream_id), 0)
+                    continue
+                if stream is None and isinstance(event, h2.events.DataReceived):
                     self.connection.acknowledge_received_data(
                         event.flow_controlled_length, event.stream_id
                     )
                     continue
             batch.append(event)
         await super()._handle_events(batch)
+
+    def _hand_over(self, stream: HTTPStream, event: StreamEvent, length: int) -> None:
+        """Hand *event*, a stream's body or its end (*length* flow-controlled bytes), to the
+        stream's app without waiting: into its queue if it has room and nothing waits before
+        it, else after what waits, by a task of the stream's own. The connection's window is
+        handed back at once; the stream's once the app has the bytes, so that the client
+        sends no more to a stream than its window while the app has no room for it."""
+        stream_id = event.stream_id
+        held = self._held.get(stream_id)
+        if held is None:
+            if stream.closed or hand_over_nowait(stream.app_put, _message(event)):
+                if length:
+                    self.connection.acknowledge_received_data(length, stream_id)
+                return
+            self._held[stream_id] = held = deque()
+            self.task_group.spawn(self._feed, stream, held)
+        held.append((event, length))
+        if length:
+            self.connection.increment_flow_control_window(length)
+
+    async def _feed(self, stream: HTTPStream, held: deque[tuple[StreamEvent, int]]) -> None:
+        """Hand what is *held* for *stream* to its app, waiting for room as hypercorn would in
+        the connection's reader; hand each body's bytes back to the stream's window as it
+        goes."""
+        try:
+            while held:
+                event, length = held[0]
+                await stream.handle(event)  # waits for room in the app's queue
+                held.popleft()
+                if length:
+                    try:
+                        self.connection.increment_flow_control_window(length, stream.stream_id)
+                    except (KeyError, h2.exceptions.ProtocolError):
+                        pass  # the stream is closed: no window to hand back
+                    else:
+                        await self._flush()
+        finally:
+            if self._held.get(stream.stream_id) is held:
+                del self._held[stream.stream_id]
+
+    async def _close_stream(self, stream_id: int) -> None:
+        held = self._held.get(stream_id)
+        stream = self.streams.get(stream_id)
+        if held is None or stream is None:
+            await super()._close_stream(stream_id)
+            return
+        # Its body waits for room in the app's queue: its close (the disconnect, for the app)
+        # follows it there, rather than wait for room here, in the connection's reader.
+        del self.streams[stream_id]
+        held.append((StreamClosed(stream_id=stream_id), 0))
+        await self.has_data.set()
 
     async def _priority_updated(self, event: h2.events.PriorityUpdated) -> None:
         # hypercorn puts a stream it does not serve (a PRIORITY frame's, or the stream one
@@ -234,6 +305,13 @@ class _BoundedH2Protocol(H2Protocol):
             else:
                 await self._flush()
         await super().handle(event)
+
+
+def _message(event: StreamEvent) -> dict[str, Any]:
+    """The ASGI message hypercorn makes of a stream's body or its end."""
+    if isinstance(event, Body):
+        return {"type": "http.request", "body": bytes(event.data), "more_body": True}
+    return {"type": "http.request", "body": b"", "more_body": False}
 
 
 def _refused(headers: Any) -> int | None:

@@ -9,6 +9,7 @@ after another, each end once, with their cleanup run.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -288,3 +289,61 @@ async def test_a_large_body_left_unread_holds_neither_the_connection_nor_its_str
 
 async def _set(event: anyio.Event) -> None:
     event.set()
+
+
+async def test_a_body_read_slowly_holds_its_stream_alone() -> None:
+    # hypercorn hands a stream its body in the connection's reader, and waited there while
+    # the app's queue was full: one upload read slowly stopped the whole connection being
+    # read (a browser's event streams on it starved, PINGs went unanswered). The stream's own
+    # flow-control window now holds the client back instead.
+    first_read, release = anyio.Event(), anyio.Event()
+
+    async def slow(request: Request) -> Response:
+        received, digest = 0, hashlib.sha256()
+        async for chunk in request.stream():
+            received += len(chunk)
+            digest.update(chunk)
+            if received and not first_read.is_set():
+                first_read.set()
+                await release.wait()
+        return PlainTextResponse(f"{received} {digest.hexdigest()}")
+
+    app = make_app()
+    app.router.routes.append(Route("/slow", slow, methods=["POST"]))
+    body = bytes(range(256)) * (UNREAD_BODY // 256)
+    with anyio.fail_after(30):
+        async with (
+            open_server(app) as server,
+            open_h2_connection(server) as connection,
+            connection.open_stream("/ticks") as live,
+        ):
+            upload = await start_upload(connection, "/slow", b"")
+            sent = 0
+            while sent < len(body):
+                window = connection._h2.local_flow_control_window(upload.stream_id)
+                if not window and release.is_set():
+                    await connection.ping()  # reads the window updates
+                    continue
+                if not window:
+                    # The server holds the stream at its window while its reader waits: the
+                    # connection goes on meanwhile.
+                    with anyio.fail_after(BOUND):
+                        await first_read.wait()
+                    await assert_served_beside(connection, live)
+                    release.set()
+                    continue
+                piece = body[sent : sent + min(window, 16384)]
+                connection._h2.send_data(upload.stream_id, piece)
+                sent += len(piece)
+                await connection._flush()
+                with anyio.fail_after(BOUND):
+                    await connection.ping()
+            connection._h2.end_stream(upload.stream_id)
+            await connection._flush()
+            with anyio.fail_after(BOUND):
+                answer = await upload.read_all()
+    assert release.is_set()  # it was held
+    assert (upload.status, answer.decode()) == (
+        200,
+        f"{len(body)} {hashlib.sha256(body).hexdigest()}",
+    )
