@@ -381,6 +381,11 @@ _count = _flag(int, "an int", check_count)
 _seconds = _flag(float, "a number of seconds", check_duration)
 
 
+def _seconds_or_off(text: str) -> float | None:
+    """A duration flag that ``off`` turns off."""
+    return None if text == "off" else _seconds(text)
+
+
 def _directory(text: str) -> str:
     """``--app-dir``: one that does not exist would be searched for nothing."""
     if not os.path.isdir(text):
@@ -416,10 +421,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     command.add_argument(
         "--stalled-connection-timeout",
-        type=_seconds,
+        type=_seconds_or_off,
         default=10.0,
         metavar="SECONDS",
-        help="abort a connection whose client stopped reading for this long",
+        help="abort a connection whose client stopped reading for this long (off: never)",
     )
     command.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
