@@ -29,7 +29,10 @@ Eight changes, applied to the connections of servers that :func:`streamkit.serve
   all) stopped the whole connection being read, its other streams starved of window updates
   and its PINGs and resets unanswered. A body the app has no room for waits for it in a task
   of the stream's own, and only the stream's flow-control window stays closed meanwhile,
-  which holds the client back to the stream's window;
+  which holds the client back to the stream's window. The stream's close (the app's
+  disconnect) follows its body the same way, and what is held for an app that has returned
+  is dropped: hypercorn waited for good to put the close into a queue the app had left
+  full, and the connection's task never ended;
 - a ``PRIORITY`` signal orders only the streams being served: hypercorn kept every stream a
   client named in one, for good, and past 1000 of them raised out of the connection;
 - on asyncio, a stream cancelled as the grace period ends does not ask for the connection's
@@ -47,9 +50,11 @@ import importlib.metadata
 import logging
 import weakref
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
+from functools import partial
 from typing import Any
 
+import anyio
 import h2.errors
 import h2.events
 import h2.exceptions
@@ -139,6 +144,28 @@ class _BoundedBuffers(dict[int, Any]):
         super().__setitem__(stream_id, buffer)
 
 
+#: How an HTTP stream sends its app's messages: ``None`` once the app has returned.
+AppSend = Callable[[Any], Awaitable[None]]
+#: How an HTTP stream puts a message into its app's queue, waiting for room.
+AppPut = Callable[[Any], Awaitable[None]]
+
+
+class _Streams(dict[int, Any]):
+    """The stream table: the app of each HTTP stream hypercorn puts in sends through
+    *app_send* (``app_send(stream, send, message)``), which tells the connection when the app
+    has returned. Put in before the stream starts its app, which takes the stream's
+    ``app_send`` then."""
+
+    def __init__(self, app_send: Callable[[HTTPStream, AppSend, Any], Awaitable[None]]) -> None:
+        super().__init__()
+        self._app_send = app_send
+
+    def __setitem__(self, stream_id: int, stream: Any) -> None:
+        if isinstance(stream, HTTPStream):
+            stream.app_send = partial(self._app_send, stream, stream.app_send)  # type: ignore[method-assign, assignment]
+        super().__setitem__(stream_id, stream)
+
+
 class _BoundedH2Protocol(H2Protocol):
     """hypercorn's HTTP/2 connection with the eight changes the module docstring lists."""
 
@@ -146,10 +173,13 @@ class _BoundedH2Protocol(H2Protocol):
         super().__init__(*args, **kwargs)
         self.stream_buffers = _BoundedBuffers()
         self._goaway_sent = False
-        # What waits for room in a stream's app queue, in order, with the flow-controlled
-        # bytes to hand back to the stream's window once the app has it: only while a task
-        # of the stream's own hands it over (see _hand_over()).
-        self._held: dict[int, deque[tuple[StreamEvent, int]]] = {}
+        self.streams = _Streams(self._app_send)
+        # The messages that wait for room in a stream's app queue, in order, each with the
+        # flow-controlled bytes to hand back to the stream's window once the app has it: only
+        # while a task of the stream's own puts them (see _put_or_hold()), whose scope is
+        # kept beside.
+        self._held: dict[int, deque[tuple[Any, int]]] = {}
+        self._feeders: dict[int, anyio.CancelScope] = {}
         self._send_to_server = self.send
         self.send = self._send
 
@@ -225,54 +255,91 @@ class _BoundedH2Protocol(H2Protocol):
 
     def _hand_over(self, stream: HTTPStream, event: StreamEvent, length: int) -> None:
         """Hand *event*, a stream's body or its end (*length* flow-controlled bytes), to the
-        stream's app without waiting: into its queue if it has room and nothing waits before
-        it, else after what waits, by a task of the stream's own. The connection's window is
-        handed back at once; the stream's once the app has the bytes, so that the client
-        sends no more to a stream than its window while the app has no room for it."""
+        stream's app without waiting (see _put_or_hold()). The connection's window is handed
+        back at once; the stream's once the app has the bytes, so that the client sends no
+        more to a stream than its window while the app has no room for it."""
         stream_id = event.stream_id
-        held = self._held.get(stream_id)
-        if held is None:
-            if stream.closed or hand_over_nowait(stream.app_put, _message(event)):
-                if length:
-                    self.connection.acknowledge_received_data(length, stream_id)
-                return
-            self._held[stream_id] = held = deque()
-            self.task_group.spawn(self._feed, stream, held)
-        held.append((event, length))
-        if length:
+        if stream.closed:  # as hypercorn's stream does: its app is told nothing more
+            delivered = True
+        else:
+            delivered = self._put_or_hold(stream_id, stream.app_put, _message(event), length)
+        if not length:
+            return
+        if delivered:
+            self.connection.acknowledge_received_data(length, stream_id)
+        else:
             self.connection.increment_flow_control_window(length)
 
-    async def _feed(self, stream: HTTPStream, held: deque[tuple[StreamEvent, int]]) -> None:
-        """Hand what is *held* for *stream* to its app, waiting for room as hypercorn would in
-        the connection's reader; hand each body's bytes back to the stream's window as it
-        goes."""
-        try:
-            while held:
-                event, length = held[0]
-                await stream.handle(event)  # waits for room in the app's queue
-                held.popleft()
-                if length:
-                    try:
-                        self.connection.increment_flow_control_window(length, stream.stream_id)
-                    except (KeyError, h2.exceptions.ProtocolError):
-                        pass  # the stream is closed: no window to hand back
-                    else:
-                        await self._flush()
-        finally:
-            if self._held.get(stream.stream_id) is held:
-                del self._held[stream.stream_id]
+    def _put_or_hold(self, stream_id: int, put: AppPut, message: Any, length: int = 0) -> bool:
+        """Put *message* into a stream's app queue through *put*, hypercorn's, if it has room
+        and nothing is held before it; else hold it, to be put by a task of the stream's own
+        that waits for the room, after what was held before. True if it was put now. Never
+        waits: hypercorn waited in the connection's reader (or, for the stream's close, in
+        the app's task), for good if the app never made room."""
+        held = self._held.get(stream_id)
+        if held is None:
+            if hand_over_nowait(put, message):
+                return True
+            self._held[stream_id] = held = deque()
+            # Made here, not in the task: the app may return before the task first runs.
+            self._feeders[stream_id] = feeder = anyio.CancelScope()
+            self.task_group.spawn(self._feed, stream_id, put, held, feeder)
+        held.append((message, length))
+        return False
+
+    async def _feed(
+        self,
+        stream_id: int,
+        put: AppPut,
+        held: deque[tuple[Any, int]],
+        feeder: anyio.CancelScope,
+    ) -> None:
+        """Put what is *held* for a stream into its app's queue through *put*, waiting for
+        room; hand each body's bytes back to the stream's window as it goes. Stopped, through
+        *feeder*, once the app has returned (see _app_send())."""
+        with feeder:
+            try:
+                while held:
+                    message, length = held[0]
+                    await put(message)  # waits for room in the app's queue
+                    held.popleft()
+                    if length:
+                        try:
+                            self.connection.increment_flow_control_window(length, stream_id)
+                        except (KeyError, h2.exceptions.ProtocolError):
+                            pass  # the stream is closed: no window to hand back
+                        else:
+                            await self._flush()
+            finally:
+                if self._held.get(stream_id) is held:
+                    del self._held[stream_id], self._feeders[stream_id]
+
+    def _app_send(self, stream: HTTPStream, send: AppSend, message: Any) -> Awaitable[None]:
+        """A stream's app sends *message* through *send*, hypercorn's; ``None`` once the app
+        has returned. Then nothing waits for room in its queue any more: what was held for
+        it is dropped. *send*'s own awaitable, not a coroutine around it: one per write."""
+        if message is None and (feeder := self._feeders.pop(stream.stream_id, None)):
+            del self._held[stream.stream_id]
+            feeder.cancel()
+        return send(message)
 
     async def _close_stream(self, stream_id: int) -> None:
-        held = self._held.get(stream_id)
         stream = self.streams.get(stream_id)
-        if held is None or stream is None:
+        if not isinstance(stream, HTTPStream) or stream.app_put is None:
             await super()._close_stream(stream_id)
             return
-        # Its body waits for room in the app's queue: its close (the disconnect, for the app)
-        # follows it there, rather than wait for room here, in the connection's reader.
-        del self.streams[stream_id]
-        held.append((StreamClosed(stream_id=stream_id), 0))
-        await self.has_data.set()
+        # Closed as hypercorn closes it, but its disconnect is put or held (after the body
+        # held before it), not waited for: an app that left its queue full kept the close
+        # waiting for good, in the connection's reader or in the app's own task.
+        put = stream.app_put
+        stream.app_put = partial(self._put_disconnect, stream_id, put)
+        try:
+            await super()._close_stream(stream_id)
+        finally:
+            stream.app_put = put
+
+    async def _put_disconnect(self, stream_id: int, put: AppPut, message: Any) -> None:
+        self._put_or_hold(stream_id, put, message)
 
     async def _priority_updated(self, event: h2.events.PriorityUpdated) -> None:
         # hypercorn puts a stream it does not serve (a PRIORITY frame's, or the stream one

@@ -347,3 +347,24 @@ async def test_a_body_read_slowly_holds_its_stream_alone() -> None:
         200,
         f"{len(body)} {hashlib.sha256(body).hexdigest()}",
     )
+
+
+@pytest.mark.parametrize("frames", [10, 20])
+async def test_a_body_nobody_reads_holds_nothing_once_its_app_has_returned(frames: int) -> None:
+    # 1-byte DATA frames fill the app's queue (hypercorn's holds ten messages), to the brim
+    # or past it, before the app answers 404 without reading them. hypercorn put the stream's
+    # close (the disconnect) into that full queue and waited there for good, in the app's own
+    # task: the connection's task never ended, and the server waited out the grace period.
+    with anyio.fail_after(30):
+        async with open_server(make_app(), grace_period=5.0) as server:
+            async with open_h2_connection(server) as connection:
+                upload = await start_upload(connection, "/nowhere", b"")
+                for _ in range(frames):
+                    connection._h2.send_data(upload.stream_id, b"b")
+                await connection._flush()
+                with anyio.fail_after(BOUND):
+                    await upload.read_all()
+                    assert upload.status == 404
+            closed_at = anyio.current_time()
+        stopped_after = anyio.current_time() - closed_at
+    assert stopped_after < 1.0
