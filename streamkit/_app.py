@@ -24,7 +24,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 from starlette.types import ExceptionHandler, Receive, Scope, Send
 
 from ._checks import check_callable, check_duration, check_type
@@ -41,7 +41,7 @@ from ._responses import (
     SSEFarewells,
     StreamResponse,
 )
-from ._routes import StreamRouteInfo, check_route, declare_stream_route
+from ._routes import AppRoute, StreamRouteInfo, check_route, declare_stream_route
 from ._server_shutdown import arm_shutdown_watch
 
 __all__ = ["App"]
@@ -274,7 +274,11 @@ class App(Starlette):
         """
 
         def declare(endpoint: HandlerT) -> HandlerT:
-            self.router.add_route(path, endpoint, methods, name, include_in_schema)
+            self.router.routes.append(
+                AppRoute(
+                    path, endpoint, methods=methods, name=name, include_in_schema=include_in_schema
+                )
+            )
             return endpoint
 
         return declare
@@ -318,7 +322,7 @@ class App(Starlette):
             endpoint = declared(name=name or handler.__name__, handler=handler)
             route = endpoint.route
             self.router.routes.append(
-                Route(path, endpoint, methods=list(route.methods), name=route.name)
+                AppRoute(path, endpoint, methods=list(route.methods), name=route.name)
             )
             self._stream_routes.append(route)
             if self._metrics is not None:

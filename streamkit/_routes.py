@@ -6,7 +6,7 @@ when it is declared, and the endpoint that serves it.
 with the response's other arguments, at declaration rather than at the first request.
 :class:`StreamEndpoint` builds a route's response for each request and delivers it under the
 registry the App hands it; it knows the App only through that callback, so this module sits
-below the App.
+below the App. :class:`AppRoute` is the Starlette route the App declares each route with.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 from starlette.requests import Request
-from starlette.routing import compile_path
+from starlette.routing import Match, Route, compile_path
 from starlette.types import Message, Receive, Scope, Send
 
 from ._checks import check_type, is_token
@@ -31,6 +31,7 @@ from ._registry import StreamRegistry, using_registry
 from ._responses import StreamResponse
 
 __all__ = [
+    "AppRoute",
     "RequestMessages",
     "StreamEndpoint",
     "StreamRouteInfo",
@@ -163,6 +164,22 @@ class RequestMessages:
             self._taken.set()
             self._taken = None
         return message
+
+
+class AppRoute(Route):
+    """A Starlette route whose path parameter, refused by its convertor, is no match (a 404),
+    as one its pattern does not match is.
+
+    Starlette lets the convertor's ``ValueError`` out of the match, a 500 for a client's
+    mistake: its ``int`` convertor matches any run of digits, then ``int()`` refuses one of
+    more than 4,300.
+    """
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        try:
+            return super().matches(scope)
+        except ValueError:
+            return Match.NONE, {}
 
 
 def check_route(path: object, methods: object, name: object) -> frozenset[str]:

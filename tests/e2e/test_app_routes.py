@@ -377,3 +377,28 @@ async def test_a_producer_that_returns_a_value_ends_its_stream_as_an_error_namin
     assert ".returns at " in str(end.exception)
     assert "returned" in str(end.exception)
     assert "async_generator" in str(end.exception)
+
+
+# -- a client's bad request -------------------------------------------------------------------
+
+
+async def test_a_path_parameter_its_convertor_cannot_convert_is_a_404_and_the_server_serves_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Starlette's int convertor matches any run of digits, then int() refuses one of more than
+    # Python's 4,300 digits: a ValueError, which was a 500 and the server's traceback.
+    app = service(Probe())
+
+    @app.get("/orders/{id:int}")
+    async def order(request: Request) -> Response:
+        return JSONResponse({"id": request.path_params["id"]})
+
+    too_long = "9" * 5000
+    async with open_server(app) as server, httpx.AsyncClient(base_url=server.url) as http:
+        with anyio.fail_after(10):
+            for path in (f"/rows/{too_long}", f"/orders/{too_long}", "/rows/abc", "/rows/-0"):
+                response = await http.get(path)
+                assert response.status_code == 404, (path[:20], response.text)
+            assert (await http.get("/orders/7")).json() == {"id": 7}
+        assert await read_items(server, "/rows/2") == [{"n": 0}, {"n": 1}]
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR], caplog.text
