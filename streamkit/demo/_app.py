@@ -73,6 +73,13 @@ def _snapshot(state: DemoState, streams: StreamRegistry, backend: str) -> dict[s
     }
 
 
+def _is_count(text: str) -> bool:
+    """Whether *text* is a whole number in ASCII digits; ``str.isdigit()`` alone also takes
+    ``'²'``, which ``int()`` refuses, and other scripts' digits, which no client of the demo
+    sends."""
+    return text.isascii() and text.isdigit()
+
+
 def create_app(
     *,
     clock_interval: float = 1.0,
@@ -133,7 +140,8 @@ def create_app(
     )
     async def clock(request: Request, send: StreamSender[ServerSentEvent | str]) -> None:
         resumed = send.last_event_id
-        tick = int(resumed) if resumed is not None and resumed.isdigit() else 0
+        # A Last-Event-ID is at most 1,024 characters: int() takes it whole.
+        tick = int(resumed) if resumed is not None and _is_count(resumed) else 0
         if resumed is not None:
             state.resumed_from.append(resumed)
             await send(ServerSentEvent(event="resumed", data=resumed))
@@ -161,11 +169,14 @@ def create_app(
         if database is None:
             return JSONResponse({"detail": "the database is not ready"}, status_code=503)
         given = request.query_params.get("limit", "200")
-        if not given.isdigit():
+        if not _is_count(given):
             return JSONResponse(
                 {"detail": f"limit must be a whole number of rows, got {given!r}"}, status_code=400
             )
-        limit = min(int(given), 1000)
+        # More than four digits, leading zeros aside, is past the cap: int() is not asked,
+        # which refuses more than 4,300.
+        digits = given.lstrip("0")
+        limit = 1000 if len(digits) > 4 else min(int(digits or "0"), 1000)
 
         async def produce(send: StreamSender[Any]) -> None:
             query = SQLiteRows(

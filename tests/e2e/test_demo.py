@@ -22,6 +22,7 @@ import pytest
 from streamkit import EndReason
 from streamkit.demo import DemoState, create_app
 from streamkit.testing import open_server, open_stream
+from streamkit.testing._client import connect
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
@@ -135,6 +136,50 @@ async def test_rows_stream_from_sqlite_and_stop_when_the_client_leaves(anyio_bac
             refused = await http.get("/rows?limit=many")
         assert refused.status_code == 400
         assert "'many'" in refused.json()["detail"]
+
+
+async def test_rows_refuse_a_limit_that_is_not_ascii_digits_and_cap_any_other(
+    anyio_backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # str.isdigit() passed '²', which int() refuses, and int() refuses more than 4,300
+    # digits: each was a 500 and the server's traceback.
+    async with open_server(create_app(row_delay=0.001)) as server:
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            for given in ("\u00b2", "\u0663", "-1", "1e3"):
+                refused = await http.get("/rows", params={"limit": given})
+                assert refused.status_code == 400, (given, refused.text)
+                assert repr(given) in refused.json()["detail"]
+        for limit in ("0" * 5000 + "3", "9" * 5000):
+            async with open_stream(server, f"/rows?limit={limit}") as client:
+                with anyio.fail_after(10):
+                    body = await client.read_all()
+            assert client.status == 200
+            assert len(body.splitlines()) == (3 if limit.startswith("0") else 1000)
+            await server.wait_ended(EndReason.COMPLETED)
+    assert not [record for record in caplog.records if record.levelname == "ERROR"], caplog.text
+
+
+async def test_clock_starts_afresh_from_a_last_event_id_that_is_not_a_tick(
+    anyio_backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # '²' passed str.isdigit(), then int() raised in the producer: the stream's first event
+    # was its error event, and the ERROR log a traceback, for a header a client sent.
+    app = create_app(clock_interval=0.05, clock_max_duration=None)
+    async with open_server(app) as server:
+        for resumed in ("\u00b2", "\u0663", "x"):
+            connection = await connect(server.host, server.port)
+            head = f"GET /clock HTTP/1.1\r\nhost: test\r\nlast-event-id: {resumed}\r\n\r\n"
+            async with connection:
+                await connection.send(head.encode())
+                received = b""
+                with anyio.fail_after(5):
+                    while b"event: tick\n" not in received and b"event: error" not in received:
+                        received += await connection.receive()
+            assert b"event: resumed\ndata: " + resumed.encode() + b"\n\n" in received
+            assert b"event: tick\nid: 1\n" in received
+            assert b"event: error" not in received
+            await server.wait_ended(EndReason.CLIENT_DISCONNECTED, within=DISCONNECT_BOUND)
+    assert not [record for record in caplog.records if record.levelname == "ERROR"], caplog.text
 
 
 async def test_quote_falls_back_to_the_cached_price_in_time(anyio_backend: str) -> None:
