@@ -42,9 +42,13 @@ def create_app(
     root = Path(directory).resolve()
 
     async def download(request: Request) -> Response:
-        path = (root / request.path_params["name"]).resolve()
         # Checked here, where a 404 can still be answered: the stream opens the file itself.
-        if not path.is_relative_to(root) or not path.is_file():
+        try:
+            path = (root / request.path_params["name"]).resolve()
+            found = path.is_relative_to(root) and path.is_file()
+        except (OSError, ValueError):  # a name too long for the file system, a NUL byte
+            found = False
+        if not found:
             return PlainTextResponse("no such file", status_code=404)
         media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         return StreamResponse(

@@ -32,6 +32,26 @@ DEMO_DATABASE = Path(tempfile.gettempdir()) / "streamkit-orders.db"
 DEMO_ORDERS = 200_000
 
 
+#: SQLite's largest INTEGER: no order id is larger, and SQLite refuses a larger number.
+MAX_ORDER_ID = 2**63 - 1
+
+
+def order_id(text: str) -> int | None:
+    """*text* as an order id, or ``None`` if it is not one.
+
+    ASCII digits: ``str.isdigit()`` alone takes ``'²'``, which ``int()`` refuses. At most
+    SQLite's largest integer: past it ``int()`` refuses 4,300 digits, and SQLite a smaller
+    number inside the stream, after its ``200``.
+    """
+    if not (text.isascii() and text.isdigit()):
+        return None
+    digits = text.lstrip("0") or "0"
+    if len(digits) > len(str(MAX_ORDER_ID)):
+        return None
+    value = int(digits)
+    return value if value <= MAX_ORDER_ID else None
+
+
 def create_app(database: str | os.PathLike[str]) -> Starlette:
     """Export the ``orders`` table of *database*.
 
@@ -39,13 +59,14 @@ def create_app(database: str | os.PathLike[str]) -> Starlette:
     """
 
     async def orders(request: Request) -> Response:
-        since = request.query_params.get("since", "0")
-        if not since.isdigit():
-            return PlainTextResponse(f"since must be an order id, got {since!r}", 400)
+        given = request.query_params.get("since", "0")
+        since = order_id(given)
+        if since is None:
+            return PlainTextResponse(f"since must be an order id, got {given!r}", 400)
         rows = SQLiteRows(
             database,
             "SELECT id, customer, total_cents, created FROM orders WHERE id > ? ORDER BY id",
-            (int(since),),
+            (since,),
             batch_size=500,
         )
         return NDJSONResponse(

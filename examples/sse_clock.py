@@ -29,7 +29,8 @@ HEARTBEAT_INTERVAL = 0.5
 async def clock(request: Request) -> Response:
     async def produce(send: StreamSender[ServerSentEvent | str]) -> None:
         resumed = send.last_event_id or ""
-        tick = int(resumed) if resumed.isdigit() else 0
+        # isascii() too: isdigit() also takes '²', which int() refuses.
+        tick = int(resumed) if resumed.isascii() and resumed.isdigit() else 0
         while True:
             tick += 1
             await send(ServerSentEvent(event="tick", id=str(tick), data=time.strftime("%H:%M:%S")))

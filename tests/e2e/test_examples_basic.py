@@ -11,6 +11,7 @@ from support.example_modules import load_example
 
 from streamkit import EndReason, ServerAddress
 from streamkit.testing import open_server, open_stream
+from streamkit.testing._client import connect
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
@@ -35,6 +36,26 @@ async def test_sse_clock_ticks_with_heartbeats_between(anyio_backend: str) -> No
                 resumed = await client.read_event()
         assert resumed.id == "8"
         await server.wait_ended(EndReason.CLIENT_DISCONNECTED, within=DISCONNECT_BOUND)
+
+
+async def test_sse_clock_starts_afresh_from_a_last_event_id_that_is_not_a_tick(
+    anyio_backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # '²' passed str.isdigit(), then int() raised in the producer: the stream's first event
+    # was its error event, and the ERROR log a traceback, for a header a client sent.
+    example = load_example("sse_clock")
+    async with open_server(example.app) as server:
+        connection = await connect(server.host, server.port)
+        head = "GET /clock HTTP/1.1\r\nhost: test\r\nlast-event-id: \u00b2\r\n\r\n"
+        async with connection:
+            await connection.send(head.encode())
+            received = b""
+            with anyio.fail_after(5):
+                while b"event: tick\n" not in received and b"event: error" not in received:
+                    received += await connection.receive()
+        assert b"event: tick\nid: 1\n" in received
+        await server.wait_ended(EndReason.CLIENT_DISCONNECTED, within=DISCONNECT_BOUND)
+    assert not [record for record in caplog.records if record.levelname == "ERROR"], caplog.text
 
 
 async def test_fastapi_app_streams_tokens_and_rows(anyio_backend: str) -> None:

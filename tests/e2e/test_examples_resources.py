@@ -3,6 +3,7 @@ hypercorn, releasing what they hold when the client leaves."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -92,6 +93,30 @@ async def test_sqlite_export_streams_orders_and_ends_the_query(tmp_path: Path) -
             assert client.status == 400
 
 
+async def test_sqlite_export_refuses_a_since_that_is_no_order_id_with_a_400(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # str.isdigit() passed '²', which int() refuses, and int() refuses more than 4,300
+    # digits: a 500 and the server's traceback. Past 2**63 - 1, SQLite refused the number
+    # inside the stream: an error item after a 200, and an ERROR traceback.
+    example = load_example("sqlite_export")
+    database = tmp_path / "orders.db"
+    example.make_demo_database(database, orders=10)
+    refused = ("%C2%B2", "9" * 5000, str(2**63), "-1", "")
+    async with open_server(example.create_app(database)) as server:
+        for since in refused:
+            async with open_stream(server, f"/orders.ndjson?since={since}") as client:
+                assert client.status == 400, (since[:20], await client.read_all())
+        for since, ids in ((str(2**63 - 1), []), ("0" * 5000 + "9", [10])):
+            async with open_stream(server, f"/orders.ndjson?since={since}") as client:
+                with anyio.fail_after(5):
+                    body = await client.read_all()
+            assert client.status == 200
+            assert [json.loads(line)["id"] for line in body.splitlines()] == ids
+            await server.wait_ended(EndReason.COMPLETED)
+    assert not [record for record in caplog.records if record.levelname == "ERROR"], caplog.text
+
+
 # -- subprocess_tail ---------------------------------------------------------------------------
 
 
@@ -130,6 +155,23 @@ async def test_file_proxy_sends_files_and_closes_them(tmp_path: Path) -> None:
             async with open_stream(server, missing) as client:
                 assert client.status == 404, missing
     assert open_descriptors(tmp_path / "data.bin") == []
+
+
+async def test_file_proxy_answers_a_name_no_file_can_have_with_a_404(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Path.resolve() raised for a NUL byte (ValueError) and for a name longer than the file
+    # system takes (OSError): a 500 and the server's traceback.
+    example = load_example("file_proxy")
+    (tmp_path / "data.bin").write_bytes(b"x" * 10)
+    async with open_server(example.create_app(tmp_path, bytes_per_second=None)) as server:
+        for name in ("data%00.bin", "a" * 5000, "sub/" + "a" * 300):
+            async with open_stream(server, f"/files/{name}") as client:
+                assert client.status == 404, name[:20]
+        async with open_stream(server, "/files/data.bin") as client:
+            assert await client.read_all() == b"x" * 10
+        await server.wait_ended(EndReason.COMPLETED)
+    assert not [record for record in caplog.records if record.levelname == "ERROR"], caplog.text
 
 
 async def test_file_proxy_closes_a_file_whose_download_is_abandoned(tmp_path: Path) -> None:
