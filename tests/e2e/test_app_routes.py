@@ -402,3 +402,32 @@ async def test_a_path_parameter_its_convertor_cannot_convert_is_a_404_and_the_se
             assert (await http.get("/orders/7")).json() == {"id": 7}
         assert await read_items(server, "/rows/2") == [{"n": 0}, {"n": 1}]
     assert not [record for record in caplog.records if record.levelno >= logging.ERROR], caplog.text
+
+
+async def test_head_gets_each_stream_routes_headers_without_running_it_and_405_names_allow() -> (
+    None
+):
+    probe = Probe()
+    kinds = {
+        "/tokens": "text/event-stream",
+        "/rows/2": "application/x-ndjson",
+        "/flood": "application/octet-stream",
+    }
+    async with (
+        open_server(service(probe)) as server,
+        httpx.AsyncClient(base_url=server.url) as http,
+    ):
+        with anyio.fail_after(10):
+            for path, media_type in kinds.items():
+                response = await http.head(path)
+                assert response.status_code == 200, path
+                assert response.headers["content-type"].startswith(media_type)
+                assert response.content == b""
+                end = await server.wait_ended(EndReason.COMPLETED)
+                assert (end.path, end.items_sent, end.bytes_sent) == (path, 0, 0)
+            for method in ("POST", "PUT", "DELETE", "OPTIONS"):
+                refused = await http.request(method, "/tokens")
+                assert refused.status_code == 405, method
+                assert set(refused.headers["allow"].split(", ")) == {"GET", "HEAD"}
+        assert await read_items(server, "/rows/2") == [{"n": 0}, {"n": 1}]
+    assert probe.cleaned == []  # /tokens' producer, which registers its cleanup, never ran
