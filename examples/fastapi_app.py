@@ -18,10 +18,10 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing, asynccontextmanager
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
-from fastapi import FastAPI
+from fastapi import FastAPI, Query
 from pydantic import BaseModel
 
 from streamkit import EventSourceResponse, NDJSONResponse, ServerSentEvent, StreamSender, run
@@ -82,8 +82,14 @@ async def completions(prompt: str = "why streams leak") -> EventSourceResponse:
     return EventSourceResponse(produce, heartbeat_interval=5.0)
 
 
+#: How many items a request may ask for: a count is checked before the stream starts, where
+#: a client's mistake can still be a 422 (a negative one would be an empty 200, and one of a
+#: hundred digits a stream without end).
+Count = Annotated[int, Query(ge=0, le=10_000)]
+
+
 @app.get("/orders")
-async def orders(count: int = 20) -> NDJSONResponse:
+async def orders(count: Count = 20) -> NDJSONResponse:
     async def rows() -> AsyncIterator[dict[str, Any]]:
         for number in range(1, count + 1):
             await anyio.sleep(0.05)
@@ -93,7 +99,7 @@ async def orders(count: int = 20) -> NDJSONResponse:
 
 
 @app.get("/prices", response_class=PriceEvents)
-async def prices(symbol: str = "ACME", count: int = 5) -> AsyncIterator[Price]:
+async def prices(symbol: str = "ACME", count: Count = 5) -> AsyncIterator[Price]:
     for n in range(count):
         yield Price(symbol=symbol, cents=1000 + n)  # sent as data: {"symbol":...,"cents":...}
         await anyio.sleep(0.5 if n < count - 1 else 3.0)  # the last pause shows a ping

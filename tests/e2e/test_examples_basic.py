@@ -6,6 +6,7 @@ import json
 from functools import partial
 
 import anyio
+import httpx
 import pytest
 from support.example_modules import load_example
 
@@ -56,6 +57,18 @@ async def test_sse_clock_starts_afresh_from_a_last_event_id_that_is_not_a_tick(
         assert b"event: tick\nid: 1\n" in received
         await server.wait_ended(EndReason.CLIENT_DISCONNECTED, within=DISCONNECT_BOUND)
     assert not [record for record in caplog.records if record.levelname == "ERROR"], caplog.text
+
+
+async def test_fastapi_app_refuses_a_count_out_of_range_with_a_422(anyio_backend: str) -> None:
+    # A negative count was an empty 200, and 10**100 streamed rows without end.
+    example = load_example("fastapi_app")
+    async with open_server(example.app) as server:
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            for path in ("/orders?count=-1", f"/orders?count={10**100}", "/prices?count=-1"):
+                with anyio.fail_after(5):
+                    response = await http.get(path)
+                assert response.status_code == 422, (path, response.text)
+                assert "count" in response.text
 
 
 async def test_fastapi_app_streams_tokens_and_rows(anyio_backend: str) -> None:
