@@ -55,7 +55,8 @@ def encode_json(value: object, encoder: JSONEncoder | None = None) -> str:
 
     :raises TypeError: the value cannot be encoded; the message names it.
     :raises ValueError: the value holds something JSON or UTF-8 cannot carry (NaN, an
-        infinity, a cycle, a lone surrogate); the message names it.
+        infinity, a cycle, a lone surrogate, nesting past the recursion limit); the message
+        names it.
     """
     try:
         text = (encoder or _default_encoder)(value)
@@ -63,6 +64,10 @@ def encode_json(value: object, encoder: JSONEncoder | None = None) -> str:
         raise TypeError(f"is not JSON-serialisable: {shown(value)} ({exc})") from None
     except ValueError as exc:
         raise ValueError(f"cannot be encoded as JSON: {shown(value)} ({exc})") from None
+    except RecursionError:
+        # Lists or dicts nested deeper than the interpreter's recursion limit: bad input like
+        # any other, refused here as a ValueError rather than a RuntimeError from inside json.
+        raise ValueError(f"cannot be encoded as JSON: {shown(value)} (nested too deeply)") from None
     if isinstance(text, bytes | bytearray):
         try:
             return bytes(text).decode()

@@ -92,6 +92,14 @@ def test_a_value_whose_repr_fails_is_still_refused_by_its_type(
     assert named in str(caught.value)
 
 
+def test_a_value_nested_past_the_recursion_limit_is_a_value_error() -> None:
+    nested: list[object] = []
+    for _ in range(100_000):
+        nested = [nested]
+    with pytest.raises(ValueError, match=r"cannot be encoded as JSON: .* \(nested too deeply\)"):
+        encode_json(nested)
+
+
 def test_an_encoder_that_returns_bytes_not_utf8_is_named() -> None:
     with pytest.raises(ValueError, match=r"returned bytes that are not UTF-8 for \{'a': 1\}"):
         encode_json({"a": 1}, lambda value: b"\xff")

@@ -213,6 +213,22 @@ async def test_data_that_is_not_text_is_kept_and_sent_as_its_json(make_broker: M
     assert (event.event, event.data, live.data) == ("", '{"a":[1,2]}', "[3]")
 
 
+async def test_data_nested_too_deeply_for_json_is_refused_where_published(
+    make_broker: MakeBroker,
+) -> None:
+    nested: list[Any] = []
+    innermost = nested
+    for _ in range(100_000):
+        innermost.append([])
+        innermost = innermost[0]
+    async with make_broker() as broker:
+        with pytest.raises(
+            ValueError, match=r"published data cannot be encoded as JSON: .*nested too deeply"
+        ):
+            await broker.publish("t", ServerSentEvent(data=nested))
+        assert await broker._latest_id("t") is None  # nothing of it was kept
+
+
 async def test_resume_replays_what_was_missed_then_goes_live(make_broker: MakeBroker) -> None:
     async with make_broker() as broker:
         ids = await publish_all(broker, "t", range(10))
