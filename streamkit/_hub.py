@@ -307,7 +307,13 @@ class TopicHub:
                 continue
             self._watching[topic] = watching = anyio.Event()
             try:
-                await self._watch(topic)
+                try:
+                    await self._watch(topic)
+                except BaseException:
+                    # Cut short (cancelled, failed) once the broker watches it, perhaps: the
+                    # topic has no subscriber to unwatch it when it leaves, so undone here.
+                    self._unwatch(topic)
+                    raise
                 self._counts[topic] = _TopicCounts()
                 self._subscribers[topic] = {}
             finally:

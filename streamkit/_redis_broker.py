@@ -24,7 +24,7 @@ import json
 import logging
 import math
 from collections.abc import Callable, Iterable, Mapping
-from contextlib import AsyncExitStack
+from contextlib import AbstractContextManager, AsyncExitStack
 from typing import TYPE_CHECKING, Any, Self
 
 import anyio
@@ -112,6 +112,19 @@ _BLOCK_MILLISECONDS = 5000
 _WAKE_COUNT = 2
 #: The first and the longest pause before the reader retries a failed read.
 _RETRY_DELAYS = (0.05, 2.0)
+#: The longest a command on the shared connections runs shielded (see :func:`_uncut`);
+#: coredis's own timeouts (5 s to connect, 10 s to read) end it sooner.
+_COMMAND_DEADLINE = 20.0
+
+
+def _uncut() -> AbstractContextManager[anyio.CancelScope]:
+    """The scope a command on the shared connections (publishing, reading the history) runs
+    in: shielded, with its own deadline. coredis (6.9) loses a pool slot for good to each
+    command a cancellation cuts short: after ``max_connections`` (64) of them, from clients
+    that left while their subscription began or a publish that was cancelled, every publish
+    and subscribe waited for ever. Shielded, the command ends and its connection goes back;
+    the cancellation is raised at the caller's next checkpoint."""
+    return anyio.fail_after(_COMMAND_DEADLINE, shield=True)
 
 
 class RedisBroker(TopicHub):
@@ -165,7 +178,11 @@ class RedisBroker(TopicHub):
         self._stack: AsyncExitStack | None = None
         self._positions: dict[str, EventKey] = {}
         self._topics_changed = anyio.Event()
-        self._read_scope: anyio.CancelScope | None = None
+        # The reader's read under way (a token), and the Redis client id of its connection:
+        # a newly watched topic has it read again at once, CLIENT UNBLOCK ending its wait.
+        self._reading: object | None = None
+        self._reader_id: int | None = None
+        self._unblock_refused = False
         self._run_id: object = None  # the server the reader reads from, as Redis names it
         # The reader may talk to a server it has not asked about: it made a connection since
         # it last asked which server it reads from, or it never asked.
@@ -263,10 +280,14 @@ class RedisBroker(TopicHub):
             return []
         self._redis()  # entered, or a RuntimeError that says to enter it
         assert self._append_script is not None
-        found: object = await self._append_script(
-            keys=[self._key(topic)],
-            args=[self.history_size, ttl, json.dumps(arguments, ensure_ascii=False)],
-        )
+        # A task cancelled already publishes nothing; once sent, the events are published,
+        # and a cancellation that comes meanwhile is raised after (see _uncut).
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        with _uncut():
+            found: object = await self._append_script(
+                keys=[self._key(topic)],
+                args=[self.history_size, ttl, json.dumps(arguments, ensure_ascii=False)],
+            )
         assert isinstance(found, str)
         identifiers = found.split()
         self._published += len(identifiers)
@@ -303,6 +324,10 @@ class RedisBroker(TopicHub):
         return entries
 
     async def _history_after(self, topic: str, after: str, limit: int) -> HistoryPage:
+        with _uncut():
+            return await self._read_history_after(topic, after, limit)
+
+    async def _read_history_after(self, topic: str, after: str, limit: int) -> HistoryPage:
         redis, key = self._redis(), self._key(topic)
         found = await redis.xrange(key, after, "+", count=limit + 1)
         if found and found[0].identifier == after:
@@ -318,7 +343,8 @@ class RedisBroker(TopicHub):
         return HistoryPage(reset=reason, latest=await self._latest_id(topic))
 
     async def _latest_id(self, topic: str) -> str | None:
-        newest = await self._redis().xrevrange(self._key(topic), "+", "-", count=1)
+        with _uncut():
+            newest = await self._redis().xrevrange(self._key(topic), "+", "-", count=1)
         return str(newest[0].identifier) if newest else None
 
     # -- the reader -----------------------------------------------------------------------------
@@ -329,11 +355,41 @@ class RedisBroker(TopicHub):
         latest = await self._latest_id(topic)
         if topic not in self._positions:  # another subscriber may have watched it meanwhile
             self._positions[topic] = (0, 0) if latest is None else parse_event_id(latest) or (0, 0)
-            # Read again with this topic among the keys; cancelling the blocked XREAD closes
-            # its connection (coredis does so for blocking commands), and the next one opens.
             self._topics_changed.set()
-            if self._read_scope is not None:
-                self._read_scope.cancel()
+            await self._read_again()
+
+    async def _read_again(self) -> None:
+        """Have the reader read again at once, with the topics as they are now: its blocked
+        ``XREAD`` is ended with ``CLIENT UNBLOCK``, sent on the shared connections.
+
+        Not by cancelling the read: coredis (6.9) closes the connection of a blocking command
+        cancelled, and its pool never gets that connection's slot back, so after 64 topics
+        the reader had no connection left and no subscriber got a live event again. A read
+        that has not reached the server yet cannot be unblocked: it is asked again until it
+        is, or it returns. Where the server refuses the command (an ACL), a topic's live
+        events start once the read under way returns, within its 5 s.
+        """
+        from coredis.exceptions import ResponseError
+
+        reading = self._reading
+        while reading is not None and self._reading is reading and not self._unblock_refused:
+            reader_id = self._reader_id
+            if reader_id is None:
+                return
+            try:
+                with _uncut():
+                    if await self._redis().client_unblock(reader_id):
+                        return
+            except ResponseError as exc:
+                logger.warning(
+                    "Redis broker: %s; a new topic's live events start once the reader's "
+                    "wait ends (up to %d ms)",
+                    str(exc),
+                    _BLOCK_MILLISECONDS,
+                )
+                self._unblock_refused = True
+                return
+            await anyio.sleep(0.001)  # the read is on its way to the server
 
     def _unwatch(self, topic: str) -> None:
         # The reader drops the key at its next read; what it reads meanwhile goes to no one.
@@ -348,22 +404,25 @@ class RedisBroker(TopicHub):
                 self._topics_changed = anyio.Event()
                 await self._topics_changed.wait()
                 continue
-            streams = {self._key(topic): format_event_id(p) for topic, p in self._positions.items()}
             found, more = None, {}
             # With no script to read on with (the server refuses them), XREAD reads it all.
             wake = self.read_batch
             if self._read_on_script is not None:
                 wake = min(_WAKE_COUNT, wake)
             try:
-                # Only the read is cancelled to read again with other topics: a delivery
-                # under way is finished first.
-                with anyio.CancelScope() as self._read_scope:
-                    if failing or self._run_id is None:
-                        # Asked at once, not after a read that may block for seconds.
-                        await self._check_server(reader)
+                if failing or self._run_id is None:
+                    # Asked at once, not after a read that may block for seconds.
+                    await self._check_server(reader)
+                # The topics as they are now, with any watched during that check: one watched
+                # from here on unblocks the read (see _read_again).
+                streams = {self._key(t): format_event_id(p) for t, p in self._positions.items()}
+                if not streams:
+                    continue
+                self._reading = object()
+                try:
                     found = await reader.xread(streams, count=wake, block=_BLOCK_MILLISECONDS)
-                # Outside the read's scope, which a topic newly watched cancels: only a blocked
-                # read is given up so (coredis then closes its connection).
+                finally:
+                    self._reading = None
                 more = await self._read_on(found, wake) if found else {}
                 # Before anything read is delivered. A connection talks to one server all its
                 # life, but the client connects again on its own (it retries a command on a
@@ -379,15 +438,15 @@ class RedisBroker(TopicHub):
                 await anyio.sleep(delay)
                 delay = min(delay * 2, _RETRY_DELAYS[1])
                 continue
-            finally:
-                self._read_scope = None
             if failing:
                 logger.warning("Redis broker reader: reading again")
             delay, failing = _RETRY_DELAYS[0], False
             await self._fan_out(found or {}, more)
 
-    def _note_reader_connected(self, connection: object) -> None:
+    def _note_reader_connected(self, connection: BaseConnection) -> None:
         self._reader_connected = True
+        # The reader reads on one connection at a time: this one from now on.
+        self._reader_id = connection.client_id
 
     async def _check_server(self, reader: Redis[str]) -> None:
         """When the reader finds itself talking to another Redis server (its ``run_id``

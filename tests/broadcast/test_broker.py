@@ -229,6 +229,44 @@ async def test_data_nested_too_deeply_for_json_is_refused_where_published(
         assert await broker._latest_id("t") is None  # nothing of it was kept
 
 
+async def test_a_publish_in_a_cancelled_scope_publishes_nothing(make_broker: MakeBroker) -> None:
+    async with make_broker() as broker:
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            await broker.publish("t", "cancelled")
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            await broker.publish_many("t", ["cancelled", "too"])
+        assert await broker._latest_id("t") is None
+
+
+@pytest.mark.parametrize("where", ["subscribe", "publish"])
+async def test_commands_cancelled_midway_leave_the_broker_working(
+    make_broker: MakeBroker, where: str
+) -> None:
+    # More than a connection pool holds (coredis's: 64): a cancelled command must give its
+    # connection back, or the broker runs out and every publish and subscribe waits for ever.
+    async def subscribe(topic: str) -> None:
+        async with broker.subscribe(topic):
+            await anyio.sleep_forever()
+
+    async with make_broker() as broker:
+        for attempt in range(150):
+            async with anyio.create_task_group() as task_group:
+                if where == "subscribe":  # a client that left while its subscription began
+                    task_group.start_soon(subscribe, f"topic-{attempt}")
+                else:
+                    task_group.start_soon(broker.publish, "t", str(attempt))
+                for _ in range(attempt % 3):
+                    await anyio.lowlevel.checkpoint()
+                task_group.cancel_scope.cancel()
+        await until(lambda: broker.statistics().subscribers == 0)
+        with anyio.fail_after(5):
+            async with broker.subscribe("t") as subscription:
+                await broker.publish("t", "after")
+                assert await take(subscription, 1) == ["after"]
+
+
 async def test_resume_replays_what_was_missed_then_goes_live(make_broker: MakeBroker) -> None:
     async with make_broker() as broker:
         ids = await publish_all(broker, "t", range(10))
