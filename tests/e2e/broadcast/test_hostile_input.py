@@ -134,3 +134,57 @@ async def test_a_path_cannot_forge_a_log_line(caplog: pytest.LogCaptureFixture) 
     assert ends[0].isprintable(), ends[0]
     assert "/sse/x\\r\\nINFO streamkit" in ends[0]
     assert "\\u2028\\x85 ended: completed" in ends[0]
+
+
+def resume_cases() -> list[Any]:
+    """``(header, expected)``: a ``Last-Event-ID`` made from the ids of events 0 to 4 of
+    topic ``t`` (``{1}``: the id of event 1), and what the client is sent before the next
+    live event: the events it missed, or a reset's reason."""
+    return [
+        pytest.param(None, [], id="absent"),
+        pytest.param("", [], id="empty"),
+        pytest.param("{1}", ["2", "3", "4"], id="exact"),
+        pytest.param("{4}", [], id="the-newest"),
+        pytest.param("000{1}", ["2", "3", "4"], id="leading-zeros"),
+        # Another topic's or deployment's: an id in the history's range that no event has.
+        pytest.param("{absent}", ["unknown"], id="no-event-has-it"),
+        pytest.param("99999999999999-0", ["unknown"], id="far-in-the-future"),
+        pytest.param("1-0", ["trimmed"], id="older-than-the-history"),
+        pytest.param("9" * 1024, ["invalid"], id="1024-digits"),
+        pytest.param("{1}".upper() + "X", ["invalid"], id="an-id-and-more"),
+        pytest.param("1-0x", ["invalid"], id="hex-sequence"),
+        pytest.param("-1-0", ["invalid"], id="negative"),
+    ]
+
+
+@pytest.mark.parametrize(("header", "expected"), resume_cases())
+async def test_a_last_event_id_resumes_exactly_or_is_told_it_cannot(
+    make_broker: MakeBroker, header: str | None, expected: list[str]
+) -> None:
+    broker = make_broker()
+    async with broker, open_server(topic_app(broker)) as server:
+        ids = [await broker.publish("t", str(index)) for index in range(5)]
+        milliseconds, sequence = ids[2].split("-")
+        absent = f"{milliseconds}-{int(sequence) + 1000}"
+        headers = {}
+        if header is not None:
+            headers["last-event-id"] = header.format(*ids, absent=absent)
+        async with open_stream(server, "/topics/t", headers=headers) as client:
+            assert client.status == 200
+            await until(lambda: broker.statistics().subscribers == 1)
+            received = []
+            with anyio.fail_after(5):
+                for _ in expected:  # before the next publish, which a reset would cover
+                    event = await client.read_event()
+                    if event.event == RESET_EVENT:
+                        assert event.data is not None
+                        received.append(json.loads(event.data)["reason"])
+                        assert event.id == ids[-1]  # the newest event: what follows is live
+                    else:
+                        assert event.id == ids[int(event.data or "")]
+                        received.append(event.data)
+                assert received == expected
+                # Then the next event, and nothing before it: no duplicate, no reset.
+                after = await broker.publish("t", "after")
+                event = await client.read_event()
+            assert (event.event, event.id, event.data) == (None, after, "after")
