@@ -24,7 +24,13 @@ from support.brokers import AnyBroker, MakeBroker, until
 
 from streamkit import EndReason, ServerSentEvent
 from streamkit.broadcast import MemoryBroker, RedisBroker, topic_response
-from streamkit.testing import LiveServer, StreamClient, open_server, open_stream
+from streamkit.testing import (
+    LiveServer,
+    StreamClient,
+    open_leak_check,
+    open_server,
+    open_stream,
+)
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
@@ -234,6 +240,42 @@ async def test_shutdown_tells_subscribers_to_come_back(make_broker: MakeBroker) 
             assert [(e.event, e.retry) for e in received] == [("shutdown", 1000)]
         assert broker.statistics().subscribers == 0
         assert took < 5.0
+
+
+async def redis_clients(url: str) -> int:
+    """The connections the Redis server at *url* has open, but the one asking."""
+    from coredis import Redis
+
+    async with Redis.from_url(url, decode_responses=True) as redis:
+        return len(await redis.client_list()) - 1
+
+
+async def test_shutdown_with_subscribers_on_many_topics_leaves_nothing_open(
+    make_broker: MakeBroker,
+) -> None:
+    broker = make_broker()
+    url = broker.url if isinstance(broker, RedisBroker) else None
+    before = None if url is None else await redis_clients(url)
+    async with open_leak_check(within=5.0):
+        async with serving(broker) as server, AsyncExitStack() as stack:
+            clients = [
+                await stack.enter_async_context(open_stream(server, f"/topics/t{index % 3}"))
+                for index in range(6)
+            ]
+            await until(lambda: broker.statistics().subscribers == 6)
+            ids = [await broker.publish(f"t{index}", "0") for index in range(3)]
+            for index, client in enumerate(clients):
+                [event] = await read_events(client, 1)
+                assert event.id == ids[index % 3]
+            await server.shutdown(within=10.0)
+            for client in clients:
+                with anyio.fail_after(5):
+                    received = [event async for event in client.events()]
+                assert [(e.event, e.retry) for e in received] == [("shutdown", 1000)]
+            assert broker.statistics().subscribers == 0
+    if url is not None:
+        # The broker's connections closed with it: as many as before it was entered.
+        assert await redis_clients(url) == before
 
 
 # coredis leaves the memory streams of a connection that failed to connect unclosed; they
