@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import AsyncExitStack
 from typing import Any
+from urllib.parse import quote
 
 import anyio
 import pytest
@@ -18,7 +20,7 @@ from starlette.routing import Route
 from support.brokers import AnyBroker, MakeBroker, until
 
 from streamkit import App, EndReason, StreamSender
-from streamkit.broadcast import RESET_EVENT, topic_response
+from streamkit.broadcast import RESET_EVENT, RedisBroker, topic_response
 from streamkit.testing import open_server, open_stream
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
@@ -188,3 +190,35 @@ async def test_a_last_event_id_resumes_exactly_or_is_told_it_cannot(
                 after = await broker.publish("t", "after")
                 event = await client.read_event()
             assert (event.event, event.id, event.data) == (None, after, "after")
+
+
+async def test_topic_names_like_patterns_or_key_separators_are_topics_of_their_own(
+    make_broker: MakeBroker,
+) -> None:
+    # Redis key names are taken as they are (a key is no pattern in XADD, XREAD or XRANGE):
+    # a topic named like a glob or holding the prefix's separator reaches no other topic.
+    topics = ["ab", "a*", "a?", "[a]b", "a:b", "{a}", "a b", "a%2Fb", "é"]
+    broker = make_broker()
+    async with broker, open_server(topic_app(broker)) as server, AsyncExitStack() as stack:
+        clients = [
+            await stack.enter_async_context(
+                open_stream(server, "/topic?name=" + quote(topic, safe=""))
+            )
+            for topic in topics
+        ]
+        await until(lambda: broker.statistics().subscribers == len(topics))
+        ids = [await broker.publish(topic, topic) for topic in topics]
+        for client, topic, published in zip(clients, topics, ids, strict=True):
+            with anyio.fail_after(5):
+                event = await client.read_event()
+            assert (event.id, event.data) == (published, topic)
+            await broker.publish(topic, "end")
+            with anyio.fail_after(5):
+                assert (await client.read_event()).data == "end"  # nothing else between
+        if isinstance(broker, RedisBroker):
+            from coredis import Redis
+
+            async with Redis.from_url(broker.url, decode_responses=True) as redis:
+                keys = await redis.keys(broker.key_prefix + "*")
+            # One stream per topic published to, named by the topic as it is.
+            assert sorted(keys) == sorted(broker.key_prefix + topic for topic in topics)
