@@ -371,7 +371,7 @@ class RedisBroker(TopicHub):
         """
         from coredis.exceptions import ResponseError
 
-        reading = self._reading
+        reading, pause = self._reading, 0.001
         while reading is not None and self._reading is reading and not self._unblock_refused:
             reader_id = self._reader_id
             if reader_id is None:
@@ -389,7 +389,10 @@ class RedisBroker(TopicHub):
                 )
                 self._unblock_refused = True
                 return
-            await anyio.sleep(0.001)  # the read is on its way to the server
+            # The read is on its way to the server: it is there within a round trip or two,
+            # unless its connection is being made again (then the read may return first).
+            await anyio.sleep(pause)
+            pause = min(pause * 2, 0.1)
 
     def _unwatch(self, topic: str) -> None:
         # The reader drops the key at its next read; what it reads meanwhile goes to no one.

@@ -817,3 +817,28 @@ async def test_a_burst_with_entries_of_another_writer_is_read_whole_in_order(
     # Every id as Redis gave it, the skipped entry's left out.
     assert [event.id for event in events] == stored[1:5] + stored[6:]
     assert "skipping a stream entry that is no event" in caplog.text
+
+
+async def test_a_server_that_refuses_client_unblock_still_delivers_a_new_topic(
+    redis: redis_server.RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A managed server's ACL may refuse CLIENT UNBLOCK: a new topic's live events then wait
+    # for the reader's blocked read to return (5 s), and none is lost.
+    from coredis import Redis
+
+    user, password = f"u{uuid.uuid4().hex}", uuid.uuid4().hex
+    async with Redis.from_url(redis.url, decode_responses=True) as admin:
+        rules = ("on", f">{password}", "~*", "&*", "+@all", "-client|unblock")
+        await admin.acl_setuser(user, *rules)
+    url = f"redis://{user}:{password}@127.0.0.1:{redis.port}/0"
+    async with RedisBroker(url, key_prefix=f"test:{uuid.uuid4().hex}:") as broker:
+        async with broker.subscribe("first") as first:
+            await broker.publish("first", "1")
+            assert await take(first, 1) == ["1"]
+            async with broker.subscribe("second") as second:
+                await broker.publish("second", "2")
+                assert await take(second, 1, within=10) == ["2"]
+            await broker.publish("first", "3")
+            assert await take(first, 1) == ["3"]
+    refused = [r for r in caplog.records if "reader's wait ends" in r.getMessage()]
+    assert len(refused) == 1, caplog.records
