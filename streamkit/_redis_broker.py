@@ -369,7 +369,7 @@ class RedisBroker(TopicHub):
         is, or it returns. Where the server refuses the command (an ACL), a topic's live
         events start once the read under way returns, within its 5 s.
         """
-        from coredis.exceptions import ResponseError
+        from coredis.exceptions import RedisError, ResponseError
 
         reading, pause = self._reading, 0.001
         while reading is not None and self._reading is reading and not self._unblock_refused:
@@ -388,6 +388,10 @@ class RedisBroker(TopicHub):
                     _BLOCK_MILLISECONDS,
                 )
                 self._unblock_refused = True
+                return
+            except (RedisError, OSError):
+                # Redis cannot be reached: the reader's read fails too, and it reads again
+                # with this topic; the subscriber need not fail for it.
                 return
             # The read is on its way to the server: it is there within a round trip or two,
             # unless its connection is being made again (then the read may return first).
