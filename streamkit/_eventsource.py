@@ -34,6 +34,7 @@ import anyio
 
 from ._backoff import Backoff, retry_after_seconds
 from ._checks import check_count, check_duration
+from ._content_encoding import decoded_body, unwind
 from ._exceptions import ReconnectError, UpstreamError
 from ._sse import ServerSentEvent, trusted_event
 from ._sse_decoder import FrameTooLarge, SSEDecoder
@@ -90,23 +91,6 @@ class ClientStatistics:
     connected: bool
     received: int
     resets: int
-
-
-async def unwind(iterator: AsyncIterator[Any]) -> None:
-    """Finish an httpx body iterator left mid-way, so no inner generator is left suspended.
-
-    httpx's body iterators are async generators nested several deep; closing the outermost
-    leaves the inner ones to the garbage collector (trio warns about each: httpx issue 3686).
-    Resumed in a cancelled scope instead, the chain runs to its first await, where the
-    cancellation ends every generator in it, and httpcore closes the connection on the way out.
-    """
-    with anyio.CancelScope() as scope:
-        scope.cancel()
-        try:
-            while True:
-                await iterator.__anext__()
-        except Exception:
-            pass  # StopAsyncIteration, or what an already closed connection raised
 
 
 def last_event_id_header(id_: str) -> bytes | None:
@@ -358,7 +342,7 @@ class _Resuming(Generic[T]):
                     self._connections += 1
                     self._connected_since = opened = last_byte = anyio.current_time()
                     self._begin()
-                    chunks = response.aiter_bytes()
+                    chunks = decoded_body(response)
                     async for chunk in chunks:
                         if not worked:  # heartbeats alone so far: when the last one came
                             last_byte = anyio.current_time()
@@ -643,9 +627,12 @@ def open_event_stream(
     :param backoff: when to reconnect, and when to give up.
     :param max_event_size: the most characters one event may hold while it arrives (16 MiB
         by default): a server that never ends its line or its event fills no more memory.
+        A ``gzip`` or ``deflate`` body is decoded 64 KiB at a time, so the bound holds for
+        a compression bomb too.
     :raises UpstreamError: (from the iteration) the server refused the stream; it names the
-        status or the content type. Or its body broke the format: an event past
-        *max_event_size*, or an id no ``Last-Event-ID`` can carry when a resume needs it.
+        status, the content type, or a ``Content-Encoding`` other than ``gzip`` and
+        ``deflate``. Or its body broke the format: an event past *max_event_size*, or an id
+        no ``Last-Event-ID`` can carry when a resume needs it.
     :raises ReconnectError: (from the iteration) the *backoff* allowed no more attempts.
     :raises TypeError: an argument has the wrong type.
     :raises ValueError: a duration or count is out of range.

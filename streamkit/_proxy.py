@@ -25,7 +25,8 @@ import anyio
 
 from ._backoff import Backoff
 from ._checks import check_count, check_duration
-from ._eventsource import MAX_EVENT_SIZE, EventStream, default_ssl_context, unwind
+from ._content_encoding import decoded_body, unwind
+from ._eventsource import MAX_EVENT_SIZE, EventStream, default_ssl_context
 from ._exceptions import UpstreamError
 from ._sender import Producer, StreamSender
 from ._sse import ServerSentEvent, resumable_id
@@ -206,8 +207,9 @@ def upstream_events(
     :param max_event_size: the most characters one upstream event may hold while it
         arrives (16 MiB by default).
     :raises UpstreamError: (in the stream) the upstream's status is not 2xx, its body is
-        not ``text/event-stream``, an event grew past *max_event_size*, or an event's id is
-        one no downstream client could resume from.
+        not ``text/event-stream`` or in a ``Content-Encoding`` other than ``gzip`` and
+        ``deflate``, an event grew past *max_event_size* (counted decoded), or an event's id
+        is one no downstream client could resume from.
     :raises ReconnectError: (in the stream) with *resume*, the *backoff* gave up.
     :raises ValueError: a timeout is not a positive, finite number of seconds.
     """
@@ -243,7 +245,7 @@ def upstream_events(
                 status_code=response.status_code,
                 url=str(request.url),
             )
-        chunks = response.aiter_bytes()
+        chunks = decoded_body(response)
         send.push_async_callback(unwind, chunks)
         decoder = SSEDecoder(max_size=max_event_size)
         last_id = ""  # the last id in effect, which a transform is given
@@ -327,7 +329,8 @@ def upstream_bytes(
     read_timeout: float = 60.0,
 ) -> Producer[bytes]:
     """A producer for a :class:`~streamkit.StreamResponse` that forwards an upstream body as
-    it arrives (decoded from any ``Content-Encoding``).
+    it arrives, decoded from ``gzip`` or ``deflate`` 64 KiB at a time (another
+    ``Content-Encoding`` is refused: nothing bounds what it decodes to).
 
     The upstream is aborted on every end of the downstream stream (see
     :func:`open_upstream`).
@@ -336,7 +339,8 @@ def upstream_bytes(
     :param client: see :func:`open_upstream`.
     :param connect_timeout: see :func:`open_upstream`.
     :param read_timeout: see :func:`open_upstream`.
-    :raises UpstreamError: (in the stream) the upstream's status is not 2xx.
+    :raises UpstreamError: (in the stream) the upstream's status is not 2xx, or its
+        ``Content-Encoding`` is not ``gzip`` or ``deflate``.
     :raises ValueError: a timeout is not a positive, finite number of seconds.
     """
     _check_timeouts(connect_timeout, read_timeout)
@@ -351,7 +355,7 @@ def upstream_bytes(
                 read_timeout=read_timeout,
             )
         )
-        chunks = response.aiter_bytes()
+        chunks = decoded_body(response)
         send.push_async_callback(unwind, chunks)
         async for chunk in chunks:
             await send(chunk)

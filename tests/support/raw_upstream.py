@@ -1,13 +1,15 @@
 """A hand-written HTTP/1.1 server, for the client's and the proxy's tests against servers that
 send what no framework would: ``retry: 0``, ``Retry-After: 0``, ids with spaces or control
-characters, lines that never end. Each connection's request head is read and recorded, the
-connection is answered with the bytes the test gives for it, as they are, and closed (or held
-open, silent).
+characters, lines that never end, compression bombs. Each connection's request head is read
+and recorded, the connection is answered with the bytes the test gives for it, as they are,
+and closed (or held open, silent).
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
+import zlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -40,16 +42,32 @@ class RawUpstream:
         return [later - earlier for earlier, later in itertools.pairwise(times)]
 
 
-def event_stream(body: bytes) -> bytes:
-    """A 200 ``text/event-stream`` answer whose body is *body*, ended by closing."""
-    return b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n" + body
+def event_stream(body: bytes, *, encoding: str | None = None) -> bytes:
+    """A 200 ``text/event-stream`` answer whose body is *body*, ended by closing; *body* is
+    sent as it is, with *encoding* as its ``Content-Encoding``."""
+    return answer_200("text/event-stream", body, encoding)
 
 
-def ndjson(body: bytes) -> bytes:
+def ndjson(body: bytes, *, encoding: str | None = None) -> bytes:
     """A 200 ``application/x-ndjson`` answer whose body is *body*, ended by closing."""
-    return (
-        b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\nconnection: close\r\n\r\n" + body
-    )
+    return answer_200("application/x-ndjson", body, encoding)
+
+
+def answer_200(content_type: str, body: bytes, encoding: str | None) -> bytes:
+    coding = "" if encoding is None else f"content-encoding: {encoding}\r\n"
+    head = f"HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\n{coding}connection: close\r\n\r\n"
+    return head.encode() + body
+
+
+@functools.cache
+def compressed(start: bytes, filler: bytes = b"", mebibytes: int = 0, *, wbits: int = 31) -> bytes:
+    """*start*, then *mebibytes* MiB of *filler*, compressed: gzip (*wbits* 31) by default,
+    ``deflate`` with 15. 64 MiB of one byte make 64 KiB: a compression bomb."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, wbits)
+    block = filler * (1024 * 1024 // max(1, len(filler)))
+    parts = [compressor.compress(start)]
+    parts += [compressor.compress(block) for _ in range(mebibytes)]
+    return b"".join([*parts, compressor.flush()])
 
 
 def status(code: int, reason: str, *headers: str) -> bytes:

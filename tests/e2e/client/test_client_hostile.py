@@ -10,12 +10,20 @@ bytes a test gives, as they are, and closed.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from typing import TypeVar
 
 import anyio
 import pytest
-from support.raw_upstream import NO_CONTENT, event_stream, ndjson, open_raw_upstream, status
+from support.raw_upstream import (
+    NO_CONTENT,
+    compressed,
+    event_stream,
+    ndjson,
+    open_raw_upstream,
+    status,
+)
 
 from streamkit.client import (
     Backoff,
@@ -302,3 +310,75 @@ async def test_an_item_id_that_cannot_be_sent_back_is_refused_naming_it(
         with pytest.raises(error, match=named):
             with anyio.fail_after(5):
                 await anext(stream)
+
+
+#: The most a body's decoding hands the parser at once: a bound on what is read past
+#: max_event_size before it is refused, however well the body compresses.
+DECODED_PIECE = 64 * 1024
+
+
+def bytes_read(error: BaseException) -> int:
+    """How much the parser held when it refused the body, as the error says."""
+    found = re.search(r"\((\d+) read\)", str(error))
+    assert found is not None, error
+    return int(found[1])
+
+
+@pytest.mark.parametrize("wbits", [31, 15, -15], ids=["gzip", "deflate", "raw deflate"])
+async def test_a_compressed_stream_is_decoded(wbits: int) -> None:
+    body = compressed(b"".join(b"id: %d\ndata: %d\n\n" % (n, n) for n in range(500)), wbits=wbits)
+    encoding = "gzip" if wbits == 31 else "deflate"
+
+    def answer(n: int) -> bytes:
+        return event_stream(body, encoding=encoding) if n == 0 else NO_CONTENT
+
+    async with (
+        open_raw_upstream(answer) as upstream,
+        open_event_stream(upstream.url, backoff=EXACT) as stream,
+    ):
+        with anyio.fail_after(10):
+            received = [(event.id, event.data) async for event in stream]
+    assert received == [(str(n), str(n)) for n in range(500)]
+    assert upstream.requests[1].headers[b"last-event-id"] == b"499"
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "gzip, gzip"], ids=["once", "twice"])
+async def test_a_compression_bomb_is_refused_having_decoded_little_past_max_event_size(
+    encoding: str,
+) -> None:
+    # 64 MiB of a line that never ends, in 64 KiB on the wire (in 300 bytes, twice over).
+    body = compressed(b"data: ", b"x", 64)
+    if encoding == "gzip, gzip":
+        body = compressed(body)
+    async with (
+        open_raw_upstream(lambda n: event_stream(body, encoding=encoding)) as upstream,
+        open_event_stream(upstream.url, backoff=EXACT, max_event_size=4096) as stream,
+    ):
+        with pytest.raises(UpstreamError, match="grew past 4096 characters") as caught:
+            with anyio.fail_after(10):
+                await anext(stream)
+    assert bytes_read(caught.value) <= 4096 + DECODED_PIECE
+
+
+async def test_an_ndjson_compression_bomb_is_refused_having_decoded_little_past_the_bound() -> None:
+    body = compressed(b"", b"1", 64)
+    async with (
+        open_raw_upstream(lambda n: ndjson(body, encoding="gzip")) as upstream,
+        open_ndjson_stream(upstream.url, backoff=EXACT, max_event_size=4096) as stream,
+    ):
+        with pytest.raises(UpstreamError, match="a line grew past 4096 bytes") as caught:
+            with anyio.fail_after(10):
+                await anext(stream)
+    assert bytes_read(caught.value) <= 4096 + DECODED_PIECE
+
+
+@pytest.mark.parametrize("encoding", ["br", "zstd", "compress", "gzip, br"])
+async def test_a_content_encoding_it_cannot_decode_is_refused_naming_it(encoding: str) -> None:
+    async with (
+        open_raw_upstream(lambda n: event_stream(b"data: a\n\n", encoding=encoding)) as upstream,
+        open_event_stream(upstream.url, backoff=EXACT) as stream,
+    ):
+        with pytest.raises(UpstreamError, match=f"Content-Encoding {encoding!r}"):
+            with anyio.fail_after(5):
+                await anext(stream)
+    assert len(upstream.requests) == 1

@@ -7,6 +7,7 @@ the events before it were forwarded.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import anyio
@@ -16,11 +17,11 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from support.raw_upstream import NO_CONTENT, event_stream, open_raw_upstream
+from support.raw_upstream import NO_CONTENT, compressed, event_stream, open_raw_upstream
 
-from streamkit import EndReason, EventSourceResponse, ServerSentEvent, StreamEnd
+from streamkit import EndReason, EventSourceResponse, ServerSentEvent, StreamEnd, StreamResponse
 from streamkit.client import Backoff
-from streamkit.resources import UpstreamError, upstream_events
+from streamkit.resources import UpstreamError, upstream_bytes, upstream_events
 from streamkit.testing import open_server, open_stream
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
@@ -36,18 +37,23 @@ def proxy_app(url: str, **proxy: Any) -> Starlette:
     async def events(request: Request) -> Response:
         return EventSourceResponse(upstream_events(url, **proxy), heartbeat_interval=None)
 
-    return Starlette(routes=[Route("/events", events)])
+    async def raw(request: Request) -> Response:
+        return StreamResponse(upstream_bytes(url, **proxy))
+
+    return Starlette(routes=[Route("/events", events), Route("/raw", raw)])
 
 
-def once(body: bytes) -> Any:
+def once(body: bytes, encoding: str | None = None) -> Any:
     """The upstream's answer: *body* on the first connection, then the word to stop."""
-    return lambda n: event_stream(body) if n == 0 else NO_CONTENT
+    return lambda n: event_stream(body, encoding=encoding) if n == 0 else NO_CONTENT
 
 
-async def forwarded(body: bytes, **proxy: Any) -> tuple[list[ServerSentEvent], StreamEnd]:
+async def forwarded(
+    body: bytes, encoding: str | None = None, **proxy: Any
+) -> tuple[list[ServerSentEvent], StreamEnd]:
     """What the downstream client received, and how the stream ended."""
     async with (
-        open_raw_upstream(once(body)) as upstream,
+        open_raw_upstream(once(body, encoding)) as upstream,
         open_server(proxy_app(upstream.url, **proxy)) as proxy_server,
         open_stream(proxy_server, "/events") as client,
     ):
@@ -112,3 +118,49 @@ async def test_an_event_that_never_ends_ends_the_stream_after_those_before_it(
     assert end.reason is EndReason.ERROR
     assert isinstance(end.exception, UpstreamError)
     assert "grew past 4096 characters" in str(end.exception)
+
+
+@pytest.mark.parametrize("resume", [False, True], ids=["forwarded", "resumed"])
+async def test_a_compressed_upstream_is_forwarded_decoded(resume: bool) -> None:
+    body = compressed(b"".join(b"id: %d\ndata: %d\n\n" % (n, n) for n in range(100)))
+    events, end = await forwarded(body, "gzip", resume=resume, backoff=EAGER)
+    assert events == [ServerSentEvent(data=str(n), id=str(n)) for n in range(100)]
+    assert end.reason is EndReason.COMPLETED
+
+
+@pytest.mark.parametrize("resume", [False, True], ids=["forwarded", "resumed"])
+async def test_a_compression_bomb_ends_the_stream_having_decoded_little_past_the_bound(
+    resume: bool,
+) -> None:
+    # 64 MiB of an event that never ends, in 64 KiB on the wire.
+    body = compressed(b"data: a\n\ndata: ", b"x", 64)
+    events, end = await forwarded(body, "gzip", resume=resume, backoff=EAGER, max_event_size=4096)
+    assert events == [ServerSentEvent(data="a"), ServerSentEvent(event="error", data="")]
+    assert isinstance(end.exception, UpstreamError)
+    found = re.search(
+        r"grew past 4096 characters without ending \((\d+) read\)", str(end.exception)
+    )
+    assert found is not None, end.exception
+    assert int(found[1]) <= 4096 + 64 * 1024
+
+
+async def test_compressed_bytes_are_forwarded_decoded() -> None:
+    body = b"".join(b"line %d\n" % n for n in range(10_000))
+    async with (
+        open_raw_upstream(once(compressed(body), "gzip")) as upstream,
+        open_server(proxy_app(upstream.url)) as proxy_server,
+        open_stream(proxy_server, "/raw") as client,
+    ):
+        with anyio.fail_after(10):
+            received = b""
+            while (chunk := await client.receive_chunk()) is not None:
+                received += chunk
+        assert received == body
+        assert (await proxy_server.wait_end()).reason is EndReason.COMPLETED
+
+
+async def test_a_content_encoding_the_proxy_cannot_decode_ends_the_stream_naming_it() -> None:
+    events, end = await forwarded(b"data: a\n\n", "br")
+    assert events == [ServerSentEvent(event="error", data="")]
+    assert isinstance(end.exception, UpstreamError)
+    assert "Content-Encoding 'br'" in str(end.exception)

@@ -1,0 +1,137 @@
+"""Reading an upstream body: its ``Content-Encoding`` decoded a bounded piece at a time, and
+its iterator unwound when left mid-way.
+
+httpx decodes each piece read from the network whole: 64 KiB of gzip holding one repeated
+byte decode to 64 MiB in one call, before any parser can look at them, and a body compressed
+twice multiplies that again. A client's ``max_event_size`` would then bound nothing: a
+server can make it hold tens of megabytes per read, of an event it refuses only afterwards.
+Here the raw body is decoded with zlib's own output bound, so no piece handed on is longer
+than :data:`DECODED_PIECE`, however well the body compresses.
+
+Only the codings zlib reads are decoded (``gzip``, ``x-gzip``, ``deflate``, and any chain of
+them); another (``br``, ``zstd``) is refused by name, where httpx would decode it unbounded,
+or pass it on undecoded when its package is missing. The clients here send no
+``Accept-Encoding``, so a server that follows HTTP sends none of those.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from ._exceptions import UpstreamError
+
+if TYPE_CHECKING:
+    import httpx
+
+__all__ = ["DECODED_PIECE", "decoded_body", "unwind"]
+
+#: The most bytes of decoded body handed on at once: the size of one network read.
+DECODED_PIECE = 64 * 1024
+
+_WBITS = {"gzip": zlib.MAX_WBITS | 16, "x-gzip": zlib.MAX_WBITS | 16, "deflate": zlib.MAX_WBITS}
+
+
+class _Inflater:
+    """One coding of the chain: zlib, its output bounded per call."""
+
+    def __init__(self, coding: str) -> None:
+        self.coding = coding
+        self._wbits = _WBITS[coding]
+        self._zlib = zlib.decompressobj(self._wbits)
+        self._started = False
+
+    def decode(self, data: bytes) -> Iterator[bytes]:
+        if not self._started and data and self.coding == "deflate":
+            self._started = True
+            try:
+                # "deflate" is zlib-wrapped by the RFC, raw by some servers: tell which by
+                # its first bytes, as httpx and browsers do.
+                zlib.decompressobj(self._wbits).decompress(data[:2])
+            except zlib.error:
+                self._zlib = zlib.decompressobj(-zlib.MAX_WBITS)
+        while True:
+            piece = self._zlib.decompress(data, DECODED_PIECE)
+            if piece:
+                yield piece
+            data = self._zlib.unconsumed_tail
+            # A full piece with no input left may leave output in zlib: ask again, for b"".
+            if not data and len(piece) < DECODED_PIECE:
+                return
+
+    def flush(self) -> Iterator[bytes]:
+        rest = self._zlib.flush()
+        for start in range(0, len(rest), DECODED_PIECE):
+            yield rest[start : start + DECODED_PIECE]
+
+
+async def unwind(iterator: AsyncIterator[Any]) -> None:
+    """Finish an httpx body iterator left mid-way, so no inner generator is left suspended.
+
+    httpx's body iterators are async generators nested several deep; closing the outermost
+    leaves the inner ones to the garbage collector (trio warns about each: httpx issue 3686).
+    Resumed in a cancelled scope instead, the chain runs to its first await, where the
+    cancellation ends every generator in it, and httpcore closes the connection on the way out.
+    """
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        try:
+            while True:
+                await iterator.__anext__()
+        except Exception:
+            pass  # StopAsyncIteration, or what an already closed connection raised
+
+
+def _through(inflaters: list[_Inflater], data: bytes) -> Iterator[bytes]:
+    """*data* through each coding in turn, every piece bounded on the way."""
+    if not inflaters:
+        yield data
+        return
+    first, rest = inflaters[0], inflaters[1:]
+    for piece in first.decode(data):
+        yield from _through(rest, piece)
+
+
+def _flushed(inflaters: list[_Inflater]) -> Iterator[bytes]:
+    for n, inflater in enumerate(inflaters):
+        for piece in inflater.flush():
+            yield from _through(inflaters[n + 1 :], piece)
+
+
+async def decoded_body(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The body of *response* as it arrives, decoded from its ``Content-Encoding`` in pieces
+    of at most :data:`DECODED_PIECE` bytes.
+
+    :raises UpstreamError: the body is in a coding other than those of zlib, or breaks it.
+    """
+    header = response.headers.get("content-encoding", "")
+    codings = [c.strip().lower() for c in header.split(",")]
+    codings = [c for c in codings if c and c != "identity"]
+    unknown = [c for c in codings if c not in _WBITS]
+    if unknown:
+        raise UpstreamError(
+            f"{response.request.url} sent a body in Content-Encoding {header!r}, which "
+            f"streamkit cannot decode with a bound ({', '.join(unknown)}); it decodes "
+            "gzip and deflate",
+            status_code=response.status_code,
+            url=str(response.request.url),
+        )
+    # Applied in the order listed: undone from the last.
+    inflaters = [_Inflater(coding) for coding in reversed(codings)]
+    raw = response.aiter_raw()
+    try:
+        async for chunk in raw:
+            for piece in _through(inflaters, chunk):
+                yield piece
+        for piece in _flushed(inflaters):
+            yield piece
+    except zlib.error as exc:
+        await unwind(raw)  # left mid-way by the raise: finished here, not by the collector
+        raise UpstreamError(
+            f"{response.request.url} sent a body that is not valid {header}: {exc}",
+            status_code=response.status_code,
+            url=str(response.request.url),
+        ) from None

@@ -1,0 +1,72 @@
+"""Decoding a body's Content-Encoding in bounded pieces: every coding zlib reads, and chains
+of them, decode to the body, in pieces of at most DECODED_PIECE however well it compresses;
+any other coding, or a body that breaks its own, is an UpstreamError naming it."""
+
+from __future__ import annotations
+
+import zlib
+
+import httpx
+import pytest
+
+from streamkit._content_encoding import DECODED_PIECE, decoded_body
+from streamkit._exceptions import UpstreamError
+
+pytestmark = pytest.mark.anyio
+
+
+def encode(body: bytes, wbits: int) -> bytes:
+    compressor = zlib.compressobj(9, zlib.DEFLATED, wbits)
+    return compressor.compress(body) + compressor.flush()
+
+
+def response(content: bytes, encoding: str) -> httpx.Response:
+    return httpx.Response(
+        200,
+        headers={"content-encoding": encoding},
+        stream=httpx.ByteStream(content),
+        request=httpx.Request("GET", "http://upstream.test/events"),
+    )
+
+
+async def pieces(content: bytes, encoding: str) -> list[bytes]:
+    return [piece async for piece in decoded_body(response(content, encoding))]
+
+
+#: 8 MiB of one byte: 8 KiB of gzip, and 80 bytes compressed twice.
+BOMB = b"x" * (8 * 1024 * 1024)
+
+
+@pytest.mark.parametrize(
+    ("encoding", "wbits"),
+    [
+        ("gzip", [31]),
+        ("x-gzip", [31]),
+        ("deflate", [15]),
+        ("deflate", [-15]),
+        ("gzip, deflate", [31, 15]),
+        ("identity", []),
+    ],
+    ids=["gzip", "x-gzip", "deflate", "raw deflate", "a chain", "identity"],
+)
+async def test_a_body_is_decoded_in_bounded_pieces(encoding: str, wbits: list[int]) -> None:
+    content = BOMB
+    for bits in wbits:
+        content = encode(content, bits)
+    decoded = await pieces(content, encoding)
+    assert b"".join(decoded) == BOMB
+    if wbits:
+        assert max(map(len, decoded)) <= DECODED_PIECE
+        assert len(decoded) >= len(BOMB) // DECODED_PIECE
+
+
+@pytest.mark.parametrize("encoding", ["br", "zstd", "gzip, br"])
+async def test_a_coding_zlib_does_not_read_is_refused_naming_it(encoding: str) -> None:
+    with pytest.raises(UpstreamError, match=f"Content-Encoding {encoding!r}") as caught:
+        await pieces(b"data: a\n\n", encoding)
+    assert caught.value.url == "http://upstream.test/events"
+
+
+async def test_a_body_that_breaks_its_coding_is_refused_naming_it() -> None:
+    with pytest.raises(UpstreamError, match="not valid gzip: Error -3"):
+        await pieces(b"data: not gzip\n\n", "gzip")
