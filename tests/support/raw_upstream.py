@@ -23,10 +23,13 @@ MAX_HEAD = 16 * 1024
 
 @dataclass
 class RawRequest:
-    """One request as it arrived: when, and its header fields as bytes, names lowercased."""
+    """One request as it arrived: when, and its header fields as bytes, names lowercased.
+    :attr:`ended` is set when its connection ends: the server's answer was sent, or (held)
+    the client left."""
 
     time: float
     headers: dict[bytes, bytes]
+    ended: anyio.Event = field(default_factory=anyio.Event)
 
 
 @dataclass
@@ -35,6 +38,13 @@ class RawUpstream:
 
     url: str
     requests: list[RawRequest] = field(default_factory=list)
+    _arrived: anyio.Event = field(default_factory=anyio.Event)
+
+    async def wait_request(self, index: int) -> RawRequest:
+        """The *index*-th request (from 0), once it has arrived."""
+        while len(self.requests) <= index:
+            await self._arrived.wait()
+        return self.requests[index]
 
     def gaps(self) -> list[float]:
         """Seconds between one request and the next."""
@@ -85,8 +95,9 @@ async def open_raw_upstream(
     answer: Callable[[int], bytes | list[bytes | float]], *, hold: bool = False
 ) -> AsyncIterator[RawUpstream]:
     """Serve on a free port of 127.0.0.1, answering the *n*-th connection (from 0) with
-    ``answer(n)``: bytes, or a list of bytes to send and seconds to sleep in between. With
-    *hold*, the connection is then kept open, silent, until the client closes it."""
+    ``answer(n)``: bytes, or a list of bytes to send and seconds to sleep in between (``[]``:
+    no answer at all). With *hold*, the connection is then kept open, silent, until the
+    client closes it."""
     listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
     port = listener.extra(anyio.abc.SocketAttribute.local_port)
     upstream = RawUpstream(f"http://127.0.0.1:{port}")
@@ -102,12 +113,13 @@ async def open_raw_upstream(
             lines = head.split(b"\r\n\r\n")[0].split(b"\r\n")[1:]
             fields = dict(line.split(b":", 1) for line in lines if b":" in line)
             index = len(upstream.requests)
-            upstream.requests.append(
-                RawRequest(
-                    anyio.current_time(),
-                    {name.strip().lower(): value.strip() for name, value in fields.items()},
-                )
+            request = RawRequest(
+                anyio.current_time(),
+                {name.strip().lower(): value.strip() for name, value in fields.items()},
             )
+            upstream.requests.append(request)
+            upstream._arrived.set()
+            upstream._arrived = anyio.Event()
             try:
                 given = answer(index)
                 for part in [given] if isinstance(given, bytes) else given:
@@ -119,6 +131,8 @@ async def open_raw_upstream(
                     await connection.receive()
             except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
                 pass
+            finally:
+                request.ended.set()
 
     async with listener, anyio.create_task_group() as task_group:
         task_group.start_soon(listener.serve, serve)

@@ -164,3 +164,49 @@ async def test_a_content_encoding_the_proxy_cannot_decode_ends_the_stream_naming
     assert events == [ServerSentEvent(event="error", data="")]
     assert isinstance(end.exception, UpstreamError)
     assert "Content-Encoding 'br'" in str(end.exception)
+
+
+#: Generous: the upstream sees the downstream client leave in a few milliseconds.
+RELEASE_BOUND = 1.0
+
+
+@pytest.mark.parametrize("leave", ["close", "reset"])
+@pytest.mark.parametrize("resume", [False, True], ids=["forwarded", "resumed"])
+@pytest.mark.parametrize("waiting", ["for the headers", "for the body"])
+async def test_the_client_leaving_closes_the_upstream_connection_at_once(
+    waiting: str, resume: bool, leave: str
+) -> None:
+    # The upstream holds its connection open, silent: before its headers, or after an event.
+    answer = [] if waiting == "for the headers" else [event_stream(b"data: a\n\n")]
+    async with (
+        open_raw_upstream(lambda n: answer, hold=True) as upstream,
+        open_server(proxy_app(upstream.url, resume=resume, backoff=EAGER)) as proxy_server,
+        open_stream(proxy_server, "/events") as client,
+    ):
+        with anyio.fail_after(10):
+            request = await upstream.wait_request(0)
+            if waiting == "for the body":
+                assert (await client.read_event()).data == "a"
+        await getattr(client, leave)()
+        await proxy_server.wait_ended(EndReason.CLIENT_DISCONNECTED, within=RELEASE_BOUND)
+        with anyio.fail_after(RELEASE_BOUND):
+            await request.ended.wait()
+    assert len(upstream.requests) == 1
+
+
+@pytest.mark.parametrize("leave", ["close", "reset"])
+async def test_the_client_leaving_during_the_wait_to_reconnect_ends_it_at_once(
+    leave: str,
+) -> None:
+    slow = Backoff(initial_delay=60.0, jitter=0.0)
+    async with (
+        open_raw_upstream(lambda n: event_stream(b"data: a\n\n")) as upstream,
+        open_server(proxy_app(upstream.url, resume=True, backoff=slow)) as proxy_server,
+        open_stream(proxy_server, "/events") as client,
+    ):
+        with anyio.fail_after(10):
+            assert (await client.read_event()).data == "a"
+            await upstream.requests[0].ended.wait()
+        await getattr(client, leave)()
+        await proxy_server.wait_ended(EndReason.CLIENT_DISCONNECTED, within=RELEASE_BOUND)
+    assert len(upstream.requests) == 1  # it never reconnected
