@@ -177,7 +177,9 @@ async def test_the_client_leaving_closes_the_upstream_connection_at_once(
     waiting: str, resume: bool, leave: str
 ) -> None:
     # The upstream holds its connection open, silent: before its headers, or after an event.
-    answer = [] if waiting == "for the headers" else [event_stream(b"data: a\n\n")]
+    answer: list[bytes | float] = (
+        [] if waiting == "for the headers" else [event_stream(b"data: a\n\n")]
+    )
     async with (
         open_raw_upstream(lambda n: answer, hold=True) as upstream,
         open_server(proxy_app(upstream.url, resume=resume, backoff=EAGER)) as proxy_server,
