@@ -112,21 +112,27 @@ def default_ssl_context() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
-def as_request(target: httpx.Request | str) -> httpx.Request:
+def as_request(target: httpx.Request | str, *, what: str = "a stream's target") -> httpx.Request:
     """*target* as a request: a ``str`` is a URL to ``GET``.
 
+    :param what: how the messages name it.
     :raises TypeError: it is neither.
+    :raises ValueError: its URL is not ``http`` or ``https``: no attempt could succeed, and
+        a stream retried for ever (or a proxy's failed after its 200) would not say why.
     """
     import httpx
 
     if isinstance(target, httpx.Request):
-        return target
-    if isinstance(target, str):
-        return httpx.Request("GET", target)
-    raise TypeError(
-        f"a stream's target must be a URL or an httpx.Request, got {type(target).__name__}: "
-        f"{target!r}"
-    )
+        request = target
+    elif isinstance(target, str):
+        request = httpx.Request("GET", target)
+    else:
+        raise TypeError(
+            f"{what} must be a URL or an httpx.Request, got {type(target).__name__}: {target!r}"
+        )
+    if request.url.scheme not in ("http", "https"):
+        raise ValueError(f"{what} must be an http or https URL, got {str(request.url)!r}")
+    return request
 
 
 class Unreadable(Exception):
@@ -364,6 +370,9 @@ class _Resuming(Generic[T]):
                     # Ended cleanly: without an event, it worked if the server kept it alive
                     # for a read timeout (a quiet stream's heartbeats).
                     worked = worked or last_byte - opened >= self.read_timeout
+            except httpx.UnsupportedProtocol:
+                # A redirect to a scheme httpx cannot speak: no attempt will ever succeed.
+                raise
             except httpx.TransportError as exc:
                 # Refused, reset, broken off, or no byte within the read timeout: dropped.
                 failure = exc
@@ -635,7 +644,8 @@ def open_event_stream(
         no ``Last-Event-ID`` can carry when a resume needs it.
     :raises ReconnectError: (from the iteration) the *backoff* allowed no more attempts.
     :raises TypeError: an argument has the wrong type.
-    :raises ValueError: a duration or count is out of range.
+    :raises ValueError: a duration or count is out of range, or the URL is not http or
+        https.
     """
     return EventStream(
         target,
@@ -682,7 +692,8 @@ def open_ndjson_stream(
         that is not JSON or is longer than *max_event_size*.
     :raises ReconnectError: (from the iteration) the *backoff* allowed no more attempts.
     :raises TypeError: an argument has the wrong type.
-    :raises ValueError: a duration or count is out of range.
+    :raises ValueError: a duration or count is out of range, or the URL is not http or
+        https.
     """
     return NDJSONStream(
         target,

@@ -26,7 +26,7 @@ import anyio
 from ._backoff import Backoff
 from ._checks import check_count, check_duration
 from ._content_encoding import decoded_body, unwind
-from ._eventsource import MAX_EVENT_SIZE, EventStream, default_ssl_context
+from ._eventsource import MAX_EVENT_SIZE, EventStream, as_request, default_ssl_context
 from ._exceptions import UpstreamError
 from ._sender import Producer, StreamSender
 from ._sse import ServerSentEvent, resumable_id
@@ -62,15 +62,7 @@ def _check_timeouts(connect_timeout: float, read_timeout: float) -> None:
 
 def _as_request(upstream: httpx.Request | str) -> httpx.Request:
     _import_httpx()
-    import httpx
-
-    if isinstance(upstream, httpx.Request):
-        return upstream
-    if isinstance(upstream, str):
-        return httpx.Request("GET", upstream)
-    raise TypeError(
-        f"upstream must be a URL or an httpx.Request, got {type(upstream).__name__}: {upstream!r}"
-    )
+    return as_request(upstream, what="upstream")
 
 
 @asynccontextmanager
@@ -105,7 +97,8 @@ async def open_upstream(
         each write of the request body.
     :raises UpstreamError: the upstream answered with a status other than 2xx.
     :raises httpx.TimeoutException: a bound above was reached.
-    :raises ValueError: a timeout is not a positive, finite number of seconds.
+    :raises ValueError: a timeout is not a positive, finite number of seconds, or the URL
+        is not http or https.
     """
     _check_timeouts(connect_timeout, read_timeout)
     request = _as_request(upstream)
@@ -211,7 +204,8 @@ def upstream_events(
         ``deflate``, an event grew past *max_event_size* (counted decoded), or an event's id
         is one no downstream client could resume from.
     :raises ReconnectError: (in the stream) with *resume*, the *backoff* gave up.
-    :raises ValueError: a timeout is not a positive, finite number of seconds.
+    :raises ValueError: a timeout is not a positive, finite number of seconds, or the URL
+        is not http or https.
     """
     _check_timeouts(connect_timeout, read_timeout)
     check_count("max_event_size", max_event_size)
@@ -341,7 +335,8 @@ def upstream_bytes(
     :param read_timeout: see :func:`open_upstream`.
     :raises UpstreamError: (in the stream) the upstream's status is not 2xx, or its
         ``Content-Encoding`` is not ``gzip`` or ``deflate``.
-    :raises ValueError: a timeout is not a positive, finite number of seconds.
+    :raises ValueError: a timeout is not a positive, finite number of seconds, or the URL
+        is not http or https.
     """
     _check_timeouts(connect_timeout, read_timeout)
     request = _as_request(upstream)

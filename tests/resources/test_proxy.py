@@ -72,3 +72,10 @@ def test_timeouts_must_be_bounded(name: str, bad: float | None) -> None:
 def test_upstream_must_be_a_url_or_a_request() -> None:
     with pytest.raises(TypeError, match="got bytes: b'http://x/'"):
         upstream_events(b"http://x/")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("target", ["ftp://x/v1", "x/v1", "ws://x/v1"])
+def test_upstream_must_be_an_http_url(target: str) -> None:
+    for make in (upstream_events, upstream_bytes):
+        with pytest.raises(ValueError, match=f"must be an http or https URL, got '{target}'"):
+            make(target)

@@ -317,3 +317,7 @@ def test_bad_arguments_are_refused_where_they_are_made() -> None:
         open_event_stream(b"http://x/")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="item_id"):
         open_ndjson_stream("http://x/", item_id="n")  # type: ignore[arg-type]
+    # Retried for ever (the default backoff has no bound), naming nothing, until refused here.
+    for target in ("ftp://x/events", "x/events", httpx.Request("GET", "ws://x/")):
+        with pytest.raises(ValueError, match="must be an http or https URL, got '"):
+            open_event_stream(target)

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from typing import TypeVar
 
 import anyio
+import httpx
 import pytest
 from support.raw_upstream import (
     NO_CONTENT,
@@ -379,6 +380,19 @@ async def test_a_content_encoding_it_cannot_decode_is_refused_naming_it(encoding
         open_event_stream(upstream.url, backoff=EXACT) as stream,
     ):
         with pytest.raises(UpstreamError, match=f"Content-Encoding {encoding!r}"):
+            with anyio.fail_after(5):
+                await anext(stream)
+    assert len(upstream.requests) == 1
+
+
+async def test_a_redirect_to_a_scheme_it_cannot_follow_is_not_retried() -> None:
+    redirect = status(302, "Found", "location: ftp://127.0.0.1/events")
+    async with (
+        open_raw_upstream(lambda n: redirect) as upstream,
+        httpx.AsyncClient(follow_redirects=True) as client,
+        open_event_stream(upstream.url, client=client, backoff=EXACT) as stream,
+    ):
+        with pytest.raises(httpx.UnsupportedProtocol, match="'ftp://'"):
             with anyio.fail_after(5):
                 await anext(stream)
     assert len(upstream.requests) == 1
