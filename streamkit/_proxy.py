@@ -199,8 +199,9 @@ def upstream_events(
         a minute without a working upstream connection).
     :param max_event_size: the most characters one upstream event may hold while it
         arrives (16 MiB by default).
-    :raises UpstreamError: (in the stream) the upstream's status is not 2xx, its body is
-        not ``text/event-stream`` or in a ``Content-Encoding`` other than ``gzip`` and
+    :raises UpstreamError: (in the stream) the upstream's status is not 2xx (a 204 ends
+        the stream as complete, the WHATWG word to stop), its body is not
+        ``text/event-stream`` or in a ``Content-Encoding`` other than ``gzip`` and
         ``deflate``, an event grew past *max_event_size* (counted decoded), or an event's id
         is one no downstream client could resume from.
     :raises ReconnectError: (in the stream) with *resume*, the *backoff* gave up.
@@ -231,6 +232,8 @@ def upstream_events(
                 read_timeout=read_timeout,
             )
         )
+        if response.status_code == 204:
+            return  # the upstream's word to stop, as with resume: nothing to forward
         content_type = response.headers.get("content-type", "")
         if content_type.partition(";")[0].strip().lower() != "text/event-stream":
             raise UpstreamError(

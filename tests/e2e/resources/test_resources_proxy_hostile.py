@@ -212,3 +212,19 @@ async def test_the_client_leaving_during_the_wait_to_reconnect_ends_it_at_once(
         await getattr(client, leave)()
         await proxy_server.wait_ended(EndReason.CLIENT_DISCONNECTED, within=RELEASE_BOUND)
     assert len(upstream.requests) == 1  # it never reconnected
+
+
+@pytest.mark.parametrize("resume", [False, True], ids=["forwarded", "resumed"])
+async def test_an_upstream_204_ends_the_stream_as_complete(resume: bool) -> None:
+    # The WHATWG word to stop: nothing to send, not an error.
+    async with (
+        open_raw_upstream(lambda n: NO_CONTENT) as upstream,
+        open_server(proxy_app(upstream.url, resume=resume, backoff=EAGER)) as proxy_server,
+        open_stream(proxy_server, "/events") as client,
+    ):
+        with anyio.fail_after(10):
+            events = [event async for event in client.events()]
+        end = await proxy_server.wait_end()
+    assert events == []
+    assert end.reason is EndReason.COMPLETED, end.exception
+    assert len(upstream.requests) == 1
