@@ -37,7 +37,7 @@ from ._checks import check_count, check_duration
 from ._content_encoding import decoded_body, unwind
 from ._exceptions import ReconnectError, UpstreamError
 from ._sse import ServerSentEvent, trusted_event
-from ._sse_decoder import FrameTooLarge, SSEDecoder
+from ._sse_decoder import PIECES, FrameTooLarge, SSEDecoder, join_tail
 from ._topics import RESET_EVENT
 
 if TYPE_CHECKING:
@@ -533,11 +533,14 @@ class NDJSONStream(_Resuming[Any]):
     def _begin(self) -> None:
         self._pending = []  # a line the last connection broke off is discarded
         self._pending_size = 0
+        self._pending_joined = 0  # its pieces before this one are joined (see SSEDecoder)
 
     def _parse(self, chunk: bytes) -> list[Any]:
         lines = chunk.split(b"\n")
         if len(lines) == 1:
             self._pending.append(chunk)
+            if len(self._pending) - self._pending_joined >= PIECES:
+                self._pending_joined = join_tail(self._pending, self._pending_joined, b"")
             self._pending_size += len(chunk)
             if self._pending_size > self.max_event_size:
                 raise Unreadable(
@@ -550,6 +553,7 @@ class NDJSONStream(_Resuming[Any]):
             self._pending.append(lines[0])
             lines[0] = b"".join(self._pending)
             self._pending = []
+            self._pending_joined = 0
         tail = lines.pop()
         self._pending_size = len(tail)
         if tail:

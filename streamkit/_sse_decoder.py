@@ -15,17 +15,25 @@ last event id that persists from frame to frame is :attr:`SSEDecoder.last_event_
 Linear in its input however it is split: a line split over many chunks is joined once, and an
 event of many ``data:`` lines is joined once when dispatched. Bounded when asked: with
 *max_size*, a frame still arriving that grows past it raises, so a server that never ends its
-line or its event cannot fill the client's memory.
+line or its event cannot fill the client's memory. The bound counts characters, and a piece
+kept as a ``str`` of its own costs some 50 bytes more: so the pieces of a line, or the lines
+of an event, are joined :data:`PIECES` at a time as they come (each character is copied
+twice at most), and a server sending a character or a short line a read holds about its
+size, not 30 times it.
 """
 
 from __future__ import annotations
 
 import codecs
+from typing import AnyStr
 
 from ._checks import check_count
 from ._sse import MAX_RETRY_DIGITS, ServerSentEvent, trusted_event
 
-__all__ = ["FrameTooLarge", "SSEDecoder"]
+__all__ = ["PIECES", "FrameTooLarge", "SSEDecoder", "join_tail"]
+
+#: Pieces of a line, or lines of an event, kept apart before they are joined into one.
+PIECES = 256
 
 
 class SSEDecoder:
@@ -46,11 +54,13 @@ class SSEDecoder:
     __slots__ = (
         "_after_cr",
         "_data",
+        "_data_joined",
         "_decoder",
         "_event",
         "_id",
         "_max_size",
         "_pending",
+        "_pending_joined",
         "_retry",
         "_size",
         "comments",
@@ -68,6 +78,8 @@ class SSEDecoder:
         self._pending: list[str] = []
         self._after_cr = False
         self._data: list[str] | None = None
+        # Of _pending and _data, the entries before these are pieces already joined.
+        self._pending_joined = self._data_joined = 0
         self._event: str | None = None
         self._id: str | None = None
         self._retry: int | None = None
@@ -93,6 +105,8 @@ class SSEDecoder:
         lines = text.split("\n")
         if len(lines) == 1:
             self._pending.append(text)  # joined once, when the line ends
+            if len(self._pending) - self._pending_joined >= PIECES:
+                self._pending_joined = join_tail(self._pending, self._pending_joined, "")
             if self._max_size is not None:
                 self._measure(len(text), [])
             return []
@@ -100,10 +114,14 @@ class SSEDecoder:
             self._pending.append(lines[0])
             lines[0] = "".join(self._pending)
             self._pending = []
+            self._pending_joined = 0
         tail = lines.pop()
         if tail:
             self._pending.append(tail)
         frames = self._lines(lines)
+        data = self._data
+        if data is not None and len(data) - self._data_joined >= PIECES:
+            self._data_joined = join_tail(data, self._data_joined, "\n")
         if self._max_size is None:
             return frames
         # The frame being read starts after the last empty line: usually the chunk's last
@@ -123,6 +141,7 @@ class SSEDecoder:
         """The body ended: an incomplete frame is discarded, as a browser does."""
         self._decoder.reset()
         self._pending = []
+        self._pending_joined = self._data_joined = 0
         self._size = 0
         self._after_cr = False
         self._data = self._event = self._id = self._retry = None
@@ -151,6 +170,7 @@ class SSEDecoder:
                     trusted_event(None if data is None else "\n".join(data), event, id_, retry)
                 )
                 data = event = id_ = retry = None
+                self._data_joined = 0
                 continue
             # A line without a colon is a field name with an empty value: partition's too.
             name, _, value = line.partition(":")
@@ -174,6 +194,14 @@ class SSEDecoder:
                     retry = self.retry = int(value)
         self._data, self._event, self._id, self._retry = data, event, id_, retry
         return frames
+
+
+def join_tail(pieces: list[AnyStr], joined: int, separator: AnyStr) -> int:
+    """Join the pieces from index *joined* on into one, in place; return the new count of
+    joined pieces. Only new pieces are joined, so no character is copied more than once
+    here."""
+    pieces[joined:] = [separator.join(pieces[joined:])]
+    return len(pieces)
 
 
 class FrameTooLarge(ValueError):

@@ -4,6 +4,7 @@ split, and in time linear in it."""
 from __future__ import annotations
 
 import time
+import tracemalloc
 
 import pytest
 from hypothesis import given
@@ -186,3 +187,28 @@ def test_what_streamkit_encodes_is_parsed_back_however_it_is_split(
 ) -> None:
     body = b"".join(encode_event(event) for event in sent)
     assert parse_split(body, cuts) == sent
+
+
+def kept_per_character(decoder: SSEDecoder, start: bytes, piece: bytes, count: int) -> float:
+    """Bytes of memory the decoder keeps for each character of an unfinished frame, fed
+    *start*, then *piece* *count* times, each a new object as a socket's reads are."""
+    decoder.feed(start)
+    tracemalloc.start()
+    try:
+        for _ in range(count):
+            decoder.feed(bytes(bytearray(piece)))
+        kept, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return kept / (len(piece) * count)
+
+
+@pytest.mark.parametrize(
+    ("start", "piece"),
+    [(b"data: ", b"xy"), (b"", b"data: xy\n")],
+    ids=["a line two bytes a read", "an event of many short lines"],
+)
+def test_a_frame_arriving_in_tiny_pieces_costs_about_its_size(start: bytes, piece: bytes) -> None:
+    # max_size counts characters: a server that sent them two a read, or a short line at a
+    # time, was kept as a str each: 50 bytes a piece, up to 30 times the bound.
+    assert kept_per_character(SSEDecoder(max_size=10_000_000), start, piece, 100_000) < 3
