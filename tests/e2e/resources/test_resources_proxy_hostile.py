@@ -228,3 +228,28 @@ async def test_an_upstream_204_ends_the_stream_as_complete(resume: bool) -> None
     assert events == []
     assert end.reason is EndReason.COMPLETED, end.exception
     assert len(upstream.requests) == 1
+
+
+async def test_an_upstream_trickling_an_endless_event_is_ended_by_max_duration() -> None:
+    # A byte every 50 ms, well within read_timeout, of an event that never ends: each wait
+    # is bounded, not the whole; the response's max_duration is.
+    trickle: list[bytes | float] = [event_stream(b"data: "), *[0.05, b"x"] * 400]
+
+    async def events(request: Request) -> Response:
+        return EventSourceResponse(
+            upstream_events(upstream.url, read_timeout=0.3), max_duration=1.0
+        )
+
+    app = Starlette(routes=[Route("/events", events)])
+    async with (
+        open_raw_upstream(lambda n: trickle) as upstream,
+        open_server(app) as proxy_server,
+        open_stream(proxy_server, "/events") as client,
+    ):
+        with anyio.fail_after(10):
+            request = await upstream.wait_request(0)
+            end = await proxy_server.wait_end()
+            await request.ended.wait()
+        assert end.reason is EndReason.DEADLINE
+        assert end.duration >= 1.0
+        assert [event async for event in client.events()] == []
