@@ -233,7 +233,8 @@ async def test_an_upstream_204_ends_the_stream_as_complete(resume: bool) -> None
 async def test_an_upstream_trickling_an_endless_event_is_ended_by_max_duration() -> None:
     # A byte every 50 ms, well within read_timeout, of an event that never ends: each wait
     # is bounded, not the whole; the response's max_duration is.
-    trickle: list[bytes | float] = [event_stream(b"data: "), *[0.05, b"x"] * 400]
+    byte: list[bytes | float] = [0.05, b"x"]
+    trickle = [event_stream(b"data: "), *byte * 400]
 
     async def events(request: Request) -> Response:
         return EventSourceResponse(
