@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.lowlevel
 
 from ._exceptions import UpstreamError
 
@@ -124,14 +125,22 @@ async def decoded_body(response: httpx.Response) -> AsyncIterator[bytes]:
     raw = response.aiter_raw()
     try:
         async for chunk in raw:
-            for piece in _through(inflaters, chunk):
+            for n, piece in enumerate(_through(inflaters, chunk)):
+                if n:
+                    # One read can hold gigabytes (compressed twice, 64 KiB hold 64 GiB):
+                    # between its pieces, the loop's other tasks, and a cancellation, get in.
+                    await anyio.lowlevel.checkpoint()
                 yield piece
         for piece in _flushed(inflaters):
+            await anyio.lowlevel.checkpoint()
             yield piece
     except zlib.error as exc:
-        await unwind(raw)  # left mid-way by the raise: finished here, not by the collector
         raise UpstreamError(
             f"{response.request.url} sent a body that is not valid {header}: {exc}",
             status_code=response.status_code,
             url=str(response.request.url),
         ) from None
+    finally:
+        # Left mid-way (a raise, a cancellation between pieces, unwound itself): finish the
+        # raw iterator here, not in the collector. Once exhausted, this does nothing.
+        await unwind(raw)

@@ -140,3 +140,15 @@ async def open_raw_upstream(
             yield upstream
         finally:
             task_group.cancel_scope.cancel()
+
+
+@functools.cache
+def nested_bomb(filler: bytes, gibibytes: int) -> bytes:
+    """*gibibytes* GiB of *filler* compressed twice (``Content-Encoding: gzip, gzip``): 64 GiB
+    make some 100 KiB. The inner stream is never finished (a bomb is not read to its end):
+    it repeats one compressed MiB, made alike by a full flush before each."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)
+    block = filler * (1024 * 1024 // len(filler))
+    first = compressor.compress(block) + compressor.flush(zlib.Z_FULL_FLUSH)
+    again = compressor.compress(block) + compressor.flush(zlib.Z_FULL_FLUSH)
+    return compressed(first + again * (gibibytes * 1024 - 1))

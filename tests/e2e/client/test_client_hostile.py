@@ -22,6 +22,7 @@ from support.raw_upstream import (
     compressed,
     event_stream,
     ndjson,
+    nested_bomb,
     open_raw_upstream,
     status,
 )
@@ -395,4 +396,19 @@ async def test_a_redirect_to_a_scheme_it_cannot_follow_is_not_retried() -> None:
         with pytest.raises(httpx.UnsupportedProtocol, match="'ftp://'"):
             with anyio.fail_after(5):
                 await anext(stream)
+    assert len(upstream.requests) == 1
+
+
+async def test_a_nested_compression_bomb_of_blank_lines_can_be_left() -> None:
+    # 64 GiB of blank lines, which the parser takes as nothing, in 100 KiB: its decoding must
+    # let a cancellation in (and the loop's other tasks run), or the block is left minutes
+    # later (here: the test's timeout).
+    body = nested_bomb(b"\n", 64)
+    async with (
+        open_raw_upstream(lambda n: event_stream(body, encoding="gzip, gzip")) as upstream,
+        open_event_stream(upstream.url, backoff=EXACT) as stream,
+    ):
+        with anyio.move_on_after(0.5) as scope:
+            await anext(stream)
+    assert scope.cancelled_caught
     assert len(upstream.requests) == 1

@@ -17,7 +17,13 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from support.raw_upstream import NO_CONTENT, compressed, event_stream, open_raw_upstream
+from support.raw_upstream import (
+    NO_CONTENT,
+    compressed,
+    event_stream,
+    nested_bomb,
+    open_raw_upstream,
+)
 
 from streamkit import EndReason, EventSourceResponse, ServerSentEvent, StreamEnd, StreamResponse
 from streamkit.client import Backoff
@@ -254,3 +260,25 @@ async def test_an_upstream_trickling_an_endless_event_is_ended_by_max_duration()
         assert end.reason is EndReason.DEADLINE
         assert end.duration >= 1.0
         assert [event async for event in client.events()] == []
+
+
+@pytest.mark.parametrize("resume", [False, True], ids=["forwarded", "resumed"])
+async def test_the_client_leaving_during_a_nested_compression_bomb_releases_the_upstream(
+    resume: bool,
+) -> None:
+    # 64 GiB of blank lines in 100 KiB, which the proxy forwards as nothing: decoded without
+    # a checkpoint, it held the server's loop for minutes, the client's leaving unheard.
+    body = nested_bomb(b"\n", 64)
+    async with (
+        open_raw_upstream(
+            lambda n: event_stream(body, encoding="gzip, gzip"), hold=True
+        ) as upstream,
+        open_server(proxy_app(upstream.url, resume=resume, backoff=EAGER)) as proxy_server,
+        open_stream(proxy_server, "/events") as client,
+    ):
+        with anyio.fail_after(10):
+            request = await upstream.wait_request(0)
+        await client.close()
+        await proxy_server.wait_ended(EndReason.CLIENT_DISCONNECTED, within=RELEASE_BOUND)
+        with anyio.fail_after(RELEASE_BOUND):
+            await request.ended.wait()
