@@ -412,3 +412,35 @@ async def test_a_nested_compression_bomb_of_blank_lines_can_be_left() -> None:
             await anext(stream)
     assert scope.cancelled_caught
     assert len(upstream.requests) == 1
+
+
+async def test_a_response_head_that_never_ends_is_refused_within_h11s_bound() -> None:
+    # An endless header field: h11 refuses a head past 100 KiB, read no further.
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nx-pad: " + b"a" * 1_000_000
+    async with (
+        open_raw_upstream(lambda n: head, hold=True) as upstream,
+        open_event_stream(upstream.url, backoff=EXACT) as stream,
+    ):
+        with pytest.raises(ReconnectError, match="after 4 failed attempts") as caught:
+            with anyio.fail_after(10):
+                await anext(stream)
+    assert isinstance(caught.value.__cause__, httpx.RemoteProtocolError)
+    assert len(upstream.requests) == 4
+
+
+async def test_an_id_holding_nul_is_ignored_and_cr_ends_its_line() -> None:
+    bodies = [b"id: 1\ndata: a\n\nid: x\x00y\ndata: b\n\n", b"id: 2\rdata: c\r\n\r\n"]
+
+    def answer(n: int) -> bytes:
+        return event_stream(bodies[n]) if n < len(bodies) else NO_CONTENT
+
+    async with (
+        open_raw_upstream(answer) as upstream,
+        open_event_stream(upstream.url, backoff=EXACT) as stream,
+    ):
+        with anyio.fail_after(5):
+            received = [(event.id, event.data) async for event in stream]
+    # As a browser: the id with NUL is dropped (the last one stays in effect), CR is a line end.
+    assert received == [("1", "a"), ("1", "b"), ("2", "c")]
+    sent = [request.headers.get(b"last-event-id") for request in upstream.requests]
+    assert sent == [None, b"1", b"2"]
