@@ -6,12 +6,13 @@ byte decode to 64 MiB in one call, before any parser can look at them, and a bod
 twice multiplies that again. A client's ``max_event_size`` would then bound nothing: a
 server can make it hold tens of megabytes per read, of an event it refuses only afterwards.
 Here the raw body is decoded with zlib's own output bound, so no piece handed on is longer
-than :data:`DECODED_PIECE`, however well the body compresses.
+than :data:`DECODED_PIECE`, however well the body compresses; and between two pieces of one
+read it checkpoints, so that a read that decodes to gigabytes of what no bound refuses
+(blank lines) costs CPU like a fast server, not the loop's attention.
 
-Only the codings zlib reads are decoded (``gzip``, ``x-gzip``, ``deflate``, and any chain of
-them); another (``br``, ``zstd``) is refused by name, where httpx would decode it unbounded,
-or pass it on undecoded when its package is missing. The clients here send no
-``Accept-Encoding``, so a server that follows HTTP sends none of those.
+Only the codings zlib reads are decoded (``gzip``, ``x-gzip``, ``deflate``, and a chain of
+up to :data:`MAX_CODINGS` of them); another (``br``, ``zstd``) is refused by name, where
+httpx would decode it unbounded, or pass it on undecoded when its package is missing.
 """
 
 from __future__ import annotations
@@ -28,10 +29,13 @@ from ._exceptions import UpstreamError
 if TYPE_CHECKING:
     import httpx
 
-__all__ = ["DECODED_PIECE", "decoded_body", "unwind"]
+__all__ = ["DECODED_PIECE", "MAX_CODINGS", "decoded_body", "unwind"]
 
 #: The most bytes of decoded body handed on at once: the size of one network read.
 DECODED_PIECE = 64 * 1024
+#: The most codings one body may be in: more is an attack (each is a pass over every byte,
+#: and a head of 100 KiB can list 16,000), not a server's compression.
+MAX_CODINGS = 4
 
 _WBITS = {"gzip": zlib.MAX_WBITS | 16, "x-gzip": zlib.MAX_WBITS | 16, "deflate": zlib.MAX_WBITS}
 
@@ -106,15 +110,23 @@ async def decoded_body(response: httpx.Response) -> AsyncIterator[bytes]:
     """The body of *response* as it arrives, decoded from its ``Content-Encoding`` in pieces
     of at most :data:`DECODED_PIECE` bytes.
 
-    :raises UpstreamError: the body is in a coding other than those of zlib, or breaks it.
+    :raises UpstreamError: the body is in a coding other than those of zlib, or in more
+        than :data:`MAX_CODINGS`, or breaks one.
     """
     header = response.headers.get("content-encoding", "")
     codings = [c.strip().lower() for c in header.split(",")]
     codings = [c for c in codings if c and c != "identity"]
+    if len(codings) > MAX_CODINGS:
+        raise UpstreamError(
+            f"{response.request.url} sent a body in Content-Encoding {header[:80]!r}: "
+            f"{len(codings)} codings, more than {MAX_CODINGS}",
+            status_code=response.status_code,
+            url=str(response.request.url),
+        )
     unknown = [c for c in codings if c not in _WBITS]
     if unknown:
         raise UpstreamError(
-            f"{response.request.url} sent a body in Content-Encoding {header!r}, which "
+            f"{response.request.url} sent a body in Content-Encoding {header[:80]!r}, which "
             f"streamkit cannot decode with a bound ({', '.join(unknown)}); it decodes "
             "gzip and deflate",
             status_code=response.status_code,

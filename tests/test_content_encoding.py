@@ -70,3 +70,14 @@ async def test_a_coding_zlib_does_not_read_is_refused_naming_it(encoding: str) -
 async def test_a_body_that_breaks_its_coding_is_refused_naming_it() -> None:
     with pytest.raises(UpstreamError, match="not valid gzip: Error -3"):
         await pieces(b"data: not gzip\n\n", "gzip")
+
+
+async def test_a_chain_of_more_than_four_codings_is_refused_naming_it() -> None:
+    # A head of 100 KiB holds 16,000 codings: decoded one inside the other, 2,000 of them
+    # exceeded Python's recursion limit, and each costs a pass over every byte.
+    content = b"data: a\n\n"
+    for _ in range(5):
+        content = encode(content, 31)
+    assert b"".join(await pieces(encode(encode(b"ok", 31), 31), "gzip, gzip")) == b"ok"
+    with pytest.raises(UpstreamError, match="5 codings, more than 4"):
+        await pieces(content, ", ".join(["gzip"] * 5))
