@@ -444,3 +444,27 @@ async def test_an_id_holding_nul_is_ignored_and_cr_ends_its_line() -> None:
     assert received == [("1", "a"), ("1", "b"), ("2", "c")]
     sent = [request.headers.get(b"last-event-id") for request in upstream.requests]
     assert sent == [None, b"1", b"2"]
+
+
+@pytest.mark.parametrize("waiting", ["for the headers", "for the body"])
+async def test_leaving_the_block_closes_the_connection_at_once(waiting: str) -> None:
+    answer: list[bytes | float] = (
+        [] if waiting == "for the headers" else [event_stream(b"data: a\n\n")]
+    )
+    received = anyio.Event()
+
+    async def follow(url: str) -> None:
+        async with open_event_stream(url, backoff=EXACT) as stream:
+            async for _ in stream:
+                received.set()
+
+    async with open_raw_upstream(lambda n: answer, hold=True) as upstream:
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as task_group:
+                task_group.start_soon(follow, upstream.url)
+                request = await upstream.wait_request(0)
+                if waiting == "for the body":
+                    await received.wait()
+                task_group.cancel_scope.cancel()  # the block is left, cancelled
+            await request.ended.wait()
+    assert len(upstream.requests) == 1
