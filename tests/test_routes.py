@@ -248,6 +248,13 @@ def body_message(body: bytes, *, more_body: bool = True) -> Message:
     return {"type": "http.request", "body": body, "more_body": more_body}
 
 
+async def watch(messages: RequestMessages, heard: list[Message]) -> None:
+    """Read *messages* as the stream's watcher does, to the disconnect, put in *heard*."""
+    while (message := await messages.for_stream())["type"] != "http.disconnect":
+        pass
+    heard.append(message)
+
+
 @pytest.mark.anyio
 async def test_the_watcher_keeps_the_body_for_the_request_in_order_then_the_disconnect() -> None:
     server = Server()
@@ -255,14 +262,9 @@ async def test_the_watcher_keeps_the_body_for_the_request_in_order_then_the_disc
     pieces = [body_message(b"a"), body_message(b"b"), body_message(b"c", more_body=False)]
     heard: list[Message] = []
 
-    async def watch() -> None:  # as the stream's watcher does
-        while (message := await messages.for_stream())["type"] != "http.disconnect":
-            pass
-        heard.append(message)
-
     with anyio.fail_after(5):
         async with anyio.create_task_group() as task_group:
-            task_group.start_soon(watch)
+            task_group.start_soon(watch, messages, heard)
             for piece in pieces:
                 server.put(piece)
             await anyio.wait_all_tasks_blocked()  # the watcher has taken them all
@@ -306,14 +308,9 @@ async def test_past_the_unread_bound_a_body_not_being_read_is_dropped_and_the_en
     messages = RequestMessages(server.receive)
     heard: list[Message] = []
 
-    async def watch() -> None:
-        while (message := await messages.for_stream())["type"] != "http.disconnect":
-            pass
-        heard.append(message)
-
     with anyio.fail_after(5):
         async with anyio.create_task_group() as task_group:
-            task_group.start_soon(watch)
+            task_group.start_soon(watch, messages, heard)
             for _ in range(8):
                 server.put(body_message(b"x" * (MAX_UNREAD_BODY // 4)))
             server.put(body_message(b"", more_body=False))

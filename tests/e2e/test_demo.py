@@ -18,11 +18,11 @@ from types import SimpleNamespace
 import anyio
 import httpx
 import pytest
+from support.resume import read_to_first_tick
 
 from streamkit import EndReason
 from streamkit.demo import DemoState, create_app
 from streamkit.testing import open_server, open_stream
-from streamkit.testing._client import connect
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
@@ -167,14 +167,7 @@ async def test_clock_starts_afresh_from_a_last_event_id_that_is_not_a_tick(
     app = create_app(clock_interval=0.05, clock_max_duration=None)
     async with open_server(app) as server:
         for resumed in ("\u00b2", "\u0663", "x"):
-            connection = await connect(server.host, server.port)
-            head = f"GET /clock HTTP/1.1\r\nhost: test\r\nlast-event-id: {resumed}\r\n\r\n"
-            async with connection:
-                await connection.send(head.encode())
-                received = b""
-                with anyio.fail_after(5):
-                    while b"event: tick\n" not in received and b"event: error" not in received:
-                        received += await connection.receive()
+            received = await read_to_first_tick(server, "/clock", resumed)
             assert b"event: resumed\ndata: " + resumed.encode() + b"\n\n" in received
             assert b"event: tick\nid: 1\n" in received
             assert b"event: error" not in received

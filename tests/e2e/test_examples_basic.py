@@ -9,10 +9,10 @@ import anyio
 import httpx
 import pytest
 from support.example_modules import load_example
+from support.resume import read_to_first_tick
 
 from streamkit import EndReason, ServerAddress
 from streamkit.testing import open_server, open_stream
-from streamkit.testing._client import connect
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
@@ -46,14 +46,7 @@ async def test_sse_clock_starts_afresh_from_a_last_event_id_that_is_not_a_tick(
     # was its error event, and the ERROR log a traceback, for a header a client sent.
     example = load_example("sse_clock")
     async with open_server(example.app) as server:
-        connection = await connect(server.host, server.port)
-        head = "GET /clock HTTP/1.1\r\nhost: test\r\nlast-event-id: \u00b2\r\n\r\n"
-        async with connection:
-            await connection.send(head.encode())
-            received = b""
-            with anyio.fail_after(5):
-                while b"event: tick\n" not in received and b"event: error" not in received:
-                    received += await connection.receive()
+        received = await read_to_first_tick(server, "/clock", "\u00b2")
         assert b"event: tick\nid: 1\n" in received
         await server.wait_ended(EndReason.CLIENT_DISCONNECTED, within=DISCONNECT_BOUND)
     assert not [record for record in caplog.records if record.levelname == "ERROR"], caplog.text

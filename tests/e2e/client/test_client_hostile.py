@@ -210,6 +210,19 @@ async def test_ids_are_sent_back_as_a_browser_sends_them() -> None:
         b"id: in\tside\ndata: c\n\n",
     ]
 
+    received, sent = await ids_sent_back(bodies)
+    # Handed over as the server sent them...
+    assert received == [("café ☕", "a"), (" padded \t", "b"), ("in\tside", "c")]
+    # ... and sent back as a server reads them: UTF-8, without the padding HTTP drops.
+    assert sent == [None, "café ☕".encode(), b"padded", b"in\tside"]
+
+
+async def ids_sent_back(
+    bodies: list[bytes],
+) -> tuple[list[tuple[str | None, str]], list[bytes | None]]:
+    """Serve each of *bodies* on a connection of its own, then 204: the events the client
+    handed over, as ``(id, data)``, and the ``Last-Event-ID`` of each of its requests."""
+
     def answer(n: int) -> bytes:
         return event_stream(bodies[n]) if n < len(bodies) else NO_CONTENT
 
@@ -219,11 +232,7 @@ async def test_ids_are_sent_back_as_a_browser_sends_them() -> None:
     ):
         with anyio.fail_after(5):
             received = [(event.id, event.data) async for event in stream]
-    # Handed over as the server sent them...
-    assert received == [("café ☕", "a"), (" padded \t", "b"), ("in\tside", "c")]
-    # ... and sent back as a server reads them: UTF-8, without the padding HTTP drops.
-    sent = [request.headers.get(b"last-event-id") for request in upstream.requests]
-    assert sent == [None, "café ☕".encode(), b"padded", b"in\tside"]
+    return received, [request.headers.get(b"last-event-id") for request in upstream.requests]
 
 
 async def test_an_id_no_header_can_carry_ends_the_stream_when_a_resume_needs_it() -> None:
@@ -430,19 +439,9 @@ async def test_a_response_head_that_never_ends_is_refused_within_h11s_bound() ->
 
 async def test_an_id_holding_nul_is_ignored_and_cr_ends_its_line() -> None:
     bodies = [b"id: 1\ndata: a\n\nid: x\x00y\ndata: b\n\n", b"id: 2\rdata: c\r\n\r\n"]
-
-    def answer(n: int) -> bytes:
-        return event_stream(bodies[n]) if n < len(bodies) else NO_CONTENT
-
-    async with (
-        open_raw_upstream(answer) as upstream,
-        open_event_stream(upstream.url, backoff=EXACT) as stream,
-    ):
-        with anyio.fail_after(5):
-            received = [(event.id, event.data) async for event in stream]
+    received, sent = await ids_sent_back(bodies)
     # As a browser: the id with NUL is dropped (the last one stays in effect), CR is a line end.
     assert received == [("1", "a"), ("1", "b"), ("2", "c")]
-    sent = [request.headers.get(b"last-event-id") for request in upstream.requests]
     assert sent == [None, b"1", b"2"]
 
 
