@@ -29,7 +29,7 @@ from ._exceptions import UpstreamError
 if TYPE_CHECKING:
     import httpx
 
-__all__ = ["DECODED_PIECE", "MAX_CODINGS", "decoded_body", "unwind"]
+__all__ = ["DECODED_PIECE", "MAX_CODINGS", "ask_for_decodable", "decoded_body", "unwind"]
 
 #: The most bytes of decoded body handed on at once: the size of one network read.
 DECODED_PIECE = 64 * 1024
@@ -38,6 +38,23 @@ DECODED_PIECE = 64 * 1024
 MAX_CODINGS = 4
 
 _WBITS = {"gzip": zlib.MAX_WBITS | 16, "x-gzip": zlib.MAX_WBITS | 16, "deflate": zlib.MAX_WBITS}
+
+
+def ask_for_decodable(request: httpx.Request) -> None:
+    """Have *request* ask only for codings this module decodes: of the codings its
+    ``Accept-Encoding`` lists, those of zlib (``identity`` when none is). httpx's
+    ``client.build_request()`` lists ``br`` and ``zstd`` where their packages are installed,
+    and a server that took it at its word would send a body that is refused. A request that
+    lists none asks for none."""
+    header = request.headers.get("accept-encoding")
+    if header is None:
+        return
+    kept = [
+        item.strip()
+        for item in header.split(",")
+        if item.partition(";")[0].strip().lower() in (*_WBITS, "identity")
+    ]
+    request.headers["accept-encoding"] = ", ".join(kept) or "identity"
 
 
 class _Inflater:

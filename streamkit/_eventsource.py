@@ -34,7 +34,7 @@ import anyio
 
 from ._backoff import Backoff, retry_after_seconds
 from ._checks import check_count, check_duration
-from ._content_encoding import decoded_body, unwind
+from ._content_encoding import ask_for_decodable, decoded_body, unwind
 from ._exceptions import ReconnectError, UpstreamError
 from ._sse import ServerSentEvent, trusted_event
 from ._sse_decoder import PIECES, FrameTooLarge, SSEDecoder, join_tail
@@ -113,7 +113,8 @@ def default_ssl_context() -> ssl.SSLContext:
 
 
 def as_request(target: httpx.Request | str, *, what: str = "a stream's target") -> httpx.Request:
-    """*target* as a request: a ``str`` is a URL to ``GET``.
+    """*target* as a request: a ``str`` is a URL to ``GET``. A request's ``Accept-Encoding``
+    keeps only the codings the body's reader decodes (see :func:`ask_for_decodable`).
 
     :param what: how the messages name it.
     :raises TypeError: it is neither.
@@ -132,6 +133,7 @@ def as_request(target: httpx.Request | str, *, what: str = "a stream's target") 
         )
     if request.url.scheme not in ("http", "https"):
         raise ValueError(f"{what} must be an http or https URL, got {str(request.url)!r}")
+    ask_for_decodable(request)
     return request
 
 

@@ -79,3 +79,11 @@ def test_upstream_must_be_an_http_url(target: str) -> None:
     for make in (upstream_events, upstream_bytes):
         with pytest.raises(ValueError, match=f"must be an http or https URL, got '{target}'"):
             make(target)
+
+
+def test_an_upstream_request_asks_only_for_the_codings_the_proxy_decodes() -> None:
+    # What client.build_request() makes where brotli and zstandard are installed.
+    request = httpx.Request("POST", "http://llm.test/v1", headers={"accept-encoding": "br, gzip"})
+    for make in (upstream_events, upstream_bytes):
+        make(request)
+        assert request.headers["accept-encoding"] == "gzip"

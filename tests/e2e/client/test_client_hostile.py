@@ -353,6 +353,28 @@ async def test_a_compressed_stream_is_decoded(wbits: int) -> None:
     assert upstream.requests[1].headers[b"last-event-id"] == b"499"
 
 
+async def test_a_request_asks_only_for_the_codings_the_client_decodes() -> None:
+    # httpx's client.build_request() lists br and zstd where their packages are installed: a
+    # server that honoured it sent a body the client then refused.
+    import httpx
+
+    def answer(n: int) -> bytes:
+        return NO_CONTENT
+
+    async with open_raw_upstream(answer) as upstream:
+        asked = "br;q=1.0, gzip;q=0.8, zstd, deflate"
+        request = httpx.Request("GET", upstream.url, headers={"accept-encoding": asked})
+        async with open_event_stream(request, backoff=EXACT) as stream:
+            with anyio.fail_after(5):
+                assert [event async for event in stream] == []
+        only_br = httpx.Request("GET", upstream.url, headers={"accept-encoding": "br"})
+        async with open_event_stream(only_br, backoff=EXACT) as stream:
+            with anyio.fail_after(5):
+                assert [event async for event in stream] == []
+    sent = [request.headers.get(b"accept-encoding") for request in upstream.requests]
+    assert sent == [b"gzip;q=0.8, deflate", b"identity"]
+
+
 @pytest.mark.parametrize("encoding", ["gzip", "gzip, gzip"], ids=["once", "twice"])
 async def test_a_compression_bomb_is_refused_having_decoded_little_past_max_event_size(
     encoding: str,
