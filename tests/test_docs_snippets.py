@@ -1,0 +1,271 @@
+"""Every ```python block of README.md and docs/*.md compiles, and what it takes from streamkit
+exists: each imported name is public, each ``streamkit.x.y`` resolves to a module the page
+imports, and each keyword given to a streamkit callable is one it takes.
+
+A block may assume what an earlier block of its page imported, and names of the reader's own
+(``upstream``, ``app``); it may await at its top level, as a REPL or a notebook does. What
+runs, and what the prose around it promises, is held by tests/e2e/test_examples_docs.py.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import inspect
+import typing
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from support.doc_snippets import PAGES, ROOT, Snippet, python_snippets
+
+#: Blocks that are the body of a function, not a module, each with why: the page, and a line
+#: of the block. They are compiled inside an ``async def``.
+FRAGMENTS = {
+    ("docs/fallbacks.md", "return {"): "the endpoint's body that the page starts from",
+}
+
+SNIPPETS = [snippet for page in PAGES for snippet in python_snippets(page)]
+
+
+def _is_fragment(snippet: Snippet) -> bool:
+    page = str(snippet.page.relative_to(ROOT))
+    return any(page == where and line in snippet.source for where, line in FRAGMENTS)
+
+
+def _parse(snippet: Snippet) -> ast.Module:
+    source = snippet.source
+    if _is_fragment(snippet):
+        source = "async def _fragment():\n" + "".join(
+            f"    {line}\n" for line in source.splitlines()
+        )
+    # Compiled, not only parsed: the compiler refuses what the parser lets through (a
+    # 'return' outside a function, a misplaced 'nonlocal').
+    compile(source, snippet.where, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+    return ast.parse(source)
+
+
+def _public(module: ModuleType, name: str) -> bool:
+    return name in getattr(module, "__all__", ())
+
+
+def _dotted(node: ast.expr) -> list[str] | None:
+    """``streamkit.broadcast.MemoryBroker`` as its parts, or None for another expression."""
+    parts: list[str] = []
+    while isinstance(node, ast.Attribute):
+        parts.insert(0, node.attr)
+        node = node.value
+    if isinstance(node, ast.Name):
+        return [node.id, *parts]
+    return None
+
+
+class _Page:
+    """What a page's blocks have bound so far: streamkit's modules and imported names."""
+
+    def __init__(self) -> None:
+        self.modules: set[str] = set()  # "streamkit", "streamkit.broadcast", ...
+        self.names: dict[str, object] = {}
+
+
+def _keywords_taken(target: object) -> set[str] | None:
+    """The keyword arguments *target* takes, including those of an ``Unpack[TypedDict]``;
+    None where any is taken or the signature is unknown."""
+    try:
+        parameters = inspect.signature(target).parameters  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    taken = {name for name, p in parameters.items() if p.kind is not p.VAR_KEYWORD}
+    for parameter in parameters.values():
+        if parameter.kind is not parameter.VAR_KEYWORD:
+            continue
+        function = target.__init__ if inspect.isclass(target) else target
+        hint = parameter.annotation
+        if isinstance(hint, str):
+            # Only this annotation: another of the signature may not resolve at run time.
+            try:
+                hint = eval(hint, getattr(function, "__globals__", {}))
+            except (NameError, AttributeError):
+                return None
+        if typing.get_origin(hint) is not typing.Unpack:
+            return None
+        taken |= set(typing.get_type_hints(typing.get_args(hint)[0]))
+    return taken
+
+
+def _problems_of(snippet: Snippet, tree: ast.Module, page: _Page) -> list[str]:
+    problems: list[str] = []
+    where = snippet.where
+    # Imports first, in the block's order: a name used before its import is rare in docs.
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] != "streamkit":
+                    continue
+                try:
+                    importlib.import_module(alias.name)
+                except ImportError as error:
+                    problems.append(f"{where}: import {alias.name}: {error}")
+                    continue
+                parts = alias.name.split(".")
+                page.modules.update(".".join(parts[: i + 1]) for i in range(len(parts)))
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "streamkit":
+            assert node.module is not None
+            try:
+                module = importlib.import_module(node.module)
+            except ImportError as error:
+                problems.append(f"{where}: from {node.module}: {error}")
+                continue
+            for alias in node.names:
+                if not _public(module, alias.name):
+                    problems.append(f"{where}: {node.module} does not export {alias.name!r}")
+                else:
+                    page.names[alias.asname or alias.name] = getattr(module, alias.name)
+    # Only whole chains: streamkit.broadcast.MemoryBroker, not its streamkit.broadcast too.
+    inner = {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and id(node) not in inner:
+            chain = _dotted(node)
+            if chain is not None and chain[0] == "streamkit":
+                problems.extend(_resolve(where, chain, page))
+        if isinstance(node, ast.Call):
+            problems.extend(_check_keywords(where, node, page))
+    return problems
+
+
+def _resolve(where: str, parts: list[str], page: _Page) -> list[str]:
+    if "streamkit" not in page.modules:
+        return [f"{where}: {'.'.join(parts)} is used, but no block up to here imports streamkit"]
+    value: object = importlib.import_module("streamkit")
+    for depth, part in enumerate(parts[1:], start=1):
+        dotted = ".".join(parts[: depth + 1])
+        if isinstance(value, ModuleType):
+            submodule = f"{value.__name__}.{part}"
+            if submodule in page.modules:
+                value = importlib.import_module(submodule)
+                continue
+            if not _public(value, part):
+                try:
+                    importlib.import_module(submodule)
+                except ImportError:
+                    return [f"{where}: {dotted}: {value.__name__} does not export {part!r}"]
+                return [f"{where}: {dotted} needs 'import {submodule}' first"]
+        if not hasattr(value, part):
+            return [f"{where}: {dotted} does not exist"]
+        value = getattr(value, part)
+    return []
+
+
+def _check_keywords(where: str, call: ast.Call, page: _Page) -> list[str]:
+    parts = _dotted(call.func)
+    if parts is None:
+        return []
+    if parts[0] == "streamkit":
+        try:
+            target: object = importlib.import_module("streamkit")
+            for part in parts[1:]:
+                target = getattr(target, part)
+        except AttributeError:
+            return []  # reported by _resolve
+    elif parts[0] in page.names:
+        target = page.names[parts[0]]
+        for part in parts[1:]:
+            if not hasattr(target, part):
+                return [f"{where}: {'.'.join(parts)} does not exist"]
+            target = getattr(target, part)
+    else:
+        return []
+    taken = _keywords_taken(target)
+    if taken is None:
+        return []
+    return [
+        f"{where}: {'.'.join(parts)}() takes no keyword argument {keyword.arg!r}"
+        for keyword in call.keywords
+        if keyword.arg is not None and keyword.arg not in taken
+    ]
+
+
+def problems(pages: dict[Path, str | None]) -> list[str]:
+    """What is wrong with the blocks of *pages* (each page's text, or None to read it)."""
+    found: list[str] = []
+    for path, text in pages.items():
+        page = _Page()
+        for snippet in python_snippets(path, text):
+            try:
+                tree = _parse(snippet)
+            except SyntaxError as error:
+                found.append(f"{snippet.where}: {error}")
+                continue
+            found.extend(_problems_of(snippet, tree, page))
+    return found
+
+
+def test_the_docs_have_python_blocks_to_check() -> None:
+    # A fence the pattern stopped matching would make the next test pass on nothing.
+    assert len(SNIPPETS) > 50
+    assert any("EventSourceResponse" in snippet.source for snippet in SNIPPETS)
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: str(page.relative_to(ROOT)))
+def test_every_block_compiles_and_what_it_takes_from_streamkit_exists(page: Path) -> None:
+    assert problems({page: None}) == []
+
+
+def test_every_listed_fragment_is_still_in_the_docs() -> None:
+    for where, line in FRAGMENTS:
+        assert any(
+            str(snippet.page.relative_to(ROOT)) == where and line in snippet.source
+            for snippet in SNIPPETS
+        ), (where, line)
+
+
+PAGE = ROOT / "docs" / "example.md"
+
+
+@pytest.mark.parametrize(
+    ("block", "problem"),
+    [
+        (
+            "from streamkit import EventSourceResponse, NoSuchResponse",
+            "docs/example.md:2: streamkit does not export 'NoSuchResponse'",
+        ),
+        (
+            "from streamkit import MemoryBroker",
+            "docs/example.md:2: streamkit does not export 'MemoryBroker'",
+        ),
+        (
+            "from streamkit.resources import _proxy",
+            "docs/example.md:2: streamkit.resources does not export '_proxy'",
+        ),
+        (
+            "import streamkit\nbroker = streamkit.broadcast.MemoryBroker()",
+            "docs/example.md:2: streamkit.broadcast needs 'import streamkit.broadcast' first",
+        ),
+        (
+            "import streamkit.broadcast\nstreamkit.broadcast.NoSuchBroker()",
+            "docs/example.md:2: streamkit.broadcast.NoSuchBroker: "
+            "streamkit.broadcast does not export 'NoSuchBroker'",
+        ),
+        (
+            "app = streamkit.App()",
+            "docs/example.md:2: streamkit.App is used, but no block up to here imports streamkit",
+        ),
+        (
+            "from streamkit import EventSourceResponse\nEventSourceResponse(p, heartbeat=1.0)",
+            "docs/example.md:2: EventSourceResponse() takes no keyword argument 'heartbeat'",
+        ),
+        (
+            "import streamkit\nstreamkit.App(heartbeat=1.0)",
+            "docs/example.md:2: streamkit.App() takes no keyword argument 'heartbeat'",
+        ),
+        ("return 1", "docs/example.md:2: 'return' outside function (example.md:2, line 1)"),
+    ],
+)
+def test_a_block_that_would_fail_a_reader_is_reported(block: str, problem: str) -> None:
+    assert problems({PAGE: f"Text.\n```python\n{block}\n```\n"}) == [problem]
+
+
+def test_a_block_may_use_what_an_earlier_block_of_its_page_imported() -> None:
+    first = "```python\nimport streamkit.fallback\n```\n"
+    text = f"{first}\nThen:\n\n```python\nstreamkit.fallback.Fallback\n```\n"
+    assert problems({PAGE: text}) == []
