@@ -12,12 +12,15 @@ from __future__ import annotations
 import ast
 import importlib
 import inspect
+import re
 import typing
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 from support.doc_snippets import PAGES, ROOT, Snippet, python_snippets
+
+import streamkit
 
 #: Blocks that are the body of a function, not a module, each with why: the page, and a line
 #: of the block. They are compiled inside an ``async def``.
@@ -269,3 +272,25 @@ def test_a_block_may_use_what_an_earlier_block_of_its_page_imported() -> None:
     first = "```python\nimport streamkit.fallback\n```\n"
     text = f"{first}\nThen:\n\n```python\nstreamkit.fallback.Fallback\n```\n"
     assert problems({PAGE: text}) == []
+
+
+_RAISES = re.compile(r"^(?P<code>[^#\n].*)\n# (?P<error>\w+Error): (?P<message>.*)$", re.M)
+
+#: The blocks that show an error under a call, as ``# ValueError: message``; ``app`` in them
+#: is a fresh App, as on their page.
+RAISING = [snippet for snippet in SNIPPETS if _RAISES.search(snippet.source)]
+
+
+def test_the_docs_show_errors_to_check() -> None:
+    assert RAISING
+
+
+@pytest.mark.parametrize("snippet", RAISING, ids=lambda snippet: snippet.where)
+def test_every_error_a_block_shows_is_the_one_raised(snippet: Snippet) -> None:
+    for shown in _RAISES.finditer(snippet.source):
+        namespace = {"app": streamkit.App(), "streamkit": streamkit}
+        with pytest.raises(Exception) as raised:  # noqa: PT011 (the type is checked by name)
+            exec(shown["code"], namespace)
+        assert type(raised.value).__name__ == shown["error"], shown["code"]
+        message = shown["message"].removesuffix("...").rstrip()
+        assert str(raised.value).startswith(message), shown["code"]
