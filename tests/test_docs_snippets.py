@@ -30,6 +30,9 @@ FRAGMENTS = {
 
 SNIPPETS = [snippet for page in PAGES for snippet in python_snippets(page)]
 
+#: A call with the error it raises shown under it: ``# ValueError: message``.
+_RAISES = re.compile(r"^(?P<code>[^#\n].*)\n# (?P<error>\w+Error): (?P<message>.*)$", re.M)
+
 
 def _is_fragment(snippet: Snippet) -> bool:
     page = str(snippet.page.relative_to(ROOT))
@@ -69,6 +72,9 @@ class _Page:
     def __init__(self) -> None:
         self.modules: set[str] = set()  # "streamkit", "streamkit.broadcast", ...
         self.names: dict[str, object] = {}
+        #: Names bound to an instance of a streamkit class (``app = streamkit.App()``), to
+        #: that class: what the instance alone sets (``app.state``) is not checked.
+        self.instances: dict[str, type] = {}
 
 
 def _keywords_taken(target: object) -> set[str] | None:
@@ -124,6 +130,16 @@ def _problems_of(snippet: Snippet, tree: ast.Module, page: _Page) -> list[str]:
                     problems.append(f"{where}: {node.module} does not export {alias.name!r}")
                 else:
                     page.names[alias.asname or alias.name] = getattr(module, alias.name)
+    for statement in tree.body:
+        if (
+            isinstance(statement, ast.Assign)
+            and len(statement.targets) == 1
+            and isinstance(statement.targets[0], ast.Name)
+            and isinstance(statement.value, ast.Call)
+        ):
+            made = _callee(statement.value, page)
+            if inspect.isclass(made) and made.__module__.split(".")[0] == "streamkit":
+                page.instances[statement.targets[0].id] = made
     # Only whole chains: streamkit.broadcast.MemoryBroker, not its streamkit.broadcast too.
     inner = {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
     for node in ast.walk(tree):
@@ -131,7 +147,8 @@ def _problems_of(snippet: Snippet, tree: ast.Module, page: _Page) -> list[str]:
             chain = _dotted(node)
             if chain is not None and chain[0] == "streamkit":
                 problems.extend(_resolve(where, chain, page))
-        if isinstance(node, ast.Call):
+        # A block that shows the errors of bad keywords is checked by what they raise.
+        if isinstance(node, ast.Call) and not _RAISES.search(snippet.source):
             problems.extend(_check_keywords(where, node, page))
     return problems
 
@@ -159,30 +176,33 @@ def _resolve(where: str, parts: list[str], page: _Page) -> list[str]:
     return []
 
 
-def _check_keywords(where: str, call: ast.Call, page: _Page) -> list[str]:
+def _callee(call: ast.Call, page: _Page) -> object:
+    """The streamkit callable *call* calls, or None for another or one not found."""
     parts = _dotted(call.func)
     if parts is None:
-        return []
-    if parts[0] == "streamkit":
-        try:
-            target: object = importlib.import_module("streamkit")
-            for part in parts[1:]:
-                target = getattr(target, part)
-        except AttributeError:
-            return []  # reported by _resolve
+        return None
+    if parts[0] == "streamkit" and "streamkit" in page.modules:
+        target: object = importlib.import_module("streamkit")
     elif parts[0] in page.names:
         target = page.names[parts[0]]
-        for part in parts[1:]:
-            if not hasattr(target, part):
-                return [f"{where}: {'.'.join(parts)} does not exist"]
-            target = getattr(target, part)
+    elif parts[0] in page.instances:
+        target = page.instances[parts[0]]
     else:
-        return []
-    taken = _keywords_taken(target)
+        return None
+    for part in parts[1:]:
+        if not hasattr(target, part):
+            return None  # a module's missing name is reported by _resolve
+        target = getattr(target, part)
+    return target
+
+
+def _check_keywords(where: str, call: ast.Call, page: _Page) -> list[str]:
+    target = _callee(call, page)
+    taken = None if target is None else _keywords_taken(target)
     if taken is None:
         return []
     return [
-        f"{where}: {'.'.join(parts)}() takes no keyword argument {keyword.arg!r}"
+        f"{where}: {ast.unparse(call.func)}() takes no keyword argument {keyword.arg!r}"
         for keyword in call.keywords
         if keyword.arg is not None and keyword.arg not in taken
     ]
@@ -261,6 +281,11 @@ PAGE = ROOT / "docs" / "example.md"
             "import streamkit\nstreamkit.App(heartbeat=1.0)",
             "docs/example.md:2: streamkit.App() takes no keyword argument 'heartbeat'",
         ),
+        (
+            "import streamkit\napp = streamkit.App()\n@app.sse('/x', heartbeat=1.0)\n"
+            "async def x(request, send): ...",
+            "docs/example.md:2: app.sse() takes no keyword argument 'heartbeat'",
+        ),
         ("return 1", "docs/example.md:2: 'return' outside function (example.md:2, line 1)"),
     ],
 )
@@ -273,8 +298,6 @@ def test_a_block_may_use_what_an_earlier_block_of_its_page_imported() -> None:
     text = f"{first}\nThen:\n\n```python\nstreamkit.fallback.Fallback\n```\n"
     assert problems({PAGE: text}) == []
 
-
-_RAISES = re.compile(r"^(?P<code>[^#\n].*)\n# (?P<error>\w+Error): (?P<message>.*)$", re.M)
 
 #: The blocks that show an error under a call, as ``# ValueError: message``; ``app`` in them
 #: is a fresh App, as on their page.
