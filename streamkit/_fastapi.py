@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, get_args, get_origin
 
 from fastapi import FastAPI
-from fastapi.dependencies.utils import get_stream_item_type
+from fastapi.dependencies.utils import get_stream_item_type, get_typed_annotation
 from fastapi.routing import APIRoute
 from fastapi.utils import create_model_field
 from starlette.responses import Response
@@ -26,10 +26,23 @@ __all__ = ["StreamingRoute", "mount_app"]
 
 
 def _signature(endpoint: Callable[..., Any]) -> inspect.Signature:
+    """*endpoint*'s signature, its annotations evaluated where it was defined."""
     try:
         return inspect.signature(endpoint, eval_str=True)
-    except NameError:  # an annotation imported under TYPE_CHECKING: FastAPI copes likewise
-        return inspect.signature(endpoint)
+    except NameError:
+        # A name its module does not hold (imported under TYPE_CHECKING, an alias made in a
+        # factory): each annotation is read on its own, as FastAPI reads them, so the others
+        # are still types. Left a string, an annotation would be read again by FastAPI in
+        # this module, the wrapper's, where BackgroundTasks or Request is not a name.
+        signature = inspect.signature(endpoint)
+        namespace = getattr(inspect.unwrap(endpoint), "__globals__", {})
+        return signature.replace(
+            parameters=[
+                parameter.replace(annotation=get_typed_annotation(parameter.annotation, namespace))
+                for parameter in signature.parameters.values()
+            ],
+            return_annotation=get_typed_annotation(signature.return_annotation, namespace),
+        )
 
 
 def _stream_class(response_class: object) -> type[StreamResponse[Any]] | None:
