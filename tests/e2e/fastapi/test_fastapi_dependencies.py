@@ -104,10 +104,17 @@ def streaming_app(probe: Probe) -> FastAPI:
     @app.get("/unresolved", response_class=Events)
     async def unresolved(
         tasks: BackgroundTasks,
-        db: Opened = Depends(open_session),  # noqa: B008  (FastAPI's way)
+        db: Opened = Depends(open_session),  # noqa: B008  (FastAPI reads it there)
     ) -> AsyncIterator[str]:
         tasks.add_task(probe.log.append, "background ran")
         yield type(db).__name__
+
+    @app.get("/function-scope", response_class=Events)
+    async def function_scope(
+        db: Annotated[Session, Depends(open_session, scope="function")],
+    ) -> AsyncIterator[str]:
+        probe.log.append("generator ran")
+        yield "first"
 
     return app
 
@@ -167,3 +174,16 @@ async def test_an_annotation_that_cannot_be_resolved_leaves_the_others_read(
             with anyio.fail_after(CLOSE_BOUND):
                 await probe.closed.wait()
     assert probe.log == ["background ran", "session closed"]
+
+
+async def test_a_function_scoped_dependency_exits_before_the_stream_starts(
+    anyio_backend: str,
+) -> None:
+    # As for FastAPI's own generator path operations (what the docs tell users).
+    probe = Probe()
+    with anyio.fail_after(30):
+        async with open_server(streaming_app(probe)) as server:
+            async with open_stream(server, "/function-scope") as client:
+                assert (await client.read_event()).data == "first"
+            await server.wait_ended(EndReason.COMPLETED)
+    assert probe.log == ["session closed", "generator ran"]
