@@ -1,0 +1,292 @@
+"""A FastAPI app with a mounted :class:`streamkit.App` and a generator path operation whose
+dependency holds a resource, run as a real process behind a root path (a proxy's prefix):
+uvicorn, and the hypercorn command on asyncio and trio. Its OpenAPI document names the root
+path and the App's routes; on SIGTERM both streams send their farewell, the generator's
+cleanup runs before its dependency's exit, and FastAPI runs the App's lifespan to its end.
+
+The service prints what happens on stdout. Bounds: the farewell guarantee (100 ms), and
+generous multiples of the measured figures for a loaded 2-core machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import pytest
+from anyio.abc import ByteReceiveStream, Process
+from anyio.streams.text import TextReceiveStream
+
+from streamkit import ServerSentEvent
+from streamkit.testing import StreamClient, open_stream
+
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
+
+#: The guarantee: every open stream has its farewell this soon after SIGTERM.
+FAREWELL_BOUND = 0.1
+#: Starting means importing Python, FastAPI and the service: slow on a loaded machine.
+START_BOUND = 30.0
+#: From SIGTERM to the process gone (measured: 0.1-0.4 s).
+EXIT_BOUND = 5.0
+#: Where a proxy serves the app, and the server is told (--root-path).
+ROOT_PATH = "/api"
+
+SERVICE = """
+import os
+from collections.abc import AsyncIterator
+from contextlib import aclosing, asynccontextmanager
+from typing import Annotated
+
+import anyio
+from fastapi import Depends, FastAPI
+from starlette.requests import Request
+
+import streamkit
+from streamkit import EventSourceResponse, shielded_cleanup
+from streamkit.fastapi import StreamingRoute, mount_app
+
+
+def say(line):
+    os.write(1, f"{line}\\n".encode())
+
+
+def on_end(end):
+    say(f"end {end.path.rsplit('/', 1)[1]} {end.reason.value}")
+
+
+@asynccontextmanager
+async def lifespan(app):
+    say("lifespan started")
+    yield
+    say("lifespan ended")
+
+
+streams = streamkit.App(heartbeat_interval=None, lifespan=lifespan)
+
+
+async def ticking(name):
+    try:
+        n = 0
+        while True:
+            yield n
+            n += 1
+            await anyio.sleep(0.05)
+    finally:
+        with shielded_cleanup(1.0):
+            await anyio.sleep(0.01)
+            say(f"cleaned {name}")
+
+
+@streams.sse("/ticks/{name}", on_end=on_end)
+async def ticks(request: Request) -> AsyncIterator[int]:
+    async with aclosing(ticking("mounted")) as items:
+        async for n in items:
+            yield n
+
+
+async def open_session():
+    try:
+        yield "session"
+    finally:
+        await anyio.sleep(0.01)  # an awaited close: a network round trip
+        say("session closed")
+
+
+api = FastAPI(lifespan=streams.lifespan)
+api.router.route_class = StreamingRoute
+mount_app(api, "/streams", streams)
+
+
+@api.get("/generated", response_class=EventSourceResponse.with_options(on_end=on_end))
+async def generated(session: Annotated[str, Depends(open_session)]) -> AsyncIterator[int]:
+    async with aclosing(ticking("generated")) as items:
+        async for n in items:
+            yield n
+"""
+
+
+def command(server: str) -> list[str]:
+    python = [sys.executable, "-m"]
+    bind = "127.0.0.1"
+    if server == "uvicorn":
+        return [
+            *python,
+            "uvicorn",
+            "service:api",
+            "--host",
+            bind,
+            "--port",
+            "0",
+            "--root-path",
+            ROOT_PATH,
+        ]
+    backend = server.split("-")[1]
+    return [
+        *python,
+        "hypercorn",
+        "-k",
+        backend,
+        "-b",
+        f"{bind}:0",
+        "--graceful-timeout",
+        "5",
+        "--root-path",
+        ROOT_PATH,
+        "service:api",
+    ]
+
+
+SERVERS = ["uvicorn", "hypercorn-asyncio", "hypercorn-trio"]
+LISTENING = re.compile(r"[Rr]unning on http://127\.0\.0\.1:(\d+)")
+
+
+@pytest.fixture(params=SERVERS)
+def server(request: pytest.FixtureRequest) -> str:
+    chosen: str = request.param
+    module = chosen.split("-")[0]
+    if importlib.util.find_spec(module) is None:
+        message = f"{module} is not installed: pip install -e '.[test]'"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return chosen
+
+
+@pytest.fixture
+def anyio_backend(server: str) -> str:
+    return "trio" if server.endswith("trio") else "asyncio"
+
+
+class Running:
+    """The server process, its port, and the lines it printed, with when."""
+
+    def __init__(self, process: Process) -> None:
+        self.process = process
+        self.host = "127.0.0.1"
+        self.port = 0
+        self.listening = anyio.Event()
+        self.stdout: list[tuple[float, str]] = []
+        self.stderr: list[str] = []
+        self._changed = anyio.Event()
+
+    async def read_stdout(self) -> None:
+        assert self.process.stdout is not None
+        async for line in lines(self.process.stdout):
+            self.stdout.append((anyio.current_time(), line))
+            self._changed.set()
+            self._changed = anyio.Event()
+
+    async def read_stderr(self) -> None:
+        assert self.process.stderr is not None
+        async for line in lines(self.process.stderr):
+            self.stderr.append(line)
+            if (found := LISTENING.search(line)) and not self.listening.is_set():
+                self.port = int(found[1])
+                self.listening.set()
+
+    async def wait_line(self, line: str, *, within: float = 5.0) -> float:
+        """When *line* was printed."""
+        with anyio.fail_after(within):
+            while True:
+                for at, printed in self.stdout:
+                    if printed == line:
+                        return at
+                await self._changed.wait()
+
+    def printed(self) -> list[str]:
+        return [line for _, line in self.stdout]
+
+
+async def lines(stream: ByteReceiveStream) -> AsyncIterator[str]:
+    pending = ""
+    async for chunk in TextReceiveStream(stream):
+        *complete, pending = (pending + chunk).split("\n")
+        for line in complete:
+            yield line
+
+
+@asynccontextmanager
+async def running(server: str, tmp_path: Path) -> AsyncIterator[Running]:
+    (tmp_path / "service.py").write_text(SERVICE)
+    process = await anyio.open_process(
+        command(server),
+        cwd=tmp_path,
+        env=os.environ | {"PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # a group of its own, killed whatever happens (below)
+    )
+    service = Running(process)
+    try:
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(service.read_stdout)
+            task_group.start_soon(service.read_stderr)
+            with anyio.fail_after(START_BOUND):
+                await service.listening.wait()
+            yield service
+            with anyio.fail_after(EXIT_BOUND + 10):
+                await process.wait()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        with anyio.CancelScope(shield=True):
+            await process.wait()
+        await process.aclose()
+
+
+async def farewell(client: StreamClient) -> float:
+    """Read to the end of the body; when its farewell arrived."""
+    while (event := await client.read_event()).event != "shutdown":
+        pass
+    arrived = anyio.current_time()
+    assert event == ServerSentEvent(event="shutdown", data="", retry=1000)
+    assert [event async for event in client.events()] == []
+    assert client.complete
+    return arrived
+
+
+async def test_shutdown_drains_a_mounted_app_and_a_generator_path_operation_behind_a_root_path(
+    server: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # What the proxy forwards: uvicorn adds the root path to the path the proxy stripped it
+    # from; hypercorn takes the path whole, as ASGI has it (stripped, Starlette's Mount would
+    # not find the App's routes).
+    forwarded = "" if server == "uvicorn" else ROOT_PATH
+    async with running(server, tmp_path) as service:
+        async with open_stream(service, f"{forwarded}/openapi.json") as client:
+            document = json.loads(await client.read_all())
+        async with (
+            open_stream(service, f"{forwarded}/streams/ticks/a") as mounted,
+            open_stream(service, f"{forwarded}/generated") as generated,
+        ):
+            assert (await mounted.read_event()).data == "0"
+            assert (await generated.read_event()).data == "0"
+            service.process.send_signal(signal.SIGTERM)
+            signalled = anyio.current_time()
+            with anyio.fail_after(5):
+                farewells = [await farewell(mounted), await farewell(generated)]
+        exited = await service.wait_line("lifespan ended", within=EXIT_BOUND)
+    assert document["servers"] == [{"url": ROOT_PATH}]
+    assert set(document["paths"]) == {"/streams/ticks/{name}", "/generated"}
+    printed = service.printed()
+    assert printed.count("session closed") == 1
+    assert printed.index("cleaned generated") < printed.index("session closed")
+    assert {"end a shutdown", "end generated shutdown", "cleaned mounted"} <= set(printed)
+    # The App's lifespan ran once, and ended after its streams.
+    assert printed[0] == "lifespan started"
+    assert printed[-1] == "lifespan ended"
+    latest = max(farewells) - signalled
+    with capsys.disabled():
+        ended = exited - signalled
+        print(f"\n{server}: farewells {latest * 1000:.0f} ms, lifespan ended {ended:.2f} s")
+    assert latest < FAREWELL_BOUND
