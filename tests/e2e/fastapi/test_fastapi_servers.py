@@ -1,8 +1,9 @@
 """A FastAPI app with a mounted :class:`streamkit.App` and a generator path operation whose
 dependency holds a resource, run as a real process behind a root path (a proxy's prefix):
 uvicorn, and the hypercorn command on asyncio and trio. Its OpenAPI document names the root
-path and the App's routes; on SIGTERM both streams send their farewell, the generator's
-cleanup runs before its dependency's exit, and FastAPI runs the App's lifespan to its end.
+path and the App's routes. The dependency's resource is closed once, after the generator's
+cleanup, whether its client leaves, stops reading or the server shuts down; on SIGTERM both
+streams send their farewell, and FastAPI runs the App's lifespan to its end.
 
 The service prints what happens on stdout. Bounds: the farewell guarantee (100 ms), and
 generous multiples of the measured figures for a loaded 2-core machine.
@@ -34,8 +35,12 @@ pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
 #: The guarantee: every open stream has its farewell this soon after SIGTERM.
 FAREWELL_BOUND = 0.1
+#: The dependency's exit must have finished this soon after the stream's end (measured: ms).
+CLOSE_BOUND = 1.0
 #: Starting means importing Python, FastAPI and the service: slow on a loaded machine.
 START_BOUND = 30.0
+#: The generator path operation's; a stalled client is let go after it.
+SEND_TIMEOUT = 1.0
 #: From SIGTERM to the process gone (measured: 0.1-0.4 s).
 EXIT_BOUND = 5.0
 #: Where a proxy serves the app, and the server is told (--root-path).
@@ -74,13 +79,13 @@ async def lifespan(app):
 streams = streamkit.App(heartbeat_interval=None, lifespan=lifespan)
 
 
-async def ticking(name):
+async def ticking(name, size=0, period=0.05):
     try:
         n = 0
         while True:
-            yield n
+            yield f"{n}{'x' * size}"
             n += 1
-            await anyio.sleep(0.05)
+            await anyio.sleep(period)
     finally:
         with shielded_cleanup(1.0):
             await anyio.sleep(0.01)
@@ -88,18 +93,23 @@ async def ticking(name):
 
 
 @streams.sse("/ticks/{name}", on_end=on_end)
-async def ticks(request: Request) -> AsyncIterator[int]:
-    async with aclosing(ticking("mounted")) as items:
-        async for n in items:
-            yield n
+async def ticks(request: Request) -> AsyncIterator[str]:
+    async with aclosing(ticking(request.path_params["name"])) as items:
+        async for item in items:
+            yield item
 
 
-async def open_session():
+async def open_session(name: str):
     try:
-        yield "session"
+        yield name
     finally:
         await anyio.sleep(0.01)  # an awaited close: a network round trip
-        say("session closed")
+        say(f"session closed {name}")
+
+
+Events = EventSourceResponse.with_options(
+    on_end=on_end, send_timeout=SEND_TIMEOUT, heartbeat_interval=None
+)
 
 
 api = FastAPI(lifespan=streams.lifespan)
@@ -107,12 +117,14 @@ api.router.route_class = StreamingRoute
 mount_app(api, "/streams", streams)
 
 
-@api.get("/generated", response_class=EventSourceResponse.with_options(on_end=on_end))
-async def generated(session: Annotated[str, Depends(open_session)]) -> AsyncIterator[int]:
-    async with aclosing(ticking("generated")) as items:
-        async for n in items:
-            yield n
-"""
+@api.get("/generated/{name}", response_class=Events)
+async def generated(
+    name: Annotated[str, Depends(open_session)], size: int = 0, period: float = 0.05
+) -> AsyncIterator[str]:
+    async with aclosing(ticking(name, size, period)) as items:
+        async for item in items:
+            yield item
+""".replace("SEND_TIMEOUT", repr(SEND_TIMEOUT))
 
 
 def command(server: str) -> list[str]:
@@ -265,9 +277,21 @@ async def test_shutdown_drains_a_mounted_app_and_a_generator_path_operation_behi
     async with running(server, tmp_path) as service:
         async with open_stream(service, f"{forwarded}/openapi.json") as client:
             document = json.loads(await client.read_all())
+        # A client that leaves, and one that stops reading: the dependency's session is
+        # closed after the generator's cleanup, within a bound of the stream's end.
+        async with open_stream(service, f"{forwarded}/generated/left") as client:
+            await client.read_event()
+            await client.reset()
+            await service.wait_line("session closed left", within=CLOSE_BOUND)
+        stalled = f"{forwarded}/generated/stalled?size=65536&period=0"
+        async with open_stream(service, stalled, receive_buffer=4096) as client:
+            await client.read_event()
+            client.stall()
+            await service.wait_line("end stalled send_timeout", within=SEND_TIMEOUT + 5)
+            await service.wait_line("session closed stalled", within=CLOSE_BOUND)
         async with (
-            open_stream(service, f"{forwarded}/streams/ticks/a") as mounted,
-            open_stream(service, f"{forwarded}/generated") as generated,
+            open_stream(service, f"{forwarded}/streams/ticks/mounted") as mounted,
+            open_stream(service, f"{forwarded}/generated/last") as generated,
         ):
             assert (await mounted.read_event()).data == "0"
             assert (await generated.read_event()).data == "0"
@@ -277,11 +301,18 @@ async def test_shutdown_drains_a_mounted_app_and_a_generator_path_operation_behi
                 farewells = [await farewell(mounted), await farewell(generated)]
         exited = await service.wait_line("lifespan ended", within=EXIT_BOUND)
     assert document["servers"] == [{"url": ROOT_PATH}]
-    assert set(document["paths"]) == {"/streams/ticks/{name}", "/generated"}
+    assert set(document["paths"]) == {"/streams/ticks/{name}", "/generated/{name}"}
     printed = service.printed()
-    assert printed.count("session closed") == 1
-    assert printed.index("cleaned generated") < printed.index("session closed")
-    assert {"end a shutdown", "end generated shutdown", "cleaned mounted"} <= set(printed)
+    for name, reason in [
+        ("left", "client_disconnected"),
+        ("stalled", "send_timeout"),
+        ("last", "shutdown"),
+    ]:
+        assert printed.count(f"session closed {name}") == 1, printed
+        cleaned = printed.index(f"cleaned {name}")
+        assert cleaned < printed.index(f"session closed {name}"), printed
+        assert f"end {name} {reason}" in printed
+    assert {"end mounted shutdown", "cleaned mounted"} <= set(printed)
     # The App's lifespan ran once, and ended after its streams.
     assert printed[0] == "lifespan started"
     assert printed[-1] == "lifespan ended"
