@@ -119,8 +119,11 @@ def check_type(name: str, value: object, kind: type, *, optional: bool = False) 
     if value is None and optional:
         return
     if not isinstance(value, kind):
+        article = "an" if kind.__name__[0] in "AEIOU" else "a"  # an App, a str
         expected = kind.__name__ + (" or None" if optional else "")
-        raise TypeError(f"{name} must be a {expected}, got {type(value).__name__}: {value!r:.80}")
+        raise TypeError(
+            f"{name} must be {article} {expected}, got {type(value).__name__}: {value!r:.80}"
+        )
 
 
 def check_callable(name: str, value: object, *, optional: bool = False) -> None:

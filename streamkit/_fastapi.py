@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any, get_args, get_origin
+from typing import Any, get_args, get_origin
 
 from fastapi import FastAPI
 from fastapi.dependencies.utils import get_stream_item_type, get_typed_annotation
@@ -14,13 +14,12 @@ from fastapi.utils import create_model_field
 from starlette.responses import Response
 from starlette.routing import Route, compile_path
 
+from ._app import App
+from ._checks import check_type
 from ._responses import EventSourceResponse, NDJSONResponse, StreamResponse
 from ._routes import StreamEndpoint
 from ._sender import StreamSender
 from ._sse import ServerSentEvent
-
-if TYPE_CHECKING:
-    from ._app import App
 
 __all__ = ["StreamingRoute", "mount_app"]
 
@@ -273,7 +272,15 @@ def mount_app(api: FastAPI, path: str, app: App, *, name: str | None = None) -> 
     :param path: where to mount the App, such as ``/streams``.
     :param app: the App.
     :param name: the mount's name, for ``url_path_for``.
+    :raises TypeError: *api* is not a FastAPI application, *path* not a ``str`` or *app*
+        not an :class:`~streamkit.App` (mount a Starlette application with ``api.mount``).
+    :raises ValueError: *path* does not start with ``/``.
     """
+    check_type("api", api, FastAPI)
+    check_type("path", path, str)
+    if not path.startswith("/"):
+        raise ValueError(f"path must start with '/', got {path!r}")
+    check_type("app", app, App)
     api.mount(path, app, name=name)
     prefix = path.rstrip("/")
     for route in app.router.routes:

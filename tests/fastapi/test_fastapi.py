@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from fastapi import APIRouter, FastAPI
 from pydantic import BaseModel
+from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount
@@ -186,3 +187,24 @@ def test_mount_app_describes_the_apps_stream_routes() -> None:
     assert list(paths["/streams/raw"]["get"]["responses"]["200"]["content"]) == ["text/csv"]
     # The mount comes first: the App serves its routes.
     assert isinstance(api.router.routes[-5], Mount)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error", "message"),
+    [
+        ((FastAPI(), "/s", Starlette()), TypeError, r"^app must be an App, got Starlette: "),
+        ((FastAPI(), "/s", None), TypeError, r"^app must be an App, got NoneType: None$"),
+        ((None, "/s", App()), TypeError, r"^api must be a FastAPI, got NoneType: None$"),
+        ((FastAPI(), b"/s", App()), TypeError, r"^path must be a str, got bytes: b'/s'$"),
+        ((FastAPI(), "streams", App()), ValueError, r"^path must start with '/', got 'streams'$"),
+    ],
+)
+def test_mount_app_refuses_what_it_cannot_mount_naming_it(
+    arguments: tuple[Any, Any, Any], error: type[Exception], message: str
+) -> None:
+    api = arguments[0]
+    before = list(api.router.routes) if isinstance(api, FastAPI) else []
+    with pytest.raises(error, match=message):
+        mount_app(*arguments)
+    if isinstance(api, FastAPI):
+        assert api.router.routes == before  # nothing mounted
