@@ -16,6 +16,7 @@ from starlette.routing import Route, compile_path
 
 from ._app import App
 from ._checks import check_type
+from ._json import encode_by_alias
 from ._responses import EventSourceResponse, NDJSONResponse, StreamResponse
 from ._routes import StreamEndpoint
 from ._sender import StreamSender
@@ -92,6 +93,10 @@ def _responding(
             else response_class(content, status_code=status)
         )
         response.headers.raw.extend(sub_response.headers.raw)
+        if isinstance(response, EventSourceResponse | NDJSONResponse) and not response.json_encoder:
+            # No encoder of the user's: models go by their aliases, as FastAPI sends its own
+            # generators' items and as the OpenAPI document names their fields.
+            response.json_encoder = encode_by_alias
         return response
 
     # No __wrapped__: FastAPI would follow it back to a generator function. The annotations

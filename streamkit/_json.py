@@ -15,7 +15,14 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["JSONEncoder", "check_json_encoder", "encode_json", "shown", "to_jsonable"]
+__all__ = [
+    "JSONEncoder",
+    "check_json_encoder",
+    "encode_by_alias",
+    "encode_json",
+    "shown",
+    "to_jsonable",
+]
 
 #: A JSON encoder: a value in, its JSON text (``str`` or UTF-8 ``bytes``) out.
 JSONEncoder = Callable[[Any], str | bytes]
@@ -35,8 +42,25 @@ def to_jsonable(value: object) -> Any:
 
 
 def _default_encoder(value: Any) -> str:
+    return _dumps(value, to_jsonable)
+
+
+def encode_by_alias(value: Any) -> str:
+    """The default encoder, but a Pydantic model is encoded by its fields' aliases, as FastAPI
+    sends a response model and names its fields in the OpenAPI document."""
+    return _dumps(value, _jsonable_by_alias)
+
+
+def _jsonable_by_alias(value: object) -> Any:
+    pydantic = sys.modules.get("pydantic")
+    if pydantic is not None and isinstance(value, pydantic.BaseModel):
+        return value.model_dump(mode="json", by_alias=True)
+    return to_jsonable(value)
+
+
+def _dumps(value: Any, default: Callable[[Any], Any]) -> str:
     return json.dumps(
-        value, ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=to_jsonable
+        value, ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=default
     )
 
 

@@ -17,7 +17,7 @@ import anyio
 import pytest
 from fastapi import APIRouter, Depends, FastAPI, Response
 from fastapi.responses import HTMLResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.requests import Request
 from support import browser
 
@@ -313,3 +313,46 @@ async def test_a_page_sees_the_ping_events_of_a_quiet_stream(
             pings = await page.wait_for("window.pings.length >= 2 && window.pings", within=15)
         await server.wait_ended(EndReason.CLIENT_DISCONNECTED)
     assert pings[0] < pings[1]
+
+
+class Aliased(BaseModel):
+    tick_number: int = Field(alias="tickNumber")
+    inner: Tick
+
+
+async def test_a_models_items_are_sent_as_the_openapi_document_describes_them(
+    anyio_backend: str,
+) -> None:
+    # By alias, as FastAPI sends its own generators' items and as the schema names them.
+    app = FastAPI()
+    app.router.route_class = StreamingRoute
+    item = Aliased(tickNumber=1, inner=Tick(n=2, at=0.5))
+
+    @app.get("/events", response_class=EventSourceResponse)
+    async def events() -> AsyncIterator[Aliased]:
+        yield item
+
+    @app.get("/rows", response_class=NDJSONResponse)
+    async def rows() -> AsyncIterator[Aliased]:
+        yield item
+
+    def by_name(value: Any) -> str:
+        return str(value.model_dump_json())
+
+    @app.get("/named", response_class=NDJSONResponse.with_options(json_encoder=by_name))
+    async def named() -> AsyncIterator[Aliased]:
+        yield item
+
+    async with open_server(app) as server:
+        async with open_stream(server, "/events") as client:
+            event = json.loads((await client.read_event()).data)
+        async with open_stream(server, "/rows") as client:
+            row = await client.read_item()
+        async with open_stream(server, "/named") as client:
+            named_row = await client.read_item()  # the user's encoder encodes as it will
+        async with open_stream(server, "/openapi.json") as client:
+            document = json.loads(await client.read_all())
+    described = document["components"]["schemas"]["Aliased"]["properties"]
+    assert set(event) == set(row) == set(described) == {"tickNumber", "inner"}
+    assert event == row == {"tickNumber": 1, "inner": {"n": 2, "at": 0.5}}
+    assert named_row == {"tick_number": 1, "inner": {"n": 2, "at": 0.5}}
