@@ -1,6 +1,7 @@
 """A FastAPI app with a mounted :class:`streamkit.App` and a generator path operation whose
 dependency holds a resource, run as a real process behind a root path (a proxy's prefix):
-uvicorn, and the hypercorn command on asyncio and trio. Its OpenAPI document names the root
+uvicorn, gunicorn with two uvicorn workers (no root path: it has no option for one), and
+the hypercorn command on asyncio and trio. Its OpenAPI document names the root
 path and the App's routes. The dependency's resource is closed once, after the generator's
 cleanup, whether its client leaves, stops reading or the server shuts down; on SIGTERM both
 streams send their farewell, and FastAPI runs the App's lifespan to its end.
@@ -142,6 +143,9 @@ def command(server: str) -> list[str]:
             "--root-path",
             ROOT_PATH,
         ]
+    if server == "gunicorn":  # two of uvicorn's workers; gunicorn has no root path option
+        worker = ["-k", "uvicorn_worker.UvicornWorker", "-w", "2", "--no-control-socket"]
+        return [*python, "gunicorn", *worker, "-b", f"{bind}:0", "service:api"]
     backend = server.split("-")[1]
     return [
         *python,
@@ -158,19 +162,21 @@ def command(server: str) -> list[str]:
     ]
 
 
-SERVERS = ["uvicorn", "hypercorn-asyncio", "hypercorn-trio"]
-LISTENING = re.compile(r"[Rr]unning on http://127\.0\.0\.1:(\d+)")
+SERVERS = ["uvicorn", "gunicorn", "hypercorn-asyncio", "hypercorn-trio"]
+#: The modules each server needs.
+MODULES = {"gunicorn": ("gunicorn", "uvicorn_worker")}
+LISTENING = re.compile(r"(?:[Rr]unning on|Listening at:) http://127\.0\.0\.1:(\d+)")
 
 
 @pytest.fixture(params=SERVERS)
 def server(request: pytest.FixtureRequest) -> str:
     chosen: str = request.param
-    module = chosen.split("-")[0]
-    if importlib.util.find_spec(module) is None:
-        message = f"{module} is not installed: pip install -e '.[test]'"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    for module in MODULES.get(chosen, (chosen.split("-")[0],)):
+        if importlib.util.find_spec(module) is None:
+            message = f"{module} is not installed: pip install -e '.[test]'"
+            if os.environ.get("CI"):
+                pytest.fail(message)
+            pytest.skip(message)
     return chosen
 
 
@@ -273,7 +279,7 @@ async def test_shutdown_drains_a_mounted_app_and_a_generator_path_operation_behi
     # What the proxy forwards: uvicorn adds the root path to the path the proxy stripped it
     # from; hypercorn takes the path whole, as ASGI has it (stripped, Starlette's Mount would
     # not find the App's routes).
-    forwarded = "" if server == "uvicorn" else ROOT_PATH
+    forwarded = "" if server in ("uvicorn", "gunicorn") else ROOT_PATH
     async with running(server, tmp_path) as service:
         async with open_stream(service, f"{forwarded}/openapi.json") as client:
             document = json.loads(await client.read_all())
@@ -300,7 +306,7 @@ async def test_shutdown_drains_a_mounted_app_and_a_generator_path_operation_behi
             with anyio.fail_after(5):
                 farewells = [await farewell(mounted), await farewell(generated)]
         exited = await service.wait_line("lifespan ended", within=EXIT_BOUND)
-    assert document["servers"] == [{"url": ROOT_PATH}]
+    assert document.get("servers") == (None if server == "gunicorn" else [{"url": ROOT_PATH}])
     assert set(document["paths"]) == {"/streams/ticks/{name}", "/generated/{name}"}
     printed = service.printed()
     for name, reason in [
@@ -313,9 +319,10 @@ async def test_shutdown_drains_a_mounted_app_and_a_generator_path_operation_behi
         assert cleaned < printed.index(f"session closed {name}"), printed
         assert f"end {name} {reason}" in printed
     assert {"end mounted shutdown", "cleaned mounted"} <= set(printed)
-    # The App's lifespan ran once, and ended after its streams.
+    # The App's lifespan ran (once in each worker), and ended after its streams.
     assert printed[0] == "lifespan started"
     assert printed[-1] == "lifespan ended"
+    assert printed.count("lifespan started") == printed.count("lifespan ended")
     latest = max(farewells) - signalled
     with capsys.disabled():
         ended = exited - signalled
