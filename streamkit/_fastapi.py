@@ -239,6 +239,16 @@ def _item_type(endpoint: StreamEndpoint) -> Any:
     return Any
 
 
+def _sent_as_described(item_type: Any) -> bool:
+    """Whether an App, which sends a model by its fields' names, sends *item_type* as the
+    components describe it, by its fields' aliases: whether no model in it has an alias."""
+    from pydantic import TypeAdapter
+
+    adapter = TypeAdapter(list[item_type])
+    by_name = adapter.json_schema(mode="serialization", by_alias=False)
+    return by_name == adapter.json_schema(mode="serialization", by_alias=True)
+
+
 def _documenting(path: str, item_type: Any) -> Callable[..., Any]:
     """A generator function with *path*'s parameters, yielding *item_type*, that stands for an
     App route in FastAPI's OpenAPI document; it is never called."""
@@ -268,7 +278,9 @@ def mount_app(api: FastAPI, path: str, app: App, *, name: str | None = None) -> 
 
     Each stream route is described as :class:`StreamingRoute` describes a path operation,
     with the item type its handler names: the ``AsyncIterator[Item]`` a generator returns, or
-    the ``StreamSender[Item]`` a producer takes. The description is a route placed after the
+    the ``StreamSender[Item]`` a producer takes. An item holding a Pydantic model with an
+    alias is described without its schema: the App sends a model by its fields' names, the
+    schema FastAPI keeps names their aliases. The description is a route placed after the
     mount, which the mount always matches first: the App serves every request.
 
     FastAPI must still run the App's lifespan: ``FastAPI(lifespan=app.lifespan)``.
@@ -300,11 +312,14 @@ def mount_app(api: FastAPI, path: str, app: App, *, name: str | None = None) -> 
             response_class = type(
                 response_class.__name__, (response_class,), {"media_type": media_type}
             )
+        item_type = _item_type(endpoint)
+        if item_type is not Any and not _sent_as_described(item_type):
+            item_type = Any  # no item schema rather than a wrong one
         for method in sorted(endpoint.route.methods):  # one each: FastAPI's operation ids
             api.router.routes.append(
                 StreamingRoute(
                     full_path,
-                    _documenting(full_path, _item_type(endpoint)),
+                    _documenting(full_path, item_type),
                     response_class=response_class,
                     methods=[method],
                     name=endpoint.route.name,

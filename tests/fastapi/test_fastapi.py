@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from fastapi import APIRouter, FastAPI
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -208,3 +208,42 @@ def test_mount_app_refuses_what_it_cannot_mount_naming_it(
         mount_app(*arguments)
     if isinstance(api, FastAPI):
         assert api.router.routes == before  # nothing mounted
+
+
+class Aliased(BaseModel):
+    tick_number: int = Field(alias="tickNumber")
+
+
+class Holding(BaseModel):
+    ticks: list[Aliased]
+
+
+def test_mount_app_leaves_out_the_schema_of_items_an_app_sends_unlike_it() -> None:
+    # An App sends a model by its field names; the schema FastAPI keeps in the components
+    # names the aliases. No item schema is better than a wrong one.
+    streams = App()
+
+    @streams.ndjson("/aliased")
+    async def aliased(request: Request) -> AsyncIterator[Aliased]:
+        yield Aliased(tickNumber=1)
+
+    @streams.sse("/holding")
+    async def holding(request: Request) -> AsyncIterator[Holding]:
+        yield Holding(ticks=[])
+
+    @streams.ndjson("/plain")
+    async def plain(request: Request) -> AsyncIterator[Tick]:
+        yield Tick(n=1)
+
+    api = FastAPI(lifespan=streams.lifespan)
+    mount_app(api, "/streams", streams)
+    document = api.openapi()
+    aliased_content = responses(document, "/streams/aliased")["200"]["content"]
+    assert aliased_content == {"application/x-ndjson": {"schema": {"type": "string"}}}
+    holding_content = responses(document, "/streams/holding")["200"]["content"]
+    data = holding_content["text/event-stream"]["itemSchema"]["properties"]["data"]
+    assert "contentSchema" not in data
+    plain_content = responses(document, "/streams/plain")["200"]["content"]
+    assert plain_content["application/x-ndjson"]["itemSchema"] == {
+        "$ref": "#/components/schemas/Tick"
+    }
