@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Callable
-from typing import Any, get_args, get_origin
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import aclosing
+from typing import TYPE_CHECKING, Any, get_args, get_origin
 
 from fastapi import FastAPI
 from fastapi.dependencies.utils import get_stream_item_type, get_typed_annotation
+from fastapi.exceptions import ResponseValidationError
 from fastapi.routing import APIRoute
 from fastapi.utils import create_model_field
 from starlette.responses import Response
@@ -20,7 +22,10 @@ from ._json import encode_by_alias
 from ._responses import EventSourceResponse, NDJSONResponse, StreamResponse
 from ._routes import StreamEndpoint
 from ._sender import StreamSender
-from ._sse import ServerSentEvent
+from ._sse import ServerSentEvent, event_from_item
+
+if TYPE_CHECKING:
+    from fastapi._compat import ModelField  # what create_model_field makes
 
 __all__ = ["StreamingRoute", "mount_app"]
 
@@ -60,9 +65,11 @@ def _responding(
     endpoint: Callable[..., Any],
     response_class: type[StreamResponse[Any]],
     status_code: int | None,
+    item_field: ModelField | None,
 ) -> Callable[..., Any]:
     """An async function taking *endpoint*'s parameters that returns its generator as a
-    *response_class* response, for FastAPI to send as it is.
+    *response_class* response, for FastAPI to send as it is; its items validated and
+    serialized by *item_field*, if given (see :func:`_as_declared`).
 
     Sent as FastAPI sends its own generator path operations: with the route's *status_code*,
     or the one set on the injected ``Response`` (by a dependency), and that ``Response``'s
@@ -87,6 +94,9 @@ def _responding(
         )
         status = sub_response.status_code or status_code
         content = endpoint(*args, **kwargs)
+        if item_field is not None:
+            events = issubclass(response_class, EventSourceResponse)
+            content = _as_declared(content, item_field, events=events)
         response = (
             response_class(content)
             if status is None
@@ -109,6 +119,35 @@ def _responding(
     return respond
 
 
+async def _as_declared(
+    generator: AsyncGenerator[Any, None], field: ModelField, *, events: bool
+) -> AsyncGenerator[Any, None]:
+    """*generator*'s items as FastAPI sends its own generators' items: validated as the
+    declared type and serialized as it (by alias, without what it does not declare: a
+    subclass's fields, a dict's other keys). An event stream's events (a ServerSentEvent, a
+    dict of event fields) are sent as they are.
+
+    Closing this generator closes *generator*, wherever it waits, so its cleanup runs then.
+
+    :raises ResponseValidationError: an item is not of the declared type.
+    """
+    async with aclosing(generator):
+        async for item in generator:
+            if events and (isinstance(item, ServerSentEvent) or _is_event_dict(item)):
+                yield item
+                continue
+            value, errors = field.validate(item, {}, loc=("response",))
+            if errors:
+                raise ResponseValidationError(errors=errors, body=item)
+            data = field.serialize(value, mode="json", by_alias=True)
+            # Data for certain: a model with fields named as an event's is no event.
+            yield ServerSentEvent(data=data) if events else data
+
+
+def _is_event_dict(item: object) -> bool:
+    return isinstance(item, dict) and event_from_item(item).data is not item
+
+
 def _is_response(annotation: object) -> bool:
     return isinstance(annotation, type) and issubclass(annotation, Response)
 
@@ -124,6 +163,12 @@ class StreamingRoute(APIRoute):
 
     The stream's options are the response class's: ``response_class=EventSourceResponse``, or
     ``EventSourceResponse.with_options(heartbeat_interval=5.0, on_end=...)`` for others.
+
+    Where the generator's return annotation names its items (``AsyncIterator[Tick]``), each
+    item is validated and serialized as that type, as FastAPI sends its own generators'
+    items (by alias, leaving out what the type does not declare); one that is not a ``Tick``
+    ends the stream with FastAPI's ``ResponseValidationError``. An event stream's events
+    (a :class:`~streamkit.ServerSentEvent`, a dict of event fields) are sent as they are.
 
     In the OpenAPI document, the route's items are described as ``itemSchema`` where the
     generator's return annotation names them (``AsyncIterator[Tick]``): for an event stream,
@@ -149,15 +194,22 @@ class StreamingRoute(APIRoute):
                 f"a {response_class.__name__} needs an async generator (async def ... yield)"
             )
         streaming = response_class is not None and inspect.isasyncgenfunction(endpoint)
+        documented = False
         if streaming:
             assert response_class is not None
             item_type = get_stream_item_type(_signature(endpoint).return_annotation)
-            endpoint = _responding(endpoint, response_class, kwargs.get("status_code"))
+            documented = item_type not in (None, Any, ServerSentEvent, str)
+            # The items are sent as the declared type, as FastAPI sends its own generators'.
+            field = (
+                create_model_field(name="StreamItem", type_=item_type, mode="serialization")
+                if documented
+                else None
+            )
+            endpoint = _responding(endpoint, response_class, kwargs.get("status_code"), field)
         super().__init__(path, endpoint, **kwargs)
         if not streaming:
             return
         assert response_class is not None
-        documented = item_type not in (None, Any, ServerSentEvent, str)
         if documented:
             # Registered as the stream's item (an included router's copy of the route keeps
             # it too), so FastAPI puts the models it names in the components.

@@ -135,6 +135,20 @@ def fastapi_app(probe: Probe) -> FastAPI:
                 await anyio.sleep(0.01)
                 probe.cleaned.append("flood")
 
+    @app.get("/ticking", response_class=EventSourceResponse.with_options(heartbeat_interval=None))
+    async def ticking() -> AsyncIterator[Tick]:
+        # A declared item type: its items are validated and serialized on their way.
+        try:
+            while True:
+                probe.yielded += 1
+                if probe.yielded == 8:
+                    probe.flooding.set()
+                yield Tick(n=probe.yielded, at=0.5)
+        finally:
+            with shielded_cleanup(2.0):
+                await anyio.sleep(0.01)
+                probe.cleaned.append("ticking")
+
     def tagged(response: Response) -> None:
         response.headers["x-tag"] = "tagged"
         response.set_cookie("seen", "1")
@@ -264,7 +278,7 @@ async def test_an_item_that_cannot_be_encoded_ends_the_stream_cleanly_naming_it(
 
 
 @pytest.mark.parametrize("leave", ["close", "reset"])
-@pytest.mark.parametrize("where", ["waiting", "flood"])
+@pytest.mark.parametrize("where", ["waiting", "flood", "ticking"])
 async def test_a_client_leaving_a_generator_path_operation_closes_it_in_bound(
     anyio_backend: str, where: str, leave: str
 ) -> None:
@@ -336,11 +350,15 @@ async def test_a_models_items_are_sent_as_the_openapi_document_describes_them(
     async def rows() -> AsyncIterator[Aliased]:
         yield item
 
-    def by_name(value: Any) -> str:
-        return str(value.model_dump_json())
+    def wrapping(value: Any) -> str:
+        return json.dumps({"encoded": value})
 
-    @app.get("/named", response_class=NDJSONResponse.with_options(json_encoder=by_name))
-    async def named() -> AsyncIterator[Aliased]:
+    @app.get("/wrapped", response_class=NDJSONResponse.with_options(json_encoder=wrapping))
+    async def wrapped() -> AsyncIterator[Aliased]:
+        yield item
+
+    @app.get("/undeclared", response_class=NDJSONResponse)
+    async def undeclared() -> AsyncIterator[Any]:
         yield item
 
     async with open_server(app) as server:
@@ -348,11 +366,60 @@ async def test_a_models_items_are_sent_as_the_openapi_document_describes_them(
             event = json.loads((await client.read_event()).data)
         async with open_stream(server, "/rows") as client:
             row = await client.read_item()
-        async with open_stream(server, "/named") as client:
-            named_row = await client.read_item()  # the user's encoder encodes as it will
+        async with open_stream(server, "/wrapped") as client:
+            encoded = await client.read_item()  # the user's encoder encodes it
+        async with open_stream(server, "/undeclared") as client:
+            undeclared = await client.read_item()
         async with open_stream(server, "/openapi.json") as client:
             document = json.loads(await client.read_all())
     described = document["components"]["schemas"]["Aliased"]["properties"]
     assert set(event) == set(row) == set(described) == {"tickNumber", "inner"}
     assert event == row == {"tickNumber": 1, "inner": {"n": 2, "at": 0.5}}
-    assert named_row == {"tick_number": 1, "inner": {"n": 2, "at": 0.5}}
+    assert encoded == {"encoded": row}
+    assert undeclared == row
+
+
+class Public(BaseModel):
+    name: str
+
+
+class Stored(Public):
+    password: str
+
+
+async def test_items_are_sent_as_their_declared_type_leaving_out_what_it_does_not_declare(
+    anyio_backend: str,
+) -> None:
+    # As FastAPI filters a response model, and its own generators' items: a subclass's fields
+    # and a dict's other keys are not sent. An item that is not one ends the stream.
+    app = FastAPI()
+    app.router.route_class = StreamingRoute
+
+    @app.get("/events", response_class=EventSourceResponse)
+    async def events() -> AsyncIterator[Public]:
+        # Dicts too, as FastAPI takes them (not a Public to mypy).
+        yield Stored(name="a", password="secret")
+        yield {"event": "named", "data": "as it is"}  # type: ignore[misc]  # an event
+        yield {"name": "b", "password": "secret"}  # type: ignore[misc]
+
+    @app.get("/rows", response_class=NDJSONResponse)
+    async def rows() -> AsyncIterator[Public]:
+        yield Stored(name="a", password="secret")
+        yield {"name": "b", "password": "secret"}  # type: ignore[misc]
+        yield {"password": "secret"}  # type: ignore[misc]  # not a Public: no name
+
+    async with open_server(app) as server:
+        async with open_stream(server, "/events") as client:
+            sent = [await client.read_event() for _ in range(3)]
+        await server.wait_ended(EndReason.COMPLETED)
+        async with open_stream(server, "/rows") as client:
+            rows_sent = [await client.read_item() for _ in range(2)]
+            assert await client.read_all() == b""
+        end = await server.wait_ended(EndReason.ERROR)
+    assert [(event.event, event.data) for event in sent] == [
+        (None, '{"name":"a"}'),
+        ("named", "as it is"),
+        (None, '{"name":"b"}'),
+    ]
+    assert rows_sent == [{"name": "a"}, {"name": "b"}]
+    assert type(end.exception).__name__ == "ResponseValidationError"
