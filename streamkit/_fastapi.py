@@ -66,10 +66,12 @@ def _responding(
     response_class: type[StreamResponse[Any]],
     status_code: int | None,
     item_field: ModelField | None,
+    serialization: dict[str, Any],
 ) -> Callable[..., Any]:
     """An async function taking *endpoint*'s parameters that returns its generator as a
     *response_class* response, for FastAPI to send as it is; its items validated and
-    serialized by *item_field*, if given (see :func:`_as_declared`).
+    serialized by *item_field*, if given, with *serialization*'s options (see
+    :func:`_as_declared`).
 
     Sent as FastAPI sends its own generator path operations: with the route's *status_code*,
     or the one set on the injected ``Response`` (by a dependency), and that ``Response``'s
@@ -96,7 +98,7 @@ def _responding(
         content = endpoint(*args, **kwargs)
         if item_field is not None:
             events = issubclass(response_class, EventSourceResponse)
-            content = _as_declared(content, item_field, events=events)
+            content = _as_declared(content, item_field, serialization, events=events)
         response = (
             response_class(content)
             if status is None
@@ -120,12 +122,17 @@ def _responding(
 
 
 async def _as_declared(
-    generator: AsyncGenerator[Any, None], field: ModelField, *, events: bool
+    generator: AsyncGenerator[Any, None],
+    field: ModelField,
+    serialization: dict[str, Any],
+    *,
+    events: bool,
 ) -> AsyncGenerator[Any, None]:
     """*generator*'s items as FastAPI sends its own generators' items: validated as the
     declared type and serialized as it (by alias, without what it does not declare: a
     subclass's fields, a dict's other keys). An event stream's events (a ServerSentEvent, a
-    dict of event fields) are sent as they are.
+    dict of event fields) are sent as they are. *serialization* holds the route's
+    ``response_model_*`` options (``exclude_none``, ``by_alias``, ...) as FastAPI applies them.
 
     Closing this generator closes *generator*, wherever it waits, so its cleanup runs then.
 
@@ -139,9 +146,20 @@ async def _as_declared(
             value, errors = field.validate(item, {}, loc=("response",))
             if errors:
                 raise ResponseValidationError(errors=errors, body=item)
-            data = field.serialize(value, mode="json", by_alias=True)
+            data = field.serialize(value, mode="json", **serialization)
             # Data for certain: a model with fields named as an event's is no event.
             yield ServerSentEvent(data=data) if events else data
+
+
+#: The route's ``response_model_*`` options FastAPI serializes its generators' items with.
+_SERIALIZATION = (
+    "include",
+    "exclude",
+    "by_alias",
+    "exclude_unset",
+    "exclude_defaults",
+    "exclude_none",
+)
 
 
 def _is_event_dict(item: object) -> bool:
@@ -205,7 +223,14 @@ class StreamingRoute(APIRoute):
                 if documented
                 else None
             )
-            endpoint = _responding(endpoint, response_class, kwargs.get("status_code"), field)
+            serialization = {
+                option: kwargs[f"response_model_{option}"]
+                for option in _SERIALIZATION
+                if f"response_model_{option}" in kwargs
+            }
+            endpoint = _responding(
+                endpoint, response_class, kwargs.get("status_code"), field, serialization
+            )
         super().__init__(path, endpoint, **kwargs)
         if not streaming:
             return

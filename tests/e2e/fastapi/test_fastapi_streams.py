@@ -387,6 +387,10 @@ class Stored(Public):
     password: str
 
 
+class Sparse(Public):
+    nickname: str | None = None
+
+
 async def test_items_are_sent_as_their_declared_type_leaving_out_what_it_does_not_declare(
     anyio_backend: str,
 ) -> None:
@@ -402,6 +406,10 @@ async def test_items_are_sent_as_their_declared_type_leaving_out_what_it_does_no
         yield {"event": "named", "data": "as it is"}  # type: ignore[misc]  # an event
         yield {"name": "b", "password": "secret"}  # type: ignore[misc]
 
+    @app.get("/sparse", response_class=NDJSONResponse, response_model_exclude_none=True)
+    async def sparse() -> AsyncIterator[Sparse]:
+        yield Sparse(name="a")
+
     @app.get("/rows", response_class=NDJSONResponse)
     async def rows() -> AsyncIterator[Public]:
         yield Stored(name="a", password="secret")
@@ -411,6 +419,9 @@ async def test_items_are_sent_as_their_declared_type_leaving_out_what_it_does_no
     async with open_server(app) as server:
         async with open_stream(server, "/events") as client:
             sent = [await client.read_event() for _ in range(3)]
+        await server.wait_ended(EndReason.COMPLETED)
+        async with open_stream(server, "/sparse") as client:
+            sparse_sent = await client.read_item()  # the route's response_model_ options
         await server.wait_ended(EndReason.COMPLETED)
         async with open_stream(server, "/rows") as client:
             rows_sent = [await client.read_item() for _ in range(2)]
@@ -422,4 +433,5 @@ async def test_items_are_sent_as_their_declared_type_leaving_out_what_it_does_no
         (None, '{"name":"b"}'),
     ]
     assert rows_sent == [{"name": "a"}, {"name": "b"}]
+    assert sparse_sent == {"name": "a"}
     assert type(end.exception).__name__ == "ResponseValidationError"
