@@ -217,10 +217,12 @@ class StreamingRoute(APIRoute):
             assert response_class is not None
             item_type = get_stream_item_type(_signature(endpoint).return_annotation)
             documented = item_type not in (None, Any, ServerSentEvent, str)
-            # The items are sent as the declared type, as FastAPI sends its own generators'.
+            # The items of a JSON stream are sent as the declared type, as FastAPI sends its
+            # own generators'; a bytes stream's are its bytes.
+            json_items = issubclass(response_class, EventSourceResponse | NDJSONResponse)
             field = (
                 create_model_field(name="StreamItem", type_=item_type, mode="serialization")
-                if documented
+                if documented and json_items
                 else None
             )
             serialization = {

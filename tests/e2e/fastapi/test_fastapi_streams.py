@@ -27,6 +27,7 @@ from streamkit import (
     EventSourceResponse,
     NDJSONResponse,
     ServerSentEvent,
+    StreamResponse,
     StreamSender,
     shielded_cleanup,
 )
@@ -406,6 +407,10 @@ async def test_items_are_sent_as_their_declared_type_leaving_out_what_it_does_no
         yield {"event": "named", "data": "as it is"}  # type: ignore[misc]  # an event
         yield {"name": "b", "password": "secret"}  # type: ignore[misc]
 
+    @app.get("/bytes", response_class=StreamResponse)
+    async def raw() -> AsyncIterator[bytes]:
+        yield b"\xff\x00"  # bytes are sent as they are: no JSON, no validation
+
     @app.get("/sparse", response_class=NDJSONResponse, response_model_exclude_none=True)
     async def sparse() -> AsyncIterator[Sparse]:
         yield Sparse(name="a")
@@ -419,6 +424,9 @@ async def test_items_are_sent_as_their_declared_type_leaving_out_what_it_does_no
     async with open_server(app) as server:
         async with open_stream(server, "/events") as client:
             sent = [await client.read_event() for _ in range(3)]
+        await server.wait_ended(EndReason.COMPLETED)
+        async with open_stream(server, "/bytes") as client:
+            assert await client.read_all() == b"\xff\x00"
         await server.wait_ended(EndReason.COMPLETED)
         async with open_stream(server, "/sparse") as client:
             sparse_sent = await client.read_item()  # the route's response_model_ options
