@@ -183,10 +183,11 @@ class StreamingRoute(APIRoute):
     ``EventSourceResponse.with_options(heartbeat_interval=5.0, on_end=...)`` for others.
 
     Where the generator's return annotation names its items (``AsyncIterator[Tick]``), each
-    item is validated and serialized as that type, as FastAPI sends its own generators'
-    items (by alias, leaving out what the type does not declare); one that is not a ``Tick``
-    ends the stream with FastAPI's ``ResponseValidationError``. An event stream's events
-    (a :class:`~streamkit.ServerSentEvent`, a dict of event fields) are sent as they are.
+    item of an event or NDJSON stream is validated and serialized as that type, as FastAPI
+    sends its own generators' items (by alias, leaving out what the type does not declare);
+    one that is not a ``Tick`` ends the stream with FastAPI's ``ResponseValidationError``.
+    An event stream's events (a :class:`~streamkit.ServerSentEvent`, a dict of event fields)
+    are sent as they are.
 
     In the OpenAPI document, the route's items are described as ``itemSchema`` where the
     generator's return annotation names them (``AsyncIterator[Tick]``): for an event stream,
