@@ -469,21 +469,20 @@ class _Stream(Generic[ItemT]):
                     await sender(item)
         except Exception as exc:
             failure = exc
-            if not self.decide(EndReason.ERROR, exc):
-                logger.error(
-                    "stream %s: producer raised after the stream had ended (%s)",
-                    printable(self.path),
-                    self.reason.value if self.reason else "?",
-                    exc_info=exc,
-                )
-        except (KeyboardInterrupt, SystemExit) as exc:
-            # Python's word that the process must stop. The stream ends as an error, and the
-            # process is stopped once that is reported (see run()).
-            failure = self._fatal = exc
-            self.decide(EndReason.ERROR, exc)
+            self._fail(exc)
         except BaseException as exc:
-            failure = exc  # a cancellation: a transaction entered through send rolls back
-            if self.cancelled and _cancelled_during_cancellation(exc, self._cancelled):
+            failure = exc  # a transaction entered through send rolls back
+            if not _only(exc, self._cancelled):
+                # Not the loop's cancellation alone: KeyboardInterrupt, a GeneratorExit
+                # raised by hand, another loop's cancellation, a group holding one of them or
+                # an error beside a cancellation. What failed is reported as any error is.
+                cancelled = self.cancelled
+                self._fail(exc)
+                if cancelled or not _holds(exc, self._cancelled):
+                    return  # the cancellation held, if any, is the stream's own: done with
+                # A cancellation from outside the stream (the server's) rides with it:
+                # raised on, not swallowed.
+            elif self.cancelled and _cancelled_during_cancellation(exc, self._cancelled):
                 report_fault(
                     f"stream {printable(self.path)}: producer {self.producer_name()} awaited "
                     "in its cleanup after the stream was cancelled, and that await was cancelled "
@@ -513,6 +512,21 @@ class _Stream(Generic[ItemT]):
             # The failure's traceback holds this frame, which holds the failure: a cycle that
             # only the garbage collector would free, and with it every frame of the stream.
             failure = None
+
+    def _fail(self, exc: BaseException) -> None:
+        """The producer raised *exc*, no cancellation of the stream's: end the stream as an
+        error, or log it if the end was decided already."""
+        if _holds(exc, (KeyboardInterrupt, SystemExit)):
+            # Python's word that the process must stop, even inside a group. The stream ends
+            # as an error, and the process is stopped once that is reported (see deliver()).
+            self._fatal = exc
+        if not self.decide(EndReason.ERROR, exc):
+            logger.error(
+                "stream %s: producer raised after the stream had ended (%s)",
+                printable(self.path),
+                self.reason.value if self.reason else "?",
+                exc_info=exc,
+            )
 
     def producer_name(self) -> str:
         """The producer's qualified name, for a log line."""
@@ -835,6 +849,22 @@ def _exc_info(
     exc: BaseException | None,
 ) -> tuple[type[BaseException], BaseException, TracebackType | None] | tuple[None, None, None]:
     return (type(exc), exc, exc.__traceback__) if exc is not None else (None, None, None)
+
+
+def _holds(
+    exc: BaseException, kinds: type[BaseException] | tuple[type[BaseException], ...]
+) -> bool:
+    """Whether *exc* is one of *kinds*, or a group holding one at any depth."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(kinds)[0] is not None
+    return isinstance(exc, kinds)
+
+
+def _only(exc: BaseException, kind: type[BaseException]) -> bool:
+    """Whether *exc* is a *kind*, or a group holding nothing else."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(kind)[1] is None
+    return isinstance(exc, kind)
 
 
 def _cancelled_during_cancellation(exc: BaseException, cancelled: type[BaseException]) -> bool:

@@ -228,6 +228,8 @@ async def serve(
     :raises TypeError: *tls* is not a :class:`~streamkit.TLSConfig`.
     :raises KeyboardInterrupt: a producer raised it; the server stopped gracefully first.
     :raises SystemExit: a producer raised it; the server stopped gracefully first.
+    :raises BaseExceptionGroup: a producer raised one holding a ``KeyboardInterrupt`` or
+        ``SystemExit``, raised as it came; the server stopped gracefully first.
     :raises Exception: what escaped a task of an :class:`~streamkit.App`'s task group (as
         an exception group); the server stopped gracefully first.
     """

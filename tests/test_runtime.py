@@ -4,7 +4,9 @@ real servers are in ``tests/e2e/test_runtime.py``."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import logging
 import types
 from collections.abc import AsyncIterable, Awaitable, Callable
 from contextvars import ContextVar
@@ -13,6 +15,7 @@ from typing import Any
 
 import anyio
 import pytest
+import sniffio
 from starlette.types import Message
 from support.bodies import Body
 
@@ -534,3 +537,125 @@ async def test_a_stream_leaves_no_reference_cycle_for_the_collector(
         gc.enable()
     assert body.end.reason is reason
     assert left == []
+
+
+# -- careless producers ---------------------------------------------------------------------
+
+
+async def test_a_producer_whose_own_task_group_refuses_cancellation_is_abandoned(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The producer's body waits in its task group's exit for a child that swallows every
+    # cancellation: the stream is reported ended cleanup_timeout after the client left.
+    release = anyio.Event()
+
+    async def stubborn_child() -> None:
+        while not release.is_set():
+            try:
+                await anyio.sleep(0.01)
+            except anyio.get_cancelled_exc_class():
+                pass
+
+    async def fan_out(send: StreamSender[str]) -> None:
+        await send("first")
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(stubborn_child)
+
+    ended = anyio.Event()
+    body = Body(fan_out, StreamOptions(cleanup_timeout=0.1))
+    body.ends = ReportingList(ended)
+    connection = FakeConnection(disconnect_after_body=1)
+    with caplog.at_level(logging.WARNING, logger="streamkit"):
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(partial(connection.run, partial(deliver, body)))
+            try:
+                with anyio.fail_after(2):
+                    await ended.wait()
+            finally:
+                release.set()
+    assert body.end.reason is EndReason.CLIENT_DISCONNECTED
+    assert body.end.duration >= 0.1
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "fan_out refuses cancellation" in warning
+
+
+def _foreign_cancellation() -> BaseException:
+    """The cancellation class of the loop that is not running (trio's cannot be made)."""
+    if sniffio.current_async_library() == "trio":
+        return asyncio.CancelledError()
+    pytest.skip("trio.Cancelled cannot be raised outside trio")
+
+
+@pytest.mark.parametrize(
+    "raised",
+    [
+        lambda: GeneratorExit(),
+        lambda: StopAsyncIteration(),
+        lambda: ExceptionGroup("upstream", [ValueError("bad")]),
+        lambda: BaseExceptionGroup("upstream", [ValueError("bad"), GeneratorExit()]),
+        _foreign_cancellation,
+    ],
+    ids=["GeneratorExit", "StopAsyncIteration", "ExceptionGroup", "BaseExceptionGroup", "foreign"],
+)
+async def test_what_a_producer_raises_that_is_no_cancellation_ends_it_as_an_error(
+    raised: Callable[[], BaseException],
+) -> None:
+    # Not Exception, but not the loop's cancellation either (a GeneratorExit raised by hand,
+    # asyncio's CancelledError on trio): an error like any other, with its frame and the end
+    # of the body, not a cancellation raised out of the stream as if the server had cancelled it.
+    exception = raised()
+
+    async def produce(send: StreamSender[str]) -> None:
+        await send("x")
+        raise exception
+
+    body = Body(produce)
+    connection = FakeConnection()
+    await connection.run(partial(deliver, body), within=2)
+    assert body.end.reason is EndReason.ERROR
+    assert body.end.exception is exception
+    assert connection.body == b"x|<error>"
+    assert connection.complete
+
+
+async def test_an_error_beside_a_cancellation_from_outside_is_reported_and_raised_on(
+    anyio_backend_name: str,
+) -> None:
+    # A group holding an error and a cancellation the stream did not make (the server's, as
+    # it tears the connection down): the error is the stream's end, and the cancellation is
+    # not swallowed with it.
+    if anyio_backend_name != "asyncio":
+        pytest.skip("trio.Cancelled cannot be made by hand")
+    group = BaseExceptionGroup("fan-out", [ValueError("bad"), asyncio.CancelledError()])
+
+    async def produce(send: StreamSender[str]) -> None:
+        await send("x")
+        raise group
+
+    body = Body(produce)
+    with pytest.raises(BaseExceptionGroup) as caught:
+        await FakeConnection().run(partial(deliver, body), within=2)
+    assert caught.value.split(asyncio.CancelledError)[0] is not None
+    assert body.end.reason is EndReason.ERROR
+    assert body.end.exception is group
+
+
+async def test_a_keyboard_interrupt_in_a_nested_group_stops_as_one_alone_does() -> None:
+    # A task group of the producer's own wraps it, twice: Python's word that the process must
+    # stop all the same. The stream ends as an error, and the group is raised on, untouched.
+    interrupt = KeyboardInterrupt()
+    group = BaseExceptionGroup("outer", [ValueError("v"), BaseExceptionGroup("inner", [interrupt])])
+
+    async def produce(send: StreamSender[str]) -> None:
+        await send("x")
+        raise group
+
+    body = Body(produce)
+    connection = FakeConnection()
+    with pytest.raises(BaseExceptionGroup) as caught:
+        await connection.run(partial(deliver, body), within=2)
+    assert caught.value is group
+    assert body.end.reason is EndReason.ERROR
+    assert body.end.exception is group
+    assert connection.body == b"x|<error>"
+    assert connection.complete

@@ -191,7 +191,8 @@ async def open_server(
     listening = _Listening()
     serve_error: Exception | None = None  # what serve() raised: a bad option, a failed lifespan
     failure: BaseException | None = None
-    fatal: BaseException | None = None  # a KeyboardInterrupt or SystemExit serve() raised
+    fatal: BaseException | None = None  # a KeyboardInterrupt or SystemExit serve() raised,
+    # or a group holding one
     # The server stops the graceful way even when the block is cancelled (a deadline around
     # it passed): cancelled with a connection open, hypercorn's asyncio worker raises an error
     # of its own that would hide the block's. Cancelled only if it does not stop in time.
@@ -216,6 +217,12 @@ async def open_server(
             except (KeyboardInterrupt, SystemExit) as exc:
                 # Raised again past the task group: on asyncio, raised out of a task, it
                 # would break out of the event loop itself.
+                fatal = exc
+                task_group.cancel_scope.cancel()
+            except BaseExceptionGroup as exc:
+                # A producer's group holding one of them, which serve() raises as it came.
+                if exc.split((KeyboardInterrupt, SystemExit))[0] is None:
+                    raise
                 fatal = exc
                 task_group.cancel_scope.cancel()
             except Exception as exc:

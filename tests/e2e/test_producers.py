@@ -237,17 +237,24 @@ async def test_a_producer_refusing_cancellation_is_abandoned_after_cleanup_timeo
     assert any("stubborn_producer" in w and "refuses cancellation" in w for w in warnings)
 
 
+@pytest.mark.parametrize("grouped", [False, True], ids=["alone", "in_a_nested_group"])
 @pytest.mark.parametrize("fatal", [SystemExit, KeyboardInterrupt])
 async def test_system_exit_in_a_producer_ends_its_stream_as_an_error_then_stops_the_server(
-    fatal: type[BaseException],
+    fatal: type[BaseException], grouped: bool
 ) -> None:
     """Python's meaning: the process must stop. The stream that raised ends as an error (the
     error event, then the end of the body); the others drain with their farewell; then the
-    server stops and serve() raises the exception itself, unwrapped, for the process to end."""
+    server stops and serve() raises the exception itself, unwrapped, for the process to end.
+    Raised inside a group (a task group of the producer's own, in another), the same, and
+    the group is what is raised."""
+    raised: BaseException = fatal(3)
+    if grouped:
+        inner = BaseExceptionGroup("inner", [raised])
+        raised = BaseExceptionGroup("outer", [ValueError("beside it"), inner])
 
     async def fatal_producer(send: StreamSender[Any]) -> None:
         await send("one")
-        raise fatal(3)
+        raise raised
 
     async def quiet(send: StreamSender[Any]) -> None:
         await send("waiting")
@@ -274,13 +281,48 @@ async def test_system_exit_in_a_producer_ends_its_stream_as_an_error_then_stops_
                     assert bystander.complete
                     await anyio.sleep_forever()  # the server's stop cancels the block
 
-    with pytest.raises(fatal) as caught:
+    with pytest.raises((fatal, BaseExceptionGroup)) as caught:
         await serve_until_stopped()
-    assert type(caught.value) is fatal
+    assert caught.value is raised
     events, farewell = seen["events"], seen["farewell"]
     assert [event.data for event in events] == ["one", ""]
     assert events[-1].event == "error"
     assert farewell[-1].event == "shutdown"
     by_reason = {end.reason: end for end in servers[0].streams.recent_ends()}
-    assert isinstance(by_reason[EndReason.ERROR].exception, fatal)
+    assert by_reason[EndReason.ERROR].exception is raised
     assert EndReason.SHUTDOWN in by_reason
+
+
+@pytest.mark.parametrize(
+    "raised",
+    [
+        lambda: GeneratorExit(),
+        lambda: BaseExceptionGroup("fan-out", [ValueError("bad"), GeneratorExit()]),
+    ],
+    ids=["GeneratorExit", "BaseExceptionGroup"],
+)
+async def test_a_producer_raising_what_is_no_exception_nor_cancellation_ends_with_an_error(
+    raised: Callable[[], BaseException],
+) -> None:
+    """Neither an Exception nor the loop's cancellation: the client still gets the error event
+    and the end of the body, the server keeps serving, and the end says ERROR."""
+    exception = raised()
+
+    async def careless(send: StreamSender[Any]) -> None:
+        await send("one")
+        raise exception
+
+    async def route(request: Request) -> Response:
+        return EventSourceResponse(careless)
+
+    async with open_server(app_for(route)) as server:
+        async with open_stream(server, "/stream") as client:
+            with anyio.fail_after(5):
+                events = [event async for event in client.events()]
+            assert client.complete
+        end = await server.wait_ended(EndReason.ERROR)
+        async with open_stream(server, "/stream") as again:  # the server still serves
+            assert (await again.read_event()).data == "one"
+    assert [event.data for event in events] == ["one", ""]
+    assert events[-1].event == "error"
+    assert end.exception is exception
