@@ -350,8 +350,14 @@ class _Stream(Generic[ItemT]):
         # Offering first spares a coroutine per item (about half the cost of queueing one).
         # It never yields, so the writer takes all that is queued in one write; a producer
         # that never awaits otherwise still yields (and is cancelled) once the buffer is full.
-        if not self.buffer.offer(frame):
-            await self.buffer.put(frame)
+        try:
+            if not self.buffer.offer(frame):
+                await self.buffer.put(frame)
+        except anyio.ClosedResourceError:
+            # A send kept past the end (by a task the producer left behind): said in words.
+            raise anyio.ClosedResourceError(
+                f"stream {printable(self.path)} has ended; its send takes no more items"
+            ) from None
 
     def frame_sink(self) -> FrameSink[ItemT]:
         """Where a fan-out that hands one encoding of an event to every subscriber's stream
@@ -509,6 +515,8 @@ class _Stream(Generic[ItemT]):
                         # ignored.
                         await self._close(partial(stack.__aexit__, *_exc_info(failure)))
                 self._cleanup_duration = self._clock() - started
+            # What is entered through send from now on would never be exited: refused.
+            sender._ended = f"stream {printable(self.path)} has ended"
             # The failure's traceback holds this frame, which holds the failure: a cycle that
             # only the garbage collector would free, and with it every frame of the stream.
             failure = None

@@ -129,10 +129,13 @@ class StreamSender(Generic[ItemT_contra]):
     and shielded from cancellation for up to ``cleanup_timeout``.
     """
 
-    __slots__ = ("_resources", "_stream")
+    __slots__ = ("_ended", "_resources", "_stream")
 
     def __init__(self, stream: _Queue[ItemT_contra]) -> None:
         self._stream = stream
+        # Set by the stream once its cleanup has run ("stream /feed has ended"): a resource
+        # entered after that would never be exited.
+        self._ended: str | None = None
         # Made by the first resource entered: most producers enter none, and every open
         # stream would hold an empty one.
         self._resources: AsyncExitStack | None = None
@@ -178,14 +181,26 @@ class StreamSender(Generic[ItemT_contra]):
         return self._stream.discarded_last_event_id
 
     async def enter_async_context(self, manager: AbstractAsyncContextManager[T]) -> T:
-        """Enter *manager* now and exit it when the stream ends, shielded."""
-        return await self._exit_stack().enter_async_context(manager)
+        """Enter *manager* now and exit it when the stream ends, shielded.
+
+        :raises RuntimeError: the stream's cleanup has run (a task kept this sender past the
+            producer's end); *manager* is not entered.
+        """
+        return await self._exit_stack("enter_async_context").enter_async_context(manager)
 
     def push_async_callback(self, callback: Callable[..., Awaitable[object]], *args: Any) -> None:
-        """Await ``callback(*args)`` when the stream ends, shielded (last pushed, first run)."""
-        self._exit_stack().push_async_callback(callback, *args)
+        """Await ``callback(*args)`` when the stream ends, shielded (last pushed, first run).
 
-    def _exit_stack(self) -> AsyncExitStack:
+        :raises RuntimeError: the stream's cleanup has run, and *callback* would never be.
+        """
+        self._exit_stack("push_async_callback").push_async_callback(callback, *args)
+
+    def _exit_stack(self, method: str) -> AsyncExitStack:
+        if self._ended is not None:
+            raise RuntimeError(
+                f"{self._ended} and its cleanup has run: send.{method}() after that would "
+                "never be exited; enter resources from the producer while it runs"
+            )
         if self._resources is None:
             self._resources = AsyncExitStack()
         return self._resources

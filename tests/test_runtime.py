@@ -5,10 +5,11 @@ real servers are in ``tests/e2e/test_runtime.py``."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import types
-from collections.abc import AsyncIterable, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
 from functools import partial
 from typing import Any
@@ -659,3 +660,37 @@ async def test_a_keyboard_interrupt_in_a_nested_group_stops_as_one_alone_does() 
     assert body.end.exception is group
     assert connection.body == b"x|<error>"
     assert connection.complete
+
+
+async def test_a_send_kept_past_the_end_refuses_items_and_resources_naming_the_stream() -> None:
+    # A task that outlives the producer with its send: nothing it sends or enters is lost
+    # without a word, and nothing is entered that no one would exit.
+    kept: list[StreamSender[str]] = []
+    entered: list[str] = []
+
+    async def produce(send: StreamSender[str]) -> None:
+        kept.append(send)
+        await send("x")
+
+    @contextlib.asynccontextmanager
+    async def resource() -> AsyncIterator[None]:
+        entered.append("entered")
+        yield
+
+    async def callback() -> None:
+        entered.append("called")
+
+    body = Body(produce)
+    connection = FakeConnection("/feed")
+    await connection.run(partial(deliver, body), within=2)
+    (send,) = kept
+    with pytest.raises(anyio.ClosedResourceError, match="stream /feed has ended"):
+        await send("late")
+    with pytest.raises(RuntimeError, match="stream /feed has ended"):
+        await send.enter_async_context(resource())
+    with pytest.raises(RuntimeError, match="stream /feed has ended"):
+        send.push_async_callback(callback)
+    send.end(EndReason.SHUTDOWN)  # documented: no effect once the end was decided
+    assert entered == []
+    assert body.end.reason is EndReason.COMPLETED
+    assert connection.body == b"x|"
