@@ -326,3 +326,57 @@ async def test_a_producer_raising_what_is_no_exception_nor_cancellation_ends_wit
     assert [event.data for event in events] == ["one", ""]
     assert events[-1].event == "error"
     assert end.exception is exception
+
+
+async def test_a_producer_whose_own_task_refuses_cancellation_holds_no_other_stream(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The refusal is in a task of the producer's own task group: at a graceful shutdown the
+    stream is still reported ended cleanup_timeout later, its producer named; another stream
+    drains with its farewell meanwhile, and the server stops once the task gives in."""
+    release = anyio.Event()
+
+    async def stubborn_child() -> None:
+        while not release.is_set():
+            try:
+                await anyio.sleep(0.01)
+            except anyio.get_cancelled_exc_class():
+                pass
+
+    async def fan_out(send: StreamSender[Any]) -> None:
+        await send("first")
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(stubborn_child)
+
+    async def quiet(send: StreamSender[Any]) -> None:
+        await send("waiting")
+        await anyio.sleep_forever()
+
+    async def route(request: Request) -> Response:
+        if request.query_params.get("stubborn"):
+            return EventSourceResponse(fan_out, cleanup_timeout=0.2)
+        return EventSourceResponse(quiet)
+
+    with caplog.at_level(logging.WARNING, logger="streamkit"):
+        async with open_server(app_for(route), grace_period=3.0) as server:
+            async with (
+                anyio.create_task_group() as task_group,
+                open_stream(server, "/stream") as bystander,
+                open_stream(server, "/stream?stubborn=1") as client,
+            ):
+                await bystander.read_event()
+                await client.read_event()
+                task_group.start_soon(server.shutdown)
+                try:
+                    with anyio.fail_after(2.5):
+                        farewell = [event.event async for event in bystander.events()]
+                        ends = [await server.wait_ended(EndReason.SHUTDOWN) for _ in range(2)]
+                finally:
+                    release.set()
+                with anyio.fail_after(3):
+                    await server.stopped.wait()
+    assert farewell[-1] == "shutdown"
+    assert bystander.complete
+    assert max(end.duration for end in ends) >= 0.2
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("fan_out refuses cancellation" in w for w in warnings), warnings
