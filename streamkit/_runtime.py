@@ -548,6 +548,14 @@ class _Stream(Generic[ItemT]):
             await aclose()
         except Exception as exc:
             logger.error("stream %s: cleanup raised", printable(self.path), exc_info=exc)
+        except BaseException as exc:
+            if _only(exc, self._cancelled):
+                raise  # the cleanup's own deadline, for its shield to take
+            # A KeyboardInterrupt from a generator's finally, say: logged as any cleanup
+            # error, and the process stopped as when the producer raises it (see deliver()).
+            logger.error("stream %s: cleanup raised", printable(self.path), exc_info=exc)
+            if self._fatal is None and _holds(exc, (KeyboardInterrupt, SystemExit)):
+                self._fatal = exc
 
     # -- the tasks beside the producer --------------------------------------------------------
 

@@ -694,3 +694,67 @@ async def test_a_send_kept_past_the_end_refuses_items_and_resources_naming_the_s
     assert entered == []
     assert body.end.reason is EndReason.COMPLETED
     assert connection.body == b"x|"
+
+
+def _closing_generator(how: str, closed: list[str]) -> Callable[[], AsyncIterator[str]]:
+    """An async generator that never awaits, so a stream's end finds it at a ``yield`` and
+    closes it with ``aclose()``; *how* its closing goes wrong."""
+
+    async def items() -> AsyncIterator[str]:
+        try:
+            while True:
+                yield "x"
+        except GeneratorExit:
+            closed.append("GeneratorExit")
+            if how == "yields":
+                yield "after GeneratorExit"
+            raise
+        finally:
+            if how == "raises":
+                closed.append("finally")
+                raise ValueError("closing failed")
+            if how == "interrupted":
+                closed.append("finally")
+                raise KeyboardInterrupt
+
+    return items
+
+
+@pytest.mark.parametrize(
+    ("how", "logged"),
+    [("yields", "ignored GeneratorExit"), ("raises", "closing failed")],
+)
+async def test_an_async_generator_whose_closing_fails_is_closed_once_and_logged_once(
+    how: str, logged: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    closed: list[str] = []
+    body = Body(_closing_generator(how, closed)())
+    connection = FakeConnection("/feed", disconnect_after_body=1)
+    with caplog.at_level(logging.WARNING, logger="streamkit"):
+        await connection.run(partial(deliver, body), within=2)
+    assert body.end.reason is EndReason.CLIENT_DISCONNECTED
+    assert closed.count("GeneratorExit") == 1
+    (record,) = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert record.getMessage() == "stream /feed: cleanup raised"
+    assert record.exc_info is not None
+    assert logged in str(record.exc_info[1])
+
+
+async def test_a_keyboard_interrupt_from_an_async_generators_closing_stops_as_from_its_body(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Raised by the generator's finally as the stream closes it: Python's word that the
+    # process must stop, as when the generator raises it while it runs. The end stays what
+    # it was (a cleanup's error does not change it), and the interrupt is raised on, alone.
+    closed: list[str] = []
+    body = Body(_closing_generator("interrupted", closed)())
+    connection = FakeConnection("/feed", disconnect_after_body=1)
+    with (
+        caplog.at_level(logging.WARNING, logger="streamkit"),
+        pytest.raises(KeyboardInterrupt),
+    ):
+        await connection.run(partial(deliver, body), within=2)
+    assert closed == ["GeneratorExit", "finally"]
+    assert body.end.reason is EndReason.CLIENT_DISCONNECTED
+    (record,) = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert record.getMessage() == "stream /feed: cleanup raised"

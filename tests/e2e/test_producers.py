@@ -4,7 +4,7 @@ trio: each stream still ends within a stated bound, says why, and leaves nothing
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
@@ -380,3 +380,37 @@ async def test_a_producer_whose_own_task_refuses_cancellation_holds_no_other_str
     assert max(end.duration for end in ends) >= 0.2
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("fan_out refuses cancellation" in w for w in warnings), warnings
+
+
+async def test_a_keyboard_interrupt_from_an_async_generators_closing_stops_the_server() -> None:
+    """Raised by the generator's finally as the stream closes it, after the client left: the
+    server stops gracefully and raises it, as when a producer raises it."""
+    closing = anyio.Event()
+
+    async def items() -> AsyncIterator[str]:
+        try:
+            while True:
+                yield "x"  # never awaits: the stream's end finds it here, and closes it
+        finally:
+            closing.set()
+            raise KeyboardInterrupt
+
+    async def route(request: Request) -> Response:
+        return EventSourceResponse(items(), buffer_size=1)
+
+    servers: list[LiveServer] = []
+
+    async def leave_then_wait() -> None:
+        with anyio.fail_after(10):
+            async with open_server(app_for(route), grace_period=3.0) as server:
+                servers.append(server)
+                async with open_stream(server, "/stream") as client:
+                    await client.read_event()
+                    await client.reset()
+                await closing.wait()
+                await anyio.sleep_forever()  # the server's stop cancels the block
+
+    with pytest.raises(KeyboardInterrupt):
+        await leave_then_wait()
+    (end,) = servers[0].streams.recent_ends()
+    assert end.reason is EndReason.CLIENT_DISCONNECTED
