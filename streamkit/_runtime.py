@@ -100,6 +100,10 @@ _ABANDONING = frozenset({EndReason.CLIENT_DISCONNECTED, EndReason.SEND_TIMEOUT})
 #: claims: h11 takes "HTTP/1.9" and "HTTP/2.0" alike, and the scope says what the client wrote.
 _MULTIPLEXED = frozenset({"2", "3"})
 
+#: A send timer that runs this many seconds past its time says the loop was held (a producer
+#: blocked it), not that the write under way was: that write is timed again from then on.
+LOOP_HELD = 0.25
+
 #: With heartbeats off, a stream silent this long still writes its heartbeat frame: while a
 #: pipelined request waits, hypercorn stops reading the socket, and a client that left is
 #: then noticed only by a write that fails (the second after it left).
@@ -713,8 +717,17 @@ class _Stream(Generic[ItemT]):
         if since is None or timeout is None:
             return
         due = since + timeout
-        if self._clock() < due:
+        now = self._clock()
+        if now < due:
             self._send_timer = self._call_at(due, self._time_send)
+            return
+        if now - due > LOOP_HELD:
+            # The timer runs this late only if the loop ran nothing meanwhile (a producer
+            # that called time.sleep(), say): the write could not finish, whatever its client
+            # did, and its completion waits behind this callback. Timed from now instead, so
+            # one held loop does not give up every client that was being written to.
+            self._pending_since = now
+            self._send_timer = self._call_at(now + timeout, self._time_send)
             return
         self.decide(EndReason.SEND_TIMEOUT)
         self._abandon_sender()

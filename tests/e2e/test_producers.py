@@ -4,6 +4,7 @@ trio: each stream still ends within a stated bound, says why, and leaves nothing
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -414,3 +415,72 @@ async def test_a_keyboard_interrupt_from_an_async_generators_closing_stops_the_s
         await leave_then_wait()
     (end,) = servers[0].streams.recent_ends()
     assert end.reason is EndReason.CLIENT_DISCONNECTED
+
+
+async def test_a_producer_that_blocks_the_loop_leaves_no_send_timeout_behind_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A producer that calls time.sleep() holds every stream of the process: a write that
+    was under way then could not finish, through no fault of its client. Once the loop runs
+    again, the streams go on; none is given up as a stalled client, its connection aborted."""
+    blocked = anyio.Event()
+
+    async def bulk(send: StreamSender[bytes]) -> None:
+        chunk = b"x" * (1 << 20)  # a write is under way, its client reading, when the loop stops
+        while True:
+            await send(chunk)
+
+    async def beating(send: StreamSender[Any]) -> None:
+        await send("hello")
+        await anyio.sleep_forever()
+
+    async def blocking(send: StreamSender[Any]) -> None:
+        await send("before")
+        await anyio.sleep(0.2)  # the bulk stream's writes are under way
+        time.sleep(1.5)  # noqa: ASYNC251  (the careless producer under test)
+        blocked.set()
+        await send("after")
+        await anyio.sleep_forever()
+
+    async def route(request: Request) -> Response:
+        kind = request.query_params.get("kind")
+        if kind == "bulk":
+            return StreamResponse(bulk, send_timeout=0.5)
+        if kind == "beating":
+            return EventSourceResponse(beating, send_timeout=0.5, heartbeat_interval=0.1)
+        return EventSourceResponse(blocking, send_timeout=0.5)
+
+    read_after_block = 0
+    read_enough = anyio.Event()  # 8 MiB more of the bulk stream after the loop ran again
+
+    async def read_bulk(client: Any) -> None:
+        nonlocal read_after_block
+        while (chunk := await client.receive_chunk()) is not None:
+            if blocked.is_set():
+                read_after_block += len(chunk)
+                if read_after_block >= 8 << 20:
+                    read_enough.set()
+
+    with caplog.at_level(logging.INFO, logger="streamkit"):
+        async with (
+            open_server(app_for(route)) as server,
+            open_stream(server, "/stream?kind=bulk") as bulk_client,
+            open_stream(server, "/stream?kind=beating") as beating_client,
+            open_stream(server, "/stream?kind=blocking") as blocking_client,
+            anyio.create_task_group() as task_group,
+        ):
+            task_group.start_soon(read_bulk, bulk_client)
+            await beating_client.read_event()
+            await blocking_client.read_event()
+            with anyio.fail_after(5):
+                await blocked.wait()
+                assert (await blocking_client.read_event()).data == "after"
+                # Longer than the send timeout: the bulk stream's writes go on, heartbeats too.
+                for _ in range(10):
+                    heartbeat = await beating_client.receive_chunk()
+                    assert heartbeat is not None
+                    assert heartbeat.startswith(b": ping")
+                await read_enough.wait()
+            assert [end.reason for end in server.streams.recent_ends()] == []
+            task_group.cancel_scope.cancel()
+    assert not [r for r in caplog.records if "send_timeout" in r.getMessage()]
