@@ -758,3 +758,42 @@ async def test_a_keyboard_interrupt_from_an_async_generators_closing_stops_as_fr
     assert body.end.reason is EndReason.CLIENT_DISCONNECTED
     (record,) = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert record.getMessage() == "stream /feed: cleanup raised"
+
+
+class YieldingConnection(WatchedConnection):
+    """A watched connection whose every write yields to the loop before it completes."""
+
+    async def send(self, message: Message) -> None:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await anyio.lowlevel.checkpoint()
+            await FakeConnection.send(self, message)
+        finally:
+            self.in_flight -= 1
+
+
+async def test_two_tasks_sending_at_once_write_one_at_a_time_each_in_its_order() -> None:
+    # A producer that hands its send to two tasks of its own: their writes, each yielding on
+    # the way, never overlap, and every item is written once, whole.
+    async def one_task(tag: str, send: StreamSender[str]) -> None:
+        for number in range(100):
+            await send(f"{tag}{number}")
+            if number % 3:
+                await anyio.lowlevel.checkpoint()
+
+    async def produce(send: StreamSender[str]) -> None:
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(one_task, "a", send)
+            task_group.start_soon(one_task, "b", send)
+
+    body = Body(produce, StreamOptions(buffer_size=2))
+    connection = YieldingConnection()
+    await connection.run(partial(deliver, body))
+    items = connection.body.decode().split("|")
+    assert items.pop() == ""
+    for tag in "ab":
+        assert [item for item in items if item[0] == tag] == [f"{tag}{n}" for n in range(100)]
+    assert len(items) == 200
+    assert connection.most_in_flight == 1
+    assert connection.complete
