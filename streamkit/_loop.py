@@ -28,7 +28,9 @@ such module, for serving), because they differ in what the runtime must know:
   asyncio has ``call_at``; trio has no callbacks, so one system task per run keeps the timers
   of all its streams;
 - which exception a cancellation is (``asyncio.CancelledError``, ``trio.Cancelled``): every
-  stream that a cancellation ends asks, a thousand at once when as many clients leave;
+  stream that a cancellation ends asks, a thousand at once when as many clients leave; and,
+  for one the stream did not make, whether a cancel made it (on asyncio, a future cancelled
+  elsewhere raises it in a task that nothing cancels);
 - whether the calling thread runs a loop at all, for a plain function that must be called
   in it (``MemoryBroker.publish_nowait``): sniffio looks for a task, and an asyncio callback
   runs in none.
@@ -50,7 +52,15 @@ import sniffio
 
 from ._buffer import Waitable
 
-__all__ = ["TIMERS_TASK", "LoopFacts", "Timer", "Turns", "in_loop_thread", "loop_facts"]
+__all__ = [
+    "TIMERS_TASK",
+    "LoopFacts",
+    "Timer",
+    "Turns",
+    "cancellation_asked",
+    "in_loop_thread",
+    "loop_facts",
+]
 
 logger = logging.getLogger("streamkit")
 
@@ -167,6 +177,17 @@ def loop_facts() -> LoopFacts:
 
 
 _asyncio_facts: LoopFacts | None = None  # of the asyncio loop that started a stream last
+
+
+def cancellation_asked() -> bool:
+    """Whether a cancellation was asked of the calling task: whether the loop's cancellation
+    exception it is handling came from a cancel. On asyncio, a ``CancelledError`` is also what
+    awaiting a future that something else cancelled raises, or one raised by hand, in a task
+    nothing cancels; on trio, ``Cancelled`` cannot be made but by a cancel."""
+    if sniffio.current_async_library() == "trio":
+        return True
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0
 
 
 def in_loop_thread() -> bool:

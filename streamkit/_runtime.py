@@ -35,7 +35,7 @@ from ._buffer import FrameBuffer
 from ._connections import abort_connection_soon
 from ._ends import EndReason, StreamEnd
 from ._faults import report_fault
-from ._loop import Timer, loop_facts
+from ._loop import Timer, cancellation_asked, loop_facts
 from ._options import StreamOptions
 from ._registry import ActiveStream, StreamRegistry, current_registry
 from ._sender import FrameSink, Producer, ShieldedCleanup, StreamSender
@@ -482,14 +482,15 @@ class _Stream(Generic[ItemT]):
             self._fail(exc)
         except BaseException as exc:
             failure = exc  # a transaction entered through send rolls back
-            if not _only(exc, self._cancelled):
-                # Not the loop's cancellation alone: KeyboardInterrupt, a GeneratorExit
-                # raised by hand, another loop's cancellation, a group holding one of them or
+            if not _only(exc, self._cancelled) or not (self.cancelled or cancellation_asked()):
+                # Not a cancellation of the stream or of its task: KeyboardInterrupt, a
+                # GeneratorExit raised by hand, another loop's cancellation, one that nothing
+                # asked for (a future cancelled elsewhere), a group holding one of them or
                 # an error beside a cancellation. What failed is reported as any error is.
                 cancelled = self.cancelled
                 self._fail(exc)
-                if cancelled or not _holds(exc, self._cancelled):
-                    return  # the cancellation held, if any, is the stream's own: done with
+                if cancelled or not _holds(exc, self._cancelled) or not cancellation_asked():
+                    return  # the cancellation held, if any, is the stream's own, or no one's
                 # A cancellation from outside the stream (the server's) rides with it:
                 # raised on, not swallowed.
             elif self.cancelled and _cancelled_during_cancellation(exc, self._cancelled):

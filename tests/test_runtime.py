@@ -619,6 +619,27 @@ async def test_what_a_producer_raises_that_is_no_cancellation_ends_it_as_an_erro
     assert connection.complete
 
 
+async def test_a_cancellation_nothing_asked_for_is_an_error(anyio_backend_name: str) -> None:
+    # An asyncio future that something else cancelled, awaited by the producer: its
+    # CancelledError is no cancellation of the stream nor of the server's, but an error.
+    if anyio_backend_name != "asyncio":
+        pytest.skip("trio.Cancelled cannot be made by hand")
+    cancelled_elsewhere: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    cancelled_elsewhere.cancel()
+
+    async def produce(send: StreamSender[str]) -> None:
+        await send("x")
+        await send(await cancelled_elsewhere)
+
+    body = Body(produce)
+    connection = FakeConnection()
+    await connection.run(partial(deliver, body), within=2)
+    assert body.end.reason is EndReason.ERROR
+    assert isinstance(body.end.exception, asyncio.CancelledError)
+    assert connection.body == b"x|<error>"
+    assert connection.complete
+
+
 async def test_an_error_beside_a_cancellation_from_outside_is_reported_and_raised_on(
     anyio_backend_name: str,
 ) -> None:
@@ -631,6 +652,9 @@ async def test_an_error_beside_a_cancellation_from_outside_is_reported_and_raise
 
     async def produce(send: StreamSender[str]) -> None:
         await send("x")
+        task = asyncio.current_task()
+        assert task is not None
+        task.cancel()  # what the server does as it tears the connection down
         raise group
 
     body = Body(produce)

@@ -3,6 +3,7 @@ trio: each stream still ends within a stated bound, says why, and leaves nothing
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -299,8 +300,11 @@ async def test_system_exit_in_a_producer_ends_its_stream_as_an_error_then_stops_
     [
         lambda: GeneratorExit(),
         lambda: BaseExceptionGroup("fan-out", [ValueError("bad"), GeneratorExit()]),
+        # Raised by hand, or by a future cancelled elsewhere: on trio, another loop's; on
+        # asyncio, one that nothing asked of the producer's task.
+        lambda: asyncio.CancelledError(),
     ],
-    ids=["GeneratorExit", "BaseExceptionGroup"],
+    ids=["GeneratorExit", "BaseExceptionGroup", "CancelledError"],
 )
 async def test_a_producer_raising_what_is_no_exception_nor_cancellation_ends_with_an_error(
     raised: Callable[[], BaseException],
