@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import time
 import types
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
@@ -22,7 +23,7 @@ from support.bodies import Body
 
 import streamkit._runtime
 from streamkit import EndReason, StreamOptions, StreamSender
-from streamkit._runtime import WRITES_UNASKED, StreamBody, deliver
+from streamkit._runtime import LOOP_HELD, WRITES_UNASKED, StreamBody, deliver
 from streamkit.testing import FakeConnection
 
 pytestmark = pytest.mark.anyio
@@ -821,3 +822,35 @@ async def test_two_tasks_sending_at_once_write_one_at_a_time_each_in_its_order()
     assert len(items) == 200
     assert connection.most_in_flight == 1
     assert connection.complete
+
+
+async def test_a_write_held_up_by_a_blocked_loop_is_not_given_up_as_a_stalled_client() -> None:
+    # A write is under way when a task blocks the loop for five send timeouts (longer than
+    # LOOP_HELD past the timer's time); the client
+    # takes the write as soon as the loop runs again (as a client in the same process does),
+    # but the send timer comes due first: the write is timed afresh, the stream goes on.
+    timeout = 0.1
+    assert timeout * 4 > LOOP_HELD
+    connection = WatchedConnection()
+    connection.gate = gate = anyio.Event()
+    release = anyio.Event()
+
+    async def produce(send: StreamSender[str]) -> None:
+        await send("held")
+        await send("after")
+        await release.wait()
+
+    body = Body(produce, StreamOptions(send_timeout=timeout, heartbeat_interval=None))
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(connection.run, partial(deliver, body))
+            await connection.waiting.wait()  # the first write is under way
+            time.sleep(timeout * 5)  # noqa: ASYNC251  (the careless producer's block)
+            await anyio.lowlevel.checkpoint()  # the timer's turn comes before the client's
+            gate.set()
+            while b"after" not in connection.body:
+                await anyio.lowlevel.checkpoint()
+            assert body.ends == []
+            release.set()
+    assert connection.body == b"held|after|"
+    assert body.end.reason is EndReason.COMPLETED
