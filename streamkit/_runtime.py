@@ -124,6 +124,7 @@ class _Stream(Generic[ItemT]):
         "_clock",
         "_completing",
         "_deadline_timer",
+        "_excused_since",
         "_fatal",
         "_head_only",
         "_heartbeat_at",
@@ -231,6 +232,8 @@ class _Stream(Generic[ItemT]):
         self._completing = False
         self._send_timeout = options.send_timeout
         self._send_timer: Timer | None = None  # set while a write may be under way
+        # The write (by when it began) whose send timeout a held loop excused once.
+        self._excused_since: float | None = None
         interval = options.heartbeat_interval
         if interval is None:
             interval = PROBE_INTERVAL
@@ -722,12 +725,14 @@ class _Stream(Generic[ItemT]):
         if now < due:
             self._send_timer = self._call_at(due, self._time_send)
             return
-        if now - due > LOOP_HELD:
+        if now - due > LOOP_HELD and since != self._excused_since:
             # The timer runs this late only if the loop ran nothing meanwhile (a producer
             # that called time.sleep(), say): the write could not finish, whatever its client
             # did, and its completion waits behind this callback. Timed from now instead, so
-            # one held loop does not give up every client that was being written to.
-            self._pending_since = now
+            # one held loop does not give up every client that was being written to; once
+            # per write, so that a loop late at every timer (a server past its capacity)
+            # still gives a stalled client up, at twice the timeout.
+            self._pending_since = self._excused_since = now
             self._send_timer = self._call_at(now + timeout, self._time_send)
             return
         self.decide(EndReason.SEND_TIMEOUT)

@@ -854,3 +854,29 @@ async def test_a_write_held_up_by_a_blocked_loop_is_not_given_up_as_a_stalled_cl
             release.set()
     assert connection.body == b"held|after|"
     assert body.end.reason is EndReason.COMPLETED
+
+
+@pytest.mark.anyio
+async def test_a_write_that_a_held_loop_excused_once_is_given_up_when_late_again() -> None:
+    # A loop held at every timer's time (a server past its capacity) must not excuse a
+    # stalled write for ever: one write is timed afresh once, then given up.
+    timeout = 0.1
+    connection = WatchedConnection()
+    connection.gate = anyio.Event()  # never set: the client never takes the write
+
+    async def produce(send: StreamSender[str]) -> None:
+        await send("held")
+        await anyio.sleep_forever()
+
+    body = Body(produce, StreamOptions(send_timeout=timeout, heartbeat_interval=None))
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(connection.run, partial(deliver, body))
+            await connection.waiting.wait()  # the write is under way
+            for _ in range(6):
+                if body.ends:
+                    break
+                time.sleep(timeout * 5)  # noqa: ASYNC251  (the loop held past the timer's time)
+                await anyio.lowlevel.checkpoint()  # the timer runs, late every time
+            task_group.cancel_scope.cancel()
+    assert [end.reason for end in body.ends] == [EndReason.SEND_TIMEOUT]
