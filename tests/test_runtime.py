@@ -20,6 +20,7 @@ import pytest
 import sniffio
 from starlette.types import Message
 from support.bodies import Body
+from support.stubborn import fan_out_refusing
 
 import streamkit._runtime
 from streamkit import EndReason, StreamOptions, StreamSender
@@ -550,18 +551,7 @@ async def test_a_producer_whose_own_task_group_refuses_cancellation_is_abandoned
     # The producer's body waits in its task group's exit for a child that swallows every
     # cancellation: the stream is reported ended cleanup_timeout after the client left.
     release = anyio.Event()
-
-    async def stubborn_child() -> None:
-        while not release.is_set():
-            try:
-                await anyio.sleep(0.01)
-            except anyio.get_cancelled_exc_class():
-                pass
-
-    async def fan_out(send: StreamSender[str]) -> None:
-        await send("first")
-        async with anyio.create_task_group() as task_group:
-            task_group.start_soon(stubborn_child)
+    fan_out = fan_out_refusing(release)
 
     ended = anyio.Event()
     body = Body(fan_out, StreamOptions(cleanup_timeout=0.1))

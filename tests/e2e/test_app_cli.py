@@ -21,9 +21,9 @@ from pathlib import Path
 import anyio
 import httpx
 import pytest
-from anyio.abc import ByteReceiveStream, Process
-from anyio.streams.text import TextReceiveStream
+from anyio.abc import Process
 from support.certificates import Certificates
+from support.service_process import lines
 
 from streamkit import ServerAddress
 from streamkit.testing import open_stream
@@ -101,17 +101,6 @@ async def slow_cleanup(request, send):
 async def upload(request):
     return PlainTextResponse(str(len(await request.body())))
 """.replace("GRACE", repr(GRACE))
-
-
-async def lines(stream: ByteReceiveStream) -> AsyncIterator[str]:
-    """Whole lines: a read can end mid-line, and two workers' lines can share one read."""
-    pending = ""
-    async for chunk in TextReceiveStream(stream):
-        *complete, pending = (pending + chunk).split("\n")
-        for line in complete:
-            yield line
-    if pending:
-        yield pending
 
 
 class Service:

@@ -15,6 +15,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from support.stubborn import fan_out_refusing
 
 from streamkit import (
     EndReason,
@@ -340,18 +341,7 @@ async def test_a_producer_whose_own_task_refuses_cancellation_holds_no_other_str
     stream is still reported ended cleanup_timeout later, its producer named; another stream
     drains with its farewell meanwhile, and the server stops once the task gives in."""
     release = anyio.Event()
-
-    async def stubborn_child() -> None:
-        while not release.is_set():
-            try:
-                await anyio.sleep(0.01)
-            except anyio.get_cancelled_exc_class():
-                pass
-
-    async def fan_out(send: StreamSender[Any]) -> None:
-        await send("first")
-        async with anyio.create_task_group() as task_group:
-            task_group.start_soon(stubborn_child)
+    fan_out = fan_out_refusing(release)
 
     async def quiet(send: StreamSender[Any]) -> None:
         await send("waiting")

@@ -17,12 +17,10 @@ the measured figures (docs/deploying.md has them), for a loaded 2-core machine.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import os
 import re
 import signal
-import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -31,8 +29,8 @@ from pathlib import Path
 
 import anyio
 import pytest
-from anyio.abc import ByteReceiveStream, Process
-from anyio.streams.text import TextReceiveStream
+from support import service_process
+from support.service_process import Running
 
 from streamkit import ServerSentEvent
 from streamkit.testing import StreamClient, open_stream
@@ -264,8 +262,6 @@ SERVERS = [
     Server("streamkit-trio", "trio", ()),
 ]
 
-LISTENING = re.compile(r"(?:[Rr]unning on|Listening at:|serving on) http://127\.0\.0\.1:(\d+)")
-
 
 @pytest.fixture(params=SERVERS, ids=[server.name for server in SERVERS])
 def server(request: pytest.FixtureRequest) -> Server:
@@ -284,94 +280,12 @@ def anyio_backend(server: Server) -> str:
     return server.backend
 
 
-async def lines(stream: ByteReceiveStream) -> AsyncIterator[str]:
-    pending = ""
-    async for chunk in TextReceiveStream(stream):
-        *complete, pending = (pending + chunk).split("\n")
-        for line in complete:
-            yield line
-
-
-class Running:
-    """A server process, what it printed, and when."""
-
-    def __init__(self, process: Process) -> None:
-        self.process = process
-        self.host = "127.0.0.1"
-        self.port = 0
-        self.listening = anyio.Event()
-        self.stdout: list[tuple[float, str]] = []
-        self.stderr: list[str] = []
-        self._changed = anyio.Event()
-
-    async def read_stdout(self) -> None:
-        assert self.process.stdout is not None
-        async for line in lines(self.process.stdout):
-            self.stdout.append((anyio.current_time(), line))
-            self._changed.set()
-            self._changed = anyio.Event()
-
-    async def read_stderr(self) -> None:
-        assert self.process.stderr is not None
-        async for line in lines(self.process.stderr):
-            self.stderr.append(line)
-            found = LISTENING.search(line)
-            if found and not self.listening.is_set():
-                self.port = int(found[1])
-                self.listening.set()
-
-    async def wait_line(self, prefix: str, *, within: float = 5.0) -> float:
-        """When the first line starting with *prefix* was printed."""
-        with anyio.fail_after(within):
-            while True:
-                for at, line in self.stdout:
-                    if line.startswith(prefix):
-                        return at
-                await self._changed.wait()
-
-    def printed(self, prefix: str) -> list[str]:
-        return [line for _, line in self.stdout if line.startswith(prefix)]
-
-    def signal_and_time(self) -> float:
-        self.process.send_signal(signal.SIGTERM)
-        return anyio.current_time()
-
-    async def wait_exit(self, *, within: float) -> float:
-        with anyio.fail_after(within):
-            await self.process.wait()
-        return anyio.current_time()
-
-
 @asynccontextmanager
 async def running(command: list[str], tmp_path: Path) -> AsyncIterator[Running]:
-    (tmp_path / "service.py").write_text(SERVICE)
-    environment = os.environ | {"PYTHONUNBUFFERED": "1"}
-    process = await anyio.open_process(
-        command,
-        cwd=tmp_path,
-        env=environment,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        # A group of its own: whatever happens, no worker outlives the test (below).
-        start_new_session=True,
-    )
-    service = Running(process)
-    try:
-        async with anyio.create_task_group() as task_group:
-            task_group.start_soon(service.read_stdout)
-            task_group.start_soon(service.read_stderr)
-            with anyio.fail_after(START_BOUND):
-                await service.listening.wait()
-            yield service
-            with anyio.fail_after(GRACE + 10):
-                await process.wait()
-    finally:
-        # After a failure, hypercorn's workers would serve on without their parent.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        with anyio.CancelScope(shield=True):
-            await process.wait()
-        await process.aclose()
+    async with service_process.running(
+        command, tmp_path, SERVICE, start_within=START_BOUND, exit_within=GRACE + 10
+    ) as service:
+        yield service
 
 
 async def leave_then_see(service: Running, client: StreamClient, how: str, end: str) -> None:

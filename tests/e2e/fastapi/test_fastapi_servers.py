@@ -12,13 +12,10 @@ generous multiples of the measured figures for a loaded 2-core machine.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
 import os
-import re
 import signal
-import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -26,8 +23,8 @@ from pathlib import Path
 
 import anyio
 import pytest
-from anyio.abc import ByteReceiveStream, Process
-from anyio.streams.text import TextReceiveStream
+from support import service_process
+from support.service_process import Running
 
 from streamkit import ServerSentEvent
 from streamkit.testing import StreamClient, open_stream
@@ -165,7 +162,6 @@ def command(server: str) -> list[str]:
 SERVERS = ["uvicorn", "gunicorn", "hypercorn-asyncio", "hypercorn-trio"]
 #: The modules each server needs.
 MODULES = {"gunicorn": ("gunicorn", "uvicorn_worker")}
-LISTENING = re.compile(r"(?:[Rr]unning on|Listening at:) http://127\.0\.0\.1:(\d+)")
 
 
 @pytest.fixture(params=SERVERS)
@@ -185,81 +181,12 @@ def anyio_backend(server: str) -> str:
     return "trio" if server.endswith("trio") else "asyncio"
 
 
-class Running:
-    """The server process, its port, and the lines it printed, with when."""
-
-    def __init__(self, process: Process) -> None:
-        self.process = process
-        self.host = "127.0.0.1"
-        self.port = 0
-        self.listening = anyio.Event()
-        self.stdout: list[tuple[float, str]] = []
-        self.stderr: list[str] = []
-        self._changed = anyio.Event()
-
-    async def read_stdout(self) -> None:
-        assert self.process.stdout is not None
-        async for line in lines(self.process.stdout):
-            self.stdout.append((anyio.current_time(), line))
-            self._changed.set()
-            self._changed = anyio.Event()
-
-    async def read_stderr(self) -> None:
-        assert self.process.stderr is not None
-        async for line in lines(self.process.stderr):
-            self.stderr.append(line)
-            if (found := LISTENING.search(line)) and not self.listening.is_set():
-                self.port = int(found[1])
-                self.listening.set()
-
-    async def wait_line(self, line: str, *, within: float = 5.0) -> float:
-        """When *line* was printed."""
-        with anyio.fail_after(within):
-            while True:
-                for at, printed in self.stdout:
-                    if printed == line:
-                        return at
-                await self._changed.wait()
-
-    def printed(self) -> list[str]:
-        return [line for _, line in self.stdout]
-
-
-async def lines(stream: ByteReceiveStream) -> AsyncIterator[str]:
-    pending = ""
-    async for chunk in TextReceiveStream(stream):
-        *complete, pending = (pending + chunk).split("\n")
-        for line in complete:
-            yield line
-
-
 @asynccontextmanager
 async def running(server: str, tmp_path: Path) -> AsyncIterator[Running]:
-    (tmp_path / "service.py").write_text(SERVICE)
-    process = await anyio.open_process(
-        command(server),
-        cwd=tmp_path,
-        env=os.environ | {"PYTHONUNBUFFERED": "1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,  # a group of its own, killed whatever happens (below)
-    )
-    service = Running(process)
-    try:
-        async with anyio.create_task_group() as task_group:
-            task_group.start_soon(service.read_stdout)
-            task_group.start_soon(service.read_stderr)
-            with anyio.fail_after(START_BOUND):
-                await service.listening.wait()
-            yield service
-            with anyio.fail_after(EXIT_BOUND + 10):
-                await process.wait()
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        with anyio.CancelScope(shield=True):
-            await process.wait()
-        await process.aclose()
+    async with service_process.running(
+        command(server), tmp_path, SERVICE, start_within=START_BOUND, exit_within=EXIT_BOUND + 10
+    ) as service:
+        yield service
 
 
 async def farewell(client: StreamClient) -> float:
