@@ -21,6 +21,8 @@ import importlib.util
 import os
 import re
 import signal
+import socket
+import struct
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,12 +30,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
+import anyio.abc
 import pytest
 from support import service_process
 from support.service_process import Running
 
 from streamkit import ServerSentEvent
 from streamkit.testing import StreamClient, open_stream
+from streamkit.testing._client import connect
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
@@ -48,6 +52,8 @@ FAREWELL_BOUND = 0.1
 EXIT_BOUND = 2.0
 #: Starting means importing Python, the server and the service: slow on a loaded machine.
 START_BOUND = 30.0
+#: A request body larger than a stream route keeps unread and than the sockets' buffers.
+LARGE_BODY = 32 * 1024 * 1024
 
 SERVICE = """
 import os
@@ -201,6 +207,11 @@ app = streamkit.App(send_timeout=SEND_TIMEOUT, lifespan=lifespan)
 
 @app.sse("/events/{name}", on_end=on_end)
 async def app_events(request, send):
+    await producer(request)(send)
+
+
+@app.sse("/upload/{name}", methods=["POST"], on_end=on_end)
+async def app_upload(request, send):  # the body is never read
     await producer(request)(send)
 """.replace("SEND_TIMEOUT", repr(SEND_TIMEOUT))
 
@@ -390,6 +401,35 @@ async def test_the_behaviour_table_then_shutdown(
         print(f"\n{server.name}: farewell {farewell * 1000:.0f} ms, exit {exit_time:.2f} s")
     assert farewell < FAREWELL_BOUND
     assert exit_time < EXIT_BOUND
+
+
+@pytest.mark.parametrize("how", ["close", "reset"])
+async def test_an_app_route_that_leaves_a_large_body_unread_hears_the_client_leave(
+    server: Server, tmp_path: Path, how: str
+) -> None:
+    # The body is sent to its end (the route reads on, dropping what it did not begin to
+    # read), and the client leaving a quiet stream is heard within 1 s: the route used to stop
+    # reading past 64 KiB, and the server with it.
+    async with running(server.command("service:app"), tmp_path) as service:
+        body = bytes(LARGE_BODY)
+        head = (
+            f"POST /upload/{how}?period=0 HTTP/1.1\r\nhost: test\r\n"
+            f"content-length: {len(body)}\r\n\r\n"
+        )
+        async with await connect(service.host, service.port) as connection:
+            with anyio.fail_after(10):
+                await connection.send(head.encode() + body)
+                received = b""
+                while b"data: " not in received:
+                    received += await connection.receive()
+            if how == "reset":
+                raw = connection.extra(anyio.abc.SocketAttribute.raw_socket)
+                raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        left_at = anyio.current_time()
+        ended_at = await service.wait_line(f"end {how} ")
+        service.signal_and_time()
+    assert service.printed(f"end {how} ") == [f"end {how} client_disconnected cleanup=True"]
+    assert ended_at - left_at < 1.0
 
 
 async def test_shutdown_of_an_app_with_a_client_that_stopped_reading(
