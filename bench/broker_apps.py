@@ -19,7 +19,8 @@ Every app here answers the same three requests:
 :class:`~streamkit.broadcast.RedisBroker`, in a Starlette app. :func:`raw_app` is the
 baseline, a fan-out written by hand in plain ASGI (no Starlette, no streamkit), described in
 its docstring. Both are configured alike: no heartbeats, a send timeout of
-:data:`SEND_TIMEOUT`, at most :data:`SUBSCRIBER_BUFFER` events waiting per subscriber.
+:data:`SEND_TIMEOUT` unless told otherwise, at most :data:`SUBSCRIBER_BUFFER` events waiting
+per subscriber.
 """
 
 from __future__ import annotations
@@ -87,12 +88,19 @@ def _publish_options(query: dict[str, list[str]]) -> dict[str, Any]:
 # -- streamkit ----------------------------------------------------------------------------
 
 
-def streamkit_app(broker_kind: str, *, redis_url: str | None = None, key_prefix: str = "") -> Any:
+def streamkit_app(
+    broker_kind: str,
+    *,
+    redis_url: str | None = None,
+    key_prefix: str = "",
+    send_timeout: float = SEND_TIMEOUT,
+) -> Any:
     """A Starlette app serving :data:`TOPIC` with ``streamkit.broadcast.topic_response``.
 
     :param broker_kind: ``"memory"`` or ``"redis"``.
     :param redis_url: the Redis server, for ``"redis"``.
     :param key_prefix: the Redis key prefix; processes serving the same topic share it.
+    :param send_timeout: seconds a write to a subscriber may block.
     """
     from starlette.applications import Starlette
     from starlette.requests import Request
@@ -123,7 +131,7 @@ def streamkit_app(broker_kind: str, *, redis_url: str | None = None, key_prefix:
 
     async def events(request: Request) -> Response:
         return streamkit.broadcast.topic_response(
-            broker, TOPIC, heartbeat_interval=None, send_timeout=SEND_TIMEOUT
+            broker, TOPIC, heartbeat_interval=None, send_timeout=send_timeout
         )
 
     publish_one: Callable[[str], Awaitable[object]]
@@ -181,7 +189,7 @@ class RawFanOut:
     one write) and a watcher beside it ends the connection at the disconnect. A subscriber is
     dropped, its connection cancelled, when an event finds its queue full
     (:data:`SUBSCRIBER_BUFFER` frames) or its write blocked for more than
-    :data:`SEND_TIMEOUT`: the publisher looks at each subscriber anyway, so that costs one
+    its send timeout: the publisher looks at each subscriber anyway, so that costs one
     comparison rather than a timer per write.
 
     A publisher that wrote to each ``send`` itself, in turn, would be simpler still, but one
@@ -190,7 +198,8 @@ class RawFanOut:
     the connection.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, send_timeout: float = SEND_TIMEOUT) -> None:
+        self.send_timeout = send_timeout
         self.subscribers: set[_Subscriber] = set()
         self.published = 0
         self.delivered = 0
@@ -198,7 +207,7 @@ class RawFanOut:
 
     def publish(self, data: str) -> str:
         event_id, frame = self._encode(data)
-        stalled_since = time.monotonic() - SEND_TIMEOUT
+        stalled_since = time.monotonic() - self.send_timeout
         slow = []
         for subscriber in self.subscribers:
             frames = subscriber.frames
@@ -222,7 +231,7 @@ class RawFanOut:
             ids.append(event_id)
             burst.append(frame)
         room = SUBSCRIBER_BUFFER - len(burst)
-        stalled_since = time.monotonic() - SEND_TIMEOUT
+        stalled_since = time.monotonic() - self.send_timeout
         slow = []
         for subscriber in self.subscribers:
             frames = subscriber.frames
@@ -296,9 +305,9 @@ async def send_json(send: Send, status: int, body: object) -> None:
     await send({"type": "http.response.body", "body": data})
 
 
-def raw_app() -> ASGIApp:
+def raw_app(send_timeout: float = SEND_TIMEOUT) -> ASGIApp:
     """The baseline: :class:`RawFanOut` behind a plain ASGI router."""
-    fanout = RawFanOut()
+    fanout = RawFanOut(send_timeout)
 
     async def publish(data: str) -> None:
         fanout.publish(data)

@@ -6,8 +6,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .broker_apps import SEND_TIMEOUT
-
 __all__ = ["markdown"]
 
 BASELINE = "raw"
@@ -182,7 +180,8 @@ def _stall_table(results: dict[str, Any]) -> list[str]:
         f"### {first['stalled']} stalled subscribers among {first['subscribers']:,}",
         "",
         f"{first['rate']:g} events/s of {first['event_bytes'] // 1024} KiB for "
-        f"{results['plan']['stall_seconds']:g} s; the servers' send timeout is {SEND_TIMEOUT:g} s.",
+        f"{results['plan']['stall_seconds']:g} s; the servers' send timeout is "
+        f"{results['plan']['send_timeout']:g} s.",
         "",
         *_table(header, table),
         "",

@@ -26,7 +26,7 @@ import sys
 
 import anyio
 
-from .broker_apps import raw_app, send_json, streamkit_app
+from .broker_apps import SEND_TIMEOUT, raw_app, send_json, streamkit_app
 from .probe import ASGIApp, Collections, Receive, Scope, Send
 from .server import BACKLOG, GRACE_PERIOD, _config, raise_open_file_limit
 
@@ -71,13 +71,19 @@ async def _signalled() -> None:
             return
 
 
-async def serve(impl: str, backend: str, *, redis_url: str | None, key_prefix: str) -> None:
+async def serve(
+    impl: str, backend: str, *, redis_url: str | None, key_prefix: str, send_timeout: float
+) -> None:
     """Serve *impl* on the running backend until SIGTERM or SIGINT."""
     config = _config()
     if impl != "raw":
         import streamkit
 
-        app = with_collector(streamkit_app(impl, redis_url=redis_url, key_prefix=key_prefix))
+        app = with_collector(
+            streamkit_app(
+                impl, redis_url=redis_url, key_prefix=key_prefix, send_timeout=send_timeout
+            )
+        )
         async with anyio.create_task_group() as task_group:
             address = await task_group.start(
                 lambda task_status: streamkit.serve(
@@ -105,8 +111,9 @@ async def serve(impl: str, backend: str, *, redis_url: str | None, key_prefix: s
     else:
         from hypercorn.asyncio import serve as hypercorn_serve  # type: ignore[assignment]
     async with anyio.create_task_group() as task_group:
+        app = with_collector(raw_app(send_timeout))
         task_group.start_soon(
-            lambda: hypercorn_serve(with_collector(raw_app()), config, shutdown_trigger=_signalled)  # type: ignore[arg-type]
+            lambda: hypercorn_serve(app, config, shutdown_trigger=_signalled)  # type: ignore[arg-type]
         )
         _announce(port)
 
@@ -117,6 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--backend", required=True, choices=["asyncio", "trio"])
     parser.add_argument("--redis-url")
     parser.add_argument("--key-prefix", default="")
+    parser.add_argument("--send-timeout", type=float, default=SEND_TIMEOUT)
     arguments = parser.parse_args(argv)
     raise_open_file_limit()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
@@ -127,6 +135,7 @@ def main(argv: list[str] | None = None) -> None:
             arguments.backend,
             redis_url=arguments.redis_url,
             key_prefix=arguments.key_prefix,
+            send_timeout=arguments.send_timeout,
         ),
         backend=arguments.backend,
     )
