@@ -20,6 +20,8 @@ task: a caller that is cancelled cannot leave the cache half-written.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping
@@ -31,7 +33,7 @@ import anyio
 from starlette.responses import JSONResponse, Response
 
 from ._cache import CachedValue, CacheStore, MemoryStore, Refresher
-from ._checks import check_duration
+from ._checks import check_callable, check_duration, check_header, check_type
 from ._exceptions import FallbackUnavailableError
 
 __all__ = ["Fallback", "FallbackResult", "respond_with_fallback"]
@@ -57,6 +59,16 @@ class FallbackResult(Generic[T]):
     from_cache: bool
     stale: bool
     age: float
+
+
+def _is_async_callable(value: object) -> bool:
+    """Whether calling *value* makes a coroutine: an async function, a method or partial of
+    one, or an object whose ``__call__`` is one."""
+    while isinstance(value, functools.partial):
+        value = value.func
+    return inspect.iscoroutinefunction(value) or (
+        callable(value) and inspect.iscoroutinefunction(type(value).__call__)
+    )
 
 
 class _Flight(Generic[T]):
@@ -103,7 +115,9 @@ class Fallback(Generic[T]):
         suits a store in this process, a store shared between processes needs ``time.time``.
     :raises ValueError: a duration is not positive and finite, or *max_staleness* is less
         than *ttl*.
-    :raises TypeError: *fetch* is not callable, or *fallback_on* is not a tuple of exception
+    :raises TypeError: *fetch* is not an async function, *clock* not callable, *store*
+        not a :class:`~streamkit.fallback.CacheStore`, *refresher* not a
+        :class:`~streamkit.fallback.Refresher`, or *fallback_on* not a tuple of exception
         types.
     """
 
@@ -119,8 +133,12 @@ class Fallback(Generic[T]):
         fallback_on: tuple[type[Exception], ...] = (),
         clock: Callable[[], float] = anyio.current_time,
     ) -> None:
-        if not callable(fetch):
-            raise TypeError(f"fetch must be an async function of a key, got {fetch!r}")
+        if not _is_async_callable(fetch):
+            # A plain function would fail only when awaited, on the first request.
+            raise TypeError(
+                f"fetch must be an async function of a key, got {type(fetch).__name__}: "
+                f"{fetch!r:.80}"
+            )
         check_duration("fallback_after", fallback_after)
         check_duration("ttl", ttl, optional=True)
         check_duration("max_staleness", max_staleness, optional=True)
@@ -135,6 +153,15 @@ class Fallback(Generic[T]):
             raise TypeError(
                 f"fallback_on must be a tuple of Exception subclasses, got {fallback_on!r}"
             )
+        check_callable("clock", clock)
+        if store is not None and not all(
+            _is_async_callable(getattr(store, method, None)) for method in ("get", "set")
+        ):
+            raise TypeError(
+                f"store must have async get and set methods (a CacheStore), got "
+                f"{type(store).__name__}: {store!r:.80}"
+            )
+        check_type("refresher", refresher, Refresher, optional=True)
         self._fetch = fetch
         self._fallback_after = fallback_after
         self._ttl = ttl
@@ -294,11 +321,19 @@ async def respond_with_fallback(
         ``true`` when the value came from the cache, ``false`` otherwise.
     :param retry_after: seconds a client is told to wait before retrying after a ``503``.
     :param headers: extra headers for every answer.
-    :raises TypeError: *cache_flag* is given and the value is not a mapping.
-    :raises ValueError: *retry_after* is not a positive number of seconds.
+    :raises TypeError: *fallback* is not a :class:`Fallback`, *cache_flag* is not a ``str``,
+        or it is given and the value is not a mapping.
+    :raises ValueError: *retry_after* is not a positive number of seconds, or a header
+        cannot be sent (a line break in its value, a name that is not a token).
     """
+    check_type("fallback", fallback, Fallback)
+    check_type("cache_flag", cache_flag, str, optional=True)
     check_duration("retry_after", retry_after)
     extra = dict(headers or {})
+    for name, value in extra.items():
+        # Before the fetch: a header the server would refuse fails here, not as the answer
+        # is sent.
+        check_header(name, value)
     try:
         result = await fallback.get(key)
     except FallbackUnavailableError:

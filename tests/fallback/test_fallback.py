@@ -7,6 +7,7 @@ durations are asserted within a generous bound.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -24,6 +25,7 @@ from streamkit.fallback import (
     FallbackUnavailableError,
     MemoryStore,
     Refresher,
+    respond_with_fallback,
 )
 
 pytestmark = pytest.mark.anyio
@@ -478,3 +480,49 @@ def test_bad_refresher_and_store_options_are_refused() -> None:
         MemoryStore(max_entries=0)
     with pytest.raises(TypeError, match="fetch must be an async function"):
         Fallback(None, fallback_after=1.0)  # type: ignore[arg-type]
+
+
+def _fetch_now(key: str) -> int:
+    return 0
+
+
+class _DictStore(dict[str, Any]):
+    """A dict passed where a store was meant: its get and set are not async."""
+
+
+def test_wrongly_typed_collaborators_are_refused_where_given() -> None:
+    async def fetch(key: str) -> int:
+        return 0
+
+    with pytest.raises(TypeError, match=r"fetch must be an async function.*function _fetch_now"):
+        Fallback(_fetch_now, fallback_after=1.0)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"clock must be callable, got float: 1\.5"):
+        Fallback(fetch, fallback_after=1.0, clock=1.5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"store must have async get and set.*_DictStore"):
+        Fallback(fetch, fallback_after=1.0, store=_DictStore())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"refresher must be a Refresher or None, got type"):
+        Fallback(fetch, fallback_after=1.0, refresher=Refresher)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"fallback_after must be a positive.*got nan"):
+        Fallback(fetch, fallback_after=float("nan"))
+    with pytest.raises(ValueError, match=r"fallback_after must be a positive.*got -1\.0"):
+        Fallback(fetch, fallback_after=-1.0)
+
+
+def test_async_callables_of_every_shape_are_accepted() -> None:
+    async def fetch(key: str, *, scale: int) -> int:
+        return scale
+
+    Fallback(functools.partial(fetch, scale=2), fallback_after=1.0)
+    Fallback(Source(), fallback_after=1.0)  # an instance with an async __call__
+
+
+async def test_respond_with_fallback_refuses_bad_arguments_before_fetching() -> None:
+    source = Source()
+    fallback = Fallback(source, fallback_after=DEADLINE)
+    with pytest.raises(ValueError, match=r"header 'X-Region' cannot be sent with the value"):
+        await respond_with_fallback(fallback, "k", headers={"X-Region": "eu\nx"})
+    with pytest.raises(TypeError, match="cache_flag must be a str or None, got int: 1"):
+        await respond_with_fallback(fallback, "k", cache_flag=1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="fallback must be a Fallback, got Source"):
+        await respond_with_fallback(source, "k")  # type: ignore[arg-type]
+    assert source.calls == 0
