@@ -96,8 +96,9 @@ class FallbackUnavailableError(StreamkitError, TimeoutError):
 
     :param message: the key, the deadline and what the cache held.
     :param key: the key asked for.
-    :param cached_age: the age in seconds of the cached value that was too old to serve, or
-        ``None`` if nothing was cached.
+    :param cached_age: the age in seconds of the cached value that was too old to serve,
+        negative for one stored ahead of the clock (whose age is unknown), or ``None`` if
+        nothing was cached.
     """
 
     def __init__(self, message: str, *, key: str, cached_age: float | None) -> None:

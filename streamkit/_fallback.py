@@ -42,6 +42,13 @@ logger = logging.getLogger("streamkit")
 
 T = TypeVar("T")
 
+# How far ahead of the clock a stored value's fetched_at may be and still be taken as just
+# fetched: clocks shared between processes (time.time) drift apart by that much. Further
+# ahead, it was stored on another clock (an earlier trio run's, whose offset is random; a
+# process's monotonic one), and how old it is nobody can tell: never fresh, never within
+# max_staleness.
+_CLOCK_SKEW = 1.0
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FallbackResult(Generic[T]):
@@ -196,7 +203,7 @@ class Fallback(Generic[T]):
         cached = await self._store.get(key)
         if cached is not None and self._ttl is not None:
             age = self._clock() - cached.fetched_at
-            if age < self._ttl:
+            if -_CLOCK_SKEW <= age < self._ttl:
                 return FallbackResult(
                     value=cached.value, from_cache=True, stale=False, age=max(age, 0.0)
                 )
@@ -273,19 +280,26 @@ class Fallback(Generic[T]):
             raise error.with_traceback(flight.traceback)
         cached_age: float | None = None
         if cached is not None:
-            cached_age = max(now - cached.fetched_at, 0.0)
-            if self._max_staleness is None or cached_age <= self._max_staleness:
+            cached_age = now - cached.fetched_at
+            known = cached_age >= -_CLOCK_SKEW
+            if self._max_staleness is None or (known and cached_age <= self._max_staleness):
                 return FallbackResult(
-                    value=cached.value, from_cache=True, stale=True, age=cached_age
+                    value=cached.value, from_cache=True, stale=True, age=max(cached_age, 0.0)
                 )
         if error is not None:
             raise error.with_traceback(flight.traceback)
-        held = (
-            "nothing was cached"
-            if cached_age is None
-            else f"the cached value is {cached_age:.3f} s old, past max_staleness="
-            f"{self._max_staleness!r}"
-        )
+        if cached_age is None:
+            held = "nothing was cached"
+        elif cached_age < -_CLOCK_SKEW:
+            held = (
+                f"the cached value was stored {-cached_age:.3f} s ahead of this clock (by "
+                "another run's or process's clock), so its age is unknown"
+            )
+        else:
+            held = (
+                f"the cached value is {cached_age:.3f} s old, past max_staleness="
+                f"{self._max_staleness!r}"
+            )
         raise FallbackUnavailableError(
             f"no fresh value for key {key!r} within fallback_after={self._fallback_after!r} s "
             f"and {held}",

@@ -526,3 +526,42 @@ async def test_respond_with_fallback_refuses_bad_arguments_before_fetching() -> 
     with pytest.raises(TypeError, match="fallback must be a Fallback, got Source"):
         await respond_with_fallback(source, "k")  # type: ignore[arg-type]
     assert source.calls == 0
+
+
+def test_a_value_from_an_earlier_trio_run_is_not_taken_for_fresh() -> None:
+    # Each trio.run has a clock of its own (a random offset, here a MockClock each): a
+    # fallback made at import time outlives the run that stored its value, into one whose
+    # clock reads earlier, and that value must not look fetched in the future, within ttl
+    # for as long as the two clocks are apart.
+    source = Source()
+    fallback = Fallback(source, fallback_after=DEADLINE, ttl=60.0, max_staleness=600.0)
+    first_run = MockClock(autojump_threshold=0)
+    first_run.jump(3600.0)
+    first = anyio.run(fallback.get, "k", backend="trio", backend_options={"clock": first_run})
+    assert not first.from_cache
+    second = anyio.run(fallback.get, "k", backend="trio", backend_options={"clock": MockClock()})
+    assert source.calls == 2
+    assert not second.from_cache
+    assert second.value == {"key": "k", "call": 2}
+
+
+async def test_a_value_stored_ahead_of_the_clock_is_not_served_as_of_a_known_age() -> None:
+    # A store shared with processes whose clock reads later: how old the value is, nobody
+    # can say, so it is neither fresh within ttl nor within max_staleness.
+    source = Source()
+    source.delay = SLOW
+    fallback = Fallback(source, fallback_after=DEADLINE, ttl=60.0, max_staleness=600.0)
+    ahead = CachedValue(value=OLD, fetched_at=anyio.current_time() + 3600.0)
+    await fallback.store.set("k", ahead)
+    with anyio.fail_after(5), pytest.raises(FallbackUnavailableError, match="ahead of") as caught:
+        await fallback.get("k")
+    assert source.calls == 1
+    assert caught.value.cached_age is not None
+    assert caught.value.cached_age < 0
+    # With no max_staleness any age is served, this one too, when no fresh value comes.
+    anyage = Fallback(source, fallback_after=DEADLINE, ttl=60.0, store=fallback.store)
+    with anyio.fail_after(5):
+        result = await anyage.get("k")
+    assert result.stale
+    assert result.value == OLD
+    assert source.calls == 2
