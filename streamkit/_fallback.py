@@ -251,8 +251,9 @@ class Fallback(Generic[T]):
             except Exception as exc:
                 flight.error = exc
                 flight.traceback = exc.__traceback__
-                if flight.waiters == 0:
-                    # A refresh nobody waits for any more: its error would go unseen.
+                if flight.waiters == 0 or isinstance(exc, self._fallback_on):
+                    # Its error would go unseen: a refresh nobody waits for any more, or one
+                    # answered from the cache. Logged here once, not by each caller.
                     logger.warning("fetch for key %r failed", key, exc_info=exc)
                 return
             entry = CachedValue(value=value, fetched_at=self._clock())
@@ -260,7 +261,13 @@ class Fallback(Generic[T]):
             # Waiters have their value now; the flight stays findable until the store has it,
             # so that a caller arriving meanwhile joins it rather than fetching again.
             flight.done.set()
-            await self._store.set(key, entry)
+            try:
+                await self._store.set(key, entry)
+            except Exception:
+                # The callers have a good value: a store that is down (a shared one's server)
+                # costs the next fallback, not this answer, nor an error group from the task
+                # group the fetch ran in.
+                logger.exception("storing the value fetched for key %r failed", key)
         finally:
             flight.done.set()
             if self._flights.get(key) is flight:

@@ -8,6 +8,7 @@ durations are asserted within a generous bound.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -565,3 +566,58 @@ async def test_a_value_stored_ahead_of_the_clock_is_not_served_as_of_a_known_age
     assert result.stale
     assert result.value == OLD
     assert source.calls == 2
+
+
+async def test_an_error_answered_from_the_cache_is_logged_once_for_all_its_callers(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    source = Source()
+    fallback = Fallback(source, fallback_after=DEADLINE, fallback_on=(ConnectionError,))
+    with anyio.fail_after(5):
+        await fallback.get("k")
+    source.gate = anyio.Event()
+    source.error = ConnectionError("upstream refused")
+    results: list[FallbackResult[Any]] = []
+
+    async def call() -> None:
+        results.append(await fallback.get("k"))
+
+    with caplog.at_level(logging.WARNING, logger="streamkit"):
+        await call_at_once(source, call, callers=200)
+    assert source.calls == 2
+    assert len(results) == 200
+    assert all(result.stale and result.value == {"key": "k", "call": 1} for result in results)
+    # Served from the cache, the error would otherwise go unseen: one record, not 200.
+    failures = [record for record in caplog.records if "fetch for key 'k' failed" in record.message]
+    assert len(failures) == 1
+    assert failures[0].exc_info is not None
+    assert failures[0].exc_info[1] is source.error
+
+
+class _FailingStore(MemoryStore[Any]):
+    """A store whose set fails, as a shared one does while its server is down."""
+
+    async def set(self, key: str, entry: CachedValue[Any]) -> None:
+        raise ConnectionError("store unreachable")
+
+
+async def test_a_store_that_fails_to_keep_a_value_still_lets_every_caller_have_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    source = Source()
+    source.gate = anyio.Event()
+    fallback = Fallback(source, fallback_after=DEADLINE, store=_FailingStore())
+    results: list[FallbackResult[Any]] = []
+
+    async def call() -> None:
+        results.append(await fallback.get("k"))
+
+    with caplog.at_level(logging.WARNING, logger="streamkit"):
+        await call_at_once(source, call, callers=20)
+    assert source.calls == 1
+    # The first caller, which ran the fetch, too: not an ExceptionGroup from its task group.
+    assert len(results) == 20
+    assert all(result.value == {"key": "k", "call": 1} for result in results)
+    failures = [record for record in caplog.records if "storing" in record.message]
+    assert len(failures) == 1
+    assert "key 'k'" in failures[0].message
