@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import anyio
@@ -15,6 +15,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from support.brokers import until
 from support.fallbacks import Source, cached_value
 
 from streamkit import EndReason, EventSourceResponse, ServerSentEvent, StreamSender
@@ -249,3 +250,63 @@ async def test_a_fastapi_endpoint_serves_the_fallback() -> None:
     assert stale.headers["x-cache"] == "stale"
     assert stale.json() == {"symbol": "ACME", "price": 101}
     assert took < ANSWERED_WITHIN
+
+
+async def wait_for_waiters(quotes: Fallback[Any], key: str, count: int) -> None:
+    """Until *count* callers wait for *key*'s one fetch: what the test holds the source for.
+    Read from the fallback's own record, the one thing that says a caller left its wait."""
+
+    def waiting() -> bool:
+        flight = quotes._flights.get(key)
+        return flight is not None and flight.waiters == count
+
+    await until(waiting, within=20.0)
+
+
+async def test_two_hundred_callers_share_one_fetch_that_those_leaving_do_not_cancel() -> None:
+    # The first caller hosts the fetch (no refresher) and its client leaves, and twenty
+    # more stream clients that joined it leave too: the others still get the fresh value,
+    # from the one fetch, which none of the leavers cancelled.
+    source = Quotes()
+    quotes = Fallback(source, fallback_after=15.0)
+    streams, requests = 21, 179
+    responses: list[httpx.Response] = []
+    async with open_server(make_app(quotes)) as server:
+        fresh, _ = await get(server, "/quote/ACME")
+        assert fresh.json()["price"] == 101
+        source.gate = anyio.Event()
+        source.started = anyio.Event()
+        limits = httpx.Limits(max_connections=requests)
+        async with (
+            httpx.AsyncClient(base_url=server.url, limits=limits, timeout=30.0) as client,
+            AsyncExitStack() as leavers,
+            anyio.create_task_group() as task_group,
+        ):
+            host = await leavers.enter_async_context(open_stream(server, "/ticker/ACME"))
+            with anyio.fail_after(5):
+                await source.started.wait()
+            joiners = [
+                await leavers.enter_async_context(open_stream(server, "/ticker/ACME"))
+                for _ in range(streams - 1)
+            ]
+
+            async def call() -> None:
+                responses.append(await client.get("/quote/ACME"))
+
+            for _ in range(requests):
+                task_group.start_soon(call)
+            await wait_for_waiters(quotes, "ACME", streams + requests)
+            for leaver in [host, *joiners]:
+                await leaver.reset()
+            await wait_for_waiters(quotes, "ACME", requests)
+            assert source.cancelled == 0
+            source.gate.set()
+        for _ in range(streams):
+            end = await server.wait_ended(EndReason.CLIENT_DISCONNECTED)
+            assert end.cleanup_duration < 1.0
+    assert source.calls == 2
+    assert source.cancelled == 0
+    assert len(responses) == requests
+    assert {response.headers["x-cache"] for response in responses} == {"miss"}
+    assert all(r.json() == {"symbol": "ACME", "price": 102, "cache": False} for r in responses)
+    assert await cached_value(quotes, "ACME") == {"symbol": "ACME", "price": 102}
