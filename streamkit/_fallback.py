@@ -30,6 +30,7 @@ from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 import anyio
+import anyio.lowlevel
 from starlette.responses import JSONResponse, Response
 
 from ._cache import CachedValue, CacheStore, MemoryStore, Refresher
@@ -256,6 +257,10 @@ class Fallback(Generic[T]):
                     # answered from the cache. Logged here once, not by each caller.
                     logger.warning("fetch for key %r failed", key, exc_info=exc)
                 return
+            # A fetch whose catch-all swallowed its cancellation returns what it made up
+            # then, past the deadline or after its callers left: no fresh value, neither to
+            # serve nor to store. The cancellation is raised again here.
+            await anyio.lowlevel.checkpoint_if_cancelled()
             entry = CachedValue(value=value, fetched_at=self._clock())
             flight.entry = entry
             # Waiters have their value now; the flight stays findable until the store has it,

@@ -621,3 +621,32 @@ async def test_a_store_that_fails_to_keep_a_value_still_lets_every_caller_have_i
     failures = [record for record in caplog.records if "storing" in record.message]
     assert len(failures) == 1
     assert "key 'k'" in failures[0].message
+
+
+async def test_a_value_returned_by_a_fetch_that_swallowed_its_cancellation_is_not_used(
+    exact: bool,
+) -> None:
+    # A fetch with a catch-all (`except BaseException: return ...`) returns what it made up
+    # when cancelled at the deadline: not a fresh value, neither to serve nor to store.
+    calls = 0
+
+    async def fetch(key: str) -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        try:
+            await anyio.sleep(SLOW)
+        except anyio.get_cancelled_exc_class():
+            return {"key": key, "call": "made up as it was cancelled"}
+        return {"key": key, "call": calls}
+
+    fallback = Fallback(fetch, fallback_after=DEADLINE)
+    await fallback.store.set("k", CachedValue(value=OLD, fetched_at=anyio.current_time()))
+    with anyio.fail_after(5):
+        result, took = await timed(fallback)
+    assert result.value == OLD
+    assert result.stale
+    assert_took(took, DEADLINE, exact=exact)
+    assert await cached_value(fallback, "k") == OLD
+    with anyio.fail_after(5), pytest.raises(FallbackUnavailableError):
+        await fallback.get("nothing")
+    assert await fallback.store.get("nothing") is None

@@ -310,3 +310,42 @@ async def test_two_hundred_callers_share_one_fetch_that_those_leaving_do_not_can
     assert {response.headers["x-cache"] for response in responses} == {"miss"}
     assert all(r.json() == {"symbol": "ACME", "price": 102, "cache": False} for r in responses)
     assert await cached_value(quotes, "ACME") == {"symbol": "ACME", "price": 102}
+
+
+async def test_what_a_fetch_makes_up_as_its_client_leaves_is_not_cached() -> None:
+    # A fetch with a catch-all returns a made-up value when its only caller's client leaves
+    # and it is cancelled: the cache keeps the last good value.
+    started = anyio.Event()
+    returned = anyio.Event()
+    calls = 0
+
+    async def fetch(symbol: str) -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        if calls != 2:
+            return {"symbol": symbol, "price": 100 + calls}
+        started.set()
+        try:
+            await anyio.sleep_forever()
+        except anyio.get_cancelled_exc_class():
+            return {"symbol": symbol, "price": None}
+        finally:
+            returned.set()
+        raise AssertionError("unreachable")
+
+    quotes = Fallback(fetch, fallback_after=5.0)
+    async with open_server(make_app(quotes)) as server:
+        fresh, _ = await get(server, "/quote/ACME")
+        assert fresh.json()["price"] == 101
+        async with open_stream(server, "/ticker/ACME") as client:
+            with anyio.fail_after(5):
+                await started.wait()
+            await client.reset()
+        end = await server.wait_ended(EndReason.CLIENT_DISCONNECTED)
+        with anyio.fail_after(5):
+            await returned.wait()
+        assert end.cleanup_duration < 1.0
+        assert await cached_value(quotes, "ACME") == {"symbol": "ACME", "price": 101}
+        again, _ = await get(server, "/quote/ACME")
+    assert calls == 3
+    assert again.json() == {"symbol": "ACME", "price": 103, "cache": False}
