@@ -195,11 +195,13 @@ class Fallback(Generic[T]):
         otherwise the stored one, marked stale.
 
         :param key: what to fetch; handed to ``fetch``.
+        :raises TypeError: *key* is not a ``str``.
         :raises FallbackUnavailableError: no fresh value came in time and the store has none
             (or only one older than ``max_staleness``).
         :raises Exception: what ``fetch`` raised, unless it is one of ``fallback_on`` and a
             stored value can be served.
         """
+        check_type("key", key, str)
         deadline = anyio.current_time() + self._fallback_after
         cached = await self._store.get(key)
         if cached is not None and self._ttl is not None:
@@ -347,12 +349,13 @@ async def respond_with_fallback(
         ``true`` when the value came from the cache, ``false`` otherwise.
     :param retry_after: seconds a client is told to wait before retrying after a ``503``.
     :param headers: extra headers for every answer.
-    :raises TypeError: *fallback* is not a :class:`Fallback`, *cache_flag* is not a ``str``,
-        or it is given and the value is not a mapping.
+    :raises TypeError: *fallback* is not a :class:`Fallback`, *key* or *cache_flag* is not a
+        ``str``, or *cache_flag* is given and the value is not a mapping.
     :raises ValueError: *retry_after* is not a positive number of seconds, or a header
         cannot be sent (a line break in its value, a name that is not a token).
     """
     check_type("fallback", fallback, Fallback)
+    check_type("key", key, str)
     check_type("cache_flag", cache_flag, str, optional=True)
     check_duration("retry_after", retry_after)
     extra = dict(headers or {})

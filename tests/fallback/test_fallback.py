@@ -650,3 +650,16 @@ async def test_a_value_returned_by_a_fetch_that_swallowed_its_cancellation_is_no
     with anyio.fail_after(5), pytest.raises(FallbackUnavailableError):
         await fallback.get("nothing")
     assert await fallback.store.get("nothing") is None
+
+
+async def test_a_key_that_is_no_str_is_refused_before_fetching() -> None:
+    # A query parameter left out (request.query_params.get("symbol") is None) must not be
+    # fetched, and cached, as a key of its own.
+    source = Source()
+    fallback = Fallback(source, fallback_after=DEADLINE)
+    with pytest.raises(TypeError, match="key must be a str, got NoneType: None"):
+        await fallback.get(None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="key must be a str, got int: 7"):
+        await respond_with_fallback(fallback, 7)  # type: ignore[arg-type]
+    assert source.calls == 0
+    assert len(fallback.store) == 0  # type: ignore[arg-type]
