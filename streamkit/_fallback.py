@@ -203,7 +203,7 @@ class Fallback(Generic[T]):
         """
         check_type("key", key, str)
         deadline = anyio.current_time() + self._fallback_after
-        cached = await self._store.get(key)
+        cached = await self._read(key, deadline)
         if cached is not None and self._ttl is not None:
             age = self._clock() - cached.fetched_at
             if -_CLOCK_SKEW <= age < self._ttl:
@@ -219,6 +219,23 @@ class Fallback(Generic[T]):
                 return self._outcome(key, cached, flight)
         await self._wait(key, flight, deadline)
         return self._outcome(key, cached, flight)
+
+    async def _read(self, key: str, deadline: float) -> CachedValue[T] | None:
+        # The store is the fallback's, not the source: one that fails or does not answer in
+        # time (a shared store's server down or cut off) holds nothing for this call, which
+        # is answered by the fetch, within its deadline, as if nothing were cached.
+        try:
+            with anyio.move_on_at(deadline):
+                return await self._store.get(key)
+        except Exception:
+            logger.warning("reading the cached value for key %r failed", key, exc_info=True)
+            return None
+        logger.warning(
+            "reading the cached value for key %r took longer than fallback_after=%r s",
+            key,
+            self._fallback_after,
+        )
+        return None
 
     async def _host(self, key: str, flight: _Flight[T], deadline: float) -> None:
         # Shielded so that this caller's cancellation leaves the fetch to those still waiting;

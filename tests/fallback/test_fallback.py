@@ -663,3 +663,45 @@ async def test_a_key_that_is_no_str_is_refused_before_fetching() -> None:
         await respond_with_fallback(fallback, 7)  # type: ignore[arg-type]
     assert source.calls == 0
     assert len(fallback.store) == 0  # type: ignore[arg-type]
+
+
+class _UnreadableStore(MemoryStore[Any]):
+    """A store whose get fails at once (its server refuses) or never answers (it is cut
+    off), as a shared one's does."""
+
+    def __init__(self, *, hang: bool) -> None:
+        super().__init__()
+        self.hang = hang
+
+    async def get(self, key: str) -> CachedValue[Any] | None:
+        if self.hang:
+            await anyio.sleep_forever()
+        raise ConnectionError("store unreachable")
+
+
+async def test_a_store_that_fails_to_read_is_taken_as_holding_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    source = Source()
+    fallback = Fallback(source, fallback_after=DEADLINE, store=_UnreadableStore(hang=False))
+    with anyio.fail_after(5), caplog.at_level(logging.WARNING, logger="streamkit"):
+        result = await fallback.get("k")
+    assert result.value == {"key": "k", "call": 1}
+    assert not result.from_cache
+    assert "reading the cached value for key 'k' failed" in caplog.text
+
+
+async def test_a_store_that_never_answers_holds_no_caller_past_its_deadline(
+    exact: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    source = Source()
+    fallback = Fallback(source, fallback_after=DEADLINE, store=_UnreadableStore(hang=True))
+    started = anyio.current_time()
+    with (
+        anyio.fail_after(5),
+        caplog.at_level(logging.WARNING, logger="streamkit"),
+        pytest.raises(FallbackUnavailableError, match="nothing was cached"),
+    ):
+        await fallback.get("k")
+    assert_took(anyio.current_time() - started, DEADLINE, exact=exact)
+    assert "for key 'k' took longer than fallback_after=0.5 s" in caplog.text
