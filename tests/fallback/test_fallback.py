@@ -7,6 +7,7 @@ durations are asserted within a generous bound.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from collections.abc import Callable, Coroutine
@@ -705,3 +706,31 @@ async def test_a_store_that_never_answers_holds_no_caller_past_its_deadline(
         await fallback.get("k")
     assert_took(anyio.current_time() - started, DEADLINE, exact=exact)
     assert "for key 'k' took longer than fallback_after=0.5 s" in caplog.text
+
+
+async def test_many_distinct_keys_keep_the_cache_and_its_fetches_bounded() -> None:
+    # Keys from hostile query strings, each asked for once: the store keeps max_entries of
+    # them, and no fetch, nor the record of one, stays once its callers are answered.
+    source = Source()
+    refresher = Refresher(max_refreshes=4, refresh_timeout=1.0)
+    store: MemoryStore[Any] = MemoryStore(max_entries=100)
+    fallback = Fallback(source, fallback_after=DEADLINE, store=store, refresher=refresher)
+    with anyio.fail_after(20):
+        async with refresher:
+            for delay in (0.0, SLOW):
+                source.delay = delay
+                async with anyio.create_task_group() as task_group:
+                    for number in range(1000):
+                        task_group.start_soon(_get_or_unavailable, fallback, f"{delay}-{number}")
+            await refresher.wait_idle()
+    assert source.calls == 2000
+    assert len(store) == 100
+    assert fallback._flights == {}
+    statistics = refresher.statistics()
+    assert statistics.running == 0
+    assert statistics.timed_out == 4
+
+
+async def _get_or_unavailable(fallback: Fallback[Any], key: str) -> None:
+    with contextlib.suppress(FallbackUnavailableError):
+        await fallback.get(key)
