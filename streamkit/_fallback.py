@@ -142,10 +142,12 @@ class Fallback(Generic[T]):
         clock: Callable[[], float] = anyio.current_time,
     ) -> None:
         if not _is_async_callable(fetch):
-            # A plain function would fail only when awaited, on the first request.
+            # A plain function would fail only when awaited, on the first request. One that
+            # returns a coroutine (a plain decorator's wrapper) is refused too: wrapped in an
+            # async def, it is accepted.
             raise TypeError(
-                f"fetch must be an async function of a key, got {type(fetch).__name__}: "
-                f"{fetch!r:.80}"
+                f"fetch must be an async function of a key (async def, or an object whose "
+                f"__call__ is one), got {type(fetch).__name__}: {fetch!r:.80}"
             )
         check_duration("fallback_after", fallback_after)
         check_duration("ttl", ttl, optional=True)
