@@ -18,6 +18,7 @@ from typing import Any
 __all__ = [
     "JSONEncoder",
     "check_json_encoder",
+    "described",
     "encode_by_alias",
     "encode_json",
     "shown",
@@ -73,6 +74,15 @@ def shown(value: object) -> str:
         return f"<{type(value).__name__} whose repr() raised>"
 
 
+def described(value: object) -> str:
+    """*value* as :func:`shown` gives it, and its type's name: a log line about a value whose
+    repr does not say what it is (``nan``, ``[[...]]``) names it."""
+    text = shown(value)
+    if text.startswith("<") and text.endswith(" whose repr() raised>"):
+        return text  # which names the type already
+    return f"{text} of type {type(value).__name__}"
+
+
 def encode_json(value: object, encoder: JSONEncoder | None = None) -> str:
     """Encode *value* as compact JSON text with *encoder* (by default the standard library's,
     extended as the module says).
@@ -85,25 +95,32 @@ def encode_json(value: object, encoder: JSONEncoder | None = None) -> str:
     try:
         text = (encoder or _default_encoder)(value)
     except TypeError as exc:
-        raise TypeError(f"is not JSON-serialisable: {shown(value)} ({exc})") from None
+        raise TypeError(f"is not JSON-serialisable: {described(value)} ({exc})") from None
     except ValueError as exc:
-        raise ValueError(f"cannot be encoded as JSON: {shown(value)} ({exc})") from None
+        raise ValueError(f"cannot be encoded as JSON: {described(value)} ({exc})") from None
     except RecursionError:
         # Lists or dicts nested deeper than the interpreter's recursion limit: bad input like
         # any other, refused here as a ValueError rather than a RuntimeError from inside json.
-        raise ValueError(f"cannot be encoded as JSON: {shown(value)} (nested too deeply)") from None
+        raise ValueError(
+            f"cannot be encoded as JSON: {described(value)} (nested too deeply)"
+        ) from None
+    except Exception as exc:
+        # A user's encoder failing otherwise: its own exception, raised on for whoever
+        # catches it, but saying which value it failed on, in the log too.
+        exc.add_note(f"raised by {encoder!r} encoding {described(value)}")
+        raise
     if isinstance(text, bytes | bytearray):
         try:
             return bytes(text).decode()
         except UnicodeDecodeError as exc:
             raise ValueError(
                 f"cannot be encoded as JSON: {encoder!r} returned bytes that are not UTF-8 "
-                f"for {shown(value)} ({exc})"
+                f"for {described(value)} ({exc})"
             ) from None
     if not isinstance(text, str):
         raise TypeError(
-            f"a JSON encoder must return str or bytes, {encoder!r} returned "
-            f"{type(text).__name__} for {value!r:.80}"
+            f"cannot be encoded as JSON: a JSON encoder must return str or bytes, {encoder!r} "
+            f"returned {type(text).__name__} for {described(value)}"
         )
     if not text.isascii():
         try:
@@ -112,7 +129,7 @@ def encode_json(value: object, encoder: JSONEncoder | None = None) -> str:
             # Refused here, named, rather than when the frame is written.
             raise ValueError(
                 f"holds a lone surrogate (UTF-8 cannot carry it): {text[exc.start]!r} "
-                f"in {value!r:.80}"
+                f"in {described(value)}"
             ) from None
     return text
 

@@ -100,6 +100,43 @@ def test_a_value_nested_past_the_recursion_limit_is_a_value_error() -> None:
         encode_json(nested)
 
 
+def _cycle() -> list[object]:
+    cycle: list[object] = []
+    cycle.append(cycle)
+    return cycle
+
+
+@pytest.mark.parametrize(
+    ("value", "error", "named"),
+    [
+        (float("inf"), ValueError, "inf of type float (Out of range"),
+        (_cycle(), ValueError, "[[...]] of type list (Circular reference"),
+        ("a\ud800", ValueError, "'\\ud800' in 'a\\ud800' of type str"),
+        ({(1, 2): 1}, TypeError, "{(1, 2): 1} of type dict (keys must be"),
+    ],
+    ids=["infinity", "cycle", "lone-surrogate", "tuple-key"],
+)
+def test_a_refused_value_is_named_with_its_type(
+    value: object, error: type[Exception], named: str
+) -> None:
+    # Where its repr does not say what it is, the log line of the stream it ended does.
+    with pytest.raises(error) as caught:
+        encode_json(value)
+    assert named in str(caught.value)
+
+
+def test_an_encoders_own_exception_is_raised_as_it_is_naming_the_value() -> None:
+    class EncoderError(Exception):
+        pass
+
+    def broken(value: object) -> str:
+        raise EncoderError("the encoder broke")
+
+    with pytest.raises(EncoderError, match="the encoder broke") as caught:
+        encode_json({"a": 1}, broken)
+    assert caught.value.__notes__ == [f"raised by {broken!r} encoding {{'a': 1}} of type dict"]
+
+
 def test_an_encoder_that_returns_bytes_not_utf8_is_named() -> None:
     with pytest.raises(ValueError, match=r"returned bytes that are not UTF-8 for \{'a': 1\}"):
         encode_json({"a": 1}, lambda value: b"\xff")
