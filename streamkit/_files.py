@@ -26,20 +26,21 @@ __all__ = ["file_chunks"]
 MAX_CHUNK_SIZE = 16 * 1024 * 1024
 
 
-def _open_regular(path: str | os.PathLike[str]) -> BinaryIO:
-    """Open *path* for reading if it is a regular file.
+def _open_regular(path: str | os.PathLike[str]) -> tuple[BinaryIO, int]:
+    """Open *path* for reading if it is a regular file; return it and its size.
 
     Opened without blocking, then checked: opening a FIFO that has no writer would block this
     worker thread, where no cancellation reaches it, until something wrote to it.
     """
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
             raise ValueError(
                 f"file_chunks streams regular files: {os.fspath(path)!r} is not a regular file"
             )
         os.set_blocking(fd, True)
-        return open(fd, "rb")
+        return open(fd, "rb"), status.st_size
     except BaseException:
         os.close(fd)
         raise
@@ -61,8 +62,12 @@ def file_chunks(
     stream with :attr:`~streamkit.EndReason.ERROR` after its ``200`` was sent: check for it
     in the endpoint first to answer ``404``.
 
+    The file is sent as it was when opened, up to its size then: one appended to meanwhile is
+    sent to that size, one replaced or deleted meanwhile whole; one truncated meanwhile ends
+    the stream with an ``OSError`` once its reads come short.
+
     :param path: the file: a regular file (a FIFO or a device ends the stream with a
-        ``ValueError``, as a file that cannot be opened does).
+        ``ValueError``, as a file that cannot be opened does). A symbolic link is followed.
     :param chunk_size: the most bytes read, and sent, at a time: up to 16 MiB.
     :param bytes_per_second: the average rate to send at, for a client that should not get
         the file faster (the burst is one chunk); ``None`` sends as fast as the client reads.
@@ -80,11 +85,21 @@ def file_chunks(
     async def produce(send: StreamSender[bytes]) -> None:
         # No checkpoint between the open returning and the file being registered, so a
         # cancellation cannot slip in between and leave it open.
-        opened = await anyio.to_thread.run_sync(_open_regular, path)
+        opened, size = await anyio.to_thread.run_sync(_open_regular, path)
         file = await send.enter_async_context(anyio.wrap_file(opened))
         started = anyio.current_time()
         sent = 0
-        while chunk := await file.read(chunk_size):
+        # Up to the size it had when opened: a file written to meanwhile (a log) would
+        # otherwise hold the stream for as long as it grows.
+        while sent < size:
+            chunk = await file.read(min(chunk_size, size - sent))
+            if not chunk:
+                # Cut short: the client has a body that is not the file, old or new; the
+                # stream must not report it complete.
+                raise OSError(
+                    f"{os.fspath(path)!r} was truncated while it was sent: it ended after "
+                    f"{sent} of the {size} bytes it had when opened"
+                )
             await send(chunk)
             sent += len(chunk)
             if bytes_per_second is not None:
