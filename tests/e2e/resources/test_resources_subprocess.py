@@ -2,7 +2,8 @@
 however the stream ends.
 
 The release on each of the five endings is in test_resources_endings.py; here: a complete
-run, exit statuses, a command that ignores SIGTERM, standard error, a missing program.
+run, exit statuses, a command that ignores SIGTERM, standard error, a missing program, one
+that closes its output and runs on, a grandchild holding the output, a line without end.
 """
 
 from __future__ import annotations
@@ -142,3 +143,71 @@ async def test_open_subprocess_stops_the_whole_group_when_its_block_is_cancelled
             if process_state(child) in (None, "Z"):
                 break
             await anyio.sleep(0.005)
+
+
+async def wait_gone(pid: int) -> None:
+    """Until *pid* has exited: polled, for a process init reaps, which nothing signals."""
+    with anyio.fail_after(RELEASE_BOUND):
+        while True:
+            if process_state(pid) in (None, "Z"):
+                break
+            await anyio.sleep(0.005)
+
+
+async def test_a_command_that_closes_its_output_and_runs_on_is_stopped_when_the_client_leaves() -> (
+    None
+):
+    # The stream waits for it to exit (it completes once the command has exited): a client
+    # that leaves meanwhile stops it, within the grace period, and it is reaped.
+    script = "import os, time; print(os.getpid()); os.close(1); time.sleep(600)"
+    grace = 0.3
+    async with open_server(lines_app(python(script), stop_grace_period=grace)) as server:
+        async with open_stream(server, "/") as client:
+            pid = int(await client.read_item())
+            await client.close()
+        end = await server.wait_ended(EndReason.CLIENT_DISCONNECTED)
+    assert end.cleanup_duration is not None
+    assert end.cleanup_duration < grace  # it exits on SIGTERM
+    assert process_state(pid) is None
+
+
+async def test_a_grandchild_holding_the_output_that_ignores_sigterm_is_killed_with_its_group() -> (
+    None
+):
+    # The command exits, leaving a grandchild that holds its output open and ignores
+    # SIGTERM: the stream goes on reading it, and its leaving kills it, group and all.
+    grandchild = (
+        "import os, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "print(os.getpid(), flush=True); print('from the grandchild', flush=True); "
+        "time.sleep(600)"
+    )
+    script = (
+        "import os, subprocess, sys; print(os.getpid(), flush=True); "
+        f"subprocess.Popen([sys.executable, '-c', {grandchild!r}])"
+    )
+    async with open_server(lines_app(python(script), stop_grace_period=30.0)) as server:
+        async with open_stream(server, "/") as client:
+            leader = int(await client.read_item())
+            child = int(await client.read_item())
+            assert await client.read_item() == "from the grandchild"
+            await wait_gone(leader)  # exited, unreaped: the stream still reads the grandchild
+            await client.close()
+        end = await server.wait_ended(EndReason.CLIENT_DISCONNECTED)
+    assert end.cleanup_duration is not None
+    assert end.cleanup_duration < RELEASE_BOUND  # the leader had exited: no grace to wait
+    assert process_state(leader) is None  # reaped, no zombie
+    await wait_gone(child)
+
+
+async def test_a_line_of_100_mib_without_a_newline_comes_in_pieces_of_the_line_length() -> None:
+    size, length = 100 * 1024 * 1024, 1024 * 1024
+    script = f"import sys; sys.stdout.buffer.write(b'x' * {size})"
+    async with open_server(lines_app(python(script), max_line_length=length)) as server:
+        async with open_stream(server, "/") as client:
+            pieces: list[str] = []
+            with anyio.fail_after(60):
+                while len(pieces) < size // length:
+                    pieces.append(await client.read_item())
+                assert await client.read_all() == b""
+        await server.wait_ended(EndReason.COMPLETED)
+    assert [len(piece) for piece in pieces] == [length] * (size // length)
