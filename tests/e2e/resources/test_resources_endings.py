@@ -319,6 +319,9 @@ async def test_released_on_every_end(
             with anyio.fail_after(RELEASE_BOUND):
                 await held.wait_released()
             released_at = anyio.current_time()
+        # Counted once, for its reason, the server and its connection gone too.
+        ended = server.streams.statistics().ended
+        assert {reason: count for reason, count in ended.items() if count} == {end.reason: 1}
         record_release(request, ending, end, acted_at, reported_at, released_at)
         assert end.cleanup_duration < RELEASE_BOUND
         if isinstance(held, Upstream) and ending in ("close", "reset"):
