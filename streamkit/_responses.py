@@ -320,7 +320,9 @@ class EventSourceResponse(StreamResponse[Any]):
         ``event: shutdown`` with ``retry: 1000``.
     :param deadline_event: sent when ``max_duration`` ends the stream; none by default.
     :param error_event: sent when the producer raises; by default ``event: error`` with empty
-        data (the exception text is not sent).
+        data (the exception text is not sent). A farewell event whose data cannot be encoded
+        is refused here (``TypeError`` or ``ValueError``, naming it); one that fails when
+        encoded again at the end is left out and logged, and the body still ends.
     :param json_encoder: encodes data that is not a ``str``: a function of one value returning
         ``str`` or ``bytes``, such as ``orjson.dumps``. By default the standard library's
         ``json``, which also takes Pydantic models and dataclasses.
@@ -352,8 +354,17 @@ class EventSourceResponse(StreamResponse[Any]):
             EndReason.ERROR: arguments.pop("error_event", DEFAULT_ERROR_EVENT),
         }
         for reason, event in closing.items():
-            # Checked now: a wrong type would otherwise fail only when the stream ends so.
-            check_type(f"{reason.value}_event", event, ServerSentEvent, optional=True)
+            # Checked now: a wrong type, or data the encoder refuses, would otherwise fail
+            # only when the stream ends so.
+            name = f"{reason.value}_event"
+            check_type(name, event, ServerSentEvent, optional=True)
+            if event is not None and event is not _DEFAULT_CLOSING[reason]:
+                try:
+                    encode_event(event, self.json_encoder)
+                except TypeError as exc:
+                    raise TypeError(f"{exc} (the {name})") from None
+                except ValueError as exc:
+                    raise ValueError(f"{exc} (the {name})") from None
         # The defaults' mapping is shared: one response per subscriber, each holding its own
         # copy, would cost every one of them a dict.
         same = all(closing[reason] is event for reason, event in _DEFAULT_CLOSING.items())
@@ -446,6 +457,9 @@ class NDJSONResponse(StreamResponse[Any]):
         when the client must know.
     :param shutdown_item: written as the last line on a graceful shutdown.
     :param deadline_item: written as the last line when ``max_duration`` ends the stream.
+        Each is refused here if it cannot be encoded; one that fails when encoded again at
+        the end (by an encoder with state, or changed since) is left out and logged, and the
+        body still ends.
     :param json_encoder: encodes each item: a function of one value returning ``str`` or
         ``bytes`` (without a line break), such as ``orjson.dumps``. By default the standard
         library's ``json``, which also takes Pydantic models and dataclasses.

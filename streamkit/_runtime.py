@@ -780,7 +780,7 @@ class _Stream(Generic[ItemT]):
                 self.items_sent += items
             if self._sender_done:
                 return  # abandoned while it waited for frames: nothing more is written
-            if self.reason is not None and (closing := body.closing_frame(self.reason)):
+            if self.reason is not None and (closing := self._closing_frame(self.reason)):
                 await self._write(closing)
             # The body is all handed over: a disconnect the server reports from here on is
             # the normal end of the exchange (trio's worker reports it before this returns).
@@ -799,6 +799,20 @@ class _Stream(Generic[ItemT]):
             # cancel(), which holds the handle: a cycle that only the collector frees, and with
             # it the stream. Raised on without that traceback: the same cancellation.
             raise exc.with_traceback(None)  # noqa: B904  (the same exception, raised on)
+
+    def _closing_frame(self, reason: EndReason) -> bytes | None:
+        """The body's closing frame for *reason*, or ``None`` if it cannot be encoded now."""
+        try:
+            return self.body.closing_frame(reason)
+        except Exception:
+            # Checked when the response was made, but encoded again now: an encoder with
+            # state, or a closing item changed since, may fail. The body still ends, whole.
+            logger.exception(
+                "stream %s: its %s farewell could not be encoded; the body ends without it",
+                printable(self.path),
+                reason.value,
+            )
+            return None
 
     def _join(self, frames: tuple[bytes | None, ...]) -> tuple[bytes, int]:
         """The bytes of *frames* (``None``: a heartbeat, made now), and how many are items."""

@@ -75,6 +75,19 @@ def test_an_unencodable_closing_item_is_refused_at_declaration() -> None:
         NDJSONResponse(nothing(), error_item={"bad": object()})
 
 
+@pytest.mark.parametrize("name", ["error_event", "shutdown_event", "deadline_event"])
+def test_an_unencodable_farewell_event_is_refused_at_declaration(name: str) -> None:
+    # Taken, it failed only when the stream ended so: raised into the server, the body cut.
+    unencodable: dict[str, Any] = {name: ServerSentEvent(data={1})}
+    with pytest.raises(
+        TypeError, match=rf"SSE data is not JSON-serialisable: \{{1\}} .*\(the {name}\)"
+    ):
+        EventSourceResponse(nothing(), **unencodable)
+    out_of_range: dict[str, Any] = {name: ServerSentEvent(data=[float("nan")])}
+    with pytest.raises(ValueError, match=rf"\[nan\] of type list .*\(the {name}\)"):
+        EventSourceResponse(nothing(), **out_of_range)
+
+
 @pytest.mark.parametrize(
     ("response_class", "arguments", "match"),
     [

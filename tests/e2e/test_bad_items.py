@@ -16,7 +16,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from streamkit import EndReason, NDJSONResponse, StreamResponse, StreamSender
+from streamkit import (
+    EndReason,
+    EventSourceResponse,
+    NDJSONResponse,
+    ServerSentEvent,
+    StreamResponse,
+    StreamSender,
+)
 from streamkit.testing import open_server, open_stream
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
@@ -145,3 +152,44 @@ async def test_a_bytes_streams_item_of_another_type_ends_it_after_what_was_sent(
     assert body == b"first\n"
     assert isinstance(end.exception, error)
     assert named in str(end.exception)
+
+
+@pytest.mark.parametrize("kind", ["sse", "ndjson"])
+async def test_a_farewell_that_cannot_be_encoded_at_the_end_is_left_out_and_the_body_ends(
+    kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Encoded when the response was made, the farewell is encoded again at the end, where an
+    # encoder may fail (one with state, or a closing item changed since): the exception was
+    # raised out of the stream into the server, and the body cut without its end.
+    farewell: dict[str, Any] = {"error": True}
+    calls = []
+
+    def encode(value: object) -> str:
+        if value is farewell:
+            calls.append(value)
+            if len(calls) > 1:
+                raise RuntimeError("the encoder broke")
+        return json.dumps(value)
+
+    async def produce(send: StreamSender[Any]) -> None:
+        await send([1])
+        raise KeyError("the producer's own error")
+
+    async def route(request: Request) -> Response:
+        if kind == "sse":
+            return EventSourceResponse(
+                produce,
+                error_event=ServerSentEvent(event="error", data=farewell),
+                json_encoder=encode,
+            )
+        return NDJSONResponse(produce, error_item=farewell, json_encoder=encode)
+
+    with caplog.at_level(logging.ERROR, logger="streamkit"):
+        async with open_server(app_for(route)) as server:
+            async with open_stream(server, "/stream") as client:
+                body = await client.read_all()
+            end = await server.wait_ended(EndReason.ERROR)
+    assert client.complete, "the body must end properly without its farewell"
+    assert body == (b"data: [1]\n\n" if kind == "sse" else b"[1]\n")
+    assert isinstance(end.exception, KeyError)
+    assert "the encoder broke" in caplog.text
