@@ -122,7 +122,8 @@ async def open_subprocess(
     :param stderr: where standard error goes: ``subprocess.DEVNULL``, ``subprocess.STDOUT``
         (into the output), or ``None`` (inherited). A pipe nobody reads would fill and stall
         the command, so ``subprocess.PIPE`` is refused.
-    :param stop_grace_period: seconds between ``SIGTERM`` and ``SIGKILL``.
+    :param stop_grace_period: seconds between ``SIGTERM`` and ``SIGKILL``; entered through a
+        stream's sender, at most what is left of its ``cleanup_timeout``.
     :raises TypeError: an argument is of the wrong type.
     :raises ValueError: *command* is empty, *stderr* is ``subprocess.PIPE``, or
         *stop_grace_period* is not a positive, finite number of seconds.

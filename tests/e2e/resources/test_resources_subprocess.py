@@ -211,3 +211,26 @@ async def test_a_line_of_100_mib_without_a_newline_comes_in_pieces_of_the_line_l
                 assert await client.read_all() == b""
         await server.wait_ended(EndReason.COMPLETED)
     assert [len(piece) for piece in pieces] == [length] * (size // length)
+
+
+async def test_a_grace_period_past_the_cleanup_timeout_is_cut_short_by_sigkill() -> None:
+    # The stop is the stream's cleanup, which cleanup_timeout bounds: SIGKILL comes then, and
+    # the command is still reaped.
+    script = (
+        "import os, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "print(os.getpid()); time.sleep(600)"
+    )
+    cleanup_timeout = 0.3
+
+    async def lines(request: Request) -> Response:
+        producer = subprocess_lines(python(script), stop_grace_period=30.0)
+        return NDJSONResponse(producer, cleanup_timeout=cleanup_timeout)
+
+    async with open_server(Starlette(routes=[Route("/", lines)])) as server:
+        async with open_stream(server, "/") as client:
+            pid = int(await client.read_item())
+            await client.close()
+        end = await server.wait_ended(EndReason.CLIENT_DISCONNECTED)
+    assert end.cleanup_duration is not None
+    assert cleanup_timeout <= end.cleanup_duration < cleanup_timeout + RELEASE_BOUND
+    assert process_state(pid) is None
