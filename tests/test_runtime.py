@@ -222,6 +222,32 @@ async def test_a_producer_that_raises_ends_with_the_error_frame() -> None:
     assert isinstance(body.end.exception, RuntimeError)
 
 
+@pytest.mark.parametrize("reason", [EndReason.ERROR, EndReason.DEADLINE])
+async def test_a_closing_frame_that_fails_is_left_out_and_the_body_still_ends(
+    reason: EndReason, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The exception was raised out of the writer into the server, and the body cut.
+    class FailingFarewell(Body):
+        def closing_frame(self, reason: EndReason) -> bytes | None:
+            raise RuntimeError("the encoder broke")
+
+    async def produce(send: StreamSender[str]) -> None:
+        await send("x")
+        if reason is EndReason.ERROR:
+            raise KeyError("the producer failed")
+        await anyio.sleep_forever()
+
+    body = FailingFarewell(produce, StreamOptions(max_duration=0.05))
+    connection = FakeConnection()
+    with caplog.at_level(logging.ERROR, logger="streamkit"):
+        await connection.run(partial(deliver, body))
+    assert connection.body == b"x|"
+    assert connection.complete
+    assert body.end.reason is reason
+    assert f"its {reason.value} farewell could not be encoded" in caplog.text
+    assert "the encoder broke" in caplog.text
+
+
 async def test_an_item_the_body_cannot_encode_raises_at_send() -> None:
     raised: list[BaseException] = []
 
