@@ -126,3 +126,27 @@ async def test_trio_service_streams_readings_and_drains_on_shutdown(anyio_backen
     assert rest[-1].event == "shutdown"
     assert rest[-1].retry is not None
     assert client.complete
+
+
+async def test_cached_fallback_answers_fresh_then_stale_at_the_deadline_then_503(
+    anyio_backend: str,
+) -> None:
+    # The example's upstream is slow (10 s) on every other call, its deadline 0.5 s.
+    example = load_example("cached_fallback")
+    async with open_server(example.app) as server:
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            with anyio.fail_after(5):
+                fresh = await http.get("/quote/ACME")  # call 1: fast
+                started = anyio.current_time()
+                stale = await http.get("/quote/ACME")  # call 2: slow, answered from the cache
+                waited = anyio.current_time() - started
+                other = await http.get("/quote/XYZ")  # call 3: fast
+                unknown = await http.get("/quote/NEW")  # call 4: slow, nothing cached
+    assert (fresh.status_code, fresh.headers["x-cache"]) == (200, "miss")
+    assert fresh.json() == {"symbol": "ACME", "price": 101, "fetched": 1, "cache": False}
+    assert (stale.status_code, stale.headers["x-cache"]) == (200, "stale")
+    assert stale.json() == {**fresh.json(), "cache": True}
+    assert "age" in stale.headers
+    assert 0.4 <= waited < 3.0  # at the deadline, not after the slow call's 10 s
+    assert other.json()["symbol"] == "XYZ"
+    assert (unknown.status_code, unknown.headers["retry-after"]) == (503, "10")
