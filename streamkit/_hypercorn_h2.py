@@ -18,7 +18,9 @@ Eight changes, applied to the connections of servers that :func:`streamkit.serve
   ``RST_STREAM`` (``CANCEL``) and its buffer dropped;
   hypercorn would leave it open, and the client waiting, until the connection closed;
 - a connection the server closes as it shuts down is sent ``GOAWAY`` first, so the client
-  knows that the streams it had were ended on purpose;
+  knows that the streams it had were ended on purpose; so is one cancelled as the grace
+  period ends (hypercorn's trio worker gives it no close to answer), its unfinished streams
+  reset first;
 - a tunnel's ``CONNECT``, the one request without a path, is answered 405, and one whose
   method or path is not ASCII 400, without the app; hypercorn raised ``UnboundLocalError``
   or ``UnicodeDecodeError`` out of the connection;
@@ -79,6 +81,10 @@ CHECKED_RELEASES = ("0.18.",)
 # The configs of the servers streamkit runs; a config dropped by its server leaves by itself.
 _bounded_configs: weakref.WeakSet[Any] = weakref.WeakSet()
 _decision: bool | None = None
+#: The longest a connection cancelled mid-stream spends saying goodbye: a few frames, held
+#: up only by a client that stopped reading its socket (which ``stalled_connection_timeout``
+#: bounds, in the kernel, where hypercorn shields the write).
+_GOODBYE_TIMEOUT = 1.0
 
 
 class _ProbeEvent:
@@ -182,6 +188,37 @@ class _BoundedH2Protocol(H2Protocol):
         self._feeders: dict[int, anyio.CancelScope] = {}
         self._send_to_server = self.send
         self.send = self._send
+        # Set once the connection has handled its close (see _goodbye_if_cancelled()).
+        self._handled_close = anyio.Event()
+
+    async def initiate(self, *args: Any, **kwargs: Any) -> None:
+        await super().initiate(*args, **kwargs)
+        self.task_group.spawn(self._goodbye_if_cancelled)
+
+    async def _goodbye_if_cancelled(self) -> None:
+        """Say goodbye on the wire to a connection cancelled before it was closed: its
+        unfinished streams reset, then ``GOAWAY``. hypercorn's trio worker cancels the
+        connections still open as its graceful timeout ends, and gives them no close to
+        answer: a client was left with its streams open and no GOAWAY, only the socket shut.
+        (On asyncio the cancelled apps' ends did it already.) Frames only: the streams' apps
+        are being cancelled with the connection."""
+        try:
+            await self._handled_close.wait()
+        finally:
+            if not self.closed:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(_GOODBYE_TIMEOUT):
+                    await self._say_goodbye()
+
+    async def _say_goodbye(self) -> None:
+        self._goaway_sent = True
+        try:
+            for stream_id, buffer in list(self.stream_buffers.items()):
+                if not buffer.complete:
+                    self.connection.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
+            self.connection.close_connection()
+        except h2.exceptions.ProtocolError:
+            pass  # the connection was closing already
+        await self._flush()
 
     async def _send(self, event: Event) -> None:
         if isinstance(event, Updated) and being_cancelled():
@@ -372,6 +409,8 @@ class _BoundedH2Protocol(H2Protocol):
             else:
                 await self._flush()
         await super().handle(event)
+        if isinstance(event, Closed):
+            self._handled_close.set()
 
 
 def _message(event: StreamEvent) -> dict[str, Any]:

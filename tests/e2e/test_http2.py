@@ -35,7 +35,7 @@ from streamkit import (
     StreamSender,
     TLSConfig,
 )
-from streamkit.testing import LiveServer, open_h2_connection, open_server
+from streamkit.testing import H2Connection, LiveServer, open_h2_connection, open_server
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
@@ -303,6 +303,55 @@ async def test_a_stream_stalled_past_the_grace_period_lets_the_server_stop_clean
     assert stopped_after < grace_period + CLEANUP_BOUND
     assert seen.ends["live"].reason is EndReason.SHUTDOWN
     assert seen.ends["stalled"].reason is EndReason.SHUTDOWN
+
+
+async def test_a_shutdown_with_a_stalled_stream_says_goaway_and_closes_in_bounded_time() -> None:
+    """A healthy stream and a stalled one (window 0) on one connection: the healthy one gets
+    its farewell, the connection its GOAWAY and the stalled stream its reset as the grace
+    period ends, and the socket is closed soon after; the server stops. On trio hypercorn
+    cancelled the connection at the grace period's end and gave it no close to answer: no
+    GOAWAY, no reset, only the socket closed."""
+    seen = Seen()
+    grace_period = 1.0
+    with anyio.fail_after(30):
+        async with (
+            open_server(make_app(seen), grace_period=grace_period) as server,
+            open_h2_connection(server) as connection,
+            connection.open_stream("/chunks?name=stalled&send_timeout=none") as stalled,
+            connection.open_stream("/ticks?name=live") as live,
+        ):
+            stalled.stall()
+            for _ in range(20):  # the stalled stream's producer meanwhile fills the buffers
+                await live.read_event()
+            started = anyio.current_time()
+            async with anyio.create_task_group() as task_group:
+                task_group.start_soon(server.shutdown)
+                with anyio.fail_after(CLEANUP_BOUND):
+                    events = [event async for event in live.events()]
+                assert (events[-1].event, events[-1].retry) == ("shutdown", 1000)
+                with anyio.fail_after(grace_period + CLEANUP_BOUND):
+                    code = await connection.wait_goaway()
+                goaway_after = anyio.current_time() - started
+                assert code == h2.errors.ErrorCodes.NO_ERROR
+                with anyio.fail_after(CLEANUP_BOUND):
+                    await read_until_closed(connection)
+                closed_after = anyio.current_time() - started
+            stopped_after = anyio.current_time() - started
+            assert stalled.reset_code == h2.errors.ErrorCodes.CANCEL
+    assert goaway_after < grace_period + CLEANUP_BOUND
+    assert closed_after < grace_period + CLEANUP_BOUND
+    assert stopped_after < grace_period + CLEANUP_BOUND
+    assert seen.ends["live"].reason is EndReason.SHUTDOWN
+    assert seen.ends["stalled"].reason is EndReason.SHUTDOWN
+
+
+async def read_until_closed(connection: H2Connection) -> None:
+    """Read the connection until the server closes it."""
+    try:
+        while True:
+            await connection._receive_once()
+    except ConnectionError:
+        return
 
 
 async def test_a_client_that_does_not_trust_the_ca_refuses_the_server(
