@@ -9,7 +9,7 @@ the client's flow-control window for the stream is 0, every take is empty. So a 
 stream whose reader stopped never waits: the buffer grows with whatever the application
 makes, and ``send_timeout`` never fires. Over HTTP/1.1 the socket itself holds the writer.
 
-Eight changes, applied to the connections of servers that :func:`streamkit.serve` runs:
+Ten changes, applied to the connections of servers that :func:`streamkit.serve` runs:
 
 - the writer is let go only once the buffer has fallen below half its high-water mark, so a
   stalled stream holds at most the buffer and one write, and its writer waits;
@@ -39,7 +39,15 @@ Eight changes, applied to the connections of servers that :func:`streamkit.serve
   client named in one, for good, and past 1000 of them raised out of the connection;
 - on asyncio, a stream cancelled as the grace period ends does not ask for the connection's
   idle timer: hypercorn would start it in the connection's task group, then being cancelled,
-  whose RuntimeError came out of ``serve()``.
+  whose RuntimeError came out of ``serve()``;
+- a client's ``GOAWAY`` without an error code lets the streams it has open run to their end,
+  refuses (``REFUSED_STREAM``) any it opens after, and closes the connection once the last
+  has ended: RFC 9113 makes it a promise to open no more streams, and hypercorn closed the
+  connection at once, every stream cut. One with an error code closes it, as before;
+- the connection's socket is closed only once the writes under way have finished, and none
+  begins after: hypercorn's trio worker shut it while another stream's write began, and the
+  ``BusyResourceError`` stopped the server (a client's ``GOAWAY`` as data flowed was
+  enough).
 
 The repair depends on hypercorn's internals, so it is applied only to a hypercorn version it
 was checked against, and only where a probe of hypercorn's own buffer shows the fault; a
@@ -62,11 +70,12 @@ import h2.events
 import h2.exceptions
 import hypercorn.protocol
 import hypercorn.protocol.h2 as hypercorn_h2
-from hypercorn.events import Closed, Event, Updated
+from hypercorn.events import Closed, Event, RawData, Updated
 from hypercorn.protocol.events import Body, EndBody, StreamClosed
 from hypercorn.protocol.events import Event as StreamEvent
 from hypercorn.protocol.h2 import H2Protocol
 from hypercorn.protocol.http_stream import HTTPStream
+from hyperframe.frame import GoAwayFrame
 from priority.priority import PriorityError
 
 from ._backends import being_cancelled, hand_over_nowait
@@ -173,7 +182,7 @@ class _Streams(dict[int, Any]):
 
 
 class _BoundedH2Protocol(H2Protocol):
-    """hypercorn's HTTP/2 connection with the eight changes the module docstring lists."""
+    """hypercorn's HTTP/2 connection with the ten changes the module docstring lists."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -188,6 +197,17 @@ class _BoundedH2Protocol(H2Protocol):
         self._feeders: dict[int, anyio.CancelScope] = {}
         self._send_to_server = self.send
         self.send = self._send
+        # Writes under way (waiting for the server's send lock, or sending), and whether the
+        # socket is being closed: see _send().
+        self._writes = 0
+        self._writes_done = anyio.Event()
+        self._socket_closing = False
+        # A client's GOAWAY without an error: it opens no more streams, those open go on (see
+        # _receive_goaway()). h2 would close the connection on the frame, as hypercorn did.
+        frames = self.connection._frame_dispatch_table
+        self._h2_receive_goaway = frames[GoAwayFrame]
+        frames[GoAwayFrame] = self._receive_goaway
+        self._client_going_away = False
         # Set once the connection has handled its close (see _goodbye_if_cancelled()).
         self._handled_close = anyio.Event()
 
@@ -228,12 +248,74 @@ class _BoundedH2Protocol(H2Protocol):
             # that outlived the grace period was cancelled and ended. The connection is being
             # closed; there is no timer to keep.
             return
+        if isinstance(event, RawData):
+            if self._socket_closing:
+                return  # nothing more reaches the client
+            self._writes += 1
+            try:
+                await self._send_to_server(event)
+            finally:
+                self._writes -= 1
+                if not self._writes:
+                    self._writes_done.set()
+            return
+        if isinstance(event, Closed) and not self._socket_closing:
+            # hypercorn's trio worker shuts the socket's sending side outside its send lock,
+            # and a write that began meanwhile (another stream's data) raised
+            # BusyResourceError out of the server: a client's GOAWAY or a protocol error, as
+            # data flowed, stopped every connection. Writes still to begin are dropped, and
+            # those under way finish first, within a bound: one held by a client that stopped
+            # reading holds the socket, and the shutdown then finds it busy, which hypercorn
+            # allows for.
+            self._socket_closing = True
+            with anyio.move_on_after(_GOODBYE_TIMEOUT):
+                while self._writes:
+                    self._writes_done = anyio.Event()
+                    await self._writes_done.wait()
         await self._send_to_server(event)
+
+    def _receive_goaway(self, frame: GoAwayFrame) -> tuple[list[Any], list[h2.events.Event]]:
+        """h2's reading of a client's ``GOAWAY``, but for one without an error, which leaves
+        the connection open: RFC 9113 (6.8) makes it a promise to open no more streams (its
+        last stream id is about the server's pushes), and a client shutting down gracefully
+        waits for the streams it has. Chromium sends GOAWAY only with an error code, and
+        closes the socket: such a frame ends the connection, as it did."""
+        if frame.error_code != h2.errors.ErrorCodes.NO_ERROR:
+            return self._h2_receive_goaway(frame)  # type: ignore[no-any-return]
+        event = h2.events.ConnectionTerminated()
+        event.error_code = h2.errors.ErrorCodes.NO_ERROR
+        event.last_stream_id = frame.last_stream_id
+        event.additional_data = frame.additional_data or None
+        return [], [event]
+
+    async def _finish_going_away(self) -> None:
+        """Close the connection of a client that said GOAWAY once its last stream has ended,
+        every byte of it sent (its END_STREAM included): GOAWAY, then the socket."""
+        if not self._client_going_away or self.closed or self._socket_closing or self.streams:
+            return
+        # A buffer whose end is set is the sending task's to finish (END_STREAM) or drop; one
+        # without, of a stream no longer served, was reset by the client and is left over.
+        if any(buffer._complete for buffer in self.stream_buffers.values()):
+            return
+        self._goaway_sent = True
+        try:
+            self.connection.close_connection()
+        except h2.exceptions.ProtocolError:
+            pass
+        else:
+            await self._flush()
+        await self.send(Closed())
+
+    async def _send_data(self, stream_id: int) -> None:
+        await super()._send_data(stream_id)
+        await self._finish_going_away()
 
     async def stream_send(self, event: StreamEvent) -> None:
         if isinstance(event, StreamClosed):
             await self._reset_if_unfinished(event.stream_id)
         await super().stream_send(event)
+        if isinstance(event, StreamClosed):
+            await self._finish_going_away()
 
     async def _reset_if_unfinished(self, stream_id: int) -> None:
         buffer = self.stream_buffers.get(stream_id)
@@ -263,6 +345,22 @@ class _BoundedH2Protocol(H2Protocol):
         # request's event on, which may be in the same batch.
         batch: list[h2.events.Event] = []
         for event in events:
+            if (
+                isinstance(event, h2.events.ConnectionTerminated)
+                and event.error_code == h2.errors.ErrorCodes.NO_ERROR
+            ):
+                # The client's graceful GOAWAY (see _receive_goaway()): the connection closes
+                # once its streams have ended, now if it has none.
+                if batch:
+                    await super()._handle_events(batch)
+                    batch = []
+                self._client_going_away = True
+                await self._finish_going_away()
+                continue
+            if isinstance(event, h2.events.RequestReceived) and self._client_going_away:
+                # It said it would open no more: refused, so it may retry it elsewhere.
+                self.connection.reset_stream(event.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+                continue
             if isinstance(event, h2.events.RequestReceived) and (
                 status := _refused(event.headers or ())
             ):

@@ -6,7 +6,9 @@ HTTP/1.1; a client CA makes the certificate required; without TLS, HTTP/1.1 is t
 A stream whose client stops reading (its window stays 0) holds its producer at a bounded
 number of bytes, ends with SEND_TIMEOUT and is reset (RST_STREAM CANCEL), while the
 connection's other streams go on; the drain on shutdown sends every stream on a connection
-its farewell, then GOAWAY.
+its farewell, then GOAWAY, and a stream still stalled at the grace period's end its reset
+first. A client's GOAWAY lets its open streams run to their end, unless it carries an
+error code.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import anyio
 import h2.errors
 import httpx
 import pytest
+from hyperframe.frame import GoAwayFrame
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -352,6 +355,70 @@ async def read_until_closed(connection: H2Connection) -> None:
             await connection._receive_once()
     except ConnectionError:
         return
+
+
+def goaway_frame(error_code: int) -> bytes:
+    """A client's GOAWAY, sent past the client's own h2 state machine, which would close
+    the connection for it on sending one."""
+    return GoAwayFrame(0, last_stream_id=0, error_code=error_code).serialize()
+
+
+async def test_a_client_goaway_lets_its_open_streams_run_to_their_end() -> None:
+    """RFC 9113 6.8: a client's GOAWAY says it will open no more streams; those it has go
+    on (a client shutting down gracefully, as Go's does, waits for them). hypercorn took it
+    for the connection's end and closed it, every stream cut. Chromium sends GOAWAY only with
+    an error code (and closes the socket), so a browser's streams are not held open by this."""
+    async with serving() as (server, seen), open_h2_connection(server) as connection:
+        async with (
+            connection.open_stream("/ticks?name=live") as live,
+            connection.open_stream("/tail?name=tail") as tail,
+        ):
+            await live.read_event()
+            await connection.stream.send(goaway_frame(h2.errors.ErrorCodes.NO_ERROR))
+            with anyio.fail_after(CLEANUP_BOUND):
+                # A body larger than the stream's window: its end needs the client's window
+                # updates, sent after its GOAWAY.
+                assert len(await tail.read_all()) == 65535 + 10000
+                for _ in range(3):
+                    await live.read_event()
+            assert tail.complete
+            assert seen.ends["tail"].reason is EndReason.COMPLETED
+            assert "live" not in seen.ends
+            # The client said it would open none: a stream it opens anyway is refused.
+            with anyio.fail_after(CLEANUP_BOUND), pytest.raises(ConnectionResetError) as refused:
+                async with connection.open_stream("/version"):
+                    pass
+            assert f"error code {h2.errors.ErrorCodes.REFUSED_STREAM:d}" in str(refused.value)
+            await live.read_event()
+            await live.reset_stream()
+        await seen.wait_end("live", EndReason.CLIENT_DISCONNECTED, within=CLEANUP_BOUND)
+        # Its last stream ended, the connection is closed: GOAWAY, then the socket.
+        with anyio.fail_after(CLEANUP_BOUND):
+            assert await connection.wait_goaway() == h2.errors.ErrorCodes.NO_ERROR
+            await read_until_closed(connection)
+
+
+async def test_a_client_goaway_with_an_error_ends_its_streams_at_once() -> None:
+    """An error code says the client is closing the connection now (Chromium sends one, then
+    closes the socket): its streams end, not waiting for the socket's close. Sent as data
+    flows: hypercorn's trio worker shut the socket while another task began a write, and the
+    BusyResourceError stopped the whole server."""
+    async with serving() as (server, seen):
+        for attempt in range(20):
+            async with open_h2_connection(server) as connection:
+                name = f"busy{attempt}"
+                async with connection.open_stream(f"/chunks?name={name}&send_timeout=none") as busy:
+                    for _ in range(8):
+                        await busy.receive_chunk()
+                    await connection.stream.send(goaway_frame(h2.errors.ErrorCodes.PROTOCOL_ERROR))
+                    await seen.wait_end(name, EndReason.CLIENT_DISCONNECTED, within=CLEANUP_BOUND)
+                    with anyio.fail_after(CLEANUP_BOUND):
+                        await read_until_closed(connection)
+        # The server goes on.
+        async with open_h2_connection(server) as connection:
+            with anyio.fail_after(CLEANUP_BOUND):
+                async with connection.open_stream("/version") as stream:
+                    assert await stream.read_all() == b"2"
 
 
 async def test_a_client_that_does_not_trust_the_ca_refuses_the_server(
