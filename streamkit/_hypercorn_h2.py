@@ -9,7 +9,7 @@ the client's flow-control window for the stream is 0, every take is empty. So a 
 stream whose reader stopped never waits: the buffer grows with whatever the application
 makes, and ``send_timeout`` never fires. Over HTTP/1.1 the socket itself holds the writer.
 
-Ten changes, applied to the connections of servers that :func:`streamkit.serve` runs:
+Eleven changes, applied to the connections of servers that :func:`streamkit.serve` runs:
 
 - the writer is let go only once the buffer has fallen below half its high-water mark, so a
   stalled stream holds at most the buffer and one write, and its writer waits;
@@ -47,7 +47,12 @@ Ten changes, applied to the connections of servers that :func:`streamkit.serve` 
 - the connection's socket is closed only once the writes under way have finished, and none
   begins after: hypercorn's trio worker shut it while another stream's write began, and the
   ``BusyResourceError`` stopped the server (a client's ``GOAWAY`` as data flowed was
-  enough).
+  enough);
+- a client that resets more than ``RESET_BURST`` streams at once, or more than
+  ``RESET_RATE`` a second after, has its connection closed with ``GOAWAY``
+  (``ENHANCE_YOUR_CALM``): streams reset as they open (CVE-2023-44487, rapid reset) leave the
+  client's concurrency limit at once while the server starts, cancels and cleans up each,
+  and hypercorn bounded them only by ``keep_alive_max_requests`` (1000 a connection).
 
 The repair depends on hypercorn's internals, so it is applied only to a hypercorn version it
 was checked against, and only where a probe of hypercorn's own buffer shows the fault; a
@@ -94,6 +99,13 @@ _decision: bool | None = None
 #: up only by a client that stopped reading its socket (which ``stalled_connection_timeout``
 #: bounds, in the kernel, where hypercorn shields the write).
 _GOODBYE_TIMEOUT = 1.0
+#: A connection's client may reset this many of the streams being served at once, and
+#: RESET_RATE more a second; past that, the connection is closed (see _count_reset()).
+RESET_BURST = 200
+RESET_RATE = 20.0
+#: How long a connection closed for too many resets is read and dropped before its socket
+#: is closed.
+_LINGER = 1.0
 
 
 class _ProbeEvent:
@@ -182,7 +194,7 @@ class _Streams(dict[int, Any]):
 
 
 class _BoundedH2Protocol(H2Protocol):
-    """hypercorn's HTTP/2 connection with the ten changes the module docstring lists."""
+    """hypercorn's HTTP/2 connection with the eleven changes the module docstring lists."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -208,6 +220,13 @@ class _BoundedH2Protocol(H2Protocol):
         self._h2_receive_goaway = frames[GoAwayFrame]
         frames[GoAwayFrame] = self._receive_goaway
         self._client_going_away = False
+        # The client's resets it may still make at once, as of _resets_counted_at (its
+        # first reset's time, until then).
+        self._resets_left = float(RESET_BURST)
+        self._resets_counted_at: float | None = None
+        # Closed for too many resets, what the client still sends is dropped (_calm_down()).
+        self._lingering = False
+        self._socket_closed = anyio.Event()
         # Set once the connection has handled its close (see _goodbye_if_cancelled()).
         self._handled_close = anyio.Event()
 
@@ -357,6 +376,11 @@ class _BoundedH2Protocol(H2Protocol):
                 self._client_going_away = True
                 await self._finish_going_away()
                 continue
+            if isinstance(event, h2.events.StreamReset) and not self._count_reset():
+                if batch:
+                    await super()._handle_events(batch)
+                await self._calm_down()
+                return
             if isinstance(event, h2.events.RequestReceived) and self._client_going_away:
                 # It said it would open no more: refused, so it may retry it elsewhere.
                 self.connection.reset_stream(event.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
@@ -387,6 +411,49 @@ class _BoundedH2Protocol(H2Protocol):
                     continue
             batch.append(event)
         await super()._handle_events(batch)
+
+    def _count_reset(self) -> bool:
+        """Count a stream the client reset; false once it has reset more than RESET_BURST
+        at once, or more than RESET_RATE a second since.
+
+        A stream reset as soon as it is opened leaves the client's concurrency limit at
+        once, while its app starts, is cancelled and cleans up: a client that resets
+        every stream it opens (CVE-2023-44487, rapid reset) makes the server work without
+        waiting for anything, bounded only by hypercorn's keep_alive_max_requests (1000 a
+        connection). A browser resets a stream when a page stops reading it, a few at once.
+        """
+        now = anyio.current_time()
+        since = 0.0 if self._resets_counted_at is None else now - self._resets_counted_at
+        self._resets_left = min(float(RESET_BURST), self._resets_left + since * RESET_RATE)
+        self._resets_counted_at = now
+        if self._resets_left < 1:
+            return False
+        self._resets_left -= 1
+        return True
+
+    async def _calm_down(self) -> None:
+        """Close the connection of a client that resets too many streams: GOAWAY
+        (ENHANCE_YOUR_CALM), its streams ended as on a disconnect, and the socket closed
+        _LINGER seconds later, or as soon as the client closes it. Meanwhile what it sends
+        is read and dropped: closing a socket with unread data resets it, and the client's
+        kernel may then drop the GOAWAY before its reader sees why."""
+        self._goaway_sent = True
+        self._lingering = True
+        try:
+            self.connection.close_connection(
+                h2.errors.ErrorCodes.ENHANCE_YOUR_CALM, additional_data=b"too many resets"
+            )
+        except h2.exceptions.ProtocolError:
+            pass
+        else:
+            await self._flush()
+        await self.handle(Closed())
+        self.task_group.spawn(self._close_after_lingering)
+
+    async def _close_after_lingering(self) -> None:
+        with anyio.move_on_after(_LINGER):
+            await self._socket_closed.wait()
+        await self.send(Closed())
 
     def _hand_over(self, stream: HTTPStream, event: StreamEvent, length: int) -> None:
         """Hand *event*, a stream's body or its end (*length* flow-controlled bytes), to the
@@ -492,6 +559,12 @@ class _BoundedH2Protocol(H2Protocol):
             pass  # advice that cannot be followed (a loop, say) is left
 
     async def handle(self, event: Event) -> None:
+        if isinstance(event, RawData) and self._lingering:
+            if not event.data:  # the client closed the socket
+                self._socket_closed.set()
+            return
+        if isinstance(event, Closed) and self._lingering and self.closed:
+            self._socket_closed.set()
         if (
             isinstance(event, Closed)
             and not self.closed

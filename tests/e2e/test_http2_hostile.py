@@ -4,7 +4,8 @@ What is proved: frames a client may send at any time, whatever their content (PR
 any stream, body after the response, a tunnel's CONNECT, a head that is not ASCII), cost the
 server bounded memory and end at most the client's own stream, never the worker: the other
 streams on the connection go on, and new ones are served. Streams reset as they open, one
-after another, each end once, with their cleanup run.
+after another, each end once, with their cleanup run; past a bound, their connection is
+closed with GOAWAY (ENHANCE_YOUR_CALM) while the server serves the others.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from streamkit import App, EndReason, EventSourceResponse, ServerSentEvent, StreamEnd, StreamSender
+from streamkit._hypercorn_h2 import RESET_BURST
 from streamkit.testing import (
     H2Connection,
     H2StreamClient,
@@ -242,6 +244,62 @@ async def test_streams_reset_as_they_open_each_end_once_with_their_cleanup_run()
                 while len(ends) < count:
                     await connection.ping()
     assert ends == {str(number): [EndReason.CLIENT_DISCONNECTED] for number in range(count)}
+
+
+async def test_rapid_reset_past_the_bound_closes_the_connection_with_enhance_your_calm() -> None:
+    """CVE-2023-44487's shape: HEADERS then RST_STREAM, again and again, without waiting. A
+    reset stream leaves the client's concurrency limit at once while its app starts, is
+    cancelled and cleans up, so the client's work is bounded by nothing it waits for:
+    hypercorn served 1000 such streams (keep_alive_max_requests) before its GOAWAY, then the
+    client opened a new connection. Past the bound, the connection is closed with GOAWAY
+    (ENHANCE_YOUR_CALM); every stream begun ends once, and the server serves the others."""
+    started: list[str] = []
+    cleaned: list[str] = []
+
+    async def resets(request: Request) -> Response:
+        name = request.query_params["name"]
+        started.append(name)
+
+        async def produce(send: StreamSender[ServerSentEvent]) -> None:
+            try:
+                await send(ServerSentEvent(data=name))
+                await anyio.sleep_forever()
+            finally:
+                cleaned.append(name)
+
+        return EventSourceResponse(produce)
+
+    app = make_app()
+    app.router.routes.append(Route("/resets", resets))
+    pairs = 4 * RESET_BURST
+    with anyio.fail_after(30):
+        async with (
+            open_server(app) as server,
+            open_h2_connection(server) as bystander,
+            bystander.open_stream("/ticks") as live,
+            open_h2_connection(server) as attacker,
+        ):
+            await live.read_event()
+            head = [(":method", "GET"), (":scheme", "http"), (":authority", "test")]
+            for number in range(pairs):
+                stream_id = attacker._h2.get_next_available_stream_id()
+                attacker._h2.send_headers(
+                    stream_id, [*head, (":path", f"/resets?name={number}")], end_stream=True
+                )
+                attacker._h2.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
+                try:
+                    await attacker._flush()
+                except (anyio.BrokenResourceError, OSError):
+                    break  # closed by the server: what the test expects
+            with anyio.fail_after(BOUND):
+                code = await attacker.wait_goaway()
+            assert code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+            await assert_served_beside(bystander, live)
+            with anyio.fail_after(BOUND):
+                while len(cleaned) < len(started):
+                    await bystander.ping()
+    assert len(started) <= RESET_BURST + 100, f"{len(started)} streams begun"
+    assert sorted(cleaned) == sorted(started)
 
 
 async def test_a_large_body_left_unread_holds_neither_the_connection_nor_its_stream() -> None:
