@@ -112,12 +112,17 @@ def make_app(seen: Seen) -> Starlette:
 
     async def tail(request: Request) -> Response:
         name = request.query_params["name"]
+        send_timeout = request.query_params.get("send_timeout")
 
         async def produce(send: StreamSender[bytes]) -> None:
             # A window's worth and a tail that hypercorn's buffer takes without waiting.
             await send(b"x" * (65535 + 10000))
 
-        return StreamResponse(produce, send_timeout=SEND_TIMEOUT, on_end=seen.on_end(name))  # type: ignore[arg-type]
+        return StreamResponse(
+            produce,
+            send_timeout=None if send_timeout == "none" else SEND_TIMEOUT,
+            on_end=seen.on_end(name),  # type: ignore[arg-type]
+        )
 
     async def version(request: Request) -> Response:
         return PlainTextResponse(request.scope["http_version"])
@@ -371,7 +376,7 @@ async def test_a_client_goaway_lets_its_open_streams_run_to_their_end() -> None:
     async with serving() as (server, seen), open_h2_connection(server) as connection:
         async with (
             connection.open_stream("/ticks?name=live") as live,
-            connection.open_stream("/tail?name=tail") as tail,
+            connection.open_stream("/tail?name=tail&send_timeout=none") as tail,
         ):
             await live.read_event()
             await connection.stream.send(goaway_frame(h2.errors.ErrorCodes.NO_ERROR))
