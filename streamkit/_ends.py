@@ -33,8 +33,11 @@ class StreamEnd:
     :param path: the request path.
     :param duration: seconds from the stream's start to its end being decided and its
         producer's cleanup finished.
-    :param items_sent: items written to the client (heartbeats and closing events excluded).
-    :param bytes_sent: body bytes written to the client, heartbeats and closing events included.
+    :param items_sent: items handed to the server to write to the client (heartbeats and
+        closing events excluded), counted as each write begins: the write a stalled client
+        held up when it was given up counts, though the client may have had only part of it.
+    :param bytes_sent: body bytes handed to the server so, heartbeats and closing events
+        included.
     :param cleanup_duration: seconds the producer's cleanup took after the end was decided.
     :param exception: what the producer raised, for :attr:`EndReason.ERROR`.
     """

@@ -36,8 +36,9 @@ class ActiveStream:
     :param path: the request path.
     :param client: the client's address and port, when the server reports it.
     :param age: seconds since the stream started.
-    :param items_sent: items written so far.
-    :param bytes_sent: body bytes written so far.
+    :param items_sent: items handed to the server to write so far, the write under way
+        included.
+    :param bytes_sent: body bytes handed to the server so far.
     """
 
     path: str

@@ -335,14 +335,19 @@ class _Stream(Generic[ItemT]):
             if self._writes_unasked == WRITES_UNASKED:
                 self._writes_unasked = 0  # the loop has turned since it was asked
             self._writing = True
+            size = len(frame)
             try:
                 self._last_data_at = self._begin_write()
+                # Counted as the write is handed over (see _send_message()).
+                self.bytes_sent += size
+                self.items_sent += 1
                 await self._send({"type": "http.response.body", "body": frame, "more_body": True})
                 self._pending_since = None
-                self.bytes_sent += len(frame)
-                self.items_sent += 1
             except OSError:
-                # ASGI 2.4 servers raise OSError from send() once the client is gone.
+                # ASGI 2.4 servers raise OSError from send() once the client is gone: the
+                # write was refused, and is not counted.
+                self.bytes_sent -= size
+                self.items_sent -= 1
                 self.decide(EndReason.CLIENT_DISCONNECTED)
                 await anyio.lowlevel.checkpoint()  # the producer is cancelled now
             finally:
@@ -683,10 +688,11 @@ class _Stream(Generic[ItemT]):
             return False
         return True
 
-    async def _send_message(self, message: Message, *, items: bool = False) -> None:
-        """Send *message* to the client, timed by the send timeout. *items*: it carries items,
-        which put the next heartbeat off (a heartbeat's own write does not: heartbeats keep
-        the schedule their timer sets). The clock is read once for both."""
+    async def _send_message(self, message: Message, *, items: int = 0, size: int = 0) -> None:
+        """Send *message* to the client, timed by the send timeout, and count the *items* and
+        the *size* bytes it carries. Items put the next heartbeat off (a heartbeat's own write
+        does not: heartbeats keep the schedule their timer sets). The clock is read once for
+        both."""
         if self._sender_done:
             # Set before the end is written only when the writer is abandoned (cancelled, or
             # stopped at the buffer, where it returns before it gets here): the client left
@@ -698,7 +704,18 @@ class _Stream(Generic[ItemT]):
         now = self._begin_write()
         if items:
             self._last_data_at = now
-        await self._send(message)
+        # Counted as the write is handed to the server, not once it returns: a write to a
+        # client that stopped reading is given up unfinished (on trio, never returns), though
+        # the kernel may have sent much of it, and items the client read would go uncounted.
+        # One the server refuses (the client gone) is not counted.
+        self.items_sent += items
+        self.bytes_sent += size
+        try:
+            await self._send(message)
+        except OSError:
+            self.items_sent -= items
+            self.bytes_sent -= size
+            raise
         self._pending_since = None
 
     def _begin_write(self) -> float:
@@ -742,8 +759,8 @@ class _Stream(Generic[ItemT]):
             abort_connection_soon((server[0], server[1]), client)
 
     async def _write(self, body: bytes) -> None:
-        await self._send_message({"type": "http.response.body", "body": body, "more_body": True})
-        self.bytes_sent += len(body)
+        message = {"type": "http.response.body", "body": body, "more_body": True}
+        await self._send_message(message, size=len(body))
 
     async def _send_all(self) -> None:
         body = self.body
@@ -775,9 +792,7 @@ class _Stream(Generic[ItemT]):
                 else:
                     data, items = self._join(frames)
                 message = {"type": "http.response.body", "body": data, "more_body": True}
-                await self._send_message(message, items=items > 0)
-                self.bytes_sent += len(data)
-                self.items_sent += items
+                await self._send_message(message, items=items, size=len(data))
             if self._sender_done:
                 return  # abandoned while it waited for frames: nothing more is written
             if self.reason is not None and (closing := self._closing_frame(self.reason)):
