@@ -288,6 +288,13 @@ class _Stream(Generic[ItemT]):
             self._abandon_sender()
         return True
 
+    def end(self, reason: EndReason) -> None:
+        """The producer's own end (``send.end()``), unless its body has returned: the return
+        decided a completion, its last items still being written, and a call from a task it
+        left running must not turn that into another reason."""
+        if not self._returned:
+            self.decide(reason, abandon_sender=False)
+
     def _abandon_sender(self) -> None:
         writer, self._writer = self._writer, None
         if self.buffer.reader_waiting:

@@ -56,9 +56,7 @@ class _Queue(Protocol[ItemT_contra]):
 
     def listen_instead(self, stop: anyio.CancelScope) -> Coroutine[Any, Any, bool]: ...
 
-    def decide(
-        self, reason: EndReason, exception: BaseException | None = None, *, abandon_sender: bool
-    ) -> bool: ...
+    def end(self, reason: EndReason) -> None: ...
 
 
 def shielded_cleanup(cleanup_timeout: float = 5.0) -> AbstractContextManager[anyio.CancelScope]:
@@ -208,12 +206,16 @@ class StreamSender(Generic[ItemT_contra]):
     def end(self, reason: EndReason) -> None:
         """End the stream for *reason*, decided by the producer itself: what is queued is still
         written, then the body ends. The producer is cancelled at its next ``await``, so call
-        this last. Has no effect if the stream's end was already decided.
+        this last.
+
+        Has no effect if the stream's end was already decided, or once the producer has
+        returned (its return decided a completion): a task it left running cannot change how
+        the stream is reported, or have it counted twice.
 
         For example, a subscriber that cannot keep up is told so, and its end is counted as
         :attr:`~streamkit.EndReason.SEND_TIMEOUT` rather than a completion.
         """
-        self._stream.decide(reason, abandon_sender=False)
+        self._stream.end(reason)
 
 
 #: A producer: an async function handed a :class:`~streamkit.StreamSender`.

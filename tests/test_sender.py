@@ -17,6 +17,7 @@ from starlette.types import Message
 from support.bodies import Body
 
 from streamkit import EndReason, StreamOptions, StreamSender, shielded_cleanup
+from streamkit._registry import StreamRegistry, using_registry
 from streamkit._runtime import deliver
 from streamkit._sse import MAX_LAST_EVENT_ID_LENGTH
 from streamkit.testing import FakeConnection
@@ -245,6 +246,50 @@ async def test_end_writes_what_was_queued_then_ends_with_its_reason() -> None:
     assert body.end.reason is EndReason.SEND_TIMEOUT
     assert body.end.items_sent == 2
     assert after_end == ["cancelled at the next await"]
+
+
+@pytest.mark.parametrize("when", ["after-the-report", "while-the-body-is-ended"])
+async def test_end_from_a_task_left_running_after_the_producer_returned_changes_nothing(
+    when: str,
+) -> None:
+    # The producer returned, which decided a completion; a task it left running (in a task
+    # group of the app's) calls end() later: once the stream is reported, or while the end of
+    # its body is being written. The first end wins: the report, its log and the registry's
+    # count say COMPLETED once.
+    kept: list[StreamSender[str]] = []
+    ending = anyio.Event()
+    release = anyio.Event()
+
+    async def produce(send: StreamSender[str]) -> None:
+        await send("a")
+        kept.append(send)
+
+    class SlowToEnd(FakeConnection):
+        async def send(self, message: Message) -> None:
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                ending.set()
+                await release.wait()
+            await super().send(message)
+
+    async def end_later() -> None:
+        await ending.wait()
+        if when == "after-the-report":
+            release.set()
+            await streams.wait_ended()
+        kept[0].end(EndReason.DEADLINE)
+        release.set()
+
+    body = Body(produce, StreamOptions(heartbeat_interval=None))
+    connection = SlowToEnd()
+    streams = StreamRegistry()
+    with using_registry(streams), anyio.fail_after(2):
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(end_later)
+            await connection.run(partial(deliver, body))
+    assert body.end.reason is EndReason.COMPLETED
+    assert connection.body == b"a|"
+    ended = streams.statistics().ended
+    assert (ended[EndReason.COMPLETED], ended[EndReason.DEADLINE]) == (1, 0)
 
 
 class StuckAfter(FakeConnection):
