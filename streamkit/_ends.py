@@ -9,7 +9,8 @@ __all__ = ["EndReason", "StreamEnd"]
 
 
 class EndReason(enum.Enum):
-    """Why a stream ended. Every stream ends with exactly one."""
+    """Why a stream ended. Every stream ends with exactly one. (A ``HEAD`` request, answered
+    with the headers alone, runs no producer and is no stream: it has no end.)"""
 
     #: The producer finished and everything it sent was written.
     COMPLETED = "completed"

@@ -279,6 +279,8 @@ class StreamEndpoint:
         receive = messages.for_stream
         content = self.handler(request) if self.generator else partial(self.handler, request)
         path, metrics, user_on_end = self.route.path, self._metrics, self.on_end
+        if scope.get("method") == "HEAD":
+            metrics = None  # answered with headers alone: no stream runs, or is counted
         ended = False
 
         def on_end(end: StreamEnd) -> None:

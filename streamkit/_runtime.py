@@ -409,9 +409,10 @@ class _Stream(Generic[ItemT]):
     async def deliver(self) -> None:
         arm_shutdown_watch()
         self._registry = registry = current_registry()
-        registry.add(self)
-        if registry.draining:
-            self.shutdown()
+        if not self._head_only:  # a HEAD is answered with headers, and is no stream (_report())
+            registry.add(self)
+            if registry.draining:
+                self.shutdown()
         try:
             async with anyio.create_task_group() as task_group:
                 self._task_group = task_group
@@ -873,6 +874,11 @@ class _Stream(Generic[ItemT]):
         if self._reported:
             return  # abandoned earlier, its producer refusing cancellation
         self._reported = True
+        if self._head_only:
+            # The producer never ran: counted as a completed stream, a HEAD (a load balancer's
+            # probe, say) would swell the completions and their statistics with streams that
+            # sent nothing. Not tracked, logged or handed to on_end.
+            return
         end = StreamEnd(
             reason=self.reason,
             path=self.path,

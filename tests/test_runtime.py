@@ -10,7 +10,7 @@ import gc
 import logging
 import time
 import types
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
 from functools import partial
 from typing import Any
@@ -24,6 +24,7 @@ from support.stubborn import fan_out_refusing
 
 import streamkit._runtime
 from streamkit import EndReason, StreamOptions, StreamSender
+from streamkit._registry import StreamRegistry, using_registry
 from streamkit._runtime import LOOP_HELD, WRITES_UNASKED, StreamBody, deliver
 from streamkit.testing import FakeConnection
 
@@ -46,6 +47,32 @@ async def test_a_producer_that_finishes_completes_the_body() -> None:
     assert connection.complete
     assert body.end.reason is EndReason.COMPLETED
     assert body.end.items_sent == 3
+
+
+async def test_a_head_request_is_answered_with_headers_and_is_no_stream() -> None:
+    # The producer never runs; an iterable handed over is still closed. Nothing is tracked,
+    # counted, logged or handed to on_end: a HEAD is not a stream that completed.
+    closed: list[str] = []
+
+    async def items() -> AsyncGenerator[str, None]:
+        try:
+            yield "never"
+        finally:
+            closed.append("closed")
+
+    iterator = items()
+    await iterator.asend(None)  # started: its finally has something to run
+    body = Body(iterator)
+    connection = FakeConnection(method="HEAD")
+    streams = StreamRegistry()
+    with using_registry(streams):
+        await connection.run(partial(deliver, body))
+    assert (connection.status, connection.body, connection.complete) == (200, b"", True)
+    assert closed == ["closed"]
+    assert body.ends == []
+    assert streams.statistics().active == 0
+    assert sum(streams.statistics().ended.values()) == 0
+    assert streams.recent_ends() == ()
 
 
 async def test_a_client_that_leaves_cancels_the_producer_and_its_cleanup_completes() -> None:

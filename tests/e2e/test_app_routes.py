@@ -186,6 +186,20 @@ async def script(server: LiveServer) -> None:
     await server.wait_ended(EndReason.ERROR)
 
 
+async def test_a_head_request_to_a_stream_route_is_not_counted_as_a_stream() -> None:
+    app = service(Probe(), metrics_path="/metrics")
+    async with open_server(app) as server, httpx.AsyncClient(base_url=server.url) as http:
+        head = await http.head("/rows/3")
+        assert (head.status_code, head.content) == (200, b"")
+        assert await read_items(server, "/rows/2") == [{"n": 0}, {"n": 1}]
+        assert (await server.wait_end()).path == "/rows/2"  # the HEAD's was never reported
+        metrics = samples((await http.get("/metrics")).text)
+    ends = "streamkit_stream_ends_total"
+    assert value(metrics, ends, route="/rows/{count:int}", reason="completed") == 1
+    assert value(metrics, "streamkit_active_streams", route="/rows/{count:int}") == 0
+    assert app.statistics().ended["/rows/{count:int}"][EndReason.COMPLETED] == 1
+
+
 async def test_metrics_and_introspection_count_a_scripted_set_of_streams() -> None:
     app = service(Probe(), metrics_path="/metrics", streams_path="/_streams")
     async with open_server(app) as server, httpx.AsyncClient(base_url=server.url) as http:
@@ -423,11 +437,12 @@ async def test_head_gets_each_stream_routes_headers_without_running_it_and_405_n
                 assert response.status_code == 200, path
                 assert response.headers["content-type"].startswith(media_type)
                 assert response.content == b""
-                end = await server.wait_ended(EndReason.COMPLETED)
-                assert (end.path, end.items_sent, end.bytes_sent) == (path, 0, 0)
             for method in ("POST", "PUT", "DELETE", "OPTIONS"):
                 refused = await http.request(method, "/tokens")
                 assert refused.status_code == 405, method
                 assert set(refused.headers["allow"].split(", ")) == {"GET", "HEAD"}
         assert await read_items(server, "/rows/2") == [{"n": 0}, {"n": 1}]
+        # The first end reported is this GET's: a HEAD is no stream, and has none.
+        end = await server.wait_ended(EndReason.COMPLETED)
+        assert (end.path, end.items_sent) == ("/rows/2", 2)
     assert probe.cleaned == []  # /tokens' producer, which registers its cleanup, never ran

@@ -160,19 +160,29 @@ async def test_a_stream_completes_and_reports_once(kind: str, form: str) -> None
     assert registry.statistics().ended[EndReason.COMPLETED] == before + 1
 
 
-async def test_a_head_request_gets_the_headers_and_never_runs_the_producer() -> None:
+async def test_a_head_request_gets_the_headers_and_is_no_stream_ended() -> None:
+    # A HEAD never runs the producer: it is not counted as a stream that completed, logged or
+    # handed to on_end, which a GET after it is.
     probe = Probe()
 
     async def route(request: Request) -> Response:
-        return respond("sse", producer("sse", probe, count=None, pace=None), probe)
+        return respond("sse", producer("sse", probe, count=2, pace=None), probe, background=None)
 
     app = Starlette(routes=[Route("/stream", route, methods=["GET", "HEAD"])])
-    async with open_server(app) as server, open_stream(server, "/stream", method="HEAD") as client:
-        end = await server.wait_ended(EndReason.COMPLETED)
-    assert client.status == 200
-    assert client.headers["content-type"].startswith("text/event-stream")
-    assert not probe.started.is_set()
-    assert end.items_sent == 0
+    async with open_server(app) as server:
+        async with open_stream(server, "/stream", method="HEAD") as client:
+            assert client.status == 200
+            assert client.headers["content-type"].startswith("text/event-stream")
+            with anyio.fail_after(5):
+                assert await client.read_all() == b""
+        assert not probe.started.is_set()
+        async with open_stream(server, "/stream") as client:
+            with anyio.fail_after(5):
+                assert [event.data async for event in client.events()] == ["00000000", "00000001"]
+        end = await server.wait_end()
+        assert server.streams.statistics().ended[EndReason.COMPLETED] == 1
+    assert (end.reason, end.items_sent) == (EndReason.COMPLETED, 2)
+    assert probe.ends == [end]
 
 
 # -- disconnects ------------------------------------------------------------------------------
