@@ -101,7 +101,8 @@ class MemoryBroker(TopicHub):
     """A broker for one process: each topic's last *history_size* events, kept in memory.
 
     Ids are ``MILLISECONDS-SEQUENCE`` like Redis stream ids, so a client that reconnects to
-    a restarted server is sent a reset rather than events it never saw.
+    a restarted server is sent a reset rather than events it never saw; no two topics share
+    one, so an id from another topic is answered with a reset too.
 
     :param history_size: events kept per topic for resuming subscribers.
     :param history_ttl: a topic's history is dropped once nothing was published to it for
@@ -131,6 +132,7 @@ class MemoryBroker(TopicHub):
         self.history_size = history_size
         self.history_ttl = history_ttl
         self._histories: dict[str, _History] = {}
+        self._last_key: EventKey = (0, -1)  # the last id given out, to any topic
         self._next_sweep = time.monotonic() + (history_ttl or 0.0)
 
     async def __aenter__(self) -> Self:
@@ -215,7 +217,10 @@ class MemoryBroker(TopicHub):
         if history is None:
             history = self._histories[topic] = _History(self.history_size)
         keys = history.keys
-        milliseconds, sequence = keys[-1] if keys else (0, -1)
+        # From the broker's last id, not the topic's: ids are unique across topics, so an id
+        # another topic gave out is in no other's history, and resuming from it is a reset,
+        # where two topics' first events of one millisecond were both MILLISECONDS-0.
+        milliseconds, sequence = self._last_key
         now = time.time_ns() // 1_000_000
         if now > milliseconds:
             milliseconds, sequence = now, -1
@@ -226,6 +231,8 @@ class MemoryBroker(TopicHub):
             # Made without the event's checks: its name and data were checked by
             # event_fields(), and the id is the broker's own. They cost more than the rest.
             entries.append((key, trusted_event(data, name, format_event_id(key), None)))
+        if entries:
+            self._last_key = entries[-1][0]
         keys.extend(key for key, _ in entries)
         history.events.extend(event for _, event in entries)
         history.touched_at = time.monotonic()

@@ -44,23 +44,50 @@ from ._topics import (
     parse_event_id,
 )
 
-#: Appends events to a topic's stream: ``KEYS[1]`` the stream, ``ARGV`` the history's size,
-#: the expiry in milliseconds (0: none), and a JSON array of each event's name (``""``: none,
-#: else ``+`` and the name) and data. Returns the entries' ids, in order, in one string
-#: separated by spaces. Atomic, as a transaction is.
+#: Appends events to a topic's stream: ``KEYS[1]`` the stream, ``KEYS[2]`` the key prefix's
+#: clock (the last id given out under the prefix, to any topic: the prefix alone, which no
+#: topic's key is, as a topic is never empty); ``ARGV`` the history's size, the expiry in
+#: milliseconds (0: none), and a JSON array of each event's name (``""``: none, else ``+``
+#: and the name) and data. Returns the entries' ids, in order, in one string separated by
+#: spaces. Atomic, as a transaction is.
+#:
+#: The ids are the clock's, not each stream's own (``XADD *``): two topics appended to in one
+#: millisecond both began at MILLISECONDS-0, and a client resuming one topic from an id of
+#: the other's went on from the wrong event, what came before it silently skipped. A stream
+#: ahead of the clock (appended to before it was kept) goes on from its own last id.
 _APPEND = """
-local key, size, ttl = KEYS[1], ARGV[1], tonumber(ARGV[2])
+local key, clock, size, ttl = KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2])
 local events = cjson.decode(ARGV[3])
+local function split(id)
+  local dash = string.find(id, '-', 1, true)
+  return tonumber(string.sub(id, 1, dash - 1)), tonumber(string.sub(id, dash + 1))
+end
+local ms, seq = 0, -1
+local last = redis.call('GET', clock)
+if last then
+  ms, seq = split(last)
+end
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+if now > ms then
+  ms, seq = now, -1
+end
 local ids = {}
 for i = 1, #events, 2 do
-  local name = events[i]
-  if name == '' then
-    ids[#ids + 1] = redis.call('XADD', key, 'MAXLEN', '~', size, '*', 'd', events[i + 1])
-  else
-    ids[#ids + 1] = redis.call(
-      'XADD', key, 'MAXLEN', '~', size, '*', 'd', events[i + 1], 'e', string.sub(name, 2))
+  local fields = {'d', events[i + 1]}
+  if events[i] ~= '' then
+    fields[3], fields[4] = 'e', string.sub(events[i], 2)
   end
+  seq = seq + 1
+  local id = string.format('%d-%d', ms, seq)
+  local added = redis.pcall('XADD', key, 'MAXLEN', '~', size, id, unpack(fields))
+  if type(added) == 'table' and added.err then
+    added = redis.call('XADD', key, 'MAXLEN', '~', size, '*', unpack(fields))
+    ms, seq = split(added)
+  end
+  ids[#ids + 1] = added
 end
+redis.call('SET', clock, string.format('%d-%d', ms, seq))
 if ttl > 0 then
   redis.call('PEXPIRE', key, ttl)
 end
@@ -133,7 +160,8 @@ class RedisBroker(TopicHub):
     that starts its reader, which runs until the block exits.
 
     :param url: the Redis server, such as ``redis://localhost:6379/0``.
-    :param key_prefix: put before a topic's name to make its Redis key.
+    :param key_prefix: put before a topic's name to make its Redis key. The prefix alone is
+        the key of the last event id given out under it: ids are unique across its topics.
     :param history_size: events kept per topic, at least (``MAXLEN ~``).
     :param history_ttl: a topic's stream expires once nothing was published to it for this
         many seconds; ``None`` keeps it.
@@ -285,7 +313,7 @@ class RedisBroker(TopicHub):
         await anyio.lowlevel.checkpoint_if_cancelled()
         with _uncut():
             found: object = await self._append_script(
-                keys=[self._key(topic)],
+                keys=[self._key(topic), self.key_prefix],
                 args=[self.history_size, ttl, json.dumps(arguments, ensure_ascii=False)],
             )
         assert isinstance(found, str)

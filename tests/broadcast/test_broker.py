@@ -317,6 +317,23 @@ async def test_an_id_the_history_never_held_is_answered_with_a_reset(
         assert await resume(broker, "other", ids[0]) == [(RESET_EVENT, "expired", ""), "next"]
 
 
+async def test_an_id_from_another_topic_is_answered_with_a_reset(make_broker: MakeBroker) -> None:
+    # Topics published to in the same millisecond: were their ids each topic's own sequence,
+    # both would be MILLISECONDS-0, and a client resuming "b" from the id "a" gave it would
+    # go on from the event of b's with that id, the events up to it silently skipped.
+    async with make_broker() as broker:
+        for attempt in range(20):
+            a, b = f"a{attempt}", f"b{attempt}"
+            ids = [await broker.publish(b, "b0")]
+            from_a = await broker.publish(a, "a0")
+            ids.append(await broker.publish(b, "b1"))
+            async with broker.subscribe(b, last_event_id=from_a) as subscription:
+                await broker.publish(b, "b2")
+                (first,) = await take(subscription, 1)
+            assert first[:2] in {(RESET_EVENT, "unknown"), (RESET_EVENT, "trimmed")}, attempt
+            assert from_a not in ids
+
+
 async def test_a_trimmed_history_is_answered_with_a_reset(make_broker: MakeBroker) -> None:
     # Redis trims whole blocks of 100 entries (MAXLEN ~), so it takes a few hundred.
     async with make_broker(history_size=10) as broker:
