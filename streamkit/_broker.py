@@ -28,6 +28,7 @@ from ._responses import EventSourceArguments, EventSourceResponse
 from ._sender import StreamSender
 from ._sse import ServerSentEvent, trusted_event
 from ._topics import (
+    DEFAULT_MAX_EVENT_SIZE,
     RESET_EVENT,
     BrokerStatistics,
     Entry,
@@ -110,6 +111,9 @@ class MemoryBroker(TopicHub):
     :param subscriber_buffer: see :class:`~streamkit.broadcast.SlowSubscriberPolicy`.
     :param slow_subscriber_policy: see :class:`~streamkit.broadcast.SlowSubscriberPolicy`.
     :param max_catching_up: see :class:`~streamkit.broadcast.SlowSubscriberPolicy`.
+    :param max_event_size: the most bytes (UTF-8) an event's data and name may hold; a larger
+        one is refused where it is published (1 MiB).
+    :raises TypeError: a size or duration is not a number.
     :raises ValueError: a size or duration is out of range.
     """
 
@@ -121,6 +125,7 @@ class MemoryBroker(TopicHub):
         subscriber_buffer: int = 64,
         slow_subscriber_policy: SlowSubscriberPolicy = SlowSubscriberPolicy.CATCH_UP,
         max_catching_up: int = 16,
+        max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
     ) -> None:
         super().__init__(
             subscriber_buffer=subscriber_buffer,
@@ -129,8 +134,10 @@ class MemoryBroker(TopicHub):
         )
         check_count("history_size", history_size)
         check_duration("history_ttl", history_ttl, optional=True)
+        check_count("max_event_size", max_event_size)
         self.history_size = history_size
         self.history_ttl = history_ttl
+        self.max_event_size = max_event_size
         self._histories: dict[str, _History] = {}
         self._last_key: EventKey = (0, -1)  # the last id given out, to any topic
         self._next_sweep = time.monotonic() + (history_ttl or 0.0)
@@ -148,10 +155,10 @@ class MemoryBroker(TopicHub):
         :param event: the data, or an event with data and perhaps an event name.
         :returns: the id given to the event.
         :raises ValueError: the topic name is invalid, or the event carries an id, retry or
-            comment, or no data.
+            comment, or no data, or is over ``max_event_size``.
         """
         check_topic(topic)
-        name, data = event_fields(event)
+        name, data = event_fields(event, topic=topic, max_size=self.max_event_size)
         await anyio.lowlevel.checkpoint()
         return self._append(topic, name, data)
 
@@ -166,7 +173,9 @@ class MemoryBroker(TopicHub):
             published.
         """
         check_topic(topic)
-        fields = [event_fields(event) for event in events]  # all checked before any is published
+        size = self.max_event_size
+        # All checked before any is published.
+        fields = [event_fields(event, topic=topic, max_size=size) for event in events]
         await anyio.lowlevel.checkpoint()
         entries = self._record_many(topic, fields)
         self._deliver_many(topic, entries)
@@ -192,7 +201,7 @@ class MemoryBroker(TopicHub):
         :raises RuntimeError: called from a thread that runs no event loop.
         """
         check_topic(topic)
-        name, data = event_fields(event)
+        name, data = event_fields(event, topic=topic, max_size=self.max_event_size)
         _check_in_loop_thread()
         return self._append(topic, name, data)
 

@@ -33,6 +33,7 @@ from ._checks import check_count, check_duration
 from ._hub import TopicHub
 from ._sse import ServerSentEvent, is_event_name, trusted_event
 from ._topics import (
+    DEFAULT_MAX_EVENT_SIZE,
     Entry,
     EventKey,
     HistoryPage,
@@ -169,6 +170,9 @@ class RedisBroker(TopicHub):
     :param subscriber_buffer: see :class:`~streamkit.broadcast.SlowSubscriberPolicy`.
     :param slow_subscriber_policy: see :class:`~streamkit.broadcast.SlowSubscriberPolicy`.
     :param max_catching_up: see :class:`~streamkit.broadcast.SlowSubscriberPolicy`.
+    :param max_event_size: the most bytes (UTF-8) an event's data and name may hold; a larger
+        one is refused where it is published, before anything is sent to Redis (1 MiB).
+    :raises TypeError: a size or duration is not a number.
     :raises ValueError: a size or duration is out of range.
     :raises ModuleNotFoundError: coredis is not installed.
     """
@@ -184,6 +188,7 @@ class RedisBroker(TopicHub):
         subscriber_buffer: int = 64,
         slow_subscriber_policy: SlowSubscriberPolicy = SlowSubscriberPolicy.CATCH_UP,
         max_catching_up: int = 16,
+        max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
     ) -> None:
         import coredis  # noqa: F401  (fail here, not on entering, when it is missing)
 
@@ -195,11 +200,13 @@ class RedisBroker(TopicHub):
         check_count("history_size", history_size)
         check_count("read_batch", read_batch)
         check_duration("history_ttl", history_ttl, optional=True)
+        check_count("max_event_size", max_event_size)
         self.url = url
         self.key_prefix = key_prefix
         self.history_size = history_size
         self.history_ttl = history_ttl
         self.read_batch = read_batch
+        self.max_event_size = max_event_size
         self._client: Redis[str] | None = None
         self._append_script: Script[str] | None = None
         self._read_on_script: Script[str] | None = None
@@ -275,7 +282,7 @@ class RedisBroker(TopicHub):
         :param event: the data, or an event with data and perhaps an event name.
         :returns: the stream entry id, which is the event's SSE id.
         :raises ValueError: the topic name is invalid, or the event carries an id, retry or
-            comment, or no data.
+            comment, or no data, or is over ``max_event_size``.
         :raises coredis.exceptions.RedisError: Redis could not be reached or refused it.
         """
         (identifier,) = await self._append(topic, [event])
@@ -300,7 +307,7 @@ class RedisBroker(TopicHub):
         ttl = 0 if self.history_ttl is None else math.ceil(self.history_ttl * 1000)
         arguments: list[str] = []
         for event in events:  # every one checked before any is written
-            name, data = event_fields(event)
+            name, data = event_fields(event, topic=topic, max_size=self.max_event_size)
             # "" for no name, else the name after a "+": an empty name is a name too.
             arguments += ("" if name is None else "+" + name, data)
         if not arguments:

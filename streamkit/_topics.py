@@ -19,6 +19,7 @@ from ._json import encode_json
 from ._sse import ServerSentEvent
 
 __all__ = [
+    "DEFAULT_MAX_EVENT_SIZE",
     "RESET_EVENT",
     "BrokerStatistics",
     "HistoryPage",
@@ -82,16 +83,25 @@ def _encodable(text: str) -> bool:
     return True
 
 
-def event_fields(event: ServerSentEvent | str) -> tuple[str | None, str]:
-    """The ``(event name, data)`` of an event to publish; the broker assigns its id. Data
-    that is not a ``str`` is encoded as JSON text here.
+#: The default bound of a published event's size, in bytes: a broker keeps each event in its
+#: history and hands it to every subscriber, so one of 100 MiB, published by mistake, would
+#: be held that many times over until it is trimmed.
+DEFAULT_MAX_EVENT_SIZE = 1 << 20
+
+
+def event_fields(
+    event: ServerSentEvent | str, *, topic: str, max_size: int
+) -> tuple[str | None, str]:
+    """The ``(event name, data)`` of an event to publish to *topic*; the broker assigns its
+    id. Data that is not a ``str`` is encoded as JSON text here.
 
     :raises TypeError: the event is neither, or its data cannot be encoded as JSON.
     :raises ValueError: it carries what the broker owns (an id), or no data, or data JSON
-        cannot carry.
+        cannot carry, or its name and data hold more than *max_size* bytes of UTF-8.
     """
     if isinstance(event, str):
         check_text("data", event)
+        _check_size(topic, None, event, max_size)
         return None, event
     if not isinstance(event, ServerSentEvent):
         raise TypeError(
@@ -113,7 +123,22 @@ def event_fields(event: ServerSentEvent | str) -> tuple[str | None, str]:
             data = encode_json(data)
         except (TypeError, ValueError) as exc:
             raise type(exc)(f"published data {exc}") from None
+    _check_size(topic, event.event, data, max_size)
     return event.event, data
+
+
+def _check_size(topic: str, name: str | None, data: str, max_size: int) -> None:
+    # A character is 1 to 4 bytes of UTF-8: encoded only where that leaves it in doubt.
+    characters = len(data) + (len(name) if name else 0)
+    if characters * 4 <= max_size:
+        return
+    size = len(data.encode()) + (len(name.encode()) if name else 0)
+    if size > max_size:
+        raise ValueError(
+            f"an event of {size} bytes to topic {topic!r:.80} is over the broker's "
+            f"max_event_size ({max_size}): publish a reference to large data (a URL, a key) "
+            "rather than the data, or raise max_event_size"
+        )
 
 
 class ResetReason(enum.Enum):

@@ -96,6 +96,48 @@ def test_options_are_checked() -> None:
         MemoryBroker(history_ttl=-1.0)
 
 
+@pytest.mark.parametrize(
+    ("value", "error", "message"),
+    [
+        (0, ValueError, "max_event_size must be an int of at least 1, got 0"),
+        ("1", TypeError, "max_event_size must be an int, got str: '1'"),
+    ],
+)
+def test_max_event_size_is_checked(
+    make_broker: MakeBroker, value: object, error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        make_broker(max_event_size=value)
+
+
+async def test_an_event_over_max_event_size_is_refused_where_it_is_published(
+    make_broker: MakeBroker,
+) -> None:
+    # Counted in UTF-8 bytes, the event's name with its data: what the history holds of it.
+    async with make_broker(max_event_size=16) as broker, broker.subscribe("t") as subscription:
+        fits = ServerSentEvent(event="tick", data="é" * 6)  # 4 + 12 bytes
+        refused: list[ServerSentEvent | str] = [
+            ServerSentEvent(event="ticks", data="é" * 6),
+            "x" * 17,
+            ServerSentEvent(data={"n": "x" * 9}),  # 17 bytes of JSON
+        ]
+        for event in refused:
+            with pytest.raises(ValueError, match=r"17 bytes to topic 't'.* max_event_size \(16\)"):
+                await broker.publish("t", event)
+            with pytest.raises(ValueError, match="max_event_size"):
+                await broker.publish_many("t", ["ok", event])  # none of them published
+            if isinstance(broker, MemoryBroker):
+                with pytest.raises(ValueError, match="max_event_size"):
+                    broker.publish_nowait("t", event)
+        await broker.publish("t", fits)
+        assert await take(subscription, 1) == ["é" * 6]
+        assert broker.statistics().published == 1
+    async with make_broker() as broker:
+        with pytest.raises(ValueError, match=r"104857600 bytes to topic 'big'"):
+            await broker.publish("big", "x" * (100 << 20))  # the default bound is 1 MiB
+        assert parse_event_id(await broker.publish("big", "x" * (1 << 20))) is not None
+
+
 # -- publish, subscribe, resume -------------------------------------------------------------
 
 

@@ -6,7 +6,13 @@ from __future__ import annotations
 import pytest
 
 from streamkit import ServerSentEvent
-from streamkit._topics import check_topic, event_fields, format_event_id, parse_event_id
+from streamkit._topics import (
+    DEFAULT_MAX_EVENT_SIZE,
+    check_topic,
+    event_fields,
+    format_event_id,
+    parse_event_id,
+)
 
 LIMIT = 2**64 - 1
 
@@ -65,23 +71,27 @@ def test_a_topic_that_is_not_a_str_is_a_type_error(topic: object) -> None:
         check_topic(topic)  # type: ignore[arg-type]
 
 
+def fields(event: ServerSentEvent | str) -> tuple[str | None, str]:
+    return event_fields(event, topic="t", max_size=DEFAULT_MAX_EVENT_SIZE)
+
+
 def test_event_fields_are_the_name_and_the_data() -> None:
-    assert event_fields("42.5") == (None, "42.5")
-    assert event_fields(ServerSentEvent(event="price", data="42.5")) == ("price", "42.5")
-    assert event_fields(ServerSentEvent(data="")) == (None, ""), "empty data is data"
+    assert fields("42.5") == (None, "42.5")
+    assert fields(ServerSentEvent(event="price", data="42.5")) == ("price", "42.5")
+    assert fields(ServerSentEvent(data="")) == (None, ""), "empty data is data"
 
 
 def test_an_event_with_a_comment_is_refused_naming_the_field() -> None:
     with pytest.raises(ValueError, match="carries only event and data, not comment"):
-        event_fields(ServerSentEvent(data="x", comment="note"))
+        fields(ServerSentEvent(data="x", comment="note"))
 
 
 def test_an_id_is_refused_saying_who_gives_ids() -> None:
     with pytest.raises(ValueError, match=r"not id: .* \(the broker assigns ids\)"):
-        event_fields(ServerSentEvent(data="x", id="1-0"))
+        fields(ServerSentEvent(data="x", id="1-0"))
 
 
 @pytest.mark.parametrize("event", [b"bytes", {"data": "x"}, 42])
 def test_what_is_not_an_event_is_a_type_error_naming_it(event: object) -> None:
     with pytest.raises(TypeError, match=f"got {type(event).__name__}: "):
-        event_fields(event)  # type: ignore[arg-type]
+        fields(event)  # type: ignore[arg-type]
