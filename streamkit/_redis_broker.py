@@ -55,7 +55,8 @@ from ._topics import (
 #: The ids are the clock's, not each stream's own (``XADD *``): two topics appended to in one
 #: millisecond both began at MILLISECONDS-0, and a client resuming one topic from an id of
 #: the other's went on from the wrong event, what came before it silently skipped. A stream
-#: ahead of the clock (appended to before it was kept) goes on from its own last id.
+#: ahead of the clock (appended to before it was kept) goes on from its own last id. The
+#: clock expires with the streams: one that is gone starts again from Redis's time.
 _APPEND = """
 local key, clock, size, ttl = KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2])
 local events = cjson.decode(ARGV[3])
@@ -91,6 +92,7 @@ end
 redis.call('SET', clock, string.format('%d-%d', ms, seq))
 if ttl > 0 then
   redis.call('PEXPIRE', key, ttl)
+  redis.call('PEXPIRE', clock, ttl)
 end
 return table.concat(ids, ' ')
 """
