@@ -140,13 +140,26 @@ class MemoryBroker(TopicHub):
         self.max_event_size = max_event_size
         self._histories: dict[str, _History] = {}
         self._last_key: EventKey = (0, -1)  # the last id given out, to any topic
+        self._closed = False  # its async with block has exited
         self._next_sweep = time.monotonic() + (history_ttl or 0.0)
 
     async def __aenter__(self) -> Self:
+        self._closed = False
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
+        self._closed = True
         self._close_subscriptions()
+
+    def _check_open(self, topic: str) -> None:
+        # Once its block has exited, its subscriptions are shut: an event published then would
+        # reach no one, and no one would know. (One never entered is served: it runs nothing.)
+        if self._closed:
+            raise RuntimeError(
+                f"MemoryBroker is closed (its async with block has exited): an event "
+                f"published to topic {topic!r:.80} would reach no subscriber; publish while "
+                "it is entered, or enter it again"
+            )
 
     async def publish(self, topic: str, event: ServerSentEvent | str) -> str:
         """Append *event* to *topic*'s history and offer it to the topic's subscribers.
@@ -156,10 +169,13 @@ class MemoryBroker(TopicHub):
         :returns: the id given to the event.
         :raises ValueError: the topic name is invalid, or the event carries an id, retry or
             comment, or no data, or is over ``max_event_size``.
+        :raises RuntimeError: the broker is closed: its ``async with`` block has exited.
         """
         check_topic(topic)
         name, data = event_fields(event, topic=topic, max_size=self.max_event_size)
+        self._check_open(topic)
         await anyio.lowlevel.checkpoint()
+        self._check_open(topic)  # closed while this waited
         return self._append(topic, name, data)
 
     async def publish_many(self, topic: str, events: Iterable[ServerSentEvent | str]) -> list[str]:
@@ -171,12 +187,15 @@ class MemoryBroker(TopicHub):
         :returns: the events' ids, in order.
         :raises ValueError: as :meth:`publish`, for any of the events; then none is
             published.
+        :raises RuntimeError: as :meth:`publish`.
         """
         check_topic(topic)
         size = self.max_event_size
         # All checked before any is published.
         fields = [event_fields(event, topic=topic, max_size=size) for event in events]
+        self._check_open(topic)
         await anyio.lowlevel.checkpoint()
+        self._check_open(topic)
         entries = self._record_many(topic, fields)
         self._deliver_many(topic, entries)
         return [event.id or "" for _, event in entries]
@@ -198,11 +217,13 @@ class MemoryBroker(TopicHub):
 
         :returns: the id given to the event.
         :raises ValueError: as :meth:`publish`.
-        :raises RuntimeError: called from a thread that runs no event loop.
+        :raises RuntimeError: called from a thread that runs no event loop, or the broker is
+            closed.
         """
         check_topic(topic)
         name, data = event_fields(event, topic=topic, max_size=self.max_event_size)
         _check_in_loop_thread()
+        self._check_open(topic)
         return self._append(topic, name, data)
 
     def _append(self, topic: str, name: str | None, data: str) -> str:

@@ -138,6 +138,25 @@ async def test_an_event_over_max_event_size_is_refused_where_it_is_published(
         assert parse_event_id(await broker.publish("big", "x" * (1 << 20))) is not None
 
 
+async def test_publishing_to_a_closed_memory_broker_is_an_error_and_reentering_reopens_it() -> None:
+    broker = MemoryBroker()
+    async with broker:
+        await broker.publish("t", "kept")
+    message = r"MemoryBroker is closed .*topic 't'"
+    with pytest.raises(RuntimeError, match=message):
+        await broker.publish("t", "lost")
+    with pytest.raises(RuntimeError, match=message):
+        broker.publish_nowait("t", "lost")
+    with pytest.raises(RuntimeError, match=message):
+        await broker.publish_many("t", ["lost"])
+    assert broker.statistics().published == 1
+    async with broker:  # entered again: open again
+        async with broker.subscribe("t") as subscription:
+            await broker.publish("t", "again")
+            assert await take(subscription, 1) == ["again"]
+    assert broker.statistics().published == 2
+
+
 # -- publish, subscribe, resume -------------------------------------------------------------
 
 
