@@ -17,6 +17,7 @@ Needs the ``proxy`` extra (``httpx`` and ``httpx-sse``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, TypeAlias
@@ -29,7 +30,7 @@ from ._content_encoding import decoded_body, unwind
 from ._eventsource import MAX_EVENT_SIZE, EventStream, as_request, default_ssl_context
 from ._exceptions import UpstreamError
 from ._sender import Producer, StreamSender
-from ._sse import ServerSentEvent, resumable_id
+from ._sse import ServerSentEvent, resumable_id, trusted_event
 from ._sse_decoder import FrameTooLarge, SSEDecoder
 
 if TYPE_CHECKING:
@@ -144,11 +145,12 @@ def _as_httpx_sse(event: ServerSentEvent, last_id: str) -> httpx_sse.ServerSentE
 
 
 def _forwardable(
-    event: ServerSentEvent, request: httpx.Request, status_code: int
+    event: ServerSentEvent, request: httpx.Request, status_code: int, min_retry: int
 ) -> ServerSentEvent:
     """*event*, refused if its id is one no downstream resume could start from: sent on, a
     browser would send it back, and the server would not read it (see
-    :func:`~streamkit.ServerSentEvent`)."""
+    :func:`~streamkit.ServerSentEvent`); its ``retry`` raised to *min_retry* milliseconds
+    (see :func:`_min_retry`)."""
     if event.id is not None and not resumable_id(event.id):
         raise UpstreamError(
             f"upstream {request.method} {request.url} sent the event id {event.id!r:.80}, "
@@ -157,7 +159,23 @@ def _forwardable(
             status_code=status_code,
             url=str(request.url),
         )
+    return _floored(event, min_retry)
+
+
+def _floored(event: ServerSentEvent, min_retry: int) -> ServerSentEvent:
+    """*event*, its ``retry`` raised to *min_retry* milliseconds if it is shorter."""
+    if event.retry is not None and event.retry < min_retry:
+        return trusted_event(event.data, event.event, event.id, min_retry)
     return event
+
+
+def _min_retry(backoff: Backoff) -> int:
+    """The shortest ``retry`` sent on, in milliseconds: the shortest the proxy would obey
+    itself. A browser obeys an upstream's ``retry: 0`` to the letter, and would reconnect the
+    moment the stream ends, starting the upstream's work again, in a tight loop."""
+    if not isinstance(backoff, Backoff):
+        raise TypeError(f"backoff must be a Backoff, got {type(backoff).__name__}")
+    return math.ceil(backoff.min_retry * 1000)
 
 
 def upstream_events(
@@ -188,7 +206,8 @@ def upstream_events(
     :param transform: maps each upstream event (one a browser would dispatch: it has a
         ``data:`` line) to the item sent (``None`` drops it). By default each frame is sent
         on as it came, with the fields it carried, including a frame holding only an id or a
-        ``retry``; comments (the upstream's heartbeats) are not.
+        ``retry`` (but a ``retry`` under *backoff*'s ``min_retry`` is raised to it);
+        comments (the upstream's heartbeats) are not.
     :param resume: when the upstream connection ends (closed, reset, or silent for
         *read_timeout*) without a 204, connect again with ``Last-Event-ID`` and go on: the
         downstream client sees one unbroken stream. A ``Last-Event-ID`` in *upstream*'s
@@ -196,7 +215,10 @@ def upstream_events(
         are forwarded in this mode, each with the last id in effect; a frame holding only
         an id or a ``retry`` is applied to the upstream connection, not sent on.
     :param backoff: with *resume*, when to reconnect and when to give up (by default after
-        a minute without a working upstream connection).
+        a minute without a working upstream connection). Its ``min_retry`` is the shortest
+        ``retry`` sent on, with or without *resume* (0.1 s by default): a browser told
+        ``retry: 0`` would reconnect, and start the upstream's work again, the moment each
+        stream ends.
     :param max_event_size: the most characters one upstream event may hold while it
         arrives (16 MiB by default).
     :raises UpstreamError: (in the stream) the upstream's status is not 2xx (a 204 ends
@@ -205,11 +227,13 @@ def upstream_events(
         ``deflate``, an event grew past *max_event_size* (counted decoded), or an event's id
         is one no downstream client could resume from.
     :raises ReconnectError: (in the stream) with *resume*, the *backoff* gave up.
+    :raises TypeError: *backoff* is not a :class:`~streamkit.client.Backoff`.
     :raises ValueError: a timeout is not a positive, finite number of seconds, or the URL
         is not http or https.
     """
     _check_timeouts(connect_timeout, read_timeout)
     check_count("max_event_size", max_event_size)
+    min_retry = _min_retry(backoff)
     request = _as_request(upstream)
     request.headers.setdefault("accept", "text/event-stream")
     if resume:
@@ -255,7 +279,7 @@ def upstream_events(
             for frame in frames:
                 if transform is None:
                     if frame.data is not None or frame.id is not None or frame.retry is not None:
-                        await send(_forwardable(frame, request, response.status_code))
+                        await send(_forwardable(frame, request, response.status_code, min_retry))
                     continue
                 if frame.id is not None:
                     last_id = frame.id
@@ -284,8 +308,7 @@ def _resuming_events(
     backoff: Backoff,
     max_event_size: int,
 ) -> Producer[ServerSentEvent | str]:
-    if not isinstance(backoff, Backoff):
-        raise TypeError(f"backoff must be a Backoff, got {type(backoff).__name__}")
+    min_retry = _min_retry(backoff)
 
     async def produce(send: StreamSender[ServerSentEvent | str]) -> None:
         # Entered through the sender: whatever ends the downstream stream, the upstream
@@ -307,9 +330,9 @@ def _resuming_events(
             if transform is None:
                 if event.id is not checked:
                     # A 2xx: the stream follows nothing else, and does not keep which.
-                    _forwardable(event, request, 200)
+                    _forwardable(event, request, 200, min_retry)
                     checked = event.id
-                await send(event)
+                await send(_floored(event, min_retry))
                 continue
             item = transform(_as_httpx_sse(event, event.id or ""))
             if item is not None:
