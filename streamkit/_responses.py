@@ -32,9 +32,12 @@ from ._sse import ServerSentEvent, encode_comment, encode_data, encode_event, ev
 __all__ = [
     "DEFAULT_ERROR_EVENT",
     "DEFAULT_SHUTDOWN_EVENT",
+    "BytesStreamArguments",
     "EventSourceArguments",
+    "EventSourceClassArguments",
     "EventSourceResponse",
     "JSONEncoding",
+    "NDJSONClassArguments",
     "NDJSONEndings",
     "NDJSONResponse",
     "ResponseArguments",
@@ -68,6 +71,13 @@ class StreamArguments(ResponseArguments, total=False):
     """The keyword arguments every stream response takes (see :class:`StreamResponse`)."""
 
     status_code: int
+
+
+class BytesStreamArguments(StreamArguments, total=False):
+    """The keyword arguments :class:`StreamResponse` takes: what
+    :meth:`StreamResponse.with_options` is given."""
+
+    heartbeat_chunk: bytes | None
 
 
 async def _no_content(send: object) -> None:
@@ -195,16 +205,23 @@ class StreamResponse(Response, Generic[ItemT]):
         return frozenset({"heartbeat_chunk"})
 
     @classmethod
-    def with_options(cls, **arguments: Any) -> type[Self]:
+    def with_options(cls, **arguments: Unpack[BytesStreamArguments]) -> type[Self]:
         """A subclass whose instances take *arguments* as their defaults, for FastAPI's
         ``response_class=`` (see ``streamkit.fastapi``)::
 
             @app.get("/ticks", response_class=EventSourceResponse.with_options(max_duration=60))
 
+        Typed with the class's own arguments, as its constructor is: a type checker names
+        one misspelt or of the wrong type where it is written.
+
         :param arguments: any keyword arguments the class takes, but ``content``.
         :raises TypeError: an argument is unknown or has the wrong type.
         :raises ValueError: an argument is out of range.
         """
+        return cls._with_options(dict(arguments))
+
+    @classmethod
+    def _with_options(cls, arguments: dict[str, Any]) -> type[Self]:
         cls(_no_content, **arguments)  # refuse a bad argument now, not at the first request
         status = arguments.pop("status_code", 200)
 
@@ -299,6 +316,13 @@ class EventSourceArguments(ResponseArguments, SSEFarewells, total=False):
     """The keyword arguments :class:`EventSourceResponse` takes besides ``status_code``."""
 
 
+class EventSourceClassArguments(EventSourceArguments, total=False):
+    """The keyword arguments :class:`EventSourceResponse` takes: what
+    :meth:`EventSourceResponse.with_options` is given."""
+
+    status_code: int
+
+
 class EventSourceResponse(StreamResponse[Any]):
     """A ``text/event-stream`` of :class:`~streamkit.ServerSentEvent` items.
 
@@ -383,6 +407,14 @@ class EventSourceResponse(StreamResponse[Any]):
             )
         return encode_event(event, self.json_encoder)
 
+    # Its own arguments, as its constructor takes: not the base's (heartbeat_chunk).
+    @classmethod
+    def with_options(  # type: ignore[override]
+        cls, **arguments: Unpack[EventSourceClassArguments]
+    ) -> type[Self]:
+        """See :meth:`StreamResponse.with_options`; the arguments are this class's."""
+        return cls._with_options(dict(arguments))
+
     @classmethod
     def _own_arguments(cls) -> frozenset[str]:
         return frozenset(SSEFarewells.__optional_keys__)
@@ -442,6 +474,11 @@ class NDJSONEndings(JSONEncoding, total=False):
     deadline_item: object
 
 
+class NDJSONClassArguments(StreamArguments, NDJSONEndings, total=False):
+    """The keyword arguments :class:`NDJSONResponse` takes: what
+    :meth:`NDJSONResponse.with_options` is given."""
+
+
 class NDJSONResponse(StreamResponse[Any]):
     """Newline-delimited JSON: one JSON document a line, for any JSON-serialisable item,
     Pydantic models and dataclasses included.
@@ -497,6 +534,14 @@ class NDJSONResponse(StreamResponse[Any]):
                     raise TypeError(f"{exc} (the {name})") from None
                 except ValueError as exc:
                     raise ValueError(f"{exc} (the {name})") from None
+
+    # Its own arguments, as its constructor takes: not the base's (heartbeat_chunk).
+    @classmethod
+    def with_options(  # type: ignore[override]
+        cls, **arguments: Unpack[NDJSONClassArguments]
+    ) -> type[Self]:
+        """See :meth:`StreamResponse.with_options`; the arguments are this class's."""
+        return cls._with_options(dict(arguments))
 
     @classmethod
     def _own_arguments(cls) -> frozenset[str]:

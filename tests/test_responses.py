@@ -5,7 +5,7 @@ import json
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, assert_type
 
 import pytest
 from pydantic import BaseModel
@@ -324,7 +324,21 @@ def test_with_options_refuses_bad_options_at_once() -> None:
     with pytest.raises(ValueError, match="send_timeout"):
         NDJSONResponse.with_options(send_timeout=-1)
     with pytest.raises(TypeError, match="heartbeat"):
-        EventSourceResponse.with_options(heartbeat="often")
+        EventSourceResponse.with_options(heartbeat="often")  # type: ignore[call-arg]
+
+
+def test_with_options_takes_each_class_arguments_as_typed() -> None:
+    # For mypy users, a misspelt or mistyped argument is an error where it is written: each
+    # ignore below would otherwise be unused, itself an error under the project's strict mypy.
+    with pytest.raises(TypeError, match="unknown argument 'heartbeat_chunk'"):
+        EventSourceResponse.with_options(heartbeat_chunk=b".")  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="unknown argument 'heartbeat_comment'"):
+        StreamResponse.with_options(heartbeat_comment="x")  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="send_timeout must be a number"):
+        NDJSONResponse.with_options(send_timeout="1")  # type: ignore[arg-type]
+    rows = NDJSONResponse.with_options(error_item={"error": True}, status_code=201)
+    assert_type(rows, type[NDJSONResponse])
+    assert rows(nothing()).status_code == 201
 
 
 def test_with_options_of_a_configured_class_keeps_both_defaults() -> None:
@@ -333,7 +347,7 @@ def test_with_options_of_a_configured_class_keeps_both_defaults() -> None:
     response = quieter(nothing())
     assert (response.options.heartbeat_interval, response.options.send_timeout) == (None, 1.0)
     with pytest.raises(TypeError, match="got an unknown argument 'shutdown_evnt'"):
-        quiet.with_options(shutdown_evnt=None)
+        quiet.with_options(shutdown_evnt=None)  # type: ignore[call-arg]
 
 
 def test_ndjson_escapes_what_line_readers_split_on() -> None:
