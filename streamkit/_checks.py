@@ -119,7 +119,7 @@ def check_type(name: str, value: object, kind: type, *, optional: bool = False) 
     if value is None and optional:
         return
     if not isinstance(value, kind):
-        article = "an" if kind.__name__[0] in "AEIOU" else "a"  # an App, a str
+        article = "an" if kind.__name__[0] in "AEIOUaeiou" else "a"  # an App, an int, a str
         expected = kind.__name__ + (" or None" if optional else "")
         raise TypeError(
             f"{name} must be {article} {expected}, got {type(value).__name__}: {value!r:.80}"

@@ -124,6 +124,16 @@ def test_a_value_of_the_wrong_type_is_refused_naming_it() -> None:
         check_type("event", None, str)
 
 
+@pytest.mark.parametrize(
+    ("kind", "expected"), [(int, "an int"), (OSError, "an OSError"), (float, "a float")]
+)
+def test_the_article_before_a_type_follows_its_sound_whatever_its_case(
+    kind: type, expected: str
+) -> None:
+    with pytest.raises(TypeError, match=rf"^limit must be {expected}, got str: 'x'$"):
+        check_type("limit", "x", kind)
+
+
 @pytest.mark.parametrize("value", ["", " ", "\n\t ", b"", b"  \r\n"])
 def test_a_query_without_a_statement_is_refused_naming_it(value: str | bytes) -> None:
     with pytest.raises(
