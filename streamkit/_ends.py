@@ -36,7 +36,8 @@ class StreamEnd:
         producer's cleanup finished.
     :param items_sent: items handed to the server to write to the client (heartbeats and
         closing events excluded), counted as each write begins: the write a stalled client
-        held up when it was given up counts, though the client may have had only part of it.
+        held up when it was given up counts, though the client may have had only part of it,
+        or none. One the server refused (the client gone) does not.
     :param bytes_sent: body bytes handed to the server so, heartbeats and closing events
         included.
     :param cleanup_duration: seconds the producer's cleanup took after the end was decided.
