@@ -90,8 +90,10 @@ class StreamResponse(Response, Generic[ItemT]):
     :param content: an async iterable of items, or a producer: an async function that is
         handed a :class:`~streamkit.StreamSender` and awaits ``send(item)`` for each item.
     :param status_code: the HTTP status.
-    :param headers: extra response headers; one that HTTP cannot carry (a name that is not a
-        token, a value with a line break or beyond Latin-1) is refused here.
+    :param headers: extra response headers; one given in any spelling of its name replaces
+        the default (``cache-control: no-store``, for SSE ``x-accel-buffering: no`` too). One
+        that HTTP cannot carry (a name that is not a token, a value with a line break or
+        beyond Latin-1) is refused here.
     :param media_type: the content type; one that cannot be sent as a header is refused here.
     :param background: a task run after the stream ends, whatever the reason.
     :param heartbeat_interval: see :class:`~streamkit.StreamOptions`; a bytes stream needs
@@ -173,7 +175,14 @@ class StreamResponse(Response, Generic[ItemT]):
             check_header("content-type", media_type)  # else a 500 when the response starts
             self.media_type = media_type
         self.background = arguments.get("background")
-        self.init_headers(self.default_headers() | dict(arguments.get("headers") or {}))
+        given_headers = dict(arguments.get("headers") or {})
+        # Header names are case-insensitive: a default is left out if given in any spelling
+        # ("Cache-Control"), or both would be sent. A name that is no str is refused below.
+        given_names = {name.lower() for name in given_headers if isinstance(name, str)}
+        defaults = {
+            name: value for name, value in self.default_headers().items() if name not in given_names
+        }
+        self.init_headers(defaults | given_headers)
 
     def init_headers(self, headers: Mapping[str, str] | None = None) -> None:
         """Set :attr:`raw_headers` from *headers*, the content type and the charset, as

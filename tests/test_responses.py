@@ -147,6 +147,20 @@ def test_headers_defaults_and_overrides() -> None:
     assert b"content-length" not in headers
 
 
+@pytest.mark.parametrize("spelling", ["Cache-Control", "CACHE-CONTROL", "cache-control"])
+@pytest.mark.parametrize("response_class", [EventSourceResponse, NDJSONResponse, StreamResponse])
+def test_a_default_header_given_in_any_case_is_sent_once_as_given(
+    response_class: type[StreamResponse[Any]], spelling: str
+) -> None:
+    # Header names are case-insensitive: "Cache-Control" given was sent beside the default
+    # "cache-control: no-store", two headers a cache may read either way.
+    response = response_class(
+        nothing(), headers={spelling: "max-age=5", "X-Accel-Buffering": "yes"}
+    )
+    sent = [(name, value) for name, value in response.raw_headers if name != b"content-type"]
+    assert sorted(sent) == [(b"cache-control", b"max-age=5"), (b"x-accel-buffering", b"yes")]
+
+
 @pytest.mark.parametrize(
     ("headers", "error", "match"),
     [
