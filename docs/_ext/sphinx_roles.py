@@ -27,6 +27,8 @@ _NAMESPACES = (
     "streamkit.fallback",
     "streamkit.resources",
     "streamkit.testing",
+    "streamkit.client",
+    "streamkit.fastapi",
 )
 
 
