@@ -636,6 +636,60 @@ async def test_max_duration_ends_with_deadline_and_a_final_event() -> None:
     assert probe.background_ran == [EndReason.DEADLINE]
 
 
+@pytest.mark.parametrize("ending", ["deadline", "shutdown"])
+async def test_a_stalled_client_at_a_deadline_or_shutdown_is_released_at_once(ending: str) -> None:
+    """max_duration passes, or the server shuts down, while a write to a client that stopped
+    reading is stuck: the producer's cleanup runs at once, and the end, for its own reason,
+    is reported once the stuck write gives up at send_timeout (its closing event unwritten)."""
+    probe = Probe()
+    send_timeout = 2.0
+    max_duration = 0.4 if ending == "deadline" else None
+    reason = EndReason.DEADLINE if ending == "deadline" else EndReason.SHUTDOWN
+    made_at: float | None = None
+    sending = anyio.Event()
+
+    async def produce(send: StreamSender[Any]) -> None:
+        send.push_async_callback(probe.cleanup)
+        await send("first")
+        sending.set()
+        # More than the kernel's buffers on both sides hold: its write never completes.
+        await send("x" * (8 << 20))
+        await anyio.sleep_forever()
+
+    async def route(request: Request) -> Response:
+        nonlocal made_at
+        made_at = anyio.current_time()  # before the stream's first write, which sets its timer
+        return respond(
+            "sse",
+            produce,
+            probe,
+            send_timeout=send_timeout,
+            max_duration=max_duration,
+            deadline_event=ServerSentEvent(event="deadline", data="", retry=5000),
+        )
+
+    async with open_server(app_for(route)) as server, anyio.create_task_group() as task_group:
+        async with open_stream(server, "/stream", receive_buffer=4096) as client:
+            assert (await client.read_event()).data == "first"
+            client.stall()
+            with anyio.fail_after(5):
+                await sending.wait()
+            assert made_at is not None
+            if ending == "shutdown":
+                decided_at = anyio.current_time()
+                task_group.start_soon(server.shutdown)
+            else:
+                decided_at = made_at + 0.4
+            end = await server.wait_ended(reason, within=send_timeout + 5)
+            reported_at = anyio.current_time()
+    assert made_at is not None
+    assert probe.cleaned_at is not None
+    assert probe.cleaned_at - decided_at < DISCONNECT_BOUND
+    assert send_timeout * 0.99 <= reported_at - made_at < send_timeout + 3.0
+    assert end.cleanup_duration < DISCONNECT_BOUND
+    assert probe.background_ran == [reason]
+
+
 @pytest.mark.parametrize("kind", ["sse", "ndjson"])
 async def test_a_producer_error_is_reported_and_the_body_still_ends_properly(
     kind: str, caplog: pytest.LogCaptureFixture
