@@ -420,6 +420,32 @@ def test_a_flag_out_of_range_is_a_usage_error_naming_it(tmp_path: Path) -> None:
         assert message in result.stderr, result.stderr
 
 
+async def test_a_worker_still_running_at_twice_the_grace_period_and_5_s_is_killed(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    # Each worker's lifespan blocks its loop as it exits, so no worker can stop: the
+    # supervisor kills them at its bound, and the command fails naming them.
+    grace = 0.5
+    source = "import time\n" + SERVICE.replace(
+        '    say("lifespan ended")\n', '    say("lifespan ended")\n    time.sleep(60)\n'
+    )
+    options = ["--grace-period", str(grace)]
+    async with run_service(
+        tmp_path, anyio_backend, workers=2, options=options, source=source
+    ) as service:
+        signalled_at = anyio.current_time()
+        service.process.send_signal(signal.SIGTERM)
+        with anyio.fail_after(2 * grace + 5.0 + 10):
+            await service.process.wait()
+        exited_after = anyio.current_time() - signalled_at
+    stderr = "\n".join(service.stderr)
+    assert len(service.printed("lifespan ended")) == 2, stderr
+    assert service.process.returncode == 1, stderr
+    assert stderr.count("did not stop in time: killed") == 2, stderr
+    assert len(re.findall(r"exited with -9 during the shutdown", stderr)) == 2, stderr
+    assert 2 * grace + 5.0 <= exited_after < 2 * grace + 5.0 + 5.0
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 async def test_a_worker_whose_shutdown_fails_makes_the_command_fail(
     tmp_path: Path, anyio_backend: str, workers: int
