@@ -47,6 +47,7 @@ def make_app(
     sent_log: int | None = None,
     attempts: Attempts | None = None,
     unavailable_first: int = 0,
+    unavailable_status: int = 503,
 ) -> Starlette:
     """``/count``: the counting stream.
 
@@ -57,7 +58,9 @@ def make_app(
     :param heartbeat_interval: the response's heartbeats (none by default).
     :param sent_log: a file descriptor to append each sent id to.
     :param attempts: records each request.
-    :param unavailable_first: answer this many requests first with 503 and ``Retry-After: 1``.
+    :param unavailable_first: answer this many requests first with *unavailable_status* and
+        ``Retry-After: 1``.
+    :param unavailable_status: 503, or 429.
     """
     requests = 0
 
@@ -67,7 +70,9 @@ def make_app(
         if attempts is not None:
             attempts.record(request)
         if requests <= unavailable_first:
-            return PlainTextResponse("busy", status_code=503, headers={"retry-after": "1"})
+            return PlainTextResponse(
+                "busy", status_code=unavailable_status, headers={"retry-after": "1"}
+            )
         start = int(last_event_id(request.headers) or 0) + 1
         if end is not None and start > end:
             return Response(status_code=204)

@@ -1,6 +1,7 @@
 """The client against real servers in the test's process, on asyncio and trio: it resumes
 where a connection ended, stops on 204, refuses what is not a stream, leaves a stalled
-server after its read timeout, waits a 503's Retry-After, and closes at once when cancelled.
+server after its read timeout, waits a 503's or a 429's Retry-After, and closes at once when
+cancelled.
 
 The server restarted mid-stream, and a client moved between two instances sharing Redis, are
 in test_client_restart.py and test_client_instances.py.
@@ -15,7 +16,7 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 from support.counting import Attempts, make_app
 
@@ -111,9 +112,10 @@ async def test_heartbeats_keep_a_quiet_connection_open() -> None:
             task_group.cancel_scope.cancel()
 
 
-async def test_a_503_with_retry_after_is_retried_after_that_delay() -> None:
+@pytest.mark.parametrize("unavailable", [503, 429])
+async def test_a_503_or_429_with_retry_after_is_retried_after_that_delay(unavailable: int) -> None:
     attempts = Attempts()
-    app = make_app(end=3, unavailable_first=1, attempts=attempts)
+    app = make_app(end=3, unavailable_first=1, unavailable_status=unavailable, attempts=attempts)
     async with (
         open_server(app) as server,
         open_event_stream(
@@ -130,7 +132,12 @@ async def test_a_503_with_retry_after_is_retried_after_that_delay() -> None:
 
 @pytest.mark.parametrize(
     ("path", "named"),
-    [("/missing", "answered 404 Not Found"), ("/plain", "sent 'text/plain; charset=utf-8'")],
+    [
+        ("/missing", "answered 404 Not Found"),
+        ("/plain", "sent 'text/plain; charset=utf-8'"),
+        ("/moved", "answered 307 Temporary Redirect"),  # followed by no client of its own
+        ("/busy", "answered 503 Service Unavailable"),  # with no Retry-After to wait
+    ],
 )
 async def test_a_refused_stream_is_an_error_naming_why_and_is_not_retried(
     path: str, named: str
@@ -145,7 +152,16 @@ async def test_a_refused_stream_is_an_error_naming_why_and_is_not_retried(
         calls.append(request.url.path)
         return PlainTextResponse("not a stream")
 
-    app = Starlette(routes=[Route("/missing", missing), Route("/plain", plain)])
+    async def moved(request: Request) -> Response:
+        calls.append(request.url.path)
+        return RedirectResponse("/plain")
+
+    async def busy(request: Request) -> Response:
+        calls.append(request.url.path)
+        return PlainTextResponse("busy", status_code=503)
+
+    routes = {"/missing": missing, "/plain": plain, "/moved": moved, "/busy": busy}
+    app = Starlette(routes=[Route(route, endpoint) for route, endpoint in routes.items()])
     async with (
         open_server(app) as server,
         open_event_stream(f"{server.url}{path}", backoff=EAGER) as stream,
