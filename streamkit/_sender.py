@@ -146,6 +146,8 @@ class StreamSender(Generic[ItemT_contra]):
 
         :raises TypeError: the response cannot encode an item of this type.
         :raises ValueError: the item's value cannot be encoded.
+        :raises anyio.ClosedResourceError: the stream has ended (a task kept this sender past
+            the producer's end), saying so.
         """
         return self._stream.send(item)
 
