@@ -135,6 +135,10 @@ class _RegisteringApp:
         #: What serve raises for the app's lifespan, if it failed: the phase, and what the
         #: app said of it (its traceback).
         self.lifespan_error: ServeError | None = None
+        # hypercorn's asyncio worker runs the lifespan in a task of its own, which it cancels
+        # only after the lifespan's shutdown: cancelled before then (serve's caller gave up
+        # on it), it left that task running, the app's lifespan with it.
+        self._lifespan_scope = anyio.CancelScope()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -142,11 +146,23 @@ class _RegisteringApp:
         token = served_by_streamkit.set(True)
         try:
             with using_registry(self.streams):
-                await self.app(scope, receive, send)
+                if scope["type"] == "lifespan":
+                    with self._lifespan_scope:
+                        await self.app(scope, receive, send)
+                else:
+                    await self.app(scope, receive, send)
         finally:
             served_by_streamkit.reset(token)
 
+    def cancel_lifespan(self) -> None:
+        """Cancel the app's lifespan if it still runs, as serve stops (see __init__)."""
+        self._lifespan_scope.cancel()
+
     async def _send_lifespan(self, send: Send, message: Message) -> None:
+        if self._lifespan_scope.cancel_called:
+            # Cancelled as serve stopped (see cancel_lifespan): nobody waits for its word, and
+            # hypercorn's asyncio worker would raise a failure in a task nobody awaits.
+            return
         # Noted here, raised by serve as a ServeError once the server stopped. hypercorn
         # raises its own error, wrapped in exception groups, with the traceback in its repr;
         # and its trio worker cancels its lifespan task as soon as the shutdown is over, which
@@ -200,7 +216,8 @@ async def serve(
 
     Shutdown begins on SIGINT or SIGTERM, or when *shutdown_trigger* returns. Streams then
     drain (see :func:`graceful_shutdown_trigger`) and hypercorn stops, all within
-    *grace_period*.
+    *grace_period*. Cancelled instead, it cancels the app's lifespan too, on asyncio as on
+    trio.
 
     :param app: the ASGI application.
     :param bind: ``HOST:PORT`` to listen on; port 0 picks a free one.
@@ -287,7 +304,10 @@ async def serve(
             async with anyio.create_task_group() as listening:
                 if signalled is not None:
                     listening.start_soon(_listen_for_signals, signalled)
-                await hypercorn_serve(registering, config, shutdown_trigger=drain_then_stop)
+                try:
+                    await hypercorn_serve(registering, config, shutdown_trigger=drain_then_stop)
+                finally:
+                    registering.cancel_lifespan()
                 listening.cancel_scope.cancel()
         except Exception as exc:
             # hypercorn's report of the app's failed lifespan: said once, as the app said it.

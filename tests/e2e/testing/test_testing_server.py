@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import logging
 import re
 import socket
 from collections.abc import AsyncIterator
@@ -93,6 +95,36 @@ async def test_a_deadline_passed_before_the_server_listens_raises_its_timeout_er
                 async with open_server(make_app()):
                     raise AssertionError("the block ran past its deadline")
     assert type(caught.value) is TimeoutError
+
+
+async def test_a_server_not_stopped_five_seconds_past_its_grace_period_is_cancelled(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A lifespan whose shutdown waits for ever holds the server past its grace period: five
+    seconds later the server is cancelled, its lifespan with it (hypercorn's asyncio worker
+    left that task running), and the block raises a TimeoutError saying so."""
+    grace_period = 0.2
+    exited = anyio.Event()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        try:
+            await anyio.sleep_forever()
+        finally:
+            exited.set()
+
+    with anyio.fail_after(grace_period + 15):
+        async with open_leak_check():
+            with pytest.raises(TimeoutError, match=r"did not stop within 5\.2 s") as caught:
+                async with open_server(Starlette(lifespan=lifespan), grace_period=grace_period):
+                    left_at = anyio.current_time()
+            raised_after = anyio.current_time() - left_at
+    assert type(caught.value) is TimeoutError
+    assert exited.is_set()
+    gc.collect()  # a task's exception nobody retrieved is logged as the task is collected
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    assert grace_period + 5.0 <= raised_after < grace_period + 5.0 + 2.0
 
 
 @pytest.mark.parametrize(
