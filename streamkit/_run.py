@@ -114,7 +114,9 @@ def run(
     :raises TypeError: *app* is not callable, *bind* is not a ``str``, *log_level* is
         neither a level name nor an ``int``, or *tls* is not a :class:`~streamkit.TLSConfig`.
     :raises ServeError: the address cannot be bound, a TLS file is missing, unreadable or
-        malformed (before anything is bound), or a worker exited on its own.
+        malformed (before anything is bound), a worker exited on its own, or a worker's
+        shutdown failed (its app's lifespan raised, or it still ran at twice the grace
+        period and 5 s, and was killed).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
