@@ -420,6 +420,51 @@ def test_a_flag_out_of_range_is_a_usage_error_naming_it(tmp_path: Path) -> None:
         assert message in result.stderr, result.stderr
 
 
+async def test_an_apps_task_that_fails_drains_the_streams_and_the_command_exits_with_1(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    source = SERVICE.replace(
+        """    async def refresh_forever():
+        try:
+            await anyio.sleep_forever()
+        finally:
+            say("background cancelled")
+""",
+        """    async def refresh_forever():
+        await FAILING.wait()
+        raise RuntimeError("the refresher's upstream is gone")
+""",
+    )
+    source += """
+
+FAILING = anyio.Event()
+
+
+@app.get("/fail")
+async def fail(request):
+    FAILING.set()
+    return PlainTextResponse("failing")
+"""
+    assert "FAILING.wait()" in source
+    async with run_service(tmp_path, anyio_backend, source=source) as service:
+        assert service.address is not None
+        async with (
+            open_stream(service.address, "/tokens") as client,
+            httpx.AsyncClient(base_url=service.address.url) as http,
+        ):
+            assert (await client.read_event()).data == "0"
+            assert (await http.get("/fail")).status_code == 200
+            with anyio.fail_after(GRACE + 10):
+                events = [event async for event in client.events()]
+                await service.process.wait()
+    stderr = "\n".join(service.stderr)
+    assert client.complete
+    assert (events[-1].event, events[-1].retry) == ("shutdown", 1000)
+    assert service.process.returncode == 1, stderr
+    assert "RuntimeError: the refresher's upstream is gone" in stderr
+    assert len(service.printed("lifespan ended")) == 1, stderr
+
+
 async def test_a_worker_still_running_at_twice_the_grace_period_and_5_s_is_killed(
     tmp_path: Path, anyio_backend: str
 ) -> None:
