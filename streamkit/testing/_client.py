@@ -21,12 +21,16 @@ import anyio
 import h11
 from anyio.abc import SocketStream
 
+from .._checks import check_duration
 from .._sse import ServerSentEvent
 from ._parsing import NDJSONReader, SSEReader
 
 __all__ = ["StreamClient", "open_stream"]
 
 _RECEIVE_SIZE = 65536
+#: What a read waits for the server by default: past any event a test's server should send
+#: soon, short of the test's own timeout, so a hang names the request it hung on.
+DEFAULT_READ_TIMEOUT = 10.0
 
 
 async def connect(host: str, port: int, *, receive_buffer: int | None = None) -> SocketStream:
@@ -54,23 +58,41 @@ class StreamClient:
     """One streamed response being read. Made by :func:`open_stream` (HTTP/1.1) or
     :func:`~streamkit.testing.open_h2_stream` (HTTP/2).
 
+    Every read waits at most :attr:`read_timeout` for the server, then raises
+    :exc:`TimeoutError` naming the request, what it waited for and what of the body had
+    arrived.
+
     :ivar status: the response status.
     :ivar headers: the response headers, lower-cased names.
     :ivar complete: whether the whole body arrived (the chunked terminator, or END_STREAM).
     :ivar stalled: whether :meth:`stall` was called.
+    :ivar read_timeout: seconds each read waits for the server, or ``None`` for no bound;
+        a test may change it between reads.
     """
 
     status: int
     headers: dict[str, str]
 
-    def __init__(self, stream: SocketStream) -> None:
+    def __init__(
+        self,
+        stream: SocketStream,
+        *,
+        request: str = "the request",
+        read_timeout: float | None = None,
+    ) -> None:
         self.stream = stream
         self.complete = False
         self.stalled = False
+        self.read_timeout = read_timeout
+        self._request = request
+        self._left: str | None = None  # how this client left, once it did
         self._sse = SSEReader()
         self._ndjson = NDJSONReader()
         self._events: list[ServerSentEvent] = []
         self._items: list[Any] = []
+        self._pieces = 0
+        self._received = 0
+        self._last = b""
 
     @property
     def raw_socket(self) -> socket.socket:
@@ -91,20 +113,59 @@ class StreamClient:
     async def receive_chunk(self) -> bytes | None:
         """The next piece of the body as it arrived, or ``None`` once it is complete.
 
-        :raises RuntimeError: the client was told to :meth:`stall`.
+        :raises TimeoutError: nothing arrived within :attr:`read_timeout`.
+        :raises RuntimeError: the client was told to :meth:`stall`, or has left.
         :raises ConnectionError: the connection ended before the body did.
         """
+        return await self._receive("the next piece of the body")
+
+    async def _receive(self, awaited: str) -> bytes | None:
+        if self.complete:
+            return None
+        self._check_reading()
+        with anyio.move_on_after(self.read_timeout) as scope:
+            chunk = await self._receive_piece()
+        if scope.cancelled_caught:
+            raise TimeoutError(
+                f"{awaited} of {self._request} did not arrive within {self.read_timeout} s; "
+                f"{self._so_far()}"
+            )
+        if chunk is not None:
+            self._pieces += 1
+            self._received += len(chunk)
+            self._last = chunk
+        return chunk
+
+    async def _receive_piece(self) -> bytes | None:
+        """The next piece of the body, or ``None`` at its end: the protocol's part."""
         raise NotImplementedError
 
+    def _so_far(self) -> str:
+        if not self._pieces:
+            return "no body had arrived"
+        pieces = "1 piece" if self._pieces == 1 else f"{self._pieces} pieces"
+        return f"the body so far: {pieces}, {self._received} bytes, the last {self._last!r:.200}"
+
     def _check_reading(self) -> None:
+        self._check_here()
         if self.stalled:
             # Reading would undo the stall the test is relying on.
             raise RuntimeError("this client was told to stall; it must not read any more")
 
+    def _check_here(self) -> None:
+        if self._left is not None:
+            raise RuntimeError(f"this client already left ({self._left}); it cannot be used")
+
+    def _broken(self) -> ConnectionError:
+        return ConnectionResetError(
+            f"the connection was reset by the server while reading {self._request}; "
+            f"{self._so_far()}"
+        )
+
     async def read_all(self) -> bytes:
         """Read until the body is complete; return what was not read yet."""
         chunks = []
-        while (chunk := await self.receive_chunk()) is not None:
+        while (chunk := await self._receive("the rest of the body")) is not None:
             chunks.append(chunk)
         return b"".join(chunks)
 
@@ -112,11 +173,12 @@ class StreamClient:
         """The next SSE frame.
 
         :raises EOFError: the body ended first.
+        :raises TimeoutError: no frame was completed within :attr:`read_timeout` of a read.
         """
         while not self._events:
-            chunk = await self.receive_chunk()
+            chunk = await self._receive("another event")
             if chunk is None:
-                raise EOFError("the stream ended before another event arrived")
+                raise EOFError(f"the stream of {self._request} ended before another event arrived")
             self._events.extend(self._sse.feed(chunk))
         return self._events.pop(0)
 
@@ -132,16 +194,22 @@ class StreamClient:
         """The next NDJSON value.
 
         :raises EOFError: the body ended first.
+        :raises TimeoutError: no line was completed within :attr:`read_timeout` of a read.
         """
         while not self._items:
-            chunk = await self.receive_chunk()
+            chunk = await self._receive("another item")
             if chunk is None:
-                raise EOFError("the stream ended before another item arrived")
+                raise EOFError(f"the stream of {self._request} ended before another item arrived")
             self._items.extend(self._ndjson.feed(chunk))
         return self._items.pop(0)
 
     async def close(self) -> None:
-        """Leave cleanly: send FIN, then close the socket."""
+        """Leave cleanly: send FIN, then close the socket.
+
+        :raises RuntimeError: the client already left.
+        """
+        self._check_here()
+        self._left = "by close()"
         try:
             self.raw_socket.shutdown(socket.SHUT_WR)
         except OSError:
@@ -149,12 +217,21 @@ class StreamClient:
         await self.stream.aclose()
 
     async def reset(self) -> None:
-        """Leave abruptly: close with ``SO_LINGER`` 0, which sends RST."""
+        """Leave abruptly: close with ``SO_LINGER`` 0, which sends RST.
+
+        :raises RuntimeError: the client already left.
+        """
+        self._check_here()
+        self._left = "by reset()"
         self.raw_socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         await self.stream.aclose()
 
     async def half_close(self) -> None:
-        """Send FIN but keep reading: the request side is done, the response side is not."""
+        """Send FIN but keep reading: the request side is done, the response side is not.
+
+        :raises RuntimeError: the client already left.
+        """
+        self._check_here()
         self.raw_socket.shutdown(socket.SHUT_WR)
 
     def stall(self) -> None:
@@ -166,8 +243,8 @@ class StreamClient:
 
 
 class _H11Client(StreamClient):
-    def __init__(self, stream: SocketStream) -> None:
-        super().__init__(stream)
+    def __init__(self, stream: SocketStream, *, request: str, read_timeout: float | None) -> None:
+        super().__init__(stream, request=request, read_timeout=read_timeout)
         self._connection = h11.Connection(h11.CLIENT)
 
     async def _next_event(self) -> Any:
@@ -182,6 +259,8 @@ class _H11Client(StreamClient):
                 data = await self.stream.receive(_RECEIVE_SIZE)
             except anyio.EndOfStream:
                 data = b""
+            except anyio.BrokenResourceError as exc:
+                raise self._broken() from exc
             self._connection.receive_data(data)
 
     async def request(
@@ -193,16 +272,18 @@ class _H11Client(StreamClient):
         await self.stream.send(
             self._connection.send(request) + self._connection.send(h11.EndOfMessage())
         )
-        response = await self._next_event()
+        with anyio.move_on_after(self.read_timeout) as scope:
+            response = await self._next_event()
+        if scope.cancelled_caught:
+            raise TimeoutError(
+                f"the response head of {self._request} did not arrive within {self.read_timeout} s"
+            )
         if not isinstance(response, h11.Response):
             raise ConnectionError(f"expected a response head, got {response!r}")
         self.status = response.status_code
         self.headers = {name.decode(): value.decode() for name, value in response.headers}
 
-    async def receive_chunk(self) -> bytes | None:
-        if self.complete:
-            return None
-        self._check_reading()
+    async def _receive_piece(self) -> bytes | None:
         event = await self._next_event()
         if isinstance(event, h11.Data):
             return bytes(event.data)
@@ -220,6 +301,7 @@ async def open_stream(
     method: str = "GET",
     headers: Mapping[str, str] | None = None,
     receive_buffer: int | None = None,
+    read_timeout: float | None = DEFAULT_READ_TIMEOUT,
 ) -> AsyncIterator[StreamClient]:
     """Request *path* over HTTP/1.1 and yield the client once the response head arrived.
 
@@ -228,11 +310,21 @@ async def open_stream(
     :param headers: extra request headers (``Last-Event-ID``, say).
     :param receive_buffer: ``SO_RCVBUF`` in bytes, set before connecting; small values make
         :meth:`StreamClient.stall` take effect after little data.
+    :param read_timeout: seconds the response head, and then each read, may wait for the
+        server before :exc:`TimeoutError` (see :attr:`StreamClient.read_timeout`); ``None``
+        waits for as long as it takes.
+    :raises TimeoutError: the response head did not arrive within *read_timeout*.
+    :raises TypeError: *read_timeout* is not a number (before connecting).
+    :raises ValueError: *read_timeout* is not a positive, finite number of seconds (before
+        connecting).
     """
+    check_duration("read_timeout", read_timeout, optional=True)
     stream = await connect(base.host, base.port, receive_buffer=receive_buffer)
-    client = _H11Client(stream)
+    client = _H11Client(stream, request=f"{method} {path}", read_timeout=read_timeout)
     try:
         await client.request(method, path, dict(headers or {}), f"{base.host}:{base.port}")
         yield client
     finally:
+        if client._left is None:
+            client._left = "at the end of its open_stream block"
         await stream.aclose()

@@ -27,7 +27,8 @@ import h2.events
 import h2.exceptions
 from anyio.abc import SocketStream
 
-from ._client import StreamClient, connect
+from .._checks import check_duration
+from ._client import DEFAULT_READ_TIMEOUT, StreamClient, connect
 
 __all__ = ["H2Connection", "H2StreamClient", "open_h2_connection", "open_h2_stream"]
 
@@ -58,8 +59,10 @@ class H2StreamClient(StreamClient):
     :ivar reset_code: the error code of the server's ``RST_STREAM``, if it reset the stream.
     """
 
-    def __init__(self, connection: H2Connection, stream_id: int) -> None:
-        super().__init__(connection.stream)
+    def __init__(
+        self, connection: H2Connection, stream_id: int, *, request: str = "the request"
+    ) -> None:
+        super().__init__(connection.stream, request=request, read_timeout=connection.read_timeout)
         self.connection = connection
         self.stream_id = stream_id
         self.reset_code: int | None = None
@@ -77,9 +80,8 @@ class H2StreamClient(StreamClient):
     def _arrived(self) -> bool:
         return bool(self._chunks) or self._ended or self.reset_code is not None
 
-    async def receive_chunk(self) -> bytes | None:
+    async def _receive_piece(self) -> bytes | None:
         while not self.complete:
-            self._check_reading()
             if self._reset_sent:
                 raise RuntimeError(f"stream {self.stream_id} was reset by this client")
             await self.connection._receive_until(self._arrived)
@@ -101,7 +103,9 @@ class H2StreamClient(StreamClient):
         reading; the connection and its other streams go on.
 
         :param error_code: the HTTP/2 error code sent; ``CANCEL`` (8) by default.
+        :raises RuntimeError: the client already left.
         """
+        self._check_here()
         self._reset_sent = True
         await self.connection._reset(self, error_code)
 
@@ -111,11 +115,21 @@ class H2Connection:
 
     :ivar stream: the connection's socket stream.
     :ivar goaway_code: the error code of the server's ``GOAWAY``, once it sent one.
+    :ivar read_timeout: seconds a wait for the server (a response head, a read, a ``PING``'s
+        acknowledgement, the ``GOAWAY``) may take before :exc:`TimeoutError`, or ``None`` for
+        no bound; each stream takes the value it has when the stream is opened.
     """
 
-    def __init__(self, stream: SocketStream, authority: str) -> None:
+    def __init__(
+        self,
+        stream: SocketStream,
+        authority: str,
+        *,
+        read_timeout: float | None = DEFAULT_READ_TIMEOUT,
+    ) -> None:
         self.stream = stream
         self.goaway_code: int | None = None
+        self.read_timeout = read_timeout
         self._authority = authority
         self._h2 = h2.connection.H2Connection(
             config=h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
@@ -137,6 +151,13 @@ class H2Connection:
             if data:
                 await self.stream.send(data)
 
+    async def _wait_for(self, awaited: str, ready: Callable[[], bool]) -> None:
+        """Receive until *ready*, within :attr:`read_timeout`."""
+        with anyio.move_on_after(self.read_timeout) as scope:
+            await self._receive_until(ready)
+        if scope.cancelled_caught:
+            raise TimeoutError(f"{awaited} did not arrive within {self.read_timeout} s")
+
     async def _receive_until(self, ready: Callable[[], bool]) -> None:
         while not ready():
             async with self._receive_lock:
@@ -149,6 +170,8 @@ class H2Connection:
             data = await self.stream.receive(_RECEIVE_SIZE)
         except anyio.EndOfStream:
             raise ConnectionError("the server closed the HTTP/2 connection") from None
+        except anyio.BrokenResourceError as exc:
+            raise ConnectionResetError("the server reset the HTTP/2 connection") from exc
         for event in self._h2.receive_data(data):
             self._dispatch(event)
         await self._flush()
@@ -195,13 +218,14 @@ class H2Connection:
 
         :returns: the round trip, in seconds.
         :raises ConnectionError: the server closed the connection first.
+        :raises TimeoutError: no acknowledgement within :attr:`read_timeout`.
         """
         self._pings_sent += 1
         opaque = self._pings_sent.to_bytes(8, "big")
         started = anyio.current_time()
         self._h2.ping(opaque)
         await self._flush()
-        await self._receive_until(lambda: opaque in self._ping_acks)
+        await self._wait_for("the PING's acknowledgement", lambda: opaque in self._ping_acks)
         self._ping_acks.discard(opaque)
         return anyio.current_time() - started
 
@@ -210,8 +234,9 @@ class H2Connection:
         ``NO_ERROR``, for a graceful close).
 
         :raises ConnectionError: the server closed the connection without one.
+        :raises TimeoutError: no ``GOAWAY`` within :attr:`read_timeout`.
         """
-        await self._receive_until(lambda: self.goaway_code is not None)
+        await self._wait_for("the server's GOAWAY", lambda: self.goaway_code is not None)
         assert self.goaway_code is not None
         return self.goaway_code
 
@@ -230,9 +255,10 @@ class H2Connection:
 
         :param headers: extra request headers; names are sent lower-cased.
         :raises ConnectionResetError: the server reset the stream before answering.
+        :raises TimeoutError: the response head did not arrive within :attr:`read_timeout`.
         """
         stream_id = self._h2.get_next_available_stream_id()
-        client = H2StreamClient(self, stream_id)
+        client = H2StreamClient(self, stream_id, request=f"{method} {path}")
         self._streams[stream_id] = client
         request = [
             (":method", method),
@@ -244,7 +270,10 @@ class H2Connection:
         try:
             self._h2.send_headers(stream_id, request, end_stream=True)
             await self._flush()
-            await self._receive_until(lambda: client._head_received or client._arrived())
+            await self._wait_for(
+                f"the response head of {method} {path}",
+                lambda: client._head_received or client._arrived(),
+            )
             if not client._head_received:
                 raise ConnectionResetError(
                     f"the server reset stream {stream_id} before answering "
@@ -253,6 +282,8 @@ class H2Connection:
             yield client
         finally:
             del self._streams[stream_id]
+            if client._left is None:
+                client._left = "at the end of its open_stream block"
             if not (client._ended or client._reset_sent or client.reset_code is not None):
                 with anyio.move_on_after(_GOODBYE_TIMEOUT, shield=True):
                     try:
@@ -263,7 +294,10 @@ class H2Connection:
 
 @asynccontextmanager
 async def open_h2_connection(
-    base: Any, *, receive_buffer: int | None = None
+    base: Any,
+    *,
+    receive_buffer: int | None = None,
+    read_timeout: float | None = DEFAULT_READ_TIMEOUT,
 ) -> AsyncIterator[H2Connection]:
     """Open an HTTP/2 connection (prior knowledge, cleartext) to *base* and yield it.
 
@@ -272,9 +306,15 @@ async def open_h2_connection(
     :param base: the server: a :class:`~streamkit.testing.LiveServer` or anything with
         ``host`` and ``port``.
     :param receive_buffer: ``SO_RCVBUF`` in bytes, set before connecting.
+    :param read_timeout: seconds each wait for the server may take before
+        :exc:`TimeoutError` (see :attr:`H2Connection.read_timeout`); ``None`` for no bound.
+    :raises TypeError: *read_timeout* is not a number (before connecting).
+    :raises ValueError: *read_timeout* is not a positive, finite number of seconds (before
+        connecting).
     """
+    check_duration("read_timeout", read_timeout, optional=True)
     stream = await connect(base.host, base.port, receive_buffer=receive_buffer)
-    connection = H2Connection(stream, f"{base.host}:{base.port}")
+    connection = H2Connection(stream, f"{base.host}:{base.port}", read_timeout=read_timeout)
     try:
         await connection._start()
         yield connection
@@ -296,6 +336,7 @@ async def open_h2_stream(
     method: str = "GET",
     headers: Mapping[str, str] | None = None,
     receive_buffer: int | None = None,
+    read_timeout: float | None = DEFAULT_READ_TIMEOUT,
 ) -> AsyncIterator[H2StreamClient]:
     """Request *path* over a new HTTP/2 connection of its own and yield the stream's client
     once the response head arrived. To put several streams on one connection, use
@@ -305,9 +346,14 @@ async def open_h2_stream(
         ``host`` and ``port``.
     :param headers: extra request headers (``Last-Event-ID``, say).
     :param receive_buffer: ``SO_RCVBUF`` in bytes, set before connecting.
+    :param read_timeout: seconds the response head, and then each read, may wait for the
+        server before :exc:`TimeoutError`; ``None`` for no bound.
+    :raises TimeoutError: the response head did not arrive within *read_timeout*.
     """
     async with (
-        open_h2_connection(base, receive_buffer=receive_buffer) as connection,
+        open_h2_connection(
+            base, receive_buffer=receive_buffer, read_timeout=read_timeout
+        ) as connection,
         connection.open_stream(path, method=method, headers=headers) as client,
     ):
         yield client

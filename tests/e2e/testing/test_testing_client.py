@@ -9,8 +9,10 @@ sees on the wire (FIN versus RST).
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+import socket
+import struct
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -30,7 +32,13 @@ from streamkit import (
     StreamResponse,
     StreamSender,
 )
-from streamkit.testing import LiveServer, StreamClient, open_server, open_stream
+from streamkit.testing import (
+    LiveServer,
+    StreamClient,
+    open_h2_stream,
+    open_server,
+    open_stream,
+)
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
@@ -80,6 +88,10 @@ def make_app(probe: Probe) -> Starlette:
 
         return NDJSONResponse(produce)
 
+    async def silent(request: Request) -> Response:
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
     async def flood(request: Request) -> Response:
         async def produce(send: StreamSender[bytes | str]) -> None:
             with probe.watching():
@@ -89,7 +101,12 @@ def make_app(probe: Probe) -> Starlette:
         return StreamResponse(produce, send_timeout=SEND_TIMEOUT, buffer_size=2)
 
     return Starlette(
-        routes=[Route("/ticks", ticks), Route("/items", items), Route("/flood", flood)]
+        routes=[
+            Route("/ticks", ticks),
+            Route("/items", items),
+            Route("/flood", flood),
+            Route("/silent", silent),
+        ]
     )
 
 
@@ -170,6 +187,88 @@ async def test_a_reading_client_does_not_time_out() -> None:
         await server.wait_ended(EndReason.CLIENT_DISCONNECTED, within=CLEANUP_BOUND)
 
 
+# -- every wait is bounded, and says what it waited for ------------------------------------
+
+READ_TIMEOUT = 0.2
+
+
+@pytest.mark.parametrize("opener", [open_stream, open_h2_stream], ids=["http1", "http2"])
+async def test_a_server_that_never_answers_is_a_timeout_naming_the_request(
+    opener: Callable[..., AbstractAsyncContextManager[StreamClient]],
+) -> None:
+    async with serving() as (server, _):
+        with pytest.raises(TimeoutError) as caught:
+            async with opener(server, "/silent", read_timeout=READ_TIMEOUT):
+                raise AssertionError("a response head arrived")
+    assert str(caught.value) == (
+        f"the response head of GET /silent did not arrive within {READ_TIMEOUT} s"
+    )
+
+
+@pytest.mark.parametrize("opener", [open_stream, open_h2_stream], ids=["http1", "http2"])
+async def test_a_body_that_stops_is_a_timeout_naming_what_arrived(
+    opener: Callable[..., AbstractAsyncContextManager[StreamClient]],
+) -> None:
+    async with (
+        serving() as (server, probe),
+        opener(server, "/ticks", read_timeout=READ_TIMEOUT) as client,
+    ):
+        assert (await client.read_event()).data == "0"
+        with pytest.raises(TimeoutError) as caught:
+            await client.read_event()
+        # The producer runs on: the client gave up waiting, it did not leave.
+        assert not probe.cleaned_up.is_set()
+    message = str(caught.value)
+    assert message.startswith(
+        f"another event of GET /ticks did not arrive within {READ_TIMEOUT} s; "
+        "the body so far: 1 piece, 15 bytes, the last b'id: 0\\ndata: 0\\n\\n'"
+    ), message
+    # The bound can be changed between reads; receive_chunk names what it waited for.
+    async with serving() as (server, _), opener(server, "/ticks") as client:
+        await client.receive_chunk()
+        client.read_timeout = READ_TIMEOUT
+        with pytest.raises(TimeoutError, match="the next piece of the body of GET /ticks"):
+            await client.receive_chunk()
+
+
+async def test_a_connection_reset_mid_body_is_a_connection_error() -> None:
+    async with raw_peer(reset_after_head=True) as peer, open_stream(peer, "/") as client:
+        await peer.done.wait()
+        with pytest.raises(ConnectionResetError, match="reset by the server while reading GET /"):
+            await client.read_all()
+
+
+@pytest.mark.parametrize("leave", ["close", "reset"])
+async def test_a_client_that_left_says_so_when_used_again(leave: str) -> None:
+    async with raw_peer() as peer, open_stream(peer, "/") as client:
+        await getattr(client, leave)()
+        for again in ("receive_chunk", "close", "reset", "half_close"):
+            with pytest.raises(RuntimeError, match=rf"this client already left \(by {leave}\(\)\)"):
+                await getattr(client, again)()
+    with pytest.raises(RuntimeError, match=rf"already left \(by {leave}\(\)\)"):
+        await client.read_event()
+
+
+async def test_a_client_used_after_its_block_says_so() -> None:
+    async with raw_peer() as peer, open_stream(peer, "/") as client:
+        pass
+    with pytest.raises(RuntimeError, match=r"already left \(at the end of its open_stream block\)"):
+        await client.read_all()
+
+
+@pytest.mark.parametrize("value", [0, -1.0, float("nan"), "1"])
+async def test_a_bad_read_timeout_is_refused_naming_it_before_connecting(value: object) -> None:
+    with pytest.raises((TypeError, ValueError), match="read_timeout must be"):
+        async with open_stream(LiveServerAt("127.0.0.1", 1), read_timeout=value):  # type: ignore[arg-type]
+            raise AssertionError("it connected")
+
+
+@dataclass
+class LiveServerAt:
+    host: str
+    port: int
+
+
 # -- what a peer sees on the wire -----------------------------------------------------------
 
 
@@ -186,9 +285,12 @@ _HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chun
 
 
 @asynccontextmanager
-async def raw_peer(after_eof: bytes = b"") -> AsyncIterator[Peer]:
+async def raw_peer(
+    after_eof: bytes = b"", *, reset_after_head: bool = False
+) -> AsyncIterator[Peer]:
     """A bare TCP server that answers one request with a chunked head, then records how its
-    reading ended; *after_eof* is sent (as a chunk) once the client's FIN arrived."""
+    reading ended; *after_eof* is sent (as a chunk) once the client's FIN arrived. With
+    *reset_after_head*, it resets the connection (RST) after the head, and is done."""
     async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listeners:
         listener = cast(SocketListener, listeners.listeners[0])
         peer = Peer("127.0.0.1", listener.extra(SocketAttribute.local_port))
@@ -198,6 +300,13 @@ async def raw_peer(after_eof: bytes = b"") -> AsyncIterator[Peer]:
             async with connection:
                 await connection.receive()
                 await connection.send(_HEAD)
+                if reset_after_head:
+                    connection.extra(SocketAttribute.raw_socket).setsockopt(
+                        socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                    )
+                    await connection.aclose()
+                    peer.done.set()
+                    return
                 try:
                     while True:
                         await connection.receive()
