@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -123,6 +124,18 @@ async def _listen_for_signals(signalled: anyio.Event) -> None:
             if signalled.is_set():
                 logger.warning("signal %d during the drain: shutdown already under way", number)
             signalled.set()
+
+
+def _close_unadopted(descriptor: int, inode: int) -> None:
+    """Close the listening socket if hypercorn never adopted it: it does so only once the
+    app's lifespan has started, so a server cancelled before would leave it listening.
+    Adopted, it was closed when hypercorn stopped, and the number may be another file's by
+    now: it is closed only if it is still the same socket."""
+    try:
+        if os.fstat(descriptor).st_ino == inode:
+            os.close(descriptor)
+    except OSError:
+        pass  # closed already, as it should be
 
 
 class _RegisteringApp:
@@ -295,8 +308,9 @@ async def serve(
             config.graceful_timeout = max(deadline - anyio.current_time(), 0.01)
 
         host, port = sock.getsockname()[:2]
+        listening_inode = os.fstat(sock.fileno()).st_ino
         # hypercorn adopts the descriptor and closes it itself when it stops.
-        sock.detach()
+        descriptor = sock.detach()
         scheme = "https" if config.ssl_enabled else "http"
         task_status.started(ServerAddress(host=host, port=port, scheme=scheme))
         registering = _RegisteringApp(app, streams)
@@ -308,6 +322,7 @@ async def serve(
                     await hypercorn_serve(registering, config, shutdown_trigger=drain_then_stop)
                 finally:
                     registering.cancel_lifespan()
+                    _close_unadopted(descriptor, listening_inode)
                 listening.cancel_scope.cancel()
         except Exception as exc:
             # hypercorn's report of the app's failed lifespan: said once, as the app said it.

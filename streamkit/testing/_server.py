@@ -12,7 +12,7 @@ import anyio
 import anyio.abc
 from starlette.types import ASGIApp
 
-from .._checks import check_duration
+from .._checks import check_callable, check_duration
 from .._ends import EndReason, StreamEnd
 from .._registry import StreamRegistry, registry
 from .._serve import ServerAddress, serve
@@ -118,33 +118,43 @@ class _Listening(anyio.abc.TaskStatus[ServerAddress]):
         self.ready.set()
 
 
+class _Unanswered(Exception):
+    """The server listened and did not answer within :data:`_STOP_MARGIN`."""
+
+
 async def _wait_serving(server: LiveServer, *, tls: bool) -> None:
     """Return once hypercorn answers, and its tasks have settled: the socket listens before
     hypercorn runs, so a leak check entered earlier would count hypercorn's tasks as leaks.
 
     The probe is a request line hypercorn refuses itself (400), so the app never sees it;
     over TLS, a completed handshake.
+
+    :raises _Unanswered: no answer within :data:`_STOP_MARGIN`.
     """
-    with anyio.fail_after(_STOP_MARGIN):
-        if tls:
-            context = ssl.create_default_context()
-            context.check_hostname = False
-            context.verify_mode = (
-                ssl.CERT_NONE
-            )  # the test's own certificate: only the answer counts
-            tls_stream = await anyio.connect_tcp(
-                server.host, server.port, ssl_context=context, tls_standard_compatible=False
-            )
-            await tls_stream.aclose()
-            await anyio.wait_all_tasks_blocked()
-            return
-        stream = await connect(server.host, server.port)
-        async with stream:
-            await stream.send(b"NOT HTTP\r\n\r\n")
-            with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError, OSError):
-                while await stream.receive():
-                    pass
+    with anyio.move_on_after(_STOP_MARGIN) as scope:
+        await _probe(server, tls=tls)
+    if scope.cancelled_caught:
+        raise _Unanswered
+
+
+async def _probe(server: LiveServer, *, tls: bool) -> None:
+    if tls:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE  # the test's own certificate: only the answer counts
+        tls_stream = await anyio.connect_tcp(
+            server.host, server.port, ssl_context=context, tls_standard_compatible=False
+        )
+        await tls_stream.aclose()
         await anyio.wait_all_tasks_blocked()
+        return
+    stream = await connect(server.host, server.port)
+    async with stream:
+        await stream.send(b"NOT HTTP\r\n\r\n")
+        with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+            while await stream.receive():
+                pass
+    await anyio.wait_all_tasks_blocked()
 
 
 @asynccontextmanager
@@ -172,8 +182,9 @@ async def open_server(
     :raises ValueError: an option is out of range (on entering, nothing served).
     :raises ServeError: the server could not start, or the app's lifespan failed (see
         :func:`streamkit.serve`); raised as itself, not in an exception group.
-    :raises TimeoutError: the server had not stopped five seconds after *grace_period*; it was
-        cancelled.
+    :raises TimeoutError: the server had not stopped five seconds after *grace_period*, or did
+        not answer within five seconds of listening (the app's lifespan had not started); it
+        was cancelled.
 
     Cancelled (a deadline around it passed), in its block or while the server starts, it
     still stops the server the graceful way, within *grace_period*, before the cancellation
@@ -181,6 +192,7 @@ async def open_server(
     """
     from hypercorn.config import Config
 
+    check_callable("app", app)
     # Checked here: the cleanup below is bounded by it, whether or not the server started.
     check_duration("grace_period", grace_period)
     config = Config()
@@ -245,6 +257,16 @@ async def open_server(
                 yield server
         except anyio.get_cancelled_exc_class():
             raise
+        except _Unanswered:
+            # hypercorn heeds its shutdown trigger only once it serves: it would wait out the
+            # stop below. Nothing was served, so nothing is cut short.
+            serving.cancel()
+            assert listening.address is not None
+            failure = TimeoutError(
+                f"the server at {listening.address.url} did not answer within {_STOP_MARGIN} s "
+                "of listening: hypercorn answers once the app's lifespan has started, which it "
+                "had not; the server was cancelled"
+            )
         except BaseException as exc:
             # Raised again past the task group, which would wrap it in an exception group
             # that pytest.raises(AssertionError) and xfail(raises=...) do not match.

@@ -177,3 +177,57 @@ async def test_an_app_whose_lifespan_fails_at_startup_raises_the_serve_error_as_
         async with open_server(app):
             raise AssertionError("the block ran")
     assert "RuntimeError: database unreachable" in str(caught.value)
+
+
+@pytest.mark.parametrize("app", ["not an app", None])
+async def test_an_app_that_is_not_callable_is_refused_naming_it_on_entering(app: object) -> None:
+    # It was served: hypercorn logged the TypeError and answered every request 500.
+    with pytest.raises(TypeError, match=rf"^app must be callable, got .*{re.escape(repr(app))}$"):
+        async with open_server(app):  # type: ignore[arg-type]
+            raise AssertionError("the block ran")
+
+
+async def test_an_app_whose_lifespan_never_starts_is_a_timeout_naming_it_leaving_nothing() -> None:
+    # hypercorn answers only once the lifespan started: open_server waited five seconds for
+    # it, then grace_period and five more to stop a server it had never told to stop, raised
+    # a TimeoutError without a message, and left the listening socket open.
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await anyio.sleep_forever()
+        yield
+
+    # The leak check outside: it is skipped when its block raises.
+    with anyio.fail_after(20):
+        async with open_leak_check():
+            # The deadline: past the wait for an answer, short of grace_period added to it.
+            with pytest.raises(TimeoutError) as caught, anyio.fail_after(8):
+                async with open_server(Starlette(lifespan=lifespan), grace_period=5.0):
+                    raise AssertionError("the block ran")
+    assert type(caught.value) is TimeoutError
+    assert re.fullmatch(
+        r"the server at http://127\.0\.0\.1:\d+ did not answer within 5\.0 s of listening: "
+        r"hypercorn answers once the app's lifespan has started, which it had not; "
+        r"the server was cancelled",
+        str(caught.value),
+    ), caught.value
+
+
+async def serve_one_request(app: Starlette) -> None:
+    async with open_server(app) as server, open_stream(server, "/") as client:
+        assert client.status == 404
+
+
+async def test_an_app_whose_lifespan_fails_at_shutdown_raises_the_serve_error_leaving_nothing() -> (
+    None
+):
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        raise RuntimeError("flush failed")
+
+    with anyio.fail_after(20):
+        async with open_leak_check():
+            with pytest.raises(ServeError) as caught:
+                await serve_one_request(Starlette(lifespan=lifespan))
+    assert str(caught.value).startswith("the app's lifespan failed at shutdown:\n")
+    assert "RuntimeError: flush failed" in str(caught.value)
