@@ -23,6 +23,10 @@ __all__ = ["LiveServer", "open_server"]
 
 # Beyond the grace period, hypercorn's own shutdown of its workers needs a moment.
 _STOP_MARGIN = 5.0
+# hypercorn keeps a connection whose client closed it after a complete response until its
+# keep-alive timeout (on asyncio over HTTP/1.1, on trio over HTTP/2): five seconds by
+# default, which a leak check's grace period would count as a leaked socket and tasks.
+_KEEP_ALIVE_TIMEOUT = 0.25
 
 
 class LiveServer:
@@ -197,6 +201,7 @@ async def open_server(
     check_duration("grace_period", grace_period)
     config = Config()
     config.errorlog = logging.getLogger("hypercorn.error")
+    config.keep_alive_timeout = _KEEP_ALIVE_TIMEOUT
     stop = anyio.Event()
     stopped = anyio.Event()
     streams = StreamRegistry(parent=registry)

@@ -9,10 +9,11 @@ import sys
 import time
 
 import anyio
+import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from support.resource_checks import process_state
 
@@ -20,6 +21,7 @@ from streamkit import EndReason, NDJSONResponse, StreamkitError, StreamSender
 from streamkit.testing import (
     LeakError,
     ResourceSnapshot,
+    open_h2_stream,
     open_leak_check,
     open_server,
     open_stream,
@@ -38,7 +40,10 @@ def make_app() -> Starlette:
 
         return NDJSONResponse(produce)
 
-    return Starlette(routes=[Route("/endless", endless)])
+    async def hello(request: Request) -> Response:
+        return PlainTextResponse("hello")
+
+    return Starlette(routes=[Route("/endless", endless), Route("/hello", hello)])
 
 
 @pytest.mark.anyio
@@ -52,6 +57,28 @@ async def test_a_server_and_its_streams_leave_nothing_behind() -> None:
                         await client.read_item()
                         await getattr(client, leave)()
                     await server.wait_ended(EndReason.CLIENT_DISCONNECTED)
+
+
+@pytest.mark.anyio
+@pytest.mark.e2e
+@pytest.mark.parametrize("client", ["http1", "http2", "httpx"])
+async def test_a_completed_request_on_a_server_opened_before_the_check_is_no_leak(
+    client: str,
+) -> None:
+    # hypercorn kept a connection its client had closed after a complete response until its
+    # keep-alive timeout, five seconds (on asyncio over HTTP/1.1, on trio over HTTP/2): a
+    # leak check of a second named its socket and tasks.
+    with anyio.fail_after(20):
+        async with open_server(make_app()) as server, open_leak_check():
+            if client == "http1":
+                async with open_stream(server, "/hello") as reader:
+                    assert await reader.read_all() == b"hello"
+            elif client == "http2":
+                async with open_h2_stream(server, "/hello") as reader:
+                    assert await reader.read_all() == b"hello"
+            else:
+                async with httpx.AsyncClient() as http:
+                    assert (await http.get(f"{server.url}/hello")).text == "hello"
 
 
 @pytest.mark.anyio
@@ -176,3 +203,4 @@ async def test_a_bad_grace_period_is_refused_before_the_block(
     assert not entered
     with pytest.raises(error, match=r"^within must be a"):
         wait_released(ResourceSnapshot.take(tasks=False), within=within)
+
