@@ -25,7 +25,7 @@ from typing import Any
 
 import anyio
 
-from .._checks import check_duration
+from .._checks import check_duration, check_type
 from .._exceptions import LeakError
 from .._faults import recorded_faults
 from .._loop import TIMERS_TASK
@@ -69,7 +69,11 @@ class ResourceSnapshot:
     @classmethod
     def take(cls, *, tasks: bool = True) -> ResourceSnapshot:
         """Take a snapshot now; *tasks* needs a running event loop (the current task is left
-        out)."""
+        out).
+
+        :raises TypeError: *tasks* is not a ``bool``.
+        """
+        check_type("tasks", tasks, bool)
         return cls(
             file_descriptors=_file_descriptors(),
             child_processes=_child_processes(),
@@ -140,9 +144,11 @@ async def open_leak_check(*, within: float = 1.0, tasks: bool = True) -> AsyncIt
         a fixture started during the block counts).
     :raises LeakError: something the block opened was still there after *within* seconds.
     :raises ValueError: *within* is not a positive, finite number of seconds (on entering).
+    :raises TypeError: *within* is not a number, or *tasks* not a ``bool`` (on entering).
     """
     __tracebackhide__ = True  # pytest: show the leak, not this frame
     check_duration("within", within)
+    check_type("tasks", tasks, bool)
     before = ResourceSnapshot.take(tasks=tasks)
     yield
     deadline = anyio.current_time() + within
@@ -159,8 +165,10 @@ def wait_released(before: ResourceSnapshot, *, within: float) -> None:
 
     :raises LeakError: something was still there after *within* seconds.
     :raises ValueError: *within* is not a positive, finite number of seconds.
+    :raises TypeError: *before* is not a :class:`ResourceSnapshot`, or *within* not a number.
     """
     __tracebackhide__ = True
+    check_type("before", before, ResourceSnapshot)
     check_duration("within", within)
     deadline = time.monotonic() + within
     while (leak := ResourceSnapshot.take(tasks=False).leaked_since(before)) is not None:

@@ -204,3 +204,18 @@ async def test_a_bad_grace_period_is_refused_before_the_block(
     with pytest.raises(error, match=r"^within must be a"):
         wait_released(ResourceSnapshot.take(tasks=False), within=within)
 
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("tasks", ["no", 0, None])
+async def test_a_tasks_that_is_no_bool_is_refused_naming_it_before_the_block(tasks: object) -> None:
+    # A truthy "no" checked the tasks, a falsy 0 did not: neither said why.
+    with pytest.raises(TypeError, match=rf"^tasks must be a bool, got .*{tasks!r}$"):
+        async with open_leak_check(tasks=tasks):  # type: ignore[arg-type]
+            raise AssertionError("the block ran")
+    with pytest.raises(TypeError, match=rf"^tasks must be a bool, got .*{tasks!r}$"):
+        ResourceSnapshot.take(tasks=tasks)  # type: ignore[arg-type]
+
+
+def test_a_before_that_is_no_snapshot_is_refused_naming_it() -> None:
+    with pytest.raises(TypeError, match=r"^before must be a ResourceSnapshot, got dict: \{\}$"):
+        wait_released({}, within=1.0)  # type: ignore[arg-type]
