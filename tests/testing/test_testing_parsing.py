@@ -61,3 +61,35 @@ def test_an_event_of_many_data_lines_is_parsed_in_linear_time() -> None:
     assert frames[0].data is not None
     assert frames[0].data.count("x") == lines
     assert took < 5.0, f"{lines} data lines took {took:.1f} s"
+
+
+def test_ndjson_crlf_lines_and_a_leading_bom_split_anywhere() -> None:
+    body = b'\xef\xbb\xbf{"a": "caf\xc3\xa9"}\r\n\r\n[1]\r\n'
+    reader = NDJSONReader()
+    items = [item for index in range(len(body)) for item in reader.feed(body[index : index + 1])]
+    assert items == [{"a": "café"}, [1]]
+    assert reader.blank_lines == 1
+
+
+@pytest.mark.parametrize(
+    ("line", "said"),
+    [
+        (b'"\xff"', "is not UTF-8 (invalid start byte at index 1)"),
+        (b"{oops}", "is not JSON (Expecting property name enclosed in double quotes at index 1)"),
+        (b"NaN", "is not JSON (NaN is no JSON value)"),
+        (
+            b'\xef\xbb\xbf{"b": 2}',
+            "is not JSON (it starts with a BOM, which only the first line may hold)",
+        ),
+        ('{"b": 2}'.encode("utf-16"), "is not UTF-8 (invalid start byte at index 0)"),
+    ],
+    ids=["invalid-utf8", "not-json", "nan", "bom-past-the-start", "utf16"],
+)
+def test_ndjson_a_line_that_is_not_utf8_json_is_refused_naming_it(line: bytes, said: str) -> None:
+    # json.loads on bytes guessed UTF-16 and took NaN and a BOM on any line, which hid a
+    # server's bug; and its errors named no line of the body.
+    reader = NDJSONReader()
+    assert reader.feed(b'{"a": 1}\n') == [{"a": 1}]
+    with pytest.raises(ValueError, match=r"^line 2 of the NDJSON body ") as caught:
+        reader.feed(line + b"\n")
+    assert str(caught.value) == f"line 2 of the NDJSON body {said}: {line!r}"
