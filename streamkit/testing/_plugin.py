@@ -39,6 +39,24 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+#: The grace period of no_leaks, read from the ini option when the run starts.
+_WITHIN = pytest.StashKey[float]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Refuse a bad ``streamkit_leak_check_within`` when the run starts, as pytest refuses its
+    own bad options, rather than at the setup of each test that asks for :func:`no_leaks`."""
+    setting = config.getini(_RELEASE_WITHIN)
+    try:
+        within = float(setting)
+        check_duration(_RELEASE_WITHIN, within)
+    except ValueError:
+        raise pytest.UsageError(
+            f"{_RELEASE_WITHIN} must be a positive, finite number of seconds, got {setting!r}"
+        ) from None
+    config.stash[_WITHIN] = within
+
+
 @pytest.fixture
 def open_live_server(request: pytest.FixtureRequest) -> ServerOpener:
     """:func:`~streamkit.testing.open_server`, as a fixture that works under either plugin::
@@ -101,14 +119,7 @@ def no_leaks(request: pytest.FixtureRequest) -> None:
 
     :raises LeakError: at teardown, naming what leaked.
     """
-    setting = request.config.getini(_RELEASE_WITHIN)
-    try:
-        within = float(setting)
-        check_duration(_RELEASE_WITHIN, within)
-    except ValueError:
-        raise pytest.UsageError(
-            f"{_RELEASE_WITHIN} must be a positive, finite number of seconds, got {setting!r}"
-        ) from None
+    within = request.config.stash[_WITHIN]
     request.node.stash[_LEAK_CHECK] = (ResourceSnapshot.take(tasks=False), within)
 
 
