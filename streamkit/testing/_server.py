@@ -55,15 +55,27 @@ class LiveServer:
     async def wait_end(self, *, within: float = 5.0) -> StreamEnd:
         """The next stream end on this server, in the order they happened.
 
-        :raises TimeoutError: no stream ended within *within* seconds.
+        :raises TimeoutError: no stream ended within *within* seconds; the message names the
+            streams still running.
         :raises RuntimeError: so many ended since the last call that the next one is no
             longer remembered.
         :raises TypeError: *within* is not a number.
         :raises ValueError: *within* is not a positive, finite number of seconds.
         """
+        return await self._wait_end(within, "any end")
+
+    async def _wait_end(self, within: float, awaited: str) -> StreamEnd:
         check_duration("within", within)
-        with anyio.fail_after(within):
+        with anyio.move_on_after(within) as scope:
             await self.streams.wait_ended(self._seen + 1)
+        if scope.cancelled_caught:
+            running = ", ".join(
+                f"{active.path} for {active.age:.3f} s" for active in self.streams.active_streams()
+            )
+            raise TimeoutError(
+                f"no stream ended on {self.url} within {within} s (waiting for {awaited}); "
+                + (f"running: {running}" if running else "none was running")
+            )
         statistics = self.streams.statistics()
         unseen = sum(statistics.ended.values()) - self._seen
         recent = self.streams.recent_ends()
@@ -85,7 +97,7 @@ class LiveServer:
         :raises TypeError: *within* is not a number.
         :raises ValueError: *within* is not a positive, finite number of seconds.
         """
-        end = await self.wait_end(within=within)
+        end = await self._wait_end(within, f"one ended with {reason.name}")
         if end.reason is not reason:
             raise AssertionError(
                 f"stream {end.path} ended with {end.reason.name}, expected {reason.name}"

@@ -9,6 +9,7 @@ sees on the wire (FIN versus RST).
 from __future__ import annotations
 
 import json
+import re
 import socket
 import struct
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -229,6 +230,21 @@ async def test_a_body_that_stops_is_a_timeout_naming_what_arrived(
         client.read_timeout = READ_TIMEOUT
         with pytest.raises(TimeoutError, match="the next piece of the body of GET /ticks"):
             await client.receive_chunk()
+
+
+async def test_a_wait_for_an_end_that_does_not_come_names_what_it_waited_for() -> None:
+    # It raised a TimeoutError without a message: which wait, for what, nobody knew.
+    async with serving() as (server, _), open_stream(server, "/ticks") as client:
+        await client.read_event()
+        with pytest.raises(TimeoutError) as caught:
+            await server.wait_ended(EndReason.CLIENT_DISCONNECTED, within=READ_TIMEOUT)
+        assert re.fullmatch(
+            rf"no stream ended on {re.escape(server.url)} within {READ_TIMEOUT} s "
+            r"\(waiting for one ended with CLIENT_DISCONNECTED\); running: /ticks for \d+\.\d+ s",
+            str(caught.value),
+        ), caught.value
+        with pytest.raises(TimeoutError, match=r"^no stream ended on .* \(waiting for any end\)"):
+            await server.wait_end(within=READ_TIMEOUT)
 
 
 async def test_a_connection_reset_mid_body_is_a_connection_error() -> None:
