@@ -123,8 +123,11 @@ class StreamClient:
         if self.complete:
             return None
         self._check_reading()
-        with anyio.move_on_after(self.read_timeout) as scope:
-            chunk = await self._receive_piece()
+        try:
+            with anyio.move_on_after(self.read_timeout) as scope:
+                chunk = await self._receive_piece()
+        except ConnectionError as exc:
+            raise type(exc)(f"{exc}, while reading {self._request}; {self._so_far()}") from exc
         if scope.cancelled_caught:
             raise TimeoutError(
                 f"{awaited} of {self._request} did not arrive within {self.read_timeout} s; "
@@ -157,10 +160,7 @@ class StreamClient:
             raise RuntimeError(f"this client already left ({self._left}); it cannot be used")
 
     def _broken(self) -> ConnectionError:
-        return ConnectionResetError(
-            f"the connection was reset by the server while reading {self._request}; "
-            f"{self._so_far()}"
-        )
+        return ConnectionResetError("the connection was reset by the server")
 
     async def read_all(self) -> bytes:
         """Read until the body is complete; return what was not read yet."""

@@ -247,10 +247,26 @@ async def test_a_wait_for_an_end_that_does_not_come_names_what_it_waited_for() -
             await server.wait_end(within=READ_TIMEOUT)
 
 
+@pytest.mark.parametrize("opener", [open_stream, open_h2_stream], ids=["http1", "http2"])
+async def test_a_connection_that_ends_mid_body_names_the_request_and_what_arrived(
+    opener: Callable[..., AbstractAsyncContextManager[StreamClient]],
+) -> None:
+    # hypercorn closes the connection on a half-close: the body is cut short.
+    async with serving() as (server, _), opener(server, "/ticks") as client:
+        assert (await client.read_event()).data == "0"
+        await client.half_close()
+        with pytest.raises(ConnectionError) as caught:
+            await client.read_event()
+        await server.wait_ended(EndReason.CLIENT_DISCONNECTED, within=CLEANUP_BOUND)
+    assert re.search(
+        r", while reading GET /ticks; the body so far: 1 piece, 15 bytes", str(caught.value)
+    ), caught.value
+
+
 async def test_a_connection_reset_mid_body_is_a_connection_error() -> None:
     async with raw_peer(reset_after_head=True) as peer, open_stream(peer, "/") as client:
         await peer.done.wait()
-        with pytest.raises(ConnectionResetError, match="reset by the server while reading GET /"):
+        with pytest.raises(ConnectionResetError, match="reset by the server, while reading GET /;"):
             await client.read_all()
 
 
