@@ -69,9 +69,7 @@ class LiveServer:
         with anyio.move_on_after(within) as scope:
             await self.streams.wait_ended(self._seen + 1)
         if scope.cancelled_caught:
-            running = ", ".join(
-                f"{active.path} for {active.age:.3f} s" for active in self.streams.active_streams()
-            )
+            running = self._running()
             raise TimeoutError(
                 f"no stream ended on {self.url} within {within} s (waiting for {awaited}); "
                 + (f"running: {running}" if running else "none was running")
@@ -108,7 +106,8 @@ class LiveServer:
     async def shutdown(self, *, within: float = 30.0) -> float:
         """Begin a graceful shutdown and wait until the server stopped; return the seconds it took.
 
-        :raises TimeoutError: the server did not stop within *within* seconds.
+        :raises TimeoutError: the server did not stop within *within* seconds; the message
+            names the streams still running.
         :raises TypeError: *within* is not a number (the shutdown did not begin).
         :raises ValueError: *within* is not a positive, finite number of seconds (the shutdown
             did not begin).
@@ -116,9 +115,19 @@ class LiveServer:
         check_duration("within", within)
         started = anyio.current_time()
         self._stop.set()
-        with anyio.fail_after(within):
+        with anyio.move_on_after(within):
             await self.stopped.wait()
+        if not self.stopped.is_set():
+            raise TimeoutError(
+                f"the server at {self.url} did not stop within {within} s of shutdown(); "
+                f"streams still running: {self._running() or 'none'}"
+            )
         return anyio.current_time() - started
+
+    def _running(self) -> str:
+        return ", ".join(
+            f"{active.path} for {active.age:.3f} s" for active in self.streams.active_streams()
+        )
 
 
 class _Listening(anyio.abc.TaskStatus[ServerAddress]):

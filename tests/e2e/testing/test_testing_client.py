@@ -8,6 +8,7 @@ sees on the wire (FIN versus RST).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import socket
@@ -90,6 +91,7 @@ def make_app(probe: Probe) -> Starlette:
         return NDJSONResponse(produce)
 
     async def silent(request: Request) -> Response:
+        probe.started.set()
         await anyio.sleep_forever()
         raise AssertionError("unreachable")
 
@@ -261,6 +263,29 @@ async def test_a_connection_that_ends_mid_body_names_the_request_and_what_arrive
     assert re.search(
         r", while reading GET /ticks; the body so far: 1 piece, 15 bytes", str(caught.value)
     ), caught.value
+
+
+async def test_a_shutdown_that_does_not_end_in_time_names_the_server() -> None:
+    # It raised a TimeoutError without a message. A request hypercorn waits for holds it.
+    probe = Probe()
+    with anyio.fail_after(20):
+        async with open_server(make_app(probe), grace_period=1.0) as server:
+            async with anyio.create_task_group() as task_group:
+
+                async def ask() -> None:
+                    # Answered or cut off once the grace period is over: either will do.
+                    with contextlib.suppress(ConnectionError):
+                        async with open_stream(server, "/silent", read_timeout=None):
+                            pass
+
+                task_group.start_soon(ask)
+                await probe.started.wait()
+                with pytest.raises(TimeoutError) as caught:
+                    await server.shutdown(within=READ_TIMEOUT)
+    assert str(caught.value) == (
+        f"the server at {server.url} did not stop within {READ_TIMEOUT} s of shutdown(); "
+        "streams still running: none"
+    )
 
 
 async def test_a_connection_reset_mid_body_is_a_connection_error() -> None:
