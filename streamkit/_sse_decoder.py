@@ -137,14 +137,23 @@ class SSEDecoder:
         self._measure(size, frames)
         return frames
 
-    def end(self) -> None:
-        """The body ended: an incomplete frame is discarded, as a browser does."""
+    def end(self) -> bool:
+        """The body ended: an incomplete frame is discarded, as a browser does.
+
+        :returns: whether there was one (a field read, or a line begun), for a caller to say.
+        """
+        discarded = (
+            bool(self._pending)
+            or bool(self._decoder.getstate()[0])
+            or any(field is not None for field in (self._data, self._event, self._id, self._retry))
+        )
         self._decoder.reset()
         self._pending = []
         self._pending_joined = self._data_joined = 0
         self._size = 0
         self._after_cr = False
         self._data = self._event = self._id = self._retry = None
+        return discarded
 
     def _measure(self, added: int, frames: list[ServerSentEvent]) -> None:
         self._size += added

@@ -178,7 +178,14 @@ class StreamClient:
         while not self._events:
             chunk = await self._receive("another event")
             if chunk is None:
-                raise EOFError(f"the stream of {self._request} ended before another event arrived")
+                discarded = (
+                    "; an unfinished event at its end was discarded, as a browser does"
+                    if self._sse.end()
+                    else ""
+                )
+                raise EOFError(
+                    f"the stream of {self._request} ended before another event arrived{discarded}"
+                )
             self._events.extend(self._sse.feed(chunk))
         return self._events.pop(0)
 

@@ -32,6 +32,10 @@ class SSEReader:
         """Parse *chunk*; return the frames it completed."""
         return self._decoder.feed(chunk)
 
+    def end(self) -> bool:
+        """The body ended: discard an unfinished frame, and return whether there was one."""
+        return self._decoder.end()
+
 
 class NDJSONReader:
     """Feed it body bytes; take complete JSON values out. Empty lines (heartbeats) are

@@ -93,3 +93,21 @@ def test_ndjson_a_line_that_is_not_utf8_json_is_refused_naming_it(line: bytes, s
     with pytest.raises(ValueError, match=r"^line 2 of the NDJSON body ") as caught:
         reader.feed(line + b"\n")
     assert str(caught.value) == f"line 2 of the NDJSON body {said}: {line!r}"
+
+
+@pytest.mark.parametrize(
+    ("body", "discarded"),
+    [
+        (b"data: x\n\n", False),
+        (b": comment\n\n", False),
+        (b"data: x\n", True),
+        (b"retry: 10\n", True),
+        (b"data: x", True),
+        (b"\xc3", True),
+    ],
+)
+def test_end_says_whether_an_unfinished_frame_was_discarded(body: bytes, discarded: bool) -> None:
+    reader = SSEReader()
+    reader.feed(body)
+    assert reader.end() is discarded
+    assert reader.end() is False  # nothing is left after it

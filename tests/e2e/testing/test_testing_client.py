@@ -414,6 +414,22 @@ async def test_a_body_cut_short_is_a_connection_error() -> None:
             await client.read_all()
 
 
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [
+        (b"data: part\n", "; an unfinished event at its end was discarded, as a browser does"),
+        (b": only a comment\n\n", ""),
+    ],
+    ids=["mid-event", "between-events"],
+)
+async def test_a_body_that_ends_mid_event_says_so(body: bytes, said: str) -> None:
+    async with raw_peer(after_eof=body) as peer, open_stream(peer, "/") as client:
+        await client.half_close()  # the peer sends the body, then ends it, on our FIN
+        with pytest.raises(EOFError) as caught:
+            await client.read_event()
+    assert str(caught.value) == f"the stream of GET / ended before another event arrived{said}"
+
+
 def test_stream_client_is_the_base_of_both_protocols() -> None:
     from streamkit.testing import H2StreamClient
 
