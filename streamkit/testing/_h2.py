@@ -130,6 +130,7 @@ class H2Connection:
         self.stream = stream
         self.goaway_code: int | None = None
         self.read_timeout = read_timeout
+        self._closed = False
         self._authority = authority
         self._h2 = h2.connection.H2Connection(
             config=h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
@@ -150,6 +151,10 @@ class H2Connection:
             data = self._h2.data_to_send()
             if data:
                 await self.stream.send(data)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this HTTP/2 connection was closed at the end of its block")
 
     async def _wait_for(self, awaited: str, ready: Callable[[], bool]) -> None:
         """Receive until *ready*, within :attr:`read_timeout`."""
@@ -219,7 +224,9 @@ class H2Connection:
         :returns: the round trip, in seconds.
         :raises ConnectionError: the server closed the connection first.
         :raises TimeoutError: no acknowledgement within :attr:`read_timeout`.
+        :raises RuntimeError: the connection's block has ended.
         """
+        self._check_open()
         self._pings_sent += 1
         opaque = self._pings_sent.to_bytes(8, "big")
         started = anyio.current_time()
@@ -235,7 +242,9 @@ class H2Connection:
 
         :raises ConnectionError: the server closed the connection without one.
         :raises TimeoutError: no ``GOAWAY`` within :attr:`read_timeout`.
+        :raises RuntimeError: the connection's block has ended.
         """
+        self._check_open()
         await self._wait_for("the server's GOAWAY", lambda: self.goaway_code is not None)
         assert self.goaway_code is not None
         return self.goaway_code
@@ -256,7 +265,9 @@ class H2Connection:
         :param headers: extra request headers; names are sent lower-cased.
         :raises ConnectionResetError: the server reset the stream before answering.
         :raises TimeoutError: the response head did not arrive within :attr:`read_timeout`.
+        :raises RuntimeError: the connection's block has ended.
         """
+        self._check_open()
         stream_id = self._h2.get_next_available_stream_id()
         client = H2StreamClient(self, stream_id, request=f"{method} {path}")
         self._streams[stream_id] = client
@@ -319,6 +330,7 @@ async def open_h2_connection(
         await connection._start()
         yield connection
     finally:
+        connection._closed = True
         with anyio.move_on_after(_GOODBYE_TIMEOUT, shield=True):
             try:
                 connection._h2.close_connection()

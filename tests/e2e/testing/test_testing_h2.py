@@ -232,3 +232,22 @@ async def test_leaving_the_connection_ends_every_stream_on_it(leave: str) -> Non
             await probes.wait_end("one", EndReason.CLIENT_DISCONNECTED)
             await probes.wait_end("two", EndReason.CLIENT_DISCONNECTED)
     assert probes.cancelled == {"one", "two"}
+
+
+@pytest.mark.parametrize("use", ["ping", "wait_goaway", "open_stream"])
+async def test_a_connection_used_after_its_block_says_so(use: str) -> None:
+    # It raised anyio's ClosedResourceError, or h2's ProtocolError, without a word of why.
+    async with serving() as (server, _):
+        async with open_h2_connection(server) as connection:
+            await connection.ping()
+
+        async def use_it() -> None:
+            if use == "open_stream":
+                async with connection.open_stream("/ticks?name=late"):
+                    raise AssertionError("a stream opened")
+            await getattr(connection, use)()
+
+        with pytest.raises(
+            RuntimeError, match=r"^this HTTP/2 connection was closed at the end of its block$"
+        ):
+            await use_it()
