@@ -216,9 +216,11 @@ class _BoundedH2Protocol(H2Protocol):
         self._socket_closing = False
         # A client's GOAWAY without an error: it opens no more streams, those open go on (see
         # _receive_goaway()). h2 would close the connection on the frame, as hypercorn did.
-        frames = self.connection._frame_dispatch_table
-        self._h2_receive_goaway = frames[GoAwayFrame]
-        frames[GoAwayFrame] = self._receive_goaway
+        # h2's own table, made for each connection: a release without it keeps h2's reading.
+        frames = getattr(self.connection, "_frame_dispatch_table", None)
+        if isinstance(frames, dict) and GoAwayFrame in frames:
+            self._h2_receive_goaway = frames[GoAwayFrame]
+            frames[GoAwayFrame] = self._receive_goaway
         self._client_going_away = False
         # The client's resets it may still make at once, as of _resets_counted_at (its
         # first reset's time, until then).
