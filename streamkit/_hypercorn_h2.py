@@ -318,14 +318,24 @@ class _BoundedH2Protocol(H2Protocol):
         # without, of a stream no longer served, was reset by the client and is left over.
         if any(buffer._complete for buffer in self.stream_buffers.values()):
             return
+        await self._send_goaway()
+        await self.send(Closed())
+
+    async def _send_goaway(
+        self,
+        error_code: h2.errors.ErrorCodes = h2.errors.ErrorCodes.NO_ERROR,
+        additional_data: bytes | None = None,
+    ) -> None:
+        """Send ``GOAWAY``, unless the connection is closing already. Noted as sent first: a
+        GOAWAY whose write fails makes the server close the connection, which would say
+        it again."""
         self._goaway_sent = True
         try:
-            self.connection.close_connection()
+            self.connection.close_connection(error_code, additional_data=additional_data)
         except h2.exceptions.ProtocolError:
-            pass
+            pass  # the connection was closing already
         else:
             await self._flush()
-        await self.send(Closed())
 
     async def _send_data(self, stream_id: int) -> None:
         await super()._send_data(stream_id)
@@ -439,16 +449,8 @@ class _BoundedH2Protocol(H2Protocol):
         _LINGER seconds later, or as soon as the client closes it. Meanwhile what it sends
         is read and dropped: closing a socket with unread data resets it, and the client's
         kernel may then drop the GOAWAY before its reader sees why."""
-        self._goaway_sent = True
         self._lingering = True
-        try:
-            self.connection.close_connection(
-                h2.errors.ErrorCodes.ENHANCE_YOUR_CALM, additional_data=b"too many resets"
-            )
-        except h2.exceptions.ProtocolError:
-            pass
-        else:
-            await self._flush()
+        await self._send_goaway(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM, b"too many resets")
         await self.handle(Closed())
         self.task_group.spawn(self._close_after_lingering)
 
@@ -573,14 +575,7 @@ class _BoundedH2Protocol(H2Protocol):
             and not self._goaway_sent
             and self.context.terminated.is_set()
         ):
-            # Set first: a GOAWAY that cannot be sent makes the server call this again.
-            self._goaway_sent = True
-            try:
-                self.connection.close_connection()
-            except h2.exceptions.ProtocolError:
-                pass
-            else:
-                await self._flush()
+            await self._send_goaway()
         await super().handle(event)
         if isinstance(event, Closed):
             self._handled_close.set()
