@@ -114,10 +114,10 @@ def make_app(probe: Probe) -> Starlette:
 
 
 @asynccontextmanager
-async def serving() -> AsyncIterator[tuple[LiveServer, Probe]]:
+async def serving(grace_period: float = 5.0) -> AsyncIterator[tuple[LiveServer, Probe]]:
     probe = Probe()
     with anyio.fail_after(20):
-        async with open_server(make_app(probe)) as server:
+        async with open_server(make_app(probe), grace_period=grace_period) as server:
             yield server, probe
 
 
@@ -199,7 +199,8 @@ READ_TIMEOUT = 0.2
 async def test_a_server_that_never_answers_is_a_timeout_naming_the_request(
     opener: Callable[..., AbstractAsyncContextManager[StreamClient]],
 ) -> None:
-    async with serving() as (server, _):
+    # The endpoint that never answers holds the shutdown for its grace period: a short one.
+    async with serving(grace_period=0.3) as (server, _):
         with pytest.raises(TimeoutError) as caught:
             async with opener(server, "/silent", read_timeout=READ_TIMEOUT):
                 raise AssertionError("a response head arrived")
