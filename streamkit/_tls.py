@@ -5,6 +5,12 @@ Browsers speak HTTP/2 only over TLS and agree on it by ALPN, so a server given a
 offers ``h2`` first, then ``http/1.1``. Every file is loaded here, before the socket is bound:
 a missing, unreadable or malformed one is a :class:`~streamkit.ServeError` naming it, at
 start-up, not a handshake that fails for each client later.
+
+A connection holds a descriptor, and on hypercorn's trio worker a task the shutdown waits
+for, from its accept on. hypercorn gives a handshake 60 s by default, so a client that opens
+TCP and never sends its ClientHello, or stops halfway through, held both for a minute, and
+a few thousand of them ran the process out of descriptors. ``handshake_timeout`` bounds it;
+once the handshake is done, hypercorn's ``keep_alive_timeout`` bounds an unfinished request.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import ssl
 from dataclasses import dataclass
 from typing import Any
 
-from ._checks import check_path
+from ._checks import check_duration, check_path
 from ._exceptions import ServeError
 
 __all__ = ["TLSConfig", "apply_tls", "check_tls"]
@@ -34,18 +40,26 @@ class TLSConfig:
     :param keyfile: the certificate's private key, PEM, unencrypted.
     :param client_ca: PEM certificates of the CAs that sign client certificates; when given,
         every client must present a certificate signed by one of them (mutual TLS).
-    :raises TypeError: a path is neither ``str`` nor :class:`os.PathLike`.
-    :raises ValueError: a path is empty.
+    :param handshake_timeout: seconds from a connection's accept to its TLS handshake being
+        done, after which the connection is closed: a client that never sends its ClientHello,
+        or stalls in the middle of the handshake, holds a descriptor no longer. It replaces the
+        ``ssl_handshake_timeout`` of a hypercorn ``Config`` given to :func:`~streamkit.serve`.
+    :raises TypeError: a path is neither ``str`` nor :class:`os.PathLike`, or
+        *handshake_timeout* is not a number.
+    :raises ValueError: a path is empty, or *handshake_timeout* is not a positive, finite
+        number.
     """
 
     certfile: Path
     keyfile: Path
     client_ca: Path | None = None
+    handshake_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         check_path("certfile", self.certfile)
         check_path("keyfile", self.keyfile)
         check_path("client_ca", self.client_ca, optional=True)
+        check_duration("handshake_timeout", self.handshake_timeout)
 
 
 def check_tls(value: object) -> None:
@@ -109,6 +123,7 @@ def apply_tls(tls: TLSConfig, config: Any) -> None:
     config.certfile = certfile
     config.keyfile = keyfile
     config.alpn_protocols = list(ALPN_PROTOCOLS)
+    config.ssl_handshake_timeout = tls.handshake_timeout
     if client_ca is not None:
         config.ca_certs = client_ca
         config.verify_mode = ssl.CERT_REQUIRED

@@ -38,9 +38,24 @@ def taken() -> Iterator[str]:
             TypeError,
             "client_ca must be a path",
         ),
+        (
+            {"certfile": "c.pem", "keyfile": "k.pem", "handshake_timeout": "5"},
+            TypeError,
+            "handshake_timeout must be a number of seconds, got str: '5'",
+        ),
+        (
+            {"certfile": "c.pem", "keyfile": "k.pem", "handshake_timeout": 0},
+            ValueError,
+            "handshake_timeout",
+        ),
+        (
+            {"certfile": "c.pem", "keyfile": "k.pem", "handshake_timeout": float("inf")},
+            ValueError,
+            "handshake_timeout",
+        ),
     ],
 )
-def test_bad_paths_are_refused_where_made(
+def test_bad_options_are_refused_where_made(
     options: dict[str, object], error: type[Exception], message: str
 ) -> None:
     with pytest.raises(error, match=message):
