@@ -12,10 +12,21 @@ for a native cancellation and raises ``CancelledError`` out of it. The count is 
 And :func:`being_cancelled` tells the HTTP/2 repair (``_hypercorn_h2``) when a connection's
 task is one that hypercorn's asyncio worker cancelled, as its task group is being shut down,
 and :func:`hand_over_nowait` lets it hand a stream's app a message without waiting.
+
+At the open-file limit, accept fails until a descriptor is freed, and both loops retry
+(asyncio after 1 s, trio after 0.1 s) and log each failure with its traceback: asyncio's tries
+its whole backlog at every retry, about 3,000 lines a second, trio 90. Either fills a disk
+while telling one fact. The failures are said here instead, once every
+``ACCEPT_FAILURE_LOG_INTERVAL``, as one warning line.
 """
 
 from __future__ import annotations
 
+import errno
+import logging
+import math
+import os
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -24,6 +35,55 @@ import sniffio
 from ._exceptions import ServeError
 
 __all__ = ["being_cancelled", "hand_over_nowait", "hypercorn_serve"]
+
+logger = logging.getLogger("streamkit")
+
+#: accept's errors for want of a descriptor or memory: the loop retries, the server serves on.
+ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+#: Seconds between two warnings that accept fails for want of descriptors.
+ACCEPT_FAILURE_LOG_INTERVAL = 10.0
+
+
+class _AcceptFailures:
+    """Says that accept fails for want of descriptors, at most once an interval."""
+
+    def __init__(self) -> None:
+        self.said_at = -math.inf
+
+    def note(self, exc: OSError) -> None:
+        now = time.monotonic()
+        if now - self.said_at < ACCEPT_FAILURE_LOG_INTERVAL:
+            return
+        self.said_at = now
+        code = exc.errno or 0
+        logger.warning(
+            "cannot accept connections: %s (%s); the server serves those it has and accepts "
+            "again once descriptors are freed; raise the open-file limit (ulimit -n) above the "
+            "connections expected",
+            errno.errorcode.get(code, code),
+            os.strerror(code),
+        )
+
+
+_accept_failures = _AcceptFailures()
+
+
+def _accept_failure(exc: object) -> bool:
+    """Whether *exc* is accept's failure for want of descriptors; if so, noted."""
+    if isinstance(exc, OSError) and exc.errno in ACCEPT_CAPACITY_ERRNOS:
+        _accept_failures.note(exc)
+        return True
+    return False
+
+
+class _TrioAcceptFailures(logging.Filter):
+    """Takes trio's report of each failed accept (every 0.1 s, with its traceback)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and _accept_failure(record.exc_info[1]))
+
+
+_trio_accept_failures = _TrioAcceptFailures()
 
 
 def _worker() -> tuple[str, Callable[..., Awaitable[None]]]:
@@ -46,6 +106,10 @@ async def hypercorn_serve(app: object, config: object, **options: object) -> Non
     """
     library, serve = _worker()
     if library != "asyncio":
+        # The logger of trio.serve_listeners, which hypercorn's trio worker accepts with.
+        trio_logger = logging.getLogger("trio.serve_listeners")
+        if _trio_accept_failures not in trio_logger.filters:
+            trio_logger.addFilter(_trio_accept_failures)
         await serve(app, config, **options)
         return
     import asyncio  # the repair is of an asyncio task's cancellation count (see above)
@@ -63,6 +127,11 @@ async def hypercorn_serve(app: object, config: object, **options: object) -> Non
         # a traceback. A connection cancelled at shutdown is no error.
         if isinstance(context.get("exception"), asyncio.CancelledError) and (
             "connection_made" in str(context.get("message", ""))
+        ):
+            return
+        # The accept loop's failure for want of descriptors (see the module's docstring).
+        if str(context.get("message", "")).startswith("socket.accept()") and _accept_failure(
+            context.get("exception")
         ):
             return
         if previous is None:

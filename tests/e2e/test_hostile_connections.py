@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import os
 import ssl
+import sys
+import textwrap
+from pathlib import Path
 
 import anyio
 import anyio.abc
@@ -23,6 +26,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from support.certificates import Certificates
 
+from streamkit._serve import ServerAddress
 from streamkit.testing import LiveServer, open_server
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
@@ -94,3 +98,74 @@ async def test_tls_clients_that_never_finish_the_handshake_are_dropped_at_its_ti
                 task_group.start_soon(closed_within, connection, tls.handshake_timeout + MARGIN)
         for connection in silent + stalled + garbage:
             await connection.aclose()
+
+
+#: Descriptors the server process may open: a few for itself, the rest soon taken.
+DESCRIPTOR_LIMIT = 64
+LIMITED_SERVICE = textwrap.dedent(
+    f"""
+    import resource
+    import sys
+    from functools import partial
+
+    import anyio
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    import streamkit
+
+    resource.setrlimit(resource.RLIMIT_NOFILE, ({DESCRIPTOR_LIMIT}, {DESCRIPTOR_LIMIT}))
+    app = Starlette(routes=[Route("/", lambda request: PlainTextResponse("hello"))])
+
+    async def main():
+        async with anyio.create_task_group() as task_group:
+            serve = partial(streamkit.serve, app, bind="127.0.0.1:0", grace_period=2.0)
+            address = await task_group.start(serve)
+            print(address.port, flush=True)
+
+    anyio.run(main, backend=sys.argv[1])
+    """
+)
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def test_at_the_open_file_limit_the_server_says_so_once_and_serves_again_after(
+    anyio_backend: str, tmp_path: Path
+) -> None:
+    log = tmp_path / "stderr"
+    with log.open("wb") as stderr:
+        process = await anyio.open_process(
+            [sys.executable, "-c", LIMITED_SERVICE, anyio_backend], stderr=stderr
+        )
+    async with process:
+        assert process.stdout is not None
+        with anyio.fail_after(10):
+            port = int((await process.stdout.receive()).decode())
+        address = ServerAddress(host="127.0.0.1", port=port)
+        # More connections than descriptors: the server accepts until it has none left, and the
+        # rest wait in the backlog, each a failed accept.
+        clients = [await anyio.connect_tcp(address.host, port) for _ in range(2 * DESCRIPTOR_LIMIT)]
+        for client in clients:
+            await client.send(b"GET / HTTP/1.1\r\nhost: test\r\n\r\n")
+        await anyio.sleep(0.5)  # the server reaches its limit
+        logged_before = len(log.read_bytes().splitlines())
+        cpu_before, at = cpu_seconds(process.pid), anyio.current_time()
+        await anyio.sleep(2.0)  # less than keep_alive_timeout: none is closed meanwhile
+        cpu_share = (cpu_seconds(process.pid) - cpu_before) / (anyio.current_time() - at)
+        logged = log.read_bytes().splitlines()[logged_before:]
+        assert process.returncode is None
+        for client in clients:
+            await client.aclose()
+        with anyio.fail_after(10):
+            async with httpx.AsyncClient() as http:
+                assert (await http.get(f"{address.url}/")).status_code == 200
+        process.terminate()
+        with anyio.fail_after(10):
+            await process.wait()
+    assert len(logged) <= 2, b"\n".join(logged[:20]).decode()
+    assert cpu_share < 0.5
