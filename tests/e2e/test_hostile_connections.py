@@ -18,8 +18,14 @@ from pathlib import Path
 
 import anyio
 import anyio.abc
+import h2.config
+import h2.connection
+import h2.events
+import hpack
 import httpx
 import pytest
+from hypercorn.config import Config
+from hyperframe.frame import ContinuationFrame, HeadersFrame
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -31,8 +37,9 @@ from streamkit.testing import LiveServer, open_server
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
-#: hypercorn's keep_alive_timeout, which streamkit leaves at its default.
-KEEP_ALIVE = 5.0
+#: hypercorn's keep_alive_timeout, which streamkit leaves at its default: from a connection's
+#: accept, or its last response, to its next request head being whole.
+KEEP_ALIVE = Config.keep_alive_timeout
 #: How late past its bound a connection may be closed on a loaded machine.
 MARGIN = 2.0
 GRACE = 3.0
@@ -65,6 +72,143 @@ async def status_of_a_plain_request(server: LiveServer) -> int:
     with anyio.fail_after(5):
         async with httpx.AsyncClient() as client:
             return (await client.get(f"{server.url}/other")).status_code
+
+
+async def trickle_a_head(connection: anyio.abc.ByteStream) -> None:
+    """Send a request head a byte every half second, never finishing it, until closed."""
+    head = b"GET / HTTP/1.1\r\nhost: test\r\n" + b"x-slow: yes\r\n" * 100
+    try:
+        for byte in head:
+            await connection.send(bytes([byte]))
+            await anyio.sleep(0.5)
+    except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+        return
+
+
+async def test_request_heads_sent_a_byte_at_a_time_are_closed_at_the_keep_alive_timeout() -> None:
+    hello = Hello()
+    async with open_server(hello.app, grace_period=GRACE) as server:
+        slow = [await anyio.connect_tcp(server.host, server.port) for _ in range(200)]
+        async with anyio.create_task_group() as task_group:
+            for connection in slow:
+                task_group.start_soon(trickle_a_head, connection)
+            await anyio.sleep(1.0)  # every one is trickling
+            assert await status_of_a_plain_request(server) == 200
+            for connection in slow:
+                # Nothing for them: hypercorn closes the connection without a response.
+                assert await closed_within(connection, KEEP_ALIVE + MARGIN) == b""
+        for connection in slow:
+            await connection.aclose()
+        assert hello.calls == 1
+
+
+async def test_idle_keep_alive_connections_are_closed_at_the_keep_alive_timeout() -> None:
+    async with open_server(Hello().app, grace_period=GRACE) as server:
+        idle = []
+        for _ in range(500):
+            connection = await anyio.connect_tcp(server.host, server.port)
+            await connection.send(b"GET / HTTP/1.1\r\nhost: test\r\n\r\n")
+            with anyio.fail_after(5):
+                assert (await connection.receive()).startswith(b"HTTP/1.1 200 ")
+            idle.append(connection)
+        async with anyio.create_task_group() as task_group:
+            for connection in idle:
+                task_group.start_soon(closed_within, connection, KEEP_ALIVE + MARGIN)
+        for connection in idle:
+            await connection.aclose()
+
+
+async def test_unfinished_and_idle_connections_do_not_hold_the_shutdown() -> None:
+    async with open_server(Hello().app, grace_period=GRACE) as server:
+        idle = []
+        for _ in range(50):
+            connection = await anyio.connect_tcp(server.host, server.port)
+            await connection.send(b"GET / HTTP/1.1\r\nhost: test\r\n\r\n")
+            with anyio.fail_after(5):
+                await connection.receive()
+            idle.append(connection)
+        slow = [await anyio.connect_tcp(server.host, server.port) for _ in range(50)]
+        async with anyio.create_task_group() as task_group:
+            for connection in slow:
+                task_group.start_soon(trickle_a_head, connection)
+            await anyio.sleep(1.0)
+            took = await server.shutdown(within=GRACE + MARGIN)
+        for connection in idle + slow:
+            await connection.aclose()
+    # Idle connections are closed as the shutdown begins: the grace period is the streams'.
+    assert took < GRACE / 2
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET / HTTP/1.1\r\nhost: test\r\nx-big: " + b"a" * 2**20 + b"\r\n\r\n",
+        b"GET / HTTP/1.1\r\nhost: test\r\n"
+        + b"".join(b"x-%d: v\r\n" % n for n in range(10_000))
+        + b"\r\n",
+        b"GET /" + b"a" * 2**16 + b" HTTP/1.1\r\nhost: test\r\n\r\n",
+    ],
+    ids=["a 1 MiB header", "10,000 headers", "a 64 KiB request line"],
+)
+async def test_an_oversized_request_head_is_refused_with_431_without_the_app(head: bytes) -> None:
+    hello = Hello()
+    async with open_server(hello.app, grace_period=GRACE) as server:
+        connection = await anyio.connect_tcp(server.host, server.port)
+        async with connection:
+            try:
+                await connection.send(head)
+            except (anyio.BrokenResourceError, OSError):
+                pass  # refused before it was all sent: the answer is still there to read
+            response = await closed_within(connection, 5)
+        assert response.startswith(b"HTTP/1.1 431 ")
+        assert await status_of_a_plain_request(server) == 200
+    assert hello.calls == 1
+
+
+def header_frames(stream_id: int, head: dict[str, str]) -> bytes:
+    """A HEADERS frame and CONTINUATION frames for *head* (no Huffman coding: in pure
+    Python, coding a megabyte takes longer than the test)."""
+    block = hpack.Encoder().encode(list(head.items()), huffman=False)
+    size = 2**14  # the largest frame a peer must accept
+    pieces = [block[start : start + size] for start in range(0, len(block), size)]
+    frames: list[HeadersFrame | ContinuationFrame] = [
+        HeadersFrame(stream_id, data=pieces[0], flags=["END_STREAM"])
+    ]
+    frames += [ContinuationFrame(stream_id, data=piece) for piece in pieces[1:]]
+    frames[-1].flags.add("END_HEADERS")
+    return b"".join(frame.serialize() for frame in frames)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        [("x-big", "a" * 2**20)],
+        [(f"x-{n}", "v") for n in range(10_000)],
+        [(":path", "/" + "a" * 2**16)],
+    ],
+    ids=["a 1 MiB header", "10,000 headers", "a 64 KiB path"],
+)
+async def test_an_oversized_header_block_on_http2_ends_its_connection_without_the_app(
+    extra: list[tuple[str, str]],
+) -> None:
+    hello = Hello()
+    head = {":method": "GET", ":path": "/", ":scheme": "http", ":authority": "test"}
+    head.update(extra)
+    async with open_server(hello.app, grace_period=GRACE) as server:
+        h2_connection = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        h2_connection.initiate_connection()
+        frames = h2_connection.data_to_send() + header_frames(1, head)
+        connection = await anyio.connect_tcp(server.host, server.port)
+        async with connection:
+            try:
+                await connection.send(frames)
+            except (anyio.BrokenResourceError, OSError):
+                pass  # refused before it was all sent
+            received = await closed_within(connection, 5)
+        events = h2_connection.receive_data(received) if received else []
+        assert not any(isinstance(event, h2.events.ResponseReceived) for event in events)
+        assert await status_of_a_plain_request(server) == 200
+    assert hello.calls == 1
 
 
 def client_hello(context: ssl.SSLContext) -> bytes:
