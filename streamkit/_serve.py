@@ -47,6 +47,10 @@ __all__ = ["ServerAddress", "graceful_shutdown_trigger", "serve"]
 
 ShutdownTrigger = Callable[[], Awaitable[None]]
 
+#: Connections the kernel completes and holds for the server while it is busy: past them, a
+#: client's SYN is dropped and it retries a second later, then three, then seven.
+BACKLOG = 1024
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ServerAddress:
@@ -203,7 +207,7 @@ def bind_socket(bind: str, *, stalled_connection_timeout: float | None) -> socke
     host, port = _parse_bind(bind)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        sock = socket.create_server((host, port), family=family, backlog=1024)
+        sock = socket.create_server((host, port), family=family, backlog=BACKLOG)
     except OSError as exc:
         raise ServeError(f"cannot listen on {bind!r}: {exc}") from exc
     if stalled_connection_timeout is not None and hasattr(socket, "TCP_USER_TIMEOUT"):
@@ -243,7 +247,8 @@ async def serve(
     :param streams: the registry for this server's streams; by default a new one, child of
         the process-wide :data:`streamkit.registry`.
     :param config: a ``hypercorn.config.Config`` for everything else; ``bind`` and
-        ``graceful_timeout`` in it are overridden.
+        ``graceful_timeout`` in it are overridden, and its ``backlog``, left at hypercorn's
+        100, is raised to 1024.
     :param sock: a socket already listening, to serve on instead of binding *bind* (worker
         processes sharing one socket); serve takes it over and closes it when it stops.
         *bind* and *stalled_connection_timeout* then go unused: the socket keeps its options.
@@ -272,6 +277,10 @@ async def serve(
     if not isinstance(config, Config):
         raise TypeError(f"config must be a hypercorn.config.Config, got {config!r}")
     check_tls(tls)
+    if config.backlog == Config.backlog:
+        # hypercorn listens again on the socket it is handed, with this backlog: left at its
+        # default, it would cut the one bound here (or by streamkit run) to 100.
+        config.backlog = BACKLOG
     if tls is not None:
         apply_tls(tls, config)
     bound_h2_streams(config)

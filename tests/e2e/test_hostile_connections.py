@@ -11,7 +11,9 @@ them keeps other clients waiting or holds the graceful shutdown.
 from __future__ import annotations
 
 import os
+import shutil
 import ssl
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -32,7 +34,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from support.certificates import Certificates
 
-from streamkit._serve import ServerAddress
+from streamkit._serve import BACKLOG, ServerAddress
 from streamkit.testing import LiveServer, open_server
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
@@ -246,8 +248,10 @@ async def test_tls_clients_that_never_finish_the_handshake_are_dropped_at_its_ti
 
 #: Descriptors the server process may open: a few for itself, the rest soon taken.
 DESCRIPTOR_LIMIT = 64
-LIMITED_SERVICE = textwrap.dedent(
-    f"""
+#: A server process, on the backend its first argument names, with at most as many
+#: descriptors as its second says ("-" for its inherited limit).
+SERVICE = textwrap.dedent(
+    """
     import resource
     import sys
     from functools import partial
@@ -259,7 +263,8 @@ LIMITED_SERVICE = textwrap.dedent(
 
     import streamkit
 
-    resource.setrlimit(resource.RLIMIT_NOFILE, ({DESCRIPTOR_LIMIT}, {DESCRIPTOR_LIMIT}))
+    if sys.argv[2] != "-":
+        resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[2]), int(sys.argv[2])))
     app = Starlette(routes=[Route("/", lambda request: PlainTextResponse("hello"))])
 
     async def main():
@@ -284,7 +289,7 @@ async def test_at_the_open_file_limit_the_server_says_so_once_and_serves_again_a
     log = tmp_path / "stderr"
     with log.open("wb") as stderr:
         process = await anyio.open_process(
-            [sys.executable, "-c", LIMITED_SERVICE, anyio_backend], stderr=stderr
+            [sys.executable, "-c", SERVICE, anyio_backend, str(DESCRIPTOR_LIMIT)], stderr=stderr
         )
     async with process:
         assert process.stdout is not None
@@ -313,3 +318,21 @@ async def test_at_the_open_file_limit_the_server_says_so_once_and_serves_again_a
             await process.wait()
     assert len(logged) <= 2, b"\n".join(logged[:20]).decode()
     assert cpu_share < 0.5
+
+
+def listen_backlog(port: int) -> int:
+    """The backlog of the socket listening on *port*, as the kernel reports it."""
+    # For a listening socket, ss's Send-Q column is its backlog.
+    lines = subprocess.run(
+        ["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert len(lines) == 1, lines
+    return int(lines[0].split()[2])
+
+
+@pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2) to read the backlog")
+async def test_the_listening_socket_keeps_its_backlog_for_a_burst_of_connections() -> None:
+    # A burst past the backlog (a reconnecting fleet after a deploy, a flood) has its SYNs
+    # dropped while the server is busy: each dropped client waits 1 s, then 3, then 7.
+    async with open_server(Hello().app, grace_period=GRACE) as server:
+        assert listen_backlog(server.port) == BACKLOG
