@@ -18,6 +18,10 @@ At the open-file limit, accept fails until a descriptor is freed, and both loops
 its whole backlog at every retry, about 3,000 lines a second, trio 90. Either fills a disk
 while telling one fact. The failures are said here instead, once every
 ``ACCEPT_FAILURE_LOG_INTERVAL``, as one warning line.
+
+And hypercorn's trio worker does a connection's TLS handshake in the connection's task, bound
+by ``ssl_handshake_timeout`` alone: at shutdown it waited for a client that never finished
+one until the grace period ran out. The handshake ends with the server here.
 """
 
 from __future__ import annotations
@@ -85,6 +89,51 @@ class _TrioAcceptFailures(logging.Filter):
 
 _trio_accept_failures = _TrioAcceptFailures()
 
+_handshakes_end_at_shutdown = False
+
+
+def _end_handshakes_at_shutdown() -> None:
+    """Have hypercorn's trio worker end a connection's TLS handshake when the server shuts
+    down (see the module's docstring), once per process."""
+    global _handshakes_end_at_shutdown
+    if _handshakes_end_at_shutdown:
+        return
+    _handshakes_end_at_shutdown = True
+    import hypercorn.trio.run
+    import trio
+    from hypercorn.trio.tcp_server import TCPServer
+
+    if vars(hypercorn.trio.run).get("TCPServer") is not TCPServer:
+        return  # not the hypercorn this was made for: left as it is
+
+    class HandshakeEndsAtShutdown(TCPServer):
+        async def run(self) -> None:
+            if isinstance(self.stream, trio.SSLStream):
+                shaken = False
+                async with trio.open_nursery() as nursery:
+
+                    async def handshake() -> None:
+                        nonlocal shaken
+                        with trio.move_on_after(self.config.ssl_handshake_timeout):
+                            try:
+                                await self.stream.do_handshake()
+                                shaken = True
+                            except trio.BrokenResourceError:
+                                pass
+                        nursery.cancel_scope.cancel()
+
+                    nursery.start_soon(handshake)
+                    await self.context.terminated.wait()
+                    nursery.cancel_scope.cancel()
+                if not shaken:
+                    await trio.aclose_forcefully(self.stream)
+                    return
+            # Its handshake, done, returns at once there.
+            await super().run()
+
+    # The name hypercorn's trio worker makes each connection's handler by, as it serves.
+    vars(hypercorn.trio.run)["TCPServer"] = HandshakeEndsAtShutdown
+
 
 def _worker() -> tuple[str, Callable[..., Awaitable[None]]]:
     library = sniffio.current_async_library()
@@ -110,6 +159,7 @@ async def hypercorn_serve(app: object, config: object, **options: object) -> Non
         trio_logger = logging.getLogger("trio.serve_listeners")
         if _trio_accept_failures not in trio_logger.filters:
             trio_logger.addFilter(_trio_accept_failures)
+        _end_handshakes_at_shutdown()
         await serve(app, config, **options)
         return
     import asyncio  # the repair is of an asyncio task's cancellation count (see above)

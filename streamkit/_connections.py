@@ -17,6 +17,11 @@ few system calls each, so one thread does it, once for every abort asked for mea
 thousand clients stalling together cost one pass, not a thousand. Where the descriptors cannot be
 listed, or a middleware rewrote the client address (trusted proxy headers), nothing is found
 and the server's own grace period bounds the connection instead.
+
+:func:`abort_accepted` does the same for every connection still open on a server's address
+once the server has stopped: hypercorn's asyncio worker sees a connection only once its TLS
+handshake is done, so one whose client never finished it outlived the server, descriptor and
+all, until its handshake timed out.
 """
 
 from __future__ import annotations
@@ -28,9 +33,9 @@ import socket
 import stat
 import struct
 import threading
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 
-__all__ = ["abort_connection", "abort_connection_soon", "abort_connections"]
+__all__ = ["abort_accepted", "abort_connection", "abort_connection_soon", "abort_connections"]
 
 logger = logging.getLogger("streamkit")
 
@@ -56,32 +61,58 @@ def _addresses(sock: socket.socket) -> Addresses | None:
     return (local[0], local[1]), (peer[0], peer[1])
 
 
-def abort_connections(targets: Collection[Addresses]) -> set[Addresses]:
-    """Shut down each TCP connection of *targets* that this process holds; return those found.
-
-    Blocking (it lists every descriptor of the process): run it in a thread.
-    """
-    found: set[Addresses] = set()
+def _connections() -> Iterator[tuple[socket.socket, Addresses]]:
+    """Each TCP connection of the process, as a duplicate of its descriptor (the server's
+    stays the server's to close), with its addresses."""
     for descriptor in _descriptors():
         try:
             if not stat.S_ISSOCK(os.fstat(descriptor).st_mode):
                 continue
-            # A duplicate: the server's descriptor stays the server's to close.
             sock = socket.socket(fileno=os.dup(descriptor))
         except OSError:
             continue  # closed meanwhile, or not a socket this platform can wrap
         with sock:
             try:
                 addresses = _addresses(sock)
-                if addresses is None or addresses not in targets or addresses in found:
-                    continue
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 continue  # not connected (a listening socket), or gone meanwhile
-        found.add(addresses)
-        logger.info("connection of %s:%d aborted: the client stopped reading", *addresses[1])
+            if addresses is not None:
+                yield sock, addresses
+
+
+def _abort(sock: socket.socket) -> bool:
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        return False  # gone meanwhile
+    return True
+
+
+def abort_connections(targets: Collection[Addresses]) -> set[Addresses]:
+    """Shut down each TCP connection of *targets* that this process holds; return those found.
+
+    Blocking (it lists every descriptor of the process): run it in a thread.
+    """
+    found: set[Addresses] = set()
+    for sock, addresses in _connections():
+        if addresses in targets and addresses not in found and _abort(sock):
+            found.add(addresses)
+            logger.info("connection of %s:%d aborted: the client stopped reading", *addresses[1])
     return found
+
+
+def abort_accepted(server: tuple[str, int]) -> int:
+    """Shut down every TCP connection this process holds on *server*, the address a server
+    that has stopped listened on (any of the host's addresses, for ``0.0.0.0`` or ``::``);
+    return how many. Blocking, as :func:`abort_connections`."""
+    host, port = server
+    anywhere = host in ("0.0.0.0", "::", "")
+    aborted = 0
+    for sock, (local, _) in _connections():
+        if local[1] == port and (anywhere or local[0] == host) and _abort(sock):
+            aborted += 1
+    return aborted
 
 
 def abort_connection(server: tuple[str, int], client: tuple[str, int]) -> bool:

@@ -34,6 +34,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ._backends import hypercorn_serve
 from ._checks import check_duration, check_type
+from ._connections import abort_accepted
 from ._exceptions import ServeError
 from ._hypercorn_h2 import bound_h2_streams
 from ._logs import show_stream_ends
@@ -115,6 +116,15 @@ async def _drain(streams: StreamRegistry, deadline: float) -> None:
             len(left),
             ", ".join(sorted({repr(stream.path) for stream in left}))[:200],
         )
+
+
+async def _abort_left_connections(address: tuple[str, int]) -> None:
+    """Abort the connections still open on *address* once its server has stopped: on asyncio,
+    those whose TLS handshake never finished, which hypercorn never saw (see
+    ``_connections``)."""
+    with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+        if left := await anyio.to_thread.run_sync(abort_accepted, address):
+            logger.info("%d connection(s) left open as the server stopped: aborted", left)
 
 
 async def _listen_for_signals(signalled: anyio.Event) -> None:
@@ -333,6 +343,7 @@ async def serve(
                     registering.cancel_lifespan()
                     _close_unadopted(descriptor, listening_inode)
                 listening.cancel_scope.cancel()
+                await _abort_left_connections((host, port))
         except Exception as exc:
             # hypercorn's report of the app's failed lifespan: said once, as the app said it.
             if registering.lifespan_error is None:

@@ -7,7 +7,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from streamkit._connections import abort_connection, abort_connection_soon, abort_connections
+from streamkit._connections import (
+    abort_accepted,
+    abort_connection,
+    abort_connection_soon,
+    abort_connections,
+)
 
 
 @pytest.fixture
@@ -63,3 +68,27 @@ def test_an_abort_asked_for_from_the_event_loop_happens_in_the_background(
     abort_connection_soon(accepted.getsockname(), accepted.getpeername())
     client.settimeout(5)  # the bound; it takes a pass over the descriptors
     assert client.recv(10) == b""
+
+
+@pytest.mark.parametrize("bound", ["127.0.0.1", "0.0.0.0"])
+def test_every_connection_accepted_on_an_address_is_aborted_and_no_other(bound: str) -> None:
+    with (
+        socket.create_server((bound, 0)) as listener,
+        socket.create_server(("127.0.0.1", 0)) as elsewhere,
+    ):
+        port = listener.getsockname()[1]
+        made = []
+        for server in (listener, listener, elsewhere):
+            client = socket.create_connection(("127.0.0.1", server.getsockname()[1]))
+            made.append((server.accept()[0], client))
+        try:
+            # The clients' own connections to the port are not the server's: not aborted.
+            assert abort_accepted((bound, port)) == 2
+            for _, client in made[:2]:
+                assert client.recv(10) == b""
+            made[2][0].send(b"still here")
+            assert made[2][1].recv(10) == b"still here"
+        finally:
+            for accepted, client in made:
+                accepted.close()
+                client.close()

@@ -320,6 +320,24 @@ async def test_at_the_open_file_limit_the_server_says_so_once_and_serves_again_a
     assert cpu_share < 0.5
 
 
+async def test_tls_clients_in_the_middle_of_the_handshake_do_not_hold_the_shutdown(
+    certificates: Certificates,
+) -> None:
+    hello = client_hello(certificates.client_context())
+    async with open_server(Hello().app, grace_period=GRACE, tls=certificates.server()) as server:
+        silent = [await anyio.connect_tcp(server.host, server.port) for _ in range(20)]
+        stalled = [await anyio.connect_tcp(server.host, server.port) for _ in range(20)]
+        for connection in stalled:
+            await connection.send(hello[: len(hello) // 2])
+        await anyio.sleep(0.5)  # every one is accepted, its handshake waiting
+        took = await server.shutdown(within=GRACE + MARGIN)
+        for connection in silent + stalled:
+            assert await closed_within(connection, 1) == b""
+            await connection.aclose()
+    # Nothing of theirs is the app's to finish: the grace period is the streams'.
+    assert took < GRACE / 2
+
+
 def listen_backlog(port: int) -> int:
     """The backlog of the socket listening on *port*, as the kernel reports it."""
     # For a listening socket, ss's Send-Q column is its backlog.
