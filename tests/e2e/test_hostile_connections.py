@@ -4,8 +4,10 @@ trio: what each costs the server, and for how long.
 What is proved: a request head never finished (one byte at a time) and a connection left idle
 after its request are closed at hypercorn's ``keep_alive_timeout`` (5 s); an oversized head is
 refused without the app, with a 431 on HTTP/1.1 and GOAWAY on HTTP/2; a TLS client that never
-finishes its handshake is dropped at the handshake timeout, not hypercorn's 60 s; and none of
-them keeps other clients waiting or holds the graceful shutdown.
+finishes its handshake is dropped at the handshake timeout, not hypercorn's 60 s, and closed as
+the server stops; and none of them keeps other clients waiting or holds the graceful shutdown.
+At the open-file limit the server says so once, not in a traceback per accept, and serves again
+once descriptors are freed; its listening socket keeps the backlog it was bound with.
 """
 
 from __future__ import annotations
