@@ -52,7 +52,11 @@ Eleven changes, applied to the connections of servers that :func:`streamkit.serv
   ``RESET_RATE`` a second after, has its connection closed with ``GOAWAY``
   (``ENHANCE_YOUR_CALM``): streams reset as they open (CVE-2023-44487, rapid reset) leave the
   client's concurrency limit at once while the server starts, cancels and cleans up each,
-  and hypercorn bounded them only by ``keep_alive_max_requests`` (1000 a connection).
+  and hypercorn bounded them only by ``keep_alive_max_requests`` (1000 a connection);
+- a connection by prior knowledge that opens no stream, or never ends its first header block,
+  is closed at ``keep_alive_timeout``, as one over TLS is: its preface parses as an HTTP/1
+  request, which stopped the idle timer, and nothing started it again until a stream ended, so
+  a client that sent the preface and nothing else held the connection for good.
 
 The repair depends on hypercorn's internals, so it is applied only to a hypercorn version it
 was checked against, and only where a probe of hypercorn's own buffer shows the fault; a
@@ -235,6 +239,12 @@ class _BoundedH2Protocol(H2Protocol):
     async def initiate(self, *args: Any, **kwargs: Any) -> None:
         await super().initiate(*args, **kwargs)
         self.task_group.spawn(self._goodbye_if_cancelled)
+        if not self.streams:
+            # Started by prior knowledge, the connection began as HTTP/1, which stopped the
+            # idle timer for a request: its preface parses as one ("PRI * HTTP/2.0"). Nothing
+            # started it again until a stream ended, so a client that opened none (or never
+            # finished its first header block) held the connection for good.
+            await self.send(Updated(idle=True))
 
     async def _goodbye_if_cancelled(self) -> None:
         """Say goodbye on the wire to a connection cancelled before it was closed: its

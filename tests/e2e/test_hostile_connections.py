@@ -215,6 +215,32 @@ async def test_an_oversized_header_block_on_http2_ends_its_connection_without_th
     assert hello.calls == 1
 
 
+#: What an HTTP/2 client with prior knowledge sends first: the preface, then its SETTINGS.
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
+@pytest.mark.parametrize("then", ["nothing", "a header block never ended"])
+async def test_an_http2_connection_that_opens_no_stream_is_closed_at_the_keep_alive_timeout(
+    then: str,
+) -> None:
+    hello = Hello()
+    head = {":method": "GET", ":path": "/", ":scheme": "http", ":authority": "test"}
+    unfinished = HeadersFrame(1, data=hpack.Encoder().encode(list(head.items())))  # no END_HEADERS
+    async with open_server(hello.app, grace_period=GRACE) as server:
+        idle = [await anyio.connect_tcp(server.host, server.port) for _ in range(50)]
+        for connection in idle:
+            await connection.send(H2_PREFACE)
+            if then != "nothing":
+                await connection.send(unfinished.serialize())
+        async with anyio.create_task_group() as task_group:
+            for connection in idle:
+                task_group.start_soon(closed_within, connection, KEEP_ALIVE + MARGIN)
+        for connection in idle:
+            await connection.aclose()
+        assert await status_of_a_plain_request(server) == 200
+    assert hello.calls == 1
+
+
 def client_hello(context: ssl.SSLContext) -> bytes:
     """The ClientHello a client with *context* sends first."""
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
