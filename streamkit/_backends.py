@@ -31,6 +31,7 @@ import logging
 import math
 import os
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -90,6 +91,9 @@ class _TrioAcceptFailures(logging.Filter):
 _trio_accept_failures = _TrioAcceptFailures()
 
 _handshakes_end_at_shutdown = False
+# The configs of the trio servers streamkit runs: the handshake ends at shutdown for theirs
+# alone, not for another hypercorn server of the process.
+_trio_configs: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 def _end_handshakes_at_shutdown() -> None:
@@ -108,7 +112,7 @@ def _end_handshakes_at_shutdown() -> None:
 
     class HandshakeEndsAtShutdown(TCPServer):
         async def run(self) -> None:
-            if isinstance(self.stream, trio.SSLStream):
+            if isinstance(self.stream, trio.SSLStream) and self.config in _trio_configs:
                 shaken = False
                 async with trio.open_nursery() as nursery:
 
@@ -159,6 +163,7 @@ async def hypercorn_serve(app: object, config: object, **options: object) -> Non
         trio_logger = logging.getLogger("trio.serve_listeners")
         if _trio_accept_failures not in trio_logger.filters:
             trio_logger.addFilter(_trio_accept_failures)
+        _trio_configs.add(config)
         _end_handshakes_at_shutdown()
         await serve(app, config, **options)
         return
