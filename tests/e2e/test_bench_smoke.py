@@ -146,9 +146,12 @@ def test_quick_collector_run_compares_what_a_delivery_leaves_behind(tmp_path: Pa
 def test_quick_instructions_run_counts_each_implementations_server(tmp_path: Path) -> None:
     if shutil.which("callgrind_control") is None:
         service_unavailable("valgrind is not installed (Debian: valgrind)")
-    data, report = run_quick(tmp_path, "bench.instructions", timeout=180)
+    # A producer that awaits and the heartbeats: both of its tables, each a callgrind run.
+    data, report = run_quick(
+        tmp_path, "bench.instructions", "--producer=checkpoint,heartbeat", timeout=180
+    )
     rows = {(row["producer"], row["implementation"]): row for row in data["rows"]}
-    shapes = ("checkpoint", "upstream", "heartbeat")
+    shapes = ("checkpoint", "heartbeat")
     assert set(rows) == {(shape, impl) for shape in shapes for impl in ("raw", "streamkit")}
     for (producer, impl), row in rows.items():
         # A window of real events (of heartbeats: 20 idle streams beating once a second), each
@@ -169,10 +172,12 @@ def test_quick_delivery_run_counts_each_fan_out_beside_the_hand_written_one(
         service_unavailable("valgrind is not installed (Debian: valgrind)")
     if redis_server.find() is None:
         service_unavailable(redis_server.NOT_FOUND)
-    data, report = run_quick(tmp_path, "bench.delivery", timeout=180)
+    # The hand-written fan-out and the broker that costs the most: the memory broker's
+    # delivery is the Redis one's fan-out without Redis.
+    data, report = run_quick(tmp_path, "bench.delivery", "--impl=raw,redis", timeout=180)
     plan = data["plan"]
     rows = {row["implementation"]: row for row in data["rows"]}
-    assert set(rows) == {"raw", "memory", "redis"}
+    assert set(rows) == {"raw", "redis"}
     for impl, row in rows.items():
         # Every subscriber had every counted burst; each delivery cost some hundreds of
         # instructions at least (a write, a frame queued), far from nothing or from millions.
@@ -189,7 +194,7 @@ def test_the_http2_benchmark_prints_its_tables() -> None:
         "-m",
         "bench.h2",
         "--backend=trio",
-        "--seconds=2",
+        "--seconds=1",
         "--streams=20",
         "--connections=2",
     ]
@@ -198,7 +203,7 @@ def test_the_http2_benchmark_prints_its_tables() -> None:
     )
     assert completed.returncode == 0, completed.stderr[-2000:]
     report = completed.stdout
-    assert "### A stalled HTTP/2 stream, worker RSS growth over 2 s" in report
+    assert "### A stalled HTTP/2 stream, worker RSS growth over 1 s" in report
     assert "| streamkit.serve |" in report
     assert "| plain hypercorn |" in report
     assert "| h2 | 2 |" in report
