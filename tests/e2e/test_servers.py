@@ -17,7 +17,6 @@ the measured figures (docs/deploying.md has them), for a loaded 2-core machine.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import signal
@@ -33,9 +32,9 @@ import anyio
 import anyio.abc
 import pytest
 from support import service_process
-from support.service_process import Running
+from support.service_process import Running, read_farewell
+from support.unavailable import require_modules
 
-from streamkit import ServerSentEvent
 from streamkit.testing import StreamClient, open_stream
 from streamkit.testing._client import connect
 
@@ -277,12 +276,7 @@ SERVERS = [
 @pytest.fixture(params=SERVERS, ids=[server.name for server in SERVERS])
 def server(request: pytest.FixtureRequest) -> Server:
     chosen: Server = request.param
-    for module in chosen.modules:
-        if importlib.util.find_spec(module) is None:
-            message = f"{module} is not installed: pip install -e '.[test]'"
-            if os.environ.get("CI"):
-                pytest.fail(message)
-            pytest.skip(message)
+    require_modules(*chosen.modules)
     return chosen
 
 
@@ -314,15 +308,7 @@ async def leave_then_see(service: Running, client: StreamClient, how: str, end: 
 async def farewell_after(client: StreamClient, signalled_at: float) -> float:
     """Read to the end of the body; the seconds from the signal to the farewell."""
     with anyio.fail_after(GRACE):
-        while True:
-            event = await client.read_event()
-            if event.event == "shutdown":
-                arrived = anyio.current_time()
-                break
-        rest = [event async for event in client.events()]
-    assert event == ServerSentEvent(event="shutdown", data="", retry=1000)
-    assert rest == []
-    assert client.complete
+        arrived = await read_farewell(client)
     return arrived - signalled_at
 
 

@@ -17,6 +17,9 @@ import anyio
 from anyio.abc import ByteReceiveStream, Process
 from anyio.streams.text import TextReceiveStream
 
+from streamkit import ServerSentEvent
+from streamkit.testing import StreamClient
+
 #: How each server says where it listens, on stderr.
 LISTENING = re.compile(r"(?:[Rr]unning on|Listening at:|serving on) http://127\.0\.0\.1:(\d+)")
 
@@ -117,3 +120,15 @@ async def running(
         with anyio.CancelScope(shield=True):
             await process.wait()
         await process.aclose()
+
+
+async def read_farewell(client: StreamClient) -> float:
+    """Read *client*'s stream to the end of its body, which must be the shutdown farewell
+    (``retry: 1000``) and nothing after; return when the farewell arrived."""
+    while (event := await client.read_event()).event != "shutdown":
+        pass
+    arrived = anyio.current_time()
+    assert event == ServerSentEvent(event="shutdown", data="", retry=1000)
+    assert [event async for event in client.events()] == []
+    assert client.complete
+    return arrived

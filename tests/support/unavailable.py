@@ -6,12 +6,13 @@ whose servers could not be installed has not tested what it claims to, and must 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from typing import NoReturn
 
 import pytest
 
-__all__ = ["in_ci", "service_unavailable"]
+__all__ = ["in_ci", "require_modules", "service_unavailable"]
 
 
 def in_ci() -> bool:
@@ -24,3 +25,11 @@ def service_unavailable(reason: str) -> NoReturn:
     if in_ci():
         pytest.fail(f"{reason} (CI is set: a missing service fails the run)", pytrace=False)
     pytest.skip(reason)
+
+
+def require_modules(*modules: str) -> None:
+    """Skip the test unless each of *modules* can be imported (a server, its worker class);
+    under CI, fail it."""
+    for module in modules:
+        if importlib.util.find_spec(module) is None:
+            service_unavailable(f"{module} is not installed: pip install -e '.[test]'")

@@ -12,9 +12,7 @@ generous multiples of the measured figures for a loaded 2-core machine.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -24,10 +22,10 @@ from pathlib import Path
 import anyio
 import pytest
 from support import service_process
-from support.service_process import Running
+from support.service_process import Running, read_farewell
+from support.unavailable import require_modules
 
-from streamkit import ServerSentEvent
-from streamkit.testing import StreamClient, open_stream
+from streamkit.testing import open_stream
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
@@ -167,12 +165,7 @@ MODULES = {"gunicorn": ("gunicorn", "uvicorn_worker")}
 @pytest.fixture(params=SERVERS)
 def server(request: pytest.FixtureRequest) -> str:
     chosen: str = request.param
-    for module in MODULES.get(chosen, (chosen.split("-")[0],)):
-        if importlib.util.find_spec(module) is None:
-            message = f"{module} is not installed: pip install -e '.[test]'"
-            if os.environ.get("CI"):
-                pytest.fail(message)
-            pytest.skip(message)
+    require_modules(*MODULES.get(chosen, (chosen.split("-")[0],)))
     return chosen
 
 
@@ -187,17 +180,6 @@ async def running(server: str, tmp_path: Path) -> AsyncIterator[Running]:
         command(server), tmp_path, SERVICE, start_within=START_BOUND, exit_within=EXIT_BOUND + 10
     ) as service:
         yield service
-
-
-async def farewell(client: StreamClient) -> float:
-    """Read to the end of the body; when its farewell arrived."""
-    while (event := await client.read_event()).event != "shutdown":
-        pass
-    arrived = anyio.current_time()
-    assert event == ServerSentEvent(event="shutdown", data="", retry=1000)
-    assert [event async for event in client.events()] == []
-    assert client.complete
-    return arrived
 
 
 async def test_shutdown_drains_a_mounted_app_and_a_generator_path_operation_behind_a_root_path(
@@ -231,7 +213,7 @@ async def test_shutdown_drains_a_mounted_app_and_a_generator_path_operation_behi
             service.process.send_signal(signal.SIGTERM)
             signalled = anyio.current_time()
             with anyio.fail_after(5):
-                farewells = [await farewell(mounted), await farewell(generated)]
+                farewells = [await read_farewell(mounted), await read_farewell(generated)]
         exited = await service.wait_line("lifespan ended", within=EXIT_BOUND)
     assert document.get("servers") == (None if server == "gunicorn" else [{"url": ROOT_PATH}])
     assert set(document["paths"]) == {"/streams/ticks/{name}", "/generated/{name}"}
