@@ -20,7 +20,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from support.resource_checks import process_state
 
-from streamkit import EndReason, NDJSONResponse, StreamResponse
+from streamkit import EndReason, NDJSONResponse, StreamEnd, StreamResponse
 from streamkit.resources import ProcessExitError, open_subprocess, subprocess_lines
 from streamkit.testing import open_server, open_stream
 
@@ -41,6 +41,17 @@ def lines_app(command: list[str] | str, **options: Any) -> Starlette:
         return NDJSONResponse(subprocess_lines(command, **options), **stream)
 
     return Starlette(routes=[Route("/", lines)])
+
+
+async def leave_after_the_pid(app: Starlette) -> tuple[int, StreamEnd]:
+    """Serve *app*, read the first line of ``/`` (its command's pid), then leave; return the
+    pid and the stream's end, which must be for the client's leaving."""
+    async with open_server(app) as server:
+        async with open_stream(server, "/") as client:
+            pid = int(await client.read_item())
+            await client.close()
+        end = await server.wait_ended(EndReason.CLIENT_DISCONNECTED)
+    return pid, end
 
 
 async def test_every_line_is_sent_and_the_command_reaped() -> None:
@@ -81,11 +92,7 @@ async def test_a_command_that_ignores_sigterm_is_killed_after_the_grace_period()
         "print(os.getpid()); time.sleep(600)"
     )
     grace = 0.3
-    async with open_server(lines_app(python(script), stop_grace_period=grace)) as server:
-        async with open_stream(server, "/") as client:
-            pid = int(await client.read_item())
-            await client.close()
-        end = await server.wait_ended(EndReason.CLIENT_DISCONNECTED)
+    pid, end = await leave_after_the_pid(lines_app(python(script), stop_grace_period=grace))
     assert grace <= end.cleanup_duration < grace + RELEASE_BOUND
     assert process_state(pid) is None
 
@@ -161,11 +168,7 @@ async def test_a_command_that_closes_its_output_and_runs_on_is_stopped_when_the_
     # that leaves meanwhile stops it, within the grace period, and it is reaped.
     script = "import os, time; print(os.getpid()); os.close(1); time.sleep(600)"
     grace = 0.3
-    async with open_server(lines_app(python(script), stop_grace_period=grace)) as server:
-        async with open_stream(server, "/") as client:
-            pid = int(await client.read_item())
-            await client.close()
-        end = await server.wait_ended(EndReason.CLIENT_DISCONNECTED)
+    pid, end = await leave_after_the_pid(lines_app(python(script), stop_grace_period=grace))
     assert end.cleanup_duration is not None
     assert end.cleanup_duration < grace  # it exits on SIGTERM
     assert process_state(pid) is None
@@ -226,11 +229,7 @@ async def test_a_grace_period_past_the_cleanup_timeout_is_cut_short_by_sigkill()
         producer = subprocess_lines(python(script), stop_grace_period=30.0)
         return NDJSONResponse(producer, cleanup_timeout=cleanup_timeout)
 
-    async with open_server(Starlette(routes=[Route("/", lines)])) as server:
-        async with open_stream(server, "/") as client:
-            pid = int(await client.read_item())
-            await client.close()
-        end = await server.wait_ended(EndReason.CLIENT_DISCONNECTED)
+    pid, end = await leave_after_the_pid(Starlette(routes=[Route("/", lines)]))
     assert end.cleanup_duration is not None
     assert cleanup_timeout <= end.cleanup_duration < cleanup_timeout + RELEASE_BOUND
     assert process_state(pid) is None
