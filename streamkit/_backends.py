@@ -1,4 +1,4 @@
-"""Serving's backend-specific code: choosing hypercorn's worker, and one asyncio repair.
+"""Serving's backend-specific code: choosing hypercorn's worker, and its repairs.
 
 Besides this module, only the runtime's ``_loop`` names asyncio or trio; everything else in
 streamkit imports anyio alone. hypercorn has no anyio worker, so serving means picking its
@@ -104,7 +104,7 @@ def _end_handshakes_at_shutdown() -> None:
         return
     _handshakes_end_at_shutdown = True
     import hypercorn.trio.run
-    import trio
+    import trio  # hypercorn's trio handler is a trio class, its stream a trio SSLStream
     from hypercorn.trio.tcp_server import TCPServer
 
     if vars(hypercorn.trio.run).get("TCPServer") is not TCPServer:

@@ -343,7 +343,10 @@ async def serve(
                     registering.cancel_lifespan()
                     _close_unadopted(descriptor, listening_inode)
                 listening.cancel_scope.cancel()
-                await _abort_left_connections((host, port))
+                if config.ssl_enabled:
+                    # Only a TLS connection can be accepted and yet unseen by hypercorn: listing
+                    # the process's descriptors at every stop is spared the others.
+                    await _abort_left_connections((host, port))
         except Exception as exc:
             # hypercorn's report of the app's failed lifespan: said once, as the app said it.
             if registering.lifespan_error is None:
