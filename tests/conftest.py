@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -10,13 +9,14 @@ from hypothesis import settings
 from support import redis_server
 from support.brokers import MakeBroker
 from support.certificates import Certificates, make_certificates
+from support.unavailable import in_ci
 
 from streamkit.broadcast import MemoryBroker, RedisBroker
 
 # Under CI the property tests try the same examples every run: a red run is then the code's,
 # never the draw's. Run locally, they draw new ones each time, and find what CI would not.
 settings.register_profile("ci", derandomize=True)
-if os.environ.get("CI"):
+if in_ci():
     settings.load_profile("ci")
 
 

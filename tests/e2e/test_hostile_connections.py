@@ -13,9 +13,9 @@ once descriptors are freed; its listening socket keeps the backlog it was bound 
 from __future__ import annotations
 
 import os
-import shutil
+import socket
 import ssl
-import subprocess
+import struct
 import sys
 import textwrap
 from dataclasses import replace
@@ -371,16 +371,25 @@ async def test_tls_clients_in_the_middle_of_the_handshake_do_not_hold_the_shutdo
 
 
 def listen_backlog(port: int) -> int:
-    """The backlog of the socket listening on *port*, as the kernel reports it."""
-    # For a listening socket, ss's Send-Q column is its backlog.
-    lines = subprocess.run(
-        ["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, check=True
-    ).stdout.splitlines()
-    assert len(lines) == 1, lines
-    return int(lines[0].split()[2])
+    """The backlog of this process's socket listening on *port*, as the kernel reports it:
+    for a listening socket, ``TCP_INFO``'s ``tcpi_sacked`` (what ``ss`` shows as Send-Q)."""
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            sock = socket.socket(fileno=os.dup(int(name)))
+        except OSError:
+            continue  # not a socket, or closed meanwhile
+        with sock:
+            try:
+                listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+                bound = sock.getsockname()
+            except OSError:
+                continue
+            if listening and sock.type == socket.SOCK_STREAM and bound[1] == port:
+                info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+                return int(struct.unpack_from("I", info, 28)[0])
+    raise AssertionError(f"no socket of this process listens on port {port}")
 
 
-@pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2) to read the backlog")
 async def test_the_listening_socket_keeps_its_backlog_for_a_burst_of_connections() -> None:
     # A burst past the backlog (a reconnecting fleet after a deploy, a flood) has its SYNs
     # dropped while the server is busy: each dropped client waits 1 s, then 3, then 7.
