@@ -10,7 +10,9 @@ encoder (``orjson.dumps``, a user's function) can take its place; it may return 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
+import reprlib
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -65,11 +67,99 @@ def _dumps(value: Any, default: Callable[[Any], Any]) -> str:
     )
 
 
+#: How many characters of a value :func:`shown` gives.
+SHOWN = 80
+
+
+class _Shown(reprlib.Repr):
+    """A value's repr made no further than its first :data:`SHOWN` characters: a refused item
+    of megabytes costs a few hundred bytes to name, not a repr of its size.
+
+    Lists, tuples, dicts and sets are shown element by element, in their own order (reprlib
+    sorts dicts and sets, all their keys), a container met again inside itself as repr()
+    shows it (``[...]``); a str or bytes from its first characters; anything else by its own
+    repr(), which may raise (an int past the digit limit does). Every value costs at least
+    one character of the budget, so a tree of empty lists stops there too.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        # Enough of each that the budget, not a count, ends what is shown: an element takes
+        # at least three characters ("0, "), a level one ("[").
+        self.maxlevel = SHOWN
+        self.maxtuple = self.maxlist = self.maxdict = SHOWN // 2
+        self.maxset = self.maxfrozenset = SHOWN // 2
+        self.maxstring = SHOWN
+        self._left = SHOWN  # characters still to make, counted low (no commas, no ": ")
+        self._open: set[int] = set()  # the containers being shown
+
+    def repr1(self, x: Any, level: int) -> str:
+        if self._left <= 0:
+            return self.fillvalue
+        self._left -= 1
+        kind = type(x)
+        if kind in _CONTAINERS:
+            if id(x) in self._open:
+                return _CONTAINERS[kind]
+            self._open.add(id(x))
+            try:
+                return super().repr1(x, level)  # its elements counted themselves
+            finally:
+                self._open.discard(id(x))
+        if kind is str or kind is bytes or kind is bytearray:
+            text = repr(x[: self.maxstring])
+        else:
+            text = repr(x)  # an int past the digit limit raises, as repr() does
+        self._left -= len(text)
+        return text
+
+    def repr_dict(self, x: dict[Any, Any], level: int) -> str:
+        if not x:
+            return "{}"
+        if level <= 0:
+            return "{...}"
+        pieces = [
+            f"{self.repr1(key, level - 1)}: {self.repr1(item, level - 1)}"
+            for key, item in itertools.islice(x.items(), self.maxdict)
+        ]
+        if len(x) > self.maxdict:
+            pieces.append(self.fillvalue)
+        return "{" + ", ".join(pieces) + "}"
+
+    def repr_set(self, x: set[Any], level: int) -> str:
+        return "{" + self._elements(x, level, self.maxset) + "}" if x else "set()"
+
+    def repr_frozenset(self, x: frozenset[Any], level: int) -> str:
+        if not x:
+            return "frozenset()"
+        return "frozenset({" + self._elements(x, level, self.maxfrozenset) + "})"
+
+    def _elements(self, x: set[Any] | frozenset[Any], level: int, most: int) -> str:
+        if level <= 0:
+            return self.fillvalue
+        pieces = [self.repr1(element, level - 1) for element in itertools.islice(x, most)]
+        if len(x) > most:
+            pieces.append(self.fillvalue)
+        return ", ".join(pieces)
+
+
+# The containers shown element by element, and what repr() shows for one met again inside
+# itself (a set or frozenset cannot be).
+_CONTAINERS: dict[type, str] = {
+    list: "[...]",
+    tuple: "(...)",
+    dict: "{...}",
+    set: "{...}",
+    frozenset: "frozenset({...})",
+}
+
+
 def shown(value: object) -> str:
-    """*value*'s repr cut to 80 characters, or its type's name when repr() itself fails (an
-    int past sys.get_int_max_str_digits(), a broken __repr__)."""
+    """*value*'s repr cut to 80 characters, made no further (see :class:`_Shown`), or its
+    type's name when repr() itself fails (an int past sys.get_int_max_str_digits(), a broken
+    __repr__)."""
     try:
-        return f"{value!r:.80}"
+        return _Shown().repr(value)[:SHOWN]
     except Exception:
         return f"<{type(value).__name__} whose repr() raised>"
 

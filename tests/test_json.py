@@ -3,12 +3,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tracemalloc
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
 from pydantic import BaseModel
 
-from streamkit._json import encode_json
+from streamkit._json import described, encode_json, shown
 
 
 class Point(BaseModel):
@@ -148,3 +150,80 @@ def test_importing_streamkit_does_not_import_pydantic() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert result.stdout.strip() == "False"
+
+
+def _tree(*, width: int, depth: int) -> list[object]:
+    tree: list[object] = []
+    for _ in range(depth):
+        tree = [tree] * width
+    return tree
+
+
+#: Huge values, each with a small piece of it that shows the same first 80 characters.
+HUGE: dict[str, tuple[Callable[[], object], object]] = {
+    "str": (lambda: "x" * 10_000_000, "x" * 100),
+    "bytes": (lambda: b"\xff" * 10_000_000, b"\xff" * 100),
+    "list": (lambda: list(range(1_000_000)), list(range(100))),
+    "dict": (
+        lambda: {number: dict.fromkeys(range(1000), "v") for number in range(1000)},
+        {number: dict.fromkeys(range(100), "v") for number in range(10)},
+    ),
+    "set": (lambda: {frozenset(range(1_000_000))}, {frozenset(range(100))}),
+    # 2.5 million empty lists: no text to cut it short but the brackets and commas.
+    "tree": (lambda: _tree(width=40, depth=4), _tree(width=30, depth=4)),
+}
+
+
+def _peak_bytes(function: Callable[[object], str], value: object) -> tuple[str, int]:
+    tracemalloc.start()
+    try:
+        result = function(value)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return result, peak
+
+
+@pytest.mark.parametrize("kind", HUGE)
+def test_a_huge_value_is_shown_from_a_bounded_repr(kind: str) -> None:
+    # Its whole repr, megabytes, was made and then cut to 80 characters, once per refused
+    # item: the error path cost what the item did.
+    make, piece = HUGE[kind]
+    text, peak = _peak_bytes(shown, make())
+    assert peak < 100_000
+    assert text == repr(piece)[:80]
+    assert len(text) == 80
+
+
+def test_nesting_and_cycles_are_shown_as_repr_shows_them() -> None:
+    cycle: dict[str, object] = {"a": 1}
+    cycle["self"] = cycle
+    assert shown(cycle) == "{'a': 1, 'self': {...}}"
+    listed: list[object] = [1]
+    listed.append((listed,))
+    assert shown(listed) == repr(listed) == "[1, ([...],)]"
+    nested: list[object] = [1]
+    for _ in range(100_000):
+        nested = [nested]
+    assert shown(nested) == "[" * 80
+    # In their order, not sorted as reprlib shows them.
+    value = {"b": 1, "a": {3, 2}, "t": (1,), "f": frozenset(), "s": set(), "e": b""}
+    assert shown(value) == repr(value)
+    assert shown("it's") == repr("it's")
+
+
+def test_a_refused_huge_item_is_named_in_bounded_memory() -> None:
+    item = {"at": object(), "rest": "x" * 10_000_000}
+    tracemalloc.start()
+    try:
+        with pytest.raises(TypeError) as caught:
+            encode_json(item)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 200_000
+    message = str(caught.value)
+    assert "is not JSON-serialisable: {'at': <object object at 0x" in message
+    assert "'rest': 'xxxx" in message
+    assert message.endswith(" of type dict (object is not JSON serialisable)")
+    assert described(item) == f"{shown(item)} of type dict"
