@@ -151,7 +151,7 @@ def check_text(name: str, value: str) -> None:
     except UnicodeEncodeError as exc:
         raise ValueError(
             f"{name} must not hold a lone surrogate (UTF-8 cannot carry it): "
-            f"{value[exc.start]!r} at index {exc.start} of {value!r:.80}"
+            f"{value[exc.start]!r} at index {exc.start} of {value[:80]!r:.80}"
         ) from None
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._checks import check_count, check_text, show_number
-from ._json import JSONEncoder, encode_json
+from ._json import JSONEncoder, encode_json, shown
 
 __all__ = [
     "EVENT_FIELDS",
@@ -106,7 +106,7 @@ class ServerSentEvent:
         elif isinstance(data, bytes | bytearray | memoryview):
             raise TypeError(
                 f"SSE data must be a str or a value to send as JSON, got "
-                f"{type(data).__name__}: {data!r:.80}; decode bytes first"
+                f"{type(data).__name__}: {shown(data)}; decode bytes first"
             )
         if event is None and id is None and comment is None:
             pass  # data alone (the most common event): no other text to check
@@ -127,14 +127,14 @@ class ServerSentEvent:
         if event is not None:
             _check_field("event", event)
             if not is_event_name(event):
-                raise ValueError(f"SSE event name must not contain CR or LF: {event!r}")
+                raise ValueError(f"SSE event name must not contain CR or LF: {shown(event)}")
         if id_ is not None:
             _check_field("id", id_)
             if not resumable_id(id_):
                 raise ValueError(
                     "SSE id must hold no control character (CR, LF, NUL, TAB, ...), no space "
                     f"at either end and at most {MAX_LAST_EVENT_ID_LENGTH} characters, the "
-                    f"Last-Event-ID a resume reads back: {id_!r:.200}"
+                    f"Last-Event-ID a resume reads back: {shown(id_)}"
                 )
         if comment is not None:
             _check_field("comment", comment)

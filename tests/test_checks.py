@@ -4,6 +4,7 @@ naming the argument and the value."""
 from __future__ import annotations
 
 import re
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from streamkit._checks import (
     check_path,
     check_rate,
     check_statement,
+    check_text,
     check_type,
 )
 
@@ -145,3 +147,17 @@ def test_a_query_without_a_statement_is_refused_naming_it(value: str | bytes) ->
 @pytest.mark.parametrize("value", ["SELECT 1", " VALUES (1) ", b"SELECT 1"])
 def test_a_query_with_a_statement_passes(value: str | bytes) -> None:
     check_statement("sql", value)
+
+
+def test_a_huge_text_with_a_lone_surrogate_costs_its_encoding_and_no_more() -> None:
+    # Its repr was made whole (20 MB here: four characters a NUL) and cut to 80 characters,
+    # on top of what encoding it took before it failed (15 MB).
+    text = "\ud800" + "\x00" * 5_000_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=r"'\\ud800' at index 0 of '\\ud800\\x00\\x00"):
+            check_text("item", text)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 3.2 * len(text)

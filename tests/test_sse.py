@@ -5,6 +5,7 @@ import inspect
 import json
 import pickle
 import re
+import tracemalloc
 from dataclasses import dataclass
 from typing import Any
 
@@ -323,3 +324,26 @@ def test_a_str_item_and_its_event_are_written_alike(text: str) -> None:
 
     response = EventSourceResponse(produce)
     assert response.encode(text) == response.encode(ServerSentEvent(data=text))
+
+
+@pytest.mark.parametrize(
+    ("fields", "error", "named"),
+    [
+        ({"data": b"\xff" * 5_000_000}, TypeError, r"got bytes: b'\\xff\\xff"),
+        ({"data": "x", "event": "a\n" * 5_000_000}, ValueError, r"CR or LF: 'a\\na\\n"),
+        ({"data": "x", "id": " " * 10_000_000}, ValueError, r"reads back: '    "),
+    ],
+    ids=["bytes data", "event name", "id"],
+)
+def test_a_huge_field_is_refused_naming_its_start_in_bounded_memory(
+    fields: dict[str, Any], error: type[Exception], named: str
+) -> None:
+    # The whole field's repr was made, megabytes, and cut to its first 80 characters.
+    tracemalloc.start()
+    try:
+        with pytest.raises(error, match=named):
+            ServerSentEvent(**fields)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 100_000
