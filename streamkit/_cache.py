@@ -190,6 +190,11 @@ class Refresher:
         finally:
             self._task_group = None
 
+    @property
+    def refresh_timeout(self) -> float | None:
+        """Seconds after which a refresh is cancelled; ``None``: none."""
+        return self._refresh_timeout
+
     def statistics(self) -> RefresherStatistics:
         """A snapshot of what it is running and has run."""
         return RefresherStatistics(

@@ -121,8 +121,8 @@ class Fallback(Generic[T]):
         value as a missed deadline would be; any other exception propagates to the callers.
     :param clock: the time source for the ages in the store; :func:`anyio.current_time`
         suits a store in this process, a store shared between processes needs ``time.time``.
-    :raises ValueError: a duration is not positive and finite, or *max_staleness* is less
-        than *ttl*.
+    :raises ValueError: a duration is not positive and finite, *max_staleness* is less
+        than *ttl*, or the *refresher*'s ``refresh_timeout`` is less than *fallback_after*.
     :raises TypeError: *fetch* is not an async function, *clock* not callable, *store*
         not a :class:`~streamkit.fallback.CacheStore`, *refresher* not a
         :class:`~streamkit.fallback.Refresher`, or *fallback_on* not a tuple of exception
@@ -172,6 +172,15 @@ class Fallback(Generic[T]):
                 f"{type(store).__name__}: {store!r:.80}"
             )
         check_type("refresher", refresher, Refresher, optional=True)
+        if refresher is not None and refresher.refresh_timeout is not None:
+            if refresher.refresh_timeout < fallback_after:
+                # Its refreshes would be cancelled before the callers' deadline, and every
+                # caller answered then, early, as if fallback_after had passed.
+                raise ValueError(
+                    f"refresh_timeout={refresher.refresh_timeout!r} of the refresher is less "
+                    f"than fallback_after={fallback_after!r}: a refresh must be let run at "
+                    "least as long as its callers wait for it"
+                )
         self._fetch = fetch
         self._fallback_after = fallback_after
         self._ttl = ttl

@@ -734,3 +734,16 @@ async def test_many_distinct_keys_keep_the_cache_and_its_fetches_bounded() -> No
 async def _get_or_unavailable(fallback: Fallback[Any], key: str) -> None:
     with contextlib.suppress(FallbackUnavailableError):
         await fallback.get(key)
+
+
+def test_a_refresher_that_cancels_before_the_deadline_is_refused_with_the_fallback() -> None:
+    # Its refreshes were cancelled at refresh_timeout, before fallback_after: every caller
+    # was answered then, early, told no fresh value came within fallback_after.
+    with pytest.raises(
+        ValueError,
+        match=r"refresh_timeout=0\.2 of the refresher .* less than fallback_after=0\.5",
+    ):
+        Fallback(Source(), fallback_after=0.5, refresher=Refresher(refresh_timeout=0.2))
+    # As long, or without a timeout, it may.
+    Fallback(Source(), fallback_after=0.5, refresher=Refresher(refresh_timeout=0.5))
+    Fallback(Source(), fallback_after=0.5, refresher=Refresher(refresh_timeout=None))
