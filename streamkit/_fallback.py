@@ -20,14 +20,14 @@ task: a caller that is cancelled cannot leave the cache half-written.
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NoReturn, TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -82,13 +82,12 @@ def _is_async_callable(value: object) -> bool:
 class _Flight(Generic[T]):
     """One fetch of one key, shared by the callers that wait for it."""
 
-    __slots__ = ("done", "entry", "error", "scope", "traceback", "waiters")
+    __slots__ = ("done", "entry", "error", "scope", "waiters")
 
     def __init__(self) -> None:
         self.done = anyio.Event()
         self.entry: CachedValue[T] | None = None
         self.error: Exception | None = None
-        self.traceback: TracebackType | None = None
         self.waiters = 0
         # Set when a caller hosts the fetch: cancelled once nobody waits for it.
         self.scope: anyio.CancelScope | None = None
@@ -210,7 +209,8 @@ class Fallback(Generic[T]):
         :raises FallbackUnavailableError: no fresh value came in time and the store has none
             (or only one older than ``max_staleness``).
         :raises Exception: what ``fetch`` raised, unless it is one of ``fallback_on`` and a
-            stored value can be served.
+            stored value can be served: a copy of it for each caller (its type, ``args``,
+            attributes and notes), raised ``from`` it.
         """
         check_type("key", key, str)
         deadline = anyio.current_time() + self._fallback_after
@@ -281,7 +281,6 @@ class Fallback(Generic[T]):
                 value = await self._fetch(key)
             except Exception as exc:
                 flight.error = exc
-                flight.traceback = exc.__traceback__
                 if flight.waiters == 0 or isinstance(exc, self._fallback_on):
                     # Its error would go unseen: a refresh nobody waits for any more, or one
                     # answered from the cache. Logged here once, not by each caller.
@@ -316,10 +315,8 @@ class Fallback(Generic[T]):
             age = max(now - flight.entry.fetched_at, 0.0)
             return FallbackResult(value=flight.entry.value, from_cache=False, stale=False, age=age)
         error = flight.error
-        # Each waiter re-raises the one exception: from the fetch's traceback, so that the
-        # waiters' frames do not pile up on it.
         if error is not None and not isinstance(error, self._fallback_on):
-            raise error.with_traceback(flight.traceback)
+            _raise_for_a_caller(error)
         cached_age: float | None = None
         if cached is not None:
             cached_age = now - cached.fetched_at
@@ -329,7 +326,7 @@ class Fallback(Generic[T]):
                     value=cached.value, from_cache=True, stale=True, age=max(cached_age, 0.0)
                 )
         if error is not None:
-            raise error.with_traceback(flight.traceback)
+            _raise_for_a_caller(error)
         if cached_age is None:
             held = "nothing was cached"
         elif cached_age < -_CLOCK_SKEW:
@@ -348,6 +345,33 @@ class Fallback(Generic[T]):
             key=key,
             cached_age=cached_age,
         )
+
+
+def _raise_for_a_caller(error: Exception) -> NoReturn:
+    """Raise *error*, the shared fetch's, for one of the callers that waited for it: a copy
+    of it (its type, ``args``, attributes and notes) with a traceback of its own, ``from``
+    *error*, which keeps the fetch's.
+
+    Raising the one object from every caller made each raise overwrite the traceback (and
+    ``__context__``) the others had caught: a caller's log showed whichever raised last.
+    """
+    copied: Exception | None
+    try:
+        copied = copy.copy(error)  # by its class and args, as pickle would remake it
+    except Exception:
+        copied = None
+    if type(copied) is not type(error):
+        # A constructor that takes more than its args (httpx.HTTPStatusError's keyword-only
+        # request and response): made without it, its attributes set as they are.
+        try:
+            copied = type(error).__new__(type(error), *error.args)
+            copied.__dict__.update(error.__dict__)
+        except Exception:
+            raise error from None  # the one object, as a last resort
+    notes = getattr(error, "__notes__", None)
+    if isinstance(notes, list):
+        copied.__notes__ = list(notes)  # a note one caller adds is its own
+    raise copied from error
 
 
 async def respond_with_fallback(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import traceback
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -747,3 +748,85 @@ def test_a_refresher_that_cancels_before_the_deadline_is_refused_with_the_fallba
     # As long, or without a timeout, it may.
     Fallback(Source(), fallback_after=0.5, refresher=Refresher(refresh_timeout=0.5))
     Fallback(Source(), fallback_after=0.5, refresher=Refresher(refresh_timeout=None))
+
+
+async def test_each_waiter_raises_an_exception_of_its_own_chained_from_the_fetchs() -> None:
+    # All of them raised the one exception object: whichever raised last had its frames on
+    # it, so every other caller's log showed that caller's traceback, and a caller waiting
+    # inside an except block set the __context__ that all the others then showed.
+    source = Source()
+    source.gate = anyio.Event()
+    source.error = error = KeyError("bug")
+    error.add_note("from the source")
+    fallback = Fallback(source, fallback_after=DEADLINE)
+    caught: dict[int, KeyError] = {}
+
+    async def call(number: int) -> None:
+        try:
+            if number == 0:
+                try:
+                    raise LookupError("handled by this caller")
+                except LookupError:
+                    await fallback.get("k")
+            else:
+                await fallback.get("k")
+        except KeyError as exc:
+            caught[number] = exc
+
+    assert source.gate is not None
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as task_group:
+            for number in range(50):
+                task_group.start_soon(call, number)
+            await source.started.wait()
+            source.gate.set()
+    assert source.calls == 1
+    assert len({id(exc) for exc in caught.values()}) == 50
+    for number, exc in caught.items():
+        # Of the documented type, as the fetch raised it, and chained from it.
+        assert type(exc) is KeyError
+        assert exc.args == ("bug",)
+        assert exc.__notes__ == ["from the source"]
+        assert exc.__cause__ is error
+        # Its traceback is this caller's, down to where it was raised, and no other's.
+        frames = [frame for frame, _ in traceback.walk_tb(exc.__traceback__)]
+        assert frames[0].f_locals.get("number") == number
+        assert len(frames) < 10
+        assert all(frame.f_code.co_name != "call" for frame in frames[1:])
+        if number:
+            assert not isinstance(exc.__context__, LookupError)
+    # The fetch's own traceback is kept on the exception it raised.
+    assert "__call__" in [
+        frame.f_code.co_name for frame, _ in traceback.walk_tb(error.__traceback__)
+    ]
+
+
+class Refused(Exception):
+    """An error whose constructor takes more than its args, as httpx.HTTPStatusError's."""
+
+    def __init__(self, message: str, *, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+async def test_an_error_whose_constructor_takes_more_than_its_args_is_copied_too() -> None:
+    source = Source()
+    source.gate = anyio.Event()
+    source.error = error = Refused("refused", status=503)
+    fallback = Fallback(source, fallback_after=DEADLINE)
+    caught: list[Refused] = []
+
+    async def call() -> None:
+        with pytest.raises(Refused) as raised:
+            await fallback.get("k")
+        caught.append(raised.value)
+
+    await call_at_once(source, call, callers=2)
+    assert caught[0] is not caught[1]
+    for exc in caught:
+        assert (type(exc), exc.args, exc.status, exc.__cause__) == (
+            Refused,
+            ("refused",),
+            503,
+            error,
+        )
