@@ -22,8 +22,8 @@ lazily, so that the proxy, which resumes with this loop, imports without it.
 
 from __future__ import annotations
 
+import codecs
 import functools
-import json
 import re
 import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
@@ -36,6 +36,7 @@ from ._backoff import Backoff, retry_after_seconds
 from ._checks import check_count, check_duration
 from ._content_encoding import ask_for_decodable, decoded_body, unwind
 from ._exceptions import ReconnectError, UpstreamError
+from ._json import read_json_line, shown
 from ._sse import ServerSentEvent, trusted_event
 from ._sse_decoder import PIECES, FrameTooLarge, SSEDecoder, join_tail
 from ._topics import RESET_EVENT
@@ -404,7 +405,7 @@ class _Resuming(Generic[T]):
         value = last_event_id_header(self._last_event_id)
         if value is None:
             raise UpstreamError(
-                f"{self.url} sent the event id {self._last_event_id!r:.80}, which holds a "
+                f"{self.url} sent the event id {shown(self._last_event_id)}, which holds a "
                 "control character: no Last-Event-ID header can carry it, so the stream "
                 "cannot be resumed",
                 status_code=status,
@@ -536,6 +537,7 @@ class NDJSONStream(_Resuming[Any]):
         self._pending = []  # a line the last connection broke off is discarded
         self._pending_size = 0
         self._pending_joined = 0  # its pieces before this one are joined (see SSEDecoder)
+        self._lines = 0  # lines of this connection's body read so far
 
     def _parse(self, chunk: bytes) -> list[Any]:
         lines = chunk.split(b"\n")
@@ -560,24 +562,28 @@ class NDJSONStream(_Resuming[Any]):
         self._pending_size = len(tail)
         if tail:
             self._pending.append(tail)
+        read = self._lines
+        if not read and lines[0].startswith(codecs.BOM_UTF8):
+            lines[0] = lines[0][len(codecs.BOM_UTF8) :]  # the body's, as a browser drops it
+        self._lines += len(lines)
         limit = self.max_event_size
         if self._pending_size <= limit and max(map(len, lines)) <= limit:
             try:
-                items = [json.loads(line) for line in lines if line.strip()]
-            except ValueError:  # JSONDecodeError, UnicodeDecodeError
+                items = [read_json_line(line) for line in lines if line.strip()]
+            except ValueError:
                 pass
             else:
                 return self._identified(items)
         # Again, line by line: the items before the fault are handed over, then it is named.
         items = []
-        for line in lines:
+        for number, line in enumerate(lines, read + 1):
             if len(line) > limit:
                 raise Unreadable(f"a line is longer than {limit} bytes", self._identified(items))
             try:
                 if line.strip():
-                    items.append(json.loads(line))
+                    items.append(read_json_line(line))
             except ValueError as exc:
-                fault = f"a line is not JSON ({exc}): {line[:80]!r}"
+                fault = f"line {number} of the NDJSON body {exc}"
                 raise Unreadable(fault, self._identified(items)) from None
         fault = f"a line grew past {limit} bytes without ending ({self._pending_size} read)"
         raise Unreadable(fault, self._identified(items))
@@ -596,12 +602,12 @@ def _check_item_id(found: object, item: object) -> str:
     # The user's function: what it returned is refused here, where it was made.
     if not isinstance(found, str):
         raise TypeError(
-            f"item_id must return a str or None, got {type(found).__name__}: {found!r:.80} "
-            f"for the item {item!r:.80}"
+            f"item_id must return a str or None, got {type(found).__name__}: {shown(found)} "
+            f"for the item {shown(item)}"
         )
     if last_event_id_header(found) is None:
         raise ValueError(
-            f"item_id returned {found!r:.80} for the item {item!r:.80}: it holds a control "
+            f"item_id returned {shown(found)} for the item {shown(item)}: it holds a control "
             "character, which no Last-Event-ID header can carry"
         )
     return found
@@ -695,7 +701,9 @@ def open_ndjson_stream(
     :param backoff: see :func:`open_event_stream`.
     :param max_event_size: the most bytes one line may hold while it arrives.
     :raises UpstreamError: (from the iteration) the server refused the stream, or sent a line
-        that is not JSON or is longer than *max_event_size*.
+        longer than *max_event_size*, or one that is not UTF-8 JSON (a BOM past the body's
+        start, ``NaN``, ``Infinity`` and lone surrogates are refused); it names the line's
+        number in the body.
     :raises ReconnectError: (from the iteration) the *backoff* allowed no more attempts.
     :raises TypeError: an argument has the wrong type.
     :raises ValueError: a duration or count is out of range, or the URL is not http or

@@ -1,4 +1,5 @@
-"""JSON encoding of stream items and event data: pure, no I/O.
+"""JSON encoding of stream items and event data, and the strict reading of an NDJSON line:
+pure, no I/O.
 
 The default encoder is the standard library's ``json`` with two additions: a Pydantic model is
 encoded as its ``model_dump(mode="json")`` and a dataclass instance as its fields. Pydantic is
@@ -12,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import re
 import reprlib
 import sys
 from collections.abc import Callable
@@ -23,6 +25,7 @@ __all__ = [
     "described",
     "encode_by_alias",
     "encode_json",
+    "read_json_line",
     "shown",
     "to_jsonable",
 ]
@@ -232,3 +235,81 @@ def check_json_encoder(encoder: JSONEncoder | None) -> JSONEncoder | None:
     if encoder is not None and not callable(encoder):
         raise TypeError(f"json_encoder must be a function of one value, got {encoder!r}")
     return encoder
+
+
+class _NotJSON(ValueError):
+    pass
+
+
+def _refuse_constant(name: str) -> Any:
+    # What Python's json reads and writes, and JSON has not.
+    raise _NotJSON(f"{name} is no JSON value")
+
+
+_STRICT = json.JSONDecoder(parse_constant=_refuse_constant)
+# A \u escape of a surrogate: the line's value may hold a lone one (rare; then looked for).
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+#: How much of a line a message about it shows.
+SHOWN_LINE = 200
+
+
+def read_json_line(line: bytes) -> Any:
+    """The JSON value of one line of an NDJSON body, read strictly, where a lenient reader
+    would hide a server's bug: UTF-8 (not a guess of UTF-16 or 32), no BOM (one at the start
+    of a body is the caller's to drop), no ``NaN`` or ``Infinity``, and no lone surrogate,
+    escaped (``"\\ud800"``) or encoded, which UTF-8 cannot carry on.
+
+    :raises ValueError: the line is not UTF-8, or not such JSON. The message says which and
+        why, then shows the line's first :data:`SHOWN_LINE` bytes; the caller puts in front
+        of it which line it was (``line 3 of the NDJSON body``).
+    """
+    try:
+        text = line.decode()
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"is not UTF-8 ({exc.reason} at index {exc.start}): {_start(line)}"
+        ) from None
+    if text.startswith("\ufeff"):
+        # json's own message would advise utf-8-sig, which would take it on any line.
+        raise ValueError(
+            "is not JSON (it starts with a BOM, which only the first line may hold): "
+            f"{_start(line)}"
+        )
+    try:
+        value = _STRICT.decode(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"is not JSON ({exc.msg} at index {exc.pos}): {_start(line)}") from None
+    except _NotJSON as exc:
+        raise ValueError(f"is not JSON ({exc}): {_start(line)}") from None
+    except RecursionError:
+        raise ValueError(f"is not JSON (nested too deeply): {_start(line)}") from None
+    if _SURROGATE_ESCAPE.search(line):
+        lone = _lone_surrogate(value)
+        if lone is not None:
+            raise ValueError(
+                f"is not JSON UTF-8 can carry (it holds a lone surrogate, {lone!r}): {_start(line)}"
+            )
+    return value
+
+
+def _start(line: bytes) -> str:
+    return f"{line[:SHOWN_LINE]!r:.{SHOWN_LINE}}"
+
+
+def _lone_surrogate(value: Any) -> str | None:
+    """The first lone surrogate in the strings of *value* (keys too), or ``None``."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if not item.isascii():
+                try:
+                    item.encode()
+                except UnicodeEncodeError as exc:
+                    return item[exc.start]
+        elif isinstance(item, dict):
+            pending.extend(item)
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return None

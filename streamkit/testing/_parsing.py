@@ -10,9 +10,9 @@ collected apart: they are what heartbeats send.
 from __future__ import annotations
 
 import codecs
-import json
 from typing import Any
 
+from .._json import read_json_line
 from .._sse import ServerSentEvent
 from .._sse_decoder import SSEDecoder
 
@@ -42,8 +42,9 @@ class NDJSONReader:
     counted in :attr:`blank_lines` and skipped.
 
     Strict where a lenient reader would hide a server's bug: each line is UTF-8 (a BOM is
-    dropped at the start of the body only) and JSON, without ``NaN`` or ``Infinity``. A line
-    ends at LF; a CR before it is whitespace, as JSON's.
+    dropped at the start of the body only) and JSON, without ``NaN``, ``Infinity`` or a lone
+    surrogate; the client's :func:`~streamkit.client.open_ndjson_stream` reads lines the same
+    way. A line ends at LF; a CR before it is whitespace, as JSON's.
 
     :raises ValueError: (from :meth:`feed`) a line is not UTF-8 or not JSON; the message
         names its number in the body and the line.
@@ -70,33 +71,7 @@ class NDJSONReader:
         return items
 
     def _parse(self, line: bytes) -> Any:
-        where = f"line {self._lines} of the NDJSON body"
         try:
-            text = line.decode()
-        except UnicodeDecodeError as exc:
-            raise ValueError(
-                f"{where} is not UTF-8 ({exc.reason} at index {exc.start}): {line!r:.200}"
-            ) from None
-        if text.startswith("\ufeff"):
-            # json's own message would advise utf-8-sig, which would take it on any line.
-            raise ValueError(
-                f"{where} is not JSON (it starts with a BOM, which only the first line may hold): "
-                f"{line!r:.200}"
-            )
-        try:
-            return json.loads(text, parse_constant=_refuse_constant)
-        except json.JSONDecodeError as exc:
-            raise ValueError(
-                f"{where} is not JSON ({exc.msg} at index {exc.pos}): {line!r:.200}"
-            ) from None
-        except _NotJSON as exc:
-            raise ValueError(f"{where} is not JSON ({exc}): {line!r:.200}") from None
-
-
-class _NotJSON(Exception):
-    pass
-
-
-def _refuse_constant(name: str) -> Any:
-    # What Python's json reads and writes, and JSON has not.
-    raise _NotJSON(f"{name} is no JSON value")
+            return read_json_line(line)
+        except ValueError as exc:
+            raise ValueError(f"line {self._lines} of the NDJSON body {exc}") from None

@@ -82,8 +82,16 @@ def test_ndjson_crlf_lines_and_a_leading_bom_split_anywhere() -> None:
             "is not JSON (it starts with a BOM, which only the first line may hold)",
         ),
         ('{"b": 2}'.encode("utf-16"), "is not UTF-8 (invalid start byte at index 0)"),
+        (
+            b'{"b": ["\\ud800"]}',
+            "is not JSON UTF-8 can carry (it holds a lone surrogate, '\\ud800')",
+        ),
+        (
+            b'{"\\udfff": 1}',
+            "is not JSON UTF-8 can carry (it holds a lone surrogate, '\\udfff')",
+        ),
     ],
-    ids=["invalid-utf8", "not-json", "nan", "bom-past-the-start", "utf16"],
+    ids=["invalid-utf8", "not-json", "nan", "bom-past-the-start", "utf16", "surrogate", "key"],
 )
 def test_ndjson_a_line_that_is_not_utf8_json_is_refused_naming_it(line: bytes, said: str) -> None:
     # json.loads on bytes guessed UTF-16 and took NaN and a BOM on any line, which hid a
@@ -111,3 +119,11 @@ def test_end_says_whether_an_unfinished_frame_was_discarded(body: bytes, discard
     reader.feed(body)
     assert reader.end() is discarded
     assert reader.end() is False  # nothing is left after it
+
+
+def test_ndjson_surrogate_pairs_and_escaped_backslashes_are_read() -> None:
+    # A pair escaped as two halves is one character; an escaped backslash before "ud800"
+    # is no escape of a surrogate.
+    reader = NDJSONReader()
+    body = b'["\\ud83d\\ude00", "\\\\ud800", "\xf0\x9f\x98\x80"]\n'
+    assert reader.feed(body) == [["\U0001f600", "\\ud800", "\U0001f600"]]

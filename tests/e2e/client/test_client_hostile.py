@@ -282,8 +282,16 @@ async def test_many_small_events_and_heartbeats_pass_a_small_max_event_size() ->
 @pytest.mark.parametrize(
     ("body", "named", "before"),
     [
-        (b'{"n": 1}\n{"n": 2,\n', r"""a line is not JSON \(.*\): b'\{"n": 2,'""", [{"n": 1}]),
-        (b'{"n": 1}\n"\xff"\n', r"""a line is not JSON \(.*\): b'"\\xff"'""", [{"n": 1}]),
+        (
+            b'{"n": 1}\n{"n": 2,\n',
+            r"""line 2 of the NDJSON body is not JSON \(.*\): b'\{"n": 2,'""",
+            [{"n": 1}],
+        ),
+        (
+            b'{"n": 1}\n"\xff"\n',
+            r"""line 2 of the NDJSON body is not UTF-8 \(.*\): b'"\\xff"'""",
+            [{"n": 1}],
+        ),
         (b'{"n": 1}\n' + b"1" * 5000, "a line grew past 4096 bytes without ending", [{"n": 1}]),
     ],
     ids=["not JSON", "not UTF-8", "too long"],
@@ -301,6 +309,61 @@ async def test_an_ndjson_line_that_cannot_be_read_is_an_upstream_error_naming_it
                 await read_into(stream, received)
     # The items before the line were handed over.
     assert received == before
+
+
+@pytest.mark.parametrize(
+    ("line", "named"),
+    [
+        (b'{"n": NaN}', r"is not JSON \(NaN is no JSON value\): b'\{\"n\": NaN\}'"),
+        (b"[-Infinity]", r"is not JSON \(-Infinity is no JSON value\)"),
+        (b'{"n": "\\ud800"}', r"is not JSON UTF-8 can carry \(it holds a lone surrogate"),
+        (b'{"n": "\xed\xa0\x80"}', r"is not UTF-8 \(invalid continuation byte at index 7\)"),
+        (
+            '{"n": 2}'.encode("utf-16-le"),
+            r"is not JSON \(Expecting property name enclosed in double quotes at index 1\)",
+        ),
+        (b'\xef\xbb\xbf{"n": 2}', r"is not JSON \(it starts with a BOM"),
+    ],
+    ids=["NaN", "Infinity", "lone surrogate escape", "encoded surrogate", "UTF-16", "BOM"],
+)
+async def test_an_ndjson_line_a_lenient_reader_takes_is_refused_naming_it(
+    line: bytes, named: str
+) -> None:
+    # json.loads took them all: NaN and infinities, a lone surrogate (escaped or encoded),
+    # a line it guessed was UTF-16, a BOM on any line. A server's bug went unseen.
+    received: list[object] = []
+    body = b'{"n": 1}\n' + line + b'\n{"n": 3}\n'
+    async with (
+        open_raw_upstream(lambda n: NO_CONTENT if n else ndjson(body)) as upstream,
+        open_ndjson_stream(upstream.url, backoff=EXACT) as stream,
+    ):
+        with pytest.raises(UpstreamError, match="line 2 of the NDJSON body " + named):
+            with anyio.fail_after(5):
+                await read_into(stream, received)
+    assert received == [{"n": 1}]
+
+
+async def test_a_bom_may_start_each_connections_body() -> None:
+    bodies = [b'\xef\xbb\xbf{"n": 1}\n', b'\xef\xbb\xbf{"n": 2}\n']
+    async with (
+        open_raw_upstream(lambda n: ndjson(bodies[n]) if n < 2 else NO_CONTENT) as upstream,
+        open_ndjson_stream(upstream.url, backoff=EXACT) as stream,
+    ):
+        with anyio.fail_after(5):
+            assert await read_all(stream) == [{"n": 1}, {"n": 2}]
+
+
+async def test_a_long_line_that_is_not_json_is_named_by_its_start() -> None:
+    line = b"[" + b"1," * 200_000 + b"oops]"
+    async with (
+        open_raw_upstream(lambda n: ndjson(line + b"\n")) as upstream,
+        open_ndjson_stream(upstream.url, backoff=EXACT) as stream,
+    ):
+        with pytest.raises(UpstreamError, match=r"line 1 of the NDJSON body is not JSON") as caught:
+            with anyio.fail_after(5):
+                await read_all(stream)
+    assert len(str(caught.value)) < 400
+    assert "b'[1,1,1," in str(caught.value)
 
 
 @pytest.mark.parametrize(
