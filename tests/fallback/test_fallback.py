@@ -244,7 +244,7 @@ async def test_concurrent_callers_all_get_the_one_fetchs_error() -> None:
     await call_at_once(source, call, callers=10)
     assert source.calls == 1
     assert len(depths) == 10
-    # Re-raised from the fetch's traceback each time: the callers' frames do not pile up.
+    # Each raises a copy of its own: no caller's frames pile up on another's.
     assert len(set(depths)) == 1
 
 
