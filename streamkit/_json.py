@@ -281,8 +281,11 @@ def read_json_line(line: bytes) -> Any:
         raise ValueError(f"is not JSON ({exc.msg} at index {exc.pos}): {_start(line)}") from None
     except _NotJSON as exc:
         raise ValueError(f"is not JSON ({exc}): {_start(line)}") from None
+    except ValueError as exc:
+        # JSON past what Python reads: a number of more digits than int() takes.
+        raise ValueError(f"cannot be read as JSON ({exc}): {_start(line)}") from None
     except RecursionError:
-        raise ValueError(f"is not JSON (nested too deeply): {_start(line)}") from None
+        raise ValueError(f"cannot be read as JSON (nested too deeply): {_start(line)}") from None
     if _SURROGATE_ESCAPE.search(line):
         lone = _lone_surrogate(value)
         if lone is not None:

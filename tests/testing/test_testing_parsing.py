@@ -127,3 +127,23 @@ def test_ndjson_surrogate_pairs_and_escaped_backslashes_are_read() -> None:
     reader = NDJSONReader()
     body = b'["\\ud83d\\ude00", "\\\\ud800", "\xf0\x9f\x98\x80"]\n'
     assert reader.feed(body) == [["\U0001f600", "\\ud800", "\U0001f600"]]
+
+
+@pytest.mark.parametrize(
+    ("line", "why"),
+    [(b"1" * 5000, "Exceeds the limit (4300 digits)"), (b"[" * 100_000, "nested too deeply")],
+    ids=["digits", "nesting"],
+)
+def test_ndjson_json_past_what_python_reads_is_refused_naming_its_line(
+    line: bytes, why: str
+) -> None:
+    # More digits than int() takes, or deeper than the recursion limit: a bare ValueError or
+    # RecursionError came out, naming no line.
+    reader = NDJSONReader()
+    with pytest.raises(
+        ValueError, match=r"^line 2 of the NDJSON body cannot be read as JSON"
+    ) as caught:
+        reader.feed(b"[1]\n" + line + b"\n")
+    message = str(caught.value)
+    assert why in message
+    assert message.endswith(f": {line[:200]!r:.200}")

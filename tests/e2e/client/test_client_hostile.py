@@ -293,8 +293,14 @@ async def test_many_small_events_and_heartbeats_pass_a_small_max_event_size() ->
             [{"n": 1}],
         ),
         (b'{"n": 1}\n' + b"1" * 5000, "a line grew past 4096 bytes without ending", [{"n": 1}]),
+        # What Python's json cannot read: a RecursionError came out of the iteration.
+        (
+            b'{"n": 1}\n' + b"[" * 4000 + b"\n",
+            r"line 2 of the NDJSON body cannot be read as JSON \(nested too deeply\)",
+            [{"n": 1}],
+        ),
     ],
-    ids=["not JSON", "not UTF-8", "too long"],
+    ids=["not JSON", "not UTF-8", "too long", "too deep"],
 )
 async def test_an_ndjson_line_that_cannot_be_read_is_an_upstream_error_naming_it(
     body: bytes, named: str, before: list[object]
