@@ -20,12 +20,27 @@ def require(program: str) -> None:
 def wrapper(out: Path) -> list[str]:
     """The command line that runs what follows it under callgrind, counting nothing until
     told to (:func:`control`), and dumps to *out*."""
-    return ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
+    return [
+        "valgrind",
+        "--tool=callgrind",
+        "--instr-atstart=no",
+        f"--callgrind-out-file={out}",
+        f"--vgdb-prefix={_vgdb_prefix(out)}",
+    ]
 
 
-def control(pid: int, option: str) -> None:
-    """Tell the process *pid* under callgrind *option* (``--instr=on``, ``--dump``, ...)."""
-    subprocess.run(["callgrind_control", option, str(pid)], check=True, capture_output=True)
+def control(pid: int, option: str, out: Path) -> None:
+    """Tell the process *pid*, run by :func:`wrapper` with *out*, *option* (``--instr=on``,
+    ``--dump``, ...)."""
+    command = ["callgrind_control", f"--vgdb-prefix={_vgdb_prefix(out)}", option, str(pid)]
+    subprocess.run(command, check=True, capture_output=True)
+
+
+def _vgdb_prefix(out: Path) -> Path:
+    # Where valgrind makes the pipes callgrind_control talks through: beside the dump, in
+    # the run's own directory, not in /tmp, where a process killed with SIGKILL (a
+    # benchmark's server) leaves its three behind.
+    return out.with_name(f"{out.name}.vgdb")
 
 
 def totals(dump: Path) -> int:

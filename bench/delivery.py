@@ -187,12 +187,15 @@ async def _until_all_subscribed(app: ASGIApp, audience: _Audience, subscribers: 
             return
 
 
-def _child(implementation: str, backend: str, subscribers: int, plan: Plan, redis_url: str) -> None:
-    """Run in the process callgrind counts: drive the app and print the deliveries."""
+def _child(
+    implementation: str, backend: str, subscribers: int, plan: Plan, out: Path, redis_url: str
+) -> None:
+    """Run in the process callgrind counts, which dumps to *out*: drive the app and print the
+    deliveries."""
     pid = os.getpid()
 
     def counting(option: str) -> None:
-        callgrind.control(pid, option)
+        callgrind.control(pid, option, out)
 
     if implementation == "raw":
         app: ASGIApp = raw_app()
@@ -216,7 +219,7 @@ def measure(
             "-m",
             "bench.delivery",
             "--child",
-            f"{implementation},{backend},{subscribers},{plan.burst},{plan.rounds},{redis_url}",
+            f"{implementation},{backend},{subscribers},{plan.burst},{plan.rounds},{out},{redis_url}",
         ]
         done = subprocess.run(
             command, capture_output=True, text=True, cwd=Path(__file__).parent.parent
@@ -291,8 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
     if options.child:
-        implementation, backend, subscribers, burst, rounds, url = options.child.split(",", 5)
-        _child(implementation, backend, int(subscribers), Plan(int(burst), int(rounds)), url)
+        implementation, backend, subscribers, burst, rounds, out, url = options.child.split(",", 6)
+        plan = Plan(int(burst), int(rounds))
+        _child(implementation, backend, int(subscribers), plan, Path(out), url)
         return 0
     if options.jobs < 1:
         parser.error(f"--jobs: at least 1 process at a time, got {options.jobs}")

@@ -96,7 +96,7 @@ def measure(backend: str, producer: str, impl: str, size: int, plan: Plan) -> di
                 stream.read_head()
                 read, close = partial(_read_counting, stream), stream.close
             read(plan.warmup)
-            callgrind.control(server.pid, "--instr=on")
+            callgrind.control(server.pid, "--instr=on", out)
             events = read(plan.window)
             # A figure of a few events is noise; and on a loaded machine the server, slowed
             # under callgrind, can send a handful in the window (one heartbeat in a second
@@ -105,8 +105,8 @@ def measure(backend: str, producer: str, impl: str, size: int, plan: Plan) -> di
             given_up = time.monotonic() + LONGEST_WINDOW
             while events < least and time.monotonic() < given_up:
                 events += read(0.25)
-            callgrind.control(server.pid, "--instr=off")
-            callgrind.control(server.pid, "--dump")
+            callgrind.control(server.pid, "--instr=off", out)
+            callgrind.control(server.pid, "--dump", out)
             close()
         finally:
             server.kill()
