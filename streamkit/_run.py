@@ -25,7 +25,6 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
-import anyio.abc
 from starlette.types import ASGIApp
 
 if TYPE_CHECKING:
@@ -35,7 +34,7 @@ from ._app import App
 from ._checks import check_count, check_duration
 from ._exceptions import ServeError
 from ._logs import configure_run_logging
-from ._serve import ServerAddress, bind_socket, serve
+from ._serve import ServerAddress, bind_socket, serve_announcing
 from ._tls import TLSConfig, apply_tls, check_tls
 
 __all__ = ["import_app", "main", "run"]
@@ -180,25 +179,23 @@ def _hypercorn_config() -> Config:
     return config
 
 
-class _Announce(anyio.abc.TaskStatus[ServerAddress]):
-    """Logs where the server serves once its socket listens."""
-
-    def started(self, value: ServerAddress | None = None) -> None:
-        assert value is not None
-        logger.info("serving on %s (pid %d)", value.url, os.getpid())
+def _announce(address: ServerAddress) -> None:
+    """Say where the server serves, once it answers (its app's lifespan has started): a
+    supervisor's script may wait for the line to send traffic."""
+    logger.info("serving on %s (pid %d)", address.url, os.getpid())
 
 
 async def _serve_here(
     app: ASGIApp, *, sock: socket.socket, grace_period: float, tls: TLSConfig | None
 ) -> None:
     # Not in a task group, whose exception group would hide serve's errors from main().
-    await serve(
+    await serve_announcing(
         app,
         sock=sock,
         grace_period=grace_period,
         config=_hypercorn_config(),
         tls=tls,
-        task_status=_Announce(),
+        on_serving=_announce,
     )
 
 
@@ -213,10 +210,12 @@ def _supervise(
 ) -> None:
     host, port = sock.getsockname()[:2]
     context = multiprocessing.get_context("spawn")
+    # Each worker says on it when it serves (its app's lifespan has started).
+    serving_reader, serving_writer = context.Pipe(duplex=False)
     processes = [
         context.Process(
             target=_worker,
-            args=(target, sock, backend, grace_period, log_level, tls),
+            args=(target, sock, backend, grace_period, log_level, tls, serving_writer),
             name=f"streamkit-worker-{number}",
         )
         for number in range(workers)
@@ -234,12 +233,27 @@ def _supervise(
     try:
         for process in processes:
             process.start()
+        serving_writer.close()  # the workers hold it now
         url = ServerAddress(host=host, port=port, scheme="https" if tls else "http").url
         pids = ", ".join(str(process.pid) for process in processes)
-        logger.info("serving on %s with %d workers (pids %s)", url, workers, pids)
-        ready = multiprocessing.connection.wait(
-            [process.sentinel for process in processes] + [wake_read]
-        )
+        logger.info("started %d workers for %s (pids %s)", workers, url, pids)
+        ends = [process.sentinel for process in processes] + [wake_read]
+        # Each worker says once that it serves (its app's lifespan has started), then closes
+        # its end: the pipe ends once every worker has, or has exited (as its sentinel says).
+        said: list[multiprocessing.connection.Connection] = [serving_reader]
+        serving = 0
+        while True:
+            ready = multiprocessing.connection.wait([*ends, *said])
+            if any(end in ready for end in ends):
+                break
+            try:
+                serving_reader.recv_bytes()  # there to read: it does not block
+            except EOFError:
+                said.clear()
+                continue
+            serving += 1
+            if serving == workers:
+                logger.info("serving on %s with %d workers (pids %s)", url, workers, pids)
         signalled = wake_read in ready
         # Taken before the others are stopped, after which every worker has an exit code; by
         # its sentinel, since a worker's pipe may close a moment before its exit code is
@@ -251,6 +265,8 @@ def _supervise(
             signal.signal(number, handler)
         os.close(wake_read)
         os.close(wake_write)
+        serving_reader.close()
+        serving_writer.close()
     if not signalled:
         failed = exited[0]
         raise ServeError(f"worker {failed.name} (pid {failed.pid}) exited with {failed.exitcode}")
@@ -288,6 +304,7 @@ def _worker(
     grace_period: float,
     log_level: str | int | None,
     tls: TLSConfig | None,
+    serving: multiprocessing.connection.Connection,
 ) -> None:
     # A terminal's Ctrl-C reaches the whole process group: the supervisor alone acts on it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -300,7 +317,8 @@ def _worker(
     app = import_app(target)
     try:
         anyio.run(
-            partial(_serve_socket, app, sock, grace_period=grace_period, tls=tls), backend=backend
+            partial(_serve_socket, app, sock, grace_period=grace_period, tls=tls, serving=serving),
+            backend=backend,
         )
     except ServeError as exc:
         # Said as the command says its own errors, not as a traceback of the worker's; its
@@ -344,16 +362,26 @@ async def _terminated() -> None:
 
 
 async def _serve_socket(
-    app: ASGIApp, sock: socket.socket, *, grace_period: float, tls: TLSConfig | None
+    app: ASGIApp,
+    sock: socket.socket,
+    *,
+    grace_period: float,
+    tls: TLSConfig | None,
+    serving: multiprocessing.connection.Connection,
 ) -> None:
-    logger.info("worker %d serving", os.getpid())
-    await serve(
+    def tell_supervisor(address: ServerAddress) -> None:
+        logger.info("worker %d serving", os.getpid())
+        serving.send_bytes(b"serving")  # a few bytes into an empty pipe: it does not block
+        serving.close()
+
+    await serve_announcing(
         app,
         sock=sock,
         grace_period=grace_period,
         shutdown_trigger=_terminated,
         config=_hypercorn_config(),
         tls=tls,
+        on_serving=tell_supervisor,
     )
 
 

@@ -156,9 +156,12 @@ class _RegisteringApp:
     """Makes the server's registry the one its streams report to, and notes a lifespan's
     failure."""
 
-    def __init__(self, app: ASGIApp, streams: StreamRegistry) -> None:
+    def __init__(
+        self, app: ASGIApp, streams: StreamRegistry, on_serving: Callable[[], None] | None = None
+    ) -> None:
         self.app = app
         self.streams = streams
+        self._on_serving = on_serving
         #: What serve raises for the app's lifespan, if it failed: the phase, and what the
         #: app said of it (its traceback).
         self.lifespan_error: ServeError | None = None
@@ -175,11 +178,30 @@ class _RegisteringApp:
             with using_registry(self.streams):
                 if scope["type"] == "lifespan":
                     with self._lifespan_scope:
-                        await self.app(scope, receive, send)
+                        try:
+                            await self.app(scope, receive, send)
+                        except Exception:
+                            # An app that has no lifespan (it raised, or returned, before its
+                            # startup) is served without one; a cancellation is no such end.
+                            self._serving()
+                            raise
+                        self._serving()
                 else:
                     await self.app(scope, receive, send)
         finally:
             served_by_streamkit.reset(token)
+
+    def _serving(self) -> None:
+        """Tell on_serving that hypercorn serves, once: the lifespan has started, or ended
+        without failing (an app without one). The socket listens from before, so a client
+        that connects now is answered."""
+        on_serving, self._on_serving = self._on_serving, None
+        if (
+            on_serving is not None
+            and self.lifespan_error is None
+            and not self._lifespan_scope.cancel_called
+        ):
+            on_serving()
 
     def cancel_lifespan(self) -> None:
         """Cancel the app's lifespan if it still runs, as serve stops (see __init__)."""
@@ -200,6 +222,8 @@ class _RegisteringApp:
             said = message.get("message", "")
             self.lifespan_error = ServeError(f"the app's lifespan failed at {phase}:\n{said}")
         await send(message)
+        if message["type"] == "lifespan.startup.complete":
+            self._serving()
 
 
 def _parse_bind(bind: str) -> tuple[str, int]:
@@ -266,7 +290,8 @@ async def serve(
         are loaded before the socket is bound. Without it, HTTP/1.1, and HTTP/2 to clients
         that open with its preface (prior knowledge).
     :param task_status: for ``TaskGroup.start``: started with the :class:`ServerAddress`
-        once the socket listens.
+        once the socket listens. A client may connect from then on; hypercorn answers it once
+        the app's lifespan has started.
     :raises ServeError: the address could not be bound, or a TLS file is missing,
         unreadable or malformed (raised before anything is bound), or the app's lifespan
         failed at startup or at shutdown (the message holds what the app said: its traceback).
@@ -278,6 +303,37 @@ async def serve(
     :raises Exception: what escaped a task of an :class:`~streamkit.App`'s task group (as
         an exception group); the server stopped gracefully first.
     """
+    await serve_announcing(
+        app,
+        bind=bind,
+        grace_period=grace_period,
+        stalled_connection_timeout=stalled_connection_timeout,
+        shutdown_trigger=shutdown_trigger,
+        streams=streams,
+        config=config,
+        sock=sock,
+        tls=tls,
+        task_status=task_status,
+    )
+
+
+async def serve_announcing(
+    app: ASGIApp,
+    *,
+    bind: str = "127.0.0.1:8000",
+    grace_period: float = 15.0,
+    stalled_connection_timeout: float | None = 10.0,
+    shutdown_trigger: ShutdownTrigger | None = None,
+    streams: StreamRegistry | None = None,
+    config: object | None = None,
+    sock: socket.socket | None = None,
+    tls: TLSConfig | None = None,
+    task_status: TaskStatus[ServerAddress] = anyio.TASK_STATUS_IGNORED,
+    on_serving: Callable[[ServerAddress], None] | None = None,
+) -> None:
+    """:func:`serve`, calling *on_serving* with the address once the server answers: once the
+    app's lifespan has started (*task_status* is told as the socket listens, before), not at
+    all if it fails. ``streamkit run`` says "serving on" then."""
     from hypercorn.config import Config
 
     check_duration("grace_period", grace_period)
@@ -331,8 +387,11 @@ async def serve(
         # hypercorn adopts the descriptor and closes it itself when it stops.
         descriptor = sock.detach()
         scheme = "https" if config.ssl_enabled else "http"
-        task_status.started(ServerAddress(host=host, port=port, scheme=scheme))
-        registering = _RegisteringApp(app, streams)
+        address = ServerAddress(host=host, port=port, scheme=scheme)
+        registering = _RegisteringApp(
+            app, streams, None if on_serving is None else partial(on_serving, address)
+        )
+        task_status.started(address)
         try:
             async with anyio.create_task_group() as listening:
                 if signalled is not None:

@@ -320,6 +320,33 @@ async def test_the_command_line_serves_http2_over_tls(
     assert service.process.returncode == 0, "\n".join(service.stderr)
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_serving_on_is_said_once_the_lifespan_has_started(
+    tmp_path: Path, anyio_backend: str, workers: int
+) -> None:
+    # A supervisor script takes the line to mean the server answers: it was logged as the
+    # socket listened, before a slow lifespan had started (and with one that failed, too).
+    source = SERVICE.replace(
+        '    say("lifespan started")\n',
+        "    await anyio.sleep(0.5)\n"
+        '    os.write(2, f"lifespan startup done {os.getpid()}\\n".encode())\n'
+        '    say("lifespan started")\n',
+    )
+    assert "lifespan startup done" in source
+    async with run_service(tmp_path, anyio_backend, workers=workers, source=source) as service:
+        assert service.address is not None
+        async with httpx.AsyncClient(base_url=service.address.url) as http:
+            assert (await http.get("/pid")).status_code == 200
+        service.process.send_signal(signal.SIGTERM)
+    stderr = "\n".join(service.stderr)
+    assert service.process.returncode == 0, stderr
+    done = [n for n, line in enumerate(service.stderr) if "lifespan startup done" in line]
+    serving = [n for n, line in enumerate(service.stderr) if "serving on" in line]
+    assert len(done) == workers, stderr
+    assert len(serving) == 1, stderr
+    assert max(done) < serving[0], stderr
+
+
 def run_command(cwd: Path, command: list[str]) -> subprocess.CompletedProcess[str]:
     """Run *command* in *cwd* to its end, within the start bound; its output as text."""
     return subprocess.run(
@@ -402,6 +429,8 @@ def test_a_lifespan_that_fails_at_startup_is_reported_once_with_a_failure_status
     assert result.stderr.count("RuntimeError: database unreachable") == said, result.stderr
     assert "streamkit: error: " in result.stderr
     assert "Exception Group" not in result.stderr, result.stderr
+    # Never served: never said to be.
+    assert "serving on" not in result.stderr, result.stderr
 
 
 def test_a_flag_out_of_range_is_a_usage_error_naming_it(tmp_path: Path) -> None:
