@@ -10,6 +10,7 @@ or SIGTERM it sends SIGTERM to every worker and waits while each drains its stre
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import logging
 import multiprocessing
@@ -416,6 +417,17 @@ def _seconds_or_off(text: str) -> float | None:
     return None if text == "off" else _seconds(text)
 
 
+def _tls_default(name: str) -> float:
+    """TLSConfig's default for *name*, which a flag left out keeps."""
+    (field,) = [field for field in dataclasses.fields(TLSConfig) if field.name == name]
+    assert isinstance(field.default, float)
+    return field.default
+
+
+#: ``--tls-handshake-timeout``'s default.
+_HANDSHAKE_TIMEOUT = _tls_default("handshake_timeout")
+
+
 def _directory(text: str) -> str:
     """``--app-dir``: one that does not exist would be searched for nothing."""
     if not os.path.isdir(text):
@@ -471,6 +483,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="require client certificates signed by these CAs (with --certfile)",
     )
     command.add_argument(
+        "--tls-handshake-timeout",
+        type=_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="close a TLS connection whose handshake is not done this long after its accept "
+        f"(with --certfile); default: {_HANDSHAKE_TIMEOUT:g}",
+    )
+    command.add_argument(
         "--app-dir",
         type=_directory,
         default=".",
@@ -482,6 +502,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--certfile and --keyfile go together")
     if arguments.client_ca is not None and arguments.certfile is None:
         parser.error("--client-ca needs --certfile and --keyfile")
+    if arguments.tls_handshake_timeout is None:
+        arguments.tls_handshake_timeout = _HANDSHAKE_TIMEOUT
+    elif arguments.certfile is None:
+        parser.error("--tls-handshake-timeout needs --certfile and --keyfile")
     sys.path.insert(0, os.path.abspath(arguments.app_dir))
     try:
         tls = (
@@ -491,6 +515,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 certfile=arguments.certfile,
                 keyfile=arguments.keyfile,
                 client_ca=arguments.client_ca,
+                handshake_timeout=arguments.tls_handshake_timeout,
             )
         )
         run(

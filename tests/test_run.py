@@ -15,6 +15,7 @@ from streamkit import App
 from streamkit._serve import bind_socket
 
 UNBINDABLE = "127.0.0.1:99999"
+TLS_FLAGS = ["--certfile", "cert.pem", "--keyfile", "key.pem"]
 
 
 @pytest.mark.parametrize(
@@ -51,3 +52,47 @@ def test_the_listening_socket_aborts_stalled_connections_unless_turned_off(
 ) -> None:
     with bind_socket("127.0.0.1:0", stalled_connection_timeout=timeout) as sock:
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == milliseconds
+
+
+def test_the_tls_handshake_timeout_flag_reaches_the_tls_config(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    given: dict[str, Any] = {}
+    monkeypatch.setattr(streamkit._run, "run", lambda app, **options: given.update(options))
+    flags = ["--tls-handshake-timeout", "0.5"]
+    assert streamkit._run.main(["run", "service:app", *TLS_FLAGS, *flags]) == 0
+    assert given["tls"].handshake_timeout == 0.5
+    assert streamkit._run.main(["run", "service:app", *TLS_FLAGS]) == 0
+    assert given["tls"].handshake_timeout == 10.0  # TLSConfig's own default
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            [*TLS_FLAGS, "--tls-handshake-timeout", "0"],
+            "argument --tls-handshake-timeout: must be a positive, finite number of seconds, got 0",
+        ),
+        (
+            [*TLS_FLAGS, "--tls-handshake-timeout", "nan"],
+            "argument --tls-handshake-timeout: must be a positive, finite number of seconds",
+        ),
+        (
+            [*TLS_FLAGS, "--tls-handshake-timeout", "soon"],
+            "argument --tls-handshake-timeout: must be a number of seconds, got 'soon'",
+        ),
+        (
+            ["--tls-handshake-timeout", "1"],
+            "--tls-handshake-timeout needs --certfile and --keyfile",
+        ),
+    ],
+)
+def test_a_bad_tls_handshake_timeout_flag_is_a_usage_error_naming_it(
+    capsys: pytest.CaptureFixture[str], options: list[str], message: str
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        streamkit._run.main(["run", "service:app", *options])
+    assert exited.value.code == 2
+    stderr = capsys.readouterr().err
+    assert stderr.startswith("usage: python -m streamkit"), stderr
+    assert message in stderr, stderr

@@ -19,6 +19,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
+import anyio.abc
 import httpx
 import pytest
 from anyio.abc import Process
@@ -347,6 +348,38 @@ async def test_serving_on_is_said_once_the_lifespan_has_started(
     assert max(done) < serving[0], stderr
 
 
+async def received_until_closed(stream: anyio.abc.ByteStream) -> bytes:
+    """What the server sent on *stream* before closing it."""
+    received = b""
+    try:
+        while True:
+            received += await stream.receive()
+    except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+        return received
+
+
+async def test_the_command_line_drops_a_tls_client_at_its_handshake_timeout(
+    tmp_path: Path, anyio_backend: str, certificates: Certificates
+) -> None:
+    # Far below TLSConfig's default of 10 s, which would fail it as surely as hypercorn's 60.
+    bound = 0.5
+    options = [
+        "--certfile",
+        str(certificates.server_cert),
+        "--keyfile",
+        str(certificates.server_key),
+    ]
+    options += ["--tls-handshake-timeout", str(bound)]
+    async with run_service(tmp_path, anyio_backend, options=options) as service:
+        assert service.address is not None
+        silent = await connect(service.address.host, service.address.port)  # no ClientHello
+        async with silent:
+            with anyio.fail_after(bound + 3.0):
+                assert await received_until_closed(silent) == b""
+        service.process.send_signal(signal.SIGTERM)
+    assert service.process.returncode == 0, "\n".join(service.stderr)
+
+
 def run_command(cwd: Path, command: list[str]) -> subprocess.CompletedProcess[str]:
     """Run *command* in *cwd* to its end, within the start bound; its output as text."""
     return subprocess.run(
@@ -441,6 +474,7 @@ def test_a_flag_out_of_range_is_a_usage_error_naming_it(tmp_path: Path) -> None:
         (["--grace-period", "-1"], "argument --grace-period: must be a positive, finite"),
         (["--stalled-connection-timeout", "inf"], "argument --stalled-connection-timeout: must"),
         (["--app-dir", "nowhere"], "argument --app-dir: not a directory: 'nowhere'"),
+        (["--tls-handshake-timeout", "-1"], "argument --tls-handshake-timeout: must be a positive"),
     ]:
         command = [sys.executable, "-m", "streamkit", "run", "service:app", *options]
         result = run_command(tmp_path, [*command, "--bind", "127.0.0.1:0"])
