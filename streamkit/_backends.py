@@ -19,6 +19,16 @@ its whole backlog at every retry, about 3,000 lines a second, trio 90. Either fi
 while telling one fact. The failures are said here instead, once every
 ``ACCEPT_FAILURE_LOG_INTERVAL``, as one warning line.
 
+Cancelled, hypercorn's asyncio worker cleans up in awaits (closing its servers, waiting for
+its connections, its lifespan's shutdown), which a cancel scope, cancelling its task again
+at every await, cut one after another: with a connection open, it raised its own
+``InvalidStateError`` in place of the cancellation, left its listening socket to a callback
+that failed on it, and errors for asyncio to log. It runs in a task of its own here, which
+the cancellation does not reach: it is stopped the way its shutdown trigger stops it, at once,
+and waited for, and the cancellation goes on. (A connection of that worker cancelled while
+it closes takes the cancellation for its close's and serves on until its client leaves: the
+server's connections are aborted as well.)
+
 And hypercorn's trio worker does a connection's TLS handshake in the connection's task, bound
 by ``ssl_handshake_timeout`` alone: at shutdown it waited for a client that never finished
 one until the grace period ran out. The handshake ends with the server here.
@@ -26,6 +36,7 @@ one until the grace period ran out. The handshake ends with the server here.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import math
@@ -35,6 +46,7 @@ import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import anyio
 import sniffio
 
 from ._exceptions import ServeError
@@ -47,6 +59,8 @@ logger = logging.getLogger("streamkit")
 ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 #: Seconds between two warnings that accept fails for want of descriptors.
 ACCEPT_FAILURE_LOG_INTERVAL = 10.0
+#: Seconds between two tries at stopping hypercorn's asyncio worker once it is cancelled.
+CANCELLED_RETRY_INTERVAL = 0.1
 
 
 class _AcceptFailures:
@@ -152,8 +166,20 @@ def _worker() -> tuple[str, Callable[..., Awaitable[None]]]:
     raise ServeError(f"hypercorn cannot run on the {library!r} event loop")
 
 
-async def hypercorn_serve(app: object, config: object, **options: object) -> None:
+async def hypercorn_serve(
+    app: object,
+    config: object,
+    *,
+    cancelled: Callable[[], Awaitable[None]],
+    stop_within: float,
+    **options: object,
+) -> None:
     """Run hypercorn's ``serve(app, config, **options)`` for the running event loop.
+
+    Cancelled on asyncio, it awaits *cancelled*, which must make hypercorn stop (its shutdown
+    trigger return, its connections go), every ``CANCELLED_RETRY_INTERVAL`` until hypercorn
+    has stopped, for at most *stop_within* seconds, shielded; then the cancellation goes on.
+    hypercorn's trio worker, made for trio's scoped cancellation, is cancelled as it is.
 
     :raises ServeError: the running event loop is neither asyncio nor trio.
     """
@@ -167,7 +193,7 @@ async def hypercorn_serve(app: object, config: object, **options: object) -> Non
         _end_handshakes_at_shutdown()
         await serve(app, config, **options)
         return
-    import asyncio  # the repair is of an asyncio task's cancellation count (see above)
+    import asyncio  # the repairs are of asyncio tasks' cancellations (see above)
 
     task = asyncio.current_task()
     assert task is not None
@@ -196,11 +222,45 @@ async def hypercorn_serve(app: object, config: object, **options: object) -> Non
 
     loop.set_exception_handler(handle)
     try:
-        await serve(app, config, **options)
+        await _stopped_when_cancelled(
+            serve(app, config, **options), cancelled=cancelled, stop_within=stop_within
+        )
     finally:
         loop.set_exception_handler(previous)
     while task.cancelling() > requested:
         task.uncancel()
+
+
+async def _stopped_when_cancelled(
+    serving: Awaitable[None], *, cancelled: Callable[[], Awaitable[None]], stop_within: float
+) -> None:
+    """Await hypercorn's asyncio *serving* in a task of its own, which a cancellation of this
+    one does not reach: *cancelled* stops it, and it is waited for (see the module's
+    docstring)."""
+    import asyncio  # the worker is kept from the cancellation of an asyncio task
+
+    worker = asyncio.ensure_future(serving)
+    try:
+        await asyncio.shield(worker)
+    except asyncio.CancelledError:
+        if worker.done():
+            raise
+        with anyio.CancelScope(shield=True), anyio.move_on_after(stop_within):
+            # Again until it has stopped: a connection the worker accepted meanwhile is
+            # stopped too.
+            while not worker.done():
+                await cancelled()
+                # Through shield(): a deadline passing must not cancel the worker.
+                with anyio.move_on_after(CANCELLED_RETRY_INTERVAL):
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await asyncio.shield(worker)
+        if not worker.done():
+            logger.warning(
+                "the server did not stop within %.3f s of its cancellation: its task is cancelled",
+                stop_within,
+            )
+            worker.cancel()
+        raise
 
 
 def being_cancelled() -> bool:

@@ -267,8 +267,9 @@ async def serve(
 
     Shutdown begins on SIGINT or SIGTERM, or when *shutdown_trigger* returns. Streams then
     drain (see :func:`graceful_shutdown_trigger`) and hypercorn stops, all within
-    *grace_period*. Cancelled instead, it cancels the app's lifespan too, on asyncio as on
-    trio.
+    *grace_period*. Cancelled instead, it stops at once, on asyncio as on trio: its
+    connections are closed without a drain, the app's lifespan is cancelled, the socket is
+    closed, and the cancellation goes on.
 
     :param app: the ASGI application.
     :param bind: ``HOST:PORT`` to listen on; port 0 picks a free one.
@@ -374,9 +375,26 @@ async def serve_announcing(
         config.bind = [f"fd://{sock.fileno()}"]
         config.graceful_timeout = grace_period
 
+        cut_short = False  # serve was cancelled
+
+        async def stop_at_once() -> None:
+            # hypercorn stops as after its trigger, with no drain and no graceful wait: it
+            # cancels its connections at once. The app's lifespan is cancelled, which ends
+            # hypercorn's wait for it to start, or to shut down. Its asyncio worker's
+            # connection can take the cancellation for its close's and serve on until its
+            # client leaves: the connections are aborted.
+            nonlocal cut_short
+            cut_short = True
+            config.graceful_timeout = 0
+            registering.cancel_lifespan()
+            waiting_for_trigger.cancel()
+            await _abort_left_connections((host, port))
+
         async def drain_then_stop() -> None:
             with waiting_for_trigger:
                 await trigger()
+            if cut_short:
+                return
             deadline = anyio.current_time() + grace_period
             await _drain(streams, deadline)
             # What is left of the grace period is hypercorn's, for its own connections.
@@ -397,7 +415,13 @@ async def serve_announcing(
                 if signalled is not None:
                     listening.start_soon(_listen_for_signals, signalled)
                 try:
-                    await hypercorn_serve(registering, config, shutdown_trigger=drain_then_stop)
+                    await hypercorn_serve(
+                        registering,
+                        config,
+                        shutdown_trigger=drain_then_stop,
+                        cancelled=stop_at_once,
+                        stop_within=grace_period,
+                    )
                 finally:
                     registering.cancel_lifespan()
                     _close_unadopted(descriptor, listening_inode)

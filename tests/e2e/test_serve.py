@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import logging
 import signal
 import sys
 import textwrap
+from typing import Any
 
 import anyio
 import anyio.lowlevel
 import pytest
+from anyio.abc import TaskStatus
 
 from streamkit import ServerSentEvent
 from streamkit._serve import ServerAddress
-from streamkit.testing import open_stream
+from streamkit.testing import open_leak_check, open_stream
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
@@ -83,3 +88,68 @@ async def test_the_caller_is_not_left_cancelled_after_serve_returns() -> None:
             await serve(Starlette(), bind="127.0.0.1:0", shutdown_trigger=anyio.lowlevel.checkpoint)
             task_group.cancel_scope.cancel()
         await anyio.lowlevel.checkpoint()  # still running: the task was not left cancelled
+
+
+#: Tries of a cancellation racing a client's connection as the server starts: before the fix,
+#: some 35 in 40 raised hypercorn's InvalidStateError on asyncio.
+RACES = 30
+
+
+async def test_serve_cancelled_as_a_client_connects_raises_only_the_cancellation(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # On asyncio, hypercorn's worker awaits in its own cleanup, which a cancel scope cancelled
+    # again at every await: with a connection open, it raised InvalidStateError ("Exception is
+    # not set.") in place of the cancellation, and left errors for asyncio to log.
+    from streamkit import App, serve
+
+    app = App()
+
+    @app.sse("/forever")
+    async def forever(request: object, send: Any) -> None:
+        await send("open")
+        await anyio.sleep_forever()
+
+    async def connect_and_read(address: ServerAddress) -> None:
+        # Closed by the server however far it got: refused, reset, or ended.
+        with contextlib.suppress(OSError, anyio.EndOfStream, anyio.BrokenResourceError):
+            stream = await anyio.connect_tcp(address.host, address.port)
+            async with stream:
+                await stream.send(b"GET /forever HTTP/1.1\r\nhost: test\r\n\r\n")
+                while await stream.receive():
+                    pass
+
+    outcomes: list[str] = []
+    for attempt in range(RACES):
+        serving = anyio.CancelScope()
+
+        async def run_serve(
+            serving: anyio.CancelScope, *, task_status: TaskStatus[ServerAddress]
+        ) -> None:
+            with serving:
+                try:
+                    await serve(
+                        app,
+                        bind="127.0.0.1:0",
+                        grace_period=GRACE,
+                        shutdown_trigger=anyio.sleep_forever,
+                        task_status=task_status,
+                    )
+                except anyio.get_cancelled_exc_class():
+                    outcomes.append("cancelled")
+                    raise
+                outcomes.append("returned")
+
+        with anyio.fail_after(GRACE + 5):
+            async with open_leak_check(within=2.0), anyio.create_task_group() as task_group:
+                address = await task_group.start(run_serve, serving)
+                task_group.start_soon(connect_and_read, address)
+                for _ in range(attempt % 10):
+                    await anyio.lowlevel.checkpoint()
+                await anyio.sleep(0.002 * (attempt // 10))
+                serving.cancel()
+        with pytest.raises(OSError, match="connection attempts failed"):  # no longer listening
+            await anyio.connect_tcp(address.host, address.port)
+    assert outcomes == ["cancelled"] * RACES
+    gc.collect()  # an exception nobody retrieved is logged as its future is collected
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
