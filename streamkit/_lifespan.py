@@ -118,6 +118,8 @@ class LifespanScope:
         remaining = max(deadline - anyio.current_time(), _TASKS_CLEANUP_FLOOR)
         with anyio.move_on_after(remaining, shield=True) as tasks:
             await self._tasks_done.wait()
+        if drain.cancelled_caught:
+            self.streams.overran()
         if drain.cancelled_caught or tasks.cancelled_caught:
             logger.warning(
                 "App shutdown exceeded its grace period of %.3f s: %d streams running, tasks %s",

@@ -28,6 +28,8 @@ class _Tracked(Protocol):
 
     def shutdown(self) -> None: ...
 
+    def overran(self) -> None: ...
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ActiveStream:
@@ -128,6 +130,12 @@ class StreamRegistry:
         self._notify()
         for stream in list(self._active.values()):
             stream.shutdown()
+
+    def overran(self) -> None:
+        """The grace period of a drain has ended with streams still running: each says if its
+        producer refuses its cancellation, before the server cuts it or waits for it."""
+        for stream in list(self._active.values()):
+            stream.overran()
 
     @contextmanager
     def stopping_with(self, handler: Callable[[BaseException], None]) -> Iterator[None]:

@@ -137,6 +137,7 @@ class _Stream(Generic[ItemT]):
         "_pending_since",
         "_producer_scope",
         "_receive",
+        "_refusal_said",
         "_registry",
         "_reported",
         "_returned",
@@ -207,6 +208,7 @@ class _Stream(Generic[ItemT]):
         self.started_at = self._clock()
         self._cleanup_duration = 0.0
         self._returned = False  # the producer's body has returned or raised
+        self._refusal_said = False  # that the producer refuses its cancellation
         # Set while the end is decided and the producer's body still runs (see decide()).
         self._bound_timer: Timer | None = None
         self._registry: StreamRegistry | None = None
@@ -395,6 +397,18 @@ class _Stream(Generic[ItemT]):
         """End the stream for a graceful shutdown (called by the registry's drain)."""
         self.decide(EndReason.SHUTDOWN)
 
+    def overran(self) -> None:
+        """The grace period of a shutdown ended with this stream running (called by the
+        registry): a producer whose body still runs after its cancellation refuses it, and
+        is named now, before the server cuts it (on asyncio, through its shield, with no
+        word of its own) or waits for it (on trio)."""
+        if self.cancelled and not self._returned:
+            self._say_refusal(
+                "it still runs at the end of the server's grace period, after the stream ended "
+                f"({self.reason.value if self.reason else '?'}); the server cuts it now, or on "
+                "trio waits for it"
+            )
+
     def snapshot(self) -> ActiveStream:
         return ActiveStream(
             path=self.path,
@@ -558,8 +572,11 @@ class _Stream(Generic[ItemT]):
             )
 
     def producer_name(self) -> str:
-        """The producer's qualified name, for a log line."""
+        """The producer's qualified name, for a log line: an App's route hands the function
+        its request through a ``functools.partial``, whose repr would name the request too."""
         content = self.body.content
+        while isinstance(content, partial):
+            content = content.func
         return str(getattr(content, "__qualname__", None) or repr(content))
 
     async def _close(self, aclose: Callable[[], Awaitable[object]] | None) -> None:
@@ -646,15 +663,25 @@ class _Stream(Generic[ItemT]):
     def _abandon_producer(self) -> None:
         assert self.reason is not None
         assert self._registry is not None
-        report_fault(
-            f"stream {printable(self.path)}: producer {self.producer_name()} refuses "
-            f"cancellation: it still runs {self.options.cleanup_timeout} s (cleanup_timeout) "
-            f"after the stream ended ({self.reason.value}); the stream is reported ended and "
-            "the producer abandoned. It must not catch the cancellation "
-            "(anyio.get_cancelled_exc_class()) without raising it again"
+        self._say_refusal(
+            f"it still runs {self.options.cleanup_timeout} s (cleanup_timeout) after the "
+            f"stream ended ({self.reason.value}); the stream is reported ended and the producer "
+            "abandoned"
         )
         self.buffer.close()  # the sender ends the body, unless the client is gone
         self._report(self._registry)
+
+    def _say_refusal(self, what: str) -> None:
+        """Report the producer's refusal of its cancellation (*what* it did), once."""
+        if self._refusal_said:
+            return
+        self._refusal_said = True
+        report_fault(
+            f"stream {printable(self.path)}: producer {self.producer_name()} refuses "
+            f"cancellation: {what}. It must not catch the cancellation "
+            "(anyio.get_cancelled_exc_class()) without raising it again, nor shield an await "
+            "that does not end"
+        )
 
     def _time_deadline(self) -> None:
         """``max_duration`` has passed: end the stream, unless its producer has returned (its

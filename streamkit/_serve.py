@@ -116,6 +116,7 @@ async def _drain(streams: StreamRegistry, deadline: float) -> None:
             len(left),
             ", ".join(sorted({repr(stream.path) for stream in left}))[:200],
         )
+        streams.overran()
 
 
 async def _abort_left_connections(address: tuple[str, int]) -> None:

@@ -14,13 +14,16 @@ from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp
 from support.ndjson_items import remaining_items
 
 from streamkit import (
+    App,
     EndReason,
     EventSourceResponse,
     NDJSONResponse,
     ServerSentEvent,
+    StreamEnd,
     StreamRegistry,
     StreamSender,
     graceful_shutdown_trigger,
@@ -171,3 +174,53 @@ async def test_graceful_shutdown_trigger_drains_before_hypercorn_stops() -> None
     assert events[-1].event == "shutdown"
     assert client.complete
     assert resource.closed.is_set()
+
+
+#: How long the stubborn producer below keeps its shield up: past the grace period it is given.
+SHIELDED = 2.0
+
+
+@pytest.mark.parametrize("served_by", ["response", "App"])
+async def test_a_producer_that_shields_itself_from_the_shutdown_is_reported_naming_it(
+    caplog: pytest.LogCaptureFixture, served_by: str
+) -> None:
+    # On asyncio hypercorn cancelled it through its shield at the end of the grace period,
+    # and nothing said it had refused the stream's cancellation; on trio nothing did either
+    # until cleanup_timeout (5 s) had passed.
+    ends: list[StreamEnd] = []
+
+    async def stubborn(send: StreamSender[str]) -> None:
+        await send("open")
+        with anyio.CancelScope(shield=True):
+            await anyio.sleep(SHIELDED)
+
+    def stream(request: Request) -> Response:
+        return EventSourceResponse(stubborn, on_end=ends.append)
+
+    grace = 0.5
+    app: ASGIApp = Starlette(routes=[Route("/stubborn", stream)])
+    if served_by == "App":
+        # Its route hands the producer its request through a partial, whose repr named the
+        # request too.
+        app = App(grace_period=grace)
+
+        @app.sse("/stubborn", on_end=ends.append)
+        async def route(request: Request, send: StreamSender[str]) -> None:
+            await stubborn(send)
+
+    with anyio.fail_after(SHIELDED + 10):
+        async with open_server(app, grace_period=grace) as server:
+            async with open_stream(server, "/stubborn") as client:
+                assert (await client.read_event()).data == "open"
+                took = await server.shutdown(within=SHIELDED + 5)
+    refusals = [r.getMessage() for r in caplog.records if "refuses cancellation" in r.getMessage()]
+    assert len(refusals) == 1, caplog.text
+    assert "stream /stubborn: producer " in refusals[0], refusals
+    named = "route" if served_by == "App" else "stubborn"
+    assert f".{named} refuses cancellation: " in refusals[0], refusals
+    assert "end of the server's grace period" in refusals[0], refusals
+    assert [end.reason for end in ends] == [EndReason.SHUTDOWN]
+    if sniffio.current_async_library() == "asyncio":
+        # Cut at the end of the grace period: hypercorn's asyncio cancellation goes through a
+        # shield. (A trio task is never left behind, shielded or not: the server waits for it.)
+        assert took < SHIELDED
