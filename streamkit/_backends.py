@@ -4,11 +4,12 @@ Besides this module, only the runtime's ``_loop`` names asyncio or trio; everyth
 streamkit imports anyio alone. hypercorn has no anyio worker, so serving means picking its
 asyncio or trio ``serve`` for the loop that is running.
 
-The repairs: on Python 3.11, hypercorn's asyncio worker ends its serve with an
-``asyncio.TaskGroup`` whose child raised to trigger the shutdown, which leaves one
-cancellation request counted on the *calling* task (``Task.cancelling()``) after serve has
-returned normally. An anyio cancel scope exited later in that task takes the leftover count
-for a native cancellation and raises ``CancelledError`` out of it. The count is put back.
+The repairs: hypercorn's asyncio worker runs in a task of its own (see below). On Python
+3.11 it ends its serve with an ``asyncio.TaskGroup`` whose child raised to trigger the
+shutdown, which leaves one cancellation request counted on the task that ran it
+(``Task.cancelling()``) after serve has returned normally: an anyio cancel scope exited later
+in the caller's task took the leftover count for a native cancellation and raised
+``CancelledError`` out of it. The worker's own task, discarded, takes the count instead.
 And :func:`being_cancelled` tells the HTTP/2 repair (``_hypercorn_h2``) when a connection's
 task is one that hypercorn's asyncio worker cancelled, as its task group is being shut down,
 and :func:`hand_over_nowait` lets it hand a stream's app a message without waiting.
@@ -195,9 +196,6 @@ async def hypercorn_serve(
         return
     import asyncio  # the repairs are of asyncio tasks' cancellations (see above)
 
-    task = asyncio.current_task()
-    assert task is not None
-    requested = task.cancelling()
     loop = asyncio.get_running_loop()
     previous = loop.get_exception_handler()
 
@@ -227,8 +225,6 @@ async def hypercorn_serve(
         )
     finally:
         loop.set_exception_handler(previous)
-    while task.cancelling() > requested:
-        task.uncancel()
 
 
 async def _stopped_when_cancelled(
