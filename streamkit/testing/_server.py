@@ -232,8 +232,8 @@ async def open_server(
     fatal: BaseException | None = None  # a KeyboardInterrupt or SystemExit serve() raised,
     # or a group holding one
     # The server stops the graceful way even when the block is cancelled (a deadline around
-    # it passed): cancelled with a connection open, hypercorn's asyncio worker raises an error
-    # of its own that would hide the block's. Cancelled only if it does not stop in time.
+    # it passed): its streams end as a shutdown ends them, and are reported, which the test
+    # may be about. Cancelled only if it does not stop in time.
     serving = anyio.CancelScope(shield=True)
     async with anyio.create_task_group() as task_group:
 
