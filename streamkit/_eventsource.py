@@ -548,8 +548,8 @@ class NDJSONStream(_Resuming[Any]):
             self._pending_size += len(chunk)
             if self._pending_size > self.max_event_size:
                 raise Unreadable(
-                    f"a line grew past {self.max_event_size} bytes without ending "
-                    f"({self._pending_size} read)",
+                    f"line {self._lines + 1} of the NDJSON body grew past "
+                    f"{self.max_event_size} bytes without ending ({self._pending_size} read)",
                     [],
                 )
             return []
@@ -578,14 +578,18 @@ class NDJSONStream(_Resuming[Any]):
         items = []
         for number, line in enumerate(lines, read + 1):
             if len(line) > limit:
-                raise Unreadable(f"a line is longer than {limit} bytes", self._identified(items))
+                fault = f"line {number} of the NDJSON body is longer than {limit} bytes"
+                raise Unreadable(fault, self._identified(items))
             try:
                 if line.strip():
                     items.append(read_json_line(line))
             except ValueError as exc:
                 fault = f"line {number} of the NDJSON body {exc}"
                 raise Unreadable(fault, self._identified(items)) from None
-        fault = f"a line grew past {limit} bytes without ending ({self._pending_size} read)"
+        fault = (
+            f"line {self._lines + 1} of the NDJSON body grew past {limit} bytes without ending "
+            f"({self._pending_size} read)"
+        )
         raise Unreadable(fault, self._identified(items))
 
     def _identified(self, items: list[Any]) -> list[Any]:

@@ -292,7 +292,16 @@ async def test_many_small_events_and_heartbeats_pass_a_small_max_event_size() ->
             r"""line 2 of the NDJSON body is not UTF-8 \(.*\): b'"\\xff"'""",
             [{"n": 1}],
         ),
-        (b'{"n": 1}\n' + b"1" * 5000, "a line grew past 4096 bytes without ending", [{"n": 1}]),
+        (
+            b'{"n": 1}\n' + b"1" * 5000,
+            "line 2 of the NDJSON body grew past 4096 bytes without ending",
+            [{"n": 1}],
+        ),
+        (
+            b'{"n": 1}\n{"n": 2}\n' + b"1" * 5000 + b"\n",
+            "line 3 of the NDJSON body is longer than 4096 bytes",
+            [{"n": 1}, {"n": 2}],
+        ),
         # What Python's json cannot read: a RecursionError came out of the iteration.
         (
             b'{"n": 1}\n' + b"[" * 4000 + b"\n",
@@ -300,7 +309,7 @@ async def test_many_small_events_and_heartbeats_pass_a_small_max_event_size() ->
             [{"n": 1}],
         ),
     ],
-    ids=["not JSON", "not UTF-8", "too long", "too deep"],
+    ids=["not JSON", "not UTF-8", "too long", "too long, ended", "too deep"],
 )
 async def test_an_ndjson_line_that_cannot_be_read_is_an_upstream_error_naming_it(
     body: bytes, named: str, before: list[object]
@@ -468,7 +477,9 @@ async def test_an_ndjson_compression_bomb_is_refused_having_decoded_little_past_
         open_raw_upstream(lambda n: ndjson(body, encoding="gzip")) as upstream,
         open_ndjson_stream(upstream.url, backoff=EXACT, max_event_size=4096) as stream,
     ):
-        with pytest.raises(UpstreamError, match="a line grew past 4096 bytes") as caught:
+        with pytest.raises(
+            UpstreamError, match="line 1 of the NDJSON body grew past 4096 bytes"
+        ) as caught:
             with anyio.fail_after(10):
                 await anext(stream)
     assert bytes_read(caught.value) <= 4096 + DECODED_PIECE
