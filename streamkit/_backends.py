@@ -37,7 +37,6 @@ one until the grace period ran out. The handshake ends with the server here.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import math
@@ -241,22 +240,35 @@ async def _stopped_when_cancelled(
     except asyncio.CancelledError:
         if worker.done():
             raise
-        with anyio.CancelScope(shield=True), anyio.move_on_after(stop_within):
+        with anyio.CancelScope(shield=True):
             # Again until it has stopped: a connection the worker accepted meanwhile is
-            # stopped too.
-            while not worker.done():
+            # stopped too. The bound is read off the clock, not a scope's deadline around the
+            # loop: a wait cut by this scope and one cut by that deadline both raise
+            # CancelledError, and taking the one for the other looped for good.
+            given_up = anyio.current_time() + stop_within
+            while not worker.done() and (left := given_up - anyio.current_time()) > 0:
                 await cancelled()
-                # Through shield(): a deadline passing must not cancel the worker.
-                with anyio.move_on_after(CANCELLED_RETRY_INTERVAL):
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await asyncio.shield(worker)
+                # Through shield(): the wait ending must not cancel the worker.
+                with anyio.move_on_after(min(CANCELLED_RETRY_INTERVAL, left)):
+                    await asyncio.shield(worker)
         if not worker.done():
             logger.warning(
                 "the server did not stop within %.3f s of its cancellation: its task is cancelled",
                 stop_within,
             )
             worker.cancel()
+            worker.add_done_callback(_say_late_failure)
         raise
+
+
+def _say_late_failure(worker: Any) -> None:
+    """Say what hypercorn's asyncio worker raised after a cancelled serve gave it up: nobody
+    awaits it, and asyncio would log it as never retrieved, at some later collection."""
+    if not worker.cancelled() and (exc := worker.exception()) is not None:
+        logger.error(
+            "the server's task, given up after its cancellation, failed",
+            exc_info=(type(exc), exc, exc.__traceback__),
+        )
 
 
 def being_cancelled() -> bool:
