@@ -107,15 +107,23 @@ async def test_request_heads_sent_a_byte_at_a_time_are_closed_at_the_keep_alive_
         assert hello.calls == 1
 
 
+async def idle_keep_alive_connections(
+    server: LiveServer, count: int
+) -> list[anyio.abc.SocketStream]:
+    """*count* connections to *server*, each answered once and kept open, idle."""
+    idle = []
+    for _ in range(count):
+        connection = await anyio.connect_tcp(server.host, server.port)
+        await connection.send(b"GET / HTTP/1.1\r\nhost: test\r\n\r\n")
+        with anyio.fail_after(5):
+            assert (await connection.receive()).startswith(b"HTTP/1.1 200 ")
+        idle.append(connection)
+    return idle
+
+
 async def test_idle_keep_alive_connections_are_closed_at_the_keep_alive_timeout() -> None:
     async with open_server(Hello().app, grace_period=GRACE) as server:
-        idle = []
-        for _ in range(500):
-            connection = await anyio.connect_tcp(server.host, server.port)
-            await connection.send(b"GET / HTTP/1.1\r\nhost: test\r\n\r\n")
-            with anyio.fail_after(5):
-                assert (await connection.receive()).startswith(b"HTTP/1.1 200 ")
-            idle.append(connection)
+        idle = await idle_keep_alive_connections(server, 500)
         async with anyio.create_task_group() as task_group:
             for connection in idle:
                 task_group.start_soon(closed_within, connection, KEEP_ALIVE + MARGIN)
@@ -125,13 +133,7 @@ async def test_idle_keep_alive_connections_are_closed_at_the_keep_alive_timeout(
 
 async def test_unfinished_and_idle_connections_do_not_hold_the_shutdown() -> None:
     async with open_server(Hello().app, grace_period=GRACE) as server:
-        idle = []
-        for _ in range(50):
-            connection = await anyio.connect_tcp(server.host, server.port)
-            await connection.send(b"GET / HTTP/1.1\r\nhost: test\r\n\r\n")
-            with anyio.fail_after(5):
-                await connection.receive()
-            idle.append(connection)
+        idle = await idle_keep_alive_connections(server, 50)
         slow = [await anyio.connect_tcp(server.host, server.port) for _ in range(50)]
         async with anyio.create_task_group() as task_group:
             for connection in slow:
