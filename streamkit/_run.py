@@ -35,7 +35,7 @@ from ._app import App
 from ._checks import check_count, check_duration
 from ._exceptions import ServeError
 from ._logs import configure_run_logging
-from ._serve import ServerAddress, bind_socket, serve_announcing
+from ._serve import ServerAddress, bind_socket, serve
 from ._tls import TLSConfig, apply_tls, check_tls
 
 __all__ = ["import_app", "main", "run"]
@@ -190,7 +190,7 @@ async def _serve_here(
     app: ASGIApp, *, sock: socket.socket, grace_period: float, tls: TLSConfig | None
 ) -> None:
     # Not in a task group, whose exception group would hide serve's errors from main().
-    await serve_announcing(
+    await serve(
         app,
         sock=sock,
         grace_period=grace_period,
@@ -375,7 +375,7 @@ async def _serve_socket(
         serving.send_bytes(b"serving")  # a few bytes into an empty pipe: it does not block
         serving.close()
 
-    await serve_announcing(
+    await serve(
         app,
         sock=sock,
         grace_period=grace_period,

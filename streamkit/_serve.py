@@ -33,7 +33,7 @@ from anyio.abc import TaskStatus
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ._backends import hypercorn_serve
-from ._checks import check_duration, check_type
+from ._checks import check_callable, check_duration, check_type
 from ._connections import abort_accepted
 from ._exceptions import ServeError
 from ._hypercorn_h2 import bound_h2_streams
@@ -263,6 +263,7 @@ async def serve(
     sock: socket.socket | None = None,
     tls: TLSConfig | None = None,
     task_status: TaskStatus[ServerAddress] = anyio.TASK_STATUS_IGNORED,
+    on_serving: Callable[[ServerAddress], None] | None = None,
 ) -> None:
     """Serve *app* with hypercorn on the running backend (asyncio or trio) until shut down.
 
@@ -294,10 +295,14 @@ async def serve(
     :param task_status: for ``TaskGroup.start``: started with the :class:`ServerAddress`
         once the socket listens. A client may connect from then on; hypercorn answers it once
         the app's lifespan has started.
+    :param on_serving: called with the :class:`ServerAddress` once the server answers: once
+        the app's lifespan has started (or the app has none); never if it fails.
+        ``streamkit run`` says "serving on" then.
     :raises ServeError: the address could not be bound, or a TLS file is missing,
         unreadable or malformed (raised before anything is bound), or the app's lifespan
         failed at startup or at shutdown (the message holds what the app said: its traceback).
-    :raises TypeError: *tls* is not a :class:`~streamkit.TLSConfig`.
+    :raises TypeError: *tls* is not a :class:`~streamkit.TLSConfig`, or *on_serving* is not
+        callable.
     :raises KeyboardInterrupt: a producer raised it; the server stopped gracefully first.
     :raises SystemExit: a producer raised it; the server stopped gracefully first.
     :raises BaseExceptionGroup: a producer raised one holding a ``KeyboardInterrupt`` or
@@ -305,41 +310,11 @@ async def serve(
     :raises Exception: what escaped a task of an :class:`~streamkit.App`'s task group (as
         an exception group); the server stopped gracefully first.
     """
-    await serve_announcing(
-        app,
-        bind=bind,
-        grace_period=grace_period,
-        stalled_connection_timeout=stalled_connection_timeout,
-        shutdown_trigger=shutdown_trigger,
-        streams=streams,
-        config=config,
-        sock=sock,
-        tls=tls,
-        task_status=task_status,
-    )
-
-
-async def serve_announcing(
-    app: ASGIApp,
-    *,
-    bind: str = "127.0.0.1:8000",
-    grace_period: float = 15.0,
-    stalled_connection_timeout: float | None = 10.0,
-    shutdown_trigger: ShutdownTrigger | None = None,
-    streams: StreamRegistry | None = None,
-    config: object | None = None,
-    sock: socket.socket | None = None,
-    tls: TLSConfig | None = None,
-    task_status: TaskStatus[ServerAddress] = anyio.TASK_STATUS_IGNORED,
-    on_serving: Callable[[ServerAddress], None] | None = None,
-) -> None:
-    """:func:`serve`, calling *on_serving* with the address once the server answers: once the
-    app's lifespan has started (*task_status* is told as the socket listens, before), not at
-    all if it fails. ``streamkit run`` says "serving on" then."""
     from hypercorn.config import Config
 
     check_duration("grace_period", grace_period)
     check_duration("stalled_connection_timeout", stalled_connection_timeout, optional=True)
+    check_callable("on_serving", on_serving, optional=True)
     if config is None:
         config = Config()
     if not isinstance(config, Config):

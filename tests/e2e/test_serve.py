@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 import textwrap
+from functools import partial
 from typing import Any
 
 import anyio
@@ -153,3 +154,49 @@ async def test_serve_cancelled_as_a_client_connects_raises_only_the_cancellation
     assert outcomes == ["cancelled"] * RACES
     gc.collect()  # an exception nobody retrieved is logged as its future is collected
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+async def test_on_serving_is_called_once_the_lifespan_has_started() -> None:
+    from contextlib import asynccontextmanager
+
+    from starlette.applications import Starlette
+
+    from streamkit import serve
+
+    started = anyio.Event()
+    said: list[tuple[bool, ServerAddress]] = []
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> Any:
+        await anyio.sleep(0.2)  # a slow startup: the socket listens meanwhile
+        started.set()
+        yield
+
+    serving = anyio.Event()
+
+    def on_serving(where: ServerAddress) -> None:
+        said.append((started.is_set(), where))
+        serving.set()
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as task_group:
+            address = await task_group.start(
+                partial(
+                    serve,
+                    Starlette(lifespan=lifespan),
+                    bind="127.0.0.1:0",
+                    grace_period=GRACE,
+                    shutdown_trigger=serving.wait,
+                    on_serving=on_serving,
+                )
+            )
+    assert said == [(True, address)]
+
+
+async def test_an_on_serving_that_is_not_callable_is_refused_before_anything_listens() -> None:
+    from starlette.applications import Starlette
+
+    from streamkit import serve
+
+    with pytest.raises(TypeError, match="on_serving must be callable, got str: 'ready'"):
+        await serve(Starlette(), bind="127.0.0.1:0", on_serving="ready")  # type: ignore[arg-type]
