@@ -10,7 +10,6 @@ or SIGTERM it sends SIGTERM to every worker and waits while each drains its stre
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib
 import logging
 import multiprocessing
@@ -36,7 +35,7 @@ from ._checks import check_count, check_duration
 from ._exceptions import ServeError
 from ._logs import configure_run_logging
 from ._serve import ServerAddress, bind_socket, serve
-from ._tls import TLSConfig, apply_tls, check_tls
+from ._tls import HANDSHAKE_TIMEOUT, TLSConfig, apply_tls, check_tls
 
 __all__ = ["import_app", "main", "run"]
 
@@ -417,17 +416,6 @@ def _seconds_or_off(text: str) -> float | None:
     return None if text == "off" else _seconds(text)
 
 
-def _tls_default(name: str) -> float:
-    """TLSConfig's default for *name*, which a flag left out keeps."""
-    (field,) = [field for field in dataclasses.fields(TLSConfig) if field.name == name]
-    assert isinstance(field.default, float)
-    return field.default
-
-
-#: ``--tls-handshake-timeout``'s default.
-_HANDSHAKE_TIMEOUT = _tls_default("handshake_timeout")
-
-
 def _directory(text: str) -> str:
     """``--app-dir``: one that does not exist would be searched for nothing."""
     if not os.path.isdir(text):
@@ -488,7 +476,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         metavar="SECONDS",
         help="close a TLS connection whose handshake is not done this long after its accept "
-        f"(with --certfile); default: {_HANDSHAKE_TIMEOUT:g}",
+        f"(with --certfile); default: {HANDSHAKE_TIMEOUT:g}",
     )
     command.add_argument(
         "--app-dir",
@@ -503,7 +491,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if arguments.client_ca is not None and arguments.certfile is None:
         parser.error("--client-ca needs --certfile and --keyfile")
     if arguments.tls_handshake_timeout is None:
-        arguments.tls_handshake_timeout = _HANDSHAKE_TIMEOUT
+        arguments.tls_handshake_timeout = HANDSHAKE_TIMEOUT
     elif arguments.certfile is None:
         parser.error("--tls-handshake-timeout needs --certfile and --keyfile")
     sys.path.insert(0, os.path.abspath(arguments.app_dir))

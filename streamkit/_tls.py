@@ -23,12 +23,16 @@ from typing import Any
 from ._checks import check_duration, check_path
 from ._exceptions import ServeError
 
-__all__ = ["TLSConfig", "apply_tls", "check_tls"]
+__all__ = ["HANDSHAKE_TIMEOUT", "TLSConfig", "apply_tls", "check_tls"]
 
 #: What a server with a certificate offers by ALPN, in order of preference.
 ALPN_PROTOCOLS = ("h2", "http/1.1")
 
 Path = str | os.PathLike[str]
+
+
+#: Seconds a TLS handshake may take from the connection's accept, unless told otherwise.
+HANDSHAKE_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -53,7 +57,7 @@ class TLSConfig:
     certfile: Path
     keyfile: Path
     client_ca: Path | None = None
-    handshake_timeout: float = 10.0
+    handshake_timeout: float = HANDSHAKE_TIMEOUT
 
     def __post_init__(self) -> None:
         check_path("certfile", self.certfile)
