@@ -53,8 +53,13 @@ EXIT_BOUND = 2.0
 START_BOUND = 30.0
 #: A request body larger than a stream route keeps unread and than the sockets' buffers.
 LARGE_BODY = 32 * 1024 * 1024
+#: The cleanup_timeout of a route whose producer shields itself from its cancellation...
+STUBBORN_CLEANUP = 0.5
+#: ...for this long: past that timeout, within the servers' grace period.
+SHIELDED = 2.0
 
-SERVICE = """
+SERVICE = (
+    """
 import os
 import time
 from contextlib import asynccontextmanager
@@ -212,7 +217,17 @@ async def app_events(request, send):
 @app.sse("/upload/{name}", methods=["POST"], on_end=on_end)
 async def app_upload(request, send):  # the body is never read
     await producer(request)(send)
+
+
+@app.sse("/stubborn/{name}", on_end=on_end, cleanup_timeout=STUBBORN_CLEANUP)
+async def app_stubborn(request, send):  # refuses its cancellation for SHIELDED s
+    await send(ServerSentEvent(data="open"))
+    with anyio.CancelScope(shield=True):
+        await anyio.sleep(SHIELDED)
 """.replace("SEND_TIMEOUT", repr(SEND_TIMEOUT))
+    .replace("STUBBORN_CLEANUP", repr(STUBBORN_CLEANUP))
+    .replace("SHIELDED", repr(SHIELDED))
+)
 
 
 @dataclass(frozen=True)
@@ -445,6 +460,32 @@ async def test_shutdown_of_an_app_with_a_client_that_stopped_reading(
     assert farewell < FAREWELL_BOUND
     # The stalled write is given up at send_timeout; then its connection is let go.
     assert exit_time < SEND_TIMEOUT + EXIT_BOUND
+
+
+async def test_an_app_producer_that_refuses_the_shutdown_is_named_and_let_go(
+    server: Server, tmp_path: Path
+) -> None:
+    # The drain that names such a producer ran under streamkit's own server only, in the
+    # tests; the App's lifespan drain runs under uvicorn only after its connections closed.
+    async with running(server.command("service:app"), tmp_path) as service:
+        async with open_stream(service, "/stubborn/stubborn") as client:
+            assert (await client.read_event()).data == "open"
+            signalled_at = service.signal_and_time()
+            # Let go once its cleanup_timeout has passed, the producer still shielded: the
+            # farewell, the end of the body, the end reported.
+            farewell = await farewell_after(client, signalled_at)
+            ended_at = await service.wait_line("end stubborn ", within=SHIELDED)
+        exited_at = await service.wait_exit(within=GRACE + 5)
+    assert service.printed("end stubborn ") == ["end stubborn shutdown cleanup=False"]
+    refusals = [line for line in service.stderr if "refuses cancellation" in line]
+    assert len(refusals) == 1, "\n".join(service.stderr)
+    assert "stream /stubborn/stubborn: producer app_stubborn refuses cancellation" in refusals[0]
+    for let_go in (farewell, ended_at - signalled_at):
+        assert STUBBORN_CLEANUP <= let_go < STUBBORN_CLEANUP + 1.0
+    # The server does not cut a shielded trio task (nor, within its grace period, any
+    # other): it exits once the producer has returned.
+    assert exited_at - signalled_at < SHIELDED + EXIT_BOUND
+    assert service.process.returncode == server.exit_status, "\n".join(service.stderr)
 
 
 #: The README's quickstart, on a free port, and a route whose library logs at INFO.
