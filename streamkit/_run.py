@@ -487,13 +487,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     arguments = parser.parse_args(argv)
     if (arguments.certfile is None) != (arguments.keyfile is None):
-        parser.error("--certfile and --keyfile go together")
+        command.error("--certfile and --keyfile go together")
     if arguments.client_ca is not None and arguments.certfile is None:
-        parser.error("--client-ca needs --certfile and --keyfile")
+        command.error("--client-ca needs --certfile and --keyfile")
     if arguments.tls_handshake_timeout is None:
         arguments.tls_handshake_timeout = HANDSHAKE_TIMEOUT
     elif arguments.certfile is None:
-        parser.error("--tls-handshake-timeout needs --certfile and --keyfile")
+        command.error("--tls-handshake-timeout needs --certfile and --keyfile")
     sys.path.insert(0, os.path.abspath(arguments.app_dir))
     try:
         tls = (

@@ -85,14 +85,16 @@ def test_the_tls_handshake_timeout_flag_reaches_the_tls_config(
             ["--tls-handshake-timeout", "1"],
             "--tls-handshake-timeout needs --certfile and --keyfile",
         ),
+        (["--client-ca", "ca.pem"], "--client-ca needs --certfile and --keyfile"),
     ],
 )
-def test_a_bad_tls_handshake_timeout_flag_is_a_usage_error_naming_it(
+def test_a_bad_tls_flag_is_a_usage_error_of_run_naming_it(
     capsys: pytest.CaptureFixture[str], options: list[str], message: str
 ) -> None:
     with pytest.raises(SystemExit) as exited:
         streamkit._run.main(["run", "service:app", *options])
     assert exited.value.code == 2
     stderr = capsys.readouterr().err
-    assert stderr.startswith("usage: python -m streamkit"), stderr
-    assert message in stderr, stderr
+    # run's usage, as for any other of its flags: the command's own, not the top level's.
+    assert stderr.startswith("usage: python -m streamkit run "), stderr
+    assert f"python -m streamkit run: error: {message}" in stderr, stderr

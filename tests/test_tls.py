@@ -147,4 +147,6 @@ def test_the_command_line_wants_certificate_and_key_together(
     with pytest.raises(SystemExit) as exit_info:
         main(["run", "starlette.applications:Starlette", "--certfile", "cert.pem"])
     assert exit_info.value.code == 2
-    assert "--certfile and --keyfile go together" in capsys.readouterr().err
+    stderr = capsys.readouterr().err
+    assert stderr.startswith("usage: python -m streamkit run "), stderr
+    assert "python -m streamkit run: error: --certfile and --keyfile go together" in stderr
