@@ -16,7 +16,7 @@ import json
 import re
 import reprlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 __all__ = [
@@ -80,9 +80,13 @@ class _Shown(reprlib.Repr):
 
     Lists, tuples, dicts and sets are shown element by element, in their own order (reprlib
     sorts dicts and sets, all their keys), a container met again inside itself as repr()
-    shows it (``[...]``); a str or bytes from its first characters; anything else by its own
-    repr(), which may raise (an int past the digit limit does). Every value costs at least
-    one character of the budget, so a tree of empty lists stops there too.
+    shows it (``[...]``); a str or bytes from its first characters; so is a subclass of list,
+    tuple, dict, str or bytes that keeps its base's repr (which does not name the subclass). A
+    dataclass instance whose repr is the one ``@dataclass`` wrote, and a Pydantic model whose
+    repr is ``BaseModel``'s, are shown field by field as those reprs show them. Anything else
+    is shown by its own repr(), which may raise (an int past the digit limit does). Every
+    value costs at least one character of the budget, so a tree of empty lists stops there
+    too.
     """
 
     def __init__(self) -> None:
@@ -101,20 +105,45 @@ class _Shown(reprlib.Repr):
             return self.fillvalue
         self._left -= 1
         kind = type(x)
-        if kind in _CONTAINERS:
-            if id(x) in self._open:
-                return _CONTAINERS[kind]
-            self._open.add(id(x))
-            try:
-                return super().repr1(x, level)  # its elements counted themselves
-            finally:
-                self._open.discard(id(x))
-        if kind is str or kind is bytes or kind is bytearray:
-            text = repr(x[: self.maxstring])
-        else:
-            text = repr(x)  # an int past the digit limit raises, as repr() does
-        self._left -= len(text)
-        return text
+        shape = kind if kind in _SHAPES else _SHAPES_BY_REPR.get(kind.__repr__)
+        if shape is None:
+            fields = _fields(x, kind)
+            if fields is None:
+                text = repr(x)  # an int past the digit limit raises, as repr() does
+                self._left -= len(text)
+                return text
+            name, pairs = fields
+            return self._opened(x, "...", lambda: self._call(name, pairs, level))
+        if shape is str or shape is bytes or shape is bytearray:
+            text = repr(shape.__getitem__(x, slice(0, self.maxstring)))
+            self._left -= len(text)
+            return text
+        # Its elements count themselves.
+        show = getattr(self, f"repr_{shape.__name__}")
+        return self._opened(x, _CONTAINERS[shape], lambda: show(x, level))
+
+    def _opened(self, x: object, again: str, show: Callable[[], str]) -> str:
+        """*show()* for the container *x*, or *again* if it is met inside itself."""
+        if id(x) in self._open:
+            return again
+        self._open.add(id(x))
+        try:
+            return show()
+        finally:
+            self._open.discard(id(x))
+
+    def _call(self, name: str, pairs: Iterable[tuple[str | None, Any]], level: int) -> str:
+        """``name(key=value, ...)``, as a dataclass's or a Pydantic model's repr shows it."""
+        if level <= 0:
+            return f"{name}({self.fillvalue})"
+        pieces = []
+        for key, value in pairs:
+            if self._left <= 0:
+                pieces.append(self.fillvalue)
+                break
+            text = self.repr1(value, level - 1)
+            pieces.append(text if key is None else f"{key}={text}")
+        return f"{name}({', '.join(pieces)})"
 
     def repr_dict(self, x: dict[Any, Any], level: int) -> str:
         if not x:
@@ -155,6 +184,32 @@ _CONTAINERS: dict[type, str] = {
     set: "{...}",
     frozenset: "frozenset({...})",
 }
+
+
+#: The types shown by shape, and the builtins whose repr a subclass may keep (set's,
+#: frozenset's and bytearray's name the subclass: such a subclass is shown by its own repr).
+_SHAPES = frozenset([list, tuple, dict, set, frozenset, str, bytes, bytearray])
+_SHAPES_BY_REPR: dict[object, type] = {
+    shape.__repr__: shape for shape in (list, tuple, dict, str, bytes)
+}
+
+
+def _fields(x: object, kind: type) -> tuple[str, Iterable[tuple[str | None, Any]]] | None:
+    """The name and fields (key, value) that *x*'s repr shows, if that repr is a dataclass's
+    written by ``@dataclass`` or Pydantic's ``BaseModel``'s; else ``None``."""
+    pydantic = sys.modules.get("pydantic")
+    if pydantic is not None and kind.__repr__ is pydantic.BaseModel.__repr__:
+        return x.__repr_name__(), x.__repr_args__()  # type: ignore[attr-defined]
+    if dataclasses.is_dataclass(kind) and _written_by_dataclass(kind.__repr__):
+        fields = dataclasses.fields(kind)
+        return kind.__qualname__, ((f.name, getattr(x, f.name)) for f in fields if f.repr)
+    return None
+
+
+def _written_by_dataclass(method: object) -> bool:
+    # @dataclass writes its __repr__ as source text it runs, and wraps it against recursion.
+    code = getattr(getattr(method, "__wrapped__", None), "__code__", None)
+    return code is not None and code.co_filename == "<string>" and code.co_name == "__repr__"
 
 
 def shown(value: object) -> str:

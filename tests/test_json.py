@@ -5,7 +5,7 @@ import subprocess
 import sys
 import tracemalloc
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 from pydantic import BaseModel
@@ -159,6 +159,26 @@ def _tree(*, width: int, depth: int) -> list[object]:
     return tree
 
 
+class Text(str):
+    pass
+
+
+class Items(list[object]):
+    pass
+
+
+@dataclass
+class Note:
+    title: str
+    body: object
+    secret: str = field(default="hidden", repr=False)
+
+
+class Page(BaseModel):
+    number: int
+    lines: list[str]
+
+
 #: Huge values, each with a small piece of it that shows the same first 80 characters.
 HUGE: dict[str, tuple[Callable[[], object], object]] = {
     "str": (lambda: "x" * 10_000_000, "x" * 100),
@@ -171,6 +191,14 @@ HUGE: dict[str, tuple[Callable[[], object], object]] = {
     "set": (lambda: {frozenset(range(1_000_000))}, {frozenset(range(100))}),
     # 2.5 million empty lists: no text to cut it short but the brackets and commas.
     "tree": (lambda: _tree(width=40, depth=4), _tree(width=30, depth=4)),
+    # Their repr was made whole: a subclass keeping its base's, a dataclass's, a model's.
+    "str subclass": (lambda: Text("x" * 10_000_000), Text("x" * 100)),
+    "list subclass": (lambda: Items(range(1_000_000)), Items(range(100))),
+    "dataclass": (lambda: Note("t", "x" * 10_000_000), Note("t", "x" * 100)),
+    "pydantic model": (
+        lambda: Page(number=1, lines=["x" * 1000] * 10_000),
+        Page(number=1, lines=["x" * 100]),
+    ),
 }
 
 
@@ -210,6 +238,36 @@ def test_nesting_and_cycles_are_shown_as_repr_shows_them() -> None:
     value = {"b": 1, "a": {3, 2}, "t": (1,), "f": frozenset(), "s": set(), "e": b""}
     assert shown(value) == repr(value)
     assert shown("it's") == repr("it's")
+
+
+def test_dataclasses_models_and_subclasses_are_shown_as_their_repr_shows_them() -> None:
+    note = Note("t", [1, Text("é")], secret="s")  # a field with repr=False is not shown
+    looped = Note("loop", None)
+    looped.body = looped
+    model = Page(number=2, lines=["a"])
+    nested = Reading("s", Point(x=1), [0.5])
+    kept: list[object] = [note, looped, model, nested, Items([1, Items()]), Text("it's")]
+    for value in kept:
+        assert shown(value) == repr(value)
+
+    # A repr of their own, which is theirs to keep short, is called.
+    @dataclass
+    class Own:
+        value: str
+
+        def __repr__(self) -> str:
+            return "Own(...)"
+
+    class Marked(str):
+        def __repr__(self) -> str:
+            return f"Marked({str.__repr__(self)})"
+
+    class Tagged(set[int]):  # set's repr names the subclass
+        pass
+
+    their_own: list[object] = [Own("x"), Marked("m"), Tagged({1})]
+    for value in their_own:
+        assert shown(value) == repr(value)
 
 
 def test_a_refused_huge_item_is_named_in_bounded_memory() -> None:
