@@ -9,7 +9,9 @@ the client's flow-control window for the stream is 0, every take is empty. So a 
 stream whose reader stopped never waits: the buffer grows with whatever the application
 makes, and ``send_timeout`` never fires. Over HTTP/1.1 the socket itself holds the writer.
 
-Twelve changes, applied to the connections of servers that :func:`streamkit.serve` runs:
+Twelve changes, applied to the connections of servers that :func:`streamkit.serve` runs,
+and of the server a worker of the ``hypercorn`` command runs (see
+:func:`_bound_the_hypercorn_command`):
 
 - the writer is let go only once the buffer has fallen below half its high-water mark, so a
   stalled stream holds at most the buffer and one write, and its writer waits;
@@ -88,6 +90,7 @@ from hyperframe.frame import GoAwayFrame
 from priority.priority import PriorityError
 
 from ._backends import being_cancelled, hand_over_nowait
+from ._server_shutdown import hypercorn_worker_config
 
 __all__ = ["bound_h2_streams", "h2_streams_bounded"]
 
@@ -663,3 +666,16 @@ def bound_h2_streams(config: Any) -> bool:
 def h2_streams_bounded(config: Any) -> bool:
     """Whether the connections of servers running with *config* are repaired."""
     return config in _bounded_configs
+
+
+def _bound_the_hypercorn_command() -> None:
+    """Repair the connections of the server this process runs, if it is a worker of the
+    hypercorn command: its HTTP/2 streams get the bounds they have under streamkit's own
+    servers. Its worker imports the app, and streamkit with it, before it serves, so this
+    comes before its first connection."""
+    config = hypercorn_worker_config()
+    if config is not None:
+        bound_h2_streams(config)
+
+
+_bound_the_hypercorn_command()

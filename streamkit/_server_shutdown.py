@@ -51,7 +51,7 @@ import anyio.lowlevel
 from ._logs import show_stream_ends
 from ._registry import registry
 
-__all__ = ["arm_shutdown_watch", "served_by_streamkit"]
+__all__ = ["arm_shutdown_watch", "hypercorn_worker_config", "served_by_streamkit"]
 
 #: Set while a request runs under :func:`streamkit.serve`, which drains on its own.
 served_by_streamkit: contextvars.ContextVar[bool] = contextvars.ContextVar(
@@ -183,16 +183,29 @@ def _installed_by_a_server(number: int, handler: Any) -> bool:
     return True
 
 
-def _hypercorn_shutdown_event() -> Any:
-    """The event by which hypercorn's parent process tells this worker to shut down, if this
-    process is one of its workers."""
+def _hypercorn_worker_arguments() -> dict[str, Any]:
+    """What hypercorn's parent process handed this process, if it is one of its workers (the
+    hypercorn command's; its private hand-over), else nothing."""
     process = multiprocessing.current_process()
     target = getattr(process, "_target", None)
     if not getattr(target, "__module__", "").startswith("hypercorn."):
-        return None
+        return {}
     kwargs = getattr(process, "_kwargs", None)
-    event = kwargs.get("shutdown_event") if isinstance(kwargs, dict) else None
+    return kwargs if isinstance(kwargs, dict) else {}
+
+
+def _hypercorn_shutdown_event() -> Any:
+    """The event by which hypercorn's parent process tells this worker to shut down, if this
+    process is one of its workers."""
+    event = _hypercorn_worker_arguments().get("shutdown_event")
     return event if callable(getattr(event, "wait", None)) else None
+
+
+def hypercorn_worker_config() -> Any:
+    """The hypercorn ``Config`` this process serves with, if it is a worker of the hypercorn
+    command: the very object its connections are made with."""
+    config = _hypercorn_worker_arguments().get("config")
+    return config if hasattr(config, "h2_max_concurrent_streams") else None
 
 
 _watch: _ShutdownWatch | None = None

@@ -35,7 +35,7 @@ from support import service_process
 from support.service_process import Running, read_farewell
 from support.unavailable import require_modules
 
-from streamkit.testing import StreamClient, open_stream
+from streamkit.testing import H2StreamClient, StreamClient, open_h2_connection, open_stream
 from streamkit.testing._client import connect
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
@@ -600,6 +600,50 @@ async def test_a_hypercorn_worker_sent_sigterm_alone_drains_then_exits(
         await service.wait_exit(within=GRACE + 5)
     assert service.printed("end alone ") == ["end alone shutdown cleanup=True"]
     assert farewell < FAREWELL_BOUND
+
+
+@pytest.mark.parametrize("server", HYPERCORN, ids=[s.name for s in HYPERCORN], indirect=True)
+async def test_the_hypercorn_command_bounds_a_stalled_http2_stream_and_refuses_a_tunnel(
+    server: Server, tmp_path: Path
+) -> None:
+    """The hypercorn command serves HTTP/2 by prior knowledge (and by ALPN with a certificate)
+    as well as HTTP/1.1. Its HTTP/2 stream buffer let a write to a stream whose window is 0 go
+    on at once, so a stalled stream was buffered without bound and never timed out; and a
+    tunnel's CONNECT raised out of the connection, on trio out of the server. streamkit's
+    repair of hypercorn's HTTP/2 applied to its own servers only."""
+    async with running(server.command("service:plain"), tmp_path) as service:
+        async with open_h2_connection(service) as connection:
+            stalled_path = f"/events/h2stalled?size=16384&period=0.001&send_timeout={SEND_TIMEOUT}"
+            async with (
+                connection.open_stream(stalled_path) as stalled,
+                connection.open_stream("/events/h2live") as live,
+            ):
+                stalled.stall()
+                await service.wait_line("stuck h2stalled")
+                stuck_at = anyio.current_time()
+                # Reading the other stream drives the connection; the stalled one is held by
+                # its window alone.
+                with anyio.fail_after(SEND_TIMEOUT + 5):
+                    while not service.printed("end h2stalled "):
+                        await live.read_event()
+                ended_after = anyio.current_time() - stuck_at
+                stream_id = connection._h2.get_next_available_stream_id()
+                tunnel = H2StreamClient(connection, stream_id)
+                connection._streams[stream_id] = tunnel
+                # h2 checks what it sends against the extended CONNECT it also knows.
+                connection._h2.config.validate_outbound_headers = False
+                head = [(":method", "CONNECT"), (":authority", "a:1")]
+                connection._h2.send_headers(stream_id, head)
+                await connection._flush()
+                with anyio.fail_after(5):
+                    assert await tunnel.read_all() == b""
+                    assert tunnel.status == 405
+                    await live.read_event()  # the connection, and the server, go on
+        service.signal_and_time()
+        await service.wait_exit(within=GRACE + 5)
+    assert service.printed("end h2stalled ") == ["end h2stalled send_timeout cleanup=True"]
+    assert ended_after < SEND_TIMEOUT + 1.0
+    assert service.printed("end h2live ") == ["end h2live client_disconnected cleanup=True"]
 
 
 #: uvicorn's --workers supervisor looks at its exit flag every 0.5 s before it passes SIGTERM
