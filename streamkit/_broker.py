@@ -38,6 +38,7 @@ from ._topics import (
     SlowSubscriberPolicy,
     check_topic,
     event_fields,
+    events_fields,
     format_event_id,
     parse_event_id,
 )
@@ -192,7 +193,7 @@ class MemoryBroker(TopicHub):
         check_topic(topic)
         size = self.max_event_size
         # All checked before any is published.
-        fields = [event_fields(event, topic=topic, max_size=size) for event in events]
+        fields = events_fields(events, topic=topic, max_size=size)
         self._check_open(topic)
         await anyio.lowlevel.checkpoint()
         self._check_open(topic)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from streamkit import ServerSentEvent
@@ -10,6 +12,7 @@ from streamkit._topics import (
     DEFAULT_MAX_EVENT_SIZE,
     check_topic,
     event_fields,
+    events_fields,
     format_event_id,
     parse_event_id,
 )
@@ -95,3 +98,35 @@ def test_an_id_is_refused_saying_who_gives_ids() -> None:
 def test_what_is_not_an_event_is_a_type_error_naming_it(event: object) -> None:
     with pytest.raises(TypeError, match=f"got {type(event).__name__}: "):
         fields(event)  # type: ignore[arg-type]
+
+
+class Text(str):
+    """A str of a subclass's: not what the plain-text way of events_fields takes."""
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        "x" * 8,  # plain text at the bound: taken as it is
+        "",
+        "é" * 2,  # 4 bytes: within
+        "é" * 5,  # 10 bytes: over, though 5 characters
+        "x" * 9,  # over
+        "\ud800",  # no UTF-8
+        Text("x"),
+        ServerSentEvent(event="price", data="42.5"),
+        ServerSentEvent(data="x", id="1-0"),
+        b"bytes",
+    ],
+)
+def test_the_fields_of_a_burst_are_each_events_fields(event: ServerSentEvent | str) -> None:
+    # A burst's plain ASCII text is taken without event_fields' call; every event must
+    # still be taken, or refused, as event_fields would.
+    def outcome(take: Callable[[], object]) -> object:
+        try:
+            return take()
+        except (TypeError, ValueError) as exc:
+            return type(exc), str(exc)
+
+    one = outcome(lambda: [event_fields(event, topic="t", max_size=8)])
+    assert outcome(lambda: events_fields(["a", event, "b"], topic="t", max_size=8)[1:2]) == one
