@@ -9,7 +9,9 @@ subscribers. The events go as one JSON argument and the ids come back as one str
 the client's cost per argument and per item of a reply is much of the rest.
 
 One reader per broker, on a connection of its own, waits in ``XREAD BLOCK`` on every topic
-that has a subscriber in this process and fans each entry out to them. It keeps its own
+that has a subscriber in this process and fans each entry out to them. It takes a burst's
+first entries with that read and the rest with a script whose reply is one JSON text; once
+bursts come, the read and the script go together, in one round trip. It keeps its own
 position per topic, so after a lost connection (a Redis restart) it reads on from where it
 was and nothing is skipped.
 
@@ -40,7 +42,7 @@ from ._topics import (
     ResetReason,
     SlowSubscriberPolicy,
     check_topic,
-    event_fields,
+    events_fields,
     format_event_id,
     parse_event_id,
 )
@@ -48,8 +50,8 @@ from ._topics import (
 #: Appends events to a topic's stream: ``KEYS[1]`` the stream, ``KEYS[2]`` the key prefix's
 #: clock (the last id given out under the prefix, to any topic: the prefix alone, which no
 #: topic's key is, as a topic is never empty); ``ARGV`` the history's size, the expiry in
-#: milliseconds (0: none), and a JSON array of each event's name (``""``: none, else ``+``
-#: and the name) and data. Returns the entries' ids, in order, in one string separated by
+#: milliseconds (0: none), and a JSON array of each event as its name (``null``: none) and
+#: data. Returns the entries' ids, in order, in one string separated by
 #: spaces. Atomic, as a transaction is.
 #:
 #: The ids are the clock's, not each stream's own (``XADD *``): two topics appended to in one
@@ -75,10 +77,10 @@ if now > ms then
   ms, seq = now, -1
 end
 local ids = {}
-for i = 1, #events, 2 do
-  local fields = {'d', events[i + 1]}
-  if events[i] ~= '' then
-    fields[3], fields[4] = 'e', string.sub(events[i], 2)
+for _, event in ipairs(events) do
+  local fields = {'d', event[2]}
+  if event[1] ~= cjson.null then
+    fields[3], fields[4] = 'e', event[1]
   end
   seq = seq + 1
   local id = string.format('%d-%d', ms, seq)
@@ -192,7 +194,10 @@ class RedisBroker(TopicHub):
         max_catching_up: int = 16,
         max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
     ) -> None:
-        import coredis  # noqa: F401  (fail here, not on entering, when it is missing)
+        # Here, not on entering: a missing coredis fails where the broker is made, and the
+        # pipelines the reader reads bursts with (see _read_with_rest) are not imported in the
+        # middle of the first burst, which that held up by a millisecond.
+        import coredis.patterns.pipeline  # noqa: F401
 
         super().__init__(
             subscriber_buffer=subscriber_buffer,
@@ -224,6 +229,8 @@ class RedisBroker(TopicHub):
         # The reader may talk to a server it has not asked about: it made a connection since
         # it last asked which server it reads from, or it never asked.
         self._reader_connected = True
+        # The last read was of a burst: the next one reads on in its round trip.
+        self._bursts = False
 
     def _connect(self, *, stream_timeout: float) -> Redis[str]:
         from coredis import Redis
@@ -307,12 +314,11 @@ class RedisBroker(TopicHub):
     async def _append(self, topic: str, events: Iterable[ServerSentEvent | str]) -> list[str]:
         check_topic(topic)
         ttl = 0 if self.history_ttl is None else math.ceil(self.history_ttl * 1000)
-        arguments: list[str] = []
-        for event in events:  # every one checked before any is written
-            name, data = event_fields(event, topic=topic, max_size=self.max_event_size)
-            # "" for no name, else the name after a "+": an empty name is a name too.
-            arguments += ("" if name is None else "+" + name, data)
-        if not arguments:
+        size = self.max_event_size
+        # Every one checked before any is written; each goes as it comes, [name, data], the
+        # name null if none (an empty name is a name too): no other object made per event.
+        fields = events_fields(events, topic=topic, max_size=size)
+        if not fields:
             await anyio.lowlevel.checkpoint()
             return []
         self._redis()  # entered, or a RuntimeError that says to enter it
@@ -321,9 +327,11 @@ class RedisBroker(TopicHub):
         # and a cancellation that comes meanwhile is raised after (see _uncut).
         await anyio.lowlevel.checkpoint_if_cancelled()
         with _uncut():
-            found: object = await self._append_script(
+            found: object = await _run_script(
+                self._redis(),
+                self._append_script,
                 keys=[self._key(topic), self.key_prefix],
-                args=[self.history_size, ttl, json.dumps(arguments, ensure_ascii=False)],
+                args=[self.history_size, ttl, _json_text(fields)],
             )
         assert isinstance(found, str)
         identifiers = found.split()
@@ -448,11 +456,14 @@ class RedisBroker(TopicHub):
                 self._topics_changed = anyio.Event()
                 await self._topics_changed.wait()
                 continue
-            found, more = None, {}
+            found: Mapping[str, tuple[StreamEntry, ...]] | None = None
+            more: dict[str, list[Any]] = {}
             # With no script to read on with (the server refuses them), XREAD reads it all.
             wake = self.read_batch
             if self._read_on_script is not None:
                 wake = min(_WAKE_COUNT, wake)
+            # After a burst, the next read takes the rest with it (see _read_with_rest).
+            together = self._bursts and wake < self.read_batch
             try:
                 if failing or self._run_id is None:
                     # Asked at once, not after a read that may block for seconds.
@@ -464,10 +475,18 @@ class RedisBroker(TopicHub):
                     continue
                 self._reading = object()
                 try:
-                    found = await reader.xread(streams, count=wake, block=_BLOCK_MILLISECONDS)
+                    if together:
+                        found, more = await self._read_with_rest(reader, streams)
+                    else:
+                        found = await reader.xread(streams, count=wake, block=_BLOCK_MILLISECONDS)
                 finally:
                     self._reading = None
-                more = await self._read_on(found, wake) if found else {}
+                if not together:
+                    more = await self._read_on(reader, found, wake) if found else {}
+                # A read that took more than the blocking read's few, of any topic: bursts
+                # come, and the next read takes the rest in its round trip. One that took
+                # fewer pays the plain XREAD alone again.
+                self._bursts = any(len(flat) > 3 * wake for flat in more.values())
                 # Before anything read is delivered. A connection talks to one server all its
                 # life, but the client connects again on its own (it retries a command on a
                 # lost connection), so a restarted or failed-over server shows only here.
@@ -503,9 +522,9 @@ class RedisBroker(TopicHub):
         run_id = (await reader.info("server")).get("run_id")
         self._reader_connected = False  # the answer covers a connection made for it too
         previous, self._run_id = self._run_id, run_id
-        if previous is None or run_id == previous:
+        if run_id == previous:
             return
-        for topic, position in list(self._positions.items()):
+        for topic, position in list(self._positions.items()) if previous is not None else ():
             if position == (0, 0):
                 continue  # nothing read from it yet
             last = format_event_id(position)
@@ -518,9 +537,26 @@ class RedisBroker(TopicHub):
                 last,
             )
             self._history_lost(topic)
+        # After what was lost is told: a failure here must not leave that unsaid.
+        await self._load_read_on(reader)
+
+    async def _load_read_on(self, reader: Redis[str]) -> None:
+        """Load ``_READ_ON`` on the server the reader has just met, so a burst finds it
+        there: the first one read otherwise paid a refused call and a load, two round trips
+        more. Should the server lose it all the same (``SCRIPT FLUSH``), either read loads it
+        again."""
+        from coredis.exceptions import ResponseError
+
+        if self._read_on_script is None:
+            return
+        try:
+            await reader.script_load(_READ_ON)
+        except ResponseError as exc:
+            logger.warning("Redis broker reader: %s; reading with XREAD alone", str(exc))
+            self._read_on_script = None
 
     async def _read_on(
-        self, found: Mapping[str, tuple[StreamEntry, ...]], wake: int
+        self, reader: Redis[str], found: Mapping[str, tuple[StreamEntry, ...]], wake: int
     ) -> dict[str, list[Any]]:
         """The entries from the last of *found* on, for each topic whose read took as many as
         it could: up to ``read_batch`` new ones in all, in one script whose reply is one text
@@ -535,7 +571,9 @@ class RedisBroker(TopicHub):
             return {}
         lasts = [str(entry.identifier) for entry in full.values()]
         try:
-            text: object = await script(keys=list(full), args=[self.read_batch - wake + 1, *lasts])
+            text: object = await _run_script(
+                reader, script, keys=list(full), args=[self.read_batch - wake + 1, *lasts]
+            )
         except ResponseError as exc:
             # Scripts refused (an ACL, a managed server): what is left is read by XREAD,
             # which takes read_batch entries from now on.
@@ -546,27 +584,80 @@ class RedisBroker(TopicHub):
         # An empty table is "{}" in Lua's JSON: a dict, as empty as the list.
         return {key: flat for key, flat in zip(full, json.loads(text), strict=True) if flat}
 
+    async def _read_with_rest(
+        self, reader: Redis[str], streams: dict[str, str]
+    ) -> tuple[Mapping[str, tuple[StreamEntry, ...]], dict[str, list[Any]]]:
+        """Wait for the next entries as :meth:`_read_forever` does, and take what follows
+        them in the same round trip: the blocking ``XREAD`` and ``_READ_ON`` from the same
+        positions, sent together (a pipeline, not a transaction: the script runs once the
+        read returns). A command through the client costs the reader some 800,000
+        instructions, the second of a pipeline some 150,000, as much as 40 entries read by the
+        script: after a burst, the next one is read with one round trip where a blocking read
+        then a script took two. A single event is read by the plain ``XREAD`` alone.
+
+        The script reads from the positions, not from what the read returned: it gives
+        again what the read did (dropped by their ids in :meth:`_fan_out`), and perhaps
+        entries of a topic the read had none of yet, appended in between.
+        """
+        from coredis.exceptions import NoScriptError, ResponseError
+
+        script = self._read_on_script
+        assert script is not None
+        # The entry at each position comes again if it is still there: at most read_batch
+        # in all, one of them perhaps not new.
+        args: list[str | int] = [self.read_batch, *streams.values()]
+        async with reader.pipeline(transaction=False, raise_on_error=False) as pipe:
+            woken = pipe.xread(streams, count=1, block=_BLOCK_MILLISECONDS)
+            rest = pipe.evalsha(script.sha, keys=list(streams), args=args)
+        found = await woken  # its error raised here, as a plain read's would be
+        try:
+            text: object = await rest
+        except NoScriptError:
+            # Not loaded on this server (a restart, SCRIPT FLUSH): loaded now, and what
+            # follows the read's entries is read next time.
+            await reader.script_load(_READ_ON)
+            return found or {}, {}
+        except ResponseError as exc:
+            logger.warning("Redis broker reader: %s; reading with XREAD alone", str(exc))
+            self._read_on_script = None
+            return found or {}, {}
+        assert isinstance(text, str)
+        # An empty table is "{}" in Lua's JSON: a dict, as empty as the list.
+        return found or {}, {
+            key: flat for key, flat in zip(streams, json.loads(text), strict=True) if flat
+        }
+
     async def _fan_out(
         self, found: Mapping[str, tuple[StreamEntry, ...]], more: Mapping[str, list[Any]]
     ) -> None:
         prefix = len(self.key_prefix)
-        for key, stream_entries in found.items():
+        # The script's reply may hold a topic the blocking read had nothing of.
+        for key in itertools.chain(found, (key for key in more if key not in found)):
             topic = key[prefix:]
             position = self._positions.get(topic)
             if position is None:
                 continue  # unwatched meanwhile
             entries: list[Entry] = []
-            read = map(_entry_fields, stream_entries)
+            read = map(_entry_fields, found.get(key, ()))
             flat = iter(more.get(key, ()))
+            # Each entry's key (its id read without the checks of parse_event_id, which an
+            # id from a client needs) and its event, as _event makes it, made here: the two
+            # calls an entry cost were as much as the rest of its work. A burst's ids share
+            # their milliseconds, read as a number once.
+            text, milliseconds = "", 0
             for identifier, data, name in itertools.chain(read, zip(flat, flat, flat, strict=True)):
-                entry_key = _entry_key(identifier)
+                prefix_text, _, sequence = identifier.partition("-")
+                if prefix_text != text:
+                    text, milliseconds = prefix_text, int(prefix_text)
+                entry_key = (milliseconds, int(sequence))
                 if entry_key <= position:
                     continue  # delivered already (the first read on is the last read)
                 # The position moves past an entry that is no event too, or it would be read
                 # again and again.
                 position = entry_key
-                event = self._event(topic, identifier, data, name)
-                if event is not None:
+                if name is None and type(data) is str:  # what a broker wrote, without a name
+                    entries.append((entry_key, trusted_event(data, None, identifier, None)))
+                elif (event := self._event(topic, identifier, data, name)) is not None:
                     entries.append((entry_key, event))
             self._positions[topic] = position
             # A read holds up to read_batch entries, more than a subscriber's buffer: the hub
@@ -581,11 +672,25 @@ def _entry_fields(entry: StreamEntry) -> tuple[str, object, object]:
     return str(entry.identifier), fields.get("d", ""), fields.get("e")
 
 
-def _entry_key(identifier: str) -> EventKey:
-    """The key of a stream entry's id as Redis gives it (``milliseconds-sequence``): without
-    the checks of :func:`parse_event_id`, which an id from a client needs."""
-    milliseconds, _, sequence = identifier.partition("-")
-    return int(milliseconds), int(sequence)
+def _json_text(fields: list[tuple[str | None, str]]) -> str:
+    # Not looked for cycles: a list of pairs of text holds none.
+    return json.dumps(fields, ensure_ascii=False, check_circular=False)
+
+
+async def _run_script(
+    client: Redis[str], script: Script[str], *, keys: list[str], args: list[str | int]
+) -> object:
+    """Run *script* by its SHA1 (``EVALSHA``), loading it first if the server has not got
+    it. What calling the ``Script`` does, for less: the retry policy it wraps each call in
+    cost some 130,000 instructions, as much as 35 events of a burst cost a publish."""
+    from coredis.exceptions import NoScriptError
+
+    try:
+        return await client.evalsha(script.sha, keys=keys, args=args)
+    except NoScriptError:
+        # Nothing ran: loaded, then run once more.
+        await client.script_load(script.script)
+        return await client.evalsha(script.sha, keys=keys, args=args)
 
 
 def _reporting_connections(

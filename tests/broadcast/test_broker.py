@@ -925,3 +925,69 @@ async def test_a_server_that_refuses_client_unblock_still_delivers_a_new_topic(
             assert await take(first, 1) == ["3"]
     refused = [r for r in caplog.records if "reader's wait ends" in r.getMessage()]
     assert len(refused) == 1, caplog.records
+
+
+async def refused_scripts(server: redis_server.RedisServer) -> int:
+    """How many times *server* has answered a script call with ``NOSCRIPT`` (its ``INFO
+    errorstats``)."""
+    from coredis import Redis
+
+    async with Redis.from_url(server.url, decode_responses=True) as client:
+        stats = await client.info("errorstats")
+    counts = stats.get("errorstat_NOSCRIPT")  # "count=N", which the client leaves as text
+    return int(str(counts).removeprefix("count=")) if counts else 0
+
+
+async def test_a_readers_first_burst_finds_its_script_loaded(tmp_path: Path) -> None:
+    # The reader reads on past a burst's first entries with a script. Loaded only when the
+    # first burst came, the script was refused (NOSCRIPT) and loaded then: two round trips
+    # more in the middle of that burst. A server of its own: another test's scripts would
+    # be loaded already.
+    burst = [f"event {n}" for n in range(30)]
+    with redis_server.running(tmp_path) as server:
+        async with (
+            RedisBroker(server.url, key_prefix=f"test:{uuid.uuid4().hex}:") as broker,
+            broker.subscribe("t") as subscription,
+        ):
+            with anyio.fail_after(10):
+                await broker.publish("t", "first")  # loads the publishing script
+                assert await take(subscription, 1) == ["first"]
+                refused = await refused_scripts(server)
+                await broker.publish_many("t", burst)
+                assert await take(subscription, len(burst)) == burst
+            assert await refused_scripts(server) == refused
+
+
+async def test_bursts_read_together_come_whole_and_in_order(
+    redis: redis_server.RedisServer,
+) -> None:
+    # After a burst, the reader takes the next with its blocking read and the script in one
+    # round trip, the script reading from where the last read stopped. Over read_batch's
+    # bound, an entry of another writer's between bursts, and a script the server lost
+    # (SCRIPT FLUSH), every event comes once, in order, with the id it was published with;
+    # and a topic watched meanwhile ends that read (CLIENT UNBLOCK), not waiting out its 5 s.
+    from coredis import Redis
+
+    prefix = f"test:{uuid.uuid4().hex}:"
+    bursts = [[f"{name} {n}" for n in range(40)] for name in ("a", "b", "c", "d")]
+    async with (
+        RedisBroker(redis.url, key_prefix=prefix, read_batch=16) as broker,
+        broker.subscribe("t") as subscription,
+        Redis.from_url(redis.url, decode_responses=True) as writer,
+    ):
+        with anyio.fail_after(10):
+            await broker.publish("t", "first")
+            assert await take(subscription, 1) == ["first"]
+            for index, burst in enumerate(bursts):
+                if index == 1:
+                    await writer.xadd(prefix + "t", {"d": "another writer's"})
+                    assert await take(subscription, 1) == ["another writer's"]
+                if index == 2:
+                    await writer.script_flush()
+                ids = await broker.publish_many("t", burst)
+                events = [await anext(subscription) for _ in burst]
+                assert [event.data for event in events] == burst
+                assert [event.id for event in events] == ids
+            async with broker.subscribe("u") as other:
+                await broker.publish("u", "new topic")
+                assert await take(other, 1, within=2.5) == ["new topic"]
