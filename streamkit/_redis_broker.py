@@ -25,6 +25,7 @@ import itertools
 import json
 import logging
 import math
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager, AsyncExitStack
 from typing import TYPE_CHECKING, Any, Self
@@ -49,10 +50,14 @@ from ._topics import (
 
 #: Appends events to a topic's stream: ``KEYS[1]`` the stream, ``KEYS[2]`` the key prefix's
 #: clock (the last id given out under the prefix, to any topic: the prefix alone, which no
-#: topic's key is, as a topic is never empty); ``ARGV`` the history's size, the expiry in
-#: milliseconds (0: none), and a JSON array of each event as its name (``null``: none) and
-#: data. Returns the entries' ids, in order, in one string separated by
-#: spaces. Atomic, as a transaction is.
+#: topic's key is, as a topic is never empty), ``KEYS[3]`` this publish's receipt; ``ARGV``
+#: the history's size, the expiry in milliseconds (0: none), a JSON array of each event as its
+#: name (``null``: none) and data, and how many milliseconds the receipt is kept. Returns the
+#: entries' ids, in order, in one string separated by spaces. Atomic, as a transaction is.
+#:
+#: The receipt holds that reply: the same publish run again (the client sends a command again
+#: once its connection was lost, and cannot know whether it ran) appends nothing, and is
+#: answered the same ids.
 #:
 #: The ids are the clock's, not each stream's own (``XADD *``): two topics appended to in one
 #: millisecond both began at MILLISECONDS-0, and a client resuming one topic from an id of
@@ -60,7 +65,12 @@ from ._topics import (
 #: ahead of the clock (appended to before it was kept) goes on from its own last id. The
 #: clock expires with the streams: one that is gone starts again from Redis's time.
 _APPEND = """
-local key, clock, size, ttl = KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2])
+local key, clock, receipt = KEYS[1], KEYS[2], KEYS[3]
+local done = redis.call('GET', receipt)
+if done then
+  return done
+end
+local size, ttl = ARGV[1], tonumber(ARGV[2])
 local events = cjson.decode(ARGV[3])
 local function split(id)
   local dash = string.find(id, '-', 1, true)
@@ -96,8 +106,16 @@ if ttl > 0 then
   redis.call('PEXPIRE', key, ttl)
   redis.call('PEXPIRE', clock, ttl)
 end
-return table.concat(ids, ' ')
+local reply = table.concat(ids, ' ')
+redis.call('SET', receipt, reply, 'PX', ARGV[4])
+return reply
 """
+
+#: After the key prefix, the name of a publish's receipt: no topic's name holds a line break.
+_RECEIPT = "\npublished "
+#: How long a publish's receipt is kept: past the 20 s a publish may take in all, the
+#: client's retries included (see _COMMAND_DEADLINE).
+_RECEIPT_MILLISECONDS = 30_000
 
 #: Reads on from where a read stopped: ``KEYS`` the streams, ``ARGV[1]`` how many entries to
 #: read from each, ``ARGV[2]`` on the id of the last entry read from each (read again: a range
@@ -231,6 +249,9 @@ class RedisBroker(TopicHub):
         self._reader_connected = True
         # The last read was of a burst: the next one reads on in its round trip.
         self._bursts = False
+        # Names each publish's receipt (see _APPEND): this broker's, and its count.
+        self._publisher = uuid.uuid4().hex
+        self._publishes = 0
 
     def _connect(self, *, stream_timeout: float) -> Redis[str]:
         from coredis import Redis
@@ -327,11 +348,14 @@ class RedisBroker(TopicHub):
         # and a cancellation that comes meanwhile is raised after (see _uncut).
         await anyio.lowlevel.checkpoint_if_cancelled()
         with _uncut():
+            # A receipt of its own: run again (see _APPEND), it is answered from it.
+            self._publishes += 1
+            receipt = f"{self.key_prefix}{_RECEIPT}{self._publisher}:{self._publishes}"
             found: object = await _run_script(
                 self._redis(),
                 self._append_script,
-                keys=[self._key(topic), self.key_prefix],
-                args=[self.history_size, ttl, _json_text(fields)],
+                keys=[self._key(topic), self.key_prefix, receipt],
+                args=[self.history_size, ttl, _json_text(fields), _RECEIPT_MILLISECONDS],
             )
         assert isinstance(found, str)
         identifiers = found.split()

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.abc
 import anyio.lowlevel
 import pytest
 from support import redis_server
@@ -991,3 +992,82 @@ async def test_bursts_read_together_come_whole_and_in_order(
             async with broker.subscribe("u") as other:
                 await broker.publish("u", "new topic")
                 assert await take(other, 1, within=2.5) == ["new topic"]
+
+
+class ReplyDropper:
+    """A TCP proxy in front of Redis that, once told, lets the next request holding a marker
+    through and closes that connection as its reply comes back: a command that ran on the
+    server, whose reply the client never got. The client retries such a command on a new
+    connection, as coredis does after a lost connection."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self._marker: bytes | None = None
+        self.dropped = 0
+
+    def drop_reply_to(self, marker: bytes) -> None:
+        self._marker = marker
+
+    async def serve(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener:
+            self.port = listener.extra(anyio.abc.SocketAttribute.local_port)
+            task_status.started()
+            await listener.serve(self._relay)
+
+    async def _relay(self, client: anyio.abc.SocketStream) -> None:
+        drop = anyio.Event()  # this connection's next reply is to be lost
+        async with (
+            client,
+            await anyio.connect_tcp("127.0.0.1", self.target_port) as server,
+            anyio.create_task_group() as task_group,
+        ):
+
+            async def requests() -> None:
+                async for chunk in client:
+                    if self._marker is not None and self._marker in chunk:
+                        self._marker = None
+                        drop.set()
+                    await server.send(chunk)
+
+            async def replies() -> None:
+                async for chunk in server:
+                    if drop.is_set():
+                        self.dropped += 1
+                        break
+                    await client.send(chunk)
+                task_group.cancel_scope.cancel()
+
+            task_group.start_soon(requests)
+            task_group.start_soon(replies)
+
+
+async def test_a_publish_whose_reply_was_lost_is_not_published_twice(
+    redis: redis_server.RedisServer,
+) -> None:
+    # coredis retries a command whose connection was lost (twice, by default): a publish that
+    # had run, its reply lost with the connection, appended its events again, and every
+    # subscriber got them twice, under new ids.
+    dropper = ReplyDropper(redis.port)
+    async with anyio.create_task_group() as task_group:
+        await task_group.start(dropper.serve)
+        url = f"redis://127.0.0.1:{dropper.port}"
+        prefix = f"test:{uuid.uuid4().hex}:"
+        async with (
+            RedisBroker(url, key_prefix=prefix) as broker,
+            broker.subscribe("t") as subscription,
+        ):
+            with anyio.fail_after(10):
+                await broker.publish("t", "first")  # the publishing script loaded
+                assert await take(subscription, 1) == ["first"]
+                dropper.drop_reply_to(b"EVALSHA")
+                ids = await broker.publish_many("t", ["a", "b"])
+                assert dropper.dropped == 1
+                last = await broker.publish("t", "last")
+                events = [await anext(subscription) for _ in range(3)]
+        task_group.cancel_scope.cancel()
+    assert [(event.data, event.id) for event in events] == [
+        ("a", ids[0]),
+        ("b", ids[1]),
+        ("last", last),
+    ]
