@@ -545,7 +545,7 @@ class RedisBroker(TopicHub):
         """
         run_id = (await reader.info("server")).get("run_id")
         self._reader_connected = False  # the answer covers a connection made for it too
-        previous, self._run_id = self._run_id, run_id
+        previous = self._run_id
         if run_id == previous:
             return
         for topic, position in list(self._positions.items()) if previous is not None else ():
@@ -561,6 +561,9 @@ class RedisBroker(TopicHub):
                 last,
             )
             self._history_lost(topic)
+        # Known once every topic was looked at: a look cut short (a lost connection) is made
+        # again, from the first topic, as the reader reads again.
+        self._run_id = run_id
         # After what was lost is told: a failure here must not leave that unsaid.
         await self._load_read_on(reader)
 

@@ -1004,10 +1004,11 @@ class ReplyDropper:
         self.target_port = target_port
         self.port = 0
         self._marker: bytes | None = None
+        self._left = 0
         self.dropped = 0
 
-    def drop_reply_to(self, marker: bytes) -> None:
-        self._marker = marker
+    def drop_reply_to(self, marker: bytes, *, times: int = 1) -> None:
+        self._marker, self._left = marker, times
 
     async def serve(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener:
@@ -1025,8 +1026,8 @@ class ReplyDropper:
 
             async def requests() -> None:
                 async for chunk in client:
-                    if self._marker is not None and self._marker in chunk:
-                        self._marker = None
+                    if self._left and self._marker is not None and self._marker in chunk:
+                        self._left -= 1
                         drop.set()
                     await server.send(chunk)
 
@@ -1071,3 +1072,33 @@ async def test_a_publish_whose_reply_was_lost_is_not_published_twice(
         ("b", ids[1]),
         ("last", last),
     ]
+
+
+async def test_a_check_of_a_new_server_cut_short_is_made_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Meeting a new server (its run_id changed), the reader looks for the last entry it read
+    # of each topic, and sends the topic's subscribers a reset where it is gone. It took the
+    # new run_id as known before looking: a check cut short by a lost connection (the
+    # client's own retries failing too) was never made again, and the loss went unsaid.
+    monkeypatch.setattr("streamkit._redis_broker._BLOCK_MILLISECONDS", 1000)
+    with redis_server.running(tmp_path) as server:
+        dropper = ReplyDropper(server.port)
+        async with anyio.create_task_group() as task_group:
+            await task_group.start(dropper.serve)
+            url = f"redis://127.0.0.1:{dropper.port}"
+            async with (
+                RedisBroker(url, key_prefix=f"test:{uuid.uuid4().hex}:") as broker,
+                broker.subscribe("t") as subscription,
+            ):
+                with anyio.fail_after(10):
+                    ids = [await broker.publish("t", str(n)) for n in range(3)]
+                    assert await take(subscription, 3) == ["0", "1", "2"]
+                # The client tries a command three times: each look is cut short.
+                dropper.drop_reply_to(b"XRANGE", times=3)
+                server.kill()
+                server.start()  # empty: what was read is gone
+                assert await take(subscription, 1, within=10) == [(RESET_EVENT, "expired", "")]
+                assert dropper.dropped == 3
+            task_group.cancel_scope.cancel()
+    assert ids
