@@ -396,7 +396,9 @@ def topic_response(
                 # Its exit awaits nothing, so it completes in a cancelled producer too: no
                 # exit stack (about 1 KiB per subscriber) is needed to run it shielded.
                 async with subscription:
-                    await subscription.feed(send)  # the live events straight to the buffer
+                    # The live events straight to the buffer. No cancel scope is open here,
+                    # so the one it listens in can stand in for the stream's (unscoped).
+                    await subscription._feed(send, unscoped=True)
             else:
                 async for event in await send.enter_async_context(subscription):
                     await send(event)

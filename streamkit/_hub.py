@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any, Self
 
 import anyio
@@ -506,7 +506,7 @@ class Subscription:
         await anyio.lowlevel.checkpoint()
         return await self._next()
 
-    async def feed(self, send: StreamSender[Any]) -> None:
+    def feed(self, send: StreamSender[Any]) -> Coroutine[Any, Any, None]:
         """Send this subscription's events to *send*'s stream until the broker closes, or the
         client leaves (its stream has then ended, and the calling producer is cancelled, at
         its next await, as for any end).
@@ -519,6 +519,14 @@ class Subscription:
 
         :raises SlowSubscriberError: the broker's policy disconnected this subscriber.
         """
+        # (A plain function returning the coroutine: a coroutine of its own around it would
+        # stay on the subscriber's stack.)
+        return self._feed(send, unscoped=False)
+
+    async def _feed(self, send: StreamSender[Any], *, unscoped: bool) -> None:
+        """What :meth:`feed` does; *unscoped*: the calling producer has no cancel scope of
+        its own open around this call (``topic_response``'s), so the scope it listens in can
+        stand in for its stream's (see ``StreamSender._listen_instead``)."""
         while True:
             if self._can_attach():
                 self._sink, self._sink_many, self._note = send._frame_sink
@@ -527,7 +535,7 @@ class Subscription:
                 # meanwhile, in place of the stream's watcher, whose task is spared.
                 self._attached = attached = anyio.CancelScope()
                 try:
-                    if await send._listen_instead(attached):
+                    if await send._listen_instead(attached, unscoped=unscoped):
                         # The client left: the stream has ended and this task is cancelled,
                         # which the producer's next await raises; returning spares the
                         # exception through these frames.

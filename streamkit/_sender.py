@@ -54,7 +54,9 @@ class _Queue(Protocol[ItemT_contra]):
 
     def frame_sink(self) -> FrameSink[Any]: ...
 
-    def listen_instead(self, stop: anyio.CancelScope) -> Coroutine[Any, Any, bool]: ...
+    def listen_instead(
+        self, stop: anyio.CancelScope, *, unscoped: bool = ...
+    ) -> Coroutine[Any, Any, bool]: ...
 
     def end(self, reason: EndReason) -> None: ...
 
@@ -157,16 +159,19 @@ class StreamSender(Generic[ItemT_contra]):
         :class:`FrameSink`); not for producers."""
         return self._stream.frame_sink()
 
-    def _listen_instead(self, stop: anyio.CancelScope) -> Coroutine[Any, Any, bool]:
+    def _listen_instead(
+        self, stop: anyio.CancelScope, *, unscoped: bool = False
+    ) -> Coroutine[Any, Any, bool]:
         """Listen for the client's disconnect in this task, in place of the stream's watcher,
         until *stop* is cancelled or the stream ends: for a producer whose buffer is filled
         from elsewhere (:attr:`_frame_sink`) and that has nothing to do but wait meanwhile,
         whose task then does the watcher's job. True once the disconnect was heard: the
-        producer, cancelled, had best return at once. For the broadcast wing; not for
-        producers.
+        producer, cancelled, had best return at once. *unscoped*: the producer has no cancel
+        scope of its own open here, and *stop* may stand in for the stream's (see the
+        runtime's ``listen_instead``). For the broadcast wing; not for producers.
         (The stream's coroutine itself: one of its own around it would stay on every
         subscriber's stack.)"""
-        return self._stream.listen_instead(stop)
+        return self._stream.listen_instead(stop, unscoped=unscoped)
 
     @property
     def last_event_id(self) -> str | None:
