@@ -22,7 +22,7 @@ from support.brokers import until
 import streamkit._hub
 import streamkit._runtime
 import streamkit._sse
-from streamkit import EndReason, EventSourceResponse, StreamEnd, StreamSender
+from streamkit import EndReason, EventSourceResponse, ServerSentEvent, StreamEnd, StreamSender
 from streamkit._loop import TIMERS_TASK
 from streamkit._topics import parse_event_id
 from streamkit.broadcast import MemoryBroker, SlowSubscriberPolicy, topic_response
@@ -182,6 +182,51 @@ async def test_a_subscriber_that_keeps_up_holds_three_cancel_scopes(start: str) 
             await until(lambda: broker.statistics().subscribers == 0)
     assert harness % count == 0
     assert held == 3 * count, f"{held / count} per subscriber"
+
+
+@pytest.mark.parametrize("start", ["live", "caught up"])
+async def test_an_end_decided_while_the_producer_listens_cancels_it_and_the_farewell_is_written(
+    start: str,
+) -> None:
+    # The stream's max_duration passes while the producer listens for the disconnect in the
+    # scope that stands in for its own (after its stream fell behind and caught up, a scope
+    # made anew): the producer is cancelled, and only it, its subscription left; the writer
+    # still writes the farewell and ends the body.
+    ends: list[StreamEnd] = []
+    farewell = ServerSentEvent(event="deadline", data="")
+    slow = SlowConnection() if start == "caught up" else None
+    connection = slow or FakeConnection(path="/t")
+
+    def running() -> int:  # but the trio run's timer task, which the first stream starts
+        return sum(task.name != TIMERS_TASK for task in anyio.get_running_tasks())
+
+    with anyio.fail_after(5):
+        async with MemoryBroker() as broker, anyio.create_task_group() as task_group:
+            response = topic_response(
+                broker,
+                "t",
+                buffer_size=2,
+                max_duration=1.0,
+                deadline_event=farewell,
+                on_end=ends.append,
+            )
+            tasks = running()
+            task_group.start_soon(serve(connection, response))
+            await until(lambda: broker.statistics().subscribers == 1)
+            sent = [f"event {number}" for number in range(10 if slow else 1)]
+            for event in sent:
+                await broker.publish("t", event)
+            if slow is not None:  # past its stream's buffer, then let go
+                for _ in range(100):
+                    slow.room.release()
+            await until(lambda: data_of(connection) == sent)
+            # Its request's task and its writer: the producer listens, no watcher.
+            await until(lambda: running() - tasks == 2)
+            assert not ends
+    assert [end.reason for end in ends] == [EndReason.DEADLINE]
+    assert broker.statistics().subscribers == 0
+    assert [event.event for event in connection.events()][-1] == "deadline"
+    assert connection.complete
 
 
 @pytest.mark.parametrize("start", ["live", "resumed"])
