@@ -491,8 +491,11 @@ class Subscription:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
+        self._leave()
+
+    def _leave(self) -> None:
         # Awaits nothing, so it completes even in a cancelled task (topic_response relies on
-        # it: it enters a subscription with no exit stack to shield the exit).
+        # it: it leaves a subscription with no exit stack to shield the exit).
         self._shut()  # a reader in another task ends, rather than read the history again
         self._hub._remove(self)
 
