@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Self
 
 import anyio
@@ -509,7 +509,7 @@ class Subscription:
         await anyio.lowlevel.checkpoint()
         return await self._next()
 
-    def feed(self, send: StreamSender[Any]) -> Coroutine[Any, Any, None]:
+    async def feed(self, send: StreamSender[Any]) -> None:
         """Send this subscription's events to *send*'s stream until the broker closes, or the
         client leaves (its stream has then ended, and the calling producer is cancelled, at
         its next await, as for any end).
@@ -522,9 +522,7 @@ class Subscription:
 
         :raises SlowSubscriberError: the broker's policy disconnected this subscriber.
         """
-        # (A plain function returning the coroutine: a coroutine of its own around it would
-        # stay on the subscriber's stack.)
-        return self._feed(send, unscoped=False)
+        await self._feed(send, unscoped=False)
 
     async def _feed(self, send: StreamSender[Any], *, unscoped: bool) -> None:
         """What :meth:`feed` does; *unscoped*: the calling producer has no cancel scope of
