@@ -77,6 +77,21 @@ async def test_each_event_is_encoded_once_for_all_subscribers(
     assert broker.topic_statistics("t").subscribers == 0
 
 
+def running_tasks() -> int:
+    """The tasks running, but the trio run's timer task, which the first stream starts."""
+    return sum(task.name != TIMERS_TASK for task in anyio.get_running_tasks())
+
+
+async def starting(broker: MemoryBroker, start: str) -> tuple[dict[str, str] | None, list[str]]:
+    """The request headers of a subscriber of topic ``t`` that starts *start*, and the events
+    it is sent first: a ``"resumed"`` one saw "seen", and missed "missed"."""
+    if start != "resumed":
+        return None, []
+    headers = {"last-event-id": await broker.publish("t", "seen")}
+    await broker.publish("t", "missed")
+    return headers, ["missed"]
+
+
 @pytest.mark.parametrize("start", ["live", "resumed"])
 async def test_a_subscriber_that_keeps_up_costs_its_streams_writer_and_no_task_of_its_own(
     start: str,
@@ -87,17 +102,10 @@ async def test_a_subscriber_that_keeps_up_costs_its_streams_writer_and_no_task_o
     # missed first, and stops the watcher, which had begun, once it is live.
     count = 20
 
-    def running() -> int:  # but the trio run's timer task, which the first stream starts
-        return sum(task.name != TIMERS_TASK for task in anyio.get_running_tasks())
-
     async with MemoryBroker() as broker, anyio.create_task_group() as task_group:
-        headers, missed = None, []
-        if start == "resumed":  # it saw "seen", and missed "missed"
-            headers = {"last-event-id": await broker.publish("t", "seen")}
-            await broker.publish("t", "missed")
-            missed = ["missed"]
+        headers, missed = await starting(broker, start)
         connections = [FakeConnection(path="/t", headers=headers) for _ in range(count)]
-        before = running()
+        before = running_tasks()
         for connection in connections:
             task_group.start_soon(serve(connection, topic_response(broker, "t")))
         await until(lambda: broker.statistics().subscribers == count)
@@ -106,7 +114,7 @@ async def test_a_subscriber_that_keeps_up_costs_its_streams_writer_and_no_task_o
         await until(lambda: all(data_of(c) == [*missed, "one"] for c in connections))
         # Each connection's own task (its request's) and its stream's writer: no more, once
         # the tasks the streams started and stopped have finished.
-        await until(lambda: running() - before == 2 * count)
+        await until(lambda: running_tasks() - before == 2 * count)
         await broker.publish("t", "two")
         await until(lambda: all(data_of(c) == [*missed, "one", "two"] for c in connections))
         for connection in connections:
@@ -136,22 +144,15 @@ async def test_a_subscriber_that_keeps_up_holds_three_cancel_scopes(start: str) 
     # that only waits.
     count = 20
 
-    def running() -> int:  # but the trio run's timer task, which the first stream starts
-        return sum(task.name != TIMERS_TASK for task in anyio.get_running_tasks())
-
     async with MemoryBroker() as broker, anyio.create_task_group() as task_group:
-        headers, missed = None, []
-        if start == "resumed":  # it saw "seen", and missed "missed"
-            headers = {"last-event-id": await broker.publish("t", "seen")}
-            await broker.publish("t", "missed")
-            missed = ["missed"]
+        headers, missed = await starting(broker, start)
         before = live_cancel_scopes()
         waiting = [FakeConnection(path="/") for _ in range(count)]
         for connection in waiting:
             task_group.start_soon(serve(connection, waits_for_the_disconnect))
         await until(lambda: all(connection.receive_calls == 2 for connection in waiting))
         harness = live_cancel_scopes() - before
-        tasks = running()
+        tasks = running_tasks()
         if start == "caught up":
             slow = [SlowConnection() for _ in range(count)]
             connections: list[FakeConnection] = list(slow)
@@ -167,14 +168,14 @@ async def test_a_subscriber_that_keeps_up_holds_three_cancel_scopes(start: str) 
             missed = [f"behind {number}" for number in range(10)]
             for event in missed:
                 await broker.publish("t", event)
-            await until(lambda: running() - tasks == 3 * count)  # and the watcher listens
+            await until(lambda: running_tasks() - tasks == 3 * count)  # and the watcher listens
             for connection in slow:
                 for _ in range(20):
                     connection.room.release()
             await until(lambda: all(data_of(c) == missed for c in connections))
         await broker.publish("t", "one")  # a resumed subscriber is live from its first
         await until(lambda: all(data_of(c) == [*missed, "one"] for c in connections))
-        await until(lambda: running() - tasks == 2 * count)  # the watchers have returned
+        await until(lambda: running_tasks() - tasks == 2 * count)  # the watchers have returned
         held = live_cancel_scopes() - before - 2 * harness
         for connection in [*waiting, *connections]:
             connection.disconnect()
@@ -197,9 +198,6 @@ async def test_an_end_decided_while_the_producer_listens_cancels_it_and_the_fare
     slow = SlowConnection() if start == "caught up" else None
     connection = slow or FakeConnection(path="/t")
 
-    def running() -> int:  # but the trio run's timer task, which the first stream starts
-        return sum(task.name != TIMERS_TASK for task in anyio.get_running_tasks())
-
     with anyio.fail_after(5):
         async with MemoryBroker() as broker, anyio.create_task_group() as task_group:
             response = topic_response(
@@ -210,7 +208,7 @@ async def test_an_end_decided_while_the_producer_listens_cancels_it_and_the_fare
                 deadline_event=farewell,
                 on_end=ends.append,
             )
-            tasks = running()
+            tasks = running_tasks()
             task_group.start_soon(serve(connection, response))
             await until(lambda: broker.statistics().subscribers == 1)
             sent = [f"event {number}" for number in range(10 if slow else 1)]
@@ -221,7 +219,7 @@ async def test_an_end_decided_while_the_producer_listens_cancels_it_and_the_fare
                     slow.room.release()
             await until(lambda: data_of(connection) == sent)
             # Its request's task and its writer: the producer listens, no watcher.
-            await until(lambda: running() - tasks == 2)
+            await until(lambda: running_tasks() - tasks == 2)
             assert not ends
     assert [end.reason for end in ends] == [EndReason.DEADLINE]
     assert broker.statistics().subscribers == 0
