@@ -579,6 +579,8 @@ class RedisBroker(TopicHub):
         try:
             await reader.script_load(_READ_ON)
         except ResponseError as exc:
+            if _for_now(exc):
+                return  # loaded by the read that finds it missing
             logger.warning("Redis broker reader: %s; reading with XREAD alone", str(exc))
             self._read_on_script = None
 
@@ -602,6 +604,8 @@ class RedisBroker(TopicHub):
                 reader, script, keys=list(full), args=[self.read_batch - wake + 1, *lasts]
             )
         except ResponseError as exc:
+            if _for_now(exc):
+                raise  # a failed read: read again, from the same positions
             # Scripts refused (an ACL, a managed server): what is left is read by XREAD,
             # which takes read_batch entries from now on.
             logger.warning("Redis broker reader: %s; reading with XREAD alone", str(exc))
@@ -645,6 +649,8 @@ class RedisBroker(TopicHub):
             await reader.script_load(_READ_ON)
             return found or {}, {}
         except ResponseError as exc:
+            if _for_now(exc):
+                raise  # a failed read: read again, from the same positions
             logger.warning("Redis broker reader: %s; reading with XREAD alone", str(exc))
             self._read_on_script = None
             return found or {}, {}
@@ -697,6 +703,18 @@ def _entry_fields(entry: StreamEntry) -> tuple[str, object, object]:
     if none): what ``_READ_ON`` sends of each entry too."""
     fields = entry.field_values
     return str(entry.identifier), fields.get("d", ""), fields.get("e")
+
+
+#: How Redis begins an error that holds for now only, and for every command, XREAD too:
+#: another client's script runs past the busy threshold, a replica has lost its primary, a
+#: cluster's slot moves, a server loads its data. No refusal of scripts. (Not OOM: a full
+#: memory refuses a script, which may write, but not XREAD, which reads on.)
+_FOR_NOW = ("BUSY", "MASTERDOWN", "TRYAGAIN", "LOADING")
+
+
+def _for_now(error: Exception) -> bool:
+    """Whether Redis's *error* holds for now only (see :data:`_FOR_NOW`)."""
+    return str(error).startswith(_FOR_NOW)
 
 
 def _json_text(fields: list[tuple[str | None, str]]) -> str:

@@ -5,6 +5,7 @@ started for the module; those skip, saying why, where it cannot be found).
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import uuid
@@ -1006,9 +1007,16 @@ class ReplyDropper:
         self._marker: bytes | None = None
         self._left = 0
         self.dropped = 0
+        self._hold: tuple[bytes, anyio.Event, anyio.Event] | None = None
 
     def drop_reply_to(self, marker: bytes, *, times: int = 1) -> None:
         self._marker, self._left = marker, times
+
+    def hold_request(self, marker: bytes) -> tuple[anyio.Event, anyio.Event]:
+        """Hold the next request holding *marker* until the second event is set; the first
+        is set once it is held."""
+        self._hold = (marker, anyio.Event(), anyio.Event())
+        return self._hold[1], self._hold[2]
 
     async def serve(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener:
@@ -1029,6 +1037,11 @@ class ReplyDropper:
                     if self._left and self._marker is not None and self._marker in chunk:
                         self._left -= 1
                         drop.set()
+                    if self._hold is not None and self._hold[0] in chunk:
+                        _, held, release = self._hold
+                        self._hold = None
+                        held.set()
+                        await release.wait()
                     await server.send(chunk)
 
             async def replies() -> None:
@@ -1102,3 +1115,59 @@ async def test_a_check_of_a_new_server_cut_short_is_made_again(
                 assert dropper.dropped == 3
             task_group.cancel_scope.cancel()
     assert ids
+
+
+#: A script that keeps Redis busy for a while (well past the busy threshold set below).
+BUSY_SCRIPT = "for i = 1, 30000000 do end return 1"
+
+
+async def test_a_server_busy_with_another_script_leaves_the_reader_reading_on_with_its_own(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # While another client's script runs past the busy threshold, Redis answers every other
+    # command BUSY. The reader took that answer to its read-on script for a refusal of
+    # scripts, and read with XREAD alone for the rest of the broker's life, at some three
+    # times the cost of a burst's read. It is a failed read: read again once Redis answers.
+    from coredis import Redis
+    from coredis.exceptions import ResponseError
+
+    from streamkit._redis_broker import _READ_ON
+
+    read_on = hashlib.sha1(_READ_ON.encode()).hexdigest().encode()
+    burst = [f"event {n}" for n in range(30)]
+    with redis_server.running(tmp_path) as server:
+        proxy = ReplyDropper(server.port)
+        async with anyio.create_task_group() as task_group:
+            await task_group.start(proxy.serve)
+            async with (
+                Redis.from_url(server.url, decode_responses=True) as busy,
+                Redis.from_url(server.url, decode_responses=True) as looking,
+                RedisBroker(f"redis://127.0.0.1:{proxy.port}", key_prefix="t:") as broker,
+                broker.subscribe("t") as subscription,
+            ):
+                await busy.config_set({"busy-reply-threshold": 20})
+                with anyio.fail_after(20):
+                    await broker.publish("t", "first")
+                    assert await take(subscription, 1) == ["first"]
+                    held, release = proxy.hold_request(read_on)
+                    await broker.publish_many("t", burst)
+                    await held.wait()  # the reader has the burst's first two, and reads on
+
+                    async def run_busy() -> None:
+                        await busy.eval(BUSY_SCRIPT, [], [])
+
+                    task_group.start_soon(run_busy)
+                    answer = ""
+                    while not answer.startswith("BUSY"):  # until Redis answers BUSY
+                        try:
+                            await looking.get("t:nothing")
+                        except ResponseError as exc:
+                            answer = str(exc)
+                    release.set()  # answered BUSY
+                    assert await take(subscription, len(burst), within=20) == burst
+                    await broker.publish_many("t", burst)
+                    assert await take(subscription, len(burst)) == burst
+            task_group.cancel_scope.cancel()
+    said = [record.getMessage() for record in caplog.records]
+    assert any("BUSY" in line and "retrying, positions kept" in line for line in said), said
+    assert not [line for line in said if "reading with XREAD alone" in line]
