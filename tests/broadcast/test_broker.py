@@ -995,11 +995,14 @@ async def test_bursts_read_together_come_whole_and_in_order(
                 assert await take(other, 1, within=2.5) == ["new topic"]
 
 
-class ReplyDropper:
-    """A TCP proxy in front of Redis that, once told, lets the next request holding a marker
-    through and closes that connection as its reply comes back: a command that ran on the
-    server, whose reply the client never got. The client retries such a command on a new
-    connection, as coredis does after a lost connection."""
+class RedisProxy:
+    """A TCP proxy in front of Redis that, once told, loses a reply or holds a request.
+
+    :meth:`drop_reply_to` lets the next request holding a marker through and closes that
+    connection as its reply comes back: a command that ran on the server, whose reply the
+    client never got (coredis sends such a command again, on a new connection).
+    :meth:`hold_request` holds the next request holding a marker until it is let go.
+    """
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
@@ -1062,10 +1065,10 @@ async def test_a_publish_whose_reply_was_lost_is_not_published_twice(
     # coredis retries a command whose connection was lost (twice, by default): a publish that
     # had run, its reply lost with the connection, appended its events again, and every
     # subscriber got them twice, under new ids.
-    dropper = ReplyDropper(redis.port)
+    proxy = RedisProxy(redis.port)
     async with anyio.create_task_group() as task_group:
-        await task_group.start(dropper.serve)
-        url = f"redis://127.0.0.1:{dropper.port}"
+        await task_group.start(proxy.serve)
+        url = f"redis://127.0.0.1:{proxy.port}"
         prefix = f"test:{uuid.uuid4().hex}:"
         async with (
             RedisBroker(url, key_prefix=prefix) as broker,
@@ -1074,9 +1077,9 @@ async def test_a_publish_whose_reply_was_lost_is_not_published_twice(
             with anyio.fail_after(10):
                 await broker.publish("t", "first")  # the publishing script loaded
                 assert await take(subscription, 1) == ["first"]
-                dropper.drop_reply_to(b"EVALSHA")
+                proxy.drop_reply_to(b"EVALSHA")
                 ids = await broker.publish_many("t", ["a", "b"])
-                assert dropper.dropped == 1
+                assert proxy.dropped == 1
                 last = await broker.publish("t", "last")
                 events = [await anext(subscription) for _ in range(3)]
         task_group.cancel_scope.cancel()
@@ -1096,10 +1099,10 @@ async def test_a_check_of_a_new_server_cut_short_is_made_again(
     # client's own retries failing too) was never made again, and the loss went unsaid.
     monkeypatch.setattr("streamkit._redis_broker._BLOCK_MILLISECONDS", 1000)
     with redis_server.running(tmp_path) as server:
-        dropper = ReplyDropper(server.port)
+        proxy = RedisProxy(server.port)
         async with anyio.create_task_group() as task_group:
-            await task_group.start(dropper.serve)
-            url = f"redis://127.0.0.1:{dropper.port}"
+            await task_group.start(proxy.serve)
+            url = f"redis://127.0.0.1:{proxy.port}"
             async with (
                 RedisBroker(url, key_prefix=f"test:{uuid.uuid4().hex}:") as broker,
                 broker.subscribe("t") as subscription,
@@ -1108,11 +1111,11 @@ async def test_a_check_of_a_new_server_cut_short_is_made_again(
                     ids = [await broker.publish("t", str(n)) for n in range(3)]
                     assert await take(subscription, 3) == ["0", "1", "2"]
                 # The client tries a command three times: each look is cut short.
-                dropper.drop_reply_to(b"XRANGE", times=3)
+                proxy.drop_reply_to(b"XRANGE", times=3)
                 server.kill()
                 server.start()  # empty: what was read is gone
                 assert await take(subscription, 1, within=10) == [(RESET_EVENT, "expired", "")]
-                assert dropper.dropped == 3
+                assert proxy.dropped == 3
             task_group.cancel_scope.cancel()
     assert ids
 
@@ -1136,7 +1139,7 @@ async def test_a_server_busy_with_another_script_leaves_the_reader_reading_on_wi
     read_on = hashlib.sha1(_READ_ON.encode()).hexdigest().encode()
     burst = [f"event {n}" for n in range(30)]
     with redis_server.running(tmp_path) as server:
-        proxy = ReplyDropper(server.port)
+        proxy = RedisProxy(server.port)
         async with anyio.create_task_group() as task_group:
             await task_group.start(proxy.serve)
             async with (
