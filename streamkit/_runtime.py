@@ -656,43 +656,42 @@ class _Stream(Generic[ItemT]):
         that leaves the task's cancellation state broken), hence the caller's word for it.
         """
         self._stop_watcher()
-        if not unscoped or self.cancelled:
-            # (Cancelled already, the end decided while the producer ran on to here without
-            # waiting: its scope is kept, and the first wait in it raises.)
-            try:
-                with stop:
-                    # The loop written out here as in the watcher: a coroutine of its own
-                    # would stay on every subscriber's stack.
-                    while (await self._receive())["type"] != "http.disconnect":
-                        pass
-                    return self.decide(self._disconnect_reason())
-            finally:
-                self._listen_again(stop)
-            return False
-        # The producer's scope (deliver()'s, or one made here after a stop): not cancelled.
-        self._producer_scope.__exit__(None, None, None)
-        self._producer_scope = stop
+        # (Cancelled already, the end decided while the producer ran on to here without
+        # waiting: its scope is kept, and the first wait in it raises.)
+        swapped = unscoped and not self.cancelled
+        if swapped:
+            # The producer's scope (deliver()'s, or one made here after a stop): not cancelled.
+            self._producer_scope.__exit__(None, None, None)
+            self._producer_scope = stop
         stop.__enter__()
         try:
+            # The loop written out here as in the watcher: a coroutine of its own would stay
+            # on every subscriber's stack.
             while (await self._receive())["type"] != "http.disconnect":
                 pass
-            # *stop* stays the producer's scope, cancelled if the end is (not on COMPLETED).
-            return self.decide(self._disconnect_reason())
+            # Swapped, *stop* stays the producer's scope, cancelled if the end is (not on
+            # COMPLETED).
+            heard = self.decide(self._disconnect_reason())
         except BaseException as exc:
-            if self.cancelled or not stop.cancel_called:
+            if swapped and (self.cancelled or not stop.cancel_called):
                 # The end was decided (the producer is cancelled: *stop* stays its scope,
                 # and deliver() exits it), or this is not *stop*'s doing at all.
                 raise
             try:
                 if not stop.__exit__(type(exc), exc, exc.__traceback__):
-                    raise  # a cancellation from outside as well
+                    raise  # not *stop*'s doing, or a cancellation from outside as well
             finally:
-                # Stopped, the stream going on: the producer goes on in a scope of its own.
-                self._producer_scope = anyio.CancelScope()
-                self._producer_scope.__enter__()
+                if swapped:
+                    # Stopped, the stream going on: the producer goes on in a scope of its own.
+                    self._producer_scope = anyio.CancelScope()
+                    self._producer_scope.__enter__()
+            return False
+        else:
+            if not swapped:
+                stop.__exit__(None, None, None)
+            return heard
         finally:
             self._listen_again(stop)
-        return False
 
     def _listen_again(self, stop: anyio.CancelScope) -> None:
         if stop.cancel_called and self.reason is None and self._task_group is not None:
