@@ -581,8 +581,13 @@ class RedisBroker(TopicHub):
         except ResponseError as exc:
             if _for_now(exc):
                 return  # loaded by the read that finds it missing
-            logger.warning("Redis broker reader: %s; reading with XREAD alone", str(exc))
-            self._read_on_script = None
+            self._read_without_scripts(exc)
+
+    def _read_without_scripts(self, error: Exception) -> None:
+        """The server refused the reader's script (an ACL, a managed server): from now on
+        XREAD reads it all, read_batch entries at a time."""
+        logger.warning("Redis broker reader: %s; reading with XREAD alone", str(error))
+        self._read_on_script = None
 
     async def _read_on(
         self, reader: Redis[str], found: Mapping[str, tuple[StreamEntry, ...]], wake: int
@@ -606,10 +611,7 @@ class RedisBroker(TopicHub):
         except ResponseError as exc:
             if _for_now(exc):
                 raise  # a failed read: read again, from the same positions
-            # Scripts refused (an ACL, a managed server): what is left is read by XREAD,
-            # which takes read_batch entries from now on.
-            logger.warning("Redis broker reader: %s; reading with XREAD alone", str(exc))
-            self._read_on_script = None
+            self._read_without_scripts(exc)  # what is left is read by XREAD
             return {}
         assert isinstance(text, str)
         # An empty table is "{}" in Lua's JSON: a dict, as empty as the list.
@@ -651,8 +653,7 @@ class RedisBroker(TopicHub):
         except ResponseError as exc:
             if _for_now(exc):
                 raise  # a failed read: read again, from the same positions
-            logger.warning("Redis broker reader: %s; reading with XREAD alone", str(exc))
-            self._read_on_script = None
+            self._read_without_scripts(exc)
             return found or {}, {}
         assert isinstance(text, str)
         # An empty table is "{}" in Lua's JSON: a dict, as empty as the list.
