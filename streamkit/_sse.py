@@ -142,7 +142,9 @@ class ServerSentEvent:
 
 def _check_field(name: str, value: object) -> None:
     if type(value) is not str and not isinstance(value, str):
-        raise TypeError(f"SSE {name} must be a str or None, got {type(value).__name__}: {value!r}")
+        raise TypeError(
+            f"SSE {name} must be a str or None, got {type(value).__name__}: {shown(value)}"
+        )
     if not value.isascii():
         check_text(f"SSE {name}", value)
 
