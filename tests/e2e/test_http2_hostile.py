@@ -22,6 +22,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
+from support.h2_heads import CONNECT, send_head
 
 from streamkit import App, EndReason, EventSourceResponse, ServerSentEvent, StreamEnd, StreamSender
 from streamkit._hypercorn_h2 import RESET_BURST
@@ -71,14 +72,8 @@ async def serving() -> AsyncIterator[LiveServer]:
 async def start_upload(connection: H2Connection, path: str, body: bytes) -> H2StreamClient:
     """Send a POST's head and the start of its body, the body left open; the stream's client
     reads the response."""
-    stream_id = connection._h2.get_next_available_stream_id()
-    client = H2StreamClient(connection, stream_id)
-    connection._streams[stream_id] = client
     head = [(":method", "POST"), (":scheme", "http"), (":authority", "test"), (":path", path)]
-    connection._h2.send_headers(stream_id, head)
-    connection._h2.send_data(stream_id, body)
-    await connection._flush()
-    return client
+    return await send_head(connection, head, body=body)
 
 
 async def assert_served(connection: H2Connection) -> None:
@@ -155,13 +150,7 @@ async def test_a_connect_request_is_refused_and_the_server_goes_on() -> None:
     regardless and raised UnboundLocalError out of the connection, on trio out of the server."""
     async with serving() as server, open_h2_connection(server) as connection:
         async with connection.open_stream("/ticks") as live:
-            stream_id = connection._h2.get_next_available_stream_id()
-            tunnel = H2StreamClient(connection, stream_id)
-            connection._streams[stream_id] = tunnel
-            # h2 checks what it sends against the extended CONNECT it also knows.
-            connection._h2.config.validate_outbound_headers = False
-            connection._h2.send_headers(stream_id, [(":method", "CONNECT"), (":authority", "a:1")])
-            await connection._flush()
+            tunnel = await send_head(connection, CONNECT, checked=False)
             with anyio.fail_after(BOUND):
                 assert await tunnel.read_all() == b""
             assert tunnel.status == 405
@@ -183,12 +172,8 @@ async def test_a_request_head_that_is_not_ascii_is_refused_and_the_server_goes_o
     server."""
     async with serving() as server, open_h2_connection(server) as connection:
         async with connection.open_stream("/ticks") as live:
-            stream_id = connection._h2.get_next_available_stream_id()
-            request = H2StreamClient(connection, stream_id)
-            connection._streams[stream_id] = request
             head = [(b":method", method), (b":scheme", b"http"), (b":authority", b"test")]
-            connection._h2.send_headers(stream_id, [*head, (b":path", path)], end_stream=True)
-            await connection._flush()
+            request = await send_head(connection, [*head, (b":path", path)], end_stream=True)
             with anyio.fail_after(BOUND):
                 assert await request.read_all() == b""
             assert request.status == 400

@@ -32,10 +32,11 @@ import anyio
 import anyio.abc
 import pytest
 from support import service_process
+from support.h2_heads import CONNECT, send_head
 from support.service_process import Running, read_farewell
 from support.unavailable import require_modules
 
-from streamkit.testing import H2StreamClient, StreamClient, open_h2_connection, open_stream
+from streamkit.testing import StreamClient, open_h2_connection, open_stream
 from streamkit.testing._client import connect
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
@@ -629,14 +630,7 @@ async def test_the_hypercorn_command_bounds_a_stalled_http2_stream_and_refuses_a
                     while not service.printed("end h2stalled "):
                         await live.read_event()
                 ended_after = anyio.current_time() - stuck_at
-                stream_id = connection._h2.get_next_available_stream_id()
-                tunnel = H2StreamClient(connection, stream_id)
-                connection._streams[stream_id] = tunnel
-                # h2 checks what it sends against the extended CONNECT it also knows.
-                connection._h2.config.validate_outbound_headers = False
-                head = [(":method", "CONNECT"), (":authority", "a:1")]
-                connection._h2.send_headers(stream_id, head)
-                await connection._flush()
+                tunnel = await send_head(connection, CONNECT, checked=False)
                 with anyio.fail_after(5):
                     assert await tunnel.read_all() == b""
                     assert tunnel.status == 405
