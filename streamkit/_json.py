@@ -188,7 +188,7 @@ _CONTAINERS: dict[type, str] = {
 
 #: The types shown by shape, and the builtins whose repr a subclass may keep (set's,
 #: frozenset's and bytearray's name the subclass: such a subclass is shown by its own repr).
-_SHAPES = frozenset([list, tuple, dict, set, frozenset, str, bytes, bytearray])
+_SHAPES = frozenset([*_CONTAINERS, str, bytes, bytearray])
 _SHAPES_BY_REPR: dict[object, type] = {
     shape.__repr__: shape for shape in (list, tuple, dict, str, bytes)
 }
