@@ -12,9 +12,12 @@ streamkit's is also given as a ratio to raw's from the same run.
    subscribers, 2/s to 1,000); deliveries (events x subscribers) per second of the server's
    CPU time (``/proc``), at that load, where each event is written on its own, and over a
    burst published back to back, where writes carry many; memory per idle subscriber, the
-   server's RSS growth over the subscribers it holds, divided. Once they are all in, the
-   server runs a full garbage collection, which their arrival made due: left to come when
-   it will, it lands in the latency window or not by the phase of the collector's counts.
+   server's RSS growth over the subscribers it holds, divided, from a baseline read after
+   a full collection and with the C allocator's free pages handed back to the kernel
+   (glibc): memory a server's startup happened to leave free is no subscriber's. Once they
+   are all in, the server runs a full garbage collection, which their arrival made due: left
+   to come when it will, it lands in the latency window or not by the phase of the
+   collector's counts.
    The server's full collections in that window, and its time in all collections, are
    reported beside it.
 2. At 1,000 subscribers: the highest publish rate raw sustains with p99 under 50 ms, found by
@@ -336,11 +339,14 @@ class Session:
         """The answer of ``/statistics``: of one worker, whichever took the connection."""
         return self.audience.call("GET", "/statistics")
 
-    def collector(self, *, collect: bool = False) -> dict[str, Any] | None:
+    def collector(self, *, collect: bool = False, trim: bool = False) -> dict[str, Any] | None:
         """What the server's garbage collector did so far (see ``bench.broker_server``),
-        after a full collection with *collect*; ``None`` from several workers."""
+        after a full collection with *collect*, and the C allocator's free pages handed
+        back with *trim* too; ``None`` from several workers."""
         if len(self.server.pids) > 1:
             return None
+        if trim:
+            return self.audience.call("POST", "/collector?trim=1")
         return self.audience.call("POST" if collect else "GET", "/collector")
 
     def wait_subscribed(self, count: int, *, within: float = 120.0) -> None:
@@ -503,6 +509,9 @@ def stall(session: Session, plan: Plan) -> dict[str, Any]:
 def measure(session: Session, plan: Plan, count: int, *, redis: Redis | None) -> dict[str, Any]:
     """The main figures at *count* subscribers, on a fresh server."""
     session.warm()
+    # Nothing left free in the allocator that the subscribers could take at no cost in RSS:
+    # how much there is depends on how the server started (see trim_heap).
+    session.collector(collect=True, trim=True)
     rss_before = session.rss()
     session.audience.open(count)
     session.wait_subscribed(count)
