@@ -2,21 +2,30 @@
 on non-blocking sockets driven by one ``selectors`` loop in this process.
 
 Each subscriber records, for every event it receives, the time from the server's stamp (the
-event's data begins with the server's ``time.perf_counter_ns()``, taken just before it was
-published) to the read that brought the event's line: both are ``CLOCK_MONOTONIC``, one
-clock for every process. A stalled subscriber connects and asks like the others, then never
-reads: its receive buffer is as small as the kernel allows and its MSS is clamped to an
-Ethernet-sized one, as over a real network. The kernel then holds about 30 to 45 KB for it before
-the server's write blocks; over loopback's own MSS (64 KiB) it would hold about 3 MiB.
+event's data begins with the server's ``time.time_ns()``, taken just before it was
+published) to the moment the kernel queued the bytes that brought the event's line on the
+subscriber's socket (``SO_TIMESTAMPNS``, on Linux; elsewhere, the read itself): both are
+``CLOCK_REALTIME``, one clock for every process. Over loopback that moment is the server's
+write, so the figure is publish-to-socket, the server's own, whatever the time this one loop
+takes to get round to the socket. A read that takes several events
+stamps them all with the last one's arrival, which overstates the earlier ones.
+
+A stalled subscriber connects and asks like the others, then never reads: its receive buffer
+is as small as the kernel allows and its MSS is clamped to an Ethernet-sized one, as over a
+real network. The kernel then holds about 30 to 45 KB for it before the server's write
+blocks; over loopback's own MSS (64 KiB) it would hold about 3 MiB.
 """
 
 from __future__ import annotations
 
 import errno
 import json
+import platform
 import re
 import selectors
 import socket
+import struct
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +36,16 @@ HEADER_END = b"\r\n\r\n"
 STAMP = re.compile(rb"data: (\d+) ")
 #: The longest the loop waits for a socket before it looks at its condition again, in seconds.
 POLL = 0.05
+#: Linux's ``SO_TIMESTAMPNS`` (also the type of the message that carries the stamp), which
+#: Python's socket module does not name: 35 on the architectures with the generic socket
+#: numbers, ``None`` where this does not know it (the read's own time is used there).
+SO_TIMESTAMPNS = (
+    35
+    if sys.platform == "linux" and platform.machine() in {"x86_64", "aarch64", "arm64", "i686"}
+    else None
+)
+#: Room for the one control message a read asks for: a ``struct timespec``.
+_STAMP_SPACE = socket.CMSG_SPACE(16) if SO_TIMESTAMPNS is not None else 0
 
 
 def _connect(
@@ -37,6 +56,8 @@ def _connect(
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
     if mss is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, mss)
+    if SO_TIMESTAMPNS is not None:
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
     sock.setblocking(False)
     code = sock.connect_ex(("127.0.0.1", port))
     if code not in (0, errno.EINPROGRESS):
@@ -265,12 +286,12 @@ class Audience:
 
     def _read(self, subscriber: Subscriber) -> None:
         try:
-            size = subscriber.sock.recv_into(self._buffer)
+            size, messages, _, _ = subscriber.sock.recvmsg_into([self._buffer], _STAMP_SPACE)
         except (BlockingIOError, InterruptedError):
             return
         except ConnectionError:
-            size = 0
-        now = time.perf_counter_ns()
+            size, messages = 0, []
+        now = _arrival(messages)
         if not size:
             subscriber.closed = True
             self.selector.unregister(subscriber.sock)
@@ -294,3 +315,13 @@ class Audience:
         else:
             self.delivered += len(stamps)
             self.latencies.extend(now - int(stamp) for stamp in stamps)
+
+
+def _arrival(messages: list[tuple[int, int, bytes]]) -> int:
+    """When the kernel queued the last of the bytes a read took (the ``SO_TIMESTAMPNS`` among
+    its control *messages*), in nanoseconds of ``CLOCK_REALTIME``; the time now without it."""
+    for level, kind, data in messages:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= 16:
+            seconds, nanoseconds = struct.unpack("qq", data[:16])
+            return int(seconds * 1_000_000_000 + nanoseconds)
+    return time.time_ns()

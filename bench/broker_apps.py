@@ -5,7 +5,7 @@ Every app here answers the same three requests:
 - ``GET /events``: the topic as an event stream, live from the moment it is subscribed;
 - ``POST /publish?count=N&rate=R&size=S``: publishes N events, R a second on a fixed
   schedule (0: as fast as it goes), and answers once the last is published. Each event's data
-  is ``"<perf_counter_ns> <index>"``, stamped just before the event is published (or, by hand,
+  is ``"<time_ns> <index>"``, stamped just before the event is published (or, by hand,
   encoded and fanned out), then S bytes of padding. Back to back, each app publishes all at
   once, the fastest way it has: the hand-written one extends each subscriber's queue once
   with the burst (``RawFanOut.publish_many``), the memory broker hands it to each subscriber
@@ -68,13 +68,13 @@ async def publish_paced(
     Back to back, *publish_all*, if given, publishes them all in one call."""
     padding = " " + "x" * size if size else ""
     if not rate and publish_all is not None:
-        await publish_all([f"{time.perf_counter_ns()} {index}{padding}" for index in range(count)])
+        await publish_all([f"{time.time_ns()} {index}{padding}" for index in range(count)])
         return
     start = anyio.current_time()
     for index in range(count):
         if rate:
             await anyio.sleep_until(start + index / rate)
-        await publish(f"{time.perf_counter_ns()} {index}{padding}")
+        await publish(f"{time.time_ns()} {index}{padding}")
 
 
 def _publish_options(query: dict[str, list[str]]) -> dict[str, Any]:

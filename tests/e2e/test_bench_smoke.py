@@ -155,6 +155,48 @@ def test_a_broker_servers_memory_is_measured_with_no_freed_heap_left_resident() 
     assert int(before) - int(after) > 24 * 1024
 
 
+# Writes to a loopback connection whose client reads 300 ms later, through the broker
+# benchmark's client's own read, and prints how long after the write each read says the
+# bytes arrived.
+LATE_READ = """
+import socket, time
+from bench.audience import _STAMP_SPACE, _arrival, _connect
+listener = socket.create_server(("127.0.0.1", 0))
+client = _connect(listener.getsockname()[1])
+server, _ = listener.accept()
+client.setblocking(True)
+# The kernel turns its receive stamps on for the whole machine a moment after the first
+# socket asks (a deferred work item): until then a read is stamped as it is made. The
+# benchmark's subscribers are open long before its events; here, wait for it.
+for _ in range(100):
+    written = time.time_ns()
+    server.send(b"warm-up")
+    time.sleep(0.02)
+    _, messages, _, _ = client.recvmsg_into([bytearray(1024)], _STAMP_SPACE)
+    if _arrival(messages) - written < 10_000_000:
+        break
+for _ in range(3):
+    written = time.time_ns()
+    server.send(b"data: 1 0\\n\\n")
+    time.sleep(0.3)
+    _, messages, _, _ = client.recvmsg_into([bytearray(1024)], _STAMP_SPACE)
+    print((_arrival(messages) - written) / 1e6)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="SO_TIMESTAMPNS: Linux's socket option")
+def test_the_broker_client_times_an_event_by_its_arrival_not_by_its_read() -> None:
+    # The client reads a thousand subscribers one after another; the last is read long after
+    # its bytes arrived. Its latency is the server's: publish to socket, not to read.
+    completed = subprocess.run(
+        [sys.executable, "-c", LATE_READ], cwd=ROOT, capture_output=True, text=True, timeout=30
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    delays = [float(line) for line in completed.stdout.split()]
+    assert len(delays) == 3
+    assert all(0 <= delay < 100 for delay in delays), delays  # read at 300 ms
+
+
 def test_quick_collector_run_compares_what_a_delivery_leaves_behind(tmp_path: Path) -> None:
     data, report = run_quick(tmp_path, "bench.collector", "--backend=asyncio")
     rows = {row["implementation"]: row for row in data["rows"]}
