@@ -187,12 +187,10 @@ class FrameBuffer:
         self._readable = None
 
     def stop_reader(self) -> None:
-        """Have the reader take nothing from now on, frames queued or not, and end its wait:
-        the frames are not to be written any more."""
+        """Have the reader take nothing from now on, frames queued or not: the frames are not
+        to be written any more. A reader waiting now is left to wait until the buffer is
+        closed or a frame is queued, and then finds nothing to take."""
         self._reader_stopped = True
-        if self._readable is not None:
-            self._readable.set()
-            self._readable = None
 
     def close(self) -> None:
         """Refuse further frames; the reader still takes what is queued, then is done.

@@ -302,6 +302,10 @@ class _Stream(Generic[ItemT]):
         if self.buffer.reader_waiting:
             # The writer waits for frames, no write of its own under way: it is told to stop
             # there, which spares a cancellation (tens of microseconds) per client that left.
+            # It is not woken for it: the buffer's close, once the producer has ended, wakes
+            # it to return. The producer's cleanup comes first, whose resources (an upstream
+            # call, a transaction) are what the client's leaving should free: with a thousand
+            # clients gone at once, their writers' exits would otherwise come before it.
             self.buffer.stop_reader()
         elif writer is not None:
             writer.cancel()

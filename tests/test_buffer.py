@@ -264,3 +264,25 @@ async def test_a_stopped_reader_takes_nothing_more_even_a_frame_queued_as_it_wak
     # The producer is not refused (it is being cancelled); its frames stay where they are.
     assert buffer.offer(b"late")
     assert len(buffer) == 2
+
+
+async def test_a_stopped_reader_waits_on_until_the_close_and_then_takes_nothing() -> None:
+    # What the runtime does when the client left while the writer waited: the writer is not
+    # woken for it, so the producer's cleanup goes first; the close after the producer's end
+    # wakes it, to take nothing of what was queued meanwhile.
+    buffer = buffer_of(4)
+    taken: list[list[bytes | None]] = []
+
+    async def write() -> None:
+        taken.append(await take(buffer, 1024))
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(write)
+            await anyio.wait_all_tasks_blocked()
+            buffer.stop_reader()
+            await anyio.wait_all_tasks_blocked()
+            assert taken == []  # still waiting
+            assert buffer.reader_waiting
+            buffer.close()
+    assert taken == [[]]
