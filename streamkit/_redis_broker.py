@@ -708,8 +708,9 @@ def _entry_fields(entry: StreamEntry) -> tuple[str, object, object]:
 
 #: How Redis begins an error that holds for now only, and for every command, XREAD too:
 #: another client's script runs past the busy threshold, a replica has lost its primary, a
-#: cluster's slot moves, a server loads its data. No refusal of scripts. (Not OOM: a full
-#: memory refuses a script, which may write, but not XREAD, which reads on.)
+#: cluster's slot moves, a server loads its data. No refusal of scripts. (A server past its
+#: maxmemory runs the read-on script: it refuses a script without flags only its writes,
+#: and this one writes nothing.)
 _FOR_NOW = ("BUSY", "MASTERDOWN", "TRYAGAIN", "LOADING")
 
 
