@@ -7,8 +7,8 @@ published) to the moment the kernel queued the bytes that brought the event's li
 subscriber's socket (``SO_TIMESTAMPNS``, on Linux; elsewhere, the read itself): both are
 ``CLOCK_REALTIME``, one clock for every process. Over loopback that moment is the server's
 write, so the figure is publish-to-socket, the server's own, whatever the time this one loop
-takes to get round to the socket. A read that takes several events
-stamps them all with the last one's arrival, which overstates the earlier ones.
+takes to get round to the socket. A read that takes several events stamps them all with
+the last one's arrival, which overstates the earlier ones.
 
 A stalled subscriber connects and asks like the others, then never reads: its receive buffer
 is as small as the kernel allows and its MSS is clamped to an Ethernet-sized one, as over a
@@ -41,7 +41,7 @@ POLL = 0.05
 #: numbers, ``None`` where this does not know it (the read's own time is used there).
 SO_TIMESTAMPNS = (
     35
-    if sys.platform == "linux" and platform.machine() in {"x86_64", "aarch64", "arm64", "i686"}
+    if sys.platform == "linux" and platform.machine() in {"x86_64", "aarch64", "i686"}
     else None
 )
 #: Room for the one control message a read asks for: a ``struct timespec``.
@@ -323,5 +323,5 @@ def _arrival(messages: list[tuple[int, int, bytes]]) -> int:
     for level, kind, data in messages:
         if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= 16:
             seconds, nanoseconds = struct.unpack("qq", data[:16])
-            return int(seconds * 1_000_000_000 + nanoseconds)
+            return int(seconds) * 1_000_000_000 + int(nanoseconds)
     return time.time_ns()
