@@ -40,9 +40,7 @@ POLL = 0.05
 #: Python's socket module does not name: 35 on the architectures with the generic socket
 #: numbers, ``None`` where this does not know it (the read's own time is used there).
 SO_TIMESTAMPNS = (
-    35
-    if sys.platform == "linux" and platform.machine() in {"x86_64", "aarch64", "i686"}
-    else None
+    35 if sys.platform == "linux" and platform.machine() in {"x86_64", "aarch64", "i686"} else None
 )
 #: Room for the one control message a read asks for: a ``struct timespec``.
 _STAMP_SPACE = socket.CMSG_SPACE(16) if SO_TIMESTAMPNS is not None else 0
