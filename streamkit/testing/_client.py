@@ -11,6 +11,7 @@ never sends, so with it the server never learns).
 from __future__ import annotations
 
 import errno
+import math
 import socket
 import struct
 from collections.abc import AsyncIterator, Mapping
@@ -117,14 +118,20 @@ class StreamClient:
         :raises RuntimeError: the client was told to :meth:`stall`, or has left.
         :raises ConnectionError: the connection ended before the body did.
         """
-        return await self._receive("the next piece of the body")
+        return await self._receive("the next piece of the body", self._deadline())
 
-    async def _receive(self, awaited: str) -> bytes | None:
+    def _deadline(self) -> float:
+        """When a read begun now has waited :attr:`read_timeout`."""
+        if self.read_timeout is None:
+            return math.inf
+        return anyio.current_time() + self.read_timeout
+
+    async def _receive(self, awaited: str, deadline: float) -> bytes | None:
         if self.complete:
             return None
         self._check_reading()
         try:
-            with anyio.move_on_after(self.read_timeout) as scope:
+            with anyio.CancelScope(deadline=deadline) as scope:
                 chunk = await self._receive_piece()
         except ConnectionError as exc:
             raise type(exc)(f"{exc}, while reading {self._request}; {self._so_far()}") from exc
@@ -165,7 +172,8 @@ class StreamClient:
     async def read_all(self) -> bytes:
         """Read until the body is complete; return what was not read yet."""
         chunks = []
-        while (chunk := await self._receive("the rest of the body")) is not None:
+        # Each piece is waited for afresh: a long body that keeps arriving is no hang.
+        while (chunk := await self._receive("the rest of the body", self._deadline())) is not None:
             chunks.append(chunk)
         return b"".join(chunks)
 
@@ -173,10 +181,14 @@ class StreamClient:
         """The next SSE frame.
 
         :raises EOFError: the body ended first.
-        :raises TimeoutError: no frame was completed within :attr:`read_timeout` of a read.
+        :raises TimeoutError: no frame was completed within :attr:`read_timeout`; heartbeats
+            (comments) that arrived meanwhile do not extend it.
         """
+        # One deadline for the whole frame, not one per piece: a stream of heartbeats and no
+        # event would hold the read for ever.
+        deadline = self._deadline()
         while not self._events:
-            chunk = await self._receive("another event")
+            chunk = await self._receive("another event", deadline)
             if chunk is None:
                 discarded = (
                     "; an unfinished event at its end was discarded, as a browser does"
@@ -201,10 +213,12 @@ class StreamClient:
         """The next NDJSON value.
 
         :raises EOFError: the body ended first.
-        :raises TimeoutError: no line was completed within :attr:`read_timeout` of a read.
+        :raises TimeoutError: no value was completed within :attr:`read_timeout`; heartbeats
+            (empty lines) that arrived meanwhile do not extend it.
         """
+        deadline = self._deadline()
         while not self._items:
-            chunk = await self._receive("another item")
+            chunk = await self._receive("another item", deadline)
             if chunk is None:
                 raise EOFError(f"the stream of {self._request} ended before another item arrived")
             self._items.extend(self._ndjson.feed(chunk))

@@ -80,6 +80,14 @@ def make_app(probe: Probe) -> Starlette:
 
         return EventSourceResponse(produce)
 
+    async def heartbeats(request: Request) -> Response:
+        # Heartbeats only, SSE comments or empty NDJSON lines: bytes, and never a value.
+        async def produce(send: StreamSender[object]) -> None:
+            await anyio.sleep_forever()
+
+        kind = EventSourceResponse if request.query_params["as"] == "sse" else NDJSONResponse
+        return kind(produce, heartbeat_interval=HEARTBEAT_INTERVAL)
+
     async def items(request: Request) -> Response:
         count = int(request.query_params["n"])
 
@@ -109,6 +117,7 @@ def make_app(probe: Probe) -> Starlette:
             Route("/items", items),
             Route("/flood", flood),
             Route("/silent", silent),
+            Route("/heartbeats", heartbeats),
         ]
     )
 
@@ -233,6 +242,36 @@ async def test_a_body_that_stops_is_a_timeout_naming_what_arrived(
         client.read_timeout = READ_TIMEOUT
         with pytest.raises(TimeoutError, match="the next piece of the body of GET /ticks"):
             await client.receive_chunk()
+
+
+HEARTBEAT_INTERVAL = READ_TIMEOUT / 10
+
+
+@pytest.mark.parametrize("opener", [open_stream, open_h2_stream], ids=["http1", "http2"])
+@pytest.mark.parametrize(
+    ("kind", "read", "awaited"),
+    [("sse", "read_event", "another event"), ("ndjson", "read_item", "another item")],
+    ids=["sse", "ndjson"],
+)
+async def test_heartbeats_do_not_hold_off_the_timeout_of_a_read(
+    opener: Callable[..., AbstractAsyncContextManager[StreamClient]],
+    kind: str,
+    read: str,
+    awaited: str,
+) -> None:
+    # Each heartbeat started the read's timeout over: a stream of heartbeats and no event
+    # held read_event() for ever.
+    async with (
+        serving() as (server, _),
+        opener(server, f"/heartbeats?as={kind}", read_timeout=READ_TIMEOUT) as client,
+    ):
+        with anyio.fail_after(READ_TIMEOUT * 10), pytest.raises(TimeoutError) as caught:
+            await getattr(client, read)()
+        assert client.comments or client.blank_lines, "no heartbeat arrived"
+    assert str(caught.value).startswith(
+        f"{awaited} of GET /heartbeats?as={kind} did not arrive within {READ_TIMEOUT} s; "
+        "the body so far: "
+    ), caught.value
 
 
 async def test_a_wait_for_an_end_that_does_not_come_names_what_it_waited_for() -> None:
