@@ -57,6 +57,10 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_WITHIN] = within
 
 
+#: The servers open_live_server opened for a test, in order, for the report of its call.
+_SERVERS = pytest.StashKey[list[LiveServer]]()
+
+
 @pytest.fixture
 def open_live_server(request: pytest.FixtureRequest) -> ServerOpener:
     """:func:`~streamkit.testing.open_server`, as a fixture that works under either plugin::
@@ -68,25 +72,28 @@ def open_live_server(request: pytest.FixtureRequest) -> ServerOpener:
     It takes the same arguments. When the test fails, its report gets a ``streamkit`` section
     listing how each stream on these servers ended.
     """
-    opened = 0
+    servers = request.node.stash.setdefault(_SERVERS, [])
 
     @asynccontextmanager
     async def opener(app: ASGIApp, **options: Any) -> AsyncIterator[LiveServer]:
-        nonlocal opened
-        opened += 1
-        number = opened
-        server: LiveServer | None = None
-        try:
-            async with open_server(app, **options) as server:
-                yield server
-        finally:
-            if server is not None:
-                # Added while the test runs, so that the call's report carries it.
-                request.node.add_report_section(
-                    "call", f"streamkit server {number} ({server.url})", _ends_report(server)
-                )
+        async with open_server(app, **options) as server:
+            servers.append(server)
+            yield server
 
     return opener
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[Any]:
+    """The ``streamkit`` sections of :func:`open_live_server`, added as the call's report is
+    made: a server a fixture holds is still serving then, and ends after it."""
+    if call.when == "call":
+        servers: list[LiveServer] = item.stash.get(_SERVERS, [])
+        for number, server in enumerate(servers, start=1):
+            item.add_report_section(
+                "call", f"streamkit server {number} ({server.url})", _ends_report(server)
+            )
+    return (yield)
 
 
 def _ends_report(server: LiveServer) -> str:

@@ -171,6 +171,42 @@ def test_under_both_plugins(pytester: pytest.Pytester) -> None:
     )
 
 
+#: A server a fixture of the user's opens, held past the test's body, as a suite would have it.
+FIXTURE_SERVER_FAILURE = """
+@pytest.fixture
+async def live(open_live_server):
+    async with open_live_server(make_app()) as server:
+        yield server
+
+
+@pytest.mark.PLUGIN
+async def test_PLUGIN_failure_report_of_a_fixture_server(live):
+    await reset_and_check(live)
+    assert False, "failing on purpose"
+"""
+
+
+@pytest.mark.parametrize(
+    ("tests", "disabled", "runs"),
+    [
+        (ANYIO_TESTS.split("@pytest.mark.anyio")[0] + FIXTURE_SERVER_FAILURE, "trio", 2),
+        (FIXTURE_SERVER_FAILURE, "anyio", 1),
+    ],
+    ids=["anyio", "pytest-trio"],
+)
+def test_a_failure_report_lists_the_ends_on_a_server_a_fixture_holds(
+    pytester: pytest.Pytester, tests: str, disabled: str, runs: int
+) -> None:
+    # The section was added as the server's block ended: a fixture's ends after the call's
+    # report was made, so the report of the failure never had it.
+    plugin = "anyio" if disabled == "trio" else "trio"
+    result = run_suite(pytester, tests.replace("PLUGIN", plugin), disabled)
+    result.assert_outcomes(failed=runs)
+    output = result.stdout.str()
+    assert output.count("Captured streamkit server 1 (http://127.0.0.1:") == runs, output
+    assert output.count("/endless: CLIENT_DISCONNECTED after") == runs, output
+
+
 @pytest.mark.parametrize("setting", ["nan", "-1", "0", "inf", "soon"])
 def test_a_bad_grace_period_is_a_usage_error_naming_it(
     pytester: pytest.Pytester, setting: str
