@@ -94,6 +94,7 @@ class FakeConnection:
             "server": ("testserver", 80),
             "state": {},
         }
+        self._request = f"{method.upper()} {path}"
         self.messages: list[Message] = []
         self.refused: list[Message] = []
         self.receive_calls = 0
@@ -147,14 +148,23 @@ class FakeConnection:
     async def run(self, app: ASGIApp, *, within: float = 5.0) -> None:
         """Call *app* with this connection and wait for it to return.
 
-        :raises TimeoutError: it did not return within *within* seconds.
+        :raises TimeoutError: it did not return within *within* seconds; the message says what
+            it had sent and whether the client had left.
         :raises TypeError: *within* is not a number (before the app is called).
         :raises ValueError: *within* is not a positive, finite number of seconds (before the
             app is called).
         """
         check_duration("within", within)
-        with anyio.fail_after(within):
+        with anyio.move_on_after(within) as scope:
             await app(self.scope, self.receive, self.send)
+        if scope.cancelled_caught:
+            # Whether the client had left says which cue the app missed: none came, or the
+            # app did not heed it.
+            raise TimeoutError(
+                f"the app did not return within {within} s of its call for {self._request}; "
+                f"it had sent {len(self.messages)} messages, {self._body_sent} of them with "
+                f"body bytes, and the client {'had left' if self.disconnected else 'had not left'}"
+            )
 
     @property
     def status(self) -> int | None:

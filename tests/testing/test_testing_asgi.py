@@ -170,6 +170,31 @@ async def test_a_bad_within_for_run_is_refused_naming_it_before_the_app_runs(
     assert called == []
 
 
+@pytest.mark.parametrize(
+    ("disconnect_after_body", "left"),
+    [(None, "had not left"), (2, "had left")],
+    ids=["no-cue", "left"],
+)
+async def test_an_app_that_does_not_return_is_a_timeout_naming_the_request_and_the_client(
+    disconnect_after_body: int | None, left: str
+) -> None:
+    # It raised a TimeoutError without a message: what hung, and whether the client had
+    # left (the cue the app waits for may never have come), nobody knew.
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for body in (b"one", b"two"):
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+        await anyio.sleep_forever()  # heeds no disconnect
+
+    connection = FakeConnection("/feed", disconnect_after_body=disconnect_after_body)
+    with anyio.fail_after(5), pytest.raises(TimeoutError) as caught:
+        await connection.run(app, within=0.1)
+    assert str(caught.value) == (
+        "the app did not return within 0.1 s of its call for GET /feed; it had sent 3 "
+        f"messages, 2 of them with body bytes, and the client {left}"
+    )
+
+
 @pytest.mark.parametrize("fatal", [SystemExit, KeyboardInterrupt])
 async def test_without_a_streamkit_server_a_producers_system_exit_is_raised_after_the_report(
     fatal: type[BaseException],
