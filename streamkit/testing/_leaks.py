@@ -17,9 +17,9 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import CoroutineType
 from typing import Any
 
@@ -158,10 +158,16 @@ async def open_leak_check(*, within: float = 1.0, tasks: bool = True) -> AsyncIt
         await anyio.sleep(_POLL_INTERVAL)
 
 
-def wait_released(before: ResourceSnapshot, *, within: float) -> None:
+def wait_released(
+    before: ResourceSnapshot, *, within: float, serving: Collection[str] = ()
+) -> None:
     """Block until every descriptor and child process new since *before* is gone.
 
     For synchronous teardown, outside any event loop: tasks are not checked.
+
+    :param serving: the addresses (``host:port``) of servers that go on serving: the sockets
+        they hold, their ends of connections the test left, are theirs to close once the event
+        loop runs again, and are not counted.
 
     :raises LeakError: something was still there after *within* seconds.
     :raises ValueError: *within* is not a positive, finite number of seconds.
@@ -171,10 +177,28 @@ def wait_released(before: ResourceSnapshot, *, within: float) -> None:
     check_type("before", before, ResourceSnapshot)
     check_duration("within", within)
     deadline = time.monotonic() + within
-    while (leak := ResourceSnapshot.take(tasks=False).leaked_since(before)) is not None:
+    while (
+        leak := _without_served(ResourceSnapshot.take(tasks=False), serving).leaked_since(before)
+    ) is not None:
         if time.monotonic() >= deadline:
             raise leak
         time.sleep(_POLL_INTERVAL)
+
+
+def _without_served(snapshot: ResourceSnapshot, serving: Collection[str]) -> ResourceSnapshot:
+    """*snapshot* without the sockets whose local address is one of *serving*."""
+    if not serving:
+        return snapshot
+    kept = {
+        number: target
+        for number, target in snapshot.file_descriptors.items()
+        if not (
+            target.startswith("socket:[")
+            and (found := _socket(target[len("socket:[") : -1])) is not None
+            and found[0] in serving
+        )
+    }
+    return replace(snapshot, file_descriptors=kept)
 
 
 def _file_descriptors() -> dict[int, str]:
@@ -256,6 +280,15 @@ def _describe_descriptor(target: str) -> str:
 
 
 def _describe_socket(inode: str) -> str | None:
+    found = _socket(inode)
+    if found is None:
+        return None
+    local, remote, state = found
+    return f"(TCP {local} -> {remote}, {state})"
+
+
+def _socket(inode: str) -> tuple[str, str, str] | None:
+    """A TCP socket's local and remote addresses (``host:port``) and its state."""
     for table, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
         try:
             with open(f"/proc/self/net/{table}") as file:
@@ -266,8 +299,7 @@ def _describe_socket(inode: str) -> str | None:
             columns = row.split()
             if len(columns) > 9 and columns[9] == inode:
                 local, remote = (_address(column, family) for column in columns[1:3])
-                state = _TCP_STATES.get(columns[3], columns[3])
-                return f"(TCP {local} -> {remote}, {state})"
+                return local, remote, _TCP_STATES.get(columns[3], columns[3])
     return None
 
 

@@ -20,7 +20,7 @@ from starlette.types import ASGIApp
 
 from .._checks import check_duration
 from ._leaks import ResourceSnapshot, wait_released
-from ._server import LiveServer, open_server
+from ._server import LiveServer, open_server, serving_addresses
 
 __all__ = ["no_leaks", "open_live_server"]
 
@@ -141,5 +141,5 @@ def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
     if found is not None:
         del item.stash[_LEAK_CHECK]
         before, within = found
-        wait_released(before, within=within)
+        wait_released(before, within=within, serving=serving_addresses)
     return result

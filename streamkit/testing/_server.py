@@ -28,6 +28,11 @@ _STOP_MARGIN = 5.0
 # default, which a leak check's grace period would count as a leaked socket and tasks.
 _KEEP_ALIVE_TIMEOUT = 0.25
 
+#: The addresses (``host:port``) open_server serves on now. A server that outlives a test (a
+#: module's fixture) holds its end of the connections the test left until its event loop runs
+#: again, after no_leaks checked: those are the server's to close, not the test's leaks.
+serving_addresses: set[str] = set()
+
 
 class LiveServer:
     """A server started by :func:`open_server`.
@@ -279,6 +284,7 @@ async def open_server(
             await listening.ready.wait()
             if listening.address is not None:
                 server = LiveServer(listening.address, streams, stop, stopped)
+                serving_addresses.add(f"{server.host}:{server.port}")
                 await _wait_serving(server, tls=tls is not None)
                 yield server
         except anyio.get_cancelled_exc_class():
@@ -304,6 +310,8 @@ async def open_server(
                     await stopped.wait()
             if scope.cancelled_caught:
                 serving.cancel()
+            if listening.address is not None:
+                serving_addresses.discard(f"{listening.address.host}:{listening.address.port}")
     if fatal is not None:
         raise fatal
     if serve_error is not None:

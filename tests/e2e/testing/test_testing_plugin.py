@@ -8,6 +8,8 @@ fail, so that a plugin that silently did nothing could not pass.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 pytest_plugins = ("pytester",)
@@ -205,6 +207,46 @@ def test_a_failure_report_lists_the_ends_on_a_server_a_fixture_holds(
     output = result.stdout.str()
     assert output.count("Captured streamkit server 1 (http://127.0.0.1:") == runs, output
     assert output.count("/endless: CLIENT_DISCONNECTED after") == runs, output
+
+
+#: A server shared by a module's tests, under anyio's plugin: it outlives each test, and the
+#: event loop it serves on is stopped while no_leaks checks.
+MODULE_SERVER_TESTS = """
+@pytest.fixture(scope="module", params=["asyncio", "trio"])
+def anyio_backend(request):
+    return request.param
+
+
+@pytest.fixture(scope="module")
+async def module_server():
+    async with open_server(make_app()) as server:
+        yield server
+
+
+@pytest.mark.anyio
+async def test_left_mid_stream(module_server, no_leaks):
+    async with open_stream(module_server, "/endless") as client:
+        assert await client.read_item() == {"n": 0}
+
+
+@pytest.mark.anyio
+async def test_left_a_connection_of_its_own(module_server, no_leaks):
+    LEAKED.append(socket.create_connection((module_server.host, module_server.port)))
+"""
+
+
+def test_no_leaks_does_not_count_what_a_server_of_a_wider_scope_holds(
+    pytester: pytest.Pytester,
+) -> None:
+    # The server's end of a connection the test had left was counted as the test's leak:
+    # the server closes it once its event loop runs again, after the check.
+    result = run_suite(pytester, MODULE_SERVER_TESTS, "trio")
+    result.assert_outcomes(passed=4, errors=2)
+    output = result.stdout.str()
+    assert "ERROR test_streams.py::test_left_mid_stream" not in output
+    assert output.count("ERROR test_streams.py::test_left_a_connection_of_its_own") == 2
+    # What the test left is found: its own end of a connection to the server.
+    assert re.search(r"socket:\[\d+\] \(TCP 127\.0\.0\.1:\d+ -> 127\.0\.0\.1:\d+", output)
 
 
 @pytest.mark.parametrize("setting", ["nan", "-1", "0", "inf", "soon"])
