@@ -213,6 +213,8 @@ class StreamClient:
         """The next NDJSON value.
 
         :raises EOFError: the body ended first.
+        :raises ValueError: the next line is not UTF-8 or not JSON; the message names its
+            number. The lines after it are read by the next calls.
         :raises TimeoutError: no value was completed within :attr:`read_timeout`; heartbeats
             (empty lines) that arrived meanwhile do not extend it.
         """
@@ -221,8 +223,24 @@ class StreamClient:
             chunk = await self._receive("another item", deadline)
             if chunk is None:
                 raise EOFError(f"the stream of {self._request} ended before another item arrived")
-            self._items.extend(self._ndjson.feed(chunk))
-        return self._items.pop(0)
+            self._feed_items(chunk)
+        item = self._items.pop(0)
+        if isinstance(item, ValueError):  # no JSON value is one
+            raise item
+        return item
+
+    def _feed_items(self, chunk: bytes) -> None:
+        """Queue the values of the lines *chunk* completes, and the error of a bad one in its
+        place: the values before it are read first, and those after it after, as
+        :func:`~streamkit.client.open_ndjson_stream` hands them over."""
+        start = 0
+        while end := chunk.find(b"\n", start) + 1:
+            try:
+                self._items.extend(self._ndjson.feed(chunk[start:end]))
+            except ValueError as exc:
+                self._items.append(exc)
+            start = end
+        self._ndjson.feed(chunk[start:])
 
     async def close(self) -> None:
         """Leave cleanly: send FIN, then close the socket.

@@ -470,6 +470,20 @@ async def test_a_body_that_ends_mid_event_says_so(body: bytes, said: str) -> Non
     assert str(caught.value) == f"the stream of GET / ended before another event arrived{said}"
 
 
+async def test_a_bad_ndjson_line_is_raised_in_its_turn() -> None:
+    # The values before a bad line, and after it, in the same piece of the body were lost:
+    # the first read raised the bad line's error, and the body then seemed to end.
+    body = b'{"n": 0}\nnope\n{"n": 2}\n'
+    async with raw_peer(after_eof=body) as peer, open_stream(peer, "/") as client:
+        await client.half_close()  # the peer sends the body, in one piece, on our FIN
+        assert await client.read_item() == {"n": 0}
+        with pytest.raises(ValueError, match=r"^line 2 of the NDJSON body is not JSON"):
+            await client.read_item()
+        assert await client.read_item() == {"n": 2}
+        with pytest.raises(EOFError):
+            await client.read_item()
+
+
 def test_stream_client_is_the_base_of_both_protocols() -> None:
     from streamkit.testing import H2StreamClient
 
