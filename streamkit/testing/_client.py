@@ -222,7 +222,12 @@ class StreamClient:
         while not self._items:
             chunk = await self._receive("another item", deadline)
             if chunk is None:
-                raise EOFError(f"the stream of {self._request} ended before another item arrived")
+                discarded = (
+                    "; an unfinished line at its end was discarded" if self._ndjson.end() else ""
+                )
+                raise EOFError(
+                    f"the stream of {self._request} ended before another item arrived{discarded}"
+                )
             self._feed_items(chunk)
         item = self._items.pop(0)
         if isinstance(item, ValueError):  # no JSON value is one

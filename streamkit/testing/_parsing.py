@@ -70,6 +70,13 @@ class NDJSONReader:
                 self.blank_lines += 1
         return items
 
+    def end(self) -> bool:
+        """The body ended: discard an unfinished line (one without its LF), and return whether
+        there was one."""
+        unfinished = bool(self._pending.strip())
+        self._pending = b""
+        return unfinished
+
     def _parse(self, line: bytes) -> Any:
         try:
             return read_json_line(line)

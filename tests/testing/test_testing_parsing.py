@@ -121,6 +121,19 @@ def test_end_says_whether_an_unfinished_frame_was_discarded(body: bytes, discard
     assert reader.end() is False  # nothing is left after it
 
 
+@pytest.mark.parametrize(
+    ("body", "discarded"),
+    [(b'{"n": 0}\n', False), (b"\n", False), (b'{"n": 0}', True), (b'{"n": 0}\n{"n"', True)],
+)
+def test_ndjson_end_says_whether_an_unfinished_line_was_discarded(
+    body: bytes, discarded: bool
+) -> None:
+    reader = NDJSONReader()
+    reader.feed(body)
+    assert reader.end() is discarded
+    assert reader.end() is False  # nothing is left after it
+
+
 def test_ndjson_surrogate_pairs_and_escaped_backslashes_are_read() -> None:
     # A pair escaped as two halves is one character; an escaped backslash before "ud800"
     # is no escape of a surrogate.

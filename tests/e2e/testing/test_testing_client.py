@@ -470,6 +470,25 @@ async def test_a_body_that_ends_mid_event_says_so(body: bytes, said: str) -> Non
     assert str(caught.value) == f"the stream of GET / ended before another event arrived{said}"
 
 
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [
+        (b'{"n": 0}\n{"n": 1}', "; an unfinished line at its end was discarded"),
+        (b'{"n": 0}\n', ""),
+    ],
+    ids=["mid-line", "between-lines"],
+)
+async def test_an_ndjson_body_that_ends_mid_line_says_so(body: bytes, said: str) -> None:
+    # A last line without its newline was dropped without a word: the body seemed to hold one
+    # value fewer than it showed.
+    async with raw_peer(after_eof=body) as peer, open_stream(peer, "/") as client:
+        await client.half_close()  # the peer sends the body, then ends it, on our FIN
+        assert await client.read_item() == {"n": 0}
+        with pytest.raises(EOFError) as caught:
+            await client.read_item()
+    assert str(caught.value) == f"the stream of GET / ended before another item arrived{said}"
+
+
 async def test_a_bad_ndjson_line_is_raised_in_its_turn() -> None:
     # The values before a bad line, and after it, in the same piece of the body were lost:
     # the first read raised the bad line's error, and the body then seemed to end.
