@@ -209,6 +209,33 @@ def test_a_failure_report_lists_the_ends_on_a_server_a_fixture_holds(
     assert output.count("/endless: CLIENT_DISCONNECTED after") == runs, output
 
 
+#: A test that fails holding what it would have closed: its traceback keeps it open.
+FAILURE_HOLDING_A_SOCKET = """
+@pytest.mark.PLUGIN
+async def test_PLUGIN_fails_holding_a_socket(no_leaks):
+    LEAKED.append(socket.socket())
+    assert False, "failing on purpose"
+"""
+
+
+@pytest.mark.parametrize(
+    ("tests", "disabled", "runs"),
+    [
+        (ANYIO_TESTS.split("@pytest.mark.anyio")[0] + FAILURE_HOLDING_A_SOCKET, "trio", 2),
+        (FAILURE_HOLDING_A_SOCKET, "anyio", 1),
+    ],
+    ids=["anyio", "pytest-trio"],
+)
+def test_no_leaks_is_not_checked_after_a_failure(
+    pytester: pytest.Pytester, tests: str, disabled: str, runs: int
+) -> None:
+    # A failing test got a leak error besides, for what its own failure held open.
+    plugin = "anyio" if disabled == "trio" else "trio"
+    result = run_suite(pytester, tests.replace("PLUGIN", plugin), disabled)
+    result.assert_outcomes(failed=runs)
+    assert "LeakError" not in result.stdout.str()
+
+
 #: A server shared by a module's tests, under anyio's plugin: it outlives each test, and the
 #: event loop it serves on is stopped while no_leaks checks.
 MODULE_SERVER_TESTS = """
