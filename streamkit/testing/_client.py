@@ -166,6 +166,10 @@ class StreamClient:
         if self._left is not None:
             raise RuntimeError(f"this client already left ({self._left}); it cannot be used")
 
+    def _status_said(self) -> str:
+        # A body read as a stream that is an error page: the status says why it ended.
+        return "" if 200 <= self.status < 300 else f"; the response's status was {self.status}"
+
     def _broken(self) -> ConnectionError:
         return ConnectionResetError("the connection was reset by the server")
 
@@ -196,7 +200,8 @@ class StreamClient:
                     else ""
                 )
                 raise EOFError(
-                    f"the stream of {self._request} ended before another event arrived{discarded}"
+                    f"the stream of {self._request} ended before another event arrived"
+                    f"{self._status_said()}{discarded}"
                 )
             self._events.extend(self._sse.feed(chunk))
         return self._events.pop(0)
@@ -226,7 +231,8 @@ class StreamClient:
                     "; an unfinished line at its end was discarded" if self._ndjson.end() else ""
                 )
                 raise EOFError(
-                    f"the stream of {self._request} ended before another item arrived{discarded}"
+                    f"the stream of {self._request} ended before another item arrived"
+                    f"{self._status_said()}{discarded}"
                 )
             self._feed_items(chunk)
         item = self._items.pop(0)

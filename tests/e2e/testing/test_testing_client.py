@@ -274,6 +274,22 @@ async def test_heartbeats_do_not_hold_off_the_timeout_of_a_read(
     ), caught.value
 
 
+@pytest.mark.parametrize("opener", [open_stream, open_h2_stream], ids=["http1", "http2"])
+@pytest.mark.parametrize(("read", "awaited"), [("read_event", "event"), ("read_item", "item")])
+async def test_the_end_of_a_response_that_is_no_success_names_its_status(
+    opener: Callable[..., AbstractAsyncContextManager[StreamClient]], read: str, awaited: str
+) -> None:
+    # A mistyped path read as a stream said only that an unfinished event or line, the
+    # "Not Found" of the 404, was discarded.
+    async with serving() as (server, _), opener(server, "/tikcs") as client:
+        with pytest.raises(EOFError) as caught:
+            await getattr(client, read)()
+    assert str(caught.value).startswith(
+        f"the stream of GET /tikcs ended before another {awaited} arrived; "
+        "the response's status was 404"
+    ), caught.value
+
+
 async def test_a_wait_for_an_end_that_does_not_come_names_what_it_waited_for() -> None:
     # It raised a TimeoutError without a message: which wait, for what, nobody knew.
     async with serving() as (server, _), open_stream(server, "/ticks") as client:
