@@ -61,6 +61,22 @@ async def test_a_server_and_its_streams_leave_nothing_behind() -> None:
 
 @pytest.mark.anyio
 @pytest.mark.e2e
+@pytest.mark.parametrize(
+    "anyio_backend", [pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop")]
+)
+async def test_a_server_opened_inside_the_check_on_uvloop_leaves_nothing_behind(
+    anyio_backend: object,
+) -> None:
+    # libuv opens /dev/null on a loop's first stream and holds it for the loop's life: a check
+    # around the first server on a loop, each test's under anyio's plugin, named it.
+    with anyio.fail_after(20):
+        async with open_leak_check(), open_server(make_app()) as server:
+            async with open_stream(server, "/hello") as reader:
+                assert await reader.read_all() == b"hello"
+
+
+@pytest.mark.anyio
+@pytest.mark.e2e
 @pytest.mark.parametrize("client", ["http1", "http2", "httpx"])
 async def test_a_completed_request_on_a_server_opened_before_the_check_is_no_leak(
     client: str,
