@@ -88,20 +88,19 @@ def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     """The ``streamkit`` sections of :func:`open_live_server`, added as the call's report is
-    made: a server a fixture holds is still serving then, and ends after it. A failed setup or
-    call calls off the check of :func:`no_leaks`."""
+    made: a server a fixture holds is still serving then, and ends after it. A setup or call
+    that raised calls off the check of :func:`no_leaks`."""
     if call.when == "call":
         servers: list[LiveServer] = item.stash.get(_SERVERS, [])
         for number, server in enumerate(servers, start=1):
             item.add_report_section(
                 "call", f"streamkit server {number} ({server.url})", _ends_report(server)
             )
-    report = yield
-    if report.failed and call.when != "teardown" and _LEAK_CHECK in item.stash:
-        # The failure says more, and its traceback holds the test's frames, with what they
-        # opened, open: the check would find them.
+    if call.excinfo is not None and call.when != "teardown" and _LEAK_CHECK in item.stash:
+        # The failure (expected or not) says more, and its traceback holds the test's frames,
+        # with what they opened, open: the check would find them.
         del item.stash[_LEAK_CHECK]
-    return report
+    return (yield)
 
 
 def _ends_report(server: LiveServer) -> str:
@@ -125,7 +124,7 @@ _LEAK_CHECK = pytest.StashKey[tuple[ResourceSnapshot, float]]()
 @pytest.fixture
 def no_leaks(request: pytest.FixtureRequest) -> None:
     """Fail the test if it leaves file descriptors or child processes behind; not checked when
-    the test failed, whose failure says more.
+    the test raised (failed, or failed as expected), whose failure says more.
 
     Checked once the test's whole teardown is done (every fixture's, whatever the order they
     were asked for in, so a server fixture's sockets are closed by then), allowing a second
