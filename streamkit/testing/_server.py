@@ -12,7 +12,7 @@ import anyio
 import anyio.abc
 from starlette.types import ASGIApp
 
-from .._checks import check_callable, check_duration
+from .._checks import check_callable, check_duration, check_type
 from .._ends import EndReason, StreamEnd
 from .._registry import StreamRegistry, registry
 from .._serve import ServerAddress, serve
@@ -97,9 +97,11 @@ class LiveServer:
 
         :raises AssertionError: it ended for another reason.
         :raises TimeoutError: no stream ended within *within* seconds.
-        :raises TypeError: *within* is not a number.
+        :raises TypeError: *reason* is not an :class:`~streamkit.EndReason`, or *within* not a
+            number.
         :raises ValueError: *within* is not a positive, finite number of seconds.
         """
+        check_type("reason", reason, EndReason)
         end = await self._wait_end(within, f"one ended with {reason.name}")
         if end.reason is not reason:
             raise AssertionError(

@@ -175,6 +175,17 @@ async def test_a_bad_within_for_a_wait_is_refused_naming_it_and_the_server_serve
                 assert await client.read_all() == b"hello"
 
 
+async def test_a_reason_that_is_no_end_reason_is_refused_naming_it() -> None:
+    # A reason's name given for the reason was an AttributeError: 'str' object has no
+    # attribute 'name'.
+    with anyio.fail_after(20):
+        async with open_server(make_app()) as server:
+            with pytest.raises(
+                TypeError, match=r"^reason must be an EndReason, got str: 'CLIENT_DISCONNECTED'$"
+            ):
+                await server.wait_ended("CLIENT_DISCONNECTED")  # type: ignore[arg-type]
+
+
 async def test_an_app_whose_lifespan_fails_at_startup_raises_the_serve_error_as_itself() -> None:
     # Not inside the task group's exception group: a test catches what serve raised.
     @asynccontextmanager
