@@ -288,7 +288,11 @@ class StreamClient:
         """Stop reading, for good: the server's writes back up once the socket buffers are
         full, until its ``send_timeout`` ends the stream. Open the client with a small
         ``receive_buffer`` (4096) so that happens after little data. Reading afterwards raises
-        :exc:`RuntimeError`."""
+        :exc:`RuntimeError`.
+
+        :raises RuntimeError: the client already left.
+        """
+        self._check_here()
         self.stalled = True
 
 

@@ -358,6 +358,10 @@ async def test_a_client_that_left_says_so_when_used_again(leave: str) -> None:
         for again in ("receive_chunk", "close", "reset", "half_close"):
             with pytest.raises(RuntimeError, match=rf"this client already left \(by {leave}\(\)\)"):
                 await getattr(client, again)()
+        # A stall, which took effect as if the client were there, too.
+        with pytest.raises(RuntimeError, match=rf"this client already left \(by {leave}\(\)\)"):
+            client.stall()
+        assert not client.stalled
     with pytest.raises(RuntimeError, match=rf"already left \(by {leave}\(\)\)"):
         await client.read_event()
 
