@@ -170,10 +170,15 @@ class _RegisteringApp:
         # only after the lifespan's shutdown: cancelled before then (serve's caller gave up
         # on it), it left that task running, the app's lifespan with it.
         self._lifespan_scope = anyio.CancelScope()
+        # The lifespan messages the app took and those it sent: what is left to answer for
+        # it if it returns before the shutdown (see _answer_for_the_app()).
+        self._taken: set[str] = set()
+        self._said: set[str] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             send = partial(self._send_lifespan, send)
+            receive = partial(self._receive_lifespan, receive)
         token = served_by_streamkit.set(True)
         try:
             with using_registry(self.streams):
@@ -182,15 +187,33 @@ class _RegisteringApp:
                         try:
                             await self.app(scope, receive, send)
                         except Exception:
-                            # An app that has no lifespan (it raised, or returned, before its
-                            # startup) is served without one; a cancellation is no such end.
+                            # An app that has no lifespan (it raised before its startup) is
+                            # served without one; a cancellation is no such end.
                             self._serving()
                             raise
+                        await self._answer_for_the_app(receive, send)
                         self._serving()
                 else:
                     await self.app(scope, receive, send)
         finally:
             served_by_streamkit.reset(token)
+
+    async def _answer_for_the_app(self, receive: Receive, send: Send) -> None:
+        """Answer what is left of the lifespan for an app that returned before its shutdown:
+        one without a lifespan, which the ASGI spec lets return at once, or one that returned
+        once started. hypercorn's trio worker would send the next message on the channel
+        that return closed, and fail with ``trio.ClosedResourceError``: before it served
+        anything, or as it stopped. Its asyncio worker goes on without a word; answered here,
+        both do."""
+        if "lifespan.startup.failed" in self._said:
+            return  # the server stops: nothing more is asked
+        if "lifespan.startup.complete" not in self._said:
+            if "lifespan.startup" not in self._taken:
+                await receive()
+            await send({"type": "lifespan.startup.complete"})
+        if "lifespan.shutdown" not in self._taken:
+            await receive()  # once the server stops
+            await send({"type": "lifespan.shutdown.complete"})
 
     def _serving(self) -> None:
         """Tell on_serving that hypercorn serves, once: the lifespan has started, or ended
@@ -208,7 +231,13 @@ class _RegisteringApp:
         """Cancel the app's lifespan if it still runs, as serve stops (see __init__)."""
         self._lifespan_scope.cancel()
 
+    async def _receive_lifespan(self, receive: Receive) -> Message:
+        message = await receive()
+        self._taken.add(message["type"])
+        return message
+
     async def _send_lifespan(self, send: Send, message: Message) -> None:
+        self._said.add(message["type"])
         if self._lifespan_scope.cancel_called:
             # Cancelled as serve stopped (see cancel_lifespan): nobody waits for its word, and
             # hypercorn's asyncio worker would raise a failure in a task nobody awaits.

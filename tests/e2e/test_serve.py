@@ -200,3 +200,60 @@ async def test_an_on_serving_that_is_not_callable_is_refused_before_anything_lis
 
     with pytest.raises(TypeError, match="on_serving must be callable, got str: 'ready'"):
         await serve(Starlette(), bind="127.0.0.1:0", on_serving="ready")  # type: ignore[arg-type]
+
+
+async def _returns_at_once(scope: Any, receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        return  # no lifespan: a plain ASGI app's first line
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"served"})
+
+
+async def _returns_after_the_startup_message(scope: Any, receive: Any, send: Any) -> None:
+    if scope["type"] == "lifespan":
+        await receive()  # lifespan.startup, left unanswered
+        return
+    await _returns_at_once(scope, receive, send)
+
+
+async def _returns_once_started(scope: Any, receive: Any, send: Any) -> None:
+    if scope["type"] == "lifespan":
+        await receive()
+        await send({"type": "lifespan.startup.complete"})
+        return  # not waiting for the shutdown
+    await _returns_at_once(scope, receive, send)
+
+
+@pytest.mark.parametrize(
+    "app", [_returns_at_once, _returns_after_the_startup_message, _returns_once_started]
+)
+async def test_an_app_that_returns_from_its_lifespan_is_served_and_stopped_without_it(
+    app: Any,
+) -> None:
+    # An app with no lifespan may return at once from its scope (the ASGI spec allows it).
+    # hypercorn's trio worker then sent the startup on the channel it had closed, and serve
+    # failed with trio's ClosedResourceError before it served anything; one that returned
+    # once started had the same come of its shutdown.
+    import httpx
+
+    from streamkit import serve
+
+    serving = anyio.Event()
+    stop = anyio.Event()
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as task_group:
+            address = await task_group.start(
+                partial(
+                    serve,
+                    app,
+                    bind="127.0.0.1:0",
+                    grace_period=GRACE,
+                    shutdown_trigger=stop.wait,
+                    on_serving=lambda where: serving.set(),
+                )
+            )
+            await serving.wait()
+            async with httpx.AsyncClient() as client:
+                response = await client.get(f"http://{address.host}:{address.port}/")
+            stop.set()
+    assert (response.status_code, response.text) == (200, "served")
