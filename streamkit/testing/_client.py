@@ -67,8 +67,6 @@ class StreamClient:
     :ivar headers: the response headers, lower-cased names.
     :ivar complete: whether the whole body arrived (the chunked terminator, or END_STREAM).
     :ivar stalled: whether :meth:`stall` was called.
-    :ivar read_timeout: seconds each read waits for the server, or ``None`` for no bound;
-        a test may change it between reads.
     """
 
     status: int
@@ -84,7 +82,7 @@ class StreamClient:
         self.stream = stream
         self.complete = False
         self.stalled = False
-        self.read_timeout = read_timeout
+        self._read_timeout = read_timeout
         self._request = request
         self._left: str | None = None  # how this client left, once it did
         self._sse = SSEReader()
@@ -102,13 +100,29 @@ class StreamClient:
         return sock
 
     @property
+    def read_timeout(self) -> float | None:
+        """Seconds each read waits for the server, or ``None`` for no bound; a test may
+        change it between reads.
+
+        :raises TypeError: (set) not a number.
+        :raises ValueError: (set) not a positive, finite number of seconds.
+        """
+        return self._read_timeout
+
+    @read_timeout.setter
+    def read_timeout(self, value: float | None) -> None:
+        check_duration("read_timeout", value, optional=True)
+        self._read_timeout = value
+
+    @property
     def comments(self) -> list[str]:
-        """The SSE comments read so far: heartbeats."""
+        """The SSE comments :meth:`read_event` has parsed so far: heartbeats. (A body read
+        with :meth:`read_all` or :meth:`receive_chunk` is not parsed.)"""
         return self._sse.comments
 
     @property
     def blank_lines(self) -> int:
-        """The empty NDJSON lines read so far: heartbeats."""
+        """The empty NDJSON lines :meth:`read_item` has parsed so far: heartbeats."""
         return self._ndjson.blank_lines
 
     async def receive_chunk(self) -> bytes | None:

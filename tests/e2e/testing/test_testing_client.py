@@ -380,6 +380,18 @@ async def test_a_bad_read_timeout_is_refused_naming_it_before_connecting(value: 
             raise AssertionError("it connected")
 
 
+@pytest.mark.parametrize("value", [0, -1.0, float("nan"), "1"])
+async def test_a_bad_read_timeout_set_between_reads_is_refused_naming_it(value: object) -> None:
+    # A test may change it between reads; a bad one was taken, and the next read failed with
+    # a bare TypeError of the deadline's addition, or waited for ever.
+    async with raw_peer() as peer, open_stream(peer, "/") as client:
+        with pytest.raises((TypeError, ValueError), match="read_timeout must be"):
+            client.read_timeout = value  # type: ignore[assignment]
+        assert client.read_timeout == 10.0  # open_stream's default, kept
+        client.read_timeout = None  # no bound: allowed
+        assert client.read_timeout is None
+
+
 @dataclass
 class LiveServerAt:
     host: str
