@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -56,7 +57,8 @@ def import_app(target: str) -> ASGIApp:
     :raises ValueError: *target* is not of that form.
     :raises ImportError: the module cannot be imported.
     :raises AttributeError: the module has no such attribute.
-    :raises TypeError: what was found is not callable.
+    :raises TypeError: what was found is no ASGI application: not callable, a class, or a
+        callable that cannot take ``(scope, receive, send)`` (an app factory, a WSGI app).
     """
     module_name, sep, attribute = target.partition(":")
     if not sep or not module_name or not attribute:
@@ -71,10 +73,29 @@ def import_app(target: str) -> ASGIApp:
             raise AttributeError(
                 f"module {module_name!r} has no attribute {attribute!r} (from {target!r})"
             ) from None
-    if not callable(found):
-        raise TypeError(f"{target!r} is not an ASGI application: {found!r}")
+    _check_asgi(target, found)
     app: ASGIApp = found
     return app
+
+
+def _check_asgi(name: str, found: object) -> None:
+    """Refuse what cannot be an ASGI application. hypercorn would serve it all the same, take
+    its failed lifespan for one it does not support, and answer every request with a 500."""
+    if not callable(found):
+        raise TypeError(f"{name!r} is not an ASGI application: {found!r:.80}")
+    if isinstance(found, type) and not hasattr(found, "__await__"):
+        raise TypeError(f"{name!r} is a class, not an ASGI application: serve an instance of it")
+    try:
+        signature = inspect.signature(found)
+    except (TypeError, ValueError):
+        return  # a builtin, say: nothing to tell
+    try:
+        signature.bind(None, None, None)
+    except TypeError:
+        raise TypeError(
+            f"{name!r} is not an ASGI application: it takes {signature}, not (scope, receive, "
+            "send); name the ASGI app itself, not an app factory or a WSGI app"
+        ) from None
 
 
 def run(
@@ -110,7 +131,8 @@ def run(
     :param tls: serve HTTPS, HTTP/2 offered by ALPN: see :func:`streamkit.serve`.
     :raises ValueError: an argument is out of range, or several workers were asked for
         with an application object.
-    :raises TypeError: *app* is not callable, *bind* is not a ``str``, *log_level* is
+    :raises TypeError: *app* is no ASGI application (not callable, a class, or a callable
+        that cannot take ``(scope, receive, send)``), *bind* is not a ``str``, *log_level* is
         neither a level name nor an ``int``, or *tls* is not a :class:`~streamkit.TLSConfig`.
     :raises ServeError: the address cannot be bound, a TLS file is missing, unreadable or
         malformed (before anything is bound), a worker exited on its own, or a worker's
@@ -135,6 +157,7 @@ def run(
         raise TypeError(
             f"app must be an ASGI application (callable), got {type(app).__name__}: {app!r:.80}"
         )
+    _check_asgi("app", application)
     if grace_period is None:
         grace_period = application.grace_period if isinstance(application, App) else 15.0
     check_duration("grace_period", grace_period)

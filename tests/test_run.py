@@ -22,6 +22,8 @@ TLS_FLAGS = ["--certfile", "cert.pem", "--keyfile", "key.pem"]
     ("arguments", "error", "match"),
     [
         ({"app": 5}, TypeError, r"app must be an ASGI application \(callable\), got int: 5"),
+        ({"app": App}, TypeError, r"'app' is a class, not an ASGI application"),
+        ({"app": lambda: App()}, TypeError, r"'app' is not an ASGI application: it takes \(\)"),
         ({"bind": 8000}, TypeError, r"bind must be a str, got int: 8000"),
         ({"log_level": "LOUD"}, ValueError, r"log_level must be one of .*INFO.*, got 'LOUD'"),
         ({"log_level": True}, TypeError, r"log_level must be a level name or an int, got bool"),

@@ -401,6 +401,42 @@ def test_a_bad_app_name_is_reported_with_a_failure_status(tmp_path: Path) -> Non
         assert message in result.stderr
 
 
+NOT_ASGI = """
+from starlette.applications import Starlette
+
+
+def wsgi(environ, start_response):
+    start_response("200 OK", [])
+    return [b"hello"]
+
+
+def create_app():
+    return Starlette()
+"""
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("service:Starlette", "'service:Starlette' is a class, not an ASGI application"),
+        ("service:wsgi", "'service:wsgi' is not an ASGI application: it takes (environ, "),
+        ("service:create_app", "'service:create_app' is not an ASGI application: it takes ()"),
+    ],
+)
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_callable_that_is_no_asgi_application_is_refused_before_serving(
+    tmp_path: Path, target: str, message: str, workers: str
+) -> None:
+    # It was served: "serving on" was said, then every request answered with a 500, hypercorn
+    # having taken the failed lifespan for one the app did not support.
+    (tmp_path / "service.py").write_text(NOT_ASGI)
+    command = [sys.executable, "-m", "streamkit", "run", target, "--bind", "127.0.0.1:0"]
+    result = run_command(tmp_path, [*command, "--workers", workers])
+    assert result.returncode == 1, result.stderr
+    assert f"streamkit: error: {message}" in result.stderr, result.stderr
+    assert "serving on" not in result.stderr, result.stderr
+
+
 async def test_a_worker_that_dies_is_named_and_the_command_fails(
     tmp_path: Path, anyio_backend: str
 ) -> None:
