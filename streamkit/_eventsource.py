@@ -113,10 +113,21 @@ def default_ssl_context() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
-def as_request(target: httpx.Request | str, *, what: str = "a stream's target") -> httpx.Request:
-    """*target* as a request: a ``str`` is a URL to ``GET``. A request's ``Accept-Encoding``
-    keeps only the codings the body's reader decodes (see :func:`ask_for_decodable`).
+def as_request(
+    target: httpx.Request | str,
+    *,
+    client: httpx.AsyncClient | None = None,
+    accept: str | None = None,
+    what: str = "a stream's target",
+) -> httpx.Request:
+    """*target* as a request: a ``str`` is a URL to ``GET``, built by *client* when there is
+    one (its ``base_url``, headers and cookies, as ``client.stream("GET", url)`` sends it).
+    A request's ``Accept-Encoding`` keeps only the codings the body's reader decodes (see
+    :func:`ask_for_decodable`).
 
+    :param client: the client the request will be sent with, if the caller's.
+    :param accept: the ``Accept`` of a URL's request (not the client's ``*/*``); a request
+        given keeps its own, if it has one.
     :param what: how the messages name it.
     :raises TypeError: it is neither.
     :raises ValueError: its URL is not ``http`` or ``https``: no attempt could succeed, and
@@ -127,11 +138,18 @@ def as_request(target: httpx.Request | str, *, what: str = "a stream's target") 
     if isinstance(target, httpx.Request):
         request = target
     elif isinstance(target, str):
-        request = httpx.Request("GET", target)
+        # httpx's send() merges none of the client's defaults: build_request() does.
+        request = (
+            httpx.Request("GET", target) if client is None else client.build_request("GET", target)
+        )
+        if accept is not None:
+            request.headers["accept"] = accept
     else:
         raise TypeError(
             f"{what} must be a URL or an httpx.Request, got {type(target).__name__}: {target!r}"
         )
+    if accept is not None:
+        request.headers.setdefault("accept", accept)
     if request.url.scheme not in ("http", "https"):
         raise ValueError(f"{what} must be an http or https URL, got {str(request.url)!r}")
     ask_for_decodable(request)
@@ -173,14 +191,13 @@ class _Resuming(Generic[T]):
             raise TypeError(f"backoff must be a Backoff, got {type(backoff).__name__}")
         if last_event_id is not None and not isinstance(last_event_id, str):
             raise TypeError(f"last_event_id must be a str or None, got {last_event_id!r}")
-        given = as_request(target)
+        given = as_request(target, client=client, accept=self._accept)
         import httpx
 
         # A copy: each attempt sets its own Last-Event-ID, and the caller's request is theirs.
         self._request = httpx.Request(
             given.method, given.url, headers=given.headers, stream=given.stream
         )
-        self._request.headers.setdefault("accept", self._accept)
         self._request.headers.setdefault("cache-control", "no-store")
         self.read_timeout = heartbeat_interval * missed_heartbeats
         timeout = httpx.Timeout(
@@ -641,6 +658,8 @@ def open_event_stream(
     connection before the block is left.
 
     :param target: the URL to ``GET``, or the request to send (its body must be replayable).
+        A URL is built by *client* when one is given, as ``client.stream("GET", url)``
+        builds it: relative to its ``base_url``, with its headers and cookies.
     :param client: the client to send with (kept open); by default one of its own, closed
         with the block.
     :param last_event_id: resume after this id from the first connection on; by default the

@@ -61,9 +61,11 @@ def _check_timeouts(connect_timeout: float, read_timeout: float) -> None:
     check_duration("read_timeout", read_timeout)
 
 
-def _as_request(upstream: httpx.Request | str) -> httpx.Request:
+def _as_request(
+    upstream: httpx.Request | str, client: httpx.AsyncClient | None, accept: str | None = None
+) -> httpx.Request:
     _import_httpx()
-    return as_request(upstream, what="upstream")
+    return as_request(upstream, client=client, accept=accept, what="upstream")
 
 
 @asynccontextmanager
@@ -89,8 +91,9 @@ async def open_upstream(
     mid-way, are finalised later, and trio warns about each; :func:`upstream_events` and
     :func:`upstream_bytes` unwind them when the stream ends.)
 
-    :param upstream: the request to send; a ``str`` is a URL to ``GET``. Its timeouts are
-        replaced by the two below.
+    :param upstream: the request to send; a ``str`` is a URL to ``GET``, built by *client*
+        when one is given (its ``base_url``, headers and cookies). Its timeouts are replaced
+        by the two below.
     :param client: the client to send it with; by default one made for this request alone
         (a few milliseconds of CPU each time: pass a shared one under load).
     :param connect_timeout: seconds to wait for a connection, new or from the pool.
@@ -102,7 +105,7 @@ async def open_upstream(
         is not http or https.
     """
     _check_timeouts(connect_timeout, read_timeout)
-    request = _as_request(upstream)
+    request = _as_request(upstream, client)
     import httpx
 
     timeout = httpx.Timeout(
@@ -234,8 +237,7 @@ def upstream_events(
     _check_timeouts(connect_timeout, read_timeout)
     check_count("max_event_size", max_event_size)
     min_retry = _min_retry(backoff)
-    request = _as_request(upstream)
-    request.headers.setdefault("accept", "text/event-stream")
+    request = _as_request(upstream, client, "text/event-stream")
     if resume:
         return _resuming_events(
             request,
@@ -365,7 +367,7 @@ def upstream_bytes(
         is not http or https.
     """
     _check_timeouts(connect_timeout, read_timeout)
-    request = _as_request(upstream)
+    request = _as_request(upstream, client)
 
     async def produce(send: StreamSender[bytes]) -> None:
         response = await send.enter_async_context(

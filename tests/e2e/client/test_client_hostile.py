@@ -569,3 +569,31 @@ async def test_leaving_the_block_closes_the_connection_at_once(waiting: str) -> 
                 task_group.cancel_scope.cancel()  # the block is left, cancelled
             await request.ended.wait()
     assert len(upstream.requests) == 1
+
+
+@pytest.mark.parametrize("kind", ["sse", "ndjson"])
+async def test_a_url_is_sent_as_the_given_client_would_send_it(kind: str) -> None:
+    # A client made with headers (a bearer token), cookies and a base_url: a URL given with
+    # it is the client's, as client.stream("GET", url) would send it, on every attempt.
+    def answer(n: int) -> bytes:
+        if n > 1:
+            return NO_CONTENT
+        return event_stream(b"data: 1\n\n") if kind == "sse" else ndjson(b"1\n")
+
+    opened = open_event_stream if kind == "sse" else open_ndjson_stream
+    accept = b"text/event-stream" if kind == "sse" else b"application/x-ndjson"  # not */*
+    async with open_raw_upstream(answer) as upstream:
+        async with (
+            httpx.AsyncClient(
+                base_url=upstream.url, headers={"authorization": "Bearer t"}, cookies={"a": "b"}
+            ) as client,
+            opened("/events", client=client, backoff=EXACT) as stream,
+        ):
+            with anyio.fail_after(5):
+                assert len(await read_all(stream)) == 2
+    for request in upstream.requests:
+        assert request.headers[b"authorization"] == b"Bearer t"
+        assert request.headers[b"cookie"] == b"a=b"
+        assert request.headers[b"accept-encoding"] == b"gzip, deflate"
+        assert request.headers[b"accept"] == accept
+    assert len(upstream.requests) == 3

@@ -11,6 +11,7 @@ import re
 from typing import Any
 
 import anyio
+import httpx
 import httpx_sse
 import pytest
 from starlette.applications import Starlette
@@ -300,3 +301,31 @@ async def test_the_client_leaving_during_a_nested_compression_bomb_releases_the_
         await proxy_server.wait_ended(EndReason.CLIENT_DISCONNECTED, within=RELEASE_BOUND)
         with anyio.fail_after(RELEASE_BOUND):
             await request.ended.wait()
+
+
+@pytest.mark.parametrize("route", ["events", "resumed", "raw"])
+async def test_a_url_is_sent_as_the_given_client_would_send_it(route: str) -> None:
+    # A client made with headers (the upstream's token) and a base_url: the proxy's URL is
+    # the client's, as client.stream("GET", url) would send it.
+    async with open_raw_upstream(once(b"data: a\n\n")) as upstream:
+        async with httpx.AsyncClient(
+            base_url=upstream.url, headers={"authorization": "Bearer t"}
+        ) as http:
+            proxy = {"client": http}
+            if route == "resumed":
+                proxy |= {"resume": True, "backoff": EAGER}
+            app = proxy_app("/upstream", **proxy)
+            async with (
+                open_server(app) as proxy_server,
+                open_stream(proxy_server, "/raw" if route == "raw" else "/events") as client,
+            ):
+                with anyio.fail_after(10):
+                    if route == "raw":
+                        assert await client.read_all() == b"data: a\n\n"
+                    else:
+                        assert [event.data async for event in client.events()] == ["a"]
+    assert upstream.requests
+    for request in upstream.requests:
+        assert request.headers[b"authorization"] == b"Bearer t"
+        accept = b"*/*" if route == "raw" else b"text/event-stream"
+        assert request.headers[b"accept"] == accept
