@@ -207,6 +207,10 @@ class _Resuming(Generic[T]):
             pool=connect_timeout,
         )
         self._request.extensions = {**given.extensions, "timeout": timeout.as_dict()}
+        # Each attempt sends the cookies the client holds then (a load balancer's sticky
+        # session, set by the last answer), as a browser does; unless the caller's request
+        # carries a Cookie of its own.
+        self._jar_cookies = isinstance(target, str) or "cookie" not in given.headers
         self._client = client
         self._owned: httpx.AsyncClient | None = None
         self.backoff = backoff
@@ -349,6 +353,9 @@ class _Resuming(Generic[T]):
             response: httpx.Response | None = None
             chunks: AsyncIterator[bytes] | None = None
             assert self._client is not None
+            if self._jar_cookies:
+                self._request.headers.pop("cookie", None)
+                self._client.cookies.set_cookie_header(self._request)
             try:
                 response = await self._client.send(self._request, stream=True)
                 status = response.status_code

@@ -597,3 +597,39 @@ async def test_a_url_is_sent_as_the_given_client_would_send_it(kind: str) -> Non
         assert request.headers[b"accept-encoding"] == b"gzip, deflate"
         assert request.headers[b"accept"] == accept
     assert len(upstream.requests) == 3
+
+
+@pytest.mark.parametrize("given", ["client", "own"])
+async def test_a_cookie_the_server_set_is_sent_on_the_next_connection(given: str) -> None:
+    # A load balancer's sticky-session cookie: a browser's EventSource sends it back when it
+    # reconnects, as client.stream() would on each call.
+    first = event_stream(b"data: a\n\n").replace(
+        b"\r\n\r\n", b"\r\nset-cookie: node=7; Path=/\r\n\r\n", 1
+    )
+
+    def answer(n: int) -> bytes:
+        return first if n == 0 else NO_CONTENT
+
+    async with open_raw_upstream(answer) as upstream, httpx.AsyncClient() as client:
+        async with open_event_stream(
+            upstream.url, client=client if given == "client" else None, backoff=EXACT
+        ) as stream:
+            with anyio.fail_after(5):
+                assert [event.data async for event in stream] == ["a"]
+    assert [request.headers.get(b"cookie") for request in upstream.requests] == [None, b"node=7"]
+
+
+async def test_a_cookie_header_of_the_request_given_is_sent_as_it_is() -> None:
+    first = event_stream(b"data: a\n\n").replace(
+        b"\r\n\r\n", b"\r\nset-cookie: node=7; Path=/\r\n\r\n", 1
+    )
+
+    def answer(n: int) -> bytes:
+        return first if n == 0 else NO_CONTENT
+
+    async with open_raw_upstream(answer) as upstream:
+        request = httpx.Request("GET", upstream.url, headers={"cookie": "mine=1"})
+        async with open_event_stream(request, backoff=EXACT) as stream:
+            with anyio.fail_after(5):
+                assert [event.data async for event in stream] == ["a"]
+    assert [request.headers.get(b"cookie") for request in upstream.requests] == [b"mine=1"] * 2
