@@ -228,6 +228,8 @@ class _Resuming(Generic[T]):
                     f"carry: {self._last_event_id!r}"
                 )
             self._set_last_event_id(header)
+        else:  # none: a last_event_id="" given means from the start, whatever the request says
+            self._set_last_event_id(None)
         self._server_retry: float | None = None
         self._iterator: AsyncGenerator[T] | None = None
         self._cut_short = False  # a wait for the next event was cancelled: the stream ended
@@ -669,8 +671,9 @@ def open_event_stream(
         builds it: relative to its ``base_url``, with its headers and cookies.
     :param client: the client to send with (kept open); by default one of its own, closed
         with the block.
-    :param last_event_id: resume after this id from the first connection on; by default the
-        request's own ``Last-Event-ID`` header, if it has one.
+    :param last_event_id: resume after this id from the first connection on (``""``: from
+        the start, the request's ``Last-Event-ID`` not sent); by default the request's own
+        ``Last-Event-ID`` header, if it has one.
     :param heartbeat_interval: the server's heartbeat interval, in seconds.
     :param missed_heartbeats: a connection that sent no byte for this many heartbeat
         intervals is dropped and made again.

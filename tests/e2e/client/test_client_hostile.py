@@ -633,3 +633,15 @@ async def test_a_cookie_header_of_the_request_given_is_sent_as_it_is() -> None:
             with anyio.fail_after(5):
                 assert [event.data async for event in stream] == ["a"]
     assert [request.headers.get(b"cookie") for request in upstream.requests] == [b"mine=1"] * 2
+
+
+async def test_an_empty_last_event_id_given_overrides_the_requests_header() -> None:
+    # last_event_id="" says: from the start. The request's own header must not be sent
+    # while statistics() says no id is in effect.
+    async with open_raw_upstream(lambda n: NO_CONTENT) as upstream:
+        request = httpx.Request("GET", upstream.url, headers={"last-event-id": "5"})
+        async with open_event_stream(request, last_event_id="", backoff=EXACT) as stream:
+            assert stream.statistics().last_event_id == ""
+            with anyio.fail_after(5):
+                assert [event async for event in stream] == []
+    assert b"last-event-id" not in upstream.requests[0].headers
