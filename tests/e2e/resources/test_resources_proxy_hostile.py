@@ -311,7 +311,7 @@ async def test_a_url_is_sent_as_the_given_client_would_send_it(route: str) -> No
         async with httpx.AsyncClient(
             base_url=upstream.url, headers={"authorization": "Bearer t"}
         ) as http:
-            proxy = {"client": http}
+            proxy: dict[str, Any] = {"client": http}
             if route == "resumed":
                 proxy |= {"resume": True, "backoff": EAGER}
             app = proxy_app("/upstream", **proxy)

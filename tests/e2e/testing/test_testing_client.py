@@ -487,38 +487,27 @@ async def test_a_body_cut_short_is_a_connection_error() -> None:
 
 
 @pytest.mark.parametrize(
-    ("body", "said"),
+    ("read", "body", "said"),
     [
-        (b"data: part\n", "; an unfinished event at its end was discarded, as a browser does"),
-        (b": only a comment\n\n", ""),
+        (
+            "event",
+            b"data: part\n",
+            "; an unfinished event at its end was discarded, as a browser does",
+        ),
+        ("event", b": only a comment\n\n", ""),
+        ("item", b'{"n": 1}', "; an unfinished line at its end was discarded"),
+        ("item", b"\n", ""),
     ],
-    ids=["mid-event", "between-events"],
+    ids=["sse-mid-event", "sse-between-events", "ndjson-mid-line", "ndjson-between-lines"],
 )
-async def test_a_body_that_ends_mid_event_says_so(body: bytes, said: str) -> None:
+async def test_a_body_that_ends_mid_frame_says_so(read: str, body: bytes, said: str) -> None:
+    # An NDJSON last line without its newline was dropped without a word: the body seemed to
+    # hold one value fewer than it showed.
     async with raw_peer(after_eof=body) as peer, open_stream(peer, "/") as client:
         await client.half_close()  # the peer sends the body, then ends it, on our FIN
         with pytest.raises(EOFError) as caught:
-            await client.read_event()
-    assert str(caught.value) == f"the stream of GET / ended before another event arrived{said}"
-
-
-@pytest.mark.parametrize(
-    ("body", "said"),
-    [
-        (b'{"n": 0}\n{"n": 1}', "; an unfinished line at its end was discarded"),
-        (b'{"n": 0}\n', ""),
-    ],
-    ids=["mid-line", "between-lines"],
-)
-async def test_an_ndjson_body_that_ends_mid_line_says_so(body: bytes, said: str) -> None:
-    # A last line without its newline was dropped without a word: the body seemed to hold one
-    # value fewer than it showed.
-    async with raw_peer(after_eof=body) as peer, open_stream(peer, "/") as client:
-        await client.half_close()  # the peer sends the body, then ends it, on our FIN
-        assert await client.read_item() == {"n": 0}
-        with pytest.raises(EOFError) as caught:
-            await client.read_item()
-    assert str(caught.value) == f"the stream of GET / ended before another item arrived{said}"
+            await getattr(client, f"read_{read}")()
+    assert str(caught.value) == f"the stream of GET / ended before another {read} arrived{said}"
 
 
 async def test_a_bad_ndjson_line_is_raised_in_its_turn() -> None:
