@@ -118,7 +118,7 @@ def test_run_with_workers_names_the_file_before_binding(tmp_path: Path, taken: s
     missing = tmp_path / "cert.pem"
     with pytest.raises(ServeError, match=rf"certificate '{missing}'"):
         streamkit.run(
-            "starlette.applications:Starlette",
+            "support.plain_app:app",
             bind=taken,
             workers=2,
             tls=TLSConfig(certfile=missing, keyfile=missing),
@@ -135,7 +135,7 @@ def test_the_command_line_names_the_file(
     tmp_path: Path, taken: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     missing = tmp_path / "cert.pem"
-    argv = ["run", "starlette.applications:Starlette", "--bind", taken, "--log-level", "error"]
+    argv = ["run", "support.plain_app:app", "--bind", taken, "--log-level", "error"]
     code = main([*argv, "--certfile", str(missing), "--keyfile", str(missing)])
     assert code == 1
     assert f"certificate '{missing}'" in capsys.readouterr().err
@@ -145,7 +145,7 @@ def test_the_command_line_wants_certificate_and_key_together(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        main(["run", "starlette.applications:Starlette", "--certfile", "cert.pem"])
+        main(["run", "support.plain_app:app", "--certfile", "cert.pem"])
     assert exit_info.value.code == 2
     stderr = capsys.readouterr().err
     assert stderr.startswith("usage: python -m streamkit run "), stderr
