@@ -142,14 +142,15 @@ def as_request(
         request = (
             httpx.Request("GET", target) if client is None else client.build_request("GET", target)
         )
-        if accept is not None:
-            request.headers["accept"] = accept
     else:
         raise TypeError(
             f"{what} must be a URL or an httpx.Request, got {type(target).__name__}: {target!r}"
         )
     if accept is not None:
-        request.headers.setdefault("accept", accept)
+        if request is target:
+            request.headers.setdefault("accept", accept)  # the caller's own, if it has one
+        else:
+            request.headers["accept"] = accept  # not the client's */*
     if request.url.scheme not in ("http", "https"):
         raise ValueError(f"{what} must be an http or https URL, got {str(request.url)!r}")
     ask_for_decodable(request)

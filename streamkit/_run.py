@@ -151,13 +151,17 @@ def run(
     _check_log_level(log_level)
     if log_level is not None:
         configure_run_logging(log_level)
-    # Several workers import it too; importing it here first reports a bad name at once.
-    application = import_app(app) if isinstance(app, str) else app
-    if not callable(application):  # else each request fails, past the start
+    if isinstance(app, str):
+        # Several workers import it too; importing it here first reports a bad name at once
+        # (and what is no ASGI application: import_app checks it).
+        application = import_app(app)
+    elif not callable(app):  # else each request fails, past the start
         raise TypeError(
             f"app must be an ASGI application (callable), got {type(app).__name__}: {app!r:.80}"
         )
-    _check_asgi("app", application)
+    else:
+        _check_asgi("app", app)
+        application = app
     if grace_period is None:
         grace_period = application.grace_period if isinstance(application, App) else 15.0
     check_duration("grace_period", grace_period)

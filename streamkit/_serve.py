@@ -191,8 +191,8 @@ class _RegisteringApp:
                             # served without one; a cancellation is no such end.
                             self._serving()
                             raise
+                        # Its startup answered, by it or for it, has said it serves.
                         await self._answer_for_the_app(receive, send)
-                        self._serving()
                 else:
                     await self.app(scope, receive, send)
         finally:
@@ -216,9 +216,9 @@ class _RegisteringApp:
             await send({"type": "lifespan.shutdown.complete"})
 
     def _serving(self) -> None:
-        """Tell on_serving that hypercorn serves, once: the lifespan has started, or ended
-        without failing (an app without one). The socket listens from before, so a client
-        that connects now is answered."""
+        """Tell on_serving that hypercorn serves, once: the lifespan has started (its startup
+        answered by the app, or for it), or raised before it (an app without one). The socket
+        listens from before, so a client that connects now is answered."""
         on_serving, self._on_serving = self._on_serving, None
         if (
             on_serving is not None
