@@ -188,21 +188,31 @@ async def test_PLUGIN_failure_report_of_a_fixture_server(live):
 """
 
 
-@pytest.mark.parametrize(
-    ("tests", "disabled", "runs"),
-    [
-        (ANYIO_TESTS.split("@pytest.mark.anyio")[0] + FIXTURE_SERVER_FAILURE, "trio", 2),
-        (FIXTURE_SERVER_FAILURE, "anyio", 1),
-    ],
-    ids=["anyio", "pytest-trio"],
-)
+def under_each_plugin(tests: str) -> pytest.MarkDecorator:
+    """Parametrise a test with *tests* (their marks written ``PLUGIN``) as each plugin runs
+    them: ``(tests, the plugin disabled, runs per test)``, anyio's running each on both
+    backends."""
+    return pytest.mark.parametrize(
+        ("tests", "disabled", "runs"),
+        [
+            (
+                ANYIO_TESTS.split("@pytest.mark.anyio")[0] + tests.replace("PLUGIN", "anyio"),
+                "trio",
+                2,
+            ),
+            (tests.replace("PLUGIN", "trio"), "anyio", 1),
+        ],
+        ids=["anyio", "pytest-trio"],
+    )
+
+
+@under_each_plugin(FIXTURE_SERVER_FAILURE)
 def test_a_failure_report_lists_the_ends_on_a_server_a_fixture_holds(
     pytester: pytest.Pytester, tests: str, disabled: str, runs: int
 ) -> None:
     # The section was added as the server's block ended: a fixture's ends after the call's
     # report was made, so the report of the failure never had it.
-    plugin = "anyio" if disabled == "trio" else "trio"
-    result = run_suite(pytester, tests.replace("PLUGIN", plugin), disabled)
+    result = run_suite(pytester, tests, disabled)
     result.assert_outcomes(failed=runs)
     output = result.stdout.str()
     assert output.count("Captured streamkit server 1 (http://127.0.0.1:") == runs, output
@@ -225,20 +235,12 @@ async def test_PLUGIN_fails_as_expected_holding_a_socket(no_leaks):
 """
 
 
-@pytest.mark.parametrize(
-    ("tests", "disabled", "runs"),
-    [
-        (ANYIO_TESTS.split("@pytest.mark.anyio")[0] + FAILURE_HOLDING_A_SOCKET, "trio", 2),
-        (FAILURE_HOLDING_A_SOCKET, "anyio", 1),
-    ],
-    ids=["anyio", "pytest-trio"],
-)
+@under_each_plugin(FAILURE_HOLDING_A_SOCKET)
 def test_no_leaks_is_not_checked_after_a_failure(
     pytester: pytest.Pytester, tests: str, disabled: str, runs: int
 ) -> None:
     # A failing test got a leak error besides, for what its own failure held open.
-    plugin = "anyio" if disabled == "trio" else "trio"
-    result = run_suite(pytester, tests.replace("PLUGIN", plugin), disabled)
+    result = run_suite(pytester, tests, disabled)
     result.assert_outcomes(failed=runs, xfailed=runs)
     assert "LeakError" not in result.stdout.str()
 
