@@ -171,6 +171,7 @@ async def hypercorn_serve(
     config: object,
     *,
     cancelled: Callable[[], Awaitable[None]],
+    starting: Callable[[], bool],
     stop_within: float,
     **options: object,
 ) -> None:
@@ -179,7 +180,10 @@ async def hypercorn_serve(
     Cancelled on asyncio, it awaits *cancelled*, which must make hypercorn stop (its shutdown
     trigger return, its connections go), every ``CANCELLED_RETRY_INTERVAL`` until hypercorn
     has stopped, for at most *stop_within* seconds, shielded; then the cancellation goes on.
-    hypercorn's trio worker, made for trio's scoped cancellation, is cancelled as it is.
+    While *starting* says hypercorn waits for the app's lifespan to start, it waits on
+    nothing else, not on its trigger: its task is cancelled outright, before *cancelled* ends
+    the lifespan (in a task of its own), whose end would let it go on to serve. hypercorn's
+    trio worker, made for trio's scoped cancellation, is cancelled as it is.
 
     :raises ServeError: the running event loop is neither asyncio nor trio.
     """
@@ -220,14 +224,21 @@ async def hypercorn_serve(
     loop.set_exception_handler(handle)
     try:
         await _stopped_when_cancelled(
-            serve(app, config, **options), cancelled=cancelled, stop_within=stop_within
+            serve(app, config, **options),
+            cancelled=cancelled,
+            starting=starting,
+            stop_within=stop_within,
         )
     finally:
         loop.set_exception_handler(previous)
 
 
 async def _stopped_when_cancelled(
-    serving: Awaitable[None], *, cancelled: Callable[[], Awaitable[None]], stop_within: float
+    serving: Awaitable[None],
+    *,
+    cancelled: Callable[[], Awaitable[None]],
+    starting: Callable[[], bool],
+    stop_within: float,
 ) -> None:
     """Await hypercorn's asyncio *serving* in a task of its own, which a cancellation of this
     one does not reach: *cancelled* stops it, and it is waited for (see the module's
@@ -247,6 +258,8 @@ async def _stopped_when_cancelled(
             # CancelledError, and taking the one for the other looped for good.
             given_up = anyio.current_time() + stop_within
             while not worker.done() and (left := given_up - anyio.current_time()) > 0:
+                if starting():
+                    worker.cancel()  # it waits for the app's startup, and for nothing else
                 await cancelled()
                 # Through shield(): the wait ending must not cancel the worker.
                 with anyio.move_on_after(min(CANCELLED_RETRY_INTERVAL, left)):

@@ -174,11 +174,20 @@ class _RegisteringApp:
         # it if it returns before the shutdown (see _answer_for_the_app()).
         self._taken: set[str] = set()
         self._said: set[str] = set()
+        #: Whether hypercorn serves: the app's startup is answered, or it has no lifespan.
+        #: Until then hypercorn waits for the startup alone, and watches no shutdown trigger.
+        self.started = False
+        #: Whether serve stops the app's lifespan: what it says from then on (a framework
+        #: reports its cancelled startup as failed) is no failure of the app's.
+        self.stopping = False
+        self._lifespan_began = False
+        self._lifespan_over = anyio.Event()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             send = partial(self._send_lifespan, send)
             receive = partial(self._receive_lifespan, receive)
+            self._lifespan_began = True
         token = served_by_streamkit.set(True)
         try:
             with using_registry(self.streams):
@@ -197,6 +206,8 @@ class _RegisteringApp:
                     await self.app(scope, receive, send)
         finally:
             served_by_streamkit.reset(token)
+            if scope["type"] == "lifespan":
+                self._lifespan_over.set()
 
     async def _answer_for_the_app(self, receive: Receive, send: Send) -> None:
         """Answer what is left of the lifespan for an app that returned before its shutdown:
@@ -205,8 +216,10 @@ class _RegisteringApp:
         that return closed, and fail with ``trio.ClosedResourceError``: before it served
         anything, or as it stopped. Its asyncio worker goes on without a word; answered here,
         both do."""
-        if "lifespan.startup.failed" in self._said:
-            return  # the server stops: nothing more is asked
+        if "lifespan.startup.failed" in self._said or self.stopping:
+            # The server stops: nothing more is asked. (Cancelled, hypercorn's asyncio worker
+            # takes the lifespan's end for its shutdown's.)
+            return
         if "lifespan.startup.complete" not in self._said:
             if "lifespan.startup" not in self._taken:
                 await receive()
@@ -219,17 +232,22 @@ class _RegisteringApp:
         """Tell on_serving that hypercorn serves, once: the lifespan has started (its startup
         answered by the app, or for it), or raised before it (an app without one). The socket
         listens from before, so a client that connects now is answered."""
+        self.started = True
         on_serving, self._on_serving = self._on_serving, None
-        if (
-            on_serving is not None
-            and self.lifespan_error is None
-            and not self._lifespan_scope.cancel_called
-        ):
+        if on_serving is not None and self.lifespan_error is None and not self.stopping:
             on_serving()
 
     def cancel_lifespan(self) -> None:
         """Cancel the app's lifespan if it still runs, as serve stops (see __init__)."""
+        self.stopping = True
         self._lifespan_scope.cancel()
+
+    async def wait_lifespan_over(self) -> None:
+        """Wait for the app's lifespan to have ended, if it began. hypercorn waits for it,
+        except its asyncio worker cancelled before the startup was done: its task is then
+        still ending (its cleanup, say) when the worker has stopped."""
+        if self._lifespan_began:
+            await self._lifespan_over.wait()
 
     async def _receive_lifespan(self, receive: Receive) -> Message:
         message = await receive()
@@ -238,8 +256,8 @@ class _RegisteringApp:
 
     async def _send_lifespan(self, send: Send, message: Message) -> None:
         self._said.add(message["type"])
-        if self._lifespan_scope.cancel_called:
-            # Cancelled as serve stopped (see cancel_lifespan): nobody waits for its word, and
+        if self.stopping:
+            # Cancelled as serve stops (see cancel_lifespan): nobody waits for its word, and
             # hypercorn's asyncio worker would raise a failure in a task nobody awaits.
             return
         # Noted here, raised by serve as a ServeError once the server stopped. hypercorn
@@ -298,7 +316,9 @@ async def serve(
 
     Shutdown begins on SIGINT or SIGTERM, or when *shutdown_trigger* returns. Streams then
     drain (see :func:`graceful_shutdown_trigger`) and hypercorn stops, all within
-    *grace_period*. Cancelled instead, it stops at once, on asyncio as on trio: its
+    *grace_period*. One that begins while the app's lifespan is still starting cancels the
+    startup, and serve returns having served nothing. Cancelled instead, it stops at once,
+    on asyncio as on trio: its
     connections are closed without a drain, the app's lifespan is cancelled, the socket is
     closed, and the cancellation goes on.
 
@@ -395,9 +415,26 @@ async def serve(
             waiting_for_trigger.cancel()
             await _abort_left_connections((host, port))
 
+        # hypercorn waits on its shutdown trigger only once the app's lifespan has started,
+        # and a startup may take long (a database that does not answer): the trigger is
+        # watched from the start, and before the startup is done it stops the server at once,
+        # the startup cancelled. No request has reached the app: there is nothing to drain.
+        triggered = anyio.Event()
+        before_serving = anyio.CancelScope()
+
+        async def watch_trigger() -> None:
+            await trigger()
+            triggered.set()
+            if not registering.started:
+                logger.info("shutdown asked before the app's lifespan had started: stopping")
+                # Cancelled with the server, on trio; on asyncio, by stop_at_once() once
+                # hypercorn's worker is cancelled (see hypercorn_serve).
+                registering.stopping = True
+                before_serving.cancel()
+
         async def drain_then_stop() -> None:
             with waiting_for_trigger:
-                await trigger()
+                await triggered.wait()
             if cut_short:
                 return
             deadline = anyio.current_time() + grace_period
@@ -419,17 +456,22 @@ async def serve(
             async with anyio.create_task_group() as listening:
                 if signalled is not None:
                     listening.start_soon(_listen_for_signals, signalled)
+                listening.start_soon(watch_trigger)
                 try:
-                    await hypercorn_serve(
-                        registering,
-                        config,
-                        shutdown_trigger=drain_then_stop,
-                        cancelled=stop_at_once,
-                        stop_within=grace_period,
-                    )
+                    with before_serving:
+                        await hypercorn_serve(
+                            registering,
+                            config,
+                            shutdown_trigger=drain_then_stop,
+                            cancelled=stop_at_once,
+                            starting=lambda: not registering.started,
+                            stop_within=grace_period,
+                        )
                 finally:
                     registering.cancel_lifespan()
                     _close_unadopted(descriptor, listening_inode)
+                    with anyio.CancelScope(shield=True), anyio.move_on_after(grace_period):
+                        await registering.wait_lifespan_over()
                 listening.cancel_scope.cancel()
                 if config.ssl_enabled:
                     # Only a TLS connection can be accepted and yet unseen by hypercorn: listing

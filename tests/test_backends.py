@@ -51,7 +51,10 @@ class Stubborn:
 
             async def serve() -> None:
                 await _stopped_when_cancelled(
-                    self.serve(), cancelled=self.stop, stop_within=STOP_WITHIN
+                    self.serve(),
+                    cancelled=self.stop,
+                    starting=lambda: False,
+                    stop_within=STOP_WITHIN,
                 )
 
             task_group.start_soon(serve)

@@ -348,6 +348,56 @@ async def test_serving_on_is_said_once_the_lifespan_has_started(
     assert max(done) < serving[0], stderr
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
+async def test_a_signal_during_the_lifespans_startup_cancels_it_and_the_command_exits(
+    tmp_path: Path, anyio_backend: str, workers: int, signal_number: signal.Signals
+) -> None:
+    # hypercorn waits on its shutdown trigger only once the app's lifespan has started: a
+    # Ctrl-C during a slow startup was held for its startup_timeout (60 s, then a traceback);
+    # with two workers, the supervisor killed them at twice the grace period and 5 s.
+    source = SERVICE.replace(
+        '    say("lifespan started")\n',
+        '    say("lifespan starting")\n'
+        "    try:\n"
+        "        await anyio.sleep(60)  # a database that does not answer\n"
+        "    except anyio.get_cancelled_exc_class():\n"
+        '        say("startup cancelled")\n'
+        "        raise\n"
+        '    say("lifespan started")\n',
+    )
+    assert "startup cancelled" in source
+    (tmp_path / "service.py").write_text(source)
+    command = [sys.executable, "-m", "streamkit", "run", "service:app", "--backend", anyio_backend]
+    command += ["--bind", "127.0.0.1:0", "--workers", str(workers)]
+    async with await anyio.open_process(
+        command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as process:
+        service = Service(process)
+        try:
+            async with anyio.create_task_group() as task_group:
+                task_group.start_soon(service.read_stdout)
+                task_group.start_soon(service.read_stderr)
+                with anyio.fail_after(START_BOUND):
+                    while len(service.printed("lifespan starting")) < workers:
+                        await service.stdout_changed()
+                signalled_at = anyio.current_time()
+                process.send_signal(signal_number)
+                with anyio.fail_after(GRACE + 10):
+                    await process.wait()
+                exited_after = anyio.current_time() - signalled_at
+        finally:
+            if process.returncode is None:
+                process.kill()
+    stderr = "\n".join(service.stderr)
+    assert process.returncode == 0, stderr
+    assert len(service.printed("startup cancelled")) == workers, stderr
+    assert not service.printed("lifespan started"), stderr
+    assert "serving on" not in stderr
+    assert "Traceback" not in stderr
+    assert exited_after < GRACE, stderr
+
+
 async def received_until_closed(stream: anyio.abc.ByteStream) -> bytes:
     """What the server sent on *stream* before closing it."""
     received = b""

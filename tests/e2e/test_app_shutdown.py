@@ -166,10 +166,6 @@ async def test_a_stalled_client_does_not_hold_the_shutdown_past_the_grace_period
     assert timeline.at["user lifespan exited"] - timeline.at["shutdown"] < GRACE
 
 
-async def _at_once() -> None:
-    """A shutdown trigger that fires as soon as the server serves."""
-
-
 async def test_a_users_lifespan_that_fails_at_shutdown_makes_serve_fail_naming_it() -> None:
     # On trio hypercorn's own report of the failure was cancelled as the lifespan ended, and
     # serve returned as after a clean shutdown, with nothing logged.
@@ -178,9 +174,15 @@ async def test_a_users_lifespan_that_fails_at_shutdown_makes_serve_fail_naming_i
         yield
         raise RuntimeError("the pool closed twice")
 
+    serving = anyio.Event()
     with anyio.fail_after(GRACE + 5), pytest.raises(ServeError) as info:
         # Stopped as soon as it serves: the lifespan starts, then shuts down.
-        await serve(App(lifespan=lifespan), bind="127.0.0.1:0", shutdown_trigger=_at_once)
+        await serve(
+            App(lifespan=lifespan),
+            bind="127.0.0.1:0",
+            shutdown_trigger=serving.wait,
+            on_serving=lambda where: serving.set(),
+        )
     # Raised as itself on both backends (on asyncio it was hypercorn's own error, in an
     # exception group), the app's traceback in its message.
     assert str(info.value).startswith("the app's lifespan failed at shutdown:\n")

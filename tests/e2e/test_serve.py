@@ -86,7 +86,14 @@ async def test_the_caller_is_not_left_cancelled_after_serve_returns() -> None:
     with anyio.fail_after(5):
         async with anyio.create_task_group() as task_group:
             task_group.start_soon(anyio.sleep_forever)
-            await serve(Starlette(), bind="127.0.0.1:0", shutdown_trigger=anyio.lowlevel.checkpoint)
+            # Stopped as soon as it serves: through hypercorn's own shutdown.
+            serving = anyio.Event()
+            await serve(
+                Starlette(),
+                bind="127.0.0.1:0",
+                shutdown_trigger=serving.wait,
+                on_serving=lambda where: serving.set(),
+            )
             task_group.cancel_scope.cancel()
         await anyio.lowlevel.checkpoint()  # still running: the task was not left cancelled
 
@@ -257,3 +264,78 @@ async def test_an_app_that_returns_from_its_lifespan_is_served_and_stopped_witho
                 response = await client.get(f"http://{address.host}:{address.port}/")
             stop.set()
     assert (response.status_code, response.text) == (200, "served")
+
+
+@pytest.mark.parametrize("stopped_by", ["trigger", "cancellation"])
+async def test_a_stop_during_the_lifespans_startup_cancels_it_and_serves_nothing(
+    stopped_by: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # hypercorn waits on its shutdown trigger only once the app's lifespan has started: a
+    # Ctrl-C during a slow startup was held until its startup_timeout (60 s), and then failed.
+    from contextlib import asynccontextmanager
+
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from streamkit import serve
+
+    starting = anyio.Event()
+    said: list[str] = []
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> Any:
+        starting.set()
+        try:
+            await anyio.sleep(60)  # a database that does not answer
+        except anyio.get_cancelled_exc_class():
+            said.append("startup cancelled")
+            raise
+        said.append("started")
+        yield
+        said.append("shut down")
+
+    app = Starlette(
+        lifespan=lifespan, routes=[Route("/", lambda request: PlainTextResponse("served"))]
+    )
+    stop = anyio.Event()
+    received = b""
+
+    async def request_during_the_startup(address: ServerAddress) -> None:
+        # Its connection waits in the socket's backlog: it must never reach the app.
+        nonlocal received
+        with contextlib.suppress(OSError, anyio.EndOfStream, anyio.BrokenResourceError):
+            async with await anyio.connect_tcp(address.host, address.port) as stream:
+                await stream.send(b"GET / HTTP/1.1\r\nhost: test\r\n\r\n")
+                while chunk := await stream.receive():
+                    received += chunk
+
+    with anyio.fail_after(GRACE + 5):
+        async with anyio.create_task_group() as task_group:
+            serving = anyio.CancelScope()
+
+            async def run_serve(*, task_status: TaskStatus[ServerAddress]) -> None:
+                with serving:
+                    await serve(
+                        app,
+                        bind="127.0.0.1:0",
+                        grace_period=GRACE,
+                        shutdown_trigger=stop.wait,
+                        task_status=task_status,
+                        on_serving=lambda where: said.append("serving"),
+                    )
+                said.append("returned")
+
+            address = await task_group.start(run_serve)
+            task_group.start_soon(request_during_the_startup, address)
+            await starting.wait()
+            stopped_at = anyio.current_time()
+            if stopped_by == "trigger":
+                stop.set()
+            else:
+                serving.cancel()
+        stopped_after = anyio.current_time() - stopped_at
+    assert said == ["startup cancelled", "returned"]
+    assert received == b""
+    assert stopped_after < 1.0
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
