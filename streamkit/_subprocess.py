@@ -23,7 +23,7 @@ from typing import Any
 import anyio
 from anyio.abc import Process
 
-from ._checks import check_callable, check_count, check_duration, check_path
+from ._checks import check_callable, check_count, check_duration, check_path, check_type
 from ._exceptions import ProcessExitError
 from ._sender import Producer, StreamSender, shielded_cleanup
 
@@ -74,13 +74,22 @@ def _check_options(
         )
     if not command:
         raise ValueError(f"command must name a program, got {command!r}")
-    if not isinstance(command, str) and not all(
-        isinstance(argument, str | os.PathLike) for argument in command
-    ):
-        raise TypeError(f"command's arguments must be str or os.PathLike, got {command!r:.200}")
+    if isinstance(command, str):
+        if "\0" in command:
+            raise ValueError(f"command must not hold a NUL character, got {command!r:.200}")
+    else:
+        if not all(isinstance(argument, str | os.PathLike) for argument in command):
+            raise TypeError(f"command's arguments must be str or os.PathLike, got {command!r:.200}")
+        # The system refuses these only as the command starts: after the stream's 200.
+        if not os.fspath(command[0]):
+            raise ValueError(f"command must name a program, got {command!r:.200}")
+        if any(_holds_nul(argument) for argument in command):
+            raise ValueError(
+                f"command's arguments must not hold a NUL character, got {command!r:.200}"
+            )
     check_path("cwd", cwd, optional=True)
-    if env is not None and not isinstance(env, Mapping):
-        raise TypeError(f"env must be a Mapping or None, got {type(env).__name__}: {env!r:.200}")
+    if env is not None:
+        _check_environment(env)
     if stderr == subprocess.PIPE:
         raise ValueError(
             "stderr must be subprocess.DEVNULL, subprocess.STDOUT or None, got subprocess.PIPE "
@@ -91,6 +100,34 @@ def _check_options(
             f"stderr must be subprocess.DEVNULL, subprocess.STDOUT or None, got {stderr!r:.200}"
         )
     check_duration("stop_grace_period", stop_grace_period)
+
+
+def _holds_nul(value: str | os.PathLike[str] | os.PathLike[bytes]) -> bool:
+    text = os.fspath(value)
+    return "\0" in text if isinstance(text, str) else b"\0" in text
+
+
+def _check_environment(env: object) -> None:
+    """Refuse what the system would refuse as the command starts, after the stream's 200:
+    a name or value that is no text, a name that is empty or holds ``=``, a NUL anywhere."""
+    if not isinstance(env, Mapping):
+        raise TypeError(f"env must be a Mapping or None, got {type(env).__name__}: {env!r:.200}")
+    for name, value in env.items():
+        if not isinstance(name, str):
+            raise TypeError(f"env's names must be str, got {type(name).__name__}: {name!r:.80}")
+        if not name or "=" in name or "\0" in name:
+            raise ValueError(
+                f"env's names must not be empty nor hold '=' or a NUL, got {name!r:.80}"
+            )
+        if not isinstance(value, str | os.PathLike):
+            raise TypeError(
+                f"env's value for {name!r:.80} must be a str or os.PathLike, "
+                f"got {type(value).__name__}: {value!r:.80}"
+            )
+        if _holds_nul(value):
+            raise ValueError(
+                f"env's value for {name!r:.80} must not hold a NUL character, got {value!r:.80}"
+            )
 
 
 @asynccontextmanager
@@ -125,8 +162,10 @@ async def open_subprocess(
     :param stop_grace_period: seconds between ``SIGTERM`` and ``SIGKILL``; entered through a
         stream's sender, at most what is left of its ``cleanup_timeout``.
     :raises TypeError: an argument is of the wrong type.
-    :raises ValueError: *command* is empty, *stderr* is ``subprocess.PIPE``, or
-        *stop_grace_period* is not a positive, finite number of seconds.
+    :raises ValueError: *command* is empty or holds a NUL character, an *env* name is empty
+        or holds ``=``, an *env* value holds a NUL character, *stderr* is
+        ``subprocess.PIPE``, or *stop_grace_period* is not a positive, finite number of
+        seconds.
     :raises OSError: the command could not be started.
     """
     _check_options(command, cwd, env, stderr, stop_grace_period)
@@ -245,14 +284,17 @@ def subprocess_lines(
         :class:`~streamkit.resources.ProcessExitError` (an SSE or NDJSON stream then sends its error
         event or item).
     :raises TypeError: an argument is of the wrong type (a ``transform`` that is not
-        callable, a *command* that is neither a ``str`` nor a sequence of them, ...).
-    :raises ValueError: *command* is empty, *stderr* is ``subprocess.PIPE``,
-        *stop_grace_period* is not a positive, finite number of seconds, or
-        *max_line_length* is below 1.
+        callable, a *command* that is neither a ``str`` nor a sequence of them, an *env*
+        value that is no ``str``, ...).
+    :raises ValueError: *command* is empty or holds a NUL character, an *env* name is empty
+        or holds ``=``, an *env* value holds a NUL character, *stderr* is
+        ``subprocess.PIPE``, *stop_grace_period* is not a positive, finite number of
+        seconds, or *max_line_length* is below 1.
     """
     # Refused now, not once the stream has started, after its 200.
     _check_options(command, cwd, env, stderr, stop_grace_period)
     check_callable("transform", transform, optional=True)
+    check_type("check", check, bool)
     LineSplitter(max_line_length=max_line_length)
     convert: Callable[[str], Any] = (lambda line: line) if transform is None else transform
 

@@ -131,6 +131,24 @@ def test_max_line_length_is_checked(length: int) -> None:
         ({"transform": "upper"}, TypeError, r"^transform must be callable, got str: 'upper'$"),
         ({"cwd": 3}, TypeError, r"^cwd must be a path"),
         ({"env": [("A", "1")]}, TypeError, r"^env must be a Mapping or None"),
+        # What the system would refuse as the command starts, after the stream's 200.
+        ({"command": [""]}, ValueError, r"^command must name a program, got \[''\]$"),
+        ({"command": ["echo", "a\0b"]}, ValueError, r"^command's arguments must not hold a NUL"),
+        ({"command": "echo a\0b"}, ValueError, r"^command must not hold a NUL"),
+        (
+            {"env": {"A": 1}},
+            TypeError,
+            r"^env's value for 'A' must be a str or os.PathLike, got int: 1$",
+        ),
+        ({"env": {1: "a"}}, TypeError, r"^env's names must be str, got int: 1$"),
+        (
+            {"env": {"A=B": "1"}},
+            ValueError,
+            r"^env's names must not be empty nor hold '=' or a NUL",
+        ),
+        ({"env": {"": "1"}}, ValueError, r"^env's names must not be empty nor hold '=' or a NUL"),
+        ({"env": {"A": "a\0b"}}, ValueError, r"^env's value for 'A' must not hold a NUL"),
+        ({"check": "no"}, TypeError, r"^check must be a bool, got str: 'no'$"),
     ],
 )
 def test_bad_options_are_refused_where_the_producer_is_made(
