@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 import anyio
 
 from ._backoff import Backoff, retry_after_seconds
-from ._checks import check_count, check_duration
+from ._checks import check_count, check_duration, check_type
 from ._content_encoding import ask_for_decodable, decoded_body, unwind
 from ._exceptions import ReconnectError, UpstreamError
 from ._json import read_json_line, shown
@@ -129,12 +129,15 @@ def as_request(
     :param accept: the ``Accept`` of a URL's request (not the client's ``*/*``); a request
         given keeps its own, if it has one.
     :param what: how the messages name it.
-    :raises TypeError: it is neither.
+    :raises TypeError: it is neither, or *client* is no ``httpx.AsyncClient``.
     :raises ValueError: its URL is not ``http`` or ``https``: no attempt could succeed, and
         a stream retried for ever (or a proxy's failed after its 200) would not say why.
     """
     import httpx
 
+    # Here, where it is given: a wrong one would fail only as the first request is sent,
+    # after a proxy's 200 (an httpx.Client's send() cannot be awaited).
+    check_type("client", client, httpx.AsyncClient, optional=True)
     if isinstance(target, httpx.Request):
         request = target
     elif isinstance(target, str):

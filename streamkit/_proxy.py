@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, TypeAlias
 import anyio
 
 from ._backoff import Backoff
-from ._checks import check_count, check_duration
+from ._checks import check_callable, check_count, check_duration, check_type
 from ._content_encoding import decoded_body, unwind
 from ._eventsource import MAX_EVENT_SIZE, EventStream, as_request, default_ssl_context
 from ._exceptions import UpstreamError
@@ -101,6 +101,8 @@ async def open_upstream(
         each write of the request body.
     :raises UpstreamError: the upstream answered with a status other than 2xx.
     :raises httpx.TimeoutException: a bound above was reached.
+    :raises TypeError: *upstream* is neither a URL nor a request, or *client* is no
+        ``httpx.AsyncClient``.
     :raises ValueError: a timeout is not a positive, finite number of seconds, or the URL
         is not http or https.
     """
@@ -230,12 +232,17 @@ def upstream_events(
         ``deflate``, an event grew past *max_event_size* (counted decoded), or an event's id
         is one no downstream client could resume from.
     :raises ReconnectError: (in the stream) with *resume*, the *backoff* gave up.
-    :raises TypeError: *backoff* is not a :class:`~streamkit.client.Backoff`.
+    :raises TypeError: *upstream* is neither a URL nor a request, *client* is no
+        ``httpx.AsyncClient``, *transform* is not callable, *resume* is no ``bool``, or
+        *backoff* is not a :class:`~streamkit.client.Backoff`.
     :raises ValueError: a timeout is not a positive, finite number of seconds, or the URL
         is not http or https.
     """
     _check_timeouts(connect_timeout, read_timeout)
     check_count("max_event_size", max_event_size)
+    # Here, not at the first event, after the stream's 200.
+    check_callable("transform", transform, optional=True)
+    check_type("resume", resume, bool)
     min_retry = _min_retry(backoff)
     request = _as_request(upstream, client, "text/event-stream")
     if resume:
@@ -363,6 +370,8 @@ def upstream_bytes(
     :param read_timeout: see :func:`open_upstream`.
     :raises UpstreamError: (in the stream) the upstream's status is not 2xx, or its
         ``Content-Encoding`` is not ``gzip`` or ``deflate``.
+    :raises TypeError: *upstream* is neither a URL nor a request, or *client* is no
+        ``httpx.AsyncClient``.
     :raises ValueError: a timeout is not a positive, finite number of seconds, or the URL
         is not http or https.
     """

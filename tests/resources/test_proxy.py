@@ -6,6 +6,8 @@ server in tests/e2e/test_resources_proxy.py.
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 import pytest
 
@@ -87,3 +89,28 @@ def test_an_upstream_request_asks_only_for_the_codings_the_proxy_decodes() -> No
     for make in (upstream_events, upstream_bytes):
         make(request)
         assert request.headers["accept-encoding"] == "gzip"
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"transform": "upper"}, TypeError, r"^transform must be callable, got str: 'upper'$"),
+        ({"resume": "no"}, TypeError, r"^resume must be a bool, got str: 'no'$"),
+        ({"client": "http://x/"}, TypeError, r"^client must be an AsyncClient or None, got str"),
+    ],
+)
+def test_bad_options_are_refused_where_the_producer_is_made(
+    options: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    # Not once the stream has started, after its 200, at its first event.
+    for upstream in ("http://upstream/", httpx.Request("GET", "http://upstream/")):
+        with pytest.raises(error, match=message):
+            upstream_events(upstream, **options)
+
+
+@pytest.mark.parametrize("upstream", ["http://upstream/", httpx.Request("GET", "http://upstream/")])
+def test_a_client_that_is_no_httpx_client_is_refused_where_it_is_given(
+    upstream: str | httpx.Request,
+) -> None:
+    with pytest.raises(TypeError, match=r"^client must be an AsyncClient or None, got Client"):
+        upstream_bytes(upstream, client=httpx.Client())  # type: ignore[arg-type]
