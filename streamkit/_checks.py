@@ -100,14 +100,18 @@ def check_path(name: str, value: object, *, optional: bool = False) -> None:
     ``None`` when *optional*).
 
     :raises TypeError: *value* is not a path (``bytes`` included: paths here are text).
-    :raises ValueError: *value* is empty.
+    :raises ValueError: *value* is empty, or holds a NUL character, which the system refuses
+        only as the path is opened (a stream's file or database: after its ``200``).
     """
     if value is None and optional:
         return
     if not isinstance(value, str | os.PathLike):
         raise TypeError(f"{name} must be a path (str or os.PathLike), got {value!r}")
-    if not os.fspath(value):
+    path = os.fspath(value)
+    if not path:
         raise ValueError(f"{name} must not be empty, got {value!r}")
+    if "\0" in path if isinstance(path, str) else b"\0" in path:
+        raise ValueError(f"{name} must not hold a NUL character, got {value!r}")
 
 
 def check_type(name: str, value: object, kind: type, *, optional: bool = False) -> None:

@@ -130,6 +130,7 @@ def test_max_line_length_is_checked(length: int) -> None:
         ({"stderr": True}, TypeError, r"^stderr must be .* got True$"),
         ({"transform": "upper"}, TypeError, r"^transform must be callable, got str: 'upper'$"),
         ({"cwd": 3}, TypeError, r"^cwd must be a path"),
+        ({"cwd": "/tmp\0"}, ValueError, r"^cwd must not hold a NUL character, got '/tmp\\x00'$"),
         ({"env": [("A", "1")]}, TypeError, r"^env must be a Mapping or None"),
         # What the system would refuse as the command starts, after the stream's 200.
         ({"command": [""]}, ValueError, r"^command must name a program, got \[''\]$"),

@@ -90,6 +90,7 @@ async def test_a_file_that_cannot_be_opened_ends_the_stream_with_an_error(
         ({"path": None}, TypeError, "got None$"),
         ({"path": b"x"}, TypeError, "got b'x'$"),
         ({"path": ""}, ValueError, "path must not be empty, got ''$"),
+        ({"path": "x\0y"}, ValueError, r"path must not hold a NUL character, got 'x\\x00y'$"),
     ],
 )
 def test_options_are_checked(options: dict[str, Any], error: type[Exception], message: str) -> None:

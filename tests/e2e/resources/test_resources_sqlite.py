@@ -354,6 +354,7 @@ async def test_another_driver_plugs_in_through_the_protocol() -> None:
         # Which the stream would fail to encode, after its 200.
         ({"sql": "SELECT '\ud800'"}, ValueError, r"^sql must not hold a lone surrogate"),
         ({"uri": "yes"}, TypeError, r"^uri must be a bool, got str: 'yes'$"),
+        ({"database": "x\0.db"}, ValueError, r"^database must not hold a NUL character"),
     ],
 )
 def test_sqlite_rows_options_are_checked(
