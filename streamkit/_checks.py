@@ -162,12 +162,15 @@ def check_text(name: str, value: str) -> None:
 def check_statement(name: str, value: str | bytes) -> None:
     """Refuse a query that is empty or only whitespace: a driver runs it as no statement at
     all (SQLite's gives no rows, with no error to say why) or refuses it only once the
-    stream has started.
+    stream has started. Refuse one holding a NUL character too: SQLite refuses it only
+    once the stream has started, and libpq runs what comes before it as the whole query.
 
-    :raises ValueError: *value* holds nothing but whitespace.
+    :raises ValueError: *value* holds nothing but whitespace, or holds a NUL character.
     """
     if not value.strip():
         raise ValueError(f"{name} must hold a statement, got {value!r:.80}")
+    if "\0" in value if isinstance(value, str) else b"\0" in value:
+        raise ValueError(f"{name} must not hold a NUL character, got {value!r:.80}")
 
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")

@@ -114,8 +114,9 @@ class PostgresRows:
         (``SET statement_timeout``, type adapters); it runs inside the transaction.
     :raises TypeError: an argument is of the wrong type (*parameters* that are neither a
         sequence nor a mapping, a *prepare* that is not callable, ...).
-    :raises ValueError: *sql* holds no statement (or a lone surrogate), *batch_size* is
-        below 1, or a timeout is not a positive, finite number of seconds.
+    :raises ValueError: *sql* holds no statement (or a lone surrogate, or a NUL character,
+        which libpq would take for its end), *batch_size* is below 1, or a timeout is not a
+        positive, finite number of seconds.
     """
 
     def __init__(

@@ -154,9 +154,9 @@ class SQLiteRows:
     :param uri: whether *database* is a URI.
     :raises TypeError: an argument is of the wrong type (*parameters* that are neither a
         sequence nor a mapping, a *prepare* that is not callable, ...).
-    :raises ValueError: *database* is empty, *sql* holds no statement (or a lone
-        surrogate), *batch_size* is below 1, or *lock_timeout* is not a positive, finite
-        number of seconds.
+    :raises ValueError: *database* is empty or holds a NUL character, *sql* holds no
+        statement (or a lone surrogate, or a NUL character), *batch_size* is below 1, or
+        *lock_timeout* is not a positive, finite number of seconds.
     """
 
     def __init__(

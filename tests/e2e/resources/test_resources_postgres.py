@@ -490,6 +490,10 @@ def test_postgres_rows_options_are_checked() -> None:
         PostgresRows("", b" \n")
     with pytest.raises(ValueError, match=r"^sql must not hold a lone surrogate"):
         PostgresRows("", "SELECT '\ud800'")
+    # libpq would run the statement up to the NUL, SELECT 1, as if it were the whole.
+    for truncated in ("SELECT 1\0 + 1", b"SELECT 1\0 + 1"):
+        with pytest.raises(ValueError, match=r"^sql must not hold a NUL character, got "):
+            PostgresRows("", truncated)
 
 
 async def test_postgres_rows_runs_its_query_once_and_rolls_back(observer: Observer) -> None:

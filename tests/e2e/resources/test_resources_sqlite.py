@@ -353,6 +353,7 @@ async def test_another_driver_plugs_in_through_the_protocol() -> None:
         ({"sql": " \n\t"}, ValueError, r"^sql must hold a statement, got ' \\n\\t'$"),
         # Which the stream would fail to encode, after its 200.
         ({"sql": "SELECT '\ud800'"}, ValueError, r"^sql must not hold a lone surrogate"),
+        ({"sql": "SELECT 1\0 + 1"}, ValueError, r"^sql must not hold a NUL character, got "),
         ({"uri": "yes"}, TypeError, r"^uri must be a bool, got str: 'yes'$"),
         ({"database": "x\0.db"}, ValueError, r"^database must not hold a NUL character"),
     ],
