@@ -39,7 +39,7 @@ from ._checks import (
     check_text,
     check_type,
 )
-from ._sqlite import check_parameters, query_stopped
+from ._sqlite import check_parameters, close_unwaited, query_stopped, time_left
 
 if TYPE_CHECKING:
     import psycopg
@@ -341,9 +341,14 @@ class PostgresRows:
 
         Within the deadline it runs under (a stream's ``cleanup_timeout``): half of the time
         left, at most ``cancel_timeout``, goes to cancelling; then the connection is cut, and
-        the rest goes to the worker letting go of it.
+        the rest goes to the worker letting go of it. In a task that can wait no more
+        (cancelled), the close is started, with ``cancel_timeout`` to cancel, and not waited
+        for.
         """
         self._stopping = True
-        left = anyio.current_effective_deadline() - anyio.current_time()
+        left = time_left()
+        if left <= 0:
+            close_unwaited(partial(self._close, self._cancel_timeout), self)
+            return
         close = partial(self._close, min(self._cancel_timeout, left / 2))
         await anyio.to_thread.run_sync(close, abandon_on_cancel=True)

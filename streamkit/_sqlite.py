@@ -17,6 +17,7 @@ by the exit, within the cleanup's own deadline.
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import threading
@@ -39,6 +40,8 @@ from ._checks import (
 from ._sender import Producer, StreamSender
 
 __all__ = ["RowSource", "SQLiteRows", "query_rows"]
+
+logger = logging.getLogger("streamkit")
 
 RowT_co = TypeVar("RowT_co", covariant=True)
 
@@ -121,6 +124,29 @@ def check_parameters(parameters: object) -> None:
             f"parameters must be a sequence (positional) or a mapping (named), "
             f"got {type(parameters).__name__}: {parameters!r:.80}"
         )
+
+
+def time_left() -> float:
+    """Seconds the current task may still wait: none once it is cancelled."""
+    return anyio.current_effective_deadline() - anyio.current_time()
+
+
+def close_unwaited(close: Callable[[], object], source: object) -> None:
+    """Run a source's *close* in a thread of its own, which nothing waits for.
+
+    For an exit in a task that can wait no more: a cancelled one (a producer that entered
+    the source itself, whose client left), or one past its deadline. anyio starts no worker
+    thread there, so the close would not run at all, and the transaction and its locks
+    would be held until a garbage collection found the connection.
+    """
+
+    def run() -> None:
+        try:
+            close()
+        except Exception:
+            logger.exception("closing %s failed", type(source).__name__)
+
+    threading.Thread(target=run, name=f"closing {type(source).__name__}", daemon=True).start()
 
 
 def query_stopped(sql: object) -> RuntimeError:
@@ -325,6 +351,13 @@ class SQLiteRows:
 
     async def aclose(self) -> None:
         """Close the cursor, roll the transaction back and close the connection; once a
-        batch being fetched has been interrupted. Idempotent."""
+        batch being fetched has been interrupted. Idempotent.
+
+        In a task that can wait no more (cancelled), the close is started and not waited
+        for.
+        """
         self._stopping = True
+        if time_left() <= 0:
+            close_unwaited(self._close, self)
+            return
         await anyio.to_thread.run_sync(self._close, abandon_on_cancel=True)

@@ -40,7 +40,7 @@ from support.stream_endings import (
     stream_options,
 )
 
-from streamkit import EndReason, NDJSONResponse, StreamEnd
+from streamkit import EndReason, NDJSONResponse, StreamEnd, StreamSender
 from streamkit._faults import recorded_faults
 from streamkit.resources import PostgresRows, query_rows
 from streamkit.testing import LiveServer, StreamClient, open_server, open_stream
@@ -557,3 +557,30 @@ async def test_a_cancelled_fetch_stops_the_query(observer: Observer) -> None:
     with anyio.fail_after(RELEASE_BOUND):
         await observer.wait_released()
     assert await observer.ticks() < 1000  # not the 10,000 of the batch
+
+
+@pytest.mark.parametrize("leave", ["close", "reset"])
+async def test_a_source_a_producer_enters_itself_is_closed_when_the_client_leaves(
+    observer: Observer, leave: str
+) -> None:
+    # Its exit runs in the cancelled producer, where no worker thread can be waited for: the
+    # close must happen all the same, not when a garbage collection finds the connection.
+    async def rows(request: Request) -> Response:
+        async def produce(send: StreamSender[Any]) -> None:
+            sql = "SELECT id FROM items WHERE tick(%s, 0, 1)"
+            async with observer.source(sql, batch_size=10) as source:
+                while batch := await source.fetch_batch():
+                    for row in batch:
+                        await send(row)
+
+        return NDJSONResponse(produce)
+
+    async with open_server(Starlette(routes=[Route("/rows", rows)])) as server:
+        async with open_stream(server, "/rows") as client:
+            await client.read_item()
+            await observer.assert_held()
+            await (client.close() if leave == "close" else client.reset())
+        await server.wait_ended(EndReason.CLIENT_DISCONNECTED)
+        # The close runs in a thread that nothing waits for.
+        with anyio.fail_after(RELEASE_BOUND):
+            await observer.wait_gone()

@@ -25,7 +25,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from support.resource_checks import database_locked, open_descriptors
 
-from streamkit import EndReason, NDJSONResponse
+from streamkit import EndReason, NDJSONResponse, StreamSender
 from streamkit._faults import recorded_faults
 from streamkit.resources import RowSource, SQLiteRows, query_rows
 from streamkit.testing import open_server, open_stream
@@ -244,6 +244,33 @@ async def test_a_query_waiting_for_a_lock_stops_when_the_client_leaves(
     assert ended_in < RELEASE_BOUND
     assert end.cleanup_duration < RELEASE_BOUND
     assert not database_locked(database)
+
+
+@pytest.mark.parametrize("leave", ["close", "reset"])
+async def test_a_source_a_producer_enters_itself_is_closed_when_the_client_leaves(
+    database: Path, leave: str
+) -> None:
+    # Its exit runs in the cancelled producer, where no worker thread can be waited for: the
+    # close must happen all the same, not when a garbage collection finds the connection.
+    async def rows(request: Request) -> Response:
+        async def produce(send: StreamSender[Any]) -> None:
+            async with SQLiteRows(database, "SELECT * FROM items", batch_size=10) as source:
+                while batch := await source.fetch_batch():
+                    for row in batch:
+                        await send(row)
+
+        return NDJSONResponse(produce)
+
+    async with open_server(Starlette(routes=[Route("/rows", rows)])) as server:
+        async with open_stream(server, "/rows") as client:
+            await client.read_item()
+            assert database_locked(database)
+            await (client.close() if leave == "close" else client.reset())
+        await server.wait_ended(EndReason.CLIENT_DISCONNECTED)
+        # Polled: the close runs in a thread that nothing waits for.
+        with anyio.fail_after(RELEASE_BOUND):
+            while database_locked(database) or open_descriptors(database):  # noqa: ASYNC110
+                await anyio.sleep(0.005)
 
 
 async def test_a_fetch_after_a_cancelled_one_raises_rather_than_end_the_rows(
