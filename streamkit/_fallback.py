@@ -392,8 +392,9 @@ async def respond_with_fallback(
 
     Headers: ``X-Cache`` is ``miss`` for a value just fetched, ``hit`` for one served within
     ``ttl``, ``stale`` for one served because no fresh value came in time; a cached value also
-    gets ``Age`` (whole seconds). When nothing can be served the answer is ``503`` with
-    ``Retry-After``.
+    gets ``Age`` (whole seconds). When nothing can be served (no fresh value in time, or an
+    error of the fallback's ``fallback_on``, and nothing cached) the answer is ``503`` with
+    ``Retry-After``; another error of the fetch propagates.
 
     :param fallback: where the value comes from; its values must be JSON-serialisable.
     :param key: the key to ask for.
@@ -415,9 +416,13 @@ async def respond_with_fallback(
         # Before the fetch: a header the server would refuse fails here, not as the answer
         # is sent.
         check_header(name, value)
+    # Nothing to serve: no fresh value in time, or a source that is down (an error of
+    # fallback_on, which the fetch has logged) with nothing cached. Neither is the app's
+    # fault, and a client may try again.
+    unavailable: tuple[type[Exception], ...] = (FallbackUnavailableError, *fallback._fallback_on)
     try:
         result = await fallback.get(key)
-    except FallbackUnavailableError:
+    except unavailable:
         extra["Retry-After"] = str(math.ceil(retry_after))
         return JSONResponse(
             {"detail": "no fresh value in time and no cached value to serve"},

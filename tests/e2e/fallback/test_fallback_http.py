@@ -123,6 +123,27 @@ async def test_nothing_cached_is_a_503_with_retry_after() -> None:
     print(f"503 after {took:.3f} s")
 
 
+async def test_a_source_down_with_nothing_cached_is_a_503_with_retry_after() -> None:
+    # Nothing can be served: the error is one the fallback was told to answer from the
+    # cache, a source that is down, not a fault of the app's.
+    source = Quotes()
+    source.error = ConnectionError("the quote service refused the connection")
+    quotes = Fallback(source, fallback_after=DEADLINE, fallback_on=(ConnectionError,))
+    async with open_server(make_app(quotes)) as server:
+        response, _ = await get(server, "/quote/NEW")
+        assert response.status_code == 503
+        assert response.headers["retry-after"] == "5"
+        assert "detail" in response.json()
+        # Once a value is cached, the same failure serves it, stale.
+        source.error = None
+        assert (await get(server, "/quote/NEW"))[0].headers["x-cache"] == "miss"
+        source.error = ConnectionError("the quote service refused the connection")
+        stale, _ = await get(server, "/quote/NEW")
+        assert stale.status_code == 200
+        assert stale.headers["x-cache"] == "stale"
+    assert source.calls == 3
+
+
 async def test_fifty_concurrent_requests_run_the_source_once() -> None:
     source = Quotes()
     source.gate = anyio.Event()
