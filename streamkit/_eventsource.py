@@ -105,6 +105,19 @@ def last_event_id_header(id_: str) -> bytes | None:
     return None if _UNSENDABLE.search(value) else value
 
 
+def set_last_event_id(request: httpx.Request, value: bytes | None) -> None:
+    """Send *value* (see :func:`last_event_id_header`) as *request*'s ``Last-Event-ID``, in
+    place of the one it has; ``None``: send none."""
+    import httpx
+
+    # New headers, not one set in place: httpx decodes them all with the encoding it found
+    # first (ASCII, say), which a UTF-8 id would then break.
+    fields = [(k, v) for k, v in request.headers.raw if k.lower() != b"last-event-id"]
+    if value is not None:
+        fields.append((b"Last-Event-ID", value))
+    request.headers = httpx.Headers(fields)
+
+
 @functools.cache
 def default_ssl_context() -> ssl.SSLContext:
     """httpx's default SSL context, loaded once (tens of milliseconds: keep it off the loop)."""
@@ -444,14 +457,7 @@ class _Resuming(Generic[T]):
         self._set_last_event_id(value)
 
     def _set_last_event_id(self, value: bytes | None) -> None:
-        import httpx
-
-        # New headers, not one set in place: httpx decodes them all with the encoding it
-        # found first (ASCII, say), which a UTF-8 id would then break.
-        fields = [(k, v) for k, v in self._request.headers.raw if k.lower() != b"last-event-id"]
-        if value is not None:
-            fields.append((b"Last-Event-ID", value))
-        self._request.headers = httpx.Headers(fields)
+        set_last_event_id(self._request, value)
 
     def _check(self, response: httpx.Response) -> None:
         if not response.is_success:

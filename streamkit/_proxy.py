@@ -27,7 +27,14 @@ import anyio
 from ._backoff import Backoff
 from ._checks import check_callable, check_count, check_duration, check_type
 from ._content_encoding import decoded_body, unwind
-from ._eventsource import MAX_EVENT_SIZE, EventStream, as_request, default_ssl_context
+from ._eventsource import (
+    MAX_EVENT_SIZE,
+    EventStream,
+    as_request,
+    default_ssl_context,
+    last_event_id_header,
+    set_last_event_id,
+)
 from ._exceptions import UpstreamError
 from ._sender import Producer, StreamSender
 from ._sse import ServerSentEvent, resumable_id, trusted_event
@@ -174,6 +181,36 @@ def _floored(event: ServerSentEvent, min_retry: int) -> ServerSentEvent:
     return event
 
 
+def _copy(request: httpx.Request) -> httpx.Request:
+    import httpx
+
+    return httpx.Request(
+        request.method,
+        request.url,
+        headers=request.headers,
+        stream=request.stream,
+        extensions=request.extensions,
+    )
+
+
+def _last_event_id_header(last_event_id: str) -> bytes | None:
+    """*last_event_id* as a ``Last-Event-ID`` header's value; ``None`` for ``""``, none.
+
+    :raises TypeError: it is not a ``str``.
+    :raises ValueError: it holds a control character, which no header can carry.
+    """
+    check_type("last_event_id", last_event_id, str)
+    if not last_event_id:
+        return None
+    value = last_event_id_header(last_event_id)
+    if value is None:
+        raise ValueError(
+            "last_event_id holds a control character, which no Last-Event-ID header can "
+            f"carry: {last_event_id!r:.80}"
+        )
+    return value
+
+
 def _min_retry(backoff: Backoff) -> int:
     """The shortest ``retry`` sent on, in milliseconds: the shortest the proxy would obey
     itself. A browser obeys an upstream's ``retry: 0`` to the letter, and would reconnect the
@@ -193,6 +230,7 @@ def upstream_events(
     resume: bool = False,
     backoff: Backoff = Backoff(max_reconnect_time=60.0),  # noqa: B008 (frozen, so shared)
     max_event_size: int = MAX_EVENT_SIZE,
+    last_event_id: str | None = None,
 ) -> Producer[ServerSentEvent | str]:
     """A producer for an :class:`~streamkit.EventSourceResponse` that forwards an upstream
     event stream, event by event::
@@ -226,6 +264,14 @@ def upstream_events(
         stream ends.
     :param max_event_size: the most characters one upstream event may hold while it
         arrives (16 MiB by default).
+    :param last_event_id: the id the upstream resumes after, sent as the ``Last-Event-ID`` of
+        its first request (UTF-8, as a browser sends it); with *resume*, the next requests
+        send the last id forwarded. To forward the downstream client's own resume, pass
+        ``streamkit.last_event_id(request.headers)``: ``None`` when it sent none, or one no
+        event id could be. ``None`` (the default) keeps *upstream*'s own ``Last-Event-ID``
+        header, if it has one; ``""`` sends none. (Copied into *upstream*'s headers
+        instead, a downstream client's id beyond ASCII fails: httpx encodes a ``str``
+        header as ASCII.)
     :raises UpstreamError: (in the stream) the upstream's status is not 2xx (a 204 ends
         the stream as complete, the WHATWG word to stop), its body is not
         ``text/event-stream`` or in a ``Content-Encoding`` other than ``gzip`` and
@@ -233,10 +279,11 @@ def upstream_events(
         is one no downstream client could resume from.
     :raises ReconnectError: (in the stream) with *resume*, the *backoff* gave up.
     :raises TypeError: *upstream* is neither a URL nor a request, *client* is no
-        ``httpx.AsyncClient``, *transform* is not callable, *resume* is no ``bool``, or
-        *backoff* is not a :class:`~streamkit.client.Backoff`.
-    :raises ValueError: a timeout is not a positive, finite number of seconds, or the URL
-        is not http or https.
+        ``httpx.AsyncClient``, *transform* is not callable, *resume* is no ``bool``,
+        *backoff* is not a :class:`~streamkit.client.Backoff`, or *last_event_id* is not a
+        ``str``.
+    :raises ValueError: a timeout is not a positive, finite number of seconds, the URL is
+        not http or https, or *last_event_id* holds a control character.
     """
     _check_timeouts(connect_timeout, read_timeout)
     check_count("max_event_size", max_event_size)
@@ -245,6 +292,11 @@ def upstream_events(
     check_type("resume", resume, bool)
     min_retry = _min_retry(backoff)
     request = _as_request(upstream, client, "text/event-stream")
+    if last_event_id is not None:
+        # Refused here, before the stream starts; set on a copy, as the caller's request may
+        # be sent for other clients too, each with an id of its own.
+        request = _copy(request)
+        set_last_event_id(request, _last_event_id_header(last_event_id))
     if resume:
         return _resuming_events(
             request,
@@ -254,6 +306,7 @@ def upstream_events(
             transform=transform,
             backoff=backoff,
             max_event_size=max_event_size,
+            last_event_id=last_event_id,
         )
 
     async def produce(send: StreamSender[ServerSentEvent | str]) -> None:
@@ -316,6 +369,7 @@ def _resuming_events(
     transform: EventTransform | None,
     backoff: Backoff,
     max_event_size: int,
+    last_event_id: str | None,
 ) -> Producer[ServerSentEvent | str]:
     min_retry = _min_retry(backoff)
 
@@ -326,7 +380,9 @@ def _resuming_events(
             EventStream(
                 request,
                 client=client,
-                last_event_id=None,
+                # Given as it was, not read back from the header: httpx would decode it
+                # with the other headers' encoding, Latin-1 if one of them is not UTF-8.
+                last_event_id=last_event_id,
                 heartbeat_interval=read_timeout,
                 missed_heartbeats=1,
                 connect_timeout=connect_timeout,

@@ -6,6 +6,7 @@ server in tests/e2e/test_resources_proxy.py.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import httpx
@@ -114,3 +115,24 @@ def test_a_client_that_is_no_httpx_client_is_refused_where_it_is_given(
 ) -> None:
     with pytest.raises(TypeError, match=r"^client must be an AsyncClient or None, got Client"):
         upstream_bytes(upstream, client=httpx.Client())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("bad", "error"),
+    [(b"6", TypeError), (6, TypeError), ("a\x01b", ValueError), ("a\nb", ValueError)],
+)
+def test_a_last_event_id_no_header_can_carry_is_refused_naming_it(
+    bad: object, error: type[Exception]
+) -> None:
+    for resume in (True, False):
+        with pytest.raises(error, match=f"last_event_id .*{re.escape(repr(bad))}"):
+            upstream_events("http://upstream/", resume=resume, last_event_id=bad)  # type: ignore[arg-type]
+
+
+def test_a_last_event_id_leaves_the_callers_request_as_it_was() -> None:
+    # It may be sent for other clients too, each with an id of its own.
+    request = httpx.Request("GET", "http://upstream/", headers={"last-event-id": "5"})
+    for resume in (True, False):
+        upstream_events(request, resume=resume, last_event_id="\u00e9-6")
+        upstream_events(request, resume=resume, last_event_id="")
+    assert request.headers.get_list("last-event-id") == ["5"]

@@ -7,9 +7,11 @@ reconnect.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -17,7 +19,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 from support.counting import Attempts, make_app
 
-from streamkit import EndReason, EventSourceResponse
+from streamkit import (
+    EndReason,
+    EventSourceResponse,
+    ServerSentEvent,
+    StreamSender,
+    last_event_id,
+)
 from streamkit.client import Backoff
 from streamkit.resources import upstream_events
 from streamkit.testing import LiveServer, open_server, open_stream
@@ -109,3 +117,64 @@ async def test_the_downstream_last_event_id_resumes_the_first_upstream_connectio
                     data = [event.data async for event in client.events()]
     assert data == ["7", "8", "9"]
     assert attempts.last_ids == ["6", "9"]  # the second was answered 204: the end
+
+
+#: What a downstream client sends as its Last-Event-ID, and what the upstream is asked to
+#: resume after: a browser's id as it sent it (UTF-8: an id the proxy forwarded may be
+#: beyond ASCII), one that no id could be not at all.
+DOWNSTREAM_IDS = {
+    "ascii": (b"6", "6"),
+    "utf-8": ("\u00e9-6".encode(), "\u00e9-6"),
+    "control character": (b"a\x01b", None),
+    "not utf-8": (b"\xff", None),
+}
+
+
+@pytest.mark.parametrize("resume", [True, False], ids=["resume", "once"])
+@pytest.mark.parametrize("sent", DOWNSTREAM_IDS.values(), ids=list(DOWNSTREAM_IDS))
+async def test_a_downstream_last_event_id_is_forwarded_as_the_browser_sent_it_or_not_at_all(
+    sent: tuple[bytes, str | None], resume: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The pattern the docs show: the proxy forwards the id streamkit reads from its client.
+    # Built into the upstream request's headers instead, a UTF-8 id was a 500 (httpx encodes
+    # a str header as ASCII) and one holding a control character the stream's error.
+    header, expected = sent
+    seen: list[str | None] = []
+
+    async def numbered(request: Request) -> Response:
+        resumed = last_event_id(request.headers)
+        seen.append(resumed)
+        if resumed == "end":
+            return Response(status_code=204)
+
+        async def produce(send: StreamSender[ServerSentEvent]) -> None:
+            await send(ServerSentEvent(data=str(resumed), id="end"))
+
+        return EventSourceResponse(produce, heartbeat_interval=None)
+
+    async def events(request: Request) -> Response:
+        return EventSourceResponse(
+            upstream_events(
+                shared,  # one request for every client, as a module might hold it
+                resume=resume,
+                backoff=Backoff(initial_delay=0.01, jitter=0.0),
+                last_event_id=last_event_id(request.headers),
+            )
+        )
+
+    async with (
+        open_server(Starlette(routes=[Route("/numbered", numbered)])) as upstream,
+        open_server(Starlette(routes=[Route("/events", events)])) as proxy,
+        httpx.AsyncClient(base_url=proxy.url) as http,
+    ):
+        shared = httpx.Request("GET", f"{upstream.url}/numbered")
+        with anyio.fail_after(10):
+            response = await http.get("/events", headers=[(b"last-event-id", header)])
+            await proxy.wait_ended(EndReason.COMPLETED)
+            # The next client, which sent none, resumes from nothing of the first's.
+            assert "data: None\n" in (await http.get("/events")).text
+            await proxy.wait_ended(EndReason.COMPLETED)
+    assert response.status_code == 200
+    assert f"data: {expected}\n" in response.text
+    assert seen == ([expected, "end", None, "end"] if resume else [expected, None])
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
