@@ -17,6 +17,7 @@ import mimetypes
 import os
 import tempfile
 from pathlib import Path
+from urllib.parse import quote
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -54,10 +55,20 @@ def create_app(
         return StreamResponse(
             file_chunks(path, bytes_per_second=bytes_per_second),
             media_type=media_type,
-            headers={"content-disposition": f'attachment; filename="{path.name}"'},
+            headers={"content-disposition": content_disposition(path.name)},
         )
 
     return Starlette(routes=[Route("/files/{name:path}", download)])
+
+
+def content_disposition(name: str) -> str:
+    """The header that names the download *name*, as Starlette's ``FileResponse`` writes it:
+    a name that a URL would escape (one beyond Latin-1, which no header can carry, or holding
+    a quote, which would end it early) is sent percent-encoded as UTF-8 (RFC 6266)."""
+    quoted = quote(name)
+    if quoted != name:
+        return f"attachment; filename*=utf-8''{quoted}"
+    return f'attachment; filename="{name}"'
 
 
 def make_demo_directory(directory: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from urllib.parse import quote
 
 import anyio
 import pytest
@@ -169,6 +170,25 @@ async def test_file_proxy_answers_a_name_no_file_can_have_with_a_404(
             async with open_stream(server, f"/files/{name}") as client:
                 assert client.status == 404, name[:20]
         async with open_stream(server, "/files/data.bin") as client:
+            assert await client.read_all() == b"x" * 10
+        await server.wait_ended(EndReason.COMPLETED)
+    assert not [record for record in caplog.records if record.levelname == "ERROR"], caplog.text
+
+
+@pytest.mark.parametrize("name", ["\u62a5\u544a \u20ac.txt", 'say "hi".txt'])
+async def test_file_proxy_sends_a_file_whatever_its_name_naming_it_as_starlette_does(
+    tmp_path: Path, name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The name went into a quoted filename="..." as it was: one beyond Latin-1 could not be
+    # sent as a header (a 500), and a quote ended the name early.
+    example = load_example("file_proxy")
+    (tmp_path / name).write_bytes(b"x" * 10)
+    async with open_server(example.create_app(tmp_path, bytes_per_second=None)) as server:
+        async with open_stream(server, f"/files/{quote(name)}") as client:
+            assert client.status == 200
+            assert client.headers["content-disposition"] == (
+                f"attachment; filename*=utf-8''{quote(name)}"
+            )
             assert await client.read_all() == b"x" * 10
         await server.wait_ended(EndReason.COMPLETED)
     assert not [record for record in caplog.records if record.levelname == "ERROR"], caplog.text
