@@ -58,6 +58,16 @@ def token(event: httpx_sse.ServerSentEvent) -> ServerSentEvent | None:
     return ServerSentEvent(event="token", data=content) if content else None
 
 
+def own_url(request: Request, path: str) -> str:
+    """*path* on this server, at the address that accepted *request*: not at the request's
+    ``Host`` header (as ``request.url_for`` makes it), which the client writes, and which
+    would send the prompt, and the API key, to whatever server it names."""
+    host, port = request.scope["server"]
+    if ":" in host:
+        host = f"[{host}]"  # IPv6
+    return f"http://{host}:{port}{path}"
+
+
 def create_app(upstream_url: str | None = None, *, api_key: str | None = None) -> Starlette:
     """The proxy, and the fake model it uses when *upstream_url* is ``None``.
 
@@ -74,7 +84,7 @@ def create_app(upstream_url: str | None = None, *, api_key: str | None = None) -
             yield
 
     async def chat(request: Request) -> Response:
-        url = upstream_url or str(request.url_for("fake_model"))
+        url = upstream_url or own_url(request, request.app.url_path_for("fake_model"))
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
         body = {
             "model": "gpt-4o-mini",

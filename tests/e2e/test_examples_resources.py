@@ -9,7 +9,12 @@ from pathlib import Path
 from urllib.parse import quote
 
 import anyio
+import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 from support.example_modules import load_example
 from support.resource_checks import database_locked, open_descriptors
 
@@ -69,6 +74,35 @@ async def test_llm_proxy_aborts_the_completion_when_the_client_leaves() -> None:
                 await proxy.wait_ended(EndReason.CLIENT_DISCONNECTED)
                 await model.wait_ended(EndReason.CLIENT_DISCONNECTED, within=RELEASE_BOUND)
                 assert anyio.current_time() - left_at < RELEASE_BOUND
+
+
+async def test_llm_proxy_asks_its_own_fake_model_whatever_host_the_client_names(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The fake model's URL was made from the request's Host header, which the client writes:
+    # the proxy sent the prompt, and the API key if one was set, to whatever server it named.
+    example = load_example("llm_proxy")
+    monkeypatch.setattr(example, "FAKE_WORD_INTERVAL", 0.001)
+    asked: list[Request] = []
+
+    async def model_elsewhere(request: Request) -> Response:
+        asked.append(request)
+        return Response(status_code=404)
+
+    elsewhere = Starlette(routes=[Route("/{path:path}", model_elsewhere, methods=["POST"])])
+    async with (
+        open_server(elsewhere) as other,
+        open_server(example.create_app(api_key="secret")) as server,
+        httpx.AsyncClient(base_url=server.url) as http,
+    ):
+        with anyio.fail_after(10.0):
+            response = await http.get(
+                "/chat?prompt=hi", headers={"host": f"{other.host}:{other.port}"}
+            )
+        assert response.status_code == 200
+        assert "event: token\ndata: Once \n" in response.text
+    assert asked == []
+    assert not [record for record in caplog.records if record.levelname == "ERROR"], caplog.text
 
 
 # -- sqlite_export -----------------------------------------------------------------------------
