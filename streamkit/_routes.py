@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 from collections.abc import Callable, Collection
 from functools import partial
 from typing import Any
@@ -138,9 +139,17 @@ class RequestMessages:
     async def for_request(self) -> Message:
         """The request's ``receive``: the body's messages in order, then the disconnect.
 
+        A receive in a scope already cancelled is a poll, not a read: Starlette's
+        ``request.is_disconnected()`` asks so. It gets the disconnect once heard, and takes
+        nothing of the body, so that a producer that polls has not thereby begun to read it.
+
         :raises RuntimeError: the body was dropped, more than :data:`MAX_UNREAD_BODY` bytes of
             it having arrived before the request began to read it.
         """
+        if anyio.current_effective_deadline() == -math.inf:
+            if self._ended is not None:
+                return self._ended
+            await anyio.lowlevel.checkpoint()  # the poll's own cancellation: nothing yet
         self._reading = True
         while not self._unread:
             if self._ended is not None:

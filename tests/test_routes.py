@@ -321,3 +321,41 @@ async def test_past_the_unread_bound_a_body_not_being_read_is_dropped_and_the_en
                 await request.body()
             server.put({"type": "http.disconnect"})
     assert heard == [{"type": "http.disconnect"}]
+
+
+@pytest.mark.anyio
+async def test_a_poll_for_the_disconnect_takes_nothing_of_the_body_and_is_told_the_end() -> None:
+    # Starlette's is_disconnected() receives in a cancelled scope: a poll, not a read.
+    server = Server()
+    messages = RequestMessages(server.receive)
+    request = Request({"type": "http", "method": "POST"}, messages.for_request)
+    heard: list[Message] = []
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(watch, messages, heard)
+            for _ in range(8):
+                server.put(body_message(b"x" * (MAX_UNREAD_BODY // 4)))
+            await anyio.wait_all_tasks_blocked()  # past the bound: dropped, not waited on
+            assert [await request.is_disconnected() for _ in range(3)] == [False] * 3
+            server.put({"type": "http.disconnect"})
+            await anyio.wait_all_tasks_blocked()
+            assert await request.is_disconnected()
+    assert heard == [{"type": "http.disconnect"}]
+
+
+@pytest.mark.anyio
+async def test_a_poll_for_the_disconnect_leaves_the_body_to_the_read() -> None:
+    server = Server()
+    messages = RequestMessages(server.receive)
+    request = Request({"type": "http", "method": "POST"}, messages.for_request)
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(watch, messages, [])
+            server.put(body_message(b"a"))
+            server.put(body_message(b"b", more_body=False))
+            await anyio.wait_all_tasks_blocked()
+            assert not await request.is_disconnected()
+            assert await request.body() == b"ab"
+            task_group.cancel_scope.cancel()

@@ -17,9 +17,10 @@ import anyio
 import anyio.abc
 import pytest
 from starlette.requests import Request
+from support.h2_heads import send_head
 
 from streamkit import App, EndReason, ServerSentEvent, StreamSender
-from streamkit.testing import open_server
+from streamkit.testing import H2Connection, open_h2_connection, open_server
 from streamkit.testing._client import connect
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
@@ -129,3 +130,100 @@ async def test_a_client_that_leaves_mid_body_ends_the_stream_as_gone_not_as_an_e
         end = await server.wait_ended(EndReason.CLIENT_DISCONNECTED, within=5.0)
     assert end.exception is None
     assert not [record for record in caplog.records if record.levelname == "ERROR"], caplog.text
+
+
+def polling_app(go: anyio.Event, cleaned: anyio.Event, *, polls: int | None) -> App:
+    """A route whose producer polls ``request.is_disconnected()`` (sse-starlette's idiom) once
+    *go* is set: *polls* times, then it only waits, or (``None``) between its ticks."""
+    app = App(heartbeat_interval=0.05)
+
+    @app.sse("/polling")
+    async def polling(request: Request, send: StreamSender[ServerSentEvent | str]) -> None:
+        send.push_async_callback(_set, cleaned)
+        await send("started")
+        await go.wait()
+        done = 0
+        while polls is None or done < polls:
+            if await request.is_disconnected():
+                return
+            done += 1
+            await send("tick")
+            await anyio.sleep(0.01)
+        await anyio.sleep_forever()
+
+    return app
+
+
+async def test_a_producer_that_polls_for_the_disconnect_is_not_failed_by_a_body_it_ignores(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Starlette's is_disconnected() receives in a cancelled scope: the request took the poll
+    # for a read of the body, and past 64 KiB, dropped before the producer's first poll, the
+    # poll raised the dropped body's RuntimeError, a client's large body the stream's error.
+    go, cleaned = anyio.Event(), anyio.Event()
+    async with open_server(polling_app(go, cleaned, polls=None)) as server:
+        connection = await connect(server.host, server.port)
+        head = f"GET /polling HTTP/1.1\r\nhost: test\r\ncontent-length: {LARGE_BODY}\r\n\r\n"
+        with anyio.fail_after(10):
+            await connection.send(head.encode() + b"x" * LARGE_BODY)  # read and dropped
+            received = await read_until(connection, b"data: started\n\n", b"")
+            go.set()
+            await read_until(connection, b"data: tick\n\n", received)  # it has polled
+        await connection.aclose()
+        await server.wait_ended(EndReason.CLIENT_DISCONNECTED, within=5.0)
+        with anyio.fail_after(1):
+            await cleaned.wait()
+    assert not [record for record in caplog.records if record.levelname == "ERROR"], caplog.text
+
+
+async def test_a_producer_that_polled_for_the_disconnect_still_hears_the_client_leave() -> None:
+    # The poll marked the body as being read, and past 64 KiB the watcher waited for the
+    # producer to take some, which it never would: the client that left went unheard.
+    go, cleaned = anyio.Event(), anyio.Event()
+    async with open_server(polling_app(go, cleaned, polls=1)) as server:
+        connection = await connect(server.host, server.port)
+        head = f"GET /polling HTTP/1.1\r\nhost: test\r\ncontent-length: {LARGE_BODY}\r\n\r\n"
+        with anyio.fail_after(10):
+            await connection.send(head.encode())
+            received = await read_until(connection, b"data: started\n\n", b"")
+            go.set()
+            await read_until(connection, b"data: tick\n\n", received)  # it has polled
+            await connection.send(b"x" * (4 * 64 * 1024))
+        await connection.aclose()
+        await server.wait_ended(EndReason.CLIENT_DISCONNECTED, within=5.0)
+        with anyio.fail_after(1):
+            await cleaned.wait()
+
+
+async def test_over_http2_a_producer_that_polled_still_hears_its_stream_reset() -> None:
+    # There the watcher waiting for the producer never heard the reset: a reset stream's
+    # writes are dropped, so nothing else ended the stream, which ran until the shutdown.
+    go, cleaned = anyio.Event(), anyio.Event()
+    async with (
+        open_server(polling_app(go, cleaned, polls=1)) as server,
+        open_h2_connection(server) as connection,
+    ):
+        head = [(":method", "GET"), (":scheme", "http"), (":authority", "t"), (":path", "/polling")]
+        stream = await send_head(connection, head, body=b"")
+        with anyio.fail_after(10):
+            await stream.read_event()  # started
+            go.set()
+            await stream.read_event()  # a tick: it has polled
+            await send_body(connection, stream.stream_id, 4 * 64 * 1024)
+        await stream.reset_stream()
+        await server.wait_ended(EndReason.CLIENT_DISCONNECTED, within=5.0)
+        with anyio.fail_after(1):
+            await cleaned.wait()
+
+
+async def send_body(connection: H2Connection, stream_id: int, size: int) -> None:
+    """Send *size* bytes of body on the stream, as its flow-control window lets them go."""
+    h2 = connection._h2
+    while size > 0:
+        await connection._wait_for(
+            "room in the stream's window", lambda: h2.local_flow_control_window(stream_id) > 0
+        )
+        piece = min(size, h2.local_flow_control_window(stream_id), h2.max_outbound_frame_size)
+        h2.send_data(stream_id, b"x" * piece)
+        await connection._flush()
+        size -= piece
