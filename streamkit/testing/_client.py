@@ -334,8 +334,11 @@ class _H11Client(StreamClient):
     async def request(
         self, method: str, target: str, headers: Mapping[str, str], host: str
     ) -> None:
+        # Values in UTF-8, as a browser sends a Last-Event-ID and as h2 sends a str: h11
+        # would take only ASCII.
+        fields = [(name.encode(), value.encode()) for name, value in headers.items()]
         request = h11.Request(
-            method=method, target=target, headers=[("host", host), *headers.items()]
+            method=method, target=target, headers=[(b"host", host.encode()), *fields]
         )
         await self.stream.send(
             self._connection.send(request) + self._connection.send(h11.EndOfMessage())
@@ -375,7 +378,8 @@ async def open_stream(
 
     :param base: the server: a :class:`~streamkit.testing.LiveServer` or anything with
         ``host`` and ``port``.
-    :param headers: extra request headers (``Last-Event-ID``, say).
+    :param headers: extra request headers (``Last-Event-ID``, say); values are sent in
+        UTF-8, as a browser sends a ``Last-Event-ID``.
     :param receive_buffer: ``SO_RCVBUF`` in bytes, set before connecting; small values make
         :meth:`StreamClient.stall` take effect after little data.
     :param read_timeout: seconds the response head, and then each read, may wait for the

@@ -262,7 +262,8 @@ class H2Connection:
         Leaving the block with the stream still open resets it (``RST_STREAM`` ``CANCEL``), as
         a browser does.
 
-        :param headers: extra request headers; names are sent lower-cased.
+        :param headers: extra request headers; names are sent lower-cased, values in
+            UTF-8.
         :raises ConnectionResetError: the server reset the stream before answering.
         :raises TimeoutError: the response head did not arrive within :attr:`read_timeout`.
         :raises RuntimeError: the connection's block has ended.
@@ -356,7 +357,8 @@ async def open_h2_stream(
 
     :param base: the server: a :class:`~streamkit.testing.LiveServer` or anything with
         ``host`` and ``port``.
-    :param headers: extra request headers (``Last-Event-ID``, say).
+    :param headers: extra request headers (``Last-Event-ID``, say); values are sent in
+        UTF-8, as a browser sends a ``Last-Event-ID``.
     :param receive_buffer: ``SO_RCVBUF`` in bytes, set before connecting.
     :param read_timeout: seconds the response head, and then each read, may wait for the
         server before :exc:`TimeoutError`; ``None`` for no bound.

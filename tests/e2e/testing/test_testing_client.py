@@ -455,6 +455,26 @@ async def raw_peer(
                 yield peer
 
 
+@pytest.mark.parametrize("opener", [open_stream, open_h2_stream], ids=["http/1.1", "http/2"])
+async def test_a_header_beyond_ascii_is_sent_as_utf8_as_a_browser_sends_its_last_event_id(
+    opener: Callable[..., AbstractAsyncContextManager[StreamClient]],
+) -> None:
+    # A browser sends an id beyond ASCII back in UTF-8, and the HTTP/2 client sent it so;
+    # the HTTP/1.1 client raised UnicodeEncodeError from h11.
+    async def resumed(request: Request) -> Response:
+        async def produce(send: StreamSender[ServerSentEvent]) -> None:
+            await send(ServerSentEvent(data=str(send.last_event_id)))
+
+        return EventSourceResponse(produce, heartbeat_interval=None)
+
+    async with open_server(Starlette(routes=[Route("/resumed", resumed)])) as server:
+        async with opener(
+            server, "/resumed", headers={"last-event-id": "\u00e9t\u00e9-7"}
+        ) as client:
+            with anyio.fail_after(5):
+                assert (await client.read_event()).data == "\u00e9t\u00e9-7"
+
+
 async def test_close_sends_fin() -> None:
     async with raw_peer() as peer, open_stream(peer, "/") as client:
         await client.close()
