@@ -348,6 +348,10 @@ async def test_a_client_that_leaves_while_the_end_is_written_ends_the_stream_at_
         ({}, None),
         ({"Last-Event-ID": "1795322817838-12"}, "1795322817838-12"),
         ({"Last-Event-ID": "x" * (MAX_LAST_EVENT_ID_LENGTH + 1)}, None),
+        # Sent in UTF-8, as a browser sends an id beyond ASCII (and as the testing kit's
+        # clients send it over a connection).
+        ({"Last-Event-ID": "\u00e9t\u00e9-7"}, "\u00e9t\u00e9-7"),
+        ({"Last-Event-ID": "\u20ac-7"}, "\u20ac-7"),
     ],
 )
 async def test_last_event_id_is_the_validated_header_of_the_request(

@@ -45,7 +45,7 @@ class FakeConnection:
 
     :param path: the request path, with an optional query string.
     :param method: the request method.
-    :param headers: the request headers.
+    :param headers: the request headers; values are sent in UTF-8.
     :param body: the request body, delivered by the first ``receive``.
     :param disconnect_after_body: leave once this many non-empty body messages were sent.
     :param disconnect_after_receives: leave at this many ``receive`` calls plus one.
@@ -75,8 +75,10 @@ class FakeConnection:
                 check_count(name, value, least=0)
         route, _, query = path.partition("?")
         raw_headers = [(b"host", b"testserver")]
+        # Values in UTF-8, as a browser sends a Last-Event-ID and the testing kit's clients
+        # send them over a connection.
         raw_headers += [
-            (name.lower().encode("latin-1"), value.encode("latin-1"))
+            (name.lower().encode("latin-1"), value.encode())
             for name, value in (headers or {}).items()
         ]
         self.scope: Scope = {
