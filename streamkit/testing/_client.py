@@ -64,7 +64,8 @@ class StreamClient:
     arrived.
 
     :ivar status: the response status.
-    :ivar headers: the response headers, lower-cased names.
+    :ivar headers: the response headers, lower-cased names, values decoded from Latin-1 (a
+        byte a character, as Starlette encodes them).
     :ivar complete: whether the whole body arrived (the chunked terminator, or END_STREAM).
     :ivar stalled: whether :meth:`stall` was called.
     """
@@ -352,7 +353,10 @@ class _H11Client(StreamClient):
         if not isinstance(response, h11.Response):
             raise ConnectionError(f"expected a response head, got {response!r}")
         self.status = response.status_code
-        self.headers = {name.decode(): value.decode() for name, value in response.headers}
+        # Latin-1, a byte a character, as Starlette encodes a response's headers.
+        self.headers = {
+            name.decode("latin-1"): value.decode("latin-1") for name, value in response.headers
+        }
 
     async def _receive_piece(self) -> bytes | None:
         event = await self._next_event()

@@ -41,8 +41,9 @@ _CLOSED = (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError)
 
 
 def _text(value: str | bytes) -> str:
-    # The connection is configured to decode headers; the type says they may be bytes.
-    return value.decode() if isinstance(value, bytes) else value
+    # Latin-1, a byte a character, as Starlette encodes a response's headers: not h2's
+    # header_encoding, which would decode them as UTF-8 and fail on such a byte.
+    return value.decode("latin-1") if isinstance(value, bytes) else value
 
 
 class H2StreamClient(StreamClient):
@@ -133,7 +134,7 @@ class H2Connection:
         self._closed = False
         self._authority = authority
         self._h2 = h2.connection.H2Connection(
-            config=h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
+            config=h2.config.H2Configuration(client_side=True, header_encoding=None)
         )
         self._streams: dict[int, H2StreamClient] = {}
         self._ping_acks: set[bytes] = set()

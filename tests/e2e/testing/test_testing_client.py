@@ -475,6 +475,26 @@ async def test_a_header_beyond_ascii_is_sent_as_utf8_as_a_browser_sends_its_last
                 assert (await client.read_event()).data == "\u00e9t\u00e9-7"
 
 
+@pytest.mark.parametrize("opener", [open_stream, open_h2_stream], ids=["http/1.1", "http/2"])
+async def test_a_response_header_in_latin1_is_read_as_starlette_sends_it(
+    opener: Callable[..., AbstractAsyncContextManager[StreamClient]],
+) -> None:
+    # A response takes a header value in Latin-1, which Starlette sends a byte a character,
+    # as FakeConnection reads it back; both clients decoded it as UTF-8, and raised.
+    async def named(request: Request) -> Response:
+        async def produce(send: StreamSender[ServerSentEvent]) -> None:
+            await send(ServerSentEvent(data="x"))
+
+        disposition = 'inline; filename="caf\u00e9"'
+        return EventSourceResponse(produce, headers={"content-disposition": disposition})
+
+    async with (
+        open_server(Starlette(routes=[Route("/named", named)])) as server,
+        opener(server, "/named") as client,
+    ):
+        assert client.headers["content-disposition"] == 'inline; filename="caf\u00e9"'
+
+
 async def test_close_sends_fin() -> None:
     async with raw_peer() as peer, open_stream(peer, "/") as client:
         await client.close()
