@@ -12,6 +12,7 @@ import dataclasses
 import json
 import tempfile
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ from ._sources import FakeLLM, PriceService, create_database
 __all__ = ["DemoState", "create_app"]
 
 _STATIC = Path(__file__).parent / "static"
+#: The resumes the demo keeps: every client may send a ``Last-Event-ID``.
+RESUMES_KEPT = 100
 
 
 @dataclass(slots=True, kw_only=True)
@@ -41,13 +44,14 @@ class DemoState:
 
     :param llm: the fake LLM upstream behind ``/tokens``.
     :param prices: the slow price service behind ``/quote``.
-    :param resumed_from: every ``Last-Event-ID`` a reconnecting clock sent, in order.
+    :param resumed_from: the ``Last-Event-ID`` a reconnecting clock sent, in order: the
+        latest :data:`RESUMES_KEPT`.
     :param database: the SQLite file behind ``/rows``, while the app runs.
     """
 
     llm: FakeLLM
     prices: PriceService
-    resumed_from: list[str] = field(default_factory=list)
+    resumed_from: deque[str] = field(default_factory=lambda: deque(maxlen=RESUMES_KEPT))
     database: Path | None = None
 
 

@@ -65,7 +65,7 @@ async def test_clock_sends_heartbeats_between_ticks_and_resumes_from_last_event_
                 tick = await client.read_event()
         assert (resumed.event, resumed.data) == ("resumed", "41")
         assert (tick.event, tick.id) == ("tick", "42")
-        assert demo.resumed_from == ["41"]
+        assert list(demo.resumed_from) == ["41"]
         await server.wait_ended(EndReason.CLIENT_DISCONNECTED, within=DISCONNECT_BOUND)
 
 
@@ -260,3 +260,22 @@ def test_python_m_streamkit_demo_on_a_port_in_use_says_so_in_one_line(backend: s
     (line,) = done.stderr.decode().strip().splitlines()
     assert line.startswith(f"python -m streamkit.demo: cannot listen on '127.0.0.1:{port}': ")
     assert "Address already in use" in line
+
+
+async def test_the_clock_keeps_only_the_latest_resumes_whatever_clients_send(
+    anyio_backend: str,
+) -> None:
+    # Every client may send a Last-Event-ID (up to 1,024 characters): each was kept, and a
+    # client reconnecting in a loop grew the demo's memory without bound.
+    from streamkit.demo._app import RESUMES_KEPT
+
+    app = create_app(clock_interval=60.0)
+    demo: DemoState = app.state.demo
+    async with open_server(app) as server:
+        for n in range(RESUMES_KEPT + 5):
+            headers = {"Last-Event-ID": f"{n}-" + "x" * 1000}
+            async with open_stream(server, "/clock", headers=headers) as client:
+                with anyio.fail_after(5):
+                    assert (await client.read_event()).event == "resumed"
+    assert len(demo.resumed_from) == RESUMES_KEPT
+    assert demo.resumed_from[-1].startswith(f"{RESUMES_KEPT + 4}-")
