@@ -37,7 +37,9 @@ pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 SEED = 4_2026
 STREAMS = 1000
 CONCURRENCY = 32
-SEND_TIMEOUT = 0.5
+#: Twice the event loop lag seen when the machine was shared with other test runs (435 ms):
+#: a loop starved for longer than the send timeout fires it on clients that read.
+SEND_TIMEOUT = 1.0
 COMPLETE_ITEMS = 5
 # Generous, for a 2-core machine others share: the real figures are printed by the test.
 CLEANUP_BOUND = 2.0
