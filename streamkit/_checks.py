@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Mapping
+from typing import Any
 
 __all__ = [
     "check_callable",
@@ -180,6 +182,35 @@ _UNSENDABLE = re.compile(r"[\r\n\0]|^[ \t]|[ \t]$|[^\x00-\xff]")
 def is_token(text: str) -> bool:
     """Whether *text* is an HTTP token (a header name, a method)."""
     return _TOKEN.fullmatch(text) is not None
+
+
+#: What frames a body, which the server does: given, a body ran past the length it declared
+#: (the server cut it off), or was framed twice.
+_FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding"})
+
+
+def given_headers(headers: object) -> dict[Any, Any]:
+    """A copy of the response *headers* a caller gave, refusing what is no mapping and a
+    header that frames the body (``Content-Length``, ``Transfer-Encoding``), which the server
+    sets. Each header's name and value are for :func:`check_header`.
+
+    :raises TypeError: *headers* is no mapping.
+    :raises ValueError: a header frames the body.
+    """
+    if headers is None:
+        return {}
+    if not isinstance(headers, Mapping):
+        raise TypeError(
+            "headers must be a mapping of names to values, got "
+            f"{type(headers).__name__}: {headers!r:.80}"
+        )
+    for name in headers:
+        if isinstance(name, str) and name.lower() in _FRAMING_HEADERS:
+            raise ValueError(
+                f"header {name!r} cannot be given: the server sets it, as it frames the body "
+                "(a stream's length is known only once it ends)"
+            )
+    return dict(headers)
 
 
 def check_header(name: object, value: object) -> None:

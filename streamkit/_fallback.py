@@ -34,7 +34,7 @@ import anyio.lowlevel
 from starlette.responses import JSONResponse, Response
 
 from ._cache import CachedValue, CacheStore, MemoryStore, Refresher
-from ._checks import check_callable, check_duration, check_header, check_type
+from ._checks import check_callable, check_duration, check_header, check_type, given_headers
 from ._exceptions import FallbackUnavailableError
 
 __all__ = ["Fallback", "FallbackResult", "respond_with_fallback"]
@@ -403,15 +403,17 @@ async def respond_with_fallback(
     :param retry_after: seconds a client is told to wait before retrying after a ``503``.
     :param headers: extra headers for every answer.
     :raises TypeError: *fallback* is not a :class:`Fallback`, *key* or *cache_flag* is not a
-        ``str``, or *cache_flag* is given and the value is not a mapping.
+        ``str``, *headers* is no mapping, or *cache_flag* is given and the value is not a
+        mapping.
     :raises ValueError: *retry_after* is not a positive number of seconds, or a header
-        cannot be sent (a line break in its value, a name that is not a token).
+        cannot be sent (a line break in its value, a name that is not a token) or frames the
+        body (``Content-Length``, ``Transfer-Encoding``).
     """
     check_type("fallback", fallback, Fallback)
     check_type("key", key, str)
     check_type("cache_flag", cache_flag, str, optional=True)
     check_duration("retry_after", retry_after)
-    extra = dict(headers or {})
+    extra = given_headers(headers)
     for name, value in extra.items():
         # Before the fetch: a header the server would refuse fails here, not as the answer
         # is sent.

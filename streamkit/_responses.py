@@ -21,7 +21,7 @@ from starlette.background import BackgroundTask
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from ._checks import check_callable, check_header, check_text, check_type
+from ._checks import check_callable, check_header, check_text, check_type, given_headers
 from ._ends import EndReason, StreamEnd
 from ._json import JSONEncoder, check_json_encoder, encode_json, shown
 from ._options import OptionArguments, StreamOptions
@@ -93,7 +93,8 @@ class StreamResponse(Response, Generic[ItemT]):
     :param headers: extra response headers; one given in any spelling of its name replaces
         the default (``cache-control: no-store``, for SSE ``x-accel-buffering: no`` too). One
         that HTTP cannot carry (a name that is not a token, a value with a line break or
-        beyond Latin-1) is refused here.
+        beyond Latin-1) is refused here, and so are ``Content-Length`` and
+        ``Transfer-Encoding``, which the server sets for a stream.
     :param media_type: the content type; one that cannot be sent as a header is refused here.
     :param background: a task run after the stream ends, whatever the reason.
     :param heartbeat_interval: see :class:`~streamkit.StreamOptions`; a bytes stream needs
@@ -112,10 +113,10 @@ class StreamResponse(Response, Generic[ItemT]):
         a plain function (async work belongs in ``background``).
     :param heartbeat_chunk: the bytes a heartbeat writes.
     :raises TypeError: *content* is neither an async iterable nor a callable, *on_end* is
-        not callable or is an async function, or *media_type* or a header's name or value is
-        not a ``str``.
+        not callable or is an async function, *headers* is no mapping, or *media_type* or a
+        header's name or value is not a ``str``.
     :raises ValueError: an option is out of range (see :class:`~streamkit.StreamOptions`), or
-        a header (the content type included) cannot be sent.
+        a header (the content type included) cannot be sent, or frames the body.
     """
 
     media_type = "application/octet-stream"
@@ -175,14 +176,14 @@ class StreamResponse(Response, Generic[ItemT]):
             check_header("content-type", media_type)  # else a 500 when the response starts
             self.media_type = media_type
         self.background = arguments.get("background")
-        given_headers = dict(arguments.get("headers") or {})
+        headers = given_headers(arguments.get("headers"))
         # Header names are case-insensitive: a default is left out if given in any spelling
         # ("Cache-Control"), or both would be sent. A name that is no str is refused below.
-        given_names = {name.lower() for name in given_headers if isinstance(name, str)}
+        given_names = {name.lower() for name in headers if isinstance(name, str)}
         defaults = {
             name: value for name, value in self.default_headers().items() if name not in given_names
         }
-        self.init_headers(defaults | given_headers)
+        self.init_headers(defaults | headers)
 
     def init_headers(self, headers: Mapping[str, str] | None = None) -> None:
         """Set :attr:`raw_headers` from *headers*, the content type and the charset, as

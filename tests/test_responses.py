@@ -381,3 +381,23 @@ def test_a_lone_surrogate_in_an_item_is_refused_by_name() -> None:
         NDJSONResponse(nothing(), error_item="\ud800")
     with pytest.raises(ValueError, match=r"heartbeat_comment .*lone surrogate"):
         EventSourceResponse(nothing(), heartbeat_comment="\udc00")
+
+
+@pytest.mark.parametrize("name", ["content-length", "Transfer-Encoding"])
+def test_a_framing_header_is_refused_where_given(name: str) -> None:
+    # Sent, a stream's body ran past the length it declared (the server cut it off, the
+    # client read a truncated body), or was framed twice.
+    for response_class in (EventSourceResponse, NDJSONResponse, StreamResponse):
+        with pytest.raises(
+            ValueError, match=f"header {name!r} cannot be given: the server sets it"
+        ):
+            response_class(nothing(), headers={name: "5"})
+
+
+def test_headers_that_are_no_mapping_are_refused_naming_them() -> None:
+    # dict() said only "dictionary update sequence element #0 has length 1; 2 is required".
+    for response_class in (EventSourceResponse, NDJSONResponse, StreamResponse):
+        with pytest.raises(
+            TypeError, match="headers must be a mapping of names to values, got str"
+        ):
+            response_class(nothing(), headers="x-id: 1")  # type: ignore[arg-type]

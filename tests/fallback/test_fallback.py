@@ -524,6 +524,10 @@ async def test_respond_with_fallback_refuses_bad_arguments_before_fetching() -> 
     fallback = Fallback(source, fallback_after=DEADLINE)
     with pytest.raises(ValueError, match=r"header 'X-Region' cannot be sent with the value"):
         await respond_with_fallback(fallback, "k", headers={"X-Region": "eu\nx"})
+    with pytest.raises(ValueError, match=r"header 'Content-Length' cannot be given"):
+        await respond_with_fallback(fallback, "k", headers={"Content-Length": "2"})
+    with pytest.raises(TypeError, match="headers must be a mapping of names to values, got str"):
+        await respond_with_fallback(fallback, "k", headers="x")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="cache_flag must be a str or None, got int: 1"):
         await respond_with_fallback(fallback, "k", cache_flag=1)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="fallback must be a Fallback, got Source"):
