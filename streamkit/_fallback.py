@@ -424,10 +424,15 @@ async def respond_with_fallback(
     unavailable: tuple[type[Exception], ...] = (FallbackUnavailableError, *fallback._fallback_on)
     try:
         result = await fallback.get(key)
-    except unavailable:
+    except unavailable as exc:
         extra["Retry-After"] = str(math.ceil(retry_after))
+        why = (
+            "no fresh value in time"
+            if isinstance(exc, FallbackUnavailableError)
+            else ("the source failed")
+        )
         return JSONResponse(
-            {"detail": "no fresh value in time and no cached value to serve"},
+            {"detail": f"{why} and no cached value to serve"},
             status_code=503,
             headers=extra,
         )
