@@ -398,9 +398,21 @@ class RedisBroker(TopicHub):
 
     async def _read_history_after(self, topic: str, after: str, limit: int) -> HistoryPage:
         redis, key = self._redis(), self._key(topic)
-        found = await redis.xrange(key, after, "+", count=limit + 1)
-        if found and found[0].identifier == after:
-            return HistoryPage(entries=self._entries(topic, found[1:]))
+        count = limit + 1  # the entry at *after* comes first, if it is still there
+        found = await redis.xrange(key, after, "+", count=count)
+        entries: list[Entry] = []
+        while found and found[0].identifier == after:
+            entries += self._entries(topic, found[1:])
+            # A page cut short means the history ends there (see _replay_step): when entries
+            # that are no event were skipped from a full read, read on past them, or what
+            # follows them would be skipped too.
+            if len(found) < count or len(entries) == limit:
+                return HistoryPage(entries=entries)
+            after = str(found[-1].identifier)
+            count = limit - len(entries) + 1
+            found = await redis.xrange(key, after, "+", count=count)
+        # The history no longer holds *after*: the id asked for, or an entry skipped, trimmed
+        # between two reads (the events read before it are then covered by the reset).
         first = await redis.xrange(key, "-", "+", count=1)
         if not first:
             return HistoryPage(reset=ResetReason.EXPIRED)

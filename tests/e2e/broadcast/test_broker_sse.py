@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import json
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -134,6 +135,32 @@ async def publish_until(broker: AnyBroker, condition: Callable[[], bool]) -> int
             published += 1
             await anyio.lowlevel.checkpoint()  # let the Redis reader deliver as it goes
     return published
+
+
+async def test_a_resume_reads_the_history_past_entries_that_are_no_events(
+    redis: redis_server.RedisServer,
+) -> None:
+    # Something other than a broker wrote entries to the topic's stream that can be no event
+    # (a name holding a line break): each is skipped, and what follows it in the history is
+    # still sent, however many pages of history it takes (100 entries a page).
+    from coredis import Redis
+
+    broker = RedisBroker(redis.url, key_prefix=f"test:{uuid.uuid4().hex}:")
+    key = broker.key_prefix + "t"
+    async with serving(broker) as server:
+        first = await broker.publish("t", "first")
+        async with Redis.from_url(redis.url, decode_responses=True) as writer:
+            await writer.xadd(key, {"d": "x", "e": "a\nb"})
+            ids = await broker.publish_many("t", [str(i) for i in range(120)])
+            for _ in range(150):  # a page and a half of them
+                await writer.xadd(key, {"d": "x", "e": "a\nb"})
+            ids += await broker.publish_many("t", [str(i) for i in range(120, 150)])
+        headers = {"last-event-id": first}
+        async with open_stream(server, "/topics/t", headers=headers) as client:
+            replayed = await read_events(client, 150)
+            assert [(e.data, e.id) for e in replayed] == [(str(i), ids[i]) for i in range(150)]
+            live = await broker.publish("t", "live")
+            assert [(e.data, e.id) for e in await read_events(client, 1)] == [("live", live)]
 
 
 async def test_a_slow_subscriber_is_bounded_then_caught_up_in_order(
