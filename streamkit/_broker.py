@@ -163,6 +163,15 @@ class MemoryBroker(TopicHub):
                 "it is entered, or enter it again"
             )
 
+    def _check_subscribable(self, topic: str) -> None:
+        # Likewise: a subscriber would wait for ever, for events that no publish can send.
+        if self._closed:
+            raise RuntimeError(
+                f"MemoryBroker is closed (its async with block has exited): a subscriber to "
+                f"topic {topic!r:.80} would get no event; subscribe while it is entered, or "
+                "enter it again"
+            )
+
     async def publish(self, topic: str, event: ServerSentEvent | str) -> str:
         """Append *event* to *topic*'s history and offer it to the topic's subscribers.
 

@@ -279,6 +279,10 @@ class TopicHub:
             for subscription in group:
                 subscription._shut()
 
+    def _check_subscribable(self, topic: str) -> None:
+        """Called as a subscriber to *topic* is added: raises :exc:`RuntimeError` when the
+        broker is closed, so no event will come."""
+
     async def _watch(self, topic: str) -> None:
         """Called once before a topic's first local subscriber is added (those arriving
         meanwhile wait for it to return)."""
@@ -296,6 +300,7 @@ class TopicHub:
 
     async def _add(self, subscription: Subscription) -> None:
         topic = subscription.topic
+        self._check_subscribable(topic)
         # The topic's first subscriber has the broker watch it; those arriving meanwhile wait
         # for that rather than each having it watched (with Redis, a thousand arriving at once
         # each asked where the topic's stream ends, and waited for a connection to ask it).

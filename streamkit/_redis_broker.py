@@ -430,6 +430,9 @@ class RedisBroker(TopicHub):
 
     # -- the reader -----------------------------------------------------------------------------
 
+    def _check_subscribable(self, topic: str) -> None:
+        self._redis()  # entered, or a RuntimeError that says to enter it
+
     async def _watch(self, topic: str) -> None:
         if topic in self._positions:
             return

@@ -228,6 +228,28 @@ async def test_a_client_that_leaves_closes_its_subscription(
         print(f"subscription closed {closed_in * 1000:.1f} ms after the client left")
 
 
+async def test_a_client_of_a_closed_broker_is_sent_an_error_not_kept_waiting(
+    make_broker: MakeBroker,
+) -> None:
+    # The broker's block has exited (it was closed before the server, say): no event will
+    # ever be published to it, so a subscription to it is refused, as a publish is, rather
+    # than holding the client for ever with heartbeats.
+    broker = make_broker()
+    async with broker:
+        await broker.publish("t", "before")
+    async with open_server(topic_app(broker, heartbeat_interval=None)) as server:
+        async with open_stream(server, "/topics/t") as client:
+            with anyio.fail_after(5):
+                event = await client.read_event()
+                assert event.event == "error"
+                assert await client.read_all() == b""
+        await server.wait_ended(EndReason.ERROR, within=5.0)
+    assert broker.statistics().subscribers == 0
+    with pytest.raises(RuntimeError, match=r"closed|enter"):
+        async with broker.subscribe("t"):
+            pass
+
+
 @pytest.mark.parametrize("leave", ["close", "reset"])
 async def test_a_burst_published_without_yielding_reaches_the_others_when_one_leaves_in_it(
     leave: str,
