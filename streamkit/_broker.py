@@ -196,6 +196,9 @@ class MemoryBroker(TopicHub):
         :class:`~streamkit.broadcast.SlowSubscriberPolicy`, as with :meth:`publish_nowait`.
 
         :returns: the events' ids, in order.
+        :raises TypeError: *events* is one event's value (a ``str``, ``bytes``, a mapping),
+            not an iterable of events; or an event is neither a ``ServerSentEvent`` nor a
+            ``str``.
         :raises ValueError: as :meth:`publish`, for any of the events; then none is
             published.
         :raises RuntimeError: as :meth:`publish`.

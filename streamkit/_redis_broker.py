@@ -326,6 +326,9 @@ class RedisBroker(TopicHub):
         subscriber's room, as any read is.
 
         :returns: the events' ids, in order.
+        :raises TypeError: *events* is one event's value (a ``str``, ``bytes``, a mapping),
+            not an iterable of events; or an event is neither a ``ServerSentEvent`` nor a
+            ``str``.
         :raises ValueError: as :meth:`publish`, for any of the events; then none is
             published.
         :raises coredis.exceptions.RedisError: Redis could not be reached or refused them.

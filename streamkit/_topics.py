@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ._checks import check_text
@@ -137,9 +137,16 @@ def events_fields(
     surrogate, and its size in bytes is its length): a call and two checks of its own per
     event were much of a burst's cost.
 
-    :raises TypeError: as :func:`event_fields`, for the first event that cannot be sent.
+    :raises TypeError: *events* is one event's value (a ``str``, ``bytes``, a mapping) rather
+        than events, or as :func:`event_fields`, for the first event that cannot be sent.
     :raises ValueError: as :func:`event_fields`, likewise.
     """
+    if isinstance(events, str | bytes | bytearray | Mapping):
+        # Iterated, each character (each key) would be published as an event of its own.
+        raise TypeError(
+            f"publish_many takes events (an iterable of ServerSentEvent or str), got "
+            f"{type(events).__name__}: {events!r:.80}; publish one event with publish()"
+        )
     return [
         (None, event)
         if type(event) is str and len(event) <= max_size and event.isascii()

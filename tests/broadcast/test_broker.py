@@ -209,6 +209,11 @@ async def test_publish_many_refuses_a_bad_event_before_publishing_any(
             await broker.publish_many("t", ["a", b"b"])  # type: ignore[list-item]
         with pytest.raises(ValueError, match="topic must be"):
             await broker.publish_many("", ["a"])
+        # One event, not a batch: a str (or a dict) would be iterated, its characters (its
+        # keys) each published as an event.
+        for one in ("ab", b"ab", {"a": 1}):
+            with pytest.raises(TypeError, match=rf"takes events .*{type(one).__name__}: "):
+                await broker.publish_many("t", one)  # type: ignore[arg-type]
         async with broker.subscribe("t", last_event_id=first) as subscription:
             following = await broker.publish("t", "next")
             # Had "a" been published, it would come first.
