@@ -94,8 +94,14 @@ class TopicHub:
             events published since are replayed first. An id the history does not hold is
             answered with a :data:`RESET_EVENT`. ``None`` starts with the next event.
         :raises ValueError: the topic name is empty, too long or holds a control character.
+        :raises TypeError: the topic or *last_event_id* is not a ``str``.
         """
         check_topic(topic)
+        if last_event_id is not None and not isinstance(last_event_id, str):
+            raise TypeError(
+                f"last_event_id must be a str or None, got {type(last_event_id).__name__}: "
+                f"{last_event_id!r:.80}"
+            )
         return Subscription(self, topic, last_event_id)
 
     def statistics(self) -> BrokerStatistics:

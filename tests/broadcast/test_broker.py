@@ -91,6 +91,17 @@ def test_a_topic_name_is_checked(topic: str) -> None:
         MemoryBroker().subscribe(topic)
 
 
+@pytest.mark.parametrize("last_event_id", [0, 17, b"1-0", b"", 1.5, ("1", "0")])
+def test_a_last_event_id_that_is_no_str_is_a_type_error_naming_it(
+    make_broker: MakeBroker, last_event_id: object
+) -> None:
+    # Where the subscription is made, not a regular expression's error once it is entered;
+    # and 0 or b"" is not taken for no id at all.
+    name = type(last_event_id).__name__
+    with pytest.raises(TypeError, match=rf"last_event_id must be a str or None, got {name}: "):
+        make_broker().subscribe("t", last_event_id=last_event_id)  # type: ignore[arg-type]
+
+
 def test_options_are_checked() -> None:
     with pytest.raises(ValueError, match="subscriber_buffer must be an int of at least 1, got 0"):
         MemoryBroker(subscriber_buffer=0)
