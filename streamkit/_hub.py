@@ -170,8 +170,9 @@ class TopicHub:
         loop to drain its buffer, for at most :data:`BATCH_ROOM_WAIT` seconds, before the
         next event is offered to it or to any other subscriber still behind; one that made no
         room by then meets the slow-subscriber policy, and leaves the fan-out so it delays no
-        later event. Nothing is checked or awaited while every buffer has room. A subscriber
-        that arrives during such a wait starts live from the next batch.
+        later event (one whose oldest events the policy drops stays, but is not waited for
+        again until it reads). Nothing is checked or awaited while every buffer has room. A
+        subscriber that arrives during such a wait starts live from the next batch.
         """
         subscriptions = self._subscribers.get(topic)
         if not subscriptions:
@@ -626,7 +627,11 @@ class Subscription:
         if pending is None:
             pending = self._pending = deque()
         elif len(pending) >= self._hub.subscriber_buffer:
-            return None if wait_for_room else self._hub._overflow(self, entry)
+            # Not waited for again once its oldest events were dropped, until it reads: a
+            # buffer the policy keeps full would hold back every event of every batch.
+            if wait_for_room and self._dropped_through is None:
+                return None
+            return self._hub._overflow(self, entry)
         pending.append(entry)
         self._wake()
         return True

@@ -19,7 +19,7 @@ from support import redis_server
 from support.brokers import MakeBroker, until
 
 from streamkit import EndReason
-from streamkit.broadcast import RedisBroker, topic_response
+from streamkit.broadcast import RedisBroker, SlowSubscriberPolicy, topic_response
 from streamkit.testing import open_server, open_stream
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
@@ -94,3 +94,50 @@ async def test_a_burst_published_at_once_reaches_every_subscriber_in_order_when_
         assert end.cleanup_duration < 1.0
         assert broker.statistics().slow_disconnects == 0
         print(f"subscription closed {closed_in * 1000:.1f} ms after the client left")
+
+
+async def test_a_stalled_subscriber_whose_oldest_events_are_dropped_holds_back_the_reader_once(
+    redis: redis_server.RedisServer,
+) -> None:
+    # The reader waits up to BATCH_ROOM_WAIT (0.25 s) for a subscriber with a full buffer to
+    # make room before the policy applies to it. Dropping its oldest event leaves its buffer
+    # full: were it waited for again, each event of each read would wait, and the reader,
+    # every topic's, would deliver four events a second until the stalled stream ended.
+    burst = 100
+    broker = RedisBroker(
+        redis.url,
+        key_prefix=f"test:{uuid.uuid4().hex}:",
+        subscriber_buffer=4,
+        slow_subscriber_policy=SlowSubscriberPolicy.DROP_OLDEST,
+    )
+
+    async def events(request: Request) -> Response:
+        # The stalled stream is not ended by its send_timeout while the test runs.
+        return topic_response(broker, "t", heartbeat_interval=None, send_timeout=60.0)
+
+    app = Starlette(routes=[Route("/t", events)])
+    async with (
+        broker,
+        # Nor is its connection, by the kernel.
+        open_server(app, stalled_connection_timeout=60.0) as server,
+        AsyncExitStack() as stack,
+    ):
+        stalled = await stack.enter_async_context(open_stream(server, "/t", receive_buffer=4096))
+        stalled.stall()
+        reader = await stack.enter_async_context(open_stream(server, "/t"))
+        await until(lambda: broker.statistics().subscribers == 2)
+        # Large events, until the stalled stream's socket, its stream's buffer and its own
+        # buffer are full, and its oldest events are dropped.
+        published = 0
+        with anyio.fail_after(30):
+            while not broker.topic_statistics("t").drops:
+                await broker.publish("t", f"{published:06d}" + "x" * 16_000)
+                published += 1
+                assert (await reader.read_event()).data == f"{published - 1:06d}" + "x" * 16_000
+        ids = await broker.publish_many("t", [str(number) for number in range(burst)])
+        with anyio.fail_after(10):  # 25 s, where each event waited
+            received = [await reader.read_event() for _ in range(burst)]
+        assert [(event.id, event.data) for event in received] == [
+            (identifier, str(number)) for number, identifier in enumerate(ids)
+        ]
+        assert broker.topic_statistics("t").slow_disconnects == 0
