@@ -167,32 +167,54 @@ class TopicHub:
         Each subscriber that keeps up takes them all in one call. A batch can be larger than
         a buffer, though: handed over at once it would overflow every subscriber, those that
         keep up too. So from the first event a subscriber could not take, it is given the
-        loop to drain its buffer, for at most :data:`BATCH_ROOM_WAIT` seconds, before the
-        next event is offered to it or to any other subscriber still behind; one that made no
-        room by then meets the slow-subscriber policy, and leaves the fan-out so it delays no
-        later event (one whose oldest events the policy drops stays, but is not waited for
-        again until it reads). Nothing is checked or awaited while every buffer has room. A
-        subscriber that arrives during such a wait starts live from the next batch.
+        loop to drain its buffer before the next event is offered to it or to any other
+        subscriber still behind. One that made no room for :data:`BATCH_ROOM_WAIT` seconds,
+        or has kept the batch waiting longer in all than that and as much again for each
+        ``subscriber_buffer`` events of it that it took, meets the slow-subscriber policy, and
+        leaves the fan-out so it delays no later event (one whose oldest events the policy
+        drops stays, but is not waited for again until it reads). In all, and not only for
+        each event: one that reads slowly makes room now and then, and would set the pace of
+        the whole batch, and of the reads of every topic after it. And more for each buffer's
+        worth taken: one that keeps up with a large batch is not taken for slow when the
+        loop's turns are long (a few hundred subscribers on trio). Nothing is checked or
+        awaited while every buffer has room. A subscriber that arrives during such a wait
+        starts live from the next batch.
         """
         subscriptions = self._subscribers.get(topic)
         if not subscriptions:
             return
         frames = [encode_event(event) for _, event in entries]
         behind = self._offer_burst(topic, subscriptions, entries, frames)
+        # How long each subscriber has kept this batch waiting, in all.
+        kept_waiting: dict[Subscription, float] = {}
         for index, entry in enumerate(entries) if behind else ():
             subscriptions = self._subscribers.get(topic, {})
             rest = [s for s, took in behind.items() if took <= index and s in subscriptions]
             frame = frames[index]
             waiting = self._offer_each(topic, rest, entry, frame, wait_for_room=True)
             deadline, turns = anyio.current_time() + BATCH_ROOM_WAIT, 0
-            while waiting and anyio.current_time() < deadline:
+            # Each of them has taken the *index* events before this one.
+            allowed = BATCH_ROOM_WAIT * (1 + index / self.subscriber_buffer)
+            while waiting:
+                if anyio.current_time() >= deadline:
+                    done, waiting = waiting, []  # no room made for this event meanwhile
+                else:
+                    done = [s for s in waiting if kept_waiting.get(s, 0.0) >= allowed]
+                    waiting = [s for s in waiting if kept_waiting.get(s, 0.0) < allowed]
+                if done:
+                    # Still full, and waited for long enough: the policy applies now.
+                    self._offer_each(topic, done, entry, frame, wait_for_room=False)
+                if not waiting:
+                    break
                 # A turn of the loop is what a subscriber that keeps up needs to take an
                 # event; past a few, a short sleep, so a stalled one does not spin the loop.
+                started = anyio.current_time()
                 await anyio.sleep(0 if turns < 32 else 0.001)
                 turns += 1
                 waiting = self._offer_each(topic, waiting, entry, frame, wait_for_room=True)
-            # Still full: the policy applies now.
-            self._offer_each(topic, waiting, entry, frame, wait_for_room=False)
+                waited = anyio.current_time() - started
+                for subscription in waiting:
+                    kept_waiting[subscription] = kept_waiting.get(subscription, 0.0) + waited
 
     def _offer_burst(
         self,
@@ -386,8 +408,9 @@ class _TopicCounts:
         self.deliveries = self.drops = self.resets = self.catch_ups = self.slow_disconnects = 0
 
 
-#: The longest a batch of events read together waits, before each of its events, for a
-#: subscriber with a full buffer to make room (see :meth:`TopicHub._deliver_batch`).
+#: The longest a batch of events read together waits for a subscriber with a full buffer to
+#: make room, for one event, or in all but for each buffer's worth it takes (see
+#: :meth:`TopicHub._deliver_batch`).
 BATCH_ROOM_WAIT = 0.25
 
 #: How many history events a catching-up subscriber reads at once.

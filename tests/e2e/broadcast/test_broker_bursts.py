@@ -99,11 +99,10 @@ async def test_a_burst_published_at_once_reaches_every_subscriber_in_order_when_
 async def test_a_stalled_subscriber_whose_oldest_events_are_dropped_holds_back_the_reader_once(
     redis: redis_server.RedisServer,
 ) -> None:
-    # The reader waits up to BATCH_ROOM_WAIT (0.25 s) for a subscriber with a full buffer to
-    # make room before the policy applies to it. Dropping its oldest event leaves its buffer
-    # full: were it waited for again, each event of each read would wait, and the reader,
-    # every topic's, would deliver four events a second until the stalled stream ended.
-    burst = 100
+    # The reader waits up to BATCH_ROOM_WAIT (0.25 s) in all for a subscriber with a full
+    # buffer to make room before the policy applies to it. Dropping its oldest event leaves
+    # its buffer full: were it waited for again, each read would wait, and the reader, every
+    # topic's, would read four times a second until the stalled stream ended.
     broker = RedisBroker(
         redis.url,
         key_prefix=f"test:{uuid.uuid4().hex}:",
@@ -134,10 +133,50 @@ async def test_a_stalled_subscriber_whose_oldest_events_are_dropped_holds_back_t
                 await broker.publish("t", f"{published:06d}" + "x" * 16_000)
                 published += 1
                 assert (await reader.read_event()).data == f"{published - 1:06d}" + "x" * 16_000
-        ids = await broker.publish_many("t", [str(number) for number in range(burst)])
-        with anyio.fail_after(10):  # 25 s, where each event waited
-            received = [await reader.read_event() for _ in range(burst)]
+        # Then each event is a read of its own.
+        with anyio.fail_after(5):  # 10 s, where each read waited for the stalled one
+            for number in range(40):
+                identifier = await broker.publish("t", str(number))
+                event = await reader.read_event()
+                assert (event.id, event.data) == (identifier, str(number))
+        assert broker.topic_statistics("t").slow_disconnects == 0
+
+
+async def test_a_subscriber_that_reads_slowly_holds_back_a_read_once_not_at_each_event(
+    redis: redis_server.RedisServer,
+) -> None:
+    # The reader waits for a subscriber with a full buffer to make room, 0.25 s in all for
+    # one read. One that reads slowly makes room now and then: waited for at each event, it
+    # set the pace of the whole read (its own, one event every 50 ms), and of every topic's
+    # reads after it, and never met the slow-subscriber policy.
+    burst = 300
+    broker = RedisBroker(redis.url, key_prefix=f"test:{uuid.uuid4().hex}:", subscriber_buffer=16)
+
+    async def events(request: Request) -> Response:
+        return topic_response(broker, "t", heartbeat_interval=None)
+
+    app = Starlette(routes=[Route("/t", events)])
+    async with (
+        broker,
+        open_server(app) as server,
+        open_stream(server, "/t") as reader,
+        broker.subscribe("t") as slow,
+    ):
+        await until(lambda: broker.statistics().subscribers == 2)
+
+        async def read_slowly() -> None:
+            async for _ in slow:
+                await anyio.sleep(0.05)
+
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(read_slowly)
+            ids = await broker.publish_many("t", [str(number) for number in range(burst)])
+            with anyio.fail_after(5):  # 14 s, where the slow one set the pace
+                received = [await reader.read_event() for _ in range(burst)]
+            task_group.cancel_scope.cancel()
         assert [(event.id, event.data) for event in received] == [
             (identifier, str(number)) for number, identifier in enumerate(ids)
         ]
-        assert broker.topic_statistics("t").slow_disconnects == 0
+        # The slow one reads the rest from the history, at its own pace.
+        statistics = broker.topic_statistics("t")
+        assert (statistics.catch_ups, statistics.slow_disconnects) == (1, 0)
