@@ -141,3 +141,22 @@ async def test_tutorial_stream_end_is_the_one_it_prints(
     # "cleanup_duration is the 10 ms the upstream's close took: it ran to the end."
     cleanup = float(printed.split("cleanup_duration=")[1].split(",")[0])
     assert cleanup >= CLOSE_TAKES
+
+
+async def test_the_broadcast_pages_example_answers_a_bad_trade_with_a_400(
+    anyio_backend: str,
+) -> None:
+    # A body that is no UTF-8, or one over the broker's bound on an event, was a 500 and a
+    # traceback in the log: a client's mistake.
+    import httpx
+
+    page = _module("prices", snippet("docs/broadcast.md", 0))
+    async with open_server(page.app) as server, httpx.AsyncClient(base_url=server.url) as http:
+        published = await http.post("/trade", content=b"101.5")
+        not_text = await http.post("/trade", content=b"\xff\xfe")
+        too_large = await http.post("/trade", content=b"1" * (2 << 20))
+    assert published.status_code == 200
+    assert published.json()["id"]
+    assert (not_text.status_code, too_large.status_code) == (400, 400)
+    assert "utf-8" in not_text.json()["detail"]
+    assert "bytes" in too_large.json()["detail"]
