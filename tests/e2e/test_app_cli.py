@@ -14,7 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -145,6 +145,11 @@ class Service:
         return [line for line in self.stdout if line.startswith(prefix)]
 
 
+async def all_serving(service: Service) -> None:
+    await service.serving.wait()
+    await service.all_started.wait()
+
+
 @asynccontextmanager
 async def run_service(
     tmp_path: Path,
@@ -153,7 +158,10 @@ async def run_service(
     workers: int = 1,
     options: Sequence[str] = (),
     source: str = SERVICE,
+    ready: Callable[[Service], Awaitable[None]] = all_serving,
 ) -> AsyncIterator[Service]:
+    """Run the service; yield it once *ready* returns (by default, once every worker
+    serves), and wait for it to exit after."""
     (tmp_path / "service.py").write_text(source)
     command = [sys.executable, "-m", "streamkit", "run", "service:app", "--backend", backend]
     command += ["--bind", "127.0.0.1:0", "--workers", str(workers), *options]
@@ -167,8 +175,7 @@ async def run_service(
             task_group.start_soon(service.read_stdout)
             task_group.start_soon(service.read_stderr)
             with anyio.fail_after(START_BOUND):
-                await service.serving.wait()
-                await service.all_started.wait()
+                await ready(service)
             yield service
             with anyio.fail_after(GRACE + 10):
                 await process.wait()
@@ -367,30 +374,19 @@ async def test_a_signal_during_the_lifespans_startup_cancels_it_and_the_command_
         '    say("lifespan started")\n',
     )
     assert "startup cancelled" in source
-    (tmp_path / "service.py").write_text(source)
-    command = [sys.executable, "-m", "streamkit", "run", "service:app", "--backend", anyio_backend]
-    command += ["--bind", "127.0.0.1:0", "--workers", str(workers)]
-    async with await anyio.open_process(
-        command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    ) as process:
-        service = Service(process)
-        try:
-            async with anyio.create_task_group() as task_group:
-                task_group.start_soon(service.read_stdout)
-                task_group.start_soon(service.read_stderr)
-                with anyio.fail_after(START_BOUND):
-                    while len(service.printed("lifespan starting")) < workers:
-                        await service.stdout_changed()
-                signalled_at = anyio.current_time()
-                process.send_signal(signal_number)
-                with anyio.fail_after(GRACE + 10):
-                    await process.wait()
-                exited_after = anyio.current_time() - signalled_at
-        finally:
-            if process.returncode is None:
-                process.kill()
+
+    async def starting(service: Service) -> None:
+        while len(service.printed("lifespan starting")) < workers:
+            await service.stdout_changed()
+
+    async with run_service(
+        tmp_path, anyio_backend, workers=workers, source=source, ready=starting
+    ) as service:
+        signalled_at = anyio.current_time()
+        service.process.send_signal(signal_number)
+    exited_after = anyio.current_time() - signalled_at
     stderr = "\n".join(service.stderr)
-    assert process.returncode == 0, stderr
+    assert service.process.returncode == 0, stderr
     assert len(service.printed("startup cancelled")) == workers, stderr
     assert not service.printed("lifespan started"), stderr
     assert "serving on" not in stderr
