@@ -302,6 +302,13 @@ async def test_past_the_unread_bound_the_watcher_waits_for_a_request_that_is_rea
             task_group.cancel_scope.cancel()
 
 
+def put_twice_the_unread_bound(server: Server) -> None:
+    """Have *server* deliver twice :data:`MAX_UNREAD_BODY` of body, in eight pieces, and more
+    to come."""
+    for _ in range(8):
+        server.put(body_message(b"x" * (MAX_UNREAD_BODY // 4)))
+
+
 @pytest.mark.anyio
 async def test_past_the_unread_bound_a_body_not_being_read_is_dropped_and_the_end_heard() -> None:
     server = Server()
@@ -311,8 +318,7 @@ async def test_past_the_unread_bound_a_body_not_being_read_is_dropped_and_the_en
     with anyio.fail_after(5):
         async with anyio.create_task_group() as task_group:
             task_group.start_soon(watch, messages, heard)
-            for _ in range(8):
-                server.put(body_message(b"x" * (MAX_UNREAD_BODY // 4)))
+            put_twice_the_unread_bound(server)
             server.put(body_message(b"", more_body=False))
             await anyio.wait_all_tasks_blocked()  # the watcher has read it all
             assert messages._unread == []  # nothing of it kept
@@ -334,8 +340,7 @@ async def test_a_poll_for_the_disconnect_takes_nothing_of_the_body_and_is_told_t
     with anyio.fail_after(5):
         async with anyio.create_task_group() as task_group:
             task_group.start_soon(watch, messages, heard)
-            for _ in range(8):
-                server.put(body_message(b"x" * (MAX_UNREAD_BODY // 4)))
+            put_twice_the_unread_bound(server)
             await anyio.wait_all_tasks_blocked()  # past the bound: dropped, not waited on
             assert [await request.is_disconnected() for _ in range(3)] == [False] * 3
             server.put({"type": "http.disconnect"})
