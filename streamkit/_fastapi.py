@@ -257,10 +257,19 @@ class StreamingRoute(APIRoute):
             schema = _item_schema(item_type)
         else:
             return
-        status = str(self.status_code or 200)
+        status = str(self.status_code or _default_status(response_class))
         content = {response_class.media_type: {"itemSchema": schema}}
         extra = {"responses": {status: {"content": content}}}
         self.openapi_extra = _merged(self.openapi_extra or {}, extra)
+
+
+def _default_status(response_class: type[StreamResponse[Any]]) -> int:
+    """The status *response_class* sends unless told otherwise: its ``__init__``'s default,
+    which FastAPI documents a route without a ``status_code`` under (one of ``with_options``
+    sends its own); 200, as FastAPI reads it, if a subclass's names none."""
+    parameter = inspect.signature(response_class.__init__).parameters.get("status_code")
+    default = getattr(parameter, "default", None)
+    return default if isinstance(default, int) else 200
 
 
 def _item_schema(item_type: Any) -> dict[str, Any]:

@@ -125,6 +125,37 @@ def test_the_route_class_documents_an_event_stream_over_post_on_an_included_rout
     assert body == {"$ref": "#/components/schemas/Tick"}
 
 
+def test_the_route_class_documents_items_under_the_status_a_response_class_sends() -> None:
+    # A class made with status_code= sends it, and FastAPI documents the stream there; its
+    # items belong under it, not under a 200 of their own with no description.
+    app = FastAPI()
+    app.router.route_class = StreamingRoute
+    Created = EventSourceResponse.with_options(status_code=201)
+
+    @app.get("/events", response_class=Created)
+    async def events() -> AsyncIterator[Tick]:
+        yield Tick(n=1)
+
+    @app.get("/rows", response_class=NDJSONResponse.with_options(status_code=202))
+    async def rows() -> AsyncIterator[Tick]:
+        yield Tick(n=1)
+
+    @app.get("/accepted", response_class=Created, status_code=202)  # the route's, sent
+    async def accepted() -> AsyncIterator[Tick]:
+        yield Tick(n=1)
+
+    document = app.openapi()
+    for path, status, media_type in [
+        ("/events", "201", "text/event-stream"),
+        ("/rows", "202", "application/x-ndjson"),
+        ("/accepted", "202", "text/event-stream"),
+    ]:
+        described = responses(document, path)
+        assert list(described) == [status]
+        assert described[status]["description"] == "Successful Response"
+        assert "itemSchema" in described[status]["content"][media_type]
+
+
 def test_the_route_class_refuses_a_sync_generator() -> None:
     app = FastAPI()
     app.router.route_class = StreamingRoute
