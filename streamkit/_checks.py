@@ -21,6 +21,7 @@ __all__ = [
     "check_path",
     "check_rate",
     "check_statement",
+    "check_status_code",
     "check_text",
     "check_type",
     "show_number",
@@ -177,6 +178,31 @@ def check_statement(name: str, value: str | bytes) -> None:
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _UNSENDABLE = re.compile(r"[\r\n\0]|^[ \t]|[ \t]$|[^\x00-\xff]")
+
+
+#: The statuses whose response has no body (RFC 9110), besides the informational ones.
+_BODILESS_STATUSES = frozenset({204, 304})
+
+
+def check_status_code(status_code: object) -> None:
+    """Refuse a status a stream cannot be sent with, where it is given: the server would
+    refuse one that is no final status only once the stream had begun, and send a 204 or
+    a 304 without the body its stream then reported sent.
+
+    :raises TypeError: *status_code* is not an ``int``.
+    :raises ValueError: it is not 200 to 599, or its response has no body.
+    """
+    if isinstance(status_code, bool) or not isinstance(status_code, int):
+        raise TypeError(
+            f"status_code must be an int, got {type(status_code).__name__}: {status_code!r:.80}"
+        )
+    if not 200 <= status_code <= 599:
+        raise ValueError(f"status_code must be a final status, 200 to 599, got {status_code}")
+    if status_code in _BODILESS_STATUSES:
+        raise ValueError(
+            f"status_code {status_code} sends no body, so no stream: answer with "
+            f"Response(status_code={status_code}) instead"
+        )
 
 
 def is_token(text: str) -> bool:

@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route, compile_path
 
 from ._app import App
-from ._checks import check_type
+from ._checks import check_status_code, check_type
 from ._json import encode_by_alias
 from ._responses import EventSourceResponse, NDJSONResponse, StreamResponse
 from ._routes import StreamEndpoint
@@ -196,7 +196,10 @@ class StreamingRoute(APIRoute):
     described as events of any data.
 
     :raises TypeError: the path operation is a plain (sync) generator function with a
-        streamkit ``response_class``: a thread cannot be cancelled when the client leaves.
+        streamkit ``response_class``: a thread cannot be cancelled when the client leaves;
+        or an async generator's ``status_code`` is not an ``int``.
+    :raises ValueError: an async generator's ``status_code`` is one no stream can be sent
+        with (see :class:`~streamkit.StreamResponse`).
     """
 
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
@@ -216,6 +219,8 @@ class StreamingRoute(APIRoute):
         documented = False
         if streaming:
             assert response_class is not None
+            if kwargs.get("status_code") is not None:
+                check_status_code(kwargs["status_code"])  # here, not at each request
             item_type = get_stream_item_type(_signature(endpoint).return_annotation)
             documented = item_type not in (None, Any, ServerSentEvent, str)
             # The items of a JSON stream are sent as the declared type, as FastAPI sends its

@@ -21,7 +21,14 @@ from starlette.background import BackgroundTask
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from ._checks import check_callable, check_header, check_text, check_type, given_headers
+from ._checks import (
+    check_callable,
+    check_header,
+    check_status_code,
+    check_text,
+    check_type,
+    given_headers,
+)
 from ._ends import EndReason, StreamEnd
 from ._json import JSONEncoder, check_json_encoder, encode_json, shown
 from ._options import OptionArguments, StreamOptions
@@ -89,7 +96,8 @@ class StreamResponse(Response, Generic[ItemT]):
 
     :param content: an async iterable of items, or a producer: an async function that is
         handed a :class:`~streamkit.StreamSender` and awaits ``send(item)`` for each item.
-    :param status_code: the HTTP status.
+    :param status_code: the HTTP status: a final one (200 to 599) whose response has a body,
+        so not 204 or 304.
     :param headers: extra response headers; one given in any spelling of its name replaces
         the default (``cache-control: no-store``, for SSE ``x-accel-buffering: no`` too). One
         that HTTP cannot carry (a name that is not a token, a value with a line break or
@@ -113,10 +121,11 @@ class StreamResponse(Response, Generic[ItemT]):
         a plain function (async work belongs in ``background``).
     :param heartbeat_chunk: the bytes a heartbeat writes.
     :raises TypeError: *content* is neither an async iterable nor a callable, *on_end* is
-        not callable or is an async function, *headers* is no mapping, or *media_type* or a
-        header's name or value is not a ``str``.
-    :raises ValueError: an option is out of range (see :class:`~streamkit.StreamOptions`), or
-        a header (the content type included) cannot be sent, or frames the body.
+        not callable or is an async function, *headers* is no mapping, *status_code* is not
+        an ``int``, or *media_type* or a header's name or value is not a ``str``.
+    :raises ValueError: an option is out of range (see :class:`~streamkit.StreamOptions`),
+        *status_code* is one no stream can be sent with, or a header (the content type
+        included) cannot be sent, or frames the body.
     """
 
     media_type = "application/octet-stream"
@@ -169,6 +178,7 @@ class StreamResponse(Response, Generic[ItemT]):
         given, _ = StreamOptions.split(dict(arguments))
         given.setdefault("heartbeat_interval", self.default_heartbeat_interval)
         self.options = StreamOptions(**given)
+        check_status_code(status_code)
         self.status_code = status_code
         media_type = arguments.get("media_type")
         if media_type is not None:

@@ -319,6 +319,31 @@ def test_status_code_and_its_default_are_in_the_signature(cls: type[Any]) -> Non
     assert cls(nothing(), status_code=201).status_code == 201
 
 
+@pytest.mark.parametrize("cls", [StreamResponse, EventSourceResponse, NDJSONResponse])
+@pytest.mark.parametrize(
+    ("status_code", "error", "message"),
+    [
+        ("201", TypeError, r"^status_code must be an int, got str: '201'$"),
+        (True, TypeError, r"^status_code must be an int, got bool: True$"),
+        (201.0, TypeError, r"^status_code must be an int, got float: 201.0$"),
+        (101, ValueError, r"^status_code must be a final status, 200 to 599, got 101$"),
+        (1000, ValueError, r"^status_code must be a final status, 200 to 599, got 1000$"),
+        (204, ValueError, r"^status_code 204 sends no body, so no stream: .*Response\(status_"),
+        (304, ValueError, r"^status_code 304 sends no body, so no stream: "),
+    ],
+)
+def test_a_status_code_no_stream_can_be_sent_with_is_refused_where_it_is_given(
+    cls: type[Any], status_code: object, error: type[Exception], message: str
+) -> None:
+    # It was sent as it was: the server refused it after the stream began (a 500 and an
+    # end reported as a shutdown), or, for a 204, dropped the body of a stream that then
+    # reported its items sent.
+    with pytest.raises(error, match=message):
+        cls(nothing(), status_code=status_code)
+    with pytest.raises(error, match=message):
+        cls.with_options(status_code=status_code)
+
+
 def test_with_options_makes_a_class_with_defaults_that_calls_override() -> None:
     ends: list[StreamEnd] = []
     quick = EventSourceResponse.with_options(

@@ -167,6 +167,28 @@ def test_the_route_class_refuses_a_sync_generator() -> None:
         app.get("/n", response_class=NDJSONResponse)(numbers)
 
 
+@pytest.mark.parametrize(
+    ("status_code", "error", "message"),
+    [
+        (204, ValueError, r"^status_code 204 sends no body, so no stream: "),
+        (1000, ValueError, r"^status_code must be a final status, 200 to 599, got 1000$"),
+        ("201", TypeError, r"^status_code must be an int, got str: '201'$"),
+    ],
+)
+def test_the_route_class_refuses_a_status_code_no_stream_can_be_sent_with(
+    status_code: Any, error: type[Exception], message: str
+) -> None:
+    # Where the route is declared, not at each request with a 500.
+    app = FastAPI()
+    app.router.route_class = StreamingRoute
+
+    async def events() -> AsyncIterator[int]:
+        yield 1
+
+    with pytest.raises(error, match=message):
+        app.get("/events", response_class=EventSourceResponse, status_code=status_code)(events)
+
+
 def test_other_routes_are_fastapis() -> None:
     app = FastAPI()
     app.router.route_class = StreamingRoute
