@@ -14,6 +14,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import AsyncIterable, Callable, Mapping
+from contextlib import AsyncExitStack
 from types import MappingProxyType
 from typing import Any, ClassVar, Generic, Self, TypedDict, TypeVar, Unpack
 
@@ -296,9 +297,32 @@ class StreamResponse(Response, Generic[ItemT]):
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await deliver(self, scope, receive, send)
+        error = await deliver(self, scope, receive, send)
         if self.background is not None:
             await self.background()
+        if error is not None:
+            await _exit_dependencies(scope, error)
+
+
+async def _exit_dependencies(scope: Scope, error: BaseException) -> None:
+    """Exit FastAPI's dependencies with ``yield`` telling them of *error*, which ended the
+    stream, as they are told of an error that ends FastAPI's own streams: a dependency that
+    commits a transaction when nothing went wrong rolls it back instead. FastAPI keeps their
+    exits in this stack and exits it after the response; the error, logged and reported as
+    the stream's end already, is not raised past them for the server to log again. Outside
+    FastAPI there is no such stack, and nothing to do.
+
+    :raises Exception: what a dependency's exit raised in the place of *error*, as FastAPI
+        lets it out of any response.
+    """
+    stack = scope.get("fastapi_inner_astack")
+    if not isinstance(stack, AsyncExitStack):
+        return
+    try:
+        await stack.__aexit__(type(error), error, error.__traceback__)
+    except BaseException as raised:
+        if raised is not error:
+            raise
 
 
 #: The farewell an SSE stream sends on a graceful shutdown: reconnect after a second.

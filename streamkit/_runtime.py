@@ -424,7 +424,7 @@ class _Stream(Generic[ItemT]):
 
     # -- the whole stream ---------------------------------------------------------------------
 
-    async def deliver(self) -> None:
+    async def deliver(self) -> BaseException | None:
         arm_shutdown_watch()
         self._registry = registry = current_registry()
         if not self._head_only:  # a HEAD is answered with headers, and is no stream (_report())
@@ -476,6 +476,7 @@ class _Stream(Generic[ItemT]):
             # No streamkit server to stop gracefully: the server running the app does what
             # it does with it (both of hypercorn's workers stop).
             raise fatal
+        return self.exception if self.reason is EndReason.ERROR else None
 
     def _start_helpers(self, task_group: TaskGroup) -> None:
         task_group.start_soon(self._watch_connection)
@@ -1037,8 +1038,9 @@ def _cancelled_during_cancellation(exc: BaseException, cancelled: type[BaseExcep
 
 def deliver(
     body: StreamBody[ItemT], scope: Scope, receive: Receive, send: Send
-) -> Coroutine[None, None, None]:
+) -> Coroutine[None, None, BaseException | None]:
     """Deliver *body*'s stream on one connection: await it, and it returns once the stream
-    has ended. (A plain function returning the stream's coroutine: a coroutine of its own
-    around it would stay on every open stream's stack.)"""
+    has ended, with the exception it ended with if it ended with an error (logged and
+    reported already), else ``None``. (A plain function returning the stream's coroutine: a
+    coroutine of its own around it would stay on every open stream's stack.)"""
     return _Stream(body, scope, receive, send).deliver()

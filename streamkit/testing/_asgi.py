@@ -11,11 +11,11 @@ from ``send`` once the client has gone; Starlette's ``StreamingResponse`` turns 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import anyio
-from starlette.types import ASGIApp, Message, Scope
+from starlette.types import Message, Receive, Scope, Send
 
 from .._checks import check_count, check_duration
 from .._sse import ServerSentEvent
@@ -147,8 +147,11 @@ class FakeConnection:
             if self._after_body is not None and self._body_sent >= self._after_body:
                 self._left.set()
 
-    async def run(self, app: ASGIApp, *, within: float = 5.0) -> None:
-        """Call *app* with this connection and wait for it to return.
+    async def run(
+        self, app: Callable[[Scope, Receive, Send], Awaitable[object]], *, within: float = 5.0
+    ) -> None:
+        """Call *app* with this connection and wait for it to return; what it returns, if
+        anything, is not looked at.
 
         :raises TimeoutError: it did not return within *within* seconds; the message says what
             it had sent and whether the client had left.

@@ -40,6 +40,8 @@ class Probe:
         self.log: list[str] = []
         self.closed = anyio.Event()
         self.started = anyio.Event()
+        #: What the dependency's exit was told: the exception it saw, or None.
+        self.seen: list[BaseException | None] = []
 
 
 async def open_session(request: Request) -> AsyncIterator[Session]:
@@ -48,6 +50,11 @@ async def open_session(request: Request) -> AsyncIterator[Session]:
     session = Session(probe.log)
     try:
         yield session
+    except Exception as exc:  # a transaction's rollback, say
+        probe.seen.append(exc)
+        raise
+    else:  # its commit
+        probe.seen.append(None)
     finally:
         try:
             await session.aclose()
@@ -159,6 +166,9 @@ async def test_a_dependencys_resource_is_closed_once_after_the_stream(
                 closed = anyio.current_time() - ended
     print(f"{style}/{how}: closed {closed:.3f} s after the end ({end.reason.value})")
     assert probe.log == ["generator cleaned", "background ran", "session closed"]
+    # As with FastAPI's own streams, the exit sees the exception the stream ended with (a
+    # session's transaction is rolled back, not committed), and only that one.
+    assert probe.seen == [end.exception]
 
 
 async def test_an_annotation_that_cannot_be_resolved_leaves_the_others_read(
