@@ -11,7 +11,8 @@ from collections.abc import AsyncIterator
 
 import anyio
 import pytest
-from fastapi import Depends, FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
 
 from streamkit import EndReason, EventSourceResponse, NDJSONResponse
 from streamkit.fastapi import StreamingRoute
@@ -29,6 +30,13 @@ def owned(owner: str = "me") -> str:
 def errors_app() -> FastAPI:
     app = FastAPI()
     app.router.route_class = StreamingRoute
+    app.state.handled = []
+
+    @app.exception_handler(RuntimeError)
+    async def handle(request: Request, exc: RuntimeError) -> JSONResponse:
+        # Never called for a stream's error: its response could not follow the stream's head.
+        app.state.handled.append(exc)
+        return JSONResponse({"detail": "handled"}, status_code=502)
 
     @app.get("/items", response_class=NDJSONResponse)
     async def items(count: int, owner: str = Depends(owned)) -> AsyncIterator[int]:
@@ -81,8 +89,9 @@ async def test_a_dependencys_http_exception_and_a_bad_parameter_answer_before_an
 async def test_an_exception_in_the_generator_is_the_streams_error_end_logged_once(
     anyio_backend: str, caplog: pytest.LogCaptureFixture, path: str, sent: bytes, raised: str
 ) -> None:
+    app = errors_app()
     with anyio.fail_after(30), caplog.at_level(logging.INFO):
-        async with open_server(errors_app()) as server:
+        async with open_server(app) as server:
             async with open_stream(server, path) as client:
                 status, body = client.status, await client.read_all()
                 assert client.complete
@@ -90,6 +99,7 @@ async def test_an_exception_in_the_generator_is_the_streams_error_end_logged_onc
     assert status == 200
     assert body == sent + b"event: error\ndata: \n\n"
     assert repr(end.exception) == raised
+    assert app.state.handled == []
     errors = [record for record in caplog.records if record.levelno >= logging.ERROR]
     assert len(errors) == 1, caplog.text
     assert errors[0].getMessage().startswith(f"stream {path} ended: error after ")
