@@ -383,8 +383,9 @@ def mount_app(api: FastAPI, path: str, app: App, *, name: str | None = None) -> 
     :param path: where to mount the App, such as ``/streams``.
     :param app: the App.
     :param name: the mount's name, for ``url_path_for``.
-    :raises TypeError: *api* is not a FastAPI application, *path* not a ``str`` or *app*
-        not an :class:`~streamkit.App` (mount a Starlette application with ``api.mount``).
+    :raises TypeError: *api* is not a FastAPI application, *path* not a ``str``, *app*
+        not an :class:`~streamkit.App` (mount a Starlette application with ``api.mount``)
+        or *name* not a ``str``.
     :raises ValueError: *path* does not start with ``/``.
     """
     check_type("api", api, FastAPI)
@@ -392,6 +393,7 @@ def mount_app(api: FastAPI, path: str, app: App, *, name: str | None = None) -> 
     if not path.startswith("/"):
         raise ValueError(f"path must start with '/', got {path!r}")
     check_type("app", app, App)
+    check_type("name", name, str, optional=True)
     api.mount(path, app, name=name)
     prefix = path.rstrip("/")
     for route in app.router.routes:

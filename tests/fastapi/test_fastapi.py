@@ -263,6 +263,15 @@ def test_mount_app_refuses_what_it_cannot_mount_naming_it(
         assert api.router.routes == before  # nothing mounted
 
 
+def test_mount_app_refuses_a_name_that_is_no_str_naming_it() -> None:
+    # It was mounted under it, and url_path_for("streams") did not find the mount.
+    api = FastAPI()
+    before = list(api.router.routes)
+    with pytest.raises(TypeError, match=r"^name must be a str or None, got bytes: b'streams'$"):
+        mount_app(api, "/streams", App(), name=b"streams")  # type: ignore[arg-type]
+    assert api.router.routes == before
+
+
 class Aliased(BaseModel):
     tick_number: int = Field(alias="tickNumber")
 
