@@ -312,17 +312,23 @@ async def _exit_dependencies(scope: Scope, error: BaseException) -> None:
     the stream's end already, is not raised past them for the server to log again. Outside
     FastAPI there is no such stack, and nothing to do.
 
-    :raises Exception: what a dependency's exit raised in the place of *error*, as FastAPI
-        lets it out of any response.
+    An exception a dependency raises in its place (FastAPI's pattern: an ``HTTPException``
+    for the error it sees) is logged, not raised: no response can follow the stream's head,
+    and FastAPI's handlers would take it for an error of their own ("response already
+    started") and the server drop the connection.
     """
     stack = scope.get("fastapi_inner_astack")
     if not isinstance(stack, AsyncExitStack):
         return
     try:
         await stack.__aexit__(type(error), error, error.__traceback__)
-    except BaseException as raised:
+    except Exception as raised:
         if raised is not error:
-            raise
+            logger.error(
+                "stream %s: a dependency's exit raised on its error",
+                scope.get("path"),
+                exc_info=raised,
+            )
 
 
 #: The farewell an SSE stream sends on a graceful shutdown: reconnect after a second.

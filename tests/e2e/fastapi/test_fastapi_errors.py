@@ -27,6 +27,18 @@ def owned(owner: str = "me") -> str:
     return owner
 
 
+class OwnerError(Exception):
+    pass
+
+
+async def translating() -> AsyncIterator[str]:
+    """FastAPI's pattern: a dependency that answers an error it sees with an HTTPException."""
+    try:
+        yield "me"
+    except OwnerError as exc:
+        raise HTTPException(status_code=400, detail=f"owner error: {exc}") from exc
+
+
 def errors_app() -> FastAPI:
     app = FastAPI()
     app.router.route_class = StreamingRoute
@@ -53,6 +65,11 @@ def errors_app() -> FastAPI:
         # The generator's body runs once the stream has started, its 200 sent.
         raise HTTPException(status_code=404, detail="no such topic")
         yield "never"
+
+    @app.get("/translated", response_class=EventSourceResponse)
+    async def translated(owner: str = Depends(translating)) -> AsyncIterator[str]:
+        yield "first"
+        raise OwnerError("not the owner")
 
     return app
 
@@ -103,3 +120,25 @@ async def test_an_exception_in_the_generator_is_the_streams_error_end_logged_onc
     errors = [record for record in caplog.records if record.levelno >= logging.ERROR]
     assert len(errors) == 1, caplog.text
     assert errors[0].getMessage().startswith(f"stream {path} ended: error after ")
+
+
+async def test_a_dependency_that_answers_the_streams_error_with_another_has_it_logged_once(
+    anyio_backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Its HTTPException cannot be sent after the stream's head: logged as the dependency's,
+    # where raised past the response it reached FastAPI's handlers as "response already
+    # started" and the server's log, and the connection was dropped.
+    app = errors_app()
+    with anyio.fail_after(30), caplog.at_level(logging.INFO):
+        async with open_server(app) as server:
+            for _ in range(2):  # the connection is still good
+                async with open_stream(server, "/translated") as client:
+                    body = await client.read_all()
+                    assert client.complete
+                await server.wait_ended(EndReason.ERROR)
+    assert body == b"data: first\n\nevent: error\ndata: \n\n"
+    errors = [record for record in caplog.records if record.levelno >= logging.ERROR]
+    assert [record.name for record in errors] == ["streamkit"] * 4, caplog.text
+    raised = errors[1].exc_info[1] if errors[1].exc_info else None
+    assert repr(raised) == "HTTPException(status_code=400, detail='owner error: not the owner')"
+    assert errors[1].getMessage() == "stream /translated: a dependency's exit raised on its error"
