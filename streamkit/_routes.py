@@ -35,6 +35,7 @@ __all__ = [
     "AppRoute",
     "RequestMessages",
     "StreamEndpoint",
+    "StreamRequest",
     "StreamRouteInfo",
     "check_route",
     "declare_stream_route",
@@ -136,20 +137,25 @@ class RequestMessages:
             self._arrived = None
         return message
 
+    @property
+    def disconnected(self) -> bool:
+        """Whether the watcher has heard the client leave."""
+        return self._ended is not None
+
     async def for_request(self) -> Message:
         """The request's ``receive``: the body's messages in order, then the disconnect.
 
-        A receive in a scope already cancelled is a poll, not a read: Starlette's
-        ``request.is_disconnected()`` asks so. It gets the disconnect once heard, and takes
-        nothing of the body, so that a producer that polls has not thereby begun to read it.
+        A receive in a scope already cancelled raises its cancellation and takes nothing of
+        the body. It is a poll (Starlette's ``is_disconnected()`` asks so; a
+        :class:`StreamRequest` answers without one), which must not begin the read of the
+        body, or the read of a producer whose stream has ended, the disconnect among the
+        reasons, which must be cancelled, not told (``ClientDisconnect``, an error).
 
         :raises RuntimeError: the body was dropped, more than :data:`MAX_UNREAD_BODY` bytes of
             it having arrived before the request began to read it.
         """
         if anyio.current_effective_deadline() == -math.inf:
-            if self._ended is not None:
-                return self._ended
-            await anyio.lowlevel.checkpoint()  # the poll's own cancellation: nothing yet
+            await anyio.lowlevel.checkpoint()
         self._reading = True
         while not self._unread:
             if self._ended is not None:
@@ -173,6 +179,22 @@ class RequestMessages:
             self._taken.set()
             self._taken = None
         return message
+
+
+class StreamRequest(Request):
+    """The request a stream route's producer is handed: its ``receive`` is
+    :meth:`RequestMessages.for_request`, and :meth:`is_disconnected` asks the stream's watcher.
+    """
+
+    def __init__(self, scope: Scope, messages: RequestMessages, send: Send) -> None:
+        super().__init__(scope, messages.for_request, send)
+        self._messages = messages
+
+    async def is_disconnected(self) -> bool:
+        """Whether the client has left, as the stream's watcher, which reads the connection,
+        has heard: a poll, which takes nothing of the body (Starlette's receives in a
+        cancelled scope, which the stream's own cancellation could not be told from)."""
+        return self._messages.disconnected
 
 
 class AppRoute(Route):
@@ -284,7 +306,7 @@ class StreamEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         messages = RequestMessages(receive)
-        request = Request(scope, messages.for_request, send)
+        request = StreamRequest(scope, messages, send)
         receive = messages.for_stream
         content = self.handler(request) if self.generator else partial(self.handler, request)
         path, metrics, user_on_end = self.route.path, self._metrics, self.on_end

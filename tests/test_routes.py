@@ -30,6 +30,7 @@ from streamkit._routes import (
     MAX_UNREAD_BODY,
     RequestMessages,
     StreamEndpoint,
+    StreamRequest,
     StreamRouteInfo,
     declare_stream_route,
 )
@@ -248,6 +249,10 @@ def body_message(body: bytes, *, more_body: bool = True) -> Message:
     return {"type": "http.request", "body": body, "more_body": more_body}
 
 
+async def no_send(message: Message) -> None:
+    raise AssertionError(f"nothing is sent here, got {message!r}")
+
+
 async def watch(messages: RequestMessages, heard: list[Message]) -> None:
     """Read *messages* as the stream's watcher does, to the disconnect, put in *heard*."""
     while (message := await messages.for_stream())["type"] != "http.disconnect":
@@ -331,10 +336,11 @@ async def test_past_the_unread_bound_a_body_not_being_read_is_dropped_and_the_en
 
 @pytest.mark.anyio
 async def test_a_poll_for_the_disconnect_takes_nothing_of_the_body_and_is_told_the_end() -> None:
-    # Starlette's is_disconnected() receives in a cancelled scope: a poll, not a read.
+    # The stream's request asks the watcher; Starlette's own is_disconnected() receives in a
+    # cancelled scope, which takes nothing either.
     server = Server()
     messages = RequestMessages(server.receive)
-    request = Request({"type": "http", "method": "POST"}, messages.for_request)
+    request = StreamRequest({"type": "http", "method": "POST"}, messages, no_send)
     heard: list[Message] = []
 
     with anyio.fail_after(5):
@@ -351,6 +357,7 @@ async def test_a_poll_for_the_disconnect_takes_nothing_of_the_body_and_is_told_t
 
 @pytest.mark.anyio
 async def test_a_poll_for_the_disconnect_leaves_the_body_to_the_read() -> None:
+    # Starlette's own is_disconnected(), a receive in a cancelled scope, takes nothing either.
     server = Server()
     messages = RequestMessages(server.receive)
     request = Request({"type": "http", "method": "POST"}, messages.for_request)

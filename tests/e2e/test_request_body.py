@@ -132,6 +132,35 @@ async def test_a_client_that_leaves_mid_body_ends_the_stream_as_gone_not_as_an_e
     assert not [record for record in caplog.records if record.levelname == "ERROR"], caplog.text
 
 
+async def test_a_client_that_left_before_the_producer_reads_the_body_is_no_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The client leaves before the producer reads: its read, in the stream's cancelled scope,
+    # was taken for a poll and told the disconnect, and Starlette's ClientDisconnect was
+    # logged at ERROR with its traceback, as a producer's error after the end.
+    app = App(heartbeat_interval=None)
+
+    @app.sse("/late", methods=["POST"])
+    async def late(request: Request, send: StreamSender[ServerSentEvent | str]) -> None:
+        await send("started")
+        # Busy elsewhere, shielded, as the client leaves; the poll is how it learns it has
+        # (no event says the watcher heard it).
+        with anyio.CancelScope(shield=True):
+            while not await request.is_disconnected():  # noqa: ASYNC110
+                await anyio.sleep(0.01)
+        await request.body()
+
+    async with open_server(app) as server:
+        connection = await connect(server.host, server.port)
+        head = "POST /late HTTP/1.1\r\nhost: test\r\ncontent-length: 50\r\n\r\n"
+        await connection.send(head.encode() + b"[1,")
+        await read_until(connection, b"data: started\n\n", b"")
+        await connection.aclose()
+        end = await server.wait_ended(EndReason.CLIENT_DISCONNECTED, within=5.0)
+    assert end.exception is None
+    assert not [record for record in caplog.records if record.levelname == "ERROR"], caplog.text
+
+
 def polling_app(go: anyio.Event, cleaned: anyio.Event, *, polls: int | None) -> App:
     """A route whose producer polls ``request.is_disconnected()`` (sse-starlette's idiom) once
     *go* is set: *polls* times, then it only waits, or (``None``) between its ticks."""
