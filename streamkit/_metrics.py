@@ -58,6 +58,13 @@ def statistics_document(statistics: AppStatistics) -> dict[str, Any]:
         # An IPv6 address is bracketed, as in a URL: "::1:5000" could be read either way.
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
+    def described(exc: BaseException) -> str:
+        # A repr that raises (a broken object's, in the message) must not fail the document.
+        try:
+            return repr(exc)
+        except Exception as failure:
+            return f"<{type(exc).__qualname__}: its repr() raised {type(failure).__qualname__}>"
+
     return {
         "running": statistics.running,
         "draining": statistics.draining,
@@ -85,7 +92,7 @@ def statistics_document(statistics: AppStatistics) -> dict[str, Any]:
                 "items_sent": end.items_sent,
                 "bytes_sent": end.bytes_sent,
                 "cleanup_duration": round(end.cleanup_duration, 6),
-                "exception": None if end.exception is None else repr(end.exception),
+                "exception": None if end.exception is None else described(end.exception),
             }
             for end in statistics.recent_ends
         ],

@@ -162,3 +162,24 @@ def test_the_statistics_document_is_json_with_reasons_as_their_values() -> None:
         "cleanup_duration": 0.002,
         "exception": "RuntimeError('the source broke')",
     }
+
+
+class UnprintableError(Exception):
+    """An error whose repr fails, as one built from a broken object's may."""
+
+    def __repr__(self) -> str:
+        raise ValueError("no repr")
+
+
+def test_an_exception_whose_repr_fails_is_named_by_its_type_in_the_statistics_document() -> None:
+    # Its repr raised out of the document: the introspection route answered 500 until a
+    # hundred more streams had pushed the end out of the recent ones.
+    statistics = AppStatistics(
+        running=True,
+        draining=False,
+        active={},
+        ended={},
+        recent_ends=(end(EndReason.ERROR, exception=UnprintableError()),),
+    )
+    (recent,) = statistics_document(statistics)["recent_ends"]
+    assert recent["exception"] == "<UnprintableError: its repr() raised ValueError>"
