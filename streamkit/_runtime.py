@@ -968,10 +968,11 @@ class _Stream(Generic[ItemT]):
         )
         if end.reason is EndReason.ERROR:
             logger.error(
-                "stream %s ended: error after %.3f s, %d items",
+                "stream %s ended: error after %.3f s, %d items, %d bytes",
                 printable(end.path),
                 end.duration,
                 end.items_sent,
+                end.bytes_sent,
                 exc_info=end.exception,
             )
         else:

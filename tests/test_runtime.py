@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import re
 import time
 import types
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable
@@ -247,6 +248,24 @@ async def test_a_producer_that_raises_ends_with_the_error_frame() -> None:
     assert connection.body == b"x|<error>"
     assert body.end.reason is EndReason.ERROR
     assert isinstance(body.end.exception, RuntimeError)
+
+
+async def test_a_streams_end_is_logged_in_one_shape_whatever_the_reason(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The error's line left out the bytes, which a parser of the others' lines reads.
+    async def produce(send: StreamSender[str], *, fail: bool) -> None:
+        await send("x")
+        if fail:
+            raise RuntimeError("upstream failed")
+
+    shape = r"stream / ended: (completed|error) after \d+\.\d{3} s, 1 items, \d+ bytes"
+    with caplog.at_level(logging.INFO, logger="streamkit"):
+        for fail in (True, False):
+            await FakeConnection().run(partial(deliver, Body(partial(produce, fail=fail))))
+    lines = [r.getMessage() for r in caplog.records if " ended: " in r.getMessage()]
+    assert len(lines) == 2
+    assert all(re.fullmatch(shape, line) for line in lines), lines
 
 
 @pytest.mark.parametrize("reason", [EndReason.ERROR, EndReason.DEADLINE])
