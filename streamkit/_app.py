@@ -13,6 +13,7 @@ mounted application, so an App mounted in another app needs that app to run it, 
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -109,7 +110,8 @@ class App(Starlette):
     :param debug: Starlette's debug tracebacks.
     :raises ValueError: a default or the grace period is out of range, or a path does not
         start with ``/``.
-    :raises TypeError: a value has the wrong type, or *lifespan* is not callable.
+    :raises TypeError: a value has the wrong type, or *lifespan* is not callable or is a
+        generator function (not made an async context manager).
     :raises MetricsUnavailableError: *metrics_path* is given without ``prometheus-client``.
 
     :ivar options: the defaults, as a :class:`~streamkit.StreamOptions`.
@@ -140,6 +142,13 @@ class App(Starlette):
         check_duration("grace_period", grace_period)
         self.grace_period = grace_period
         check_callable("lifespan", lifespan, optional=True)
+        if inspect.isasyncgenfunction(lifespan) or inspect.isgeneratorfunction(lifespan):
+            # Starlette takes one (deprecated); entered as a context manager, it failed only
+            # as the server started.
+            raise TypeError(
+                f"lifespan must return an async context manager, got the generator function "
+                f"{lifespan.__qualname__}: decorate it with @contextlib.asynccontextmanager"
+            )
         for name, path in (("streams_path", streams_path), ("metrics_path", metrics_path)):
             check_type(name, path, str, optional=True)
             if path is not None and not path.startswith("/"):

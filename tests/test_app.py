@@ -336,3 +336,18 @@ def test_a_lifespan_that_is_not_callable_is_refused_where_the_app_is_made() -> N
     # It failed only as the server started, in the lifespan's startup.
     with pytest.raises(TypeError, match=r"lifespan must be callable, got int: 5"):
         App(lifespan=5)  # type: ignore[arg-type]
+
+
+def test_a_lifespan_that_is_a_generator_function_is_refused_where_the_app_is_made() -> None:
+    # It failed only as the server started: an async generator is no async context manager.
+    async def plain_async_generator(app: App) -> AsyncIterator[None]:
+        yield
+
+    def plain_generator(app: App) -> Any:
+        yield
+
+    for lifespan in (plain_async_generator, plain_generator):
+        with pytest.raises(
+            TypeError, match=rf"lifespan must return an async context manager.*{lifespan.__name__}"
+        ):
+            App(lifespan=lifespan)
