@@ -25,7 +25,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute
+from starlette.routing import BaseRoute, get_name
 from starlette.types import ExceptionHandler, Receive, Scope, Send
 
 from ._checks import check_callable, check_duration, check_type
@@ -328,7 +328,8 @@ class App(Starlette):
         declared(name="", handler=_placeholder_handler)
 
         def declare(handler: HandlerT) -> HandlerT:
-            endpoint = declared(name=name or handler.__name__, handler=handler)
+            # Starlette's name for an endpoint, which a partial or a callable object has too.
+            endpoint = declared(name=name or get_name(handler), handler=handler)
             route = endpoint.route
             self.router.routes.append(
                 AppRoute(path, endpoint, methods=list(route.methods), name=route.name)

@@ -270,9 +270,10 @@ def _check_handler(path: str, handler: Callable[..., Any]) -> bool:
     try:
         signature.bind(*([None] * (1 if generator else 2)))
     except TypeError:
+        # A partial or a callable object has no __qualname__: its repr names it.
+        named = getattr(handler, "__qualname__", None) or repr(handler)
         raise TypeError(
-            f"route {path!r}: {handler.__qualname__} must take {expected}, "
-            f"its signature is {signature}"
+            f"route {path!r}: {named} must take {expected}, its signature is {signature}"
         ) from None
     return generator
 

@@ -7,6 +7,7 @@ import logging
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import anyio
@@ -351,3 +352,20 @@ def test_a_lifespan_that_is_a_generator_function_is_refused_where_the_app_is_mad
             TypeError, match=rf"lifespan must return an async context manager.*{lifespan.__name__}"
         ):
             App(lifespan=lifespan)
+
+
+def test_a_stream_handler_without_a_name_is_declared_and_a_non_callable_refused() -> None:
+    # Both failed with AttributeError: '...' object has no attribute '__name__'.
+    app = App()
+
+    async def limited(request: Request, send: StreamSender[str], *, limit: int) -> None: ...
+
+    app.sse("/limited")(partial(limited, limit=3))
+    app.sse("/named", name="named")(partial(limited, limit=3))
+    assert [route.name for route in app.stream_routes] == ["partial", "named"]
+    assert app.url_path_for("named") == "/named"
+    with pytest.raises(TypeError, match=r"route '/a': a stream handler must be .*got 5"):
+        app.sse("/a")(5)  # type: ignore[type-var]
+    with pytest.raises(TypeError, match=r"route '/b': functools.partial\(.*limited.* must take"):
+        app.ndjson("/b")(partial(limited, None, None, limit=3))
+    assert len(app.stream_routes) == 2
