@@ -42,7 +42,13 @@ from ._responses import (
     SSEFarewells,
     StreamResponse,
 )
-from ._routes import AppRoute, StreamRouteInfo, check_route, declare_stream_route
+from ._routes import (
+    AppRoute,
+    StreamRouteInfo,
+    check_endpoint,
+    check_route,
+    declare_stream_route,
+)
 from ._server_shutdown import arm_shutdown_watch
 
 __all__ = ["App"]
@@ -280,9 +286,16 @@ class App(Starlette):
         :param methods: the HTTP methods it answers; by default ``GET`` (and ``HEAD``).
         :param name: the route's name; by default the function's.
         :param include_in_schema: Starlette's schema flag.
+        :raises TypeError: the path, methods, name or function has the wrong type, or the
+            function is a generator function.
+        :raises ValueError: the path does not start with ``/`` or has an unknown convertor,
+            or a method is not an HTTP token.
         """
+        # Checked as a stream route's are (None is Starlette's default: GET and HEAD).
+        check_route(path, ("GET",) if methods is None else methods, name)
 
         def declare(endpoint: HandlerT) -> HandlerT:
+            check_endpoint(path, endpoint)
             self.router.routes.append(
                 AppRoute(
                     path, endpoint, methods=methods, name=name, include_in_schema=include_in_schema

@@ -21,10 +21,10 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 from starlette.requests import Request
-from starlette.routing import Match, Route, compile_path
+from starlette.routing import Match, Route, compile_path, get_name
 from starlette.types import Message, Receive, Scope, Send
 
-from ._checks import check_type, is_token
+from ._checks import check_callable, check_type, is_token
 from ._ends import StreamEnd
 from ._metrics import StreamMetrics
 from ._options import StreamOptions
@@ -37,6 +37,7 @@ __all__ = [
     "StreamEndpoint",
     "StreamRequest",
     "StreamRouteInfo",
+    "check_endpoint",
     "check_route",
     "declare_stream_route",
 ]
@@ -251,6 +252,25 @@ def check_route(path: object, methods: object, name: object) -> frozenset[str]:
     except TypeError as exc:
         raise TypeError(f"route {path!r}: {exc}") from None
     return frozenset(method.upper() for method in methods)
+
+
+def check_endpoint(path: str, endpoint: object) -> None:
+    """Refuse a plain route's endpoint where the route is declared, naming it: Starlette takes
+    any, and one it cannot call, or whose call returns no response, fails each request with a
+    500.
+
+    :raises TypeError: *endpoint* is not callable, or is a generator function.
+    """
+    try:
+        check_callable("endpoint", endpoint)
+    except TypeError as exc:
+        raise TypeError(f"route {path!r}: {exc}") from None
+    if inspect.isasyncgenfunction(endpoint) or inspect.isgeneratorfunction(endpoint):
+        kind = "an async generator" if inspect.isasyncgenfunction(endpoint) else "a generator"
+        raise TypeError(
+            f"route {path!r}: endpoint {get_name(endpoint)} is {kind} function, which returns "
+            "no response: declare a stream route with app.sse, app.ndjson or app.stream"
+        )
 
 
 async def _placeholder(send: object) -> None:

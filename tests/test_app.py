@@ -369,3 +369,46 @@ def test_a_stream_handler_without_a_name_is_declared_and_a_non_callable_refused(
     with pytest.raises(TypeError, match=r"route '/b': functools.partial\(.*limited.* must take"):
         app.ndjson("/b")(partial(limited, None, None, limit=3))
     assert len(app.stream_routes) == 2
+
+
+async def page(request: Request) -> Response:
+    return PlainTextResponse("page")
+
+
+@pytest.mark.parametrize(
+    ("declaration", "endpoint", "error", "match"),
+    [
+        # A bare str was split into its letters: the route answered POST with 405.
+        ({"methods": "POST"}, page, TypeError, r"route '/x': methods must be a collection"),
+        ({"methods": ["GET", "G T"]}, page, ValueError, r"route '/x': method 'G T' must be an"),
+        ({"name": 5}, page, TypeError, r"route '/x': name must be a str or None, got int: 5"),
+        # Served, each failed at the request with a 500.
+        ({}, 5, TypeError, r"route '/x': endpoint must be callable, got int: 5"),
+        ({}, rows, TypeError, r"route '/x': .*rows is an async generator function.*app.sse"),
+    ],
+)
+def test_bad_plain_route_declarations_are_refused_naming_the_value(
+    declaration: dict[str, Any], endpoint: Any, error: type[Exception], match: str
+) -> None:
+    app = App()
+    with pytest.raises(error, match=match):
+        app.route("/x", **declaration)(endpoint)
+    assert app.routes == []
+
+
+@pytest.mark.parametrize(
+    ("path", "error", "match"),
+    [
+        # Starlette's assertions: none under python -O.
+        ("x", ValueError, r"a route's path must start with '/', got 'x'"),
+        ("/a/{x:nope}", ValueError, r"route '/a/\{x:nope\}': .*Unknown path convertor 'nope'"),
+    ],
+)
+def test_a_bad_plain_route_path_is_refused_with_an_error_naming_it(
+    path: str, error: type[Exception], match: str
+) -> None:
+    app = App()
+    for declare in (app.get, app.post, app.route):
+        with pytest.raises(error, match=match):
+            declare(path)(page)
+    assert app.routes == []
