@@ -25,7 +25,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, get_name
+from starlette.routing import BaseRoute, Route, get_name
 from starlette.types import ExceptionHandler, Receive, Scope, Send
 
 from ._checks import check_callable, check_duration, check_type
@@ -296,7 +296,7 @@ class App(Starlette):
 
         def declare(endpoint: HandlerT) -> HandlerT:
             check_endpoint(path, endpoint)
-            self.router.routes.append(
+            self._add_route(
                 AppRoute(
                     path, endpoint, methods=methods, name=name, include_in_schema=include_in_schema
                 )
@@ -344,15 +344,35 @@ class App(Starlette):
             # Starlette's name for an endpoint, which a partial or a callable object has too.
             endpoint = declared(name=name or get_name(handler), handler=handler)
             route = endpoint.route
-            self.router.routes.append(
-                AppRoute(path, endpoint, methods=list(route.methods), name=route.name)
-            )
+            self._add_route(AppRoute(path, endpoint, methods=list(route.methods), name=route.name))
             self._stream_routes.append(route)
             if self._metrics is not None:
                 self._metrics.add_route(path)
             return handler
 
         return declare
+
+    def _add_route(self, route: AppRoute) -> None:
+        """Append *route*, refused if a route before it answers its path with one of its
+        methods: Starlette takes the first that matches, and this one would never be reached.
+
+        :raises ValueError: the path and a method are taken, naming the route that has them.
+        """
+        for earlier in self.router.routes:
+            if not isinstance(earlier, Route) or earlier.path != route.path:
+                continue
+            if earlier.methods is None or route.methods is None:
+                # No methods: Starlette's, for an ASGI endpoint, which answers every method.
+                taken = set(route.methods or earlier.methods or {"every method"})
+            else:
+                taken = earlier.methods & route.methods
+            if taken:
+                raise ValueError(
+                    f"route {route.path!r}: {', '.join(sorted(taken))} is answered by the "
+                    f"route {earlier.name} declared before it; give this one another path or "
+                    "method"
+                )
+        self.router.routes.append(route)
 
     @property
     def stream_routes(self) -> tuple[StreamRouteInfo, ...]:

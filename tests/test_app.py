@@ -15,6 +15,7 @@ import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
 
 from streamkit import (
     App,
@@ -412,3 +413,19 @@ def test_a_bad_plain_route_path_is_refused_with_an_error_naming_it(
         with pytest.raises(error, match=match):
             declare(path)(page)
     assert app.routes == []
+
+
+def test_a_route_whose_path_and_method_are_taken_is_refused_naming_the_first() -> None:
+    # It was appended behind the first, which answered every request it was declared for.
+    app = App(routes=[Route("/given", page, methods=["POST"])])
+    app.sse("/tokens")(tokens)
+    app.ndjson("/tokens", methods=["POST"])(rows)  # another method: both are reached
+    taken = r"route '/tokens': GET, HEAD is answered by the route tokens declared before it"
+    with pytest.raises(ValueError, match=taken):
+        app.ndjson("/tokens")(rows)
+    with pytest.raises(ValueError, match=taken):
+        app.get("/tokens")(page)
+    with pytest.raises(ValueError, match=r"route '/given': POST is answered by the route page"):
+        app.stream("/given", methods=["PUT", "POST"])(rows)
+    assert [route.methods for route in app.stream_routes] == [{"GET"}, {"POST"}]
+    assert len(app.routes) == 3
