@@ -116,8 +116,8 @@ class App(Starlette):
     :param debug: Starlette's debug tracebacks.
     :raises ValueError: a default or the grace period is out of range, or a path does not
         start with ``/``.
-    :raises TypeError: a value has the wrong type, or *lifespan* is not callable or is a
-        generator function (not made an async context manager).
+    :raises TypeError: a value has the wrong type, or *lifespan* is not callable, or is a
+        generator or async function (not made an async context manager).
     :raises MetricsUnavailableError: *metrics_path* is given without ``prometheus-client``.
 
     :ivar options: the defaults, as a :class:`~streamkit.StreamOptions`.
@@ -148,12 +148,18 @@ class App(Starlette):
         check_duration("grace_period", grace_period)
         self.grace_period = grace_period
         check_callable("lifespan", lifespan, optional=True)
-        if inspect.isasyncgenfunction(lifespan) or inspect.isgeneratorfunction(lifespan):
-            # Starlette takes one (deprecated); entered as a context manager, it failed only
-            # as the server started.
+        if (
+            inspect.isasyncgenfunction(lifespan)
+            or inspect.isgeneratorfunction(lifespan)
+            or inspect.iscoroutinefunction(lifespan)
+        ):
+            # Starlette takes a generator function (deprecated); entered as a context
+            # manager, it, or what an async function returns, failed only as the server
+            # started.
             raise TypeError(
-                f"lifespan must return an async context manager, got the generator function "
-                f"{lifespan.__qualname__}: decorate it with @contextlib.asynccontextmanager"
+                f"lifespan must return an async context manager, got the function "
+                f"{lifespan.__qualname__}: make it an async generator function that yields "
+                "once, decorated with @contextlib.asynccontextmanager"
             )
         for name, path in (("streams_path", streams_path), ("metrics_path", metrics_path)):
             check_type(name, path, str, optional=True)

@@ -340,7 +340,7 @@ def test_a_lifespan_that_is_not_callable_is_refused_where_the_app_is_made() -> N
         App(lifespan=5)  # type: ignore[arg-type]
 
 
-def test_a_lifespan_that_is_a_generator_function_is_refused_where_the_app_is_made() -> None:
+def test_a_lifespan_that_is_no_context_manager_function_is_refused_where_the_app_is_made() -> None:
     # It failed only as the server started: an async generator is no async context manager.
     async def plain_async_generator(app: App) -> AsyncIterator[None]:
         yield
@@ -348,9 +348,14 @@ def test_a_lifespan_that_is_a_generator_function_is_refused_where_the_app_is_mad
     def plain_generator(app: App) -> Any:
         yield
 
-    for lifespan in (plain_async_generator, plain_generator):
+    async def coroutine_function(app: App) -> Any:
+        return {"db": "open"}
+
+    for lifespan in (plain_async_generator, plain_generator, coroutine_function):
         with pytest.raises(
-            TypeError, match=rf"lifespan must return an async context manager.*{lifespan.__name__}"
+            TypeError,
+            match=rf"lifespan must return an async context manager.*{lifespan.__name__}: make "
+            r"it an async generator function .*@contextlib.asynccontextmanager",
         ):
             App(lifespan=lifespan)
 
