@@ -428,6 +428,7 @@ class App(Starlette):
             lifespan is handed this App.
         :return: a context manager yielding what the user's lifespan yields (its state).
         :raises LifespanError: it is already running.
+        :raises TypeError: the user's lifespan yielded neither a mapping nor ``None``.
         """
         if self._running is not None:
             raise LifespanError(f"the lifespan of {self!r} is already running")
@@ -441,6 +442,13 @@ class App(Starlette):
         self._route_streams = running.route_streams
         try:
             async with running.open(partial(self._user_lifespan, self)) as state:
+                if state is not None and not isinstance(state, Mapping):
+                    # Starlette would fail on it with no word of the lifespan, or take a
+                    # list of pairs for a mapping.
+                    raise TypeError(
+                        "the lifespan given to App(lifespan=...) must yield a mapping (the "
+                        f"requests' state) or None, got {type(state).__name__}: {state!r:.80}"
+                    )
                 yield state
         finally:
             self._running = None

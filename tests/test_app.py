@@ -434,3 +434,31 @@ def test_a_route_whose_path_and_method_are_taken_is_refused_naming_the_first() -
         app.stream("/given", methods=["PUT", "POST"])(rows)
     assert [route.methods for route in app.stream_routes] == [{"GET"}, {"POST"}]
     assert len(app.routes) == 3
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("state", ["abc", ["db"], 5])
+async def test_a_lifespan_that_yields_no_mapping_fails_its_startup_naming_the_value(
+    state: object,
+) -> None:
+    # Starlette's update of the requests' state failed on it ("dictionary update sequence
+    # element #0 has length 1; 2 is required"), or took a list of pairs for a mapping.
+    exited: list[str] = []
+
+    @asynccontextmanager
+    async def lifespan(app: App) -> AsyncIterator[Any]:
+        try:
+            yield state
+        finally:
+            exited.append("user lifespan")
+
+    app = App(lifespan=lifespan)
+    with anyio.fail_after(5), pytest.raises(TypeError) as caught:
+        async with app.lifespan():
+            pass  # pragma: no cover
+    assert str(caught.value) == (
+        f"the lifespan given to App(lifespan=...) must yield a mapping (the requests' state) "
+        f"or None, got {type(state).__name__}: {state!r}"
+    )
+    assert exited == ["user lifespan"]
+    assert not app.statistics().running
