@@ -179,14 +179,15 @@ class App(Starlette):
         self._streams = StreamRegistry()
         self._route_streams: dict[str, StreamRegistry] = {}
         self._warned_no_lifespan = False
-        if streams_path is not None:
-            self.router.add_route(
-                streams_path, self._streams_endpoint, ["GET"], "streamkit_streams", False
-            )
-        if metrics_path is not None:
-            self.router.add_route(
-                metrics_path, self._metrics_endpoint, ["GET"], "streamkit_metrics", False
-            )
+        for path, endpoint, name in (
+            (streams_path, self._streams_endpoint, "streamkit_streams"),
+            (metrics_path, self._metrics_endpoint, "streamkit_metrics"),
+        ):
+            if path is not None:
+                route = AppRoute(
+                    path, endpoint, methods=["GET"], name=name, include_in_schema=False
+                )
+                self._add_route(route)
 
     # -- declaring routes ----------------------------------------------------------------------
 

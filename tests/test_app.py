@@ -462,3 +462,11 @@ async def test_a_lifespan_that_yields_no_mapping_fails_its_startup_naming_the_va
     )
     assert exited == ["user lifespan"]
     assert not app.statistics().running
+
+
+def test_an_introspection_path_that_a_route_answers_is_refused_naming_it() -> None:
+    # The second was appended behind the first, and never reached.
+    with pytest.raises(ValueError, match=r"route '/s': GET, HEAD is answered by the route strea"):
+        App(streams_path="/s", metrics_path="/s")
+    with pytest.raises(ValueError, match=r"route '/s': GET, HEAD is answered by the route page"):
+        App(routes=[Route("/s", page)], streams_path="/s")
