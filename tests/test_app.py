@@ -4,10 +4,12 @@ declaration, and the lifespan's task group run directly (on asyncio and trio).""
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -470,3 +472,14 @@ def test_an_introspection_path_that_a_route_answers_is_refused_naming_it() -> No
         App(streams_path="/s", metrics_path="/s")
     with pytest.raises(ValueError, match=r"route '/s': GET, HEAD is answered by the route page"):
         App(routes=[Route("/s", page)], streams_path="/s")
+
+
+def test_the_app_pages_table_of_defaults_lists_every_stream_option_with_its_app_default() -> None:
+    # idle_timeout and end_when_idle were missing: a reader took them for no App default.
+    page = (Path(__file__).parent.parent / "docs" / "app.md").read_text(encoding="utf-8")
+    section = page.split("## Defaults and overrides", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `(\w+)` \| (.+?) \|", section, flags=re.M)
+    defaults = App().options
+    assert {name: value.strip("`") for name, value in rows} == {
+        name: repr(getattr(defaults, name)) for name in sorted(StreamOptions.names())
+    }
