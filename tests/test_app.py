@@ -359,7 +359,7 @@ def test_a_lifespan_that_is_no_context_manager_function_is_refused_where_the_app
             match=rf"lifespan must return an async context manager.*{lifespan.__name__}: make "
             r"it an async generator function .*@contextlib.asynccontextmanager",
         ):
-            App(lifespan=lifespan)
+            App(lifespan=lifespan)  # type: ignore[arg-type]
 
 
 def test_a_stream_handler_without_a_name_is_declared_and_a_non_callable_refused() -> None:
@@ -375,7 +375,7 @@ def test_a_stream_handler_without_a_name_is_declared_and_a_non_callable_refused(
     with pytest.raises(TypeError, match=r"route '/a': a stream handler must be .*got 5"):
         app.sse("/a")(5)  # type: ignore[type-var]
     with pytest.raises(TypeError, match=r"route '/b': functools.partial\(.*limited.* must take"):
-        app.ndjson("/b")(partial(limited, None, None, limit=3))
+        app.ndjson("/b")(partial(limited, None, None, limit=3))  # type: ignore[arg-type]
     assert len(app.stream_routes) == 2
 
 
