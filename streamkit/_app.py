@@ -464,13 +464,18 @@ class App(Starlette):
         task group); under :func:`streamkit.serve` the server stops gracefully first, then
         raises it. Catch inside the task what it should survive.
 
-        :raises LifespanError: the lifespan is not running.
+        :raises LifespanError: the lifespan is not running, or its shutdown has begun.
         """
-        task_group = None if self._running is None else self._running.task_group
-        if task_group is None:
+        if self._running is None:
             raise LifespanError(
                 "the App's task group exists only while its lifespan runs; start tasks in "
                 "the lifespan given to App(lifespan=...), or in a request"
+            )
+        task_group = self._running.task_group
+        if task_group is None:
+            raise LifespanError(
+                "the App's task group takes no more tasks: the App's shutdown has begun, or "
+                "a task in it failed and the server is stopping"
             )
         return task_group
 

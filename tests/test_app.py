@@ -483,3 +483,27 @@ def test_the_app_pages_table_of_defaults_lists_every_stream_option_with_its_app_
     assert {name: value.strip("`") for name, value in rows} == {
         name: repr(getattr(defaults, name)) for name in sorted(StreamOptions.names())
     }
+
+
+@pytest.mark.anyio
+async def test_the_task_group_refused_once_the_shutdown_began_says_so() -> None:
+    # It said the task group exists only while the lifespan runs, to start tasks in the
+    # lifespan or in a request: where it was asked, in the lifespan that was running.
+    refused: list[str] = []
+
+    @asynccontextmanager
+    async def lifespan(app: App) -> AsyncIterator[None]:
+        yield
+        try:
+            _ = app.task_group
+        except LifespanError as exc:
+            refused.append(str(exc))
+
+    app = App(lifespan=lifespan)
+    with anyio.fail_after(5):
+        async with app.lifespan():
+            pass
+    assert refused == [
+        "the App's task group takes no more tasks: the App's shutdown has begun, or a task "
+        "in it failed and the server is stopping"
+    ]
