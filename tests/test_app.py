@@ -507,3 +507,15 @@ async def test_the_task_group_refused_once_the_shutdown_began_says_so() -> None:
         "the App's task group takes no more tasks: the App's shutdown has begun, or a task "
         "in it failed and the server is stopping"
     ]
+
+
+@pytest.mark.parametrize("decorator", ["get", "post", "route", "sse", "ndjson", "stream"])
+def test_a_route_decorator_applied_without_its_path_is_refused_naming_the_function(
+    decorator: str,
+) -> None:
+    # @app.get without its path replaced the function with the decorator's inner function
+    # and declared no route: each request answered 404.
+    app = App()
+    with pytest.raises(TypeError, match=r"a route's path must be a str, got function: <function"):
+        getattr(app, decorator)(page)
+    assert app.routes == []
