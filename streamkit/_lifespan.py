@@ -4,12 +4,14 @@ task group for the App's own work, and the order of its shutdown.
 The shutdown runs within the App's grace period, in this order: the App's streams drain (an
 SSE stream sends its farewell, and each stream's cleanup completes), then the task group's
 work is cancelled and awaited, then the user's lifespan exits, so that what it opened outlives
-what uses it.
+what uses it. An exit still running at the end of the grace period (and of half a second at
+least) is cancelled, so that a resource that does not answer cannot hold the server's shutdown.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -23,8 +25,9 @@ __all__ = ["LifespanScope"]
 
 logger = logging.getLogger("streamkit")
 
-#: Seconds the App's cancelled tasks get to clean up when the drain used all the grace period.
-_TASKS_CLEANUP_FLOOR = 0.5
+#: Seconds the App's cancelled tasks get to clean up when the drain used all the grace period,
+#: and the user's lifespan to exit when the tasks did.
+_CLEANUP_FLOOR = 0.5
 
 
 class LifespanScope:
@@ -44,6 +47,7 @@ class LifespanScope:
         self._tasks_done = anyio.Event()
         self._task_group: TaskGroup | None = None
         self._failed = False  # a task failed, and the server was asked to stop
+        self._deadline = math.inf  # when the shutdown must end, once it has begun
 
     def route_registry(self, path: str) -> StreamRegistry:
         """The registry of the stream route declared at *path*, made at its first stream."""
@@ -67,14 +71,27 @@ class LifespanScope:
         try:
             async with anyio.create_task_group() as host:
                 self._task_group = await host.start(self._host_tasks)
-                try:
-                    async with user_lifespan() as state:
-                        try:
-                            yield state
-                        finally:
-                            await self._shut_down()
-                finally:
-                    self._stop.set()
+                # The user's lifespan exits, shielded, within what is left of the grace
+                # period; a scope across its yield, given its deadline only once it exits.
+                with anyio.CancelScope() as exiting:
+                    try:
+                        async with user_lifespan() as state:
+                            try:
+                                yield state
+                            finally:
+                                await self._shut_down()
+                                exiting.shield = True
+                                exiting.deadline = max(
+                                    self._deadline, anyio.current_time() + _CLEANUP_FLOOR
+                                )
+                    finally:
+                        self._stop.set()
+                if exiting.cancelled_caught:
+                    logger.warning(
+                        "the lifespan given to the App did not exit within the App's grace "
+                        "period of %.3f s, and was cancelled",
+                        self.grace_period,
+                    )
         except BaseExceptionGroup as group:
             # One error (the user's lifespan's, say) comes out as itself, not in the group
             # of this task group that only streamkit made: a caller catches what it raised.
@@ -106,7 +123,7 @@ class LifespanScope:
 
     async def _shut_down(self) -> None:
         started = anyio.current_time()
-        deadline = started + self.grace_period
+        deadline = self._deadline = started + self.grace_period
         # Shielded: this also runs when the lifespan is being cancelled, and it must finish.
         with anyio.move_on_after(self.grace_period, shield=True) as drain:
             self.streams.drain()
@@ -115,7 +132,7 @@ class LifespanScope:
         # lifespan opened, and it exits next. Their cleanup gets what is left of the grace
         # period, and at least a moment of its own.
         self._stop.set()
-        remaining = max(deadline - anyio.current_time(), _TASKS_CLEANUP_FLOOR)
+        remaining = max(deadline - anyio.current_time(), _CLEANUP_FLOOR)
         with anyio.move_on_after(remaining, shield=True) as tasks:
             await self._tasks_done.wait()
         if drain.cancelled_caught:

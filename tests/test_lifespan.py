@@ -176,3 +176,31 @@ async def test_the_user_lifespans_error_comes_out_as_itself(at: str) -> None:
         async with scope.open(failing):
             pass
     assert type(caught.value) is RuntimeError
+
+
+async def test_a_users_lifespan_whose_exit_hangs_is_cancelled_at_the_end_of_the_grace_period(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Its exit was not bounded: a pool that did not answer held serve for as long as it hung.
+    log: list[str] = []
+
+    @asynccontextmanager
+    async def hanging() -> AsyncIterator[None]:
+        yield
+        try:
+            await anyio.sleep_forever()  # closing a pool that does not answer
+        finally:
+            log.append("user lifespan cancelled")
+
+    scope = LifespanScope(StreamRegistry(), grace_period=0.2)
+    with caplog.at_level(logging.WARNING, logger="streamkit"):
+        with anyio.fail_after(5):
+            async with scope.open(hanging):
+                stopping_at = anyio.current_time()
+        waited = anyio.current_time() - stopping_at
+    assert log == ["user lifespan cancelled"]
+    assert 0.2 <= waited < 4.0
+    assert (
+        "the lifespan given to the App did not exit within the App's grace period of 0.200 s"
+        in (caplog.text)
+    )
