@@ -33,7 +33,7 @@ from ._checks import (
 from ._ends import EndReason, StreamEnd
 from ._json import JSONEncoder, check_json_encoder, encode_json, shown
 from ._options import OptionArguments, StreamOptions
-from ._runtime import deliver
+from ._runtime import deliver, printable
 from ._sender import Producer
 from ._sse import ServerSentEvent, encode_comment, encode_data, encode_event, event_from_item
 
@@ -326,7 +326,7 @@ async def _exit_dependencies(scope: Scope, error: BaseException) -> None:
         if raised is not error:
             logger.error(
                 "stream %s: a dependency's exit raised on its error",
-                scope.get("path"),
+                printable(scope.get("path", "")),
                 exc_info=raised,
             )
 

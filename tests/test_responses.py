@@ -426,3 +426,24 @@ def test_headers_that_are_no_mapping_are_refused_naming_them() -> None:
             TypeError, match="headers must be a mapping of names to values, got str"
         ):
             response_class(nothing(), headers="x-id: 1")  # type: ignore[arg-type]
+
+
+@pytest.mark.anyio
+async def test_a_dependencys_failed_exit_is_logged_with_its_path_escaped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A decoded path holds what a client percent-encoded (%0a): written raw, a forged line.
+    from contextlib import AsyncExitStack
+
+    from streamkit._responses import _exit_dependencies
+
+    async def answer_with_another(*exc_info: object) -> None:
+        raise ValueError("answered")
+
+    stack = AsyncExitStack()
+    stack.push_async_exit(answer_with_another)
+    scope = {"path": "/x\nINFO forged", "fastapi_inner_astack": stack}
+    await _exit_dependencies(scope, RuntimeError("the producer failed"))
+    assert [r.getMessage() for r in caplog.records] == [
+        "stream /x\\nINFO forged: a dependency's exit raised on its error"
+    ]
