@@ -104,9 +104,27 @@ def _keywords_taken(target: object) -> set[str] | None:
 
 def _problems_of(snippet: Snippet, tree: ast.Module, page: _Page) -> list[str]:
     problems: list[str] = []
-    where = snippet.where
-    # Imports first, in the block's order: a name used before its import is rare in docs.
-    for node in ast.walk(tree):
+    # Statement by statement, in the block's order: a migration's block imports a name from
+    # its old library, uses it, then imports streamkit's and uses that.
+    for statement in tree.body:
+        problems.extend(_imports_of(snippet.where, statement, page))
+        if (
+            isinstance(statement, ast.Assign)
+            and len(statement.targets) == 1
+            and isinstance(statement.targets[0], ast.Name)
+            and isinstance(statement.value, ast.Call)
+        ):
+            made = _callee(statement.value, page)
+            if inspect.isclass(made) and made.__module__.split(".")[0] == "streamkit":
+                page.instances[statement.targets[0].id] = made
+        problems.extend(_uses_of(snippet, statement, page))
+    return problems
+
+
+def _imports_of(where: str, statement: ast.stmt, page: _Page) -> list[str]:
+    """Bind what *statement* imports from streamkit; unbind a name it imports from elsewhere."""
+    problems: list[str] = []
+    for node in ast.walk(statement):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name.split(".")[0] != "streamkit":
@@ -130,26 +148,25 @@ def _problems_of(snippet: Snippet, tree: ast.Module, page: _Page) -> list[str]:
                     problems.append(f"{where}: {node.module} does not export {alias.name!r}")
                 else:
                     page.names[alias.asname or alias.name] = getattr(module, alias.name)
-    for statement in tree.body:
-        if (
-            isinstance(statement, ast.Assign)
-            and len(statement.targets) == 1
-            and isinstance(statement.targets[0], ast.Name)
-            and isinstance(statement.value, ast.Call)
-        ):
-            made = _callee(statement.value, page)
-            if inspect.isclass(made) and made.__module__.split(".")[0] == "streamkit":
-                page.instances[statement.targets[0].id] = made
+        elif isinstance(node, ast.ImportFrom):
+            for alias in node.names:
+                page.names.pop(alias.asname or alias.name, None)
+    return problems
+
+
+def _uses_of(snippet: Snippet, statement: ast.stmt, page: _Page) -> list[str]:
+    """What *statement* takes from streamkit that does not exist."""
+    problems: list[str] = []
     # Only whole chains: streamkit.broadcast.MemoryBroker, not its streamkit.broadcast too.
-    inner = {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
-    for node in ast.walk(tree):
+    inner = {id(node.value) for node in ast.walk(statement) if isinstance(node, ast.Attribute)}
+    for node in ast.walk(statement):
         if isinstance(node, ast.Attribute) and id(node) not in inner:
             chain = _dotted(node)
             if chain is not None and chain[0] == "streamkit":
-                problems.extend(_resolve(where, chain, page))
+                problems.extend(_resolve(snippet.where, chain, page))
         # A block that shows the errors of bad keywords is checked by what they raise.
         if isinstance(node, ast.Call) and not _RAISES.search(snippet.source):
-            problems.extend(_check_keywords(where, node, page))
+            problems.extend(_check_keywords(snippet.where, node, page))
     return problems
 
 
