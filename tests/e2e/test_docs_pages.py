@@ -643,3 +643,143 @@ async def test_migrating_fastapi_routes_stream_as_the_page_says(anyio_backend: s
     ]
     assert export.headers["content-type"] == "application/x-ndjson"
     assert export.text.splitlines() == ['{"id":1}', '{"id":2}']
+
+
+# docs/resources.md
+
+
+async def test_resources_llm_proxy_forwards_tokens_and_aborts_the_upstream(
+    anyio_backend: str,
+) -> None:
+    asked: list[Any] = []
+
+    async def model(request: Request) -> Response:
+        asked.append(await request.json())
+
+        async def tokens(send: StreamSender[Any]) -> None:
+            await send(ServerSentEvent(data=json.dumps({"token": "Hello"})))
+            await anyio.sleep_forever()
+
+        return EventSourceResponse(tokens)
+
+    def token(event: Any) -> str:
+        text: str = json.loads(event.data)["token"]
+        return text
+
+    llm = Starlette(routes=[Route("/v1/chat", model, methods=["POST"])])
+    async with open_server(llm) as upstream, httpx.AsyncClient() as http:
+        page = _run(
+            "docs/resources.md",
+            1,
+            replace={"[...]": '[{"role": "user", "content": "Hi"}]'},  # the reader's messages
+            LLM_URL=f"{upstream.url}/v1/chat",
+            token=token,
+        )
+        app = Starlette(routes=[Route("/chat", page.chat)])
+        app.state.http = http
+        async with open_server(app) as server:
+            async with open_stream(server, "/chat") as client:
+                with anyio.fail_after(5):
+                    first = await client.read_event()
+            await server.wait_ended(EndReason.CLIENT_DISCONNECTED, within=DISCONNECT_BOUND)
+            await upstream.wait_ended(EndReason.CLIENT_DISCONNECTED, within=DISCONNECT_BOUND)
+    assert first.data == "Hello"
+    assert asked == [{"stream": True, "messages": [{"role": "user", "content": "Hi"}]}]
+
+
+async def test_resources_tail_sends_the_logs_lines_and_stops_when_the_client_leaves(
+    anyio_backend: str, tmp_path: Any
+) -> None:
+    log = tmp_path / "app.log"
+    log.write_text("one\ntwo\n")
+    page = _run("docs/resources.md", 2, LOG=str(log))
+    async with open_server(Starlette(routes=[Route("/tail", page.tail)])) as server:
+        async with open_stream(server, "/tail") as client:
+            with anyio.fail_after(5):
+                lines = [(await client.read_event()).data for _ in range(2)]
+        end = await server.wait_ended(EndReason.CLIENT_DISCONNECTED, within=DISCONNECT_BOUND)
+    assert lines == ["one", "two"]
+    assert end.exception is None
+
+
+async def test_resources_sqlite_export_sends_the_rows_as_ndjson(
+    anyio_backend: str, tmp_path: Any
+) -> None:
+    import sqlite3
+
+    database = tmp_path / "shop.db"
+    with sqlite3.connect(database) as connection:
+        connection.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY, item TEXT)")
+        connection.executemany("INSERT INTO orders VALUES (?, ?)", [(1, "a"), (2, "b"), (3, "c")])
+    connection.close()
+    page = _run("docs/resources.md", 3, replace={'"shop.db"': repr(str(database))}, since=1)
+    async with open_server(Starlette(routes=[Route("/export", page.export)])) as server:
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            export = await http.get("/export")
+        await server.wait_ended(EndReason.COMPLETED, within=DISCONNECT_BOUND)
+    assert export.headers["content-type"] == "application/x-ndjson"
+    assert [json.loads(line) for line in export.text.splitlines()] == [
+        {"id": 2, "item": "b"},
+        {"id": 3, "item": "c"},
+    ]
+
+
+async def test_resources_download_sends_the_file_or_a_404(
+    anyio_backend: str, tmp_path: Any
+) -> None:
+    present = tmp_path / "present.bin"
+    present.write_bytes(b"x" * 100_000)
+    served = {"/present": present, "/absent": tmp_path / "absent.bin"}
+
+    async def download(request: Request) -> Response:
+        page = _run("docs/resources.md", 5, path=served[request.url.path])
+        response: Response = await page.download(request)
+        return response
+
+    app = Starlette(routes=[Route(path, download) for path in served])
+    async with open_server(app) as server, httpx.AsyncClient(base_url=server.url) as http:
+        found = await http.get("/present")
+        missing = await http.get("/absent")
+    assert (found.status_code, found.content) == (200, present.read_bytes())
+    assert (missing.status_code, missing.text) == (404, "no such file")
+
+
+async def test_resources_background_audit_runs_after_the_viewer_left(anyio_backend: str) -> None:
+    from starlette.background import BackgroundTask
+
+    viewers: set[str] = set()
+    happened: list[str] = []
+    audited = anyio.Event()
+
+    async def leave(viewer: str) -> None:
+        viewers.discard(viewer)
+        happened.append("leave")
+
+    class AuditLog:
+        async def write(self, **entry: str) -> None:
+            happened.append(f"audit {entry}")
+            audited.set()
+
+    page = _run(
+        "docs/resources.md",
+        6,
+        replace={
+            "        ...\n": "        await send('hi')\n        await anyio.sleep_forever()\n"
+        },
+        anyio=anyio,
+        BackgroundTask=BackgroundTask,
+        viewers=viewers,
+        viewer="ada",
+        leave=leave,
+        audit_log=AuditLog(),
+    )
+    async with open_server(Starlette(routes=[Route("/feed", page.feed)])) as server:
+        async with open_stream(server, "/feed") as client:
+            with anyio.fail_after(5):
+                assert (await client.read_event()).data == "hi"
+            assert viewers == {"ada"}
+        await server.wait_ended(EndReason.CLIENT_DISCONNECTED, within=DISCONNECT_BOUND)
+        with anyio.fail_after(5):
+            await audited.wait()
+    assert viewers == set()
+    assert happened == ["leave", "audit {'viewer': 'ada', 'reason': 'client_disconnected'}"]
