@@ -24,6 +24,7 @@ from support.brokers import until
 from support.doc_snippets import snippet
 
 import streamkit
+import streamkit.fallback  # what the fallbacks page's first block imports
 from streamkit import EndReason, EventSourceResponse, ServerSentEvent, StreamSender
 from streamkit.testing import open_server, open_stream
 
@@ -783,3 +784,152 @@ async def test_resources_background_audit_runs_after_the_viewer_left(anyio_backe
             await audited.wait()
     assert viewers == set()
     assert happened == ["leave", "audit {'viewer': 'ada', 'reason': 'client_disconnected'}"]
+
+
+# docs/fallbacks.md
+
+
+class _Source:
+    """A quote source that answers at once, or, once made slow, when released."""
+
+    def __init__(self) -> None:
+        self.slow = False
+        self.released = anyio.Event()
+        self.calls = 0
+
+    async def __call__(self, symbol: str) -> dict[str, Any]:
+        self.calls += 1
+        if self.slow:
+            await self.released.wait()
+        return {"symbol": symbol, "price": self.calls}
+
+
+async def test_fallbacks_get_is_fresh_then_stale_as_printed(anyio_backend: str) -> None:
+    source = _Source()
+    code = compile(
+        _source(
+            "docs/fallbacks.md",
+            1,
+            replace={"    ...  # usually 50 ms, sometimes 10 s": "    return await source(symbol)"},
+        ),
+        "fallbacks.md",
+        "exec",
+        flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT,
+    )
+    names: dict[str, Any] = {"streamkit": streamkit, "source": source}
+    with anyio.fail_after(5):
+        await eval(code, names)
+    fresh = names["result"]
+    assert (fresh.value, fresh.from_cache, fresh.stale) == (
+        {"symbol": "ACME", "price": 1},
+        False,
+        False,
+    )
+    source.slow = True
+    with anyio.fail_after(5):
+        stale = await names["quotes"].get("ACME")  # the block's call again, the source slow
+    assert (stale.value, stale.from_cache, stale.stale) == (fresh.value, True, True)
+    assert stale.age >= 0.5  # fetched before this call's half-second wait
+
+
+async def test_fallbacks_endpoint_with_a_refresher_serves_stale_then_the_late_fetch(
+    anyio_backend: str,
+) -> None:
+    source = _Source()
+    names: dict[str, Any] = {"streamkit": streamkit, "fetch_quote": source, "Route": Route}
+    # The endpoint of "Serving it from an endpoint", in the app of "Refreshing in the
+    # background": its routes are the reader's.
+    starlette_half = snippet("docs/fallbacks.md", 4).split("\n\n")[0]
+    exec(starlette_half, names)
+    app_block = _source(
+        "docs/fallbacks.md", 2, replace={"routes=[...]": 'routes=[Route("/quote/{symbol}", quote)]'}
+    )
+    exec(app_block, names)
+    refresher = names["refresher"]
+    async with open_server(names["app"]) as server:
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            fresh = await http.get("/quote/ACME")
+            source.slow = True
+            stale = await http.get("/quote/ACME")
+            # The fetch that missed the deadline carries on in the refresher, and lands.
+            source.released.set()
+            with anyio.fail_after(5):
+                await refresher.wait_idle()
+            source.released = anyio.Event()
+            refreshed = await http.get("/quote/ACME")
+    assert (fresh.status_code, fresh.headers["x-cache"], fresh.json()["price"]) == (200, "miss", 1)
+    assert (stale.status_code, stale.headers["x-cache"], stale.json()["price"]) == (200, "stale", 1)
+    assert "age" in stale.headers
+    # Served stale again: the value the late fetch stored.
+    assert (refreshed.headers["x-cache"], refreshed.json()["price"]) == ("stale", 2)
+
+
+async def test_fallbacks_fastapi_endpoint_flags_the_cache(anyio_backend: str) -> None:
+    from fastapi import FastAPI
+    from fastapi.responses import Response as FastAPIResponse
+
+    source = _Source()
+    api = FastAPI()
+    # The Fallback of the page's first example (up to its call), served from FastAPI.
+    made = _source(
+        "docs/fallbacks.md",
+        1,
+        replace={"    ...  # usually 50 ms, sometimes 10 s": "    return await source(symbol)"},
+    ).split("\nresult = ")[0]
+    names = {"source": source, "api": api, "Response": FastAPIResponse}
+    exec(made, names)
+    exec(snippet("docs/fallbacks.md", 4), names)
+    async with open_server(api) as server, httpx.AsyncClient(base_url=server.url) as http:
+        fresh = await http.get("/quote/ACME")
+        source.slow = True
+        stale = await http.get("/quote/ACME")
+    assert (fresh.headers["x-cache"], fresh.json()) == (
+        "miss",
+        {"symbol": "ACME", "price": 1, "cache": False},
+    )
+    assert (stale.headers["x-cache"], stale.json()["cache"]) == ("stale", True)
+
+
+# docs/stalled-clients.md
+
+
+async def test_stalled_client_ends_the_stream_at_send_timeout(anyio_backend: str) -> None:
+    async def produce(send: StreamSender[Any]) -> None:
+        while True:
+            await send("x" * 1000)
+
+    # The page's 5 s, shortened.
+    source = _source("docs/stalled-clients.md", 0, replace={"send_timeout=5.0": "send_timeout=0.3"})
+    (response,) = _values(source, _names(produce=produce))
+    async with open_server(_serve(lambda request: response)) as server:
+        async with open_stream(server, "/feed", receive_buffer=4096) as client:
+            with anyio.fail_after(5):
+                await client.read_event()
+            client.stall()
+            end = await server.wait_ended(EndReason.SEND_TIMEOUT, within=5.0)
+    assert end.path == "/feed"
+
+
+# docs/http2.md
+
+
+async def test_http2_tls_config_serves_http2_and_http11_on_one_port(
+    anyio_backend: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from support.certificates import make_certificates
+
+    certificates = make_certificates(tmp_path)  # server.pem and server-key.pem, as printed
+    monkeypatch.chdir(tmp_path)
+    # Imported, not run as a script: the server is the test's, given the block's TLSConfig.
+    page = _run("docs/http2.md", 0, app=None, __name__="service")
+    app = _serve(lambda request: EventSourceResponse(_one_tick()))
+    context = certificates.client_context()
+    async with open_server(app, tls=page.tls) as server:
+        for http2, version in ((True, "HTTP/2"), (False, "HTTP/1.1")):
+            async with httpx.AsyncClient(http2=http2, verify=context) as http:
+                response = await http.get(f"{server.url}/feed")
+            assert (response.http_version, response.text) == (version, "data: tick\n\n")
+
+
+async def _one_tick() -> AsyncIterator[str]:
+    yield "tick"
