@@ -100,6 +100,14 @@ def _check_in_loop_thread() -> None:
         )
 
 
+def _closed_error(consequence: str, act: str) -> RuntimeError:
+    """What a closed :class:`MemoryBroker` raises to one who would *act* on it."""
+    return RuntimeError(
+        f"MemoryBroker is closed (its async with block has exited): {consequence}; {act} "
+        "while it is entered, or enter it again"
+    )
+
+
 class MemoryBroker(TopicHub):
     """A broker for one process: each topic's last *history_size* events, kept in memory.
 
@@ -157,19 +165,15 @@ class MemoryBroker(TopicHub):
         # Once its block has exited, its subscriptions are shut: an event published then would
         # reach no one, and no one would know. (One never entered is served: it runs nothing.)
         if self._closed:
-            raise RuntimeError(
-                f"MemoryBroker is closed (its async with block has exited): an event "
-                f"published to topic {topic!r:.80} would reach no subscriber; publish while "
-                "it is entered, or enter it again"
+            raise _closed_error(
+                f"an event published to topic {topic!r:.80} would reach no subscriber", "publish"
             )
 
     def _check_subscribable(self, topic: str) -> None:
         # Likewise: a subscriber would wait for ever, for events that no publish can send.
         if self._closed:
-            raise RuntimeError(
-                f"MemoryBroker is closed (its async with block has exited): a subscriber to "
-                f"topic {topic!r:.80} would get no event; subscribe while it is entered, or "
-                "enter it again"
+            raise _closed_error(
+                f"a subscriber to topic {topic!r:.80} would get no event", "subscribe"
             )
 
     async def publish(self, topic: str, event: ServerSentEvent | str) -> str:
