@@ -184,30 +184,33 @@ class _RegisteringApp:
         self._lifespan_over = anyio.Event()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            send = partial(self._send_lifespan, send)
-            receive = partial(self._receive_lifespan, receive)
-            self._lifespan_began = True
         token = served_by_streamkit.set(True)
         try:
             with using_registry(self.streams):
                 if scope["type"] == "lifespan":
-                    with self._lifespan_scope:
-                        try:
-                            await self.app(scope, receive, send)
-                        except Exception:
-                            # An app that has no lifespan (it raised before its startup) is
-                            # served without one; a cancellation is no such end.
-                            self._serving()
-                            raise
-                        # Its startup answered, by it or for it, has said it serves.
-                        await self._answer_for_the_app(receive, send)
+                    await self._run_lifespan(scope, receive, send)
                 else:
                     await self.app(scope, receive, send)
         finally:
             served_by_streamkit.reset(token)
-            if scope["type"] == "lifespan":
-                self._lifespan_over.set()
+
+    async def _run_lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self._lifespan_began = True
+        send = partial(self._send_lifespan, send)
+        receive = partial(self._receive_lifespan, receive)
+        try:
+            with self._lifespan_scope:
+                try:
+                    await self.app(scope, receive, send)
+                except Exception:
+                    # An app that has no lifespan (it raised before its startup) is served
+                    # without one; a cancellation is no such end.
+                    self._serving()
+                    raise
+                # Its startup answered, by it or for it, has said it serves.
+                await self._answer_for_the_app(receive, send)
+        finally:
+            self._lifespan_over.set()
 
     async def _answer_for_the_app(self, receive: Receive, send: Send) -> None:
         """Answer what is left of the lifespan for an app that returned before its shutdown:
