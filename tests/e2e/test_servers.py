@@ -220,6 +220,16 @@ async def app_upload(request, send):  # the body is never read
     await producer(request)(send)
 
 
+@app.sse("/late/{name}", methods=["POST"], on_end=on_end)
+async def app_late(request, send):  # reads its body only once its client has left
+    await send(ServerSentEvent(data="started"))
+    with anyio.CancelScope(shield=True):
+        while not await request.is_disconnected():
+            await anyio.sleep(0.01)
+    cleaned.add(request.path_params["name"])  # it got to the read
+    await request.body()
+
+
 @app.sse("/stubborn/{name}", on_end=on_end, cleanup_timeout=STUBBORN_CLEANUP)
 async def app_stubborn(request, send):  # refuses its cancellation for SHIELDED s
     await send(ServerSentEvent(data="open"))
@@ -432,6 +442,27 @@ async def test_an_app_route_that_leaves_a_large_body_unread_hears_the_client_lea
         service.signal_and_time()
     assert service.printed(f"end {how} ") == [f"end {how} client_disconnected cleanup=True"]
     assert ended_at - left_at < 1.0
+
+
+async def test_an_app_route_that_reads_its_body_after_the_client_left_is_cancelled_there(
+    server: Server, tmp_path: Path
+) -> None:
+    # The read, in the stream's cancelled scope, was taken for an is_disconnected() poll: the
+    # producer was handed Starlette's ClientDisconnect, logged at ERROR as its own error.
+    async with running(server.command("service:app"), tmp_path) as service:
+        head = "POST /late/late HTTP/1.1\r\nhost: test\r\ncontent-length: 50\r\n\r\n"
+        async with await connect(service.host, service.port) as connection:
+            with anyio.fail_after(10):
+                await connection.send(head.encode() + b"[1,")
+                received = b""
+                while b"data: started" not in received:
+                    received += await connection.receive()
+        left_at = anyio.current_time()
+        ended_at = await service.wait_line("end late ")
+        service.signal_and_time()
+    assert service.printed("end late ") == ["end late client_disconnected cleanup=True"]
+    assert ended_at - left_at < 1.0
+    assert not [line for line in service.stderr if "Traceback" in line], service.stderr
 
 
 async def test_shutdown_of_an_app_with_a_client_that_stopped_reading(
