@@ -120,6 +120,22 @@ async def generated(
     async with aclosing(ticking(name, size, period)) as items:
         async for item in items:
             yield item
+
+
+async def open_transaction(name: str):
+    try:
+        yield name
+    except Exception as exc:
+        say(f"rolled back {name} {type(exc).__name__}")
+        raise
+    else:
+        say(f"committed {name}")
+
+
+@api.get("/failing/{name}", response_class=Events)
+async def failing(name: Annotated[str, Depends(open_transaction)]) -> AsyncIterator[str]:
+    yield "half"
+    raise RuntimeError("the producer failed")
 """.replace("SEND_TIMEOUT", repr(SEND_TIMEOUT))
 
 
@@ -216,7 +232,11 @@ async def test_shutdown_drains_a_mounted_app_and_a_generator_path_operation_behi
                 farewells = [await read_farewell(mounted), await read_farewell(generated)]
         exited = await service.wait_line("lifespan ended", within=EXIT_BOUND)
     assert document.get("servers") == (None if server == "gunicorn" else [{"url": ROOT_PATH}])
-    assert set(document["paths"]) == {"/streams/ticks/{name}", "/generated/{name}"}
+    assert set(document["paths"]) == {
+        "/streams/ticks/{name}",
+        "/generated/{name}",
+        "/failing/{name}",
+    }
     printed = service.printed()
     for name, reason in [
         ("left", "client_disconnected"),
@@ -237,3 +257,19 @@ async def test_shutdown_drains_a_mounted_app_and_a_generator_path_operation_behi
         ended = exited - signalled
         print(f"\n{server}: farewells {latest * 1000:.0f} ms, lifespan ended {ended:.2f} s")
     assert latest < FAREWELL_BOUND
+
+
+async def test_a_generator_path_operation_that_raises_rolls_its_dependencys_transaction_back(
+    server: str, tmp_path: Path
+) -> None:
+    # The dependency's exit ran as after a success: a session that commits on success
+    # committed what the generator had half done.
+    forwarded = "" if server in ("uvicorn", "gunicorn") else ROOT_PATH
+    async with running(server, tmp_path) as service:
+        async with open_stream(service, f"{forwarded}/failing/half") as client:
+            with anyio.fail_after(5):
+                events = [event async for event in client.events()]
+        await service.wait_line("rolled back half RuntimeError", within=CLOSE_BOUND)
+        service.process.send_signal(signal.SIGTERM)
+    assert (events[0].data, events[-1].event) == ("half", "error")
+    assert "committed half" not in service.printed()
