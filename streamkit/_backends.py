@@ -122,8 +122,9 @@ def _end_handshakes_at_shutdown() -> None:
     if _handshakes_end_at_shutdown:
         return
     _handshakes_end_at_shutdown = True
+    # hypercorn's trio handler is a trio class: its stream a trio SSLStream, its lock a trio Lock.
     import hypercorn.trio.run
-    import trio  # hypercorn's trio handler is a trio class, its stream a trio SSLStream
+    import trio
     from hypercorn.trio.tcp_server import TCPServer
 
     if vars(hypercorn.trio.run).get("TCPServer") is not TCPServer:
