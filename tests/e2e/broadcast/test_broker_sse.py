@@ -355,3 +355,28 @@ async def test_the_redis_reader_survives_a_restart_without_losing_events(
                 )
                 assert server.streams.statistics().active == 1
     gc.collect()
+
+
+@pytest.mark.filterwarnings("ignore:Unclosed <MemoryObject:ResourceWarning")
+@pytest.mark.parametrize("resuming", [False, True], ids=["new", "resuming"])
+async def test_a_subscriber_arriving_while_redis_is_down_is_sent_an_error_and_let_go(
+    tmp_path_factory: pytest.TempPathFactory, resuming: bool
+) -> None:
+    # What docs/broadcast.md promises: the stream ends at once with the error event, so the
+    # client reconnects after its retry; it is not held open on a subscription that cannot
+    # begin, and the server goes on serving.
+    with redis_server.running(tmp_path_factory.mktemp("redis"), persistent=True) as redis:
+        broker = RedisBroker(redis.url)
+        async with serving(broker, heartbeat_interval=0.2) as server:
+            first = await broker.publish("t", "before")
+            redis.kill()
+            headers = {"Last-Event-ID": first} if resuming else {}
+            async with open_stream(server, "/topics/t", headers=headers) as client:
+                assert client.status == 200
+                received = await read_events(client, 1)
+                assert [(e.event, e.data) for e in received] == [("error", "")]
+                with anyio.fail_after(5):
+                    assert await client.read_all() == b""
+            await until(lambda: server.streams.statistics().active == 0)
+            assert server.streams.statistics().ended[EndReason.ERROR] == 1
+    gc.collect()
