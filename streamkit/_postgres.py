@@ -87,6 +87,17 @@ def _watch_client(connection: psycopg.Connection[Row]) -> None:
         pass  # a system where the server cannot tell, or a server that does not know it
 
 
+def _composed(sql: Any) -> str | None:
+    """The text of a ``psycopg.sql.Composable``, composed as psycopg's default adapters do,
+    so that it can be checked where it is made; ``None`` for one that only a connection can
+    compose (or that fails to), of which psycopg says what is wrong as it runs it."""
+    try:
+        text: str = sql.as_string(None)
+    except Exception:
+        return None
+    return text
+
+
 class PostgresRows:
     """A :class:`~streamkit.resources.RowSource` for PostgreSQL: one psycopg connection per stream,
     a server-side cursor, rows as ``dict`` of column name to value. Make one per stream: it
@@ -115,8 +126,8 @@ class PostgresRows:
     :raises TypeError: an argument is of the wrong type (*parameters* that are neither a
         sequence nor a mapping, a *prepare* that is not callable, ...).
     :raises ValueError: *sql* holds no statement (or a lone surrogate, or a NUL character,
-        which libpq would take for its end), *batch_size* is below 1, or a timeout is not a
-        positive, finite number of seconds.
+        which libpq would take for its end; so would it in *conninfo*), *batch_size* is
+        below 1, or a timeout is not a positive, finite number of seconds.
     """
 
     def __init__(
@@ -131,13 +142,20 @@ class PostgresRows:
         prepare: Callable[[psycopg.Connection[Row]], object] | None = None,
     ) -> None:
         check_type("conninfo", conninfo, str)
+        if "\0" in conninfo:
+            # libpq reads the string up to it. Not shown: it may hold a password.
+            raise ValueError(
+                f"conninfo must not hold a NUL character (at index {conninfo.index(chr(0))})"
+            )
         if not (isinstance(sql, str | bytes) or hasattr(sql, "as_string")):
             raise TypeError(
                 f"sql must be a str, bytes or psycopg.sql.Composable, "
                 f"got {type(sql).__name__}: {sql!r:.80}"
             )
-        if isinstance(sql, str | bytes):  # a Composable is checked by psycopg, as it is run
+        if isinstance(sql, str | bytes):
             check_statement("sql", sql)
+        elif (composed := _composed(sql)) is not None:
+            check_statement("sql", composed)
         if isinstance(sql, str):
             check_text("sql", sql)
         check_parameters(parameters)

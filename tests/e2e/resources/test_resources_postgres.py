@@ -25,6 +25,7 @@ import anyio
 import anyio.abc
 import psycopg
 import psycopg.errors
+import psycopg.sql
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -494,6 +495,14 @@ def test_postgres_rows_options_are_checked() -> None:
     for truncated in ("SELECT 1\0 + 1", b"SELECT 1\0 + 1"):
         with pytest.raises(ValueError, match=r"^sql must not hold a NUL character, got "):
             PostgresRows("", truncated)
+    # So would a composed query, and libpq reads a connection string up to its NUL: the
+    # database named after it would be left out without a word.
+    with pytest.raises(ValueError, match=r"^sql must not hold a NUL character, got "):
+        PostgresRows("", psycopg.sql.SQL("SELECT 1\0 + {}").format(1))
+    with pytest.raises(
+        ValueError, match=r"^conninfo must not hold a NUL character \(at index 7\)$"
+    ):
+        PostgresRows("host=db\0 dbname=shop password=secret", "SELECT 1")
 
 
 async def test_postgres_rows_runs_its_query_once_and_rolls_back(observer: Observer) -> None:
