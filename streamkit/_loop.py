@@ -122,6 +122,10 @@ class LoopFacts:
     :ivar cancelled: the loop's cancellation exception class (what
         ``anyio.get_cancelled_exc_class()`` looks up on each call), which every stream that
         ends by a cancellation asks for.
+    :ivar refused: what a server's ``send()`` raises when it refuses a write because the
+        connection is going: ``OSError`` (ASGI 2.4), and on trio ``BusyResourceError`` as
+        well, which hypercorn's trio worker lets out of a write begun while it shuts the
+        connection's sending side (outside its send lock) once the client has left.
     :ivar wakeup: makes a wakeup of the loop's own: what an event does for one waiting task,
         for less. An event keeps a collection of its waiters (``asyncio.Event`` a deque of
         about 0.6 KiB, ``trio.Event`` a set), and a stream's writer makes one each time it
@@ -131,7 +135,7 @@ class LoopFacts:
         would cancel both).
     """
 
-    __slots__ = ("call_at", "cancelled", "clock", "event", "turns", "wakeup")
+    __slots__ = ("call_at", "cancelled", "clock", "event", "refused", "turns", "wakeup")
 
     def __init__(
         self,
@@ -141,6 +145,7 @@ class LoopFacts:
         event: Callable[[], Any],
         wakeup: Callable[[], Waitable],
         cancelled: type[BaseException],
+        refused: tuple[type[Exception], ...],
     ) -> None:
         self.clock = clock
         self.call_at = call_at
@@ -148,6 +153,7 @@ class LoopFacts:
         self.event = event
         self.wakeup = wakeup
         self.cancelled = cancelled
+        self.refused = refused
 
 
 def loop_facts() -> LoopFacts:
@@ -171,6 +177,7 @@ def loop_facts() -> LoopFacts:
             asyncio.Event,
             wakeup,
             asyncio.CancelledError,
+            (OSError,),
         )
         _asyncio_facts = facts
     return facts
@@ -283,7 +290,13 @@ class _TrioTimers:
         self._sleep: Any = None  # the system task's cancel scope, whose deadline is the earliest
         wakeup = partial(_TrioWakeup, trio.lowlevel)
         self.facts = LoopFacts(
-            trio.current_time, self.call_at, None, trio.Event, wakeup, trio.Cancelled
+            trio.current_time,
+            self.call_at,
+            None,
+            trio.Event,
+            wakeup,
+            trio.Cancelled,
+            (OSError, trio.BusyResourceError),
         )
 
     def call_at(self, when: float, callback: Callable[[], None]) -> Timer:

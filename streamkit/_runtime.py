@@ -138,6 +138,7 @@ class _Stream(Generic[ItemT]):
         "_producer_scope",
         "_receive",
         "_refusal_said",
+        "_refused",
         "_registry",
         "_reported",
         "_returned",
@@ -177,6 +178,7 @@ class _Stream(Generic[ItemT]):
         self._call_at = facts.call_at
         self._turns = facts.turns
         self._cancelled = facts.cancelled
+        self._refused = facts.refused
         # The producer's writes of its own since it was last asked whether the loop has
         # turned, and the loop's turn when it was (see send()).
         self._writes_unasked = 0
@@ -356,9 +358,9 @@ class _Stream(Generic[ItemT]):
                 self.items_sent += 1
                 await self._send({"type": "http.response.body", "body": frame, "more_body": True})
                 self._pending_since = None
-            except OSError:
-                # ASGI 2.4 servers raise OSError from send() once the client is gone: the
-                # write was refused, and is not counted.
+            except self._refused:
+                # ASGI 2.4 servers raise OSError from send() once the client is gone (see
+                # LoopFacts.refused for the other): the write was refused, and is not counted.
                 self.bytes_sent -= size
                 self.items_sent -= 1
                 self.decide(EndReason.CLIENT_DISCONNECTED)
@@ -798,7 +800,7 @@ class _Stream(Generic[ItemT]):
         self.bytes_sent += size
         try:
             await self._send(message)
-        except OSError:
+        except self._refused:
             self.items_sent -= items
             self.bytes_sent -= size
             raise
@@ -890,8 +892,9 @@ class _Stream(Generic[ItemT]):
             await self._send_message(end)
             self.decide(EndReason.COMPLETED)
             self._finish_sender()
-        except OSError:
-            # ASGI 2.4 servers raise OSError from send() once the client is gone.
+        except self._refused:
+            # ASGI 2.4 servers raise OSError from send() once the client is gone (see
+            # LoopFacts.refused for the other).
             self.decide(EndReason.CLIENT_DISCONNECTED)
         except self._cancelled as exc:
             # Cancelled through its handle (see _abandon_sender()), which keeps the

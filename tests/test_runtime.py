@@ -19,6 +19,7 @@ from typing import Any
 import anyio
 import pytest
 import sniffio
+import trio
 from starlette.types import Message
 from support.bodies import Body
 from support.stubborn import fan_out_refusing
@@ -113,6 +114,37 @@ async def test_once_the_client_left_nothing_more_is_written_not_even_what_cleanu
     assert body.end.reason is EndReason.CLIENT_DISCONNECTED
     assert connection.refused == []  # no write was tried, the end of the body neither
     assert not connection.complete
+
+
+class ClosingConnection(FakeConnection):
+    """A connection that hypercorn's trio worker is shutting as the first body write is made:
+    that write raises ``BusyResourceError``, outside hypercorn's send lock."""
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.body":
+            raise trio.BusyResourceError("another task is currently sending data")
+        await super().send(message)
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+@pytest.mark.parametrize("pause", [False, True], ids=["writer", "producer"])
+async def test_a_write_that_collides_with_the_servers_close_is_the_client_gone(
+    pause: bool,
+) -> None:
+    # Written by the stream's writer (a producer that never yields queues its item), or by
+    # the producer itself (one that awaits between items writes when the writer is idle).
+    async def produce(send: StreamSender[str]) -> None:
+        if pause:
+            await anyio.sleep(0.01)
+        await send("first")
+        await anyio.sleep_forever()
+
+    body = Body(produce)
+    connection = ClosingConnection()
+    await connection.run(partial(deliver, body), within=2)
+    assert body.end.reason is EndReason.CLIENT_DISCONNECTED
+    assert body.end.exception is None
+    assert body.end.items_sent == 0
 
 
 async def test_frames_the_writer_was_woken_for_are_not_written_once_the_client_is_gone() -> None:

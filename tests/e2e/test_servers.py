@@ -465,6 +465,27 @@ async def test_an_app_route_that_reads_its_body_after_the_client_left_is_cancell
     assert not [line for line in service.stderr if "Traceback" in line], service.stderr
 
 
+async def test_clients_that_leave_mid_body_as_their_streams_start_are_no_errors(
+    server: Server, tmp_path: Path
+) -> None:
+    # Each client sends part of its body and leaves as its stream's first event is written.
+    # Under the hypercorn command's trio worker, which shuts a connection's sending side
+    # outside its send lock, that write raised BusyResourceError out of the app: logged as
+    # an error with its traceback, and counted as ended by a shutdown.
+    clients = 30
+    async with running(server.command("service:app"), tmp_path) as service:
+        for n in range(clients):
+            head = f"POST /upload/gone{n} HTTP/1.1\r\nhost: test\r\ncontent-length: 50\r\n\r\n"
+            async with await connect(service.host, service.port) as connection:
+                await connection.send(head.encode() + b"[1,")
+        for n in range(clients):
+            await service.wait_line(f"end gone{n} ", within=10)
+        service.signal_and_time()
+    assert not [line for line in service.stderr if "Traceback" in line], "\n".join(service.stderr)
+    ends = {line.split()[2] for n in range(clients) for line in service.printed(f"end gone{n} ")}
+    assert ends == {"client_disconnected"}
+
+
 async def test_shutdown_of_an_app_with_a_client_that_stopped_reading(
     server: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
