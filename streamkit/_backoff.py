@@ -114,7 +114,8 @@ _random = random.Random()
 
 def retry_after_seconds(value: str | None, *, now: datetime | None = None) -> float | None:
     """The delay a ``Retry-After`` header asks for, in seconds, or ``None`` if it holds
-    neither a number of seconds (up to 19 digits, as a ``retry:`` is read) nor an HTTP date."""
+    neither a number of seconds (up to 19 digits, as a ``retry:`` is read) nor an HTTP date
+    (one whose fields a date can hold)."""
     if value is None:
         return None
     value = value.strip()
@@ -122,7 +123,8 @@ def retry_after_seconds(value: str | None, *, now: datetime | None = None) -> fl
         return float(value) if len(value) <= MAX_RETRY_DIGITS else None
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
+        # OverflowError: a field of more digits than a C long (an hour of 21) is no date.
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)

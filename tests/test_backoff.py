@@ -108,3 +108,16 @@ def test_retry_after_in_seconds_or_as_a_date() -> None:
     # Longer than any retry is read (and 400 digits would be an infinite float): none.
     for nonsense in (None, "", "-1", "1.5", "soon", "9" * 20, "9" * 400):
         assert retry_after_seconds(nonsense) is None
+
+
+@pytest.mark.parametrize(
+    "date",
+    [
+        "Tue, 1 Dec 1970 999999999999999999999:00:00 GMT",
+        "Mon, 1 Dec 2026 00:00:00 +99999999999999999999",
+    ],
+    ids=["hour", "zone"],
+)
+def test_a_retry_after_date_with_a_field_too_large_for_a_date_is_none(date: str) -> None:
+    # email.utils raised OverflowError on them, out of the client's iteration.
+    assert retry_after_seconds(date) is None

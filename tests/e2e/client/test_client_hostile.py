@@ -186,6 +186,20 @@ async def test_a_retry_after_of_400_digits_is_no_retry_after() -> None:
     assert len(upstream.requests) == 1
 
 
+async def test_a_retry_after_date_too_large_for_a_date_is_no_retry_after() -> None:
+    # An hour of 21 digits: the date's reading raised OverflowError out of the iteration.
+    date = "Tue, 1 Dec 1970 999999999999999999999:00:00 GMT"
+    huge = status(503, "Service Unavailable", f"retry-after: {date}")
+    async with (
+        open_raw_upstream(lambda n: huge) as upstream,
+        open_event_stream(upstream.url, backoff=EXACT) as stream,
+    ):
+        with pytest.raises(UpstreamError, match="answered 503 Service Unavailable, expected"):
+            with anyio.fail_after(5):
+                await anext(stream)
+    assert len(upstream.requests) == 1
+
+
 @pytest.mark.parametrize("digits", [20, 400, 5000])
 async def test_a_retry_too_long_to_be_a_number_is_ignored(digits: int) -> None:
     def answer(n: int) -> bytes:
