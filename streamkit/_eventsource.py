@@ -143,8 +143,9 @@ def as_request(
         given keeps its own, if it has one.
     :param what: how the messages name it.
     :raises TypeError: it is neither, or *client* is no ``httpx.AsyncClient``.
-    :raises ValueError: its URL is not ``http`` or ``https``: no attempt could succeed, and
-        a stream retried for ever (or a proxy's failed after its 200) would not say why.
+    :raises ValueError: its URL is not ``http`` or ``https``, or has no host, or a port
+        outside 1 to 65535: no attempt could succeed, and a stream retried for ever (or a
+        proxy's failed after its 200) would not say why.
     """
     import httpx
 
@@ -169,6 +170,16 @@ def as_request(
             request.headers["accept"] = accept  # not the client's */*
     if request.url.scheme not in ("http", "https"):
         raise ValueError(f"{what} must be an http or https URL, got {str(request.url)!r}")
+    # Nor could a URL with no host or port to connect to: on asyncio a port past 65535
+    # failed each attempt with an OverflowError out of anyio's task group, not httpx's error.
+    shown = repr(target) if isinstance(target, str) else repr(str(request.url))
+    if client is not None and isinstance(target, str):
+        shown += f" (built by the client as {str(request.url)!r})"
+    if not request.url.host:
+        raise ValueError(f"{what} has no host: {shown}")
+    port = request.url.port
+    if port is not None and not 0 < port < 65536:
+        raise ValueError(f"{what} has the port {port}, not one of 1 to 65535: {shown}")
     ask_for_decodable(request)
     return request
 
@@ -700,7 +711,7 @@ def open_event_stream(
     :raises ReconnectError: (from the iteration) the *backoff* allowed no more attempts.
     :raises TypeError: an argument has the wrong type.
     :raises ValueError: a duration or count is out of range, or the URL is not http or
-        https.
+        https, or has no host, or a port outside 1 to 65535.
     """
     return EventStream(
         target,
@@ -750,7 +761,7 @@ def open_ndjson_stream(
     :raises ReconnectError: (from the iteration) the *backoff* allowed no more attempts.
     :raises TypeError: an argument has the wrong type.
     :raises ValueError: a duration or count is out of range, or the URL is not http or
-        https.
+        https, or has no host, or a port outside 1 to 65535.
     """
     return NDJSONStream(
         target,

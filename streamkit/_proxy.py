@@ -111,7 +111,7 @@ async def open_upstream(
     :raises TypeError: *upstream* is neither a URL nor a request, or *client* is no
         ``httpx.AsyncClient``.
     :raises ValueError: a timeout is not a positive, finite number of seconds, or the URL
-        is not http or https.
+        is not http or https, or has no host, or a port outside 1 to 65535.
     """
     _check_timeouts(connect_timeout, read_timeout)
     request = _as_request(upstream, client)
@@ -283,7 +283,8 @@ def upstream_events(
         *backoff* is not a :class:`~streamkit.client.Backoff`, or *last_event_id* is not a
         ``str``.
     :raises ValueError: a timeout is not a positive, finite number of seconds, the URL is
-        not http or https, or *last_event_id* holds a control character.
+        not http or https (or has no host, or a port outside 1 to 65535), or
+        *last_event_id* holds a control character.
     """
     _check_timeouts(connect_timeout, read_timeout)
     check_count("max_event_size", max_event_size)
@@ -429,7 +430,7 @@ def upstream_bytes(
     :raises TypeError: *upstream* is neither a URL nor a request, or *client* is no
         ``httpx.AsyncClient``.
     :raises ValueError: a timeout is not a positive, finite number of seconds, or the URL
-        is not http or https.
+        is not http or https, or has no host, or a port outside 1 to 65535.
     """
     _check_timeouts(connect_timeout, read_timeout)
     request = _as_request(upstream, client)

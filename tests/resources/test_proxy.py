@@ -84,6 +84,19 @@ def test_upstream_must_be_an_http_url(target: str) -> None:
             make(target)
 
 
+@pytest.mark.parametrize(
+    ("target", "named"),
+    [
+        ("http:///v1", "upstream has no host: 'http:///v1'"),
+        ("http://127.0.0.1:70000/v1", "upstream has the port 70000, not one of 1 to 65535"),
+    ],
+)
+def test_upstream_must_be_a_url_a_connection_could_reach(target: str, named: str) -> None:
+    for make in (upstream_events, upstream_bytes):
+        with pytest.raises(ValueError, match=re.escape(named)):
+            make(target)
+
+
 def test_an_upstream_request_asks_only_for_the_codings_the_proxy_decodes() -> None:
     # What client.build_request() makes where brotli and zstandard are installed.
     request = httpx.Request("POST", "http://llm.test/v1", headers={"accept-encoding": "br, gzip"})

@@ -10,6 +10,7 @@ in test_client_restart.py and test_client_instances.py.
 from __future__ import annotations
 
 import json
+import re
 
 import anyio
 import httpx
@@ -337,3 +338,14 @@ def test_bad_arguments_are_refused_where_they_are_made() -> None:
     for target in ("ftp://x/events", "x/events", httpx.Request("GET", "ws://x/")):
         with pytest.raises(ValueError, match="must be an http or https URL, got '"):
             open_event_stream(target)
+    # No attempt could reach them: retried for ever as a ConnectError, or (a port past
+    # 65535, on asyncio) an OverflowError in an ExceptionGroup out of the iteration.
+    for target, named in [
+        ("http:///events", "has no host: 'http:///events'"),
+        ("http://", "has no host: 'http://'"),
+        ("http://127.0.0.1:99999/events", "has the port 99999, not one of 1 to 65535: 'http://1"),
+        ("http://127.0.0.1:0/events", "has the port 0, not one of 1 to 65535: 'http://1"),
+    ]:
+        for opened in (open_event_stream, open_ndjson_stream):
+            with pytest.raises(ValueError, match=f"stream's target {re.escape(named)}"):
+                opened(target)
