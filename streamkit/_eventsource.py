@@ -395,7 +395,7 @@ class _Resuming(Generic[T]):
                     retry_after = retry_after_seconds(response.headers.get("retry-after"))
                 if retry_after is not None:
                     failure = UpstreamError(
-                        f"{self.url} answered {status} {_reason(response)}, retry after "
+                        f"{self.url} answered {status} {reason_phrase(response)}, retry after "
                         f"{retry_after:g} s",
                         status_code=status,
                         url=self.url,
@@ -473,7 +473,7 @@ class _Resuming(Generic[T]):
     def _check(self, response: httpx.Response) -> None:
         if not response.is_success:
             raise UpstreamError(
-                f"{self.url} answered {response.status_code} {_reason(response)}, "
+                f"{self.url} answered {response.status_code} {reason_phrase(response)}, "
                 "expected a 2xx status",
                 status_code=response.status_code,
                 url=self.url,
@@ -488,8 +488,9 @@ class _Resuming(Generic[T]):
             )
 
 
-def _reason(response: httpx.Response) -> str:
-    # HTTP/2, and some HTTP/1.1 servers (hypercorn), send no reason phrase.
+def reason_phrase(response: httpx.Response) -> str:
+    """*response*'s reason phrase, or the standard one for its status: HTTP/2, and some
+    HTTP/1.1 servers (hypercorn), send none."""
     import httpx
 
     return response.reason_phrase or httpx.codes.get_reason_phrase(response.status_code)

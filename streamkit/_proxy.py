@@ -33,6 +33,7 @@ from ._eventsource import (
     as_request,
     default_ssl_context,
     last_event_id_header,
+    reason_phrase,
     set_last_event_id,
 )
 from ._exceptions import UpstreamError
@@ -134,7 +135,7 @@ async def open_upstream(
             if not response.is_success:
                 raise UpstreamError(
                     f"upstream {request.method} {request.url} answered {response.status_code} "
-                    f"{response.reason_phrase}, expected a 2xx status",
+                    f"{reason_phrase(response)}, expected a 2xx status",
                     status_code=response.status_code,
                     url=str(request.url),
                 )

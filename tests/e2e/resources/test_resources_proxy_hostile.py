@@ -255,6 +255,31 @@ async def test_an_upstream_204_ends_the_stream_as_complete(resume: bool) -> None
     assert len(upstream.requests) == 1
 
 
+@pytest.mark.parametrize(
+    ("route", "resume"),
+    [("/events", False), ("/events", True), ("/raw", False)],
+    ids=["events", "events resumed", "bytes"],
+)
+async def test_an_upstream_status_sent_without_a_reason_is_named_with_its_reason(
+    route: str, resume: bool
+) -> None:
+    # Hypercorn, and every HTTP/2 server, send no reason phrase: the error said
+    # "answered 503 , expected a 2xx status" where the client's own names the status.
+    unavailable = b"HTTP/1.1 503 \r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+    resumed: dict[str, Any] = {"resume": True, "backoff": EAGER} if resume else {}
+    async with (
+        open_raw_upstream(lambda n: unavailable) as upstream,
+        open_server(proxy_app(upstream.url, **resumed)) as proxy_server,
+        open_stream(proxy_server, route) as client,
+    ):
+        with anyio.fail_after(10):
+            await client.read_all()
+        end = await proxy_server.wait_end()
+    assert end.reason is EndReason.ERROR
+    assert isinstance(end.exception, UpstreamError)
+    assert "answered 503 Service Unavailable, expected a 2xx status" in str(end.exception)
+
+
 async def test_an_upstream_trickling_an_endless_event_is_ended_by_max_duration() -> None:
     # A byte every 50 ms, well within read_timeout, of an event that never ends: each wait
     # is bounded, not the whole; the response's max_duration is.
