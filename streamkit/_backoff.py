@@ -43,7 +43,8 @@ class Backoff:
         attempt starts; ``None`` for no limit. A wait that would end past it (a server's
         ``retry:`` or ``Retry-After`` of an hour, say) is not started.
     :raises TypeError: a value has the wrong type.
-    :raises ValueError: a value is out of range (a multiplier below 1, a jitter outside 0 to 1).
+    :raises ValueError: a value is out of range (a multiplier below 1, a jitter outside 0 to 1,
+        an initial delay longer than the longest).
     """
 
     initial_delay: float = 1.0
@@ -58,6 +59,12 @@ class Backoff:
         check_duration("initial_delay", self.initial_delay)
         check_duration("min_retry", self.min_retry)
         check_duration("max_delay", self.max_delay)
+        if self.initial_delay > self.max_delay:
+            # Else the first wait would silently be max_delay, not what was asked for.
+            raise ValueError(
+                f"initial_delay {self.initial_delay!r} is longer than max_delay "
+                f"{self.max_delay!r}, which bounds every wait: give a max_delay of at least it"
+            )
         check_rate("multiplier", self.multiplier)
         if self.multiplier < 1:
             raise ValueError(f"multiplier must be at least 1, got {self.multiplier!r}")

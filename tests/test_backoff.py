@@ -89,6 +89,12 @@ def test_it_gives_up_after_max_attempts_or_max_reconnect_time() -> None:
         ({"max_attempts": 0}, ValueError, "max_attempts"),
         ({"max_attempts": 2.0}, TypeError, "max_attempts"),
         ({"max_reconnect_time": -1}, ValueError, "max_reconnect_time"),
+        # Waited max_delay's 30 s, not the minute asked for.
+        (
+            {"initial_delay": 60.0},
+            ValueError,
+            r"initial_delay 60.0 is longer than max_delay 30.0, which bounds every wait",
+        ),
     ],
 )
 def test_bad_values_are_refused_naming_them(

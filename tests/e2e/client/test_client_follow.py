@@ -229,7 +229,7 @@ async def test_cancelling_the_block_closes_the_connection_at_once_and_leaks_noth
                     f"{server.url}/count",
                     heartbeat_interval=0.1,
                     missed_heartbeats=1,
-                    backoff=Backoff(initial_delay=60.0),
+                    backoff=Backoff(initial_delay=60.0, max_delay=60.0),
                 ) as stream:
                     received = anyio.Event()
 

@@ -225,7 +225,7 @@ async def test_the_client_leaving_closes_the_upstream_connection_at_once(
 async def test_the_client_leaving_during_the_wait_to_reconnect_ends_it_at_once(
     leave: str,
 ) -> None:
-    slow = Backoff(initial_delay=60.0, jitter=0.0)
+    slow = Backoff(initial_delay=60.0, max_delay=60.0, jitter=0.0)
     async with (
         open_raw_upstream(lambda n: event_stream(b"data: a\n\n")) as upstream,
         open_server(proxy_app(upstream.url, resume=True, backoff=slow)) as proxy_server,

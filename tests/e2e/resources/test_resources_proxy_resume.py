@@ -80,7 +80,7 @@ async def test_the_upstream_dropping_is_invisible_downstream_and_leaving_release
 async def test_leaving_while_the_proxy_waits_to_reconnect_ends_at_once() -> None:
     attempts = Attempts()
     upstream_app = make_app(per_connection=2, attempts=attempts)
-    slow = Backoff(initial_delay=60.0)
+    slow = Backoff(initial_delay=60.0, max_delay=60.0)
     async with (
         open_server(upstream_app) as upstream,
         open_server(proxy_app(upstream, backoff=slow)) as proxy,
