@@ -14,6 +14,7 @@ the wait ahead, so a client told to come back in an hour gives up at once, not a
 from __future__ import annotations
 
 import email.utils
+import math
 import random
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -97,8 +98,13 @@ class Backoff:
             base = self.initial_delay
         else:
             base = server_retry = max(server_retry, self.min_retry)
-        # min() first: a long outage must not overflow the float of multiplier ** failures.
-        delay = min(self.max_delay, base * self.multiplier ** min(failures, 64))
+        # multiplier ** failures overflows a float after a long outage (or soon, for a large
+        # multiplier), long after it passed max_delay: whether it did is asked in logarithms.
+        growth = failures * math.log(self.multiplier)
+        if base >= self.max_delay or growth >= math.log(self.max_delay / base):
+            delay = self.max_delay
+        else:
+            delay = base * self.multiplier**failures
         if server_retry is not None:
             delay = max(delay, server_retry)  # the server's word is a floor, past max_delay too
         delay *= 1.0 + self.jitter * (rng or _random).random()

@@ -27,6 +27,17 @@ def test_the_delay_grows_by_the_multiplier_up_to_max_delay() -> None:
     assert backoff.delay(10_000) == 3.0  # no overflow after a long outage
 
 
+def test_the_delay_reaches_max_delay_whatever_the_multiplier() -> None:
+    # A large multiplier overflowed a float after 62 failures (OverflowError out of the
+    # client's iteration); a gentle one stopped growing at the 64th, short of max_delay.
+    steep = Backoff(initial_delay=1.0, multiplier=1e5, max_delay=30.0, jitter=0.0)
+    assert [steep.delay(n) for n in (0, 1, 62, 10_000)] == [1.0, 30.0, 30.0, 30.0]
+    gentle = Backoff(initial_delay=1.0, multiplier=1.05, max_delay=30.0, jitter=0.0)
+    assert gentle.delay(60) == pytest.approx(1.05**60)
+    assert gentle.delay(100) == 30.0
+    assert Backoff(multiplier=1.0, jitter=0.0).delay(10**9) == 1.0
+
+
 def test_jitter_stretches_a_wait_never_shortens_it() -> None:
     backoff = Backoff(initial_delay=1.0, jitter=0.5)
     assert backoff.delay(0, rng=Fixed(0.0)) == 1.0
