@@ -275,9 +275,15 @@ class _Resuming(Generic[T]):
         if self._entered:
             raise RuntimeError(f"a stream of {self.url} can be entered only once")
         self._entered = True
-        if self._client is None:
-            import httpx
+        import httpx
 
+        if isinstance(self._request.stream, httpx.AsyncByteStream) and not isinstance(
+            self._request.stream, httpx.ByteStream
+        ):
+            # A body streamed from an iterator can be sent once: read whole, it is sent again
+            # on each connection, where the second raised httpx's StreamConsumed.
+            await self._request.aread()
+        if self._client is None:
             context = await anyio.to_thread.run_sync(default_ssl_context)
             self._owned = self._client = httpx.AsyncClient(verify=context)
         return self
@@ -688,7 +694,8 @@ def open_event_stream(
     new one, with ``Last-Event-ID``. Leaving the block, or its cancellation, closes the
     connection before the block is left.
 
-    :param target: the URL to ``GET``, or the request to send (its body must be replayable).
+    :param target: the URL to ``GET``, or the request to send; a body it streams from an
+        async iterator is read whole when the block is entered, to be sent on each connection.
         A URL is built by *client* when one is given, as ``client.stream("GET", url)``
         builds it: relative to its ``base_url``, with its headers and cookies.
     :param client: the client to send with (kept open); by default one of its own, closed

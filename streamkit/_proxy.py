@@ -257,7 +257,9 @@ def upstream_events(
         downstream client sees one unbroken stream. A ``Last-Event-ID`` in *upstream*'s
         headers is where the first connection resumes. Only events a browser would dispatch
         are forwarded in this mode, each with the last id in effect; a frame holding only
-        an id or a ``retry`` is applied to the upstream connection, not sent on.
+        an id or a ``retry`` is applied to the upstream connection, not sent on. A body
+        *upstream* streams from an async iterator is read whole first, to be sent on each
+        connection.
     :param backoff: with *resume*, when to reconnect and when to give up (by default after
         a minute without a working upstream connection). Its ``min_retry`` is the shortest
         ``retry`` sent on, with or without *resume* (0.1 s by default): a browser told

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import AsyncIterator
 
 import anyio
 import httpx
@@ -21,7 +22,7 @@ from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 from support.counting import Attempts, make_app
 
-from streamkit import EndReason, NDJSONResponse, StreamSender
+from streamkit import EndReason, EventSourceResponse, NDJSONResponse, ServerSentEvent, StreamSender
 from streamkit.broadcast import MemoryBroker, topic_response
 from streamkit.client import (
     Backoff,
@@ -293,6 +294,35 @@ async def test_leaving_the_block_while_another_task_reads_says_what_to_do() -> N
                         await reading.wait()
         # The reader was cancelled with its task group, and its connection closed.
         await server.wait_ended(EndReason.CLIENT_DISCONNECTED, within=1.0)
+
+
+async def test_a_request_whose_body_is_an_async_iterator_is_sent_whole_on_each_connection() -> None:
+    # Its body was streamed once, by the first connection: the second raised httpx's
+    # StreamConsumed out of the iteration, a reconnection (hours, maybe) after it was given.
+    bodies: list[bytes] = []
+
+    async def echo(request: Request) -> Response:
+        bodies.append(await request.body())
+        if len(bodies) > 2:
+            return Response(status_code=204)
+
+        async def produce(send: StreamSender[ServerSentEvent]) -> None:
+            await send(ServerSentEvent(data=bodies[-1].decode(), id=str(len(bodies))))
+
+        return EventSourceResponse(produce)
+
+    async def question() -> AsyncIterator[bytes]:
+        yield b'{"question": '
+        yield b'"why"}'
+
+    app = Starlette(routes=[Route("/ask", echo, methods=["POST"])])
+    async with open_server(app) as server:
+        request = httpx.Request("POST", f"{server.url}/ask", content=question())
+        async with open_event_stream(request, backoff=EAGER) as stream:
+            with anyio.fail_after(10):
+                received = [(event.id, event.data) async for event in stream]
+    assert received == [("1", '{"question": "why"}'), ("2", '{"question": "why"}')]
+    assert bodies == [b'{"question": "why"}'] * 3
 
 
 async def test_ndjson_items_are_resumed_by_their_id() -> None:
