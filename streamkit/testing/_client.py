@@ -22,7 +22,7 @@ import anyio
 import h11
 from anyio.abc import SocketStream
 
-from .._checks import check_duration
+from .._checks import check_count, check_duration, check_type
 from .._sse import ServerSentEvent
 from ._parsing import NDJSONReader, SSEReader
 
@@ -34,9 +34,47 @@ _RECEIVE_SIZE = 65536
 DEFAULT_READ_TIMEOUT = 10.0
 
 
+def check_server(base: object) -> None:
+    """Refuse a *base* to connect to that is not a server: one without ``host`` and ``port``
+    (its ``url``, say), which would fail only as an :exc:`AttributeError` of the connection.
+
+    :raises TypeError: *base* has no ``host`` or no ``port``.
+    """
+    if not (hasattr(base, "host") and hasattr(base, "port")):
+        raise TypeError(
+            "base must be the server (a LiveServer, or anything with host and port), "
+            f"got {type(base).__name__}: {base!r:.80}"
+        )
+
+
+def check_request_path(path: object) -> None:
+    """Refuse a *path* that a request line cannot carry as it is, where it is given: h11 would
+    refuse it only once connected, without naming it, and over HTTP/2 the server would answer
+    another path (a line break dropped) or a 404 for it.
+
+    :raises TypeError: *path* is not a ``str``.
+    :raises ValueError: *path* does not start with ``/``, or holds a character that is not
+        printable ASCII (a space, a line break, a letter beyond ASCII: a browser sends those
+        percent-encoded).
+    """
+    check_type("path", path, str)
+    assert isinstance(path, str)
+    if not path.startswith("/") or not all("!" <= character <= "~" for character in path):
+        raise ValueError(
+            "path must start with '/' and hold only printable ASCII, anything else "
+            f"percent-encoded as a browser sends it ('/caf%C3%A9' for '/café'), got {path!r}"
+        )
+
+
 async def connect(host: str, port: int, *, receive_buffer: int | None = None) -> SocketStream:
     """Connect over TCP; *receive_buffer* sets ``SO_RCVBUF`` before connecting, so the TCP
-    window stays that small."""
+    window stays that small.
+
+    :raises TypeError: *receive_buffer* is not an ``int`` (nothing connected).
+    :raises ValueError: *receive_buffer* is not positive (nothing connected).
+    """
+    if receive_buffer is not None:
+        check_count("receive_buffer", receive_buffer)
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     try:
         if receive_buffer is not None:
@@ -390,11 +428,18 @@ async def open_stream(
         server before :exc:`TimeoutError` (see :attr:`StreamClient.read_timeout`); ``None``
         waits for as long as it takes.
     :raises TimeoutError: the response head did not arrive within *read_timeout*.
-    :raises TypeError: *read_timeout* is not a number (before connecting).
-    :raises ValueError: *read_timeout* is not a positive, finite number of seconds (before
+    :raises TypeError: *base* is not a server, *path* not a ``str``, *receive_buffer* not an
+        ``int`` or *read_timeout* not a number (before connecting).
+    :raises ValueError: *path* is no request path (see below), *receive_buffer* is not
+        positive, or *read_timeout* is not a positive, finite number of seconds (before
         connecting).
+
+    *path* starts with ``/`` and holds only printable ASCII: anything else is sent
+    percent-encoded, as a browser sends it (``/caf%C3%A9`` for ``/café``).
     """
     check_duration("read_timeout", read_timeout, optional=True)
+    check_request_path(path)
+    check_server(base)
     stream = await connect(base.host, base.port, receive_buffer=receive_buffer)
     client = _H11Client(stream, request=f"{method} {path}", read_timeout=read_timeout)
     try:

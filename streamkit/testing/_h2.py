@@ -28,7 +28,13 @@ import h2.exceptions
 from anyio.abc import SocketStream
 
 from .._checks import check_duration
-from ._client import DEFAULT_READ_TIMEOUT, StreamClient, connect
+from ._client import (
+    DEFAULT_READ_TIMEOUT,
+    StreamClient,
+    check_request_path,
+    check_server,
+    connect,
+)
 
 __all__ = ["H2Connection", "H2StreamClient", "open_h2_connection", "open_h2_stream"]
 
@@ -268,8 +274,12 @@ class H2Connection:
         :raises ConnectionResetError: the server reset the stream before answering.
         :raises TimeoutError: the response head did not arrive within :attr:`read_timeout`.
         :raises RuntimeError: the connection's block has ended.
+        :raises TypeError: *path* is not a ``str``.
+        :raises ValueError: *path* does not start with ``/`` or holds a character that is not
+            printable ASCII (send it percent-encoded).
         """
         self._check_open()
+        check_request_path(path)
         stream_id = self._h2.get_next_available_stream_id()
         client = H2StreamClient(self, stream_id, request=f"{method} {path}")
         self._streams[stream_id] = client
@@ -321,11 +331,13 @@ async def open_h2_connection(
     :param receive_buffer: ``SO_RCVBUF`` in bytes, set before connecting.
     :param read_timeout: seconds each wait for the server may take before
         :exc:`TimeoutError` (see :attr:`H2Connection.read_timeout`); ``None`` for no bound.
-    :raises TypeError: *read_timeout* is not a number (before connecting).
-    :raises ValueError: *read_timeout* is not a positive, finite number of seconds (before
-        connecting).
+    :raises TypeError: *base* is not a server, *receive_buffer* not an ``int`` or
+        *read_timeout* not a number (before connecting).
+    :raises ValueError: *receive_buffer* is not positive, or *read_timeout* not a positive,
+        finite number of seconds (before connecting).
     """
     check_duration("read_timeout", read_timeout, optional=True)
+    check_server(base)
     stream = await connect(base.host, base.port, receive_buffer=receive_buffer)
     connection = H2Connection(stream, f"{base.host}:{base.port}", read_timeout=read_timeout)
     try:
@@ -364,7 +376,13 @@ async def open_h2_stream(
     :param read_timeout: seconds the response head, and then each read, may wait for the
         server before :exc:`TimeoutError`; ``None`` for no bound.
     :raises TimeoutError: the response head did not arrive within *read_timeout*.
+    :raises TypeError: *base* is not a server, *path* not a ``str``, *receive_buffer* not an
+        ``int`` or *read_timeout* not a number (before connecting).
+    :raises ValueError: *path* does not start with ``/`` or holds a character that is not
+        printable ASCII (send it percent-encoded), *receive_buffer* is not positive, or
+        *read_timeout* is not a positive, finite number of seconds (before connecting).
     """
+    check_request_path(path)
     async with (
         open_h2_connection(
             base, receive_buffer=receive_buffer, read_timeout=read_timeout

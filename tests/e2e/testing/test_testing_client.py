@@ -392,6 +392,55 @@ async def test_a_bad_read_timeout_set_between_reads_is_refused_naming_it(value: 
         assert client.read_timeout is None
 
 
+OPENERS = {"http/1.1": open_stream, "h2": open_h2_stream}
+
+
+@pytest.mark.parametrize("protocol", OPENERS)
+@pytest.mark.parametrize(
+    ("path", "error"),
+    [
+        ("/ticks now", ValueError),  # a space ends the request target
+        ("/ticks\r\nX-Injected: 1", ValueError),
+        ("/caf\u00e9", ValueError),  # not percent-encoded, as a browser would send it
+        ("ticks", ValueError),  # no leading slash: the server answers 404
+        ("", ValueError),
+        (b"/ticks", TypeError),
+    ],
+)
+async def test_a_path_no_request_can_carry_is_refused_naming_it_before_connecting(
+    protocol: str, path: object, error: type[Exception]
+) -> None:
+    # Sent, h11 refused it after connecting, saying only "Illegal target characters" (or
+    # failed to encode it in ASCII); over HTTP/2 the server answered a 404, a 400 or, for a
+    # line break, the path without it.
+    with pytest.raises(error, match=f"path must .*{re.escape(repr(path))}"):
+        async with OPENERS[protocol](LiveServerAt("127.0.0.1", 1), path):  # type: ignore[arg-type]
+            raise AssertionError("it connected")
+
+
+@pytest.mark.parametrize("protocol", OPENERS)
+@pytest.mark.parametrize("base", ["http://127.0.0.1:1", ("127.0.0.1", 1)])
+async def test_a_base_that_is_no_server_is_refused_naming_it(protocol: str, base: object) -> None:
+    # A server's url handed for the server was an AttributeError: 'str' object has no
+    # attribute 'host'.
+    with pytest.raises(TypeError, match=f"base must be .*{re.escape(repr(base))}"):
+        async with OPENERS[protocol](base, "/ticks"):
+            raise AssertionError("it connected")
+
+
+@pytest.mark.parametrize("protocol", OPENERS)
+@pytest.mark.parametrize("value", [0, -4096, "4096", 4096.0])
+async def test_a_bad_receive_buffer_is_refused_naming_it_before_connecting(
+    protocol: str, value: object
+) -> None:
+    # A negative one was taken (the kernel's least buffer), a str was a bare TypeError of
+    # setsockopt.
+    server = LiveServerAt("127.0.0.1", 1)
+    with pytest.raises((TypeError, ValueError), match=f"receive_buffer must be .*{value!r}"):
+        async with OPENERS[protocol](server, "/", receive_buffer=value):  # type: ignore[arg-type]
+            raise AssertionError("it connected")
+
+
 @dataclass
 class LiveServerAt:
     host: str

@@ -251,3 +251,12 @@ async def test_a_connection_used_after_its_block_says_so(use: str) -> None:
             RuntimeError, match=r"^this HTTP/2 connection was closed at the end of its block$"
         ):
             await use_it()
+
+
+async def test_a_path_no_request_can_carry_is_refused_by_a_connection_which_serves_on() -> None:
+    # The server answered "/ticks now" with a 404 and "/ticks\n" as "/ticks".
+    async with serving() as (server, _), open_h2_connection(server) as connection:
+        with pytest.raises(ValueError, match=r"path must .*, got '/ticks\\n'"):
+            async with connection.open_stream("/ticks\n"):
+                raise AssertionError("a stream opened")
+        assert await connection.ping() < 5.0
