@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
+from urllib.parse import unquote
 
 import anyio
 from starlette.types import Message, Receive, Scope, Send
@@ -43,7 +44,8 @@ class FakeConnection:
 
     - the test calls :meth:`disconnect`.
 
-    :param path: the request path, with an optional query string.
+    :param path: the request path as a client sends it, percent-encoded, with an optional
+        query string; the scope's ``path`` is decoded, as a server decodes it.
     :param method: the request method.
     :param headers: the request headers; values are sent in UTF-8.
     :param body: the request body, delivered by the first ``receive``.
@@ -87,7 +89,9 @@ class FakeConnection:
             "http_version": "1.1",
             "method": method.upper(),
             "scheme": "http",
-            "path": route,
+            # Decoded, as a server hands it over (and a route's parameters are matched on);
+            # raw_path keeps the escapes as they came.
+            "path": unquote(route),
             "raw_path": route.encode(),
             "query_string": query.encode(),
             "root_path": "",

@@ -8,8 +8,10 @@ from collections.abc import AsyncGenerator, AsyncIterator
 
 import anyio
 import pytest
+from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import StreamingResponse
+from starlette.responses import PlainTextResponse, StreamingResponse
+from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from streamkit import (
@@ -20,7 +22,7 @@ from streamkit import (
     StreamEnd,
     StreamSender,
 )
-from streamkit.testing import FakeConnection
+from streamkit.testing import FakeConnection, open_server, open_stream
 
 pytestmark = pytest.mark.anyio
 
@@ -135,6 +137,35 @@ async def test_disconnect_on_command_and_the_request_it_delivers() -> None:
         assert received == []
         connection.disconnect()
     assert received == ["http.disconnect"]
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/rooms/caf%C3%A9?q=a%20b",
+        "/rooms/a%2Fb",  # decoded, a path of three segments: no room, a 404
+        "/rooms/plain",
+    ],
+)
+async def test_a_percent_encoded_path_reaches_the_app_as_a_real_server_hands_it(path: str) -> None:
+    # The path was handed over as given, escapes and all: a route's path parameter was
+    # "caf%C3%A9" where a real server made it "café".
+    seen: list[tuple[str, bytes, bytes, dict[str, str]]] = []
+
+    async def room(request: Request) -> PlainTextResponse:
+        scope = request.scope
+        seen.append((scope["path"], scope["raw_path"], scope["query_string"], request.path_params))
+        return PlainTextResponse("ok")
+
+    app = Starlette(routes=[Route("/rooms/{name}", room)])
+    with anyio.fail_after(20):
+        async with open_server(app) as server, open_stream(server, path) as client:
+            real = (client.status, seen.copy())
+    seen.clear()
+    connection = FakeConnection(path)
+    await connection.run(app)
+    assert (connection.status, seen) == real
 
 
 @pytest.mark.parametrize("name", ["disconnect_after_body", "disconnect_after_receives"])
