@@ -18,7 +18,7 @@ from urllib.parse import unquote
 import anyio
 from starlette.types import Message, Receive, Scope, Send
 
-from .._checks import check_count, check_duration
+from .._checks import check_count, check_duration, check_type
 from .._sse import ServerSentEvent
 from ._parsing import NDJSONReader, SSEReader
 
@@ -51,7 +51,8 @@ class FakeConnection:
     :param body: the request body, delivered by the first ``receive``.
     :param disconnect_after_body: leave once this many non-empty body messages were sent.
     :param disconnect_after_receives: leave at this many ``receive`` calls plus one.
-    :raises TypeError: a ``disconnect_after_*`` count is not an ``int``.
+    :raises TypeError: a ``disconnect_after_*`` count is not an ``int``, *body* not
+        ``bytes``, or a header's name or value not a ``str``.
     :raises ValueError: a ``disconnect_after_*`` count is negative.
     :ivar scope: the ASGI HTTP scope (``spec_version`` 2.4).
     :ivar messages: every message the client received, in order.
@@ -75,6 +76,17 @@ class FakeConnection:
         ):
             if value is not None:
                 check_count(name, value, least=0)
+        # Checked here: the app would fail on a wrong one far from the test that gave it.
+        check_type("body", body, bytes)
+        for header, text in (headers or {}).items():
+            if not isinstance(header, str):
+                raise TypeError(
+                    f"a header name must be a str, got {type(header).__name__}: {header!r:.80}"
+                )
+            if not isinstance(text, str):
+                raise TypeError(
+                    f"header {header!r} must be a str, got {type(text).__name__}: {text!r:.80}"
+                )
         route, _, query = path.partition("?")
         raw_headers = [(b"host", b"testserver")]
         # Values in UTF-8, as a browser sends a Last-Event-ID and the testing kit's clients

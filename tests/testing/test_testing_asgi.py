@@ -178,6 +178,23 @@ def test_a_bad_count_is_refused_naming_it(name: str, value: object, error: type[
 
 
 @pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"body": '{"n": 1}'}, r"body must be a bytes, got str: '\{\"n\": 1\}'"),
+        ({"headers": {"X-Count": 1}}, r"header 'X-Count' must be a str, got int: 1"),
+        ({"headers": {b"X-Token": "t"}}, r"a header name must be a str, got bytes: b'X-Token'"),
+    ],
+)
+def test_a_body_or_header_of_the_wrong_type_is_refused_naming_it(
+    options: dict[str, object], named: str
+) -> None:
+    # A str body was handed to the app, whose request.json() failed far from here, joining
+    # it with bytes; a header's int was an AttributeError without its name.
+    with pytest.raises(TypeError, match=f"^{named}$"):
+        FakeConnection("/upload", method="POST", **options)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
     ("within", "error"),
     [
         (float("nan"), ValueError),
