@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import math
+import re
 import socket
 import struct
 from collections.abc import AsyncIterator, Mapping
@@ -22,7 +23,7 @@ import anyio
 import h11
 from anyio.abc import SocketStream
 
-from .._checks import check_count, check_duration, check_type
+from .._checks import check_count, check_duration, check_type, is_token
 from .._sse import ServerSentEvent
 from ._parsing import NDJSONReader, SSEReader
 
@@ -32,6 +33,9 @@ _RECEIVE_SIZE = 65536
 #: What a read waits for the server by default: past any event a test's server should send
 #: soon, short of the test's own timeout, so a hang names the request it hung on.
 DEFAULT_READ_TIMEOUT = 10.0
+#: What a request header's value cannot hold: a line break or NUL (which would end it early), a
+#: space or tab at either end (which a server strips). Beyond Latin-1 is allowed: sent in UTF-8.
+_UNSENDABLE = re.compile(r"[\r\n\0]|^[ \t]|[ \t]$")
 
 
 def check_server(base: object) -> None:
@@ -47,16 +51,22 @@ def check_server(base: object) -> None:
         )
 
 
-def check_request_path(path: object) -> None:
-    """Refuse a *path* that a request line cannot carry as it is, where it is given: h11 would
-    refuse it only once connected, without naming it, and over HTTP/2 the server would answer
-    another path (a line break dropped) or a 404 for it.
+def check_request(method: object, path: object, headers: Mapping[Any, object]) -> None:
+    """Refuse a request that a request line and its headers cannot carry as given, where it is
+    given: h11 would refuse it only once connected, mostly without naming it, and over HTTP/2
+    the server would close the connection without a word of why, or answer another request
+    (a path's line break dropped, a header's value stripped).
 
-    :raises TypeError: *path* is not a ``str``.
-    :raises ValueError: *path* does not start with ``/``, or holds a character that is not
-        printable ASCII (a space, a line break, a letter beyond ASCII: a browser sends those
-        percent-encoded).
+    :raises TypeError: *method*, *path*, or a header's name or value is not a ``str``.
+    :raises ValueError: *method* or a header's name is not an HTTP token; *path* does not
+        start with ``/``, or holds a character that is not printable ASCII (a space, a line
+        break, a letter beyond ASCII: a browser sends those percent-encoded); a header's value
+        holds a line break or NUL, or begins or ends with a space or tab.
     """
+    check_type("method", method, str)
+    assert isinstance(method, str)
+    if not is_token(method):
+        raise ValueError(f"method must be an HTTP token (GET, POST, ...), got {method!r:.80}")
     check_type("path", path, str)
     assert isinstance(path, str)
     if not path.startswith("/") or not all("!" <= character <= "~" for character in path):
@@ -64,6 +74,23 @@ def check_request_path(path: object) -> None:
             "path must start with '/' and hold only printable ASCII, anything else "
             f"percent-encoded as a browser sends it ('/caf%C3%A9' for '/café'), got {path!r}"
         )
+    for name, value in headers.items():
+        if not isinstance(name, str):
+            raise TypeError(f"a header name must be a str, got {type(name).__name__}: {name!r:.80}")
+        if not is_token(name):
+            raise ValueError(
+                f"header name {name!r:.80} must be an HTTP token: letters, digits and "
+                "!#$%&'*+-.^_`|~"
+            )
+        if not isinstance(value, str):
+            raise TypeError(
+                f"header {name!r} must be a str, got {type(value).__name__}: {value!r:.80}"
+            )
+        if _UNSENDABLE.search(value):
+            raise ValueError(
+                f"header {name!r} cannot be sent with the value {value!r:.80}: no line break "
+                "or NUL, no space or tab at either end"
+            )
 
 
 async def connect(host: str, port: int, *, receive_buffer: int | None = None) -> SocketStream:
@@ -428,17 +455,19 @@ async def open_stream(
         server before :exc:`TimeoutError` (see :attr:`StreamClient.read_timeout`); ``None``
         waits for as long as it takes.
     :raises TimeoutError: the response head did not arrive within *read_timeout*.
-    :raises TypeError: *base* is not a server, *path* not a ``str``, *receive_buffer* not an
-        ``int`` or *read_timeout* not a number (before connecting).
-    :raises ValueError: *path* is no request path (see below), *receive_buffer* is not
-        positive, or *read_timeout* is not a positive, finite number of seconds (before
+    :raises TypeError: *base* is not a server, *method*, *path* or a header not a ``str``,
+        *receive_buffer* not an ``int`` or *read_timeout* not a number (before connecting).
+    :raises ValueError: the request cannot be sent as given (see below), *receive_buffer* is
+        not positive, or *read_timeout* is not a positive, finite number of seconds (before
         connecting).
 
     *path* starts with ``/`` and holds only printable ASCII: anything else is sent
-    percent-encoded, as a browser sends it (``/caf%C3%A9`` for ``/café``).
+    percent-encoded, as a browser sends it (``/caf%C3%A9`` for ``/café``). *method* and the
+    headers' names are HTTP tokens; a header's value holds no line break or NUL, and no space
+    or tab at either end.
     """
     check_duration("read_timeout", read_timeout, optional=True)
-    check_request_path(path)
+    check_request(method, path, headers or {})
     check_server(base)
     stream = await connect(base.host, base.port, receive_buffer=receive_buffer)
     client = _H11Client(stream, request=f"{method} {path}", read_timeout=read_timeout)

@@ -31,7 +31,7 @@ from .._checks import check_duration
 from ._client import (
     DEFAULT_READ_TIMEOUT,
     StreamClient,
-    check_request_path,
+    check_request,
     check_server,
     connect,
 )
@@ -274,12 +274,12 @@ class H2Connection:
         :raises ConnectionResetError: the server reset the stream before answering.
         :raises TimeoutError: the response head did not arrive within :attr:`read_timeout`.
         :raises RuntimeError: the connection's block has ended.
-        :raises TypeError: *path* is not a ``str``.
-        :raises ValueError: *path* does not start with ``/`` or holds a character that is not
-            printable ASCII (send it percent-encoded).
+        :raises TypeError: *method*, *path* or a header is not a ``str``.
+        :raises ValueError: the request cannot be sent as given (see
+            :func:`~streamkit.testing.open_stream`).
         """
         self._check_open()
-        check_request_path(path)
+        check_request(method, path, headers or {})
         stream_id = self._h2.get_next_available_stream_id()
         client = H2StreamClient(self, stream_id, request=f"{method} {path}")
         self._streams[stream_id] = client
@@ -376,13 +376,13 @@ async def open_h2_stream(
     :param read_timeout: seconds the response head, and then each read, may wait for the
         server before :exc:`TimeoutError`; ``None`` for no bound.
     :raises TimeoutError: the response head did not arrive within *read_timeout*.
-    :raises TypeError: *base* is not a server, *path* not a ``str``, *receive_buffer* not an
-        ``int`` or *read_timeout* not a number (before connecting).
-    :raises ValueError: *path* does not start with ``/`` or holds a character that is not
-        printable ASCII (send it percent-encoded), *receive_buffer* is not positive, or
+    :raises TypeError: *base* is not a server, *method*, *path* or a header not a ``str``,
+        *receive_buffer* not an ``int`` or *read_timeout* not a number (before connecting).
+    :raises ValueError: the request cannot be sent as given (see
+        :func:`~streamkit.testing.open_stream`), *receive_buffer* is not positive, or
         *read_timeout* is not a positive, finite number of seconds (before connecting).
     """
-    check_request_path(path)
+    check_request(method, path, headers or {})
     async with (
         open_h2_connection(
             base, receive_buffer=receive_buffer, read_timeout=read_timeout

@@ -419,6 +419,31 @@ async def test_a_path_no_request_can_carry_is_refused_naming_it_before_connectin
 
 
 @pytest.mark.parametrize("protocol", OPENERS)
+@pytest.mark.parametrize(
+    ("options", "error", "named"),
+    [
+        ({"headers": {"Last-Event-ID": 5}}, TypeError, "header 'Last-Event-ID' must be a str"),
+        ({"headers": {b"X-Token": "t"}}, TypeError, "header name must be a str, got bytes"),
+        ({"headers": {"X Token": "t"}}, ValueError, "header name 'X Token' must be"),
+        ({"headers": {"X-Token": "a\r\nX-Injected: 1"}}, ValueError, "header 'X-Token'"),
+        ({"headers": {"X-Token": " t"}}, ValueError, "header 'X-Token'"),
+        ({"method": "GET /"}, ValueError, "method must be an HTTP token"),
+        ({"method": b"GET"}, TypeError, "method must be a str"),
+    ],
+)
+async def test_a_method_or_header_no_request_can_carry_is_refused_naming_it_before_connecting(
+    protocol: str, options: dict[str, object], error: type[Exception], named: str
+) -> None:
+    # An int header was an AttributeError; over HTTP/1.1 h11 refused the others once
+    # connected; over HTTP/2 the server closed the connection, saying nothing of the header,
+    # or took the value stripped.
+    server = LiveServerAt("127.0.0.1", 1)
+    with pytest.raises(error, match=re.escape(named)):
+        async with OPENERS[protocol](server, "/ticks", **options):  # type: ignore[arg-type]
+            raise AssertionError("it connected")
+
+
+@pytest.mark.parametrize("protocol", OPENERS)
 @pytest.mark.parametrize("base", ["http://127.0.0.1:1", ("127.0.0.1", 1)])
 async def test_a_base_that_is_no_server_is_refused_naming_it(protocol: str, base: object) -> None:
     # A server's url handed for the server was an AttributeError: 'str' object has no
