@@ -403,9 +403,10 @@ class _H11Client(StreamClient):
         # Values in UTF-8, as a browser sends a Last-Event-ID and as h2 sends a str: h11
         # would take only ASCII.
         fields = [(name.encode(), value.encode()) for name, value in headers.items()]
-        request = h11.Request(
-            method=method, target=target, headers=[(b"host", host.encode()), *fields]
-        )
+        if not any(name.lower() == "host" for name in headers):
+            # A Host given is the host the request is for; h11 refuses a second one.
+            fields.insert(0, (b"host", host.encode()))
+        request = h11.Request(method=method, target=target, headers=fields)
         await self.stream.send(
             self._connection.send(request) + self._connection.send(h11.EndOfMessage())
         )
@@ -448,7 +449,8 @@ async def open_stream(
     :param base: the server: a :class:`~streamkit.testing.LiveServer` or anything with
         ``host`` and ``port``.
     :param headers: extra request headers (``Last-Event-ID``, say); values are sent in
-        UTF-8, as a browser sends a ``Last-Event-ID``.
+        UTF-8, as a browser sends a ``Last-Event-ID``. A ``Host`` is sent in place of the
+        server's address.
     :param receive_buffer: ``SO_RCVBUF`` in bytes, set before connecting; small values make
         :meth:`StreamClient.stall` take effect after little data.
     :param read_timeout: seconds the response head, and then each read, may wait for the

@@ -270,7 +270,7 @@ class H2Connection:
         a browser does.
 
         :param headers: extra request headers; names are sent lower-cased, values in
-            UTF-8.
+            UTF-8. A ``Host`` is sent as the ``:authority`` in place of the server's address.
         :raises ConnectionResetError: the server reset the stream before answering.
         :raises TimeoutError: the response head did not arrive within :attr:`read_timeout`.
         :raises RuntimeError: the connection's block has ended.
@@ -283,12 +283,16 @@ class H2Connection:
         stream_id = self._h2.get_next_available_stream_id()
         client = H2StreamClient(self, stream_id, request=f"{method} {path}")
         self._streams[stream_id] = client
+        fields = {name.lower(): value for name, value in (headers or {}).items()}
+        # A Host given is the host the request is for, as a browser makes it the :authority;
+        # h2 refuses a Host beside an :authority that differs.
+        authority = fields.pop("host", self._authority)
         request = [
             (":method", method),
             (":scheme", "http"),
-            (":authority", self._authority),
+            (":authority", authority),
             (":path", path),
-            *((name.lower(), value) for name, value in (headers or {}).items()),
+            *fields.items(),
         ]
         try:
             self._h2.send_headers(stream_id, request, end_stream=True)
@@ -371,7 +375,8 @@ async def open_h2_stream(
     :param base: the server: a :class:`~streamkit.testing.LiveServer` or anything with
         ``host`` and ``port``.
     :param headers: extra request headers (``Last-Event-ID``, say); values are sent in
-        UTF-8, as a browser sends a ``Last-Event-ID``.
+        UTF-8, as a browser sends a ``Last-Event-ID``. A ``Host`` is sent as the
+        ``:authority`` in place of the server's address.
     :param receive_buffer: ``SO_RCVBUF`` in bytes, set before connecting.
     :param read_timeout: seconds the response head, and then each read, may wait for the
         server before :exc:`TimeoutError`; ``None`` for no bound.

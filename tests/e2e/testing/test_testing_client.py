@@ -22,8 +22,9 @@ import anyio
 import pytest
 from anyio.abc import SocketAttribute, SocketListener
 from starlette.applications import Starlette
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from streamkit import (
@@ -547,6 +548,27 @@ async def test_a_header_beyond_ascii_is_sent_as_utf8_as_a_browser_sends_its_last
         ) as client:
             with anyio.fail_after(5):
                 assert (await client.read_event()).data == "\u00e9t\u00e9-7"
+
+
+@pytest.mark.parametrize("opener", [open_stream, open_h2_stream], ids=["http/1.1", "http/2"])
+@pytest.mark.parametrize("name", ["Host", "host"])
+async def test_a_host_header_given_is_the_host_the_request_is_for(
+    opener: Callable[..., AbstractAsyncContextManager[StreamClient]], name: str
+) -> None:
+    # As a test of a host-checking app needs it. Over HTTP/1.1 h11 refused the request for
+    # its two Host headers; over HTTP/2 h2 refused a Host other than the :authority.
+    async def host(request: Request) -> Response:
+        return PlainTextResponse(f"{request.headers['host']} {request.url.hostname}")
+
+    app = Starlette(routes=[Route("/host", host)])
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=["streams.example"])
+    with anyio.fail_after(20):
+        async with open_server(app) as server:
+            async with opener(server, "/host", headers={name: "streams.example"}) as client:
+                assert client.status == 200
+                assert await client.read_all() == b"streams.example streams.example"
+            async with opener(server, "/host") as client:
+                assert client.status == 400  # the server's own address, refused
 
 
 @pytest.mark.parametrize("opener", [open_stream, open_h2_stream], ids=["http/1.1", "http/2"])
