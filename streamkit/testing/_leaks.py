@@ -192,13 +192,28 @@ def _without_served(snapshot: ResourceSnapshot, serving: Collection[str]) -> Res
     kept = {
         number: target
         for number, target in snapshot.file_descriptors.items()
-        if not (
-            target.startswith("socket:[")
-            and (found := _socket(target[len("socket:[") : -1])) is not None
-            and found[0] in serving
-        )
+        if not (target.startswith("socket:[") and _local_address(number, target) in serving)
     }
     return replace(snapshot, file_descriptors=kept)
+
+
+def _local_address(number: int, target: str) -> str | None:
+    """The local address (``host:port``) of the TCP socket open as descriptor *number*.
+
+    A connection that was reset has left the kernel's table of TCP connections: the socket
+    itself still knows the address it was bound to.
+    """
+    found = _socket(target[len("socket:[") : -1])
+    if found is not None:
+        return found[0]
+    try:
+        with socket.socket(fileno=os.dup(number)) as sock:
+            if sock.family not in (socket.AF_INET, socket.AF_INET6):
+                return None
+            host, port = sock.getsockname()[:2]
+    except OSError:
+        return None  # closed meanwhile, or no socket of ours to ask
+    return f"[{host}]:{port}" if sock.family == socket.AF_INET6 else f"{host}:{port}"
 
 
 def _file_descriptors() -> dict[int, str]:
