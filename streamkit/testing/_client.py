@@ -40,14 +40,23 @@ _UNSENDABLE = re.compile(r"[\r\n\0]|^[ \t]|[ \t]$")
 
 def check_server(base: object) -> None:
     """Refuse a *base* to connect to that is not a server: one without ``host`` and ``port``
-    (its ``url``, say), which would fail only as an :exc:`AttributeError` of the connection.
+    (its ``url``, say), which would fail only as an :exc:`AttributeError` of the connection;
+    or a :class:`~streamkit.testing.LiveServer` that has stopped, whose refused connection
+    would read as a wrong port.
 
     :raises TypeError: *base* has no ``host`` or no ``port``.
+    :raises RuntimeError: *base* is a server that has stopped.
     """
     if not (hasattr(base, "host") and hasattr(base, "port")):
         raise TypeError(
             "base must be the server (a LiveServer, or anything with host and port), "
             f"got {type(base).__name__}: {base!r:.80}"
+        )
+    stopped = getattr(base, "stopped", None)
+    if isinstance(stopped, anyio.Event) and stopped.is_set():
+        raise RuntimeError(
+            f"the server at {getattr(base, 'url', f'{base.host}:{base.port}')} has stopped "
+            "(its open_server block ended, or shutdown() was called): nothing can connect to it"
         )
 
 
@@ -457,6 +466,7 @@ async def open_stream(
         server before :exc:`TimeoutError` (see :attr:`StreamClient.read_timeout`); ``None``
         waits for as long as it takes.
     :raises TimeoutError: the response head did not arrive within *read_timeout*.
+    :raises RuntimeError: *base* is a server that has stopped (before connecting).
     :raises TypeError: *base* is not a server, *method*, *path* or a header not a ``str``,
         *receive_buffer* not an ``int`` or *read_timeout* not a number (before connecting).
     :raises ValueError: the request cannot be sent as given (see below), *receive_buffer* is

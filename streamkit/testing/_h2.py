@@ -335,6 +335,7 @@ async def open_h2_connection(
     :param receive_buffer: ``SO_RCVBUF`` in bytes, set before connecting.
     :param read_timeout: seconds each wait for the server may take before
         :exc:`TimeoutError` (see :attr:`H2Connection.read_timeout`); ``None`` for no bound.
+    :raises RuntimeError: *base* is a server that has stopped (before connecting).
     :raises TypeError: *base* is not a server, *receive_buffer* not an ``int`` or
         *read_timeout* not a number (before connecting).
     :raises ValueError: *receive_buffer* is not positive, or *read_timeout* not a positive,
@@ -381,6 +382,7 @@ async def open_h2_stream(
     :param read_timeout: seconds the response head, and then each read, may wait for the
         server before :exc:`TimeoutError`; ``None`` for no bound.
     :raises TimeoutError: the response head did not arrive within *read_timeout*.
+    :raises RuntimeError: *base* is a server that has stopped (before connecting).
     :raises TypeError: *base* is not a server, *method*, *path* or a header not a ``str``,
         *receive_buffer* not an ``int`` or *read_timeout* not a number (before connecting).
     :raises ValueError: the request cannot be sent as given (see

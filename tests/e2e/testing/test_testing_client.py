@@ -455,6 +455,22 @@ async def test_a_base_that_is_no_server_is_refused_naming_it(protocol: str, base
 
 
 @pytest.mark.parametrize("protocol", OPENERS)
+@pytest.mark.parametrize("stop", ["block", "shutdown"])
+async def test_a_server_that_stopped_is_refused_saying_so(protocol: str, stop: str) -> None:
+    # It was a ConnectionRefusedError naming the port, as if the test had the wrong one.
+    with anyio.fail_after(20):
+        async with serving() as (server, _):
+            if stop == "shutdown":
+                await server.shutdown()
+                with pytest.raises(RuntimeError, match=f"^the server at {server.url} has stopped"):
+                    async with OPENERS[protocol](server, "/ticks"):
+                        raise AssertionError("it connected")
+        with pytest.raises(RuntimeError, match=f"^the server at {server.url} has stopped"):
+            async with OPENERS[protocol](server, "/ticks"):
+                raise AssertionError("it connected")
+
+
+@pytest.mark.parametrize("protocol", OPENERS)
 @pytest.mark.parametrize("value", [0, -4096, "4096", 4096.0])
 async def test_a_bad_receive_buffer_is_refused_naming_it_before_connecting(
     protocol: str, value: object
