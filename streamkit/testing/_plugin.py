@@ -20,7 +20,7 @@ from starlette.types import ASGIApp
 
 from .._checks import check_duration
 from ._leaks import ResourceSnapshot, wait_released
-from ._server import LiveServer, open_server, serving_addresses
+from ._server import LiveServer, forget_earlier_ends, open_server, serving_addresses
 
 __all__ = ["no_leaks", "open_live_server"]
 
@@ -55,6 +55,14 @@ def pytest_configure(config: pytest.Config) -> None:
             f"{_RELEASE_WITHIN} must be a positive, finite number of seconds, got {setting!r}"
         ) from None
     config.stash[_WITHIN] = within
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A server that outlives a test (a module's fixture) hands the next test's
+    :meth:`~streamkit.testing.LiveServer.wait_end` only the ends that happen during it: an
+    end an earlier test did not wait for would fail it, or not, by the order tests ran in."""
+    forget_earlier_ends()
 
 
 #: The servers open_live_server opened for a test, in order, for the report of its call.

@@ -33,6 +33,18 @@ _KEEP_ALIVE_TIMEOUT = 0.25
 #: again, after no_leaks checked: those are the server's to close, not the test's leaks.
 serving_addresses: set[str] = set()
 
+#: The servers open_server serves with now, for :func:`forget_earlier_ends`.
+_serving: set[LiveServer] = set()
+
+
+def forget_earlier_ends() -> None:
+    """Have every server serving now count the stream ends so far as seen by
+    :meth:`LiveServer.wait_end`: called as each test begins, so that a server that outlives a
+    test (a module's fixture) hands the next test only ends that happen from then on, not an
+    end an earlier test did not wait for."""
+    for server in _serving:
+        server._seen = sum(server.streams.statistics().ended.values())
+
 
 class LiveServer:
     """A server started by :func:`open_server`.
@@ -58,7 +70,8 @@ class LiveServer:
         self.stopped = stopped
 
     async def wait_end(self, *, within: float = 5.0) -> StreamEnd:
-        """The next stream end on this server, in the order they happened.
+        """The next stream end on this server, in the order they happened. Under pytest, a
+        test waits only for ends that happen during it: those before it count as seen.
 
         :raises TimeoutError: no stream ended within *within* seconds; the message names the
             streams still running.
@@ -242,6 +255,7 @@ async def open_server(
     # it passed): its streams end as a shutdown ends them, and are reported, which the test
     # may be about. Cancelled only if it does not stop in time.
     serving = anyio.CancelScope(shield=True)
+    server: LiveServer | None = None
     async with anyio.create_task_group() as task_group:
 
         async def run() -> None:
@@ -287,6 +301,7 @@ async def open_server(
             if listening.address is not None:
                 server = LiveServer(listening.address, streams, stop, stopped)
                 serving_addresses.add(f"{server.host}:{server.port}")
+                _serving.add(server)
                 await _wait_serving(server, tls=tls is not None)
                 yield server
         except anyio.get_cancelled_exc_class():
@@ -314,6 +329,8 @@ async def open_server(
                 serving.cancel()
             if listening.address is not None:
                 serving_addresses.discard(f"{listening.address.host}:{listening.address.port}")
+            if server is not None:
+                _serving.discard(server)
     if fatal is not None:
         raise fatal
     if serve_error is not None:

@@ -297,6 +297,61 @@ def test_no_leaks_does_not_count_what_a_server_of_a_wider_scope_holds(
     assert re.search(r"socket:\[\d+\] \(TCP 127\.0\.0\.1:\d+ -> 127\.0\.0\.1:\d+", output)
 
 
+#: A server shared by a module's tests, the first of which leaves a stream that ends with an
+#: error and does not wait for its end.
+SHARED_SERVER_WAITS = """
+from streamkit import EventSourceResponse, ServerSentEvent
+
+
+async def feed(request):
+    async def produce(send):
+        await send(ServerSentEvent(data="0"))
+        if request.query_params.get("fail"):
+            raise RuntimeError("upstream broke")
+        await anyio.sleep_forever()
+
+    return EventSourceResponse(produce)
+
+
+@pytest.fixture(scope="module", params=["asyncio", "trio"])
+def anyio_backend(request):
+    return request.param
+
+
+@pytest.fixture(scope="module")
+async def module_server(anyio_backend):
+    async with open_server(Starlette(routes=[Route("/feed", feed)])) as server:
+        yield server
+
+
+@pytest.mark.anyio
+async def test_a_failing_stream_shows_its_first_event(module_server):
+    async with open_stream(module_server, "/feed?fail=1") as client:
+        assert (await client.read_event()).data == "0"
+    with anyio.fail_after(5):
+        while not module_server.streams.statistics().ended[EndReason.ERROR]:
+            await anyio.sleep(0.01)
+
+
+@pytest.mark.anyio
+async def test_leaving_ends_the_stream(module_server):
+    async with open_stream(module_server, "/feed") as client:
+        await client.read_event()
+        await client.reset()
+    await module_server.wait_ended(EndReason.CLIENT_DISCONNECTED)
+"""
+
+
+def test_a_wait_for_an_end_on_a_shared_server_sees_no_end_from_an_earlier_test(
+    pytester: pytest.Pytester,
+) -> None:
+    # The second test's wait_ended got the first test's end, which it had not waited for:
+    # "stream /feed ended with ERROR, expected CLIENT_DISCONNECTED", a failure that came
+    # and went with the order the tests ran in.
+    result = run_suite(pytester, SHARED_SERVER_WAITS, "trio")
+    result.assert_outcomes(passed=4)
+
+
 @pytest.mark.parametrize("setting", ["nan", "-1", "0", "inf", "soon"])
 def test_a_bad_grace_period_is_a_usage_error_naming_it(
     pytester: pytest.Pytester, setting: str
