@@ -51,8 +51,8 @@ class FakeConnection:
     :param body: the request body, delivered by the first ``receive``.
     :param disconnect_after_body: leave once this many non-empty body messages were sent.
     :param disconnect_after_receives: leave at this many ``receive`` calls plus one.
-    :raises TypeError: a ``disconnect_after_*`` count is not an ``int``, *body* not
-        ``bytes``, or a header's name or value not a ``str``.
+    :raises TypeError: a ``disconnect_after_*`` count is not an ``int``, *path* or *method*
+        not a ``str``, *body* not ``bytes``, or a header's name or value not a ``str``.
     :raises ValueError: a ``disconnect_after_*`` count is negative.
     :ivar scope: the ASGI HTTP scope (``spec_version`` 2.4).
     :ivar messages: every message the client received, in order.
@@ -77,6 +77,8 @@ class FakeConnection:
             if value is not None:
                 check_count(name, value, least=0)
         # Checked here: the app would fail on a wrong one far from the test that gave it.
+        check_type("path", path, str)
+        check_type("method", method, str)
         check_type("body", body, bytes)
         for header, text in (headers or {}).items():
             if not isinstance(header, str):

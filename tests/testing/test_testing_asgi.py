@@ -183,15 +183,18 @@ def test_a_bad_count_is_refused_naming_it(name: str, value: object, error: type[
         ({"body": '{"n": 1}'}, r"body must be a bytes, got str: '\{\"n\": 1\}'"),
         ({"headers": {"X-Count": 1}}, r"header 'X-Count' must be a str, got int: 1"),
         ({"headers": {b"X-Token": "t"}}, r"a header name must be a str, got bytes: b'X-Token'"),
+        ({"path": b"/upload"}, r"path must be a str, got bytes: b'/upload'"),
+        ({"method": b"POST"}, r"method must be a str, got bytes: b'POST'"),
     ],
 )
-def test_a_body_or_header_of_the_wrong_type_is_refused_naming_it(
+def test_a_request_part_of_the_wrong_type_is_refused_naming_it(
     options: dict[str, object], named: str
 ) -> None:
     # A str body was handed to the app, whose request.json() failed far from here, joining
-    # it with bytes; a header's int was an AttributeError without its name.
+    # it with bytes; a header's int was an AttributeError without its name, and so was a
+    # bytes method; a bytes path a TypeError of str.partition.
     with pytest.raises(TypeError, match=f"^{named}$"):
-        FakeConnection("/upload", method="POST", **options)  # type: ignore[arg-type]
+        FakeConnection(**{"path": "/upload", "method": "POST", **options})  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
