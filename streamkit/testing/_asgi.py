@@ -123,6 +123,7 @@ class FakeConnection:
         self._after_body = disconnect_after_body
         self._after_receives = disconnect_after_receives
         self._request_delivered = False
+        self._ran = False
         self._left = anyio.Event()
         if disconnect_after_body == 0:
             self._left.set()
@@ -176,8 +177,16 @@ class FakeConnection:
         :raises TypeError: *within* is not a number (before the app is called).
         :raises ValueError: *within* is not a positive, finite number of seconds (before the
             app is called).
+        :raises RuntimeError: this connection already ran an app: it carries one request.
         """
         check_duration("within", within)
+        if self._ran:
+            # Its request went to the first app: a second would wait for it until its deadline.
+            raise RuntimeError(
+                f"this FakeConnection already ran an app for {self._request}: it carries one "
+                "request; make a new one for the next"
+            )
+        self._ran = True
         with anyio.move_on_after(within) as scope:
             await app(self.scope, self.receive, self.send)
         if scope.cancelled_caught:

@@ -221,6 +221,22 @@ async def test_a_bad_within_for_run_is_refused_naming_it_before_the_app_runs(
     assert called == []
 
 
+async def test_a_connection_run_again_is_refused_saying_it_carries_one_request() -> None:
+    # The second run waited for a request body that had gone to the first, until its
+    # deadline, then said the app "had sent 2 messages": the first run's.
+    async def echo(scope: Scope, receive: Receive, send: Send) -> None:
+        body = await Request(scope, receive).body()
+        await PlainTextResponse(b"got " + body)(scope, receive, send)
+
+    connection = FakeConnection("/echo", method="POST", body=b"abc")
+    await connection.run(echo)
+    assert connection.body == b"got abc"
+    with anyio.fail_after(1):
+        with pytest.raises(RuntimeError, match=r"already ran an app for POST /echo"):
+            await connection.run(echo)
+    assert connection.body == b"got abc"
+
+
 @pytest.mark.parametrize(
     ("disconnect_after_body", "left"),
     [(None, "had not left"), (2, "had left")],
