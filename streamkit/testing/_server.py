@@ -247,7 +247,8 @@ async def open_server(
     stopped = anyio.Event()
     streams = StreamRegistry(parent=registry)
     listening = _Listening()
-    serve_error: Exception | None = None  # what serve() raised: a bad option, a failed lifespan
+    # What serve() raised: a bad option, a failed lifespan, an App's task group's error.
+    serve_error: BaseException | None = None
     failure: BaseException | None = None
     fatal: BaseException | None = None  # a KeyboardInterrupt or SystemExit serve() raised,
     # or a group holding one
@@ -279,10 +280,13 @@ async def open_server(
                 fatal = exc
                 task_group.cancel_scope.cancel()
             except BaseExceptionGroup as exc:
-                # A producer's group holding one of them, which serve() raises as it came.
                 if exc.split((KeyboardInterrupt, SystemExit))[0] is None:
-                    raise
-                fatal = exc
+                    # An App's task group's error, which serve() raises as it came: raised
+                    # again past the task group, as serve() raised it, not in a group more.
+                    serve_error = exc
+                else:
+                    # A producer's group holding one of them, which serve() raises as it came.
+                    fatal = exc
                 task_group.cancel_scope.cancel()
             except Exception as exc:
                 # Raised again past the task group too, as itself, not in its exception group.

@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from streamkit import EndReason, ServeError
+from streamkit import App, EndReason, ServeError
 from streamkit.testing import LeakError, open_leak_check, open_server, open_stream
 from streamkit.testing import _server as live_server
 
@@ -198,6 +198,25 @@ async def test_an_app_whose_lifespan_fails_at_startup_raises_the_serve_error_as_
         async with open_server(app):
             raise AssertionError("the block ran")
     assert "RuntimeError: database unreachable" in str(caught.value)
+
+
+async def test_an_app_task_that_fails_is_raised_as_serve_raises_it() -> None:
+    # serve() stops and raises the App's task group's error; it came out of open_server
+    # inside a group of open_server's own, two groups deep.
+    failed = RuntimeError("the refresher's upstream is gone")
+
+    @asynccontextmanager
+    async def lifespan(app: App) -> AsyncIterator[None]:
+        async def refresh_forever() -> None:
+            raise failed
+
+        app.task_group.start_soon(refresh_forever)
+        yield
+
+    with anyio.fail_after(20), pytest.raises(ExceptionGroup) as caught:
+        async with open_server(App(lifespan=lifespan)) as server:
+            await server.stopped.wait()
+    assert caught.value.exceptions == (failed,)
 
 
 @pytest.mark.parametrize("app", ["not an app", None])
