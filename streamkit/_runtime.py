@@ -748,6 +748,11 @@ class _Stream(Generic[ItemT]):
         for the next check, unless the idle timer has nothing more to do."""
         self._idle_timer = None
         assert self._idle_timeout is not None
+        if self._returned or self.reason is not None:
+            # The producer is done, not idle: its cleanup may still run (a resource's slow
+            # exit), and a stale item then would follow its last one, or its farewell's
+            # reason be turned into DEADLINE by end_when_idle.
+            return
         if self._clock() >= self.last_item_at + self._idle_timeout and not self._on_idle():
             return
         self._idle_timer = self._call_at(self.last_item_at + self._idle_timeout, self._time_idle)

@@ -176,3 +176,43 @@ async def test_the_idle_fallback_sees_the_requests_context_variables() -> None:
                     assert await client.read_event() == ServerSentEvent(
                         event="stale", data=request_id
                     )
+
+
+@pytest.mark.parametrize("ending", ["completed", "deadline"])
+async def test_no_idle_fallback_once_the_producer_returned_or_its_end_was_decided(
+    ending: str,
+) -> None:
+    """The producer's cleanup (a resource's exit through send) runs past idle_timeout after it
+    returned, or after max_duration ended it: the producer is not idle but done, and no stale
+    event is written after its last item, nor does end_when_idle make a completed stream a
+    DEADLINE."""
+
+    async def produce(send: StreamSender[Any]) -> None:
+        async def slow_exit() -> None:
+            await anyio.sleep(3 * IDLE)  # closing an upstream that takes its time
+
+        send.push_async_callback(slow_exit)
+        await send(ServerSentEvent(data="last"))
+        if ending == "deadline":
+            await anyio.sleep_forever()
+
+    async def sse(request: Request) -> Response:
+        return EventSourceResponse(
+            produce,
+            idle_timeout=IDLE,
+            end_when_idle=True,
+            max_duration=IDLE / 2 if ending == "deadline" else None,
+            deadline_event=ServerSentEvent(event="deadline", data=""),
+        )
+
+    reason = EndReason.COMPLETED if ending == "completed" else EndReason.DEADLINE
+    async with (
+        open_server(Starlette(routes=[Route("/sse", sse)])) as server,
+        open_stream(server, "/sse") as client,
+    ):
+        with anyio.fail_after(5):
+            events = [event async for event in client.events()]
+        end = await server.wait_ended(reason)
+    farewell = [ServerSentEvent(event="deadline", data="")] if ending == "deadline" else []
+    assert events == [ServerSentEvent(data="last"), *farewell]
+    assert end.items_sent == 1
