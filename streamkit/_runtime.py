@@ -357,7 +357,6 @@ class _Stream(Generic[ItemT]):
                 self.bytes_sent += size
                 self.items_sent += 1
                 await self._send({"type": "http.response.body", "body": frame, "more_body": True})
-                self._pending_since = None
             except self._refused:
                 # ASGI 2.4 servers raise OSError from send() once the client is gone (see
                 # LoopFacts.refused for the other): the write was refused, and is not counted.
@@ -366,6 +365,10 @@ class _Stream(Generic[ItemT]):
                 self.decide(EndReason.CLIENT_DISCONNECTED)
                 await anyio.lowlevel.checkpoint()  # the producer is cancelled now
             finally:
+                # No write is under way now, one given up included: a producer that drops an
+                # item its client is slow to take (move_on_after around its send) goes on,
+                # and the send timer must not time that write out later.
+                self._pending_since = None
                 self._writing = False
                 if self._write_done is not None:
                     self._write_done.set()

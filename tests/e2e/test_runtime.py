@@ -584,6 +584,45 @@ async def test_a_client_that_stalls_after_a_quiet_spell_ends_with_send_timeout()
     assert probe.background_ran == [EndReason.SEND_TIMEOUT]
 
 
+async def test_a_send_its_producer_gave_up_on_leaves_no_write_to_time_out() -> None:
+    """A producer drops an item a slow client is not taking in time (``move_on_after`` around
+    its send): on asyncio that send was the producer's own write, and, given up, it was still
+    timed as a write under way, ending a stream whose client went on reading with
+    SEND_TIMEOUT, its connection cut, a send timeout later."""
+    send_timeout = 1.0
+    dropped = anyio.Event()
+    drained = anyio.Event()
+
+    async def produce(send: StreamSender[str]) -> None:
+        await send("first\n")
+        while True:
+            with anyio.move_on_after(0.2) as scope:
+                await send("x" * 65536 + "\n")
+            if scope.cancelled_caught:
+                break
+            await anyio.sleep(0.01)  # awaits between items: the producer writes them itself
+        dropped.set()
+        await drained.wait()
+        await anyio.sleep(2 * send_timeout)  # quiet, past the dropped send's timeout
+        await send("last\n")
+
+    async def route(request: Request) -> Response:
+        return StreamResponse(produce, send_timeout=send_timeout)
+
+    async with open_server(app_for(route)) as server:
+        async with open_stream(server, "/stream", receive_buffer=4096) as client:
+            assert (await client.receive_chunk() or b"").startswith(b"first")
+            # Not read from now on: the server's writes back up until the producer gives up.
+            with anyio.fail_after(10):
+                await dropped.wait()
+            drained.set()
+            with anyio.fail_after(10):
+                body = await client.read_all()
+        await server.wait_ended(EndReason.COMPLETED)
+    assert body.endswith(b"\nlast\n")
+    assert client.complete
+
+
 async def test_a_stalled_clients_end_counts_the_items_it_was_given() -> None:
     # A write given up at send_timeout may have reached the client in part: on trio, the
     # last small items were joined with a large one into one write, which never returned, and
