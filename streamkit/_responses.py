@@ -121,9 +121,10 @@ class StreamResponse(Response, Generic[ItemT]):
     :param on_end: called with the :class:`~streamkit.StreamEnd` once the stream has ended;
         a plain function (async work belongs in ``background``).
     :param heartbeat_chunk: the bytes a heartbeat writes.
-    :raises TypeError: *content* is neither an async iterable nor a callable, *on_end* is
-        not callable or is an async function, *headers* is no mapping, *status_code* is not
-        an ``int``, or *media_type* or a header's name or value is not a ``str``.
+    :raises TypeError: *content* is neither an async iterable nor a callable, *on_end* or
+        *idle_fallback* is not callable or is an async function, *headers* is no mapping,
+        *status_code* is not an ``int``, or *media_type* or a header's name or value is not a
+        ``str``.
     :raises ValueError: an option is out of range (see :class:`~streamkit.StreamOptions`),
         *status_code* is one no stream can be sent with, or a header (the content type
         included) cannot be sent, or frames the body.
@@ -173,9 +174,18 @@ class StreamResponse(Response, Generic[ItemT]):
                 f"on_end must be a plain function, got the async function {on_end!r}; "
                 "put async work in background="
             )
+        idle_fallback = arguments.get("idle_fallback")
+        # Checked now: a wrong one would fail only when the producer first goes idle, the
+        # stream long under way, and end it as an error.
+        check_callable("idle_fallback", idle_fallback, optional=True)
+        if idle_fallback is not None and inspect.iscoroutinefunction(idle_fallback):
+            raise TypeError(
+                "idle_fallback must be a plain function returning the item to send, "
+                f"got the async function {idle_fallback!r}"
+            )
         self.content = content
         self.on_end = on_end
-        self.idle_fallback = arguments.get("idle_fallback") or self.default_idle_fallback
+        self.idle_fallback = idle_fallback or self.default_idle_fallback
         given, _ = StreamOptions.split(dict(arguments))
         given.setdefault("heartbeat_interval", self.default_heartbeat_interval)
         self.options = StreamOptions(**given)

@@ -61,6 +61,23 @@ def test_an_async_on_end_is_refused() -> None:
         NDJSONResponse(nothing(), on_end=on_end)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("response_class", [EventSourceResponse, NDJSONResponse, StreamResponse])
+def test_an_idle_fallback_that_is_no_plain_function_is_refused_where_given(
+    response_class: type[StreamResponse[Any]],
+) -> None:
+    # Taken, it failed only when the producer first went idle: the stream, its 200 sent long
+    # before, ended as an error (an async one's coroutine never awaited).
+    async def stale(last: object) -> object:
+        return last
+
+    with pytest.raises(TypeError, match="idle_fallback must be callable, got str: 'stale'"):
+        response_class(nothing(), idle_timeout=5.0, idle_fallback="stale")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="idle_fallback must be a plain function"):
+        response_class(nothing(), idle_timeout=5.0, idle_fallback=stale)
+    with pytest.raises(TypeError, match="idle_fallback must be callable, got int: 5"):
+        response_class.with_options(idle_fallback=5)  # type: ignore[arg-type]
+
+
 def test_a_bytes_stream_needs_a_heartbeat_chunk_to_beat() -> None:
     with pytest.raises(ValueError, match="heartbeat_chunk"):
         StreamResponse(nothing(), heartbeat_interval=5.0)
