@@ -35,7 +35,7 @@ from ._app import App
 from ._checks import check_count, check_duration
 from ._exceptions import ServeError
 from ._logs import configure_run_logging
-from ._serve import ServerAddress, bind_socket, serve
+from ._serve import ServerAddress, bind_socket, check_stalled_connection_timeout, serve
 from ._tls import HANDSHAKE_TIMEOUT, TLSConfig, apply_tls, check_tls
 
 __all__ = ["import_app", "main", "run"]
@@ -146,7 +146,7 @@ def run(
         raise ValueError(
             f"{workers} workers each import the app: give it as MODULE:ATTRIBUTE, not {app!r}"
         )
-    check_duration("stalled_connection_timeout", stalled_connection_timeout, optional=True)
+    check_stalled_connection_timeout("stalled_connection_timeout", stalled_connection_timeout)
     check_tls(tls)
     _check_log_level(log_level)
     if log_level is not None:
@@ -438,9 +438,13 @@ _count = _flag(int, "an int", check_count)
 _seconds = _flag(float, "a number of seconds", check_duration)
 
 
-def _seconds_or_off(text: str) -> float | None:
-    """A duration flag that ``off`` turns off."""
-    return None if text == "off" else _seconds(text)
+#: ``--stalled-connection-timeout``, but for ``off``.
+_connection_seconds = _flag(float, "a number of seconds", check_stalled_connection_timeout)
+
+
+def _connection_seconds_or_off(text: str) -> float | None:
+    """``--stalled-connection-timeout``: seconds, or ``off``."""
+    return None if text == "off" else _connection_seconds(text)
 
 
 def _directory(text: str) -> str:
@@ -478,7 +482,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     command.add_argument(
         "--stalled-connection-timeout",
-        type=_seconds_or_off,
+        type=_connection_seconds_or_off,
         default=10.0,
         metavar="SECONDS",
         help="abort a connection whose client stopped reading for this long (off: never)",

@@ -33,7 +33,7 @@ from anyio.abc import TaskStatus
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ._backends import hypercorn_serve
-from ._checks import check_callable, check_duration, check_type
+from ._checks import check_callable, check_duration, check_type, show_number
 from ._connections import abort_accepted
 from ._exceptions import ServeError
 from ._hypercorn_h2 import bound_h2_streams
@@ -51,6 +51,27 @@ ShutdownTrigger = Callable[[], Awaitable[None]]
 #: Connections the kernel completes and holds for the server while it is busy: past them, a
 #: client's SYN is dropped and it retries a second later, then three, then seven.
 BACKLOG = 1024
+
+#: The longest ``stalled_connection_timeout``, in whole seconds: ``TCP_USER_TIMEOUT`` holds
+#: its milliseconds in a C int (about 24.8 days).
+MAX_STALLED_CONNECTION_TIMEOUT = (2**31 - 1) // 1000
+
+
+def check_stalled_connection_timeout(name: str, value: object) -> None:
+    """Refuse *value* unless it is ``None`` or a positive number of seconds that
+    ``TCP_USER_TIMEOUT`` can hold: a longer one fails only as the socket is bound, with
+    Python's word of the socket option's argument.
+
+    :raises TypeError: *value* is not a number.
+    :raises ValueError: *value* is zero, negative, not finite, or above
+        :data:`MAX_STALLED_CONNECTION_TIMEOUT`.
+    """
+    check_duration(name, value, optional=True)
+    if isinstance(value, int | float) and value > MAX_STALLED_CONNECTION_TIMEOUT:
+        raise ValueError(
+            f"{name} must be at most {MAX_STALLED_CONNECTION_TIMEOUT} seconds, about 24 days "
+            f"(TCP_USER_TIMEOUT holds no more; None turns it off), got {show_number(value)}"
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -329,7 +350,8 @@ async def serve(
     :param bind: ``HOST:PORT`` to listen on; port 0 picks a free one.
     :param grace_period: seconds from the shutdown trigger to the server having stopped.
     :param stalled_connection_timeout: seconds after which the kernel aborts a connection
-        whose client has stopped reading (``TCP_USER_TIMEOUT``); ``None`` leaves it to the OS.
+        whose client has stopped reading (``TCP_USER_TIMEOUT``), at most 2,147,483 (about 24
+        days, all the option holds); ``None`` leaves it to the OS.
         Keep it below *grace_period*, or a stalled client can hold the shutdown past it.
     :param shutdown_trigger: an async function whose return begins shutdown; by default the
         signals (which need the main thread).
@@ -365,7 +387,7 @@ async def serve(
     from hypercorn.config import Config
 
     check_duration("grace_period", grace_period)
-    check_duration("stalled_connection_timeout", stalled_connection_timeout, optional=True)
+    check_stalled_connection_timeout("stalled_connection_timeout", stalled_connection_timeout)
     check_callable("on_serving", on_serving, optional=True)
     if config is None:
         config = Config()

@@ -27,6 +27,13 @@ TLS_FLAGS = ["--certfile", "cert.pem", "--keyfile", "key.pem"]
         ({"bind": 8000}, TypeError, r"bind must be a str, got int: 8000"),
         ({"log_level": "LOUD"}, ValueError, r"log_level must be one of .*INFO.*, got 'LOUD'"),
         ({"log_level": True}, TypeError, r"log_level must be a level name or an int, got bool"),
+        (
+            # More milliseconds than TCP_USER_TIMEOUT's int holds: the socket option failed
+            # with "a bytes-like object is required, not 'int'", its socket left open.
+            {"stalled_connection_timeout": 1e7},
+            ValueError,
+            r"stalled_connection_timeout must be at most 2147483 seconds, .*, got 10000000.0",
+        ),
     ],
 )
 def test_a_bad_argument_is_refused_naming_it(

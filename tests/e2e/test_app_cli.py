@@ -555,6 +555,10 @@ def test_a_flag_out_of_range_is_a_usage_error_naming_it(tmp_path: Path) -> None:
         (["--grace-period", "nan"], "argument --grace-period: must be a positive, finite"),
         (["--grace-period", "-1"], "argument --grace-period: must be a positive, finite"),
         (["--stalled-connection-timeout", "inf"], "argument --stalled-connection-timeout: must"),
+        (
+            ["--stalled-connection-timeout", "1e7"],
+            "argument --stalled-connection-timeout: must be at most 2147483 seconds",
+        ),
         (["--app-dir", "nowhere"], "argument --app-dir: not a directory: 'nowhere'"),
         (["--tls-handshake-timeout", "-1"], "argument --tls-handshake-timeout: must be a positive"),
     ]:

@@ -144,6 +144,7 @@ async def test_a_server_not_stopped_five_seconds_past_its_grace_period_is_cancel
         ("grace_period", "5", TypeError),
         ("stalled_connection_timeout", -1.0, ValueError),
         ("stalled_connection_timeout", float("inf"), ValueError),
+        ("stalled_connection_timeout", 1e7, ValueError),
     ],
 )
 async def test_a_bad_option_is_refused_naming_it_on_entering(
