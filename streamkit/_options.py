@@ -22,7 +22,9 @@ class StreamOptions:
     """How one stream is run: its timers, bounds and buffer.
 
     :param heartbeat_interval: after this many seconds with nothing written, send a heartbeat
-        frame; ``None`` disables heartbeats.
+        frame; ``None`` turns the regular heartbeats off, though a stream that has a heartbeat
+        frame still writes one after 30 seconds of silence, which notices a client that left
+        while a pipelined request kept the server from reading.
     :param send_timeout: a write that has not completed after this many seconds ends the
         stream with :attr:`~streamkit.EndReason.SEND_TIMEOUT`; ``None`` waits forever.
     :param max_duration: the stream ends with :attr:`~streamkit.EndReason.DEADLINE` after
