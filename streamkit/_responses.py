@@ -402,7 +402,8 @@ class EventSourceResponse(StreamResponse[Any]):
     :param shutdown_event: sent when the server shuts down gracefully; carry a ``retry`` to
         tell the browser when to reconnect. ``None`` sends nothing. By default
         ``event: shutdown`` with ``retry: 1000``.
-    :param deadline_event: sent when ``max_duration`` ends the stream; none by default.
+    :param deadline_event: sent when ``max_duration`` ends the stream, or ``end_when_idle``
+        after the idle fallback; none by default.
     :param error_event: sent when the producer raises; by default ``event: error`` with empty
         data (the exception text is not sent). A farewell event whose data cannot be encoded
         is refused here (``TypeError`` or ``ValueError``, naming it); one that fails when
@@ -553,7 +554,8 @@ class NDJSONResponse(StreamResponse[Any]):
         cannot tell an error from the end of the data: give one (``{"error": true}``, say)
         when the client must know.
     :param shutdown_item: written as the last line on a graceful shutdown.
-    :param deadline_item: written as the last line when ``max_duration`` ends the stream.
+    :param deadline_item: written as the last line when ``max_duration`` ends the stream,
+        or ``end_when_idle`` after the idle fallback.
         Each is refused here if it cannot be encoded; one that fails when encoded again at
         the end (by an encoder with state, or changed since) is left out and logged, and the
         body still ends.

@@ -95,6 +95,22 @@ async def test_end_when_idle_ends_with_deadline_after_the_fallback() -> None:
     assert IDLE <= end.duration < IDLE + 1.0
 
 
+async def test_end_when_idle_sends_the_deadline_event_after_the_fallback() -> None:
+    deadline = ServerSentEvent(event="deadline", data="", retry=500)
+    async with (
+        open_server(app(end_when_idle=True, deadline_event=deadline)) as server,
+        open_stream(server, "/sse") as client,
+    ):
+        with anyio.fail_after(5):
+            events = [event async for event in client.events()]
+        await server.wait_ended(EndReason.DEADLINE)
+    assert events == [
+        ServerSentEvent(data="42", id="1", event="price"),
+        ServerSentEvent(event="stale", data="42"),
+        deadline,
+    ]
+
+
 async def test_a_producer_that_keeps_sending_never_gets_a_fallback() -> None:
     async def steady(send: StreamSender[Any]) -> None:
         for n in range(8):
