@@ -259,21 +259,32 @@ class _TrioWakeup:
 
 
 class _TrioTimer:
-    __slots__ = ("callback", "cancelled", "context", "when")
+    __slots__ = ("callback", "context", "timers", "when")
 
-    def __init__(self, when: float, callback: Callable[[], None]) -> None:
+    def __init__(self, when: float, callback: Callable[[], None], timers: _TrioTimers) -> None:
         self.when = when
-        self.callback = callback
-        self.cancelled = False
+        # Both None once the timer has run or been cancelled.
+        self.callback: Callable[[], None] | None = callback
         # Run in, as asyncio's call_at does: what a timer does for a stream (an idle fallback,
         # say) sees the request's context variables, not the system task's.
-        self.context = contextvars.copy_context()
+        self.context: contextvars.Context | None = contextvars.copy_context()
+        self.timers = timers
 
     def cancel(self) -> None:
-        self.cancelled = True
+        if self.callback is None:
+            return  # run, or cancelled already
+        # Let go of what the callback holds (a stream, its request's context) now, as
+        # asyncio's cancel does: a stream's deadline an hour off would hold it that long.
+        self.callback = self.context = None
+        self.timers.note_cancelled()
 
     def __lt__(self, other: _TrioTimer) -> bool:
         return self.when < other.when
+
+
+#: Cancelled timers the heap may hold before it is rebuilt without them (once they are half
+#: of it, as asyncio's loop does with its own).
+_CANCELLED_KEPT = 100
 
 
 class _TrioTimers:
@@ -287,6 +298,7 @@ class _TrioTimers:
     def __init__(self, trio: Any) -> None:
         self._trio = trio
         self._heap: list[_TrioTimer] = []
+        self._cancelled = 0  # cancelled timers still in the heap
         self._sleep: Any = None  # the system task's cancel scope, whose deadline is the earliest
         wakeup = partial(_TrioWakeup, trio.lowlevel)
         self.facts = LoopFacts(
@@ -300,11 +312,22 @@ class _TrioTimers:
         )
 
     def call_at(self, when: float, callback: Callable[[], None]) -> Timer:
-        timer = _TrioTimer(when, callback)
+        timer = _TrioTimer(when, callback, self)
         heapq.heappush(self._heap, timer)
         if self._sleep is not None and when < self._sleep.deadline:
             self._sleep.deadline = when
         return timer
+
+    def note_cancelled(self) -> None:
+        """A timer in the heap was cancelled: rebuild the heap without the cancelled ones once
+        they are many and half of it, so that timers set far off and cancelled (a deadline
+        per stream) do not pile up until their time."""
+        self._cancelled += 1
+        heap = self._heap
+        if self._cancelled > _CANCELLED_KEPT and 2 * self._cancelled > len(heap):
+            heap[:] = [timer for timer in heap if timer.callback is not None]  # the same list
+            heapq.heapify(heap)
+            self._cancelled = 0
 
     async def run(self) -> None:
         trio, heap = self._trio, self._heap
@@ -314,11 +337,15 @@ class _TrioTimers:
             now = trio.current_time()
             while heap and heap[0].when <= now:
                 timer = heapq.heappop(heap)
-                if not timer.cancelled:
-                    try:
-                        timer.context.run(timer.callback)
-                    except Exception:  # a system task must not raise
-                        logger.exception("a stream timer's callback raised")
+                callback, context = timer.callback, timer.context
+                if callback is None or context is None:
+                    self._cancelled -= 1
+                    continue
+                timer.callback = timer.context = None  # run: a cancel() from now on is nothing
+                try:
+                    context.run(callback)
+                except Exception:  # a system task must not raise
+                    logger.exception("a stream timer's callback raised")
 
 
 def _trio_timers() -> _TrioTimers:

@@ -5,6 +5,8 @@ can still be set once a wait on them was cancelled."""
 
 from __future__ import annotations
 
+import gc
+import weakref
 from contextvars import ContextVar
 
 import anyio
@@ -79,6 +81,34 @@ async def test_a_wakeup_whose_wait_was_cancelled_can_still_be_set() -> None:
             await wakeup.wait()
     assert scope.cancelled_caught
     wakeup.set()  # nothing waits any more: no error (on asyncio, not a cancelled future's)
+
+
+class Held:
+    """What a timer's callback holds: a stream, in the runtime."""
+
+    def act(self) -> None:
+        raise AssertionError("a cancelled timer ran")
+
+
+async def test_a_cancelled_timer_lets_go_of_its_callback_at_once() -> None:
+    # A stream cancels its timers as it ends; the one for a max_duration an hour off held
+    # the stream (and its request's context) on trio until then, as it held its place in
+    # the heap, where asyncio's cancel lets go of both.
+    facts = loop_facts()
+    held = Held()
+    gone = weakref.ref(held)
+    later = facts.clock() + 3600
+    timers = [facts.call_at(later, held.act) for _ in range(1000)]
+    del held
+    for timer in timers:
+        timer.cancel()
+    timer_type = type(timers[0])
+    del timers, timer
+    for _ in range(3):
+        await anyio.lowlevel.checkpoint()  # asyncio drops cancelled handles as its loop turns
+    gc.collect()
+    assert gone() is None
+    assert sum(type(item) is timer_type for item in gc.get_objects()) < 200
 
 
 async def test_the_clock_is_anyios() -> None:

@@ -6,6 +6,7 @@ measured in bench/ and reported there.
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -19,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+import streamkit._runtime
 from streamkit import (
     EndReason,
     EventSourceResponse,
@@ -822,6 +824,34 @@ async def test_the_producer_sees_a_valid_last_event_id(
 
 
 # -- registry and introspection ---------------------------------------------------------------
+
+
+async def test_streams_that_ended_are_not_held_by_their_timers() -> None:
+    """A stream's deadline and idle timers an hour off are cancelled as it ends; on trio they
+    held it, and all it holds (its response, its buffer, its request's context), for that
+    hour: every short stream of a route with a max_duration piled up."""
+
+    async def produce(send: StreamSender[str]) -> None:
+        await send("done")
+
+    async def route(request: Request) -> Response:
+        return EventSourceResponse(produce, max_duration=3600, idle_timeout=3600)
+
+    def streams_alive() -> list[str]:
+        gc.collect()
+        kind = streamkit._runtime._Stream
+        alive = [item.path for item in gc.get_objects() if type(item) is kind]
+        return [path for path in alive if path == "/timed"]  # not another test's
+
+    app = Starlette(routes=[Route("/timed", route)])
+    async with open_server(app) as server:
+        for _ in range(5):
+            async with open_stream(server, "/timed") as client:
+                assert [event.data async for event in client.events()] == ["done"]
+            await server.wait_ended(EndReason.COMPLETED)
+    # The server has stopped, every stream's task returned: only a timer could hold one now
+    # (on trio, the run's timers outlive the server).
+    assert streams_alive() == []
 
 
 async def test_the_registry_sees_active_streams() -> None:
