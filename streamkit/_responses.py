@@ -502,11 +502,10 @@ class EventSourceResponse(StreamResponse[Any]):
     def heartbeat_frame(self) -> bytes | None:
         if callable(self._heartbeat_event):
             try:
-                return self._heartbeat_event_frame()
+                self._heartbeat = self._heartbeat_event_frame()  # kept: the last good one
             except Exception:
                 # A heartbeat is not worth ending a stream for: send the last good one.
                 logger.exception("heartbeat_event %r raised", self._heartbeat_event)
-                return self._heartbeat
         return self._heartbeat
 
     @staticmethod

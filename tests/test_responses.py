@@ -328,6 +328,27 @@ def test_a_heartbeat_function_that_fails_later_falls_back_to_the_last_good_frame
     assert "heartbeat_event" in caplog.text
 
 
+def test_a_heartbeat_function_that_fails_after_heartbeats_falls_back_to_the_last_sent(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The heartbeats page promises the last good ping: one carrying the time it was sent must
+    # not go back to the time the response was made, which was sent in its place.
+    calls = 0
+
+    def ping() -> ServerSentEvent:
+        nonlocal calls
+        calls += 1
+        if calls > 3:
+            raise RuntimeError("clock broke")
+        return ServerSentEvent(event="ping", data=str(calls))
+
+    sse = EventSourceResponse(nothing(), heartbeat_event=ping)  # the first call, a check
+    assert sse.heartbeat_frame() == b"event: ping\ndata: 2\n\n"
+    assert sse.heartbeat_frame() == b"event: ping\ndata: 3\n\n"
+    assert sse.heartbeat_frame() == b"event: ping\ndata: 3\n\n"
+    assert "clock broke" in caplog.text
+
+
 @pytest.mark.parametrize("cls", [StreamResponse, EventSourceResponse, NDJSONResponse])
 def test_status_code_and_its_default_are_in_the_signature(cls: type[Any]) -> None:
     # FastAPI reads the default there to document a route declared with response_class=.
