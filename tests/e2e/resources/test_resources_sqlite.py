@@ -416,3 +416,22 @@ async def test_sqlite_rows_runs_its_query_once(database: Path) -> None:
     with pytest.raises(RuntimeError, match="runs its query once"):
         async with rows:
             pass
+
+
+@pytest.mark.parametrize("lock_timeout", [1.5, 30 * 24 * 3600.0])
+async def test_prepare_waits_for_a_lock_as_long_as_lock_timeout(
+    database: Path, lock_timeout: float
+) -> None:
+    # sqlite3 takes the timeout as an int of milliseconds: past 2**31 - 1 (about 24 days),
+    # it overflowed, and a statement of prepare's failed at once on a lock.
+    waits: list[int] = []
+
+    def prepare(connection: sqlite3.Connection) -> None:
+        waits.append(connection.execute("PRAGMA busy_timeout").fetchone()[0])
+
+    rows = SQLiteRows(
+        database, "SELECT id FROM items WHERE id <= 1", prepare=prepare, lock_timeout=lock_timeout
+    )
+    async with rows:
+        assert await rows.fetch_batch() == [{"id": 1}]
+    assert waits == [min(round(lock_timeout * 1000), 2**31 - 1)]
