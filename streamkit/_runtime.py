@@ -364,10 +364,18 @@ class _Stream(Generic[ItemT]):
                 self.items_sent -= 1
                 self.decide(EndReason.CLIENT_DISCONNECTED)
                 await anyio.lowlevel.checkpoint()  # the producer is cancelled now
+            except BaseException:
+                # Given up (move_on_after around the send, say): what the server took of it
+                # may still wait for the client. The writer writes from now on, whose writes
+                # no producer's timeout cuts short and the send timer times, so a client that
+                # stopped reading is given up after send_timeout: each given-up write timed
+                # afresh by the next, it never was.
+                self._turns = None
+                raise
             finally:
                 # No write is under way now, one given up included: a producer that drops an
-                # item its client is slow to take (move_on_after around its send) goes on,
-                # and the send timer must not time that write out later.
+                # item its client is slow to take goes on, and the send timer must not time
+                # that write out later.
                 self._pending_since = None
                 self._writing = False
                 if self._write_done is not None:

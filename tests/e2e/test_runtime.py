@@ -625,6 +625,34 @@ async def test_a_send_its_producer_gave_up_on_leaves_no_write_to_time_out() -> N
     assert client.complete
 
 
+async def test_a_stalled_client_of_a_producer_that_gives_up_its_sends_is_timed_out() -> None:
+    """A producer drops each item its client is not taking in time (``move_on_after`` around
+    its send) and its client stops reading: on asyncio each send was the producer's own
+    write, each given up and the next one timed afresh, so send_timeout never ended the
+    stream (the kernel cut the connection only at stalled_connection_timeout, and under a
+    server that sets none, each given-up write was left in its buffer)."""
+    send_timeout = 0.5
+
+    async def produce(send: StreamSender[str]) -> None:
+        await send("first\n")
+        while True:
+            with anyio.move_on_after(0.1):
+                await send("x" * 65536 + "\n")
+            await anyio.sleep(0.01)  # awaits between items: the producer writes them itself
+
+    async def route(request: Request) -> Response:
+        return StreamResponse(produce, send_timeout=send_timeout)
+
+    async with open_server(app_for(route), stalled_connection_timeout=30.0) as server:
+        async with open_stream(server, "/stream", receive_buffer=4096) as client:
+            assert (await client.receive_chunk() or b"").startswith(b"first")
+            client.stall()
+            stalled_at = anyio.current_time()
+            end = await server.wait_ended(EndReason.SEND_TIMEOUT, within=10)
+    assert anyio.current_time() - stalled_at < send_timeout + 2.0
+    assert end.cleanup_duration < 1.0
+
+
 async def test_a_stalled_clients_end_counts_the_items_it_was_given() -> None:
     # A write given up at send_timeout may have reached the client in part: on trio, the
     # last small items were joined with a large one into one write, which never returned, and
