@@ -20,9 +20,10 @@ import signal
 import socket
 import sys
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from functools import partial
-from types import FrameType
+from types import FrameType, ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
@@ -55,17 +56,19 @@ def import_app(target: str) -> ASGIApp:
     ``package.module:holder.app``).
 
     :raises ValueError: *target* is not of that form.
-    :raises ImportError: the module cannot be imported.
+    :raises ImportError: the module is not found, or raised as it was imported (said in one
+        line: what it raised, and where).
     :raises AttributeError: the module has no such attribute.
     :raises TypeError: what was found is no ASGI application: not callable, a class, or a
         callable that cannot take ``(scope, receive, send)`` (an app factory, a WSGI app).
     """
     module_name, sep, attribute = target.partition(":")
-    if not sep or not module_name or not attribute:
+    # A relative module (.service) has no package to be relative to.
+    if not sep or not module_name or module_name.startswith(".") or not attribute:
         raise ValueError(
             f"the app must be named as MODULE:ATTRIBUTE, such as service:app, got {target!r}"
         )
-    found: Any = importlib.import_module(module_name)
+    found: Any = _import_module(module_name, target)
     for part in attribute.split("."):
         try:
             found = getattr(found, part)
@@ -76,6 +79,50 @@ def import_app(target: str) -> ASGIApp:
     _check_asgi(target, found)
     app: ASGIApp = found
     return app
+
+
+def _import_module(module_name: str, target: str) -> ModuleType:
+    """Import the app's module. Whatever it raises as it runs (a missing dependency, a setting
+    not given, a syntax error) is said in one line, with where it was raised, as every other
+    error of the command is: not as a traceback that ends without a word of the command, nor a
+    dependency's name said as if the app's own module were missing."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not f"{module_name}.".startswith(f"{exc.name}."):
+            raise ImportError(_raised_on_import(module_name, target, exc)) from exc
+        raise ImportError(
+            f"cannot import module {module_name!r} (from {target!r}): {exc}"
+        ) from None
+    except Exception as exc:
+        raise ImportError(_raised_on_import(module_name, target, exc)) from exc
+
+
+def _raised_on_import(module_name: str, target: str, exc: Exception) -> str:
+    said = (
+        f"module {module_name!r} raised {type(exc).__name__} as it was imported (from {target!r}): "
+    )
+    if isinstance(exc, SyntaxError):
+        said += exc.msg
+        if exc.filename is None:  # null bytes in the file, say: no line to point at
+            return said
+        return f"{said}, at {exc.filename!r}, line {exc.lineno}"
+    # The module's own line, the first past the import machinery; and, if the exception came
+    # from further in (a library the module called), where it was raised.
+    frames = [
+        frame
+        for frame in traceback.extract_tb(exc.__traceback__)
+        if frame.filename not in (__file__, importlib.__file__)
+        and not frame.filename.startswith("<frozen ")
+    ]
+    said += str(exc)
+    if not frames:  # raised by the import machinery itself
+        return said
+    own, innermost = frames[0], frames[-1]
+    said += f", at {own.filename!r}, line {own.lineno}"
+    if innermost is not own:
+        said += f" (raised at {innermost.filename!r}, line {innermost.lineno})"
+    return said
 
 
 def _check_asgi(name: str, found: object) -> None:

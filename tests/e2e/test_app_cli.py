@@ -437,6 +437,7 @@ def test_a_bad_app_name_is_reported_with_a_failure_status(tmp_path: Path) -> Non
     (tmp_path / "service.py").write_text("app = None\n")
     for target, message in [
         ("service", "MODULE:ATTRIBUTE"),
+        (".service:app", "MODULE:ATTRIBUTE"),
         ("nowhere:app", "No module named 'nowhere'"),
         ("service:missing", "has no attribute 'missing'"),
         ("service:app", "is not an ASGI application"),
@@ -445,6 +446,68 @@ def test_a_bad_app_name_is_reported_with_a_failure_status(tmp_path: Path) -> Non
         result = run_command(tmp_path, command)
         assert result.returncode == 1
         assert message in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        (
+            "import nowhere_to_be_found\n",
+            "module 'service' raised ModuleNotFoundError as it was imported (from "
+            "'service:app'): No module named 'nowhere_to_be_found', at {file}, line 1",
+        ),
+        (
+            "\nraise RuntimeError('DATABASE_URL is not set')\n",
+            "module 'service' raised RuntimeError as it was imported (from 'service:app'): "
+            "DATABASE_URL is not set, at {file}, line 2",
+        ),
+        (
+            "def app(:\n",
+            "module 'service' raised SyntaxError as it was imported (from 'service:app'): "
+            "invalid syntax, at {file}, line 1",
+        ),
+        (
+            # As a settings library refuses its settings: the line that asked is the module's.
+            "import settings\n\nDATABASE_URL = settings.required('DATABASE_URL')\n",
+            "module 'service' raised KeyError as it was imported (from 'service:app'): "
+            "'DATABASE_URL', at {file}, line 3 (raised at {settings}, line 6)",
+        ),
+    ],
+)
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_an_app_module_that_fails_to_import_is_named_in_one_line(
+    tmp_path: Path, source: str, message: str, workers: str
+) -> None:
+    # An exception of the module's own was a bare traceback, with no word of the command, and
+    # a dependency the module imports was said as if the app's own module were missing.
+    (tmp_path / "service.py").write_text(source)
+    (tmp_path / "settings.py").write_text(SETTINGS)
+    command = [sys.executable, "-m", "streamkit", "run", "service:app", "--bind", "127.0.0.1:0"]
+    result = run_command(tmp_path, [*command, "--workers", workers])
+    assert result.returncode == 1, result.stderr
+    file, settings = (repr(str(tmp_path / name)) for name in ("service.py", "settings.py"))
+    said = message.format(file=file, settings=settings)
+    assert result.stderr == f"streamkit: error: {said}\n"
+
+
+SETTINGS = """
+import os
+
+
+def required(name):
+    return os.environ[name]
+"""
+
+
+def test_an_app_module_that_is_not_found_is_named_with_the_app(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "streamkit", "run", "nowhere.service:app"]
+    command += ["--bind", "127.0.0.1:0"]
+    result = run_command(tmp_path, command)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr == (
+        "streamkit: error: cannot import module 'nowhere.service' (from "
+        "'nowhere.service:app'): No module named 'nowhere'\n"
+    )
 
 
 NOT_ASGI = """
