@@ -49,6 +49,9 @@ BACKENDS = ("asyncio", "trio")
 #: Past twice the grace period (the server's drain, then the App's lifespan shutdown) and
 #: this many seconds, a worker that is still running is killed.
 KILL_MARGIN = 5.0
+#: A worker's exit codes that mean it stopped when told to: drained, or ended by the SIGTERM
+#: it was sent (or a terminal's SIGINT) before it listened for signals, having served nothing.
+STOPPED_EXIT_CODES = (0, -signal.SIGTERM, -signal.SIGINT)
 
 
 def import_app(target: str) -> ASGIApp:
@@ -345,8 +348,10 @@ def _supervise(
         failed = exited[0]
         raise ServeError(f"worker {failed.name} (pid {failed.pid}) exited with {failed.exitcode}")
     # A worker whose shutdown failed (its app's lifespan raised, or it was killed for
-    # overrunning) fails the command, as it fails the one process serving alone.
-    failures = [process for process in processes if process.exitcode != 0]
+    # overrunning) fails the command, as it fails the one process serving alone. One ended
+    # by the signal itself had not begun to listen for it (it was still importing Python, or
+    # the script that started it): it had served nothing, and is stopped, not failed.
+    failures = [process for process in processes if process.exitcode not in STOPPED_EXIT_CODES]
     if failures:
         raise ServeError(
             "; ".join(

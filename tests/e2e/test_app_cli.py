@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
 
 import anyio
@@ -304,6 +304,65 @@ async def test_workers_whose_supervisor_is_killed_drain_and_exit_on_their_own(
                     await service.stdout_changed()
         assert events[-1].event == "shutdown"
     assert {line.split()[-1] for line in service.printed("lifespan ended")} == pids
+
+
+#: A script that serves with two workers, each of which, importing the script as it starts
+#: (before it can listen for a signal), says so and takes its time, as a large app's imports do.
+SLOW_TO_START = """
+import os
+import time
+
+import streamkit
+
+if __name__ == "__mp_main__":
+    os.write(1, f"worker importing {os.getpid()}\\n".encode())
+    time.sleep(60)
+
+if __name__ == "__main__":
+    streamkit.run("service:app", backend=BACKEND, bind="127.0.0.1:0", workers=2)
+"""
+
+
+@pytest.mark.parametrize("to_the_group", [False, True], ids=["sigterm", "ctrl-c"])
+async def test_a_signal_while_the_workers_still_start_stops_them_and_the_command_succeeds(
+    tmp_path: Path, anyio_backend: str, to_the_group: bool
+) -> None:
+    # A stop as a deployment starts (systemd's, a rollout's), or a terminal's Ctrl-C, which
+    # reaches the workers too: the workers, killed by the signal before they could listen for
+    # it, were each reported as "exited with -15 (or -2) during the shutdown", and the command
+    # failed.
+    (tmp_path / "service.py").write_text(SERVICE)
+    (tmp_path / "serve.py").write_text(SLOW_TO_START.replace("BACKEND", repr(anyio_backend)))
+    command = [sys.executable, "serve.py"]
+    async with await anyio.open_process(
+        command,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    ) as process:
+        assert process.stdout is not None
+        assert process.stderr is not None
+        try:
+            importing = 0
+            with anyio.fail_after(START_BOUND):
+                async with aclosing(lines(process.stdout)) as printed:
+                    async for line in printed:
+                        importing += line.startswith("worker importing")
+                        if importing == 2:
+                            break
+            if to_the_group:
+                os.killpg(process.pid, signal.SIGINT)
+            else:
+                process.send_signal(signal.SIGTERM)
+            with anyio.fail_after(GRACE + 10):
+                stderr = b"".join([chunk async for chunk in process.stderr]).decode()
+                await process.wait()
+        finally:
+            if process.returncode is None:
+                process.kill()
+    assert process.returncode == 0, stderr
+    assert "exited with" not in stderr, stderr
 
 
 @pytest.mark.parametrize("workers", [1, 2])

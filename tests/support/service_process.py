@@ -9,7 +9,7 @@ import os
 import re
 import signal
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -24,7 +24,7 @@ from streamkit.testing import StreamClient
 LISTENING = re.compile(r"(?:[Rr]unning on|Listening at:|serving on) http://127\.0\.0\.1:(\d+)")
 
 
-async def lines(stream: ByteReceiveStream) -> AsyncIterator[str]:
+async def lines(stream: ByteReceiveStream) -> AsyncGenerator[str, None]:
     """Whole lines: a read can end mid-line, and two workers' lines can share one read."""
     pending = ""
     async for chunk in TextReceiveStream(stream):
