@@ -185,9 +185,9 @@ def run(
         that cannot take ``(scope, receive, send)``), *bind* is not a ``str``, *log_level* is
         neither a level name nor an ``int``, or *tls* is not a :class:`~streamkit.TLSConfig`.
     :raises ServeError: the address cannot be bound, a TLS file is missing, unreadable or
-        malformed (before anything is bound), a worker exited on its own, or a worker's
-        shutdown failed (its app's lifespan raised, or it still ran at twice the grace
-        period and 5 s, and was killed).
+        malformed (before anything is bound), a worker could not be started (those started
+        are stopped) or exited on its own, or a worker's shutdown failed (its app's lifespan
+        raised, or it still ran at twice the grace period and 5 s, and was killed).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -308,8 +308,17 @@ def _supervise(
 
     previous = {number: signal.signal(number, wake) for number in (signal.SIGINT, signal.SIGTERM)}
     try:
-        for process in processes:
-            process.start()
+        for started, process in enumerate(processes):
+            try:
+                process.start()
+            except OSError as exc:
+                # Out of processes, memory or descriptors. The workers started are stopped:
+                # left, they would serve on unsupervised, and multiprocessing would wait for
+                # them as this process exits, for ever.
+                _stop(
+                    processes[:started], deadline=time.monotonic() + 2 * grace_period + KILL_MARGIN
+                )
+                raise ServeError(f"cannot start worker {started + 1} of {workers}: {exc}") from exc
         serving_writer.close()  # the workers hold it now
         url = ServerAddress(host=host, port=port, scheme="https" if tls else "http").url
         pids = ", ".join(str(process.pid) for process in processes)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -624,6 +625,28 @@ async def test_a_worker_that_dies_is_named_and_the_command_fails(
     stderr = "\n".join(service.stderr)
     assert service.process.returncode == 1, stderr
     assert f"streamkit-worker-1 (pid {dead}) exited with -9" in stderr, stderr
+
+
+def test_a_worker_that_cannot_be_started_fails_the_command_and_those_started_stop(
+    tmp_path: Path,
+) -> None:
+    # Out of descriptors after a dozen workers (or of processes, as under a container's pids
+    # limit): the command printed a traceback and never exited, multiprocessing waiting at
+    # exit for the workers it had started, which served on with no supervisor.
+    (tmp_path / "service.py").write_text(SERVICE)
+    command = f"{shlex.quote(sys.executable)} -m streamkit run service:app --workers 100"
+    command += " --bind 127.0.0.1:0"
+    # The output's pipes end once the last worker holding them has exited.
+    result = run_command(tmp_path, ["sh", "-c", f"ulimit -n 40 && exec {command}"])
+    assert result.returncode == 1, result.stderr
+    last = result.stderr.splitlines()[-1]
+    found = re.fullmatch(
+        r"streamkit: error: cannot start worker (\d+) of 100: \[Errno 24\] Too many open files",
+        last,
+    )
+    assert found is not None, result.stderr
+    assert int(found[1]) > 1, "some workers were started, and stopped"
+    assert "Traceback" not in result.stderr, result.stderr
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
