@@ -19,6 +19,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -181,6 +182,7 @@ def run(
     :param tls: serve HTTPS, HTTP/2 offered by ALPN: see :func:`streamkit.serve`.
     :raises ValueError: an argument is out of range, or several workers were asked for
         with an application object.
+    :raises RuntimeError: it is called outside the main thread.
     :raises TypeError: *app* is no ASGI application (not callable, a class, or a callable
         that cannot take ``(scope, receive, send)``), *bind* is not a ``str``, *log_level* is
         neither a level name nor an ``int``, or *tls* is not a :class:`~streamkit.TLSConfig`.
@@ -189,6 +191,10 @@ def run(
         are stopped) or exited on its own, or a worker's shutdown failed (its app's lifespan
         raised, or it still ran at twice the grace period and 5 s, and was killed).
     """
+    if threading.current_thread() is not threading.main_thread():
+        # Else it failed after binding: in each backend's words, inside an exception group, or
+        # with signal's ValueError.
+        raise RuntimeError("streamkit.run handles SIGINT and SIGTERM: call it from the main thread")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     check_count("workers", workers)

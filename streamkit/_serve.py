@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import socket
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
@@ -377,6 +378,7 @@ async def serve(
         failed at startup or at shutdown (the message holds what the app said: its traceback).
     :raises TypeError: *tls* is not a :class:`~streamkit.TLSConfig`, or *on_serving* is not
         callable.
+    :raises RuntimeError: called outside the main thread without *shutdown_trigger*.
     :raises KeyboardInterrupt: a producer raised it; the server stopped gracefully first.
     :raises SystemExit: a producer raised it; the server stopped gracefully first.
     :raises BaseExceptionGroup: a producer raised one holding a ``KeyboardInterrupt`` or
@@ -389,6 +391,12 @@ async def serve(
     check_duration("grace_period", grace_period)
     check_stalled_connection_timeout("stalled_connection_timeout", stalled_connection_timeout)
     check_callable("on_serving", on_serving, optional=True)
+    if shutdown_trigger is None and threading.current_thread() is not threading.main_thread():
+        # Else each backend fails in its own words, once serving, inside an exception group.
+        raise RuntimeError(
+            "serve listens for SIGINT and SIGTERM, which only the main thread can: outside it, "
+            "give shutdown_trigger="
+        )
     if config is None:
         config = Config()
     if not isinstance(config, Config):

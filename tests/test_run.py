@@ -5,6 +5,7 @@ what the command line makes of its flags."""
 from __future__ import annotations
 
 import socket
+import threading
 from typing import Any
 
 import pytest
@@ -107,3 +108,25 @@ def test_a_bad_tls_flag_is_a_usage_error_of_run_naming_it(
     # run's usage, as for any other of its flags: the command's own, not the top level's.
     assert stderr.startswith("usage: python -m streamkit run "), stderr
     assert f"python -m streamkit run: error: {message}" in stderr, stderr
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_run_outside_the_main_thread_is_refused_before_anything_is_bound(workers: int) -> None:
+    # One worker failed once serving, with an exception group holding the backend's own
+    # words; two, with signal's ValueError, after binding. (Fixed, neither serves: were it
+    # to, the thread would still be running at the join's timeout.)
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            streamkit.run("support.plain_app:app", bind="127.0.0.1:0", workers=workers)
+        except BaseException as exc:
+            raised.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    [exc] = raised
+    assert isinstance(exc, RuntimeError), repr(exc)
+    assert str(exc) == "streamkit.run handles SIGINT and SIGTERM: call it from the main thread"

@@ -339,3 +339,40 @@ async def test_a_stop_during_the_lifespans_startup_cancels_it_and_serves_nothing
     assert received == b""
     assert stopped_after < 1.0
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+async def _serve_in_a_thread(backend: str, trigger: Any = None) -> None:
+    from starlette.applications import Starlette
+
+    from streamkit import serve
+
+    await anyio.to_thread.run_sync(
+        partial(
+            anyio.run,
+            partial(serve, Starlette(), bind="127.0.0.1:0", shutdown_trigger=trigger),
+            backend=backend,
+        )
+    )
+
+
+async def test_serve_outside_the_main_thread_without_a_shutdown_trigger_is_refused(
+    anyio_backend: str,
+) -> None:
+    # It failed once serving, with an exception group holding each backend's own words:
+    # "set_wakeup_fd only works in main thread", "open_signal_receiver is only possible...".
+    with anyio.fail_after(10), pytest.raises(RuntimeError) as raised:
+        await _serve_in_a_thread(anyio_backend)
+    assert str(raised.value) == (
+        "serve listens for SIGINT and SIGTERM, which only the main thread can: outside it, "
+        "give shutdown_trigger="
+    )
+
+
+async def test_serve_outside_the_main_thread_with_a_shutdown_trigger_serves(
+    anyio_backend: str,
+) -> None:
+    async def at_once() -> None:
+        pass
+
+    with anyio.fail_after(10):
+        await _serve_in_a_thread(anyio_backend, at_once)
