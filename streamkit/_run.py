@@ -182,7 +182,8 @@ def run(
     :param tls: serve HTTPS, HTTP/2 offered by ALPN: see :func:`streamkit.serve`.
     :raises ValueError: an argument is out of range, or several workers were asked for
         with an application object.
-    :raises RuntimeError: it is called outside the main thread.
+    :raises RuntimeError: it is called outside the main thread, or by a worker importing the
+        script that called it (where no ``if __name__ == "__main__":`` guards the call).
     :raises TypeError: *app* is no ASGI application (not callable, a class, or a callable
         that cannot take ``(scope, receive, send)``), *bind* is not a ``str``, *log_level* is
         neither a level name nor an ``int``, or *tls* is not a :class:`~streamkit.TLSConfig`.
@@ -195,6 +196,14 @@ def run(
         # Else it failed after binding: in each backend's words, inside an exception group, or
         # with signal's ValueError.
         raise RuntimeError("streamkit.run handles SIGINT and SIGTERM: call it from the main thread")
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        # A worker, started with the spawn method, imports the script that started it (as
+        # multiprocessing itself tells, privately): run there unguarded, it would serve again
+        # on the same address, and fail with "Address already in use".
+        raise RuntimeError(
+            "streamkit.run was called again as a worker imported the script that started it: "
+            "call it under if __name__ == '__main__':"
+        )
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     check_count("workers", workers)

@@ -25,6 +25,7 @@ import httpx
 import pytest
 from anyio.abc import Process
 from support.certificates import Certificates
+from support.ports import free_port
 from support.service_process import lines
 
 from streamkit import ServerAddress
@@ -322,6 +323,24 @@ if __name__ == "__mp_main__":
 if __name__ == "__main__":
     streamkit.run("service:app", backend=BACKEND, bind="127.0.0.1:0", workers=2)
 """
+
+
+def test_a_script_that_runs_workers_without_the_main_guard_is_told_to_add_it(
+    tmp_path: Path,
+) -> None:
+    # Each worker imports the script that started it, and so ran streamkit.run again: it
+    # failed with "cannot listen on '127.0.0.1:PORT': Address already in use", the supervisor
+    # with "exited with 1".
+    (tmp_path / "service.py").write_text(SERVICE)
+    script = "import streamkit\n\nstreamkit.run('service:app', bind=BIND, workers=2)\n"
+    (tmp_path / "serve.py").write_text(script.replace("BIND", repr(f"127.0.0.1:{free_port()}")))
+    result = run_command(tmp_path, [sys.executable, "serve.py"])
+    assert result.returncode == 1, result.stderr
+    assert (
+        "RuntimeError: streamkit.run was called again as a worker imported the script that "
+        "started it: call it under if __name__ == '__main__':"
+    ) in result.stderr, result.stderr
+    assert "Address already in use" not in result.stderr, result.stderr
 
 
 @pytest.mark.parametrize("to_the_group", [False, True], ids=["sigterm", "ctrl-c"])
