@@ -25,7 +25,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from functools import partial
 from types import FrameType, ModuleType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import anyio
 from starlette.types import ASGIApp
@@ -417,17 +417,26 @@ def _worker(
     signal.signal(signal.SIGTERM, _note_early_sigterm)
     if log_level is not None:
         configure_run_logging(log_level)
-    app = import_app(target)
+    try:
+        # Imported by the supervisor first, but the module runs again here: what it does as it
+        # runs may fail in a worker alone (a port it binds, which the supervisor holds).
+        app = import_app(target)
+    except ImportError as exc:
+        _worker_failed(exc)
     try:
         anyio.run(
             partial(_serve_socket, app, sock, grace_period=grace_period, tls=tls, serving=serving),
             backend=backend,
         )
     except ServeError as exc:
-        # Said as the command says its own errors, not as a traceback of the worker's; its
-        # status tells the supervisor.
-        print(f"streamkit: error: {multiprocessing.current_process().name}: {exc}", file=sys.stderr)
-        sys.exit(1)
+        _worker_failed(exc)
+
+
+def _worker_failed(exc: Exception) -> NoReturn:
+    """Say *exc* as the command says its own errors, not as a traceback of the worker's, and
+    exit with 1: the status tells the supervisor."""
+    print(f"streamkit: error: {multiprocessing.current_process().name}: {exc}", file=sys.stderr)
+    sys.exit(1)
 
 
 #: Set by a SIGTERM that reached a worker before it listened for one.

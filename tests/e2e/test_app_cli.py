@@ -578,6 +578,26 @@ def required(name):
 """
 
 
+def test_an_app_module_that_fails_to_import_in_a_worker_alone_is_named_in_one_line(
+    tmp_path: Path,
+) -> None:
+    # A metrics endpoint started as the module is imported: the supervisor's import binds its
+    # port, each worker's then fails. The worker printed multiprocessing's traceback.
+    port = free_port()
+    source = f"import socket\n\nmetrics = socket.create_server(('127.0.0.1', {port}))\n"
+    (tmp_path / "service.py").write_text(source + SERVICE)
+    command = [sys.executable, "-m", "streamkit", "run", "service:app", "--workers", "2"]
+    result = run_command(tmp_path, [*command, "--bind", "127.0.0.1:0"])
+    assert result.returncode == 1, result.stderr
+    said = re.search(r"streamkit: error: streamkit-worker-\d: (.*)", result.stderr)
+    assert said is not None, result.stderr
+    assert said[1].startswith(
+        "module 'service' raised OSError as it was imported (from 'service:app'): "
+        "[Errno 98] Address already in use"
+    ), result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+
+
 def test_an_app_module_that_is_not_found_is_named_with_the_app(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "streamkit", "run", "nowhere.service:app"]
     command += ["--bind", "127.0.0.1:0"]
