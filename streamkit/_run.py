@@ -304,14 +304,9 @@ def _supervise(
     context = multiprocessing.get_context("spawn")
     # Each worker says on it when it serves (its app's lifespan has started).
     serving_reader, serving_writer = context.Pipe(duplex=False)
-    processes = [
-        context.Process(
-            target=_worker,
-            args=(target, sock, backend, grace_period, log_level, tls, serving_writer),
-            name=f"streamkit-worker-{number}",
-        )
-        for number in range(workers)
-    ]
+    # Each made as it is started: a mistyped count (a hundred million) fails at the first
+    # worker the system cannot start, not in the making of them all.
+    processes: list[multiprocessing.process.BaseProcess] = []
     wake_read, wake_write = os.pipe()
     os.set_blocking(wake_write, False)
 
@@ -323,17 +318,21 @@ def _supervise(
 
     previous = {number: signal.signal(number, wake) for number in (signal.SIGINT, signal.SIGTERM)}
     try:
-        for started, process in enumerate(processes):
+        for number in range(workers):
+            process = context.Process(
+                target=_worker,
+                args=(target, sock, backend, grace_period, log_level, tls, serving_writer),
+                name=f"streamkit-worker-{number}",
+            )
             try:
                 process.start()
             except OSError as exc:
                 # Out of processes, memory or descriptors. The workers started are stopped:
                 # left, they would serve on unsupervised, and multiprocessing would wait for
                 # them as this process exits, for ever.
-                _stop(
-                    processes[:started], deadline=time.monotonic() + 2 * grace_period + KILL_MARGIN
-                )
-                raise ServeError(f"cannot start worker {started + 1} of {workers}: {exc}") from exc
+                _stop(processes, deadline=time.monotonic() + 2 * grace_period + KILL_MARGIN)
+                raise ServeError(f"cannot start worker {number + 1} of {workers}: {exc}") from exc
+            processes.append(process)
         serving_writer.close()  # the workers hold it now
         url = ServerAddress(host=host, port=port, scheme="https" if tls else "http").url
         pids = ", ".join(str(process.pid) for process in processes)

@@ -666,21 +666,26 @@ async def test_a_worker_that_dies_is_named_and_the_command_fails(
     assert f"streamkit-worker-1 (pid {dead}) exited with -9" in stderr, stderr
 
 
+@pytest.mark.parametrize("workers", ["100", "100000000"])
 def test_a_worker_that_cannot_be_started_fails_the_command_and_those_started_stop(
-    tmp_path: Path,
+    tmp_path: Path, workers: str
 ) -> None:
     # Out of descriptors after a dozen workers (or of processes, as under a container's pids
     # limit): the command printed a traceback and never exited, multiprocessing waiting at
-    # exit for the workers it had started, which served on with no supervisor.
+    # exit for the workers it had started, which served on with no supervisor. And a hundred
+    # million workers were each made before the first was started: the command took memory
+    # until it raised MemoryError (here, within the 2 GB of address space it is given).
     (tmp_path / "service.py").write_text(SERVICE)
-    command = f"{shlex.quote(sys.executable)} -m streamkit run service:app --workers 100"
+    command = f"{shlex.quote(sys.executable)} -m streamkit run service:app --workers {workers}"
     command += " --bind 127.0.0.1:0"
     # The output's pipes end once the last worker holding them has exited.
-    result = run_command(tmp_path, ["sh", "-c", f"ulimit -n 40 && exec {command}"])
+    limits = "ulimit -n 40 && ulimit -v 2000000"
+    result = run_command(tmp_path, ["sh", "-c", f"{limits} && exec {command}"])
     assert result.returncode == 1, result.stderr
     last = result.stderr.splitlines()[-1]
     found = re.fullmatch(
-        r"streamkit: error: cannot start worker (\d+) of 100: \[Errno 24\] Too many open files",
+        rf"streamkit: error: cannot start worker (\d+) of {workers}: \[Errno 24\] Too many open "
+        "files",
         last,
     )
     assert found is not None, result.stderr
