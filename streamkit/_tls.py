@@ -101,8 +101,14 @@ def _check_loads(tls: TLSConfig) -> tuple[str, str, str | None]:
         raise ServeError(
             f"the TLS certificate {certfile!r} is not a PEM certificate: {exc}"
         ) from exc
+
+    def ask_for_the_pass_phrase() -> bytes:
+        # Without this, OpenSSL asks on the terminal, where the server waits for ever, or
+        # with none fails with OSError (EINVAL). hypercorn takes no pass phrase.
+        raise ServeError(f"the TLS key {keyfile!r} is encrypted: give it unencrypted")
+
     try:
-        probe.load_cert_chain(certfile, keyfile)
+        probe.load_cert_chain(certfile, keyfile, password=ask_for_the_pass_phrase)
     except ssl.SSLError as exc:
         raise ServeError(
             f"the TLS key {keyfile!r} cannot be loaded for the certificate {certfile!r} "

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from cryptography.hazmat.primitives import serialization
 from starlette.applications import Starlette
 from support.certificates import Certificates
 
@@ -150,3 +151,28 @@ def test_the_command_line_wants_certificate_and_key_together(
     stderr = capsys.readouterr().err
     assert stderr.startswith("usage: python -m streamkit run "), stderr
     assert "python -m streamkit run: error: --certfile and --keyfile go together" in stderr
+
+
+async def test_an_encrypted_key_is_named_not_asked_for(
+    certificates: Certificates, tmp_path: Path, taken: str
+) -> None:
+    # OpenSSL asked for the key's pass phrase on the terminal, where the command waited for
+    # ever; with no terminal, it failed with "OSError: [Errno 22] Invalid argument", a
+    # traceback that named no file.
+    encrypted = tmp_path / "encrypted.pem"
+    _write_encrypted(Path(certificates.server_key), encrypted)
+    tls = TLSConfig(certfile=certificates.server_cert, keyfile=encrypted)
+    message = rf"the TLS key '{encrypted}' is encrypted: give it unencrypted"
+    with pytest.raises(ServeError, match=message):
+        await serve_with(tls, taken)
+
+
+def _write_encrypted(key_file: Path, target: Path) -> None:
+    key = serialization.load_pem_private_key(key_file.read_bytes(), None)
+    target.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"secret"),
+        )
+    )
