@@ -32,11 +32,11 @@ and of the server a worker of the ``hypercorn`` command runs (see
   the app's queue: hypercorn waited there, so one app reading its body slowly (or not at
   all) stopped the whole connection being read, its other streams starved of window updates
   and its PINGs and resets unanswered. A body the app has no room for waits for it in a task
-  of the stream's own, and only the stream's flow-control window stays closed meanwhile,
-  which holds the client back to the stream's window. The stream's close (the app's
-  disconnect) follows its body the same way, and what is held for an app that has returned
-  is dropped: hypercorn waited for good to put the close into a queue the app had left
-  full, and the connection's task never ended;
+  of the stream's own, joined into one piece as it comes, and only the stream's flow-control
+  window stays closed meanwhile, which holds the client back to the stream's window. The
+  stream's close (the app's disconnect) follows its body the same way, and what is held for
+  an app that has returned is dropped: hypercorn waited for good to put the close into a
+  queue the app had left full, and the connection's task never ended;
 - a ``PRIORITY`` signal orders only the streams being served: hypercorn kept every stream a
   client named in one, for good, and past 1000 of them raised out of the connection;
 - on asyncio, a stream cancelled as the grace period ends does not ask for the connection's
@@ -503,7 +503,18 @@ class _BoundedH2Protocol(H2Protocol):
             # Made here, not in the task: the app may return before the task first runs.
             self._feeders[stream_id] = feeder = anyio.CancelScope()
             self.task_group.spawn(self._feed, stream_id, put, held, feeder)
-        held.append((message, length))
+        if len(held) > 1 and _is_body(message) and _is_body(held[-1][0]):
+            # Joined to the body held before it (not the first, being put): one message a
+            # DATA frame cost hundreds of bytes each, and empty or one-byte frames, which
+            # cost the client no window or one byte of it, made the server hold memory
+            # without bound, or many times the window.
+            waiting, waiting_length = held[-1]
+            waiting["body"] += message["body"]
+            held[-1] = (waiting, waiting_length + length)
+        elif _is_body(message):
+            held.append(({**message, "body": bytearray(message["body"])}, length))
+        else:
+            held.append((message, length))
         return False
 
     async def _feed(
@@ -520,6 +531,8 @@ class _BoundedH2Protocol(H2Protocol):
             try:
                 while held:
                     message, length = held[0]
+                    if _is_body(message):
+                        message = {**message, "body": bytes(message["body"])}
                     await put(message)  # waits for room in the app's queue
                     held.popleft()
                     if length:
@@ -599,6 +612,11 @@ def _message(event: StreamEvent) -> dict[str, Any]:
     if isinstance(event, Body):
         return {"type": "http.request", "body": bytes(event.data), "more_body": True}
     return {"type": "http.request", "body": b"", "more_body": False}
+
+
+def _is_body(message: Any) -> bool:
+    """Whether *message* is a piece of a request's body with more to come."""
+    return message.get("type") == "http.request" and bool(message.get("more_body"))
 
 
 def _refused(headers: Any) -> int | None:

@@ -411,3 +411,45 @@ async def test_a_body_nobody_reads_holds_nothing_once_its_app_has_returned(frame
             closed_at = anyio.current_time()
         stopped_after = anyio.current_time() - closed_at
     assert stopped_after < 1.0
+
+
+@pytest.mark.parametrize(
+    ("frame", "frames"), [(b"", 100_000), (b"b", 65_535)], ids=["empty", "1 byte"]
+)
+async def test_tiny_data_frames_for_a_busy_app_are_held_as_one_body(
+    frame: bytes, frames: int
+) -> None:
+    # A body the app has no room for yet waits for it in the server, one message a DATA
+    # frame: empty frames cost the client no window and 9 bytes each, one-byte frames one
+    # byte of it, and each held message some hundreds of bytes of the server's memory, so a
+    # client made it hold memory without bound (or ~20 MiB per stream within its window).
+    # What is held now is joined into one body as it waits: the app gets it in a few reads.
+    release = anyio.Event()
+    messages: list[int] = []
+
+    async def busy(request: Request) -> Response:
+        await release.wait()  # a slow query, say, before the body is read
+        while True:
+            message = await request.receive()
+            messages.append(len(message.get("body", b"")))
+            if not message.get("more_body", False):
+                return PlainTextResponse(str(sum(messages)))
+
+    app = make_app()
+    app.router.routes.append(Route("/busy", busy, methods=["POST"]))
+    with anyio.fail_after(60):
+        async with open_server(app) as server, open_h2_connection(server) as connection:
+            upload = await start_upload(connection, "/busy", b"")
+            for sent in range(frames):
+                connection._h2.send_data(upload.stream_id, frame)
+                if sent % 1000 == 999:
+                    await connection._flush()
+            await connection._flush()
+            await assert_served(connection)  # every frame was read
+            release.set()
+            connection._h2.end_stream(upload.stream_id)
+            await connection._flush()
+            with anyio.fail_after(BOUND * 4):
+                answer = await upload.read_all()
+    assert answer == b"%d" % (len(frame) * frames)
+    assert len(messages) < 20, f"the app read {len(messages)} messages"
