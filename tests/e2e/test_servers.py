@@ -30,6 +30,7 @@ from pathlib import Path
 
 import anyio
 import anyio.abc
+import h2.errors
 import pytest
 from support import service_process
 from support.h2_heads import CONNECT, send_head
@@ -67,6 +68,7 @@ from contextlib import asynccontextmanager
 
 import anyio
 from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 import streamkit
@@ -190,11 +192,26 @@ async def plain_lifespan(app):
         task_group.cancel_scope.cancel()
 
 
+released = anyio.Event()
+
+
+async def slow_upload(request):  # reads its body only once /release is asked for
+    await released.wait()
+    return PlainTextResponse(str(len(await request.body())))
+
+
+async def release(request):
+    released.set()
+    return PlainTextResponse("released")
+
+
 plain = Starlette(
     routes=[
         Route("/events/{name}", events),
         Route("/topics/{name}", topics),
         Route("/big/{name}", big_topics),
+        Route("/slow", slow_upload, methods=["POST"]),
+        Route("/release", release),
     ],
     lifespan=plain_lifespan,
 )
@@ -695,6 +712,46 @@ async def test_the_hypercorn_command_bounds_a_stalled_http2_stream_and_refuses_a
     assert service.printed("end h2stalled ") == ["end h2stalled send_timeout cleanup=True"]
     assert ended_after < SEND_TIMEOUT + 1.0
     assert service.printed("end h2live ") == ["end h2live client_disconnected cleanup=True"]
+
+
+@pytest.mark.parametrize("server", HYPERCORN, ids=[s.name for s in HYPERCORN], indirect=True)
+async def test_the_hypercorn_command_holds_a_slow_upload_alone_and_says_goodbye_at_the_grace_end(
+    server: Server, tmp_path: Path
+) -> None:
+    """The rest of streamkit's repair of hypercorn's HTTP/2 in the command's workers: an
+    upload its app does not read yet holds back its own stream alone (hypercorn waited in the
+    connection's reader, and the connection stopped being read), and a stream still stalled
+    as the graceful timeout ends is reset, then the connection sent GOAWAY (hypercorn's trio
+    worker gave the client neither, only the closed socket)."""
+    async with running(server.command("service:plain"), tmp_path) as service:
+        async with open_h2_connection(service) as connection:
+            head = [(":method", "POST"), (":scheme", "http"), (":authority", "t")]
+            upload = await send_head(connection, [*head, (":path", "/slow")], body=b"")
+            sent = 0
+            with anyio.fail_after(10):
+                while window := connection._h2.local_flow_control_window(upload.stream_id):
+                    connection._h2.send_data(upload.stream_id, b"b" * min(window, 16384))
+                    sent += min(window, 16384)
+                    await connection._flush()
+                    await connection.ping()  # read the window updates there are
+                # The stream's window is closed and its app has not read: the connection
+                # goes on.
+                await connection.ping()
+                async with connection.open_stream("/release") as released:
+                    assert await released.read_all() == b"released"
+                connection._h2.end_stream(upload.stream_id)
+                await connection._flush()
+                assert await upload.read_all() == b"%d" % sent
+            stalled_path = "/events/h2stalled?size=16384&period=0.001&send_timeout=3600"
+            async with connection.open_stream(stalled_path) as stalled:
+                stalled.stall()
+                await service.wait_line("stuck h2stalled")
+                service.signal_and_time()
+                with anyio.fail_after(GRACE + 5):
+                    assert await connection.wait_goaway() == h2.errors.ErrorCodes.NO_ERROR
+                assert stalled.reset_code == h2.errors.ErrorCodes.CANCEL
+        await service.wait_exit(within=GRACE + 5)
+    assert service.printed("end h2stalled ") == ["end h2stalled shutdown cleanup=True"]
 
 
 #: uvicorn's --workers supervisor looks at its exit flag every 0.5 s before it passes SIGTERM
