@@ -9,7 +9,7 @@ the client's flow-control window for the stream is 0, every take is empty. So a 
 stream whose reader stopped never waits: the buffer grows with whatever the application
 makes, and ``send_timeout`` never fires. Over HTTP/1.1 the socket itself holds the writer.
 
-Twelve changes, applied to the connections of servers that :func:`streamkit.serve` runs,
+Thirteen changes, applied to the connections of servers that :func:`streamkit.serve` runs,
 and of the server a worker of the ``hypercorn`` command runs (see
 :func:`_bound_the_hypercorn_command`):
 
@@ -55,6 +55,11 @@ and of the server a worker of the ``hypercorn`` command runs (see
   (``ENHANCE_YOUR_CALM``): streams reset as they open (CVE-2023-44487, rapid reset) leave the
   client's concurrency limit at once while the server starts, cancels and cleans up each,
   and hypercorn bounded them only by ``keep_alive_max_requests`` (1000 a connection);
+- a connection closed (or cancelled as the grace period ends) whose writes a client that
+  stopped reading its socket still holds a second later is aborted: hypercorn's trio worker
+  shields a write, and its asyncio worker's close waits for the bytes to be sent, both for
+  good where the kernel does not give the client up, the server's shutdown with them; its
+  streams' ``send_timeout`` leaves a connection that may carry others alone;
 - a connection by prior knowledge that opens no stream, or never ends its first header block,
   is closed at ``keep_alive_timeout``, as one over TLS is: its preface parses as an HTTP/1
   request, which stopped the idle timer, and nothing started it again until a stream ended, so
@@ -90,6 +95,7 @@ from hyperframe.frame import GoAwayFrame
 from priority.priority import PriorityError
 
 from ._backends import being_cancelled, hand_over_nowait
+from ._connections import abort_connection_soon
 from ._server_shutdown import hypercorn_worker_config
 
 __all__ = ["bound_h2_streams", "h2_streams_bounded"]
@@ -201,7 +207,7 @@ class _Streams(dict[int, Any]):
 
 
 class _BoundedH2Protocol(H2Protocol):
-    """hypercorn's HTTP/2 connection with the twelve changes the module docstring lists."""
+    """hypercorn's HTTP/2 connection with the thirteen changes the module docstring lists."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -260,8 +266,42 @@ class _BoundedH2Protocol(H2Protocol):
             await self._handled_close.wait()
         finally:
             if not self.closed:
-                with anyio.CancelScope(shield=True), anyio.move_on_after(_GOODBYE_TIMEOUT):
-                    await self._say_goodbye()
+                with anyio.CancelScope(shield=True):
+                    with anyio.move_on_after(_GOODBYE_TIMEOUT) as goodbye:
+                        await self._say_goodbye()
+                        await self._wait_sent()
+                    if goodbye.cancelled_caught:
+                        self._abort()
+
+    async def _wait_sent(self) -> None:
+        """Wait until what the connection wrote has left the server for the kernel: the
+        writes under way have finished, and hypercorn's asyncio worker's transport has
+        nothing left buffered (its close waits for that, for good if the client stopped
+        reading its socket)."""
+        while self._writes:
+            self._writes_done = anyio.Event()
+            await self._writes_done.wait()
+        # hypercorn's asyncio worker's StreamWriter, whose transport buffers what the kernel
+        # has not taken yet; its trio worker's writes have finished once they return.
+        writer: Any = getattr(getattr(self._send_to_server, "__self__", None), "writer", None)
+        transport = getattr(writer, "transport", None)
+        if transport is not None and transport.get_write_buffer_size():
+            # drain() waits while the buffer is above its high-water mark: 0, until it is empty.
+            transport.set_write_buffer_limits(high=0)
+            try:
+                await writer.drain()
+            except (ConnectionError, RuntimeError):
+                pass  # the connection is gone: nothing more is sent
+
+    def _abort(self) -> None:
+        """Abort the connection's socket: it is being closed, and what it wrote is still held
+        by a client that stopped reading the socket. hypercorn's trio worker shields its
+        writes, so the connection, and the server's shutdown with it, waited for such a write
+        for good where the kernel does not give the client up; its asyncio worker's close
+        waited for the bytes to be sent. Its streams' ``send_timeout`` leaves the connection
+        alone, since it may carry others; once it is closing, it carries none."""
+        if isinstance(self.client, tuple) and isinstance(self.server, tuple):
+            abort_connection_soon((self.server[0], self.server[1]), self.client)
 
     async def _say_goodbye(self) -> None:
         self._goaway_sent = True
@@ -302,10 +342,10 @@ class _BoundedH2Protocol(H2Protocol):
             # reading holds the socket, and the shutdown then finds it busy, which hypercorn
             # allows for.
             self._socket_closing = True
-            with anyio.move_on_after(_GOODBYE_TIMEOUT):
-                while self._writes:
-                    self._writes_done = anyio.Event()
-                    await self._writes_done.wait()
+            with anyio.move_on_after(_GOODBYE_TIMEOUT) as sending:
+                await self._wait_sent()
+            if sending.cancelled_caught:
+                self._abort()
         await self._send_to_server(event)
 
     def _receive_goaway(self, frame: GoAwayFrame) -> tuple[list[Any], list[h2.events.Event]]:

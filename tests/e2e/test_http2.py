@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import anyio
 import h2.errors
+import h2.settings
 import httpx
 import pytest
 from hyperframe.frame import GoAwayFrame
@@ -329,6 +330,36 @@ async def test_a_shutdown_with_a_stalled_stream_says_goaway_and_closes_in_bounde
     assert stopped_after < grace_period + CLEANUP_BOUND
     assert seen.ends["live"].reason is EndReason.SHUTDOWN
     assert seen.ends["stalled"].reason is EndReason.SHUTDOWN
+
+
+async def test_a_shutdown_with_a_client_that_stopped_reading_its_socket_ends_in_bounded_time() -> (
+    None
+):
+    """A client that opens its windows wide and then reads nothing holds the server's write
+    of the connection in the kernel, not at a stream's window: its streams end with
+    SEND_TIMEOUT, and the connection, which may carry other streams, is left to the server.
+    At the grace period's end it is aborted. On trio hypercorn shields that write, and the
+    connection it cancelled waited for it for good, the server with it, where the kernel
+    does not give the client up (no TCP_USER_TIMEOUT, as under the hypercorn command)."""
+    seen = Seen()
+    grace_period = 1.0
+    with anyio.fail_after(30):
+        async with (
+            open_server(
+                make_app(seen), grace_period=grace_period, stalled_connection_timeout=None
+            ) as server,
+            open_h2_connection(server, receive_buffer=4096) as connection,
+        ):
+            largest = 2**31 - 1
+            connection._h2.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: largest})
+            async with connection.open_stream("/chunks?name=stalled"):
+                # Nothing more is read: the server's writes fill the sockets' buffers.
+                await seen.wait_end("stalled", EndReason.SEND_TIMEOUT, within=30)
+                started = anyio.current_time()
+                with anyio.fail_after(grace_period + 5):
+                    await server.shutdown()
+                stopped_after = anyio.current_time() - started
+    assert stopped_after < grace_period + CLEANUP_BOUND * 2
 
 
 async def read_until_closed(connection: H2Connection) -> None:
