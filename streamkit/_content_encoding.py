@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.lowlevel
 
-from ._exceptions import UpstreamError
+from ._exceptions import UpstreamError, shown_url
 
 if TYPE_CHECKING:
     import httpx
@@ -135,7 +135,7 @@ async def decoded_body(response: httpx.Response) -> AsyncIterator[bytes]:
     codings = [c for c in codings if c and c != "identity"]
     if len(codings) > MAX_CODINGS:
         raise UpstreamError(
-            f"{response.request.url} sent a body in Content-Encoding {header[:80]!r}: "
+            f"{shown_url(response.request.url)} sent a body in Content-Encoding {header[:80]!r}: "
             f"{len(codings)} codings, more than {MAX_CODINGS}",
             status_code=response.status_code,
             url=str(response.request.url),
@@ -143,9 +143,9 @@ async def decoded_body(response: httpx.Response) -> AsyncIterator[bytes]:
     unknown = [c for c in codings if c not in _WBITS]
     if unknown:
         raise UpstreamError(
-            f"{response.request.url} sent a body in Content-Encoding {header[:80]!r}, which "
-            f"streamkit cannot decode with a bound ({', '.join(unknown)}); it decodes "
-            "gzip and deflate",
+            f"{shown_url(response.request.url)} sent a body in Content-Encoding "
+            f"{header[:80]!r}, which streamkit cannot decode with a bound "
+            f"({', '.join(unknown)}); it decodes gzip and deflate",
             status_code=response.status_code,
             url=str(response.request.url),
         )
@@ -165,7 +165,7 @@ async def decoded_body(response: httpx.Response) -> AsyncIterator[bytes]:
             yield piece
     except zlib.error as exc:
         raise UpstreamError(
-            f"{response.request.url} sent a body that is not valid {header}: {exc}",
+            f"{shown_url(response.request.url)} sent a body that is not valid {header}: {exc}",
             status_code=response.status_code,
             url=str(response.request.url),
         ) from None

@@ -35,7 +35,7 @@ import anyio
 from ._backoff import Backoff, retry_after_seconds
 from ._checks import check_count, check_duration, check_type
 from ._content_encoding import ask_for_decodable, decoded_body, unwind
-from ._exceptions import ReconnectError, UpstreamError
+from ._exceptions import ReconnectError, UpstreamError, shown_url
 from ._json import read_json_line, shown
 from ._sse import ServerSentEvent, trusted_event
 from ._sse_decoder import PIECES, FrameTooLarge, SSEDecoder, join_tail
@@ -169,12 +169,12 @@ def as_request(
         else:
             request.headers["accept"] = accept  # not the client's */*
     if request.url.scheme not in ("http", "https"):
-        raise ValueError(f"{what} must be an http or https URL, got {str(request.url)!r}")
+        raise ValueError(f"{what} must be an http or https URL, got {shown_url(request.url)!r}")
     # Nor could a URL with no host or port to connect to: on asyncio a port past 65535
     # failed each attempt with an OverflowError out of anyio's task group, not httpx's error.
-    shown = repr(target) if isinstance(target, str) else repr(str(request.url))
+    shown = repr(shown_url(request.url, target if isinstance(target, str) else None))
     if client is not None and isinstance(target, str):
-        shown += f" (built by the client as {str(request.url)!r})"
+        shown += f" (built by the client as {shown_url(request.url)!r})"
     if not request.url.host:
         raise ValueError(f"{what} has no host: {shown}")
     port = request.url.port
@@ -271,9 +271,13 @@ class _Resuming(Generic[T]):
         """The stream's URL."""
         return str(self._request.url)
 
+    @property
+    def _shown_url(self) -> str:
+        return shown_url(self._request.url)
+
     async def __aenter__(self) -> Self:
         if self._entered:
-            raise RuntimeError(f"a stream of {self.url} can be entered only once")
+            raise RuntimeError(f"a stream of {self._shown_url} can be entered only once")
         self._entered = True
         import httpx
 
@@ -296,7 +300,7 @@ class _Resuming(Generic[T]):
                     # Its read cannot be broken off from here without paying for a cancel
                     # scope on every event: say what to do rather than what failed inside.
                     raise RuntimeError(
-                        f"the block of the stream of {self.url} was left while another task "
+                        f"the block of the stream of {self._shown_url} was left while another task "
                         "was reading it: end that task first (read in a task group inside "
                         "the block)"
                     )
@@ -318,7 +322,7 @@ class _Resuming(Generic[T]):
         elif self._cut_short:
             # Not StopAsyncIteration: a loop over the stream would end as at a 204, quietly.
             raise RuntimeError(
-                f"the stream of {self.url} was closed when a wait for its next event was "
+                f"the stream of {self._shown_url} was closed when a wait for its next event was "
                 "cancelled; bound the whole `async with` block (or read in a task of its "
                 "own), not one wait"
             )
@@ -376,8 +380,8 @@ class _Resuming(Generic[T]):
                 )
                 if self.backoff.gives_up(failures, now - lost_at, wait):
                     raise ReconnectError(
-                        f"gave up reconnecting to {self.url} after {failures} failed attempts "
-                        f"in {now - lost_at:.1f} s (the next would wait {wait:.3g} s)",
+                        f"gave up reconnecting to {self._shown_url} after {failures} failed "
+                        f"attempts in {now - lost_at:.1f} s (the next would wait {wait:.3g} s)",
                         url=self.url,
                         attempts=failures,
                         last_event_id=self._last_event_id,
@@ -401,8 +405,8 @@ class _Resuming(Generic[T]):
                     retry_after = retry_after_seconds(response.headers.get("retry-after"))
                 if retry_after is not None:
                     failure = UpstreamError(
-                        f"{self.url} answered {status} {reason_phrase(response)}, retry after "
-                        f"{retry_after:g} s",
+                        f"{self._shown_url} answered {status} {reason_phrase(response)}, "
+                        f"retry after {retry_after:g} s",
                         status_code=status,
                         url=self.url,
                     )
@@ -426,7 +430,7 @@ class _Resuming(Generic[T]):
                             yield item
                         if unreadable is not None:
                             raise UpstreamError(
-                                f"{self.url} sent a body that cannot be read: {unreadable}",
+                                f"{self._shown_url} sent a body that cannot be read: {unreadable}",
                                 status_code=status,
                                 url=self.url,
                             ) from unreadable
@@ -465,7 +469,7 @@ class _Resuming(Generic[T]):
         value = last_event_id_header(self._last_event_id)
         if value is None:
             raise UpstreamError(
-                f"{self.url} sent the event id {shown(self._last_event_id)}, which holds a "
+                f"{self._shown_url} sent the event id {shown(self._last_event_id)}, which holds a "
                 "control character: no Last-Event-ID header can carry it, so the stream "
                 "cannot be resumed",
                 status_code=status,
@@ -479,7 +483,7 @@ class _Resuming(Generic[T]):
     def _check(self, response: httpx.Response) -> None:
         if not response.is_success:
             raise UpstreamError(
-                f"{self.url} answered {response.status_code} {reason_phrase(response)}, "
+                f"{self._shown_url} answered {response.status_code} {reason_phrase(response)}, "
                 "expected a 2xx status",
                 status_code=response.status_code,
                 url=self.url,
@@ -487,7 +491,7 @@ class _Resuming(Generic[T]):
         content_type = response.headers.get("content-type", "")
         if content_type.partition(";")[0].strip().lower() not in self._media_types:
             raise UpstreamError(
-                f"{self.url} sent {content_type!r}, expected "
+                f"{self._shown_url} sent {content_type!r}, expected "
                 + " or ".join(repr(t) for t in sorted(self._media_types)),
                 status_code=response.status_code,
                 url=self.url,

@@ -23,6 +23,25 @@ or :class:`TypeError` naming the offending value: it is a programming error, not
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import httpx
+
+
+def shown_url(url: httpx.URL, given: str | None = None) -> str:
+    """*url* as an error message shows it (as *given*, the text it was made of, if any): a
+    password in it replaced by ``[secure]``, as httpx's ``repr()`` does. Messages are
+    logged; the password would be written in clear."""
+    text = str(url) if given is None else given
+    user, _, password = url.userinfo.decode("ascii").partition(":")
+    if not password:
+        return text
+    shown = text.replace(f"//{user}:{password}@", f"//{user}:[secure]@", 1)
+    if shown == text:  # given in a form other than httpx's (not percent-encoded)
+        return shown_url(url)
+    return shown
+
 
 class StreamkitError(Exception):
     """The root of every exception streamkit defines."""
@@ -47,9 +66,10 @@ class UpstreamError(StreamkitError, RuntimeError):
     is not the kind of body asked for, or its body breaks its format (an NDJSON line that is
     not JSON, an event past the size bound, an event id that cannot be sent back).
 
-    :param message: what was wrong, naming the request and what was received.
+    :param message: what was wrong, naming the request and what was received (a password in
+        the URL shown as ``[secure]``).
     :param status_code: the upstream's status.
-    :param url: the upstream URL.
+    :param url: the upstream URL, whole.
     """
 
     def __init__(self, message: str, *, status_code: int, url: str) -> None:
@@ -63,8 +83,9 @@ class ReconnectError(StreamkitError, ConnectionError):
     :class:`~streamkit.client.Backoff` allowed no more attempts. The last failure is the
     exception's ``__cause__``.
 
-    :param message: the URL, how many attempts failed and for how long.
-    :param url: the stream's URL.
+    :param message: the URL (a password in it shown as ``[secure]``), how many attempts
+        failed and for how long.
+    :param url: the stream's URL, whole.
     :param attempts: the attempts that failed in a row.
     :param last_event_id: the id it would have resumed after (``""`` for none).
     """

@@ -36,7 +36,7 @@ from ._eventsource import (
     reason_phrase,
     set_last_event_id,
 )
-from ._exceptions import UpstreamError
+from ._exceptions import UpstreamError, shown_url
 from ._sender import Producer, StreamSender
 from ._sse import ServerSentEvent, resumable_id, trusted_event
 from ._sse_decoder import FrameTooLarge, SSEDecoder
@@ -134,8 +134,8 @@ async def open_upstream(
         try:
             if not response.is_success:
                 raise UpstreamError(
-                    f"upstream {request.method} {request.url} answered {response.status_code} "
-                    f"{reason_phrase(response)}, expected a 2xx status",
+                    f"upstream {request.method} {shown_url(request.url)} answered "
+                    f"{response.status_code} {reason_phrase(response)}, expected a 2xx status",
                     status_code=response.status_code,
                     url=str(request.url),
                 )
@@ -166,9 +166,9 @@ def _forwardable(
     (see :func:`_min_retry`)."""
     if event.id is not None and not resumable_id(event.id):
         raise UpstreamError(
-            f"upstream {request.method} {request.url} sent the event id {event.id!r:.80}, "
-            "which no downstream client could resume from (a control character, a space at "
-            "either end, or over 1024 characters)",
+            f"upstream {request.method} {shown_url(request.url)} sent the event id "
+            f"{event.id!r:.80}, which no downstream client could resume from (a control "
+            "character, a space at either end, or over 1024 characters)",
             status_code=status_code,
             url=str(request.url),
         )
@@ -327,7 +327,7 @@ def upstream_events(
         content_type = response.headers.get("content-type", "")
         if content_type.partition(";")[0].strip().lower() != "text/event-stream":
             raise UpstreamError(
-                f"upstream {request.method} {request.url} sent {content_type!r}, "
+                f"upstream {request.method} {shown_url(request.url)} sent {content_type!r}, "
                 "expected 'text/event-stream'",
                 status_code=response.status_code,
                 url=str(request.url),
@@ -355,8 +355,8 @@ def upstream_events(
                         await send(item)
             if too_large is not None:
                 raise UpstreamError(
-                    f"upstream {request.method} {request.url} sent a body that cannot be "
-                    f"read: {too_large}",
+                    f"upstream {request.method} {shown_url(request.url)} sent a body that "
+                    f"cannot be read: {too_large}",
                     status_code=response.status_code,
                     url=str(request.url),
                 ) from too_large

@@ -7,10 +7,12 @@ import builtins
 import inspect
 import re
 
+import httpx
 import pytest
 
 import streamkit._exceptions as exceptions
 from streamkit import LifespanError, MetricsUnavailableError, ServeError, StreamkitError
+from streamkit._exceptions import shown_url
 from streamkit.broadcast import SlowSubscriberError
 from streamkit.fallback import FallbackUnavailableError
 from streamkit.resources import ProcessExitError, UpstreamError
@@ -70,3 +72,18 @@ def test_errors_keep_what_a_handler_needs() -> None:
     assert (process.command, process.returncode) == (["false"], 1)
     leak = LeakError("1 task left", tasks=("task 'poll'",))
     assert (leak.tasks, leak.file_descriptors, leak.child_processes) == (("task 'poll'",), (), ())
+
+
+@pytest.mark.parametrize(
+    ("given", "shown"),
+    [
+        ("https://example.com/events", "https://example.com/events"),
+        ("https://reader@example.com/events", "https://reader@example.com/events"),
+        ("https://reader:s3cret@example.com/e?a=1", "https://reader:[secure]@example.com/e?a=1"),
+        ("https://reader:p%40ss@example.com/", "https://reader:[secure]@example.com/"),
+        ("https://reader:p ss@example.com/", "https://reader:[secure]@example.com/"),
+    ],
+)
+def test_a_url_is_shown_without_its_password(given: str, shown: str) -> None:
+    assert shown_url(httpx.URL(given), given) == shown
+    assert "s3cret" not in shown_url(httpx.URL(given))

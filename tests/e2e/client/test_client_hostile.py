@@ -659,3 +659,27 @@ async def test_an_empty_last_event_id_given_overrides_the_requests_header() -> N
             with anyio.fail_after(5):
                 assert [event async for event in stream] == []
     assert b"last-event-id" not in upstream.requests[0].headers
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        status(404, "Not Found"),
+        status(503, "Service Unavailable", "retry-after: 3600"),
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: 0\r\n\r\n",
+        event_stream(b"data: \xff\n\n", encoding="br"),
+    ],
+    ids=["status", "retry-after", "content type", "content encoding"],
+)
+async def test_a_password_in_the_url_is_not_said_in_an_error(answer: bytes) -> None:
+    # The messages are logged: a password in them would be written to the logs, in clear.
+    backoff = Backoff(initial_delay=0.05, jitter=0.0, max_reconnect_time=30.0)
+    async with open_raw_upstream(lambda n: answer) as upstream:
+        url = upstream.url.replace("http://", "http://reader:s3cret@")
+        async with open_event_stream(url, backoff=backoff) as stream:
+            with pytest.raises((UpstreamError, ReconnectError)) as caught:
+                with anyio.fail_after(5):
+                    await read_all(stream)
+    said = "".join(str(e) for e in (caught.value, caught.value.__cause__) if e is not None)
+    assert "reader:[secure]@127.0.0.1" in said
+    assert "s3cret" not in said

@@ -280,6 +280,26 @@ async def test_an_upstream_status_sent_without_a_reason_is_named_with_its_reason
     assert "answered 503 Service Unavailable, expected a 2xx status" in str(end.exception)
 
 
+@pytest.mark.parametrize("route", ["/events", "/raw"])
+async def test_a_password_in_the_upstreams_url_is_not_said_in_the_logged_error(
+    route: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The stream's error is logged, with its message: the password would be in the logs.
+    unavailable = b"HTTP/1.1 503 \r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+    async with open_raw_upstream(lambda n: unavailable) as upstream:
+        url = upstream.url.replace("http://", "http://proxy:s3cret@")
+        async with (
+            open_server(proxy_app(url)) as proxy_server,
+            open_stream(proxy_server, route) as client,
+        ):
+            with anyio.fail_after(10):
+                await client.read_all()
+            end = await proxy_server.wait_end()
+    assert end.reason is EndReason.ERROR
+    assert "proxy:[secure]@127.0.0.1" in str(end.exception)
+    assert "s3cret" not in caplog.text
+
+
 async def test_an_upstream_trickling_an_endless_event_is_ended_by_max_duration() -> None:
     # A byte every 50 ms, well within read_timeout, of an event that never ends: each wait
     # is bounded, not the whole; the response's max_duration is.
