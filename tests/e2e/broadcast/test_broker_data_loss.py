@@ -24,9 +24,6 @@ from streamkit.testing import open_server, open_stream
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
 
-# coredis leaves the memory streams of a connection that failed to connect unclosed; they
-# are collected here, under this filter, rather than in a later test.
-@pytest.mark.filterwarnings("ignore:Unclosed <MemoryObject:ResourceWarning")
 async def test_a_live_subscriber_is_sent_a_reset_when_redis_restarts_empty(
     tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -6,7 +6,6 @@ Bounds are generous (a loaded 2-core machine); what they guard is measured in be
 
 from __future__ import annotations
 
-import gc
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -327,9 +326,6 @@ async def test_shutdown_with_subscribers_on_many_topics_leaves_nothing_open(
         assert await redis_clients(url) == before
 
 
-# coredis leaves the memory streams of a connection that failed to connect unclosed; they
-# are collected here, under this filter, rather than in a later test.
-@pytest.mark.filterwarnings("ignore:Unclosed <MemoryObject:ResourceWarning")
 async def test_the_redis_reader_survives_a_restart_without_losing_events(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
@@ -354,10 +350,8 @@ async def test_the_redis_reader_survives_a_restart_without_losing_events(
                     zip(["3", "4", "5"], after, strict=True)
                 )
                 assert server.streams.statistics().active == 1
-    gc.collect()
 
 
-@pytest.mark.filterwarnings("ignore:Unclosed <MemoryObject:ResourceWarning")
 @pytest.mark.parametrize("resuming", [False, True], ids=["new", "resuming"])
 async def test_a_subscriber_arriving_while_redis_is_down_is_sent_an_error_and_let_go(
     tmp_path_factory: pytest.TempPathFactory, resuming: bool
@@ -379,4 +373,3 @@ async def test_a_subscriber_arriving_while_redis_is_down_is_sent_an_error_and_le
                     assert await client.read_all() == b""
             await until(lambda: server.streams.statistics().active == 0)
             assert server.streams.statistics().ended[EndReason.ERROR] == 1
-    gc.collect()
