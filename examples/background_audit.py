@@ -9,9 +9,10 @@ Run it, open a feed or two, and read the audit trail::
 Two kinds of cleanup, kept apart on purpose:
 
 - *Critical* cleanup, which must happen however the stream ends (here: taking the viewer out
-  of the presence list, as one would a Redis set), goes in the stream's own cleanup with
+  of the presence list, as one would in Redis), goes in the stream's own cleanup with
   ``send.push_async_callback``. It runs in the producer's task, shielded, before the end is
-  reported: when ``/viewers`` is next asked, the viewer is gone.
+  reported: when ``/viewers`` is next asked, the viewer is gone (unless another feed of
+  theirs is still open).
 - *Post-stream* work that needs to know how the stream ended (the audit line, metrics) goes
   in ``background=``. ``on_end`` hands it the :class:`~streamkit.StreamEnd`. It runs after
   the response, for every end reason, but later than the stream's cleanup (after a stalled
@@ -80,18 +81,22 @@ def create_app(audit_log: str | os.PathLike[str] = DEMO_AUDIT_LOG, **stream: Any
     :param stream: options for every feed stream (``max_duration``, ``send_timeout``...).
     """
     audit = AuditLog(audit_log)
-    viewers: set[str] = set()
+    # Feeds open per viewer, not a set: a viewer with two tabs open is still there when
+    # they close one.
+    viewers: collections.Counter[str] = collections.Counter()
 
     async def leave(viewer: str) -> None:
-        await anyio.sleep(0.001)  # a network call in real life (a Redis SREM, say)
-        viewers.discard(viewer)
+        await anyio.sleep(0.001)  # a network call in real life (a Redis HINCRBY, say)
+        viewers[viewer] -= 1
+        if viewers[viewer] <= 0:
+            del viewers[viewer]
 
     async def feed(request: Request) -> Response:
         viewer = request.query_params.get("viewer", "anonymous")
         ends: list[StreamEnd] = []
 
         async def produce(send: StreamSender[ServerSentEvent | str]) -> None:
-            viewers.add(viewer)
+            viewers[viewer] += 1
             # Critical: registered with the stream, so it runs on every end, before the report.
             send.push_async_callback(leave, viewer)
             tick = 0

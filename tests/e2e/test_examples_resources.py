@@ -272,12 +272,12 @@ async def test_background_audit_runs_after_every_end_and_presence_is_released_fi
     async with open_server(app) as server:
         async with open_stream(server, "/feed?viewer=ada") as client:
             assert (await client.read_event()).data == "hello ada"
-            assert app.state.viewers == {"ada"}
+            assert set(app.state.viewers) == {"ada"}
             await leave(server, client, ending)
             end = await server.wait_ended(AUDIT_ENDINGS[ending])
             reported_at = anyio.current_time()
             # The critical cleanup ran in the stream, before the end was reported.
-            assert app.state.viewers == set()
+            assert set(app.state.viewers) == set()
             with anyio.fail_after(10.0):
                 (record,) = await app.state.audit.wait_records(1)
             request.node.user_properties.append(
@@ -288,3 +288,26 @@ async def test_background_audit_runs_after_every_end_and_presence_is_released_fi
     assert record["items_sent"] == end.items_sent
     lines = (tmp_path / "audit.ndjson").read_text().splitlines()
     assert len(lines) == 1
+
+
+async def test_background_audit_keeps_a_viewer_present_while_another_of_their_feeds_runs(
+    tmp_path: Path,
+) -> None:
+    # Presence was a set: the first of two tabs a viewer closed took them out of it, while
+    # the other tab still streamed to them.
+    example = load_example("background_audit")
+    app = example.create_app(tmp_path / "audit.ndjson")
+    async with open_server(app) as server, httpx.AsyncClient(base_url=server.url) as http:
+        async with open_stream(server, "/feed?viewer=ada") as staying:
+            with anyio.fail_after(5):
+                assert (await staying.read_event()).data == "hello ada"
+            async with open_stream(server, "/feed?viewer=ada") as leaving:
+                with anyio.fail_after(5):
+                    assert (await leaving.read_event()).data == "hello ada"
+                await leaving.close()
+            await server.wait_ended(EndReason.CLIENT_DISCONNECTED)
+            with anyio.fail_after(5):
+                assert (await http.get("/viewers")).json() == ["ada"]
+        await server.wait_ended(EndReason.CLIENT_DISCONNECTED)
+        with anyio.fail_after(5):
+            assert (await http.get("/viewers")).json() == []
