@@ -41,17 +41,22 @@ from streamkit import EventSourceResponse, ServerSentEvent, StreamEnd, StreamSen
 
 DEMO_AUDIT_LOG = Path(tempfile.gettempdir()) / "streamkit-audit.ndjson"
 TICK_INTERVAL = 1.0
+#: The records kept in memory for ``/audit``: every stream's end makes one, so they are not
+#: all kept (the file has them all).
+RECORDS_KEPT = 20
 
 
 class AuditLog:
-    """Appends one JSON line per finished stream to a file, and counts ends by reason.
+    """Appends one JSON line per finished stream to a file, counts ends by reason, and keeps
+    the latest :data:`RECORDS_KEPT` records.
 
     :param path: the file lines are appended to.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self.records: list[dict[str, Any]] = []
+        self.records: collections.deque[dict[str, Any]] = collections.deque(maxlen=RECORDS_KEPT)
+        self.written = 0
         self.ends_by_reason: collections.Counter[str] = collections.Counter()
         self._written: anyio.Event | None = None
 
@@ -60,18 +65,19 @@ class AuditLog:
         async with await anyio.open_file(self.path, "a") as file:
             await file.write(json.dumps(record) + "\n")
         self.records.append(record)
+        self.written += 1
         self.ends_by_reason[record["reason"]] += 1
         if self._written is not None:
             self._written.set()
             self._written = None
 
     async def wait_records(self, count: int) -> list[dict[str, Any]]:
-        """Wait until *count* records have been written in all, and return them."""
-        while len(self.records) < count:
+        """Wait until *count* records have been written in all, and return those kept."""
+        while self.written < count:
             if self._written is None:
                 self._written = anyio.Event()
             await self._written.wait()
-        return self.records
+        return list(self.records)
 
 
 def create_app(audit_log: str | os.PathLike[str] = DEMO_AUDIT_LOG, **stream: Any) -> Starlette:
@@ -126,7 +132,7 @@ def create_app(audit_log: str | os.PathLike[str] = DEMO_AUDIT_LOG, **stream: Any
         return JSONResponse(sorted(viewers))
 
     async def show_audit(request: Request) -> Response:
-        return JSONResponse({"ends": dict(audit.ends_by_reason), "recent": audit.records[-20:]})
+        return JSONResponse({"ends": dict(audit.ends_by_reason), "recent": list(audit.records)})
 
     app = Starlette(
         routes=[

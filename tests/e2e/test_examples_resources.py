@@ -311,3 +311,24 @@ async def test_background_audit_keeps_a_viewer_present_while_another_of_their_fe
         await server.wait_ended(EndReason.CLIENT_DISCONNECTED)
         with anyio.fail_after(5):
             assert (await http.get("/viewers")).json() == []
+
+
+async def test_background_audit_keeps_only_the_latest_records_in_memory(tmp_path: Path) -> None:
+    # Every end's record was kept in memory, though /audit shows the latest 20: a client
+    # reconnecting in a loop grew the service's memory without bound.
+    example = load_example("background_audit")
+    app = example.create_app(tmp_path / "audit.ndjson")
+    audit = app.state.audit
+    feeds = example.RECORDS_KEPT + 5
+    async with open_server(app) as server, httpx.AsyncClient(base_url=server.url) as http:
+        for n in range(feeds):
+            async with open_stream(server, f"/feed?viewer=v{n}") as client:
+                with anyio.fail_after(5):
+                    await client.read_event()
+        with anyio.fail_after(10):
+            await audit.wait_records(feeds)
+            shown = (await http.get("/audit")).json()
+    assert len(audit.records) == example.RECORDS_KEPT
+    assert audit.records[-1]["viewer"] == f"v{feeds - 1}"
+    assert shown["ends"] == {"client_disconnected": feeds}
+    assert len((tmp_path / "audit.ndjson").read_text().splitlines()) == feeds
