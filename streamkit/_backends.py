@@ -14,6 +14,11 @@ And :func:`being_cancelled` tells the HTTP/2 repair (``_hypercorn_h2``) when a c
 task is one that hypercorn's asyncio worker cancelled, as its task group is being shut down,
 and :func:`hand_over_nowait` lets it hand a stream's app a message without waiting.
 
+A client that stops reading has its connection aborted by the kernel at ``TCP_USER_TIMEOUT``
+(see ``_serve``), and hypercorn's asyncio worker lets the ``ETIMEDOUT`` out of the connection's
+close, which asyncio logged as an error with a traceback, for every such client: the bound
+doing its job is not said as an error here.
+
 At the open-file limit, accept fails until a descriptor is freed, and both loops retry
 (asyncio after 1 s, trio after 0.1 s) and log each failure with its traceback: asyncio's tries
 its whole backlog at every retry, about 3,000 lines a second, trio 90. Either fills a disk
@@ -90,6 +95,11 @@ class _AcceptFailures:
 
 
 _accept_failures = _AcceptFailures()
+
+
+def _aborted_by_the_kernel(exc: object) -> bool:
+    """Whether *exc* is a connection's abort by the kernel at ``TCP_USER_TIMEOUT``."""
+    return isinstance(exc, OSError) and exc.errno == errno.ETIMEDOUT
 
 
 def _accept_failure(exc: object) -> bool:
@@ -238,6 +248,13 @@ async def hypercorn_serve(
         # a traceback. A connection cancelled at shutdown is no error.
         if isinstance(context.get("exception"), asyncio.CancelledError) and (
             "connection_made" in str(context.get("message", ""))
+        ):
+            return
+        # A client that stopped reading, its connection aborted by the kernel at
+        # TCP_USER_TIMEOUT (see _serve): hypercorn's close lets the ETIMEDOUT out of the
+        # connection's task, which asyncio logged with a traceback. It is the bound working.
+        if _aborted_by_the_kernel(context.get("exception")) and (
+            "client_connected_cb" in str(context.get("message", ""))
         ):
             return
         # The accept loop's failure for want of descriptors (see the module's docstring).

@@ -7,11 +7,13 @@ refused without the app, with a 431 on HTTP/1.1 and GOAWAY on HTTP/2; a TLS clie
 finishes its handshake is dropped at the handshake timeout, not hypercorn's 60 s, and closed as
 the server stops; and none of them keeps other clients waiting or holds the graceful shutdown.
 At the open-file limit the server says so once, not in a traceback per accept, and serves again
-once descriptors are freed; its listening socket keeps the backlog it was bound with.
+once descriptors are freed; its listening socket keeps the backlog it was bound with. A client
+that stops reading is aborted by the kernel with no error logged.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import ssl
@@ -37,8 +39,9 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from support.certificates import Certificates
 
+from streamkit import EndReason, StreamResponse, StreamSender
 from streamkit._serve import BACKLOG, ServerAddress
-from streamkit.testing import LiveServer, open_server
+from streamkit.testing import LiveServer, open_server, open_stream
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
@@ -397,3 +400,26 @@ async def test_the_listening_socket_keeps_its_backlog_for_a_burst_of_connections
     # dropped while the server is busy: each dropped client waits 1 s, then 3, then 7.
     async with open_server(Hello().app, grace_period=GRACE) as server:
         assert listen_backlog(server.port) == BACKLOG
+
+
+async def test_a_stalled_client_the_kernel_aborts_is_dropped_without_an_error_logged(
+    anyio_backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # TCP_USER_TIMEOUT aborts the connection with ETIMEDOUT, which hypercorn's asyncio worker
+    # let out of its connection's close: asyncio logged "Unhandled exception in
+    # client_connected_cb" with a traceback, at ERROR, for every client that stopped reading.
+    async def endless(send: StreamSender[bytes]) -> None:
+        while True:
+            await send(b"x" * 65536)
+
+    async def download(request: Request) -> Response:
+        return StreamResponse(endless, send_timeout=30.0)
+
+    app = Starlette(routes=[Route("/download", download)])
+    async with open_server(app, stalled_connection_timeout=1.0) as server:
+        async with open_stream(server, "/download", receive_buffer=4096) as client:
+            await client.receive_chunk()
+            client.stall()
+            end = await server.wait_end(within=10.0)
+    assert end.reason is EndReason.CLIENT_DISCONNECTED
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR], caplog.text
