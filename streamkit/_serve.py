@@ -360,7 +360,8 @@ async def serve(
         the process-wide :data:`streamkit.registry`.
     :param config: a ``hypercorn.config.Config`` for everything else; ``bind`` and
         ``graceful_timeout`` in it are overridden, and its ``backlog``, left at hypercorn's
-        100, is raised to 1024.
+        100, is raised to 1024. Without one, hypercorn's lines go through the program's
+        logging if it has configured any (the root logger has a handler), else to stderr.
     :param sock: a socket already listening, to serve on instead of binding *bind* (worker
         processes sharing one socket); serve takes it over and closes it when it stops.
         *bind* and *stalled_connection_timeout* then go unused: the socket keeps its options.
@@ -399,6 +400,10 @@ async def serve(
         )
     if config is None:
         config = Config()
+        if logging.getLogger().handlers:
+            # The program configured logging: hypercorn's default error log would add a
+            # handler of its own beside the root's, and each of its lines be written twice.
+            config.errorlog = logging.getLogger("hypercorn.error")
     if not isinstance(config, Config):
         raise TypeError(f"config must be a hypercorn.config.Config, got {config!r}")
     check_tls(tls)

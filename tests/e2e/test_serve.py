@@ -200,6 +200,31 @@ async def test_on_serving_is_called_once_the_lifespan_has_started() -> None:
     assert said == [(True, address)]
 
 
+async def test_hypercorns_lines_go_once_through_logging_a_program_configured(
+    anyio_backend: str, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # hypercorn's default error log put a handler of its own on its logger, and the line went
+    # to stderr there and again through the root's: a program that called
+    # logging.basicConfig() before serve (as examples/trio_service.py does) saw each twice.
+    from starlette.applications import Starlette
+
+    from streamkit import serve
+
+    caplog.set_level(logging.INFO)  # the root has a handler: the program configured logging
+    serving = anyio.Event()
+    with anyio.fail_after(10):
+        await serve(
+            Starlette(),
+            bind="127.0.0.1:0",
+            grace_period=GRACE,
+            shutdown_trigger=serving.wait,
+            on_serving=lambda address: serving.set(),
+        )
+    said = [r.getMessage() for r in caplog.records if r.name == "hypercorn.error"]
+    assert [line for line in said if line.startswith("Running on")], said
+    assert "Running on" not in capfd.readouterr().err
+
+
 async def test_an_on_serving_that_is_not_callable_is_refused_before_anything_listens() -> None:
     from starlette.applications import Starlette
 
