@@ -17,14 +17,30 @@ from ._app import create_app
 __all__ = ["main"]
 
 
+def _host(text: str) -> str:
+    """*text* as the address to listen on: refused here if empty, a usage error, rather than
+    by serve inside its task group."""
+    if not text:
+        raise argparse.ArgumentTypeError(f"the address must not be empty, got {text!r}")
+    return text
+
+
+def _port(text: str) -> int:
+    """*text* as a TCP port, 0 to 65535: refused here, a usage error, rather than by serve
+    inside its task group."""
+    if not (text.isascii() and text.isdigit()) or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"a port is a number from 0 to 65535, got {text!r}")
+    return int(text)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m streamkit.demo",
         description="Serve the streamkit demo: a page of live streams, and the server's view "
         "of how each one ended.",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--port", type=int, default=8000, help="port to listen on (0: any)")
+    parser.add_argument("--host", type=_host, default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=_port, default=8000, help="port to listen on (0: any)")
     parser.add_argument(
         "--backend",
         choices=("trio", "asyncio"),

@@ -262,6 +262,29 @@ def test_python_m_streamkit_demo_on_a_port_in_use_says_so_in_one_line(backend: s
     assert "Address already in use" in line
 
 
+@pytest.mark.parametrize(
+    ("arguments", "named"),
+    [
+        (["--port", "70000"], "--port"),
+        (["--port", "-1"], "--port"),
+        (["--host", ""], "--host"),
+    ],
+)
+def test_python_m_streamkit_demo_refuses_a_bad_address_as_a_usage_error(
+    arguments: list[str], named: str
+) -> None:
+    # Checked by serve, inside the task groups: fifty lines of exception-group traceback
+    # ending in "bind's port must be at most 65535", for a value typed on the command line.
+    command = [sys.executable, "-m", "streamkit.demo", *arguments]
+    done = subprocess.run(command, capture_output=True, timeout=30, cwd=Path(__file__).parent)
+    assert done.returncode == 2
+    said = done.stderr.decode()
+    assert "Traceback" not in said
+    last = said.strip().splitlines()[-1]
+    assert last.startswith(f"python -m streamkit.demo: error: argument {named}: "), said
+    assert repr(arguments[1]) in said
+
+
 async def test_the_clock_keeps_only_the_latest_resumes_whatever_clients_send(
     anyio_backend: str,
 ) -> None:
