@@ -50,10 +50,23 @@ FAKE_TEXT = (
 
 
 def token(event: httpx_sse.ServerSentEvent) -> ServerSentEvent | None:
-    """One upstream chunk as a ``token`` event; nothing for ``[DONE]`` and empty deltas."""
+    """One upstream chunk as a ``token`` event; nothing for ``[DONE]`` and empty deltas.
+
+    :raises ValueError: the chunk is the upstream's error (OpenAI-compatible servers send
+        ``{"error": ...}`` when they fail mid-answer), or not a JSON object: the stream ends
+        as an error, where skipping it would end the answer, cut short, as complete.
+    """
     if event.data == "[DONE]":
         return None  # the upstream closes its stream next, and so do we
-    choices = json.loads(event.data).get("choices") or [{}]
+    try:
+        chunk = json.loads(event.data)
+    except ValueError:
+        chunk = None
+    if not isinstance(chunk, dict):
+        raise ValueError(f"the upstream sent a chunk that is no JSON object: {event.data!r:.200}")
+    if "error" in chunk:
+        raise ValueError(f"the upstream failed mid-answer: {chunk['error']!r:.200}")
+    choices = chunk.get("choices") or [{}]
     content = choices[0].get("delta", {}).get("content")
     return ServerSentEvent(event="token", data=content) if content else None
 

@@ -18,7 +18,7 @@ from starlette.routing import Route
 from support.example_modules import load_example
 from support.resource_checks import database_locked, open_descriptors
 
-from streamkit import EndReason
+from streamkit import EndReason, EventSourceResponse, ServerSentEvent, StreamSender
 from streamkit.testing import LiveServer, StreamClient, open_server, open_stream
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
@@ -103,6 +103,41 @@ async def test_llm_proxy_asks_its_own_fake_model_whatever_host_the_client_names(
         assert "event: token\ndata: Once \n" in response.text
     assert asked == []
     assert not [record for record in caplog.records if record.levelname == "ERROR"], caplog.text
+
+
+@pytest.mark.parametrize(
+    ("failure", "said"),
+    [
+        ('{"error": {"message": "the model is overloaded", "type": "server_error"}}', "overloaded"),
+        ("<html>", "'<html>'"),
+    ],
+)
+async def test_llm_proxy_ends_in_error_when_the_upstream_fails_mid_answer(
+    failure: str, said: str
+) -> None:
+    # An OpenAI-style error chunk has no choices: it was dropped as an empty delta, and the
+    # answer, cut short, ended as completed. A chunk that was no JSON ended the stream with
+    # a JSONDecodeError that named nothing the upstream sent.
+    example = load_example("llm_proxy")
+
+    async def answer(send: StreamSender[ServerSentEvent | str]) -> None:
+        await send(json.dumps({"choices": [{"delta": {"content": "Once "}}]}))
+        await send(failure)
+
+    async def failing_model(request: Request) -> Response:
+        await request.body()
+        return EventSourceResponse(answer, heartbeat_interval=None)
+
+    model = Starlette(routes=[Route("/v1/chat/completions", failing_model, methods=["POST"])])
+    async with open_server(model) as upstream:
+        url = f"{upstream.url}/v1/chat/completions"
+        async with open_server(example.create_app(url)) as proxy:
+            async with open_stream(proxy, "/chat?prompt=hi") as client:
+                with anyio.fail_after(10.0):
+                    events = [event async for event in client.events()]
+            end = await proxy.wait_ended(EndReason.ERROR, within=RELEASE_BOUND)
+    assert [(event.event, event.data) for event in events] == [("token", "Once "), ("error", "")]
+    assert said in str(end.exception)
 
 
 # -- sqlite_export -----------------------------------------------------------------------------
