@@ -23,14 +23,14 @@ import argparse
 import json
 import os
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 
 import anyio
 import httpx
 import httpx_sse
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from streamkit import EventSourceResponse, ServerSentEvent, StreamSender, run
@@ -42,6 +42,9 @@ UPSTREAM_READ_TIMEOUT = 30.0
 MAX_DURATION = 300.0
 #: The fake model's pace, in seconds per word.
 FAKE_WORD_INTERVAL = 0.05
+#: The largest request the fake model takes, in bytes, as a real API bounds its own: it is
+#: served to any client, and a body read whole, unbounded, would be held in memory whole.
+FAKE_MAX_REQUEST = 1024 * 1024
 
 FAKE_TEXT = (
     "Once upon a time a stream was cut short, and everything it held was let go at once: "
@@ -116,7 +119,18 @@ def create_app(upstream_url: str | None = None, *, api_key: str | None = None) -
         )
 
     async def fake_model(request: Request) -> Response:
-        await request.body()
+        too_large = PlainTextResponse(
+            f"the request is larger than {FAKE_MAX_REQUEST} bytes", status_code=413
+        )
+        declared = request.headers.get("content-length", "")
+        if declared.isascii() and declared.isdigit() and int(declared) > FAKE_MAX_REQUEST:
+            return too_large  # before a byte of it is read
+        received = 0
+        async with aclosing(request.stream()) as body:  # closed when left early, not collected
+            async for chunk in body:
+                received += len(chunk)
+                if received > FAKE_MAX_REQUEST:
+                    return too_large
 
         async def generate(send: StreamSender[ServerSentEvent | str]) -> None:
             for word in FAKE_TEXT.split(" "):

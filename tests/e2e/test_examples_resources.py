@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -138,6 +139,32 @@ async def test_llm_proxy_ends_in_error_when_the_upstream_fails_mid_answer(
             end = await proxy.wait_ended(EndReason.ERROR, within=RELEASE_BOUND)
     assert [(event.event, event.data) for event in events] == [("token", "Once "), ("error", "")]
     assert said in str(end.exception)
+
+
+async def test_llm_proxy_fake_model_refuses_a_request_past_its_bound_with_a_413() -> None:
+    # The fake model read any body whole into memory: 300 MB posted to it were held at once.
+    example = load_example("llm_proxy")
+    too_large = example.FAKE_MAX_REQUEST + 1
+    async with open_server(example.create_app()) as server:
+        async with await anyio.connect_tcp(server.host, server.port) as connection:
+            head = (
+                "POST /fake/v1/chat/completions HTTP/1.1\r\nhost: model\r\n"
+                f"content-length: {too_large}\r\n\r\n"
+            )
+            await connection.send(head.encode())
+            with anyio.fail_after(5):
+                answer = await connection.receive()
+        assert answer.startswith(b"HTTP/1.1 413 "), answer[:100]
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for _ in range(too_large // 65536 + 1):
+                yield b"x" * 65536
+
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            with anyio.fail_after(10):
+                response = await http.post("/fake/v1/chat/completions", content=chunks())
+        assert response.status_code == 413
+        assert str(example.FAKE_MAX_REQUEST) in response.text
 
 
 # -- sqlite_export -----------------------------------------------------------------------------
