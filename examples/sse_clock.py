@@ -24,13 +24,17 @@ from streamkit import EventSourceResponse, ServerSentEvent, StreamSender, run
 
 TICK_INTERVAL = 2.0
 HEARTBEAT_INTERVAL = 0.5
+#: The most digits of a Last-Event-ID the count resumes from: more is no tick of this clock,
+#: and the ids after 1,024 nines would be longer than an event id may be.
+MAX_TICK_DIGITS = 18
 
 
 async def clock(request: Request) -> Response:
     async def produce(send: StreamSender[ServerSentEvent | str]) -> None:
         resumed = send.last_event_id or ""
         # isascii() too: isdigit() also takes '²', which int() refuses.
-        tick = int(resumed) if resumed.isascii() and resumed.isdigit() else 0
+        is_tick = resumed.isascii() and resumed.isdigit() and len(resumed) <= MAX_TICK_DIGITS
+        tick = int(resumed) if is_tick else 0
         while True:
             tick += 1
             await send(ServerSentEvent(event="tick", id=str(tick), data=time.strftime("%H:%M:%S")))

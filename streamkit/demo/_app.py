@@ -36,6 +36,9 @@ __all__ = ["DemoState", "create_app"]
 _STATIC = Path(__file__).parent / "static"
 #: The resumes the demo keeps: every client may send a ``Last-Event-ID``.
 RESUMES_KEPT = 100
+#: The most digits of a ``Last-Event-ID`` the clock resumes from: more is no tick of the
+#: demo's, and the ids after 1,024 nines would be longer than an event id may be.
+MAX_TICK_DIGITS = 18
 
 
 @dataclass(slots=True, kw_only=True)
@@ -144,8 +147,8 @@ def create_app(
     )
     async def clock(request: Request, send: StreamSender[ServerSentEvent | str]) -> None:
         resumed = send.last_event_id
-        # A Last-Event-ID is at most 1,024 characters: int() takes it whole.
-        tick = int(resumed) if resumed is not None and _is_count(resumed) else 0
+        is_tick = resumed is not None and _is_count(resumed) and len(resumed) <= MAX_TICK_DIGITS
+        tick = int(resumed) if resumed is not None and is_tick else 0
         if resumed is not None:
             state.resumed_from.append(resumed)
             await send(ServerSentEvent(event="resumed", data=resumed))

@@ -175,6 +175,21 @@ async def test_clock_starts_afresh_from_a_last_event_id_that_is_not_a_tick(
     assert not [record for record in caplog.records if record.levelname == "ERROR"], caplog.text
 
 
+async def test_clock_starts_afresh_from_a_count_whose_next_tick_could_not_be_an_id(
+    anyio_backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # 1,024 nines, the longest Last-Event-ID, were taken for a tick: the next one's id had
+    # 1,025 digits, which no event id may have, and the stream's first tick was its error
+    # event, with an ERROR traceback, for a header a client sent.
+    app = create_app(clock_interval=0.05, clock_max_duration=None)
+    async with open_server(app) as server:
+        received = await read_to_first_tick(server, "/clock", "9" * 1024)
+        assert b"event: tick\nid: 1\n" in received
+        assert b"event: error" not in received
+        await server.wait_ended(EndReason.CLIENT_DISCONNECTED, within=DISCONNECT_BOUND)
+    assert not [record for record in caplog.records if record.levelname == "ERROR"], caplog.text
+
+
 async def test_quote_falls_back_to_the_cached_price_in_time(anyio_backend: str) -> None:
     app = create_app(fallback_after=0.3)
     async with open_server(app) as server, httpx.AsyncClient(base_url=server.url) as http:

@@ -52,6 +52,20 @@ async def test_sse_clock_starts_afresh_from_a_last_event_id_that_is_not_a_tick(
     assert not [record for record in caplog.records if record.levelname == "ERROR"], caplog.text
 
 
+async def test_sse_clock_starts_afresh_from_a_count_whose_next_tick_could_not_be_an_id(
+    anyio_backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # 1,024 nines, the longest Last-Event-ID, were taken for a tick: the next one's id had
+    # 1,025 digits, which no event id may have, and the stream's first event was its error
+    # event, with an ERROR traceback, for a header a client sent.
+    example = load_example("sse_clock")
+    async with open_server(example.app) as server:
+        received = await read_to_first_tick(server, "/clock", "9" * 1024)
+        assert b"event: tick\nid: 1\n" in received
+        await server.wait_ended(EndReason.CLIENT_DISCONNECTED, within=DISCONNECT_BOUND)
+    assert not [record for record in caplog.records if record.levelname == "ERROR"], caplog.text
+
+
 async def test_fastapi_app_refuses_a_count_out_of_range_with_a_422(anyio_backend: str) -> None:
     # A negative count was an empty 200, and 10**100 streamed rows without end.
     example = load_example("fastapi_app")
