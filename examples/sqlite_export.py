@@ -18,6 +18,7 @@ import argparse
 import os
 import sqlite3
 import tempfile
+from contextlib import closing
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -30,6 +31,8 @@ from streamkit.resources import SQLiteRows, query_rows
 
 DEMO_DATABASE = Path(tempfile.gettempdir()) / "streamkit-orders.db"
 DEMO_ORDERS = 200_000
+#: What an export reads: the columns of the ``orders`` table, after a given id.
+QUERY = "SELECT id, customer, total_cents, created FROM orders WHERE id > ? ORDER BY id"
 
 
 #: SQLite's largest INTEGER: no order id is larger, and SQLite refuses a larger number.
@@ -63,12 +66,7 @@ def create_app(database: str | os.PathLike[str]) -> Starlette:
         since = order_id(given)
         if since is None:
             return PlainTextResponse(f"since must be an order id, got {given!r}", 400)
-        rows = SQLiteRows(
-            database,
-            "SELECT id, customer, total_cents, created FROM orders WHERE id > ? ORDER BY id",
-            (since,),
-            batch_size=500,
-        )
+        rows = SQLiteRows(database, QUERY, (since,), batch_size=500)
         return NDJSONResponse(
             query_rows(rows),
             error_item={"error": "the export failed"},
@@ -77,6 +75,23 @@ def create_app(database: str | os.PathLike[str]) -> Starlette:
         )
 
     return Starlette(routes=[Route("/orders.ndjson", orders)])
+
+
+def database_problem(path: Path) -> str | None:
+    """Why *path* cannot be exported, or ``None`` if it can.
+
+    Asked at startup, where a mistyped ``--database`` can be said: at a request, sqlite3
+    would make an empty file there, and every export would fail after its ``200``.
+    """
+    if not path.is_file():
+        return f"no such file: {str(path)!r}"
+    try:
+        # Read-only: a check must not make the file, nor write to it.
+        with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+            db.execute(QUERY + " LIMIT 0", (0,))
+    except sqlite3.Error as exc:
+        return f"{str(path)!r} cannot be exported: {exc}"
+    return None
 
 
 def make_demo_database(path: Path, orders: int = DEMO_ORDERS) -> None:
@@ -108,6 +123,8 @@ if __name__ == "__main__":
     if database is None:
         database = DEMO_DATABASE
         make_demo_database(database)
+    elif (problem := database_problem(database)) is not None:
+        parser.error(f"argument --database: {problem}")
     app = create_app(database)
     # Serves until Ctrl-C, then drains the streams; logs every stream's end.
     run(app, backend=arguments.backend, bind=f"127.0.0.1:{arguments.port}")

@@ -3,8 +3,12 @@ hypercorn, releasing what they hold when the client leaves."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sqlite3
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import quote
@@ -16,7 +20,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from support.example_modules import load_example
+from support.example_modules import EXAMPLES, load_example
 from support.resource_checks import database_locked, open_descriptors
 
 from streamkit import EndReason, EventSourceResponse, ServerSentEvent, StreamSender
@@ -212,6 +216,28 @@ async def test_sqlite_export_refuses_a_since_that_is_no_order_id_with_a_400(
             assert [json.loads(line)["id"] for line in body.splitlines()] == ids
             await server.wait_ended(EndReason.COMPLETED)
     assert not [record for record in caplog.records if record.levelname == "ERROR"], caplog.text
+
+
+@pytest.mark.parametrize("made", ["missing", "without orders"])
+def test_sqlite_export_refuses_a_database_it_cannot_export_at_startup(
+    tmp_path: Path, made: str
+) -> None:
+    # A mistyped --database was taken: sqlite3 made an empty file there, and the server
+    # served every export as a 200 whose only line was the error item, with an ERROR
+    # traceback ("no such table: orders") for each.
+    database = tmp_path / "orders.db"
+    if made == "without orders":
+        with contextlib.closing(sqlite3.connect(database)) as connection:
+            connection.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY)")
+    command = [sys.executable, str(EXAMPLES / "sqlite_export.py"), "--port", "0"]
+    done = subprocess.run(
+        [*command, "--database", str(database)], capture_output=True, timeout=30, cwd=tmp_path
+    )
+    assert done.returncode == 2, done.stderr.decode()[-500:]
+    last = done.stderr.decode().strip().splitlines()[-1]
+    assert last.startswith("sqlite_export.py: error: argument --database: "), last
+    assert str(database) in last
+    assert database.exists() == (made == "without orders")
 
 
 # -- subprocess_tail ---------------------------------------------------------------------------
