@@ -13,6 +13,7 @@ A name outside the directory, or one that is not a file, gets ``404``.
 from __future__ import annotations
 
 import argparse
+import math
 import mimetypes
 import os
 import tempfile
@@ -39,7 +40,13 @@ def create_app(
 
     :param directory: where the files are.
     :param bytes_per_second: the rate each download is held to; ``None`` for no limit.
+    :raises ValueError: *bytes_per_second* is not a positive, finite number: refused here,
+        not at each download (a 500).
     """
+    if bytes_per_second is not None and not 0 < bytes_per_second < math.inf:
+        raise ValueError(
+            f"bytes_per_second must be a positive, finite number or None, got {bytes_per_second!r}"
+        )
     root = Path(directory).resolve()
 
     async def download(request: Request) -> Response:
@@ -90,6 +97,11 @@ if __name__ == "__main__":
     if directory is None:
         directory = DEMO_DIRECTORY
         make_demo_directory(directory)
-    app = create_app(directory, bytes_per_second=arguments.rate)
+    elif not directory.is_dir():
+        parser.error(f"argument --directory: no such directory: {str(directory)!r}")
+    try:
+        app = create_app(directory, bytes_per_second=arguments.rate)
+    except ValueError as exc:
+        parser.error(f"argument --rate: {exc}")
     # Serves until Ctrl-C, then drains the streams; logs every stream's end.
     run(app, backend=arguments.backend, bind=f"127.0.0.1:{arguments.port}")

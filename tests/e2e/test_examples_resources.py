@@ -316,6 +316,42 @@ async def test_file_proxy_sends_a_file_whatever_its_name_naming_it_as_starlette_
     assert not [record for record in caplog.records if record.levelname == "ERROR"], caplog.text
 
 
+@pytest.mark.parametrize("rate", [0.0, -5.0, float("nan"), float("inf")])
+def test_file_proxy_refuses_a_rate_that_is_no_rate_where_the_app_is_made(
+    tmp_path: Path, rate: float
+) -> None:
+    # Taken as it was: every download was then a 500, file_chunks refusing it at each request.
+    example = load_example("file_proxy")
+    with pytest.raises(ValueError, match=f"bytes_per_second .*, got {rate!r}"):
+        example.create_app(tmp_path, bytes_per_second=rate)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "said"),
+    [
+        (["--directory", "missing"], "argument --directory: no such directory: "),
+        (["--rate", "0"], "argument --rate: bytes_per_second must be a positive"),
+    ],
+)
+def test_file_proxy_refuses_a_bad_directory_or_rate_at_startup(
+    tmp_path: Path, arguments: list[str], said: str
+) -> None:
+    # A mistyped --directory was served as an empty one, every name a 404; a --rate of 0 was
+    # taken, and every download a 500 with an ERROR traceback.
+    (tmp_path / "files").mkdir()
+    command = [sys.executable, str(EXAMPLES / "file_proxy.py"), "--port", "0"]
+    done = subprocess.run(
+        [*command, "--directory", "files", *arguments],
+        capture_output=True,
+        timeout=30,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2, done.stderr.decode()[-500:]
+    last = done.stderr.decode().strip().splitlines()[-1]
+    assert last.startswith(f"file_proxy.py: error: {said}"), last
+    assert arguments[1] in last
+
+
 async def test_file_proxy_closes_a_file_whose_download_is_abandoned(tmp_path: Path) -> None:
     example = load_example("file_proxy")
     path = tmp_path / "data.bin"
