@@ -18,8 +18,8 @@ for while the upstream is slow, gets ``503`` with ``Retry-After``.
 
 from __future__ import annotations
 
+import argparse
 import itertools
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -70,6 +70,8 @@ app = Starlette(routes=[Route("/quote/{symbol}", quote)], lifespan=lifespan)
 
 
 if __name__ == "__main__":
-    backend = sys.argv[1] if len(sys.argv) > 1 else "asyncio"
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("backend", nargs="?", choices=["asyncio", "trio"], default="asyncio")
+    backend = parser.parse_args().backend
     print(f"serving on http://127.0.0.1:8000 with {backend}; Ctrl+C to stop")
     anyio.run(lambda: streamkit.serve(app, bind="127.0.0.1:8000"), backend=backend)

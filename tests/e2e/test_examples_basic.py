@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from functools import partial
 
 import anyio
 import httpx
 import pytest
-from support.example_modules import load_example
+from support.example_modules import EXAMPLES, load_example
 from support.resume import read_to_first_tick
 
 from streamkit import EndReason, ServerAddress
@@ -140,6 +142,20 @@ async def test_trio_service_streams_readings_and_drains_on_shutdown(anyio_backen
     assert rest[-1].event == "shutdown"
     assert rest[-1].retry is not None
     assert client.complete
+
+
+@pytest.mark.parametrize("arguments", [["curio"], ["--backend", "trio"]])
+def test_cached_fallback_refuses_an_argument_it_does_not_take_as_a_usage_error(
+    arguments: list[str],
+) -> None:
+    # The first argument went to anyio.run as the backend's name, whatever it was: a
+    # LookupError traceback ("No such backend: --backend") for a flag the other examples take.
+    command = [sys.executable, str(EXAMPLES / "cached_fallback.py"), *arguments]
+    done = subprocess.run(command, capture_output=True, timeout=30)
+    assert done.returncode == 2, done.stderr.decode()[-500:]
+    said = done.stderr.decode()
+    assert "Traceback" not in said
+    assert said.strip().splitlines()[-1].startswith("cached_fallback.py: error: "), said
 
 
 async def test_cached_fallback_answers_fresh_then_stale_at_the_deadline_then_503(
