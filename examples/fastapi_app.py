@@ -15,6 +15,7 @@ is FastAPI's generator style: ``StreamingRoute`` makes the generator the stream'
 
 from __future__ import annotations
 
+import argparse
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing, asynccontextmanager
@@ -106,4 +107,6 @@ async def prices(symbol: str = "ACME", count: Count = 5) -> AsyncIterator[Price]
 
 
 if __name__ == "__main__":
+    # It takes no options: --help says so, and any other is refused, not ignored.
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     run(app)  # on 127.0.0.1:8000 until Ctrl-C; logs every stream's end

@@ -12,6 +12,7 @@ logs the stream's end as ``client_disconnected`` at once; a browser that reconne
 
 from __future__ import annotations
 
+import argparse
 import time
 
 import anyio
@@ -47,4 +48,6 @@ app = Starlette(routes=[Route("/clock", clock)])
 
 
 if __name__ == "__main__":
+    # It takes no options: --help says so, and any other is refused, not ignored.
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     run(app)  # on 127.0.0.1:8000 until Ctrl-C; logs every stream's end

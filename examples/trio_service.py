@@ -13,6 +13,7 @@ Ctrl+C (or SIGTERM) drains the streams first: each client gets a ``shutdown`` ev
 
 from __future__ import annotations
 
+import argparse
 import logging
 import math
 from collections.abc import Awaitable, Callable, Iterator
@@ -100,5 +101,7 @@ async def main(
 
 
 if __name__ == "__main__":
+    # It takes no options: --help says so, and any other is refused, not ignored.
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     logging.basicConfig(level=logging.INFO)
     trio.run(main)

@@ -144,6 +144,17 @@ async def test_trio_service_streams_readings_and_drains_on_shutdown(anyio_backen
     assert client.complete
 
 
+@pytest.mark.parametrize("name", ["sse_clock", "fastapi_app", "trio_service"])
+def test_an_example_without_options_refuses_one_as_a_usage_error(name: str) -> None:
+    # Its arguments were never read: --port 9000, which the resource examples take, was
+    # ignored, and the example served on port 8000 (or failed there, if it was taken).
+    command = [sys.executable, str(EXAMPLES / f"{name}.py"), "--port", "9000"]
+    done = subprocess.run(command, capture_output=True, timeout=30)
+    assert done.returncode == 2, done.stderr.decode()[-500:]
+    last = done.stderr.decode().strip().splitlines()[-1]
+    assert last == f"{name}.py: error: unrecognized arguments: --port 9000", last
+
+
 @pytest.mark.parametrize("arguments", [["curio"], ["--backend", "trio"]])
 def test_cached_fallback_refuses_an_argument_it_does_not_take_as_a_usage_error(
     arguments: list[str],
