@@ -88,7 +88,8 @@ def make_demo_directory(directory: Path) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+    # argparse converts a str default as it does a given value: a bad $PORT is a usage error.
+    parser.add_argument("--port", type=int, default=os.environ.get("PORT", "8000"))
     parser.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
     parser.add_argument("--directory", type=Path, default=None)
     parser.add_argument("--rate", type=float, default=DEFAULT_RATE, help="bytes per second")

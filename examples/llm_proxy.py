@@ -155,7 +155,8 @@ app = create_app(os.environ.get("LLM_URL"), api_key=os.environ.get("LLM_API_KEY"
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+    # argparse converts a str default as it does a given value: a bad $PORT is a usage error.
+    parser.add_argument("--port", type=int, default=os.environ.get("PORT", "8000"))
     parser.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
     arguments = parser.parse_args()
     # Serves until Ctrl-C, then drains the streams; logs every stream's end.

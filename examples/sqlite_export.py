@@ -115,7 +115,8 @@ def make_demo_database(path: Path, orders: int = DEMO_ORDERS) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+    # argparse converts a str default as it does a given value: a bad $PORT is a usage error.
+    parser.add_argument("--port", type=int, default=os.environ.get("PORT", "8000"))
     parser.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
     parser.add_argument("--database", type=Path, default=None)
     arguments = parser.parse_args()

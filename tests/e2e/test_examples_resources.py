@@ -49,6 +49,20 @@ def children_named(command: str) -> list[int]:
     return found
 
 
+@pytest.mark.parametrize(
+    "name", ["background_audit", "file_proxy", "llm_proxy", "sqlite_export", "subprocess_tail"]
+)
+def test_a_port_from_the_environment_that_is_no_number_is_a_usage_error(name: str) -> None:
+    # int() read $PORT before argparse was asked: a ValueError traceback that named neither
+    # PORT nor --port.
+    command = [sys.executable, str(EXAMPLES / f"{name}.py")]
+    environment = {**os.environ, "PORT": "eighty"}
+    done = subprocess.run(command, capture_output=True, timeout=30, env=environment)
+    assert done.returncode == 2, done.stderr.decode()[-500:]
+    last = done.stderr.decode().strip().splitlines()[-1]
+    assert last == f"{name}.py: error: argument --port: invalid int value: 'eighty'", last
+
+
 # -- llm_proxy ----------------------------------------------------------------------------------
 
 
