@@ -359,7 +359,9 @@ async def test_a_shutdown_with_a_client_that_stopped_reading_its_socket_ends_in_
                 with anyio.fail_after(grace_period + 5):
                     await server.shutdown()
                 stopped_after = anyio.current_time() - started
-    assert stopped_after < grace_period + CLEANUP_BOUND * 2
+    # The connection is aborted a second after the grace period ends; before, never. Generous
+    # past that: a loaded machine drew it out to 3.8 s.
+    assert stopped_after < grace_period + CLEANUP_BOUND * 4
 
 
 async def read_until_closed(connection: H2Connection) -> None:
