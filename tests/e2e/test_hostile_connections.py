@@ -233,11 +233,14 @@ async def test_an_http2_connection_that_opens_no_stream_is_closed_at_the_keep_al
     head = {":method": "GET", ":path": "/", ":scheme": "http", ":authority": "test"}
     unfinished = HeadersFrame(1, data=hpack.Encoder().encode(list(head.items())))  # no END_HEADERS
     async with open_server(hello.app, grace_period=GRACE) as server:
-        idle = [await anyio.connect_tcp(server.host, server.port) for _ in range(50)]
-        for connection in idle:
-            await connection.send(H2_PREFACE)
-            if then != "nothing":
-                await connection.send(unfinished.serialize())
+        # Each sent its bytes as it connects: on a loaded machine, one connected early could be
+        # closed at its keep-alive timeout before a later loop came back to it.
+        sent = H2_PREFACE if then == "nothing" else H2_PREFACE + unfinished.serialize()
+        idle = []
+        for _ in range(50):
+            connection = await anyio.connect_tcp(server.host, server.port)
+            await connection.send(sent)
+            idle.append(connection)
         async with anyio.create_task_group() as task_group:
             for connection in idle:
                 task_group.start_soon(closed_within, connection, KEEP_ALIVE + MARGIN)
