@@ -174,24 +174,16 @@ async def test_a_wait_past_max_reconnect_time_gives_up_at_once(first: bytes) -> 
     assert len(upstream.requests) == 1
 
 
-async def test_a_retry_after_of_400_digits_is_no_retry_after() -> None:
-    huge = status(503, "Service Unavailable", f"retry-after: {'9' * 400}")
-    async with (
-        open_raw_upstream(lambda n: huge) as upstream,
-        open_event_stream(upstream.url, backoff=EXACT) as stream,
-    ):
-        with pytest.raises(UpstreamError, match="answered 503 Service Unavailable, expected"):
-            with anyio.fail_after(5):
-                await anext(stream)
-    assert len(upstream.requests) == 1
-
-
-async def test_a_retry_after_date_too_large_for_a_date_is_no_retry_after() -> None:
+@pytest.mark.parametrize(
+    "retry_after",
     # An hour of 21 digits: the date's reading raised OverflowError out of the iteration.
-    date = "Tue, 1 Dec 1970 999999999999999999999:00:00 GMT"
-    huge = status(503, "Service Unavailable", f"retry-after: {date}")
+    ["9" * 400, "Tue, 1 Dec 1970 999999999999999999999:00:00 GMT"],
+    ids=["400 digits", "a date too large for a date"],
+)
+async def test_a_retry_after_that_cannot_be_read_is_no_retry_after(retry_after: str) -> None:
+    unavailable = status(503, "Service Unavailable", f"retry-after: {retry_after}")
     async with (
-        open_raw_upstream(lambda n: huge) as upstream,
+        open_raw_upstream(lambda n: unavailable) as upstream,
         open_event_stream(upstream.url, backoff=EXACT) as stream,
     ):
         with pytest.raises(UpstreamError, match="answered 503 Service Unavailable, expected"):
