@@ -115,6 +115,37 @@ async def test_shutdown_with_a_stalled_client_still_ends_within_the_grace_period
     assert end.reason is EndReason.SHUTDOWN
 
 
+async def test_the_farewell_is_written_once_the_streams_cleanup_is_done() -> None:
+    # What the docs say of the order: the cleanup runs first, then the farewell is written,
+    # so a slow cleanup delays it (here, until cleanup_timeout cuts the cleanup short).
+    cleanup_ended = anyio.Event()
+
+    async def stuck_cleanup() -> None:
+        try:
+            await anyio.sleep_forever()
+        finally:
+            cleanup_ended.set()
+
+    async def produce(send: StreamSender[Any]) -> None:
+        send.push_async_callback(stuck_cleanup)
+        await send("started")
+        await anyio.sleep_forever()
+
+    async def stream(request: Request) -> Response:
+        return EventSourceResponse(produce, cleanup_timeout=0.3)
+
+    app = Starlette(routes=[Route("/sse", stream)])
+    async with open_server(app, grace_period=GRACE) as server:
+        async with open_stream(server, "/sse") as client:
+            await client.read_event()
+            async with anyio.create_task_group() as task_group:
+                task_group.start_soon(partial(server.shutdown, within=GRACE + 2))
+                with anyio.fail_after(GRACE):
+                    farewell = await client.read_event()
+                assert cleanup_ended.is_set()
+    assert farewell == ServerSentEvent(event="shutdown", data="", retry=1000)
+
+
 async def test_a_stream_that_starts_during_the_drain_gets_the_farewell_at_once() -> None:
     release = anyio.Event()
 
