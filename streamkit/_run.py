@@ -411,8 +411,9 @@ def _worker(
     # A terminal's Ctrl-C reaches the whole process group: the supervisor alone acts on it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # A SIGTERM before the worker listens for it (while it imports the app, say) would kill
-    # it undrained: it is noted, and _terminated() acts on it once it listens. (Not blocked:
-    # threads started meanwhile, and the processes they start, would keep it blocked.)
+    # it undrained: it is noted, and _watch_for_termination() acts on it once it listens.
+    # (Not blocked: threads started meanwhile, and the processes they start, would keep it
+    # blocked.)
     signal.signal(signal.SIGTERM, _note_early_sigterm)
     if log_level is not None:
         configure_run_logging(log_level)
@@ -446,30 +447,30 @@ def _note_early_sigterm(signum: int, frame: FrameType | None) -> None:
     _early_sigterm.append(signum)
 
 
-async def _terminated() -> None:
-    """Return on SIGTERM, or once the supervising process is gone (killed with SIGKILL, say),
-    so that no worker is left serving on its own."""
+async def _watch_for_termination(terminated: anyio.Event) -> None:
+    """Set *terminated* on SIGTERM, or once the supervising process is gone (killed with
+    SIGKILL, say), so that no worker is left serving on its own.
+
+    It listens until cancelled, once the worker has stopped serving: a supervisor (systemd,
+    say) may signal the worker as well as this process, and a second SIGTERM must not kill the
+    worker in the middle of its drain. Leaving the receiver earlier would not do: on asyncio it
+    puts the default disposition back, and a SIGTERM that came then killed the worker.
+    """
     parent = multiprocessing.parent_process()
     async with anyio.create_task_group() as task_group:
-
-        async def on_signal() -> None:
-            with anyio.open_signal_receiver(signal.SIGTERM) as signals:
-                if not _early_sigterm:
-                    async for _ in signals:
-                        break
-            task_group.cancel_scope.cancel()
 
         async def on_orphaned(sentinel: int) -> None:
             await anyio.wait_readable(sentinel)
             logger.warning("worker %d: the supervising process is gone; stopping", os.getpid())
-            task_group.cancel_scope.cancel()
+            terminated.set()
 
-        task_group.start_soon(on_signal)
         if parent is not None:
             task_group.start_soon(on_orphaned, parent.sentinel)
-    # A supervisor (systemd, say) may signal the worker as well as this process: a second
-    # SIGTERM must not kill the worker in the middle of its drain.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        with anyio.open_signal_receiver(signal.SIGTERM) as signals:
+            if _early_sigterm:
+                terminated.set()
+            async for _ in signals:
+                terminated.set()
 
 
 async def _serve_socket(
@@ -485,15 +486,31 @@ async def _serve_socket(
         serving.send_bytes(b"serving")  # a few bytes into an empty pipe: it does not block
         serving.close()
 
-    await serve(
-        app,
-        sock=sock,
-        grace_period=grace_period,
-        shutdown_trigger=_terminated,
-        config=_hypercorn_config(),
-        tls=tls,
-        on_serving=tell_supervisor,
-    )
+    terminated = anyio.Event()
+    # What serve raises is raised as it is, not in the watching task group's exception group:
+    # a ServeError is said as the command's own error, a SystemExit or KeyboardInterrupt stops
+    # the worker as it would alone. (Nothing cancels this task: anyio.run runs it.)
+    failure: BaseException | None = None
+    async with anyio.create_task_group() as watching:
+        watching.start_soon(_watch_for_termination, terminated)
+        try:
+            await serve(
+                app,
+                sock=sock,
+                grace_period=grace_period,
+                shutdown_trigger=terminated.wait,
+                config=_hypercorn_config(),
+                tls=tls,
+                on_serving=tell_supervisor,
+            )
+        except BaseException as exc:
+            failure = exc
+        watching.cancel_scope.cancel()
+    if failure is not None:
+        try:
+            raise failure
+        finally:
+            failure = None  # its traceback holds this frame
 
 
 def _flag(

@@ -5,7 +5,10 @@ what the command line makes of its flags."""
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -130,3 +133,59 @@ def test_run_outside_the_main_thread_is_refused_before_anything_is_bound(workers
     [exc] = raised
     assert isinstance(exc, RuntimeError), repr(exc)
     assert str(exc) == "streamkit.run handles SIGINT and SIGTERM: call it from the main thread"
+
+
+#: A worker of `streamkit run` on asyncio, told to stop (SIGTERM) once it serves, whose second
+#: SIGTERM (the supervisor's, after systemd's to the whole group) comes as the event loop
+#: stops handling the first: as anyio's signal receiver is left, which on asyncio puts the
+#: default disposition (death) back.
+WORKER_SIGNALLED_TWICE = """
+import asyncio, multiprocessing, os, signal
+from contextlib import asynccontextmanager
+import anyio
+from starlette.applications import Starlette
+from streamkit import _run
+from streamkit._serve import bind_socket
+
+@asynccontextmanager
+async def lifespan(app):
+    yield
+    os.write(1, b"lifespan ended\\n")
+
+async def main():
+    loop = asyncio.get_running_loop()
+    removing = loop.remove_signal_handler
+
+    def remove_then_signal(number):
+        removed = removing(number)
+        if number == signal.SIGTERM:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return removed
+
+    loop.remove_signal_handler = remove_then_signal
+    reader, writer = multiprocessing.Pipe(duplex=False)
+    sock = bind_socket("127.0.0.1:0", stalled_connection_timeout=None)
+    async with anyio.create_task_group() as task_group:
+        task_group.start_soon(
+            lambda: _run._serve_socket(
+                Starlette(lifespan=lifespan), sock, grace_period=2.0, tls=None, serving=writer
+            )
+        )
+        await anyio.wait_readable(reader.fileno())  # it serves
+        os.kill(os.getpid(), signal.SIGTERM)
+
+anyio.run(main, backend="asyncio")
+"""
+
+
+def test_a_worker_signalled_again_as_it_heard_the_first_sigterm_still_drains(
+    tmp_path: Path,
+) -> None:
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER_SIGNALLED_TWICE)
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60
+    )
+    # Its shutdown ran to the end (the app's lifespan ended) before the second signal, which
+    # the test puts where the receiver is left, could act: that is only as the worker exits.
+    assert "lifespan ended" in result.stdout, (result.returncode, result.stderr)
