@@ -78,14 +78,16 @@ class RequestMessages:
     The stream's watcher reads the connection while the producer runs, for the disconnect; the
     producer may read the request's body meanwhile (``request.body()``, ``request.stream()``).
     Both reading the server's ``receive`` would split the body between them, and the watcher
-    drops what it takes. So only the watcher reads it (:meth:`for_stream`), and keeps the body's
-    messages for the request, which takes them in order (:meth:`for_request`), then the
-    disconnect.
+    drops what it takes. So only the watcher reads it (:meth:`for_stream`), and keeps the body
+    for the request, which takes it in order (:meth:`for_request`), then the disconnect.
 
-    At most :data:`MAX_UNREAD_BODY` bytes wait unread. Past that, once the producer has begun
-    to read the body, the watcher waits for it to take some: it is reading, and gets to the
-    disconnect in its turn. Until then, the watcher drops the body, what it kept included, and
-    reads on, and the request's next read raises :exc:`RuntimeError`. A watcher that stopped
+    The body's bytes wait unread as one piece, however many messages they came in: a client
+    that sends its body in one-byte chunks (or HTTP/2 frames) would otherwise have each byte
+    held as a message, some 200 bytes of it. At most :data:`MAX_UNREAD_BODY` bytes wait
+    unread. Past that, once the producer has begun to read the body, the watcher waits for it
+    to take some: it is reading, and gets to the disconnect in its turn. Until then, the
+    watcher drops the body, what it kept included, and reads on, and the request's next read
+    raises :exc:`RuntimeError`. A watcher that stopped
     reading for a producer that may never read would not hear the client leave: over HTTP/1.1
     until a write failed, over HTTP/2 not at all (a reset stream's writes are dropped), and
     there hypercorn, which hands each stream its body in the connection's reader, would stop
@@ -96,19 +98,19 @@ class RequestMessages:
         "_arrived",
         "_dropped",
         "_ended",
+        "_more_body",
         "_reading",
         "_receive",
         "_taken",
         "_unread",
-        "_unread_bytes",
+        "_unread_body",
     )
 
     def __init__(self, receive: Receive) -> None:
         self._receive = receive
-        # A list, not a deque: it holds a message or two (a GET's one, empty), and an empty
-        # deque is about 0.6 KiB, which every stream would hold.
-        self._unread: list[Message] = []
-        self._unread_bytes = 0
+        self._unread = False  # body messages arrived that the request has not taken
+        self._unread_body = bytearray()  # their bytes, joined
+        self._more_body = True  # the last of them said more of the body is to come
         self._reading = False  # the request has begun to read the body
         self._dropped = False  # the body was dropped, the request not reading it
         self._ended: Message | None = None  # the disconnect, once read
@@ -118,21 +120,22 @@ class RequestMessages:
     async def for_stream(self) -> Message:
         """The stream's ``receive``: the server's next message, a body's kept for the request.
         Cancelling it loses nothing (the server holds a message until it is taken)."""
-        while self._unread_bytes > MAX_UNREAD_BODY and self._reading:
+        while len(self._unread_body) > MAX_UNREAD_BODY and self._reading:
             self._taken = taken = anyio.Event()
             await taken.wait()
         message = await self._receive()
         if message["type"] != "http.request":
             self._ended = message
-        elif self._dropped or self._unread_bytes > MAX_UNREAD_BODY:
+        elif self._dropped or len(self._unread_body) > MAX_UNREAD_BODY:
             # The producer has not begun to read a body this large: dropped, so that the
             # connection is still read and the client's leaving heard.
             self._dropped = True
-            self._unread.clear()
-            self._unread_bytes = 0
+            self._unread = False
+            self._unread_body = bytearray()
         else:
-            self._unread.append(message)
-            self._unread_bytes += len(message.get("body", b""))
+            self._unread = True
+            self._unread_body += message.get("body", b"")
+            self._more_body = message.get("more_body", False)
         if self._arrived is not None:
             self._arrived.set()
             self._arrived = None
@@ -144,7 +147,8 @@ class RequestMessages:
         return self._ended is not None
 
     async def for_request(self) -> Message:
-        """The request's ``receive``: the body's messages in order, then the disconnect.
+        """The request's ``receive``: the body in order, each time all that has arrived of it
+        in one message, then the disconnect.
 
         A receive in a scope already cancelled raises its cancellation and takes nothing of
         the body. It is a poll (Starlette's ``is_disconnected()`` asks so; a
@@ -174,12 +178,13 @@ class RequestMessages:
             if self._arrived is None:
                 self._arrived = anyio.Event()
             await self._arrived.wait()
-        message = self._unread.pop(0)
-        self._unread_bytes -= len(message.get("body", b""))
+        body = bytes(self._unread_body)
+        self._unread = False
+        self._unread_body = bytearray()
         if self._taken is not None:
             self._taken.set()
             self._taken = None
-        return message
+        return {"type": "http.request", "body": body, "more_body": self._more_body}
 
 
 class StreamRequest(Request):

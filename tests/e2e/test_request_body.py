@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import socket
 import struct
+import tracemalloc
 
 import anyio
 import anyio.abc
 import pytest
 from starlette.requests import Request
+from starlette.types import Message, Receive, Scope, Send
 from support.h2_heads import send_head
 
 from streamkit import App, EndReason, ServerSentEvent, StreamSender
@@ -283,3 +285,63 @@ async def send_body(connection: H2Connection, stream_id: int, size: int) -> None
         h2.send_data(stream_id, b"x" * piece)
         await connection._flush()
         size -= piece
+
+
+class BodyEndSeen:
+    """ASGI middleware that sets ``seen`` once the app has taken the last of a request's body
+    from the server."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.seen = anyio.Event()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def watched() -> Message:
+            message = await receive()
+            if message["type"] == "http.request" and not message.get("more_body", False):
+                self.seen.set()
+            return message
+
+        await self.app(scope, watched if scope["type"] == "http" else receive, send)
+
+
+@pytest.mark.parametrize("reading", [False, True], ids=["unread", "being read"])
+async def test_a_body_in_one_byte_chunks_is_held_in_the_bytes_it_came_in(reading: bool) -> None:
+    # Each chunk was kept as a message of its own until the producer took it: 20,000 one-byte
+    # chunks, 120 KB on the wire and 20 KB of body, held 4 MB, and a stream route held about
+    # 16 MB for each client that sent 64 KiB so (the bound counted bytes, not messages).
+    chunks = 20_000
+    go = anyio.Event()
+    app = App(heartbeat_interval=None)
+
+    @app.sse("/upload", methods=["POST"])
+    async def upload(request: Request, send: StreamSender[ServerSentEvent | str]) -> None:
+        body = request.stream()
+        if reading:
+            await body.__anext__()  # the first chunk; the rest waits for the producer
+        await send("started")
+        await go.wait()
+        rest = b"".join([chunk async for chunk in body])
+        await send(ServerSentEvent(event="rest", data=str(len(rest))))
+
+    watched = BodyEndSeen(app)
+    async with open_server(watched) as server:
+        connection = await connect(server.host, server.port)
+        async with connection:
+            head = b"POST /upload HTTP/1.1\r\nhost: test\r\ntransfer-encoding: chunked\r\n\r\n"
+            await connection.send(head + b"1\r\nx\r\n")
+            received = await read_until(connection, b"data: started\n\n", b"")
+            tracemalloc.start()
+            try:
+                with anyio.fail_after(20):
+                    await connection.send(b"1\r\nx\r\n" * chunks + b"0\r\n\r\n")
+                    await watched.seen.wait()  # all of it is in the stream's hands
+                held, _ = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+            go.set()
+            received = await read_until(connection, b"event: rest\n", received)
+        await server.wait_ended(EndReason.COMPLETED)
+    assert held < 1024 * 1024, f"{chunks} one-byte chunks held {held} bytes"
+    unread = chunks if reading else chunks + 1  # and the first, sent with the head
+    assert f"event: rest\ndata: {unread}\n".encode() in received
