@@ -14,16 +14,12 @@ And :func:`being_cancelled` tells the HTTP/2 repair (``_hypercorn_h2``) when a c
 task is one that hypercorn's asyncio worker cancelled, as its task group is being shut down,
 and :func:`hand_over_nowait` lets it hand a stream's app a message without waiting.
 
-A client that stops reading has its connection aborted by the kernel at ``TCP_USER_TIMEOUT``
-(see ``_serve``), and hypercorn's asyncio worker lets the ``ETIMEDOUT`` out of the connection's
-close, which asyncio logged as an error with a traceback, for every such client: the bound
-doing its job is not said as an error here.
-
 At the open-file limit, accept fails until a descriptor is freed, and both loops retry
 (asyncio after 1 s, trio after 0.1 s) and log each failure with its traceback: asyncio's tries
 its whole backlog at every retry, about 3,000 lines a second, trio 90. Either fills a disk
 while telling one fact. The failures are said here instead, once every
-``ACCEPT_FAILURE_LOG_INTERVAL``, as one warning line.
+``ACCEPT_FAILURE_LOG_INTERVAL``, as one warning line. A connection lost to its client as
+hypercorn's asyncio worker closes it (reset, or given up by the kernel) is not logged at all.
 
 Cancelled, hypercorn's asyncio worker cleans up in awaits (closing its servers, waiting for
 its connections, its lifespan's shutdown), which a cancel scope, cancelling its task again
@@ -97,9 +93,16 @@ class _AcceptFailures:
 _accept_failures = _AcceptFailures()
 
 
-def _aborted_by_the_kernel(exc: object) -> bool:
-    """Whether *exc* is a connection's abort by the kernel at ``TCP_USER_TIMEOUT``."""
-    return isinstance(exc, OSError) and exc.errno == errno.ETIMEDOUT
+#: How a connection is lost to its client: reset, aborted, or given up by the kernel (the
+#: ``TCP_USER_TIMEOUT`` that serve sets, for a client that stopped reading).
+CONNECTION_LOST_ERRNOS = frozenset(
+    {errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE, errno.ETIMEDOUT}
+)
+
+
+def _connection_lost(exc: object) -> bool:
+    """Whether *exc* is a connection lost to its client, no error of the server's."""
+    return isinstance(exc, OSError) and exc.errno in CONNECTION_LOST_ERRNOS
 
 
 def _accept_failure(exc: object) -> bool:
@@ -250,11 +253,11 @@ async def hypercorn_serve(
             "connection_made" in str(context.get("message", ""))
         ):
             return
-        # A client that stopped reading, its connection aborted by the kernel at
-        # TCP_USER_TIMEOUT (see _serve): hypercorn's close lets the ETIMEDOUT out of the
-        # connection's task, which asyncio logged with a traceback. It is the bound working.
-        if _aborted_by_the_kernel(context.get("exception")) and (
-            "client_connected_cb" in str(context.get("message", ""))
+        # hypercorn's asyncio worker waits for its connection's close, which raises the
+        # connection's loss: a client that stopped reading, given up by the kernel, was
+        # logged as the server's error, with a traceback. The stream has ended, and said so.
+        if "client_connected_cb" in str(context.get("message", "")) and _connection_lost(
+            context.get("exception")
         ):
             return
         # The accept loop's failure for want of descriptors (see the module's docstring).

@@ -680,6 +680,29 @@ async def test_a_stalled_clients_end_counts_the_items_it_was_given() -> None:
     assert end.bytes_sent >= len(read)
 
 
+async def test_a_stalled_client_the_kernel_gives_up_is_no_error_in_the_logs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # send_timeout longer than stalled_connection_timeout: the kernel aborts the connection
+    # first. On asyncio, hypercorn's worker met the abort (ETIMEDOUT) as it closed the
+    # connection, and asyncio logged "Unhandled exception in client_connected_cb" at ERROR,
+    # with its traceback, for each client that stopped reading.
+    async def produce(send: StreamSender[str]) -> None:
+        while True:
+            await send("x" * 65536 + "\n")
+
+    async def route(request: Request) -> Response:
+        return StreamResponse(produce, send_timeout=30.0)
+
+    async with open_server(app_for(route), stalled_connection_timeout=0.5) as server:
+        async with open_stream(server, "/stream", receive_buffer=4096) as client:
+            assert await client.receive_chunk()
+            client.stall()
+            await server.wait_ended(EndReason.CLIENT_DISCONNECTED, within=10)
+    errors = [record for record in caplog.records if record.levelno >= logging.ERROR]
+    assert not errors, caplog.text
+
+
 # -- deadlines and errors ---------------------------------------------------------------------
 
 
