@@ -438,14 +438,24 @@ async def test_the_behaviour_table_then_shutdown(
 HELD = 3.0
 
 
+#: Under gunicorn and the hypercorn command, the listening socket stays open in some process
+#: for a while after the signal, and the kernel may take a connection that nothing answers:
+#: not an outcome a test can wait for.
+ANSWERING_IN_THE_DRAIN = [
+    server for server in SERVERS if not server.name.startswith(("gunicorn", "hypercorn"))
+]
+
+
+@pytest.mark.parametrize(
+    "server",
+    ANSWERING_IN_THE_DRAIN,
+    ids=[server.name for server in ANSWERING_IN_THE_DRAIN],
+    indirect=True,
+)
 async def test_a_client_that_connects_during_the_drain(server: Server, tmp_path: Path) -> None:
     # What deploying.md says of it: once uvicorn has begun its shutdown, it no longer listens;
     # streamkit run serves on until the drain is over, and a stream that starts then ends at
-    # once with its farewell. (Under gunicorn and the hypercorn command, the listening socket
-    # stays open in some process for a while, and the kernel may take the connection, which
-    # nothing answers: not an outcome a test can wait for.)
-    if server.name.startswith(("gunicorn", "hypercorn")):
-        pytest.skip("the listening socket outlives the server's accepting: a race")
+    # once with its farewell.
     held = f"/events/held?hold={HELD}&cleanup_timeout={HELD + 1}"
     late: list[ServerSentEvent] | ConnectionError
     async with running(server.command("service:plain"), tmp_path) as service:
