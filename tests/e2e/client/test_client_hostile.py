@@ -437,6 +437,24 @@ async def test_a_compressed_stream_is_decoded(wbits: int) -> None:
     assert upstream.requests[1].headers[b"last-event-id"] == b"499"
 
 
+async def test_a_gzip_body_of_several_members_is_decoded_whole() -> None:
+    # RFC 1952: a gzip file is a series of members, as a server that compresses each write
+    # apart sends it. zlib stops at the end of the first: the rest was dropped without a word.
+    events = [b"id: %d\ndata: %d\n\n" % (n, n) for n in range(500)]
+    body = compressed(b"".join(events[:250])) + compressed(b"".join(events[250:]))
+
+    def answer(n: int) -> bytes:
+        return event_stream(body, encoding="gzip") if n == 0 else NO_CONTENT
+
+    async with (
+        open_raw_upstream(answer) as upstream,
+        open_event_stream(upstream.url, backoff=EXACT) as stream,
+    ):
+        with anyio.fail_after(10):
+            received = [event.data async for event in stream]
+    assert received == [str(n) for n in range(500)]
+
+
 async def test_a_request_asks_only_for_the_codings_the_client_decodes() -> None:
     # httpx's client.build_request() lists br and zstd where their packages are installed: a
     # server that honoured it sent a body the client then refused.
