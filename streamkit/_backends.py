@@ -33,10 +33,10 @@ server's connections are aborted as well.)
 
 And hypercorn's trio worker does a connection's TLS handshake in the connection's task, bound
 by ``ssl_handshake_timeout`` alone: at shutdown it waited for a client that never finished
-one until the grace period ran out. The handshake ends with the server here. It also shut a
-connection's sending side outside its send lock, and a stream's write begun meanwhile raised
-``BusyResourceError`` out of the app (a client that left mid-body as its stream started,
-logged as an error); the write under way now finishes first.
+one until the grace period ran out. The handshake ends with the server here. (It also shuts a
+connection's sending side outside its send lock, and a stream's write begun meanwhile raises
+``BusyResourceError``: the runtime takes that for the client gone, under every server that
+worker runs; see ``_loop.LoopFacts.refused``.)
 """
 
 from __future__ import annotations
@@ -63,8 +63,6 @@ logger = logging.getLogger("streamkit")
 ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 #: Seconds between two warnings that accept fails for want of descriptors.
 ACCEPT_FAILURE_LOG_INTERVAL = 10.0
-#: Seconds a connection's closing waits for a write under way, on hypercorn's trio worker.
-CLOSE_AFTER_WRITE_TIMEOUT = 1.0
 #: Seconds between two tries at stopping hypercorn's asyncio worker once it is cancelled.
 CANCELLED_RETRY_INTERVAL = 0.1
 
@@ -135,7 +133,7 @@ def _end_handshakes_at_shutdown() -> None:
     if _handshakes_end_at_shutdown:
         return
     _handshakes_end_at_shutdown = True
-    # hypercorn's trio handler is a trio class: its stream a trio SSLStream, its lock a trio Lock.
+    # hypercorn's trio handler is a trio class, its stream a trio SSLStream.
     import hypercorn.trio.run
     import trio
     from hypercorn.trio.tcp_server import TCPServer
@@ -167,29 +165,6 @@ def _end_handshakes_at_shutdown() -> None:
                     return
             # Its handshake, done, returns at once there.
             await super().run()
-
-        async def _close(self) -> None:
-            lock = self.send_lock
-            writing = lock.statistics().owner is trio.lowlevel.current_task()
-            if self.config not in _trio_configs or writing:
-                # Not served by streamkit, or closed by a write of this task's that found
-                # the client gone: as hypercorn does.
-                await super()._close()
-                return
-            # hypercorn shuts the socket's sending side outside its send lock, and a write
-            # begun meanwhile (a stream's head, its client leaving mid-body) raised
-            # BusyResourceError out of the app: an error and its traceback logged for a
-            # client that left. The write under way finishes first, within a bound: one a
-            # stalled client holds is ended by the socket's closing, as it was.
-            with trio.move_on_after(CLOSE_AFTER_WRITE_TIMEOUT):
-                await lock.acquire()
-            if not lock.locked() or lock.statistics().owner is not trio.lowlevel.current_task():
-                await super()._close()
-                return
-            try:
-                await super()._close()
-            finally:
-                lock.release()
 
     # The name hypercorn's trio worker makes each connection's handler by, as it serves.
     vars(hypercorn.trio.run)["TCPServer"] = HandshakeEndsAtShutdown

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 __all__ = [
+    "LONGEST_C_INT_MILLISECONDS",
     "check_callable",
     "check_count",
     "check_duration",
@@ -26,6 +27,10 @@ __all__ = [
     "check_type",
     "show_number",
 ]
+
+#: The longest wait, in seconds, that a C int of milliseconds holds (about 24.8 days): what
+#: ``TCP_USER_TIMEOUT`` and SQLite's busy timeout take.
+LONGEST_C_INT_MILLISECONDS = (2**31 - 1) / 1000
 
 
 def check_duration(name: str, value: object, *, optional: bool = False) -> None:

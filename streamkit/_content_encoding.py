@@ -65,6 +65,11 @@ class _Inflater:
         self._wbits = _WBITS[coding]
         self._zlib = zlib.decompressobj(self._wbits)
         self._started = False
+        # A gzip body is a series of members (RFC 1952), as a server that compresses each
+        # write apart sends it. zlib stops at the end of one, and takes what follows for data
+        # past the end: the next is decoded, not dropped; anything else there is no gzip, and
+        # breaks the body.
+        self._members = coding != "deflate"
 
     def decode(self, data: bytes) -> Iterator[bytes]:
         if not self._started and data and self.coding == "deflate":
@@ -75,18 +80,13 @@ class _Inflater:
                 zlib.decompressobj(self._wbits).decompress(data[:2])
             except zlib.error:
                 self._zlib = zlib.decompressobj(-zlib.MAX_WBITS)
-        members = self.coding != "deflate"
-        # A gzip body is a series of members (RFC 1952), as a server that compresses each
-        # write apart sends it. zlib stops at the end of one, and takes what follows for data
-        # past the end: the next is decoded, not dropped; anything else there is no gzip,
-        # and breaks the body.
-        if members and self._zlib.eof:
+        if self._members and self._zlib.eof:
             self._zlib = zlib.decompressobj(self._wbits)  # the last ended with the last read
         while True:
             piece = self._zlib.decompress(data, DECODED_PIECE)
             if piece:
                 yield piece
-            if members and self._zlib.eof:
+            if self._members and self._zlib.eof:
                 # What follows the member (unconsumed_tail may hold it too, or not).
                 data = self._zlib.unused_data
                 if not data:

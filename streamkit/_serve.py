@@ -34,7 +34,13 @@ from anyio.abc import TaskStatus
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ._backends import hypercorn_serve
-from ._checks import check_callable, check_duration, check_type, show_number
+from ._checks import (
+    LONGEST_C_INT_MILLISECONDS,
+    check_callable,
+    check_duration,
+    check_type,
+    show_number,
+)
 from ._connections import abort_accepted
 from ._exceptions import ServeError
 from ._hypercorn_h2 import bound_h2_streams
@@ -55,7 +61,7 @@ BACKLOG = 1024
 
 #: The longest ``stalled_connection_timeout``, in whole seconds: ``TCP_USER_TIMEOUT`` holds
 #: its milliseconds in a C int (about 24.8 days).
-MAX_STALLED_CONNECTION_TIMEOUT = (2**31 - 1) // 1000
+MAX_STALLED_CONNECTION_TIMEOUT = int(LONGEST_C_INT_MILLISECONDS)
 
 
 def check_stalled_connection_timeout(name: str, value: object) -> None:

@@ -29,6 +29,7 @@ from typing import Any, Protocol, Self, TypeVar
 import anyio
 
 from ._checks import (
+    LONGEST_C_INT_MILLISECONDS,
     check_callable,
     check_count,
     check_duration,
@@ -47,9 +48,6 @@ RowT_co = TypeVar("RowT_co", covariant=True)
 
 #: The longest a query waits for a lock before it looks whether it was stopped.
 _LOCK_WAIT_SLICE = 0.05
-#: The longest wait for a lock SQLite can be given, in seconds: it takes an int of
-#: milliseconds, and sqlite3 made a longer one 0 (no wait at all).
-_LONGEST_LOCK_WAIT = (2**31 - 1) / 1000
 #: How many virtual-machine steps SQLite takes between two looks at whether the query was
 #: stopped: under 1 % of a plain scan's time.
 _STOP_CHECK_STEPS = 1000
@@ -232,7 +230,8 @@ class SQLiteRows:
         self._opened = True
         connection = sqlite3.connect(
             self.database,
-            timeout=min(self._lock_timeout, _LONGEST_LOCK_WAIT),
+            # SQLite takes an int of milliseconds: sqlite3 made a longer wait none at all.
+            timeout=min(self._lock_timeout, LONGEST_C_INT_MILLISECONDS),
             isolation_level=None,  # transactions begin and end here, not implicitly
             check_same_thread=False,  # used from worker threads, one at a time
             uri=self._uri,

@@ -20,6 +20,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from .._checks import check_count, check_duration, check_type
 from .._sse import ServerSentEvent
+from ._client import check_header_types
 from ._parsing import NDJSONReader, SSEReader
 
 __all__ = ["FakeConnection"]
@@ -80,15 +81,7 @@ class FakeConnection:
         check_type("path", path, str)
         check_type("method", method, str)
         check_type("body", body, bytes)
-        for header, text in (headers or {}).items():
-            if not isinstance(header, str):
-                raise TypeError(
-                    f"a header name must be a str, got {type(header).__name__}: {header!r:.80}"
-                )
-            if not isinstance(text, str):
-                raise TypeError(
-                    f"header {header!r} must be a str, got {type(text).__name__}: {text!r:.80}"
-                )
+        check_header_types(headers or {})
         route, _, query = path.partition("?")
         raw_headers = [(b"host", b"testserver")]
         # Values in UTF-8, as a browser sends a Last-Event-ID and the testing kit's clients

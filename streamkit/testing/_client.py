@@ -17,7 +17,7 @@ import socket
 import struct
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import h11
@@ -60,6 +60,20 @@ def check_server(base: object) -> None:
         )
 
 
+def check_header_types(headers: Mapping[Any, object]) -> None:
+    """Refuse a request header whose name or value is not a ``str``, naming it.
+
+    :raises TypeError: a header's name or value is not a ``str``.
+    """
+    for name, value in headers.items():
+        if not isinstance(name, str):
+            raise TypeError(f"a header name must be a str, got {type(name).__name__}: {name!r:.80}")
+        if not isinstance(value, str):
+            raise TypeError(
+                f"header {name!r} must be a str, got {type(value).__name__}: {value!r:.80}"
+            )
+
+
 def check_request(method: object, path: object, headers: Mapping[Any, object]) -> None:
     """Refuse a request that a request line and its headers cannot carry as given, where it is
     given: h11 would refuse it only once connected, mostly without naming it, and over HTTP/2
@@ -83,17 +97,12 @@ def check_request(method: object, path: object, headers: Mapping[Any, object]) -
             "path must start with '/' and hold only printable ASCII, anything else "
             f"percent-encoded as a browser sends it ('/caf%C3%A9' for '/café'), got {path!r}"
         )
-    for name, value in headers.items():
-        if not isinstance(name, str):
-            raise TypeError(f"a header name must be a str, got {type(name).__name__}: {name!r:.80}")
+    check_header_types(headers)
+    for name, value in cast("Mapping[str, str]", headers).items():
         if not is_token(name):
             raise ValueError(
                 f"header name {name!r:.80} must be an HTTP token: letters, digits and "
                 "!#$%&'*+-.^_`|~"
-            )
-        if not isinstance(value, str):
-            raise TypeError(
-                f"header {name!r} must be a str, got {type(value).__name__}: {value!r:.80}"
             )
         if _UNSENDABLE.search(value):
             raise ValueError(
