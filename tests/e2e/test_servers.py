@@ -234,6 +234,14 @@ async def app_events(request, send):
     await producer(request)(send)
 
 
+@app.ndjson("/dropping/{name}", on_end=on_end)
+async def app_dropping(request, send):  # drops each item its client does not take in 0.1 s
+    while True:
+        with anyio.move_on_after(0.1):
+            await send({"pad": "x" * 65536})
+        await anyio.sleep(0.01)
+
+
 @app.sse("/upload/{name}", methods=["POST"], on_end=on_end)
 async def app_upload(request, send):  # the body is never read
     await producer(request)(send)
@@ -556,6 +564,22 @@ async def test_clients_that_leave_mid_body_as_their_streams_start_are_no_errors(
     assert not [line for line in service.stderr if "Traceback" in line], "\n".join(service.stderr)
     ends = {line.split()[2] for n in range(clients) for line in service.printed(f"end gone{n} ")}
     assert ends == {"client_disconnected"}
+
+
+async def test_a_stalled_client_of_a_producer_that_drops_what_it_cannot_send_is_timed_out(
+    server: Server, tmp_path: Path
+) -> None:
+    # Each item the producer gave up was its own write on asyncio, the next timed afresh: the
+    # stream ran until the kernel cut the connection, and under a server that sets no
+    # TCP_USER_TIMEOUT (uvicorn, gunicorn, the hypercorn command) never.
+    async with running(server.command("service:app"), tmp_path) as service:
+        async with open_stream(service, "/dropping/dropped", receive_buffer=4096) as client:
+            client.stall()
+            stalled_at = anyio.current_time()
+            ended_at = await service.wait_line("end dropped ", within=SEND_TIMEOUT + 9)
+        service.signal_and_time()
+    assert service.printed("end dropped ") == ["end dropped send_timeout cleanup=False"]
+    assert ended_at - stalled_at < SEND_TIMEOUT + 3.0
 
 
 async def test_shutdown_of_an_app_with_a_client_that_stopped_reading(
